@@ -1,0 +1,385 @@
+// sparsa compile, stats and show: compile a script for a sequence length, then save the masks,
+// count what they keep, or draw one of them.
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "engine/mask_io.hpp"
+#include "engine/npy.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+namespace sparsa::cli {
+
+namespace {
+
+// The largest N for which --dense writes an [layers, heads, N, N] array.
+constexpr int64_t kMaxDenseN = 8192;
+constexpr int64_t kMaxN = int64_t{1} << 40;
+
+struct CompiledScript {
+    dsl::ScriptPtr script;
+    dsl::Compiled compiled;
+    double seconds = 0;
+};
+
+CompiledScript compile_file(const std::string& path, const Args& args) {
+    CompiledScript out;
+    out.script = load_script_or_report(path);
+    dsl::CompileOptions options;
+    options.n = args.required_integer("--n", 1, kMaxN);
+    options.block = static_cast<int32_t>(args.integer("--block", 0, 0, 1 << 20));
+    options.threads = static_cast<int>(args.integer("--threads", 0, 0, 4096));
+    if (options.block != 0 && !block_size_valid(options.block)) {
+        throw Error("--block " + std::to_string(options.block) +
+                    " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
+    }
+    auto start = std::chrono::steady_clock::now();
+    out.compiled = dsl::script_compile(*out.script, options);
+    out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return out;
+}
+
+std::string human_bytes(int64_t bytes) {
+    char buffer[32];
+    if (bytes < 1024) std::snprintf(buffer, sizeof buffer, "%lld B", static_cast<long long>(bytes));
+    else if (bytes < 1024 * 1024) std::snprintf(buffer, sizeof buffer, "%.1f KiB", static_cast<double>(bytes) / 1024);
+    else if (bytes < int64_t{1} << 30) std::snprintf(buffer, sizeof buffer, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+    else std::snprintf(buffer, sizeof buffer, "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+    return buffer;
+}
+
+std::string percent(double fraction) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, fraction < 0.001 && fraction > 0 ? "%.4f%%" : "%.2f%%", 100 * fraction);
+    return buffer;
+}
+
+// What one mask keeps, and what attention with it costs against dense.
+struct MaskCounts {
+    BlockMaskStats stats;
+    int64_t block_pairs = 0;  // pairs inside kept blocks: the work a block-sparse kernel does
+};
+
+MaskCounts count_mask(const BlockMask& mask) {
+    MaskCounts c;
+    c.stats = block_mask_stats(mask);
+    for (int64_t qb = 0; qb < mask.q_blocks(); ++qb) {
+        for (int64_t i = mask.row_ptr[static_cast<size_t>(qb)]; i < mask.row_ptr[static_cast<size_t>(qb) + 1]; ++i) {
+            c.block_pairs += block_valid_pairs(mask, qb, mask.col_idx[static_cast<size_t>(i)]);
+        }
+    }
+    return c;
+}
+
+// [SECTION] compile
+
+const char* const kCompileHelp = R"(usage: sparsa compile FILE --n N [--block B] [-o OUT.npz] [--dense OUT.npy] [--threads T]
+
+Compiles a pattern script into one block-sparse mask per (layer, head) for sequence length N.
+  --block B       block size (16, 32, 64, 128 or 256); default: the script's `block`, else 64
+  -o OUT.npz      save the masks (format: docs/formats.md); nothing is written without -o
+  --dense OUT.npy also write the token-level mask as a numpy bool array [layers, heads, N, N]
+                  (N up to 8192)
+  --threads T     compile rows on T threads (default: SPARSA_THREADS or the core count)
+Outputs are written whole or not at all.
+)";
+
+void write_dense(const MaskSet& set, const std::string& path) {
+    const int64_t n = set.n;
+    NpyWriter writer(path, NpyDtype::boolean, {set.layers, set.heads, n, n});
+    std::vector<uint8_t> row(static_cast<size_t>(n));
+    for (int64_t l = 0; l < set.layers; ++l) {
+        for (int64_t h = 0; h < set.heads; ++h) {
+            const BlockMask& mask = set.at(l, h);
+            for (int64_t q = 0; q < n; ++q) {
+                std::fill(row.begin(), row.end(), uint8_t{0});
+                const int64_t qb = q / mask.block, i = q % mask.block;
+                for (int64_t e = mask.row_ptr[static_cast<size_t>(qb)]; e < mask.row_ptr[static_cast<size_t>(qb) + 1]; ++e) {
+                    const int64_t kb = mask.col_idx[static_cast<size_t>(e)];
+                    const int64_t k0 = kb * mask.block, k1 = std::min(n, k0 + mask.block);
+                    const int32_t p = mask.partial_idx[static_cast<size_t>(e)];
+                    for (int64_t k = k0; k < k1; ++k) {
+                        if (p < 0) {
+                            row[static_cast<size_t>(k)] = 1;
+                        } else {
+                            const int64_t bit = i * mask.block + (k - k0);
+                            row[static_cast<size_t>(k)] = (mask.partial_bits(p)[bit / 64] >> (bit % 64)) & 1;
+                        }
+                    }
+                }
+                writer.write(row.data(), row.size());
+            }
+        }
+    }
+    writer.commit();
+}
+
+} // namespace
+
+int command_compile(const std::vector<std::string>& argv) {
+    Args args(argv, "compile", {"--n", "--block", "-o", "--out", "--dense", "--threads"}, {"--help"});
+    if (args.has("--help")) {
+        std::fputs(kCompileHelp, stdout);
+        return 0;
+    }
+    if (args.positionals().size() != 1) throw Error("compile: give exactly one script (sparsa compile FILE --n N)");
+    if (args.has("-o") && args.has("--out")) throw Error("compile: give -o or --out, not both");
+    auto out_path = args.has("-o") ? args.value("-o") : args.value("--out");
+    auto dense_path = args.value("--dense");
+    const int64_t n = args.required_integer("--n", 1, kMaxN);
+    if (dense_path && n > kMaxDenseN) {
+        throw Error("--dense writes an [layers, heads, N, N] array and is limited to N <= 8192; got N = " +
+                    std::to_string(n) + " (use -o OUT.npz for the block-sparse masks)");
+    }
+    CompiledScript c = compile_file(args.positionals()[0], args);
+    print_diagnostics(c.compiled.warnings);
+    const MaskSet& set = c.compiled.masks;
+    if (dense_path) {
+        const double bytes = static_cast<double>(set.layers * set.heads) * static_cast<double>(n) * static_cast<double>(n);
+        if (bytes > 16.0 * (1 << 30)) {
+            throw Error("--dense would write " + human_bytes(static_cast<int64_t>(bytes)) +
+                        " (layers x heads x N x N bytes); use a smaller N or -o OUT.npz");
+        }
+    }
+    int64_t kept = 0, pairs = 0;
+    for (int64_t l = 0; l < set.layers; ++l) {
+        for (int64_t h = 0; h < set.heads; ++h) {
+            BlockMaskStats s = block_mask_stats(set.at(l, h));
+            kept += s.kept_blocks;
+            pairs += s.kept_pairs;
+        }
+    }
+    const double total_pairs = static_cast<double>(set.layers * set.heads) * static_cast<double>(n) * static_cast<double>(n);
+    std::printf("%s: n = %lld, block %d, %lld layer%s x %lld head%s (%zu distinct masks), %lld kept blocks, density %s, compiled in %.3f s\n",
+                args.positionals()[0].c_str(), static_cast<long long>(n), set.block,
+                static_cast<long long>(set.layers), set.layers == 1 ? "" : "s",
+                static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", set.unique_masks().size(),
+                static_cast<long long>(kept), percent(static_cast<double>(pairs) / total_pairs).c_str(), c.seconds);
+    if (out_path) {
+        MaskSet saved = set;
+        saved.params.emplace_back("n", std::to_string(n));
+        saved.params.emplace_back("block", std::to_string(set.block));
+        mask_set_save(saved, *out_path);
+        std::printf("wrote %s\n", out_path->c_str());
+    }
+    if (dense_path) {
+        write_dense(set, *dense_path);
+        std::printf("wrote %s\n", dense_path->c_str());
+    }
+    if (!out_path && !dense_path) std::printf("(no -o given: nothing written)\n");
+    return 0;
+}
+
+// [SECTION] stats
+
+namespace {
+
+const char* const kStatsHelp = R"(usage: sparsa stats FILE... --n N [--block B] [--json] [--brief]
+
+For each (layer, head) and in total: kept blocks (full and partial), kept pairs, density
+(kept pairs / N^2), the FLOPs of attention against dense (on kept pairs, and on kept blocks as
+a block-sparse kernel computes them), mask memory, query rows with no key, and the warnings.
+  --json   print one JSON object per script instead of tables
+  --brief  one line per script (the total)
+)";
+
+nlohmann::json counts_json(const MaskCounts& c, int64_t n) {
+    const double n2 = static_cast<double>(n) * static_cast<double>(n);
+    return {{"kept_blocks", c.stats.kept_blocks},
+            {"full_blocks", c.stats.full_blocks},
+            {"partial_blocks", c.stats.partial_blocks},
+            {"kept_pairs", c.stats.kept_pairs},
+            {"density", static_cast<double>(c.stats.kept_pairs) / n2},
+            {"flops_vs_dense", static_cast<double>(c.stats.kept_pairs) / n2},
+            {"block_flops_vs_dense", static_cast<double>(c.block_pairs) / n2},
+            {"mask_bytes", c.stats.mask_bytes},
+            {"empty_rows", c.stats.empty_rows}};
+}
+
+} // namespace
+
+int command_stats(const std::vector<std::string>& argv) {
+    Args args(argv, "stats", {"--n", "--block", "--threads"}, {"--help", "--json", "--brief"});
+    if (args.has("--help")) {
+        std::fputs(kStatsHelp, stdout);
+        return 0;
+    }
+    if (args.positionals().empty()) throw Error("stats: give at least one script (sparsa stats FILE... --n N)");
+    const bool json = args.has("--json"), brief = args.has("--brief");
+    for (const auto& path : args.positionals()) {
+        CompiledScript c = compile_file(path, args);
+        const MaskSet& set = c.compiled.masks;
+        const int64_t n = set.n;
+        const double n2 = static_cast<double>(n) * static_cast<double>(n);
+        // Count each distinct mask once.
+        std::vector<int32_t> index = set.unique_index();
+        std::vector<MaskCounts> unique;
+        for (const auto& mask : set.unique_masks()) unique.push_back(count_mask(*mask));
+        MaskCounts total;
+        int64_t total_mask_bytes = 0;
+        for (int64_t i = 0; i < set.layers * set.heads; ++i) {
+            const MaskCounts& u = unique[static_cast<size_t>(index[static_cast<size_t>(i)])];
+            total.stats.kept_blocks += u.stats.kept_blocks;
+            total.stats.full_blocks += u.stats.full_blocks;
+            total.stats.partial_blocks += u.stats.partial_blocks;
+            total.stats.kept_pairs += u.stats.kept_pairs;
+            total.stats.empty_rows += u.stats.empty_rows;
+            total.block_pairs += u.block_pairs;
+        }
+        for (const auto& u : unique) total_mask_bytes += u.stats.mask_bytes;
+        total.stats.mask_bytes = total_mask_bytes;
+        const double masks = static_cast<double>(set.layers * set.heads);
+
+        if (json) {
+            nlohmann::json out = {{"script", path}, {"n", n}, {"block", set.block}, {"layers", set.layers},
+                                  {"heads", set.heads}, {"distinct_masks", unique.size()},
+                                  {"compile_seconds", c.seconds}};
+            nlohmann::json total_json = counts_json(total, n);
+            total_json["density"] = static_cast<double>(total.stats.kept_pairs) / (n2 * masks);
+            total_json["flops_vs_dense"] = total_json["density"];
+            total_json["block_flops_vs_dense"] = static_cast<double>(total.block_pairs) / (n2 * masks);
+            out["total"] = total_json;
+            nlohmann::json per = nlohmann::json::array();
+            for (int64_t l = 0; l < set.layers; ++l) {
+                for (int64_t h = 0; h < set.heads; ++h) {
+                    auto item = counts_json(unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])], n);
+                    item["layer"] = l;
+                    item["head"] = h;
+                    item["mask"] = index[static_cast<size_t>(l * set.heads + h)];
+                    per.push_back(item);
+                }
+            }
+            out["masks"] = per;
+            nlohmann::json warnings = nlohmann::json::array();
+            for (const auto& w : c.compiled.warnings) {
+                warnings.push_back({{"line", w.line()}, {"column", w.column()}, {"message", w.message}, {"text", dsl::diagnostic_format(w)}});
+            }
+            out["warnings"] = warnings;
+            std::printf("%s\n", out.dump(2).c_str());
+            continue;
+        }
+        print_diagnostics(c.compiled.warnings);
+        auto line = [&](const std::string& label, const MaskCounts& m, double scale) {
+            std::printf("%-14s %12lld %10lld %10lld %16lld %9s %11s %11s %11s %10lld\n", label.c_str(),
+                        static_cast<long long>(m.stats.kept_blocks), static_cast<long long>(m.stats.full_blocks),
+                        static_cast<long long>(m.stats.partial_blocks), static_cast<long long>(m.stats.kept_pairs),
+                        percent(static_cast<double>(m.stats.kept_pairs) / (n2 * scale)).c_str(),
+                        percent(static_cast<double>(m.stats.kept_pairs) / (n2 * scale)).c_str(),
+                        percent(static_cast<double>(m.block_pairs) / (n2 * scale)).c_str(),
+                        human_bytes(m.stats.mask_bytes).c_str(), static_cast<long long>(m.stats.empty_rows));
+        };
+        if (brief) {
+            std::printf("%-36s n=%-8lld B=%-4d %3lldx%-3lld masks (%zu distinct)  density %9s  block FLOPs %9s  mask %s  %zu warning%s\n",
+                        path.c_str(), static_cast<long long>(n), set.block, static_cast<long long>(set.layers),
+                        static_cast<long long>(set.heads), unique.size(),
+                        percent(static_cast<double>(total.stats.kept_pairs) / (n2 * masks)).c_str(),
+                        percent(static_cast<double>(total.block_pairs) / (n2 * masks)).c_str(),
+                        human_bytes(total.stats.mask_bytes).c_str(), c.compiled.warnings.size(),
+                        c.compiled.warnings.size() == 1 ? "" : "s");
+            continue;
+        }
+        std::printf("%s: n = %lld, block %d, %lld layers x %lld heads, %zu distinct masks, compiled in %.3f s\n\n",
+                    path.c_str(), static_cast<long long>(n), set.block, static_cast<long long>(set.layers),
+                    static_cast<long long>(set.heads), unique.size(), c.seconds);
+        std::printf("%-14s %12s %10s %10s %16s %9s %11s %11s %11s %10s\n", "layer/head", "kept blocks", "full",
+                    "partial", "kept pairs", "density", "FLOPs/dense", "block FLOPs", "mask mem", "empty rows");
+        for (int64_t l = 0; l < set.layers; ++l) {
+            for (int64_t h = 0; h < set.heads; ++h) {
+                line("L" + std::to_string(l) + " H" + std::to_string(h),
+                     unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])], 1.0);
+            }
+        }
+        line("total", total, masks);
+        std::printf("\nFLOPs/dense counts kept pairs; block FLOPs counts every pair of a kept block (what a\n"
+                    "block-sparse kernel computes). mask mem counts distinct masks once.\n");
+    }
+    return 0;
+}
+
+// [SECTION] show
+
+namespace {
+
+const char* const kShowHelp = R"(usage: sparsa show FILE --n N [--block B] [--layer L] [--head H] [--ascii]
+
+Draws the block grid of one (layer, head) mask: rows are query blocks, columns key blocks.
+  full block: #  (unicode: █)    partial block: +  (▒)    not kept: .  (·)
+Grids wider than 128 blocks are shown at reduced resolution (each cell covers several blocks:
+full if all are full, partial if any is kept).
+)";
+
+} // namespace
+
+int command_show(const std::vector<std::string>& argv) {
+    Args args(argv, "show", {"--n", "--block", "--layer", "--head", "--threads"}, {"--help", "--ascii", "--unicode"});
+    if (args.has("--help")) {
+        std::fputs(kShowHelp, stdout);
+        return 0;
+    }
+    if (args.positionals().size() != 1) throw Error("show: give exactly one script (sparsa show FILE --n N)");
+    const int64_t max_blocks = 1 << 20;
+    CompiledScript c = compile_file(args.positionals()[0], args);
+    print_diagnostics(c.compiled.warnings);
+    const MaskSet& set = c.compiled.masks;
+    const int64_t layer = args.integer("--layer", 0, 0, set.layers - 1);
+    const int64_t head = args.integer("--head", 0, 0, set.heads - 1);
+    const BlockMask& mask = set.at(layer, head);
+    const int64_t blocks = mask.q_blocks();
+    if (blocks > max_blocks) throw Error("show: " + std::to_string(blocks) + " blocks per row is too many to draw");
+
+    const char* lang = std::getenv("LANG");
+    bool unicode = args.has("--unicode") ||
+                   (!args.has("--ascii") && lang != nullptr && (std::strstr(lang, "UTF-8") || std::strstr(lang, "utf8")));
+    const char* full = unicode ? "\u2588" : "#";
+    const char* partial = unicode ? "\u2592" : "+";
+    const char* none = unicode ? "\u00b7" : ".";
+
+    const int64_t width = 128;
+    const int64_t scale = (blocks + width - 1) / width;  // blocks per cell, each way
+    const int64_t cells = (blocks + scale - 1) / scale;
+    BlockMaskStats stats = block_mask_stats(mask);
+    std::printf("%s: layer %lld, head %lld, n = %lld, block %d: %lld x %lld blocks, %lld kept (%lld full, %lld partial), density %s\n",
+                args.positionals()[0].c_str(), static_cast<long long>(layer), static_cast<long long>(head),
+                static_cast<long long>(mask.n), mask.block, static_cast<long long>(blocks), static_cast<long long>(blocks),
+                static_cast<long long>(stats.kept_blocks), static_cast<long long>(stats.full_blocks),
+                static_cast<long long>(stats.partial_blocks), percent(stats.density).c_str());
+    if (scale > 1) {
+        std::printf("each cell is %lld x %lld blocks (%lld x %lld tokens)\n", static_cast<long long>(scale),
+                    static_cast<long long>(scale), static_cast<long long>(scale * mask.block),
+                    static_cast<long long>(scale * mask.block));
+    }
+    std::printf("rows: queries, columns: keys; %s full, %s partial, %s not kept\n\n", full, partial, none);
+    // state per cell: 0 none, 1 partial, 2 full (only if every block in the cell is full)
+    std::vector<int> kept(static_cast<size_t>(cells)), fulls(static_cast<size_t>(cells));
+    for (int64_t row_cell = 0; row_cell < cells; ++row_cell) {
+        std::fill(kept.begin(), kept.end(), 0);
+        std::fill(fulls.begin(), fulls.end(), 0);
+        const int64_t qb0 = row_cell * scale, qb1 = std::min(blocks, qb0 + scale);
+        for (int64_t qb = qb0; qb < qb1; ++qb) {
+            for (int64_t e = mask.row_ptr[static_cast<size_t>(qb)]; e < mask.row_ptr[static_cast<size_t>(qb) + 1]; ++e) {
+                const int64_t cell = mask.col_idx[static_cast<size_t>(e)] / scale;
+                ++kept[static_cast<size_t>(cell)];
+                if (mask.partial_idx[static_cast<size_t>(e)] < 0) ++fulls[static_cast<size_t>(cell)];
+            }
+        }
+        std::string line;
+        for (int64_t cell = 0; cell < cells; ++cell) {
+            const int64_t kb0 = cell * scale, kb1 = std::min(blocks, kb0 + scale);
+            const int64_t area = (qb1 - qb0) * (kb1 - kb0);
+            line += kept[static_cast<size_t>(cell)] == 0       ? none
+                    : fulls[static_cast<size_t>(cell)] == area ? full
+                                                               : partial;
+        }
+        std::printf("%8lld %s\n", static_cast<long long>(qb0 * mask.block), line.c_str());
+    }
+    return 0;
+}
+
+} // namespace sparsa::cli

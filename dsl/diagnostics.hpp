@@ -1,0 +1,63 @@
+// Diagnostics of pattern scripts: FILE:LINE:COLUMN, the line, a caret under the spot, what was
+// expected and, where it can, how to fix it (the form of ../shared/pattern-language.md).
+#pragma once
+
+#include "engine/error.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sparsa::dsl {
+
+// One script's text and where it came from; diagnostics point into it.
+struct Source {
+    std::string name;  // as shown in diagnostics: the path given, or "<prelude>", "<string>"
+    std::string path;  // for imports and load(): relative paths resolve against its folder
+    std::string text;
+};
+using SourcePtr = std::shared_ptr<const Source>;
+
+enum class Severity { error, warning };
+
+struct Diagnostic {
+    Severity severity = Severity::error;
+    SourcePtr source;         // null for a diagnostic about no particular place
+    int32_t begin = 0;        // byte span in source->text
+    int32_t end = 0;
+    std::string message;      // "unknown pattern 'gobal'"
+    std::string hint;         // "did you mean 'global'?" (may be empty)
+
+    int line() const;         // 1-based
+    int column() const;       // 1-based, in characters
+};
+
+// The full text of a diagnostic, several lines, ending with a newline:
+//   bigbird.pat:7:20: error: unknown pattern 'gobal'
+//     attend = band(1) | gobal(first(g)) | random(3, seed = 7)
+//                        ^~~~~
+//     did you mean 'global'?
+std::string diagnostic_format(const Diagnostic& d);
+
+// A script error: the diagnostics that stopped it (at least one error), with any warnings
+// found before. what() is all of them formatted.
+class ScriptError : public Error {
+public:
+    explicit ScriptError(std::vector<Diagnostic> diagnostics);
+    const std::vector<Diagnostic>& diagnostics() const { return diagnostics_; }
+
+private:
+    std::vector<Diagnostic> diagnostics_;
+};
+
+// Builds a diagnostic pointing at [begin, end) of source.
+Diagnostic diagnostic_at(Severity severity, SourcePtr source, int32_t begin, int32_t end,
+                         std::string message, std::string hint = {});
+
+// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo
+// (distance <= 2, and less than the word's length); "" otherwise.
+std::string closest_name(std::string_view word, const std::vector<std::string>& candidates);
+
+} // namespace sparsa::dsl

@@ -1,0 +1,131 @@
+// Inside dsl/: the checked form of a script (modules of definitions, attend lines) and the
+// evaluator that turns an expression into a value for one (layer, head).
+#pragma once
+
+#include "dsl/ast.hpp"
+#include "dsl/diagnostics.hpp"
+#include "dsl/pattern.hpp"
+#include "dsl/script.hpp"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace sparsa::dsl {
+
+// [SECTION] The checked script
+
+struct Module;
+
+// A `let` or `def`, with the scope its body sees: the first `visible` entries of its module.
+struct Definition {
+    std::string name;
+    const ast::LetStatement* let = nullptr;  // exactly one of let / def
+    const ast::DefStatement* def = nullptr;
+    const Module* module = nullptr;
+    size_t visible = 0;
+    SourcePtr source;
+};
+
+// One script file's names in order: the prelude's, then its imports' and its own.
+struct Module {
+    SourcePtr source;
+    std::shared_ptr<const ast::Script> tree;
+    std::vector<const Definition*> entries;  // in definition order; later ones shadow earlier
+    std::vector<size_t> visible_at;          // per statement: entries visible to it
+};
+
+struct AttendLine {
+    const ast::AttendStatement* statement = nullptr;
+    size_t visible = 0;  // entries of the main module its expression sees
+};
+
+struct Script {
+    std::vector<std::unique_ptr<Definition>> definitions;  // owns every Definition
+    std::vector<std::unique_ptr<Module>> modules;          // prelude, imports, main (last)
+    const Module* main = nullptr;
+    ScriptSettings settings;
+    std::vector<AttendLine> attends;    // in order: the first is the plain `attend =`
+    std::vector<Diagnostic> warnings;   // from checking
+};
+
+// Finds the definition of `name` visible in the first `visible` entries of module, or null.
+const Definition* module_lookup(const Module& module, size_t visible, const std::string& name);
+
+// [SECTION] Values
+
+struct Value {
+    enum class Kind { integer, real, pattern, set, range, string };
+    Kind kind = Kind::integer;
+    int64_t integer = 0;
+    double real = 0.0;
+    PatternPtr pattern;
+    std::shared_ptr<const TokenSet> set;
+    int64_t lo = 0, hi = 0;  // range lo..hi
+    std::string text;        // string
+};
+
+std::string value_kind_name(Value::Kind kind);  // "a number", "a pattern", ...
+
+// [SECTION] Evaluation
+
+// The numbers an expression may read: n, B, h, l, H, L. Absent ones are errors when read.
+struct EvalContext {
+    bool has_sequence = false;  // n and B
+    bool has_position = false;  // h and l
+    bool has_model = false;     // H and L
+    int64_t n = 0;
+    int32_t block = 64;
+    int64_t head = 0, layer = 0, heads = 1, layers = 1;
+    bool causal = false;        // the script's `causal` statement (random draws kb <= qb)
+    std::string where;          // "a `block` statement" etc., for "n is not known in ..."
+};
+
+// Evaluates expressions of one script for one context. Caches let values and loaded files.
+class Evaluator {
+public:
+    Evaluator(const Script& script, EvalContext context, std::vector<Diagnostic>* warnings);
+
+    // Evaluates expr as seen from the first `visible` entries of module.
+    Value evaluate(const ast::Expr& expr, const Module& module, size_t visible);
+
+    // Throws ScriptError pointing at [begin, end) of source.
+    [[noreturn]] void fail(const SourcePtr& source, int32_t begin, int32_t end,
+                           const std::string& message, const std::string& hint = {}) const;
+
+private:
+    struct Frame;
+    Value eval_expr(const ast::Expr& expr, const Frame& frame);
+    Value eval_operand(const ast::Operand& operand, const Frame& frame);
+    Value eval_name(const ast::Name& name, const Frame& frame);
+    Value eval_call(const ast::Call& call, const Frame& frame);
+    Value eval_builtin(const ast::Call& call, const Frame& frame);
+    Value eval_user_call(const ast::Call& call, const Definition& def, const Frame& frame);
+    Value apply(char op, Value lhs, Value rhs, const ast::Span& span, const Frame& frame);
+    Value as_set(Value v, const ast::Span& span, const Frame& frame);
+    PatternPtr checked_pattern(PatternPtr p, const ast::Span& span, const Frame& frame);
+    void warn(const Frame& frame, int32_t begin, int32_t end, std::string message,
+              std::string hint = {});
+    void step(const Frame& frame, const ast::Span& span);
+
+    const Script& script_;
+    EvalContext context_;
+    std::vector<Diagnostic>* warnings_;
+    std::set<std::pair<const Source*, std::pair<int32_t, std::string>>> warned_;
+    std::map<const Definition*, Value> lets_;
+    std::map<std::string, std::shared_ptr<const MaskSet>> loaded_;
+    std::map<const Pattern*, int64_t> sizes_;
+    int64_t steps_ = 0;
+};
+
+// Pattern parts a script may build (counting shared parts each time they are used).
+constexpr int64_t kMaxPatternParts = 10000;
+// Evaluation steps one evaluator may take.
+constexpr int64_t kMaxEvalSteps = 20'000'000;
+
+} // namespace sparsa::dsl

@@ -1,0 +1,717 @@
+// Loading a script: parse, resolve imports and the prelude, check names and calls, read the
+// settings; then evaluate every (layer, head) and compile each distinct pattern once.
+//
+// Index: [SECTION] Modules and imports, [SECTION] The checker, [SECTION] Statements,
+//        [SECTION] Evaluation and compiling
+#include "dsl/script.hpp"
+
+#include "dsl/builtins.hpp"
+#include "dsl/eval.hpp"
+#include "dsl/grammar.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace sparsa::dsl {
+
+extern const char* const kPreludeText;  // dsl/prelude.pat, embedded at build time
+
+const Definition* module_lookup(const Module& module, size_t visible, const std::string& name) {
+    for (size_t i = std::min(visible, module.entries.size()); i-- > 0;) {
+        if (module.entries[i]->name == name) return module.entries[i];
+    }
+    return nullptr;
+}
+
+namespace {
+
+// Friendly words for the grammar's rule names in "expected ..." messages.
+std::string expected_words(const std::string& rule) {
+    if (rule == "statement") return "a statement (block, heads, layers, causal, let, def, import or attend)";
+    if (rule == "expression" || rule == "operand") return "an expression";
+    if (rule == "selector") return "a selector (head A..B or layer A..B)";
+    if (rule == "shallower nesting") return "";
+    if (rule == "name") return "a name";
+    if (rule == "string") return "a file name in quotes";
+    if (rule == "parameter") return "a parameter name";
+    return rule;
+}
+
+// The checked script under construction, and the files on the import path (for cycles).
+struct Loader {
+    Script& script;
+    std::vector<Diagnostic> errors;
+    std::vector<std::string> import_stack;
+    std::map<std::string, const Module*> imported;
+
+    void error(const SourcePtr& source, const ast::Span& span, std::string message, std::string hint = {}) {
+        errors.push_back(diagnostic_at(Severity::error, source, span.begin, span.end, std::move(message),
+                                       std::move(hint)));
+    }
+    void flush() {
+        if (!errors.empty()) throw ScriptError(std::move(errors));
+    }
+
+    const Module& load_module(SourcePtr source, bool is_prelude);
+    void check_expr(const ast::Expr& expr, const Module& module, size_t visible,
+                    const std::vector<std::string>& locals);
+    void check_operand(const ast::Operand& operand, const Module& module, size_t visible,
+                       const std::vector<std::string>& locals);
+    void check_call(const ast::Call& call, const Module& module, size_t visible,
+                    const std::vector<std::string>& locals);
+    void check_name(const ast::Name& name, const Module& module, size_t visible,
+                    const std::vector<std::string>& locals);
+    void check_complements(const ast::Expr& expr, const SourcePtr& source);
+    std::vector<std::string> names_in_scope(const Module& module, size_t visible,
+                                            const std::vector<std::string>& locals) const;
+};
+
+std::string read_file(const std::string& path) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) {
+        throw Error("cannot read '" + path + "': it is a folder (give a .pat file)");
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw Error("cannot read '" + path + "': " + std::strerror(errno));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) throw Error("cannot read '" + path + "': read failed");
+    std::string out = text.str();
+    if (out.size() > kMaxScriptBytes) {
+        throw Error("'" + path + "' is " + std::to_string(out.size()) + " bytes: scripts are limited to " +
+                    std::to_string(kMaxScriptBytes) + " bytes (is this really a pattern script?)");
+    }
+    return out;
+}
+
+// [SECTION] Modules and imports
+
+const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
+    auto parsed = grammar_parse(source->text);
+    if (const auto* syntax = std::get_if<SyntaxError>(&parsed)) {
+        std::string words = expected_words(syntax->expected);
+        Diagnostic d = diagnostic_at(Severity::error, source, syntax->offset, syntax->offset + syntax->length,
+                                     words.empty() ? "expression nested too deeply (more than " +
+                                                         std::to_string(kMaxNesting) + " levels)"
+                                                   : "expected " + words);
+        if (syntax->expected == "')'" || syntax->expected == "']'" || syntax->expected == "'}'") {
+            d.hint = "is a bracket left open, or a comma missing between arguments?";
+        }
+        if (static_cast<size_t>(syntax->offset) < source->text.size() && source->text[syntax->offset] == '"' &&
+            syntax->expected == "'\"'") {
+            d.hint = "strings end on the same line";
+        }
+        throw ScriptError({d});
+    }
+    auto module = std::make_unique<Module>();
+    module->source = source;
+    module->tree = std::make_shared<const ast::Script>(std::move(std::get<ast::Script>(parsed)));
+    if (!is_prelude && !script.modules.empty()) {
+        module->entries = script.modules.front()->entries;  // the prelude's names come first
+    }
+    std::map<std::string, const ast::Span*> own;  // names this file defines, for duplicates
+
+    auto define = [&](const std::string& name, const ast::Span& span, const ast::LetStatement* let,
+                      const ast::DefStatement* def) {
+        if (name_is_reserved(name)) {
+            error(source, span, "'" + name + "' is part of the language and cannot be redefined",
+                  "choose another name");
+            return;
+        }
+        if (auto it = own.find(name); it != own.end()) {
+            Diagnostic earlier = diagnostic_at(Severity::error, source, it->second->begin, it->second->end, "");
+            error(source, span, "'" + name + "' is already defined on line " + std::to_string(earlier.line()),
+                  "give it another name");
+            return;
+        }
+        own.emplace(name, &span);
+        auto d = std::make_unique<Definition>();
+        d->name = name;
+        d->let = let;
+        d->def = def;
+        d->module = module.get();
+        d->visible = module->entries.size();
+        d->source = source;
+        module->entries.push_back(d.get());
+        script.definitions.push_back(std::move(d));
+    };
+
+    for (const auto& statement : *module->tree) {
+        module->visible_at.push_back(module->entries.size());
+        if (const auto* let = boost::get<ast::LetStatement>(&statement)) {
+            check_expr(let->value, *module, module->entries.size(), {});
+            define(let->name.text, let->name, let, nullptr);
+        } else if (const auto* def = boost::get<ast::DefStatement>(&statement)) {
+            std::vector<std::string> params;
+            bool seen_default = false;
+            for (const auto& param : def->params) {
+                if (name_is_reserved(param.name.text)) {
+                    error(source, param.name, "'" + param.name.text + "' is part of the language and cannot name a parameter");
+                } else if (std::find(params.begin(), params.end(), param.name.text) != params.end()) {
+                    error(source, param.name, "parameter '" + param.name.text + "' is listed twice");
+                }
+                if (param.default_value) {
+                    seen_default = true;
+                    check_expr(*param.default_value, *module, module->entries.size(), {});
+                } else if (seen_default) {
+                    error(source, param.name, "parameter '" + param.name.text + "' needs a default value",
+                          "parameters with defaults come last");
+                }
+                params.push_back(param.name.text);
+            }
+            check_expr(def->body, *module, module->entries.size(), params);
+            define(def->name.text, def->name, nullptr, def);
+        } else if (const auto* import = boost::get<ast::ImportStatement>(&statement)) {
+            std::filesystem::path path(import->path.text);
+            if (path.is_relative() && !source->path.empty()) {
+                path = std::filesystem::path(source->path).parent_path() / path;
+            }
+            std::string key = path.lexically_normal().string();
+            if (std::find(import_stack.begin(), import_stack.end(), key) != import_stack.end()) {
+                error(source, import->path, "import cycle: '" + import->path.text + "' imports this file again",
+                      "move the shared definitions into a third file that both import");
+                continue;
+            }
+            const Module* imported_module = nullptr;
+            if (auto it = imported.find(key); it != imported.end()) {
+                imported_module = it->second;
+            } else {
+                std::string text;
+                try {
+                    text = read_file(key);
+                } catch (const Error& e) {
+                    error(source, import->path, std::string("import: ") + e.what());
+                    continue;
+                }
+                flush();  // report this file's own errors before descending
+                auto imported_source = std::make_shared<const Source>(Source{key, key, std::move(text)});
+                import_stack.push_back(key);
+                imported_module = &load_module(imported_source, false);
+                import_stack.pop_back();
+                imported.emplace(key, imported_module);
+            }
+            // The imported file's own definitions (not the prelude's) become visible here.
+            const size_t skip = script.modules.front()->entries.size();
+            for (size_t i = skip; i < imported_module->entries.size(); ++i) {
+                module->entries.push_back(imported_module->entries[i]);
+            }
+        }
+    }
+    script.modules.push_back(std::move(module));
+    return *script.modules.back();
+}
+
+// [SECTION] The checker
+
+std::vector<std::string> Loader::names_in_scope(const Module& module, size_t visible,
+                                                const std::vector<std::string>& locals) const {
+    std::vector<std::string> names = locals;
+    for (size_t i = 0; i < std::min(visible, module.entries.size()); ++i) names.push_back(module.entries[i]->name);
+    for (const auto& b : builtin_names()) names.push_back(b);
+    for (const char* c : {"n", "B", "h", "l", "H", "L"}) names.push_back(c);
+    return names;
+}
+
+void Loader::check_expr(const ast::Expr& expr, const Module& module, size_t visible,
+                        const std::vector<std::string>& locals) {
+    check_operand(expr.first, module, visible, locals);
+    for (const auto& op : expr.rest) check_operand(op.rhs, module, visible, locals);
+}
+
+void Loader::check_operand(const ast::Operand& operand, const Module& module, size_t visible,
+                           const std::vector<std::string>& locals) {
+    if (const auto* name = boost::get<ast::Name>(&operand)) {
+        check_name(*name, module, visible, locals);
+    } else if (const auto* call = boost::get<x3::forward_ast<ast::Call>>(&operand)) {
+        check_call(call->get(), module, visible, locals);
+    } else if (const auto* set = boost::get<x3::forward_ast<ast::SetLiteral>>(&operand)) {
+        for (const auto& member : set->get().members) check_expr(member, module, visible, locals);
+    } else if (const auto* unary = boost::get<x3::forward_ast<ast::Unary>>(&operand)) {
+        check_operand(unary->get().operand, module, visible, locals);
+    } else if (const auto* expr = boost::get<x3::forward_ast<ast::Expr>>(&operand)) {
+        check_expr(expr->get(), module, visible, locals);
+    }
+}
+
+void Loader::check_name(const ast::Name& name, const Module& module, size_t visible,
+                        const std::vector<std::string>& locals) {
+    const std::string& id = name.text;
+    if (std::find(locals.begin(), locals.end(), id) != locals.end()) return;
+    if (name_is_reserved(id) && builtin_find(id) == nullptr) return;  // n B h l H L
+    if (const Definition* def = module_lookup(module, visible, id)) {
+        if (def->def != nullptr) {
+            error(module.source, name, "'" + id + "' is a function: call it as " + id + "(...)");
+        }
+        return;
+    }
+    if (const Builtin* builtin = builtin_find(id)) {
+        if (!builtin->params.empty()) {
+            error(module.source, name, "'" + id + "' needs arguments", "write " + builtin->usage);
+        }
+        return;
+    }
+    std::string suggestion = closest_name(id, names_in_scope(module, visible, locals));
+    error(module.source, name, "unknown name '" + id + "'",
+          suggestion.empty() ? "define it first with let " + id + " = ..."
+                             : "did you mean '" + suggestion + "'?");
+}
+
+void Loader::check_call(const ast::Call& call, const Module& module, size_t visible,
+                        const std::vector<std::string>& locals) {
+    for (const auto& arg : call.args) {
+        if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) {
+            check_expr(kw->value, module, visible, locals);
+        } else {
+            check_expr(boost::get<ast::Expr>(arg), module, visible, locals);
+        }
+    }
+    const std::string& id = call.function.text;
+    if (std::find(locals.begin(), locals.end(), id) != locals.end()) {
+        error(module.source, call.function, "'" + id + "' is a parameter, not a function");
+        return;
+    }
+    // The parameters of what is called, and how many must be given.
+    std::vector<std::string> params;
+    std::vector<bool> required;
+    std::string usage;
+    if (const Definition* def = module_lookup(module, visible, id)) {
+        if (def->def == nullptr) {
+            error(module.source, call.function, "'" + id + "' is a value (let), not a function",
+                  "write " + id + " without (...)");
+            return;
+        }
+        usage = id + "(";
+        for (const auto& p : def->def->params) {
+            params.push_back(p.name.text);
+            required.push_back(!p.default_value);
+            usage += (params.size() > 1 ? ", " : "") + p.name.text;
+        }
+        usage += ")";
+    } else if (const Builtin* builtin = builtin_find(id)) {
+        params = builtin->params;
+        for (size_t i = 0; i < params.size(); ++i) required.push_back(i < builtin->required);
+        usage = builtin->usage;
+    } else if (name_is_reserved(id)) {
+        error(module.source, call.function, "'" + id + "' is a number, not a function");
+        return;
+    } else {
+        std::vector<std::string> candidates;
+        for (size_t i = 0; i < std::min(visible, module.entries.size()); ++i) candidates.push_back(module.entries[i]->name);
+        for (const auto& b : builtin_names()) candidates.push_back(b);
+        std::string suggestion = closest_name(id, candidates);
+        const Builtin* suggested = builtin_find(suggestion);
+        bool is_function = suggested != nullptr && suggested->returns != Builtin::Returns::pattern;
+        error(module.source, call.function, std::string("unknown ") + (is_function ? "function" : "pattern") + " '" + id + "'",
+              suggestion.empty() ? "" : "did you mean '" + suggestion + "'?");
+        return;
+    }
+    std::vector<bool> given(params.size(), false);
+    size_t positional = 0;
+    for (const auto& arg : call.args) {
+        if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) {
+            auto it = std::find(params.begin(), params.end(), kw->key.text);
+            if (it == params.end()) {
+                std::string suggestion = closest_name(kw->key.text, params);
+                error(module.source, kw->key, id + " has no parameter '" + kw->key.text + "'",
+                      suggestion.empty() ? "write " + usage : "did you mean '" + suggestion + "'?");
+                continue;
+            }
+            size_t i = static_cast<size_t>(it - params.begin());
+            if (given[i]) error(module.source, kw->key, id + ": '" + kw->key.text + "' is given twice");
+            given[i] = true;
+        } else {
+            const auto& expr = boost::get<ast::Expr>(arg);
+            if (positional >= params.size()) {
+                error(module.source, expr,
+                      params.empty() ? id + " takes no arguments"
+                                     : id + " takes at most " + std::to_string(params.size()) + " argument" +
+                                           (params.size() == 1 ? "" : "s"),
+                      "write " + usage);
+                break;
+            }
+            if (std::any_of(given.begin() + static_cast<std::ptrdiff_t>(positional) + 1, given.end(), [](bool g) { return g; })) {
+                error(module.source, expr, "positional arguments come before keyword arguments");
+            }
+            given[positional++] = true;
+        }
+    }
+    for (size_t i = 0; i < params.size(); ++i) {
+        if (required[i] && !given[i]) {
+            error(module.source, call, id + " needs '" + params[i] + "'", "write " + usage);
+            break;
+        }
+    }
+}
+
+void Loader::check_complements(const ast::Expr& expr, const SourcePtr& source) {
+    struct Walk {
+        Loader& self;
+        const SourcePtr& source;
+        void expr(const ast::Expr& e) {
+            operand(e.first);
+            for (const auto& op : e.rest) operand(op.rhs);
+        }
+        void operand(const ast::Operand& o) {
+            if (const auto* unary = boost::get<x3::forward_ast<ast::Unary>>(&o)) {
+                if (unary->get().op == '!') {
+                    self.script.warnings.push_back(diagnostic_at(
+                        Severity::warning, source, unary->get().begin, unary->get().end,
+                        "the complement '!' keeps every pair the pattern does not: the result is usually dense",
+                        "to remove pairs from a pattern, write P - Q"));
+                }
+                operand(unary->get().operand);
+            } else if (const auto* call = boost::get<x3::forward_ast<ast::Call>>(&o)) {
+                for (const auto& arg : call->get().args) {
+                    if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) expr(kw->value);
+                    else expr(boost::get<ast::Expr>(arg));
+                }
+            } else if (const auto* set = boost::get<x3::forward_ast<ast::SetLiteral>>(&o)) {
+                for (const auto& m : set->get().members) expr(m);
+            } else if (const auto* e = boost::get<x3::forward_ast<ast::Expr>>(&o)) {
+                expr(e->get());
+            }
+        }
+    };
+    Walk{*this, source}.expr(expr);
+}
+
+// [SECTION] Statements
+
+int64_t evaluate_setting(const Script& script, const ast::SimpleStatement& statement, const Module& module,
+                         size_t visible) {
+    EvalContext context;
+    context.where = "a `" + statement.keyword + "` statement";
+    Evaluator evaluator(script, context, nullptr);
+    Value v = evaluator.evaluate(*statement.value, module, visible);
+    if (v.kind != Value::Kind::integer) {
+        evaluator.fail(module.source, statement.value->begin, statement.value->end,
+                       statement.keyword + " takes an integer; got " + value_kind_name(v.kind));
+    }
+    return v.integer;
+}
+
+void read_statements(Loader& loader, Script& script, const Module& main) {
+    std::map<std::string, const ast::Span*> seen;
+    for (size_t index = 0; index < main.tree->size(); ++index) {
+        const ast::Statement& statement = (*main.tree)[index];
+        const size_t count = main.visible_at[index];
+        if (const auto* simple = boost::get<ast::SimpleStatement>(&statement)) {
+            if (auto it = seen.find(simple->keyword); it != seen.end()) {
+                Diagnostic earlier = diagnostic_at(Severity::error, main.source, it->second->begin, it->second->end, "");
+                loader.error(main.source, *simple, "'" + simple->keyword + "' is given twice (first on line " +
+                                                       std::to_string(earlier.line()) + ")",
+                             "keep one");
+                continue;
+            }
+            seen.emplace(simple->keyword, simple);
+            if (simple->keyword == "causal") {
+                script.settings.causal = true;
+                continue;
+            }
+            int64_t value = 0;
+            try {
+                value = evaluate_setting(script, *simple, main, count);
+            } catch (const ScriptError& e) {
+                for (const auto& d : e.diagnostics()) loader.errors.push_back(d);
+                continue;
+            }
+            const ast::Expr& expr = *simple->value;
+            if (simple->keyword == "block") {
+                if (!block_size_valid(value)) {
+                    loader.error(main.source, expr, "block size " + std::to_string(value) + " is not a power of two from 16 to 256",
+                                 "use 16, 32, 64, 128 or 256");
+                } else {
+                    script.settings.block = static_cast<int32_t>(value);
+                }
+            } else {
+                if (value < 1 || value > 1024) {
+                    loader.error(main.source, expr, simple->keyword + " must be from 1 to 1024; got " + std::to_string(value));
+                } else if (simple->keyword == "heads") {
+                    script.settings.heads = value;
+                } else {
+                    script.settings.layers = value;
+                }
+            }
+            continue;
+        }
+        const auto& attend = boost::get<ast::AttendStatement>(statement);
+        loader.check_expr(attend.value, main, count, {});
+        if (attend.selector) {
+            for (const auto& item : *attend.selector) loader.check_expr(item.range, main, count, {});
+        }
+        loader.check_complements(attend.value, main.source);
+        if (!attend.selector) {
+            auto plain = std::find_if(script.attends.begin(), script.attends.end(),
+                                      [](const AttendLine& a) { return !a.statement->selector; });
+            if (plain != script.attends.end()) {
+                Diagnostic earlier = diagnostic_at(Severity::error, main.source, plain->statement->begin, plain->statement->end, "");
+                loader.error(main.source, attend, "'attend =' is given twice (first on line " + std::to_string(earlier.line()) + ")",
+                             "to override some heads or layers write attend[head A..B] = ... or attend[layer A..B] = ...");
+                continue;
+            }
+        }
+        script.attends.push_back(AttendLine{&attend, count});
+    }
+    // Complements inside definitions warn where they are written.
+    for (const auto* entry : main.entries) {
+        if (entry->module != &main) continue;
+        if (entry->let != nullptr) loader.check_complements(entry->let->value, main.source);
+        if (entry->def != nullptr) loader.check_complements(entry->def->body, main.source);
+    }
+    bool has_plain = std::any_of(script.attends.begin(), script.attends.end(),
+                                 [](const AttendLine& a) { return !a.statement->selector; });
+    if (!has_plain && loader.errors.empty()) {
+        int32_t end = static_cast<int32_t>(main.source->text.size());
+        loader.errors.push_back(diagnostic_at(Severity::error, main.source, end, end,
+                                              "the script has no 'attend = ...' line",
+                                              "add one, e.g. attend = window(128)"));
+    }
+    // The plain line goes first: overrides apply on top of it in order.
+    std::stable_partition(script.attends.begin(), script.attends.end(),
+                          [](const AttendLine& a) { return !a.statement->selector; });
+}
+
+} // namespace
+
+ScriptPtr script_parse(std::string text, std::string name, std::string path) {
+    if (text.size() > kMaxScriptBytes) {
+        throw Error("'" + name + "' is " + std::to_string(text.size()) + " bytes: scripts are limited to " +
+                    std::to_string(kMaxScriptBytes) + " bytes");
+    }
+    auto script = std::make_shared<Script>();
+    Loader loader{*script, {}, {}, {}};
+    auto prelude = std::make_shared<const Source>(Source{"<prelude>", "", kPreludeText});
+    loader.load_module(prelude, true);
+    loader.flush();
+    auto source = std::make_shared<const Source>(Source{std::move(name), path, std::move(text)});
+    if (!path.empty()) loader.import_stack.push_back(std::filesystem::path(path).lexically_normal().string());
+    const Module& main = loader.load_module(source, false);
+    loader.flush();
+    script->main = &main;
+    read_statements(loader, *script, main);
+    loader.flush();
+    return script;
+}
+
+ScriptPtr script_load(const std::string& path) { return script_parse(read_file(path), path, path); }
+
+const ScriptSettings& script_settings(const Script& script) { return script.settings; }
+const Source& script_source(const Script& script) { return *script.main->source; }
+const std::vector<Diagnostic>& script_warnings(const Script& script) { return script.warnings; }
+
+// [SECTION] Evaluation and compiling
+
+namespace {
+
+struct Selection {
+    const AttendLine* line = nullptr;
+    int64_t head_lo = 0, head_hi = 0, layer_lo = 0, layer_hi = 0;
+};
+
+// Each attend line with the heads and layers it covers, for this n and B.
+std::vector<Selection> selections(const Script& script, int64_t n, int32_t block,
+                                  std::vector<Diagnostic>* warnings) {
+    const ScriptSettings& s = script.settings;
+    EvalContext context;
+    context.has_sequence = context.has_model = true;
+    context.n = n;
+    context.block = block;
+    context.heads = s.heads;
+    context.layers = s.layers;
+    context.where = "a selector";
+    Evaluator evaluator(script, context, warnings);
+    std::vector<Selection> out;
+    for (const auto& line : script.attends) {
+        Selection sel{&line, 0, s.heads, 0, s.layers};
+        if (line.statement->selector) {
+            std::set<std::string> axes;
+            for (const auto& item : *line.statement->selector) {
+                if (!axes.insert(item.axis).second) {
+                    evaluator.fail(script.main->source, item.begin, item.end,
+                                   "the selector names '" + item.axis + "' twice", "join them into one range");
+                }
+                Value v = evaluator.evaluate(item.range, *script.main, line.visible);
+                int64_t lo = 0, hi = 0;
+                if (v.kind == Value::Kind::integer) {
+                    lo = v.integer;
+                    hi = v.integer + 1;
+                } else if (v.kind == Value::Kind::range) {
+                    lo = v.lo;
+                    hi = v.hi;
+                } else {
+                    evaluator.fail(script.main->source, item.range.begin, item.range.end,
+                                   "a selector takes an index or a range A..B; got " + value_kind_name(v.kind));
+                }
+                int64_t count = item.axis == "head" ? s.heads : s.layers;
+                if (lo < 0) {
+                    evaluator.fail(script.main->source, item.range.begin, item.range.end,
+                                   item.axis + " indices start at 0; got " + std::to_string(lo));
+                }
+                if (hi > count && warnings != nullptr) {
+                    warnings->push_back(diagnostic_at(
+                        Severity::warning, script.main->source, item.range.begin, item.range.end,
+                        "this selector reaches " + item.axis + " " + std::to_string(hi - 1) + ", but the script has " +
+                            std::to_string(count) + " " + item.axis + "s; the rest is ignored"));
+                }
+                if (hi <= lo && warnings != nullptr) {
+                    warnings->push_back(diagnostic_at(Severity::warning, script.main->source, item.range.begin,
+                                                      item.range.end, "this selector matches no " + item.axis));
+                }
+                (item.axis == "head" ? sel.head_lo : sel.layer_lo) = lo;
+                (item.axis == "head" ? sel.head_hi : sel.layer_hi) = std::min(hi, count);
+            }
+        }
+        out.push_back(sel);
+    }
+    return out;
+}
+
+struct Evaluated {
+    std::vector<PatternPtr> patterns;         // [layers * heads]
+    std::vector<const AttendLine*> lines;     // [layers * heads], the line that chose each
+};
+
+Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std::vector<Diagnostic>* warnings) {
+    if (n < 1) throw Error("n = " + std::to_string(n) + ": the sequence length must be at least 1");
+    if (n > (int64_t{1} << 40)) throw Error("n = " + std::to_string(n) + " is too large (at most 2^40)");
+    if (!block_size_valid(block)) {
+        throw Error("block size " + std::to_string(block) + " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
+    }
+    const ScriptSettings& s = script.settings;
+    std::vector<Selection> sel = selections(script, n, block, warnings);
+    Evaluated out;
+    out.patterns.resize(static_cast<size_t>(s.layers * s.heads));
+    out.lines.resize(out.patterns.size());
+    for (int64_t l = 0; l < s.layers; ++l) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+            const Selection* chosen = nullptr;
+            for (const auto& candidate : sel) {
+                if (h >= candidate.head_lo && h < candidate.head_hi && l >= candidate.layer_lo && l < candidate.layer_hi) {
+                    chosen = &candidate;
+                }
+            }
+            size_t index = static_cast<size_t>(l * s.heads + h);
+            out.lines[index] = chosen->line;
+            out.patterns[index] = script_pattern(script, n, block, l, h, warnings);
+        }
+    }
+    return out;
+}
+
+// Warnings repeat across (layer, head): keep the first of each (place, message).
+void dedupe(std::vector<Diagnostic>& warnings) {
+    std::set<std::tuple<const Source*, int32_t, std::string>> seen;
+    std::vector<Diagnostic> kept;
+    for (auto& w : warnings) {
+        if (seen.emplace(w.source.get(), w.begin, w.message).second) kept.push_back(std::move(w));
+    }
+    warnings = std::move(kept);
+}
+
+} // namespace
+
+PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_t layer, int64_t head,
+                          std::vector<Diagnostic>* warnings) {
+    const ScriptSettings& s = script.settings;
+    EvalContext context;
+    context.has_sequence = context.has_position = context.has_model = true;
+    context.n = n;
+    context.block = block;
+    context.layer = layer;
+    context.head = head;
+    context.heads = s.heads;
+    context.layers = s.layers;
+    context.causal = s.causal;
+    context.where = "an attend line";
+    // The last line whose selector matches wins (selectors are re-evaluated: cheap, and exact).
+    std::vector<Selection> sel = selections(script, n, block, nullptr);
+    const AttendLine* chosen = nullptr;
+    for (const auto& candidate : sel) {
+        if (head >= candidate.head_lo && head < candidate.head_hi && layer >= candidate.layer_lo &&
+            layer < candidate.layer_hi) {
+            chosen = candidate.line;
+        }
+    }
+    Evaluator evaluator(script, context, warnings);
+    const ast::Expr& expr = chosen->statement->value;
+    Value v = evaluator.evaluate(expr, *script.main, chosen->visible);
+    if (v.kind != Value::Kind::pattern) {
+        evaluator.fail(script.main->source, expr.begin, expr.end,
+                       "attend takes a pattern; this is " + value_kind_name(v.kind),
+                       v.kind == Value::Kind::set ? "turn the token set into a pattern: global(S), rows(S) or columns(S)" : "");
+    }
+    PatternPtr p = v.pattern;
+    if (s.causal) p = pattern_intersect(p, pattern_causal());
+    return p;
+}
+
+std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block) {
+    std::vector<Diagnostic> warnings = script.warnings;
+    Evaluated evaluated = evaluate_patterns(script, n, block == 0 ? script.settings.block : block, &warnings);
+    dedupe(warnings);
+    return warnings;
+}
+
+Compiled script_compile(const Script& script, const CompileOptions& options) {
+    const ScriptSettings& s = script.settings;
+    const int32_t block = options.block == 0 ? s.block : options.block;
+    Compiled out;
+    out.warnings = script.warnings;
+    Evaluated evaluated = evaluate_patterns(script, options.n, block, &out.warnings);
+
+    // Compile each distinct pattern once.
+    std::map<std::string, size_t> index_of;
+    std::vector<std::shared_ptr<const BlockMask>> compiled;
+    std::vector<std::shared_ptr<const BlockMask>> masks(evaluated.patterns.size());
+    for (size_t i = 0; i < evaluated.patterns.size(); ++i) {
+        const PatternPtr& p = evaluated.patterns[i];
+        const ast::Expr& expr = evaluated.lines[i]->statement->value;
+        if (pattern_is_data_dependent(*p)) {
+            throw ScriptError({diagnostic_at(
+                Severity::error, script.main->source, expr.begin, expr.end,
+                "lsh(...) is data-dependent: its pairs depend on Q and K and are realised when attention runs",
+                "it cannot be compiled to a mask on its own; use a fixed pattern here")});
+        }
+        std::string key = pattern_key(*p);
+        auto [it, inserted] = index_of.emplace(key, compiled.size());
+        if (inserted) {
+            compiled.push_back(std::make_shared<const BlockMask>(pattern_compile(*p, options.n, block, options.threads)));
+        }
+        masks[i] = compiled[it->second];
+    }
+    out.masks = mask_set_make(s.layers, s.heads, std::move(masks));
+    out.masks.script_name = std::filesystem::path(script.main->source->name).filename().string();
+    out.masks.script_text = script.main->source->text;
+
+    // Empty rows: one warning per attend line, naming the first (layer, head) it happens in.
+    std::map<const AttendLine*, std::pair<int64_t, std::string>> empty;
+    for (int64_t l = 0; l < s.layers; ++l) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+            size_t i = static_cast<size_t>(l * s.heads + h);
+            BlockMaskStats stats = block_mask_stats(*out.masks.masks[i]);
+            if (stats.empty_rows == 0) continue;
+            auto& entry = empty[evaluated.lines[i]];
+            if (entry.first++ == 0) {
+                entry.second = std::to_string(stats.empty_rows) + " of " + std::to_string(options.n) +
+                               " query rows have no allowed key (layer " + std::to_string(l) + ", head " +
+                               std::to_string(h) + ", first at q = " + std::to_string(stats.first_empty_row) + ")";
+            }
+        }
+    }
+    for (const auto& [line, entry] : empty) {
+        std::string more = entry.first > 1 ? "; so do " + std::to_string(entry.first - 1) + " more (layer, head) masks" : "";
+        out.warnings.push_back(diagnostic_at(Severity::warning, script.main->source, line->statement->value.begin,
+                                             line->statement->value.end, entry.second + more,
+                                             "attention gives zeros in those rows"));
+    }
+    dedupe(out.warnings);
+    return out;
+}
+
+} // namespace sparsa::dsl

@@ -1,0 +1,70 @@
+// Pattern scripts: load and check one, then compile it to a MaskSet for a sequence length.
+// The front door of dsl/: parse (grammar.hpp) -> check -> evaluate (eval.hpp) -> compile
+// (pattern.hpp). See ../shared/pattern-language.md for the language itself.
+#pragma once
+
+#include "dsl/diagnostics.hpp"
+#include "dsl/pattern.hpp"
+#include "engine/block_mask.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sparsa::dsl {
+
+struct Script;
+using ScriptPtr = std::shared_ptr<const Script>;
+
+// Scripts larger than this are refused (a script is a few lines; this stops runaway input).
+constexpr size_t kMaxScriptBytes = 1 << 20;
+
+// Parses and checks a script given as text. `name` is shown in diagnostics; `path` (may be "")
+// is where imports and load() resolve from. Throws ScriptError with the diagnostics of the
+// first problems found (syntax, unknown names, wrong arguments, bad statements).
+ScriptPtr script_parse(std::string text, std::string name, std::string path = {});
+
+// Reads, parses and checks a script file. Throws sparsa::Error when it cannot be read.
+ScriptPtr script_load(const std::string& path);
+
+// The statements that size the model, after checking.
+struct ScriptSettings {
+    int32_t block = 64;
+    int64_t heads = 1;
+    int64_t layers = 1;
+    bool causal = false;
+};
+const ScriptSettings& script_settings(const Script& script);
+const Source& script_source(const Script& script);
+
+// Warnings found while checking, before any compile (e.g. a complement).
+const std::vector<Diagnostic>& script_warnings(const Script& script);
+
+// What the compiler needs beyond the script.
+struct CompileOptions {
+    int64_t n = 0;        // sequence length, >= 1
+    int32_t block = 0;    // 0: the script's `block` (default 64)
+    int threads = 0;      // 0: SPARSA_THREADS or the core count
+};
+
+struct Compiled {
+    MaskSet masks;                     // one BlockMask per (layer, head), equal ones shared
+    std::vector<Diagnostic> warnings;  // the script's and the compile's (empty rows, clamps)
+};
+
+// Evaluates every (layer, head) and compiles each distinct pattern once. Throws ScriptError for
+// errors that depend on n (a type error, a division by zero, a data-dependent lsh) and
+// sparsa::Error for a bad option.
+Compiled script_compile(const Script& script, const CompileOptions& options);
+
+// The evaluated pattern of one (layer, head) for sequence length n and block size B, the causal
+// statement applied. Appends n-dependent warnings to *warnings when given.
+PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_t layer,
+                          int64_t head, std::vector<Diagnostic>* warnings = nullptr);
+
+// Evaluates every (layer, head) at sequence length n (the checks `sparsa check` runs after
+// parsing), and returns the warnings this finds. Throws ScriptError on the first error.
+std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block = 0);
+
+} // namespace sparsa::dsl

@@ -1,0 +1,2 @@
+let w = 3
+attend = w

@@ -1,0 +1,2 @@
+attend = dense
+attend = window(3)

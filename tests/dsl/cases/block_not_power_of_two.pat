@@ -1,0 +1,2 @@
+block 48
+attend = dense

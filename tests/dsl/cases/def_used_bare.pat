@@ -1,0 +1,2 @@
+def local(w) = window(w)
+attend = local

@@ -1,0 +1,2 @@
+def f(a = 1, b) = window(a + b)
+attend = f(2)

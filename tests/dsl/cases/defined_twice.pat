@@ -1,0 +1,3 @@
+let g = 3
+let g = 4
+attend = window(g)

@@ -1,0 +1,1 @@
+attend = window(n / (B - 64))

@@ -1,0 +1,1 @@
+attend = rows(first(10))

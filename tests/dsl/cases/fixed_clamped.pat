@@ -1,0 +1,1 @@
+attend = fixed(16, 20)

@@ -1,0 +1,2 @@
+heads 0
+attend = dense

@@ -1,0 +1,2 @@
+import "import_cycle_b.pat"
+attend = dense

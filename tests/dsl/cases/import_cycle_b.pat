@@ -1,0 +1,2 @@
+import "import_cycle_a.pat"
+let x = 3

@@ -1,0 +1,2 @@
+let g = 64
+attend = window(g(2))

@@ -1,0 +1,1 @@
+attend = load("no_such_mask.npz")

@@ -1,0 +1,1 @@
+attend = dilated(3)

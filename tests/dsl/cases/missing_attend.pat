@@ -1,0 +1,2 @@
+block 64
+heads 2

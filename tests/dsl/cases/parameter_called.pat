@@ -1,0 +1,2 @@
+def f(w) = w(3)
+attend = f(2)

@@ -1,0 +1,2 @@
+def longformer(w) = window(w)
+attend = longformer(4)

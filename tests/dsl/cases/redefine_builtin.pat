@@ -1,0 +1,2 @@
+let window = 3
+attend = dense

@@ -1,0 +1,3 @@
+heads 4
+attend = dense
+attend[head 1, head 2] = window(3)

@@ -1,0 +1,3 @@
+heads 4
+attend = dense
+attend[head 2..8] = window(3)

@@ -1,0 +1,3 @@
+heads 4
+attend = dense
+attend[head window(3)] = window(3)

@@ -1,0 +1,2 @@
+block B * 2
+attend = dense

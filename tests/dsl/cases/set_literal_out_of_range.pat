@@ -1,0 +1,1 @@
+attend = window(2) | global({0, 999})

@@ -1,0 +1,1 @@
+attend = global({0, window(3)})

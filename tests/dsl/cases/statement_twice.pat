@@ -1,0 +1,3 @@
+block 64
+block 32
+attend = dense

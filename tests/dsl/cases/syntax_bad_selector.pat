@@ -1,0 +1,3 @@
+heads 4
+attend = dense
+attend[heads 2] = window(4)

@@ -1,0 +1,1 @@
+attend = band(1, 2)

@@ -1,0 +1,1 @@
+attend = window(lft = 3, right = 0)

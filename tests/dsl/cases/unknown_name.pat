@@ -1,0 +1,2 @@
+let width = 32
+attend = window(wdth)

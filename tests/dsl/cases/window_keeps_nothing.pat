@@ -1,0 +1,1 @@
+attend = window(left = -3, right = 1)
