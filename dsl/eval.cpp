@@ -65,7 +65,9 @@ std::string describe_number(const Value& v) {
     if (v.kind == Value::Kind::integer) return std::to_string(v.integer);
     char buffer[64];
     std::snprintf(buffer, sizeof buffer, "%g", v.real);
-    return buffer;
+    std::string text = buffer;
+    if (text.find_first_of(".eni") == std::string::npos) text += ".0";  // 16.0, not 16
+    return text;
 }
 
 // Floor division and modulo (the sign of the divisor), as in Python.
@@ -637,9 +639,10 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
         if (!context_.has_position) {
             fail(frame.source, call.begin, call.end, "load(...) reads one mask per layer and head, which are not known in " + context_.where);
         }
-        std::filesystem::path path(file.text);
-        if (path.is_relative() && !frame.source->path.empty()) {
-            path = std::filesystem::path(frame.source->path).parent_path() / path;
+        std::filesystem::path path(file.text), shown(file.text);
+        if (path.is_relative()) {
+            if (!frame.source->path.empty()) path = std::filesystem::path(frame.source->path).parent_path() / path;
+            shown = std::filesystem::path(frame.source->name).parent_path() / shown;
         }
         std::string key = path.lexically_normal().string();
         auto it = loaded_.find(key);
@@ -647,7 +650,12 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
             try {
                 it = loaded_.emplace(key, std::make_shared<const MaskSet>(mask_set_load(key))).first;
             } catch (const Error& e) {
-                arg_error(0, std::string("load: ") + e.what());
+                // Messages name the file as the script does, not by where this machine keeps it.
+                std::string message = e.what();
+                for (size_t at = message.find(key); at != std::string::npos; at = message.find(key, at)) {
+                    message.replace(at, key.size(), shown.lexically_normal().string());
+                }
+                arg_error(0, "load: " + message);
             }
         }
         const MaskSet& set = *it->second;

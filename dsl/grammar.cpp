@@ -23,7 +23,13 @@ std::variant<ast::Script, SyntaxError> grammar_parse(std::string_view text) {
             return SyntaxError{static_cast<int32_t>(at - text.data()), 1, "statement"};
         }
     } catch (const x3::expectation_failure<const char*>& failure) {
-        const char* at = grammar::skip_blank(failure.where(), last);
+        // Point at the next thing on the same line, or at the end of the line where something
+        // was missing (not at whatever the next line holds).
+        const char* at = failure.where();
+        while (at < last && (*at == ' ' || *at == '\t')) ++at;
+        if (at == last) {  // at the end: point just after the last thing written
+            while (at > text.data() && (at[-1] == ' ' || at[-1] == '\t' || at[-1] == '\r' || at[-1] == '\n')) --at;
+        }
         return SyntaxError{static_cast<int32_t>(at - text.data()), 1, failure.which()};
     }
     return script;

@@ -151,6 +151,7 @@ struct import_statement_id : annotate_span {};
 struct attend_statement_id : annotate_span {};
 struct selector_item_id : annotate_span {};
 struct selector_id : annotate_span {};
+struct selector_items_id : annotate_span {};
 struct statement_id : annotate_span {};
 struct script_id : annotate_span {};
 struct end_id : annotate_span {};
@@ -185,6 +186,7 @@ x3::rule<import_statement_id, ast::ImportStatement> const import_statement = "im
 x3::rule<attend_statement_id, ast::AttendStatement> const attend_statement = "attend statement";
 x3::rule<selector_item_id, ast::SelectorItem> const selector_item = "selector";
 x3::rule<selector_id, std::vector<ast::SelectorItem>> const selector = "selector";
+x3::rule<selector_items_id, std::vector<ast::SelectorItem>> const selector_items = "selector";
 x3::rule<statement_id, ast::Statement> const statement = "statement";
 x3::rule<end_id, x3::unused_type> const end_of_script = "statement";
 x3::rule<script_id, ast::Script> const script = "script";
@@ -229,7 +231,8 @@ auto const def_statement_def    = kw("def") > name > '(' > -(param % ',') > ')' 
 auto const param_def            = name >> -('=' > expression);
 auto const import_statement_def = kw("import") >> x3::attr(std::string("import")) > string_literal;
 auto const attend_statement_def = kw("attend") >> -selector > '=' > expression;
-auto const selector_def         = '[' > (selector_item % ',') > ']';
+auto const selector_def         = '[' > selector_items > ']';
+auto const selector_items_def   = selector_item % ',';
 auto const selector_item_def    = ((kw("head")  >> x3::attr(std::string("head")))
                                  | (kw("layer") >> x3::attr(std::string("layer")))) > expression;
 auto const statement_def        = simple_statement
@@ -245,6 +248,6 @@ BOOST_SPIRIT_DEFINE(number, string_literal, name, call, arg, keyword_arg, set_li
                     operand, primary, power, product, conjunction, sum, range, expression,
                     power_op, product_op, conjunction_op, sum_op, range_op, union_op)
 BOOST_SPIRIT_DEFINE(simple_statement, let_statement, def_statement, param, import_statement,
-                    attend_statement, selector, selector_item, statement, end_of_script, script)
+                    attend_statement, selector, selector_items, selector_item, statement, end_of_script, script)
 
 } // namespace sparsa::dsl::grammar

@@ -14,9 +14,9 @@ def bigbird(r = 1, g = 2 * B, blocks = 3, seed = 0) =
 # The paper's decoder is this with the `causal` statement.
 def sparse_transformer_strided(s = 128) = window(s) | strided(s)
 
-# Sparse Transformer, fixed (Child et al., 2019): blocks of l tokens attend within themselves,
+# Sparse Transformer, fixed (Child et al., 2019): blocks of `length` tokens attend within themselves,
 # and the last c tokens of every block are summaries that everyone attends to.
-def sparse_transformer_fixed(l = 128, c = 8) = fixed(l, c)
+def sparse_transformer_fixed(length = 128, c = 8) = fixed(length, c)
 
 # StreamingLLM (Xiao et al., 2023): `sinks` attention-sink tokens at the start plus a causal
 # window of the w most recent keys. Causal by construction.

@@ -38,6 +38,7 @@ std::string expected_words(const std::string& rule) {
     if (rule == "name") return "a name";
     if (rule == "string") return "a file name in quotes";
     if (rule == "parameter") return "a parameter name";
+    if (rule.find("boost") != std::string::npos) return "valid syntax";  // an unnamed parser
     return rule;
 }
 
@@ -70,21 +71,22 @@ struct Loader {
                                             const std::vector<std::string>& locals) const;
 };
 
-std::string read_file(const std::string& path) {
+// Reads a script file; `shown` is how messages name it.
+std::string read_file(const std::string& path, const std::string& shown) {
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) {
-        throw Error("cannot read '" + path + "': it is a folder (give a .pat file)");
+        throw Error("cannot read '" + shown + "': it is a folder (give a .pat file)");
     }
     std::ifstream in(path, std::ios::binary);
     if (!in) {
-        throw Error("cannot read '" + path + "': " + std::strerror(errno));
+        throw Error("cannot read '" + shown + "': " + std::strerror(errno));
     }
     std::ostringstream text;
     text << in.rdbuf();
-    if (in.bad()) throw Error("cannot read '" + path + "': read failed");
+    if (in.bad()) throw Error("cannot read '" + shown + "': read failed");
     std::string out = text.str();
     if (out.size() > kMaxScriptBytes) {
-        throw Error("'" + path + "' is " + std::to_string(out.size()) + " bytes: scripts are limited to " +
+        throw Error("'" + shown + "' is " + std::to_string(out.size()) + " bytes: scripts are limited to " +
                     std::to_string(kMaxScriptBytes) + " bytes (is this really a pattern script?)");
     }
     return out;
@@ -168,11 +170,13 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
             check_expr(def->body, *module, module->entries.size(), params);
             define(def->name.text, def->name, nullptr, def);
         } else if (const auto* import = boost::get<ast::ImportStatement>(&statement)) {
-            std::filesystem::path path(import->path.text);
-            if (path.is_relative() && !source->path.empty()) {
-                path = std::filesystem::path(source->path).parent_path() / path;
+            std::filesystem::path path(import->path.text), shown(import->path.text);
+            if (path.is_relative()) {
+                if (!source->path.empty()) path = std::filesystem::path(source->path).parent_path() / path;
+                shown = std::filesystem::path(source->name).parent_path() / shown;
             }
             std::string key = path.lexically_normal().string();
+            std::string display = shown.lexically_normal().string();
             if (std::find(import_stack.begin(), import_stack.end(), key) != import_stack.end()) {
                 error(source, import->path, "import cycle: '" + import->path.text + "' imports this file again",
                       "move the shared definitions into a third file that both import");
@@ -184,13 +188,13 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
             } else {
                 std::string text;
                 try {
-                    text = read_file(key);
+                    text = read_file(key, display);
                 } catch (const Error& e) {
                     error(source, import->path, std::string("import: ") + e.what());
                     continue;
                 }
                 flush();  // report this file's own errors before descending
-                auto imported_source = std::make_shared<const Source>(Source{key, key, std::move(text)});
+                auto imported_source = std::make_shared<const Source>(Source{display, key, std::move(text)});
                 import_stack.push_back(key);
                 imported_module = &load_module(imported_source, false);
                 import_stack.pop_back();
@@ -228,13 +232,21 @@ void Loader::check_operand(const ast::Operand& operand, const Module& module, si
                            const std::vector<std::string>& locals) {
     if (const auto* name = boost::get<ast::Name>(&operand)) {
         check_name(*name, module, visible, locals);
-    } else if (const auto* call = boost::get<x3::forward_ast<ast::Call>>(&operand)) {
+    } else if (const auto* number = boost::get<ast::Number>(&operand)) {
+        // Integers are 64-bit: refuse a literal that does not fit before anything runs.
+        const std::string& text = number->text;
+        const std::string digits = text.substr(std::min(text.find_first_not_of('0'), text.size()));
+        if (text.find('.') == std::string::npos &&
+            (digits.size() > 19 || (digits.size() == 19 && digits > "9223372036854775807"))) {
+            error(module.source, *number, "number " + text + " is too large", "integers must be below 2^63");
+        }
+    } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&operand)) {
         check_call(call->get(), module, visible, locals);
-    } else if (const auto* set = boost::get<x3::forward_ast<ast::SetLiteral>>(&operand)) {
+    } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&operand)) {
         for (const auto& member : set->get().members) check_expr(member, module, visible, locals);
-    } else if (const auto* unary = boost::get<x3::forward_ast<ast::Unary>>(&operand)) {
+    } else if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&operand)) {
         check_operand(unary->get().operand, module, visible, locals);
-    } else if (const auto* expr = boost::get<x3::forward_ast<ast::Expr>>(&operand)) {
+    } else if (const auto* expr = boost::get<ast::x3::forward_ast<ast::Expr>>(&operand)) {
         check_expr(expr->get(), module, visible, locals);
     }
 }
@@ -358,7 +370,7 @@ void Loader::check_complements(const ast::Expr& expr, const SourcePtr& source) {
             for (const auto& op : e.rest) operand(op.rhs);
         }
         void operand(const ast::Operand& o) {
-            if (const auto* unary = boost::get<x3::forward_ast<ast::Unary>>(&o)) {
+            if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&o)) {
                 if (unary->get().op == '!') {
                     self.script.warnings.push_back(diagnostic_at(
                         Severity::warning, source, unary->get().begin, unary->get().end,
@@ -366,14 +378,14 @@ void Loader::check_complements(const ast::Expr& expr, const SourcePtr& source) {
                         "to remove pairs from a pattern, write P - Q"));
                 }
                 operand(unary->get().operand);
-            } else if (const auto* call = boost::get<x3::forward_ast<ast::Call>>(&o)) {
+            } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&o)) {
                 for (const auto& arg : call->get().args) {
                     if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) expr(kw->value);
                     else expr(boost::get<ast::Expr>(arg));
                 }
-            } else if (const auto* set = boost::get<x3::forward_ast<ast::SetLiteral>>(&o)) {
+            } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&o)) {
                 for (const auto& m : set->get().members) expr(m);
-            } else if (const auto* e = boost::get<x3::forward_ast<ast::Expr>>(&o)) {
+            } else if (const auto* e = boost::get<ast::x3::forward_ast<ast::Expr>>(&o)) {
                 expr(e->get());
             }
         }
@@ -401,6 +413,10 @@ void read_statements(Loader& loader, Script& script, const Module& main) {
     for (size_t index = 0; index < main.tree->size(); ++index) {
         const ast::Statement& statement = (*main.tree)[index];
         const size_t count = main.visible_at[index];
+        if (boost::get<ast::LetStatement>(&statement) != nullptr || boost::get<ast::DefStatement>(&statement) != nullptr ||
+            boost::get<ast::ImportStatement>(&statement) != nullptr) {
+            continue;  // definitions were read with the module
+        }
         if (const auto* simple = boost::get<ast::SimpleStatement>(&statement)) {
             if (auto it = seen.find(simple->keyword); it != seen.end()) {
                 Diagnostic earlier = diagnostic_at(Severity::error, main.source, it->second->begin, it->second->end, "");
@@ -467,7 +483,8 @@ void read_statements(Loader& loader, Script& script, const Module& main) {
     bool has_plain = std::any_of(script.attends.begin(), script.attends.end(),
                                  [](const AttendLine& a) { return !a.statement->selector; });
     if (!has_plain && loader.errors.empty()) {
-        int32_t end = static_cast<int32_t>(main.source->text.size());
+        const std::string& text = main.source->text;
+        int32_t end = static_cast<int32_t>(text.find_last_not_of(" \t\r\n") + 1);
         loader.errors.push_back(diagnostic_at(Severity::error, main.source, end, end,
                                               "the script has no 'attend = ...' line",
                                               "add one, e.g. attend = window(128)"));
@@ -499,7 +516,7 @@ ScriptPtr script_parse(std::string text, std::string name, std::string path) {
     return script;
 }
 
-ScriptPtr script_load(const std::string& path) { return script_parse(read_file(path), path, path); }
+ScriptPtr script_load(const std::string& path) { return script_parse(read_file(path, path), path, path); }
 
 const ScriptSettings& script_settings(const Script& script) { return script.settings; }
 const Source& script_source(const Script& script) { return *script.main->source; }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The main job: set up, build, then check, compile and summarize every bundled example script.
+#   scripts/run.sh [N]      (sequence length, default 4096)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-4096}"
+
+scripts/setup.sh build
+sparsa=build/cli/sparsa
+out=build/examples
+mkdir -p "$out"
+
+echo
+echo "== sparsa check examples/patterns/*.pat"
+"$sparsa" check examples/patterns/*.pat
+
+echo
+echo "== sparsa compile (n = $n): masks in $out/"
+for f in examples/patterns/*.pat; do
+  name=$(basename "$f" .pat)
+  "$sparsa" compile "$f" --n "$n" -o "$out/$name.npz" | head -n 1
+done
+
+echo
+echo "== sparsa stats --brief (n = $n)"
+"$sparsa" stats --brief --n "$n" examples/patterns/*.pat
+
+echo
+echo "== sparsa show examples/patterns/bigbird.pat --n 2048 (layer 0, head 0)"
+"$sparsa" show examples/patterns/bigbird.pat --n 2048

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sparsa needs when they are missing, then configures and builds.
+#   scripts/setup.sh [--tests] [BUILD_DIR] [-- extra cmake args]
+# --tests also installs what the tests need (clang's fuzzing runtime, numpy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+build_dir=build
+cmake_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tests) with_tests=1 ;;
+    --) shift; cmake_args=("$@"); break ;;
+    *) build_dir="$1" ;;
+  esac
+  shift
+done
+
+packages=(cmake g++ make libboost-dev libeigen3-dev nlohmann-json3-dev catch2 libstb-dev python3-numpy)
+if [ "$with_tests" = 1 ]; then
+  packages+=(clang libclang-rt-14-dev)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+jobs=$(nproc 2>/dev/null || echo 2)
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${cmake_args[@]}" >/dev/null
+cmake --build "$build_dir" -j "$jobs"
