@@ -652,8 +652,10 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
             } catch (const Error& e) {
                 // Messages name the file as the script does, not by where this machine keeps it.
                 std::string message = e.what();
-                for (size_t at = message.find(key); at != std::string::npos; at = message.find(key, at)) {
-                    message.replace(at, key.size(), shown.lexically_normal().string());
+                const std::string name = shown.lexically_normal().string();
+                for (size_t at = message.find(key); !key.empty() && at != std::string::npos;
+                     at = message.find(key, at + name.size())) {
+                    message.replace(at, key.size(), name);
                 }
                 arg_error(0, "load: " + message);
             }
