@@ -21,9 +21,12 @@ bool block_size_valid(int64_t block);
 // short when B does not divide n. Row r keeps the key blocks col_idx[row_ptr[r] .. row_ptr[r+1]),
 // sorted ascending. A kept block is *full* (every valid pair allowed; partial_idx == -1) or
 // *partial* (partial_idx = p >= 0): then bit (i*B + j) of bitmask p says whether query
-// r*B + i may attend to key c*B + j. Bits of pairs beyond n are zero.
+// r*B + i may attend to key c*B + j. Bits of pairs beyond n are zero. Bit t of a bitmask is bit
+// t % 64 of its word t / 64, so a bitmask is B * B / 64 words (4 for B = 16, 1024 for B = 256);
+// for B >= 64 that is [B, B / 64] words, one row of keys per query.
 //
-// The form is canonical: no kept block is empty, no partial block has all its valid pairs set.
+// The form is canonical: no kept block is empty, no partial block has all its valid pairs set,
+// and partial blocks use bitmasks 0, 1, 2, ... in the order they appear, each once.
 // So two masks allow the same pairs exactly when their arrays are equal.
 struct BlockMask {
     int64_t n = 0;                    // sequence length (queries and keys)
@@ -31,7 +34,7 @@ struct BlockMask {
     std::vector<int64_t> row_ptr;     // [q_blocks + 1]
     std::vector<int32_t> col_idx;     // [kept_blocks] key block of each kept block
     std::vector<int32_t> partial_idx; // [kept_blocks] -1 when full, else index of its bitmask
-    std::vector<uint64_t> bits;       // [partial_blocks, B, B / 64] row-major bitmasks
+    std::vector<uint64_t> bits;       // [partial_blocks, B * B / 64] bitmasks, bit i*B+j as above
 
     int64_t q_blocks() const { return (n + block - 1) / block; }
     int64_t k_blocks() const { return q_blocks(); }
@@ -39,7 +42,7 @@ struct BlockMask {
     int64_t words_per_block() const { return int64_t{block} * block / 64; }
     int64_t partial_blocks() const { return static_cast<int64_t>(bits.size()) / words_per_block(); }
 
-    // The bitmask of partial block p: [B, B / 64] words.
+    // The bitmask of partial block p: [B * B / 64] words.
     const uint64_t* partial_bits(int64_t p) const { return bits.data() + p * words_per_block(); }
 
     // Whether query q may attend to key k (0 <= q, k < n). O(log kept blocks of the row).
@@ -71,6 +74,16 @@ int64_t block_valid_pairs(const BlockMask& mask, int64_t qb, int64_t kb);
 // A mask of the stated size that keeps nothing.
 BlockMask block_mask_empty(int64_t n, int32_t block);
 
+// The canonical mask of a dense matrix. dense: [n, n] bytes, dense[q * n + k] != 0 when query q
+// may attend to key k. Throws sparsa::Error for n < 1 or a block size that is not valid.
+BlockMask block_mask_from_dense(int64_t n, int32_t block, const uint8_t* dense);
+
+// One query row of the mask as 0/1 bytes. row: [n], row[k] = allowed(q, k).
+void block_mask_dense_row(const BlockMask& mask, int64_t q, uint8_t* row);
+
+// Hash of every field of the mask: equal masks hash equal (used to share equal masks).
+uint64_t block_mask_hash(const BlockMask& mask);
+
 // One BlockMask per (layer, head); identical masks are stored once and shared.
 struct MaskSet {
     int64_t n = 0;
@@ -86,7 +99,8 @@ struct MaskSet {
 
     const BlockMask& at(int64_t layer, int64_t head) const { return *masks[layer * heads + head]; }
 
-    // Distinct masks in first-use order, and for each (layer, head) its index among them.
+    // Distinct masks (equal by content) in first-use order, and for each (layer, head) its index
+    // among them.
     std::vector<std::shared_ptr<const BlockMask>> unique_masks() const;
     std::vector<int32_t> unique_index() const; // [layers * heads]
 };

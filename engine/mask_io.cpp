@@ -1,0 +1,400 @@
+// MaskSet <-> .npz (docs/formats.md): concatenated CSR arrays and bitmasks of the distinct masks,
+// FlexAttention's layout, a JSON header; arrays are streamed so none is held twice.
+#include "engine/mask_io.hpp"
+
+#include "engine/error.hpp"
+#include "engine/npz.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <limits>
+#include <unordered_set>
+
+namespace sparsa {
+
+namespace {
+
+using Json = nlohmann::ordered_json;  // keeps the params in their order
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+size_t to_size(int64_t i) { return static_cast<size_t>(i); }
+
+// Per query block row: how many partial and how many full blocks it keeps. [q_blocks] each.
+struct RowCounts {
+    std::vector<int32_t> partial, full;
+};
+RowCounts row_counts(const BlockMask& mask) {
+    RowCounts c;
+    c.partial.assign(to_size(mask.q_blocks()), 0);
+    c.full.assign(to_size(mask.q_blocks()), 0);
+    for (int64_t r = 0; r < mask.q_blocks(); ++r) {
+        for (int64_t e = mask.row_ptr[to_size(r)]; e < mask.row_ptr[to_size(r) + 1]; ++e) {
+            ++(mask.partial_idx[to_size(e)] < 0 ? c.full : c.partial)[to_size(r)];
+        }
+    }
+    return c;
+}
+
+int64_t flex_width(const std::vector<std::shared_ptr<const BlockMask>>& unique) {
+    int64_t w = 1;
+    for (const auto& m : unique) {
+        RowCounts c = row_counts(*m);
+        for (size_t r = 0; r < c.partial.size(); ++r) w = std::max<int64_t>({w, c.partial[r], c.full[r]});
+    }
+    return w;
+}
+
+// One row of kv_indices (partial: true) or full_kv_indices: its key blocks, then zeros. [w]
+void flex_row(const BlockMask& mask, int64_t r, bool partial, std::vector<int32_t>& row) {
+    std::fill(row.begin(), row.end(), 0);
+    size_t k = 0;
+    for (int64_t e = mask.row_ptr[to_size(r)]; e < mask.row_ptr[to_size(r) + 1]; ++e) {
+        if ((mask.partial_idx[to_size(e)] >= 0) == partial) row[k++] = mask.col_idx[to_size(e)];
+    }
+}
+
+// The (layer, head) of the first use of each distinct mask, for messages.
+std::string first_use(const std::vector<int32_t>& index, int64_t heads, int64_t u) {
+    const auto it = std::find(index.begin(), index.end(), static_cast<int32_t>(u));
+    const int64_t i = it - index.begin();
+    return "layer " + std::to_string(i / heads) + ", head " + std::to_string(i % heads);
+}
+
+} // namespace
+
+int64_t mask_set_flex_width(const MaskSet& set) { return flex_width(set.unique_masks()); }
+
+// [SECTION] save
+
+void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64) {
+    const std::string what = "cannot save '" + path + "'";
+    if (set.layers < 1 || set.heads < 1 || set.layers > kInt32Max / set.heads ||
+        static_cast<int64_t>(set.masks.size()) != set.layers * set.heads) {
+        throw Error(what + ": the set has " + std::to_string(set.masks.size()) + " masks for " + std::to_string(set.layers) +
+                    " layers x " + std::to_string(set.heads) + " heads (need one per layer and head)");
+    }
+    for (size_t i = 0; i < set.masks.size(); ++i) {
+        if (!set.masks[i]) throw Error(what + ": mask " + std::to_string(i) + " is missing (null)");
+        if (set.masks[i]->n != set.n || set.masks[i]->block != set.block) {
+            throw Error(what + ": mask " + std::to_string(i) + " has n = " + std::to_string(set.masks[i]->n) + ", block " +
+                        std::to_string(set.masks[i]->block) + " but the set has n = " + std::to_string(set.n) +
+                        ", block " + std::to_string(set.block));
+        }
+    }
+    const std::vector<std::shared_ptr<const BlockMask>> unique = set.unique_masks();
+    const std::vector<int32_t> index = set.unique_index();
+    const int64_t U = static_cast<int64_t>(unique.size());
+    int64_t total_kept = 0, total_partials = 0;
+    for (int64_t u = 0; u < U; ++u) {
+        block_mask_validate(*unique[to_size(u)], what + ": mask of " + first_use(index, set.heads, u));
+        total_kept += unique[to_size(u)]->kept_blocks();
+        total_partials += unique[to_size(u)]->partial_blocks();
+    }
+    if (total_partials > kInt32Max) {
+        throw Error(what + ": " + std::to_string(total_partials) + " partial blocks in all is more than partial_idx (int32) can index");
+    }
+
+    Json params = Json::object();
+    for (const auto& [key, value] : set.params) {
+        if (params.contains(key)) throw Error(what + ": param '" + key + "' is given twice (give each key once)");
+        params[key] = value;
+    }
+    const int64_t W = flex_width(unique);
+    Json header = {{"format", kMaskFormatName},  {"version", kMaskFormatVersion}, {"n", set.n},
+                   {"block", set.block},         {"layers", set.layers},          {"heads", set.heads},
+                   {"unique_masks", U},          {"script_name", set.script_name}, {"script", set.script_text},
+                   {"params", params},           {"flex_kv_width", W}};
+    std::string header_text;
+    try {
+        header_text = header.dump();
+    } catch (const Json::exception&) {
+        throw Error(what + ": the script name, script text or a param is not valid UTF-8 (save the script as UTF-8)");
+    }
+
+    const int64_t Q = set.n > 0 ? (set.n + set.block - 1) / set.block : 0, L = set.layers, H = set.heads;
+    const int64_t words = int64_t{set.block} * set.block / 64;
+    NpzWriter out(path, force_zip64);
+    out.add("header", npy_array_make<uint8_t>({static_cast<int64_t>(header_text.size())},
+                                              std::vector<uint8_t>(header_text.begin(), header_text.end())));
+    out.add("mask_index", npy_array_make<int32_t>({L, H}, index));
+
+    // CSR arrays of the distinct masks, concatenated: offsets become absolute, bitmask indices global.
+    out.begin("row_ptr", NpyDtype::int64, {U, Q + 1});
+    int64_t base = 0;
+    for (const auto& m : unique) {
+        std::vector<int64_t> row_ptr = m->row_ptr;
+        for (int64_t& v : row_ptr) v += base;
+        out.write(row_ptr.data(), row_ptr.size() * sizeof(int64_t));
+        base += m->kept_blocks();
+    }
+    out.end();
+    out.begin("col_idx", NpyDtype::int32, {total_kept});
+    for (const auto& m : unique) out.write(m->col_idx.data(), m->col_idx.size() * sizeof(int32_t));
+    out.end();
+    out.begin("partial_idx", NpyDtype::int32, {total_kept});
+    int64_t partial_base = 0;
+    for (const auto& m : unique) {
+        std::vector<int32_t> partial_idx = m->partial_idx;
+        for (int32_t& p : partial_idx) p = p < 0 ? -1 : static_cast<int32_t>(p + partial_base);
+        out.write(partial_idx.data(), partial_idx.size() * sizeof(int32_t));
+        partial_base += m->partial_blocks();
+    }
+    out.end();
+    out.begin("bitmask", NpyDtype::uint64, {total_partials, words});
+    for (const auto& m : unique) out.write(m->bits.data(), m->bits.size() * sizeof(uint64_t));
+    out.end();
+
+    // FlexAttention's layout, per (layer, head).
+    std::vector<RowCounts> counts;
+    for (const auto& m : unique) counts.push_back(row_counts(*m));
+    for (bool partial : {true, false}) {
+        const std::string prefix = partial ? "" : "full_";
+        out.begin(prefix + "kv_num_blocks", NpyDtype::int32, {L, H, Q});
+        for (int32_t u : index) {
+            const auto& c = partial ? counts[to_size(u)].partial : counts[to_size(u)].full;
+            out.write(c.data(), c.size() * sizeof(int32_t));
+        }
+        out.end();
+        out.begin(prefix + "kv_indices", NpyDtype::int32, {L, H, Q, W});
+        std::vector<int32_t> row(to_size(W));
+        for (int32_t u : index) {
+            for (int64_t r = 0; r < Q; ++r) {
+                flex_row(*unique[to_size(u)], r, partial, row);
+                out.write(row.data(), row.size() * sizeof(int32_t));
+            }
+        }
+        out.end();
+    }
+    out.commit();
+}
+
+// [SECTION] load
+
+namespace {
+
+// Reads and checks the arrays of one file; every message names the file and the array.
+class MaskFileReader {
+public:
+    explicit MaskFileReader(const std::string& path) : path_(path), npz_(path) {}
+
+    // An array's stream, after checking its dtype and shape.
+    NpzReader::Stream open(const std::string& name, NpyDtype dtype, const std::vector<int64_t>& shape,
+                           const std::string& expected) const {
+        require(name);
+        NpzReader::Stream s = npz_.stream(name);
+        check(name, s.header(), dtype, shape, expected);
+        return s;
+    }
+    NpyArray read(const std::string& name, NpyDtype dtype, const std::vector<int64_t>& shape, const std::string& expected) const {
+        check(name, header_of(name), dtype, shape, expected);
+        return npz_.read(name);
+    }
+    // An array's dtype and shape, without reading its data.
+    NpyHeader header_of(const std::string& name) const {
+        require(name);
+        return npz_.stream(name).header();
+    }
+    // The first dimension of a 1-d or 2-d array, which the header does not give.
+    int64_t length_of(const std::string& name, size_t dims) const {
+        const NpyHeader h = header_of(name);
+        if (h.shape.size() != dims) fail(name, "shape is " + npy_shape_text(h.shape) + ", expected " + std::to_string(dims) + " dimension(s)");
+        return h.shape[0];
+    }
+    bool has(const std::string& name) const { return npz_.has(name); }
+    [[noreturn]] void fail(const std::string& name, const std::string& why) const {
+        throw Error(path_ + ": array '" + name + "': " + why);
+    }
+    const std::string& path() const { return path_; }
+
+private:
+    void require(const std::string& name) const {
+        if (!npz_.has(name)) {
+            throw Error(path_ + ": no '" + name + "' array (the file is incomplete: write it again with `sparsa compile`)");
+        }
+    }
+    void check(const std::string& name, const NpyHeader& h, NpyDtype dtype, const std::vector<int64_t>& shape,
+               const std::string& expected) const {
+        if (h.dtype != dtype) fail(name, std::string("dtype is ") + npy_dtype_name(h.dtype) + ", expected " + npy_dtype_name(dtype));
+        if (h.shape != shape) {
+            fail(name, "shape is " + npy_shape_text(h.shape) + ", expected " + expected + " = " + npy_shape_text(shape));
+        }
+    }
+
+    std::string path_;
+    NpzReader npz_;
+};
+
+template <typename T> std::vector<T> stream_values(NpzReader::Stream& s, int64_t count) {
+    std::vector<T> values(to_size(count));
+    s.read(values.data(), values.size() * sizeof(T));
+    return values;
+}
+
+// A header field that must be an integer in [lo, hi].
+int64_t json_integer(const Json& header, const char* key, int64_t lo, int64_t hi, const std::string& what) {
+    if (!header.contains(key) || !header[key].is_number_integer()) {
+        throw Error(what + ": header field '" + key + "' is missing or not an integer");
+    }
+    const Json& v = header[key];
+    const bool too_big = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi);
+    if (too_big || (!v.is_number_unsigned() && (v.get<int64_t>() < lo || v.get<int64_t>() > hi))) {
+        throw Error(what + ": header field '" + key + "' = " + v.dump() + " is out of range [" + std::to_string(lo) + ", " +
+                    std::to_string(hi) + "]");
+    }
+    return v.get<int64_t>();
+}
+
+std::string json_string(const Json& header, const char* key, const std::string& what) {
+    if (!header.contains(key) || !header[key].is_string()) throw Error(what + ": header field '" + key + "' is missing or not a string");
+    return header[key].get<std::string>();
+}
+
+} // namespace
+
+MaskSet mask_set_load(const std::string& path) {
+    MaskFileReader file(path);
+    if (!file.has("header")) {
+        throw Error(path + ": not a sparsa mask file (no 'header' array): was it written by `sparsa compile`?");
+    }
+    // [SECTION] the JSON header
+    const int64_t header_bytes = file.length_of("header", 1);
+    NpyArray header_array = file.read("header", NpyDtype::uint8, {header_bytes}, "[bytes]");
+    Json header;
+    try {
+        header = Json::parse(header_array.data.begin(), header_array.data.end());
+    } catch (const Json::exception& e) {
+        file.fail("header", std::string("not valid JSON (") + e.what() + ")");
+    }
+    if (!header.is_object() || !header.contains("format") || header["format"] != kMaskFormatName) {
+        throw Error(path + ": not a sparsa mask file (its header has no \"format\": \"" + kMaskFormatName +
+                    "\"): was it written by `sparsa compile`?");
+    }
+    const int64_t version = json_integer(header, "version", 1, std::numeric_limits<int64_t>::max(), path);
+    if (version > kMaskFormatVersion) {
+        throw Error(path + ": written by a newer sparsa (mask format version " + std::to_string(version) +
+                    "; this build reads up to version " + std::to_string(kMaskFormatVersion) + "): update sparsa");
+    }
+    MaskSet set;
+    set.block = static_cast<int32_t>(json_integer(header, "block", kMinBlock, kMaxBlock, path));
+    if (!block_size_valid(set.block)) {
+        throw Error(path + ": header block size " + std::to_string(set.block) + " is not valid (16, 32, 64, 128 or 256)");
+    }
+    set.n = json_integer(header, "n", 1, kInt32Max * int64_t{set.block}, path);
+    set.layers = json_integer(header, "layers", 1, kInt32Max, path);
+    set.heads = json_integer(header, "heads", 1, kInt32Max / set.layers, path);
+    const int64_t U = json_integer(header, "unique_masks", 1, set.layers * set.heads, path);
+    set.script_name = json_string(header, "script_name", path);
+    set.script_text = json_string(header, "script", path);
+    if (!header.contains("params") || !header["params"].is_object()) throw Error(path + ": header field 'params' is missing or not an object");
+    for (const auto& [key, value] : header["params"].items()) {
+        if (!value.is_string()) throw Error(path + ": header param '" + key + "' is not a string");
+        set.params.emplace_back(key, value.get<std::string>());
+    }
+    const int64_t Q = (set.n + set.block - 1) / set.block, L = set.layers, H = set.heads;
+    const int64_t W = json_integer(header, "flex_kv_width", 1, std::max<int64_t>(Q, 1), path);
+    const int64_t words = int64_t{set.block} * set.block / 64;
+
+    // [SECTION] which mask each (layer, head) uses
+    const std::vector<int32_t> index =
+        npy_array_values<int32_t>(file.read("mask_index", NpyDtype::int32, {L, H}, "[layers, heads]"), path);
+    std::vector<bool> used(to_size(U), false);
+    for (size_t i = 0; i < index.size(); ++i) {
+        if (index[i] < 0 || index[i] >= U) {
+            file.fail("mask_index", "layer " + std::to_string(i / to_size(H)) + ", head " + std::to_string(i % to_size(H)) +
+                                        " uses mask " + std::to_string(index[i]) + ", not one of the " + std::to_string(U) + " masks");
+        }
+        used[to_size(index[i])] = true;
+    }
+    if (auto it = std::find(used.begin(), used.end(), false); it != used.end()) {
+        file.fail("mask_index", "mask " + std::to_string(it - used.begin()) + " is used by no (layer, head)");
+    }
+
+    // [SECTION] the distinct masks, from the concatenated CSR arrays
+    const int64_t total_kept = file.length_of("col_idx", 1);
+    NpzReader::Stream row_ptr_s = file.open("row_ptr", NpyDtype::int64, {U, Q + 1}, "[unique_masks, q_blocks + 1]");
+    NpzReader::Stream col_s = file.open("col_idx", NpyDtype::int32, {total_kept}, "[total kept blocks]");
+    NpzReader::Stream partial_s = file.open("partial_idx", NpyDtype::int32, {total_kept}, "[total kept blocks] (as col_idx)");
+    const int64_t total_partials = file.length_of("bitmask", 2);
+    NpzReader::Stream bits_s = file.open("bitmask", NpyDtype::uint64, {total_partials, words},
+                                         "[total partial blocks, block * block / 64]");
+
+    std::vector<std::shared_ptr<const BlockMask>> unique;
+    int64_t kept_base = 0, partial_base = 0;
+    for (int64_t u = 0; u < U; ++u) {
+        auto mask = std::make_shared<BlockMask>();
+        mask->n = set.n;
+        mask->block = set.block;
+        mask->row_ptr = stream_values<int64_t>(row_ptr_s, Q + 1);
+        const int64_t first = mask->row_ptr.front(), last = mask->row_ptr.back();
+        if (first != kept_base) {
+            file.fail("row_ptr", "mask " + std::to_string(u) + " starts at " + std::to_string(first) + " where mask " +
+                                     std::to_string(u - 1) + " ended (" + std::to_string(kept_base) + ")");
+        }
+        if (last < first || last > total_kept) {
+            file.fail("row_ptr", "mask " + std::to_string(u) + " ends at " + std::to_string(last) + ", outside [" +
+                                     std::to_string(first) + ", " + std::to_string(total_kept) + "] (col_idx has " +
+                                     std::to_string(total_kept) + " entries)");
+        }
+        for (int64_t& v : mask->row_ptr) v -= first;  // block_mask_validate checks the rest
+        mask->col_idx = stream_values<int32_t>(col_s, last - first);
+        mask->partial_idx = stream_values<int32_t>(partial_s, last - first);
+        const int64_t partials = std::count_if(mask->partial_idx.begin(), mask->partial_idx.end(), [](int32_t p) { return p != -1; });
+        if (partials > total_partials - partial_base) {
+            file.fail("partial_idx", "mask " + std::to_string(u) + " has more partial blocks than 'bitmask' holds");
+        }
+        for (int32_t& p : mask->partial_idx) {
+            if (p == -1) continue;
+            if (p < partial_base || p >= partial_base + partials) {
+                file.fail("partial_idx", "mask " + std::to_string(u) + " points at bitmask " + std::to_string(p) +
+                                             ", outside its own [" + std::to_string(partial_base) + ", " +
+                                             std::to_string(partial_base + partials) + ")");
+            }
+            p = static_cast<int32_t>(p - partial_base);
+        }
+        mask->bits = stream_values<uint64_t>(bits_s, partials * words);
+        block_mask_validate(*mask, path + ": mask " + std::to_string(u) + " (" + first_use(index, H, u) + ")");
+        kept_base = last;
+        partial_base += partials;
+        unique.push_back(std::move(mask));
+    }
+    if (kept_base != total_kept) file.fail("col_idx", std::to_string(total_kept - kept_base) + " entries beyond the last mask's row_ptr");
+    if (partial_base != total_partials) file.fail("bitmask", std::to_string(total_partials - partial_base) + " bitmasks no block uses");
+
+    // [SECTION] FlexAttention's arrays must say what the CSR arrays say
+    if (flex_width(unique) != W) {
+        throw Error(path + ": header flex_kv_width = " + std::to_string(W) + " but the masks need " +
+                    std::to_string(flex_width(unique)) + " (the file is inconsistent: write it again)");
+    }
+    std::vector<RowCounts> unique_counts;
+    for (const auto& m : unique) unique_counts.push_back(row_counts(*m));
+    for (bool partial : {true, false}) {
+        const std::string num_name = std::string(partial ? "" : "full_") + "kv_num_blocks";
+        const std::string idx_name = std::string(partial ? "" : "full_") + "kv_indices";
+        NpzReader::Stream num_s = file.open(num_name, NpyDtype::int32, {L, H, Q}, "[layers, heads, q_blocks]");
+        NpzReader::Stream idx_s = file.open(idx_name, NpyDtype::int32, {L, H, Q, W}, "[layers, heads, q_blocks, flex_kv_width]");
+        std::vector<int32_t> want(to_size(W)), got(to_size(W));
+        for (size_t i = 0; i < index.size(); ++i) {
+            const BlockMask& mask = *unique[to_size(index[i])];
+            const RowCounts& counts = unique_counts[to_size(index[i])];
+            const std::vector<int32_t> nums = stream_values<int32_t>(num_s, Q);
+            for (int64_t r = 0; r < Q; ++r) {
+                const std::string where = "layer " + std::to_string(i / to_size(H)) + ", head " +
+                                          std::to_string(i % to_size(H)) + ", query block " + std::to_string(r);
+                if (nums[to_size(r)] != (partial ? counts.partial : counts.full)[to_size(r)]) {
+                    file.fail(num_name, where + ": " + std::to_string(nums[to_size(r)]) + " blocks, but the CSR arrays keep " +
+                                            std::to_string((partial ? counts.partial : counts.full)[to_size(r)]));
+                }
+                flex_row(mask, r, partial, want);
+                idx_s.read(got.data(), got.size() * sizeof(int32_t));
+                if (got != want) file.fail(idx_name, where + ": key blocks disagree with the CSR arrays");
+            }
+        }
+    }
+
+    set.masks.resize(index.size());
+    for (size_t i = 0; i < index.size(); ++i) set.masks[i] = unique[to_size(index[i])];
+    return set;
+}
+
+} // namespace sparsa

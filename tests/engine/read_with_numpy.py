@@ -1,0 +1,133 @@
+"""Reads every sparsa mask file (.npz) in a folder with numpy alone, as docs/formats.md says,
+and checks it against NAME.dense.npy (bool [layers, heads, n, n], written beside it).
+
+Each file's dense mask is rebuilt three ways: from the CSR arrays + bitmask, from FlexAttention's
+kv_num_blocks / kv_indices / full_kv_* arrays + bitmask, and from the FlexAttention mask_mod of
+docs/formats.md evaluated on every pair. Prints a line per file; exits 1 on any
+mismatch. usage: /usr/bin/python3 read_with_numpy.py DIR
+"""
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+
+def load(path):
+    z = np.load(path)  # no pickle: plain arrays only
+    header = json.loads(z["header"].tobytes().decode("utf-8"))
+    assert header["format"] == "sparsa.maskset" and header["version"] == 1, header
+    return z, header
+
+
+def dense_from_csr(z, header):
+    n, B, L, H = header["n"], header["block"], header["layers"], header["heads"]
+    Q = -(-n // B)
+    bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
+    out = np.zeros((L, H, Q * B, Q * B), dtype=bool)  # padded to whole blocks, cropped below
+    for l in range(L):
+        for h in range(H):
+            u = z["mask_index"][l, h]
+            row_ptr = z["row_ptr"][u]
+            for qb in range(Q):
+                for e in range(row_ptr[qb], row_ptr[qb + 1]):
+                    kb, p = z["col_idx"][e], z["partial_idx"][e]
+                    out[l, h, qb * B:(qb + 1) * B, kb * B:(kb + 1) * B] = True if p < 0 else bits[p]
+    return out[:, :, :n, :n]
+
+
+def block_kinds(z, header, l):
+    """kind[h, qb, kb] for layer l: -1 block not kept, -2 full, p >= 0 partial with bitmask p
+    (the table docs/formats.md's FlexAttention mask_mod reads)."""
+    n, B, H = header["n"], header["block"], header["heads"]
+    Q = -(-n // B)
+    kind = np.full((H, Q, Q), -1, dtype=np.int64)
+    for h in range(H):
+        row_ptr = z["row_ptr"][z["mask_index"][l, h]]
+        for qb in range(Q):
+            e = np.arange(row_ptr[qb], row_ptr[qb + 1])
+            kind[h, qb, z["col_idx"][e]] = np.where(z["partial_idx"][e] < 0, -2, z["partial_idx"][e])
+    return kind
+
+
+def dense_from_flex(z, header):
+    """What FlexAttention's fused kernel computes: the blocks kv_indices and full_kv_indices name,
+    full ones whole, partial ones through the bitmask."""
+    n, B, L, H, W = header["n"], header["block"], header["layers"], header["heads"], header["flex_kv_width"]
+    Q = -(-n // B)
+    bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
+    for name, shape in (("kv_num_blocks", (L, H, Q)), ("kv_indices", (L, H, Q, W)),
+                        ("full_kv_num_blocks", (L, H, Q)), ("full_kv_indices", (L, H, Q, W))):
+        assert z[name].shape == shape and z[name].dtype == np.int32, (name, z[name].shape, shape)
+    out = np.zeros((L, H, Q * B, Q * B), dtype=bool)
+    for l in range(L):
+        kind = block_kinds(z, header, l)
+        for h in range(H):
+            for qb in range(Q):
+                for prefix, full in (("", False), ("full_", True)):
+                    count = z[prefix + "kv_num_blocks"][l, h, qb]
+                    row = z[prefix + "kv_indices"][l, h, qb]
+                    assert np.all(np.diff(row[:count]) > 0), "kv indices not ascending"
+                    assert np.all(row[count:] == 0), "kv indices not padded with 0"
+                    for kb in row[:count]:
+                        p = kind[h, qb, kb]
+                        assert (p == -2) == full and p != -1, f"{prefix}kv_indices names a block of the wrong kind"
+                        out[l, h, qb * B:(qb + 1) * B, kb * B:(kb + 1) * B] = True if full else bits[p]
+    # Padding the last dimension to Q gives torch's BlockMask shapes [.., Q, Q].
+    padded = np.pad(z["kv_indices"], [(0, 0)] * 3 + [(0, Q - W)])
+    assert padded.shape == (L, H, Q, Q)
+    return out[:, :, :n, :n]
+
+
+def dense_from_mask_mod(z, header):
+    """docs/formats.md's mask_mod, in numpy, evaluated on every (query, key) pair."""
+    n, B, L, H = header["n"], header["block"], header["layers"], header["heads"]
+    bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
+    bits = np.concatenate([bits, np.zeros((1, B, B), dtype=bool)])  # a spare, so never empty
+    q_idx, kv_idx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    out = np.zeros((L, H, n, n), dtype=bool)
+    for l in range(L):
+        kind = block_kinds(z, header, l)
+        for h in range(H):
+            p = kind[h, q_idx // B, kv_idx // B]
+            out[l, h] = (p == -2) | ((p >= 0) & bits[p.clip(min=0), q_idx % B, kv_idx % B])
+    return out
+
+
+def main():
+    folder = pathlib.Path(sys.argv[1])
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        print(f"no .npz files in {folder}")
+        return 1
+    failed = 0
+    for path in files:
+        try:
+            z, header = load(path)
+            expected = np.load(path.with_suffix(".dense.npy"))
+            assert expected.dtype == np.bool_, expected.dtype
+            csr = dense_from_csr(z, header)
+            flex = dense_from_flex(z, header)
+            mask_mod = dense_from_mask_mod(z, header)
+            problems = []
+            if csr.shape != expected.shape or not np.array_equal(csr, expected):
+                problems.append("CSR + bitmask")
+            if flex.shape != expected.shape or not np.array_equal(flex, expected):
+                problems.append("Flex arrays + bitmask")
+            if not np.array_equal(mask_mod, expected):
+                problems.append("the mask_mod")
+            status = "OK" if not problems else "MISMATCH from " + " and ".join(problems)
+        except Exception as e:  # any failure to read counts as a mismatch
+            status = f"ERROR {type(e).__name__}: {e}"
+            expected = None
+        if status != "OK":
+            failed += 1
+        shape = "x".join(map(str, expected.shape)) if expected is not None else "?"
+        print(f"{path.name}: {status} (dense {shape}, density {expected.mean():.3f})" if expected is not None
+              else f"{path.name}: {status}")
+    print(f"numpy check: {len(files)} files read, {failed} with problems")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

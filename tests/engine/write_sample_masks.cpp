@@ -1,0 +1,84 @@
+// Writes sample mask sets for the numpy check (read_with_numpy.py): NAME.npz through
+// mask_set_save, and NAME.dense.npy, bool [layers, heads, n, n], the pairs each mask allows.
+// usage: write_sample_masks OUT_DIR
+#include "engine/error.hpp"
+#include "engine/mask_io.hpp"
+#include "engine/npy.hpp"
+#include "mask_testing.hpp"
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace sparsa;
+
+struct Sample {
+    std::string name;
+    int64_t n;
+    int32_t block;
+    int64_t layers, heads;
+    int64_t distinct;       // masks drawn; (layer, head) i uses mask i % distinct
+    bool zip64 = false;
+    bool extremes = false;  // the first two masks keep nothing and everything
+};
+
+void sample_write(const Sample& s, const std::filesystem::path& dir) {
+    std::vector<std::vector<uint8_t>> dense;
+    for (int64_t i = 0; i < s.distinct; ++i) {
+        dense.push_back(testing::dense_random(s.n, s.block, 1000 + static_cast<uint64_t>(i) * 7919 + static_cast<uint64_t>(s.n)));
+        if (s.extremes && i < 2) std::fill(dense.back().begin(), dense.back().end(), static_cast<uint8_t>(i));
+    }
+    std::vector<std::shared_ptr<const BlockMask>> masks;
+    for (int64_t i = 0; i < s.layers * s.heads; ++i) {
+        const auto& d = dense[static_cast<size_t>(i % s.distinct)];
+        masks.push_back(std::make_shared<const BlockMask>(block_mask_from_dense(s.n, s.block, d.data())));
+    }
+    MaskSet set = mask_set_make(s.layers, s.heads, masks);
+    set.script_name = s.name + ".pat";
+    set.script_text = "# sample \"" + s.name + "\" \u2713 caf\u00e9\nattend = random(0.5)\n";
+    set.params = {{"seed", "1000"}, {"n", std::to_string(s.n)}, {"note", "quotes \" and \\ backslash"}};
+    mask_set_save(set, (dir / (s.name + ".npz")).string(), s.zip64);
+
+    NpyWriter writer((dir / (s.name + ".dense.npy")).string(), NpyDtype::boolean, {s.layers, s.heads, s.n, s.n});
+    for (int64_t i = 0; i < s.layers * s.heads; ++i) {
+        const auto& d = dense[static_cast<size_t>(i % s.distinct)];
+        writer.write(d.data(), d.size());
+    }
+    writer.commit();
+    std::printf("wrote %s.npz: n = %lld, block %d, %lld x %lld masks, %zu distinct\n", s.name.c_str(),
+                static_cast<long long>(s.n), s.block, static_cast<long long>(s.layers), static_cast<long long>(s.heads),
+                set.unique_masks().size());
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: write_sample_masks OUT_DIR\n");
+        return 2;
+    }
+    try {
+        const std::filesystem::path dir(argv[1]);
+        std::filesystem::create_directories(dir);
+        const std::vector<Sample> samples = {
+            {"random_b16_n100", 100, 16, 2, 3, 6, false, false},    // n not divisible by B, all distinct
+            {"shared_b64_n256", 256, 64, 3, 4, 3, false, true},     // shared masks, empty and full ones
+            {"odd_b32_n77", 77, 32, 1, 2, 2, false, false},
+            {"b128_n300", 300, 128, 2, 2, 4, false, false},
+            {"b256_n520", 520, 256, 1, 2, 2, false, false},
+            {"tiny_n1", 1, 16, 1, 1, 1, false, false},
+            {"zip64_b64_n200", 200, 64, 2, 2, 3, true, true},       // ZIP64 records forced
+        };
+        for (const auto& s : samples) sample_write(s, dir);
+    } catch (const sparsa::Error& e) {
+        std::fprintf(stderr, "write_sample_masks: %s\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "write_sample_masks: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
