@@ -1,0 +1,264 @@
+// Compile-time benchmark: window(256) | global(first(64)) | random(3) at B = 64 for growing n.
+// Each n runs in a fresh child process (fork) so its peak memory (VmHWM) is its own; prints a
+// Markdown table and writes it atomically to bench/results/compile-<cpu>.md.
+//
+//   bench_compile [--threads N] [--runs K] [--out PATH]
+#include "dsl/pattern.hpp"
+#include "engine/threads.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace sparsa;
+
+namespace {
+
+struct Result {
+    int64_t n = 0;
+    std::vector<double> seconds;  // one per sample: the mean of `reps` compiles
+    int reps = 1;
+    int64_t q_blocks = 0, kept = 0, partial = 0;
+    int64_t peak_kib = 0;         // VmHWM of the child
+};
+
+dsl::PatternPtr bench_pattern() {
+    auto window = dsl::pattern_window(256, 256);
+    auto global = dsl::pattern_global(dsl::token_set_range(0, 64));
+    auto random = dsl::pattern_random(3, /*seed=*/0, /*layer=*/0, /*head=*/0, /*causal_rows=*/false);
+    return dsl::pattern_union(dsl::pattern_union(window, global), random);
+}
+
+// A field of /proc (e.g. "VmHWM:" of /proc/self/status), as the number after it.
+int64_t proc_field(const char* file, const std::string& key) {
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + key.size());
+    }
+    return 0;
+}
+
+std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("model name", 0) == 0) {
+            std::string m = line.substr(line.find(':') + 1);
+            return m.substr(m.find_first_not_of(' '));
+        }
+    }
+    return "unknown-cpu";
+}
+
+// "Intel(R) Xeon(R) Processor" -> "intel-xeon-processor": a file name for the results.
+std::string slug(std::string s) {
+    for (const char* mark : {"(R)", "(TM)", "(tm)"}) {
+        for (size_t at; (at = s.find(mark)) != std::string::npos;) s.erase(at, std::string(mark).size());
+    }
+    std::string out;
+    for (char c : s) {
+        if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        else if (!out.empty() && out.back() != '-') out += '-';
+    }
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    return out.empty() ? "unknown" : out;
+}
+
+// Runs in the child: takes `runs` samples and writes one line of results to fd. A sample is the
+// mean of `reps` back-to-back compiles, reps chosen so a sample lasts at least 20 ms: a 1 ms
+// compile timed alone mostly measures the scheduler of a shared machine.
+void measure_child(int64_t n, int threads, int runs, int fd) {
+    const auto p = bench_pattern();
+    Result r;
+    auto compile_seconds = [&](int reps) {
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < reps; ++i) {
+            BlockMask m = dsl::pattern_compile(*p, n, 64, threads);
+            r.q_blocks = m.q_blocks();
+            r.kept = m.kept_blocks();
+            r.partial = m.partial_blocks();
+        }
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / reps;
+    };
+    // Warm-up that doubles as calibration: as many compiles as fit in 20 ms.
+    int reps = 0;
+    for (const auto start = std::chrono::steady_clock::now();
+         reps == 0 || std::chrono::steady_clock::now() - start < std::chrono::milliseconds(20); ++reps) {
+        compile_seconds(1);
+    }
+    for (int run = 0; run < runs; ++run) r.seconds.push_back(compile_seconds(reps));
+    r.reps = reps;
+    std::ostringstream line;
+    line << r.reps << ' ' << r.q_blocks << ' ' << r.kept << ' ' << r.partial << ' ' << proc_field("/proc/self/status", "VmHWM:");
+    for (double s : r.seconds) line << ' ' << s;
+    line << '\n';
+    const std::string text = line.str();
+    if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(2);
+}
+
+Result measure(int64_t n, int threads, int runs) {
+    int fds[2];
+    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+        close(fds[0]);
+        try {
+            measure_child(n, threads, runs, fds[1]);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "bench_compile: n = %lld: %s\n", static_cast<long long>(n), e.what());
+            _exit(1);
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("the child for n = " + std::to_string(n) + " failed");
+    Result r;
+    r.n = n;
+    std::istringstream in(text);
+    in >> r.reps >> r.q_blocks >> r.kept >> r.partial >> r.peak_kib;
+    for (double s; in >> s;) r.seconds.push_back(s);
+    return r;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t m = v.size() / 2;
+    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+std::string with_commas(int64_t v) {
+    std::string s = std::to_string(v), out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
+        out += s[i];
+    }
+    return out;
+}
+
+std::string load_average() {
+    std::ifstream in("/proc/loadavg");
+    std::string one, five, fifteen;
+    in >> one >> five >> fifteen;
+    return one + " " + five + " " + fifteen;
+}
+
+const char* build_type() {
+#if defined(NDEBUG) && defined(__OPTIMIZE__)
+    return "Release (optimised, NDEBUG)";
+#elif defined(__OPTIMIZE__)
+    return "optimised, assertions on";
+#else
+    return "Debug (not optimised): timings are not representative";
+#endif
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    int threads = 0, runs = 5;
+    std::string out_path;
+    std::string command = "bench_compile";
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        command += ' ' + arg;
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::cerr << "bench_compile: " << arg << " needs a value\n";
+                std::exit(2);
+            }
+            command += ' ' + std::string(argv[i + 1]);
+            return argv[++i];
+        };
+        if (arg == "--threads") threads = std::atoi(value().c_str());
+        else if (arg == "--runs") runs = std::atoi(value().c_str());
+        else if (arg == "--out") out_path = value();
+        else {
+            std::cerr << "usage: bench_compile [--threads N] [--runs K] [--out PATH]\n";
+            return 2;
+        }
+    }
+    if (threads <= 0) threads = thread_count();
+    if (runs < 1) runs = 1;
+    const std::string cpu = cpu_model();
+    if (out_path.empty()) {
+        // bench/results/ beside this source file, wherever the binary is run from.
+        out_path = (std::filesystem::path(__FILE__).parent_path() / "results" / ("compile-" + slug(cpu) + ".md")).string();
+    }
+
+    const std::string load = load_average();
+    std::vector<Result> results;
+    for (int64_t n : {int64_t{65536}, int64_t{262144}, int64_t{1048576}}) results.push_back(measure(n, threads, runs));
+
+    char date[64];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+    std::ostringstream md;
+    md << "# Compile time: `window(256) | global(first(64)) | random(3)`, B = 64\n\n"
+       << "- command: `" << command << "`\n"
+       << "- date: " << date << "\n"
+       << "- CPU: " << cpu << ", " << sysconf(_SC_NPROCESSORS_ONLN) << " cores online\n"
+       << "- threads: " << threads << "\n"
+       << "- build: " << build_type() << "\n"
+       << "- each n runs in a fresh child process; time per compile is the median (and min) of " << runs
+       << " samples, each the mean of `reps` back-to-back compiles (reps makes a sample last >= 20 ms); "
+       << "peak memory is the child's VmHWM (whole process)\n"
+       << "- load average at start: " << load << " (the machine is shared; a high load inflates times)\n\n"
+       << "| n | query blocks | kept blocks | partial blocks | reps | median ms | min ms | peak MiB |\n"
+       << "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    char cell[64];
+    for (const Result& r : results) {
+        md << "| " << with_commas(r.n) << " | " << with_commas(r.q_blocks) << " | " << with_commas(r.kept) << " | "
+           << with_commas(r.partial) << " | " << r.reps << " | ";
+        std::snprintf(cell, sizeof cell, "%.2f | %.2f | %.1f", 1e3 * median(r.seconds),
+                      1e3 * *std::min_element(r.seconds.begin(), r.seconds.end()), r.peak_kib / 1024.0);
+        md << cell << " |\n";
+    }
+    const double ratio = median(results.back().seconds) / median(results.front().seconds);
+    const double big = median(results.back().seconds);
+    std::snprintf(cell, sizeof cell, "%.1f", ratio);
+    md << "\nTime at n = 1,048,576 over time at n = 65,536 (medians): " << cell
+       << " (n grows 16x; target: at most 24x). n = 1,048,576 compiles in "
+       << (big < 1.0 ? "under" : "MORE than") << " 1 second (target: under 1 s).\n";
+
+    std::cout << md.str();
+    const std::filesystem::path out(out_path);
+    std::error_code ec;
+    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
+    const std::string tmp = out_path + ".tmp." + std::to_string(getpid());
+    {
+        std::ofstream f(tmp, std::ios::binary);
+        f << md.str();
+        if (!f.flush()) {
+            std::cerr << "bench_compile: cannot write " << tmp << "\n";
+            return 1;
+        }
+    }
+    std::filesystem::rename(tmp, out, ec);
+    if (ec) {
+        std::cerr << "bench_compile: cannot rename " << tmp << " to " << out_path << ": " << ec.message() << "\n";
+        std::filesystem::remove(tmp, ec);
+        return 1;
+    }
+    std::cerr << "wrote " << out_path << "\n";
+    return 0;
+}
