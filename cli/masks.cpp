@@ -157,10 +157,11 @@ int command_compile(const std::vector<std::string>& argv) {
         }
     }
     const double total_pairs = static_cast<double>(set.layers * set.heads) * static_cast<double>(n) * static_cast<double>(n);
-    std::printf("%s: n = %lld, block %d, %lld layer%s x %lld head%s (%zu distinct masks), %lld kept blocks, density %s, compiled in %.3f s\n",
+    const size_t distinct = set.unique_masks().size();
+    std::printf("%s: n = %lld, block %d, %lld layer%s x %lld head%s (%zu distinct mask%s), %lld kept blocks, density %s, compiled in %.3f s\n",
                 args.positionals()[0].c_str(), static_cast<long long>(n), set.block,
                 static_cast<long long>(set.layers), set.layers == 1 ? "" : "s",
-                static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", set.unique_masks().size(),
+                static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", distinct, distinct == 1 ? "" : "s",
                 static_cast<long long>(kept), percent(static_cast<double>(pairs) / total_pairs).c_str(), c.seconds);
     if (out_path) {
         MaskSet saved = set;
@@ -276,13 +277,17 @@ int command_stats(const std::vector<std::string>& argv) {
                         human_bytes(m.stats.mask_bytes).c_str(), static_cast<long long>(m.stats.empty_rows));
         };
         if (brief) {
-            std::printf("%-36s n=%-8lld B=%-4d %3lldx%-3lld masks (%zu distinct)  density %9s  block FLOPs %9s  mask %s  %zu warning%s\n",
-                        path.c_str(), static_cast<long long>(n), set.block, static_cast<long long>(set.layers),
-                        static_cast<long long>(set.heads), unique.size(),
+            if (&path == &args.positionals().front()) {
+                std::printf("%-30s %9s %4s %15s %9s %10s %12s %11s %9s\n", "script", "n", "B", "layers x heads",
+                            "distinct", "density", "block FLOPs", "mask mem", "warnings");
+            }
+            const std::string name = std::filesystem::path(path).filename().string();
+            const std::string shape = std::to_string(set.layers) + " x " + std::to_string(set.heads);
+            std::printf("%-30s %9lld %4d %15s %9zu %10s %12s %11s %9zu\n", name.c_str(), static_cast<long long>(n),
+                        set.block, shape.c_str(), unique.size(),
                         percent(static_cast<double>(total.stats.kept_pairs) / (n2 * masks)).c_str(),
                         percent(static_cast<double>(total.block_pairs) / (n2 * masks)).c_str(),
-                        human_bytes(total.stats.mask_bytes).c_str(), c.compiled.warnings.size(),
-                        c.compiled.warnings.size() == 1 ? "" : "s");
+                        human_bytes(total.stats.mask_bytes).c_str(), c.compiled.warnings.size());
             continue;
         }
         std::printf("%s: n = %lld, block %d, %lld layers x %lld heads, %zu distinct masks, compiled in %.3f s\n\n",

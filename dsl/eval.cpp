@@ -492,7 +492,7 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
         if (!has(i)) return fallback;
         const Value& v = *args.values[i];
         if (v.kind == Value::Kind::integer) return v.integer;
-        std::string where = fn + "(" + builtin->params[i] + "=...)";
+        std::string where = fn + ": " + builtin->params[i];
         if (v.kind == Value::Kind::real) {
             arg_error(i, where + " must be an integer; got " + describe_number(v),
                       "round it with floor(...) or ceil(...)");
