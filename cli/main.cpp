@@ -23,6 +23,7 @@ commands:
                                 kept blocks, pairs, density, FLOPs and memory per (layer, head)
   show FILE --n N [--block B] [--layer L] [--head H]
                                 draw one mask's block grid in the terminal
+  run FILE --n N [OPTIONS]      one layer of attention on the CPU: time, GFLOP/s, errors (--check)
 
 Run 'sparsa COMMAND --help' for a command's options. The pattern language is described in
 docs/pattern-language.md; examples are in examples/patterns/.
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
         if (command == "compile") return sparsa::cli::command_compile(args);
         if (command == "stats") return sparsa::cli::command_stats(args);
         if (command == "show") return sparsa::cli::command_show(args);
+        if (command == "run") return sparsa::cli::command_run(args);
         std::fprintf(stderr, "sparsa: unknown command '%s' (run 'sparsa --help' for the list)\n", command.c_str());
         return 2;
     } catch (const sparsa::cli::ReportedError&) {

@@ -1,0 +1,418 @@
+// The CPU engine: block-sparse attention in float32, one query block (forward, dQ) or one key
+// block (dK, dV) per task, with Eigen products on block-sized row-major operands.
+//
+// [SECTION] blocks: row-major block views, applying a partial block's bitmask
+// [SECTION] forward: S = Q K^T, online softmax, O += P V over the kept blocks of a query block
+// [SECTION] backward: P from lse, dS = P * (dP - D); dK, dV per key block, dQ per query block
+// [SECTION] entry points: checks, work items on threads
+#include "engine/cpu_attention.hpp"
+
+#include "engine/reference.hpp"
+#include "engine/threads.hpp"
+
+#include <Eigen/Core>
+static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "the CPU engine needs Eigen 3.4 (exp_packet uses pldexp_fast_impl)");
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace sparsa {
+
+namespace {
+
+// [SECTION] blocks
+
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Block = Eigen::Map<Matrix>;              // rows x cols of contiguous rows
+using ConstBlock = Eigen::Map<const Matrix>;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// exp(x) below x = -87 is subnormal in float, and subnormals cost ~100x on x86 (the masked pairs,
+// at -inf, would hit it every time). Arguments are clamped here: exp(-80) = 1.8e-35 beside the
+// row's largest term, exp(0) = 1, changes nothing; masked pairs are then set to exactly 0.
+constexpr float kExpFloor = -80.0f;
+
+size_t to_size(int64_t i) { return static_cast<size_t>(i); }
+
+// Rows [b * B, b * B + extent) of one head's [n, d] array, as an extent x d block.
+ConstBlock head_rows(const float* head, int64_t n, int64_t d, int64_t block, int64_t b) {
+    const int64_t first = b * block;
+    return ConstBlock(head + first * d, std::min(block, n - first), d);
+}
+
+// The first rows x cols of a scratch matrix (allocated once per thread at its largest size).
+Block scratch_block(Matrix& m, int64_t rows, int64_t cols) { return Block(m.data(), rows, cols); }
+ConstBlock scratch_view(const Matrix& m, int64_t rows, int64_t cols) { return ConstBlock(m.data(), rows, cols); }
+
+// Writes `value` into every pair that the bitmask of a partial block leaves out. The block's
+// pairs are columns [col0, col0 + cols) of s (row-major, any width): bit i*B + j is pair
+// (i, col0 + j). Walks the clear bits a word at a time.
+void block_fill_masked(Block s, int64_t col0, int64_t cols, const uint64_t* bits, int64_t block, float value) {
+    for (int64_t i = 0; i < s.rows(); ++i) {
+        for (int64_t j0 = 0; j0 < cols; j0 += 64) {
+            // For B >= 64 a row is whole words; for B < 64 it lies inside one word.
+            const int64_t t = i * block + j0, width = std::min<int64_t>(64, cols - j0);
+            const uint64_t valid = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
+            uint64_t clear = ~(bits[t / 64] >> (t % 64)) & valid;
+            for (; clear != 0; clear &= clear - 1) s(i, col0 + j0 + std::countr_zero(clear)) = value;
+        }
+    }
+}
+
+// x[j] = exp(x[j] - shift) for j < count, shift finite: Eigen's own float exp (the Cephes
+// polynomial, relative error < 1e-7), with arguments clamped to [kExpFloor, -kExpFloor], rounding
+// by adding 1.5 * 2^23 and 2^k straight from the exponent bits. Why not Eigen's .exp(): on SSE2 it
+// spends most of its time emulating floor and a general ldexp; measured here, 1.2 ns per element
+// against 2.8, which took window(256) at d = 64 from 66% to 74% of the product rate. The tail goes
+// through a padded packet, so every element gets the same formula.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"   // Packet is an __m128: Eigen's own idiom
+using Packet = Eigen::internal::packet_traits<float>::type;
+constexpr int64_t kLanes = Eigen::internal::packet_traits<float>::size;
+
+Packet exp_packet(Packet x) {
+    namespace ei = Eigen::internal;
+    x = ei::pmin(ei::pmax(x, ei::pset1<Packet>(kExpFloor)), ei::pset1<Packet>(-kExpFloor));
+    const Packet magic = ei::pset1<Packet>(12582912.0f);   // 1.5 * 2^23: x + magic - magic rounds x
+    const Packet k = ei::psub(ei::padd(ei::pmul(x, ei::pset1<Packet>(1.44269504088896341f)), magic), magic);
+    Packet r = ei::pmadd(k, ei::pset1<Packet>(-0.693359375f), x);   // r = x - k ln 2, in two parts
+    r = ei::pmadd(k, ei::pset1<Packet>(2.12194440e-4f), r);
+    Packet p = ei::pset1<Packet>(1.9875691500e-4f);
+    p = ei::pmadd(p, r, ei::pset1<Packet>(1.3981999507e-3f));
+    p = ei::pmadd(p, r, ei::pset1<Packet>(8.3334519073e-3f));
+    p = ei::pmadd(p, r, ei::pset1<Packet>(4.1665795894e-2f));
+    p = ei::pmadd(p, r, ei::pset1<Packet>(1.6666665459e-1f));
+    p = ei::pmadd(p, r, ei::pset1<Packet>(5.0000001201e-1f));
+    const Packet exp_r = ei::padd(ei::pmadd(p, ei::pmul(r, r), r), ei::pset1<Packet>(1.0f));
+    return ei::pldexp_fast_impl<Packet>::run(exp_r, k);   // exp(r) * 2^k
+}
+
+void exp_shifted(float* x, int64_t count, float shift) {
+    namespace ei = Eigen::internal;
+    const Packet m = ei::pset1<Packet>(shift);
+    int64_t j = 0;
+    for (; j + kLanes <= count; j += kLanes) ei::pstoreu(x + j, exp_packet(ei::psub(ei::ploadu<Packet>(x + j), m)));
+    if (j < count) {
+        alignas(64) float tail[kLanes] = {};
+        std::copy(x + j, x + count, tail);
+        ei::pstore(tail, exp_packet(ei::psub(ei::pload<Packet>(tail), m)));
+        std::copy(tail, tail + (count - j), x + j);
+    }
+}
+#pragma GCC diagnostic pop
+
+// The forward takes runs of kept blocks with consecutive key blocks together, up to this many
+// keys: their keys are contiguous rows of K and V, so one wider product covers the run (fewer,
+// more efficient products, and one softmax update per run instead of per block).
+constexpr int64_t kRunKeys = 512;
+int64_t run_blocks(int64_t block) { return std::max<int64_t>(1, kRunKeys / block); }
+
+// Per-thread buffers, sized for the largest block once: no allocation inside the loops.
+struct Scratch {
+    Matrix q, s, p, acc_a, acc_b;   // [B, d], [B, run_blocks * B], [B, B], [B, d], [B, d]
+    Eigen::VectorXf m, l, alpha;    // [B]
+    Scratch(int64_t block, int64_t d)
+        : q(block, d), s(block, block * run_blocks(block)), p(block, block), acc_a(block, d), acc_b(block, d),
+          m(block), l(block), alpha(block) {}
+};
+
+// Runs body(item, scratch) for every item in [0, count) on `threads` threads. Items are taken
+// one at a time from a shared counter (heavy rows, e.g. global tokens, do not stall a static
+// split); each item writes only its own outputs, so results do not depend on who ran it.
+template <typename Body> void items_run(int64_t count, int threads, int64_t block, int64_t d, const Body& body) {
+    std::atomic<int64_t> next{0};
+    const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, count));
+    parallel_for(workers, static_cast<int>(workers), [&](int64_t, int64_t) {
+        Scratch scratch(block, d);
+        for (int64_t item; (item = next.fetch_add(1)) < count;) body(item, scratch);
+    });
+}
+
+// The tensors of one (batch, head): n x d arrays.
+struct Head {
+    const float *q, *k, *v;
+    int64_t n, d;
+};
+
+Head head_of(const Tensor& q, const Tensor& k, const Tensor& v, int64_t b, int64_t h) {
+    return {q.row(b, h, 0), k.row(b, h, 0), v.row(b, h, 0), q.shape.n, q.shape.d};
+}
+
+// [SECTION] forward
+
+// Query block qb of one head: o rows and lse entries of its queries. o, lse point at row 0 of
+// the head ([n, d] and [n]).
+void forward_query_block(const Head& x, const BlockMask& mask, int64_t qb, float scale, Scratch& w, float* o,
+                         float* lse) {
+    const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
+    Block q = scratch_block(w.q, rows, d);
+    q.noalias() = scale * head_rows(x.q, x.n, d, block, qb);   // scaled once: S below is scale * Q K^T
+    Block acc = scratch_block(w.acc_a, rows, d);
+    acc.setZero();
+    auto m = w.m.head(rows), l = w.l.head(rows), alpha = w.alpha.head(rows);
+    m.fill(kNegInf);
+    l.setZero();
+
+    const int64_t last = mask.row_ptr[to_size(qb) + 1], max_run = run_blocks(block);
+    for (int64_t e = mask.row_ptr[to_size(qb)], run_end; e < last; e = run_end) {
+        // A run: kept blocks e .. run_end - 1 with consecutive key blocks, keys [key0, key0 + keys).
+        for (run_end = e + 1; run_end < last && run_end - e < max_run &&
+                              mask.col_idx[to_size(run_end)] == mask.col_idx[to_size(run_end) - 1] + 1;) {
+            ++run_end;
+        }
+        const int64_t kb0 = mask.col_idx[to_size(e)], key0 = kb0 * block;
+        const int64_t keys = std::min(x.n, (mask.col_idx[to_size(run_end) - 1] + 1) * block) - key0;
+        const ConstBlock k(x.k + key0 * d, keys, d), v(x.v + key0 * d, keys, d);
+        Block s = scratch_block(w.s, rows, keys);
+        // The partial blocks of the run apply their bitmask: fill(value) writes it to their masked pairs.
+        auto fill_masked = [&](float value) {
+            for (int64_t r = e; r < run_end; ++r) {
+                const int32_t partial = mask.partial_idx[to_size(r)];
+                if (partial < 0) continue;
+                const int64_t col0 = (mask.col_idx[to_size(r)] - kb0) * block;
+                block_fill_masked(s, col0, std::min(block, keys - col0), mask.partial_bits(partial), block, value);
+            }
+        };
+
+        s.noalias() = q * k.transpose();                                              // S = Q K^T
+        fill_masked(kNegInf);
+
+        // online softmax: m = running max, l = running sum of exp(S - m), acc = running P V.
+        for (int64_t i = 0; i < rows; ++i) {
+            const float m_new = std::max(m[i], s.row(i).maxCoeff());
+            if (m_new == kNegInf) {   // nothing allowed in this row yet: P = 0, state unchanged
+                s.row(i).setZero();
+                alpha[i] = 1;
+                continue;
+            }
+            alpha[i] = std::exp(m[i] - m_new);   // std::exp(-inf) = 0 on the first key
+            m[i] = m_new;
+            exp_shifted(&s(i, 0), keys, m_new);                                      // P = exp(S - m)
+        }
+        fill_masked(0.0f);   // exp(kExpFloor) is not 0: masked pairs get an exact 0
+        l = alpha.cwiseProduct(l) + s.rowwise().sum();
+        acc = alpha.asDiagonal() * acc;
+        acc.noalias() += s * v;                                                       // O += P V
+    }
+
+    for (int64_t i = 0; i < rows; ++i) {
+        float* out = o + (qb * block + i) * d;
+        if (m[i] == kNegInf) {   // no allowed key: zeros, and the log of an empty sum
+            std::fill(out, out + d, 0.0f);
+            lse[qb * block + i] = kNegInf;
+            continue;
+        }
+        Eigen::Map<Eigen::RowVectorXf>(out, d) = acc.row(i) / l[i];
+        lse[qb * block + i] = m[i] + std::log(l[i]);
+    }
+}
+
+// [SECTION] backward
+
+// The kept blocks of a mask by key block: for key block kb, the query blocks that keep it
+// (ascending) and their partial_idx. The mask transposed, built once per call.
+struct MaskColumns {
+    std::vector<int64_t> col_ptr;     // [k_blocks + 1]
+    std::vector<int32_t> row_idx;     // [kept_blocks]
+    std::vector<int32_t> partial_idx; // [kept_blocks]
+};
+
+MaskColumns mask_columns(const BlockMask& mask) {
+    MaskColumns c;
+    c.col_ptr.assign(to_size(mask.k_blocks() + 1), 0);
+    for (int32_t kb : mask.col_idx) ++c.col_ptr[to_size(kb) + 1];
+    for (size_t kb = 0; kb + 1 < c.col_ptr.size(); ++kb) c.col_ptr[kb + 1] += c.col_ptr[kb];
+    c.row_idx.resize(mask.col_idx.size());
+    c.partial_idx.resize(mask.col_idx.size());
+    std::vector<int64_t> fill(c.col_ptr.begin(), c.col_ptr.end() - 1);
+    for (int64_t qb = 0; qb < mask.q_blocks(); ++qb) {   // rows in order: each column comes out sorted
+        for (int64_t e = mask.row_ptr[to_size(qb)]; e < mask.row_ptr[to_size(qb) + 1]; ++e) {
+            const size_t at = to_size(fill[to_size(mask.col_idx[to_size(e)])]++);
+            c.row_idx[at] = static_cast<int32_t>(qb);
+            c.partial_idx[at] = mask.partial_idx[to_size(e)];
+        }
+    }
+    return c;
+}
+
+// What both backward passes need of one head, beyond q, k, v: rows of dO, lse and D.
+struct HeadGrad {
+    const float *d_o, *lse, *delta;   // [n, d], [n], [n]
+};
+
+// P and dS of block (qb, kb), into w.p and w.s; w.q holds scale * Q of query block qb.
+//   S = (scale Q) K^T, P = exp(S - lse) (0 for masked pairs and empty rows),
+//   dP = dO V^T, dS = P * (dP - D).
+void block_grads(const Head& x, const HeadGrad& g, const BlockMask& mask, int64_t qb, int64_t kb, int32_t partial,
+                 Scratch& w) {
+    const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
+    const ConstBlock q = scratch_view(w.q, rows, d);
+    const ConstBlock k = head_rows(x.k, x.n, d, block, kb), v = head_rows(x.v, x.n, d, block, kb);
+    const ConstBlock d_o = head_rows(g.d_o, x.n, d, block, qb);
+    Block p = scratch_block(w.p, rows, k.rows()), ds = scratch_block(w.s, rows, k.rows());
+    const float* lse = g.lse + qb * block;
+    const float* delta = g.delta + qb * block;
+
+    p.noalias() = q * k.transpose();                                                  // S = Q K^T
+    for (int64_t i = 0; i < rows; ++i) {
+        if (lse[i] == kNegInf) p.row(i).setZero();                                    // empty row
+        else exp_shifted(&p(i, 0), p.cols(), lse[i]);                                // P = exp(S - lse)
+    }
+    if (partial >= 0) block_fill_masked(p, 0, p.cols(), mask.partial_bits(partial), block, 0.0f);
+    ds.noalias() = d_o * v.transpose();                                               // dP = dO V^T
+    for (int64_t i = 0; i < rows; ++i) {
+        ds.row(i).array() = p.row(i).array() * (ds.row(i).array() - delta[i]);        // dS = P (dP - D)
+    }
+}
+
+// dK and dV of key block kb (rows of the head's [n, d] arrays dk and dv), summed over the query
+// blocks that keep it, in ascending order.
+void backward_key_block(const Head& x, const HeadGrad& g, const BlockMask& mask, const MaskColumns& columns,
+                        int64_t kb, float scale, Scratch& w, float* dk, float* dv) {
+    const int64_t block = mask.block, cols = std::min(block, x.n - kb * block), d = x.d;
+    Block dk_acc = scratch_block(w.acc_a, cols, d), dv_acc = scratch_block(w.acc_b, cols, d);
+    dk_acc.setZero();
+    dv_acc.setZero();
+    for (int64_t t = columns.col_ptr[to_size(kb)]; t < columns.col_ptr[to_size(kb) + 1]; ++t) {
+        const int64_t qb = columns.row_idx[to_size(t)];
+        const int64_t rows = std::min(block, x.n - qb * block);
+        Block q = scratch_block(w.q, rows, d);
+        q.noalias() = scale * head_rows(x.q, x.n, d, block, qb);
+        block_grads(x, g, mask, qb, kb, columns.partial_idx[to_size(t)], w);
+        const ConstBlock p = scratch_view(w.p, rows, cols), ds = scratch_view(w.s, rows, cols);
+        dv_acc.noalias() += p.transpose() * head_rows(g.d_o, x.n, d, block, qb);      // dV += P^T dO
+        dk_acc.noalias() += ds.transpose() * q;                                       // dK += dS^T (scale Q)
+    }
+    Block(dk + kb * block * d, cols, d) = dk_acc;
+    Block(dv + kb * block * d, cols, d) = dv_acc;
+}
+
+// dQ of query block qb (rows of the head's [n, d] array dq), summed over its kept key blocks.
+void backward_query_block(const Head& x, const HeadGrad& g, const BlockMask& mask, int64_t qb, float scale,
+                          Scratch& w, float* dq) {
+    const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
+    Block q = scratch_block(w.q, rows, d);
+    q.noalias() = scale * head_rows(x.q, x.n, d, block, qb);
+    Block dq_acc = scratch_block(w.acc_a, rows, d);
+    dq_acc.setZero();
+    for (int64_t e = mask.row_ptr[to_size(qb)]; e < mask.row_ptr[to_size(qb) + 1]; ++e) {
+        const int64_t kb = mask.col_idx[to_size(e)];
+        block_grads(x, g, mask, qb, kb, mask.partial_idx[to_size(e)], w);
+        const ConstBlock ds = scratch_view(w.s, rows, std::min(block, x.n - kb * block));
+        dq_acc.noalias() += ds * head_rows(x.k, x.n, d, block, kb);                   // dQ += dS K
+    }
+    Block(dq + qb * block * d, rows, d) = scale * dq_acc;
+}
+
+// [SECTION] entry points
+
+int threads_of(const AttentionOptions& options) { return options.threads > 0 ? options.threads : thread_count(); }
+
+float scale_of(const AttentionOptions& options, int64_t d) {
+    return options.scale != 0 ? options.scale : static_cast<float>(attention_default_scale(d));
+}
+
+void check_same_shape(const std::string& what, const char* name, const TensorShape& got, const TensorShape& want,
+                      const char* why) {
+    if (!(got == want)) {
+        throw Error(what + ": " + name + " is " + tensor_shape_text(got) + " but should be " + tensor_shape_text(want) +
+                    " (" + why + ")");
+    }
+}
+
+} // namespace
+
+AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks,
+                                  int64_t layer, const AttentionOptions& options) {
+    attention_check_shapes("attention_forward", q.shape, k.shape, v.shape, masks, layer);
+    tensor_check_finite(q, "Q");
+    tensor_check_finite(k, "K");
+    tensor_check_finite(v, "V");
+    const TensorShape s = q.shape;
+    const int64_t q_blocks = (s.n + masks.block - 1) / masks.block;
+    const float scale = scale_of(options, s.d);
+
+    AttentionOutput out;
+    out.o = tensor_zeros<float>(s);
+    out.lse = tensor_zeros<float>({s.batch, s.heads, s.n, 1});
+    // One item per (b, h, query block).
+    items_run(s.batch * s.heads * q_blocks, threads_of(options), masks.block, s.d, [&](int64_t item, Scratch& w) {
+        const int64_t qb = item % q_blocks, b = item / q_blocks / s.heads, h = item / q_blocks % s.heads;
+        forward_query_block(head_of(q, k, v, b, h), masks.at(layer, h), qb, scale, w, out.o.row(b, h, 0),
+                            out.lse.row(b, h, 0));
+    });
+    return out;
+}
+
+AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                                  const Tensor& lse, const Tensor& d_o, const MaskSet& masks, int64_t layer,
+                                  const AttentionOptions& options) {
+    const std::string what = "attention_backward";
+    attention_check_shapes(what, q.shape, k.shape, v.shape, masks, layer);
+    const TensorShape s = q.shape;
+    check_same_shape(what, "O", o.shape, s, "the forward's output has Q's shape");
+    check_same_shape(what, "dO", d_o.shape, s, "the gradient of O has O's shape");
+    check_same_shape(what, "lse", lse.shape, {s.batch, s.heads, s.n, 1}, "one value per query, from the forward");
+    tensor_check_finite(q, "Q");
+    tensor_check_finite(k, "K");
+    tensor_check_finite(v, "V");
+    tensor_check_finite(o, "O");
+    tensor_check_finite(d_o, "dO");
+    for (size_t e = 0; e < lse.data.size(); ++e) {
+        if (std::isnan(lse.data[e]) || lse.data[e] == -kNegInf) {
+            throw Error(what + ": lse[" + std::to_string(e) + "] is " + std::to_string(lse.data[e]) +
+                        " (lse is finite, or -inf for an empty row: pass the forward's lse)");
+        }
+    }
+    const int threads = threads_of(options);
+    const int64_t blocks = (s.n + masks.block - 1) / masks.block;
+    const float scale = scale_of(options, s.d);
+
+    // D = rowsum(dO * O), one per query (accumulated in double: n * d work, negligible).
+    std::vector<float> delta(to_size(s.batch * s.heads * s.n));
+    parallel_for(s.batch * s.heads * s.n, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+            double sum = 0;
+            for (int64_t j = 0; j < s.d; ++j) sum += double{o.data[to_size(r * s.d + j)]} * d_o.data[to_size(r * s.d + j)];
+            delta[to_size(r)] = static_cast<float>(sum);
+        }
+    });
+    // The transposed mask of each distinct head mask of the layer.
+    std::unordered_map<const BlockMask*, MaskColumns> columns;
+    for (int64_t h = 0; h < s.heads; ++h) {
+        const BlockMask& m = masks.at(layer, h);
+        if (columns.count(&m) == 0) columns.emplace(&m, mask_columns(m));
+    }
+
+    AttentionGrads g;
+    g.dq = tensor_zeros<float>(s);
+    g.dk = tensor_zeros<float>(s);
+    g.dv = tensor_zeros<float>(s);
+    auto head_grad = [&](int64_t b, int64_t h) {
+        const int64_t row0 = (b * s.heads + h) * s.n;
+        return HeadGrad{d_o.row(b, h, 0), lse.data.data() + row0, delta.data() + row0};
+    };
+    // dK, dV: one item per (b, h, key block).
+    items_run(s.batch * s.heads * blocks, threads, masks.block, s.d, [&](int64_t item, Scratch& w) {
+        const int64_t kb = item % blocks, b = item / blocks / s.heads, h = item / blocks % s.heads;
+        const BlockMask& mask = masks.at(layer, h);
+        backward_key_block(head_of(q, k, v, b, h), head_grad(b, h), mask, columns.at(&mask), kb, scale, w,
+                           g.dk.row(b, h, 0), g.dv.row(b, h, 0));
+    });
+    // dQ: one item per (b, h, query block).
+    items_run(s.batch * s.heads * blocks, threads, masks.block, s.d, [&](int64_t item, Scratch& w) {
+        const int64_t qb = item % blocks, b = item / blocks / s.heads, h = item / blocks % s.heads;
+        backward_query_block(head_of(q, k, v, b, h), head_grad(b, h), masks.at(layer, h), qb, scale, w,
+                             g.dq.row(b, h, 0));
+    });
+    return g;
+}
+
+} // namespace sparsa

@@ -1,0 +1,328 @@
+// The CPU engine against the double-precision reference: forward and backward on every example
+// pattern, random masks, causal, short last blocks, batch > 1, heads with different masks, d from
+// 16 to 256; backward against finite differences; empty rows; thread counts; bad input.
+//
+// Tolerances (float32 engine vs double reference, per (batch, head), inputs standard normal):
+//   O:          max |O - O_ref|    <= 1e-5 * max |O_ref|
+//   lse:        |lse - lse_ref|    <= 1e-5 * max(1, |lse_ref|), and -inf exactly where the reference has it
+//   dQ, dK, dV: max |dX - dX_ref| <= 2e-5 * max(max |dX_ref|, 1)  (dS = P * (dP - D) cancels; the
+//               floor of 1, the inputs' scale, is for heads whose gradient is exactly 0, as when
+//               every row keeps one key, where float rounding leaves ~1e-6)
+// Measured worst cases over these tests: O 2.4e-6 (scale 4 / sqrt(d)), lse 6e-7, gradients 2.7e-6.
+#include "engine/cpu_attention.hpp"
+
+#include "dsl/script.hpp"
+#include "engine/error.hpp"
+#include "engine/reference.hpp"
+#include "mask_testing.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+using namespace sparsa;
+using Catch::Matchers::Contains;
+
+namespace {
+
+constexpr double kForwardTolerance = 1e-5;
+constexpr double kGradTolerance = 2e-5;
+constexpr double kGradFloor = 1.0;
+
+// A set of one layer whose head h uses masks[h].
+MaskSet set_of(const std::vector<BlockMask>& masks) {
+    std::vector<std::shared_ptr<const BlockMask>> ptrs;
+    for (const BlockMask& m : masks) ptrs.push_back(std::make_shared<BlockMask>(m));
+    return mask_set_make(1, static_cast<int64_t>(masks.size()), ptrs);
+}
+
+BlockMask mask_causal(int64_t n, int32_t block) {
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 0);
+    for (int64_t q = 0; q < n; ++q) {
+        for (int64_t k = 0; k <= q; ++k) dense[static_cast<size_t>(q * n + k)] = 1;
+    }
+    return block_mask_from_dense(n, block, dense.data());
+}
+
+BlockMask mask_dense(int64_t n, int32_t block) {
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1);
+    return block_mask_from_dense(n, block, dense.data());
+}
+
+// Compares one tensor of the engine with the reference's, head by head (see the tolerances above).
+void check_heads(const Tensor& got, const TensorD& want, double tolerance, const char* name, double floor = 0) {
+    REQUIRE(got.shape == want.shape);
+    const TensorShape s = got.shape;
+    for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+            double err = 0, size = 0;
+            for (int64_t i = 0; i < s.n; ++i) {
+                for (int64_t j = 0; j < s.d; ++j) {
+                    REQUIRE(std::isfinite(got.at(b, h, i, j)));
+                    err = std::max(err, std::abs(got.at(b, h, i, j) - want.at(b, h, i, j)));
+                    size = std::max(size, std::abs(want.at(b, h, i, j)));
+                }
+            }
+            INFO(name << " of [" << b << ", " << h << "]: max error " << err << ", max |reference| " << size);
+            CHECK(err <= tolerance * std::max(size, floor));
+        }
+    }
+}
+
+void check_lse(const Tensor& got, const TensorD& want) {
+    REQUIRE(got.shape == want.shape);
+    for (size_t e = 0; e < got.data.size(); ++e) {
+        INFO("lse element " << e << ": " << got.data[e] << " vs " << want.data[e]);
+        REQUIRE(!std::isnan(got.data[e]));
+        if (std::isinf(want.data[e])) REQUIRE(got.data[e] == want.data[e]);
+        else REQUIRE(std::abs(got.data[e] - want.data[e]) <= kForwardTolerance * std::max(1.0, std::abs(want.data[e])));
+    }
+}
+
+// Forward and backward of one case against the reference, on fresh standard normal inputs.
+void check_case(const TensorShape& shape, const MaskSet& set, int64_t layer, uint64_t seed, float scale = 0) {
+    const Tensor q = tensor_random(shape, seed), k = tensor_random(shape, seed + 1), v = tensor_random(shape, seed + 2);
+    AttentionOptions options;
+    options.scale = scale;
+    ReferenceOptions ref_options;
+    ref_options.scale = scale;
+    const AttentionOutput out = attention_forward(q, k, v, set, layer, options);
+    const ReferenceOutput ref = reference_forward(q, k, v, set, layer, ref_options);
+    check_heads(out.o, ref.o, kForwardTolerance, "O");
+    check_lse(out.lse, ref.lse);
+    const Tensor d_o = tensor_random(shape, seed + 3);
+    const AttentionGrads g = attention_backward(q, k, v, out.o, out.lse, d_o, set, layer, options);
+    const ReferenceGrads want = reference_backward(q, k, v, d_o, set, layer, ref_options);
+    check_heads(g.dq, want.dq, kGradTolerance, "dQ", kGradFloor);
+    check_heads(g.dk, want.dk, kGradTolerance, "dK", kGradFloor);
+    check_heads(g.dv, want.dv, kGradTolerance, "dV", kGradFloor);
+}
+
+// The sequence length each example is checked at: long enough for its structure to show (the
+// document boundaries at 700, 1900, 3000; the 64 x 64 grids; the 1024 window), else 520, which
+// no block size divides.
+int64_t example_n(const std::string& name) {
+    static const std::map<std::string, int64_t> special = {
+        {"axial.pat", 4096}, {"image_window2d.pat", 4096}, {"document_masking.pat", 3100}, {"streaming.pat", 1300}};
+    const auto it = special.find(name);
+    return it == special.end() ? 520 : it->second;
+}
+
+} // namespace
+
+TEST_CASE("forward and backward vs reference: every examples/patterns/*.pat, every distinct layer, script's B and B = 16, d = 16", "[cpu]") {
+    std::vector<std::filesystem::path> scripts;
+    for (const auto& e : std::filesystem::directory_iterator(std::string(SPARSA_SOURCE_DIR) + "/examples/patterns")) {
+        if (e.path().extension() == ".pat") scripts.push_back(e.path());
+    }
+    std::sort(scripts.begin(), scripts.end());
+    REQUIRE(scripts.size() >= 17);
+    for (const auto& path : scripts) {
+        const std::string name = path.filename().string();
+        const dsl::ScriptPtr script = dsl::script_load(path.string());
+        const int64_t n = example_n(name);
+        for (int32_t block : {0, 16}) {
+            const dsl::Compiled c = dsl::script_compile(*script, {n, block, 0});
+            const MaskSet& set = c.masks;
+            // A layer whose masks are all shared with an earlier checked layer computes the same
+            // thing: check each distinct layer once.
+            std::set<std::vector<const BlockMask*>> seen;
+            int64_t checked = 0;
+            for (int64_t l = 0; l < set.layers; ++l) {
+                std::vector<const BlockMask*> layer_masks;
+                for (int64_t h = 0; h < set.heads; ++h) layer_masks.push_back(&set.at(l, h));
+                if (!seen.insert(layer_masks).second) continue;
+                INFO(name << ": n " << n << ", B " << set.block << ", layer " << l << " of " << set.layers << ", "
+                          << set.heads << " heads");
+                check_case({1, set.heads, n, 16}, set, l, 100 + static_cast<uint64_t>(l));
+                ++checked;
+            }
+            CHECK(checked >= 1);
+        }
+    }
+}
+
+TEST_CASE("forward and backward vs reference: random masks, n in {1, 15, 64, 100, 333}, B in {16, 32, 64, 128}, d in {16, 64}, batch 2, heads 2", "[cpu]") {
+    for (int64_t n : {1, 15, 64, 100, 333}) {
+        for (int32_t block : {16, 32, 64, 128}) {
+            for (int64_t d : {16, 64}) {
+                INFO("n " << n << ", B " << block << ", d " << d);
+                const MaskSet set = set_of({testing::mask_random(n, block, 7 * n + block),
+                                            testing::mask_random(n, block, 7 * n + block + 1)});
+                check_case({2, 2, n, d}, set, 0, static_cast<uint64_t>(n + d));
+            }
+        }
+    }
+}
+
+TEST_CASE("forward and backward vs reference: causal, n = 300 (short last block), B = 64, d in {16, 64, 128, 256}", "[cpu]") {
+    const MaskSet set = set_of({mask_causal(300, 64)});
+    for (int64_t d : {16, 64, 128, 256}) {
+        INFO("d " << d);
+        check_case({1, 1, 300, d}, set, 0, static_cast<uint64_t>(d));
+    }
+}
+
+TEST_CASE("forward and backward vs reference: batch 3, heads 4 with different masks (dense, causal, random, empty), n = 150, B = 32, d = 64", "[cpu]") {
+    const MaskSet set = set_of({mask_dense(150, 32), mask_causal(150, 32), testing::mask_random(150, 32, 9),
+                                block_mask_empty(150, 32)});
+    check_case({3, 4, 150, 64}, set, 0, 42);
+}
+
+TEST_CASE("forward and backward vs reference: scale 4 / sqrt(d) (a peaked softmax), n = 200, B in {16, 64}, d in {16, 64, 128, 256}", "[cpu]") {
+    // Scores of standard deviation 4: rows are dominated by a few keys, and the running max moves
+    // often, which exercises the online softmax's rescaling. (Larger scores lose float32
+    // precision in S itself, about |S| * 6e-8, whatever the kernel does.)
+    for (int32_t block : {16, 64}) {
+        const MaskSet set = set_of({testing::mask_random(200, block, 3), mask_dense(200, block)});
+        for (int64_t d : {16, 64, 128, 256}) {
+            INFO("B " << block << ", d " << d);
+            check_case({1, 2, 200, d}, set, 0, 5, static_cast<float>(4 / std::sqrt(double(d))));
+        }
+    }
+}
+
+TEST_CASE("backward vs central differences of the double reference: random masks, n = 37, B = 16, d = 16, batch 2", "[cpu]") {
+    const int64_t n = 37, d = 16;
+    const TensorShape shape{2, 2, n, d};
+    const MaskSet set = set_of({testing::mask_random(n, 16, 77), testing::mask_random(n, 16, 78)});
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    const Tensor d_o = tensor_random(shape, 4);
+    const AttentionOutput out = attention_forward(q, k, v, set, 0);
+    const AttentionGrads g = attention_backward(q, k, v, out.o, out.lse, d_o, set, 0);
+    TensorD x[3] = {tensor_cast<double>(q), tensor_cast<double>(k), tensor_cast<double>(v)};
+    const TensorD d_o64 = tensor_cast<double>(d_o);
+    auto loss = [&] {
+        const ReferenceOutput r = reference_forward(x[0], x[1], x[2], set, 0);
+        double sum = 0;
+        for (size_t e = 0; e < r.o.data.size(); ++e) sum += r.o.data[e] * d_o64.data[e];
+        return sum;
+    };
+    const Tensor* grads[3] = {&g.dq, &g.dk, &g.dv};
+    const char* names[3] = {"dQ", "dK", "dV"};
+    for (int t = 0; t < 3; ++t) {
+        TensorD numeric = tensor_zeros<double>(shape);
+        for (size_t e = 0; e < numeric.data.size(); ++e) {
+            const double keep = x[t].data[e], h = 1e-5;
+            x[t].data[e] = keep + h;
+            const double up = loss();
+            x[t].data[e] = keep - h;
+            const double down = loss();
+            x[t].data[e] = keep;
+            numeric.data[e] = (up - down) / (2 * h);
+        }
+        check_heads(*grads[t], numeric, kGradTolerance, names[t], kGradFloor);
+    }
+}
+
+TEST_CASE("rows with no kept key give zeros, lse = -inf and zero gradients (never NaN), B in {16, 64}", "[cpu]") {
+    // Head 0: query rows 0..39 keep nothing, the rest keep keys 0..29 (keys 30.. get no gradient).
+    // Head 1: the empty mask.
+    const int64_t n = 100;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 0);
+    for (int64_t q = 40; q < n; ++q) {
+        for (int64_t key = 0; key < 30; ++key) dense[static_cast<size_t>(q * n + key)] = 1;
+    }
+    for (int32_t block : {16, 64}) {
+        INFO("B " << block);
+        const MaskSet set = set_of({block_mask_from_dense(n, block, dense.data()), block_mask_empty(n, block)});
+        const TensorShape shape{2, 2, n, 16};
+        const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+        const AttentionOutput out = attention_forward(q, k, v, set, 0);
+        const AttentionGrads g = attention_backward(q, k, v, out.o, out.lse, tensor_random(shape, 4), set, 0);
+        for (int64_t b = 0; b < 2; ++b) {
+            for (int64_t h = 0; h < 2; ++h) {
+                for (int64_t i = 0; i < n; ++i) {
+                    const bool empty_row = h == 1 || i < 40, unused_key = h == 1 || i >= 30;
+                    REQUIRE((out.lse.at(b, h, i, 0) == -INFINITY) == empty_row);
+                    for (int64_t j = 0; j < 16; ++j) {
+                        REQUIRE(std::isfinite(out.o.at(b, h, i, j)));
+                        REQUIRE(std::isfinite(g.dq.at(b, h, i, j)));
+                        if (empty_row) REQUIRE(out.o.at(b, h, i, j) == 0.0f);
+                        if (empty_row) REQUIRE(g.dq.at(b, h, i, j) == 0.0f);
+                        if (unused_key) REQUIRE(g.dk.at(b, h, i, j) == 0.0f);
+                        if (unused_key) REQUIRE(g.dv.at(b, h, i, j) == 0.0f);
+                    }
+                }
+            }
+        }
+        check_case(shape, set, 0, 11);
+    }
+}
+
+TEST_CASE("results are identical for thread counts 1 and 3: forward and backward, batch 2, heads 3, n = 333, B = 32, d = 64", "[cpu]") {
+    const TensorShape shape{2, 3, 333, 64};
+    const MaskSet set = set_of({testing::mask_random(333, 32, 1), mask_causal(333, 32), mask_dense(333, 32)});
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    const Tensor d_o = tensor_random(shape, 4);
+    AttentionOptions one, three;
+    one.threads = 1;
+    three.threads = 3;
+    const AttentionOutput a = attention_forward(q, k, v, set, 0, one), b = attention_forward(q, k, v, set, 0, three);
+    CHECK(a.o.data == b.o.data);
+    CHECK(a.lse.data == b.lse.data);
+    const AttentionGrads ga = attention_backward(q, k, v, a.o, a.lse, d_o, set, 0, one);
+    const AttentionGrads gb = attention_backward(q, k, v, a.o, a.lse, d_o, set, 0, three);
+    CHECK(ga.dq.data == gb.dq.data);
+    CHECK(ga.dk.data == gb.dk.data);
+    CHECK(ga.dv.data == gb.dv.data);
+}
+
+TEST_CASE("bad input: shapes, masks, layer, NaN / Inf name the tensor and the index", "[cpu]") {
+    const TensorShape shape{1, 2, 40, 16};
+    const MaskSet set = set_of({testing::mask_random(40, 16, 1), testing::mask_random(40, 16, 2)});
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+
+    SECTION("K of another shape") {
+        const Tensor k2 = tensor_random({1, 2, 41, 16}, 2);
+        CHECK_THROWS_WITH(attention_forward(q, k2, v, set, 0), Contains("K is [1, 2, 41, 16]"));
+    }
+    SECTION("masks for another n") {
+        const MaskSet other = set_of({testing::mask_random(48, 16, 1), testing::mask_random(48, 16, 2)});
+        CHECK_THROWS_WITH(attention_forward(q, k, v, other, 0), Contains("compiled for n = 48") && Contains("--n 40"));
+    }
+    SECTION("layer out of range") {
+        CHECK_THROWS_WITH(attention_forward(q, k, v, set, 1), Contains("layer 1 is out of range"));
+        CHECK_THROWS_WITH(attention_forward(q, k, v, set, -1), Contains("layer -1 is out of range"));
+    }
+    SECTION("head count differs") {
+        const MaskSet three = set_of({testing::mask_random(40, 16, 1), testing::mask_random(40, 16, 2),
+                                      testing::mask_random(40, 16, 3)});
+        CHECK_THROWS_WITH(attention_forward(q, k, v, three, 0), Contains("3 heads per layer but the tensors have 2"));
+    }
+    SECTION("d above 256") {
+        const Tensor big = tensor_random({1, 2, 40, 257}, 1);
+        CHECK_THROWS_WITH(attention_forward(big, big, big, set, 0), Contains("d = 257 is above 256"));
+    }
+    SECTION("NaN in K, Inf in V, Inf in Q") {
+        Tensor bad = k;
+        bad.at(0, 1, 5, 3) = NAN;
+        CHECK_THROWS_WITH(attention_forward(q, bad, v, set, 0), Contains("K has NaN at [0, 1, 5, 3]"));
+        bad = v;
+        bad.at(0, 0, 39, 15) = -INFINITY;
+        CHECK_THROWS_WITH(attention_forward(q, k, bad, set, 0), Contains("V has Inf at [0, 0, 39, 15]"));
+        bad = q;
+        bad.at(0, 1, 0, 0) = INFINITY;
+        CHECK_THROWS_WITH(attention_forward(bad, k, v, set, 0), Contains("Q has Inf at [0, 1, 0, 0]"));
+    }
+    SECTION("backward: dO of another shape, NaN in dO, lse = +inf or of another shape") {
+        const AttentionOutput out = attention_forward(q, k, v, set, 0);
+        const Tensor short_do = tensor_random({1, 2, 40, 8}, 4);
+        CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.lse, short_do, set, 0), Contains("dO is [1, 2, 40, 8]"));
+        Tensor d_o = tensor_random(shape, 4);
+        d_o.at(0, 0, 7, 2) = NAN;
+        CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.lse, d_o, set, 0), Contains("dO has NaN at [0, 0, 7, 2]"));
+        Tensor lse = out.lse;
+        lse.data[3] = INFINITY;
+        CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, lse, tensor_random(shape, 4), set, 0), Contains("lse[3]"));
+        CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.o, tensor_random(shape, 4), set, 0),
+                          Contains("lse is [1, 2, 40, 16]"));
+    }
+}
