@@ -13,6 +13,7 @@ int command_check(const std::vector<std::string>& args);
 int command_compile(const std::vector<std::string>& args);
 int command_stats(const std::vector<std::string>& args);
 int command_show(const std::vector<std::string>& args);
+int command_reach(const std::vector<std::string>& args);
 int command_run(const std::vector<std::string>& args);
 
 // Loads a script, printing its diagnostics to stderr when it fails (then rethrows).

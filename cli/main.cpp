@@ -23,6 +23,8 @@ commands:
                                 kept blocks, pairs, density, FLOPs and memory per (layer, head)
   show FILE --n N [--block B] [--layer L] [--head H]
                                 draw one mask's block grid in the terminal
+  reach FILE --n N [--token T] [--direction in|out] [--json] [--png OUT.png] [--dense OUT.npy]
+                                how far information travels through the layers (receptive fields)
   run FILE --n N [OPTIONS]      one layer of attention on the CPU: time, GFLOP/s, errors (--check)
 
 Run 'sparsa COMMAND --help' for a command's options. The pattern language is described in
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
         if (command == "compile") return sparsa::cli::command_compile(args);
         if (command == "stats") return sparsa::cli::command_stats(args);
         if (command == "show") return sparsa::cli::command_show(args);
+        if (command == "reach") return sparsa::cli::command_reach(args);
         if (command == "run") return sparsa::cli::command_run(args);
         std::fprintf(stderr, "sparsa: unknown command '%s' (run 'sparsa --help' for the list)\n", command.c_str());
         return 2;

@@ -4,15 +4,18 @@
 #include "cli/commands.hpp"
 #include "engine/mask_io.hpp"
 #include "engine/npy.hpp"
+#include "engine/receptive_field.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace sparsa::cli {
@@ -44,6 +47,28 @@ CompiledScript compile_file(const std::string& path, const Args& args) {
     out.compiled = dsl::script_compile(*out.script, options);
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return out;
+}
+
+// The receptive-field warning (engine/receptive_field.hpp): when some query cannot reach some
+// key within the script's layers, a warning at the first `attend` line joins the compile's.
+void append_reach_warning(CompiledScript& c, int threads) {
+    const ReachWarning w = receptive_field_unreached(c.compiled.masks, threads);
+    if (!w.warn) return;
+    auto source = std::make_shared<const dsl::Source>(dsl::script_source(*c.script));
+    const std::string& text = source->text;
+    int32_t begin = 0, end = 0;
+    for (size_t line = 0; line < text.size();) {
+        const size_t at = text.find_first_not_of(" \t", line);
+        if (at != std::string::npos && text.compare(at, 6, "attend") == 0 &&
+            (at + 6 == text.size() || !(std::isalnum(static_cast<unsigned char>(text[at + 6])) || text[at + 6] == '_'))) {
+            begin = static_cast<int32_t>(at);
+            end = begin + 6;
+            break;
+        }
+        line = text.find('\n', line);
+        if (line != std::string::npos) ++line;
+    }
+    c.compiled.warnings.push_back(dsl::diagnostic_at(dsl::Severity::warning, source, begin, end, w.message, w.hint));
 }
 
 std::string human_bytes(int64_t bytes) {
@@ -139,6 +164,7 @@ int command_compile(const std::vector<std::string>& argv) {
                     std::to_string(n) + " (use -o OUT.npz for the block-sparse masks)");
     }
     CompiledScript c = compile_file(args.positionals()[0], args);
+    append_reach_warning(c, static_cast<int>(args.integer("--threads", 0, 0, 4096)));
     print_diagnostics(c.compiled.warnings);
     const MaskSet& set = c.compiled.masks;
     if (dense_path) {
@@ -216,6 +242,7 @@ int command_stats(const std::vector<std::string>& argv) {
     const bool json = args.has("--json"), brief = args.has("--brief");
     for (const auto& path : args.positionals()) {
         CompiledScript c = compile_file(path, args);
+        append_reach_warning(c, static_cast<int>(args.integer("--threads", 0, 0, 4096)));
         const MaskSet& set = c.compiled.masks;
         const int64_t n = set.n;
         const double n2 = static_cast<double>(n) * static_cast<double>(n);

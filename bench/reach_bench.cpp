@@ -1,0 +1,304 @@
+// Receptive-field benchmark: one token's field through 12 layers, both directions, at growing n,
+// for window(256) | global(first(64)), BigBird (bigbird.pat with 12 layers: 8 heads, a random
+// draw per layer and head) and window(256) alone (a field that keeps growing), B = 64. Each (pattern, n) runs in a fresh child process (fork) so its peak
+// memory (VmHWM) is its own; prints a Markdown table and writes bench/results/reach-<cpu>.md.
+//
+//   bench_reach [--runs K] [--threads N] [--out PATH]
+#include "dsl/script.hpp"
+#include "engine/atomic_file.hpp"
+#include "engine/receptive_field.hpp"
+#include "engine/threads.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace sparsa;
+
+namespace {
+
+struct Pattern {
+    const char* name;
+    const char* text;  // the script, compiled with dsl::script_parse
+};
+
+const Pattern kPatterns[] = {
+    {"window(256) | global(first(64))", "block 64\nlayers 12\nattend = window(256) | global(first(64))\n"},
+    {"band(1) | global(first(128)) | random(3)",
+     "block 64\nheads 8\nlayers 12\nattend = band(1) | global(first(2 * B)) | random(3, seed = 7)\n"},
+    {"window(256)", "block 64\nlayers 12\nattend = window(256)\n"},
+};
+
+struct Result {
+    int pattern = 0;
+    int64_t n = 0;
+    double graph_seconds = 0;                 // reach_graph_make (unions of heads, transposes)
+    std::vector<double> in_seconds, out_seconds;  // per sample: the mean of `reps` expansions
+    int reps_in = 1, reps_out = 1;
+    int64_t in_size = 0, out_size = 0;        // field sizes after the last layer
+    int64_t peak_kib = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+int64_t proc_field(const char* file, const std::string& key) {
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + key.size());
+    }
+    return 0;
+}
+
+std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("model name", 0) == 0) {
+            std::string m = line.substr(line.find(':') + 1);
+            return m.substr(m.find_first_not_of(' '));
+        }
+    }
+    return "unknown-cpu";
+}
+
+// "Intel(R) Xeon(R) Processor" -> "intel-xeon-processor": a file name for the results.
+std::string slug(std::string s) {
+    for (const char* mark : {"(R)", "(TM)", "(tm)"}) {
+        for (size_t at; (at = s.find(mark)) != std::string::npos;) s.erase(at, std::string(mark).size());
+    }
+    std::string out;
+    for (char c : s) {
+        if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        else if (!out.empty() && out.back() != '-') out += '-';
+    }
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    return out.empty() ? "unknown" : out;
+}
+
+// In the child: compile (not timed), build the layer graphs (timed once), then time the field of
+// the middle token in each direction: `runs` samples, each the mean of `reps` expansions, reps
+// chosen so a sample lasts at least 20 ms (a 1 ms run timed alone mostly measures the scheduler).
+void measure_child(int pattern, int64_t n, int threads, int runs, int fd) {
+    auto script = dsl::script_parse(kPatterns[pattern].text, "<bench>");
+    dsl::CompileOptions options;
+    options.n = n;
+    options.threads = threads;
+    const MaskSet set = dsl::script_compile(*script, options).masks;
+    Result r;
+    auto start = std::chrono::steady_clock::now();
+    const ReachGraph graph = reach_graph_make(set, true);
+    r.graph_seconds = seconds_since(start);
+    const int64_t token = n / 2;
+    auto sample = [&](ReachDirection direction, int reps, int64_t* size) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < reps; ++i) *size = receptive_field_token(graph, token, direction).sizes.back();
+        return seconds_since(t0) / reps;
+    };
+    for (ReachDirection direction : {ReachDirection::in, ReachDirection::out}) {
+        int64_t* size = direction == ReachDirection::in ? &r.in_size : &r.out_size;
+        int reps = 0;  // warm-up that doubles as calibration
+        for (const auto t0 = std::chrono::steady_clock::now(); reps == 0 || seconds_since(t0) < 0.02; ++reps) sample(direction, 1, size);
+        auto& samples = direction == ReachDirection::in ? r.in_seconds : r.out_seconds;
+        for (int run = 0; run < runs; ++run) samples.push_back(sample(direction, reps, size));
+        (direction == ReachDirection::in ? r.reps_in : r.reps_out) = reps;
+    }
+    std::ostringstream line;
+    line.precision(9);
+    line << r.graph_seconds << ' ' << r.reps_in << ' ' << r.reps_out << ' ' << r.in_size << ' ' << r.out_size << ' '
+         << proc_field("/proc/self/status", "VmHWM:");
+    for (size_t i = 0; i < r.in_seconds.size(); ++i) line << ' ' << r.in_seconds[i] << ' ' << r.out_seconds[i];
+    line << '\n';
+    const std::string text = line.str();
+    if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(2);
+}
+
+Result measure(int pattern, int64_t n, int threads, int runs) {
+    int fds[2];
+    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+        close(fds[0]);
+        try {
+            measure_child(pattern, n, threads, runs, fds[1]);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "bench_reach: %s at n = %lld: %s\n", kPatterns[pattern].name, static_cast<long long>(n), e.what());
+            _exit(1);
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("the child for n = " + std::to_string(n) + " failed");
+    Result r;
+    r.pattern = pattern;
+    r.n = n;
+    std::istringstream in(text);
+    in >> r.graph_seconds >> r.reps_in >> r.reps_out >> r.in_size >> r.out_size >> r.peak_kib;
+    for (double a, b; in >> a >> b;) {
+        r.in_seconds.push_back(a);
+        r.out_seconds.push_back(b);
+    }
+    return r;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t m = v.size() / 2;
+    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+std::string with_commas(int64_t v) {
+    std::string s = std::to_string(v), out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
+        out += s[i];
+    }
+    return out;
+}
+
+std::string load_average() {
+    std::ifstream in("/proc/loadavg");
+    std::string one, five, fifteen;
+    in >> one >> five >> fifteen;
+    return one + " " + five + " " + fifteen;
+}
+
+const char* build_type() {
+#if defined(NDEBUG) && defined(__OPTIMIZE__)
+    return "Release (optimised, NDEBUG)";
+#elif defined(__OPTIMIZE__)
+    return "optimised, assertions on";
+#else
+    return "Debug (not optimised): timings are not representative";
+#endif
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    int threads = 0, runs = 7;
+    std::string out_path;
+    std::string command = "bench_reach";
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        command += ' ' + arg;
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::cerr << "bench_reach: " << arg << " needs a value\n";
+                std::exit(2);
+            }
+            command += ' ' + std::string(argv[i + 1]);
+            return argv[++i];
+        };
+        if (arg == "--threads") threads = std::atoi(value().c_str());
+        else if (arg == "--runs") runs = std::atoi(value().c_str());
+        else if (arg == "--out") out_path = value();
+        else {
+            std::cerr << "usage: bench_reach [--runs K] [--threads N] [--out PATH]\n";
+            return 2;
+        }
+    }
+    if (threads <= 0) threads = thread_count();
+    if (runs < 1) runs = 1;
+    const std::string cpu = cpu_model();
+    if (out_path.empty()) {
+        out_path = (std::filesystem::path(__FILE__).parent_path() / "results" / ("reach-" + slug(cpu) + ".md")).string();
+    }
+
+    const std::string load = load_average();
+    std::vector<Result> results;
+    for (int p = 0; p < static_cast<int>(std::size(kPatterns)); ++p) {
+        for (int64_t n : {int64_t{65536}, int64_t{262144}, int64_t{1048576}}) {
+            results.push_back(measure(p, n, threads, runs));
+            std::cerr << "bench_reach: " << kPatterns[p].name << ", n = " << n << " done\n";
+        }
+    }
+
+    char date[64];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+    std::ostringstream md;
+    md << "# Receptive field of one token through 12 layers, B = 64\n\n"
+       << "Patterns: `window(256) | global(first(64))`; BigBird as in examples/patterns/bigbird.pat but 12 layers "
+       << "(8 heads, `band(1) | global(first(2 * B)) | random(3, seed = 7)`); `window(256)` alone, whose field keeps "
+       << "growing through all 12 layers.\n\n"
+       << "- command: `" << command << "`\n"
+       << "- date: " << date << "\n"
+       << "- CPU: " << cpu << ", " << sysconf(_SC_NPROCESSORS_ONLN) << " cores online\n"
+       << "- threads: " << threads << " for compiling; the graphs and the expansion run on one thread\n"
+       << "- build: " << build_type() << "\n"
+       << "- token n / 2. *graph*: `reach_graph_make` once (union of each layer's heads, and its transpose for "
+       << "direction out); *in* / *out*: `receptive_field_token` from those graphs, median (and min) of " << runs
+       << " samples, each the mean of back-to-back runs lasting >= 20 ms; per layer = median / 12. Direction in "
+       << "runs one chain per layer (layers 1..12 cost 78 hops) unless all layers are one graph; a field that "
+       << "covers n stops early. Peak memory is the child's VmHWM (whole process, including the compiled masks)\n"
+       << "- load average at start: " << load << " (the machine is shared; a high load inflates times)\n\n"
+       << "| pattern | n | graph ms | in: median ms | in: min ms | in: per layer ms | out: median ms | out: min ms | out: per layer ms "
+       << "| field after 12 (in / out) | peak MiB |\n"
+       << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    char cell[256];
+    for (const Result& r : results) {
+        const double in = median(r.in_seconds), out = median(r.out_seconds);
+        std::snprintf(cell, sizeof cell, "%.1f | %.3f | %.3f | %.4f | %.3f | %.3f | %.4f", 1e3 * r.graph_seconds, 1e3 * in,
+                      1e3 * *std::min_element(r.in_seconds.begin(), r.in_seconds.end()), 1e3 * in / 12, 1e3 * out,
+                      1e3 * *std::min_element(r.out_seconds.begin(), r.out_seconds.end()), 1e3 * out / 12);
+        std::string name;  // a | inside a table cell must be escaped
+        for (const char* c = kPatterns[r.pattern].name; *c; ++c) name += *c == '|' ? std::string("\\|") : std::string(1, *c);
+        md << "| `" << name << "` | " << with_commas(r.n) << " | " << cell << " | " << with_commas(r.in_size)
+           << " / " << with_commas(r.out_size) << " | ";
+        std::snprintf(cell, sizeof cell, "%.1f", r.peak_kib / 1024.0);
+        md << cell << " |\n";
+    }
+    // The target, and the slowest pattern: graph build plus both directions at n = 1,048,576.
+    const Result* target = nullptr;
+    const Result* slowest = nullptr;
+    auto total = [](const Result& r) { return r.graph_seconds + median(r.in_seconds) + median(r.out_seconds); };
+    for (const Result& r : results) {
+        if (r.n != 1048576) continue;
+        if (r.pattern == 0) target = &r;
+        if (!slowest || total(r) > total(*slowest)) slowest = &r;
+    }
+    if (target && slowest) {
+        std::snprintf(cell, sizeof cell, "%.1f ms graph + %.3f ms in + %.3f ms out = %.3f s", 1e3 * target->graph_seconds,
+                      1e3 * median(target->in_seconds), 1e3 * median(target->out_seconds), total(*target));
+        md << "\nTarget: one token's field at n = 1,048,576 through 12 layers of `window(256) | global(first(64))` in a few "
+           << "seconds, both directions: " << cell << " (medians). ";
+        std::snprintf(cell, sizeof cell, "%.3f s", total(*slowest));
+        md << "Slowest pattern at n = 1,048,576, the same sum: " << cell << ".\n";
+    }
+    std::cout << md.str();
+    try {
+        std::error_code ec;
+        std::filesystem::create_directories(std::filesystem::path(out_path).parent_path(), ec);
+        AtomicFile file(out_path);
+        const std::string text = md.str();
+        file.write(text.data(), text.size());
+        file.commit();
+    } catch (const std::exception& e) {
+        std::cerr << "bench_reach: " << e.what() << "\n";
+        return 1;
+    }
+    std::cerr << "wrote " << out_path << "\n";
+    return 0;
+}
