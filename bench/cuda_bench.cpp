@@ -1,0 +1,160 @@
+// CUDA engine benchmark: times sparsa's attention kernels by number (attn_fwd_kernel<N>) with
+// CUDA events on masks read from .npz files, median of many runs, random inputs (never zeros).
+// Prints a Markdown table; --csv also writes one line per case for bench/gpu_compare.py.
+//
+//   bench_cuda MASK.npz... [--kernels 1,2,3,4] [--heads 16] [--batch 1] [--d 128] [--dtype bf16]
+//              [--runs 20] [--budget-ms 1500] [--kernel1-max-tflop 2] [--csv PATH]
+//
+// A set of one head is repeated to --heads heads; FLOPs count allowed pairs only:
+// 4 * pairs * d (S = Q K^T and O += P V). Each case runs one untimed warm-up, then at least 3
+// and at most --runs timed runs, fewer when a run is long (--budget-ms per case).
+#include "engine/cuda/attention_cuda.hpp"
+#include "engine/error.hpp"
+#include "engine/mask_io.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace sparsa;
+
+namespace {
+
+struct Options {
+    std::vector<std::string> masks;
+    std::vector<int> kernels = {1, 2, 3, 4};
+    int64_t heads = 16, batch = 1, d = 128;
+    CudaDtype dtype = CudaDtype::bfloat16;
+    int runs = 20;
+    double budget_ms = 1500;
+    double kernel1_max_tflop = 2;
+    std::string csv;
+};
+
+[[noreturn]] void usage(const std::string& problem) {
+    std::cerr << "bench_cuda: " << problem
+              << "\nusage: bench_cuda MASK.npz... [--kernels 1,2,3,4] [--heads 16] [--batch 1] [--d 128]"
+                 " [--dtype bf16|fp16|float32] [--runs 20] [--budget-ms 1500] [--kernel1-max-tflop 2] [--csv PATH]\n";
+    std::exit(2);
+}
+
+Options options_parse(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) usage(a + " needs a value");
+            return argv[++i];
+        };
+        if (a == "--kernels") {
+            o.kernels.clear();
+            std::stringstream list(value());
+            for (std::string k; std::getline(list, k, ',');) o.kernels.push_back(std::stoi(k));
+        } else if (a == "--heads") o.heads = std::stoll(value());
+        else if (a == "--batch") o.batch = std::stoll(value());
+        else if (a == "--d") o.d = std::stoll(value());
+        else if (a == "--runs") o.runs = std::stoi(value());
+        else if (a == "--budget-ms") o.budget_ms = std::stod(value());
+        else if (a == "--kernel1-max-tflop") o.kernel1_max_tflop = std::stod(value());
+        else if (a == "--csv") o.csv = value();
+        else if (a == "--dtype") {
+            const std::string t = value();
+            if (t == "bf16") o.dtype = CudaDtype::bfloat16;
+            else if (t == "fp16") o.dtype = CudaDtype::float16;
+            else if (t == "float32") o.dtype = CudaDtype::float32;
+            else usage("unknown dtype " + t);
+        } else if (a.rfind("--", 0) == 0) usage("unknown option " + a);
+        else o.masks.push_back(a);
+    }
+    if (o.masks.empty()) usage("no mask files given");
+    return o;
+}
+
+// The set with `heads` heads: a one-head set repeated, else as it is.
+MaskSet heads_of(const MaskSet& set, int64_t heads) {
+    if (set.heads != 1 || heads == 1) return set;
+    std::vector<std::shared_ptr<const BlockMask>> ptrs(static_cast<size_t>(heads), set.masks[0]);
+    MaskSet out = mask_set_make(1, heads, ptrs);
+    return out;
+}
+
+double median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    const size_t m = v.size() / 2;
+    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+} // namespace
+
+int main(int argc, char** argv) try {
+    const Options opt = options_parse(argc, argv);
+    std::string why;
+    if (!cuda_device_available(&why)) {
+        std::cerr << "bench_cuda: no GPU (" << why << ")\n";
+        return 1;
+    }
+    const std::string gpu = cuda_device_name();
+    std::ofstream csv;
+    if (!opt.csv.empty()) {
+        csv.open(opt.csv);
+        csv << "mask,n,block,heads,d,batch,dtype,pairs,kernel,median_ms,runs,tflops\n";
+    }
+    std::printf("GPU: %s, %s, d = %lld, batch %lld\n\n", gpu.c_str(), cuda_dtype_name(opt.dtype),
+                static_cast<long long>(opt.d), static_cast<long long>(opt.batch));
+    std::printf("| mask | n | B | heads | density | kernel | median ms | runs | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n");
+
+    CudaAttention cuda;
+    Tensor q, k, v;
+    for (const std::string& path : opt.masks) {
+        const MaskSet masks = heads_of(mask_set_load(path), opt.heads);
+        const TensorShape shape{opt.batch, masks.heads, masks.n, opt.d};
+        if (!(q.shape == shape)) {   // fresh random inputs per shape (standard normal, never zeros)
+            q = tensor_random(shape, 1);
+            k = tensor_random(shape, 2);
+            v = tensor_random(shape, 3);
+        }
+        double pairs = 0;
+        for (int64_t h = 0; h < masks.heads; ++h) pairs += static_cast<double>(block_mask_stats(masks.at(0, h)).kept_pairs);
+        pairs *= static_cast<double>(opt.batch);
+        const double flop = 4.0 * pairs * static_cast<double>(opt.d);
+        const double density = pairs / (static_cast<double>(opt.batch * masks.heads) * masks.n * masks.n);
+        const std::string name = std::filesystem::path(path).stem().string();
+        for (int kernel : opt.kernels) {
+            if (!cuda_kernel_supports(kernel, opt.dtype, opt.d, masks.block)) continue;
+            if (kernel == 1 && flop > opt.kernel1_max_tflop * 1e12) {
+                std::printf("| %s | %lld | %d | %lld | %.4f | 1 | skipped (over --kernel1-max-tflop) | | |\n", name.c_str(),
+                            static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density);
+                continue;
+            }
+            CudaAttentionOptions options;
+            options.dtype = opt.dtype;
+            options.kernel = kernel;
+            options.poison_outputs = false;
+            cuda.prepare(q, k, v, masks, 0, options);
+            const float first = cuda.time_runs(1, 1)[0];   // one warm-up, one timed: sizes the rest
+            const int runs = std::clamp(static_cast<int>(opt.budget_ms / std::max(first, 1e-3f)), 3, opt.runs);
+            const double ms = median(cuda.time_runs(0, runs));
+            const double tflops = flop / (ms * 1e-3) / 1e12;
+            std::printf("| %s | %lld | %d | %lld | %.4f | %d | %.3f | %d | %.1f |\n", name.c_str(),
+                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density, kernel,
+                        ms, runs, tflops);
+            std::fflush(stdout);
+            if (csv) {
+                csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
+                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ',' << kernel << ','
+                    << ms << ',' << runs << ',' << tflops << '\n';
+            }
+        }
+    }
+    return 0;
+} catch (const Error& e) {
+    std::cerr << "bench_cuda: " << e.what() << '\n';
+    return 1;
+}

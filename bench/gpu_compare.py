@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""sparsa's CUDA kernels against PyTorch on the same GPU, in the same run.
+
+For each mask file (sparsa .npz, one head repeated to --heads heads): FlexAttention compiled with
+torch.compile on the mask's own Flex arrays (docs/formats.md, "FlexAttention"), and for every n
+seen, scaled_dot_product_attention with the cuDNN and FlashAttention backends, dense and causal.
+Times are medians (triton.testing.do_bench), inputs random bf16 [1, heads, n, d]. Rates count
+allowed pairs only: 4 * pairs * d FLOPs. Prints one Markdown table with sparsa's rows (from
+bench_cuda --csv) and writes it to OUT_DIR/cuda-<gpu>.md with the command and the GPU's name.
+
+    python3 bench/gpu_compare.py MASK.npz... --sparsa-csv sparsa.csv [--heads 16] [--d 128]
+            [--command TEXT] [--out-dir bench/results] [--copy-to DIR]
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import time
+
+import numpy as np
+import torch
+import triton.testing
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+import torch.nn.functional as F
+
+
+def load_masks(path):
+    z = np.load(path)
+    header = json.loads(z["header"].tobytes().decode("utf-8"))
+    assert header["format"] == "sparsa.maskset", f"{path}: not a sparsa mask file"
+    return z, header
+
+
+def allowed_pairs(z, header, layer=0):
+    """Allowed (query, key) pairs of each head of `layer` (full blocks count their valid pairs)."""
+    n, B, H = header["n"], header["block"], header["heads"]
+    Q = -(-n // B)
+    sizes = np.minimum(B, n - np.arange(Q) * B)
+    words = z["bitmask"].reshape(-1, B * B // 64)   # [partials, B*B/64]
+    popcount = np.unpackbits(words.view(np.uint8).reshape(len(words), B * B // 8), axis=1).sum(axis=1)
+    out = []
+    for h in range(H):
+        row_ptr = z["row_ptr"][z["mask_index"][layer, h]]
+        total = 0
+        for qb in range(Q):
+            e = np.arange(row_ptr[qb], row_ptr[qb + 1])
+            kb, p = z["col_idx"][e], z["partial_idx"][e]
+            total += int((sizes[qb] * sizes[kb])[p < 0].sum()) + int(popcount[p[p >= 0]].sum())
+        out.append(total)
+    return out
+
+
+def flex_block_mask(z, header, layer, device="cuda"):
+    """torch's BlockMask for `layer` (docs/formats.md, "FlexAttention")."""
+    n, B, H, W = header["n"], header["block"], header["heads"], header["flex_kv_width"]
+    Q = -(-n // B)
+    pad = lambda a: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, Q - W)])
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
+    bits = np.concatenate([bits, np.zeros((1, B, B), dtype=bool)])
+    kind = np.full((H, Q, Q), -1, dtype=np.int32)
+    for h in range(H):
+        row_ptr = z["row_ptr"][z["mask_index"][layer, h]]
+        for qb in range(Q):
+            e = np.arange(row_ptr[qb], row_ptr[qb + 1])
+            kind[h, qb, z["col_idx"][e]] = np.where(z["partial_idx"][e] < 0, -2, z["partial_idx"][e])
+    bits_t, kind_t = t(bits), t(kind)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        p = kind_t[h % H, q_idx // B, kv_idx // B]   # a one-head set broadcasts over the heads
+        return (p == -2) | ((p >= 0) & bits_t[p.clamp(min=0), q_idx % B, kv_idx % B])
+
+    return BlockMask.from_kv_blocks(
+        t(z["kv_num_blocks"][layer][None]), t(pad(z["kv_indices"][layer])[None]),
+        t(z["full_kv_num_blocks"][layer][None]), t(pad(z["full_kv_indices"][layer])[None]),
+        BLOCK_SIZE=B, mask_mod=mask_mod, seq_lengths=(n, n))
+
+
+def median_ms(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("masks", nargs="+")
+    ap.add_argument("--sparsa-csv", default=None)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--command", default="python3 bench/gpu_compare.py ...")
+    ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--copy-to", default=None)
+    args = ap.parse_args()
+
+    torch._dynamo.config.cache_size_limit = 64   # one compile per mask shape; never fall back to eager
+    gpu = torch.cuda.get_device_name(0)
+    flex = torch.compile(flex_attention, dynamic=False)
+    H, d = args.heads, args.d
+    rows = []        # (case, n, kernel, ms, tflops, pairs, mask name)
+    cudnn_dense = {}  # n -> TFLOP/s
+
+    def qkv(n, seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        return [torch.randn(1, H, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)]
+
+    seen_n = []
+    for path in args.masks:
+        z, header = load_masks(path)
+        n, name = header["n"], os.path.splitext(os.path.basename(path))[0]
+        pairs = allowed_pairs(z, header)
+        pairs = pairs * H if len(pairs) == 1 else pairs
+        pairs = sum(pairs)
+        q, k, v = qkv(n, 1)
+        started = time.time()
+        bm = flex_block_mask(z, header, 0)
+        # Flex's default tiles on an H100 with d = 128 are 128 wide and must divide the mask's
+        # block (torch 2.11 refuses 64 with them), so smaller blocks run with tiles of the block.
+        opts = {"BLOCK_M": header["block"], "BLOCK_N": header["block"]} if header["block"] < 128 else None
+        try:
+            flex(q, k, v, block_mask=bm, kernel_options=opts)
+            torch.cuda.synchronize()
+            ms = median_ms(lambda: flex(q, k, v, block_mask=bm, kernel_options=opts))
+        except Exception as e:   # keep the other rows; say why this one is missing
+            print(f"{name}: FlexAttention not run ({type(e).__name__}: {str(e).splitlines()[0][:200]})", flush=True)
+            ms = None
+        if ms is not None:
+            rows.append((name, n, "FlexAttention (torch.compile)", ms, 4 * pairs * d / ms / 1e9, pairs, name))
+            print(f"{name}: flex {ms:.3f} ms (compile and first run {time.time() - started:.0f} s)", flush=True)
+        if n not in seen_n:
+            seen_n.append(n)
+        del q, k, v, bm
+        torch.cuda.empty_cache()
+
+    for n in seen_n:
+        q, k, v = qkv(n, 2)
+        for causal in (False, True):
+            pairs = H * (n * (n + 1) // 2 if causal else n * n)
+            for backend, label in ((SDPBackend.CUDNN_ATTENTION, "SDPA cuDNN"), (SDPBackend.FLASH_ATTENTION, "SDPA FlashAttention-2")):
+                try:
+                    with sdpa_kernel(backend):
+                        F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+                except RuntimeError as e:
+                    print(f"{label} n={n}: not run ({str(e).splitlines()[0]})")
+                    continue
+                tf = 4 * pairs * d / ms / 1e9
+                case = "causal" if causal else "dense"
+                rows.append((case, n, label, ms, tf, pairs, f"{case}-{n}"))
+                if label == "SDPA cuDNN" and not causal:
+                    cudnn_dense[n] = tf
+                print(f"{label} {case} n={n}: {ms:.3f} ms, {tf:.0f} TFLOP/s", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+
+    if args.sparsa_csv and os.path.exists(args.sparsa_csv):
+        with open(args.sparsa_csv) as f:
+            for r in csv.DictReader(f):
+                rows.append((r["mask"], int(r["n"]), f"sparsa kernel {r['kernel']}", float(r["median_ms"]),
+                             float(r["tflops"]), int(r["pairs"]), r["mask"]))
+
+    flex_ms = {r[6]: r[3] for r in rows if r[2].startswith("FlexAttention")}
+    order = {}
+    for r in rows:
+        order.setdefault(r[6], len(order))
+    rows.sort(key=lambda r: (r[1], order[r[6]], r[2]))
+    lines = [f"GPU: {gpu}; bf16, batch 1, {H} heads, d = {d}; median times; TFLOP/s on allowed pairs (4 * pairs * d).",
+             "x Flex: FlexAttention's time / this time on the same mask (> 1: faster than Flex); "
+             "/ cuDNN dense: this rate / cuDNN's dense rate at the same n.", "",
+             "| mask | n | density | implementation | ms | TFLOP/s | x Flex | / cuDNN dense |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, n, impl, ms, tf, pairs, key in rows:
+        density = pairs / (H * n * n)
+        xf = f"{flex_ms[key] / ms:.2f}" if key in flex_ms else ""
+        xc = f"{tf / cudnn_dense[n]:.2f}" if n in cudnn_dense else ""
+        lines.append(f"| {name} | {n} | {density:.4f} | {impl} | {ms:.3f} | {tf:.1f} | {xf} | {xc} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, f"cuda-{slug}.md")
+    text = (f"# CUDA engine on {gpu}\n\nCommand: `{args.command}` (torch {torch.__version__}).\n\n{table}\n")
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    if args.copy_to:
+        shutil.copy(out, os.path.join(args.copy_to, os.path.basename(out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The GPU run of the CUDA engine in one command: build (engine only, no Boost), test against the
+# CPU engine, compute-sanitizer (memcheck, racecheck) on the small tests, benchmark sparsa's
+# kernels, then PyTorch SDPA (cuDNN, FlashAttention) and FlexAttention on the same masks
+# (bench/gpu_compare.py), which writes bench/results/cuda-<gpu>.md.
+#
+#   bench/run_gpu.sh masks              # on a machine with dsl/ built (build-cuda/cli/sparsa):
+#                                       #   compiles the benchmark and test masks to .benchmasks/
+#   bench/run_gpu.sh [STEP...]          # on the GPU machine; steps: build test sanitize bench compare
+#                                       #   (default: all of them, in that order)
+#
+# Headers the GPU machine lacks (Eigen, nlohmann-json, Catch2) come from .deps/ (a prefix with
+# include/ and the CMake package files, git-ignored), masks from .benchmasks/. Logs go to build-gpu/logs
+# (or $LOGS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${BUILD:-build-gpu}
+LOGS=${LOGS:-$BUILD/logs}
+MASKS=${MASKS:-.benchmasks}
+mkdir -p "$LOGS"
+
+# [SECTION] masks (run where dsl/ is built)
+make_masks() {
+    local sparsa=${SPARSA:-build-cuda/cli/sparsa} tmp
+    tmp=$(mktemp -d)
+    mkdir -p "$MASKS/bench" "$MASKS/test"
+    printf 'block 64\nattend = dense\n' >"$tmp/dense.pat"
+    printf 'block 64\ncausal\nattend = dense\n' >"$tmp/causal.pat"
+    printf 'block 64\nattend = window(256)\n' >"$tmp/window256.pat"
+    printf 'block 64\nattend = window(256) | global(first(64))\n' >"$tmp/longformer.pat"
+    printf 'block 64\nattend = band(1) | global(first(2 * B)) | random(3, seed = 7)\n' >"$tmp/bigbird64.pat"
+    printf 'block 64\nattend = random(n / B / 10, seed = 7)\n' >"$tmp/random10.pat"
+    for n in 4096 16384; do
+        "$sparsa" compile "$tmp/dense.pat" --n $n -o "$MASKS/bench/dense-$n.npz"
+        "$sparsa" compile "$tmp/causal.pat" --n $n -o "$MASKS/bench/causal-$n.npz"
+    done
+    for n in 16384 65536; do
+        for p in window256 bigbird64 random10; do "$sparsa" compile "$tmp/$p.pat" --n $n -o "$MASKS/bench/$p-$n.npz"; done
+    done
+    "$sparsa" compile "$tmp/longformer.pat" --n 65536 -o "$MASKS/bench/longformer-65536.npz"
+    for f in examples/patterns/*.pat; do "$sparsa" compile "$f" --n 1000 -o "$MASKS/test/$(basename "$f" .pat).npz"; done
+    rm -rf "$tmp"
+    du -sh "$MASKS"
+}
+
+# [SECTION] steps on the GPU machine
+step_build() {
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSA_ENGINE_ONLY=ON \
+        -DCMAKE_PREFIX_PATH="$ROOT/.deps" >"$LOGS/cmake.log" 2>&1 || { tail -30 "$LOGS/cmake.log"; exit 1; }
+    ninja -C "$BUILD" test_cuda_attention bench_cuda >"$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log"; exit 1; }
+    echo "build: ok"
+}
+
+step_test() {
+    SPARSA_CUDA_TEST_MASKS=$ROOT/$MASKS/test "$BUILD/tests/test_cuda_attention" >"$LOGS/test.log" 2>&1 \
+        || { tail -60 "$LOGS/test.log"; exit 1; }
+    tail -3 "$LOGS/test.log"
+}
+
+step_sanitize() {
+    for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 3 "$BUILD/tests/test_cuda_attention" "[small]" \
+            >"$LOGS/sanitize-$tool.log" 2>&1 || { tail -40 "$LOGS/sanitize-$tool.log"; exit 1; }
+        echo "compute-sanitizer $tool: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$LOGS/sanitize-$tool.log" | tr '\n' ' ')"
+    done
+}
+
+bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
+
+step_bench() {
+    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-1,2,3,4} \
+        --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
+}
+
+step_compare() {
+    PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(bench_files) --heads 16 --d 128 --sparsa-csv "$LOGS/sparsa.csv" \
+        --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare.log"
+}
+
+if [[ ${1:-} == masks ]]; then make_masks; exit 0; fi
+STEPS=("$@")
+[[ ${#STEPS[@]} -eq 0 ]] && STEPS=(build test sanitize bench compare)
+for s in "${STEPS[@]}"; do
+    start=$(date +%s)
+    "step_$s"
+    echo "[$s: $(($(date +%s) - start)) s]"
+done

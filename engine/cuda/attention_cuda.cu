@@ -1,0 +1,401 @@
+// Host side of the CUDA engine: checks the call, uploads tensors and the masks of one layer,
+// turns the runtime dtype / head dim / mask block into template parameters in one switch
+// (launch_kernel), and launches attn_fwd_kernel<N> from attn_fwd_kernels.cuh.
+#include "engine/cuda/attention_cuda.hpp"
+
+#include "engine/cuda/attn_fwd_kernels.cuh"
+#include "engine/error.hpp"
+#include "engine/reference.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace sparsa {
+
+namespace {
+
+// Every CUDA call goes through this: a failure throws naming the call and what it said.
+void cuda_check(cudaError_t err, const char* call) {
+    if (err != cudaSuccess) {
+        throw Error(std::string("CUDA engine: ") + call + " failed: " + cudaGetErrorString(err) +
+                    " (check the GPU with nvidia-smi; rerun with compute-sanitizer to find a bad access)");
+    }
+}
+#define SPARSA_CUDA_CHECK(call) cuda_check((call), #call)
+
+// float -> bf16 bits, round to nearest even (inputs are finite: checked before).
+uint16_t bf16_bits(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+float bf16_value(uint16_t bits) {
+    const uint32_t u = uint32_t{bits} << 16;
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+uint16_t fp16_bits(float x) {
+    const __half_raw r = __half(__float2half_rn(x));
+    return r.x;
+}
+float fp16_value(uint16_t bits) {
+    __half_raw r;
+    r.x = bits;
+    return __half2float(__half(r));
+}
+
+// The tensor as the GPU stores it: float32 as is, else 16-bit words.
+std::vector<uint16_t> tensor_to_16bit(const Tensor& x, CudaDtype dtype) {
+    std::vector<uint16_t> out(x.data.size());
+    for (size_t e = 0; e < out.size(); ++e) out[e] = dtype == CudaDtype::bfloat16 ? bf16_bits(x.data[e]) : fp16_bits(x.data[e]);
+    return out;
+}
+
+// Device memory that grows on demand and is kept across calls.
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() {
+        if (ptr_ != nullptr) cudaFree(ptr_);   // no throw from a destructor
+    }
+    void* reserve(size_t bytes) {
+        bytes = bytes == 0 ? 16 : bytes;
+        if (bytes > bytes_) {
+            if (ptr_ != nullptr) SPARSA_CUDA_CHECK(cudaFree(ptr_));
+            ptr_ = nullptr;
+            bytes_ = 0;
+            SPARSA_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+            bytes_ = bytes;
+        }
+        return ptr_;
+    }
+    template <typename T> T* upload(const T* data, size_t count) {
+        void* p = reserve(count * sizeof(T));
+        if (count > 0) SPARSA_CUDA_CHECK(cudaMemcpy(p, data, count * sizeof(T), cudaMemcpyHostToDevice));
+        return static_cast<T*>(p);
+    }
+    template <typename T> T* upload(const std::vector<T>& v) { return upload(v.data(), v.size()); }
+    void* get() const { return ptr_; }
+
+private:
+    void* ptr_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+template <int V> using Int = std::integral_constant<int, V>;
+
+} // namespace
+
+const char* cuda_dtype_name(CudaDtype dtype) {
+    switch (dtype) {
+    case CudaDtype::float32: return "float32";
+    case CudaDtype::bfloat16: return "bf16";
+    case CudaDtype::float16: return "fp16";
+    }
+    return "?";
+}
+
+bool cuda_device_available(std::string* why) {
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) {
+        if (why != nullptr) *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(err);
+        cudaGetLastError();   // clear it
+        return false;
+    }
+    if (count == 0) {
+        if (why != nullptr) *why = "cudaGetDeviceCount found no CUDA device";
+        return false;
+    }
+    return true;
+}
+
+std::string cuda_device_name() {
+    std::string why;
+    if (!cuda_device_available(&why)) throw Error("CUDA engine: no GPU (" + why + ")");
+    cudaDeviceProp prop{};
+    SPARSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    return prop.name;
+}
+
+int cuda_kernel_count() { return 4; }
+
+bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
+    if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
+    if (kernel >= 2 && kernel <= 4) {
+        return dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
+    }
+    return false;
+}
+
+Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
+    Tensor out = x;
+    if (dtype == CudaDtype::float32) return out;
+    for (float& e : out.data) e = dtype == CudaDtype::bfloat16 ? bf16_value(bf16_bits(e)) : fp16_value(fp16_bits(e));
+    return out;
+}
+
+struct CudaAttention::Impl {
+    DeviceBuffer q, k, v, o, lse, row_ptr, col_idx, partial_idx, bits, head_mask, tile_order;
+    TensorShape shape;
+    CudaDtype dtype = CudaDtype::bfloat16;
+    int kernel = 0;
+    int32_t block = 64;
+    int64_t q_blocks = 0;
+    float scale_log2 = 0;
+    bool prepared = false;
+    cudaEvent_t start = nullptr, stop = nullptr;
+
+    template <typename T> cuda::AttnParams<T> params() const {
+        cuda::AttnParams<T> p{};
+        p.q = static_cast<const T*>(q.get());
+        p.k = static_cast<const T*>(k.get());
+        p.v = static_cast<const T*>(v.get());
+        p.o = static_cast<T*>(o.get());
+        p.lse = static_cast<float*>(lse.get());
+        p.batch = shape.batch;
+        p.heads = shape.heads;
+        p.n = shape.n;
+        p.d = static_cast<int32_t>(shape.d);
+        p.scale_log2 = scale_log2;
+        p.masks = {static_cast<const int64_t*>(row_ptr.get()), static_cast<const int32_t*>(col_idx.get()),
+                   static_cast<const int32_t*>(partial_idx.get()), static_cast<const uint64_t*>(bits.get()),
+                   static_cast<const int32_t*>(head_mask.get()), static_cast<const int32_t*>(tile_order.get()),
+                   block, q_blocks};
+        return p;
+    }
+
+    template <typename T, int D, int B> void launch_tensor_core() const {
+        const cuda::AttnParams<T> p = params<T>();
+        const unsigned tiles = static_cast<unsigned>((shape.n + 63) / 64);
+        const dim3 grid(tiles, static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch));
+        if (kernel == 4) {
+            constexpr int smem = cuda::AttnTraits<D, B, 1>::kSmemBytes;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel4<T, D, B>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            const dim3 grid4(static_cast<unsigned>(shape.heads) * tiles, 1, static_cast<unsigned>(shape.batch));
+            cuda::attn_fwd_kernel4<T, D, B><<<grid4, 128, smem>>>(p);
+        } else if (kernel == 2) {
+            constexpr int smem = cuda::AttnTraits<D, B, 1>::kSmemBytes;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel2<T, D, B>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            cuda::attn_fwd_kernel2<T, D, B><<<grid, 128, smem>>>(p);
+        } else {
+            constexpr int smem = cuda::AttnTraits<D, B, 2>::kSmemBytes;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel3<T, D, B>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            cuda::attn_fwd_kernel3<T, D, B><<<grid, 128, smem>>>(p);
+        }
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // The one switch: runtime dtype, head dim and mask block become template parameters.
+    void launch_kernel() const {
+        auto with_type = [&](auto type_tag) {
+            using T = decltype(type_tag);
+            if (kernel == 1) {
+                const dim3 grid(static_cast<unsigned>((shape.n + cuda::kKernel1Warps - 1) / cuda::kKernel1Warps),
+                                static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch));
+                cuda::attn_fwd_kernel1<T><<<grid, 32 * cuda::kKernel1Warps>>>(params<T>());
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+                return;
+            }
+            if constexpr (!std::is_same_v<T, float>) {
+                auto with_dim = [&](auto d_tag) {
+                    constexpr int D = decltype(d_tag)::value;
+                    switch (block) {
+                    case 64: launch_tensor_core<T, D, 64>(); break;
+                    case 128: launch_tensor_core<T, D, 128>(); break;
+                    default: launch_tensor_core<T, D, 256>(); break;
+                    }
+                };
+                if (shape.d == 64) with_dim(Int<64>{});
+                else with_dim(Int<128>{});
+            }
+        };
+        switch (dtype) {
+        case CudaDtype::float32: with_type(float{}); break;
+        case CudaDtype::bfloat16: with_type(__nv_bfloat16{}); break;
+        case CudaDtype::float16: with_type(__half{}); break;
+        }
+    }
+
+    // The distinct masks of `layer` in the order heads first use them, concatenated as in the
+    // .npz file; head_mask[h] says which one head h uses.
+    void upload_masks(const MaskSet& masks, int64_t layer) {
+        std::map<const BlockMask*, int32_t> index;
+        std::vector<int32_t> heads_index;
+        std::vector<int64_t> rp;
+        std::vector<int32_t> ci, pi;
+        std::vector<uint64_t> bw;
+        for (int64_t h = 0; h < masks.heads; ++h) {
+            const BlockMask& m = masks.at(layer, h);
+            auto [it, fresh] = index.emplace(&m, static_cast<int32_t>(index.size()));
+            heads_index.push_back(it->second);
+            if (!fresh) continue;
+            const int64_t base = static_cast<int64_t>(ci.size());
+            const int32_t partial_base = static_cast<int32_t>(bw.size() / static_cast<size_t>(m.words_per_block()));
+            for (int64_t r : m.row_ptr) rp.push_back(base + r);
+            ci.insert(ci.end(), m.col_idx.begin(), m.col_idx.end());
+            for (int32_t p : m.partial_idx) pi.push_back(p < 0 ? -1 : partial_base + p);
+            bw.insert(bw.end(), m.bits.begin(), m.bits.end());
+        }
+        // kernel 4's launch order of (head, 64-query tile): by the power of two of the row's kept
+        // blocks, largest first; then head by head, later tiles first (as kernels 2 and 3 run them).
+        const int64_t tiles = (masks.n + 63) / 64;
+        std::vector<int32_t> order;
+        std::vector<int> bucket;
+        for (int64_t h = 0; h < masks.heads; ++h) {
+            const BlockMask& m = masks.at(layer, h);
+            for (int64_t t = tiles - 1; t >= 0; --t) {
+                const int64_t qb = t * 64 / m.block;
+                const auto kept = static_cast<uint64_t>(m.row_ptr[static_cast<size_t>(qb + 1)] - m.row_ptr[static_cast<size_t>(qb)]);
+                order.push_back(static_cast<int32_t>(h * tiles + t));
+                bucket.push_back(std::bit_width(kept));
+            }
+        }
+        std::vector<size_t> rank(order.size());
+        for (size_t i = 0; i < rank.size(); ++i) rank[i] = i;
+        std::stable_sort(rank.begin(), rank.end(), [&](size_t a, size_t b) { return bucket[a] > bucket[b]; });
+        std::vector<int32_t> sorted(order.size());
+        for (size_t i = 0; i < rank.size(); ++i) sorted[i] = order[rank[i]];
+        row_ptr.upload(rp);
+        col_idx.upload(ci);
+        partial_idx.upload(pi);
+        bits.upload(bw);
+        head_mask.upload(heads_index);
+        tile_order.upload(sorted);
+    }
+};
+
+CudaAttention::CudaAttention() : impl_(std::make_unique<Impl>()) {
+    std::string why;
+    if (!cuda_device_available(&why)) throw Error("CUDA engine: no GPU to run on (" + why + "); use the CPU engine");
+    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->start));
+    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->stop));
+}
+
+CudaAttention::~CudaAttention() {
+    if (impl_->start != nullptr) cudaEventDestroy(impl_->start);
+    if (impl_->stop != nullptr) cudaEventDestroy(impl_->stop);
+}
+
+void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                            const CudaAttentionOptions& options) {
+    Impl& s = *impl_;
+    s.prepared = false;
+    attention_check_shapes("cuda attention_forward", q.shape, k.shape, v.shape, masks, layer);
+    tensor_check_finite(q, "Q");
+    tensor_check_finite(k, "K");
+    tensor_check_finite(v, "V");
+    const int64_t d = q.shape.d;
+    if (q.shape.heads > 65535 || q.shape.batch > 65535 || q.shape.heads * ((q.shape.n + 63) / 64) > (int64_t{1} << 30)) {
+        throw Error("cuda attention_forward: batch and heads must be at most 65535, heads * n / 64 at most 2^30 (got " +
+                    tensor_shape_text(q.shape) + "); split the call");
+    }
+    int kernel = options.kernel;
+    if (kernel == 0) {
+        for (kernel = cuda_kernel_count(); kernel > 1; --kernel) {
+            if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
+        }
+    }
+    if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
+        throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
+                    cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +
+                    std::to_string(masks.block) +
+                    " (kernels 2 to 4: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any; "
+                    "kernel 0 picks one)");
+    }
+    s.kernel = kernel;
+    s.shape = q.shape;
+    s.dtype = options.dtype;
+    s.block = masks.block;
+    s.q_blocks = (q.shape.n + masks.block - 1) / masks.block;
+    const double scale = options.scale > 0 ? options.scale : attention_default_scale(d);
+    s.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+
+    const size_t elems = q.data.size();
+    const size_t elem_bytes = options.dtype == CudaDtype::float32 ? 4 : 2;
+    if (options.dtype == CudaDtype::float32) {
+        s.q.upload(q.data);
+        s.k.upload(k.data);
+        s.v.upload(v.data);
+    } else {
+        s.q.upload(tensor_to_16bit(q, options.dtype));
+        s.k.upload(tensor_to_16bit(k, options.dtype));
+        s.v.upload(tensor_to_16bit(v, options.dtype));
+    }
+    s.o.reserve(elems * elem_bytes);
+    s.lse.reserve(static_cast<size_t>(q.shape.batch * q.shape.heads * q.shape.n) * sizeof(float));
+    s.upload_masks(masks, layer);
+    if (options.poison_outputs) {   // 0xffff... is NaN in every dtype
+        SPARSA_CUDA_CHECK(cudaMemset(s.o.get(), 0xff, elems * elem_bytes));
+        SPARSA_CUDA_CHECK(cudaMemset(s.lse.get(), 0xff, static_cast<size_t>(q.shape.batch * q.shape.heads * q.shape.n) * 4));
+    }
+    s.prepared = true;
+}
+
+void CudaAttention::run() {
+    if (!impl_->prepared) throw Error("CudaAttention::run: nothing prepared (call prepare first)");
+    impl_->launch_kernel();
+}
+
+AttentionOutput CudaAttention::download() {
+    const Impl& s = *impl_;
+    if (!s.prepared) throw Error("CudaAttention::download: nothing prepared (call prepare first)");
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    AttentionOutput out;
+    out.o = tensor_zeros<float>(s.shape);
+    out.lse = tensor_zeros<float>({s.shape.batch, s.shape.heads, s.shape.n, 1});
+    const size_t elems = out.o.data.size();
+    if (s.dtype == CudaDtype::float32) {
+        SPARSA_CUDA_CHECK(cudaMemcpy(out.o.data.data(), s.o.get(), elems * 4, cudaMemcpyDeviceToHost));
+    } else {
+        std::vector<uint16_t> raw(elems);
+        SPARSA_CUDA_CHECK(cudaMemcpy(raw.data(), s.o.get(), elems * 2, cudaMemcpyDeviceToHost));
+        for (size_t e = 0; e < elems; ++e) {
+            out.o.data[e] = s.dtype == CudaDtype::bfloat16 ? bf16_value(raw[e]) : fp16_value(raw[e]);
+        }
+    }
+    SPARSA_CUDA_CHECK(cudaMemcpy(out.lse.data.data(), s.lse.get(), out.lse.data.size() * 4, cudaMemcpyDeviceToHost));
+    return out;
+}
+
+AttentionOutput CudaAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks,
+                                       int64_t layer, const CudaAttentionOptions& options) {
+    prepare(q, k, v, masks, layer, options);
+    run();
+    return download();
+}
+
+std::vector<float> CudaAttention::time_runs(int warmup, int runs) {
+    for (int i = 0; i < warmup; ++i) run();
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> ms;
+    for (int i = 0; i < runs; ++i) {
+        SPARSA_CUDA_CHECK(cudaEventRecord(impl_->start));
+        run();
+        SPARSA_CUDA_CHECK(cudaEventRecord(impl_->stop));
+        SPARSA_CUDA_CHECK(cudaEventSynchronize(impl_->stop));
+        float t = 0;
+        SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t, impl_->start, impl_->stop));
+        ms.push_back(t);
+    }
+    return ms;
+}
+
+int CudaAttention::kernel() const { return impl_->kernel; }
+
+} // namespace sparsa

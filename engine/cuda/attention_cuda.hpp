@@ -1,0 +1,77 @@
+// The CUDA engine: block-sparse attention forward on the GPU, the same call shape as the CPU
+// engine (engine/cpu_attention.hpp). Plain C++: no CUDA header is needed to use it.
+#pragma once
+
+#include "engine/block_mask.hpp"
+#include "engine/cpu_attention.hpp"
+#include "engine/tensor.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sparsa {
+
+// The element type Q, K, V and O have on the GPU (lse is always float32).
+enum class CudaDtype { float32, bfloat16, float16 };
+const char* cuda_dtype_name(CudaDtype dtype);   // "float32", "bf16", "fp16"
+
+struct CudaAttentionOptions {
+    float scale = 0;                      // softmax scale; 0: 1 / sqrt(d)
+    CudaDtype dtype = CudaDtype::bfloat16;
+    int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: the newest that runs this call
+    bool poison_outputs = true;           // fill O and lse with NaN before the run (tests catch unwritten elements)
+};
+
+// Whether a CUDA GPU can run the engine here; when not, `why` says why (no driver, no device).
+bool cuda_device_available(std::string* why = nullptr);
+// "NVIDIA H100 80GB HBM3" (device 0). Throws sparsa::Error when there is no GPU.
+std::string cuda_device_name();
+
+// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2, 3 and 4 (tensor
+// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256). attn_fwd_kernels.cuh says
+// what each adds.
+int cuda_kernel_count();
+bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block);
+
+// Rounds every element to `dtype` and back (what the GPU sees of a float32 tensor), so the CPU
+// engine can be run on the same inputs. x: any shape.
+Tensor tensor_round_to(const Tensor& x, CudaDtype dtype);
+
+// One GPU's attention: device buffers are kept and reused across calls (grown when needed).
+class CudaAttention {
+public:
+    CudaAttention();   // throws sparsa::Error when no GPU is usable
+    ~CudaAttention();
+    CudaAttention(const CudaAttention&) = delete;
+    CudaAttention& operator=(const CudaAttention&) = delete;
+
+    // Attention with one BlockMask per head, from layer `layer` of `masks` (head h uses mask
+    // (layer, h)); q, k, v rounded to options.dtype. Rows with no allowed key give o = 0 and
+    // lse = -inf. q, k, v: [batch, heads, n, d]; returns o [batch, heads, n, d] and lse
+    // [batch, heads, n, 1], in float32. Throws sparsa::Error for what attention_forward refuses,
+    // a kernel that does not run this dtype / d / block (saying which does), or a failed CUDA call.
+    AttentionOutput forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                            const CudaAttentionOptions& options = {});
+
+    // The same in three steps, for timing: prepare uploads the inputs and masks, run launches
+    // the kernel (asynchronously), download waits and copies o and lse back.
+    void prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                 const CudaAttentionOptions& options = {});
+    void run();
+    AttentionOutput download();
+
+    // Times `runs` launches of the prepared call with CUDA events after `warmup` untimed ones:
+    // milliseconds of each run.
+    std::vector<float> time_runs(int warmup, int runs);
+
+    // The kernel the prepared call runs (options.kernel, or the one chosen for 0).
+    int kernel() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace sparsa

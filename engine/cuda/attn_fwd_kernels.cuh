@@ -1,0 +1,450 @@
+// Block-sparse attention forward kernels, kept side by side as they evolve (STYLE.md item 3).
+// Each walks only the kept key blocks of its query block (CSR of a BlockMask), full blocks
+// without masking, partial blocks with their bitmask; O and lse out, empty rows give 0 / -inf.
+//
+//   1: simple and obviously correct: one warp per query row, float32 math, one key at a time
+//      (online softmax per key). Any head dim up to 256, any mask block, float32 / bf16 / fp16.
+//   2: tensor cores, FlashAttention-2 style: one thread block per 64-query tile, 4 warps of 16
+//      rows, S = Q K^T and O += P V with mma.sync m16n8k16 (bf16 / fp16 in, float32 accumulate),
+//      ldmatrix loads, cp.async copies; one shared-memory stage (load, wait, compute).
+//   3: as 2, with the next key tile's K and V copied (cp.async) while the current one computes:
+//      two shared-memory stages.
+//   4: as 2, with the (head, query tile) pairs launched in order of work from a table: rows that
+//      keep many more blocks (global tokens) start first instead of running alone at the end;
+//      work is compared by its power of two, so similar tiles keep their head-major order (and
+//      their K, V in L2).
+//
+// Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
+// [SECTION] kernels 2 to 4.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace sparsa::cuda {
+
+// [SECTION] masks on the device
+
+// The unique masks of one MaskSet layer, concatenated as in the .npz file (docs/formats.md):
+// row_ptr is absolute into col_idx, partial_idx indexes `bits` globally.
+struct DeviceMasks {
+    const int64_t* row_ptr;      // [unique, q_blocks + 1]
+    const int32_t* col_idx;      // [total kept]
+    const int32_t* partial_idx;  // [total kept] -1 full, else the bitmask
+    const uint64_t* bits;        // [total partials, B * B / 64]
+    const int32_t* head_mask;    // [heads] unique mask of each head
+    const int32_t* tile_order;   // [heads * q_tiles] launch order of (head, 64-query tile) as head * q_tiles + tile (kernel 4)
+    int32_t block;               // B
+    int64_t q_blocks;            // ceil(n / B)
+};
+
+// Where one attention call's tensors are; all [batch, heads, n, d] except lse [batch, heads, n].
+template <typename T> struct AttnParams {
+    const T* q;
+    const T* k;
+    const T* v;
+    T* o;
+    float* lse;
+    int64_t batch, heads, n;
+    int32_t d;
+    float scale_log2;   // softmax scale * log2(e): scores are taken in base 2
+    DeviceMasks masks;
+};
+
+__device__ inline float to_float(float x) { return x; }
+__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ inline float to_float(__half x) { return __half2float(x); }
+template <typename T> __device__ inline T from_float(float x);
+template <> __device__ inline float from_float<float>(float x) { return x; }
+template <> __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ inline __half from_float<__half>(float x) { return __float2half(x); }
+
+// [SECTION] kernel 1
+
+constexpr int kKernel1Warps = 4;       // query rows per thread block
+constexpr int kKernel1MaxChunks = 8;   // d <= 32 * 8
+
+// 1: one warp per query row; lane j holds elements j, j + 32, ... of q and of the output.
+// grid: (ceil(n / 4), heads, batch), block: 128 threads.
+template <typename T> __global__ void __launch_bounds__(32 * kKernel1Warps) attn_fwd_kernel1(AttnParams<T> p) {
+    const int lane = threadIdx.x % 32;
+    const int64_t row = int64_t{blockIdx.x} * kKernel1Warps + threadIdx.x / 32;
+    const int64_t h = blockIdx.y, b = blockIdx.z;
+    if (row >= p.n) return;
+    const int64_t head_offset = ((b * p.heads + h) * p.n) * p.d;
+    const T* q = p.q + head_offset + row * p.d;
+    const T* k = p.k + head_offset;
+    const T* v = p.v + head_offset;
+
+    float qr[kKernel1MaxChunks], acc[kKernel1MaxChunks];
+#pragma unroll
+    for (int c = 0; c < kKernel1MaxChunks; ++c) {
+        const int j = lane + 32 * c;
+        qr[c] = j < p.d ? to_float(q[j]) : 0.f;
+        acc[c] = 0.f;
+    }
+
+    const DeviceMasks& m = p.masks;
+    const int32_t B = m.block;
+    const int64_t qb = row / B, i = row % B;
+    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
+    float row_max = -INFINITY, row_sum = 0.f;   // running max (base 2) and sum of exp2
+    for (int64_t e = row_ptr[qb]; e < row_ptr[qb + 1]; ++e) {
+        const int64_t k0 = int64_t{m.col_idx[e]} * B;
+        const int32_t part = m.partial_idx[e];
+        const uint64_t* bits = part >= 0 ? m.bits + int64_t{part} * (int64_t{B} * B / 64) : nullptr;
+        for (int64_t j = 0; j < B && k0 + j < p.n; ++j) {
+            if (bits != nullptr) {   // partial block: bit i*B + j
+                const int64_t t = i * B + j;
+                if (((bits[t / 64] >> (t % 64)) & 1) == 0) continue;
+            }
+            // S = q . k_j (warp reduction)
+            float s = 0.f;
+#pragma unroll
+            for (int c = 0; c < kKernel1MaxChunks; ++c) {
+                const int jj = lane + 32 * c;
+                if (jj < p.d) s += qr[c] * to_float(k[(k0 + j) * p.d + jj]);
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+            s *= p.scale_log2;
+            // online softmax: rescale what came before to the new max
+            const float new_max = fmaxf(row_max, s);
+            const float correction = exp2f(row_max - new_max);   // 0 for the first key
+            const float weight = exp2f(s - new_max);
+            row_sum = row_sum * correction + weight;
+            row_max = new_max;
+            // O += p_j v_j
+#pragma unroll
+            for (int c = 0; c < kKernel1MaxChunks; ++c) {
+                const int jj = lane + 32 * c;
+                if (jj < p.d) acc[c] = acc[c] * correction + weight * to_float(v[(k0 + j) * p.d + jj]);
+            }
+        }
+    }
+
+    T* o = p.o + head_offset + row * p.d;
+    const float inv = row_sum > 0.f ? 1.f / row_sum : 0.f;   // empty row: zeros
+#pragma unroll
+    for (int c = 0; c < kKernel1MaxChunks; ++c) {
+        const int j = lane + 32 * c;
+        if (j < p.d) o[j] = from_float<T>(acc[c] * inv);
+    }
+    if (lane == 0) {
+        p.lse[(b * p.heads + h) * p.n + row] =
+            row_sum > 0.f ? (row_max + log2f(row_sum)) * 0.6931471805599453f : -INFINITY;
+    }
+}
+
+// [SECTION] tensor-core helpers (sm_80+ PTX; fragment layouts as in the PTX ISA for
+// mma.m16n8k16: lane = 4 * group + quad; A rows group and group + 8, C the same rows,
+// columns 2 * quad and 2 * quad + 1)
+
+// Tiling of kernels 2 and 3 for head dim D and mask block B (flash-attention's kernel_traits).
+template <int D, int MaskBlock, int Stages> struct AttnTraits {
+    static constexpr int kWarps = 4;
+    static constexpr int kThreads = 32 * kWarps;
+    static constexpr int kTileQ = 16 * kWarps;      // 64 query rows per thread block
+    static constexpr int kTileK = 64;               // keys per step: one 64-bit word of a bitmask row
+    static constexpr int kStride = D + 8;           // shared row stride in elements: +16 bytes, no ldmatrix bank conflicts
+    static constexpr int kStages = Stages;          // K/V shared-memory buffers
+    static constexpr int kTileElems = kTileK * kStride;
+    static constexpr int kSmemBytes = (kTileQ + 2 * kStages * kTileK) * kStride * 2;
+    static_assert(D % 16 == 0 && D >= 16 && D <= 256, "head dim: a multiple of 16 up to 256");
+    static_assert(MaskBlock % kTileK == 0 && MaskBlock % kTileQ == 0, "mask block: a multiple of 64");
+    static_assert(kTileQ == kTileK, "a query tile and a key tile share the bitmask word layout");
+    static_assert(Stages == 1 || Stages == 2, "one or two K/V stages");
+};
+
+template <typename T> struct MmaType;
+template <> struct MmaType<__nv_bfloat16> {
+    __device__ static uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+    // D = A B + D: A [16, 16] row-major, B [16, 8] column-major, D [16, 8] float32
+    __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                     "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct MmaType<__half> {
+    __device__ static uint32_t pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+    __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                     "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// r = four 8x8 b16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// The same, each matrix transposed.
+__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (rows past n).
+__device__ inline void cp_async_16(void* smem, const void* global, bool valid) {
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(valid ? 16 : 0));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int Pending> __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending)); }
+
+// tile = rows [row0, row0 + Rows) of a head's [n, D] matrix into shared memory (stride Traits::kStride),
+// rows past n zero-filled. Every thread of the block takes part.
+template <typename Traits, int D, int Rows, typename T>
+__device__ inline void tile_load_async(T* tile, const T* head, int64_t row0, int64_t n) {
+    constexpr int kChunksPerRow = D * 2 / 16;   // 16-byte chunks
+    for (int c = threadIdx.x; c < Rows * kChunksPerRow; c += Traits::kThreads) {
+        const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+        const bool valid = row0 + r < n;
+        const T* src = head + (valid ? (row0 + r) * D + col : 0);
+        cp_async_16(tile + r * Traits::kStride + col, src, valid);
+    }
+}
+
+// [SECTION] kernels 2 to 4
+
+// One thread block per (64-query tile, head, batch); warp w owns query rows 16w .. 16w + 15.
+// grid: (ceil(n / 64), heads, batch), or (heads * ceil(n / 64), 1, batch) with WorkOrder; block: 128
+// threads, dynamic shared memory Traits::kSmemBytes.
+template <typename T, int D, int MaskBlock, int Stages, bool WorkOrder>
+__device__ inline void attn_fwd_tensor_core(const AttnParams<T>& p) {
+    using Traits = AttnTraits<D, MaskBlock, Stages>;
+    using Mma = MmaType<T>;
+    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK, kStride = Traits::kStride;
+    constexpr int kSubTiles = MaskBlock / kTileK;   // key tiles per mask block
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* q_tile = reinterpret_cast<T*>(smem_raw);                  // [64, D]
+    T* k_tiles = q_tile + kTileQ * kStride;                      // [Stages, 64, D]
+    T* v_tiles = k_tiles + Stages * Traits::kTileElems;          // [Stages, 64, D]
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int group = lane / 4, quad = lane % 4;
+    int64_t tile, h;
+    if constexpr (WorkOrder) {   // grid (heads * tiles, 1, batch): the pair comes from the table
+        const int64_t tiles = (p.n + kTileQ - 1) / kTileQ, pair = p.masks.tile_order[blockIdx.x];
+        h = pair / tiles;
+        tile = pair % tiles;
+    } else {                     // grid (tiles, heads, batch): late (causal: heavy) tiles first
+        tile = gridDim.x - 1 - blockIdx.x;
+        h = blockIdx.y;
+    }
+    const int64_t b = blockIdx.z, n = p.n;
+    const int64_t q0 = tile * kTileQ;
+    const int64_t head_offset = ((b * p.heads + h) * n) * D;
+    const T* k_head = p.k + head_offset;
+    const T* v_head = p.v + head_offset;
+
+    // The row of the mask: query block qb, this tile's rows start at row i0 of it.
+    const DeviceMasks& m = p.masks;
+    const int64_t qb = q0 / MaskBlock;
+    const int i0 = static_cast<int>(q0 % MaskBlock);
+    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
+    const int64_t e_begin = row_ptr[qb];
+    const int64_t steps = (row_ptr[qb + 1] - e_begin) * kSubTiles;   // key tiles to visit
+
+    auto key_tile_start = [&](int64_t step) {
+        return int64_t{m.col_idx[e_begin + step / kSubTiles]} * MaskBlock + (step % kSubTiles) * kTileK;
+    };
+    auto load_kv = [&](int64_t step, int stage) {
+        const int64_t k0 = key_tile_start(step);
+        tile_load_async<Traits, D, kTileK>(k_tiles + stage * Traits::kTileElems, k_head, k0, n);
+        tile_load_async<Traits, D, kTileK>(v_tiles + stage * Traits::kTileElems, v_head, k0, n);
+    };
+
+    tile_load_async<Traits, D, kTileQ>(q_tile, p.q + head_offset, q0, n);
+    if (steps > 0) load_kv(0, 0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // This warp's Q rows as A fragments, kept in registers: [D / 16] k-chunks.
+    uint32_t q_frag[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = kk * 16 + 8 * (lane / 16);
+        ldmatrix_x4(q_frag[kk], q_tile + r * kStride + c);
+    }
+
+    float o_acc[D / 8][4];   // O [16, D] of this warp: D / 8 n-tiles of 16 x 8
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;
+    float row_max[2] = {-INFINITY, -INFINITY};   // rows group and group + 8, base 2
+    float row_sum[2] = {0.f, 0.f};               // this lane's partial sums (reduced at the end)
+
+    for (int64_t step = 0; step < steps; ++step) {
+        const int stage = Stages == 2 ? static_cast<int>(step % 2) : 0;
+        if constexpr (Stages == 2) {
+            // K, V of `step` are in `stage`; start copying the next tile into the other stage.
+            if (step + 1 < steps) load_kv(step + 1, stage ^ 1);
+            cp_async_commit();
+        }
+        const T* k_tile = k_tiles + stage * Traits::kTileElems;
+        const T* v_tile = v_tiles + stage * Traits::kTileElems;
+        const int64_t e = e_begin + step / kSubTiles;
+        const int64_t k0 = key_tile_start(step);
+        const int32_t part = m.partial_idx[e];
+
+        // S = Q K^T: [16, 64] per warp, 8 n-tiles of 16 x 8
+        float s[kTileK / 8][4];
+#pragma unroll
+        for (int t = 0; t < kTileK / 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+            for (int np = 0; np < kTileK / 16; ++np) {
+                uint32_t kf[4];   // b0, b1 of key n-tiles 2np and 2np + 1
+                const int r = np * 16 + lane % 8 + 8 * (lane / 16), c = kk * 16 + 8 * ((lane / 8) % 2);
+                ldmatrix_x4(kf, k_tile + r * kStride + c);
+                Mma::mma(s[2 * np], q_frag[kk], kf[0], kf[1]);
+                Mma::mma(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
+            }
+        }
+
+        // mask: partial blocks by their bitmask (one 64-bit word per query row and key tile),
+        // full blocks only where the tile runs past n
+        const bool partial = part >= 0, past_n = k0 + kTileK > n;
+        if (partial || past_n) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int i = i0 + warp * 16 + group + 8 * half;   // row within the mask block
+                uint64_t word = ~uint64_t{0};
+                if (partial) {
+                    word = m.bits[int64_t{part} * (MaskBlock * MaskBlock / 64) + int64_t{i} * (MaskBlock / 64) +
+                                  (k0 % MaskBlock) / 64];
+                }
+                if (past_n) {   // keys k0 + j >= n (the short last block): none allowed
+                    const int64_t valid = n - k0;
+                    word &= valid <= 0 ? 0 : valid >= 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
+                }
+#pragma unroll
+                for (int t = 0; t < kTileK / 8; ++t) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int j = t * 8 + 2 * quad + c;
+                        if (((word >> j) & 1) == 0) s[t][2 * half + c] = -INFINITY;
+                    }
+                }
+            }
+        }
+
+        // online softmax: new row max (over the 4 lanes of a row), rescale O and the sums
+        float scale_old[2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float mx = row_max[half];
+#pragma unroll
+            for (int t = 0; t < kTileK / 8; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * half], s[t][2 * half + 1]) * p.scale_log2);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float base = mx == -INFINITY ? 0.f : mx;   // a row with nothing allowed yet: no NaN
+            scale_old[half] = exp2f(row_max[half] - base);
+            row_max[half] = mx;
+            float sum = 0.f;
+#pragma unroll
+            for (int t = 0; t < kTileK / 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    float& x = s[t][2 * half + c];
+                    x = exp2f(x * p.scale_log2 - base);   // P, unnormalised; -inf -> 0
+                    sum += x;
+                }
+            }
+            row_sum[half] = row_sum[half] * scale_old[half] + sum;
+        }
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+            o_acc[t][0] *= scale_old[0];
+            o_acc[t][1] *= scale_old[0];
+            o_acc[t][2] *= scale_old[1];
+            o_acc[t][3] *= scale_old[1];
+        }
+
+        // O += P V: P [16, 64] as A fragments straight from S's accumulators, V via ldmatrix.trans
+#pragma unroll
+        for (int kk = 0; kk < kTileK / 16; ++kk) {
+            const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
+                                    Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t vf[4];   // b0, b1 of d n-tiles 2dp and 2dp + 1
+                const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = dp * 16 + 8 * (lane / 16);
+                ldmatrix_x4_trans(vf, v_tile + r * kStride + c);
+                Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
+                Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
+            }
+        }
+
+        if constexpr (Stages == 2) {
+            cp_async_wait<0>();   // the next tile has landed ...
+            __syncthreads();      // ... for every thread, and nobody still reads this stage
+        } else {
+            __syncthreads();      // every warp is done with this K, V before they are overwritten
+            if (step + 1 < steps) {
+                load_kv(step + 1, 0);
+                cp_async_commit();
+                cp_async_wait<0>();
+                __syncthreads();
+            }
+        }
+    }
+
+    // O /= rowsum, lse = (max + log2 sum) ln 2; empty rows: zeros and -inf
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float sum = row_sum[half];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int64_t row = q0 + warp * 16 + group + 8 * half;
+        if (row >= n) continue;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        T* o = p.o + head_offset + row * D;
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+            const uint32_t packed = Mma::pack(o_acc[t][2 * half] * inv, o_acc[t][2 * half + 1] * inv);
+            *reinterpret_cast<uint32_t*>(o + t * 8 + 2 * quad) = packed;
+        }
+        if (quad == 0) {
+            p.lse[(b * p.heads + h) * n + row] =
+                sum > 0.f ? (row_max[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+        }
+    }
+}
+
+// 2: tensor cores, one K/V stage.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_fwd_kernel2(AttnParams<T> p) {
+    attn_fwd_tensor_core<T, D, MaskBlock, 1, false>(p);
+}
+
+// 3: tensor cores, two K/V stages (the next tile's copy overlaps this tile's math).
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_fwd_kernel3(AttnParams<T> p) {
+    attn_fwd_tensor_core<T, D, MaskBlock, 2, false>(p);
+}
+
+// 4: as 2, (head, query tile) pairs in order of work. grid: (heads * ceil(n / 64), 1, batch).
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_fwd_kernel4(AttnParams<T> p) {
+    attn_fwd_tensor_core<T, D, MaskBlock, 1, true>(p);
+}
+
+} // namespace sparsa::cuda
