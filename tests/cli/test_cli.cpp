@@ -2,54 +2,14 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <array>
-#include <cstdio>
+#include "cli_test.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <sys/wait.h>
 
 namespace fs = std::filesystem;
-
-namespace {
-
-struct Result {
-    int code = -1;
-    std::string out;  // stdout and stderr together
-};
-
-// Runs `sparsa ARGS` from a scratch folder and captures what it printed.
-Result run(const std::string& args) {
-    std::string command = "cd '" + fs::temp_directory_path().string() + "' && '" SPARSA_CLI "' " + args + " 2>&1";
-    Result r;
-    FILE* pipe = popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    std::array<char, 4096> buffer{};
-    size_t got = 0;
-    while ((got = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.out.append(buffer.data(), got);
-    int status = pclose(pipe);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
-std::string example(const std::string& name) { return "'" SPARSA_SOURCE_DIR "/examples/patterns/" + name + "'"; }
-
-fs::path scratch(const std::string& name) {
-    fs::path dir = fs::temp_directory_path() / "sparsa-cli-test";
-    fs::create_directories(dir);
-    fs::path p = dir / name;
-    fs::remove(p);
-    return p;
-}
-
-bool folder_has_temp_files(const fs::path& dir) {
-    for (const auto& entry : fs::directory_iterator(dir)) {
-        if (entry.path().filename().string().find(".tmp") != std::string::npos) return true;
-    }
-    return false;
-}
-
-} // namespace
+using namespace cli_test;
 
 TEST_CASE("sparsa check: clean scripts exit 0, bad ones 1 with FILE:LINE:COL", "[cli]") {
     Result ok = run("check " + example("bigbird.pat") + " " + example("causal.pat"));
