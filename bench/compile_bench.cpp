@@ -5,6 +5,7 @@
 //   bench_compile [--threads N] [--runs K] [--out PATH]
 #include "dsl/pattern.hpp"
 #include "engine/threads.hpp"
+#include "bench/bench_util.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include <vector>
 
 using namespace sparsa;
+using namespace sparsa::bench;
 
 namespace {
 
@@ -40,40 +42,6 @@ dsl::PatternPtr bench_pattern() {
     auto global = dsl::pattern_global(dsl::token_set_range(0, 64));
     auto random = dsl::pattern_random(3, /*seed=*/0, /*layer=*/0, /*head=*/0, /*causal_rows=*/false);
     return dsl::pattern_union(dsl::pattern_union(window, global), random);
-}
-
-// A field of /proc (e.g. "VmHWM:" of /proc/self/status), as the number after it.
-int64_t proc_field(const char* file, const std::string& key) {
-    std::ifstream in(file);
-    for (std::string line; std::getline(in, line);) {
-        if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + key.size());
-    }
-    return 0;
-}
-
-std::string cpu_model() {
-    std::ifstream in("/proc/cpuinfo");
-    for (std::string line; std::getline(in, line);) {
-        if (line.rfind("model name", 0) == 0) {
-            std::string m = line.substr(line.find(':') + 1);
-            return m.substr(m.find_first_not_of(' '));
-        }
-    }
-    return "unknown-cpu";
-}
-
-// "Intel(R) Xeon(R) Processor" -> "intel-xeon-processor": a file name for the results.
-std::string slug(std::string s) {
-    for (const char* mark : {"(R)", "(TM)", "(tm)"}) {
-        for (size_t at; (at = s.find(mark)) != std::string::npos;) s.erase(at, std::string(mark).size());
-    }
-    std::string out;
-    for (char c : s) {
-        if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        else if (!out.empty() && out.back() != '-') out += '-';
-    }
-    while (!out.empty() && out.back() == '-') out.pop_back();
-    return out.empty() ? "unknown" : out;
 }
 
 // Runs in the child: takes `runs` samples and writes one line of results to fd. A sample is the
@@ -138,38 +106,6 @@ Result measure(int64_t n, int threads, int runs) {
     in >> r.reps >> r.q_blocks >> r.kept >> r.partial >> r.peak_kib;
     for (double s; in >> s;) r.seconds.push_back(s);
     return r;
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t m = v.size() / 2;
-    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-
-std::string with_commas(int64_t v) {
-    std::string s = std::to_string(v), out;
-    for (size_t i = 0; i < s.size(); ++i) {
-        if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
-        out += s[i];
-    }
-    return out;
-}
-
-std::string load_average() {
-    std::ifstream in("/proc/loadavg");
-    std::string one, five, fifteen;
-    in >> one >> five >> fifteen;
-    return one + " " + five + " " + fifteen;
-}
-
-const char* build_type() {
-#if defined(NDEBUG) && defined(__OPTIMIZE__)
-    return "Release (optimised, NDEBUG)";
-#elif defined(__OPTIMIZE__)
-    return "optimised, assertions on";
-#else
-    return "Debug (not optimised): timings are not representative";
-#endif
 }
 
 } // namespace
@@ -241,22 +177,10 @@ int main(int argc, char** argv) {
        << (big < 1.0 ? "under" : "MORE than") << " 1 second (target: under 1 s).\n";
 
     std::cout << md.str();
-    const std::filesystem::path out(out_path);
-    std::error_code ec;
-    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
-    const std::string tmp = out_path + ".tmp." + std::to_string(getpid());
-    {
-        std::ofstream f(tmp, std::ios::binary);
-        f << md.str();
-        if (!f.flush()) {
-            std::cerr << "bench_compile: cannot write " << tmp << "\n";
-            return 1;
-        }
-    }
-    std::filesystem::rename(tmp, out, ec);
-    if (ec) {
-        std::cerr << "bench_compile: cannot rename " << tmp << " to " << out_path << ": " << ec.message() << "\n";
-        std::filesystem::remove(tmp, ec);
+    try {
+        results_write(out_path, md.str());
+    } catch (const std::exception& e) {
+        std::cerr << "bench_compile: " << e.what() << "\n";
         return 1;
     }
     std::cerr << "wrote " << out_path << "\n";

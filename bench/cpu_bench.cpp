@@ -10,6 +10,7 @@
 #include "dsl/pattern.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/threads.hpp"
+#include "bench/bench_util.hpp"
 
 #include <Eigen/Core>
 
@@ -32,6 +33,7 @@
 #include <vector>
 
 using namespace sparsa;
+using namespace sparsa::bench;
 
 namespace {
 
@@ -205,22 +207,7 @@ Result measure(const std::string& name, int64_t n, int64_t d, int runs, int thre
 
 // [SECTION] report
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t m = v.size() / 2;
-    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-
 double gflops(const Result& r) { return 4.0 * static_cast<double>(r.kept_pairs) * static_cast<double>(r.d) / median(r.seconds) / 1e9; }
-
-std::string with_commas(int64_t v) {
-    std::string s = std::to_string(v), out;
-    for (size_t i = 0; i < s.size(); ++i) {
-        if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
-        out += s[i];
-    }
-    return out;
-}
 
 std::string format(const char* f, double v) {
     char buf[64];
@@ -228,65 +215,11 @@ std::string format(const char* f, double v) {
     return buf;
 }
 
-std::string cpu_model() {
-    std::ifstream in("/proc/cpuinfo");
-    for (std::string line; std::getline(in, line);) {
-        if (line.rfind("model name", 0) == 0) {
-            std::string m = line.substr(line.find(':') + 1);
-            return m.substr(m.find_first_not_of(' '));
-        }
-    }
-    char host[256] = {};
-    gethostname(host, sizeof host - 1);
-    return host[0] != '\0' ? host : "unknown-cpu";
-}
-
-// "Intel(R) Xeon(R) Processor" -> "intel-xeon-processor": a file name for the results.
-std::string slug(std::string s) {
-    for (const char* mark : {"(R)", "(TM)", "(tm)"}) {
-        for (size_t at; (at = s.find(mark)) != std::string::npos;) s.erase(at, std::string(mark).size());
-    }
-    std::string out;
-    for (char c : s) {
-        if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        else if (!out.empty() && out.back() != '-') out += '-';
-    }
-    while (!out.empty() && out.back() == '-') out.pop_back();
-    return out.empty() ? "unknown" : out;
-}
-
-const char* build_type() {
-#if defined(NDEBUG) && defined(__OPTIMIZE__)
-    return "Release (optimised, NDEBUG)";
-#elif defined(__OPTIMIZE__)
-    return "optimised, assertions on";
-#else
-    return "Debug (not optimised): timings are not representative";
-#endif
-}
-
 std::vector<std::string> split(const std::string& s) {
     std::vector<std::string> out;
     std::stringstream in(s);
     for (std::string item; std::getline(in, item, ',');) out.push_back(item);
     return out;
-}
-
-void file_write_atomic(const std::string& path, const std::string& text) {
-    const std::filesystem::path out(path);
-    std::error_code ec;
-    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
-    const std::string tmp = path + ".tmp." + std::to_string(getpid());
-    {
-        std::ofstream f(tmp, std::ios::binary);
-        f << text;
-        if (!f.flush()) throw std::runtime_error("cannot write " + tmp);
-    }
-    std::filesystem::rename(tmp, out, ec);
-    if (ec) {
-        std::filesystem::remove(tmp, ec);
-        throw std::runtime_error("cannot rename " + tmp + " to " + path);
-    }
 }
 
 } // namespace
@@ -448,7 +381,7 @@ int main(int argc, char** argv) {
 
     std::cout << md.str();
     try {
-        file_write_atomic(out_path, md.str());
+        results_write(out_path, md.str());
     } catch (const std::exception& e) {
         std::cerr << "bench_cpu: " << e.what() << "\n";
         return 1;

@@ -8,6 +8,7 @@
 #include "engine/atomic_file.hpp"
 #include "engine/receptive_field.hpp"
 #include "engine/threads.hpp"
+#include "bench/bench_util.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@
 #include <vector>
 
 using namespace sparsa;
+using namespace sparsa::bench;
 
 namespace {
 
@@ -54,39 +56,6 @@ struct Result {
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-int64_t proc_field(const char* file, const std::string& key) {
-    std::ifstream in(file);
-    for (std::string line; std::getline(in, line);) {
-        if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + key.size());
-    }
-    return 0;
-}
-
-std::string cpu_model() {
-    std::ifstream in("/proc/cpuinfo");
-    for (std::string line; std::getline(in, line);) {
-        if (line.rfind("model name", 0) == 0) {
-            std::string m = line.substr(line.find(':') + 1);
-            return m.substr(m.find_first_not_of(' '));
-        }
-    }
-    return "unknown-cpu";
-}
-
-// "Intel(R) Xeon(R) Processor" -> "intel-xeon-processor": a file name for the results.
-std::string slug(std::string s) {
-    for (const char* mark : {"(R)", "(TM)", "(tm)"}) {
-        for (size_t at; (at = s.find(mark)) != std::string::npos;) s.erase(at, std::string(mark).size());
-    }
-    std::string out;
-    for (char c : s) {
-        if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        else if (!out.empty() && out.back() != '-') out += '-';
-    }
-    while (!out.empty() && out.back() == '-') out.pop_back();
-    return out.empty() ? "unknown" : out;
 }
 
 // In the child: compile (not timed), build the layer graphs (timed once), then time the field of
@@ -160,38 +129,6 @@ Result measure(int pattern, int64_t n, int threads, int runs) {
         r.out_seconds.push_back(b);
     }
     return r;
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t m = v.size() / 2;
-    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-
-std::string with_commas(int64_t v) {
-    std::string s = std::to_string(v), out;
-    for (size_t i = 0; i < s.size(); ++i) {
-        if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
-        out += s[i];
-    }
-    return out;
-}
-
-std::string load_average() {
-    std::ifstream in("/proc/loadavg");
-    std::string one, five, fifteen;
-    in >> one >> five >> fifteen;
-    return one + " " + five + " " + fifteen;
-}
-
-const char* build_type() {
-#if defined(NDEBUG) && defined(__OPTIMIZE__)
-    return "Release (optimised, NDEBUG)";
-#elif defined(__OPTIMIZE__)
-    return "optimised, assertions on";
-#else
-    return "Debug (not optimised): timings are not representative";
-#endif
 }
 
 } // namespace
@@ -289,12 +226,7 @@ int main(int argc, char** argv) {
     }
     std::cout << md.str();
     try {
-        std::error_code ec;
-        std::filesystem::create_directories(std::filesystem::path(out_path).parent_path(), ec);
-        AtomicFile file(out_path);
-        const std::string text = md.str();
-        file.write(text.data(), text.size());
-        file.commit();
+        results_write(out_path, md.str());
     } catch (const std::exception& e) {
         std::cerr << "bench_reach: " << e.what() << "\n";
         return 1;

@@ -1,0 +1,103 @@
+// What every benchmark needs to say how its numbers were made: the machine, the build, the load,
+// medians, and a results file written whole or not at all.
+#pragma once
+
+#include "engine/atomic_file.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace sparsa::bench {
+
+// A field of /proc (e.g. "VmHWM:" of /proc/self/status), as the number after it (0 if absent).
+inline int64_t proc_field(const char* file, const std::string& key) {
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + key.size());
+    }
+    return 0;
+}
+
+// The CPU's model name from /proc/cpuinfo ("Intel(R) Xeon(R) Processor"), else the host name.
+inline std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("model name", 0) == 0) {
+            std::string m = line.substr(line.find(':') + 1);
+            return m.substr(m.find_first_not_of(' '));
+        }
+    }
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    return host[0] != '\0' ? host : "unknown-cpu";
+}
+
+// "Intel(R) Xeon(R) Processor" -> "intel-xeon-processor": a file name for the results.
+inline std::string slug(std::string s) {
+    for (const char* mark : {"(R)", "(TM)", "(tm)"}) {
+        for (size_t at; (at = s.find(mark)) != std::string::npos;) s.erase(at, std::string(mark).size());
+    }
+    std::string out;
+    for (char c : s) {
+        if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        else if (!out.empty() && out.back() != '-') out += '-';
+    }
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    return out.empty() ? "unknown" : out;
+}
+
+// The median of the samples (the mean of the middle two for an even count).
+inline double median(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    const size_t m = v.size() / 2;
+    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+// 1048576 -> "1,048,576".
+inline std::string with_commas(int64_t v) {
+    std::string s = std::to_string(v), out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (i > 0 && s[i - 1] != '-' && (s.size() - i) % 3 == 0) out += ',';
+        out += s[i];
+    }
+    return out;
+}
+
+// The 1, 5 and 15 minute load averages ("1.12 1.49 1.45"): timings on a busy machine say so.
+inline std::string load_average() {
+    std::ifstream in("/proc/loadavg");
+    std::string one, five, fifteen;
+    in >> one >> five >> fifteen;
+    return one + " " + five + " " + fifteen;
+}
+
+// How this benchmark was compiled, for the results file.
+inline const char* build_type() {
+#if defined(NDEBUG) && defined(__OPTIMIZE__)
+    return "Release (optimised, NDEBUG)";
+#elif defined(__OPTIMIZE__)
+    return "optimised, assertions on";
+#else
+    return "Debug (not optimised): timings are not representative";
+#endif
+}
+
+// Writes a results file whole or not at all, creating its folder. Throws sparsa::Error.
+inline void results_write(const std::string& path, const std::string& text) {
+    const std::filesystem::path out(path);
+    std::error_code ec;
+    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
+    AtomicFile file(path);
+    file.write(text.data(), text.size());
+    file.commit();
+}
+
+} // namespace sparsa::bench
