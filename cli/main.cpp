@@ -56,7 +56,10 @@ int main(int argc, char** argv) {
         sparsa::cli::print_diagnostics(e.diagnostics());
         return 1;
     } catch (const sparsa::Error& e) {
-        std::fprintf(stderr, "sparsa %s: error: %s\n", command.c_str(), e.what());
+        // Messages thrown for a command may start with its name ("run: --layer ..."): say it once.
+        std::string message = e.what();
+        if (message.rfind(command + ": ", 0) == 0) message.erase(0, command.size() + 2);
+        std::fprintf(stderr, "sparsa %s: error: %s\n", command.c_str(), message.c_str());
         return 1;
     } catch (const std::bad_alloc&) {
         std::fprintf(stderr, "sparsa %s: error: out of memory (try a smaller --n)\n", command.c_str());

@@ -89,7 +89,7 @@ TEST_CASE("sparsa run: bad input names what is wrong and writes nothing", "[cli]
 
     Result layer = run("run " + example("bigbird.pat") + " --n 300 --layer 9" + o);
     CHECK(layer.code != 0);
-    CHECK(layer.out.find("--layer must be from 0 to 5; got 9") != std::string::npos);
+    CHECK(layer.out.find("sparsa run: error: --layer must be from 0 to 5; got 9\n") != std::string::npos);
 
     Result engine = run("run " + example("bigbird.pat") + " --n 300 --engine gpu" + o);
     CHECK(engine.code != 0);
