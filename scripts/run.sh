@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up, build, then check, compile and summarize every bundled example script.
+# The main job: set up, build, then check, compile and summarize every bundled example script,
+# show how far information travels through one, and run attention with another on the CPU.
 #   scripts/run.sh [N]      (sequence length, default 4096)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +29,11 @@ echo "== sparsa stats --brief (n = $n)"
 echo
 echo "== sparsa show examples/patterns/bigbird.pat --n 2048 (layer 0, head 0)"
 "$sparsa" show examples/patterns/bigbird.pat --n 2048
+
+echo
+echo "== sparsa reach examples/patterns/local_window.pat --n $n (how far information travels)"
+"$sparsa" reach examples/patterns/local_window.pat --n "$n"
+
+echo
+echo "== sparsa run examples/patterns/longformer.pat --n $n --check (CPU engine against the dense reference)"
+"$sparsa" run examples/patterns/longformer.pat --n "$n" --check
