@@ -4,12 +4,17 @@
 
 #include "engine/atomic_file.hpp"
 
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
+#include <stdexcept>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -98,6 +103,43 @@ inline void results_write(const std::string& path, const std::string& text) {
     AtomicFile file(path);
     file.write(text.data(), text.size());
     file.commit();
+}
+
+struct ChildOutput {
+    std::string text;      // what `work` returned
+    int64_t peak_kib = 0;  // the child's peak resident memory (ru_maxrss)
+};
+
+// Runs `work` in a fresh child process (fork), so that its peak memory is its own, and returns
+// the text it produced. Throws std::runtime_error naming `what` if the child fails; the child
+// prints its own error to stderr first.
+inline ChildOutput child_run(const std::function<std::string()>& work, const std::string& what) {
+    int fds[2];
+    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+        close(fds[0]);
+        try {
+            const std::string text = work();
+            if (write(fds[1], text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(2);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "%s: %s\n", what.c_str(), e.what());
+            _exit(1);
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
+    close(fds[0]);
+    int status = 0;
+    struct rusage usage {};
+    wait4(pid, &status, 0, &usage);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(what + ": the child process failed");
+    return {text, static_cast<int64_t>(usage.ru_maxrss)};
 }
 
 } // namespace sparsa::bench

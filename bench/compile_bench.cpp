@@ -47,7 +47,7 @@ dsl::PatternPtr bench_pattern() {
 // Runs in the child: takes `runs` samples and writes one line of results to fd. A sample is the
 // mean of `reps` back-to-back compiles, reps chosen so a sample lasts at least 20 ms: a 1 ms
 // compile timed alone mostly measures the scheduler of a shared machine.
-void measure_child(int64_t n, int threads, int runs, int fd) {
+std::string measure_child(int64_t n, int threads, int runs) {
     const auto p = bench_pattern();
     Result r;
     auto compile_seconds = [&](int reps) {
@@ -72,34 +72,12 @@ void measure_child(int64_t n, int threads, int runs, int fd) {
     line << r.reps << ' ' << r.q_blocks << ' ' << r.kept << ' ' << r.partial << ' ' << proc_field("/proc/self/status", "VmHWM:");
     for (double s : r.seconds) line << ' ' << s;
     line << '\n';
-    const std::string text = line.str();
-    if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(2);
+    return line.str();
 }
 
 Result measure(int64_t n, int threads, int runs) {
-    int fds[2];
-    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
-    std::fflush(stdout);
-    const pid_t pid = fork();
-    if (pid < 0) throw std::runtime_error("fork failed");
-    if (pid == 0) {
-        close(fds[0]);
-        try {
-            measure_child(n, threads, runs, fds[1]);
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "bench_compile: n = %lld: %s\n", static_cast<long long>(n), e.what());
-            _exit(1);
-        }
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("the child for n = " + std::to_string(n) + " failed");
+    const std::string text = child_run([&] { return measure_child(n, threads, runs); },
+                                       "bench_compile: n = " + std::to_string(n)).text;
     Result r;
     r.n = n;
     std::istringstream in(text);

@@ -166,40 +166,14 @@ std::string measure_child(const std::string& name, int64_t n, int64_t d, int run
 }
 
 Result measure(const std::string& name, int64_t n, int64_t d, int runs, int threads) {
-    int fds[2];
-    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
-    std::fflush(stdout);
-    const pid_t pid = fork();
-    if (pid < 0) throw std::runtime_error("fork failed");
-    if (pid == 0) {
-        close(fds[0]);
-        try {
-            const std::string text = measure_child(name, n, d, runs, threads);
-            if (write(fds[1], text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(2);
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "bench_cpu: %s, n = %lld, d = %lld: %s\n", name.c_str(), static_cast<long long>(n),
-                         static_cast<long long>(d), e.what());
-            _exit(1);
-        }
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
-    close(fds[0]);
-    int status = 0;
-    struct rusage usage {};
-    wait4(pid, &status, 0, &usage);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        throw std::runtime_error("the child for " + name + ", n = " + std::to_string(n) + " failed");
-    }
+    const ChildOutput child = child_run([&] { return measure_child(name, n, d, runs, threads); },
+                                        "bench_cpu: " + name + ", n = " + std::to_string(n) + ", d = " + std::to_string(d));
     Result r;
     r.pattern = name;
     r.n = n;
     r.d = d;
-    r.peak_kib = usage.ru_maxrss;
-    std::istringstream in(text);
+    r.peak_kib = child.peak_kib;
+    std::istringstream in(child.text);
     in >> r.kept_blocks >> r.partial_blocks >> r.kept_pairs >> r.compile_seconds >> r.gemm_both;
     for (double s; in >> s;) r.seconds.push_back(s);
     return r;

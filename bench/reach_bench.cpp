@@ -61,7 +61,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // In the child: compile (not timed), build the layer graphs (timed once), then time the field of
 // the middle token in each direction: `runs` samples, each the mean of `reps` expansions, reps
 // chosen so a sample lasts at least 20 ms (a 1 ms run timed alone mostly measures the scheduler).
-void measure_child(int pattern, int64_t n, int threads, int runs, int fd) {
+std::string measure_child(int pattern, int64_t n, int threads, int runs) {
     auto script = dsl::script_parse(kPatterns[pattern].text, "<bench>");
     dsl::CompileOptions options;
     options.n = n;
@@ -91,34 +91,12 @@ void measure_child(int pattern, int64_t n, int threads, int runs, int fd) {
          << proc_field("/proc/self/status", "VmHWM:");
     for (size_t i = 0; i < r.in_seconds.size(); ++i) line << ' ' << r.in_seconds[i] << ' ' << r.out_seconds[i];
     line << '\n';
-    const std::string text = line.str();
-    if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(2);
+    return line.str();
 }
 
 Result measure(int pattern, int64_t n, int threads, int runs) {
-    int fds[2];
-    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
-    std::fflush(stdout);
-    const pid_t pid = fork();
-    if (pid < 0) throw std::runtime_error("fork failed");
-    if (pid == 0) {
-        close(fds[0]);
-        try {
-            measure_child(pattern, n, threads, runs, fds[1]);
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "bench_reach: %s at n = %lld: %s\n", kPatterns[pattern].name, static_cast<long long>(n), e.what());
-            _exit(1);
-        }
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("the child for n = " + std::to_string(n) + " failed");
+    const std::string text = child_run([&] { return measure_child(pattern, n, threads, runs); },
+                                       std::string("bench_reach: ") + kPatterns[pattern].name + " at n = " + std::to_string(n)).text;
     Result r;
     r.pattern = pattern;
     r.n = n;
