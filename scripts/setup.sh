@@ -18,8 +18,12 @@ while [ $# -gt 0 ]; do
 done
 
 packages=(cmake g++ make libboost-dev libeigen3-dev nlohmann-json3-dev catch2 libstb-dev python3-numpy)
+packages+=(pkg-config libimgui-dev libglfw3-dev)  # the viewer sparsa-view (viz/)
+packages+=(pybind11-dev python3-dev)  # import sparsa (python/), for Debian's /usr/bin/python3
 if [ "$with_tests" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)
+  packages+=(xvfb xauth libgl1-mesa-dri)  # viewer screenshot tests: a virtual display, Mesa's software OpenGL
+  packages+=(python3-pytest python3-matplotlib python3-ipykernel python3-nbconvert jupyter-nbconvert)  # Python tests, notebooks
 fi
 
 missing=()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Makes the README's images of the viewer and the coverage plot, from a build folder (default
+# build/, as scripts/setup.sh makes it). Needs xvfb-run (Debian's xvfb) for the viewer:
+#   docs/images/make.sh [BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${1:-build}
+view() { LIBGL_ALWAYS_SOFTWARE=1 xvfb-run -a -s '-screen 0 1600x1000x24' "$build/viz/sparsa-view" "$@"; }
+p=examples/patterns
+
+view $p/longformer.pat --n 2048 --hover 40,100 --frames 4 --screenshot docs/images/viewer-mask.png
+view $p/longformer.pat --n 2048 --edit docs/images/longformer_typo.pat --screenshot docs/images/viewer-edit.png
+view $p/longformer_growing.pat --n 4096 --token 3000 --view reach --screenshot docs/images/viewer-reach.png
+view $p/longformer_growing.pat --n 4096 --view hops --screenshot docs/images/viewer-hops.png
+view $p/local_window.pat --n 4096 --compare $p/longformer.pat --view compare --screenshot docs/images/viewer-compare.png
+view $p/bigbird.pat --n 4096 --view demo --screenshot docs/images/viewer-demo.png
+"$build/cli/sparsa" reach $p/longformer_growing.pat --n 4096 --png docs/images/coverage-longformer_growing.png
