@@ -2,10 +2,11 @@
 // CUDA events on masks read from .npz files, median of many runs, random inputs (never zeros).
 // Prints a Markdown table; --csv also writes one line per case for bench/gpu_compare.py.
 //
-//   bench_cuda MASK.npz... [--kernels 1,2,3,4] [--heads 16] [--batch 1] [--d 128] [--dtype bf16]
+//   bench_cuda MASK.npz... [--kernels 1,2,3,4,0] [--heads 16] [--batch 1] [--d 128] [--dtype bf16]
 //              [--runs 20] [--budget-ms 1500] [--kernel1-max-tflop 2] [--csv PATH]
 //
-// A set of one head is repeated to --heads heads; FLOPs count allowed pairs only:
+// Kernel 0 is the engine's own choice (CudaAttentionOptions::kernel = 0), shown as the kernel it
+// picked with "(auto)". A set of one head is repeated to --heads heads; FLOPs count allowed pairs only:
 // 4 * pairs * d (S = Q K^T and O += P V). Each case runs one untimed warm-up, then at least 3
 // and at most --runs timed runs, fewer when a run is long (--budget-ms per case).
 #include "engine/cuda/attention_cuda.hpp"
@@ -104,7 +105,7 @@ int main(int argc, char** argv) try {
     std::ofstream csv;
     if (!opt.csv.empty()) {
         csv.open(opt.csv);
-        csv << "mask,n,block,heads,d,batch,dtype,pairs,kernel,median_ms,runs,tflops\n";
+        csv << "mask,n,block,heads,d,batch,dtype,pairs,kernel,median_ms,runs,tflops,chosen_by\n";
     }
     std::printf("GPU: %s, %s, d = %lld, batch %lld\n\n", gpu.c_str(), cuda_dtype_name(opt.dtype),
                 static_cast<long long>(opt.d), static_cast<long long>(opt.batch));
@@ -127,7 +128,7 @@ int main(int argc, char** argv) try {
         const double density = pairs / (static_cast<double>(opt.batch * masks.heads) * masks.n * masks.n);
         const std::string name = std::filesystem::path(path).stem().string();
         for (int kernel : opt.kernels) {
-            if (!cuda_kernel_supports(kernel, opt.dtype, opt.d, masks.block)) continue;
+            if (kernel != 0 && !cuda_kernel_supports(kernel, opt.dtype, opt.d, masks.block)) continue;
             if (kernel == 1 && flop > opt.kernel1_max_tflop * 1e12) {
                 std::printf("| %s | %lld | %d | %lld | %.4f | 1 | skipped (over --kernel1-max-tflop) | | |\n", name.c_str(),
                             static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density);
@@ -138,18 +139,19 @@ int main(int argc, char** argv) try {
             options.kernel = kernel;
             options.poison_outputs = false;
             cuda.prepare(q, k, v, masks, 0, options);
+            const std::string label = kernel == 0 ? std::to_string(cuda.kernel()) + " (auto)" : std::to_string(kernel);
             const float first = cuda.time_runs(1, 1)[0];   // one warm-up, one timed: sizes the rest
             const int runs = std::clamp(static_cast<int>(opt.budget_ms / std::max(first, 1e-3f)), 3, opt.runs);
             const double ms = median(cuda.time_runs(0, runs));
             const double tflops = flop / (ms * 1e-3) / 1e12;
-            std::printf("| %s | %lld | %d | %lld | %.4f | %d | %.3f | %d | %.1f |\n", name.c_str(),
-                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density, kernel,
-                        ms, runs, tflops);
+            std::printf("| %s | %lld | %d | %lld | %.4f | %s | %.3f | %d | %.1f |\n", name.c_str(),
+                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density,
+                        label.c_str(), ms, runs, tflops);
             std::fflush(stdout);
             if (csv) {
                 csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
-                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ',' << kernel << ','
-                    << ms << ',' << runs << ',' << tflops << '\n';
+                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ',' << cuda.kernel()
+                    << ',' << ms << ',' << runs << ',' << tflops << ',' << (kernel == 0 ? "auto" : "") << '\n';
             }
         }
     }

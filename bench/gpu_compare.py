@@ -5,7 +5,8 @@ For each mask file (sparsa .npz, one head repeated to --heads heads): FlexAttent
 torch.compile on the mask's own Flex arrays (docs/formats.md, "FlexAttention"), and for every n
 seen, scaled_dot_product_attention with the cuDNN and FlashAttention backends, dense and causal.
 Times are medians (triton.testing.do_bench), inputs random bf16 [1, heads, n, d]. Rates count
-allowed pairs only: 4 * pairs * d FLOPs. Prints one Markdown table with sparsa's rows (from
+allowed pairs only: 4 * pairs * d FLOPs; the column "on kept blocks" counts every pair of the
+kept blocks instead (partial blocks whole), the work a block-sparse kernel does. Prints one Markdown table with sparsa's rows (from
 bench_cuda --csv) and writes it to OUT_DIR/cuda-<gpu>.md with the command and the GPU's name.
 
     python3 bench/gpu_compare.py MASK.npz... --sparsa-csv sparsa.csv [--heads 16] [--d 128]
@@ -50,6 +51,20 @@ def allowed_pairs(z, header, layer=0):
             kb, p = z["col_idx"][e], z["partial_idx"][e]
             total += int((sizes[qb] * sizes[kb])[p < 0].sum()) + int(popcount[p[p >= 0]].sum())
         out.append(total)
+    return out
+
+
+def kept_block_pairs(z, header, layer=0):
+    """(query, key) pairs inside the kept blocks of each head of `layer`, partial blocks whole:
+    the work a block-sparse kernel does (its "rate on kept blocks" counts these)."""
+    n, B, H = header["n"], header["block"], header["heads"]
+    Q = -(-n // B)
+    sizes = np.minimum(B, n - np.arange(Q) * B)
+    out = []
+    for h in range(H):
+        row_ptr = z["row_ptr"][z["mask_index"][layer, h]]
+        rows = np.repeat(np.arange(Q), np.diff(row_ptr[: Q + 1]))
+        out.append(int((sizes[rows] * sizes[z["col_idx"][row_ptr[0]:row_ptr[Q]]]).sum()))
     return out
 
 
@@ -100,24 +115,42 @@ def main():
     H, d = args.heads, args.d
     rows = []        # (case, n, kernel, ms, tflops, pairs, mask name)
     cudnn_dense = {}  # n -> TFLOP/s
+    kept_ratio = {}   # mask name -> pairs in kept blocks / allowed pairs
 
     def qkv(n, seed):
         g = torch.Generator(device="cuda").manual_seed(seed)
         return [torch.randn(1, H, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)]
 
     seen_n = []
+    notes = []        # lines for the results file
+    probed = False    # Flex's default tiles tried once on a block below 128
     for path in args.masks:
         z, header = load_masks(path)
         n, name = header["n"], os.path.splitext(os.path.basename(path))[0]
         pairs = allowed_pairs(z, header)
         pairs = pairs * H if len(pairs) == 1 else pairs
         pairs = sum(pairs)
+        kept = kept_block_pairs(z, header)
+        kept_ratio[name] = sum(kept * H if len(kept) == 1 else kept) / pairs
         q, k, v = qkv(n, 1)
         started = time.time()
         bm = flex_block_mask(z, header, 0)
-        # Flex's default tiles on an H100 with d = 128 are 128 wide and must divide the mask's
-        # block (torch 2.11 refuses 64 with them), so smaller blocks run with tiles of the block.
+        # Flex's default tiles on Hopper (H100, H200) with d = 128 are wider than 64 and must
+        # divide the mask's block (torch 2.11 refuses 64 with them), so smaller blocks run with
+        # tiles of the block.
         opts = {"BLOCK_M": header["block"], "BLOCK_N": header["block"]} if header["block"] < 128 else None
+        if opts is not None and not probed:   # say what the defaults do with this block, in this run
+            probed = True
+            try:
+                flex(q, k, v, block_mask=bm)
+                torch.cuda.synchronize()
+                note = f"FlexAttention with its default tiles on {name} (block {header['block']}, d = {d}): ran"
+            except Exception as e:
+                note = (f"FlexAttention with its default tiles on {name} (block {header['block']}, d = {d}): refused "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the rows below run blocks under 128 "
+                        f"with kernel_options BLOCK_M = BLOCK_N = the block")
+            print(note, flush=True)
+            notes.append(note)
         try:
             flex(q, k, v, block_mask=bm, kernel_options=opts)
             torch.cuda.synchronize()
@@ -157,7 +190,8 @@ def main():
     if args.sparsa_csv and os.path.exists(args.sparsa_csv):
         with open(args.sparsa_csv) as f:
             for r in csv.DictReader(f):
-                rows.append((r["mask"], int(r["n"]), f"sparsa kernel {r['kernel']}", float(r["median_ms"]),
+                auto = " (auto)" if r.get("chosen_by") == "auto" else ""
+                rows.append((r["mask"], int(r["n"]), f"sparsa kernel {r['kernel']}{auto}", float(r["median_ms"]),
                              float(r["tflops"]), int(r["pairs"]), r["mask"]))
 
     flex_ms = {r[6]: r[3] for r in rows if r[2].startswith("FlexAttention")}
@@ -167,21 +201,24 @@ def main():
     rows.sort(key=lambda r: (r[1], order[r[6]], r[2]))
     lines = [f"GPU: {gpu}; bf16, batch 1, {H} heads, d = {d}; median times; TFLOP/s on allowed pairs (4 * pairs * d).",
              "x Flex: FlexAttention's time / this time on the same mask (> 1: faster than Flex); "
-             "/ cuDNN dense: this rate / cuDNN's dense rate at the same n.", "",
-             "| mask | n | density | implementation | ms | TFLOP/s | x Flex | / cuDNN dense |",
-             "|---|---|---|---|---|---|---|---|"]
+             "/ cuDNN dense: this rate / cuDNN's dense rate at the same n; on kept blocks: the rate counting every "
+             "pair of the kept blocks (partial blocks whole).", "",
+             "| mask | n | density | implementation | ms | TFLOP/s | on kept blocks | x Flex | / cuDNN dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, n, impl, ms, tf, pairs, key in rows:
         density = pairs / (H * n * n)
         xf = f"{flex_ms[key] / ms:.2f}" if key in flex_ms else ""
         xc = f"{tf / cudnn_dense[n]:.2f}" if n in cudnn_dense else ""
-        lines.append(f"| {name} | {n} | {density:.4f} | {impl} | {ms:.3f} | {tf:.1f} | {xf} | {xc} |")
+        kb = f"{tf * kept_ratio[key]:.1f}" if key in kept_ratio else ""
+        lines.append(f"| {name} | {n} | {density:.4f} | {impl} | {ms:.3f} | {tf:.1f} | {kb} | {xf} | {xc} |")
     table = "\n".join(lines)
     print("\n" + table)
 
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     os.makedirs(args.out_dir, exist_ok=True)
     out = os.path.join(args.out_dir, f"cuda-{slug}.md")
-    text = (f"# CUDA engine on {gpu}\n\nCommand: `{args.command}` (torch {torch.__version__}).\n\n{table}\n")
+    text = (f"# CUDA engine on {gpu}\n\nCommand: `{args.command}` (torch {torch.__version__}).\n\n"
+            + "".join(f"{line}\n\n" for line in notes) + f"{table}\n")
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

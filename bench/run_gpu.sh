@@ -7,7 +7,11 @@
 #   bench/run_gpu.sh masks              # on a machine with dsl/ built (build-cuda/cli/sparsa):
 #                                       #   compiles the benchmark and test masks to .benchmasks/
 #   bench/run_gpu.sh [STEP...]          # on the GPU machine; steps: build test sanitize bench compare
-#                                       #   (default: all of them, in that order)
+#                                       #   (the default, in that order), carried, cli
+#   BUILD=build-cuda bench/run_gpu.sh carried test sanitize cli bench compare
+#                                       # the same with binaries built here and carried (step
+#                                       #   `carried` instead of `build`: the GPU machine has no
+#                                       #   Boost, so the sparsa CLI and test_cli come this way)
 #
 # Headers the GPU machine lacks (Eigen, nlohmann-json, Catch2) come from .deps/ (a prefix with
 # include/ and the CMake package files, git-ignored), masks from .benchmasks/. Logs go to build-gpu/logs
@@ -35,6 +39,9 @@ make_masks() {
         "$sparsa" compile "$tmp/dense.pat" --n $n -o "$MASKS/bench/dense-$n.npz"
         "$sparsa" compile "$tmp/causal.pat" --n $n -o "$MASKS/bench/causal-$n.npz"
     done
+    # the same attention on 128-token blocks: Flex's default tiles, one mask row per 128-row tile
+    "$sparsa" compile "$tmp/dense.pat" --block 128 --n 16384 -o "$MASKS/bench/denseB128-16384.npz"
+    "$sparsa" compile "$tmp/window256.pat" --block 128 --n 65536 -o "$MASKS/bench/window256B128-65536.npz"
     for n in 16384 65536; do
         for p in window256 bigbird64 random10; do "$sparsa" compile "$tmp/$p.pat" --n $n -o "$MASKS/bench/$p-$n.npz"; done
     done
@@ -53,6 +60,14 @@ step_build() {
     echo "build: ok"
 }
 
+step_carried() {   # binaries built elsewhere (BUILD=build-cuda, the paths carried)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    for f in tests/test_cuda_attention bench/bench_cuda cli/sparsa tests/cli/test_cli; do
+        [[ -x $BUILD/$f ]] || { echo "carried: $BUILD/$f is missing (carry it)"; exit 1; }
+    done
+    echo "carried: ok"
+}
+
 step_test() {
     SPARSA_CUDA_TEST_MASKS=$ROOT/$MASKS/test "$BUILD/tests/test_cuda_attention" >"$LOGS/test.log" 2>&1 \
         || { tail -60 "$LOGS/test.log"; exit 1; }
@@ -67,10 +82,23 @@ step_sanitize() {
     done
 }
 
+# sparsa run --engine cuda as a user runs it, and the CLI's CUDA tests (carried binaries only:
+# `build` here makes no CLI, which needs Boost). test_cli has the
+# build machine's paths compiled in (SPARSA_CLI, SPARSA_SOURCE_DIR): link them to this tree.
+step_cli() {
+    local want
+    want=$(grep -a -o -m1 "/[-_./a-zA-Z0-9]*/examples/patterns/" "$BUILD/tests/cli/test_cli" | head -1 | sed 's|/examples/patterns/$||') || true
+    if [[ -n $want && $want != "$ROOT" && ! -e $want ]]; then mkdir -p "$(dirname "$want")" && ln -s "$ROOT" "$want"; fi
+    { "$BUILD/cli/sparsa" run examples/patterns/bigbird.pat --n 65536 --d 128 --engine cuda
+      "$BUILD/cli/sparsa" run examples/patterns/bigbird.pat --n 4096 --d 128 --engine cuda --check; } 2>&1 | tee "$LOGS/cli.log"
+    "$BUILD/tests/cli/test_cli" "[cuda]" >"$LOGS/test_cli.log" 2>&1 || { tail -60 "$LOGS/test_cli.log"; exit 1; }
+    tail -3 "$LOGS/test_cli.log"
+}
+
 bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
 
 step_bench() {
-    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-1,2,3,4} \
+    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,0} \
         --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
 }
 

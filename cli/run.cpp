@@ -1,11 +1,16 @@
 // sparsa run: one layer of attention with a script's masks on given (.npy) or seeded random
 // tensors; prints the time, kept pairs and effective GFLOP/s, and checks against the reference.
+// --engine cuda runs the CUDA engine (engine/cuda/), compiled in only when CMake built the
+// sparsa_cuda target (SPARSA_HAVE_CUDA, set in engine/cuda/CMakeLists.txt).
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/npy.hpp"
 #include "engine/reference.hpp"
 #include "engine/threads.hpp"
+#ifdef SPARSA_HAVE_CUDA
+#include "engine/cuda/attention_cuda.hpp"
+#endif
 
 #include <nlohmann/json.hpp>
 
@@ -14,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,7 +29,8 @@ namespace sparsa::cli {
 namespace {
 
 const char* const kRunHelp = R"(usage: sparsa run FILE --n N [--d D] [--batch B] [--layer L] [--block B]
-                  [--engine cpu|dense] [--q Q.npy --k K.npy --v V.npy] [--out O.npy]
+                  [--engine cpu|dense|cuda] [--dtype bf16|fp16|f32] [--kernel K]
+                  [--q Q.npy --k K.npy --v V.npy] [--out O.npy]
                   [--check] [--json] [--seed S] [--threads T] [--runs R]
 
 Runs one layer of attention with the script's masks (one per head) and prints the time (median
@@ -34,22 +41,34 @@ for every batch and head, over the time.
   --batch B       batch of random tensors (default 1)
   --layer L       which layer of the script (default 0)
   --block B       block size (16, 32, 64, 128 or 256); default: the script's `block`, else 64
-  --engine E      cpu (default: float32, Eigen, multithreaded) or dense (the double reference)
+  --engine E      cpu (default: float32, Eigen, multithreaded), dense (the double reference),
+                  or cuda (the GPU: needs a sparsa built with the CUDA toolkit and a CUDA GPU;
+                  times with CUDA events, without the copies, and prints TFLOP/s)
+  --dtype T       cuda only: the GPU's element type for Q, K, V and O: bf16 (default), fp16
+                  or f32 (inputs are rounded to it; softmax and accumulation are float32)
+  --kernel K      cuda only: attn_fwd_kernel<K>, 1 to 9 (engine/cuda/attn_fwd_kernels.cuh);
+                  default 0: the engine's choice: in bf16 or fp16 with d = 64 or 128 and
+                  blocks of 64 or more, 7 or 9, whichever its count of key-tile steps predicts
+                  faster for these masks; else kernel 1
   --q/--k/--v     tensors as .npy, float32 or float16, [heads, n, d] or [batch, heads, n, d];
                   heads must be the script's. Without them: standard normal values from --seed
   --out O.npy     write O as float32 .npy, with the inputs' rank (written whole or not at all)
   --check         also run the dense reference (exact, in double, in chunks of rows so it fits
                   at long n; it prints progress when slow) and print the largest errors;
-                  exit 1 when the relative error is above 1e-5 or empty rows differ
+                  exit 1 when the relative error is above 1e-5 or empty rows differ.
+                  With --engine cuda the reference runs on the inputs rounded to --dtype,
+                  and the bound is 2e-2 for bf16 and fp16 (O is rounded to them), 1e-5 for f32
   --json          print one JSON object instead of text
   --seed S        seed of the random tensors (default 0)
   --threads T     threads (default: SPARSA_THREADS or the core count)
-  --runs R        timed runs (default 3 for cpu, 1 for dense)
+  --runs R        timed runs (default 3 for cpu, 1 for dense, 20 for cuda after one warm-up)
 )";
 
 constexpr int64_t kMaxN = int64_t{1} << 32;
-// --check fails (exit 1) above this relative error: the engine's float32 bound (tests/engine).
+// --check fails (exit 1) above this relative error: the engine's float32 bound (tests/engine);
+// with --engine cuda in bf16 or fp16, the CUDA tests' bound (tests/engine/cuda).
 constexpr double kCheckTolerance = 1e-5;
+constexpr double kCheckToleranceHalf = 2e-2;
 
 // IEEE half -> float (exact: every half is a float).
 float half_to_float(uint16_t h) {
@@ -105,10 +124,12 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 struct CheckResult {
     double max_abs = 0, max_ref = 0, lse_max_abs = 0;
     bool lse_inf_match = true;   // -inf exactly where the reference has it (empty rows)
+    bool finite = true;          // no NaN or infinity in O, no NaN in lse
     double seconds = 0;
+    double tolerance = kCheckTolerance;
 
     double relative() const { return max_ref > 0 ? max_abs / max_ref : max_abs; }
-    bool ok() const { return lse_inf_match && relative() <= kCheckTolerance; }
+    bool ok() const { return finite && lse_inf_match && relative() <= tolerance; }
 };
 
 // The dense reference over all rows, a chunk of rows at a time (so its outputs stay small), each
@@ -131,10 +152,12 @@ CheckResult check_against_reference(const Tensor& q, const Tensor& k, const Tens
             for (int64_t h = 0; h < s.heads; ++h) {
                 for (int64_t i = r0; i < options.row_end; ++i) {
                     const double want_lse = ref.lse.at(b, h, i - r0, 0), got_lse = out.lse.at(b, h, i, 0);
-                    if (std::isinf(want_lse) || std::isinf(got_lse)) r.lse_inf_match = r.lse_inf_match && want_lse == got_lse;
+                    if (std::isnan(got_lse)) r.finite = false;
+                    else if (std::isinf(want_lse) || std::isinf(got_lse)) r.lse_inf_match = r.lse_inf_match && want_lse == got_lse;
                     else r.lse_max_abs = std::max(r.lse_max_abs, std::abs(got_lse - want_lse));
                     for (int64_t j = 0; j < s.d; ++j) {
                         const double want = ref.o.at(b, h, i - r0, j);
+                        if (!std::isfinite(out.o.at(b, h, i, j))) r.finite = false;
                         r.max_abs = std::max(r.max_abs, std::abs(out.o.at(b, h, i, j) - want));
                         r.max_ref = std::max(r.max_ref, std::abs(want));
                     }
@@ -152,12 +175,81 @@ CheckResult check_against_reference(const Tensor& q, const Tensor& k, const Tens
     return r;
 }
 
+// --engine cuda: the dtype and kernel asked for, and the engine, made before anything slow
+// so that a sparsa without CUDA, or a machine without a GPU, fails at once.
+struct GpuChoice {
+    std::string dtype_name = "bf16";   // bf16, fp16 or f32
+    int kernel = 0;                    // asked for (0: the newest that runs the call)
+    int kernel_used = 0;               // run
+    std::string device;                // the GPU's name
+#ifdef SPARSA_HAVE_CUDA
+    std::shared_ptr<CudaAttention> engine;
+    CudaDtype dtype = CudaDtype::bfloat16;
+#endif
+};
+
+GpuChoice gpu_choice(const Args& args, const std::string& engine) {
+    GpuChoice g;
+    if (engine != "cuda") return g;
+    g.dtype_name = args.value("--dtype").value_or("bf16");
+    if (g.dtype_name != "bf16" && g.dtype_name != "fp16" && g.dtype_name != "f32") {
+        throw Error("run: --dtype '" + g.dtype_name + "' is not a GPU dtype (use bf16, fp16 or f32)");
+    }
+    g.kernel = static_cast<int>(args.integer("--kernel", 0, 0, 1000));
+#ifdef SPARSA_HAVE_CUDA
+    g.dtype = g.dtype_name == "bf16" ? CudaDtype::bfloat16 : g.dtype_name == "fp16" ? CudaDtype::float16 : CudaDtype::float32;
+    if (g.kernel > cuda_kernel_count()) {
+        throw Error("run: --kernel " + std::to_string(g.kernel) + " does not exist (use 1 to " + std::to_string(cuda_kernel_count()) +
+                    ", or 0 for the newest that runs the call)");
+    }
+    std::string why;
+    if (!cuda_device_available(&why)) {
+        throw Error("run: --engine cuda: no CUDA GPU here (" + why + "); use --engine cpu");
+    }
+    g.engine = std::make_shared<CudaAttention>();
+    g.device = cuda_device_name();
+    return g;
+#else
+    throw Error("run: --engine cuda: this sparsa was built without the CUDA engine (CMake found no CUDA compiler); "
+                "rebuild where nvcc is installed, or use --engine cpu");
+#endif
+}
+
+// Times `runs` launches after one warm-up (CUDA events, seconds of each into `seconds`) and
+// returns the last run's O and lse. Outputs are poisoned (NaN) before the first launch, so
+// --check catches an element no launch wrote.
+AttentionOutput gpu_run([[maybe_unused]] GpuChoice& g, [[maybe_unused]] const Tensor& q, [[maybe_unused]] const Tensor& k,
+                        [[maybe_unused]] const Tensor& v, [[maybe_unused]] const MaskSet& set,
+                        [[maybe_unused]] int64_t layer, [[maybe_unused]] int runs, [[maybe_unused]] std::vector<double>& seconds) {
+#ifdef SPARSA_HAVE_CUDA
+    CudaAttentionOptions options;
+    options.dtype = g.dtype;
+    options.kernel = g.kernel;
+    options.poison_outputs = true;
+    g.engine->prepare(q, k, v, set, layer, options);
+    g.kernel_used = g.engine->kernel();
+    for (float ms : g.engine->time_runs(1, runs)) seconds.push_back(1e-3 * ms);
+    return g.engine->download();
+#else
+    throw Error("run: --engine cuda: this sparsa was built without the CUDA engine");
+#endif
+}
+
+// x as the GPU sees it in the chosen dtype.
+Tensor gpu_round([[maybe_unused]] const GpuChoice& g, const Tensor& x) {
+#ifdef SPARSA_HAVE_CUDA
+    return tensor_round_to(x, g.dtype);
+#else
+    return x;
+#endif
+}
+
 } // namespace
 
 int command_run(const std::vector<std::string>& argv) {
     Args args(argv, "run",
               {"--n", "--d", "--batch", "--layer", "--block", "--engine", "--q", "--k", "--v", "--out", "--seed",
-               "--threads", "--runs"},
+               "--threads", "--runs", "--dtype", "--kernel"},
               {"--help", "--check", "--json"});
     if (args.has("--help")) {
         std::fputs(kRunHelp, stdout);
@@ -166,16 +258,22 @@ int command_run(const std::vector<std::string>& argv) {
     if (args.positionals().size() != 1) throw Error("run: give exactly one script (sparsa run FILE --n N)");
     const std::string path = args.positionals()[0];
     const std::string engine = args.value("--engine").value_or("cpu");
-    if (engine != "cpu" && engine != "dense") throw Error("run: --engine '" + engine + "' is not an engine (use cpu or dense)");
+    if (engine != "cpu" && engine != "dense" && engine != "cuda") {
+        throw Error("run: --engine '" + engine + "' is not an engine (use cpu, dense or cuda)");
+    }
     const bool check = args.has("--check"), json = args.has("--json");
     if (check && engine == "dense") {
-        throw Error("run: --check compares the cpu engine with the dense reference; with --engine dense there is nothing to compare");
+        throw Error("run: --check compares the engine with the dense reference; with --engine dense there is nothing to compare");
     }
+    for (const char* option : {"--dtype", "--kernel"}) {
+        if (args.has(option) && engine != "cuda") throw Error(std::string("run: ") + option + " is for --engine cuda only");
+    }
+    GpuChoice gpu = gpu_choice(args, engine);
     const int given = args.has("--q") + args.has("--k") + args.has("--v");
     if (given != 0 && given != 3) throw Error("run: give all of --q, --k and --v, or none (for random tensors)");
     const int64_t n = args.required_integer("--n", 1, kMaxN);
     const int threads = static_cast<int>(args.integer("--threads", 0, 0, 4096));
-    const int runs = static_cast<int>(args.integer("--runs", engine == "cpu" ? 3 : 1, 1, 1000));
+    const int runs = static_cast<int>(args.integer("--runs", engine == "cpu" ? 3 : engine == "cuda" ? 20 : 1, 1, 1000));
     const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, int64_t{1} << 62));
 
     // Masks for this n.
@@ -221,7 +319,10 @@ int command_run(const std::vector<std::string>& argv) {
     // Timed runs.
     AttentionOutput out;
     std::vector<double> seconds;
-    for (int r = 0; r < runs; ++r) {
+    if (engine == "cuda") {
+        out = gpu_run(gpu, q, k, v, set, layer, runs, seconds);
+    }
+    for (int r = 0; r < runs && engine != "cuda"; ++r) {
         const auto start = std::chrono::steady_clock::now();
         if (engine == "cpu") {
             AttentionOptions options;
@@ -246,7 +347,12 @@ int command_run(const std::vector<std::string>& argv) {
     const int used_threads = threads > 0 ? threads : thread_count();
 
     std::optional<CheckResult> checked;
-    if (check) checked = check_against_reference(q, k, v, set, layer, out, threads);
+    if (check && engine == "cuda") {   // the reference sees what the GPU saw: inputs rounded to the dtype
+        checked = check_against_reference(gpu_round(gpu, q), gpu_round(gpu, k), gpu_round(gpu, v), set, layer, out, threads);
+        checked->tolerance = gpu.dtype_name == "f32" ? kCheckTolerance : kCheckToleranceHalf;
+    } else if (check) {
+        checked = check_against_reference(q, k, v, set, layer, out, threads);
+    }
     const std::optional<std::string> out_path = args.value("--out");
     if (out_path) {
         std::vector<int64_t> shape = {s.batch, s.heads, s.n, s.d};
@@ -262,33 +368,49 @@ int command_run(const std::vector<std::string>& argv) {
                             {"runs", runs},           {"seconds", seconds}, {"seconds_median", time},
                             {"kept_pairs", kept_pairs}, {"density", density},
                             {"gflops", flops / time / 1e9}};
+        if (engine == "cuda") {
+            j["threads"] = nullptr;   // the CPU's threads play no part in the timed runs
+            j["gpu"] = gpu.device;
+            j["dtype"] = gpu.dtype_name;
+            j["kernel"] = gpu.kernel_used;
+            j["tflops"] = flops / time / 1e12;
+        }
         if (checked) {
             j["check"] = {{"max_abs_error", checked->max_abs},
                           {"max_rel_error", checked->relative()},
                           {"lse_max_abs_error", checked->lse_max_abs},
                           {"empty_rows_match", checked->lse_inf_match},
                           {"seconds", checked->seconds},
-                          {"tolerance", kCheckTolerance},
+                          {"tolerance", checked->tolerance},
+                          {"finite", checked->finite},
                           {"ok", checked->ok()}};
         }
         if (out_path) j["out"] = *out_path;
         std::printf("%s\n", j.dump(2).c_str());
         return checked && !checked->ok() ? 1 : 0;
     }
-    std::printf("%s: layer %lld, batch %lld x %lld heads, n = %lld, d = %lld, block %d, engine %s, %d threads, %s\n",
-                path.c_str(), static_cast<long long>(layer), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
-                static_cast<long long>(s.n), static_cast<long long>(s.d), set.block, engine.c_str(), used_threads,
+    const std::string where = engine == "cuda" ? gpu.device + ", " + gpu.dtype_name + ", kernel " + std::to_string(gpu.kernel_used)
+                                               : std::to_string(used_threads) + " threads";
+    std::printf("%s: layer %lld, batch %lld x %lld heads, n = %lld, d = %lld, block %d, engine %s, %s, %s\n", path.c_str(),
+                static_cast<long long>(layer), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
+                static_cast<long long>(s.n), static_cast<long long>(s.d), set.block, engine.c_str(), where.c_str(),
                 given == 3 ? "tensors from files" : ("random tensors (seed " + std::to_string(seed) + ")").c_str());
     std::printf("  kept pairs  %lld (density %.4g%%)\n", static_cast<long long>(kept_pairs), 100 * density);
     std::printf("  time        %.3f ms (median of %d run%s; fastest %.3f ms)\n", 1e3 * time, runs, runs == 1 ? "" : "s",
                 1e3 * *std::min_element(seconds.begin(), seconds.end()));
-    std::printf("  throughput  %.2f GFLOP/s effective (4 * d FLOPs per kept pair, over the median time)\n", flops / time / 1e9);
+    if (engine == "cuda") {
+        std::printf("  throughput  %.1f TFLOP/s effective (4 * d FLOPs per kept pair, over the median time; "
+                    "CUDA events around the kernel, copies not counted)\n",
+                    flops / time / 1e12);
+    } else {
+        std::printf("  throughput  %.2f GFLOP/s effective (4 * d FLOPs per kept pair, over the median time)\n", flops / time / 1e9);
+    }
     if (checked) {
         std::printf("  check       max abs error %.3g, relative error %.3g (max |O - O_ref| / max |O_ref|), "
-                    "lse max abs error %.3g%s: %s (tolerance %.0e); the reference took %.1f s\n",
+                    "lse max abs error %.3g%s%s: %s (tolerance %.0e); the reference took %.1f s\n",
                     checked->max_abs, checked->relative(), checked->lse_max_abs,
-                    checked->lse_inf_match ? "" : ", empty rows differ", checked->ok() ? "ok" : "FAILED", kCheckTolerance,
-                    checked->seconds);
+                    checked->lse_inf_match ? "" : ", empty rows differ", checked->finite ? "" : ", NaN or infinity in the output",
+                    checked->ok() ? "ok" : "FAILED", checked->tolerance, checked->seconds);
     }
     if (out_path) std::printf("  wrote       %s\n", out_path->c_str());
     return checked && !checked->ok() ? 1 : 0;

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <string>
@@ -130,11 +131,11 @@ std::string cuda_device_name() {
     return prop.name;
 }
 
-int cuda_kernel_count() { return 4; }
+int cuda_kernel_count() { return 9; }
 
 bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
-    if (kernel >= 2 && kernel <= 4) {
+    if (kernel >= 2 && kernel <= 9) {
         return dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     }
     return false;
@@ -149,6 +150,11 @@ Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
 
 struct CudaAttention::Impl {
     DeviceBuffer q, k, v, o, lse, row_ptr, col_idx, partial_idx, bits, head_mask, tile_order;
+    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 9
+    int64_t work_items = 0, split_tiles = 0;
+    int32_t slots = 0;
+    int sm_count = 0;
+    int64_t split_steps = 0;   // CudaAttentionOptions::split_steps
     TensorShape shape;
     CudaDtype dtype = CudaDtype::bfloat16;
     int kernel = 0;
@@ -173,7 +179,11 @@ struct CudaAttention::Impl {
         p.masks = {static_cast<const int64_t*>(row_ptr.get()), static_cast<const int32_t*>(col_idx.get()),
                    static_cast<const int32_t*>(partial_idx.get()), static_cast<const uint64_t*>(bits.get()),
                    static_cast<const int32_t*>(head_mask.get()), static_cast<const int32_t*>(tile_order.get()),
-                   block, q_blocks};
+                   block, q_blocks, static_cast<const cuda::WorkItem*>(work.get()),
+                   static_cast<const cuda::SplitTile*>(splits.get())};
+        p.partial_o = static_cast<float*>(partial_o.get());
+        p.partial_ml = static_cast<float*>(partial_ml.get());
+        p.slots = slots;
         return p;
     }
 
@@ -181,6 +191,14 @@ struct CudaAttention::Impl {
         const cuda::AttnParams<T> p = params<T>();
         const unsigned tiles = static_cast<unsigned>((shape.n + 63) / 64);
         const dim3 grid(tiles, static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch));
+        if (kernel == 5 || kernel == 6) {
+            launch_tensor_core32<T, D, B>();
+            return;
+        }
+        if (kernel >= 7) {
+            launch_split<T, D, B>();
+            return;
+        }
         if (kernel == 4) {
             constexpr int smem = cuda::AttnTraits<D, B, 1>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel4<T, D, B>,
@@ -199,6 +217,81 @@ struct CudaAttention::Impl {
             cuda::attn_fwd_kernel3<T, D, B><<<grid, 128, smem>>>(p);
         }
         SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // Kernels 5 and 6: 32 rows a warp, 64- or 128-query tiles in the order of tile_order.
+    template <typename T, int D, int B> void launch_tensor_core32() const {
+        const cuda::AttnParams<T> p = params<T>();
+        const unsigned tiles = static_cast<unsigned>((shape.n + tile_rows() - 1) / tile_rows());
+        const dim3 grid(static_cast<unsigned>(shape.heads) * tiles, 1, static_cast<unsigned>(shape.batch));
+        if (kernel == 5) {
+            constexpr int smem = cuda::AttnTraits32<D, B, 2>::kSmemBytes;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel5<T, D, B>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            cuda::attn_fwd_kernel5<T, D, B><<<grid, 64, smem>>>(p);
+        } else {
+            constexpr int smem = cuda::AttnTraits32<D, B, 4>::kSmemBytes;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel6<T, D, B>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            cuda::attn_fwd_kernel6<T, D, B><<<grid, 128, smem>>>(p);
+        }
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // Kernels 7 to 9: the work items, then attn_combine over the split tiles.
+    template <typename T, int D, int B> void launch_split() const {
+        const cuda::AttnParams<T> p = params<T>();
+        const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(shape.batch));
+        const dim3 combine_grid(static_cast<unsigned>(split_tiles), 1, static_cast<unsigned>(shape.batch));
+        if (kernel == 7) {
+            constexpr int smem = cuda::AttnTraits32<D, B, 4>::kSmemBytes;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel7<T, D, B>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            cuda::attn_fwd_kernel7<T, D, B><<<grid, 128, smem>>>(p);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid, 128>>>(p);
+        } else {
+            constexpr int smem = cuda::AttnTraits32<D, B, 2>::kSmemBytes;
+            auto* kernel_fn = kernel == 8 ? cuda::attn_fwd_kernel8<T, D, B> : cuda::attn_fwd_kernel9<T, D, B>;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            kernel_fn<<<grid, 64, smem>>>(p);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid, 128>>>(p);
+        }
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // Query rows of a thread block of the chosen kernel (1: unused; 6, 7: 128; else 64).
+    int64_t tile_rows() const { return kernel == 6 || kernel == 7 ? 128 : 64; }
+
+    // Kernel 0 with bf16 / fp16: 7 (128-query tiles) or 9 (64-query tiles), whichever the count
+    // of key-tile steps predicts faster. A 128-row tile visits the union of its two 64-token mask
+    // rows; a step of it costs about 2 * 264 / 307 of a 64-row step (dense rates of kernels 5
+    // and 7 on the H200, bench/results/cuda-nvidia-h200.md).
+    static int kernel_by_steps(const MaskSet& masks, int64_t layer) {
+        int64_t steps64 = 0, steps128 = 0;
+        for (int64_t h = 0; h < masks.heads; ++h) {
+            const BlockMask& m = masks.at(layer, h);
+            const int64_t q_count = m.q_blocks();
+            auto kept = [&](int64_t q) { return m.row_ptr[static_cast<size_t>(q + 1)] - m.row_ptr[static_cast<size_t>(q)]; };
+            for (int64_t t = 0; t * 64 < m.n; ++t) steps64 += kept(t * 64 / m.block);
+            for (int64_t t = 0; t * 128 < m.n; ++t) {
+                const int64_t qa = t * 128 / m.block, qb = (t * 128 + 64) / m.block;
+                if (qb == qa || qb >= q_count) {
+                    steps128 += kept(qa);
+                    continue;
+                }
+                int64_t ea = m.row_ptr[static_cast<size_t>(qa)], eb = m.row_ptr[static_cast<size_t>(qb)];
+                const int64_t a_end = m.row_ptr[static_cast<size_t>(qa + 1)], b_end = m.row_ptr[static_cast<size_t>(qb + 1)];
+                for (; ea < a_end || eb < b_end; ++steps128) {
+                    const int32_t a = ea < a_end ? m.col_idx[static_cast<size_t>(ea)] : INT32_MAX;
+                    const int32_t b = eb < b_end ? m.col_idx[static_cast<size_t>(eb)] : INT32_MAX;
+                    if (a <= b) ++ea;
+                    if (b <= a) ++eb;
+                }
+            }
+        }
+        return static_cast<double>(steps128) * 2 * 264 / 307 < static_cast<double>(steps64) ? 7 : 9;
     }
 
     // The one switch: runtime dtype, head dim and mask block become template parameters.
@@ -232,11 +325,95 @@ struct CudaAttention::Impl {
         }
     }
 
+    // Kernels 7 to 9's work items: every (head, query tile) with the number of key tiles it visits
+    // (the union of its mask rows' kept blocks, as the kernel's KeyCursor walks them); a tile
+    // that visits more than `cap` is cut into chunks of at most cap, each a work item with the
+    // cursor state it starts from and a workspace slot. cap: a quarter of the average work of a
+    // thread block slot when every SM holds 2 (at least 64 steps), so the longest chunk is no
+    // longer than a small part of the whole. Launch order: by the power of two of the steps,
+    // largest first, then head by head, later tiles first.
+    void plan_work(const MaskSet& masks, int64_t layer, const std::vector<int32_t>& heads_index,
+                   const std::vector<int64_t>& unique_base, const std::vector<int32_t>& ci) {
+        struct Cursor {
+            int64_t ea, eb, a_end, b_end;
+            int32_t sub;
+        };
+        const int32_t B = masks.block, sub_tiles = B / 64;
+        const int64_t rows = tile_rows(), tiles = (masks.n + rows - 1) / rows, q_count = (masks.n + B - 1) / B;
+        auto col = [&](int64_t e, int64_t end) { return e < end ? ci[static_cast<size_t>(e)] : INT32_MAX; };
+        auto advance = [&](Cursor& c) {
+            if (++c.sub < sub_tiles) return;
+            c.sub = 0;
+            const int32_t a = col(c.ea, c.a_end), b = col(c.eb, c.b_end), m = std::min(a, b);
+            if (a == m) ++c.ea;
+            if (b == m) ++c.eb;
+        };
+        std::vector<Cursor> starts;
+        std::vector<int64_t> steps;
+        std::vector<int32_t> pairs;
+        int64_t total = 0;
+        for (int64_t h = 0; h < masks.heads; ++h) {
+            const BlockMask& m = masks.at(layer, h);
+            const int64_t base = unique_base[static_cast<size_t>(heads_index[static_cast<size_t>(h)])];
+            for (int64_t t = tiles - 1; t >= 0; --t) {
+                const int64_t qa = t * rows / B, qb = (t * rows + 64) / B;
+                const bool two = rows > 64 && qb != qa && qb < q_count;   // as the kernel's two_rows
+                const auto rp = [&](int64_t q) { return base + m.row_ptr[static_cast<size_t>(q)]; };
+                Cursor c{rp(qa), two ? rp(qb) : 0, rp(qa + 1), two ? rp(qb + 1) : 0, 0};
+                int64_t unique = 0;   // blocks in the union of the two rows
+                for (int64_t ea = c.ea, eb = c.eb; ea < c.a_end || eb < c.b_end; ++unique) {
+                    const int32_t a = col(ea, c.a_end), b = col(eb, c.b_end), mn = std::min(a, b);
+                    if (a == mn) ++ea;
+                    if (b == mn) ++eb;
+                }
+                starts.push_back(c);
+                steps.push_back(unique * sub_tiles);
+                pairs.push_back(static_cast<int32_t>(h * tiles + t));
+                total += unique * sub_tiles;
+            }
+        }
+        if (sm_count == 0) SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
+        const int64_t cap = split_steps > 0 ? split_steps : std::max<int64_t>(64, total / (4 * 2 * int64_t{sm_count}));
+        std::vector<cuda::WorkItem> items;
+        std::vector<cuda::SplitTile> split;
+        int32_t slot = 0;
+        for (size_t i = 0; i < pairs.size(); ++i) {
+            Cursor c = starts[i];
+            if (steps[i] <= cap) {
+                items.push_back({c.ea, c.eb, pairs[i], c.sub, static_cast<int32_t>(steps[i]), -1});
+                continue;
+            }
+            const int64_t chunks = (steps[i] + cap - 1) / cap, len = (steps[i] + chunks - 1) / chunks;
+            split.push_back({pairs[i], slot, static_cast<int32_t>(chunks)});
+            for (int64_t done = 0; done < steps[i]; done += len) {
+                const int64_t this_len = std::min(len, steps[i] - done);
+                items.push_back({c.ea, c.eb, pairs[i], c.sub, static_cast<int32_t>(this_len), slot++});
+                for (int64_t s = 0; s < this_len; ++s) advance(c);
+            }
+        }
+        std::vector<size_t> rank(items.size());
+        for (size_t i = 0; i < rank.size(); ++i) rank[i] = i;
+        std::stable_sort(rank.begin(), rank.end(), [&](size_t a, size_t b) {
+            return std::bit_width(static_cast<uint64_t>(items[a].steps)) > std::bit_width(static_cast<uint64_t>(items[b].steps));
+        });
+        std::vector<cuda::WorkItem> sorted(items.size());
+        for (size_t i = 0; i < rank.size(); ++i) sorted[i] = items[rank[i]];
+        work.upload(sorted);
+        splits.upload(split);
+        work_items = static_cast<int64_t>(sorted.size());
+        split_tiles = static_cast<int64_t>(split.size());
+        slots = slot;
+        const size_t slot_rows = static_cast<size_t>(shape.batch) * static_cast<size_t>(slot) * static_cast<size_t>(rows);
+        partial_o.reserve(slot_rows * static_cast<size_t>(shape.d) * sizeof(float));
+        partial_ml.reserve(slot_rows * 2 * sizeof(float));
+    }
+
     // The distinct masks of `layer` in the order heads first use them, concatenated as in the
     // .npz file; head_mask[h] says which one head h uses.
     void upload_masks(const MaskSet& masks, int64_t layer) {
         std::map<const BlockMask*, int32_t> index;
         std::vector<int32_t> heads_index;
+        std::vector<int64_t> unique_base;   // where each unique mask's entries start in col_idx
         std::vector<int64_t> rp;
         std::vector<int32_t> ci, pi;
         std::vector<uint64_t> bw;
@@ -246,22 +423,24 @@ struct CudaAttention::Impl {
             heads_index.push_back(it->second);
             if (!fresh) continue;
             const int64_t base = static_cast<int64_t>(ci.size());
+            unique_base.push_back(base);
             const int32_t partial_base = static_cast<int32_t>(bw.size() / static_cast<size_t>(m.words_per_block()));
             for (int64_t r : m.row_ptr) rp.push_back(base + r);
             ci.insert(ci.end(), m.col_idx.begin(), m.col_idx.end());
             for (int32_t p : m.partial_idx) pi.push_back(p < 0 ? -1 : partial_base + p);
             bw.insert(bw.end(), m.bits.begin(), m.bits.end());
         }
-        // kernel 4's launch order of (head, 64-query tile): by the power of two of the row's kept
-        // blocks, largest first; then head by head, later tiles first (as kernels 2 and 3 run them).
-        const int64_t tiles = (masks.n + 63) / 64;
+        // kernels 4 to 6's launch order of (head, query tile of tile_rows()): by the power of two of
+        // the kept blocks of the tile's mask rows, largest first; then head by head, later tiles
+        // first (as kernels 2 and 3 run them).
+        const int64_t rows = tile_rows(), tiles = (masks.n + rows - 1) / rows;
         std::vector<int32_t> order;
         std::vector<int> bucket;
         for (int64_t h = 0; h < masks.heads; ++h) {
             const BlockMask& m = masks.at(layer, h);
             for (int64_t t = tiles - 1; t >= 0; --t) {
-                const int64_t qb = t * 64 / m.block;
-                const auto kept = static_cast<uint64_t>(m.row_ptr[static_cast<size_t>(qb + 1)] - m.row_ptr[static_cast<size_t>(qb)]);
+                const int64_t first = t * rows / m.block, last = std::min((t * rows + rows - 1) / m.block, m.q_blocks() - 1);
+                const auto kept = static_cast<uint64_t>(m.row_ptr[static_cast<size_t>(last + 1)] - m.row_ptr[static_cast<size_t>(first)]);
                 order.push_back(static_cast<int32_t>(h * tiles + t));
                 bucket.push_back(std::bit_width(kept));
             }
@@ -271,6 +450,7 @@ struct CudaAttention::Impl {
         std::stable_sort(rank.begin(), rank.end(), [&](size_t a, size_t b) { return bucket[a] > bucket[b]; });
         std::vector<int32_t> sorted(order.size());
         for (size_t i = 0; i < rank.size(); ++i) sorted[i] = order[rank[i]];
+        if (kernel >= 7) plan_work(masks, layer, heads_index, unique_base, ci);
         row_ptr.upload(rp);
         col_idx.upload(ci);
         partial_idx.upload(pi);
@@ -310,15 +490,21 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
         for (kernel = cuda_kernel_count(); kernel > 1; --kernel) {
             if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
         }
+        if (kernel == 9) kernel = Impl::kernel_by_steps(masks, layer);
     }
     if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
                     cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +
                     std::to_string(masks.block) +
-                    " (kernels 2 to 4: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any; "
+                    " (kernels 2 to 9: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any; "
                     "kernel 0 picks one)");
     }
-    s.kernel = kernel;
+    if (options.split_steps < 0) {
+        throw Error("cuda attention_forward: split_steps is " + std::to_string(options.split_steps) +
+                    " (give 0 for the automatic choice, or the most key tiles a chunk may visit)");
+    }
+    s.split_steps = options.split_steps;
+    s.kernel = kernel;   // before upload_masks: the launch order depends on the kernel's tile
     s.shape = q.shape;
     s.dtype = options.dtype;
     s.block = masks.block;

@@ -20,8 +20,11 @@ const char* cuda_dtype_name(CudaDtype dtype);   // "float32", "bf16", "fp16"
 struct CudaAttentionOptions {
     float scale = 0;                      // softmax scale; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;
-    int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: the newest that runs this call
+    int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: the newest that runs this
+                                          // call, and for bf16 / fp16 7 or 9, whichever its step count predicts faster
     bool poison_outputs = true;           // fill O and lse with NaN before the run (tests catch unwritten elements)
+    int64_t split_steps = 0;              // kernels 7 to 9: rows of more key tiles than this are cut into chunks of
+                                          // at most this many; 0: max(64, all steps / (8 * multiprocessors))
 };
 
 // Whether a CUDA GPU can run the engine here; when not, `why` says why (no driver, no device).
@@ -29,7 +32,7 @@ bool cuda_device_available(std::string* why = nullptr);
 // "NVIDIA H100 80GB HBM3" (device 0). Throws sparsa::Error when there is no GPU.
 std::string cuda_device_name();
 
-// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2, 3 and 4 (tensor
+// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 9 (tensor
 // cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256). attn_fwd_kernels.cuh says
 // what each adds.
 int cuda_kernel_count();

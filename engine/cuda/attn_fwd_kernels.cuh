@@ -13,9 +13,28 @@
 //      keep many more blocks (global tokens) start first instead of running alone at the end;
 //      work is compared by its power of two, so similar tiles keep their head-major order (and
 //      their K, V in L2).
+//   5: as 4, with 32 query rows a warp (two 16-row m-tiles) instead of 16, so every K and V
+//      fragment read from shared memory with ldmatrix feeds two MMAs instead of one (half the
+//      shared-memory reads per MMA, which bound kernels 2 to 4); Q read from shared memory at
+//      each step (no room in registers); K and V in separate buffers with staggered copies
+//      (V's copy overlaps S = Q K^T, the next K's copy overlaps O += P V), exp2 with the scale
+//      folded into one FMA. 64-query tiles: 2 warps, 64 threads.
+//   6: as 5 with 128-query tiles (4 warps): K and V tiles are shared by twice the rows (half
+//      the L2 traffic). With 64-token mask blocks a tile spans two mask rows: it walks the union
+//      of their kept blocks, and a warp whose mask row lacks the block skips that step.
+//   7: as 6, with long rows split (flash-decoding style): a tile that visits many more key
+//      tiles than the average (global tokens) is cut into chunks of at most a host-chosen
+//      number of steps, each chunk its own thread block writing an unnormalised float32 O and
+//      its running max and sum; attn_combine then merges a tile's chunks into O and lse.
+//   8: as 7 with kernel 5's 64-query tiles (2 warps): one mask row per tile even with 64-token
+//      blocks, so no step is spent on the other row's blocks.
+//   9: as 8, with the first step's V copied together with Q and the first K, so a short row
+//      (a few kept blocks) waits for one copy at its start instead of two. The host's choice
+//      for bf16 and fp16 (kernel 0) is 7 or 9, whichever its count of key-tile steps predicts
+//      faster.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -27,6 +46,23 @@ namespace sparsa::cuda {
 
 // [SECTION] masks on the device
 
+// Kernel 7's work: one thread block each. A chunk starts at a KeyCursor state (below) and
+// visits `steps` key tiles; slot < 0: the tile's whole row, O written directly; else its
+// partial results go to slot `slot` of the workspace.
+struct WorkItem {
+    int64_t ea, eb;   // the cursor's list entries at the start
+    int32_t pair;     // head * q_tiles + tile
+    int32_t sub;      // the cursor's key tile within the block at the start
+    int32_t steps;
+    int32_t slot;
+};
+// A split tile: its chunks are slots [slot_begin, slot_begin + slots).
+struct SplitTile {
+    int32_t pair;
+    int32_t slot_begin;
+    int32_t slots;
+};
+
 // The unique masks of one MaskSet layer, concatenated as in the .npz file (docs/formats.md):
 // row_ptr is absolute into col_idx, partial_idx indexes `bits` globally.
 struct DeviceMasks {
@@ -35,9 +71,11 @@ struct DeviceMasks {
     const int32_t* partial_idx;  // [total kept] -1 full, else the bitmask
     const uint64_t* bits;        // [total partials, B * B / 64]
     const int32_t* head_mask;    // [heads] unique mask of each head
-    const int32_t* tile_order;   // [heads * q_tiles] launch order of (head, 64-query tile) as head * q_tiles + tile (kernel 4)
+    const int32_t* tile_order;   // [heads * q_tiles] launch order of (head, query tile) as head * q_tiles + tile (kernels 4 to 6)
     int32_t block;               // B
     int64_t q_blocks;            // ceil(n / B)
+    const WorkItem* work;        // [work items] kernel 7, in launch order
+    const SplitTile* splits;     // [split tiles] kernel 7's attn_combine
 };
 
 // Where one attention call's tensors are; all [batch, heads, n, d] except lse [batch, heads, n].
@@ -51,6 +89,9 @@ template <typename T> struct AttnParams {
     int32_t d;
     float scale_log2;   // softmax scale * log2(e): scores are taken in base 2
     DeviceMasks masks;
+    float* partial_o;    // kernels 7 to 9: [batch, slots, query tile, d] unnormalised O of each chunk
+    float* partial_ml;   // kernels 7 to 9: [batch, slots, query tile, 2] each row's max (base 2) and sum
+    int32_t slots;       // kernels 7 to 9: chunks of split tiles, per batch
 };
 
 __device__ inline float to_float(float x) { return x; }
@@ -445,6 +486,368 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel3(AttnParams<T> p) {
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128) attn_fwd_kernel4(AttnParams<T> p) {
     attn_fwd_tensor_core<T, D, MaskBlock, 1, true>(p);
+}
+
+// [SECTION] kernels 5 and 6
+
+// 2^x on the special-function unit (flush to zero; ex2.approx(-inf) = 0).
+__device__ inline float exp2_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Tiling of kernels 5 and 6: Warps warps of 32 query rows, 64-key tiles.
+template <int D, int MaskBlock, int Warps> struct AttnTraits32 {
+    static constexpr int kWarps = Warps;
+    static constexpr int kThreads = 32 * kWarps;
+    static constexpr int kTileQ = 32 * kWarps;      // 64 (kernel 5) or 128 (kernel 6) query rows
+    static constexpr int kTileK = 64;               // keys per step: one 64-bit word of a bitmask row
+    static constexpr int kStride = D + 8;           // +16 bytes a row: no ldmatrix bank conflicts
+    static constexpr int kTileElems = kTileK * kStride;
+    static constexpr int kSmemBytes = (kTileQ + 2 * kTileK) * kStride * 2;   // Q, K, V
+    static_assert(D % 16 == 0 && D >= 16 && D <= 128, "head dim: a multiple of 16 up to 128");
+    static_assert(MaskBlock % kTileK == 0, "mask block: a multiple of 64");
+    static_assert(Warps == 2 || Warps == 4, "64- or 128-query tiles");
+};
+
+// Where a query tile is in the key blocks it visits. A tile's warps of 32 rows lie in one or
+// two mask rows (two when the tile is 128 rows and the mask block 64): list a is the first
+// row's kept blocks, list b the second's (empty when there is no second row). The tile visits
+// the union of the two lists in column order, each block as MaskBlock / 64 key tiles.
+struct KeyCursor {
+    int64_t ea, eb;            // next entry of list a, b (absolute into col_idx)
+    int64_t a_end, b_end;
+    int sub;                   // key tile within the block
+
+    __device__ int32_t col_a(const int32_t* col_idx) const { return ea < a_end ? col_idx[ea] : INT32_MAX; }
+    __device__ int32_t col_b(const int32_t* col_idx) const { return eb < b_end ? col_idx[eb] : INT32_MAX; }
+    __device__ bool valid() const { return ea < a_end || eb < b_end; }
+    template <int SubTiles> __device__ void advance(const int32_t* col_idx) {
+        if (++sub < SubTiles) return;
+        sub = 0;
+        const int32_t a = col_a(col_idx), b = col_b(col_idx), c = min(a, b);
+        if (a == c) ++ea;
+        if (b == c) ++eb;
+    }
+};
+
+// One thread block per (query tile, head, batch) in the order of the work table; warp w owns
+// query rows 32w .. 32w + 31 of the tile as two 16-row m-tiles.
+// grid: (heads * ceil(n / kTileQ), 1, batch); block: 32 * Warps threads, dynamic shared memory
+// AttnTraits32::kSmemBytes.
+template <typename T, int D, int MaskBlock, int Warps, bool Split, bool EarlyV = false>
+__device__ inline void attn_fwd_tensor_core32(const AttnParams<T>& p) {
+    using Traits = AttnTraits32<D, MaskBlock, Warps>;
+    using Mma = MmaType<T>;
+    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK, kStride = Traits::kStride;
+    constexpr int kSubTiles = MaskBlock / kTileK;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* q_tile = reinterpret_cast<T*>(smem_raw);       // [kTileQ, D]
+    T* k_tile = q_tile + kTileQ * kStride;            // [64, D]
+    T* v_tile = k_tile + Traits::kTileElems;          // [64, D]
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int group = lane / 4, quad = lane % 4;
+    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
+    WorkItem item{0, 0, 0, 0, 0, -1};
+    if constexpr (Split) item = p.masks.work[blockIdx.x];
+    const int64_t pair = Split ? item.pair : p.masks.tile_order[blockIdx.x];
+    const int64_t h = pair / tiles, tile = pair % tiles;
+    const int64_t b = blockIdx.z, n = p.n;
+    const int64_t q0 = tile * kTileQ;
+    const int64_t head_offset = ((b * p.heads + h) * n) * D;
+    const T* k_head = p.k + head_offset;
+    const T* v_head = p.v + head_offset;
+
+    // The mask rows: qa holds the tile's first row; qb_2 the row of its second 64 rows when that
+    // is another mask row (MaskBlock 64, 128-row tiles) that exists (rows before n).
+    const DeviceMasks& m = p.masks;
+    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
+    const int64_t qa = q0 / MaskBlock, qb_2 = (q0 + 64) / MaskBlock;
+    const bool two_rows = kTileQ > 64 && qb_2 != qa && qb_2 < m.q_blocks;
+    KeyCursor cur{row_ptr[qa], two_rows ? row_ptr[qb_2] : 0, row_ptr[qa + 1], two_rows ? row_ptr[qb_2 + 1] : 0, 0};
+    int64_t left = INT64_MAX;   // key tiles left to visit (kernel 7: this chunk's)
+    if constexpr (Split) {
+        cur.ea = item.ea;
+        cur.eb = item.eb;
+        cur.sub = item.sub;
+        left = item.steps;
+    }
+    // This warp's list: b when its rows are in the second mask row; none when past the last row.
+    const int64_t warp_row0 = q0 + 32 * warp;
+    const bool warp_in_b = two_rows && warp_row0 / MaskBlock == qb_2;
+    const bool warp_has_rows = warp_row0 / MaskBlock < m.q_blocks;
+    const int i_warp = static_cast<int>(warp_row0 % MaskBlock);   // first row of this warp within its mask block
+
+    auto key_start = [&](const KeyCursor& c) {
+        return int64_t{min(c.col_a(m.col_idx), c.col_b(m.col_idx))} * MaskBlock + c.sub * kTileK;
+    };
+
+    tile_load_async<Traits, D, kTileQ>(q_tile, p.q + head_offset, q0, n);
+    if (left > 0 && cur.valid()) tile_load_async<Traits, D, kTileK>(k_tile, k_head, key_start(cur), n);
+    cp_async_commit();
+    if constexpr (EarlyV) {   // kernel 9: the first V in a second group, waited for after S
+        if (left > 0 && cur.valid()) tile_load_async<Traits, D, kTileK>(v_tile, v_head, key_start(cur), n);
+        cp_async_commit();
+    }
+    bool first = true;
+
+    float o_acc[2][D / 8][4];   // O [32, D] of this warp: 2 m-tiles x D / 8 n-tiles of 16 x 8
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) o_acc[mt][t][0] = o_acc[mt][t][1] = o_acc[mt][t][2] = o_acc[mt][t][3] = 0.f;
+    }
+    float row_max[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};   // [m-tile][rows group, group + 8], base 2
+    float row_sum[2][2] = {{0.f, 0.f}, {0.f, 0.f}};                           // this lane's partial sums
+
+    while (left > 0 && cur.valid()) {
+        const int32_t ca = cur.col_a(m.col_idx), cb = cur.col_b(m.col_idx), c = min(ca, cb);
+        const int64_t k0 = int64_t{c} * MaskBlock + cur.sub * kTileK;
+        // this warp's entry of the block: -1 when its mask row does not keep it
+        const int64_t e = !warp_has_rows ? -1 : warp_in_b ? (cb == c ? cur.eb : -1) : (ca == c ? cur.ea : -1);
+        KeyCursor next = cur;
+        next.template advance<kSubTiles>(m.col_idx);
+
+        if (EarlyV && first) cp_async_wait<1>();   // K of this step (and Q) landed (V may not have) ...
+        else cp_async_wait<0>();
+        __syncthreads();      // ... for every thread, and every warp is done with the last step's V
+        if (!(EarlyV && first)) {
+            tile_load_async<Traits, D, kTileK>(v_tile, v_head, k0, n);   // V's copy overlaps S = Q K^T
+            cp_async_commit();
+        }
+        first = false;
+
+        float s[2][kTileK / 8][4];   // S [32, 64] of this warp
+        float scale_old[2][2];
+        if (e >= 0) {
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                for (int t = 0; t < kTileK / 8; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.f;
+            }
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t qf[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    const int r = warp * 32 + mt * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = kk * 16 + 8 * (lane / 16);
+                    ldmatrix_x4(qf[mt], q_tile + r * kStride + col);
+                }
+#pragma unroll
+                for (int np = 0; np < kTileK / 16; ++np) {
+                    uint32_t kf[4];   // b0, b1 of key n-tiles 2np and 2np + 1
+                    const int r = np * 16 + lane % 8 + 8 * (lane / 16), col = kk * 16 + 8 * ((lane / 8) % 2);
+                    ldmatrix_x4(kf, k_tile + r * kStride + col);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) {
+                        Mma::mma(s[mt][2 * np], qf[mt], kf[0], kf[1]);
+                        Mma::mma(s[mt][2 * np + 1], qf[mt], kf[2], kf[3]);
+                    }
+                }
+            }
+
+            // mask: partial blocks by their bitmask, full blocks only where the tile runs past n
+            const int32_t part = m.partial_idx[e];
+            const bool partial = part >= 0, past_n = k0 + kTileK > n;
+            if (partial || past_n) {
+                uint64_t valid_word = ~uint64_t{0};
+                if (past_n) {
+                    const int64_t valid = n - k0;
+                    valid_word = valid <= 0 ? 0 : valid >= 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
+                }
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int i = i_warp + mt * 16 + group + 8 * half;   // row within the mask block
+                        uint64_t word = valid_word;
+                        if (partial) {
+                            word &= m.bits[int64_t{part} * (MaskBlock * MaskBlock / 64) + int64_t{i} * (MaskBlock / 64) +
+                                           (k0 % MaskBlock) / 64];
+                        }
+#pragma unroll
+                        for (int t = 0; t < kTileK / 8; ++t) {
+#pragma unroll
+                            for (int cc = 0; cc < 2; ++cc) {
+                                if (((word >> (t * 8 + 2 * quad + cc)) & 1) == 0) s[mt][t][2 * half + cc] = -INFINITY;
+                            }
+                        }
+                    }
+                }
+            }
+
+            // online softmax in base 2: p = 2^(s * scale_log2 - max), one FMA and one ex2
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int t = 0; t < kTileK / 8; ++t) mx = fmaxf(mx, fmaxf(s[mt][t][2 * half], s[mt][t][2 * half + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float new_max = fmaxf(row_max[mt][half], mx * p.scale_log2);
+                    const float base = new_max == -INFINITY ? 0.f : new_max;   // nothing allowed yet: no NaN
+                    scale_old[mt][half] = exp2_fast(row_max[mt][half] - base);
+                    row_max[mt][half] = new_max;
+                    float sum = 0.f;
+#pragma unroll
+                    for (int t = 0; t < kTileK / 8; ++t) {
+#pragma unroll
+                        for (int cc = 0; cc < 2; ++cc) {
+                            float& x = s[mt][t][2 * half + cc];
+                            x = exp2_fast(fmaf(x, p.scale_log2, -base));   // -inf -> 0
+                            sum += x;
+                        }
+                    }
+                    row_sum[mt][half] = row_sum[mt][half] * scale_old[mt][half] + sum;
+                }
+#pragma unroll
+                for (int t = 0; t < D / 8; ++t) {
+                    o_acc[mt][t][0] *= scale_old[mt][0];
+                    o_acc[mt][t][1] *= scale_old[mt][0];
+                    o_acc[mt][t][2] *= scale_old[mt][1];
+                    o_acc[mt][t][3] *= scale_old[mt][1];
+                }
+            }
+        }
+
+        cp_async_wait<0>();   // V of this step landed ...
+        __syncthreads();      // ... for every thread, and every warp is done with K
+        if (left > 1 && next.valid()) {   // the next K's copy overlaps O += P V
+            tile_load_async<Traits, D, kTileK>(k_tile, k_head, key_start(next), n);
+            cp_async_commit();
+        }
+
+        if (e >= 0) {
+            // O += P V: P as A fragments straight from S's accumulators, V via ldmatrix.trans
+#pragma unroll
+            for (int kk = 0; kk < kTileK / 16; ++kk) {
+                uint32_t pf[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    pf[mt][0] = Mma::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    pf[mt][1] = Mma::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    pf[mt][2] = Mma::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    pf[mt][3] = Mma::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    uint32_t vf[4];   // b0, b1 of d n-tiles 2dp and 2dp + 1
+                    const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = dp * 16 + 8 * (lane / 16);
+                    ldmatrix_x4_trans(vf, v_tile + r * kStride + col);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) {
+                        Mma::mma(o_acc[mt][2 * dp], pf[mt], vf[0], vf[1]);
+                        Mma::mma(o_acc[mt][2 * dp + 1], pf[mt], vf[2], vf[3]);
+                    }
+                }
+            }
+        }
+        cur = next;
+        --left;
+    }
+    cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
+
+    // O /= rowsum, lse = (max + log2 sum) ln 2; empty rows: zeros and -inf. A chunk of a split
+    // tile writes O, max and sum unnormalised to its slot instead.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float sum = row_sum[mt][half];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int64_t row = warp_row0 + mt * 16 + group + 8 * half;
+            if (row >= n) continue;
+            if (Split && item.slot >= 0) {
+                const int64_t r = (b * p.slots + item.slot) * kTileQ + (row - q0);
+                float* o = p.partial_o + r * D;
+#pragma unroll
+                for (int t = 0; t < D / 8; ++t) {
+                    *reinterpret_cast<float2*>(o + t * 8 + 2 * quad) = make_float2(o_acc[mt][t][2 * half], o_acc[mt][t][2 * half + 1]);
+                }
+                if (quad == 0) *reinterpret_cast<float2*>(p.partial_ml + 2 * r) = make_float2(row_max[mt][half], sum);
+                continue;
+            }
+            const float inv = sum > 0.f ? 1.f / sum : 0.f;
+            T* o = p.o + head_offset + row * D;
+#pragma unroll
+            for (int t = 0; t < D / 8; ++t) {
+                const uint32_t packed = Mma::pack(o_acc[mt][t][2 * half] * inv, o_acc[mt][t][2 * half + 1] * inv);
+                *reinterpret_cast<uint32_t*>(o + t * 8 + 2 * quad) = packed;
+            }
+            if (quad == 0) {
+                p.lse[(b * p.heads + h) * n + row] =
+                    sum > 0.f ? (row_max[mt][half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+            }
+        }
+    }
+}
+
+// 5: 32 query rows a warp, 64-query tiles (2 warps), staggered K / V copies; in order of work.
+// grid: (heads * ceil(n / 64), 1, batch), block: 64 threads.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(64) attn_fwd_kernel5(AttnParams<T> p) {
+    attn_fwd_tensor_core32<T, D, MaskBlock, 2, false>(p);
+}
+
+// 6: as 5 with 128-query tiles (4 warps). grid: (heads * ceil(n / 128), 1, batch), block: 128 threads.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_fwd_kernel6(AttnParams<T> p) {
+    attn_fwd_tensor_core32<T, D, MaskBlock, 4, false>(p);
+}
+
+// 7: as 6, long rows split into chunks (WorkItem); attn_combine then finishes the split tiles.
+// grid: (work items, 1, batch), block: 128 threads.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_fwd_kernel7(AttnParams<T> p) {
+    attn_fwd_tensor_core32<T, D, MaskBlock, 4, true>(p);
+}
+
+// 8: as 7 with 64-query tiles (2 warps). grid: (work items, 1, batch), block: 64 threads.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(64) attn_fwd_kernel8(AttnParams<T> p) {
+    attn_fwd_tensor_core32<T, D, MaskBlock, 2, true>(p);
+}
+
+// 9: as 8, the first V copied with Q and K. grid: (work items, 1, batch), block: 64 threads.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(64) attn_fwd_kernel9(AttnParams<T> p) {
+    attn_fwd_tensor_core32<T, D, MaskBlock, 2, true, true>(p);
+}
+
+// Kernels 7 to 9's second pass: the chunks of split tile blockIdx.x (of TileQ query rows)
+// merged into O and lse:
+// M = max m_i, L = sum 2^(m_i - M) l_i, O = sum 2^(m_i - M) O_i / L, lse = (M + log2 L) ln 2.
+// grid: (split tiles, 1, batch), block: 128 threads (thread: one column of 128 / D rows at a time).
+template <typename T, int D, int TileQ>
+__global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
+    constexpr int kTileQ = TileQ, kRowsAtOnce = 128 / D;
+    const SplitTile st = p.masks.splits[blockIdx.x];
+    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ, h = st.pair / tiles, tile = st.pair % tiles;
+    const int64_t b = blockIdx.z, n = p.n;
+    const int col = threadIdx.x % D;
+    for (int r = threadIdx.x / D; r < kTileQ; r += kRowsAtOnce) {
+        const int64_t row = tile * kTileQ + r;
+        if (row >= n) break;
+        float mx = -INFINITY;
+        for (int c = 0; c < st.slots; ++c) mx = fmaxf(mx, p.partial_ml[2 * ((b * p.slots + st.slot_begin + c) * kTileQ + r)]);
+        float sum = 0.f, acc = 0.f;
+        if (mx != -INFINITY) {
+            for (int c = 0; c < st.slots; ++c) {
+                const int64_t pr = (b * p.slots + st.slot_begin + c) * kTileQ + r;
+                const float w = exp2_fast(p.partial_ml[2 * pr] - mx);   // 0 for a chunk with nothing allowed
+                sum += w * p.partial_ml[2 * pr + 1];
+                acc += w * p.partial_o[pr * D + col];
+            }
+        }
+        const int64_t out_row = ((b * p.heads + h) * n) + row;
+        p.o[out_row * D + col] = from_float<T>(sum > 0.f ? acc / sum : 0.f);
+        if (col == 0) p.lse[out_row] = sum > 0.f ? (mx + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+    }
 }
 
 } // namespace sparsa::cuda

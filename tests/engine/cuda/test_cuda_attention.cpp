@@ -101,7 +101,8 @@ void check_output(const AttentionOutput& got, const AttentionOutput& want, doubl
 // Runs `kernels` (and each dtype they take) on layer `layer` of `masks` with fresh random inputs
 // [batch, heads, n, d] and compares each with the CPU engine on the same (rounded) inputs.
 void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
-                   std::vector<int> kernels = {}) {   // {}: every kernel
+                   std::vector<int> kernels = {},   // {}: every kernel
+                   int64_t split_steps = 0) {       // kernels 7 to 9: CudaAttentionOptions::split_steps
     if (kernels.empty()) {
         for (int kernel = 1; kernel <= cuda_kernel_count(); ++kernel) kernels.push_back(kernel);
     }
@@ -113,10 +114,12 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
         for (int kernel : kernels) {
             if (!cuda_kernel_supports(kernel, dtype, d, masks.block)) continue;
             INFO("kernel " << kernel << ", " << cuda_dtype_name(dtype) << ", n " << masks.n << ", block " << masks.block
-                           << ", d " << d << ", batch " << batch << ", heads " << masks.heads << ", layer " << layer);
+                           << ", d " << d << ", batch " << batch << ", heads " << masks.heads << ", layer " << layer
+                           << ", split_steps " << split_steps);
             CudaAttentionOptions options;
             options.dtype = dtype;
             options.kernel = kernel;
+            options.split_steps = split_steps;
             check_output(engine().forward(q, k, v, masks, layer, options), want, tolerance_of(dtype));
         }
     }
@@ -146,6 +149,23 @@ TEST_CASE("cuda: random masks, n not divisible by the block, a mask per head, ba
     // kernel 1 alone takes other head dims and small blocks
     check_kernels(set_of({testing::mask_random(500, 16, 7), testing::mask_random(500, 16, 8)}), 0, 1, 40, 21, {1});
     check_kernels(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
+}
+
+TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 9)", "[cuda][small]") {
+    if (!gpu_ready("split rows")) return;
+    // Chunks of 1, 3 and 5 key tiles: every row with more is split, with chunks that end inside
+    // a 128- or 256-token block, rows of the union of two mask rows (kernel 7, B = 64), an
+    // empty mask (no chunk at all) and a dense one (every row split), batch 2.
+    const int64_t n = 700;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1);
+    for (int32_t block : {64, 128, 256}) {
+        const MaskSet masks = set_of({testing::mask_random(n, block, 71 + static_cast<uint64_t>(block)),
+                                      block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
+                                      testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
+        for (int64_t split : {1, 3, 5}) {
+            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9}, split);
+        }
+    }
 }
 
 TEST_CASE("cuda: empty rows give zeros and lse = -inf; dense and causal blocks", "[cuda]") {
@@ -238,7 +258,17 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     CHECK(engine().kernel() == 1);
     options.dtype = CudaDtype::bfloat16;
     engine().prepare(y, y, y, masks, 0, options);
-    CHECK(engine().kernel() == cuda_kernel_count());
+    CHECK((engine().kernel() == 7 || engine().kernel() == 9));
+    // kernel 0 in bf16: 128-query tiles (7) where a tile's two halves keep the same blocks,
+    // 64-query tiles (9) where they keep different ones
+    const int64_t n = 1024;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1), diagonal(static_cast<size_t>(n * n), 0);
+    for (int64_t q = 0; q < n; ++q) diagonal[static_cast<size_t>(q * n + q)] = 1;
+    const Tensor z = tensor_random({1, 1, n, 64}, 4);
+    engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
+    CHECK(engine().kernel() == 7);
+    engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
+    CHECK(engine().kernel() == 9);
     const Tensor wrong = tensor_random({1, 2, 100, 64}, 3);
     CHECK_THROWS_AS(engine().forward(wrong, wrong, wrong, masks, 0, options), Error);
 }
