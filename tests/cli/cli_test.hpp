@@ -38,7 +38,7 @@ inline fs::path scratch(const std::string& name) {
     fs::path dir = fs::temp_directory_path() / "sparsa-cli-test";
     fs::create_directories(dir);
     fs::path p = dir / name;
-    fs::remove(p);
+    fs::remove_all(p);   // a file or a folder left by an earlier run
     return p;
 }
 
