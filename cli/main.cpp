@@ -27,6 +27,8 @@ commands:
                                 how far information travels through the layers (receptive fields)
   run FILE --n N [OPTIONS]      one layer of attention on the CPU: time, GFLOP/s, errors (--check)
 
+  learn teacher|pool|distill|eval|demo [OPTIONS]
+                                learned sparsity: train a dense teacher, distill masks, evaluate
 Run 'sparsa COMMAND --help' for a command's options. The pattern language is described in
 docs/pattern-language.md; examples are in examples/patterns/.
 )";
@@ -48,6 +50,7 @@ int main(int argc, char** argv) {
         if (command == "show") return sparsa::cli::command_show(args);
         if (command == "reach") return sparsa::cli::command_reach(args);
         if (command == "run") return sparsa::cli::command_run(args);
+        if (command == "learn") return sparsa::cli::command_learn(args);
         std::fprintf(stderr, "sparsa: unknown command '%s' (run 'sparsa --help' for the list)\n", command.c_str());
         return 2;
     } catch (const sparsa::cli::ReportedError&) {

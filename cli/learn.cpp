@@ -1,0 +1,366 @@
+// sparsa learn: train the dense teacher, pool its attention, distill masks from it (oracle,
+// search, gate), evaluate every method against it, or run the whole chain (demo).
+#include "cli/args.hpp"
+#include "cli/commands.hpp"
+#include "engine/error.hpp"
+#include "engine/mask_io.hpp"
+#include "engine/npy.hpp"
+#include "engine/atomic_file.hpp"
+#include "learn/distill.hpp"
+#include "learn/eval.hpp"
+#include "learn/pool.hpp"
+#include "learn/teacher.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+namespace sparsa::cli {
+
+namespace {
+
+const char* const kLearnHelp = R"(usage: sparsa learn teacher [OPTIONS] [-o teacher.bin]
+       sparsa learn pool --teacher teacher.bin -o pooled.npy
+       sparsa learn distill --method oracle|search|gate --teacher teacher.bin -o OUT
+       sparsa learn eval --teacher teacher.bin --gate gate.json -o DIR
+       sparsa learn demo [-o DIR]
+
+Learned sparsity (docs/learn.md). A tiny dense transformer (the teacher) learns recall tasks
+with sparsa's CPU engine; its attention is distilled into block-sparse masks and every method
+is measured against it.
+
+teacher   train the teacher, print a progress line (step, loss, accuracy, tokens/s), save it
+  --task mqar|passkey|mix (mix)  --n N (256)  --d D (64)  --heads H (4)  --layers L (2)
+  --mlp M (128)  --steps S (3000, at most)  --batch B (16)  --lr X (0.002)  --seed S (1)
+  --stop-accuracy A (0.98: stop once held-out accuracy reaches it)  --max-minutes M (19)
+  --qk-identity A (0: wq, wk start at A * I plus noise)  -o FILE (teacher.bin)  --quiet
+pool      the teacher's attention pooled per block on held-out inputs (or Q/K dumps):
+          a float64 array [2, layers, heads, blocks, blocks], [0] the mass of each block
+          (sum of P), [1] its largest P, both averaged over the inputs
+distill   --method oracle: the top blocks of each row of one held-out input (--input I, 0),
+            at --density D (0.125), saved as masks (.npz)
+          --method search: per (layer, head) the cheapest family pattern keeping --share S
+            (0.9) of the attention on --inputs N (32) training-stream inputs, as a .pat script
+          --method gate: learned block gates (SeerAttention-style) trained with KL against the
+            teacher's block-pooled attention on --inputs N (32) inputs, saved as JSON
+            (--steps S, 300; --hidden H, 16; --gate-target sum|max: pool the target by
+            each block's mass (default) or its largest P)
+eval      every method at block densities 3%, 6%, 12.5%, 25% on --inputs N (64) held-out
+          inputs: recall, relative L1 error, accuracy, forward time; writes DIR/report.md,
+          report.json, recall.png, accuracy.png (search is built from --search-inputs, 32)
+demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
+
+Common: --block B (16)  --threads T.  Q/K of another model instead of the teacher (pool,
+distill): --q L0.npy,L1.npy --k L0.npy,L1.npy, one [heads, n, d] file per layer.
+Outputs are written whole or not at all.
+)";
+
+double number(const Args& args, const std::string& option, double fallback, double min, double max) {
+    const auto text = args.value(option);
+    if (!text) return fallback;
+    size_t used = 0;
+    double v = 0;
+    try {
+        v = std::stod(*text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != text->size() || !(v >= min && v <= max))
+        throw Error("learn: " + option + " expects a number from " + std::to_string(min) + " to " + std::to_string(max) + "; got '" + *text + "'");
+    return v;
+}
+
+std::vector<std::string> split_commas(const std::string& text) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (true) {
+        const size_t comma = text.find(',', start);
+        out.push_back(text.substr(start, comma - start));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--layers", "--mlp", "--steps", "--batch", "--lr",
+                                       "--seed", "--stop-accuracy", "--max-minutes", "-o", "--teacher", "--method", "--density",
+                                       "--share", "--inputs", "--input", "--hidden", "--gate", "--block", "--threads", "--q",
+                                       "--k", "--search-inputs", "--qk-identity", "--gate-target"};
+const std::set<std::string> kSwitches = {"--help", "--quiet"};
+
+// Where calibration inputs (search, gate) start in the training stream: far past the sequences
+// a teacher trains on (steps * batch).
+constexpr int64_t kCalibrationFirst = int64_t{1} << 40;
+
+struct Common {
+    int32_t block = 16;
+    int threads = 0;
+    uint64_t seed = 1;
+};
+
+Common common(const Args& args) {
+    Common c;
+    c.block = static_cast<int32_t>(args.integer("--block", 16, 16, 256));
+    if (!block_size_valid(c.block)) throw Error("learn: --block " + std::to_string(c.block) + " is not valid (use 16, 32, 64, 128 or 256)");
+    c.threads = static_cast<int>(args.integer("--threads", 0, 0, 1024));
+    c.seed = static_cast<uint64_t>(args.integer("--seed", 1, 0, INT64_MAX));
+    return c;
+}
+
+learn::Teacher teacher_from(const Args& args) {
+    const auto path = args.value("--teacher");
+    if (!path) throw Error("learn: --teacher FILE is required (train one with 'sparsa learn teacher -o teacher.bin')");
+    return learn::teacher_load(*path);
+}
+
+// Attention inputs for search and the gate: the teacher's (training stream, calibration part) or
+// Q/K dumps.
+learn::AttentionSample sample_from(const Args& args, const Common& c, int64_t inputs) {
+    if (args.has("--q") || args.has("--k")) {
+        if (!args.has("--q") || !args.has("--k")) throw Error("learn: give both --q and --k (one .npy file per layer each)");
+        const learn::QkDump dump = learn::qk_dump_load(split_commas(*args.value("--q")), split_commas(*args.value("--k")));
+        learn::AttentionSample s;
+        s.q = {dump.q};
+        s.k = {dump.k};
+        s.lse.push_back({});
+        for (size_t l = 0; l < dump.q.size(); ++l) s.lse[0].push_back(learn::dense_lse(dump.q[l], dump.k[l], c.block));
+        return s;
+    }
+    return learn::attention_sample(teacher_from(args), c.seed, kCalibrationFirst, inputs, c.block, c.threads);
+}
+
+std::string output(const Args& args, const std::string& fallback) {
+    const auto o = args.value("-o");
+    return o ? *o : fallback;
+}
+
+learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher& teacher) {
+    learn::TaskConfig task;
+    task.kind = learn::task_kind_parse(args.value("--task").value_or("mix"));
+    task.n = args.integer("--n", 256, 16, 2048);
+    learn::TeacherConfig model;
+    model.vocab = task.vocab();
+    model.d = args.integer("--d", 64, 2, 1024);
+    model.heads = args.integer("--heads", 4, 1, 64);
+    model.layers = args.integer("--layers", 2, 1, 64);
+    model.mlp = args.integer("--mlp", 128, 1, 8192);
+    model.qk_identity = number(args, "--qk-identity", 0, 0, 100);
+    learn::TrainOptions o;
+    o.seed = c.seed;
+    o.threads = c.threads;
+    o.steps = args.integer("--steps", 3000, 1, 10000000);
+    o.batch = args.integer("--batch", 16, 1, 4096);
+    o.lr = number(args, "--lr", 2e-3, 1e-6, 1.0);
+    o.stop_accuracy = number(args, "--stop-accuracy", 0.98, 0.0, 1.01);
+    o.max_seconds = 60 * number(args, "--max-minutes", 19, 0, 1e6);
+    o.progress = !args.has("--quiet");
+    teacher = learn::teacher_init(model, task, c.seed);
+    std::fprintf(stderr, "teacher: %lld layers x %lld heads, d %lld, %lld parameters; task %s, n %lld\n",
+                 static_cast<long long>(model.layers), static_cast<long long>(model.heads), static_cast<long long>(model.d),
+                 static_cast<long long>(teacher.params.size()), learn::task_kind_name(task.kind).c_str(), static_cast<long long>(task.n));
+    return learn::teacher_train(teacher, o);
+}
+
+std::string train_summary(const learn::TrainReport& r) {
+    char b[512];
+    std::snprintf(b, sizeof b,
+                  "trained %lld steps in %.1f s (%.0f tokens/s): loss %.4f -> %.4f; held-out accuracy %.4f (mqar %.4f, passkey %.4f)",
+                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, r.first_loss, r.last_loss, r.held_out_accuracy,
+                  r.held_out_mqar, r.held_out_passkey);
+    return b;
+}
+
+int learn_teacher(const Args& args) {
+    const Common c = common(args);
+    learn::Teacher teacher;
+    const learn::TrainReport r = run_teacher(args, c, teacher);
+    const std::string path = output(args, "teacher.bin");
+    learn::teacher_save(teacher, path);
+    std::printf("%s\nwrote %s\n", train_summary(r).c_str(), path.c_str());
+    return 0;
+}
+
+int learn_pool(const Args& args) {
+    const Common c = common(args);
+    const int64_t inputs = args.integer("--inputs", 32, 1, 100000);
+    learn::AttentionSample s;
+    if (args.has("--q") || args.has("--k")) s = sample_from(args, c, inputs);
+    else s = learn::attention_sample(teacher_from(args), learn::task_held_out_seed(c.seed), 0, inputs, c.block, c.threads);
+    const TensorShape shape = s.q[0][0].shape;
+    learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, c.block);
+    for (int64_t b = 0; b < s.inputs(); ++b)
+        for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[b][l], s.k[b][l]);
+    learn::pooled_finish(p, s.inputs());
+    std::vector<double> both = p.sum;
+    both.insert(both.end(), p.max.begin(), p.max.end());
+    const std::string path = output(args, "pooled.npy");
+    npy_save(npy_array_make<double>({2, p.layers, p.heads, p.blocks(), p.blocks()}, both), path);
+    std::printf("pooled %lld inputs, %lld layers x %lld heads, %lld x %lld blocks of %d; wrote %s\n", static_cast<long long>(s.inputs()),
+                static_cast<long long>(p.layers), static_cast<long long>(p.heads), static_cast<long long>(p.blocks()),
+                static_cast<long long>(p.blocks()), c.block, path.c_str());
+    return 0;
+}
+
+int learn_distill(const Args& args) {
+    const Common c = common(args);
+    const std::string method = args.value("--method").value_or("");
+    const int64_t inputs = args.integer("--inputs", 32, 1, 100000);
+    if (method == "oracle") {
+        const double density = number(args, "--density", 0.125, 1e-6, 1.0);
+        learn::AttentionSample s;
+        if (args.has("--q") || args.has("--k")) s = sample_from(args, c, 1);
+        else s = learn::attention_sample(teacher_from(args), learn::task_held_out_seed(c.seed), args.integer("--input", 0, 0, INT64_MAX), 1, c.block, c.threads);
+        const TensorShape shape = s.q[0][0].shape;
+        learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, c.block);
+        for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l]);
+        const int64_t keep = learn::blocks_per_row(density, p.blocks());
+        MaskSet masks = learn::oracle_masks(p, keep);
+        masks.params = {{"method", "oracle"}, {"density", std::to_string(density)}, {"blocks_per_row", std::to_string(keep)}};
+        double recall = 0;
+        for (int64_t l = 0; l < p.layers; ++l)
+            for (int64_t h = 0; h < p.heads; ++h) recall += learn::pooled_recall(p, l, h, masks.at(l, h)) / static_cast<double>(p.layers * p.heads);
+        const std::string path = output(args, "oracle.npz");
+        mask_set_save(masks, path);
+        std::printf("oracle: %lld of %lld blocks per row, recall %.4f; wrote %s\n", static_cast<long long>(keep),
+                    static_cast<long long>(p.blocks()), recall, path.c_str());
+        return 0;
+    }
+    if (method == "search") {
+        const double share = number(args, "--share", 0.9, 0.0, 1.0);
+        const learn::AttentionSample s = sample_from(args, c, inputs);
+        const learn::SearchTable table = learn::search_table_build(s, c.block, c.threads);
+        const learn::SearchResult r = learn::search_by_share(table, share);
+        const std::string path = output(args, "search.pat");
+        AtomicFile file(path);
+        file.write(r.script.data(), r.script.size());
+        file.commit();
+        std::fputs(r.script.c_str(), stdout);
+        std::printf("wrote %s (check it with: sparsa stats %s --n %lld)\n", path.c_str(), path.c_str(), static_cast<long long>(table.n));
+        return 0;
+    }
+    if (method == "gate") {
+        const learn::AttentionSample s = sample_from(args, c, inputs);
+        const TensorShape shape = s.q[0][0].shape;
+        learn::BlockGate gate = learn::gate_init(s.layers(), shape.heads, shape.d, args.integer("--hidden", 16, 1, 1024), c.block, c.seed);
+        learn::GateTrainOptions o;
+        o.steps = args.integer("--steps", 300, 1, 1000000);
+        o.progress = !args.has("--quiet");
+        const std::string pooling = args.value("--gate-target").value_or("sum");
+        if (pooling != "sum" && pooling != "max") throw Error("learn distill: --gate-target must be sum or max; got '" + pooling + "'");
+        o.max_pooled = pooling == "max";
+        const learn::GateTrainReport r = learn::gate_train(gate, s, o);
+        const std::string path = output(args, "gate.json");
+        learn::gate_save(gate, path);
+        std::printf("gate: KL %.4f -> %.4f over %lld inputs; wrote %s\n", r.first_loss, r.last_loss, static_cast<long long>(s.inputs()), path.c_str());
+        return 0;
+    }
+    throw Error("learn distill: --method must be oracle, search or gate" + (method.empty() ? std::string(" (it is required)") : "; got '" + method + "'"));
+}
+
+std::string command_line(const std::vector<std::string>& argv) {
+    std::string s = "sparsa learn";
+    for (const std::string& a : argv) s += " " + a;
+    return s;
+}
+
+int run_eval(const Args& args, const Common& c, const learn::Teacher& teacher, const learn::BlockGate& gate,
+             const std::string& dir, const std::string& preamble) {
+    learn::EvalOptions o;
+    o.block = c.block;
+    o.seed = c.seed;
+    o.threads = c.threads;
+    o.inputs = args.integer("--inputs", 64, 1, 100000);
+    const learn::AttentionSample s = learn::attention_sample(teacher, c.seed, kCalibrationFirst, args.integer("--search-inputs", 32, 1, 100000),
+                                                             c.block, c.threads);
+    const learn::SearchTable table = learn::search_table_build(s, c.block, c.threads);
+    const learn::EvalReport report = learn::learn_evaluate(teacher, gate, table, o);
+    learn::eval_report_write(report, dir, preamble);
+    std::printf("%-10s %8s %8s %8s %8s %9s %9s\n", "method", "target", "density", "recall", "L1 err", "accuracy", "fwd ms");
+    for (const learn::EvalRow& r : report.rows)
+        std::printf("%-10s %7.2f%% %7.2f%% %8.4f %8.4f %8.2f%% %9.3f\n", r.method.c_str(), 100 * r.target, 100 * r.density, r.recall,
+                    r.l1_error, 100 * r.accuracy, r.forward_ms);
+    std::printf("wrote %s/report.md, report.json, recall.png, accuracy.png\n", dir.c_str());
+    return 0;
+}
+
+std::string teacher_text(const learn::Teacher& t) {
+    char b[512];
+    std::snprintf(b, sizeof b, "Teacher: %lld layers x %lld heads, d = %lld, MLP %lld, %zu parameters; task %s, n = %lld (%lld pairs, %lld queries).\n",
+                  static_cast<long long>(t.config.layers), static_cast<long long>(t.config.heads), static_cast<long long>(t.config.d),
+                  static_cast<long long>(t.config.mlp), t.params.size(), learn::task_kind_name(t.task.kind).c_str(),
+                  static_cast<long long>(t.task.n), static_cast<long long>(t.task.pairs), static_cast<long long>(t.task.queries));
+    return b;
+}
+
+int learn_eval(const Args& args, const std::vector<std::string>& argv) {
+    const Common c = common(args);
+    const learn::Teacher teacher = teacher_from(args);
+    const auto gate_path = args.value("--gate");
+    if (!gate_path) throw Error("learn eval: --gate FILE is required (train one with 'sparsa learn distill --method gate')");
+    const learn::BlockGate gate = learn::gate_load(*gate_path);
+    const std::string preamble = "# Learned sparsity: evaluation\n\nCommand: `" + command_line(argv) + "`\n\n" + teacher_text(teacher);
+    return run_eval(args, c, teacher, gate, output(args, "learn-eval"), preamble);
+}
+
+int learn_demo(const Args& args, const std::vector<std::string>& argv) {
+    const Common c = common(args);
+    const std::string dir = output(args, "learn-demo");
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw Error("learn demo: cannot create '" + dir + "': " + ec.message());
+    const auto start = std::chrono::steady_clock::now();
+    learn::Teacher teacher;
+    const learn::TrainReport train = run_teacher(args, c, teacher);
+    learn::teacher_save(teacher, dir + "/teacher.bin");
+    std::printf("%s\n", train_summary(train).c_str());
+    const learn::AttentionSample s = learn::attention_sample(teacher, c.seed, kCalibrationFirst, args.integer("--search-inputs", 32, 1, 100000),
+                                                             c.block, c.threads);
+    const learn::SearchTable table = learn::search_table_build(s, c.block, c.threads);
+    const learn::SearchResult search = learn::search_by_share(table, 0.9);
+    {
+        AtomicFile file(dir + "/search.pat");
+        file.write(search.script.data(), search.script.size());
+        file.commit();
+    }
+    learn::BlockGate gate = learn::gate_init(teacher.config.layers, teacher.config.heads, teacher.config.head_dim(), 16, c.block, c.seed);
+    learn::GateTrainOptions go;
+    go.progress = !args.has("--quiet");
+    const learn::GateTrainReport gr = learn::gate_train(gate, s, go);
+    learn::gate_save(gate, dir + "/gate.json");
+    char line[256];
+    std::snprintf(line, sizeof line, "Gate: trained on %lld training-stream inputs, KL %.4f -> %.4f.\n", static_cast<long long>(s.inputs()),
+                  gr.first_loss, gr.last_loss);
+    const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60;
+    char timing[128];
+    std::snprintf(timing, sizeof timing, "Teacher training plus search and gate took %.1f minutes.\n", minutes);
+    const std::string preamble = "# Learned sparsity: the default chain\n\nCommand: `" + command_line(argv) + "` (demo: teacher, search, gate, eval)\n\n" +
+                                 teacher_text(teacher) + "\nTraining: " + train_summary(train) + ".\n\n" + line + timing +
+                                 "\nSearch at share 0.9: see [search.pat](search.pat).\n";
+    return run_eval(args, c, teacher, gate, dir, preamble);
+}
+
+} // namespace
+
+int command_learn(const std::vector<std::string>& argv) {
+    if (argv.empty() || argv[0] == "--help" || argv[0] == "-h") {
+        std::fputs(kLearnHelp, argv.empty() ? stderr : stdout);
+        return argv.empty() ? 2 : 0;
+    }
+    const std::string sub = argv[0];
+    const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+    const Args args(rest, "learn " + sub, kValues, kSwitches);
+    if (args.has("--help")) {
+        std::fputs(kLearnHelp, stdout);
+        return 0;
+    }
+    if (!args.positionals().empty()) throw Error("learn " + sub + ": unexpected argument '" + args.positionals()[0] + "' (see sparsa learn --help)");
+    if (sub == "teacher") return learn_teacher(args);
+    if (sub == "pool") return learn_pool(args);
+    if (sub == "distill") return learn_distill(args);
+    if (sub == "eval") return learn_eval(args, argv);
+    if (sub == "demo") return learn_demo(args, argv);
+    throw Error("learn: unknown step '" + sub + "' (use teacher, pool, distill, eval or demo)");
+}
+
+} // namespace sparsa::cli

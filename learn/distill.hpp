@@ -1,0 +1,167 @@
+// Distillation: masks from a dense teacher's attention. The oracle (true top blocks per row),
+// search (the cheapest pattern of the language's families per (layer, head), written as a .pat
+// script), a learned block gate (SeerAttention-style), and the fixed Longformer / BigBird
+// baselines of the prelude sized to a density.
+//
+// Index: [SECTION] block choices, [SECTION] oracle, [SECTION] recall through the engine,
+//        [SECTION] search, [SECTION] gate, [SECTION] fixed baselines
+#pragma once
+
+#include "engine/block_mask.hpp"
+#include "engine/tensor.hpp"
+#include "learn/pool.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sparsa::learn {
+
+// [SECTION] block choices
+
+// Key blocks each query block keeps at a block density: round(density * blocks), 1 to blocks.
+int64_t blocks_per_row(double density, int64_t blocks);
+
+// The canonical mask keeping, for each query block r, the (all full) key blocks rows[r].
+BlockMask block_mask_from_rows(int64_t n, int32_t block, const std::vector<std::vector<int32_t>>& rows);
+
+// Each row's `keep` blocks of highest score (ties: the lower key block), plus the diagonal block
+// when keep_diagonal (it then counts among the `keep`). scores: [blocks, blocks].
+BlockMask block_mask_top_k(int64_t n, int32_t block, const std::vector<double>& scores, int64_t keep, bool keep_diagonal);
+
+// Each row's fewest blocks of highest score whose share of the row's total reaches `share`
+// (scores >= 0), plus the diagonal when keep_diagonal. scores: [blocks, blocks].
+BlockMask block_mask_top_share(int64_t n, int32_t block, const std::vector<double>& scores, double share, bool keep_diagonal);
+
+// Kept blocks / blocks^2 over a MaskSet's (layer, head) masks (the engine's work is proportional).
+double mask_set_block_density(const MaskSet& set);
+
+// [SECTION] oracle
+
+// The oracle of one input: for every (layer, head), each query block keeps its `keep` key blocks
+// of most attention mass in `pooled` (which holds that one input).
+MaskSet oracle_masks(const PooledAttention& pooled, int64_t keep);
+
+// [SECTION] recall through the engine
+
+// Exact share of attention mass each head keeps under `masks` (layer `layer`), averaged over
+// the query rows: mean_i exp(lse_mask_i - lse_dense_i), from the engine's log-sum-exp (partial
+// blocks count exactly). q, k: [1, heads, n, d]; dense_lse: [1, heads, n, 1]. Returns [heads].
+std::vector<double> mask_recall(const Tensor& q, const Tensor& k, const Tensor& dense_lse, const MaskSet& masks, int64_t layer);
+
+// The dense log-sum-exp of q, k (the engine with a dense mask): [1, heads, n, 1].
+Tensor dense_lse(const Tensor& q, const Tensor& k, int32_t block);
+
+// Attention inputs of several inputs, one layer each: what search and the gate learn from.
+struct AttentionSample {
+    std::vector<std::vector<Tensor>> q, k, lse;   // [inputs][layers] of [1, heads, n, d] (lse: d = 1, dense)
+    int64_t layers() const { return q.empty() ? 0 : static_cast<int64_t>(q[0].size()); }
+    int64_t inputs() const { return static_cast<int64_t>(q.size()); }
+};
+
+// [SECTION] search
+
+// The families searched, in block units b = B: window(w), sinks + window, dilated, strided,
+// global + band, chunk, band, and dense, at a ladder of sizes.
+struct SearchCandidate {
+    std::string expression;                 // "columns(first(16)) | window(32)"
+    std::shared_ptr<const BlockMask> mask;  // compiled at (n, block)
+    double density = 0;                     // kept blocks / blocks^2
+};
+std::vector<SearchCandidate> search_candidates(int64_t n, int32_t block);
+
+// recall[(c * layers + l) * heads + h]: candidate c's exact recall on (l, h), averaged over the
+// sample's inputs.
+struct SearchTable {
+    std::vector<SearchCandidate> candidates;
+    int64_t layers = 0, heads = 0, n = 0;
+    int32_t block = 16;
+    std::vector<double> recall;
+    double at(int64_t c, int64_t l, int64_t h) const { return recall[(c * layers + l) * heads + h]; }
+};
+SearchTable search_table_build(const AttentionSample& sample, int32_t block, int threads = 0);
+
+// A choice of one candidate per (layer, head).
+struct SearchResult {
+    std::vector<int64_t> choice;     // [layers * heads] candidate index
+    std::vector<double> recall;      // [layers * heads]
+    std::string script;              // the .pat text
+    MaskSet masks;
+};
+// Per head the cheapest candidate (fewest blocks, then highest recall) whose recall reaches
+// `share` (dense when none does).
+SearchResult search_by_share(const SearchTable& table, double share);
+// Per head the candidate of highest recall whose density is at most `density` (the cheapest
+// when none is).
+SearchResult search_by_density(const SearchTable& table, double density);
+
+// Compiles an expression of the language for one (layer, head) shape: `attend = EXPR`.
+std::shared_ptr<const BlockMask> expression_compile(const std::string& expression, int64_t n, int32_t block);
+
+// Compiles a whole script text (e.g. SearchResult::script) to masks at (n, block).
+MaskSet script_text_compile(const std::string& text, const std::string& name, int64_t n, int32_t block);
+
+// [SECTION] gate
+
+// A block gate per (layer, head), as in SeerAttention: each query block's features are the mean
+// and max of its queries ([2 * head_dim]), each key block's the same of its keys; learned
+// projections wq, wk: [2 * head_dim, hidden] give block scores S = (Fq wq) (Fk wk)^T / sqrt(hidden),
+// and softmax over each row of S predicts the row-normalised block-pooled teacher attention.
+struct BlockGate {
+    int64_t layers = 0, heads = 0, head_dim = 0, hidden = 16;
+    int32_t block = 16;
+    std::vector<double> params;   // [layers, heads, 2, 2 * head_dim, hidden]: wq then wk per (l, h)
+
+    int64_t per_head() const { return 2 * 2 * head_dim * hidden; }
+    double* at(int64_t l, int64_t h) { return params.data() + (l * heads + h) * per_head(); }
+    const double* at(int64_t l, int64_t h) const { return params.data() + (l * heads + h) * per_head(); }
+};
+
+BlockGate gate_init(int64_t layers, int64_t heads, int64_t head_dim, int64_t hidden, int32_t block, uint64_t seed);
+
+// Block features of one head: [blocks, 2 * head_dim] (mean, then max over the block's rows).
+// x: [1, heads, n, head_dim].
+std::vector<double> gate_features(const Tensor& x, int64_t head, int32_t block);
+
+// The gate's predicted distribution of one (layer, head): [blocks, blocks], rows sum to 1.
+std::vector<double> gate_predict(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k);
+
+// KL(target || predicted), summed over rows and divided by the rows, for one (layer, head) of
+// one input; adds its gradient (times `scale`) to grad ([per_head()]) when non-null.
+// target: [blocks, blocks], rows summing to 1.
+double gate_loss(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
+                 const std::vector<double>& target, double* grad, double scale = 1.0);
+
+// Trains every (layer, head) with Adam on the sample (targets from its dense attention).
+struct GateTrainOptions {
+    // The target of each row: the block-pooled teacher attention normalised over the row, pooled
+    // by sum (the share of attention mass) or by max (the largest P of the block, as SeerAttention
+    // pools; it favours the one sharp row of a block over many spread-out ones).
+    bool max_pooled = false;
+    int64_t steps = 300;
+    double lr = 1e-2;
+    bool progress = false;
+};
+struct GateTrainReport {
+    double first_loss = 0, last_loss = 0;   // mean KL over all heads, first and last step
+};
+GateTrainReport gate_train(BlockGate& gate, const AttentionSample& sample, const GateTrainOptions& options);
+
+// The gate's masks of one layer for this very input: top `keep` blocks per row, or, when
+// share > 0, the fewest blocks whose predicted share reaches `share`; the diagonal block is
+// always kept. q, k: [1, heads, n, head_dim]. Returns a one-layer MaskSet.
+MaskSet gate_masks(const BlockGate& gate, int64_t layer, const Tensor& q, const Tensor& k, int64_t keep, double share = 0);
+
+// Saves (atomically) and loads a gate as JSON; load refuses a foreign or inconsistent file.
+void gate_save(const BlockGate& gate, const std::string& path);
+BlockGate gate_load(const std::string& path);
+
+// [SECTION] fixed baselines
+
+// The prelude's longformer(w, g) or bigbird(r, g, blocks), with g = 0 or B global tokens, sized so
+// that its block density is the largest at most `density` (the smallest size when none fits). name: "longformer" or
+// "bigbird". Returns the expression.
+std::string baseline_expression(const std::string& name, double density, int64_t n, int32_t block);
+
+} // namespace sparsa::learn

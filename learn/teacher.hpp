@@ -1,0 +1,142 @@
+// The dense teacher: a tiny pre-LN transformer (token embeddings, the previous token's embedding
+// (a token shift, as H3 and Based use for recall), sinusoidal positions, L layers
+// of multi-head attention and a GELU MLP, a final layer norm and a linear head), trained on the
+// CPU with hand-written gradients; its attention runs through sparsa's CPU engine with any mask.
+//
+// Index: [SECTION] config and parameters, [SECTION] forward and gradients,
+//        [SECTION] training, [SECTION] checkpoints
+#pragma once
+
+#include "engine/block_mask.hpp"
+#include "engine/tensor.hpp"
+#include "learn/tasks.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace sparsa::learn {
+
+// [SECTION] config and parameters
+
+struct TeacherConfig {
+    int64_t vocab = 0;    // from the task: TaskConfig::vocab()
+    int64_t d = 64;       // model width
+    int64_t heads = 4;    // d / heads is the head width
+    int64_t layers = 2;
+    int64_t mlp = 128;    // hidden width of the MLP
+    // wq and wk start at qk_identity * I plus noise: every head first attends to tokens like
+    // itself (itself and its neighbours, through the positions), so rows that no answer needs
+    // tend to stay local. 0 (the default): noise only. See docs/learn.md for what it cost.
+    double qk_identity = 0;
+
+    int64_t head_dim() const { return d / heads; }
+};
+
+// Throws sparsa::Error naming the field for a shape the model cannot have.
+void teacher_config_check(const TeacherConfig& config);
+
+// Where each parameter tensor sits in the flat parameter vector (all row-major, double).
+struct ParamSlot {
+    std::string name;                  // "layer1.wq"
+    int64_t offset = 0, rows = 0, cols = 0;
+    int64_t size() const { return rows * cols; }
+};
+std::vector<ParamSlot> teacher_param_slots(const TeacherConfig& config);
+int64_t teacher_param_count(const TeacherConfig& config);
+
+struct Teacher {
+    TeacherConfig config;
+    TaskConfig task;                 // what it was trained on (n, vocabulary)
+    std::vector<double> params;      // [teacher_param_count(config)]
+};
+
+// Random initial weights from `seed` (layer norms at gain 1, bias 0).
+Teacher teacher_init(const TeacherConfig& config, const TaskConfig& task, uint64_t seed);
+
+// [SECTION] forward and gradients
+
+// The mask of every attention layer: [layers, heads] masks over n. A MaskSet of one layer is
+// used for every layer.
+MaskSet mask_set_dense(int64_t n, int32_t block, int64_t layers, int64_t heads);
+
+// Picks the masks of layer `layer` from that layer's queries and keys (for input-dependent
+// masks such as a block gate): q, k: [1, heads, n, head_dim]. Returns a MaskSet whose layer 0 is
+// used. Empty function: the fixed MaskSet is used.
+using MaskChooser = std::function<MaskSet(int64_t layer, const Tensor& q, const Tensor& k)>;
+
+// What one forward pass gives.
+struct TeacherResult {
+    double loss = 0;            // mean cross entropy over answer positions
+    int64_t answers = 0;        // answer positions
+    int64_t correct = 0;        // answers whose argmax is the target
+    int64_t passkey_answers = 0, passkey_correct = 0;
+};
+
+// Optional outputs of a forward pass, per sequence of the batch.
+struct TeacherCapture {
+    // [batch][layer]: the attention inputs and outputs of each layer, [1, heads, n, head_dim]
+    // (lse: [1, heads, n, 1]).
+    std::vector<std::vector<Tensor>> q, k, v, o, lse;
+};
+
+struct TeacherRunOptions {
+    const MaskSet* masks = nullptr;   // nullptr: dense
+    int32_t block = 16;               // block size of the dense mask when masks is nullptr
+    MaskChooser chooser;              // when set, overrides masks layer by layer
+    TeacherCapture* capture = nullptr;
+    int threads = 0;                  // sequences run in parallel; 0: thread_count()
+};
+
+// Loss and accuracy over a batch, no gradients.
+TeacherResult teacher_evaluate(const Teacher& teacher, const TaskBatch& batch, const TeacherRunOptions& options = {});
+
+// Loss, accuracy and d loss / d params ([teacher_param_count], summed over the batch in a fixed
+// order, so the same for any thread count).
+TeacherResult teacher_gradients(const Teacher& teacher, const TaskBatch& batch, std::vector<double>& grads,
+                                const TeacherRunOptions& options = {});
+
+// [SECTION] training
+
+struct TrainOptions {
+    uint64_t seed = 1;
+    int64_t steps = 4000;          // at most
+    int64_t batch = 16;
+    double lr = 2e-3;              // Adam, warmup then cosine decay to lr / 10
+    int64_t warmup = 100;
+    double clip = 1.0;             // global gradient norm
+    int64_t eval_every = 100;      // held-out accuracy every so many steps
+    int64_t eval_sequences = 64;
+    double stop_accuracy = 0.99;   // stop when held-out accuracy reaches this
+    double max_seconds = 0;        // stop after this long; 0: no limit
+    bool progress = true;          // progress line on stderr
+    int threads = 0;
+};
+
+struct TrainReport {
+    int64_t steps = 0;
+    double seconds = 0;
+    double first_loss = 0, last_loss = 0;          // mean over the first and last 10 steps
+    double held_out_accuracy = 0, held_out_loss = 0;
+    double held_out_mqar = 0, held_out_passkey = 0; // accuracy per task (-1 when none)
+    double tokens_per_second = 0;
+};
+
+// Trains `teacher` in place on its task's training stream (seed), measuring on the held-out
+// stream (task_held_out_seed(seed)).
+TrainReport teacher_train(Teacher& teacher, const TrainOptions& options);
+
+// [SECTION] checkpoints
+
+constexpr int64_t kTeacherFormatVersion = 1;
+
+// Saves atomically: magic, version, a JSON header (configs), the parameters, and a 64-bit
+// checksum of everything before it.
+void teacher_save(const Teacher& teacher, const std::string& path);
+
+// Loads and checks a checkpoint. Throws sparsa::Error naming the file for a foreign, newer,
+// truncated or corrupt one (checksum mismatch), saying what to do.
+Teacher teacher_load(const std::string& path);
+
+} // namespace sparsa::learn

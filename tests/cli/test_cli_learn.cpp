@@ -1,0 +1,110 @@
+// sparsa learn as a user runs it, on a tiny config that finishes in seconds: the chain teacher ->
+// distill (oracle, search, gate) -> eval, and bad input refused with nothing written.
+#include <catch2/catch.hpp>
+
+#include "cli_test.hpp"
+
+#include "engine/npy.hpp"
+#include "engine/tensor.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace fs = std::filesystem;
+using namespace cli_test;
+
+namespace {
+std::string quote(const fs::path& p) { return "'" + p.string() + "'"; }
+const std::string kTiny = " --task passkey --n 64 --d 16 --heads 2 --layers 1 --mlp 16 --batch 8 --lr 0.01 --seed 3";
+} // namespace
+
+TEST_CASE("sparsa learn: teacher, distill, eval on a tiny config", "[cli][learn]") {
+    const fs::path teacher = scratch("learn_teacher.bin"), pat = scratch("learn_search.pat"), gate = scratch("learn_gate.json"),
+                   oracle = scratch("learn_oracle.npz"), report = scratch("learn_report"), pooled = scratch("learn_pooled.npy");
+    fs::remove_all(report);
+    Result r = run("learn teacher" + kTiny + " --steps 40 -o " + quote(teacher));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("tokens/s") != std::string::npos);
+    CHECK(r.out.find("held-out acc") != std::string::npos);
+    CHECK(fs::file_size(teacher) > 0);
+
+    r = run("learn distill --method search --teacher " + quote(teacher) + " --inputs 4 --share 0.8 -o " + quote(pat));
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("attend[layer 0, head 1] = ") != std::string::npos);
+    // The written script is a valid script of the language.
+    CHECK(run("check " + quote(pat)).code == 0);
+
+    r = run("learn distill --method gate --teacher " + quote(teacher) + " --inputs 4 --steps 20 --quiet -o " + quote(gate));
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("gate: KL") != std::string::npos);
+
+    r = run("learn distill --method oracle --teacher " + quote(teacher) + " --density 0.5 -o " + quote(oracle));
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("oracle: 2 of 4 blocks per row") != std::string::npos);
+
+    r = run("learn pool --teacher " + quote(teacher) + " --inputs 2 -o " + quote(pooled));
+    REQUIRE(r.code == 0);
+    CHECK(fs::file_size(pooled) == 128 + 2 * 1 * 2 * 4 * 4 * 8);   // header + [2, 1, 2, 4, 4] doubles
+
+    r = run("learn eval --teacher " + quote(teacher) + " --gate " + quote(gate) + " --inputs 4 --search-inputs 4 -o " + quote(report));
+    REQUIRE(r.code == 0);
+    for (const char* f : {"report.md", "report.json", "recall.png", "accuracy.png"}) CHECK(fs::exists(report / f));
+    std::ifstream in(report / "report.json");
+    const auto j = nlohmann::json::parse(in);
+    CHECK(j["rows"].size() == 1 + 4 * 5);   // dense, then 5 methods at 4 densities
+    for (const auto& row : j["rows"]) {
+        CHECK(row["recall"].get<double>() >= 0.0);
+        CHECK(row["recall"].get<double>() <= 1.0 + 1e-9);
+    }
+}
+
+TEST_CASE("sparsa learn: bad input is named, exits non-zero and writes nothing", "[cli][learn]") {
+    const fs::path bad = scratch("learn_bad.bin"), out = scratch("learn_out.pat");
+    std::ofstream(bad) << "not a checkpoint at all";
+    Result r = run("learn distill --method search --teacher " + quote(bad) + " -o " + quote(out));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("not a sparsa teacher checkpoint") != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+    r = run("learn distill --method magic --teacher " + quote(bad));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--method must be oracle, search or gate") != std::string::npos);
+    r = run("learn teacher --n 8 -o " + quote(out));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--n must be from 16") != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+    r = run("learn teacher --lr fast");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--lr expects a number") != std::string::npos);
+    r = run("learn teach");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("unknown step 'teach'") != std::string::npos);
+}
+
+TEST_CASE("sparsa learn: Q and K dumped from another model drive pool, search and gate", "[cli][learn]") {
+    const fs::path q0 = scratch("learn_q0.npy"), k0 = scratch("learn_k0.npy"), q1 = scratch("learn_q1.npy"), k1 = scratch("learn_k1.npy");
+    const fs::path pat = scratch("learn_dump.pat"), pooled = scratch("learn_dump_pooled.npy"), gate = scratch("learn_dump_gate.json");
+    int seed = 1;
+    for (const fs::path& p : {q0, k0, q1, k1})
+        sparsa::npy_save(sparsa::npy_array_make<float>({2, 96, 8}, sparsa::tensor_random({1, 2, 96, 8}, seed++).data), p.string());
+    const std::string dumps = " --q " + quote(q0) + "," + quote(q1) + " --k " + quote(k0) + "," + quote(k1);
+    Result r = run("learn pool" + dumps + " -o " + quote(pooled));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(fs::file_size(pooled) == 128 + 2 * 2 * 2 * 6 * 6 * 8);   // [2, layers 2, heads 2, 6, 6] doubles
+    r = run("learn distill --method search --share 0.5" + dumps + " -o " + quote(pat));
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("attend[layer 1, head 1] = ") != std::string::npos);
+    CHECK(run("check " + quote(pat)).code == 0);
+    r = run("learn distill --method gate --steps 5 --quiet" + dumps + " -o " + quote(gate));
+    REQUIRE(r.code == 0);
+    // One layer's K missing: refused, nothing written.
+    const fs::path none = scratch("learn_none.pat");
+    r = run("learn distill --method search --q " + quote(q0) + "," + quote(q1) + " --k " + quote(k0) + " -o " + quote(none));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("one Q file and one K file per layer") != std::string::npos);
+    CHECK_FALSE(fs::exists(none));
+}

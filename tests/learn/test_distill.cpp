@@ -1,0 +1,192 @@
+// Distillation on planted attention (Q and K built so that each head attends within a known block
+// pattern): search recovers the pattern, the gate's recall is above 0.99; the gate's gradient
+// against finite differences; the search script recompiles to the same masks and recall; pooled
+// recall agrees with the engine's; baselines stay within their density.
+#include "learn/distill.hpp"
+#include "learn/pool.hpp"
+
+#include "engine/error.hpp"
+#include "engine/npy.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+
+using namespace sparsa;
+using namespace sparsa::learn;
+
+namespace {
+
+constexpr int64_t kN = 128, kHeads = 3, kDim = 16;
+constexpr int32_t kBlock = 16;
+const char* const kPlanted[kHeads] = {"band(1)", "chunk(64)", "global(first(16)) | band(0)"};
+
+// One input whose head h attends (almost only) to the key blocks of kPlanted[h]: key j of block c
+// is alpha * e_c plus noise; query i of block r is alpha * sum of e_c over the kept blocks c of r.
+struct Planted {
+    Tensor q, k, lse;
+};
+Planted planted_input(uint64_t seed) {
+    Planted p;
+    p.q = tensor_random({1, kHeads, kN, kDim}, seed);
+    p.k = tensor_random({1, kHeads, kN, kDim}, seed + 1000);
+    const double alpha = 6.0;
+    for (int64_t h = 0; h < kHeads; ++h) {
+        const auto mask = expression_compile(kPlanted[h], kN, kBlock);
+        for (int64_t i = 0; i < kN; ++i) {
+            for (int64_t j = 0; j < kDim; ++j) {
+                p.q.at(0, h, i, j) *= 0.05f;
+                p.k.at(0, h, i, j) *= 0.05f;
+            }
+            p.k.at(0, h, i, i / kBlock) += static_cast<float>(alpha);
+            const int64_t r = i / kBlock;
+            for (int64_t e = mask->row_ptr[r]; e < mask->row_ptr[r + 1]; ++e) p.q.at(0, h, i, mask->col_idx[e]) += static_cast<float>(alpha);
+        }
+    }
+    p.lse = dense_lse(p.q, p.k, kBlock);
+    return p;
+}
+
+AttentionSample planted_sample(uint64_t first_seed, int64_t inputs) {
+    AttentionSample s;
+    for (int64_t b = 0; b < inputs; ++b) {
+        Planted p = planted_input(first_seed + static_cast<uint64_t>(b));
+        s.q.push_back({p.q});
+        s.k.push_back({p.k});
+        s.lse.push_back({p.lse});
+    }
+    return s;
+}
+
+} // namespace
+
+TEST_CASE("planted attention: search recovers each head's pattern", "[learn][planted]") {
+    const AttentionSample sample = planted_sample(1, 4);
+    const SearchTable table = search_table_build(sample, kBlock, 1);
+    const SearchResult result = search_by_share(table, 0.95);
+    for (int64_t h = 0; h < kHeads; ++h) {
+        INFO("head " << h << " planted " << kPlanted[h] << ", found " << table.candidates[result.choice[h]].expression);
+        CHECK(*result.masks.masks[h] == *expression_compile(kPlanted[h], kN, kBlock));
+        CHECK(result.recall[h] >= 0.95);
+    }
+}
+
+TEST_CASE("search: the written script recompiles to the same masks and the same recall", "[learn][planted]") {
+    const AttentionSample sample = planted_sample(1, 3);
+    const SearchTable table = search_table_build(sample, kBlock, 2);
+    for (double share : {0.5, 0.95}) {
+        const SearchResult result = search_by_share(table, share);
+        CHECK(result.script.find("attend[layer 0, head 2] = ") != std::string::npos);
+        CHECK(result.script.find("# recall ") != std::string::npos);
+        const MaskSet again = script_text_compile(result.script, "search.pat", kN, kBlock);
+        REQUIRE(again.heads == kHeads);
+        for (int64_t h = 0; h < kHeads; ++h) {
+            CHECK(again.at(0, h) == result.masks.at(0, h));
+            double recall = 0;
+            for (int64_t b = 0; b < sample.inputs(); ++b)
+                recall += mask_recall(sample.q[b][0], sample.k[b][0], sample.lse[b][0], again, 0)[h] / static_cast<double>(sample.inputs());
+            CHECK(recall == Approx(result.recall[h]).epsilon(1e-12));
+        }
+    }
+}
+
+TEST_CASE("planted attention: the trained gate keeps more than 0.99 of the attention", "[learn][planted]") {
+    const AttentionSample train = planted_sample(1, 8), held_out = planted_sample(100, 4);
+    BlockGate gate = gate_init(1, kHeads, kDim, 16, kBlock, 5);
+    GateTrainOptions o;
+    o.steps = 300;
+    o.max_pooled = GENERATE(false, true);
+    INFO("target pooled by " << (o.max_pooled ? "max" : "sum"));
+    const GateTrainReport report = gate_train(gate, train, o);
+    INFO("KL " << report.first_loss << " -> " << report.last_loss);
+    CHECK(report.last_loss * 10 < report.first_loss);
+    for (int64_t b = 0; b < held_out.inputs(); ++b) {
+        const MaskSet masks = gate_masks(gate, 0, held_out.q[b][0], held_out.k[b][0], 0, 0.99);
+        const auto recall = mask_recall(held_out.q[b][0], held_out.k[b][0], held_out.lse[b][0], masks, 0);
+        for (int64_t h = 0; h < kHeads; ++h) {
+            const auto planted = expression_compile(kPlanted[h], kN, kBlock);
+            INFO("input " << b << " head " << h << " kept " << masks.at(0, h).kept_blocks() << " blocks, planted " << planted->kept_blocks());
+            CHECK(recall[h] > 0.99);
+            CHECK(masks.at(0, h).kept_blocks() <= planted->kept_blocks() + 8);
+        }
+    }
+    const std::string path = (std::filesystem::temp_directory_path() / "sparsa_learn_gate.json").string();
+    gate_save(gate, path);
+    CHECK(gate_load(path).params == gate.params);
+    std::filesystem::remove(path);
+}
+
+TEST_CASE("gate: gradient matches central differences", "[learn][grad]") {
+    const AttentionSample sample = planted_sample(3, 1);
+    BlockGate gate = gate_init(1, kHeads, kDim, 4, kBlock, 9);
+    PooledAttention pooled = pooled_zeros(1, kHeads, kN, kBlock);
+    pooled_add_layer(pooled, 0, sample.q[0][0], sample.k[0][0]);
+    const int64_t blocks = pooled.blocks();
+    for (int64_t h = 0; h < kHeads; ++h) {
+        std::vector<double> target;
+        for (int64_t r = 0; r < blocks; ++r)
+            for (int64_t c = 0; c < blocks; ++c) target.push_back(pooled.row_share(0, h, r, c));
+        std::vector<double> grad(static_cast<size_t>(gate.per_head()), 0.0);
+        gate_loss(gate, 0, h, sample.q[0][0], sample.k[0][0], target, grad.data());
+        double err = 0, norm = 0;
+        for (int64_t e = 0; e < gate.per_head(); e += 3) {
+            BlockGate plus = gate, minus = gate;
+            plus.at(0, h)[e] += 1e-6;
+            minus.at(0, h)[e] -= 1e-6;
+            const double fd = (gate_loss(plus, 0, h, sample.q[0][0], sample.k[0][0], target, nullptr) -
+                               gate_loss(minus, 0, h, sample.q[0][0], sample.k[0][0], target, nullptr)) / 2e-6;
+            err += (fd - grad[e]) * (fd - grad[e]);
+            norm += fd * fd;
+        }
+        INFO("head " << h << " relative error " << std::sqrt(err / norm));
+        CHECK(std::sqrt(err) <= 1e-6 * std::sqrt(norm));
+        CHECK(norm > 0);
+    }
+}
+
+TEST_CASE("oracle and pooling: pooled recall equals the engine's for full-block masks", "[learn]") {
+    const Tensor q = tensor_random({1, 2, 100, 8}, 1), k = tensor_random({1, 2, 100, 8}, 2);
+    PooledAttention pooled = pooled_zeros(1, 2, 100, 16);
+    pooled_add_layer(pooled, 0, q, k);
+    const Tensor lse = dense_lse(q, k, 16);
+    for (int64_t keep : {1, 3, 7}) {
+        const MaskSet oracle = oracle_masks(pooled, keep);
+        const auto engine = mask_recall(q, k, lse, oracle, 0);
+        for (int64_t h = 0; h < 2; ++h) {
+            CHECK(pooled_recall(pooled, 0, h, oracle.at(0, h)) == Approx(engine[h]).epsilon(1e-5));
+            CHECK(oracle.at(0, h).kept_blocks() == keep * 7);
+        }
+        if (keep == 7) CHECK(engine[0] == Approx(1.0).epsilon(1e-6));
+    }
+    // Each pooled row shares out to 1.
+    double row = 0;
+    for (int64_t c = 0; c < pooled.blocks(); ++c) row += pooled.row_share(0, 1, 6, c);
+    CHECK(row == Approx(1.0).epsilon(1e-9));
+}
+
+TEST_CASE("baselines: Longformer and BigBird stay within the density", "[learn]") {
+    for (double density : {0.1, 0.25, 0.5}) {
+        for (const std::string name : {"longformer", "bigbird"}) {
+            const std::string e = baseline_expression(name, density, 256, 16);
+            const auto mask = expression_compile(e, 256, 16);
+            INFO(e);
+            CHECK(static_cast<double>(mask->kept_blocks()) / 256.0 <= density);
+            CHECK(e.rfind(name + "(", 0) == 0);
+        }
+    }
+    CHECK_THROWS_WITH(baseline_expression("reformer", 0.1, 256, 16), Catch::Contains("use longformer or bigbird"));
+}
+
+TEST_CASE("Q/K dumps: shapes and dtypes are checked, naming the file", "[learn]") {
+    const std::string dir = std::filesystem::temp_directory_path().string();
+    const Tensor q = tensor_random({1, 2, 32, 4}, 1);
+    npy_save(npy_array_make<float>({2, 32, 4}, q.data), dir + "/sparsa_learn_q.npy");
+    npy_save(npy_array_make<float>({2, 32, 4}, q.data), dir + "/sparsa_learn_k.npy");
+    npy_save(npy_array_make<int32_t>({2, 32, 4}, std::vector<int32_t>(256, 1)), dir + "/sparsa_learn_bad.npy");
+    const QkDump dump = qk_dump_load({dir + "/sparsa_learn_q.npy"}, {dir + "/sparsa_learn_k.npy"});
+    CHECK(dump.q[0].data == q.data);
+    CHECK_THROWS_WITH(qk_dump_load({dir + "/sparsa_learn_q.npy"}, {dir + "/sparsa_learn_bad.npy"}),
+                      Catch::Contains("sparsa_learn_bad.npy") && Catch::Contains("float32"));
+    CHECK_THROWS_WITH(qk_dump_load({dir + "/sparsa_learn_q.npy"}, {}), Catch::Contains("one Q file and one K file per layer"));
+}

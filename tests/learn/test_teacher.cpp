@@ -1,0 +1,178 @@
+// The teacher: gradients of every parameter tensor against central finite differences (the model
+// in double, attention through the CPU engine in float), learning from a fixed seed, tasks,
+// checkpoints (round trip, corrupt and truncated files refused).
+#include "learn/teacher.hpp"
+
+#include "engine/error.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+using namespace sparsa;
+using namespace sparsa::learn;
+
+namespace {
+
+TaskConfig tiny_task() {
+    TaskConfig t;
+    t.n = 32;
+    t.pairs = 3;
+    t.queries = 3;
+    t.keys = 4;
+    t.values = 4;
+    t.fillers = 3;
+    return t;
+}
+
+TeacherConfig tiny_model(const TaskConfig& task) {
+    TeacherConfig c;
+    c.vocab = task.vocab();
+    c.d = 8;
+    c.heads = 2;
+    c.layers = 2;
+    c.mlp = 12;
+    return c;
+}
+
+std::string temp_path(const std::string& name) {
+    return (std::filesystem::temp_directory_path() / ("sparsa_learn_" + name)).string();
+}
+
+} // namespace
+
+TEST_CASE("tasks: answers only at query positions, same for the same seed, held-out differs", "[learn]") {
+    TaskConfig t;
+    const TaskBatch a = task_batch(t, 5, 0, 4), b = task_batch(t, 5, 0, 4), c = task_batch(t, task_held_out_seed(5), 0, 4);
+    CHECK(a.tokens == b.tokens);
+    CHECK(a.tokens != c.tokens);
+    for (int64_t s = 0; s < 4; ++s) {
+        int64_t answers = 0;
+        for (int64_t i = 0; i < t.n; ++i) {
+            const int32_t target = a.targets[s * t.n + i];
+            if (target < 0) continue;
+            ++answers;
+            CHECK(target >= t.value_token(0));
+            CHECK(target < t.value_token(t.values));
+            if (a.is_passkey[s]) {
+                CHECK(i == t.n - 1);
+            } else {
+                // The asked key sits in the second half and appears once before, followed by its value.
+                CHECK(i >= t.n / 2);
+                bool found = false;
+                for (int64_t j = 0; j + 1 < t.n / 2; ++j)
+                    if (a.tokens[s * t.n + j] == a.tokens[s * t.n + i] && a.tokens[s * t.n + j + 1] == target) found = true;
+                CHECK(found);
+            }
+        }
+        CHECK(answers == (a.is_passkey[s] ? 1 : t.queries));
+    }
+    TaskConfig bad = t;
+    bad.queries = 9;
+    CHECK_THROWS_WITH(task_batch(bad, 1, 0, 1), Catch::Contains("queries = 9"));
+}
+
+TEST_CASE("teacher: gradients of every parameter tensor match central differences", "[learn][grad]") {
+    const TaskConfig task = tiny_task();
+    const Teacher teacher = teacher_init(tiny_model(task), task, 3);
+    const TaskBatch batch = task_batch(task, 11, 0, 2);
+    std::vector<double> grads;
+    TeacherRunOptions run;
+    run.threads = 1;
+    teacher_gradients(teacher, batch, grads, run);
+    const auto slots = teacher_param_slots(teacher.config);
+    const double eps = 1e-3;
+    for (const ParamSlot& s : slots) {
+        DYNAMIC_SECTION("tensor " << s.name) {
+            double err = 0, norm = 0;
+            for (int64_t t = 0; t < std::min<int64_t>(s.size(), 24); ++t) {
+                const int64_t e = s.offset + (t * 7919) % s.size();
+                Teacher plus = teacher, minus = teacher;
+                plus.params[e] += eps;
+                minus.params[e] -= eps;
+                const double fd = (teacher_evaluate(plus, batch, run).loss - teacher_evaluate(minus, batch, run).loss) / (2 * eps);
+                err += (fd - grads[e]) * (fd - grads[e]);
+                norm += fd * fd + grads[e] * grads[e];
+            }
+            INFO("relative error " << std::sqrt(err / std::max(norm, 1e-30)) << ", gradient norm " << std::sqrt(norm));
+            // Float attention makes the differences noisy at about 1e-4 absolute.
+            CHECK(std::sqrt(err) <= 1e-2 * std::sqrt(norm) + 2e-4);
+            CHECK(norm > 0);   // every tensor gets a gradient
+        }
+    }
+}
+
+TEST_CASE("teacher: same gradients for any thread count", "[learn]") {
+    const TaskConfig task = tiny_task();
+    const Teacher teacher = teacher_init(tiny_model(task), task, 3);
+    const TaskBatch batch = task_batch(task, 11, 0, 5);
+    std::vector<double> g1, g3;
+    TeacherRunOptions one, three;
+    one.threads = 1;
+    three.threads = 3;
+    teacher_gradients(teacher, batch, g1, one);
+    teacher_gradients(teacher, batch, g3, three);
+    CHECK(g1 == g3);
+}
+
+TEST_CASE("teacher: training from a fixed seed lowers the loss by a factor of 2", "[learn][train]") {
+    TaskConfig task;
+    task.kind = TaskKind::passkey;
+    task.n = 32;
+    task.values = 4;
+    task.fillers = 4;
+    task.keys = 1;
+    TeacherConfig model;
+    model.vocab = task.vocab();
+    model.d = 16;
+    model.heads = 2;
+    model.layers = 1;
+    model.mlp = 16;
+    Teacher teacher = teacher_init(model, task, 7);
+    TrainOptions o;
+    o.seed = 7;
+    o.steps = 150;
+    o.batch = 16;
+    o.lr = 1e-2;
+    o.warmup = 10;
+    o.eval_every = 50;
+    o.progress = false;
+    const TrainReport r = teacher_train(teacher, o);
+    INFO("first loss " << r.first_loss << ", last " << r.last_loss << ", held-out accuracy " << r.held_out_accuracy);
+    CHECK(r.last_loss * 2 < r.first_loss);
+}
+
+TEST_CASE("teacher: checkpoints round-trip; corrupt, truncated and foreign files are refused", "[learn]") {
+    const TaskConfig task = tiny_task();
+    const Teacher teacher = teacher_init(tiny_model(task), task, 3);
+    const std::string path = temp_path("teacher.bin");
+    teacher_save(teacher, path);
+    const Teacher back = teacher_load(path);
+    CHECK(back.params == teacher.params);
+    CHECK(back.config.d == teacher.config.d);
+    CHECK(back.task.n == task.n);
+
+    std::vector<char> bytes;
+    {
+        std::ifstream in(path, std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    auto write = [&](const std::vector<char>& b) {
+        std::ofstream out(path, std::ios::binary | std::ios::trunc);
+        out.write(b.data(), static_cast<std::streamsize>(b.size()));
+    };
+    std::vector<char> flipped = bytes;
+    flipped[flipped.size() / 2] ^= 0x10;
+    write(flipped);
+    CHECK_THROWS_WITH(teacher_load(path), Catch::Contains("checksum mismatch"));
+    write(std::vector<char>(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(bytes.size() / 3)));
+    CHECK_THROWS_WITH(teacher_load(path), Catch::Contains("corrupt") || Catch::Contains("truncated"));
+    write(std::vector<char>(bytes.begin(), bytes.begin() + 20));
+    CHECK_THROWS_WITH(teacher_load(path), Catch::Contains("truncated"));
+    write({'h', 'e', 'l', 'l', 'o', '!', '!', '!', '!'});
+    CHECK_THROWS_WITH(teacher_load(path), Catch::Contains("not a sparsa teacher checkpoint"));
+    std::filesystem::remove(path);
+}
