@@ -1,0 +1,1142 @@
+// _sparsa: the pybind11 module behind `import sparsa` (python/sparsa/__init__.py re-exports it).
+// Scripts compile to MaskSets, attention runs on numpy arrays, receptive fields are queried, and
+// errors arrive as sparsa.Error (a ValueError) or sparsa.ScriptError with the CLI's diagnostic.
+//
+// Index
+//   [SECTION] errors          sparsa.Error, sparsa.ScriptError and the Diagnostic object
+//   [SECTION] arrays          numpy <-> engine tensors: checks that name the argument, outputs without copies
+//   [SECTION] scripts         parse, load, compile
+//   [SECTION] mask sets       statistics, dense and block pictures, files
+//   [SECTION] attention       CPU engine forward and backward, the dense reference
+//   [SECTION] receptive       coverage per layer, one token's field, the warning, dense R_l
+//   [SECTION] cuda            the CUDA engine where it is built and a GPU is present
+//   [SECTION] learn           sparsa.learn: train the teacher, oracle / search / gate, evaluate (when learn/ is built)
+#include "dsl/diagnostics.hpp"
+#include "dsl/script.hpp"
+#include "engine/block_mask.hpp"
+#include "engine/cpu_attention.hpp"
+#include "engine/error.hpp"
+#include "engine/mask_io.hpp"
+#include "engine/reach_graph.hpp"
+#include "engine/receptive_field.hpp"
+#include "engine/reference.hpp"
+#include "engine/tensor.hpp"
+#include "engine/threads.hpp"
+#ifdef SPARSA_HAVE_CUDA
+#include "engine/cuda/attention_cuda.hpp"
+#endif
+#ifdef SPARSA_HAVE_LEARN
+#include "learn/distill.hpp"
+#include "learn/eval.hpp"
+#include "learn/pool.hpp"
+#include "learn/tasks.hpp"
+#include "learn/teacher.hpp"
+#endif
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+using namespace sparsa;
+
+namespace {
+
+// [SECTION] errors
+
+// One diagnostic as Python sees it; `text` is exactly what the CLI prints for it.
+struct DiagnosticView {
+    std::string severity;  // "error" or "warning"
+    std::string file;      // "" for a diagnostic about no particular place
+    int line = 0, column = 0;
+    std::string message, hint, text;
+};
+
+DiagnosticView diagnostic_view(const dsl::Diagnostic& d) {
+    DiagnosticView v;
+    v.severity = d.severity == dsl::Severity::error ? "error" : "warning";
+    if (d.source) {
+        v.file = d.source->name;
+        v.line = d.line();
+        v.column = d.column();
+    }
+    v.message = d.message;
+    v.hint = d.hint;
+    v.text = dsl::diagnostic_format(d);
+    return v;
+}
+
+std::vector<DiagnosticView> diagnostic_views(const std::vector<dsl::Diagnostic>& diagnostics) {
+    std::vector<DiagnosticView> views;
+    for (const auto& d : diagnostics) views.push_back(diagnostic_view(d));
+    return views;
+}
+
+// Our own argument checks raise a plain ValueError naming the argument.
+[[noreturn]] void value_error(const std::string& message) { throw py::value_error(message); }
+
+// [SECTION] arrays
+
+std::string shape_text(const py::array& a) {
+    std::string out = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
+    return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// The numpy array behind `obj`, checked to be a real floating array of `ndim` dimensions.
+py::array array_checked(const py::handle& obj, const std::string& name, py::ssize_t ndim, const char* layout) {
+    if (!py::isinstance<py::array>(obj)) {
+        value_error(name + ": expected a numpy array " + layout + ", got " +
+                    std::string(Py_TYPE(obj.ptr())->tp_name) + " (use np.asarray(" + name + "))");
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().kind() != 'f') {
+        value_error(name + ": dtype " + std::string(py::str(a.dtype())) +
+                    " is not a floating type (pass " + name + ".astype(np.float32))");
+    }
+    if (a.ndim() != ndim) {
+        value_error(name + ": expected " + std::to_string(ndim) + " dimensions " + layout + ", got shape " + shape_text(a));
+    }
+    return a;
+}
+
+// A copy of a floating array as the engine's C-order tensor of element T (float32 or float64;
+// other float dtypes and any strides are converted). a: [batch, heads, n, d].
+template <typename T> BasicTensor<T> tensor_from(const py::array& a) {
+    auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+    BasicTensor<T> t;
+    t.shape = {c.shape(0), c.shape(1), c.shape(2), c.shape(3)};
+    t.data.assign(c.data(), c.data() + c.size());
+    return t;
+}
+
+// q, k, v (and the other [batch, heads, n, d] arguments) checked against each other and the
+// mask set, naming the argument that is wrong.
+void attention_args_check(const std::vector<std::pair<std::string, py::array>>& arrays, const MaskSet& set, int64_t layer) {
+    const py::array& q = arrays[0].second;
+    for (size_t i = 1; i < arrays.size(); ++i) {
+        const py::array& a = arrays[i].second;
+        if (a.ndim() != 4 || a.shape(0) != q.shape(0) || a.shape(1) != q.shape(1) || a.shape(2) != q.shape(2) ||
+            a.shape(3) != q.shape(3)) {
+            value_error(arrays[i].first + ": shape " + shape_text(a) + " differs from q's " + shape_text(q) +
+                        " (q, k, v, o and d_o are all [batch, heads, n, d])");
+        }
+    }
+    for (py::ssize_t i = 0; i < 4; ++i) {
+        if (q.shape(i) < 1) value_error("q: shape " + shape_text(q) + " has an empty dimension (each of batch, heads, n, d must be >= 1)");
+    }
+    if (q.shape(3) > kMaxHeadDim) {
+        value_error("q: head dimension d = " + std::to_string(q.shape(3)) + " is above " + std::to_string(kMaxHeadDim) +
+                    " (split the heads, or use d <= 256)");
+    }
+    if (q.shape(2) != set.n) {
+        value_error("q: n = " + std::to_string(q.shape(2)) + " but the mask set was compiled for n = " + std::to_string(set.n) +
+                    " (compile the script with n=" + std::to_string(q.shape(2)) + ")");
+    }
+    if (q.shape(1) != set.heads) {
+        value_error("q: " + std::to_string(q.shape(1)) + " heads but the mask set has " + std::to_string(set.heads) +
+                    " (the script's `heads` statement sets them)");
+    }
+    if (layer < 0 || layer >= set.layers) {
+        value_error("layer " + std::to_string(layer) + " is out of range: the mask set has " + std::to_string(set.layers) +
+                    " layer" + (set.layers == 1 ? "" : "s") + " (0.." + std::to_string(set.layers - 1) + ")");
+    }
+}
+
+// A tensor handed to numpy without a copy: the array owns the tensor's buffer.
+// With drop_last, [batch, heads, n, 1] comes out as [batch, heads, n] (lse).
+template <typename T> py::array array_from(BasicTensor<T>&& t, bool drop_last = false) {
+    auto* owned = new std::vector<T>(std::move(t.data));
+    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    std::vector<py::ssize_t> shape = {t.shape.batch, t.shape.heads, t.shape.n};
+    if (!drop_last) shape.push_back(t.shape.d);
+    return py::array_t<T>(shape, owned->data(), owner);
+}
+
+// lse as given back by attention(): [batch, heads, n] (or [batch, heads, n, 1]) -> [.., n, 1].
+Tensor lse_from(const py::handle& obj, const py::array& q) {
+    if (!py::isinstance<py::array>(obj)) value_error("lse: expected a numpy array [batch, heads, n] (as attention() returns it)");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (a.ndim() == 4 && a.shape(3) == 1) a = a.attr("reshape")(a.shape(0), a.shape(1), a.shape(2));
+    a = array_checked(a, "lse", 3, "[batch, heads, n]");
+    if (a.shape(0) != q.shape(0) || a.shape(1) != q.shape(1) || a.shape(2) != q.shape(2)) {
+        value_error("lse: shape " + shape_text(a) + " does not match q's [batch, heads, n] = (" + std::to_string(q.shape(0)) + ", " +
+                    std::to_string(q.shape(1)) + ", " + std::to_string(q.shape(2)) + ") (pass the lse attention() returned)");
+    }
+    a = a.attr("reshape")(a.shape(0), a.shape(1), a.shape(2), 1);
+    return tensor_from<float>(a);
+}
+
+// [SECTION] scripts
+
+struct PyScript {
+    dsl::ScriptPtr script;
+};
+
+// A compiled MaskSet and the warnings its compile gave.
+struct PyMaskSet {
+    MaskSet set;
+    std::vector<DiagnosticView> warnings;
+};
+using PyMaskSetPtr = std::shared_ptr<PyMaskSet>;
+
+PyMaskSetPtr script_compile_py(const PyScript& s, int64_t n, int32_t block, int threads) {
+    if (n < 1) value_error("n: the sequence length must be >= 1, got " + std::to_string(n));
+    if (block != 0 && !block_size_valid(block)) {
+        value_error("block: " + std::to_string(block) + " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
+    }
+    dsl::CompileOptions options;
+    options.n = n;
+    options.block = block;
+    options.threads = threads;
+    dsl::Compiled compiled;
+    {
+        py::gil_scoped_release release;
+        compiled = dsl::script_compile(*s.script, options);
+    }
+    auto out = std::make_shared<PyMaskSet>();
+    out->set = std::move(compiled.masks);
+    out->warnings = diagnostic_views(compiled.warnings);
+    return out;
+}
+
+// [SECTION] mask sets
+
+void mask_index_check(const MaskSet& set, int64_t layer, int64_t head) {
+    if (layer < 0 || layer >= set.layers) {
+        value_error("layer " + std::to_string(layer) + " is out of range: the mask set has " + std::to_string(set.layers) +
+                    " layer" + (set.layers == 1 ? "" : "s") + " (0.." + std::to_string(set.layers - 1) + ")");
+    }
+    if (head < 0 || head >= set.heads) {
+        value_error("head " + std::to_string(head) + " is out of range: the mask set has " + std::to_string(set.heads) +
+                    " head" + (set.heads == 1 ? "" : "s") + " (0.." + std::to_string(set.heads - 1) + ")");
+    }
+}
+
+// to_dense refuses larger n: an [n, n] bool matrix of 64 MiB is the most a notebook should draw.
+constexpr int64_t kMaxDenseN = 8192;
+
+// The mask of (layer, head) as a bool matrix: [n, n], [q, k] true when q may attend to k.
+py::array mask_to_dense(const PyMaskSet& m, int64_t layer, int64_t head) {
+    mask_index_check(m.set, layer, head);
+    const int64_t n = m.set.n;
+    if (n > kMaxDenseN) {
+        value_error("to_dense: n = " + std::to_string(n) + " is above " + std::to_string(kMaxDenseN) +
+                    " (an [n, n] matrix would take " + std::to_string(n * n >> 20) +
+                    " MiB); use block_grid(layer, head) for the block picture, or stats(layer, head)");
+    }
+    py::array_t<bool> dense({n, n});
+    auto* out = reinterpret_cast<uint8_t*>(dense.mutable_data());
+    const BlockMask& mask = m.set.at(layer, head);
+    py::gil_scoped_release release;
+    for (int64_t q = 0; q < n; ++q) block_mask_dense_row(mask, q, out + q * n);
+    return dense;
+}
+
+// The block picture of (layer, head): [q_blocks, k_blocks] int8, 0 not kept, 1 partial, 2 full.
+py::array mask_block_grid(const PyMaskSet& m, int64_t layer, int64_t head) {
+    mask_index_check(m.set, layer, head);
+    const BlockMask& mask = m.set.at(layer, head);
+    const int64_t blocks = mask.q_blocks();
+    if (blocks > 65536) value_error("block_grid: " + std::to_string(blocks) + " block rows is too many to draw (at most 65536)");
+    py::array_t<int8_t> grid({blocks, blocks});
+    int8_t* out = grid.mutable_data();
+    std::fill(out, out + blocks * blocks, int8_t{0});
+    for (int64_t r = 0; r < blocks; ++r) {
+        for (int64_t e = mask.row_ptr[static_cast<size_t>(r)]; e < mask.row_ptr[static_cast<size_t>(r + 1)]; ++e) {
+            out[r * blocks + mask.col_idx[static_cast<size_t>(e)]] = mask.partial_idx[static_cast<size_t>(e)] < 0 ? 2 : 1;
+        }
+    }
+    return grid;
+}
+
+template <typename T> py::array array_copy(const std::vector<T>& v) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+// The CSR arrays of (layer, head) (copies): row_ptr, col_idx, partial_idx, bits [partial, B*B/64].
+py::dict mask_csr(const PyMaskSet& m, int64_t layer, int64_t head) {
+    mask_index_check(m.set, layer, head);
+    const BlockMask& mask = m.set.at(layer, head);
+    py::dict d;
+    d["row_ptr"] = array_copy(mask.row_ptr);
+    d["col_idx"] = array_copy(mask.col_idx);
+    d["partial_idx"] = array_copy(mask.partial_idx);
+    d["bits"] = array_copy(mask.bits).attr("reshape")(mask.partial_blocks(), mask.words_per_block());
+    d["block"] = mask.block;
+    d["n"] = mask.n;
+    return d;
+}
+
+// A MaskSet from dense bool matrices: [n, n] (one layer, one head) or [layers, heads, n, n].
+PyMaskSetPtr mask_set_from_dense_py(const py::handle& obj, int32_t block) {
+    if (!py::isinstance<py::array>(obj)) value_error("dense: expected a numpy bool array [n, n] or [layers, heads, n, n]");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (a.ndim() == 2) a = a.attr("reshape")(1, 1, a.shape(0), a.shape(1));
+    if (a.ndim() != 4 || a.shape(2) != a.shape(3) || a.shape(2) < 1) {
+        value_error("dense: expected [n, n] or [layers, heads, n, n] with square masks, got shape " + shape_text(a));
+    }
+    if (!block_size_valid(block)) value_error("block: " + std::to_string(block) + " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
+    auto bytes = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(a.attr("astype")("bool").attr("astype")("uint8"));
+    const int64_t layers = a.shape(0), heads = a.shape(1), n = a.shape(2);
+    std::vector<std::shared_ptr<const BlockMask>> masks;
+    for (int64_t i = 0; i < layers * heads; ++i) {
+        masks.push_back(std::make_shared<BlockMask>(block_mask_from_dense(n, block, bytes.data() + i * n * n)));
+    }
+    auto out = std::make_shared<PyMaskSet>();
+    out->set = mask_set_make(layers, heads, std::move(masks));
+    return out;
+}
+
+double mask_set_mean_density(const MaskSet& set) {
+    double sum = 0;
+    for (int64_t l = 0; l < set.layers; ++l) {
+        for (int64_t h = 0; h < set.heads; ++h) sum += block_mask_stats(set.at(l, h)).density;
+    }
+    return sum / static_cast<double>(set.layers * set.heads);
+}
+
+// [SECTION] attention
+
+std::pair<std::string, py::array> named(const char* name, const py::handle& obj) {
+    return {name, array_checked(obj, name, 4, "[batch, heads, n, d]")};
+}
+
+py::tuple attention_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& m,
+                       int64_t layer, float scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
+    attention_args_check(args, m.set, layer);
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
+    AttentionOptions options;
+    options.scale = scale;
+    options.threads = threads;
+    AttentionOutput out;
+    {
+        py::gil_scoped_release release;
+        out = attention_forward(q, k, v, m.set, layer, options);
+    }
+    return py::make_tuple(array_from(std::move(out.o)), array_from(std::move(out.lse), true));
+}
+
+py::tuple attention_backward_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj,
+                                const py::handle& o_obj, const py::handle& lse_obj, const py::handle& do_obj,
+                                const PyMaskSet& m, int64_t layer, float scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj), named("o", o_obj), named("d_o", do_obj)};
+    attention_args_check(args, m.set, layer);
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
+    Tensor o = tensor_from<float>(args[3].second), d_o = tensor_from<float>(args[4].second);
+    Tensor lse = lse_from(lse_obj, args[0].second);
+    AttentionOptions options;
+    options.scale = scale;
+    options.threads = threads;
+    AttentionGrads grads;
+    {
+        py::gil_scoped_release release;
+        grads = attention_backward(q, k, v, o, lse, d_o, m.set, layer, options);
+    }
+    return py::make_tuple(array_from(std::move(grads.dq)), array_from(std::move(grads.dk)), array_from(std::move(grads.dv)));
+}
+
+py::tuple reference_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& m,
+                       int64_t layer, double scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
+    attention_args_check(args, m.set, layer);
+    TensorD q = tensor_from<double>(args[0].second), k = tensor_from<double>(args[1].second), v = tensor_from<double>(args[2].second);
+    ReferenceOptions options;
+    options.scale = scale;
+    options.threads = threads;
+    ReferenceOutput out;
+    {
+        py::gil_scoped_release release;
+        out = reference_forward(q, k, v, m.set, layer, options);
+    }
+    return py::make_tuple(array_from(std::move(out.o)), array_from(std::move(out.lse), true));
+}
+
+py::tuple reference_backward_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj,
+                                const py::handle& do_obj, const PyMaskSet& m, int64_t layer, double scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj), named("d_o", do_obj)};
+    attention_args_check(args, m.set, layer);
+    TensorD q = tensor_from<double>(args[0].second), k = tensor_from<double>(args[1].second), v = tensor_from<double>(args[2].second);
+    TensorD d_o = tensor_from<double>(args[3].second);
+    ReferenceOptions options;
+    options.scale = scale;
+    options.threads = threads;
+    ReferenceGrads grads;
+    {
+        py::gil_scoped_release release;
+        grads = reference_backward(q, k, v, d_o, m.set, layer, options);
+    }
+    return py::make_tuple(array_from(std::move(grads.dq)), array_from(std::move(grads.dk)), array_from(std::move(grads.dv)));
+}
+
+// [SECTION] receptive
+
+ReachResolution resolution_parse(const std::string& text, int64_t n) {
+    if (text == "auto") return reach_resolution_auto(n);
+    if (text == "token") return ReachResolution::token;
+    if (text == "block") return ReachResolution::block;
+    value_error("resolution: expected 'auto', 'token' or 'block', got '" + text + "'");
+}
+
+// Bitsets [words] over n positions as a bool array [n].
+void bits_to_bools(const std::vector<uint64_t>& bits, int64_t n, bool* out) {
+    for (int64_t t = 0; t < n; ++t) out[t] = bits_test(bits.data(), t);
+}
+
+struct TokenReachView {
+    int64_t token = 0;
+    std::string direction;
+    py::array sizes;          // [layers + 1] int64
+    int64_t layers_to_all = -1;
+    py::object sets;          // [layers + 1, n] bool when kept, else None
+};
+
+TokenReachView reach_token_py(const PyMaskSet& m, int64_t token, const std::string& direction, bool keep_sets) {
+    if (direction != "in" && direction != "out") value_error("direction: expected 'in' or 'out', got '" + direction + "'");
+    if (token < 0 || token >= m.set.n) {
+        value_error("token " + std::to_string(token) + " is out of range: n = " + std::to_string(m.set.n) + " (0.." +
+                    std::to_string(m.set.n - 1) + ")");
+    }
+    const ReachDirection dir = direction == "in" ? ReachDirection::in : ReachDirection::out;
+    TokenReach reach;
+    {
+        py::gil_scoped_release release;
+        const ReachGraph graph = reach_graph_make(m.set, dir == ReachDirection::out);
+        reach = receptive_field_token(graph, token, dir, keep_sets);
+    }
+    TokenReachView v;
+    v.token = reach.token;
+    v.direction = direction;
+    v.sizes = array_copy(reach.sizes);
+    v.layers_to_all = reach.layers_to_all;
+    v.sets = py::none();
+    if (keep_sets) {
+        const int64_t n = m.set.n, rows = static_cast<int64_t>(reach.sets.size());
+        py::array_t<bool> sets({rows, n});
+        for (int64_t l = 0; l < rows; ++l) bits_to_bools(reach.sets[static_cast<size_t>(l)], n, sets.mutable_data() + l * n);
+        v.sets = sets;
+    }
+    return v;
+}
+
+ReachCoverage reach_coverage_py(const PyMaskSet& m, const std::string& resolution, int64_t max_layers, int64_t max_nodes, int threads) {
+    ReachOptions options;
+    options.resolution = resolution_parse(resolution, m.set.n);
+    if (max_layers < 0) value_error("max_layers: expected >= 0 (0: no limit), got " + std::to_string(max_layers));
+    if (max_nodes < 1) value_error("max_nodes: expected >= 1, got " + std::to_string(max_nodes));
+    options.max_layers = max_layers;
+    options.max_nodes = max_nodes;
+    options.threads = threads;
+    py::gil_scoped_release release;
+    return receptive_field_coverage(m.set, options);
+}
+
+// R_l for every layer of the set: [layers, n, n] bool, [l, q, k] true when query q has seen key
+// k after layer l + 1 (0-based as the script's `l`). Limited to 1 GiB of output.
+py::array reach_dense_py(const PyMaskSet& m, int threads) {
+    const int64_t n = m.set.n, layers = m.set.layers;
+    if (n > kMaxDenseN || static_cast<double>(layers) * static_cast<double>(n) * static_cast<double>(n) > double(1 << 30)) {
+        value_error("reach_dense: layers x n x n = " + std::to_string(layers) + " x " + std::to_string(n) + " x " + std::to_string(n) +
+                    " bytes is too large (n <= 8192 and at most 1 GiB); use reach_token(...) for one token at any n");
+    }
+    py::array_t<bool> out({layers, n, n});
+    bool* data = out.mutable_data();
+    ReachOptions options;
+    options.resolution = ReachResolution::token;
+    options.threads = threads;
+    options.max_layers = layers;
+    options.on_layer = [&](int64_t layer, const std::vector<uint64_t>& rows, int64_t words) {
+        bool* plane = data + (layer - 1) * n * n;
+        for (int64_t q = 0; q < n; ++q) {
+            const uint64_t* row = rows.data() + q * words;
+            for (int64_t k = 0; k < n; ++k) plane[q * n + k] = bits_test(row, k);
+        }
+    };
+    py::gil_scoped_release release;
+    receptive_field_coverage(m.set, options);
+    return out;
+}
+
+// [SECTION] cuda
+
+#ifdef SPARSA_HAVE_CUDA
+CudaDtype cuda_dtype_parse(const std::string& text) {
+    if (text == "float32" || text == "fp32") return CudaDtype::float32;
+    if (text == "bf16" || text == "bfloat16") return CudaDtype::bfloat16;
+    if (text == "fp16" || text == "float16") return CudaDtype::float16;
+    value_error("dtype: expected 'bf16', 'fp16' or 'float32', got '" + text + "'");
+}
+
+// One engine for the process, created on first use and never destroyed (its device buffers are
+// reused; freeing them during interpreter exit would race the CUDA runtime's own teardown).
+CudaAttention& cuda_engine() {
+    static CudaAttention* engine = new CudaAttention();
+    return *engine;
+}
+#endif
+
+// [SECTION] learn
+
+#ifdef SPARSA_HAVE_LEARN
+// The sequences search and the gate learn from start here in the training stream, as in
+// `sparsa learn` (far from the sequences the teacher trained on first).
+constexpr int64_t kCalibrationFirst = int64_t{1} << 40;
+
+struct PyTeacher {
+    learn::Teacher teacher;
+};
+struct PySample {
+    learn::AttentionSample sample;
+    int32_t block = 16;
+};
+struct PySearchTable {
+    learn::SearchTable table;
+};
+struct PyGate {
+    learn::BlockGate gate;
+};
+
+// [layers] tensors of [1, heads, n, d] as one array [layers, heads, n, d] (a copy); with
+// drop_last, d = 1 is dropped (lse).
+py::array tensors_stack(const std::vector<Tensor>& layers, bool drop_last = false) {
+    const TensorShape s = layers.at(0).shape;
+    std::vector<py::ssize_t> shape = {static_cast<py::ssize_t>(layers.size()), s.heads, s.n};
+    if (!drop_last) shape.push_back(s.d);
+    py::array_t<float> out(shape);
+    float* data = out.mutable_data();
+    for (const Tensor& t : layers) data = std::copy(t.data.begin(), t.data.end(), data);
+    return out;
+}
+
+// One teacher-shaped input [1, heads, n, d] from numpy, checked against the teacher.
+Tensor teacher_tensor(const py::handle& obj, const char* name, const learn::Teacher& t) {
+    py::array a = array_checked(obj, name, 4, "[1, heads, n, head_dim]");
+    if (a.shape(0) != 1 || a.shape(1) != t.config.heads || a.shape(2) != t.task.n || a.shape(3) != t.config.head_dim()) {
+        value_error(std::string(name) + ": shape " + shape_text(a) + " is not the teacher's [1, heads, n, head_dim] = (1, " +
+                    std::to_string(t.config.heads) + ", " + std::to_string(t.task.n) + ", " + std::to_string(t.config.head_dim()) + ")");
+    }
+    return tensor_from<float>(a);
+}
+
+py::dict train_report_dict(const learn::TrainReport& r) {
+    py::dict d;
+    d["steps"] = r.steps;
+    d["seconds"] = r.seconds;
+    d["first_loss"] = r.first_loss;
+    d["last_loss"] = r.last_loss;
+    d["held_out_accuracy"] = r.held_out_accuracy;
+    d["held_out_loss"] = r.held_out_loss;
+    d["held_out_mqar"] = r.held_out_mqar;
+    d["held_out_passkey"] = r.held_out_passkey;
+    d["tokens_per_second"] = r.tokens_per_second;
+    return d;
+}
+
+PyMaskSetPtr mask_set_wrap(MaskSet set) {
+    auto out = std::make_shared<PyMaskSet>();
+    out->set = std::move(set);
+    return out;
+}
+
+py::dict search_result_dict(const learn::SearchResult& r, const learn::SearchTable& t) {
+    py::dict d;
+    d["script"] = r.script;
+    d["masks"] = mask_set_wrap(r.masks);
+    py::array_t<double> recall({t.layers, t.heads});
+    py::list expressions;
+    for (int64_t l = 0; l < t.layers; ++l) {
+        py::list row;
+        for (int64_t h = 0; h < t.heads; ++h) {
+            const size_t i = static_cast<size_t>(l * t.heads + h);
+            recall.mutable_at(l, h) = r.recall[i];
+            row.append(t.candidates[static_cast<size_t>(r.choice[i])].expression);
+        }
+        expressions.append(row);
+    }
+    d["recall"] = recall;
+    d["expressions"] = expressions;
+    return d;
+}
+
+void bind_learn(py::module_& parent) {
+    py::module_ m = parent.def_submodule("learn", "Learned sparsity: a dense teacher, masks distilled from its attention, and their evaluation.");
+
+    py::class_<PyTeacher>(m, "Teacher", "A tiny dense transformer trained on recall tasks (mqar, passkey) with sparsa's CPU engine.")
+        .def_property_readonly("n", [](const PyTeacher& t) { return t.teacher.task.n; })
+        .def_property_readonly("layers", [](const PyTeacher& t) { return t.teacher.config.layers; })
+        .def_property_readonly("heads", [](const PyTeacher& t) { return t.teacher.config.heads; })
+        .def_property_readonly("d", [](const PyTeacher& t) { return t.teacher.config.d; })
+        .def_property_readonly("head_dim", [](const PyTeacher& t) { return t.teacher.config.head_dim(); })
+        .def_property_readonly("task", [](const PyTeacher& t) { return learn::task_kind_name(t.teacher.task.kind); })
+        .def_property_readonly("param_count", [](const PyTeacher& t) { return t.teacher.params.size(); })
+        .def("save", [](const PyTeacher& t, const std::string& path) { learn::teacher_save(t.teacher, path); }, py::arg("path"),
+             "Saves a checkpoint atomically (the format of `sparsa learn teacher -o`).")
+        .def_static("load", [](const std::string& path) { return PyTeacher{learn::teacher_load(path)}; }, py::arg("path"))
+        .def("evaluate", [](const PyTeacher& t, const PyMaskSetPtr& masks, int64_t sequences, uint64_t seed, int32_t block, int threads) {
+                 if (sequences < 1) value_error("sequences: expected >= 1, got " + std::to_string(sequences));
+                 const learn::TaskBatch batch = learn::task_batch(t.teacher.task, learn::task_held_out_seed(seed), 0, sequences);
+                 learn::TeacherRunOptions run;
+                 run.masks = masks ? &masks->set : nullptr;
+                 run.block = block;
+                 run.threads = threads;
+                 learn::TeacherResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = learn::teacher_evaluate(t.teacher, batch, run);
+                 }
+                 py::dict d;
+                 d["loss"] = r.loss;
+                 d["accuracy"] = r.answers ? static_cast<double>(r.correct) / static_cast<double>(r.answers) : 0.0;
+                 d["answers"] = r.answers;
+                 d["passkey_accuracy"] = r.passkey_answers ? static_cast<double>(r.passkey_correct) / static_cast<double>(r.passkey_answers) : -1.0;
+                 return d;
+             }, py::arg("masks") = nullptr, py::arg("sequences") = 64, py::arg("seed") = 1, py::arg("block") = 16, py::arg("threads") = 0,
+             "Loss and accuracy on `sequences` held-out sequences, with dense attention (masks None) or with `masks` "
+             "([layers, heads] at the teacher's n; a one-layer set is used for every layer).")
+        .def("attention", [](const PyTeacher& t, int64_t index, uint64_t seed, int32_t block) {
+                 const learn::TaskBatch batch = learn::task_batch(t.teacher.task, learn::task_held_out_seed(seed), index, 1);
+                 learn::TeacherCapture capture;
+                 learn::TeacherRunOptions run;
+                 run.block = block;
+                 run.capture = &capture;
+                 {
+                     py::gil_scoped_release release;
+                     learn::teacher_evaluate(t.teacher, batch, run);
+                 }
+                 py::dict d;
+                 d["tokens"] = array_copy(batch.tokens);
+                 d["targets"] = array_copy(batch.targets);
+                 d["q"] = tensors_stack(capture.q[0]);
+                 d["k"] = tensors_stack(capture.k[0]);
+                 d["v"] = tensors_stack(capture.v[0]);
+                 d["o"] = tensors_stack(capture.o[0]);
+                 d["lse"] = tensors_stack(capture.lse[0], true);
+                 return d;
+             }, py::arg("index") = 0, py::arg("seed") = 1, py::arg("block") = 16,
+             "The dense attention inputs and outputs of held-out sequence `index`: a dict of tokens [n], targets [n] (-1: no answer), "
+             "q, k, v, o [layers, heads, n, head_dim] and lse [layers, heads, n].");
+
+    m.def("train_teacher", [](const std::string& task, int64_t n, int64_t pairs, int64_t queries, int64_t d, int64_t heads, int64_t layers,
+                              int64_t mlp, int64_t steps, int64_t batch, double lr, uint64_t seed, double stop_accuracy, double max_seconds,
+                              bool progress, int threads) {
+              learn::TaskConfig task_config;
+              task_config.kind = learn::task_kind_parse(task);
+              task_config.n = n;
+              task_config.pairs = pairs;
+              task_config.queries = queries;
+              learn::TeacherConfig model;
+              model.vocab = task_config.vocab();
+              model.d = d;
+              model.heads = heads;
+              model.layers = layers;
+              model.mlp = mlp;
+              learn::TrainOptions o;
+              o.seed = seed;
+              o.steps = steps;
+              o.batch = batch;
+              o.lr = lr;
+              o.stop_accuracy = stop_accuracy;
+              o.max_seconds = max_seconds;
+              o.progress = progress;
+              o.threads = threads;
+              PyTeacher t;
+              learn::TrainReport r;
+              {
+                  py::gil_scoped_release release;
+                  learn::task_config_check(task_config);
+                  learn::teacher_config_check(model);
+                  t.teacher = learn::teacher_init(model, task_config, seed);
+                  r = learn::teacher_train(t.teacher, o);
+              }
+              return py::make_tuple(std::move(t), train_report_dict(r));
+          }, py::arg("task") = "mix", py::arg("n") = 256, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("d") = 64, py::arg("heads") = 4, py::arg("layers") = 2,
+          py::arg("mlp") = 128, py::arg("steps") = 3000, py::arg("batch") = 16, py::arg("lr") = 2e-3, py::arg("seed") = 1,
+          py::arg("stop_accuracy") = 0.98, py::arg("max_seconds") = 0.0, py::arg("progress") = false, py::arg("threads") = 0,
+          "Trains a dense teacher on `task` ('mqar', 'passkey' or 'mix') at length n (mqar: `pairs` key-value pairs, `queries` of them asked): returns (Teacher, report dict). Stops after "
+          "`steps`, at `stop_accuracy` held-out accuracy, or after `max_seconds` (0: no limit). progress prints to stderr.");
+
+    py::class_<PySample>(m, "AttentionSample", "The dense teacher's q, k and lse on several inputs: what search and the gate learn from.")
+        .def_property_readonly("inputs", [](const PySample& s) { return s.sample.inputs(); })
+        .def_property_readonly("layers", [](const PySample& s) { return s.sample.layers(); })
+        .def_property_readonly("block", [](const PySample& s) { return s.block; });
+    m.def("attention_sample", [](const PyTeacher& t, int64_t count, uint64_t seed, int32_t block, int threads) {
+              if (count < 1) value_error("count: expected >= 1, got " + std::to_string(count));
+              if (!block_size_valid(block)) value_error("block: " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              PySample s;
+              s.block = block;
+              py::gil_scoped_release release;
+              s.sample = learn::attention_sample(t.teacher, seed, kCalibrationFirst, count, block, threads);
+              return s;
+          }, py::arg("teacher"), py::arg("count") = 32, py::arg("seed") = 1, py::arg("block") = 16, py::arg("threads") = 0,
+          "The teacher's attention inputs on `count` training-stream sequences set apart for calibration (as `sparsa learn` uses).");
+
+    m.def("attention_sample_from_qk", [](const py::handle& q_obj, const py::handle& k_obj, int32_t block) {
+              if (!block_size_valid(block)) value_error("block: " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              py::array q = py::isinstance<py::array>(q_obj) ? py::reinterpret_borrow<py::array>(q_obj) : py::array();
+              py::array k = py::isinstance<py::array>(k_obj) ? py::reinterpret_borrow<py::array>(k_obj) : py::array();
+              if (q && q.ndim() == 4) q = q.attr("reshape")(1, q.shape(0), q.shape(1), q.shape(2), q.shape(3));
+              if (k && k.ndim() == 4) k = k.attr("reshape")(1, k.shape(0), k.shape(1), k.shape(2), k.shape(3));
+              q = array_checked(q ? py::handle(q) : q_obj, "q", 5, "[inputs, layers, heads, n, d] or [layers, heads, n, d]");
+              k = array_checked(k ? py::handle(k) : k_obj, "k", 5, "[inputs, layers, heads, n, d] or [layers, heads, n, d]");
+              for (py::ssize_t i = 0; i < 5; ++i) {
+                  if (k.shape(i) != q.shape(i)) value_error("k: shape " + shape_text(k) + " differs from q's " + shape_text(q));
+                  if (q.shape(i) < 1) value_error("q: shape " + shape_text(q) + " has an empty dimension");
+              }
+              if (q.shape(4) > kMaxHeadDim) value_error("q: head dimension " + std::to_string(q.shape(4)) + " is above 256");
+              auto qc = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(q);
+              auto kc = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(k);
+              const int64_t inputs = q.shape(0), layers = q.shape(1);
+              const TensorShape shape{1, q.shape(2), q.shape(3), q.shape(4)};
+              PySample s;
+              s.block = block;
+              for (int64_t i = 0; i < inputs; ++i) {
+                  s.sample.q.emplace_back();
+                  s.sample.k.emplace_back();
+                  s.sample.lse.emplace_back();
+                  for (int64_t l = 0; l < layers; ++l) {
+                      const int64_t offset = (i * layers + l) * shape.size();
+                      Tensor qt{shape, std::vector<float>(qc.data() + offset, qc.data() + offset + shape.size())};
+                      Tensor kt{shape, std::vector<float>(kc.data() + offset, kc.data() + offset + shape.size())};
+                      tensor_check_finite(qt, "q");
+                      tensor_check_finite(kt, "k");
+                      s.sample.lse.back().push_back(learn::dense_lse(qt, kt, block));
+                      s.sample.q.back().push_back(std::move(qt));
+                      s.sample.k.back().push_back(std::move(kt));
+                  }
+              }
+              return s;
+          }, py::arg("q"), py::arg("k"), py::arg("block") = 16,
+          "An AttentionSample from any model's queries and keys (numpy, [inputs, layers, heads, n, d] or one input "
+          "[layers, heads, n, d]), for search_table() and gate_train(); lse is the dense one (scale 1 / sqrt(d)).");
+
+    m.def("oracle_masks", [](const PyTeacher& t, int64_t index, double density, uint64_t seed, int32_t block) {
+              if (!(density > 0 && density <= 1)) value_error("density: expected a fraction in (0, 1], got " + std::to_string(density));
+              learn::AttentionSample s;
+              {
+                  py::gil_scoped_release release;
+                  s = learn::attention_sample(t.teacher, learn::task_held_out_seed(seed), index, 1, block, 0);
+              }
+              const TensorShape shape = s.q[0][0].shape;
+              learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, block);
+              for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l]);
+              MaskSet masks = learn::oracle_masks(p, learn::blocks_per_row(density, p.blocks()));
+              py::array_t<double> recall({p.layers, p.heads});
+              for (int64_t l = 0; l < p.layers; ++l) {
+                  for (int64_t h = 0; h < p.heads; ++h) recall.mutable_at(l, h) = learn::pooled_recall(p, l, h, masks.at(l, h));
+              }
+              return py::make_tuple(mask_set_wrap(std::move(masks)), recall);
+          }, py::arg("teacher"), py::arg("index") = 0, py::arg("density") = 0.125, py::arg("seed") = 1, py::arg("block") = 16,
+          "The oracle for held-out sequence `index`: each query block keeps the key blocks of most attention mass, "
+          "round(density * blocks) of them. Returns (MaskSet, recall [layers, heads]).");
+
+    py::class_<PySearchTable>(m, "SearchTable", "Every candidate pattern's exact recall on every (layer, head) of a sample.")
+        .def_property_readonly("expressions", [](const PySearchTable& t) {
+            std::vector<std::string> e;
+            for (const auto& c : t.table.candidates) e.push_back(c.expression);
+            return e;
+        })
+        .def_property_readonly("densities", [](const PySearchTable& t) {
+            std::vector<double> e;
+            for (const auto& c : t.table.candidates) e.push_back(c.density);
+            return e;
+        }, "block density of each candidate")
+        .def_property_readonly("recall", [](const PySearchTable& t) {
+            py::array_t<double> r({static_cast<int64_t>(t.table.candidates.size()), t.table.layers, t.table.heads});
+            std::copy(t.table.recall.begin(), t.table.recall.end(), r.mutable_data());
+            return r;
+        }, "[candidates, layers, heads]");
+    m.def("search_table", [](const PySample& s, int threads) {
+              PySearchTable t;
+              py::gil_scoped_release release;
+              t.table = learn::search_table_build(s.sample, s.block, threads);
+              return t;
+          }, py::arg("sample"), py::arg("threads") = 0, "Measures every candidate of the language's families on the sample.");
+    m.def("search", [](const PySearchTable& t, py::object share, py::object density) {
+              if (share.is_none() == density.is_none()) value_error("search: give exactly one of share= (recall to reach) or density= (block density cap)");
+              learn::SearchResult r = share.is_none() ? learn::search_by_density(t.table, density.cast<double>())
+                                                      : learn::search_by_share(t.table, share.cast<double>());
+              return search_result_dict(r, t.table);
+          }, py::arg("table"), py::arg("share") = py::none(), py::arg("density") = py::none(),
+          "Per (layer, head), the cheapest candidate keeping `share` of the attention, or the best one under `density`: "
+          "a dict of script (.pat text), masks, recall [layers, heads], expressions [layers][heads].");
+
+    py::class_<PyGate>(m, "Gate", "Learned block gates (SeerAttention-style), one per (layer, head).")
+        .def("save", [](const PyGate& g, const std::string& path) { learn::gate_save(g.gate, path); }, py::arg("path"))
+        .def_static("load", [](const std::string& path) { return PyGate{learn::gate_load(path)}; }, py::arg("path"))
+        .def("masks", [](const PyGate& g, const PyTeacher& t, const py::handle& q, const py::handle& k, int64_t layer, int64_t keep, double share) {
+                 if (layer < 0 || layer >= g.gate.layers) value_error("layer " + std::to_string(layer) + " is out of range for the gate");
+                 const Tensor qt = teacher_tensor(q, "q", t.teacher), kt = teacher_tensor(k, "k", t.teacher);
+                 return mask_set_wrap(learn::gate_masks(g.gate, layer, qt, kt, keep, share));
+             }, py::arg("teacher"), py::arg("q"), py::arg("k"), py::arg("layer"), py::arg("keep") = 1, py::arg("share") = 0.0,
+             "The gate's one-layer MaskSet for this input: top `keep` blocks per row (or the fewest reaching `share` when > 0), "
+             "diagonal always kept. q, k: [1, heads, n, head_dim] (e.g. teacher.attention()['q'][layer][None]).");
+    m.def("gate_train", [](const PySample& s, int64_t hidden, int64_t steps, double lr, uint64_t seed) {
+              const TensorShape shape = s.sample.q.at(0).at(0).shape;
+              PyGate g;
+              learn::GateTrainOptions o;
+              o.steps = steps;
+              o.lr = lr;
+              learn::GateTrainReport r;
+              {
+                  py::gil_scoped_release release;
+                  g.gate = learn::gate_init(s.sample.layers(), shape.heads, shape.d, hidden, s.block, seed);
+                  r = learn::gate_train(g.gate, s.sample, o);
+              }
+              py::dict d;
+              d["first_loss"] = r.first_loss;
+              d["last_loss"] = r.last_loss;
+              return py::make_tuple(std::move(g), d);
+          }, py::arg("sample"), py::arg("hidden") = 16, py::arg("steps") = 300, py::arg("lr") = 1e-2, py::arg("seed") = 1,
+          "Trains a block gate per (layer, head) on the sample (KL to the block-pooled teacher attention): (Gate, {first_loss, last_loss}).");
+
+    m.def("evaluate", [](const PyTeacher& t, const PyGate& g, const PySearchTable& table, std::vector<double> densities,
+                         int64_t inputs, uint64_t seed, int time_repeats, int threads) {
+              learn::EvalOptions o;
+              o.densities = std::move(densities);
+              o.block = g.gate.block;
+              o.inputs = inputs;
+              o.seed = seed;
+              o.time_repeats = time_repeats;
+              o.threads = threads;
+              learn::EvalReport report;
+              {
+                  py::gil_scoped_release release;
+                  report = learn::learn_evaluate(t.teacher, g.gate, table.table, o);
+              }
+              py::list rows;
+              for (const learn::EvalRow& r : report.rows) {
+                  py::dict d;
+                  d["method"] = r.method;
+                  d["target"] = r.target;
+                  d["density"] = r.density;
+                  d["recall"] = r.recall;
+                  d["l1_error"] = r.l1_error;
+                  d["accuracy"] = r.accuracy;
+                  d["forward_ms"] = r.forward_ms;
+                  d["detail"] = r.detail;
+                  rows.append(d);
+              }
+              return rows;
+          }, py::arg("teacher"), py::arg("gate"), py::arg("table"), py::arg("densities") = std::vector<double>{0.03, 0.06, 0.125, 0.25},
+          py::arg("inputs") = 64, py::arg("seed") = 1, py::arg("time_repeats") = 7, py::arg("threads") = 0,
+          "Every method (dense, oracle, gate, search, longformer, bigbird) at every block density on held-out inputs: a list of "
+          "dicts with method, target, density, recall, l1_error, accuracy, forward_ms, detail.");
+    m.def("baseline_expression", &learn::baseline_expression, py::arg("name"), py::arg("density"), py::arg("n"), py::arg("block") = 16,
+          "The prelude's 'longformer' or 'bigbird' sized to the largest block density at most `density`: the expression.");
+}
+#endif
+
+#ifndef SPARSA_HAVE_CUDA
+const char* const kNoCuda =
+    "sparsa was built without the CUDA engine (configured with SPARSA_CUDA=OFF, or no nvcc was found); "
+    "install the CUDA toolkit (nvcc), reconfigure and rebuild to use attention_cuda()";
+#endif
+
+} // namespace
+
+PYBIND11_MODULE(_sparsa, m) {
+    m.doc() = "sparsa: pattern scripts, block-sparse masks, attention engines and receptive fields (see docs/python.md)";
+
+    // [SECTION] errors
+    static py::exception<Error> error_type(m, "Error", PyExc_ValueError);
+    static py::exception<dsl::ScriptError> script_error_type(m, "ScriptError", error_type.ptr());
+    error_type.doc() = "Bad input to sparsa (a file, a shape, a parameter); a ValueError. The message says what and how to fix it.";
+    script_error_type.doc() =
+        "A pattern script that does not check or compile. str(e) and e.message are the diagnostics exactly as the CLI prints "
+        "them (FILE:LINE:COLUMN, the line, a caret); e.file, e.line, e.column locate the first error; e.diagnostics lists all.";
+
+    py::class_<DiagnosticView>(m, "Diagnostic", "One diagnostic of a pattern script: where, what, and the CLI's text.")
+        .def_readonly("severity", &DiagnosticView::severity, "'error' or 'warning'")
+        .def_readonly("file", &DiagnosticView::file, "the script's name as shown ('' when about no place)")
+        .def_readonly("line", &DiagnosticView::line, "1-based (0 when about no place)")
+        .def_readonly("column", &DiagnosticView::column, "1-based, in characters")
+        .def_readonly("message", &DiagnosticView::message)
+        .def_readonly("hint", &DiagnosticView::hint)
+        .def_readonly("text", &DiagnosticView::text, "the full text with the caret, as `sparsa check` prints it")
+        .def("__str__", [](const DiagnosticView& d) { return d.text; })
+        .def("__repr__", [](const DiagnosticView& d) {
+            return "<Diagnostic " + d.severity + " " + d.file + ":" + std::to_string(d.line) + ":" + std::to_string(d.column) + ": " +
+                   d.message + ">";
+        });
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const dsl::ScriptError& e) {
+            std::vector<DiagnosticView> views = diagnostic_views(e.diagnostics());
+            std::string text;
+            for (const auto& v : views) text += v.text;
+            const DiagnosticView* first = nullptr;
+            for (const auto& v : views) {
+                if (v.severity == "error") {
+                    first = &v;
+                    break;
+                }
+            }
+            if (first == nullptr && !views.empty()) first = &views.front();
+            py::object exc = py::handle(script_error_type.ptr())(text);
+            exc.attr("message") = text;
+            exc.attr("file") = first ? first->file : std::string();
+            exc.attr("line") = first ? first->line : 0;
+            exc.attr("column") = first ? first->column : 0;
+            exc.attr("diagnostics") = py::cast(views);
+            PyErr_SetObject(script_error_type.ptr(), exc.ptr());
+        } catch (const Error& e) {
+            PyErr_SetString(error_type.ptr(), e.what());
+        }
+    });
+
+    // [SECTION] scripts
+    py::class_<PyScript>(m, "Script", "A parsed and checked pattern script; compile(n) gives its MaskSet.")
+        .def_property_readonly("name", [](const PyScript& s) { return dsl::script_source(*s.script).name; })
+        .def_property_readonly("text", [](const PyScript& s) { return dsl::script_source(*s.script).text; })
+        .def_property_readonly("block", [](const PyScript& s) { return dsl::script_settings(*s.script).block; })
+        .def_property_readonly("heads", [](const PyScript& s) { return dsl::script_settings(*s.script).heads; })
+        .def_property_readonly("layers", [](const PyScript& s) { return dsl::script_settings(*s.script).layers; })
+        .def_property_readonly("causal", [](const PyScript& s) { return dsl::script_settings(*s.script).causal; })
+        .def_property_readonly("warnings", [](const PyScript& s) { return diagnostic_views(dsl::script_warnings(*s.script)); },
+                               "warnings found while checking (before any compile)")
+        .def("compile", &script_compile_py, py::arg("n"), py::arg("block") = 0, py::arg("threads") = 0,
+             "Compiles for sequence length n: a MaskSet (one BlockMask per (layer, head)). block 0: the script's. "
+             "Raises ScriptError for errors that depend on n.")
+        .def("evaluate", [](const PyScript& s, int64_t n, int32_t block) {
+                 return diagnostic_views(dsl::script_evaluate_all(*s.script, n, block));
+             }, py::arg("n"), py::arg("block") = 0,
+             "Evaluates every (layer, head) at n, as `sparsa check --n` does: the warnings; raises ScriptError on an error.")
+        .def("__repr__", [](const PyScript& s) {
+            const auto& st = dsl::script_settings(*s.script);
+            return "<Script " + dsl::script_source(*s.script).name + ": " + std::to_string(st.layers) + " layers x " +
+                   std::to_string(st.heads) + " heads, block " + std::to_string(st.block) + (st.causal ? ", causal" : "") + ">";
+        });
+
+    m.def("parse", [](std::string text, std::string name) { return PyScript{dsl::script_parse(std::move(text), std::move(name))}; },
+          py::arg("text"), py::arg("name") = "<string>",
+          "Parses and checks a script given as text; `name` is shown in diagnostics. Raises ScriptError.");
+    m.def("load_script", [](const std::string& path) { return PyScript{dsl::script_load(path)}; }, py::arg("path"),
+          "Reads, parses and checks a script file (imports resolve next to it). Raises ScriptError or Error.");
+
+    // [SECTION] mask sets
+    py::class_<BlockMaskStats>(m, "MaskStats", "Counts over one (layer, head) mask.")
+        .def_readonly("kept_blocks", &BlockMaskStats::kept_blocks)
+        .def_readonly("full_blocks", &BlockMaskStats::full_blocks)
+        .def_readonly("partial_blocks", &BlockMaskStats::partial_blocks)
+        .def_readonly("kept_pairs", &BlockMaskStats::kept_pairs, "allowed (query, key) pairs")
+        .def_readonly("empty_rows", &BlockMaskStats::empty_rows, "queries with no allowed key")
+        .def_readonly("first_empty_row", &BlockMaskStats::first_empty_row)
+        .def_readonly("density", &BlockMaskStats::density, "kept_pairs / n^2")
+        .def_readonly("mask_bytes", &BlockMaskStats::mask_bytes)
+        .def("__repr__", [](const BlockMaskStats& s) {
+            return "MaskStats(kept_blocks=" + std::to_string(s.kept_blocks) + ", full_blocks=" + std::to_string(s.full_blocks) +
+                   ", partial_blocks=" + std::to_string(s.partial_blocks) + ", kept_pairs=" + std::to_string(s.kept_pairs) +
+                   ", empty_rows=" + std::to_string(s.empty_rows) + ", density=" + std::to_string(s.density) + ")";
+        });
+
+    py::class_<PyMaskSet, PyMaskSetPtr>(m, "MaskSet", "One block-sparse mask per (layer, head), from a compiled script or a file.")
+        .def_property_readonly("n", [](const PyMaskSet& s) { return s.set.n; })
+        .def_property_readonly("block", [](const PyMaskSet& s) { return s.set.block; })
+        .def_property_readonly("layers", [](const PyMaskSet& s) { return s.set.layers; })
+        .def_property_readonly("heads", [](const PyMaskSet& s) { return s.set.heads; })
+        .def_property_readonly("script_name", [](const PyMaskSet& s) { return s.set.script_name; })
+        .def_property_readonly("script_text", [](const PyMaskSet& s) { return s.set.script_text; })
+        .def_property_readonly("params", [](const PyMaskSet& s) { return s.set.params; })
+        .def_property_readonly("warnings", [](const PyMaskSet& s) { return s.warnings; }, "the compile's warnings (empty rows, clamps)")
+        .def_property_readonly("unique_masks", [](const PyMaskSet& s) { return s.set.unique_masks().size(); },
+                               "distinct masks (equal ones are stored once)")
+        .def_property_readonly("density", [](const PyMaskSet& s) { return mask_set_mean_density(s.set); },
+                               "mean over (layer, head) of kept pairs / n^2")
+        .def("stats", [](const PyMaskSet& s, int64_t layer, int64_t head) {
+                 mask_index_check(s.set, layer, head);
+                 return block_mask_stats(s.set.at(layer, head));
+             }, py::arg("layer") = 0, py::arg("head") = 0, "Counts of the (layer, head) mask: blocks, pairs, density, empty rows.")
+        .def("densities", [](const PyMaskSet& s) {
+                 py::array_t<double> d({s.set.layers, s.set.heads});
+                 for (int64_t l = 0; l < s.set.layers; ++l) {
+                     for (int64_t h = 0; h < s.set.heads; ++h) d.mutable_at(l, h) = block_mask_stats(s.set.at(l, h)).density;
+                 }
+                 return d;
+             }, "Density of every mask: [layers, heads] float64.")
+        .def("allowed", [](const PyMaskSet& s, int64_t layer, int64_t head, int64_t q, int64_t k) {
+                 mask_index_check(s.set, layer, head);
+                 if (q < 0 || q >= s.set.n || k < 0 || k >= s.set.n) {
+                     value_error("allowed: q = " + std::to_string(q) + ", k = " + std::to_string(k) + " must lie in [0, n = " +
+                                 std::to_string(s.set.n) + ")");
+                 }
+                 return s.set.at(layer, head).allowed(q, k);
+             }, py::arg("layer"), py::arg("head"), py::arg("q"), py::arg("k"), "Whether query q may attend to key k in (layer, head).")
+        .def("to_dense", &mask_to_dense, py::arg("layer") = 0, py::arg("head") = 0,
+             "The (layer, head) mask as a bool array [n, n] ([q, k] true when q may attend to k). Refuses n above 8192 "
+             "(use block_grid).")
+        .def("block_grid", &mask_block_grid, py::arg("layer") = 0, py::arg("head") = 0,
+             "The block picture of (layer, head): int8 [q_blocks, k_blocks], 0 not kept, 1 partial, 2 full. Any n.")
+        .def("csr", &mask_csr, py::arg("layer") = 0, py::arg("head") = 0,
+             "The CSR arrays of (layer, head) as numpy copies: row_ptr, col_idx, partial_idx, bits [partial, B*B/64], block, n.")
+        .def("save", [](const PyMaskSet& s, const std::string& path) {
+                 py::gil_scoped_release release;
+                 mask_set_save(s.set, path);
+             }, py::arg("path"), "Saves to an .npz file (numpy reads it with no sparsa), written whole or not at all.")
+        .def_static("load", [](const std::string& path) {
+                 auto out = std::make_shared<PyMaskSet>();
+                 py::gil_scoped_release release;
+                 out->set = mask_set_load(path);
+                 return out;
+             }, py::arg("path"), "Loads an .npz written by save() or `sparsa compile -o`, checking everything. Raises Error.")
+        .def("__repr__", [](const PyMaskSet& s) {
+            char density[32];
+            std::snprintf(density, sizeof density, "%.2f%%", 100 * mask_set_mean_density(s.set));
+            return "<MaskSet n=" + std::to_string(s.set.n) + ", block " + std::to_string(s.set.block) + ", " +
+                   std::to_string(s.set.layers) + " layers x " + std::to_string(s.set.heads) + " heads, density " + density + ">";
+        });
+
+    m.def("mask_set_from_dense", &mask_set_from_dense_py, py::arg("dense"), py::arg("block") = 64,
+          "A MaskSet from bool matrices: [n, n] (one layer, one head) or [layers, heads, n, n]; [.., q, k] true when q may attend to k.");
+
+    // [SECTION] attention
+    m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("masks"), py::arg("layer") = 0,
+          py::arg("scale") = 0.0F, py::arg("threads") = 0,
+          R"(Block-sparse attention with the CPU engine (exact in float32): returns (o, lse).
+
+q, k, v: numpy arrays [batch, heads, n, d]; head h uses mask (layer, h). Any floating dtype and any
+strides are accepted: the arrays are converted to C-order float32 (float64 is rounded to float32),
+one copy each, which the engine's tensors need anyway. Integer arrays raise ValueError.
+Returns o [batch, heads, n, d] float32 and lse [batch, heads, n] float32 (-inf for rows with no
+allowed key, where o is 0), both owning the engine's buffers (no copy). scale 0: 1 / sqrt(d).
+Raises ValueError naming the argument for wrong shapes, and sparsa.Error for NaN or Inf inputs.)");
+    m.def("attention_backward", &attention_backward_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"),
+          py::arg("d_o"), py::arg("masks"), py::arg("layer") = 0, py::arg("scale") = 0.0F, py::arg("threads") = 0,
+          R"(Gradients of sum(d_o * o) with respect to q, k and v, with the CPU engine: returns (dq, dk, dv).
+
+o and lse are what attention() returned for the same q, k, v; d_o is [batch, heads, n, d]. Arrays
+are converted as attention() converts them. Each gradient is float32 [batch, heads, n, d].)");
+    m.def("reference", &reference_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("masks"), py::arg("layer") = 0,
+          py::arg("scale") = 0.0, py::arg("threads") = 0,
+          R"(The dense reference: masked attention computed plainly in double precision, returns (o, lse) as float64.
+
+q, k, v: [batch, heads, n, d], any floating dtype (converted to float64; float32 converts exactly).
+Slow on purpose: the oracle the engines are tested against.)");
+    m.def("reference_backward", &reference_backward_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("d_o"),
+          py::arg("masks"), py::arg("layer") = 0, py::arg("scale") = 0.0, py::arg("threads") = 0,
+          "The reference's gradients of sum(d_o * o) in float64: returns (dq, dk, dv), each [batch, heads, n, d].");
+    m.def("thread_count", &thread_count, "Threads the engines use: SPARSA_THREADS when set, else the core count.");
+
+    // [SECTION] receptive
+    py::class_<ReachCoverage>(m, "ReachCoverage", "Coverage of all (query, key) pairs after each layer (receptive fields).")
+        .def_property_readonly("resolution", [](const ReachCoverage& c) { return std::string(reach_resolution_name(c.resolution)); })
+        .def_readonly("n", &ReachCoverage::n)
+        .def_readonly("layers", &ReachCoverage::layers, "the set's layers; past them the last layer repeats")
+        .def_readonly("nodes", &ReachCoverage::nodes)
+        .def_readonly("node_tokens", &ReachCoverage::node_tokens)
+        .def_readonly("causal", &ReachCoverage::causal, "every mask keeps only k <= q (then only those pairs count)")
+        .def_readonly("target_pairs", &ReachCoverage::target_pairs)
+        .def_property_readonly("connected", [](const ReachCoverage& c) { return array_copy(c.connected); },
+                               "[computed + 1] int64: pairs connected after layer l (l = 0: before any layer)")
+        .def_property_readonly("fractions", [](const ReachCoverage& c) {
+                                   py::array_t<double> f(static_cast<py::ssize_t>(c.connected.size()));
+                                   for (size_t l = 0; l < c.connected.size(); ++l) f.mutable_at(l) = c.fraction(static_cast<int64_t>(l));
+                                   return f;
+                               }, "connected / target_pairs after each layer")
+        .def("fraction", &ReachCoverage::fraction, py::arg("layer"))
+        .def_readonly("layers_needed", &ReachCoverage::layers_needed, "first l connecting every pair; -1: never (or stopped)")
+        .def_readonly("saturation_layers", &ReachCoverage::saturation_layers)
+        .def_readonly("stopped", &ReachCoverage::stopped)
+        .def_readonly("out_of_reach", &ReachCoverage::out_of_reach, "pairs not connected after the set's layers")
+        .def_readonly("never_pairs", &ReachCoverage::never_pairs)
+        .def_readonly("never_reason", &ReachCoverage::never_reason)
+        .def("__repr__", [](const ReachCoverage& c) {
+            return "<ReachCoverage " + std::string(reach_resolution_name(c.resolution)) + " n=" + std::to_string(c.n) +
+                   ", layers_needed=" + std::to_string(c.layers_needed) + ", out_of_reach=" + std::to_string(c.out_of_reach) + ">";
+        });
+    m.def("reach_coverage", &reach_coverage_py, py::arg("masks"), py::arg("resolution") = "auto", py::arg("max_layers") = 0,
+          py::arg("max_nodes") = 8192, py::arg("threads") = 0,
+          "How many pairs each layer connects (residual connections), and the layers needed to connect all. "
+          "resolution 'token' is exact (n up to ~8192), 'block' over-approximates, 'auto' picks by n.");
+
+    py::class_<TokenReachView>(m, "TokenReach", "The receptive field of one token, layer by layer.")
+        .def_readonly("token", &TokenReachView::token)
+        .def_readonly("direction", &TokenReachView::direction)
+        .def_readonly("sizes", &TokenReachView::sizes, "[layers + 1] int64: field size after layer l (sizes[0] = 1)")
+        .def_readonly("layers_to_all", &TokenReachView::layers_to_all, "first l whose field is all n; -1 when not within the layers")
+        .def_readonly("sets", &TokenReachView::sets, "[layers + 1, n] bool when keep_sets, else None");
+    m.def("reach_token", &reach_token_py, py::arg("masks"), py::arg("token"), py::arg("direction") = "in",
+          py::arg("keep_sets") = false,
+          "The field of one token after each layer: direction 'in', the keys query `token` has seen; 'out', the queries that "
+          "have seen key `token`. Exact at any n.");
+    m.def("reach_warning", [](const PyMaskSet& s, int threads) {
+              ReachWarning w;
+              {
+                  py::gil_scoped_release release;
+                  w = receptive_field_unreached(s.set, threads);
+              }
+              py::dict d;
+              d["warn"] = w.warn;
+              d["message"] = w.message;
+              d["hint"] = w.hint;
+              d["coverage"] = w.coverage;
+              return d;
+          }, py::arg("masks"), py::arg("threads") = 0,
+          "The compiler's 'cannot reach within `layers` layers' check: a dict with warn, message, hint, coverage.");
+    m.def("reach_dense", &reach_dense_py, py::arg("masks"), py::arg("threads") = 0,
+          "R_l for each layer: bool [layers, n, n], [l, q, k] true when query q has seen key k after layer l + 1 "
+          "(n <= 8192, at most 1 GiB).");
+
+    // [SECTION] cuda
+#ifdef SPARSA_HAVE_CUDA
+    m.attr("cuda_built") = true;
+    m.def("cuda_available", []() {
+              std::string why;
+              const bool ok = cuda_device_available(&why);
+              return py::make_tuple(ok, why);
+          }, "(True, '') when a GPU can run the CUDA engine, else (False, why).");
+    m.def("cuda_device_name", &cuda_device_name);
+    m.def("attention_cuda", [](const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
+                               int64_t layer, const std::string& dtype, int kernel, float scale) {
+              auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
+              attention_args_check(args, s.set, layer);
+              Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
+              CudaAttentionOptions options;
+              options.dtype = cuda_dtype_parse(dtype);
+              options.kernel = kernel;
+              options.scale = scale;
+              std::string why;
+              if (!cuda_device_available(&why)) throw py::value_error("attention_cuda: no usable GPU here: " + why);
+              AttentionOutput out;
+              {
+                  py::gil_scoped_release release;
+                  out = cuda_engine().forward(q, k, v, s.set, layer, options);
+              }
+              return py::make_tuple(array_from(std::move(out.o)), array_from(std::move(out.lse), true));
+          }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("masks"), py::arg("layer") = 0, py::arg("dtype") = "bf16",
+          py::arg("kernel") = 0, py::arg("scale") = 0.0F,
+          "Forward attention with the CUDA engine: returns (o, lse) as float32. q, k, v as for attention(), rounded to dtype "
+          "('bf16', 'fp16' or 'float32') on the GPU. kernel 0: the newest that runs this call.");
+    m.def("round_to", [](const py::handle& x_obj, const std::string& dtype) {
+              py::array a = array_checked(x_obj, "x", 4, "[batch, heads, n, d]");
+              return array_from(tensor_round_to(tensor_from<float>(a), cuda_dtype_parse(dtype)));
+          }, py::arg("x"), py::arg("dtype"),
+          "x rounded to dtype and back to float32 (what the GPU sees), so the CPU engine can run the same inputs.");
+#else
+    m.attr("cuda_built") = false;
+    m.def("cuda_available", []() { return py::make_tuple(false, std::string(kNoCuda)); },
+          "(True, '') when a GPU can run the CUDA engine, else (False, why).");
+    m.def("attention_cuda", [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCuda); },
+          "Unavailable: this build has no CUDA engine (raises RuntimeError saying so).");
+#endif
+
+    // [SECTION] learn
+#ifdef SPARSA_HAVE_LEARN
+    m.attr("learn_built") = true;
+    bind_learn(m);
+#else
+    m.attr("learn_built") = false;
+#endif
+}
