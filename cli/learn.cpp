@@ -35,6 +35,11 @@ teacher   train the teacher, print a progress line (step, loss, accuracy, tokens
   --mlp M (128)  --steps S (3000, at most)  --batch B (16)  --lr X (0.002)  --seed S (1)
   --stop-accuracy A (0.98: stop once held-out accuracy reaches it)  --max-minutes M (19)
   --qk-identity A (0: wq, wk start at A * I plus noise)  -o FILE (teacher.bin)  --quiet
+  --sharpness X (0.05: adds X * mean attention-row entropy to the training loss,
+  so rows no answer needs focus instead of spreading; 0: off)  --own-block X (0.1: adds
+  X * mean -log(share of a row's attention on its own block); 0: off). Both terms come on once
+  held-out accuracy first reaches --stop-accuracy, ramp up, and run --shape-steps S (400)
+  more steps at least
 pool      the teacher's attention pooled per block on held-out inputs (or Q/K dumps):
           a float64 array [2, layers, heads, blocks, blocks], [0] the mass of each block
           (sum of P), [1] its largest P, both averaged over the inputs
@@ -86,8 +91,15 @@ std::vector<std::string> split_commas(const std::string& text) {
 const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--layers", "--mlp", "--steps", "--batch", "--lr",
                                        "--seed", "--stop-accuracy", "--max-minutes", "-o", "--teacher", "--method", "--density",
                                        "--share", "--inputs", "--input", "--hidden", "--gate", "--block", "--threads", "--q",
-                                       "--k", "--search-inputs", "--qk-identity", "--gate-target"};
+                                       "--k", "--search-inputs", "--qk-identity", "--gate-target", "--sharpness",
+                                       "--own-block", "--shape-steps"};
 const std::set<std::string> kSwitches = {"--help", "--quiet"};
+
+// The default weight of the teacher's attention-sharpness term (docs/learn.md says how it was
+// chosen).
+constexpr double kSharpnessDefault = 0.05;
+constexpr double kOwnBlockDefault = 0.1;
+constexpr int64_t kShapeStepsDefault = 400;
 
 // Where calibration inputs (search, gate) start in the training stream: far past the sequences
 // a teacher trains on (steps * batch).
@@ -154,6 +166,9 @@ learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher
     o.lr = number(args, "--lr", 2e-3, 1e-6, 1.0);
     o.stop_accuracy = number(args, "--stop-accuracy", 0.98, 0.0, 1.01);
     o.max_seconds = 60 * number(args, "--max-minutes", 19, 0, 1e6);
+    o.sharpness = number(args, "--sharpness", kSharpnessDefault, 0, 100);
+    o.own_block = number(args, "--own-block", kOwnBlockDefault, 0, 100);
+    o.sharpen_steps = args.integer("--shape-steps", kShapeStepsDefault, 1, 10000000);
     o.progress = !args.has("--quiet");
     teacher = learn::teacher_init(model, task, c.seed);
     std::fprintf(stderr, "teacher: %lld layers x %lld heads, d %lld, %lld parameters; task %s, n %lld\n",
@@ -168,7 +183,13 @@ std::string train_summary(const learn::TrainReport& r) {
                   "trained %lld steps in %.1f s (%.0f tokens/s): loss %.4f -> %.4f; held-out accuracy %.4f (mqar %.4f, passkey %.4f)",
                   static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, r.first_loss, r.last_loss, r.held_out_accuracy,
                   r.held_out_mqar, r.held_out_passkey);
-    return b;
+    std::string text = b;
+    if (r.last_entropy > 0) {
+        std::snprintf(b, sizeof b, "; from step %lld with the shaping terms, mean attention-row entropy %.3f -> %.3f nats, own-block share %.3f -> %.3f",
+                      static_cast<long long>(r.sharpen_from), r.first_entropy, r.last_entropy, r.first_own_block, r.last_own_block);
+        text += b;
+    }
+    return text;
 }
 
 int learn_teacher(const Args& args) {
@@ -290,7 +311,17 @@ std::string teacher_text(const learn::Teacher& t) {
                   static_cast<long long>(t.config.layers), static_cast<long long>(t.config.heads), static_cast<long long>(t.config.d),
                   static_cast<long long>(t.config.mlp), t.params.size(), learn::task_kind_name(t.task.kind).c_str(),
                   static_cast<long long>(t.task.n), static_cast<long long>(t.task.pairs), static_cast<long long>(t.task.queries));
-    return b;
+    std::string text = b;
+    if (t.config.sharpness > 0 || t.config.own_block > 0) {
+        std::snprintf(b, sizeof b,
+                      "Attention-shaping terms ON while training (docs/learn.md): loss + %g * mean attention-row entropy + %g * mean "
+                      "-log(share of a row's attention on its own block), on once the task was learned.\n",
+                      t.config.sharpness, t.config.own_block);
+        text += b;
+    } else {
+        text += "Trained without attention-shaping terms (cross entropy at answer positions only).\n";
+    }
+    return text;
 }
 
 int learn_eval(const Args& args, const std::vector<std::string>& argv) {

@@ -216,7 +216,51 @@ struct LayerCache {
     MaskSet chosen;            // the chooser's masks, when there is one
     const MaskSet* masks = nullptr;
     int64_t mask_layer = 0;
+    Mat dq_sharp, dk_sharp;    // [n, d]: the sharpness term's gradient by q and k, when it is on
 };
+
+// The attention-shaping terms of one layer (dense, in double, from the engine's q and k). For
+// each head, S = scale * q k^T ([n, n]) and P its row softmax:
+// - sharpness: H_i = -sum_j P_ij log P_ij, with dH_i/dS_ij = -P_ij (log P_ij + H_i);
+// - own block: O_i = -log sum_{j in i's block} P_ij (B = block), with
+//   dO_i/dS_ij = P_ij - [j in i's block] P_ij / sum_{j' in i's block} P_ij'.
+// Adds sum_i,h H_i to *entropy and sum_i,h O_i to *own_block. When dq, dk are given ([n, d]), adds
+// the gradient of sharp_coef * sum H + own_coef * sum O: dq = scale * dS k, dk = scale * dS^T q.
+void attention_terms(const Tensor& q, const Tensor& k, int64_t block, double sharp_coef, double own_coef, double* entropy,
+                     double* own_block, Mat* dq, Mat* dk) {
+    const int64_t heads = q.shape.heads, n = q.shape.n, dh = q.shape.d;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+    for (int64_t h = 0; h < heads; ++h) {
+        Mat qh(n, dh), kh(n, dh);
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < dh; ++j) {
+                qh(i, j) = q.at(0, h, i, j);
+                kh(i, j) = k.at(0, h, i, j);
+            }
+        Mat logp = scale * qh * kh.transpose();   // [n, n]: scores, then log P
+        Mat ds(n, n);
+        for (int64_t i = 0; i < n; ++i) {
+            const double top = logp.row(i).maxCoeff();
+            const double lse = top + std::log((logp.row(i).array() - top).exp().sum());
+            logp.row(i).array() -= lse;
+            const Eigen::ArrayXd p = logp.row(i).array().exp();
+            const double h_i = -(p * logp.row(i).transpose().array()).sum();
+            const int64_t first = i / block * block, count = std::min(block, n - first);
+            // log of the own block's mass, from the log probabilities (no underflow).
+            const double own_top = logp.row(i).segment(first, count).maxCoeff();
+            const double log_own = own_top + std::log((logp.row(i).segment(first, count).array() - own_top).exp().sum());
+            *entropy += h_i;
+            *own_block += -log_own;
+            if (!dq) continue;
+            Eigen::ArrayXd g = -sharp_coef * p * (logp.row(i).transpose().array() + h_i) + own_coef * p;
+            g.segment(first, count) -= own_coef * (logp.row(i).segment(first, count).transpose().array() - log_own).exp();
+            ds.row(i) = g.transpose();
+        }
+        if (!dq) continue;
+        dq->middleCols(h * dh, dh) += scale * ds * kh;
+        dk->middleCols(h * dh, dh) += scale * ds.transpose() * qh;
+    }
+}
 
 struct SequencePass {
     const Teacher& teacher;
@@ -224,7 +268,10 @@ struct SequencePass {
     const Mat& pe;
     const TeacherRunOptions& options;
     const MaskSet& fixed;      // the dense or given masks
+    double sharp_coef = 0;     // d objective / d (one row's entropy), when the sharpness term is on
+    double own_coef = 0;       // d objective / d (one row's own-block term), when that term is on
 
+    bool shaping() const { return options.sharpness > 0 || options.own_block > 0; }
     const double* p(int64_t slot) const { return teacher.params.data() + slots[slot].offset; }
     CMap m(int64_t slot) const { return CMap(p(slot), slots[slot].rows, slots[slot].cols); }
     int64_t layer_slot(int64_t l, int s) const { return 2 + l * kPerLayer + s; }
@@ -262,6 +309,14 @@ struct SequencePass {
             lc.o = std::move(out.o);
             lc.lse = std::move(out.lse);
             lc.a = heads_merge(lc.o);
+            if (shaping()) {
+                if (grads) {
+                    lc.dq_sharp = Mat::Zero(n, d);
+                    lc.dk_sharp = Mat::Zero(n, d);
+                }
+                attention_terms(lc.q, lc.k, options.block, sharp_coef, own_coef, &result.entropy, &result.own_block,
+                                grads ? &lc.dq_sharp : nullptr, grads ? &lc.dk_sharp : nullptr);
+            }
             Mat x2 = x + lc.a * m(layer_slot(l, wo));
             lc.h2 = layer_norm_forward(x2, p(layer_slot(l, ln2_g)), p(layer_slot(l, ln2_b)), lc.ln2);
             lc.u = (lc.h2 * m(layer_slot(l, w1))).rowwise() + m(layer_slot(l, b1)).row(0);
@@ -321,7 +376,12 @@ struct SequencePass {
             g(layer_slot(l, wo)) += lc.a.transpose() * dx2;
             const Tensor d_o = heads_split(dx2 * m(layer_slot(l, wo)).transpose(), c.heads);
             const AttentionGrads ag = attention_backward(lc.q, lc.k, lc.v, lc.o, lc.lse, d_o, *lc.masks, lc.mask_layer, attention);
-            const Mat dq = heads_merge(ag.dq), dk = heads_merge(ag.dk), dv = heads_merge(ag.dv);
+            Mat dq = heads_merge(ag.dq), dk = heads_merge(ag.dk);
+            const Mat dv = heads_merge(ag.dv);
+            if (shaping()) {
+                dq += lc.dq_sharp;
+                dk += lc.dk_sharp;
+            }
             g(layer_slot(l, wq)) += lc.h1.transpose() * dq;
             g(layer_slot(l, wk)) += lc.h1.transpose() * dk;
             g(layer_slot(l, wv)) += lc.h1.transpose() * dv;
@@ -361,6 +421,12 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
                         std::to_string(fixed.heads) + " heads do not fit the teacher (n = " + std::to_string(n) + ", " +
                         std::to_string(teacher.config.layers) + " layers x " + std::to_string(teacher.config.heads) + " heads)");
     }
+    if (options.sharpness < 0 || !std::isfinite(options.sharpness))
+        throw Error("teacher: sharpness = " + std::to_string(options.sharpness) + " must be a finite number >= 0");
+    if (options.own_block < 0 || !std::isfinite(options.own_block))
+        throw Error("teacher: own_block = " + std::to_string(options.own_block) + " must be a finite number >= 0");
+    if ((options.sharpness > 0 || options.own_block > 0) && (options.masks || options.chooser))
+        throw Error("teacher: the sharpness and own-block terms are for dense training only (run without masks or a chooser)");
     if (options.capture) {
         for (auto* field : {&options.capture->q, &options.capture->k, &options.capture->v, &options.capture->o, &options.capture->lse})
             field->assign(static_cast<size_t>(batch.batch), std::vector<Tensor>(static_cast<size_t>(teacher.config.layers)));
@@ -368,7 +434,8 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
     int64_t answers = 0;
     for (int32_t t : batch.targets) answers += t >= 0 ? 1 : 0;
     const double scale = answers > 0 ? 1.0 / static_cast<double>(answers) : 0.0;
-    const SequencePass pass{teacher, slots, pe, options, fixed};
+    const double rows = static_cast<double>(batch.batch * teacher.config.layers * teacher.config.heads * n);
+    const SequencePass pass{teacher, slots, pe, options, fixed, options.sharpness / rows, options.own_block / rows};
     std::vector<TeacherResult> results(static_cast<size_t>(batch.batch));
     std::vector<std::vector<double>> seq_grads(grads ? static_cast<size_t>(batch.batch) : 0);
     parallel_for(batch.batch, options.threads, [&](int64_t begin, int64_t end) {
@@ -387,6 +454,8 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
         total.loss += results[b].loss;
         total.answers += results[b].answers;
         total.correct += results[b].correct;
+        total.entropy += results[b].entropy;
+        total.own_block += results[b].own_block;
         if (!batch.is_passkey.empty() && batch.is_passkey[b]) {
             total.passkey_answers += results[b].answers;
             total.passkey_correct += results[b].correct;
@@ -395,6 +464,9 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
             for (size_t e = 0; e < grads->size(); ++e) (*grads)[e] += seq_grads[b][e];
     }
     total.loss *= scale;
+    total.entropy /= rows;
+    total.own_block /= rows;
+    total.objective = total.loss + options.sharpness * total.entropy + options.own_block * total.own_block;
     return total;
 }
 
@@ -413,14 +485,21 @@ TeacherResult teacher_gradients(const Teacher& teacher, const TaskBatch& batch, 
 
 TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
     if (o.steps < 1 || o.batch < 1) throw Error("train: steps and batch must be at least 1");
+    if (o.sharpen_steps < 1) throw Error("train: sharpen_steps = " + std::to_string(o.sharpen_steps) + " must be at least 1");
     const size_t count = teacher.params.size();
     std::vector<double> m(count, 0.0), v(count, 0.0), grads;
     const double beta1 = 0.9, beta2 = 0.98, eps = 1e-8;
     const TaskBatch held_out = task_batch(teacher.task, task_held_out_seed(o.seed), 0, o.eval_sequences);
+    if (o.sharpness < 0 || !std::isfinite(o.sharpness))
+        throw Error("train: sharpness = " + std::to_string(o.sharpness) + " must be a finite number >= 0");
+    if (o.own_block < 0 || !std::isfinite(o.own_block))
+        throw Error("train: own_block = " + std::to_string(o.own_block) + " must be a finite number >= 0");
+    const bool shaping = o.sharpness > 0 || o.own_block > 0;
     TeacherRunOptions run;
     run.threads = o.threads;
+    TeacherRunOptions train_run = run;   // train_run.sharpness: 0 until the task is learned, then ramps up
     TrainReport report;
-    std::vector<double> losses;
+    std::vector<double> losses, entropies, own_blocks;
     const auto start = std::chrono::steady_clock::now();
     auto seconds_since = [](std::chrono::steady_clock::time_point t) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -437,7 +516,13 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
     for (int64_t step = 0; step < o.steps; ++step) {
         const auto step_start = std::chrono::steady_clock::now();
         const TaskBatch batch = task_batch(teacher.task, o.seed, step * o.batch, o.batch);
-        const TeacherResult r = teacher_gradients(teacher, batch, grads, run);
+        if (report.sharpen_from >= 0) {
+            const double ramp = static_cast<double>(std::max<int64_t>(1, o.sharpen_steps / 4));
+            const double ramped = std::min(1.0, static_cast<double>(step - report.sharpen_from + 1) / ramp);
+            train_run.sharpness = o.sharpness * ramped;
+            train_run.own_block = o.own_block * ramped;
+        }
+        const TeacherResult r = teacher_gradients(teacher, batch, grads, train_run);
         double norm = 0;
         for (double g : grads) norm += g * g;
         norm = std::sqrt(norm);
@@ -457,6 +542,10 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
             teacher.params[e] -= lr * (m[e] / c1) / (std::sqrt(v[e] / c2) + eps);
         }
         losses.push_back(r.loss);
+        if (train_run.sharpness > 0 || train_run.own_block > 0) {
+            entropies.push_back(r.entropy);
+            own_blocks.push_back(std::exp(-r.own_block));
+        }
         tokens += o.batch * teacher.task.n;
         report.steps = step + 1;
         const double step_seconds = seconds_since(step_start);
@@ -467,25 +556,40 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
                          static_cast<long long>(o.steps), r.loss,
                          r.answers ? static_cast<double>(r.correct) / static_cast<double>(r.answers) : 0.0,
                          static_cast<double>(o.batch * teacher.task.n) / step_seconds);
+            if (train_run.sharpness > 0 || train_run.own_block > 0)
+                std::fprintf(stderr, "  entropy %.3f own block %.3f", r.entropy, std::exp(-r.own_block));
             if (eval_now) std::fprintf(stderr, "  held-out acc %.4f (mqar %.4f, passkey %.4f)", report.held_out_accuracy,
                                        report.held_out_mqar, report.held_out_passkey);
             std::fprintf(stderr, "\n");
         }
-        if (eval_now && report.held_out_accuracy >= o.stop_accuracy) break;
+        if (eval_now && report.held_out_accuracy >= o.stop_accuracy) {
+            if (!shaping) break;
+            if (report.sharpen_from < 0) report.sharpen_from = step + 1;
+            else if (step + 1 - report.sharpen_from >= o.sharpen_steps) break;
+        }
         if (o.max_seconds > 0 && seconds_since(start) > o.max_seconds) {
             if (!eval_now) measure();
             break;
         }
     }
     report.seconds = seconds_since(start);
-    auto mean_of = [&](size_t from, size_t to) {
+    teacher.config.sharpness = report.sharpen_from >= 0 ? o.sharpness : 0.0;   // what it was trained with
+    teacher.config.own_block = report.sharpen_from >= 0 ? o.own_block : 0.0;
+    auto mean_of = [&](const std::vector<double>& values, size_t from, size_t to) {
         double s = 0;
-        for (size_t i = from; i < to; ++i) s += losses[i];
+        for (size_t i = from; i < to; ++i) s += values[i];
         return s / static_cast<double>(to - from);
     };
     const size_t k = std::min<size_t>(10, losses.size());
-    report.first_loss = mean_of(0, k);
-    report.last_loss = mean_of(losses.size() - k, losses.size());
+    report.first_loss = mean_of(losses, 0, k);
+    report.last_loss = mean_of(losses, losses.size() - k, losses.size());
+    const size_t ke = std::min<size_t>(10, entropies.size());
+    if (ke > 0) {
+        report.first_entropy = mean_of(entropies, 0, ke);
+        report.last_entropy = mean_of(entropies, entropies.size() - ke, entropies.size());
+        report.first_own_block = mean_of(own_blocks, 0, ke);
+        report.last_own_block = mean_of(own_blocks, own_blocks.size() - ke, own_blocks.size());
+    }
     report.tokens_per_second = static_cast<double>(tokens) / report.seconds;
     return report;
 }
@@ -516,7 +620,7 @@ void teacher_save(const Teacher& t, const std::string& path) {
     nlohmann::json header = {
         {"format", "sparsa.teacher"},
         {"version", kTeacherFormatVersion},
-        {"model", {{"vocab", t.config.vocab}, {"d", t.config.d}, {"heads", t.config.heads}, {"layers", t.config.layers}, {"mlp", t.config.mlp}, {"qk_identity", t.config.qk_identity}}},
+        {"model", {{"vocab", t.config.vocab}, {"d", t.config.d}, {"heads", t.config.heads}, {"layers", t.config.layers}, {"mlp", t.config.mlp}, {"qk_identity", t.config.qk_identity}, {"sharpness", t.config.sharpness}, {"own_block", t.config.own_block}}},
         {"task", {{"kind", task_kind_name(t.task.kind)}, {"n", t.task.n}, {"pairs", t.task.pairs}, {"queries", t.task.queries},
                   {"keys", t.task.keys}, {"values", t.task.values}, {"fillers", t.task.fillers}}},
     };
@@ -564,6 +668,8 @@ Teacher teacher_load(const std::string& path) {
         t.config.layers = model.at("layers");
         t.config.mlp = model.at("mlp");
         t.config.qk_identity = model.value("qk_identity", 0.0);
+        t.config.sharpness = model.value("sharpness", 0.0);
+        t.config.own_block = model.value("own_block", 0.0);
         const auto& task = header.at("task");
         t.task.kind = task_kind_parse(task.at("kind"));
         t.task.n = task.at("n");

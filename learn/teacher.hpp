@@ -30,6 +30,10 @@ struct TeacherConfig {
     // itself (itself and its neighbours, through the positions), so rows that no answer needs
     // tend to stay local. 0 (the default): noise only. See docs/learn.md for what it cost.
     double qk_identity = 0;
+    // The weight of the attention-sharpness term the teacher was trained with (lambda in
+    // TrainOptions::sharpness; recorded here so a checkpoint says how it was made). 0: none.
+    double sharpness = 0;
+    double own_block = 0;   // likewise TrainOptions::own_block
 
     int64_t head_dim() const { return d / heads; }
 };
@@ -72,6 +76,13 @@ struct TeacherResult {
     int64_t answers = 0;        // answer positions
     int64_t correct = 0;        // answers whose argmax is the target
     int64_t passkey_answers = 0, passkey_correct = 0;
+    // Only when TeacherRunOptions::sharpness or own_block > 0 (0 otherwise): the mean entropy
+    // (nats) of the dense attention rows and the mean of -log(share of a row's attention on its
+    // own block), both over rows, heads, layers and sequences; and the objective the gradients
+    // are of, loss + sharpness * entropy + own_block * own_block term.
+    double entropy = 0;
+    double own_block = 0;
+    double objective = 0;
 };
 
 // Optional outputs of a forward pass, per sequence of the batch.
@@ -87,6 +98,17 @@ struct TeacherRunOptions {
     MaskChooser chooser;              // when set, overrides masks layer by layer
     TeacherCapture* capture = nullptr;
     int threads = 0;                  // sequences run in parallel; 0: thread_count()
+    // lambda >= 0: adds lambda * (mean entropy of the attention rows) to the objective, computed
+    // densely on the side (n x n per head, in double, from the engine's Q and K) with its exact
+    // gradient pushed to dQ and dK; the attention itself still runs through the engine. It makes
+    // rows that no answer needs focus on few keys instead of spreading evenly, so the teacher's
+    // attention is distillable. Dense attention only (no masks, no chooser).
+    double sharpness = 0;
+    // mu >= 0: adds mu * mean over rows of -log(share of the row's attention on its own block of
+    // `block` positions), computed and pushed to dQ, dK the same way. Rows that no answer needs
+    // then park their attention on their own block (which the gate always keeps) instead of on
+    // some far position. Dense attention only.
+    double own_block = 0;
 };
 
 // Loss and accuracy over a batch, no gradients.
@@ -109,6 +131,15 @@ struct TrainOptions {
     int64_t eval_every = 100;      // held-out accuracy every so many steps
     int64_t eval_sequences = 64;
     double stop_accuracy = 0.99;   // stop when held-out accuracy reaches this
+    // TeacherRunOptions::sharpness while training (also stored in the config). The term is off
+    // until the held-out accuracy first reaches stop_accuracy (on from the start, it collapses
+    // every row onto itself before any recall is learned, and the task is never learned: see
+    // docs/learn.md); then it ramps linearly from 0 to `sharpness` over sharpen_steps / 4 steps,
+    // and training stops at the first held-out measurement at least sharpen_steps later whose
+    // accuracy still reaches stop_accuracy.
+    double sharpness = 0;
+    double own_block = 0;          // TeacherRunOptions::own_block, on the same schedule as sharpness
+    int64_t sharpen_steps = 400;
     double max_seconds = 0;        // stop after this long; 0: no limit
     bool progress = true;          // progress line on stderr
     int threads = 0;
@@ -121,6 +152,12 @@ struct TrainReport {
     double held_out_accuracy = 0, held_out_loss = 0;
     double held_out_mqar = 0, held_out_passkey = 0; // accuracy per task (-1 when none)
     double tokens_per_second = 0;
+    // When sharpness or own_block > 0: the step the terms came on at (-1: never, the task was not
+    // learned), and the mean attention-row entropy (nats) over the first and last 10 steps with
+    // them on.
+    int64_t sharpen_from = -1;
+    double first_entropy = 0, last_entropy = 0;
+    double first_own_block = 0, last_own_block = 0;   // mean share of a row's attention on its own block (geometric)
 };
 
 // Trains `teacher` in place on its task's training stream (seed), measuring on the held-out

@@ -68,6 +68,11 @@ TEST_CASE("sparsa learn: bad input is named, exits non-zero and writes nothing",
     Result r = run("learn distill --method search --teacher " + quote(bad) + " -o " + quote(out));
     CHECK(r.code == 1);
     CHECK(r.out.find("not a sparsa teacher checkpoint") != std::string::npos);
+    const fs::path never = scratch("learn_never.bin");
+    r = run("learn teacher --sharpness -1 --steps 1 -o " + quote(never));
+    CHECK(r.code != 0);
+    CHECK(r.out.find("--sharpness") != std::string::npos);
+    CHECK(!fs::exists(never));
     CHECK_FALSE(fs::exists(out));
     r = run("learn distill --method magic --teacher " + quote(bad));
     CHECK(r.code == 1);

@@ -105,6 +105,67 @@ TEST_CASE("teacher: gradients of every parameter tensor match central difference
     }
 }
 
+TEST_CASE("teacher: the sharpness and own-block terms' gradient matches central differences", "[learn][grad]") {
+    // The terms' own gradient (gradients with them minus gradients without) against central
+    // differences of lambda * mean attention-row entropy + mu * mean -log(own-block share), for
+    // every parameter tensor that feeds q or k; the whole objective's gradient too.
+    const TaskConfig task = tiny_task();
+    const Teacher teacher = teacher_init(tiny_model(task), task, 3);
+    const TaskBatch batch = task_batch(task, 11, 0, 2);
+    TeacherRunOptions off, on;
+    off.threads = on.threads = 1;
+    on.sharpness = 0.7;
+    on.own_block = 0.3;
+    std::vector<double> g_off, g_on;
+    teacher_gradients(teacher, batch, g_off, off);
+    const TeacherResult r = teacher_gradients(teacher, batch, g_on, on);
+    CHECK(r.entropy > 0);
+    CHECK(r.entropy <= std::log(static_cast<double>(task.n)) + 1e-9);
+    CHECK(r.own_block > 0);
+    CHECK(r.objective == Approx(r.loss + 0.7 * r.entropy + 0.3 * r.own_block));
+    const double eps = 1e-3;
+    for (const ParamSlot& s : teacher_param_slots(teacher.config)) {
+        DYNAMIC_SECTION("tensor " << s.name) {
+            double err_term = 0, norm_term = 0, err_all = 0, norm_all = 0;
+            for (int64_t t = 0; t < std::min<int64_t>(s.size(), 24); ++t) {
+                const int64_t e = s.offset + (t * 7919) % s.size();
+                Teacher plus = teacher, minus = teacher;
+                plus.params[e] += eps;
+                minus.params[e] -= eps;
+                const TeacherResult rp = teacher_evaluate(plus, batch, on), rm = teacher_evaluate(minus, batch, on);
+                const double fd_term = (0.7 * (rp.entropy - rm.entropy) + 0.3 * (rp.own_block - rm.own_block)) / (2 * eps);
+                const double fd_all = (rp.objective - rm.objective) / (2 * eps);
+                const double term = g_on[e] - g_off[e];
+                err_term += (fd_term - term) * (fd_term - term);
+                norm_term += fd_term * fd_term + term * term;
+                err_all += (fd_all - g_on[e]) * (fd_all - g_on[e]);
+                norm_all += fd_all * fd_all + g_on[e] * g_on[e];
+            }
+            INFO("term: relative error " << std::sqrt(err_term / std::max(norm_term, 1e-30)) << ", norm " << std::sqrt(norm_term));
+            INFO("objective: relative error " << std::sqrt(err_all / std::max(norm_all, 1e-30)) << ", norm " << std::sqrt(norm_all));
+            CHECK(std::sqrt(err_term) <= 1e-2 * std::sqrt(norm_term) + 2e-4);
+            CHECK(std::sqrt(err_all) <= 1e-2 * std::sqrt(norm_all) + 2e-4);
+            // Everything below the last layer's attention moves q or k, so gets a share of the term.
+            const bool after_attention = s.name.rfind("layer1.wv", 0) == 0 || s.name.rfind("layer1.wo", 0) == 0 ||
+                                         s.name.rfind("layer1.ln2", 0) == 0 || s.name.rfind("layer1.w1", 0) == 0 ||
+                                         s.name.rfind("layer1.b1", 0) == 0 || s.name.rfind("layer1.w2", 0) == 0 ||
+                                         s.name.rfind("layer1.b2", 0) == 0 || s.name.rfind("lnf", 0) == 0 ||
+                                         s.name.rfind("w_out", 0) == 0 || s.name.rfind("b_out", 0) == 0;
+            if (!after_attention) CHECK(norm_term > 1e-12);
+        }
+    }
+    TeacherRunOptions bad = on;
+    MaskSet dense = mask_set_dense(task.n, 16, 1, 2);
+    bad.masks = &dense;
+    CHECK_THROWS_WITH(teacher_evaluate(teacher, batch, bad), Catch::Contains("dense training only"));
+    bad = on;
+    bad.sharpness = -1;
+    CHECK_THROWS_WITH(teacher_evaluate(teacher, batch, bad), Catch::Contains("sharpness = -1"));
+    bad = on;
+    bad.own_block = -1;
+    CHECK_THROWS_WITH(teacher_evaluate(teacher, batch, bad), Catch::Contains("own_block = -1"));
+}
+
 TEST_CASE("teacher: same gradients for any thread count", "[learn]") {
     const TaskConfig task = tiny_task();
     const Teacher teacher = teacher_init(tiny_model(task), task, 3);
@@ -145,7 +206,41 @@ TEST_CASE("teacher: training from a fixed seed lowers the loss by a factor of 2"
     CHECK(r.last_loss * 2 < r.first_loss);
 }
 
-TEST_CASE("teacher: checkpoints round-trip; corrupt, truncated and foreign files are refused", "[learn]") {
+TEST_CASE("teacher: once the task is learned, the sharpness term lowers the attention entropy by a factor of 2", "[learn][train]") {
+    TaskConfig task;
+    task.kind = TaskKind::passkey;
+    task.n = 32;
+    task.values = 4;
+    task.fillers = 4;
+    task.keys = 1;
+    TeacherConfig model;
+    model.vocab = task.vocab();
+    model.d = 16;
+    model.heads = 2;
+    model.layers = 1;
+    model.mlp = 16;
+    Teacher teacher = teacher_init(model, task, 7);
+    TrainOptions o;
+    o.seed = 7;
+    o.steps = 400;
+    o.batch = 16;
+    o.lr = 1e-2;
+    o.warmup = 10;
+    o.eval_every = 25;
+    o.stop_accuracy = 0.5;
+    o.sharpness = 0.2;
+    o.sharpen_steps = 100;
+    o.progress = false;
+    const TrainReport r = teacher_train(teacher, o);
+    INFO("sharpened from step " << r.sharpen_from << ", entropy " << r.first_entropy << " -> " << r.last_entropy << ", steps "
+                                << r.steps << ", held-out accuracy " << r.held_out_accuracy);
+    REQUIRE(r.sharpen_from >= 0);
+    CHECK(teacher.config.sharpness == 0.2);
+    CHECK(r.steps >= r.sharpen_from + 100);
+    CHECK(r.last_entropy * 2 < r.first_entropy);
+}
+
+TEST_CASE("teacher: checkpoints round-trip and corrupt or truncated or foreign files are refused", "[learn]") {
     const TaskConfig task = tiny_task();
     const Teacher teacher = teacher_init(tiny_model(task), task, 3);
     const std::string path = temp_path("teacher.bin");
@@ -154,6 +249,13 @@ TEST_CASE("teacher: checkpoints round-trip; corrupt, truncated and foreign files
     CHECK(back.params == teacher.params);
     CHECK(back.config.d == teacher.config.d);
     CHECK(back.task.n == task.n);
+    Teacher sharp = teacher;
+    sharp.config.sharpness = 0.05;
+    sharp.config.own_block = 0.25;
+    teacher_save(sharp, path);
+    CHECK(teacher_load(path).config.sharpness == 0.05);
+    CHECK(teacher_load(path).config.own_block == 0.25);
+    teacher_save(teacher, path);
 
     std::vector<char> bytes;
     {
