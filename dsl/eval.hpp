@@ -86,6 +86,22 @@ struct EvalContext {
     std::string where;          // "a `block` statement" etc., for "n is not known in ..."
 };
 
+// The context of an attend line of `script` for (layer, head) at sequence length n, block B:
+// every number known (n, B, h, l, H, L) and the script's `causal`.
+inline EvalContext eval_context_attend(const Script& script, int64_t n, int32_t block, int64_t layer, int64_t head) {
+    EvalContext context;
+    context.has_sequence = context.has_position = context.has_model = true;
+    context.n = n;
+    context.block = block;
+    context.layer = layer;
+    context.head = head;
+    context.heads = script.settings.heads;
+    context.layers = script.settings.layers;
+    context.causal = script.settings.causal;
+    context.where = "an attend line";
+    return context;
+}
+
 // Evaluates expressions of one script for one context. Caches let values and loaded files.
 class Evaluator {
 public:

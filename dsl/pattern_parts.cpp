@@ -79,16 +79,7 @@ PatternParts script_pattern_parts(const Script& script, int64_t n, int32_t block
         throw Error("layer " + std::to_string(layer) + ", head " + std::to_string(head) + " is outside the script's " +
                     std::to_string(s.layers) + " layers and " + std::to_string(s.heads) + " heads");
     }
-    EvalContext context;
-    context.has_sequence = context.has_position = context.has_model = true;
-    context.n = n;
-    context.block = block;
-    context.layer = layer;
-    context.head = head;
-    context.heads = s.heads;
-    context.layers = s.layers;
-    context.causal = s.causal;
-    context.where = "an attend line";
+    const EvalContext context = eval_context_attend(script, n, block, layer, head);
     Evaluator evaluator(script, context, nullptr);
     const AttendLine& line = chosen_line(script, evaluator, layer, head);
     const std::string& text = script.main->source->text;

@@ -636,16 +636,7 @@ void dedupe(std::vector<Diagnostic>& warnings) {
 PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_t layer, int64_t head,
                           std::vector<Diagnostic>* warnings) {
     const ScriptSettings& s = script.settings;
-    EvalContext context;
-    context.has_sequence = context.has_position = context.has_model = true;
-    context.n = n;
-    context.block = block;
-    context.layer = layer;
-    context.head = head;
-    context.heads = s.heads;
-    context.layers = s.layers;
-    context.causal = s.causal;
-    context.where = "an attend line";
+    const EvalContext context = eval_context_attend(script, n, block, layer, head);
     // The last line whose selector matches wins (selectors are re-evaluated: cheap, and exact).
     std::vector<Selection> sel = selections(script, n, block, nullptr);
     const AttendLine* chosen = nullptr;
