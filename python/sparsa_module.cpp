@@ -10,7 +10,9 @@
 //   [SECTION] attention       CPU engine forward and backward, the dense reference
 //   [SECTION] receptive       coverage per layer, one token's field, the warning, dense R_l
 //   [SECTION] cuda            the CUDA engine where it is built and a GPU is present
-//   [SECTION] learn           sparsa.learn: train the teacher, oracle / search / gate, evaluate (when learn/ is built)
+//   [SECTION] learn           sparsa.learn, bound in bind_learn.cpp (when learn/ is built)
+#include "python/module.hpp"
+
 #include "dsl/diagnostics.hpp"
 #include "dsl/script.hpp"
 #include "engine/block_mask.hpp"
@@ -24,13 +26,6 @@
 #include "engine/threads.hpp"
 #ifdef SPARSA_HAVE_CUDA
 #include "engine/cuda/attention_cuda.hpp"
-#endif
-#ifdef SPARSA_HAVE_LEARN
-#include "learn/distill.hpp"
-#include "learn/eval.hpp"
-#include "learn/pool.hpp"
-#include "learn/tasks.hpp"
-#include "learn/teacher.hpp"
 #endif
 
 #include <pybind11/numpy.h>
@@ -46,19 +41,11 @@
 #include <vector>
 
 namespace py = pybind11;
-using namespace sparsa;
 
-namespace {
+namespace sparsa::python {
 
 // [SECTION] errors
 
-// One diagnostic as Python sees it; `text` is exactly what the CLI prints for it.
-struct DiagnosticView {
-    std::string severity;  // "error" or "warning"
-    std::string file;      // "" for a diagnostic about no particular place
-    int line = 0, column = 0;
-    std::string message, hint, text;
-};
 
 DiagnosticView diagnostic_view(const dsl::Diagnostic& d) {
     DiagnosticView v;
@@ -108,15 +95,6 @@ py::array array_checked(const py::handle& obj, const std::string& name, py::ssiz
     return a;
 }
 
-// A copy of a floating array as the engine's C-order tensor of element T (float32 or float64;
-// other float dtypes and any strides are converted). a: [batch, heads, n, d].
-template <typename T> BasicTensor<T> tensor_from(const py::array& a) {
-    auto c = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
-    BasicTensor<T> t;
-    t.shape = {c.shape(0), c.shape(1), c.shape(2), c.shape(3)};
-    t.data.assign(c.data(), c.data() + c.size());
-    return t;
-}
 
 // q, k, v (and the other [batch, heads, n, d] arguments) checked against each other and the
 // mask set, naming the argument that is wrong.
@@ -151,15 +129,6 @@ void attention_args_check(const std::vector<std::pair<std::string, py::array>>& 
     }
 }
 
-// A tensor handed to numpy without a copy: the array owns the tensor's buffer.
-// With drop_last, [batch, heads, n, 1] comes out as [batch, heads, n] (lse).
-template <typename T> py::array array_from(BasicTensor<T>&& t, bool drop_last = false) {
-    auto* owned = new std::vector<T>(std::move(t.data));
-    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    std::vector<py::ssize_t> shape = {t.shape.batch, t.shape.heads, t.shape.n};
-    if (!drop_last) shape.push_back(t.shape.d);
-    return py::array_t<T>(shape, owned->data(), owner);
-}
 
 // lse as given back by attention(): [batch, heads, n] (or [batch, heads, n, 1]) -> [.., n, 1].
 Tensor lse_from(const py::handle& obj, const py::array& q) {
@@ -181,12 +150,6 @@ struct PyScript {
     dsl::ScriptPtr script;
 };
 
-// A compiled MaskSet and the warnings its compile gave.
-struct PyMaskSet {
-    MaskSet set;
-    std::vector<DiagnosticView> warnings;
-};
-using PyMaskSetPtr = std::shared_ptr<PyMaskSet>;
 
 PyMaskSetPtr script_compile_py(const PyScript& s, int64_t n, int32_t block, int threads) {
     if (n < 1) value_error("n: the sequence length must be >= 1, got " + std::to_string(n));
@@ -256,12 +219,6 @@ py::array mask_block_grid(const PyMaskSet& m, int64_t layer, int64_t head) {
         }
     }
     return grid;
-}
-
-template <typename T> py::array array_copy(const std::vector<T>& v) {
-    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
-    std::copy(v.begin(), v.end(), a.mutable_data());
-    return a;
 }
 
 // The CSR arrays of (layer, head) (copies): row_ptr, col_idx, partial_idx, bits [partial, B*B/64].
@@ -486,364 +443,16 @@ CudaAttention& cuda_engine() {
 }
 #endif
 
-// [SECTION] learn
-
-#ifdef SPARSA_HAVE_LEARN
-// The sequences search and the gate learn from start here in the training stream, as in
-// `sparsa learn` (far from the sequences the teacher trained on first).
-constexpr int64_t kCalibrationFirst = int64_t{1} << 40;
-
-struct PyTeacher {
-    learn::Teacher teacher;
-};
-struct PySample {
-    learn::AttentionSample sample;
-    int32_t block = 16;
-};
-struct PySearchTable {
-    learn::SearchTable table;
-};
-struct PyGate {
-    learn::BlockGate gate;
-};
-
-// [layers] tensors of [1, heads, n, d] as one array [layers, heads, n, d] (a copy); with
-// drop_last, d = 1 is dropped (lse).
-py::array tensors_stack(const std::vector<Tensor>& layers, bool drop_last = false) {
-    const TensorShape s = layers.at(0).shape;
-    std::vector<py::ssize_t> shape = {static_cast<py::ssize_t>(layers.size()), s.heads, s.n};
-    if (!drop_last) shape.push_back(s.d);
-    py::array_t<float> out(shape);
-    float* data = out.mutable_data();
-    for (const Tensor& t : layers) data = std::copy(t.data.begin(), t.data.end(), data);
-    return out;
-}
-
-// One teacher-shaped input [1, heads, n, d] from numpy, checked against the teacher.
-Tensor teacher_tensor(const py::handle& obj, const char* name, const learn::Teacher& t) {
-    py::array a = array_checked(obj, name, 4, "[1, heads, n, head_dim]");
-    if (a.shape(0) != 1 || a.shape(1) != t.config.heads || a.shape(2) != t.task.n || a.shape(3) != t.config.head_dim()) {
-        value_error(std::string(name) + ": shape " + shape_text(a) + " is not the teacher's [1, heads, n, head_dim] = (1, " +
-                    std::to_string(t.config.heads) + ", " + std::to_string(t.task.n) + ", " + std::to_string(t.config.head_dim()) + ")");
-    }
-    return tensor_from<float>(a);
-}
-
-py::dict train_report_dict(const learn::TrainReport& r) {
-    py::dict d;
-    d["steps"] = r.steps;
-    d["seconds"] = r.seconds;
-    d["first_loss"] = r.first_loss;
-    d["last_loss"] = r.last_loss;
-    d["held_out_accuracy"] = r.held_out_accuracy;
-    d["held_out_loss"] = r.held_out_loss;
-    d["held_out_mqar"] = r.held_out_mqar;
-    d["held_out_passkey"] = r.held_out_passkey;
-    d["tokens_per_second"] = r.tokens_per_second;
-    return d;
-}
-
-PyMaskSetPtr mask_set_wrap(MaskSet set) {
-    auto out = std::make_shared<PyMaskSet>();
-    out->set = std::move(set);
-    return out;
-}
-
-py::dict search_result_dict(const learn::SearchResult& r, const learn::SearchTable& t) {
-    py::dict d;
-    d["script"] = r.script;
-    d["masks"] = mask_set_wrap(r.masks);
-    py::array_t<double> recall({t.layers, t.heads});
-    py::list expressions;
-    for (int64_t l = 0; l < t.layers; ++l) {
-        py::list row;
-        for (int64_t h = 0; h < t.heads; ++h) {
-            const size_t i = static_cast<size_t>(l * t.heads + h);
-            recall.mutable_at(l, h) = r.recall[i];
-            row.append(t.candidates[static_cast<size_t>(r.choice[i])].expression);
-        }
-        expressions.append(row);
-    }
-    d["recall"] = recall;
-    d["expressions"] = expressions;
-    return d;
-}
-
-void bind_learn(py::module_& parent) {
-    py::module_ m = parent.def_submodule("learn", "Learned sparsity: a dense teacher, masks distilled from its attention, and their evaluation.");
-
-    py::class_<PyTeacher>(m, "Teacher", "A tiny dense transformer trained on recall tasks (mqar, passkey) with sparsa's CPU engine.")
-        .def_property_readonly("n", [](const PyTeacher& t) { return t.teacher.task.n; })
-        .def_property_readonly("layers", [](const PyTeacher& t) { return t.teacher.config.layers; })
-        .def_property_readonly("heads", [](const PyTeacher& t) { return t.teacher.config.heads; })
-        .def_property_readonly("d", [](const PyTeacher& t) { return t.teacher.config.d; })
-        .def_property_readonly("head_dim", [](const PyTeacher& t) { return t.teacher.config.head_dim(); })
-        .def_property_readonly("task", [](const PyTeacher& t) { return learn::task_kind_name(t.teacher.task.kind); })
-        .def_property_readonly("param_count", [](const PyTeacher& t) { return t.teacher.params.size(); })
-        .def("save", [](const PyTeacher& t, const std::string& path) { learn::teacher_save(t.teacher, path); }, py::arg("path"),
-             "Saves a checkpoint atomically (the format of `sparsa learn teacher -o`).")
-        .def_static("load", [](const std::string& path) { return PyTeacher{learn::teacher_load(path)}; }, py::arg("path"))
-        .def("evaluate", [](const PyTeacher& t, const PyMaskSetPtr& masks, int64_t sequences, uint64_t seed, int32_t block, int threads) {
-                 if (sequences < 1) value_error("sequences: expected >= 1, got " + std::to_string(sequences));
-                 const learn::TaskBatch batch = learn::task_batch(t.teacher.task, learn::task_held_out_seed(seed), 0, sequences);
-                 learn::TeacherRunOptions run;
-                 run.masks = masks ? &masks->set : nullptr;
-                 run.block = block;
-                 run.threads = threads;
-                 learn::TeacherResult r;
-                 {
-                     py::gil_scoped_release release;
-                     r = learn::teacher_evaluate(t.teacher, batch, run);
-                 }
-                 py::dict d;
-                 d["loss"] = r.loss;
-                 d["accuracy"] = r.answers ? static_cast<double>(r.correct) / static_cast<double>(r.answers) : 0.0;
-                 d["answers"] = r.answers;
-                 d["passkey_accuracy"] = r.passkey_answers ? static_cast<double>(r.passkey_correct) / static_cast<double>(r.passkey_answers) : -1.0;
-                 return d;
-             }, py::arg("masks") = nullptr, py::arg("sequences") = 64, py::arg("seed") = 1, py::arg("block") = 16, py::arg("threads") = 0,
-             "Loss and accuracy on `sequences` held-out sequences, with dense attention (masks None) or with `masks` "
-             "([layers, heads] at the teacher's n; a one-layer set is used for every layer).")
-        .def("attention", [](const PyTeacher& t, int64_t index, uint64_t seed, int32_t block) {
-                 const learn::TaskBatch batch = learn::task_batch(t.teacher.task, learn::task_held_out_seed(seed), index, 1);
-                 learn::TeacherCapture capture;
-                 learn::TeacherRunOptions run;
-                 run.block = block;
-                 run.capture = &capture;
-                 {
-                     py::gil_scoped_release release;
-                     learn::teacher_evaluate(t.teacher, batch, run);
-                 }
-                 py::dict d;
-                 d["tokens"] = array_copy(batch.tokens);
-                 d["targets"] = array_copy(batch.targets);
-                 d["q"] = tensors_stack(capture.q[0]);
-                 d["k"] = tensors_stack(capture.k[0]);
-                 d["v"] = tensors_stack(capture.v[0]);
-                 d["o"] = tensors_stack(capture.o[0]);
-                 d["lse"] = tensors_stack(capture.lse[0], true);
-                 return d;
-             }, py::arg("index") = 0, py::arg("seed") = 1, py::arg("block") = 16,
-             "The dense attention inputs and outputs of held-out sequence `index`: a dict of tokens [n], targets [n] (-1: no answer), "
-             "q, k, v, o [layers, heads, n, head_dim] and lse [layers, heads, n].");
-
-    m.def("train_teacher", [](const std::string& task, int64_t n, int64_t pairs, int64_t queries, int64_t d, int64_t heads, int64_t layers,
-                              int64_t mlp, int64_t steps, int64_t batch, double lr, uint64_t seed, double stop_accuracy, double max_seconds,
-                              bool progress, int threads) {
-              learn::TaskConfig task_config;
-              task_config.kind = learn::task_kind_parse(task);
-              task_config.n = n;
-              task_config.pairs = pairs;
-              task_config.queries = queries;
-              learn::TeacherConfig model;
-              model.vocab = task_config.vocab();
-              model.d = d;
-              model.heads = heads;
-              model.layers = layers;
-              model.mlp = mlp;
-              learn::TrainOptions o;
-              o.seed = seed;
-              o.steps = steps;
-              o.batch = batch;
-              o.lr = lr;
-              o.stop_accuracy = stop_accuracy;
-              o.max_seconds = max_seconds;
-              o.progress = progress;
-              o.threads = threads;
-              PyTeacher t;
-              learn::TrainReport r;
-              {
-                  py::gil_scoped_release release;
-                  learn::task_config_check(task_config);
-                  learn::teacher_config_check(model);
-                  t.teacher = learn::teacher_init(model, task_config, seed);
-                  r = learn::teacher_train(t.teacher, o);
-              }
-              return py::make_tuple(std::move(t), train_report_dict(r));
-          }, py::arg("task") = "mix", py::arg("n") = 256, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("d") = 64, py::arg("heads") = 4, py::arg("layers") = 2,
-          py::arg("mlp") = 128, py::arg("steps") = 3000, py::arg("batch") = 16, py::arg("lr") = 2e-3, py::arg("seed") = 1,
-          py::arg("stop_accuracy") = 0.98, py::arg("max_seconds") = 0.0, py::arg("progress") = false, py::arg("threads") = 0,
-          "Trains a dense teacher on `task` ('mqar', 'passkey' or 'mix') at length n (mqar: `pairs` key-value pairs, `queries` of them asked): returns (Teacher, report dict). Stops after "
-          "`steps`, at `stop_accuracy` held-out accuracy, or after `max_seconds` (0: no limit). progress prints to stderr.");
-
-    py::class_<PySample>(m, "AttentionSample", "The dense teacher's q, k and lse on several inputs: what search and the gate learn from.")
-        .def_property_readonly("inputs", [](const PySample& s) { return s.sample.inputs(); })
-        .def_property_readonly("layers", [](const PySample& s) { return s.sample.layers(); })
-        .def_property_readonly("block", [](const PySample& s) { return s.block; });
-    m.def("attention_sample", [](const PyTeacher& t, int64_t count, uint64_t seed, int32_t block, int threads) {
-              if (count < 1) value_error("count: expected >= 1, got " + std::to_string(count));
-              if (!block_size_valid(block)) value_error("block: " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
-              PySample s;
-              s.block = block;
-              py::gil_scoped_release release;
-              s.sample = learn::attention_sample(t.teacher, seed, kCalibrationFirst, count, block, threads);
-              return s;
-          }, py::arg("teacher"), py::arg("count") = 32, py::arg("seed") = 1, py::arg("block") = 16, py::arg("threads") = 0,
-          "The teacher's attention inputs on `count` training-stream sequences set apart for calibration (as `sparsa learn` uses).");
-
-    m.def("attention_sample_from_qk", [](const py::handle& q_obj, const py::handle& k_obj, int32_t block) {
-              if (!block_size_valid(block)) value_error("block: " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
-              py::array q = py::isinstance<py::array>(q_obj) ? py::reinterpret_borrow<py::array>(q_obj) : py::array();
-              py::array k = py::isinstance<py::array>(k_obj) ? py::reinterpret_borrow<py::array>(k_obj) : py::array();
-              if (q && q.ndim() == 4) q = q.attr("reshape")(1, q.shape(0), q.shape(1), q.shape(2), q.shape(3));
-              if (k && k.ndim() == 4) k = k.attr("reshape")(1, k.shape(0), k.shape(1), k.shape(2), k.shape(3));
-              q = array_checked(q ? py::handle(q) : q_obj, "q", 5, "[inputs, layers, heads, n, d] or [layers, heads, n, d]");
-              k = array_checked(k ? py::handle(k) : k_obj, "k", 5, "[inputs, layers, heads, n, d] or [layers, heads, n, d]");
-              for (py::ssize_t i = 0; i < 5; ++i) {
-                  if (k.shape(i) != q.shape(i)) value_error("k: shape " + shape_text(k) + " differs from q's " + shape_text(q));
-                  if (q.shape(i) < 1) value_error("q: shape " + shape_text(q) + " has an empty dimension");
-              }
-              if (q.shape(4) > kMaxHeadDim) value_error("q: head dimension " + std::to_string(q.shape(4)) + " is above 256");
-              auto qc = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(q);
-              auto kc = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(k);
-              const int64_t inputs = q.shape(0), layers = q.shape(1);
-              const TensorShape shape{1, q.shape(2), q.shape(3), q.shape(4)};
-              PySample s;
-              s.block = block;
-              for (int64_t i = 0; i < inputs; ++i) {
-                  s.sample.q.emplace_back();
-                  s.sample.k.emplace_back();
-                  s.sample.lse.emplace_back();
-                  for (int64_t l = 0; l < layers; ++l) {
-                      const int64_t offset = (i * layers + l) * shape.size();
-                      Tensor qt{shape, std::vector<float>(qc.data() + offset, qc.data() + offset + shape.size())};
-                      Tensor kt{shape, std::vector<float>(kc.data() + offset, kc.data() + offset + shape.size())};
-                      tensor_check_finite(qt, "q");
-                      tensor_check_finite(kt, "k");
-                      s.sample.lse.back().push_back(learn::dense_lse(qt, kt, block));
-                      s.sample.q.back().push_back(std::move(qt));
-                      s.sample.k.back().push_back(std::move(kt));
-                  }
-              }
-              return s;
-          }, py::arg("q"), py::arg("k"), py::arg("block") = 16,
-          "An AttentionSample from any model's queries and keys (numpy, [inputs, layers, heads, n, d] or one input "
-          "[layers, heads, n, d]), for search_table() and gate_train(); lse is the dense one (scale 1 / sqrt(d)).");
-
-    m.def("oracle_masks", [](const PyTeacher& t, int64_t index, double density, uint64_t seed, int32_t block) {
-              if (!(density > 0 && density <= 1)) value_error("density: expected a fraction in (0, 1], got " + std::to_string(density));
-              learn::AttentionSample s;
-              {
-                  py::gil_scoped_release release;
-                  s = learn::attention_sample(t.teacher, learn::task_held_out_seed(seed), index, 1, block, 0);
-              }
-              const TensorShape shape = s.q[0][0].shape;
-              learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, block);
-              for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l]);
-              MaskSet masks = learn::oracle_masks(p, learn::blocks_per_row(density, p.blocks()));
-              py::array_t<double> recall({p.layers, p.heads});
-              for (int64_t l = 0; l < p.layers; ++l) {
-                  for (int64_t h = 0; h < p.heads; ++h) recall.mutable_at(l, h) = learn::pooled_recall(p, l, h, masks.at(l, h));
-              }
-              return py::make_tuple(mask_set_wrap(std::move(masks)), recall);
-          }, py::arg("teacher"), py::arg("index") = 0, py::arg("density") = 0.125, py::arg("seed") = 1, py::arg("block") = 16,
-          "The oracle for held-out sequence `index`: each query block keeps the key blocks of most attention mass, "
-          "round(density * blocks) of them. Returns (MaskSet, recall [layers, heads]).");
-
-    py::class_<PySearchTable>(m, "SearchTable", "Every candidate pattern's exact recall on every (layer, head) of a sample.")
-        .def_property_readonly("expressions", [](const PySearchTable& t) {
-            std::vector<std::string> e;
-            for (const auto& c : t.table.candidates) e.push_back(c.expression);
-            return e;
-        })
-        .def_property_readonly("densities", [](const PySearchTable& t) {
-            std::vector<double> e;
-            for (const auto& c : t.table.candidates) e.push_back(c.density);
-            return e;
-        }, "block density of each candidate")
-        .def_property_readonly("recall", [](const PySearchTable& t) {
-            py::array_t<double> r({static_cast<int64_t>(t.table.candidates.size()), t.table.layers, t.table.heads});
-            std::copy(t.table.recall.begin(), t.table.recall.end(), r.mutable_data());
-            return r;
-        }, "[candidates, layers, heads]");
-    m.def("search_table", [](const PySample& s, int threads) {
-              PySearchTable t;
-              py::gil_scoped_release release;
-              t.table = learn::search_table_build(s.sample, s.block, threads);
-              return t;
-          }, py::arg("sample"), py::arg("threads") = 0, "Measures every candidate of the language's families on the sample.");
-    m.def("search", [](const PySearchTable& t, py::object share, py::object density) {
-              if (share.is_none() == density.is_none()) value_error("search: give exactly one of share= (recall to reach) or density= (block density cap)");
-              learn::SearchResult r = share.is_none() ? learn::search_by_density(t.table, density.cast<double>())
-                                                      : learn::search_by_share(t.table, share.cast<double>());
-              return search_result_dict(r, t.table);
-          }, py::arg("table"), py::arg("share") = py::none(), py::arg("density") = py::none(),
-          "Per (layer, head), the cheapest candidate keeping `share` of the attention, or the best one under `density`: "
-          "a dict of script (.pat text), masks, recall [layers, heads], expressions [layers][heads].");
-
-    py::class_<PyGate>(m, "Gate", "Learned block gates (SeerAttention-style), one per (layer, head).")
-        .def("save", [](const PyGate& g, const std::string& path) { learn::gate_save(g.gate, path); }, py::arg("path"))
-        .def_static("load", [](const std::string& path) { return PyGate{learn::gate_load(path)}; }, py::arg("path"))
-        .def("masks", [](const PyGate& g, const PyTeacher& t, const py::handle& q, const py::handle& k, int64_t layer, int64_t keep, double share) {
-                 if (layer < 0 || layer >= g.gate.layers) value_error("layer " + std::to_string(layer) + " is out of range for the gate");
-                 const Tensor qt = teacher_tensor(q, "q", t.teacher), kt = teacher_tensor(k, "k", t.teacher);
-                 return mask_set_wrap(learn::gate_masks(g.gate, layer, qt, kt, keep, share));
-             }, py::arg("teacher"), py::arg("q"), py::arg("k"), py::arg("layer"), py::arg("keep") = 1, py::arg("share") = 0.0,
-             "The gate's one-layer MaskSet for this input: top `keep` blocks per row (or the fewest reaching `share` when > 0), "
-             "diagonal always kept. q, k: [1, heads, n, head_dim] (e.g. teacher.attention()['q'][layer][None]).");
-    m.def("gate_train", [](const PySample& s, int64_t hidden, int64_t steps, double lr, uint64_t seed) {
-              const TensorShape shape = s.sample.q.at(0).at(0).shape;
-              PyGate g;
-              learn::GateTrainOptions o;
-              o.steps = steps;
-              o.lr = lr;
-              learn::GateTrainReport r;
-              {
-                  py::gil_scoped_release release;
-                  g.gate = learn::gate_init(s.sample.layers(), shape.heads, shape.d, hidden, s.block, seed);
-                  r = learn::gate_train(g.gate, s.sample, o);
-              }
-              py::dict d;
-              d["first_loss"] = r.first_loss;
-              d["last_loss"] = r.last_loss;
-              return py::make_tuple(std::move(g), d);
-          }, py::arg("sample"), py::arg("hidden") = 16, py::arg("steps") = 300, py::arg("lr") = 1e-2, py::arg("seed") = 1,
-          "Trains a block gate per (layer, head) on the sample (KL to the block-pooled teacher attention): (Gate, {first_loss, last_loss}).");
-
-    m.def("evaluate", [](const PyTeacher& t, const PyGate& g, const PySearchTable& table, std::vector<double> densities,
-                         int64_t inputs, uint64_t seed, int time_repeats, int threads) {
-              learn::EvalOptions o;
-              o.densities = std::move(densities);
-              o.block = g.gate.block;
-              o.inputs = inputs;
-              o.seed = seed;
-              o.time_repeats = time_repeats;
-              o.threads = threads;
-              learn::EvalReport report;
-              {
-                  py::gil_scoped_release release;
-                  report = learn::learn_evaluate(t.teacher, g.gate, table.table, o);
-              }
-              py::list rows;
-              for (const learn::EvalRow& r : report.rows) {
-                  py::dict d;
-                  d["method"] = r.method;
-                  d["target"] = r.target;
-                  d["density"] = r.density;
-                  d["recall"] = r.recall;
-                  d["l1_error"] = r.l1_error;
-                  d["accuracy"] = r.accuracy;
-                  d["forward_ms"] = r.forward_ms;
-                  d["detail"] = r.detail;
-                  rows.append(d);
-              }
-              return rows;
-          }, py::arg("teacher"), py::arg("gate"), py::arg("table"), py::arg("densities") = std::vector<double>{0.03, 0.06, 0.125, 0.25},
-          py::arg("inputs") = 64, py::arg("seed") = 1, py::arg("time_repeats") = 7, py::arg("threads") = 0,
-          "Every method (dense, oracle, gate, search, longformer, bigbird) at every block density on held-out inputs: a list of "
-          "dicts with method, target, density, recall, l1_error, accuracy, forward_ms, detail.");
-    m.def("baseline_expression", &learn::baseline_expression, py::arg("name"), py::arg("density"), py::arg("n"), py::arg("block") = 16,
-          "The prelude's 'longformer' or 'bigbird' sized to the largest block density at most `density`: the expression.");
-}
-#endif
-
 #ifndef SPARSA_HAVE_CUDA
 const char* const kNoCuda =
     "sparsa was built without the CUDA engine (configured with SPARSA_CUDA=OFF, or no nvcc was found); "
     "install the CUDA toolkit (nvcc), reconfigure and rebuild to use attention_cuda()";
 #endif
 
-} // namespace
+} // namespace sparsa::python
+
+using namespace sparsa;
+using namespace sparsa::python;
 
 PYBIND11_MODULE(_sparsa, m) {
     m.doc() = "sparsa: pattern scripts, block-sparse masks, attention engines and receptive fields (see docs/python.md)";
