@@ -14,12 +14,53 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <iostream>
+#include <map>
 #include <stdexcept>
 #include <fstream>
 #include <string>
 #include <vector>
 
 namespace sparsa::bench {
+
+// The command line of a benchmark: `--name value` options, and the command as typed (for the
+// results file). An option not in `allowed`, or one without its value, prints `usage` and exits 2.
+struct BenchArgs {
+    std::string command;
+    std::map<std::string, std::string> values;
+
+    std::string text(const std::string& name, const std::string& fallback) const {
+        auto it = values.find(name);
+        return it == values.end() ? fallback : it->second;
+    }
+    int64_t integer(const std::string& name, int64_t fallback) const {
+        auto it = values.find(name);
+        return it == values.end() ? fallback : std::atoll(it->second.c_str());
+    }
+    double real(const std::string& name, double fallback) const {
+        auto it = values.find(name);
+        return it == values.end() ? fallback : std::atof(it->second.c_str());
+    }
+};
+
+inline BenchArgs bench_args_parse(int argc, char** argv, const std::string& program, const std::vector<std::string>& allowed,
+                                  const std::string& usage) {
+    BenchArgs args;
+    args.command = program;
+    for (int i = 1; i < argc; ++i) {
+        const std::string name = argv[i];
+        if (std::find(allowed.begin(), allowed.end(), name) == allowed.end() || i + 1 >= argc) {
+            if (i + 1 >= argc && std::find(allowed.begin(), allowed.end(), name) != allowed.end()) {
+                std::cerr << program << ": " << name << " needs a value\n";
+            }
+            std::cerr << "usage: " << usage << "\n";
+            std::exit(2);
+        }
+        args.values[name] = argv[++i];
+        args.command += ' ' + name + ' ' + argv[i];
+    }
+    return args;
+}
 
 // A field of /proc (e.g. "VmHWM:" of /proc/self/status), as the number after it (0 if absent).
 inline int64_t proc_field(const char* file, const std::string& key) {

@@ -89,28 +89,11 @@ Result measure(int64_t n, int threads, int runs) {
 } // namespace
 
 int main(int argc, char** argv) {
-    int threads = 0, runs = 5;
-    std::string out_path;
-    std::string command = "bench_compile";
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        command += ' ' + arg;
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::cerr << "bench_compile: " << arg << " needs a value\n";
-                std::exit(2);
-            }
-            command += ' ' + std::string(argv[i + 1]);
-            return argv[++i];
-        };
-        if (arg == "--threads") threads = std::atoi(value().c_str());
-        else if (arg == "--runs") runs = std::atoi(value().c_str());
-        else if (arg == "--out") out_path = value();
-        else {
-            std::cerr << "usage: bench_compile [--threads N] [--runs K] [--out PATH]\n";
-            return 2;
-        }
-    }
+    const BenchArgs args = bench_args_parse(argc, argv, "bench_compile", {"--threads", "--runs", "--out"},
+                                            "bench_compile [--threads N] [--runs K] [--out PATH]");
+    const std::string& command = args.command;
+    int threads = static_cast<int>(args.integer("--threads", 0)), runs = static_cast<int>(args.integer("--runs", 5));
+    std::string out_path = args.text("--out", "");
     if (threads <= 0) threads = thread_count();
     if (runs < 1) runs = 1;
     const std::string cpu = cpu_model();

@@ -199,39 +199,19 @@ std::vector<std::string> split(const std::string& s) {
 } // namespace
 
 int main(int argc, char** argv) {
-    int threads = 0, runs = 5;
-    int64_t min_n = 4096, max_n = 1048576;
-    double max_gflop = 250;
-    std::vector<int64_t> dims = {64, 128};
-    std::vector<std::string> patterns = kPatterns;
-    std::string out_path, command = "build/bench/bench_cpu";
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        command += ' ' + arg;
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::cerr << "bench_cpu: " << arg << " needs a value\n";
-                std::exit(2);
-            }
-            command += ' ' + std::string(argv[i + 1]);
-            return argv[++i];
-        };
-        if (arg == "--threads") threads = std::atoi(value().c_str());
-        else if (arg == "--runs") runs = std::max(1, std::atoi(value().c_str()));
-        else if (arg == "--max-n") max_n = std::atoll(value().c_str());
-        else if (arg == "--min-n") min_n = std::atoll(value().c_str());
-        else if (arg == "--max-gflop") max_gflop = std::atof(value().c_str());
-        else if (arg == "--out") out_path = value();
-        else if (arg == "--patterns") patterns = split(value());
-        else if (arg == "--d") {
-            dims.clear();
-            for (const auto& d : split(value())) dims.push_back(std::atoll(d.c_str()));
-        } else {
-            std::cerr << "usage: bench_cpu [--max-n N] [--min-n N] [--d 64,128] [--patterns " 
-                         "dense,window,longformer,bigbird,random10] [--runs K] [--threads T] [--max-gflop G] [--out PATH]\n";
-            return 2;
-        }
-    }
+    const BenchArgs args = bench_args_parse(
+        argc, argv, "build/bench/bench_cpu", {"--max-n", "--min-n", "--d", "--patterns", "--runs", "--threads", "--max-gflop", "--out"},
+        "bench_cpu [--max-n N] [--min-n N] [--d 64,128] [--patterns dense,window,longformer,bigbird,random10] [--runs K] "
+        "[--threads T] [--max-gflop G] [--out PATH]");
+    const std::string& command = args.command;
+    int threads = static_cast<int>(args.integer("--threads", 0));
+    const int runs = std::max(1, static_cast<int>(args.integer("--runs", 5)));
+    const int64_t min_n = args.integer("--min-n", 4096), max_n = args.integer("--max-n", 1048576);
+    const double max_gflop = args.real("--max-gflop", 250);
+    std::vector<int64_t> dims;
+    for (const auto& d : split(args.text("--d", "64,128"))) dims.push_back(std::atoll(d.c_str()));
+    std::vector<std::string> patterns = args.values.count("--patterns") ? split(args.text("--patterns", "")) : kPatterns;
+    std::string out_path = args.text("--out", "");
     if (threads <= 0) threads = thread_count();
     const std::string cpu = cpu_model();
     if (out_path.empty()) {
