@@ -10,7 +10,9 @@ kept blocks instead (partial blocks whole), the work a block-sparse kernel does.
 bench_cuda --csv) and writes it to OUT_DIR/cuda-<gpu>.md with the command and the GPU's name.
 
     python3 bench/gpu_compare.py MASK.npz... --sparsa-csv sparsa.csv [--heads 16] [--d 128]
-            [--command TEXT] [--out-dir bench/results] [--copy-to DIR]
+            [--command TEXT] [--out-dir bench/results] [--suffix TEXT] [--copy-to DIR]
+
+--suffix goes after the GPU's name in the file name (cuda-<gpu><suffix>.md), e.g. -d64.
 """
 import argparse
 import csv
@@ -106,6 +108,7 @@ def main():
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--command", default="python3 bench/gpu_compare.py ...")
     ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--suffix", default="")
     ap.add_argument("--copy-to", default=None)
     args = ap.parse_args()
 
@@ -216,7 +219,7 @@ def main():
 
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     os.makedirs(args.out_dir, exist_ok=True)
-    out = os.path.join(args.out_dir, f"cuda-{slug}.md")
+    out = os.path.join(args.out_dir, f"cuda-{slug}{args.suffix}.md")
     text = (f"# CUDA engine on {gpu}\n\nCommand: `{args.command}` (torch {torch.__version__}).\n\n"
             + "".join(f"{line}\n\n" for line in notes) + f"{table}\n")
     tmp = out + ".tmp"

@@ -7,7 +7,9 @@
 #   bench/run_gpu.sh masks              # on a machine with dsl/ built (build-cuda/cli/sparsa):
 #                                       #   compiles the benchmark and test masks to .benchmasks/
 #   bench/run_gpu.sh [STEP...]          # on the GPU machine; steps: build test sanitize bench compare
-#                                       #   (the default, in that order), carried, cli
+#                                       #   (the default, in that order), carried, cli, bench_d64 and
+#                                       #   compare_d64 (d = 64 on dense 16,384 and window 65,536:
+#                                       #   bench/results/cuda-<gpu>-d64.md)
 #   BUILD=build-cuda bench/run_gpu.sh carried test sanitize cli bench compare
 #                                       # the same with binaries built here and carried (step
 #                                       #   `carried` instead of `build`: the GPU machine has no
@@ -46,6 +48,9 @@ make_masks() {
         for p in window256 bigbird64 random10; do "$sparsa" compile "$tmp/$p.pat" --n $n -o "$MASKS/bench/$p-$n.npz"; done
     done
     "$sparsa" compile "$tmp/longformer.pat" --n 65536 -o "$MASKS/bench/longformer-65536.npz"
+    # n = 131,072: window only (2.4 MB; dense, causal and BigBird files there are 15-34 MB, over
+    # what one GPU call carries beside the binaries)
+    "$sparsa" compile "$tmp/window256.pat" --n 131072 -o "$MASKS/bench/window256-131072.npz"
     for f in examples/patterns/*.pat; do "$sparsa" compile "$f" --n 1000 -o "$MASKS/test/$(basename "$f" .pat).npz"; done
     rm -rf "$tmp"
     du -sh "$MASKS"
@@ -98,13 +103,26 @@ step_cli() {
 bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
 
 step_bench() {
-    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,0} \
+    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,0} \
         --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
 }
 
 step_compare() {
     PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(bench_files) --heads 16 --d 128 --sparsa-csv "$LOGS/sparsa.csv" \
         --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare.log"
+}
+
+d64_files() { ls "$MASKS/bench/dense-16384.npz" "$MASKS/bench/window256-65536.npz"; }
+
+step_bench_d64() {
+    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,0} \
+        --csv "$LOGS/sparsa-d64.csv" | tee "$LOGS/bench-d64.log"
+}
+
+step_compare_d64() {
+    PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(d64_files) --heads 16 --d 64 --sparsa-csv "$LOGS/sparsa-d64.csv" \
+        --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --suffix=-d64 --copy-to "$LOGS" 2>&1 \
+        | tee "$LOGS/compare-d64.log"
 }
 
 if [[ ${1:-} == masks ]]; then make_masks; exit 0; fi

@@ -30,15 +30,24 @@
 //      blocks, so no step is spent on the other row's blocks.
 //   9: as 8, with the first step's V copied together with Q and the first K, so a short row
 //      (a few kept blocks) waits for one copy at its start instead of two. The host's choice
-//      for bf16 and fp16 (kernel 0) is 7 or 9, whichever its count of key-tile steps predicts
-//      faster.
+//      for bf16 and fp16 (kernel 0) is 7 or 9 (on compute capability 9.0: 7, 10 or, with
+//      d = 128, 12), whichever its count of key-tile steps predicts faster.
+//  10: as 8 on Hopper's wgmma (sm_90a): one warpgroup of 64 query rows, Q, K, V in 128-byte-
+//      swizzled shared memory, P from registers.
+//  11: as 10 with 128-query tiles (two warpgroups sharing K and V, kernel 7's walk of two mask
+//      rows) and two K / V stages.
+//  12: as 11 with mbarriers on a ring of three K / V stages instead of the block's barrier, so
+//      the two warpgroups drift apart (one's softmax beside the other's products). 10 to 12
+//      are in attn_fwd_wgmma.cuh, built in their own translation unit (attn_fwd_wgmma.cu) for
+//      sm_90a; declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 12.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -89,9 +98,9 @@ template <typename T> struct AttnParams {
     int32_t d;
     float scale_log2;   // softmax scale * log2(e): scores are taken in base 2
     DeviceMasks masks;
-    float* partial_o;    // kernels 7 to 9: [batch, slots, query tile, d] unnormalised O of each chunk
-    float* partial_ml;   // kernels 7 to 9: [batch, slots, query tile, 2] each row's max (base 2) and sum
-    int32_t slots;       // kernels 7 to 9: chunks of split tiles, per batch
+    float* partial_o;    // kernels 7 to 12: [batch, slots, query tile, d] unnormalised O of each chunk
+    float* partial_ml;   // kernels 7 to 12: [batch, slots, query tile, 2] each row's max (base 2) and sum
+    int32_t slots;       // kernels 7 to 12: chunks of split tiles, per batch
 };
 
 __device__ inline float to_float(float x) { return x; }
@@ -849,5 +858,14 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
         if (col == 0) p.lse[out_row] = sum > 0.f ? (mx + log2f(sum)) * 0.6931471805599453f : -INFINITY;
     }
 }
+
+// [SECTION] kernels 10 to 12
+
+// Kernel 10 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel 7's), in
+// attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
+// attn_combine<T, D, 64 or 128> is the caller's to launch. Returns the launch's error.
+// Declared here so the host code calls them without compiling wgmma.
+template <typename T, int D, int MaskBlock, int Kernel>
+cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch);
 
 } // namespace sparsa::cuda

@@ -102,7 +102,7 @@ void check_output(const AttentionOutput& got, const AttentionOutput& want, doubl
 // [batch, heads, n, d] and compares each with the CPU engine on the same (rounded) inputs.
 void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
                    std::vector<int> kernels = {},   // {}: every kernel
-                   int64_t split_steps = 0) {       // kernels 7 to 9: CudaAttentionOptions::split_steps
+                   int64_t split_steps = 0) {       // kernels 7 to 12: CudaAttentionOptions::split_steps
     if (kernels.empty()) {
         for (int kernel = 1; kernel <= cuda_kernel_count(); ++kernel) kernels.push_back(kernel);
     }
@@ -129,6 +129,8 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
 
 TEST_CASE("cuda: small sizes, every kernel (the sanitizer runs this)", "[cuda][small]") {
     if (!gpu_ready("small sizes")) return;
+    std::printf("test_cuda_attention: kernels 10 to 12 (wgmma) %s\n",
+                cuda_device_has_wgmma() ? "run here and are checked" : "skipped: this GPU is not compute capability 9.0");
     // n = 200 (B = 64, short last block), n = 300 with B = 128: the last 64-key tile lies past n.
     check_kernels(set_of({testing::mask_random(200, 64, 1), testing::mask_random(200, 64, 2)}), 0, 1, 64, 11);
     check_kernels(set_of({testing::mask_random(300, 128, 3), testing::mask_random(300, 128, 4)}), 0, 2, 128, 12);
@@ -151,7 +153,7 @@ TEST_CASE("cuda: random masks, n not divisible by the block, a mask per head, ba
     check_kernels(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
 }
 
-TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 9)", "[cuda][small]") {
+TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 12)", "[cuda][small]") {
     if (!gpu_ready("split rows")) return;
     // Chunks of 1, 3 and 5 key tiles: every row with more is split, with chunks that end inside
     // a 128- or 256-token block, rows of the union of two mask rows (kernel 7, B = 64), an
@@ -163,7 +165,7 @@ TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 9)", "[cud
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
                                       testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
         for (int64_t split : {1, 3, 5}) {
-            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9}, split);
+            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12}, split);
         }
     }
 }
@@ -258,17 +260,30 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     CHECK(engine().kernel() == 1);
     options.dtype = CudaDtype::bfloat16;
     engine().prepare(y, y, y, masks, 0, options);
-    CHECK((engine().kernel() == 7 || engine().kernel() == 9));
-    // kernel 0 in bf16: 128-query tiles (7) where a tile's two halves keep the same blocks,
-    // 64-query tiles (9) where they keep different ones
+    // the 128- and 64-query kernels kernel 0 takes at d = 64
+    const int kernel128 = 7, kernel64 = cuda_device_has_wgmma() ? 10 : 9;
+    CHECK((engine().kernel() == kernel128 || engine().kernel() == kernel64));
+    // kernel 0 in bf16: 128-query tiles where a tile's two halves keep the same blocks, 64-query
+    // tiles where they keep different ones
     const int64_t n = 1024;
     std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1), diagonal(static_cast<size_t>(n * n), 0);
     for (int64_t q = 0; q < n; ++q) diagonal[static_cast<size_t>(q * n + q)] = 1;
     const Tensor z = tensor_random({1, 1, n, 64}, 4);
     engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
-    CHECK(engine().kernel() == 7);
+    CHECK(engine().kernel() == kernel128);
     engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
-    CHECK(engine().kernel() == 9);
+    CHECK(engine().kernel() == kernel64);
+    // at d = 128 with wgmma, 12 where a 128-row tile walks half the 64-row steps (dense)
+    const Tensor z128 = tensor_random({1, 1, n, 128}, 6);
+    engine().prepare(z128, z128, z128, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
+    CHECK(engine().kernel() == (cuda_device_has_wgmma() ? 12 : 7));
+    if (!cuda_device_has_wgmma()) {   // kernels 10 to 12 (sm_90a) refuse other GPUs, saying so
+        for (int wgmma_kernel : {10, 11, 12}) {
+            options.kernel = wgmma_kernel;
+            CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
+        }
+        options.kernel = 0;
+    }
     const Tensor wrong = tensor_random({1, 2, 100, 64}, 3);
     CHECK_THROWS_AS(engine().forward(wrong, wrong, wrong, masks, 0, options), Error);
 }
