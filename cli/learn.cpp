@@ -35,11 +35,11 @@ teacher   train the teacher, print a progress line (step, loss, accuracy, tokens
   --mlp M (128)  --steps S (3000, at most)  --batch B (16)  --lr X (0.002)  --seed S (1)
   --stop-accuracy A (0.98: stop once held-out accuracy reaches it)  --max-minutes M (19)
   --qk-identity A (0: wq, wk start at A * I plus noise)  -o FILE (teacher.bin)  --quiet
-  --sharpness X (0.05: adds X * mean attention-row entropy to the training loss,
-  so rows no answer needs focus instead of spreading; 0: off)  --own-block X (0.1: adds
-  X * mean -log(share of a row's attention on its own block); 0: off). Both terms come on once
-  held-out accuracy first reaches --stop-accuracy, ramp up, and run --shape-steps S (400)
-  more steps at least
+  --sharpness X (0: off; X > 0 adds X * mean attention-row entropy to the training loss,
+  so rows focus on few keys instead of spreading)  --own-block X (1.0: adds
+  X * mean -log(share of a row's attention on its own block) over the rows no answer is
+  asked at; 0: off). Both terms come on once held-out accuracy first reaches
+  --stop-accuracy, ramp up, and run --shape-steps S (800) more steps at least
 pool      the teacher's attention pooled per block on held-out inputs (or Q/K dumps):
           a float64 array [2, layers, heads, blocks, blocks], [0] the mass of each block
           (sum of P), [1] its largest P, both averaged over the inputs
@@ -50,7 +50,13 @@ distill   --method oracle: the top blocks of each row of one held-out input (--i
           --method gate: learned block gates (SeerAttention-style) trained with KL against the
             teacher's block-pooled attention on --inputs N (32) inputs, saved as JSON
             (--steps S, 300; --hidden H, 16; --gate-target sum|max: pool the target by
-            each block's mass (default) or its largest P)
+            each block's mass (default) or its largest P; --gate-query rows|block (rows):
+            score each query row against a key block and pool the rows by log-sum-exp, or
+            pool the queries first, as SeerAttention does; --gate-key keys|bounds|pooled (keys):
+            every key projected and scored, a low-rank indexer, or each key block's largest
+            and smallest projected key per unit, as Quest bounds q . k, or the mean and max
+            of its keys, as SeerAttention; --gate-target rows|sum|max (rows): each row
+            learns its own blocks, or the block-pooled target)
 eval      every method at block densities 3%, 6%, 12.5%, 25% on --inputs N (64) held-out
           inputs: recall, relative L1 error, accuracy, forward time; writes DIR/report.md,
           report.json, recall.png, accuracy.png (search is built from --search-inputs, 32)
@@ -91,19 +97,19 @@ std::vector<std::string> split_commas(const std::string& text) {
 const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--layers", "--mlp", "--steps", "--batch", "--lr",
                                        "--seed", "--stop-accuracy", "--max-minutes", "-o", "--teacher", "--method", "--density",
                                        "--share", "--inputs", "--input", "--hidden", "--gate", "--block", "--threads", "--q",
-                                       "--k", "--search-inputs", "--qk-identity", "--gate-target", "--sharpness",
+                                       "--k", "--search-inputs", "--qk-identity", "--gate-target", "--gate-query", "--gate-key", "--sharpness",
                                        "--own-block", "--shape-steps"};
 const std::set<std::string> kSwitches = {"--help", "--quiet"};
 
-// The default weight of the teacher's attention-sharpness term (docs/learn.md says how it was
-// chosen).
-constexpr double kSharpnessDefault = 0.05;
-constexpr double kOwnBlockDefault = 0.1;
-constexpr int64_t kShapeStepsDefault = 400;
+// The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
+// chosen, with the figures of the others).
+constexpr double kSharpnessDefault = 0;
+constexpr double kOwnBlockDefault = 1.0;
+constexpr int64_t kShapeStepsDefault = 800;
+constexpr const char* kGateQueryDefault = "rows";
+constexpr const char* kGateKeyDefault = "keys";
+constexpr const char* kGateTargetDefault = "rows";
 
-// Where calibration inputs (search, gate) start in the training stream: far past the sequences
-// a teacher trains on (steps * batch).
-constexpr int64_t kCalibrationFirst = int64_t{1} << 40;
 
 struct Common {
     int32_t block = 16;
@@ -118,6 +124,32 @@ Common common(const Args& args) {
     c.threads = static_cast<int>(args.integer("--threads", 0, 0, 1024));
     c.seed = static_cast<uint64_t>(args.integer("--seed", 1, 0, INT64_MAX));
     return c;
+}
+
+// --gate-query block|rows, --gate-key pooled|bounds (learn/distill.hpp, BlockGate): a gate of
+// those kinds, not yet trained.
+learn::BlockGate gate_new(const Args& args, const Common& c, int64_t layers, int64_t heads, int64_t head_dim, int64_t hidden) {
+    learn::GateQuery query;
+    learn::GateKey key;
+    try {
+        query = learn::gate_query_parse(args.value("--gate-query").value_or(kGateQueryDefault));
+        key = learn::gate_key_parse(args.value("--gate-key").value_or(kGateKeyDefault));
+    } catch (const Error& e) {
+        throw Error(std::string("learn: --gate-query / --gate-key: ") + e.what());
+    }
+    return learn::gate_init(layers, heads, head_dim, hidden, c.block, c.seed, query, key);
+}
+
+// --gate-target sum|max|rows: what the gate learns (learn/distill.hpp, GateTrainOptions and
+// BlockGate::row_targets).
+void gate_target_apply(const Args& args, learn::BlockGate& gate, learn::GateTrainOptions& o) {
+    const std::string target = args.value("--gate-target").value_or(kGateTargetDefault);
+    if (target != "sum" && target != "max" && target != "rows")
+        throw Error("learn: --gate-target must be sum, max or rows; got '" + target + "'");
+    if (target == "rows" && gate.query != learn::GateQuery::rows)
+        throw Error("learn: --gate-target rows needs --gate-query rows (each row predicts its own blocks)");
+    o.max_pooled = target == "max";
+    gate.row_targets = target == "rows";
 }
 
 learn::Teacher teacher_from(const Args& args) {
@@ -139,7 +171,7 @@ learn::AttentionSample sample_from(const Args& args, const Common& c, int64_t in
         for (size_t l = 0; l < dump.q.size(); ++l) s.lse[0].push_back(learn::dense_lse(dump.q[l], dump.k[l], c.block));
         return s;
     }
-    return learn::attention_sample(teacher_from(args), c.seed, kCalibrationFirst, inputs, c.block, c.threads);
+    return learn::attention_sample(teacher_from(args), c.seed, learn::kCalibrationFirst, inputs, c.block, c.threads);
 }
 
 std::string output(const Args& args, const std::string& fallback) {
@@ -263,13 +295,11 @@ int learn_distill(const Args& args) {
     if (method == "gate") {
         const learn::AttentionSample s = sample_from(args, c, inputs);
         const TensorShape shape = s.q[0][0].shape;
-        learn::BlockGate gate = learn::gate_init(s.layers(), shape.heads, shape.d, args.integer("--hidden", 16, 1, 1024), c.block, c.seed);
+        learn::BlockGate gate = gate_new(args, c, s.layers(), shape.heads, shape.d, args.integer("--hidden", 16, 1, 1024));
         learn::GateTrainOptions o;
         o.steps = args.integer("--steps", 300, 1, 1000000);
         o.progress = !args.has("--quiet");
-        const std::string pooling = args.value("--gate-target").value_or("sum");
-        if (pooling != "sum" && pooling != "max") throw Error("learn distill: --gate-target must be sum or max; got '" + pooling + "'");
-        o.max_pooled = pooling == "max";
+        gate_target_apply(args, gate, o);
         const learn::GateTrainReport r = learn::gate_train(gate, s, o);
         const std::string path = output(args, "gate.json");
         learn::gate_save(gate, path);
@@ -292,7 +322,7 @@ int run_eval(const Args& args, const Common& c, const learn::Teacher& teacher, c
     o.seed = c.seed;
     o.threads = c.threads;
     o.inputs = args.integer("--inputs", 64, 1, 100000);
-    const learn::AttentionSample s = learn::attention_sample(teacher, c.seed, kCalibrationFirst, args.integer("--search-inputs", 32, 1, 100000),
+    const learn::AttentionSample s = learn::attention_sample(teacher, c.seed, learn::kCalibrationFirst, args.integer("--search-inputs", 32, 1, 100000),
                                                              c.block, c.threads);
     const learn::SearchTable table = learn::search_table_build(s, c.block, c.threads);
     const learn::EvalReport report = learn::learn_evaluate(teacher, gate, table, o);
@@ -313,11 +343,17 @@ std::string teacher_text(const learn::Teacher& t) {
                   static_cast<long long>(t.task.n), static_cast<long long>(t.task.pairs), static_cast<long long>(t.task.queries));
     std::string text = b;
     if (t.config.sharpness > 0 || t.config.own_block > 0) {
-        std::snprintf(b, sizeof b,
-                      "Attention-shaping terms ON while training (docs/learn.md): loss + %g * mean attention-row entropy + %g * mean "
-                      "-log(share of a row's attention on its own block), on once the task was learned.\n",
-                      t.config.sharpness, t.config.own_block);
-        text += b;
+        text += "Attention-shaping terms ON while training (docs/learn.md), on once the task was learned: loss";
+        if (t.config.sharpness > 0) {
+            std::snprintf(b, sizeof b, " + %g * mean attention-row entropy", t.config.sharpness);
+            text += b;
+        }
+        if (t.config.own_block > 0) {
+            std::snprintf(b, sizeof b, " + %g * mean -log(share of a row's attention on its own block) over the rows no answer is asked at",
+                          t.config.own_block);
+            text += b;
+        }
+        text += ".\n";
     } else {
         text += "Trained without attention-shaping terms (cross entropy at answer positions only).\n";
     }
@@ -345,7 +381,7 @@ int learn_demo(const Args& args, const std::vector<std::string>& argv) {
     const learn::TrainReport train = run_teacher(args, c, teacher);
     learn::teacher_save(teacher, dir + "/teacher.bin");
     std::printf("%s\n", train_summary(train).c_str());
-    const learn::AttentionSample s = learn::attention_sample(teacher, c.seed, kCalibrationFirst, args.integer("--search-inputs", 32, 1, 100000),
+    const learn::AttentionSample s = learn::attention_sample(teacher, c.seed, learn::kCalibrationFirst, args.integer("--search-inputs", 32, 1, 100000),
                                                              c.block, c.threads);
     const learn::SearchTable table = learn::search_table_build(s, c.block, c.threads);
     const learn::SearchResult search = learn::search_by_share(table, 0.9);
@@ -354,14 +390,17 @@ int learn_demo(const Args& args, const std::vector<std::string>& argv) {
         file.write(search.script.data(), search.script.size());
         file.commit();
     }
-    learn::BlockGate gate = learn::gate_init(teacher.config.layers, teacher.config.heads, teacher.config.head_dim(), 16, c.block, c.seed);
+    learn::BlockGate gate = gate_new(args, c, teacher.config.layers, teacher.config.heads, teacher.config.head_dim(), 16);
     learn::GateTrainOptions go;
     go.progress = !args.has("--quiet");
+    gate_target_apply(args, gate, go);
     const learn::GateTrainReport gr = learn::gate_train(gate, s, go);
     learn::gate_save(gate, dir + "/gate.json");
-    char line[256];
-    std::snprintf(line, sizeof line, "Gate: trained on %lld training-stream inputs, KL %.4f -> %.4f.\n", static_cast<long long>(s.inputs()),
-                  gr.first_loss, gr.last_loss);
+    char line[384];
+    std::snprintf(line, sizeof line, "Gate: query side %s, key side %s, %s targets, hidden %lld; trained on %lld training-stream inputs, KL %.4f -> %.4f.\n",
+                  learn::gate_query_name(gate.query).c_str(), learn::gate_key_name(gate.key).c_str(),
+                  gate.row_targets ? "row" : go.max_pooled ? "block (max)" : "block (sum)", static_cast<long long>(gate.hidden),
+                  static_cast<long long>(s.inputs()), gr.first_loss, gr.last_loss);
     const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60;
     char timing[128];
     std::snprintf(timing, sizeof timing, "Teacher training plus search and gate took %.1f minutes.\n", minutes);

@@ -271,9 +271,31 @@ SearchResult search_by_density(const SearchTable& t, double density) {
 
 // [SECTION] gate
 
-BlockGate gate_init(int64_t layers, int64_t heads, int64_t head_dim, int64_t hidden, int32_t block, uint64_t seed) {
+std::string gate_query_name(GateQuery query) { return query == GateQuery::rows ? "rows" : "block"; }
+std::string gate_key_name(GateKey key) { return key == GateKey::bounds ? "bounds" : key == GateKey::keys ? "keys" : "pooled"; }
+
+GateKey gate_key_parse(const std::string& text) {
+    if (text == "pooled") return GateKey::pooled;
+    if (text == "bounds") return GateKey::bounds;
+    if (text == "keys") return GateKey::keys;
+    throw Error("gate: the key side must be 'keys' (every key projected and scored, the block's share summed), 'pooled' (mean and max of "
+                "the block's keys, as SeerAttention) or 'bounds' (the largest and smallest projected key per unit, as Quest); got '" +
+                text + "'");
+}
+
+GateQuery gate_query_parse(const std::string& text) {
+    if (text == "block") return GateQuery::block;
+    if (text == "rows") return GateQuery::rows;
+    throw Error("gate: the query side must be 'block' (pooled queries, as SeerAttention) or 'rows' (each row, pooled by log-sum-exp); got '" +
+                text + "'");
+}
+
+BlockGate gate_init(int64_t layers, int64_t heads, int64_t head_dim, int64_t hidden, int32_t block, uint64_t seed, GateQuery query,
+                    GateKey key) {
     if (layers < 1 || heads < 1 || head_dim < 1 || hidden < 1) throw Error("gate: layers, heads, head_dim and hidden must be at least 1");
     BlockGate g;
+    g.query = query;
+    g.key = key;
     g.layers = layers;
     g.heads = heads;
     g.head_dim = head_dim;
@@ -317,36 +339,194 @@ std::vector<double> matmul(const std::vector<double>& f, const double* w, int64_
 }
 
 struct GateForward {
-    std::vector<double> fq, fk, a, b, p;   // features, projections [blocks, hidden], predicted [blocks, blocks]
+    int64_t n = 0, blocks = 0, q_rows = 0, k_rows = 0;
+    std::vector<double> fq, a;          // query features [q_rows, q_in] and their projection [q_rows, hidden]
+    std::vector<double> fk, b;          // key features [k_rows, k_in] and their projection [k_rows, hidden]
+    std::vector<double> hi, lo;         // bounds: per key block and hidden unit, the largest and smallest b [blocks, hidden]
+    std::vector<int64_t> hi_at, lo_at;  // bounds: the key row each comes from
+    std::vector<double> s;              // keys: each query row's score of each key [q_rows, n]
+    std::vector<double> t;              // scores of the query side's rows against key blocks [q_rows, blocks]
+    std::vector<double> row_p;          // row_targets: each row's predicted distribution, softmax of t [n, blocks]
+    std::vector<double> p;              // predicted [blocks, blocks], rows sum to 1
 };
+
+// Rows of one head as features: [n, head_dim].
+std::vector<double> gate_rows(const Tensor& x, int64_t head) {
+    const int64_t n = x.shape.n, d = x.shape.d;
+    std::vector<double> f(static_cast<size_t>(n * d));
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < d; ++j) f[i * d + j] = x.at(0, head, i, j);
+    return f;
+}
+
+// log sum_{i in query block r} exp t_ic, and (when w is given) the softmax weights of those rows.
+double rows_lse(const GateForward& f, int32_t block, int64_t r, int64_t c, std::vector<double>* w = nullptr) {
+    const int64_t begin = r * block, end = std::min(f.n, begin + block);
+    double m = -INFINITY, sum = 0;
+    for (int64_t i = begin; i < end; ++i) m = std::max(m, f.t[i * f.blocks + c]);
+    for (int64_t i = begin; i < end; ++i) sum += std::exp(f.t[i * f.blocks + c] - m);
+    if (w) {
+        w->clear();
+        for (int64_t i = begin; i < end; ++i) w->push_back(std::exp(f.t[i * f.blocks + c] - m) / sum);
+    }
+    return m + std::log(sum);
+}
 
 GateForward gate_forward(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k) {
     if (layer < 0 || layer >= gate.layers || head < 0 || head >= gate.heads || q.shape.d != gate.head_dim || !(q.shape == k.shape))
         throw Error("gate: q " + tensor_shape_text(q.shape) + " or (layer " + std::to_string(layer) + ", head " + std::to_string(head) +
                     ") does not fit a gate of " + std::to_string(gate.layers) + " layers x " + std::to_string(gate.heads) +
                     " heads, head width " + std::to_string(gate.head_dim));
-    const int64_t blocks = (q.shape.n + gate.block - 1) / gate.block, in = 2 * gate.head_dim, hid = gate.hidden;
+    const int64_t B = gate.block, hid = gate.hidden;
     GateForward f;
-    f.fq = gate_features(q, head, gate.block);
-    f.fk = gate_features(k, head, gate.block);
+    f.n = q.shape.n;
+    f.blocks = (f.n + B - 1) / B;
+    const bool rows = gate.query == GateQuery::rows, bounds = gate.key == GateKey::bounds, keys = gate.key == GateKey::keys;
+    f.q_rows = rows ? f.n : f.blocks;
+    f.k_rows = bounds || keys ? f.n : f.blocks;
+    f.fq = rows ? gate_rows(q, head) : gate_features(q, head, gate.block);
+    f.fk = bounds || keys ? gate_rows(k, head) : gate_features(k, head, gate.block);
     const double* w = gate.at(layer, head);
-    f.a = matmul(f.fq, w, blocks, in, hid);
-    f.b = matmul(f.fk, w + in * hid, blocks, in, hid);
-    f.p.assign(static_cast<size_t>(blocks * blocks), 0.0);
+    f.a = matmul(f.fq, w, f.q_rows, gate.q_in(), hid);
+    f.b = matmul(f.fk, w + gate.q_in() * hid, f.k_rows, gate.k_in(), hid);
+    if (bounds) {
+        f.hi.assign(static_cast<size_t>(f.blocks * hid), -INFINITY);
+        f.lo.assign(static_cast<size_t>(f.blocks * hid), INFINITY);
+        f.hi_at.assign(f.hi.size(), 0);
+        f.lo_at.assign(f.lo.size(), 0);
+        for (int64_t j = 0; j < f.n; ++j)
+            for (int64_t h = 0; h < hid; ++h) {
+                const int64_t e = j / B * hid + h;
+                const double v = f.b[j * hid + h];
+                if (v > f.hi[e]) f.hi[e] = v, f.hi_at[e] = j;
+                if (v < f.lo[e]) f.lo[e] = v, f.lo_at[e] = j;
+            }
+    }
     const double scale = 1.0 / std::sqrt(static_cast<double>(hid));
-    for (int64_t r = 0; r < blocks; ++r) {
+    f.t.resize(static_cast<size_t>(f.q_rows * f.blocks));
+    if (keys) {   // s_rj = a_r . b_j * scale; t_rc = log sum_{j in c} exp s_rj
+        f.s.resize(static_cast<size_t>(f.q_rows * f.n));
+        for (int64_t r = 0; r < f.q_rows; ++r)
+            for (int64_t j = 0; j < f.n; ++j) {
+                double dot = 0;
+                for (int64_t h = 0; h < hid; ++h) dot += f.a[r * hid + h] * f.b[j * hid + h];
+                f.s[r * f.n + j] = dot * scale;
+            }
+        for (int64_t r = 0; r < f.q_rows; ++r)
+            for (int64_t c = 0; c < f.blocks; ++c) {
+                const double* sr = f.s.data() + r * f.n;
+                const int64_t begin = c * B, end = std::min(f.n, begin + B);
+                const double m = *std::max_element(sr + begin, sr + end);
+                double sum = 0;
+                for (int64_t j = begin; j < end; ++j) sum += std::exp(sr[j] - m);
+                f.t[r * f.blocks + c] = m + std::log(sum);
+            }
+    } else {   // t_rc = a_r . b_c * scale (pooled), or sum_h max(a_rh hi_ch, a_rh lo_ch) * scale (bounds)
+        for (int64_t r = 0; r < f.q_rows; ++r)
+            for (int64_t c = 0; c < f.blocks; ++c) {
+                double s = 0;
+                for (int64_t h = 0; h < hid; ++h) {
+                    const double a = f.a[r * hid + h];
+                    s += bounds ? std::max(a * f.hi[c * hid + h], a * f.lo[c * hid + h]) : a * f.b[c * hid + h];
+                }
+                f.t[r * f.blocks + c] = s * scale;
+            }
+    }
+    f.p.assign(static_cast<size_t>(f.blocks * f.blocks), 0.0);
+    if (gate.row_targets) {   // each row's own distribution over key blocks; a block row's is their largest share, normalised
+        f.row_p = f.t;
+        for (int64_t i = 0; i < f.n; ++i) {
+            double* row = f.row_p.data() + i * f.blocks;
+            const double top = *std::max_element(row, row + f.blocks);
+            double total = 0;
+            for (int64_t c = 0; c < f.blocks; ++c) total += (row[c] = std::exp(row[c] - top));
+            for (int64_t c = 0; c < f.blocks; ++c) row[c] /= total;
+            for (int64_t c = 0; c < f.blocks; ++c) f.p[i / B * f.blocks + c] = std::max(f.p[i / B * f.blocks + c], row[c]);
+        }
+        for (int64_t r = 0; r < f.blocks; ++r) {   // normalised over the row of blocks
+            double total = 0;
+            for (int64_t c = 0; c < f.blocks; ++c) total += f.p[r * f.blocks + c];
+            for (int64_t c = 0; c < f.blocks; ++c) f.p[r * f.blocks + c] /= total;
+        }
+        return f;
+    }
+    for (int64_t r = 0; r < f.blocks; ++r) {
         double top = -INFINITY;
-        for (int64_t c = 0; c < blocks; ++c) {
-            double s = 0;
-            for (int64_t j = 0; j < hid; ++j) s += f.a[r * hid + j] * f.b[c * hid + j];
-            f.p[r * blocks + c] = s * scale;
-            top = std::max(top, f.p[r * blocks + c]);
+        for (int64_t c = 0; c < f.blocks; ++c) {
+            const double s = rows ? rows_lse(f, gate.block, r, c) : f.t[r * f.blocks + c];
+            f.p[r * f.blocks + c] = s;
+            top = std::max(top, s);
         }
         double total = 0;
-        for (int64_t c = 0; c < blocks; ++c) total += (f.p[r * blocks + c] = std::exp(f.p[r * blocks + c] - top));
-        for (int64_t c = 0; c < blocks; ++c) f.p[r * blocks + c] /= total;
+        for (int64_t c = 0; c < f.blocks; ++c) total += (f.p[r * f.blocks + c] = std::exp(f.p[r * f.blocks + c] - top));
+        for (int64_t c = 0; c < f.blocks; ++c) f.p[r * f.blocks + c] /= total;
     }
     return f;
+}
+
+// a = fq wq, b = fk wk: adds dwq = fq^T da and dwk = fk^T db to grad ([per_head()]).
+void gate_project_backward(const BlockGate& gate, const GateForward& f, const std::vector<double>& da, const std::vector<double>& db,
+                           double* grad) {
+    const int64_t qin = gate.q_in(), kin = gate.k_in(), hid = gate.hidden;
+    for (int64_t r = 0; r < f.q_rows; ++r)
+        for (int64_t i = 0; i < qin; ++i)
+            for (int64_t h = 0; h < hid; ++h) grad[i * hid + h] += f.fq[r * qin + i] * da[r * hid + h];
+    for (int64_t r = 0; r < f.k_rows; ++r)
+        for (int64_t i = 0; i < kin; ++i)
+            for (int64_t h = 0; h < hid; ++h) grad[qin * hid + i * hid + h] += f.fk[r * kin + i] * db[r * hid + h];
+}
+
+// Adds to grad ([per_head()]) the gradient of the gate's parameters given dt, the gradient of the
+// query side's row scores t ([q_rows, blocks]).
+void gate_backward(const BlockGate& gate, const GateForward& f, const std::vector<double>& dt, double* grad) {
+    const int64_t blocks = f.blocks, hid = gate.hidden;
+    const bool bounds = gate.key == GateKey::bounds;
+    if (gate.key == GateKey::keys) {   // t_rc = lse_{j in c} s_rj: ds_rj = dt_rc softmax_{j in c}(s_rj); s = a b^T * scale
+        const double s = 1.0 / std::sqrt(static_cast<double>(hid));
+        std::vector<double> da(static_cast<size_t>(f.q_rows * hid), 0.0), db(static_cast<size_t>(f.n * hid), 0.0);
+        for (int64_t r = 0; r < f.q_rows; ++r)
+            for (int64_t j = 0; j < f.n; ++j) {
+                const int64_t c = j / gate.block;
+                const double d = dt[r * blocks + c] * std::exp(f.s[r * f.n + j] - f.t[r * blocks + c]) * s;
+                if (d == 0) continue;
+                for (int64_t h = 0; h < hid; ++h) {
+                    da[r * hid + h] += d * f.b[j * hid + h];
+                    db[j * hid + h] += d * f.a[r * hid + h];
+                }
+            }
+        gate_project_backward(gate, f, da, db, grad);
+        return;
+    }
+    // t_rc = s sum_h a_rh b_ch (pooled keys), or s sum_h max(a_rh hi_ch, a_rh lo_ch) (bounds: the
+    // larger is hi when a_rh >= 0); hi and lo pass their gradient to the key row they come from.
+    const double s = 1.0 / std::sqrt(static_cast<double>(hid));
+    std::vector<double> da(static_cast<size_t>(f.q_rows * hid), 0.0), db(static_cast<size_t>(f.k_rows * hid), 0.0);
+    std::vector<double> dhi(bounds ? f.hi.size() : 0, 0.0), dlo(bounds ? f.lo.size() : 0, 0.0);
+    for (int64_t r = 0; r < f.q_rows; ++r)
+        for (int64_t c = 0; c < blocks; ++c) {
+            const double d = dt[r * blocks + c] * s;
+            if (d == 0) continue;
+            for (int64_t h = 0; h < hid; ++h) {
+                const double a = f.a[r * hid + h];
+                if (!bounds) {
+                    da[r * hid + h] += d * f.b[c * hid + h];
+                    db[c * hid + h] += d * a;
+                } else if (a >= 0) {
+                    da[r * hid + h] += d * f.hi[c * hid + h];
+                    dhi[c * hid + h] += d * a;
+                } else {
+                    da[r * hid + h] += d * f.lo[c * hid + h];
+                    dlo[c * hid + h] += d * a;
+                }
+            }
+        }
+    if (bounds)
+        for (size_t e = 0; e < dhi.size(); ++e) {
+            const int64_t h = static_cast<int64_t>(e) % hid;
+            db[f.hi_at[e] * hid + h] += dhi[e];
+            db[f.lo_at[e] * hid + h] += dlo[e];
+        }
+    gate_project_backward(gate, f, da, db, grad);
 }
 
 } // namespace
@@ -357,8 +537,9 @@ std::vector<double> gate_predict(const BlockGate& gate, int64_t layer, int64_t h
 
 double gate_loss(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
                  const std::vector<double>& target, double* grad, double scale) {
+    if (gate.row_targets) throw Error("gate: this gate learns each row's own target: use gate_loss_rows");
     const GateForward f = gate_forward(gate, layer, head, q, k);
-    const int64_t blocks = (q.shape.n + gate.block - 1) / gate.block, in = 2 * gate.head_dim, hid = gate.hidden;
+    const int64_t blocks = f.blocks;
     if (static_cast<int64_t>(target.size()) != blocks * blocks)
         throw Error("gate: the target has " + std::to_string(target.size()) + " entries, expected blocks^2 = " + std::to_string(blocks * blocks));
     double loss = 0;
@@ -366,32 +547,77 @@ double gate_loss(const BlockGate& gate, int64_t layer, int64_t head, const Tenso
         if (target[e] > 0) loss += target[e] * (std::log(target[e]) - std::log(std::max(f.p[e], 1e-300)));
     loss /= static_cast<double>(blocks);
     if (!grad) return loss;
-    // dS = (p - t) / rows; S = a b^T * s: da = dS b * s, db = dS^T a * s; dwq = fq^T da, dwk = fk^T db.
-    const double s = 1.0 / std::sqrt(static_cast<double>(hid));
-    std::vector<double> da(static_cast<size_t>(blocks * hid), 0.0), db(static_cast<size_t>(blocks * hid), 0.0);
+    // dS = (p - target) / blocks. The scores of the query side's rows: t = S for block queries;
+    // for row queries S_IJ = lse_{i in I} t_iJ, so dt_iJ = dS_IJ softmax_{i in I}(t_iJ).
+    const bool rows = gate.query == GateQuery::rows;
+    std::vector<double> dt(static_cast<size_t>(f.q_rows * blocks), 0.0), w;
     for (int64_t r = 0; r < blocks; ++r)
         for (int64_t c = 0; c < blocks; ++c) {
-            const double ds = (f.p[r * blocks + c] - target[r * blocks + c]) / static_cast<double>(blocks) * s * scale;
-            for (int64_t j = 0; j < hid; ++j) {
-                da[r * hid + j] += ds * f.b[c * hid + j];
-                db[c * hid + j] += ds * f.a[r * hid + j];
+            const double ds = (f.p[r * blocks + c] - target[r * blocks + c]) / static_cast<double>(blocks) * scale;
+            if (!rows) {
+                dt[r * blocks + c] = ds;
+                continue;
             }
+            rows_lse(f, gate.block, r, c, &w);
+            for (size_t i = 0; i < w.size(); ++i) dt[(r * gate.block + static_cast<int64_t>(i)) * blocks + c] = ds * w[i];
         }
-    for (int64_t r = 0; r < blocks; ++r)
-        for (int64_t i = 0; i < in; ++i)
-            for (int64_t j = 0; j < hid; ++j) {
-                grad[i * hid + j] += f.fq[r * in + i] * da[r * hid + j];
-                grad[in * hid + i * hid + j] += f.fk[r * in + i] * db[r * hid + j];
-            }
+    gate_backward(gate, f, dt, grad);
+    return loss * scale;
+}
+
+std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t head, int32_t block) {
+    const int64_t n = q.shape.n, d = q.shape.d, blocks = (n + block - 1) / block;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    std::vector<double> out(static_cast<size_t>(n * blocks), 0.0), s(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+        double top = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) {
+            double dot = 0;
+            for (int64_t e = 0; e < d; ++e) dot += static_cast<double>(q.at(0, head, i, e)) * k.at(0, head, j, e);
+            top = std::max(top, s[j] = dot * scale);
+        }
+        double total = 0;
+        for (int64_t j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - top));
+        for (int64_t j = 0; j < n; ++j) out[i * blocks + j / block] += s[j] / total;
+    }
+    return out;
+}
+
+double gate_loss_rows(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
+                      const std::vector<double>& target, double* grad, double scale) {
+    if (!gate.row_targets) throw Error("gate: this gate learns block-pooled targets: use gate_loss");
+    const GateForward f = gate_forward(gate, layer, head, q, k);
+    const int64_t n = f.n, blocks = f.blocks;
+    if (static_cast<int64_t>(target.size()) != n * blocks)
+        throw Error("gate: the row target has " + std::to_string(target.size()) + " entries, expected n x blocks = " + std::to_string(n * blocks));
+    // Row i weighs w_i = 1 - target_i(own block), its attention outside the block the gate always
+    // keeps: the rows the gate has to choose for (an answer row looking far) count, the rows parked
+    // on their own block hardly at all.
+    std::vector<double> w(static_cast<size_t>(n));
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total += (w[i] = std::max(1e-3, 1 - target[i * blocks + i / gate.block]));
+    double loss = 0;
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < blocks; ++c) {
+            const double t = target[i * blocks + c];
+            if (t > 0) loss += w[i] / total * t * (std::log(t) - std::log(std::max(f.row_p[i * blocks + c], 1e-300)));
+        }
+    if (!grad) return loss;
+    std::vector<double> dt(static_cast<size_t>(n * blocks));   // d loss / d t_iJ = w_i (p_iJ - target_iJ) / sum w
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < blocks; ++c) dt[i * blocks + c] = w[i] / total * (f.row_p[i * blocks + c] - target[i * blocks + c]) * scale;
+    gate_backward(gate, f, dt, grad);
     return loss * scale;
 }
 
 GateTrainReport gate_train(BlockGate& gate, const AttentionSample& sample, const GateTrainOptions& options) {
     if (sample.inputs() < 1) throw Error("gate: no inputs to train on");
     const int64_t inputs = sample.inputs(), n = sample.q[0][0].shape.n, blocks = (n + gate.block - 1) / gate.block;
-    // Targets: the row-normalised, block-pooled dense attention of every input, layer and head.
+    if (gate.row_targets && gate.query != GateQuery::rows) throw Error("gate: row targets need a gate whose query side is rows");
+    // Targets: the row-normalised, block-pooled dense attention of every input, layer and head
+    // (row targets: each row's own share per key block, computed per head below).
     std::vector<PooledAttention> pooled;
-    for (int64_t b = 0; b < inputs; ++b) {
+    for (int64_t b = 0; b < (gate.row_targets ? 0 : inputs); ++b) {
         PooledAttention p = pooled_zeros(gate.layers, gate.heads, n, gate.block);
         for (int64_t l = 0; l < gate.layers; ++l) pooled_add_layer(p, l, sample.q[b][l], sample.k[b][l]);
         pooled.push_back(std::move(p));
@@ -413,14 +639,16 @@ GateTrainReport gate_train(BlockGate& gate, const AttentionSample& sample, const
         for (int64_t lh = begin; lh < end; ++lh) {
             const int64_t l = lh / gate.heads, h = lh % gate.heads;
             std::vector<std::vector<double>> targets;
-            for (int64_t b = 0; b < inputs; ++b) targets.push_back(target(b, l, h));
+            for (int64_t b = 0; b < inputs; ++b)
+                targets.push_back(gate.row_targets ? row_block_shares(sample.q[b][l], sample.k[b][l], h, gate.block) : target(b, l, h));
             std::vector<double> m(static_cast<size_t>(P), 0.0), v(static_cast<size_t>(P), 0.0), grad(static_cast<size_t>(P));
             double* w = gate.at(l, h);
             for (int64_t step = 0; step < options.steps; ++step) {
                 std::fill(grad.begin(), grad.end(), 0.0);
                 double loss = 0;
                 for (int64_t b = 0; b < inputs; ++b)
-                    loss += gate_loss(gate, l, h, sample.q[b][l], sample.k[b][l], targets[b], grad.data(), 1.0 / static_cast<double>(inputs));
+                    loss += (gate.row_targets ? gate_loss_rows : gate_loss)(gate, l, h, sample.q[b][l], sample.k[b][l], targets[b], grad.data(),
+                                                                          1.0 / static_cast<double>(inputs));
                 if (step == 0) first[lh] = loss;
                 last[lh] = loss;
                 const double c1 = 1 - std::pow(0.9, static_cast<double>(step + 1)), c2 = 1 - std::pow(0.999, static_cast<double>(step + 1));
@@ -454,7 +682,9 @@ MaskSet gate_masks(const BlockGate& gate, int64_t layer, const Tensor& q, const 
 
 void gate_save(const BlockGate& gate, const std::string& path) {
     const nlohmann::json j = {{"format", "sparsa.gate"}, {"version", 1},   {"layers", gate.layers}, {"heads", gate.heads},
-                              {"head_dim", gate.head_dim}, {"hidden", gate.hidden}, {"block", gate.block}, {"params", gate.params}};
+                              {"head_dim", gate.head_dim}, {"hidden", gate.hidden}, {"block", gate.block},
+                              {"query", gate_query_name(gate.query)}, {"key", gate_key_name(gate.key)},
+                              {"targets", gate.row_targets ? "rows" : "blocks"}, {"params", gate.params}};
     const std::string text = j.dump();
     AtomicFile file(path);
     file.write(text.data(), text.size());
@@ -473,6 +703,12 @@ BlockGate gate_load(const std::string& path) {
         g.head_dim = j.at("head_dim");
         g.hidden = j.at("hidden");
         g.block = j.at("block");
+        g.query = gate_query_parse(j.value("query", std::string("block")));   // files before the choice: block, pooled
+        g.key = gate_key_parse(j.value("key", std::string("pooled")));
+        const std::string targets = j.value("targets", std::string("blocks"));
+        if (targets != "rows" && targets != "blocks") throw Error("unknown targets '" + targets + "' (rows or blocks)");
+        g.row_targets = targets == "rows";
+        if (g.row_targets && g.query != GateQuery::rows) throw Error("a gate of row targets must have query side rows");
         g.params = j.at("params").get<std::vector<double>>();
     } catch (const nlohmann::json::exception& e) {
         throw Error(path + ": not a valid gate file (" + e.what() + "): write one with 'sparsa learn distill --method gate'");

@@ -104,21 +104,64 @@ MaskSet script_text_compile(const std::string& text, const std::string& name, in
 
 // [SECTION] gate
 
-// A block gate per (layer, head), as in SeerAttention: each query block's features are the mean
-// and max of its queries ([2 * head_dim]), each key block's the same of its keys; learned
-// projections wq, wk: [2 * head_dim, hidden] give block scores S = (Fq wq) (Fk wk)^T / sqrt(hidden),
-// and softmax over each row of S predicts the row-normalised block-pooled teacher attention.
+// A block gate per (layer, head), after SeerAttention: learned projections of the queries and the
+// keys give block scores, and a softmax over each row of block scores predicts the teacher's
+// attention per key block. Each side comes in several kinds.
+// Query side (GateQuery):
+// - block (SeerAttention's): each query block's features, the mean and max of its queries
+//   ([2 * head_dim]), through wq: [2 * head_dim, hidden]: one vector a_I per query block, and
+//   S_IJ = score(a_I, J);
+// - rows: each query row through wq: [head_dim, hidden], scored against every key block,
+//   t_iJ = score(a_i, J), pooled over the query block's rows by log-sum-exp:
+//   S_IJ = log sum_{i in I} exp t_iJ. One row that needs a far block (an answer row among rows
+//   that need nothing) then raises that block's score as much as it would alone, instead of a
+//   sixteenth of it.
+// Key side (GateKey):
+// - pooled (SeerAttention's): each key block's mean and max of its keys through wk:
+//   [2 * head_dim, hidden], b_J; score(a, J) = a . b_J / sqrt(hidden);
+// - bounds (as Quest bounds q . k): each key through wk: [head_dim, hidden], and per key block
+//   and unit the largest and smallest, hi_J and lo_J; score(a, J) = sum_u max(a_u hi_Ju, a_u lo_Ju)
+//   / sqrt(hidden), an upper bound of max_{j in J} a . b_j / sqrt(hidden): a block holding one key
+//   that matches scores as high as that key.
+// - keys (a low-rank indexer, as DeepSeek's sparse attention scores tokens): each key through wk:
+//   [head_dim, hidden], s_j = a . b_j / sqrt(hidden), and score(a, J) = log sum_{j in J} exp s_j,
+//   so a softmax over the key blocks is the sum of a softmax over the keys: the block's predicted
+//   share. Exact where the others summarise, at n x n x hidden per head: as much as q k^T when
+//   hidden = head_dim (the default teacher's 16), a quarter of it at hidden 4.
+// Cost per head: blocks^2 x hidden (block, pooled), n x blocks x hidden (rows with pooled or
+// bounds), n x n x hidden (keys).
+enum class GateQuery { block, rows };
+enum class GateKey { pooled, bounds, keys };
+
 struct BlockGate {
     int64_t layers = 0, heads = 0, head_dim = 0, hidden = 16;
     int32_t block = 16;
-    std::vector<double> params;   // [layers, heads, 2, 2 * head_dim, hidden]: wq then wk per (l, h)
+    GateQuery query = GateQuery::block;
+    GateKey key = GateKey::pooled;
+    // false: trained on block targets (KL between the block row's predicted and pooled teacher
+    // distributions). true (query side rows only): each query row gets its own predicted
+    // distribution over key blocks, softmax_J t_iJ, trained with KL against that row's own share
+    // of attention per key block (the answer row's sharp target is no longer averaged away with
+    // 15 others). A block row's prediction is then, per key block, the largest of its rows'
+    // predicted shares, normalised over the row: top-k keeps the blocks some row needs most.
+    bool row_targets = false;
+    std::vector<double> params;   // [layers, heads, wq then wk]: wq [q_in(), hidden], wk [k_in(), hidden]
 
-    int64_t per_head() const { return 2 * 2 * head_dim * hidden; }
+    int64_t q_in() const { return query == GateQuery::rows ? head_dim : 2 * head_dim; }
+    int64_t k_in() const { return key == GateKey::pooled ? 2 * head_dim : head_dim; }
+    int64_t per_head() const { return (q_in() + k_in()) * hidden; }
     double* at(int64_t l, int64_t h) { return params.data() + (l * heads + h) * per_head(); }
     const double* at(int64_t l, int64_t h) const { return params.data() + (l * heads + h) * per_head(); }
 };
 
-BlockGate gate_init(int64_t layers, int64_t heads, int64_t head_dim, int64_t hidden, int32_t block, uint64_t seed);
+// "block" or "rows"; "pooled", "bounds" or "keys"; the parsers throw naming the accepted words.
+std::string gate_query_name(GateQuery query);
+GateQuery gate_query_parse(const std::string& text);
+std::string gate_key_name(GateKey key);
+GateKey gate_key_parse(const std::string& text);
+
+BlockGate gate_init(int64_t layers, int64_t heads, int64_t head_dim, int64_t hidden, int32_t block, uint64_t seed,
+                    GateQuery query = GateQuery::block, GateKey key = GateKey::pooled);
 
 // Block features of one head: [blocks, 2 * head_dim] (mean, then max over the block's rows).
 // x: [1, heads, n, head_dim].
@@ -132,6 +175,15 @@ std::vector<double> gate_predict(const BlockGate& gate, int64_t layer, int64_t h
 // target: [blocks, blocks], rows summing to 1.
 double gate_loss(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
                  const std::vector<double>& target, double* grad, double scale = 1.0);
+
+// Each query row's share of attention per key block, one head: [n, blocks] (rows sum to 1).
+std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t head, int32_t block);
+
+// For a gate with row_targets: sum_i w_i KL(target_i || predicted_i) / sum_i w_i over the query
+// rows i, w_i = max(1e-3, 1 - target_i(own block)): the rows looking outside the block the gate
+// always keeps weigh most. target: [n, blocks] (row_block_shares). Gradient as gate_loss.
+double gate_loss_rows(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
+                      const std::vector<double>& target, double* grad, double scale = 1.0);
 
 // Trains every (layer, head) with Adam on the sample (targets from its dense attention).
 struct GateTrainOptions {

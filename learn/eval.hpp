@@ -13,6 +13,10 @@
 
 namespace sparsa::learn {
 
+// Where calibration inputs (search and the gate) start in the training stream: far
+// past the sequences a teacher trains on (steps * batch), and never the held-out stream.
+constexpr int64_t kCalibrationFirst = int64_t{1} << 40;
+
 struct EvalOptions {
     std::vector<double> densities{0.03, 0.06, 0.125, 0.25};   // target block densities
     int32_t block = 16;
@@ -27,9 +31,12 @@ struct EvalRow {
     double target = 1;          // target block density
     double density = 1;         // measured block density (kept blocks / blocks^2, mean over heads, layers, inputs)
     double recall = 1;          // share of the teacher's attention mass kept, mean over rows
+    double answer_recall = 1;   // the same over the rows an answer is asked at only (all layers and heads)
     double l1_error = 0;        // sum |O_sparse - O_dense| / sum |O_dense|
     double accuracy = 0;        // task accuracy with sparse attention in every layer
     double forward_ms = 0;      // one layer's sparse attention forward (all heads), median, 1 thread
+    double select_ms = 0;       // choosing that layer's masks for the input (all heads), median, 1 thread: the gate's
+                                // scoring, the oracle's dense pooling; about 0 for fixed masks
     std::string detail;         // e.g. the baseline's expression
 };
 

@@ -223,11 +223,12 @@ struct LayerCache {
 // each head, S = scale * q k^T ([n, n]) and P its row softmax:
 // - sharpness: H_i = -sum_j P_ij log P_ij, with dH_i/dS_ij = -P_ij (log P_ij + H_i);
 // - own block: O_i = -log sum_{j in i's block} P_ij (B = block), with
-//   dO_i/dS_ij = P_ij - [j in i's block] P_ij / sum_{j' in i's block} P_ij'.
+//   dO_i/dS_ij = P_ij - [j in i's block] P_ij / sum_{j' in i's block} P_ij', for the rows no answer
+//   is asked at (targets[i] < 0): an answer row must be free to look far, at its key.
 // Adds sum_i,h H_i to *entropy and sum_i,h O_i to *own_block. When dq, dk are given ([n, d]), adds
 // the gradient of sharp_coef * sum H + own_coef * sum O: dq = scale * dS k, dk = scale * dS^T q.
-void attention_terms(const Tensor& q, const Tensor& k, int64_t block, double sharp_coef, double own_coef, double* entropy,
-                     double* own_block, Mat* dq, Mat* dk) {
+void attention_terms(const Tensor& q, const Tensor& k, const int32_t* targets, int64_t block, double sharp_coef, double own_coef,
+                     double* entropy, double* own_block, Mat* dq, Mat* dk) {
     const int64_t heads = q.shape.heads, n = q.shape.n, dh = q.shape.d;
     const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
     for (int64_t h = 0; h < heads; ++h) {
@@ -245,15 +246,21 @@ void attention_terms(const Tensor& q, const Tensor& k, int64_t block, double sha
             logp.row(i).array() -= lse;
             const Eigen::ArrayXd p = logp.row(i).array().exp();
             const double h_i = -(p * logp.row(i).transpose().array()).sum();
-            const int64_t first = i / block * block, count = std::min(block, n - first);
-            // log of the own block's mass, from the log probabilities (no underflow).
-            const double own_top = logp.row(i).segment(first, count).maxCoeff();
-            const double log_own = own_top + std::log((logp.row(i).segment(first, count).array() - own_top).exp().sum());
             *entropy += h_i;
-            *own_block += -log_own;
+            const bool free_row = targets[i] < 0;
+            const int64_t first = i / block * block, count = std::min(block, n - first);
+            double log_own = 0;   // log of the own block's mass, from the log probabilities (no underflow)
+            if (free_row) {
+                const double own_top = logp.row(i).segment(first, count).maxCoeff();
+                log_own = own_top + std::log((logp.row(i).segment(first, count).array() - own_top).exp().sum());
+                *own_block += -log_own;
+            }
             if (!dq) continue;
-            Eigen::ArrayXd g = -sharp_coef * p * (logp.row(i).transpose().array() + h_i) + own_coef * p;
-            g.segment(first, count) -= own_coef * (logp.row(i).segment(first, count).transpose().array() - log_own).exp();
+            Eigen::ArrayXd g = -sharp_coef * p * (logp.row(i).transpose().array() + h_i);
+            if (free_row) {
+                g += own_coef * p;
+                g.segment(first, count) -= own_coef * (logp.row(i).segment(first, count).transpose().array() - log_own).exp();
+            }
             ds.row(i) = g.transpose();
         }
         if (!dq) continue;
@@ -314,7 +321,7 @@ struct SequencePass {
                     lc.dq_sharp = Mat::Zero(n, d);
                     lc.dk_sharp = Mat::Zero(n, d);
                 }
-                attention_terms(lc.q, lc.k, options.block, sharp_coef, own_coef, &result.entropy, &result.own_block,
+                attention_terms(lc.q, lc.k, targets, options.block, sharp_coef, own_coef, &result.entropy, &result.own_block,
                                 grads ? &lc.dq_sharp : nullptr, grads ? &lc.dk_sharp : nullptr);
             }
             Mat x2 = x + lc.a * m(layer_slot(l, wo));
@@ -434,8 +441,10 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
     int64_t answers = 0;
     for (int32_t t : batch.targets) answers += t >= 0 ? 1 : 0;
     const double scale = answers > 0 ? 1.0 / static_cast<double>(answers) : 0.0;
-    const double rows = static_cast<double>(batch.batch * teacher.config.layers * teacher.config.heads * n);
-    const SequencePass pass{teacher, slots, pe, options, fixed, options.sharpness / rows, options.own_block / rows};
+    const double per_row = static_cast<double>(teacher.config.layers * teacher.config.heads);
+    const double rows = per_row * static_cast<double>(batch.batch * n);
+    const double free_rows = std::max(1.0, per_row * static_cast<double>(batch.batch * n - answers));   // the own-block term's rows
+    const SequencePass pass{teacher, slots, pe, options, fixed, options.sharpness / rows, options.own_block / free_rows};
     std::vector<TeacherResult> results(static_cast<size_t>(batch.batch));
     std::vector<std::vector<double>> seq_grads(grads ? static_cast<size_t>(batch.batch) : 0);
     parallel_for(batch.batch, options.threads, [&](int64_t begin, int64_t end) {
@@ -465,7 +474,7 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
     }
     total.loss *= scale;
     total.entropy /= rows;
-    total.own_block /= rows;
+    total.own_block /= free_rows;
     total.objective = total.loss + options.sharpness * total.entropy + options.own_block * total.own_block;
     return total;
 }

@@ -77,8 +77,9 @@ struct TeacherResult {
     int64_t correct = 0;        // answers whose argmax is the target
     int64_t passkey_answers = 0, passkey_correct = 0;
     // Only when TeacherRunOptions::sharpness or own_block > 0 (0 otherwise): the mean entropy
-    // (nats) of the dense attention rows and the mean of -log(share of a row's attention on its
-    // own block), both over rows, heads, layers and sequences; and the objective the gradients
+    // (nats) of the dense attention rows, over rows, heads, layers and sequences; the mean of
+    // -log(share of a row's attention on its own block) over the same but only the rows no answer
+    // is asked at; and the objective the gradients
     // are of, loss + sharpness * entropy + own_block * own_block term.
     double entropy = 0;
     double own_block = 0;
@@ -104,10 +105,11 @@ struct TeacherRunOptions {
     // rows that no answer needs focus on few keys instead of spreading evenly, so the teacher's
     // attention is distillable. Dense attention only (no masks, no chooser).
     double sharpness = 0;
-    // mu >= 0: adds mu * mean over rows of -log(share of the row's attention on its own block of
-    // `block` positions), computed and pushed to dQ, dK the same way. Rows that no answer needs
-    // then park their attention on their own block (which the gate always keeps) instead of on
-    // some far position. Dense attention only.
+    // mu >= 0: adds mu * mean over the rows no answer is asked at (target < 0) of -log(share of the
+    // row's attention on its own block of `block` positions), computed and pushed to dQ, dK the
+    // same way. Those rows then park their attention on their own block (which the gate always
+    // keeps) instead of on some far position, while answer rows stay free to look at their keys.
+    // Dense attention only.
     double own_block = 0;
 };
 

@@ -23,9 +23,6 @@ namespace sparsa::python {
 
 namespace {
 
-// The sequences search and the gate learn from start here in the training stream, as in
-// `sparsa learn` (far from the sequences the teacher trained on first).
-constexpr int64_t kCalibrationFirst = int64_t{1} << 40;
 
 struct PyTeacher {
     learn::Teacher teacher;
@@ -212,7 +209,7 @@ void bind_learn(py::module_& parent) {
               PySample s;
               s.block = block;
               py::gil_scoped_release release;
-              s.sample = learn::attention_sample(t.teacher, seed, kCalibrationFirst, count, block, threads);
+              s.sample = learn::attention_sample(t.teacher, seed, learn::kCalibrationFirst, count, block, threads);
               return s;
           }, py::arg("teacher"), py::arg("count") = 32, py::arg("seed") = 1, py::arg("block") = 16, py::arg("threads") = 0,
           "The teacher's attention inputs on `count` training-stream sequences set apart for calibration (as `sparsa learn` uses).");
@@ -317,16 +314,22 @@ void bind_learn(py::module_& parent) {
              }, py::arg("teacher"), py::arg("q"), py::arg("k"), py::arg("layer"), py::arg("keep") = 1, py::arg("share") = 0.0,
              "The gate's one-layer MaskSet for this input: top `keep` blocks per row (or the fewest reaching `share` when > 0), "
              "diagonal always kept. q, k: [1, heads, n, head_dim] (e.g. teacher.attention()['q'][layer][None]).");
-    m.def("gate_train", [](const PySample& s, int64_t hidden, int64_t steps, double lr, uint64_t seed) {
+    m.def("gate_train", [](const PySample& s, int64_t hidden, int64_t steps, double lr, uint64_t seed, const std::string& query,
+                           const std::string& key, const std::string& target) {
               const TensorShape shape = s.sample.q.at(0).at(0).shape;
               PyGate g;
               learn::GateTrainOptions o;
               o.steps = steps;
               o.lr = lr;
+              if (target != "sum" && target != "max" && target != "rows") value_error("gate_train: target must be 'sum', 'max' or 'rows'; got '" + target + "'");
+              o.max_pooled = target == "max";
+              g.gate = learn::gate_init(s.sample.layers(), shape.heads, shape.d, hidden, s.block, seed, learn::gate_query_parse(query),
+                                        learn::gate_key_parse(key));
+              g.gate.row_targets = target == "rows";
+              if (g.gate.row_targets && g.gate.query != learn::GateQuery::rows) value_error("gate_train: target='rows' needs query='rows'");
               learn::GateTrainReport r;
               {
                   py::gil_scoped_release release;
-                  g.gate = learn::gate_init(s.sample.layers(), shape.heads, shape.d, hidden, s.block, seed);
                   r = learn::gate_train(g.gate, s.sample, o);
               }
               py::dict d;
@@ -334,7 +337,10 @@ void bind_learn(py::module_& parent) {
               d["last_loss"] = r.last_loss;
               return py::make_tuple(std::move(g), d);
           }, py::arg("sample"), py::arg("hidden") = 16, py::arg("steps") = 300, py::arg("lr") = 1e-2, py::arg("seed") = 1,
-          "Trains a block gate per (layer, head) on the sample (KL to the block-pooled teacher attention): (Gate, {first_loss, last_loss}).");
+          py::arg("query") = "rows", py::arg("key") = "keys", py::arg("target") = "rows",
+          "Trains a block gate per (layer, head) on the sample: (Gate, {first_loss, last_loss}). query 'rows' or 'block', key 'keys', "
+          "'bounds' or 'pooled', target 'rows' (each row's own blocks), 'sum' or 'max' (block-pooled): see learn/distill.hpp; the defaults are "
+          "those of 'sparsa learn distill --method gate'.");
 
     m.def("evaluate", [](const PyTeacher& t, const PyGate& g, const PySearchTable& table, std::vector<double> densities,
                          int64_t inputs, uint64_t seed, int time_repeats, int threads) {
@@ -357,9 +363,11 @@ void bind_learn(py::module_& parent) {
                   d["target"] = r.target;
                   d["density"] = r.density;
                   d["recall"] = r.recall;
+                  d["answer_recall"] = r.answer_recall;
                   d["l1_error"] = r.l1_error;
                   d["accuracy"] = r.accuracy;
                   d["forward_ms"] = r.forward_ms;
+                  d["select_ms"] = r.select_ms;
                   d["detail"] = r.detail;
                   rows.append(d);
               }
@@ -367,7 +375,7 @@ void bind_learn(py::module_& parent) {
           }, py::arg("teacher"), py::arg("gate"), py::arg("table"), py::arg("densities") = std::vector<double>{0.03, 0.06, 0.125, 0.25},
           py::arg("inputs") = 64, py::arg("seed") = 1, py::arg("time_repeats") = 7, py::arg("threads") = 0,
           "Every method (dense, oracle, gate, search, longformer, bigbird) at every block density on held-out inputs: a list of "
-          "dicts with method, target, density, recall, l1_error, accuracy, forward_ms, detail.");
+          "dicts with method, target, density, recall, answer_recall, l1_error, accuracy, forward_ms, select_ms, detail.");
     m.def("baseline_expression", &learn::baseline_expression, py::arg("name"), py::arg("density"), py::arg("n"), py::arg("block") = 16,
           "The prelude's 'longformer' or 'bigbird' sized to the largest block density at most `density`: the expression.");
 }

@@ -41,6 +41,16 @@ TEST_CASE("sparsa learn: teacher, distill, eval on a tiny config", "[cli][learn]
     r = run("learn distill --method gate --teacher " + quote(teacher) + " --inputs 4 --steps 20 --quiet -o " + quote(gate));
     REQUIRE(r.code == 0);
     CHECK(r.out.find("gate: KL") != std::string::npos);
+    const fs::path unwritten = scratch("learn_gate_unwritten.json");
+    r = run("learn distill --method gate --teacher " + quote(teacher) + " --inputs 2 --steps 2 --gate-key magic -o " + quote(unwritten));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--gate-key") != std::string::npos);
+    CHECK(r.out.find("'keys'") != std::string::npos);
+    r = run("learn distill --method gate --teacher " + quote(teacher) + " --inputs 2 --steps 2 --gate-query block --gate-target rows -o " +
+            quote(unwritten));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--gate-target rows needs --gate-query rows") != std::string::npos);
+    CHECK_FALSE(fs::exists(unwritten));
 
     r = run("learn distill --method oracle --teacher " + quote(teacher) + " --density 0.5 -o " + quote(oracle));
     REQUIRE(r.code == 0);

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 using namespace sparsa;
 using namespace sparsa::learn;
@@ -93,11 +94,17 @@ TEST_CASE("search: the written script recompiles to the same masks and the same 
 
 TEST_CASE("planted attention: the trained gate keeps more than 0.99 of the attention", "[learn][planted]") {
     const AttentionSample train = planted_sample(1, 8), held_out = planted_sample(100, 4);
-    BlockGate gate = gate_init(1, kHeads, kDim, 16, kBlock, 5);
+    const GateQuery query = GENERATE(GateQuery::block, GateQuery::rows);
+    const GateKey key = GENERATE(GateKey::pooled, GateKey::bounds, GateKey::keys);
+    BlockGate gate = gate_init(1, kHeads, kDim, 16, kBlock, 5, query, key);
     GateTrainOptions o;
     o.steps = 300;
-    o.max_pooled = GENERATE(false, true);
-    INFO("target pooled by " << (o.max_pooled ? "max" : "sum"));
+    const int target = GENERATE(0, 1, 2);   // pooled by sum, by max, each row's own
+    o.max_pooled = target == 1;
+    gate.row_targets = target == 2;
+    if (gate.row_targets && query != GateQuery::rows) return;   // row targets need row queries
+    INFO("query side " << gate_query_name(query) << ", key side " << gate_key_name(key) << ", target "
+                       << (target == 0 ? "sum" : target == 1 ? "max" : "rows"));
     const GateTrainReport report = gate_train(gate, train, o);
     INFO("KL " << report.first_loss << " -> " << report.last_loss);
     CHECK(report.last_loss * 10 < report.first_loss);
@@ -113,13 +120,39 @@ TEST_CASE("planted attention: the trained gate keeps more than 0.99 of the atten
     }
     const std::string path = (std::filesystem::temp_directory_path() / "sparsa_learn_gate.json").string();
     gate_save(gate, path);
-    CHECK(gate_load(path).params == gate.params);
+    const BlockGate loaded = gate_load(path);
+    CHECK(loaded.params == gate.params);
+    CHECK(loaded.query == gate.query);
+    CHECK(loaded.key == gate.key);
+    CHECK(loaded.row_targets == gate.row_targets);
     std::filesystem::remove(path);
+}
+
+// Checks a gate loss's gradient by head h's parameters (every other one) against central
+// differences: loss(gate, grad) returns the loss and adds its gradient when grad is non-null.
+void gate_gradient_check(const BlockGate& gate, int64_t h, const std::function<double(const BlockGate&, double*)>& loss) {
+    std::vector<double> grad(static_cast<size_t>(gate.per_head()), 0.0);
+    loss(gate, grad.data());
+    double err = 0, norm = 0;
+    for (int64_t e = 0; e < gate.per_head(); e += 2) {
+        BlockGate plus = gate, minus = gate;
+        plus.at(0, h)[e] += 1e-6;
+        minus.at(0, h)[e] -= 1e-6;
+        const double fd = (loss(plus, nullptr) - loss(minus, nullptr)) / 2e-6;
+        err += (fd - grad[e]) * (fd - grad[e]);
+        norm += fd * fd;
+    }
+    INFO("head " << h << " relative error " << std::sqrt(err / norm));
+    CHECK(std::sqrt(err) <= 1e-6 * std::sqrt(norm));
+    CHECK(norm > 0);
 }
 
 TEST_CASE("gate: gradient matches central differences", "[learn][grad]") {
     const AttentionSample sample = planted_sample(3, 1);
-    BlockGate gate = gate_init(1, kHeads, kDim, 4, kBlock, 9);
+    const GateQuery query = GENERATE(GateQuery::block, GateQuery::rows);
+    const GateKey key = GENERATE(GateKey::pooled, GateKey::bounds, GateKey::keys);
+    INFO("query side " << gate_query_name(query) << ", key side " << gate_key_name(key));
+    const BlockGate gate = gate_init(1, kHeads, kDim, 4, kBlock, 9, query, key);
     PooledAttention pooled = pooled_zeros(1, kHeads, kN, kBlock);
     pooled_add_layer(pooled, 0, sample.q[0][0], sample.k[0][0]);
     const int64_t blocks = pooled.blocks();
@@ -127,21 +160,29 @@ TEST_CASE("gate: gradient matches central differences", "[learn][grad]") {
         std::vector<double> target;
         for (int64_t r = 0; r < blocks; ++r)
             for (int64_t c = 0; c < blocks; ++c) target.push_back(pooled.row_share(0, h, r, c));
-        std::vector<double> grad(static_cast<size_t>(gate.per_head()), 0.0);
-        gate_loss(gate, 0, h, sample.q[0][0], sample.k[0][0], target, grad.data());
-        double err = 0, norm = 0;
-        for (int64_t e = 0; e < gate.per_head(); e += 3) {
-            BlockGate plus = gate, minus = gate;
-            plus.at(0, h)[e] += 1e-6;
-            minus.at(0, h)[e] -= 1e-6;
-            const double fd = (gate_loss(plus, 0, h, sample.q[0][0], sample.k[0][0], target, nullptr) -
-                               gate_loss(minus, 0, h, sample.q[0][0], sample.k[0][0], target, nullptr)) / 2e-6;
-            err += (fd - grad[e]) * (fd - grad[e]);
-            norm += fd * fd;
+        gate_gradient_check(gate, h, [&](const BlockGate& g, double* grad) {
+            return gate_loss(g, 0, h, sample.q[0][0], sample.k[0][0], target, grad);
+        });
+    }
+}
+
+TEST_CASE("gate with row targets: gradient matches central differences", "[learn][grad]") {
+    const AttentionSample sample = planted_sample(3, 1);
+    const GateKey key = GENERATE(GateKey::pooled, GateKey::bounds, GateKey::keys);
+    INFO("key side " << gate_key_name(key));
+    BlockGate gate = gate_init(1, kHeads, kDim, 4, kBlock, 9, GateQuery::rows, key);
+    gate.row_targets = true;
+    CHECK_THROWS_WITH(gate_loss(gate, 0, 0, sample.q[0][0], sample.k[0][0], {}, nullptr), Catch::Contains("gate_loss_rows"));
+    for (int64_t h = 0; h < kHeads; ++h) {
+        const std::vector<double> target = row_block_shares(sample.q[0][0], sample.k[0][0], h, kBlock);
+        for (int64_t i = 0; i < kN; i += 7) {   // each row's shares sum to 1
+            double total = 0;
+            for (int64_t c = 0; c < kN / kBlock; ++c) total += target[i * (kN / kBlock) + c];
+            CHECK(total == Approx(1.0).epsilon(1e-12));
         }
-        INFO("head " << h << " relative error " << std::sqrt(err / norm));
-        CHECK(std::sqrt(err) <= 1e-6 * std::sqrt(norm));
-        CHECK(norm > 0);
+        gate_gradient_check(gate, h, [&](const BlockGate& g, double* grad) {
+            return gate_loss_rows(g, 0, h, sample.q[0][0], sample.k[0][0], target, grad);
+        });
     }
 }
 
