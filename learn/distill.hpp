@@ -185,11 +185,14 @@ std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t h
 double gate_loss_rows(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
                       const std::vector<double>& target, double* grad, double scale = 1.0);
 
-// Trains every (layer, head) with Adam on the sample (targets from its dense attention).
+// Trains every (layer, head) with Adam on the sample (targets from its dense attention: block
+// targets, or each row's own with BlockGate::row_targets).
 struct GateTrainOptions {
-    // The target of each row: the block-pooled teacher attention normalised over the row, pooled
-    // by sum (the share of attention mass) or by max (the largest P of the block, as SeerAttention
-    // pools; it favours the one sharp row of a block over many spread-out ones).
+    // For gates of block targets (BlockGate::row_targets false; a gate of row targets learns each
+    // row's own shares and ignores this): the target of each block row is the block-pooled
+    // teacher attention normalised over the row, pooled by sum (the share of attention mass) or by
+    // max (the largest P of the block, as SeerAttention pools; it favours the one sharp row of a
+    // block over many spread-out ones).
     bool max_pooled = false;
     int64_t steps = 300;
     double lr = 1e-2;
