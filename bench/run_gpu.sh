@@ -48,9 +48,9 @@ make_masks() {
         for p in window256 bigbird64 random10; do "$sparsa" compile "$tmp/$p.pat" --n $n -o "$MASKS/bench/$p-$n.npz"; done
     done
     "$sparsa" compile "$tmp/longformer.pat" --n 65536 -o "$MASKS/bench/longformer-65536.npz"
-    # n = 131,072: window only (2.4 MB; dense, causal and BigBird files there are 15-34 MB, over
-    # what one GPU call carries beside the binaries)
-    "$sparsa" compile "$tmp/window256.pat" --n 131072 -o "$MASKS/bench/window256-131072.npz"
+    # n = 131,072 (the dense and causal files are 15-34 MB: compile them on the GPU machine with
+    # the carried CLI, SPARSA=build-cuda/cli/sparsa, rather than carry them)
+    for p in dense causal window256 bigbird64; do "$sparsa" compile "$tmp/$p.pat" --n 131072 -o "$MASKS/bench/$p-131072.npz"; done
     for f in examples/patterns/*.pat; do "$sparsa" compile "$f" --n 1000 -o "$MASKS/test/$(basename "$f" .pat).npz"; done
     rm -rf "$tmp"
     du -sh "$MASKS"
@@ -103,7 +103,7 @@ step_cli() {
 bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
 
 step_bench() {
-    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,0} \
+    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,13,0} \
         --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
 }
 
@@ -115,7 +115,7 @@ step_compare() {
 d64_files() { ls "$MASKS/bench/dense-16384.npz" "$MASKS/bench/window256-65536.npz"; }
 
 step_bench_d64() {
-    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,0} \
+    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,13,0} \
         --csv "$LOGS/sparsa-d64.csv" | tee "$LOGS/bench-d64.log"
 }
 

@@ -131,7 +131,7 @@ std::string cuda_device_name() {
     return prop.name;
 }
 
-int cuda_kernel_count() { return 12; }
+int cuda_kernel_count() { return 13; }
 
 bool cuda_device_has_wgmma() {   // cached: the device does not change while the program runs
     static const bool has = [] {
@@ -148,7 +148,7 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
     const bool tensor_core_shape =
         dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 9) return tensor_core_shape;
-    if (kernel >= 10 && kernel <= 12) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 10 && kernel <= 13) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -161,11 +161,13 @@ Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
 
 struct CudaAttention::Impl {
     DeviceBuffer q, k, v, o, lse, row_ptr, col_idx, partial_idx, bits, head_mask, tile_order;
-    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 12
+    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 13
+    DeviceBuffer work_counter;                           // kernel 13: one int
     int64_t work_items = 0, split_tiles = 0;
     int32_t slots = 0;
     int sm_count = 0;
-    int64_t split_steps = 0;   // CudaAttentionOptions::split_steps
+    int64_t split_steps = 0;         // CudaAttentionOptions::split_steps
+    int64_t persistent_blocks = 0;   // CudaAttentionOptions::persistent_blocks
     TensorShape shape;
     CudaDtype dtype = CudaDtype::bfloat16;
     int kernel = 0;
@@ -195,6 +197,8 @@ struct CudaAttention::Impl {
         p.partial_o = static_cast<float*>(partial_o.get());
         p.partial_ml = static_cast<float*>(partial_ml.get());
         p.slots = slots;
+        p.work_items = work_items;
+        p.work_counter = static_cast<int*>(work_counter.get());
         return p;
     }
 
@@ -249,13 +253,14 @@ struct CudaAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // Kernels 7 to 12: the work items, then attn_combine over the split tiles.
+    // Kernels 7 to 13: the work items, then attn_combine over the split tiles.
     template <typename T, int D, int B> void launch_split() const {
         const cuda::AttnParams<T> p = params<T>();
         const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(shape.batch));
         const dim3 combine_grid(static_cast<unsigned>(split_tiles), 1, static_cast<unsigned>(shape.batch));
-        if (kernel == 10) {
-            SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 10>(p, work_items, shape.batch)));
+        if (kernel == 10 || kernel == 13) {
+            if (kernel == 10) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 10>(p, work_items, shape.batch)));
+            else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 13>(p, work_items, shape.batch, persistent_blocks)));
             if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid, 128>>>(p);
         } else if (kernel == 11 || kernel == 12) {
             if (kernel == 11) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 11>(p, work_items, shape.batch)));
@@ -282,15 +287,15 @@ struct CudaAttention::Impl {
     // Query rows of a thread block of the chosen kernel (1: unused; 6, 7, 11, 12: 128; else 64).
     int64_t tile_rows() const { return kernel == 6 || kernel == 7 || kernel == 11 || kernel == 12 ? 128 : 64; }
 
-    // Kernel 0 with bf16 / fp16: a 128-query kernel or a 64-query one, whichever the count of
-    // key-tile steps predicts faster. A 128-row tile visits the union of its two 64-token mask
-    // rows; a step of it costs about 2 * r64 / r128 of a 64-row step, r the dense rates at
-    // n = 16,384, d = 128 on the H200 (bench/results/cuda-nvidia-h200.md): 7 (307) against 9
-    // (kernel 5: 264) without wgmma, 7 (310.5) against 10 (286.8) with it. With wgmma and d = 128,
-    // 12 (352.6) instead of 7 where 12 beats 10 (286.3) by a margin: it did by 7-25% where a tile
-    // walks half the 64-row steps (dense, causal, 128-token blocks), but tied on window(256) and
-    // lost on Longformer (short rows and split global rows), and at d = 64 it lost to 7 and 10.
-    static int kernel_by_steps(const MaskSet& masks, int64_t layer, bool wgmma, int64_t d) {
+    // Kernel 0 with bf16 / fp16. With wgmma (compute capability 9.0): kernel 10, the fastest on
+    // every benchmark mask at d = 64 and 128 since its copies cost a few instructions each
+    // (bench/results/cuda-nvidia-h200.md: 5-40% ahead of 7, 12 and 13). Without: a 128-query
+    // kernel or a 64-query one, whichever the count of key-tile steps predicts faster. A 128-row
+    // tile visits the union of its two 64-token mask rows; a step of it costs about 2 * r64 / r128
+    // of a 64-row step, r the dense rates at n = 16,384, d = 128 on the H200: 7 (307) against 9
+    // (kernel 5: 264).
+    static int kernel_by_steps(const MaskSet& masks, int64_t layer, bool wgmma) {
+        if (wgmma) return 10;
         int64_t steps64 = 0, steps128 = 0;
         for (int64_t h = 0; h < masks.heads; ++h) {
             const BlockMask& m = masks.at(layer, h);
@@ -314,9 +319,7 @@ struct CudaAttention::Impl {
             }
         }
         const double s128 = static_cast<double>(steps128), s64 = static_cast<double>(steps64);
-        if (wgmma && d == 128 && s128 * 2 * 286.3 / 352.6 < 0.85 * s64) return 12;
-        const double cost128 = wgmma ? 2 * 286.8 / 310.5 : 2 * 264.0 / 307.0;   // a 128-row step in 64-row steps
-        return s128 * cost128 < s64 ? 7 : wgmma ? 10 : 9;
+        return s128 * (2 * 264.0 / 307.0) < s64 ? 7 : 9;   // a 128-row step in 64-row steps
     }
 
     // The one switch: runtime dtype, head dim and mask block become template parameters.
@@ -350,7 +353,7 @@ struct CudaAttention::Impl {
         }
     }
 
-    // Kernels 7 to 12's work items: every (head, query tile) with the number of key tiles it visits
+    // Kernels 7 to 13's work items: every (head, query tile) with the number of key tiles it visits
     // (the union of its mask rows' kept blocks, as the kernel's KeyCursor walks them); a tile
     // that visits more than `cap` is cut into chunks of at most cap, each a work item with the
     // cursor state it starts from and a workspace slot. cap: a quarter of the average work of a
@@ -512,16 +515,16 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
     }
     int kernel = options.kernel;
     if (kernel == 0) {
-        for (kernel = 9; kernel > 1; --kernel) {   // 10 to 12 only through kernel_by_steps
+        for (kernel = 9; kernel > 1; --kernel) {   // 10 to 13 only through kernel_by_steps
             if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
         }
-        if (kernel == 9) kernel = Impl::kernel_by_steps(masks, layer, cuda_kernel_supports(12, options.dtype, d, masks.block), d);
+        if (kernel == 9) kernel = Impl::kernel_by_steps(masks, layer, cuda_kernel_supports(10, options.dtype, d, masks.block));
     }
     if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
                     cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +
                     std::to_string(masks.block) +
-                    " (kernels 2 to 12: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 12 a GPU"
+                    " (kernels 2 to 13: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 13 a GPU"
                     " of compute capability 9.0 (" + (cuda_device_has_wgmma() ? "this one is" : "this one is not") +
                     "); kernel 1 runs any; kernel 0 picks one)");
     }
@@ -529,7 +532,13 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
         throw Error("cuda attention_forward: split_steps is " + std::to_string(options.split_steps) +
                     " (give 0 for the automatic choice, or the most key tiles a chunk may visit)");
     }
+    if (options.persistent_blocks < 0) {
+        throw Error("cuda attention_forward: persistent_blocks is " + std::to_string(options.persistent_blocks) +
+                    " (give 0 for as many thread blocks as fit on the GPU, or the most kernel 13 may run)");
+    }
     s.split_steps = options.split_steps;
+    s.persistent_blocks = options.persistent_blocks;
+    if (kernel == 13) s.work_counter.reserve(sizeof(int));
     s.kernel = kernel;   // before upload_masks: the launch order depends on the kernel's tile
     s.shape = q.shape;
     s.dtype = options.dtype;

@@ -21,12 +21,13 @@ struct CudaAttentionOptions {
     float scale = 0;                      // softmax scale; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;
     int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: for float32 1, for bf16 /
-                                          // fp16 a 128-query kernel (7; on compute capability 9.0 with d = 128, 12
-                                          // where it leads clearly) or a 64-query one (10 on 9.0, else 9), whichever
-                                          // its step count predicts faster
+                                          // fp16 on compute capability 9.0 10 (wgmma), elsewhere a 128-query kernel
+                                          // (7) or a 64-query one (9), whichever its step count predicts faster
     bool poison_outputs = true;           // fill O and lse with NaN before the run (tests catch unwritten elements)
-    int64_t split_steps = 0;              // kernels 7 to 12: rows of more key tiles than this are cut into chunks of
+    int64_t split_steps = 0;              // kernels 7 to 13: rows of more key tiles than this are cut into chunks of
                                           // at most this many; 0: max(64, all steps / (8 * multiprocessors))
+    int64_t persistent_blocks = 0;        // kernel 13: the most thread blocks it runs (each takes work items until
+                                          // none is left); 0: as many as fit on the GPU at once
 };
 
 // Whether a CUDA GPU can run the engine here; when not, `why` says why (no driver, no device).
@@ -34,13 +35,13 @@ bool cuda_device_available(std::string* why = nullptr);
 // "NVIDIA H100 80GB HBM3" (device 0). Throws sparsa::Error when there is no GPU.
 std::string cuda_device_name();
 
-// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 12 (tensor
-// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; 10 to 12 use Hopper's wgmma
+// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 13 (tensor
+// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; 10 to 13 use Hopper's wgmma
 // and run only on a GPU of compute capability 9.0). attn_fwd_kernels.cuh says what each adds.
 int cuda_kernel_count();
 bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block);
 // Whether device 0 runs sm_90a machine code (compute capability 9.0: H100, H200), which kernels
-// 10 to 12 need; false without a GPU.
+// 10 to 13 need; false without a GPU.
 bool cuda_device_has_wgmma();
 
 // Rounds every element to `dtype` and back (what the GPU sees of a float32 tensor), so the CPU

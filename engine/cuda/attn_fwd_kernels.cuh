@@ -30,19 +30,21 @@
 //      blocks, so no step is spent on the other row's blocks.
 //   9: as 8, with the first step's V copied together with Q and the first K, so a short row
 //      (a few kept blocks) waits for one copy at its start instead of two. The host's choice
-//      for bf16 and fp16 (kernel 0) is 7 or 9 (on compute capability 9.0: 7, 10 or, with
-//      d = 128, 12), whichever its count of key-tile steps predicts faster.
+//      for bf16 and fp16 (kernel 0) is 7 or 9, whichever its count of key-tile steps predicts
+//      faster; on compute capability 9.0 it is 10.
 //  10: as 8 on Hopper's wgmma (sm_90a): one warpgroup of 64 query rows, Q, K, V in 128-byte-
 //      swizzled shared memory, P from registers.
 //  11: as 10 with 128-query tiles (two warpgroups sharing K and V, kernel 7's walk of two mask
 //      rows) and two K / V stages.
 //  12: as 11 with mbarriers on a ring of three K / V stages instead of the block's barrier, so
-//      the two warpgroups drift apart (one's softmax beside the other's products). 10 to 12
-//      are in attn_fwd_wgmma.cuh, built in their own translation unit (attn_fwd_wgmma.cu) for
-//      sm_90a; declared at the end of this file.
+//      the two warpgroups drift apart (one's softmax beside the other's products).
+//  13: 10 made persistent (as many blocks as fit, each taking work items from a counter; the
+//      next tile's Q and first K copied during a tile's last step). 10 to 13 are in
+//      attn_fwd_wgmma.cuh, built in their own translation unit (attn_fwd_wgmma.cu) for sm_90a;
+//      declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 12.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 13.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -98,9 +100,11 @@ template <typename T> struct AttnParams {
     int32_t d;
     float scale_log2;   // softmax scale * log2(e): scores are taken in base 2
     DeviceMasks masks;
-    float* partial_o;    // kernels 7 to 12: [batch, slots, query tile, d] unnormalised O of each chunk
-    float* partial_ml;   // kernels 7 to 12: [batch, slots, query tile, 2] each row's max (base 2) and sum
-    int32_t slots;       // kernels 7 to 12: chunks of split tiles, per batch
+    float* partial_o;    // kernels 7 to 13: [batch, slots, query tile, d] unnormalised O of each chunk
+    float* partial_ml;   // kernels 7 to 13: [batch, slots, query tile, 2] each row's max (base 2) and sum
+    int32_t slots;       // kernels 7 to 13: chunks of split tiles, per batch
+    int64_t work_items;  // kernels 7 to 13: entries of masks.work (per batch)
+    int* work_counter;   // kernel 13: work items claimed so far past the first of each block (zeroed at launch)
 };
 
 __device__ inline float to_float(float x) { return x; }
@@ -859,13 +863,14 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     }
 }
 
-// [SECTION] kernels 10 to 12
+// [SECTION] kernels 10 to 13
 
-// Kernel 10 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel 7's), in
-// attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
-// attn_combine<T, D, 64 or 128> is the caller's to launch. Returns the launch's error.
+// Kernel 10 or 13 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
+// 7's), in attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
+// attn_combine<T, D, 64 or 128> is the caller's to launch. max_blocks: kernel 13's most thread
+// blocks (0: as many as fit). Returns the first failed call's error.
 // Declared here so the host code calls them without compiling wgmma.
 template <typename T, int D, int MaskBlock, int Kernel>
-cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch);
+cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks = 0);
 
 } // namespace sparsa::cuda

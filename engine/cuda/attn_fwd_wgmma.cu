@@ -1,4 +1,4 @@
-// Kernels 10 to 12 (attn_fwd_wgmma.cuh) compiled for sm_90a alone, in their own translation
+// Kernels 10 to 13 (attn_fwd_wgmma.cuh) compiled for sm_90a alone, in their own translation
 // unit: wgmma exists only on that target (engine/cuda/CMakeLists.txt builds this file with
 // -gencode=arch=compute_90a,code=sm_90a), and attention_cuda.cu calls them through the launch
 // functions instantiated here for every dtype, head dim and mask block they run.
@@ -6,10 +6,10 @@
 
 namespace sparsa::cuda {
 
-#define SPARSA_WGMMA_INSTANCES(T, D, K)                                                                    \
-    template cudaError_t attn_fwd_wgmma_launch<T, D, 64, K>(const AttnParams<T>&, int64_t, int64_t);  \
-    template cudaError_t attn_fwd_wgmma_launch<T, D, 128, K>(const AttnParams<T>&, int64_t, int64_t); \
-    template cudaError_t attn_fwd_wgmma_launch<T, D, 256, K>(const AttnParams<T>&, int64_t, int64_t);
+#define SPARSA_WGMMA_INSTANCES(T, D, K)                                                                        \
+    template cudaError_t attn_fwd_wgmma_launch<T, D, 64, K>(const AttnParams<T>&, int64_t, int64_t, int64_t);  \
+    template cudaError_t attn_fwd_wgmma_launch<T, D, 128, K>(const AttnParams<T>&, int64_t, int64_t, int64_t); \
+    template cudaError_t attn_fwd_wgmma_launch<T, D, 256, K>(const AttnParams<T>&, int64_t, int64_t, int64_t);
 SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 64, 10)
 SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 128, 10)
 SPARSA_WGMMA_INSTANCES(__half, 64, 10)
@@ -22,6 +22,10 @@ SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 64, 12)
 SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 128, 12)
 SPARSA_WGMMA_INSTANCES(__half, 64, 12)
 SPARSA_WGMMA_INSTANCES(__half, 128, 12)
+SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 64, 13)
+SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 128, 13)
+SPARSA_WGMMA_INSTANCES(__half, 64, 13)
+SPARSA_WGMMA_INSTANCES(__half, 128, 13)
 #undef SPARSA_WGMMA_INSTANCES
 
 } // namespace sparsa::cuda

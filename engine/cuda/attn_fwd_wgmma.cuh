@@ -1,4 +1,4 @@
-// Kernels 10 to 12 of the attention forward (attn_fwd_kernels.cuh has 1 to 9): the tensor-core
+// Kernels 10 to 13 of the attention forward (attn_fwd_kernels.cuh has 1 to 9): the tensor-core
 // instructions of Hopper, wgmma, on sm_90a. Compiled for that target alone, in
 // attn_fwd_wgmma.cu; the host runs them only on a device of compute capability 9.0.
 //
@@ -19,22 +19,29 @@
 //       per product), with kernel 7's walk of two mask rows; two K / V stages. Slower than 10:
 //       one block an SM (registers), whose warpgroups meet at the block's barrier every step.
 //   12: as 11 with the block's barrier replaced by mbarriers on a ring of three K / V stages:
-//       the warpgroups drift apart, one's softmax beside the other's products. The fastest on
-//       dense, causal and 128-token blocks at d = 128 (bench/cuda-notes.md).
+//       the warpgroups drift apart, one's softmax beside the other's products. It led on dense
+//       until the copies became cheap (below); now 10 is faster on every mask.
+//   13: 10 made persistent: as many blocks as fit on the GPU, each taking work items from a
+//       counter; a tile's last step copies the next tile's Q and first K, so a short row no
+//       longer starts with both copies in front of it. Slower than 10 on every benchmark mask
+//       (the time went to instruction issue, not to the tiles' start): kept as the record.
+// Kernel 0 takes 10 on compute capability 9.0 (bench/cuda-notes.md has each version's
+// prediction and outcome).
 //
 // The shared-memory layout (PTX ISA, "Shared Memory Matrix Layout", 128-byte swizzle): a
 // [64, D] tile of 16-bit elements is D / 64 panels of [64 rows, 128 bytes], 8 KB each; in a
 // panel, row r starts at byte 128 r and its 16-byte chunk c lies at chunk c ^ (r % 8). A panel
 // must start at a multiple of 1024 bytes (the swizzle repeats every 8 rows of 128 bytes).
 //
-// Index: [SECTION] wgmma helpers, [SECTION] steps of kernels 10 to 12, [SECTION] kernels 10 to
-// 12, [SECTION] launch.
+// Index: [SECTION] wgmma helpers, [SECTION] steps of kernels 10 to 13, [SECTION] kernels 10 to
+// 13, [SECTION] launch.
 #pragma once
 
 #include "engine/cuda/attn_fwd_kernels.cuh"
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace sparsa::cuda {
@@ -89,20 +96,38 @@ __device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.sha
 __device__ inline void cp_async_16_to(uint32_t smem, const void* global, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(global), "r"(valid ? 16 : 0));
 }
+__device__ inline void cp_async_16_to(uint32_t smem, const void* global) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(global));
+}
 
 // tile = rows [row0, row0 + 64) of a head's [n, D] matrix in the 128-byte-swizzle layout at
 // shared address `tile` (1024-aligned); rows past n zero-filled. Threads threads take part
-// (`thread`: this one's index among them); consecutive threads copy consecutive 16 bytes of a row.
+// (`thread`: this one's index among them, below Threads); consecutive threads copy consecutive
+// 16 bytes of a row. Thread t copies chunk t % (D / 8) of rows t / (D / 8) + k Threads / (D / 8):
+// a fixed number of copies, each at a constant offset from one source and one destination
+// address (the swizzle of row r depends on r % 8 alone, the same for all of a thread's rows),
+// so a tile costs a thread a few instructions beside its copies. (A loop over chunk indices
+// from `thread` in steps of Threads has a trip count the compiler cannot know: it was a
+// general loop of about 40 instructions a copy, over half of kernel 10's instructions.)
 template <int D, int Threads, typename T>
 __device__ inline void tile_load_swizzled(uint32_t tile, const T* head, int64_t row0, int64_t n, int thread = threadIdx.x) {
     constexpr int kChunksPerRow = D / 8;   // 16-byte chunks of 8 elements
+    constexpr int kRowsPerPass = Threads / kChunksPerRow, kPasses = 64 / kRowsPerPass;
+    static_assert(Threads % kChunksPerRow == 0 && kRowsPerPass % 8 == 0 && 64 % kRowsPerPass == 0,
+                  "each thread's rows share one swizzle");
+    const uint32_t u = static_cast<uint32_t>(thread);
+    const uint32_t r0 = u / kChunksPerRow, chunk = u % kChunksPerRow;
+    const uint32_t dst = tile + (chunk / 8) * 8192 + r0 * 128 + ((chunk % 8) ^ (r0 % 8)) * 16;
+    const T* src = head + (row0 + r0) * D + chunk * 8;
+    if (row0 + 64 <= n) {
 #pragma unroll
-    for (int c = thread; c < 64 * kChunksPerRow; c += Threads) {
-        const int r = c / kChunksPerRow, chunk = c % kChunksPerRow;
-        const bool valid = row0 + r < n;
-        const T* src = head + (valid ? (row0 + r) * D + chunk * 8 : 0);
-        const uint32_t dst = tile + (chunk / 8) * 8192 + r * 128 + ((chunk % 8) ^ (r % 8)) * 16;
-        cp_async_16_to(dst, src, valid);
+        for (int i = 0; i < kPasses; ++i) cp_async_16_to(dst + i * kRowsPerPass * 128, src + i * kRowsPerPass * D);
+    } else {
+#pragma unroll
+        for (int i = 0; i < kPasses; ++i) {
+            const bool valid = row0 + r0 + i * kRowsPerPass < n;
+            cp_async_16_to(dst + i * kRowsPerPass * 128, valid ? src + i * kRowsPerPass * D : head, valid);
+        }
     }
 }
 
@@ -162,17 +187,20 @@ template <> struct Wgmma<__nv_bfloat16> { SPARSA_WGMMA_WRAPPERS("bf16") };
 template <> struct Wgmma<__half> { SPARSA_WGMMA_WRAPPERS("f16") };
 #undef SPARSA_WGMMA_WRAPPERS
 
-// [SECTION] steps of kernels 10 to 12 (one warpgroup's 64 query rows; this warp's 16 of them)
+// [SECTION] steps of kernels 10 to 13 (one warpgroup's 64 query rows; this warp's 16 of them)
 
 // S = Q K^T: s, this warp's [16, 64] (8 n-tiles of 16 x 8, wgmma's accumulator layout), from
 // q_tile, the warpgroup's [64, D] query rows, and k_tile, [64 keys, D]: D / 16 wgmma of k = 16
 // (16 elements are 32 bytes of a panel row; a new panel every 4).
 template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
     wgmma_fence();
+    // a descriptor plus (bytes >> 4) addresses `bytes` further on: shared addresses stay under
+    // 2^18, so the start address field (bits 0-13) never carries into the next field
+    const uint64_t q_desc = wgmma_desc(q_tile, 16, 1024), k_desc = wgmma_desc(k_tile, 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t offset = (kk / 4) * 8192 + (kk % 4) * 32;
-        const uint64_t qd = wgmma_desc(q_tile + offset, 16, 1024), kd = wgmma_desc(k_tile + offset, 16, 1024);
+        const uint64_t qd = q_desc + (offset >> 4), kd = k_desc + (offset >> 4);
         if (kk == 0) Wgmma<T>::template ss_n64<false>(s, qd, kd);
         else Wgmma<T>::template ss_n64<true>(s, qd, kd);
     }
@@ -260,9 +288,10 @@ template <typename T, int D> __device__ inline void wgmma_pv(float (&o_acc)[D / 
         pf[kk][3] = Mma::pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
     wgmma_fence();
+    const uint64_t v_desc = wgmma_desc(v_tile, 8192, 1024);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-        const uint64_t vd = wgmma_desc(v_tile + kk * 2048, 8192, 1024);
+        const uint64_t vd = v_desc + (kk * 2048 >> 4);   // as in wgmma_scores
         if constexpr (D == 64) Wgmma<T>::rs_n64(o_acc, pf[kk], vd);
         else Wgmma<T>::rs_n128(o_acc, pf[kk], vd);
     }
@@ -309,12 +338,46 @@ __device__ inline void output_write(const AttnParams<T>& p, const float (&o_acc)
     }
 }
 
+// One key tile of kernels 10 and 13 for a warpgroup's 64 query rows, with one K and one V
+// buffer: S = Q K^T (K copied before), the mask and online softmax, O += P V. V's copy overlaps
+// S; `copy_next(next)` runs once every warp is done with Q and K (the step's second barrier),
+// given the cursor of the step after, and starts the copies that overlap O += P V (the next K,
+// or in kernel 13's last step the next tile's Q and K). cur moves on to that step.
+template <typename T, int D, int MaskBlock, typename CopyNext>
+__device__ inline void wgmma64_step(const AttnParams<T>& p, uint32_t q_tile, uint32_t k_tile, uint32_t v_tile,
+                                    const T* v_head, KeyCursor& cur, float (&o_acc)[D / 2], float (&row_max)[2],
+                                    float (&row_sum)[2], int i_warp, CopyNext&& copy_next) {
+    constexpr int kTileK = 64;
+    const DeviceMasks& m = p.masks;
+    const int64_t e = cur.ea;
+    const int64_t k0 = int64_t{cur.col_a(m.col_idx)} * MaskBlock + cur.sub * kTileK;
+    KeyCursor next = cur;
+    next.template advance<MaskBlock / kTileK>(m.col_idx);
+
+    cp_async_wait<0>();    // Q and K of this step landed ...
+    fence_proxy_async();   // ... and are visible to the tensor cores ...
+    __syncthreads();       // ... for every thread, and every warp is done with the last step's V
+    tile_load_swizzled<D, 128>(v_tile, v_head, k0, p.n);   // V's copy overlaps S = Q K^T
+    cp_async_commit();
+
+    float s[32];
+    wgmma_scores<T, D>(s, q_tile, k_tile);                                          // S = Q K^T
+    softmax_step<D, MaskBlock>(s, o_acc, row_max, row_sum, m, e, k0, p.n, i_warp, p.scale_log2);
+
+    cp_async_wait<0>();    // V of this step landed ...
+    fence_proxy_async();
+    __syncthreads();       // ... for every thread, and every warp's S = Q K^T is done with Q and K
+    copy_next(next);       // overlaps O += P V
+    wgmma_pv<T, D>(o_acc, s, v_tile);                                               // O += P V
+    cur = next;
+}
+
 // Shared address of the dynamic shared memory, rounded up to 1024 bytes (the swizzle's period).
 __device__ inline uint32_t smem_aligned_1024(const void* smem_raw) {
     return (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
 }
 
-// [SECTION] kernels 10 to 12
+// [SECTION] kernels 10 to 13
 
 // 10: one warpgroup per 64-query tile (a work item of kernel 8's plan). grid: (work items, 1,
 // batch), block: 128 threads, dynamic shared memory WgmmaTraits<D, MaskBlock, 1>::kSmemBytes.
@@ -322,7 +385,7 @@ template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Traits = WgmmaTraits<D, MaskBlock, 1>;
-    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK, kSubTiles = MaskBlock / kTileK;
+    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const uint32_t q_tile = smem_aligned_1024(smem_raw);
     const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
@@ -357,30 +420,13 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
     float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
 
     while (left > 0 && cur.valid()) {
-        const int64_t e = cur.ea;
-        const int64_t k0 = key_start(cur);
-        KeyCursor next = cur;
-        next.template advance<kSubTiles>(m.col_idx);
-
-        cp_async_wait<0>();    // Q and K of this step landed ...
-        fence_proxy_async();   // ... and are visible to the tensor cores ...
-        __syncthreads();       // ... for every thread, and every warp is done with the last step's V
-        tile_load_swizzled<D, 128>(v_tile, v_head, k0, n);   // V's copy overlaps S = Q K^T
-        cp_async_commit();
-
-        float s[32];
-        wgmma_scores<T, D>(s, q_tile, k_tile);                                          // S = Q K^T
-        softmax_step<D, MaskBlock>(s, o_acc, row_max, row_sum, m, e, k0, n, i_warp, p.scale_log2);
-
-        cp_async_wait<0>();    // V of this step landed ...
-        fence_proxy_async();
-        __syncthreads();       // ... for every thread, and every warp's S = Q K^T is done with K
-        if (left > 1 && next.valid()) {   // the next K's copy overlaps O += P V
-            tile_load_swizzled<D, 128>(k_tile, k_head, key_start(next), n);
-            cp_async_commit();
-        }
-        wgmma_pv<T, D>(o_acc, s, v_tile);                                               // O += P V
-        cur = next;
+        wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, v_head, cur, o_acc, row_max, row_sum, i_warp,
+                                      [&](const KeyCursor& next) {
+                                          if (left > 1 && next.valid()) {   // the next K
+                                              tile_load_swizzled<D, 128>(k_tile, k_head, key_start(next), n);
+                                              cp_async_commit();
+                                          }
+                                      });
         --left;
     }
     cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
@@ -606,26 +652,138 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
 #endif
 }
 
+// 13: kernel 10 made persistent. The grid is as many blocks as fit on the GPU at once (3 an SM);
+// each takes work items (kernel 8's plan, every batch) one after another, the next claimed
+// from a counter in global memory (p.work_counter, zeroed before the launch), so a block that
+// drew a long chunk takes fewer short tiles. During a tile's last step, once every warp is done
+// with Q and K, the block copies the next tile's Q and first K into their buffers: that copy
+// overlaps the last O += P V and the output's write, where in kernel 10 a new block starts
+// with both copies in front of it and nothing of its own to overlap them. Why: on BigBird and
+// Longformer a 64-row tile walks about 8 key tiles, and kernel 10 lost about a fifth of its
+// dense step rate there. Measured: no faster than 10 anywhere (bench/cuda-notes.md).
+// grid: (min(work items * batch, blocks that fit), 1, 1), block: 128 threads, dynamic shared
+// memory WgmmaTraits<D, MaskBlock, 1>::kSmemBytes.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Traits = WgmmaTraits<D, MaskBlock, 1>;
+    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    // The item after the current one, claimed by thread 0 when the current one starts and read by
+    // every thread after a barrier; two slots by the parity of the block's item count, so the
+    // claim for item c + 1 never overwrites item c's before every thread has read it.
+    __shared__ int64_t claimed[2];
+    const uint32_t q_tile = smem_aligned_1024(smem_raw);
+    const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
+
+    const int warp = threadIdx.x / 32;
+    const int64_t n = p.n, tiles = (n + kTileQ - 1) / kTileQ;
+    const int64_t total = p.work_items * p.batch;   // item v: work item v % work_items of batch v / work_items
+    const DeviceMasks& m = p.masks;
+
+    struct Tile {
+        int64_t b, h, q0, steps;
+        KeyCursor cur;
+        int32_t slot;
+    };
+    auto tile_of = [&](int64_t v) {
+        const WorkItem item = m.work[v % p.work_items];
+        const int64_t h = item.pair / tiles, q0 = (item.pair % tiles) * kTileQ;
+        const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
+        return Tile{v / p.work_items, h, q0, item.steps, KeyCursor{item.ea, 0, row_ptr[q0 / MaskBlock + 1], 0, item.sub}, item.slot};
+    };
+    auto offset_of = [&](const Tile& t) { return ((t.b * p.heads + t.h) * n) * D; };
+    auto key_start = [&](const KeyCursor& c) { return int64_t{c.col_a(m.col_idx)} * MaskBlock + c.sub * kTileK; };
+    // The copies a tile starts with, in one group: its Q and its first K (none for a tile with no step).
+    auto load_start = [&](const Tile& t) {
+        if (t.steps > 0 && t.cur.valid()) {
+            tile_load_swizzled<D, 128>(q_tile, p.q + offset_of(t), t.q0, n);
+            tile_load_swizzled<D, 128>(k_tile, p.k + offset_of(t), key_start(t.cur), n);
+        }
+        cp_async_commit();
+    };
+
+    int64_t v = blockIdx.x;
+    if (v >= total) return;
+    load_start(tile_of(v));
+    for (int64_t count = 0;; ++count) {
+        if (threadIdx.x == 0) claimed[count & 1] = gridDim.x + atomicAdd(p.work_counter, 1);
+        const Tile t = tile_of(v);
+        const int64_t head_offset = offset_of(t);
+        const T* k_head = p.k + head_offset;
+        const T* v_head = p.v + head_offset;
+        KeyCursor cur = t.cur;
+        int64_t left = t.steps;
+        const int i_warp = static_cast<int>(t.q0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
+
+        float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
+        float row_max[2] = {-INFINITY, -INFINITY};   // rows group and group + 8, base 2
+        float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
+
+        int64_t next_v = -1;   // the next item, once read from `claimed`
+        while (left > 0 && cur.valid()) {
+            wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, v_head, cur, o_acc, row_max, row_sum, i_warp,
+                                          [&](const KeyCursor& next) {
+                                              if (left > 1 && next.valid()) {   // the next K
+                                                  tile_load_swizzled<D, 128>(k_tile, k_head, key_start(next), n);
+                                                  cp_async_commit();
+                                              } else {   // the last step: the next tile's Q and K
+                                                  next_v = claimed[count & 1];
+                                                  if (next_v < total) load_start(tile_of(next_v));
+                                              }
+                                          });
+            --left;
+        }
+        if (next_v < 0) {   // a tile with no step (no kept block): nothing was copied for it
+            __syncthreads();
+            next_v = claimed[count & 1];
+            if (next_v < total) load_start(tile_of(next_v));
+        }
+        output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, t.b, t.h, t.q0, t.q0 + 16 * warp, t.slot);
+        if (next_v >= total) break;
+        v = next_v;
+    }
+    cp_async_wait<0>();   // no copy left in flight
+#endif
+}
+
 // [SECTION] launch
 
-// Kernel 10, 11 or 12 over `work_items` work items (the plan of kernel 8, for 10, or 7: 64- or
-// 128-query tiles, batch `batch`); returns the launch's error (cudaSuccess when none).
-// attention_cuda.cu launches attn_combine after it for the split tiles (that kernel lives in
-// its translation unit, built for sm_90).
+// Kernel 10, 11, 12 or 13 over `work_items` work items (the plan of kernel 8, for 10 and 13, or
+// 7: 64- or 128-query tiles, batch `batch`); returns the first failed call's error (cudaSuccess
+// when none). Kernel 13 runs min(work items * batch, max_blocks) thread blocks, max_blocks 0:
+// as many as fit on the GPU at once, and zeroes p.work_counter first. attention_cuda.cu launches
+// attn_combine after it for the split tiles (that kernel lives in its translation unit, built
+// for sm_90).
 template <typename T, int D, int MaskBlock, int Kernel>
-cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch) {
-    static_assert(Kernel >= 10 && Kernel <= 12, "the wgmma kernels are 10, 11 and 12");
-    constexpr int threads = Kernel == 10 ? 128 : Kernel == 11 ? 256 : Wgmma12Traits<D>::kThreads;
-    constexpr int smem = Kernel == 10   ? WgmmaTraits<D, MaskBlock, 1>::kSmemBytes
-                         : Kernel == 11 ? WgmmaTraits<D, MaskBlock, 2>::kSmemBytes
-                                        : Wgmma12Traits<D>::kSmemBytes;
+cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks) {
+    static_assert(Kernel >= 10 && Kernel <= 13, "the wgmma kernels are 10 to 13");
+    constexpr int threads = Kernel == 10 || Kernel == 13 ? 128 : Kernel == 11 ? 256 : Wgmma12Traits<D>::kThreads;
+    constexpr int smem = Kernel == 10 || Kernel == 13 ? WgmmaTraits<D, MaskBlock, 1>::kSmemBytes
+                         : Kernel == 11             ? WgmmaTraits<D, MaskBlock, 2>::kSmemBytes
+                                                    : Wgmma12Traits<D>::kSmemBytes;
     auto* kernel = [] {
         if constexpr (Kernel == 10) return attn_fwd_kernel10<T, D, MaskBlock>;
         else if constexpr (Kernel == 11) return attn_fwd_kernel11<T, D, MaskBlock>;
-        else return attn_fwd_kernel12<T, D, MaskBlock>;
+        else if constexpr (Kernel == 12) return attn_fwd_kernel12<T, D, MaskBlock>;
+        else return attn_fwd_kernel13<T, D, MaskBlock>;
     }();
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
+    if constexpr (Kernel == 13) {
+        int per_sm = 0, device = 0, sms = 0;
+        if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem)) != cudaSuccess) return err;
+        if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+        if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+        int64_t blocks = std::min<int64_t>(work_items * batch, int64_t{std::max(per_sm, 1)} * sms);
+        if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
+        if (blocks == 0) return cudaSuccess;
+        if ((err = cudaMemsetAsync(p.work_counter, 0, sizeof(int))) != cudaSuccess) return err;
+        kernel<<<static_cast<unsigned>(blocks), threads, smem>>>(p);
+        return cudaGetLastError();
+    }
     const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(batch));
     kernel<<<grid, threads, smem>>>(p);
     return cudaGetLastError();

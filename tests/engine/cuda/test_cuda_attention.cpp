@@ -102,7 +102,8 @@ void check_output(const AttentionOutput& got, const AttentionOutput& want, doubl
 // [batch, heads, n, d] and compares each with the CPU engine on the same (rounded) inputs.
 void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
                    std::vector<int> kernels = {},   // {}: every kernel
-                   int64_t split_steps = 0) {       // kernels 7 to 12: CudaAttentionOptions::split_steps
+                   int64_t split_steps = 0,         // kernels 7 to 13: CudaAttentionOptions::split_steps
+                   int64_t persistent_blocks = 0) { // kernel 13: CudaAttentionOptions::persistent_blocks
     if (kernels.empty()) {
         for (int kernel = 1; kernel <= cuda_kernel_count(); ++kernel) kernels.push_back(kernel);
     }
@@ -115,11 +116,12 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
             if (!cuda_kernel_supports(kernel, dtype, d, masks.block)) continue;
             INFO("kernel " << kernel << ", " << cuda_dtype_name(dtype) << ", n " << masks.n << ", block " << masks.block
                            << ", d " << d << ", batch " << batch << ", heads " << masks.heads << ", layer " << layer
-                           << ", split_steps " << split_steps);
+                           << ", split_steps " << split_steps << ", persistent_blocks " << persistent_blocks);
             CudaAttentionOptions options;
             options.dtype = dtype;
             options.kernel = kernel;
             options.split_steps = split_steps;
+            options.persistent_blocks = persistent_blocks;
             check_output(engine().forward(q, k, v, masks, layer, options), want, tolerance_of(dtype));
         }
     }
@@ -129,7 +131,7 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
 
 TEST_CASE("cuda: small sizes, every kernel (the sanitizer runs this)", "[cuda][small]") {
     if (!gpu_ready("small sizes")) return;
-    std::printf("test_cuda_attention: kernels 10 to 12 (wgmma) %s\n",
+    std::printf("test_cuda_attention: kernels 10 to 13 (wgmma) %s\n",
                 cuda_device_has_wgmma() ? "run here and are checked" : "skipped: this GPU is not compute capability 9.0");
     // n = 200 (B = 64, short last block), n = 300 with B = 128: the last 64-key tile lies past n.
     check_kernels(set_of({testing::mask_random(200, 64, 1), testing::mask_random(200, 64, 2)}), 0, 1, 64, 11);
@@ -153,7 +155,7 @@ TEST_CASE("cuda: random masks, n not divisible by the block, a mask per head, ba
     check_kernels(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
 }
 
-TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 12)", "[cuda][small]") {
+TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 13)", "[cuda][small]") {
     if (!gpu_ready("split rows")) return;
     // Chunks of 1, 3 and 5 key tiles: every row with more is split, with chunks that end inside
     // a 128- or 256-token block, rows of the union of two mask rows (kernel 7, B = 64), an
@@ -165,7 +167,29 @@ TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 12)", "[cu
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
                                       testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
         for (int64_t split : {1, 3, 5}) {
-            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12}, split);
+            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13}, split);
+        }
+    }
+}
+
+TEST_CASE("cuda: kernel 13 with few thread blocks, each running many work items", "[cuda][small]") {
+    if (!gpu_ready("persistent blocks")) return;
+    if (!cuda_device_has_wgmma()) {
+        std::printf("test_cuda_attention: persistent blocks: skipped: kernel 13 needs compute capability 9.0\n");
+        return;
+    }
+    // 1, 2 and 5 blocks over every (batch, head, tile): a block's next tile after a tile with
+    // steps, after an empty row (no step), after a split chunk, and across the batch; with and
+    // without split rows.
+    const int64_t n = 700;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1);
+    for (int32_t block : {64, 128}) {
+        const MaskSet masks = set_of({testing::mask_random(n, block, 171 + static_cast<uint64_t>(block)),
+                                      block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data())});
+        for (int64_t blocks : {1, 2, 5}) {
+            for (int64_t split : {0, 3}) {
+                check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 190 + static_cast<uint64_t>(blocks), {13}, split, blocks);
+            }
         }
     }
 }
@@ -260,30 +284,33 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     CHECK(engine().kernel() == 1);
     options.dtype = CudaDtype::bfloat16;
     engine().prepare(y, y, y, masks, 0, options);
-    // the 128- and 64-query kernels kernel 0 takes at d = 64
-    const int kernel128 = 7, kernel64 = cuda_device_has_wgmma() ? 10 : 9;
-    CHECK((engine().kernel() == kernel128 || engine().kernel() == kernel64));
-    // kernel 0 in bf16: 128-query tiles where a tile's two halves keep the same blocks, 64-query
-    // tiles where they keep different ones
+    // kernel 0 in bf16: with wgmma 10 on every mask; else 128-query tiles (7) where a tile's two
+    // halves keep the same blocks, 64-query tiles (9) where they keep different ones
+    const bool wgmma = cuda_device_has_wgmma();
+    CHECK((wgmma ? engine().kernel() == 10 : engine().kernel() == 7 || engine().kernel() == 9));
     const int64_t n = 1024;
     std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1), diagonal(static_cast<size_t>(n * n), 0);
     for (int64_t q = 0; q < n; ++q) diagonal[static_cast<size_t>(q * n + q)] = 1;
-    const Tensor z = tensor_random({1, 1, n, 64}, 4);
-    engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
-    CHECK(engine().kernel() == kernel128);
-    engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
-    CHECK(engine().kernel() == kernel64);
-    // at d = 128 with wgmma, 12 where a 128-row tile walks half the 64-row steps (dense)
-    const Tensor z128 = tensor_random({1, 1, n, 128}, 6);
-    engine().prepare(z128, z128, z128, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
-    CHECK(engine().kernel() == (cuda_device_has_wgmma() ? 12 : 7));
-    if (!cuda_device_has_wgmma()) {   // kernels 10 to 12 (sm_90a) refuse other GPUs, saying so
-        for (int wgmma_kernel : {10, 11, 12}) {
+    for (int64_t d : {64, 128}) {
+        const Tensor z = tensor_random({1, 1, n, d}, 4);
+        engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
+        CHECK(engine().kernel() == (wgmma ? 10 : 7));
+        engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
+        CHECK(engine().kernel() == (wgmma ? 10 : 9));
+    }
+    if (!cuda_device_has_wgmma()) {   // kernels 10 to 13 (sm_90a) refuse other GPUs, saying so
+        for (int wgmma_kernel : {10, 11, 12, 13}) {
             options.kernel = wgmma_kernel;
             CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
         }
         options.kernel = 0;
     }
+    options.persistent_blocks = -1;
+    CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("persistent_blocks is -1"));
+    options.persistent_blocks = 0;
+    options.split_steps = -2;
+    CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("split_steps is -2"));
+    options.split_steps = 0;
     const Tensor wrong = tensor_random({1, 2, 100, 64}, 3);
     CHECK_THROWS_AS(engine().forward(wrong, wrong, wrong, masks, 0, options), Error);
 }
