@@ -287,15 +287,12 @@ struct CudaAttention::Impl {
     // Query rows of a thread block of the chosen kernel (1: unused; 6, 7, 11, 12: 128; else 64).
     int64_t tile_rows() const { return kernel == 6 || kernel == 7 || kernel == 11 || kernel == 12 ? 128 : 64; }
 
-    // Kernel 0 with bf16 / fp16. With wgmma (compute capability 9.0): kernel 10, the fastest on
-    // every benchmark mask at d = 64 and 128 since its copies cost a few instructions each
-    // (bench/results/cuda-nvidia-h200.md: 5-40% ahead of 7, 12 and 13). Without: a 128-query
-    // kernel or a 64-query one, whichever the count of key-tile steps predicts faster. A 128-row
-    // tile visits the union of its two 64-token mask rows; a step of it costs about 2 * r64 / r128
-    // of a 64-row step, r the dense rates at n = 16,384, d = 128 on the H200: 7 (307) against 9
+    // Kernel 0 with bf16 / fp16 without wgmma (with it, prepare takes 10): a 128-query kernel or
+    // a 64-query one, whichever the count of key-tile steps predicts faster. A 128-row tile
+    // visits the union of its two 64-token mask rows; a step of it costs about 2 * r64 / r128 of
+    // a 64-row step, r the dense rates at n = 16,384, d = 128 on the H200: 7 (307) against 9
     // (kernel 5: 264).
-    static int kernel_by_steps(const MaskSet& masks, int64_t layer, bool wgmma) {
-        if (wgmma) return 10;
+    static int kernel_by_steps(const MaskSet& masks, int64_t layer) {
         int64_t steps64 = 0, steps128 = 0;
         for (int64_t h = 0; h < masks.heads; ++h) {
             const BlockMask& m = masks.at(layer, h);
@@ -515,10 +512,13 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
     }
     int kernel = options.kernel;
     if (kernel == 0) {
-        for (kernel = 9; kernel > 1; --kernel) {   // 10 to 13 only through kernel_by_steps
+        // with wgmma (compute capability 9.0) 10, the fastest on every benchmark mask at d = 64
+        // and 128 (bench/results/cuda-nvidia-h200.md: 0.5% to 2.6x ahead of 7, 11, 12 and 13);
+        // else the newest of 2 to 9 that runs the call, and among 7 and 9 by the step counts
+        for (kernel = 9; kernel > 1; --kernel) {
             if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
         }
-        if (kernel == 9) kernel = Impl::kernel_by_steps(masks, layer, cuda_kernel_supports(10, options.dtype, d, masks.block));
+        if (kernel == 9) kernel = cuda_kernel_supports(10, options.dtype, d, masks.block) ? 10 : Impl::kernel_by_steps(masks, layer);
     }
     if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +

@@ -338,21 +338,27 @@ __device__ inline void output_write(const AttnParams<T>& p, const float (&o_acc)
     }
 }
 
+// The first key of the 64-key tile a cursor over one mask row (list a) stands on.
+template <int MaskBlock> __device__ inline int64_t key_start_a(const KeyCursor& c, const int32_t* col_idx) {
+    return int64_t{c.col_a(col_idx)} * MaskBlock + c.sub * 64;
+}
+
 // One key tile of kernels 10 and 13 for a warpgroup's 64 query rows, with one K and one V
-// buffer: S = Q K^T (K copied before), the mask and online softmax, O += P V. V's copy overlaps
-// S; `copy_next(next)` runs once every warp is done with Q and K (the step's second barrier),
-// given the cursor of the step after, and starts the copies that overlap O += P V (the next K,
-// or in kernel 13's last step the next tile's Q and K). cur moves on to that step.
-template <typename T, int D, int MaskBlock, typename CopyNext>
+// buffer: S = Q K^T (K copied before), the mask and online softmax, O += P V; `left`: the
+// tile's steps from this one on. V's copy overlaps S = Q K^T; once every warp is done with Q
+// and K (the step's second barrier) the next step's K is copied during O += P V, or, in the
+// tile's last step, `on_last()` runs there (kernel 13 copies the next tile's Q and K). cur
+// moves on to the next step.
+template <typename T, int D, int MaskBlock, typename OnLast>
 __device__ inline void wgmma64_step(const AttnParams<T>& p, uint32_t q_tile, uint32_t k_tile, uint32_t v_tile,
-                                    const T* v_head, KeyCursor& cur, float (&o_acc)[D / 2], float (&row_max)[2],
-                                    float (&row_sum)[2], int i_warp, CopyNext&& copy_next) {
-    constexpr int kTileK = 64;
+                                    const T* k_head, const T* v_head, KeyCursor& cur, int64_t left,
+                                    float (&o_acc)[D / 2], float (&row_max)[2], float (&row_sum)[2], int i_warp,
+                                    OnLast&& on_last) {
     const DeviceMasks& m = p.masks;
     const int64_t e = cur.ea;
-    const int64_t k0 = int64_t{cur.col_a(m.col_idx)} * MaskBlock + cur.sub * kTileK;
+    const int64_t k0 = key_start_a<MaskBlock>(cur, m.col_idx);
     KeyCursor next = cur;
-    next.template advance<MaskBlock / kTileK>(m.col_idx);
+    next.template advance<MaskBlock / 64>(m.col_idx);
 
     cp_async_wait<0>();    // Q and K of this step landed ...
     fence_proxy_async();   // ... and are visible to the tensor cores ...
@@ -367,7 +373,12 @@ __device__ inline void wgmma64_step(const AttnParams<T>& p, uint32_t q_tile, uin
     cp_async_wait<0>();    // V of this step landed ...
     fence_proxy_async();
     __syncthreads();       // ... for every thread, and every warp's S = Q K^T is done with Q and K
-    copy_next(next);       // overlaps O += P V
+    if (left > 1 && next.valid()) {   // the next K's copy overlaps O += P V
+        tile_load_swizzled<D, 128>(k_tile, k_head, key_start_a<MaskBlock>(next, m.col_idx), p.n);
+        cp_async_commit();
+    } else {
+        on_last();
+    }
     wgmma_pv<T, D>(o_acc, s, v_tile);                                               // O += P V
     cur = next;
 }
@@ -385,7 +396,7 @@ template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Traits = WgmmaTraits<D, MaskBlock, 1>;
-    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK;
+    constexpr int kTileQ = Traits::kTileQ;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const uint32_t q_tile = smem_aligned_1024(smem_raw);
     const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
@@ -407,10 +418,8 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
     int64_t left = item.steps;
     const int i_warp = static_cast<int>(q0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
 
-    auto key_start = [&](const KeyCursor& c) { return int64_t{c.col_a(m.col_idx)} * MaskBlock + c.sub * kTileK; };
-
     tile_load_swizzled<D, 128>(q_tile, p.q + head_offset, q0, n);
-    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(k_tile, k_head, key_start(cur), n);
+    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(k_tile, k_head, key_start_a<MaskBlock>(cur, m.col_idx), n);
     cp_async_commit();
 
     float o_acc[D / 2];   // O [16, D] of this warp: D / 8 n-tiles of 16 x 8, 4 registers each (wgmma's layout)
@@ -420,13 +429,8 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
     float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
 
     while (left > 0 && cur.valid()) {
-        wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, v_head, cur, o_acc, row_max, row_sum, i_warp,
-                                      [&](const KeyCursor& next) {
-                                          if (left > 1 && next.valid()) {   // the next K
-                                              tile_load_swizzled<D, 128>(k_tile, k_head, key_start(next), n);
-                                              cp_async_commit();
-                                          }
-                                      });
+        wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, k_head, v_head, cur, left, o_acc, row_max, row_sum,
+                                      i_warp, [] {});
         --left;
     }
     cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
@@ -667,7 +671,7 @@ template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Traits = WgmmaTraits<D, MaskBlock, 1>;
-    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK;
+    constexpr int kTileQ = Traits::kTileQ;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     // The item after the current one, claimed by thread 0 when the current one starts and read by
     // every thread after a barrier; two slots by the parity of the block's item count, so the
@@ -693,12 +697,11 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
         return Tile{v / p.work_items, h, q0, item.steps, KeyCursor{item.ea, 0, row_ptr[q0 / MaskBlock + 1], 0, item.sub}, item.slot};
     };
     auto offset_of = [&](const Tile& t) { return ((t.b * p.heads + t.h) * n) * D; };
-    auto key_start = [&](const KeyCursor& c) { return int64_t{c.col_a(m.col_idx)} * MaskBlock + c.sub * kTileK; };
     // The copies a tile starts with, in one group: its Q and its first K (none for a tile with no step).
     auto load_start = [&](const Tile& t) {
         if (t.steps > 0 && t.cur.valid()) {
             tile_load_swizzled<D, 128>(q_tile, p.q + offset_of(t), t.q0, n);
-            tile_load_swizzled<D, 128>(k_tile, p.k + offset_of(t), key_start(t.cur), n);
+            tile_load_swizzled<D, 128>(k_tile, p.k + offset_of(t), key_start_a<MaskBlock>(t.cur, m.col_idx), n);
         }
         cp_async_commit();
     };
@@ -724,15 +727,10 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
 
         int64_t next_v = -1;   // the next item, once read from `claimed`
         while (left > 0 && cur.valid()) {
-            wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, v_head, cur, o_acc, row_max, row_sum, i_warp,
-                                          [&](const KeyCursor& next) {
-                                              if (left > 1 && next.valid()) {   // the next K
-                                                  tile_load_swizzled<D, 128>(k_tile, k_head, key_start(next), n);
-                                                  cp_async_commit();
-                                              } else {   // the last step: the next tile's Q and K
-                                                  next_v = claimed[count & 1];
-                                                  if (next_v < total) load_start(tile_of(next_v));
-                                              }
+            wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, k_head, v_head, cur, left, o_acc, row_max,
+                                          row_sum, i_warp, [&] {   // the next tile's Q and K
+                                              next_v = claimed[count & 1];
+                                              if (next_v < total) load_start(tile_of(next_v));
                                           });
             --left;
         }

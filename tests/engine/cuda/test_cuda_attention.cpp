@@ -298,7 +298,7 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
         CHECK(engine().kernel() == (wgmma ? 10 : 9));
     }
-    if (!cuda_device_has_wgmma()) {   // kernels 10 to 13 (sm_90a) refuse other GPUs, saying so
+    if (!wgmma) {   // kernels 10 to 13 (sm_90a) refuse other GPUs, saying so
         for (int wgmma_kernel : {10, 11, 12, 13}) {
             options.kernel = wgmma_kernel;
             CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
