@@ -103,7 +103,7 @@ step_cli() {
 bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
 
 step_bench() {
-    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,13,0} \
+    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,13,14,0} \
         --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
 }
 
@@ -115,7 +115,7 @@ step_compare() {
 d64_files() { ls "$MASKS/bench/dense-16384.npz" "$MASKS/bench/window256-65536.npz"; }
 
 step_bench_d64() {
-    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,13,0} \
+    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,13,14,0} \
         --csv "$LOGS/sparsa-d64.csv" | tee "$LOGS/bench-d64.log"
 }
 

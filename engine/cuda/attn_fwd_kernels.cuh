@@ -39,12 +39,13 @@
 //  12: as 11 with mbarriers on a ring of three K / V stages instead of the block's barrier, so
 //      the two warpgroups drift apart (one's softmax beside the other's products).
 //  13: 10 made persistent (as many blocks as fit, each taking work items from a counter; the
-//      next tile's Q and first K copied during a tile's last step). 10 to 13 are in
+//      next tile's Q and first K copied during a tile's last step).
+//  14: 10 with later steps' K and V tiles prefetched into L2. 10 to 14 are in
 //      attn_fwd_wgmma.cuh, built in their own translation unit (attn_fwd_wgmma.cu) for sm_90a;
 //      declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 13.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 14.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -863,7 +864,7 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     }
 }
 
-// [SECTION] kernels 10 to 13
+// [SECTION] kernels 10 to 14
 
 // Kernel 10 or 13 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
 // 7's), in attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'

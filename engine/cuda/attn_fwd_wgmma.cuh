@@ -1,4 +1,4 @@
-// Kernels 10 to 13 of the attention forward (attn_fwd_kernels.cuh has 1 to 9): the tensor-core
+// Kernels 10 to 14 of the attention forward (attn_fwd_kernels.cuh has 1 to 9): the tensor-core
 // instructions of Hopper, wgmma, on sm_90a. Compiled for that target alone, in
 // attn_fwd_wgmma.cu; the host runs them only on a device of compute capability 9.0.
 //
@@ -25,6 +25,8 @@
 //       counter; a tile's last step copies the next tile's Q and first K, so a short row no
 //       longer starts with both copies in front of it. Slower than 10 on every benchmark mask
 //       (the time went to instruction issue, not to the tiles' start): kept as the record.
+//   14: 10 with the K and V tiles of later steps prefetched into L2 (short rows read most of
+//       their key tiles from DRAM). Not yet run on a GPU.
 // Kernel 0 takes 10 on compute capability 9.0 (bench/cuda-notes.md has each version's
 // prediction and outcome).
 //
@@ -33,8 +35,8 @@
 // panel, row r starts at byte 128 r and its 16-byte chunk c lies at chunk c ^ (r % 8). A panel
 // must start at a multiple of 1024 bytes (the swizzle repeats every 8 rows of 128 bytes).
 //
-// Index: [SECTION] wgmma helpers, [SECTION] steps of kernels 10 to 13, [SECTION] kernels 10 to
-// 13, [SECTION] launch.
+// Index: [SECTION] wgmma helpers, [SECTION] steps of kernels 10 to 14, [SECTION] kernels 10 to
+// 14, [SECTION] launch.
 #pragma once
 
 #include "engine/cuda/attn_fwd_kernels.cuh"
@@ -91,6 +93,11 @@ template <int N> __device__ inline void wgmma_fence_operands(float (&d)[N]) {
 }
 // Shared memory written by ordinary stores or cp.async, read next by wgmma (the async proxy).
 __device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Starts bringing `bytes` (a multiple of 16) from global address `global` (16-byte aligned) into
+// L2, without waiting and without writing anything this thread can see.
+__device__ inline void prefetch_l2(const void* global, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(global), "r"(bytes) : "memory");
+}
 
 // 16 bytes global -> shared address `smem` (a shared-space address), zero-filled when !valid.
 __device__ inline void cp_async_16_to(uint32_t smem, const void* global, bool valid) {
@@ -187,7 +194,7 @@ template <> struct Wgmma<__nv_bfloat16> { SPARSA_WGMMA_WRAPPERS("bf16") };
 template <> struct Wgmma<__half> { SPARSA_WGMMA_WRAPPERS("f16") };
 #undef SPARSA_WGMMA_WRAPPERS
 
-// [SECTION] steps of kernels 10 to 13 (one warpgroup's 64 query rows; this warp's 16 of them)
+// [SECTION] steps of kernels 10 to 14 (one warpgroup's 64 query rows; this warp's 16 of them)
 
 // S = Q K^T: s, this warp's [16, 64] (8 n-tiles of 16 x 8, wgmma's accumulator layout), from
 // q_tile, the warpgroup's [64, D] query rows, and k_tile, [64 keys, D]: D / 16 wgmma of k = 16
@@ -388,7 +395,7 @@ __device__ inline uint32_t smem_aligned_1024(const void* smem_raw) {
     return (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
 }
 
-// [SECTION] kernels 10 to 13
+// [SECTION] kernels 10 to 14
 
 // 10: one warpgroup per 64-query tile (a work item of kernel 8's plan). grid: (work items, 1,
 // batch), block: 128 threads, dynamic shared memory WgmmaTraits<D, MaskBlock, 1>::kSmemBytes.
@@ -747,6 +754,81 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
 #endif
 }
 
+// 14: 10 with the K and V tiles of later steps prefetched into L2: at a tile's start thread 0
+// asks for those of steps 1 and 2, and at step j for those of step j + 3 (one bulk prefetch of
+// up to 16 KB each, cp.async.bulk.prefetch.L2), so the copies into shared memory find them in
+// L2. Why: on BigBird Nsight Compute found kernel 10's L2 hit rate at 57% (99% on dense), most
+// key tiles of a short row being read once per head, and one K and one V buffer leave a copy
+// from DRAM less than a step to land.
+// grid: (work items, 1, batch), block: 128 threads, dynamic shared memory WgmmaTraits<D, MaskBlock, 1>::kSmemBytes.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128, 3) attn_fwd_kernel14(AttnParams<T> p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Traits = WgmmaTraits<D, MaskBlock, 1>;
+    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const uint32_t q_tile = smem_aligned_1024(smem_raw);
+    const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
+
+    const int warp = threadIdx.x / 32;
+    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
+    const WorkItem item = p.masks.work[blockIdx.x];
+    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
+    const int64_t b = blockIdx.z, n = p.n;
+    const int64_t q0 = tile * kTileQ;
+    const int64_t head_offset = ((b * p.heads + h) * n) * D;
+    const T* k_head = p.k + head_offset;
+    const T* v_head = p.v + head_offset;
+
+    const DeviceMasks& m = p.masks;
+    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
+    KeyCursor cur{item.ea, 0, row_ptr[q0 / MaskBlock + 1], 0, item.sub};
+    int64_t left = item.steps;
+    const int i_warp = static_cast<int>(q0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
+
+    // thread 0's cursor of the next step to prefetch, and the steps left from it
+    KeyCursor ahead = cur;
+    int64_t ahead_left = left;
+    auto prefetch_next = [&]() {
+        if (threadIdx.x != 0 || ahead_left <= 0 || !ahead.valid()) return;
+        const int64_t k0 = key_start_a<MaskBlock>(ahead, m.col_idx);
+        if (k0 < n) {
+            const int64_t rows = n - k0 < kTileK ? n - k0 : int64_t{kTileK};
+            const uint32_t bytes = static_cast<uint32_t>(rows * D * sizeof(T));
+            prefetch_l2(k_head + k0 * D, bytes);
+            prefetch_l2(v_head + k0 * D, bytes);
+        }
+        ahead.template advance<MaskBlock / kTileK>(m.col_idx);
+        --ahead_left;
+    };
+    if (threadIdx.x == 0 && ahead_left > 0 && ahead.valid()) {   // step 0 is copied straight away
+        ahead.template advance<MaskBlock / kTileK>(m.col_idx);
+        --ahead_left;
+    }
+    prefetch_next();
+    prefetch_next();
+
+    tile_load_swizzled<D, 128>(q_tile, p.q + head_offset, q0, n);
+    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(k_tile, k_head, key_start_a<MaskBlock>(cur, m.col_idx), n);
+    cp_async_commit();
+
+    float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
+    float row_max[2] = {-INFINITY, -INFINITY};   // rows group and group + 8, base 2
+    float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
+
+    while (left > 0 && cur.valid()) {
+        prefetch_next();
+        wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, k_head, v_head, cur, left, o_acc, row_max, row_sum,
+                                      i_warp, [] {});
+        --left;
+    }
+    cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
+    output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, q0 + 16 * warp, item.slot);
+#endif
+}
+
 // [SECTION] launch
 
 // Kernel 10, 11, 12 or 13 over `work_items` work items (the plan of kernel 8, for 10 and 13, or
@@ -757,16 +839,18 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
 // for sm_90).
 template <typename T, int D, int MaskBlock, int Kernel>
 cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks) {
-    static_assert(Kernel >= 10 && Kernel <= 13, "the wgmma kernels are 10 to 13");
-    constexpr int threads = Kernel == 10 || Kernel == 13 ? 128 : Kernel == 11 ? 256 : Wgmma12Traits<D>::kThreads;
-    constexpr int smem = Kernel == 10 || Kernel == 13 ? WgmmaTraits<D, MaskBlock, 1>::kSmemBytes
+    static_assert(Kernel >= 10 && Kernel <= 14, "the wgmma kernels are 10 to 14");
+    constexpr bool kOneGroup = Kernel == 10 || Kernel == 13 || Kernel == 14;
+    constexpr int threads = kOneGroup ? 128 : Kernel == 11 ? 256 : Wgmma12Traits<D>::kThreads;
+    constexpr int smem = kOneGroup              ? WgmmaTraits<D, MaskBlock, 1>::kSmemBytes
                          : Kernel == 11             ? WgmmaTraits<D, MaskBlock, 2>::kSmemBytes
                                                     : Wgmma12Traits<D>::kSmemBytes;
     auto* kernel = [] {
         if constexpr (Kernel == 10) return attn_fwd_kernel10<T, D, MaskBlock>;
         else if constexpr (Kernel == 11) return attn_fwd_kernel11<T, D, MaskBlock>;
         else if constexpr (Kernel == 12) return attn_fwd_kernel12<T, D, MaskBlock>;
-        else return attn_fwd_kernel13<T, D, MaskBlock>;
+        else if constexpr (Kernel == 13) return attn_fwd_kernel13<T, D, MaskBlock>;
+        else return attn_fwd_kernel14<T, D, MaskBlock>;
     }();
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;

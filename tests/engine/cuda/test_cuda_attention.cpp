@@ -131,7 +131,7 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
 
 TEST_CASE("cuda: small sizes, every kernel (the sanitizer runs this)", "[cuda][small]") {
     if (!gpu_ready("small sizes")) return;
-    std::printf("test_cuda_attention: kernels 10 to 13 (wgmma) %s\n",
+    std::printf("test_cuda_attention: kernels 10 to 14 (wgmma) %s\n",
                 cuda_device_has_wgmma() ? "run here and are checked" : "skipped: this GPU is not compute capability 9.0");
     // n = 200 (B = 64, short last block), n = 300 with B = 128: the last 64-key tile lies past n.
     check_kernels(set_of({testing::mask_random(200, 64, 1), testing::mask_random(200, 64, 2)}), 0, 1, 64, 11);
@@ -167,7 +167,7 @@ TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 13)", "[cu
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
                                       testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
         for (int64_t split : {1, 3, 5}) {
-            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13}, split);
+            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13, 14}, split);
         }
     }
 }
@@ -298,8 +298,8 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
         CHECK(engine().kernel() == (wgmma ? 10 : 9));
     }
-    if (!wgmma) {   // kernels 10 to 13 (sm_90a) refuse other GPUs, saying so
-        for (int wgmma_kernel : {10, 11, 12, 13}) {
+    if (!wgmma) {   // kernels 10 to 14 (sm_90a) refuse other GPUs, saying so
+        for (int wgmma_kernel : {10, 11, 12, 13, 14}) {
             options.kernel = wgmma_kernel;
             CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
         }
