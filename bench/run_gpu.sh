@@ -10,6 +10,10 @@
 #                                       #   (the default, in that order), carried, cli, bench_d64 and
 #                                       #   compare_d64 (d = 64 on dense 16,384 and window 65,536:
 #                                       #   bench/results/cuda-<gpu>-d64.md)
+#   PROFILE="10:bigbird64-65536 10:dense-16384" bench/run_gpu.sh carried profile
+#                                       # Nsight Compute (--set full, clocks as found) on one timed
+#                                       #   launch of each kernel:mask; reports, the details page and
+#                                       #   the per-SASS-line stall samples (CSV) in $LOGS/profile
 #   BUILD=build-cuda bench/run_gpu.sh carried test sanitize cli bench compare
 #                                       # the same with binaries built here and carried (step
 #                                       #   `carried` instead of `build`: the GPU machine has no
@@ -103,7 +107,7 @@ step_cli() {
 bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
 
 step_bench() {
-    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,13,14,0} \
+    "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,13,14,15,0} \
         --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
 }
 
@@ -115,7 +119,7 @@ step_compare() {
 d64_files() { ls "$MASKS/bench/dense-16384.npz" "$MASKS/bench/window256-65536.npz"; }
 
 step_bench_d64() {
-    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,13,14,0} \
+    "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,13,14,15,0} \
         --csv "$LOGS/sparsa-d64.csv" | tee "$LOGS/bench-d64.log"
 }
 
@@ -123,6 +127,23 @@ step_compare_d64() {
     PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(d64_files) --heads 16 --d 64 --sparsa-csv "$LOGS/sparsa-d64.csv" \
         --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --suffix=-d64 --copy-to "$LOGS" 2>&1 \
         | tee "$LOGS/compare-d64.log"
+}
+
+step_profile() {
+    local item kernel mask out
+    mkdir -p "$LOGS/profile"
+    for item in ${PROFILE:?PROFILE=\"kernel:mask ...\" names what to profile}; do
+        kernel=${item%%:*} mask=${item#*:} out=$LOGS/profile/k$kernel-$mask
+        # bench_cuda launches a warm-up, one sizing run, then --runs timed runs, each the kernel and,
+        # when the mask has split rows, attn_combine: skip four launches, profile the next two
+        ncu --clock-control none --set full --import-source no -k "regex:attn_fwd_kernel${kernel}([^0-9]|$)|attn_combine" \
+            --launch-skip $((2 * 2)) --launch-count 2 -f -o "$out" \
+            "$BUILD/bench/bench_cuda" "$MASKS/bench/$mask.npz" --heads 16 --d 128 --dtype bf16 --kernels "$kernel" \
+            --runs 3 >"$out.log" 2>&1 || { tail -20 "$out.log"; exit 1; }
+        ncu -i "$out.ncu-rep" --page details >"$out.txt"
+        ncu -i "$out.ncu-rep" --page source --print-source sass --csv >"$out-sass.csv"
+        echo "profile k$kernel $mask: $(grep -E '^  [a-z_]+.*\(|^ +Duration' "$out.txt" | sed -E 's/^ +//; s/\(.*//' | tr -s ' ' | paste -sd ' ')"
+    done
 }
 
 if [[ ${1:-} == masks ]]; then make_masks; exit 0; fi

@@ -131,7 +131,7 @@ std::string cuda_device_name() {
     return prop.name;
 }
 
-int cuda_kernel_count() { return 14; }
+int cuda_kernel_count() { return 15; }
 
 bool cuda_device_has_wgmma() {   // cached: the device does not change while the program runs
     static const bool has = [] {
@@ -148,7 +148,7 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
     const bool tensor_core_shape =
         dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 9) return tensor_core_shape;
-    if (kernel >= 10 && kernel <= 14) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 10 && kernel <= 15) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -161,7 +161,7 @@ Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
 
 struct CudaAttention::Impl {
     DeviceBuffer q, k, v, o, lse, row_ptr, col_idx, partial_idx, bits, head_mask, tile_order;
-    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 13
+    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 15
     DeviceBuffer work_counter;                           // kernel 13: one int
     int64_t work_items = 0, split_tiles = 0;
     int32_t slots = 0;
@@ -253,34 +253,39 @@ struct CudaAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // Kernels 7 to 13: the work items, then attn_combine over the split tiles.
+    // Kernels 7 to 15: the work items, then attn_combine over the split tiles.
     template <typename T, int D, int B> void launch_split() const {
         const cuda::AttnParams<T> p = params<T>();
         const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(shape.batch));
-        const dim3 combine_grid(static_cast<unsigned>(split_tiles), 1, static_cast<unsigned>(shape.batch));
-        if (kernel == 10 || kernel == 13 || kernel == 14) {
+        // attn_combine: a block for each 128 / D rows of a split tile
+        const auto combine_grid = [&](int tile_q) {
+            return dim3(static_cast<unsigned>(split_tiles), static_cast<unsigned>(tile_q / (128 / D)),
+                        static_cast<unsigned>(shape.batch));
+        };
+        if (kernel == 10 || kernel == 13 || kernel == 14 || kernel == 15) {
             if (kernel == 10) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 10>(p, work_items, shape.batch)));
             else if (kernel == 13) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 13>(p, work_items, shape.batch, persistent_blocks)));
-            else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 14>(p, work_items, shape.batch)));
-            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid, 128>>>(p);
+            else if (kernel == 14) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 14>(p, work_items, shape.batch)));
+            else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 15>(p, work_items, shape.batch)));
+            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128>>>(p);
         } else if (kernel == 11 || kernel == 12) {
             if (kernel == 11) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 11>(p, work_items, shape.batch)));
             else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 12>(p, work_items, shape.batch)));
-            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid, 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128>>>(p);
         } else if (kernel == 7) {
             constexpr int smem = cuda::AttnTraits32<D, B, 4>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel7<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             cuda::attn_fwd_kernel7<T, D, B><<<grid, 128, smem>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid, 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128>>>(p);
         } else {
             constexpr int smem = cuda::AttnTraits32<D, B, 2>::kSmemBytes;
             auto* kernel_fn = kernel == 8 ? cuda::attn_fwd_kernel8<T, D, B> : cuda::attn_fwd_kernel9<T, D, B>;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             kernel_fn<<<grid, 64, smem>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid, 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128>>>(p);
         }
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
@@ -288,7 +293,7 @@ struct CudaAttention::Impl {
     // Query rows of a thread block of the chosen kernel (1: unused; 6, 7, 11, 12: 128; else 64).
     int64_t tile_rows() const { return kernel == 6 || kernel == 7 || kernel == 11 || kernel == 12 ? 128 : 64; }
 
-    // Kernel 0 with bf16 / fp16 without wgmma (with it, prepare takes 10): a 128-query kernel or
+    // Kernel 0 with bf16 / fp16 without wgmma (with it, prepare takes 15): a 128-query kernel or
     // a 64-query one, whichever the count of key-tile steps predicts faster. A 128-row tile
     // visits the union of its two 64-token mask rows; a step of it costs about 2 * r64 / r128 of
     // a 64-row step, r the dense rates at n = 16,384, d = 128 on the H200: 7 (307) against 9
@@ -351,7 +356,7 @@ struct CudaAttention::Impl {
         }
     }
 
-    // Kernels 7 to 13's work items: every (head, query tile) with the number of key tiles it visits
+    // Kernels 7 to 15's work items: every (head, query tile) with the number of key tiles it visits
     // (the union of its mask rows' kept blocks, as the kernel's KeyCursor walks them); a tile
     // that visits more than `cap` is cut into chunks of at most cap, each a work item with the
     // cursor state it starts from and a workspace slot. cap: a quarter of the average work of a
@@ -513,19 +518,20 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
     }
     int kernel = options.kernel;
     if (kernel == 0) {
-        // with wgmma (compute capability 9.0) 10, the fastest on every benchmark mask at d = 64
-        // and 128 (bench/results/cuda-nvidia-h200.md: 0.5% to 2.6x ahead of 7, 11, 12 and 13; 14 not yet timed);
+        // with wgmma (compute capability 9.0) 15, the fastest on every benchmark mask at d = 128
+        // (bench/results/cuda-nvidia-h200.md and bench/cuda-notes.md: 1.7% to 8.6% ahead of 10,
+        // which was ahead of 7, 11, 12, 13 and 14);
         // else the newest of 2 to 9 that runs the call, and among 7 and 9 by the step counts
         for (kernel = 9; kernel > 1; --kernel) {
             if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
         }
-        if (kernel == 9) kernel = cuda_kernel_supports(10, options.dtype, d, masks.block) ? 10 : Impl::kernel_by_steps(masks, layer);
+        if (kernel == 9) kernel = cuda_kernel_supports(15, options.dtype, d, masks.block) ? 15 : Impl::kernel_by_steps(masks, layer);
     }
     if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
                     cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +
                     std::to_string(masks.block) +
-                    " (kernels 2 to 14: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 14 a GPU"
+                    " (kernels 2 to 15: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 15 a GPU"
                     " of compute capability 9.0 (" + (cuda_device_has_wgmma() ? "this one is" : "this one is not") +
                     "); kernel 1 runs any; kernel 0 picks one)");
     }

@@ -35,13 +35,13 @@ bool cuda_device_available(std::string* why = nullptr);
 // "NVIDIA H100 80GB HBM3" (device 0). Throws sparsa::Error when there is no GPU.
 std::string cuda_device_name();
 
-// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 14 (tensor
-// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; 10 to 14 use Hopper's wgmma
+// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 15 (tensor
+// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; 10 to 15 use Hopper's wgmma
 // and run only on a GPU of compute capability 9.0). attn_fwd_kernels.cuh says what each adds.
 int cuda_kernel_count();
 bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block);
 // Whether device 0 runs sm_90a machine code (compute capability 9.0: H100, H200), which kernels
-// 10 to 14 need; false without a GPU.
+// 10 to 15 need; false without a GPU.
 bool cuda_device_has_wgmma();
 
 // Rounds every element to `dtype` and back (what the GPU sees of a float32 tensor), so the CPU

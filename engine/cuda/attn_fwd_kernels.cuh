@@ -40,12 +40,13 @@
 //      the two warpgroups drift apart (one's softmax beside the other's products).
 //  13: 10 made persistent (as many blocks as fit, each taking work items from a counter; the
 //      next tile's Q and first K copied during a tile's last step).
-//  14: 10 with later steps' K and V tiles prefetched into L2. 10 to 14 are in
+//  14: 10 with later steps' K and V tiles prefetched into L2.
+//  15: 10 with the mask metadata of each step read a step ahead. 10 to 15 are in
 //      attn_fwd_wgmma.cuh, built in their own translation unit (attn_fwd_wgmma.cu) for sm_90a;
 //      declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 14.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 15.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -833,10 +834,15 @@ __global__ void __launch_bounds__(64) attn_fwd_kernel9(AttnParams<T> p) {
     attn_fwd_tensor_core32<T, D, MaskBlock, 2, true, true>(p);
 }
 
-// Kernels 7 to 9's second pass: the chunks of split tile blockIdx.x (of TileQ query rows)
+// Kernels 7 to 15's second pass: the chunks of split tile blockIdx.x (of TileQ query rows)
 // merged into O and lse:
 // M = max m_i, L = sum 2^(m_i - M) l_i, O = sum 2^(m_i - M) O_i / L, lse = (M + log2 L) ln 2.
-// grid: (split tiles, 1, batch), block: 128 threads (thread: one column of 128 / D rows at a time).
+// grid: (split tiles, TileQ / (128 / D), batch), block: 128 threads (thread: one column of
+// 128 / D rows; block y: rows y (128 / D) onwards, every gridDim.y (128 / D) rows). Each row
+// waits on its chunks' loads one after another, so the rows go to separate blocks. (With one
+// block a tile walking its 64 rows in turn, BigBird's call at n = 65,536 took 1.079 ms where
+// kernel 15 alone took 0.916: the merge of its few split tiles, 2 rows of blocks a head, was
+// most of the difference; dense, with no split tile, showed none.)
 template <typename T, int D, int TileQ>
 __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     constexpr int kTileQ = TileQ, kRowsAtOnce = 128 / D;
@@ -844,7 +850,8 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     const int64_t tiles = (p.n + kTileQ - 1) / kTileQ, h = st.pair / tiles, tile = st.pair % tiles;
     const int64_t b = blockIdx.z, n = p.n;
     const int col = threadIdx.x % D;
-    for (int r = threadIdx.x / D; r < kTileQ; r += kRowsAtOnce) {
+    for (int r = static_cast<int>(blockIdx.y) * kRowsAtOnce + threadIdx.x / D; r < kTileQ;
+         r += kRowsAtOnce * static_cast<int>(gridDim.y)) {
         const int64_t row = tile * kTileQ + r;
         if (row >= n) break;
         float mx = -INFINITY;
@@ -864,9 +871,9 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     }
 }
 
-// [SECTION] kernels 10 to 14
+// [SECTION] kernels 10 to 15
 
-// Kernel 10 or 13 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
+// Kernel 10, 13, 14 or 15 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
 // 7's), in attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
 // attn_combine<T, D, 64 or 128> is the caller's to launch. max_blocks: kernel 13's most thread
 // blocks (0: as many as fit). Returns the first failed call's error.

@@ -131,7 +131,7 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
 
 TEST_CASE("cuda: small sizes, every kernel (the sanitizer runs this)", "[cuda][small]") {
     if (!gpu_ready("small sizes")) return;
-    std::printf("test_cuda_attention: kernels 10 to 14 (wgmma) %s\n",
+    std::printf("test_cuda_attention: kernels 10 to 15 (wgmma) %s\n",
                 cuda_device_has_wgmma() ? "run here and are checked" : "skipped: this GPU is not compute capability 9.0");
     // n = 200 (B = 64, short last block), n = 300 with B = 128: the last 64-key tile lies past n.
     check_kernels(set_of({testing::mask_random(200, 64, 1), testing::mask_random(200, 64, 2)}), 0, 1, 64, 11);
@@ -167,7 +167,7 @@ TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 13)", "[cu
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
                                       testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
         for (int64_t split : {1, 3, 5}) {
-            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13, 14}, split);
+            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13, 14, 15}, split);
         }
     }
 }
@@ -284,22 +284,22 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     CHECK(engine().kernel() == 1);
     options.dtype = CudaDtype::bfloat16;
     engine().prepare(y, y, y, masks, 0, options);
-    // kernel 0 in bf16: with wgmma 10 on every mask; else 128-query tiles (7) where a tile's two
+    // kernel 0 in bf16: with wgmma 15 on every mask; else 128-query tiles (7) where a tile's two
     // halves keep the same blocks, 64-query tiles (9) where they keep different ones
     const bool wgmma = cuda_device_has_wgmma();
-    CHECK((wgmma ? engine().kernel() == 10 : engine().kernel() == 7 || engine().kernel() == 9));
+    CHECK((wgmma ? engine().kernel() == 15 : engine().kernel() == 7 || engine().kernel() == 9));
     const int64_t n = 1024;
     std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1), diagonal(static_cast<size_t>(n * n), 0);
     for (int64_t q = 0; q < n; ++q) diagonal[static_cast<size_t>(q * n + q)] = 1;
     for (int64_t d : {64, 128}) {
         const Tensor z = tensor_random({1, 1, n, d}, 4);
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
-        CHECK(engine().kernel() == (wgmma ? 10 : 7));
+        CHECK(engine().kernel() == (wgmma ? 15 : 7));
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
-        CHECK(engine().kernel() == (wgmma ? 10 : 9));
+        CHECK(engine().kernel() == (wgmma ? 15 : 9));
     }
-    if (!wgmma) {   // kernels 10 to 14 (sm_90a) refuse other GPUs, saying so
-        for (int wgmma_kernel : {10, 11, 12, 13, 14}) {
+    if (!wgmma) {   // kernels 10 to 15 (sm_90a) refuse other GPUs, saying so
+        for (int wgmma_kernel : {10, 11, 12, 13, 14, 15}) {
             options.kernel = wgmma_kernel;
             CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
         }
