@@ -24,7 +24,7 @@ struct CudaAttentionOptions {
                                           // fp16 on compute capability 9.0 10 (wgmma), elsewhere a 128-query kernel
                                           // (7) or a 64-query one (9), whichever its step count predicts faster
     bool poison_outputs = true;           // fill O and lse with NaN before the run (tests catch unwritten elements)
-    int64_t split_steps = 0;              // kernels 7 to 13: rows of more key tiles than this are cut into chunks of
+    int64_t split_steps = 0;              // kernels 7 to 15: rows of more key tiles than this are cut into chunks of
                                           // at most this many; 0: max(64, all steps / (8 * multiprocessors))
     int64_t persistent_blocks = 0;        // kernel 13: the most thread blocks it runs (each takes work items until
                                           // none is left); 0: as many as fit on the GPU at once

@@ -102,10 +102,10 @@ template <typename T> struct AttnParams {
     int32_t d;
     float scale_log2;   // softmax scale * log2(e): scores are taken in base 2
     DeviceMasks masks;
-    float* partial_o;    // kernels 7 to 13: [batch, slots, query tile, d] unnormalised O of each chunk
-    float* partial_ml;   // kernels 7 to 13: [batch, slots, query tile, 2] each row's max (base 2) and sum
-    int32_t slots;       // kernels 7 to 13: chunks of split tiles, per batch
-    int64_t work_items;  // kernels 7 to 13: entries of masks.work (per batch)
+    float* partial_o;    // kernels 7 to 15: [batch, slots, query tile, d] unnormalised O of each chunk
+    float* partial_ml;   // kernels 7 to 15: [batch, slots, query tile, 2] each row's max (base 2) and sum
+    int32_t slots;       // kernels 7 to 15: chunks of split tiles, per batch
+    int64_t work_items;  // kernels 7 to 15: entries of masks.work (per batch)
     int* work_counter;   // kernel 13: work items claimed so far past the first of each block (zeroed at launch)
 };
 

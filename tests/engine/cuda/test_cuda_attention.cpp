@@ -102,7 +102,7 @@ void check_output(const AttentionOutput& got, const AttentionOutput& want, doubl
 // [batch, heads, n, d] and compares each with the CPU engine on the same (rounded) inputs.
 void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
                    std::vector<int> kernels = {},   // {}: every kernel
-                   int64_t split_steps = 0,         // kernels 7 to 13: CudaAttentionOptions::split_steps
+                   int64_t split_steps = 0,         // kernels 7 to 15: CudaAttentionOptions::split_steps
                    int64_t persistent_blocks = 0) { // kernel 13: CudaAttentionOptions::persistent_blocks
     if (kernels.empty()) {
         for (int kernel = 1; kernel <= cuda_kernel_count(); ++kernel) kernels.push_back(kernel);
@@ -155,7 +155,7 @@ TEST_CASE("cuda: random masks, n not divisible by the block, a mask per head, ba
     check_kernels(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
 }
 
-TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 13)", "[cuda][small]") {
+TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 15)", "[cuda][small]") {
     if (!gpu_ready("split rows")) return;
     // Chunks of 1, 3 and 5 key tiles: every row with more is split, with chunks that end inside
     // a 128- or 256-token block, rows of the union of two mask rows (kernel 7, B = 64), an
