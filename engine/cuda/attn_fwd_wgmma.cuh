@@ -409,51 +409,71 @@ __device__ inline uint32_t smem_aligned_1024(const void* smem_raw) {
 
 // [SECTION] kernels 10 to 15
 
+// A work item's 64-query tile in kernels 10, 14 and 15: its head, batch and first row, the
+// head's Q, K and V, the three shared-memory tiles (Q, one K, one V) and this warp's first row
+// within its mask block.
+template <typename T, int D, int MaskBlock> struct Tile64 {
+    int64_t h, b, q0;
+    const T *q_head, *k_head, *v_head;
+    uint32_t q_tile, k_tile, v_tile;
+    int warp, i_warp;
+
+    __device__ Tile64(const AttnParams<T>& p, const WorkItem& item, const void* smem_raw) {
+        const int64_t tiles = (p.n + 63) / 64;
+        h = item.pair / tiles;
+        q0 = item.pair % tiles * 64;
+        b = blockIdx.z;
+        const int64_t head_offset = ((b * p.heads + h) * p.n) * D;
+        q_head = p.q + head_offset;
+        k_head = p.k + head_offset;
+        v_head = p.v + head_offset;
+        q_tile = smem_aligned_1024(smem_raw);
+        k_tile = q_tile + WgmmaTraits<D, MaskBlock, 1>::kTileBytes;
+        v_tile = k_tile + WgmmaTraits<D, MaskBlock, 1>::kTileBytes;
+        warp = threadIdx.x / 32;
+        i_warp = static_cast<int>(q0 % MaskBlock) + 16 * warp;
+    }
+    // The end of the tile's mask row in col_idx (one row: 64 rows never span two blocks).
+    __device__ int64_t row_end(const DeviceMasks& m) const {
+        return m.row_ptr[int64_t{m.head_mask[h]} * (m.q_blocks + 1) + q0 / MaskBlock + 1];
+    }
+};
+
+// O = 0, running max -inf, running sums 0: a warpgroup's state before its first key tile.
+template <int D> __device__ inline void online_softmax_start(float (&o_acc)[D / 2], float (&row_max)[2], float (&row_sum)[2]) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+}
+
+
 // 10: one warpgroup per 64-query tile (a work item of kernel 8's plan). grid: (work items, 1,
 // batch), block: 128 threads, dynamic shared memory WgmmaTraits<D, MaskBlock, 1>::kSmemBytes.
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Traits = WgmmaTraits<D, MaskBlock, 1>;
-    constexpr int kTileQ = Traits::kTileQ;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t q_tile = smem_aligned_1024(smem_raw);
-    const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
-
-    const int warp = threadIdx.x / 32;
-    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
     const WorkItem item = p.masks.work[blockIdx.x];
-    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
-    const int64_t b = blockIdx.z, n = p.n;
-    const int64_t q0 = tile * kTileQ;
-    const int64_t head_offset = ((b * p.heads + h) * n) * D;
-    const T* k_head = p.k + head_offset;
-    const T* v_head = p.v + head_offset;
-
-    // The tile's mask row (one: 64 rows never span two blocks) from the work item's cursor.
+    const Tile64<T, D, MaskBlock> t(p, item, smem_raw);
     const DeviceMasks& m = p.masks;
-    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
-    KeyCursor cur{item.ea, 0, row_ptr[q0 / MaskBlock + 1], 0, item.sub};
+    KeyCursor cur{item.ea, 0, t.row_end(m), 0, item.sub};   // the tile's mask row from the work item's cursor
     int64_t left = item.steps;
-    const int i_warp = static_cast<int>(q0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
 
-    tile_load_swizzled<D, 128>(q_tile, p.q + head_offset, q0, n);
-    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(k_tile, k_head, key_start_a<MaskBlock>(cur, m.col_idx), n);
+    tile_load_swizzled<D, 128>(t.q_tile, t.q_head, t.q0, p.n);
+    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(t.k_tile, t.k_head, key_start_a<MaskBlock>(cur, m.col_idx), p.n);
     cp_async_commit();
 
     float o_acc[D / 2];   // O [16, D] of this warp: D / 8 n-tiles of 16 x 8, 4 registers each (wgmma's layout)
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY};   // rows group and group + 8, base 2
-    float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
-
+    float row_max[2], row_sum[2];   // rows group and group + 8, base 2; this lane's partial sums
+    online_softmax_start<D>(o_acc, row_max, row_sum);
     while (left > 0 && cur.valid()) {
-        wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, k_head, v_head, cur, left, o_acc, row_max, row_sum,
-                                      i_warp, [] {});
+        wgmma64_step<T, D, MaskBlock>(p, t.q_tile, t.k_tile, t.v_tile, t.k_head, t.v_head, cur, left, o_acc, row_max,
+                                      row_sum, t.i_warp, [] {});
         --left;
     }
     cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
-    output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, q0 + 16 * warp, item.slot);
+    output_write<T, D, 64>(p, o_acc, row_max, row_sum, t.b, t.h, t.q0, t.q0 + 16 * t.warp, item.slot);
 #endif
 }
 
@@ -776,27 +796,14 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel13(AttnParams<T> p) {
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128, 3) attn_fwd_kernel14(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Traits = WgmmaTraits<D, MaskBlock, 1>;
-    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK;
+    constexpr int kTileK = 64;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t q_tile = smem_aligned_1024(smem_raw);
-    const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
-
-    const int warp = threadIdx.x / 32;
-    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
     const WorkItem item = p.masks.work[blockIdx.x];
-    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
-    const int64_t b = blockIdx.z, n = p.n;
-    const int64_t q0 = tile * kTileQ;
-    const int64_t head_offset = ((b * p.heads + h) * n) * D;
-    const T* k_head = p.k + head_offset;
-    const T* v_head = p.v + head_offset;
-
+    const Tile64<T, D, MaskBlock> t(p, item, smem_raw);
     const DeviceMasks& m = p.masks;
-    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
-    KeyCursor cur{item.ea, 0, row_ptr[q0 / MaskBlock + 1], 0, item.sub};
+    const int64_t n = p.n;
+    KeyCursor cur{item.ea, 0, t.row_end(m), 0, item.sub};
     int64_t left = item.steps;
-    const int i_warp = static_cast<int>(q0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
 
     // thread 0's cursor of the next step to prefetch, and the steps left from it
     KeyCursor ahead = cur;
@@ -807,8 +814,8 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel14(AttnParams<T> p) {
         if (k0 < n) {
             const int64_t rows = n - k0 < kTileK ? n - k0 : int64_t{kTileK};
             const uint32_t bytes = static_cast<uint32_t>(rows * D * sizeof(T));
-            prefetch_l2(k_head + k0 * D, bytes);
-            prefetch_l2(v_head + k0 * D, bytes);
+            prefetch_l2(t.k_head + k0 * D, bytes);
+            prefetch_l2(t.v_head + k0 * D, bytes);
         }
         ahead.template advance<MaskBlock / kTileK>(m.col_idx);
         --ahead_left;
@@ -820,24 +827,21 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel14(AttnParams<T> p) {
     prefetch_next();
     prefetch_next();
 
-    tile_load_swizzled<D, 128>(q_tile, p.q + head_offset, q0, n);
-    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(k_tile, k_head, key_start_a<MaskBlock>(cur, m.col_idx), n);
+    tile_load_swizzled<D, 128>(t.q_tile, t.q_head, t.q0, n);
+    if (left > 0 && cur.valid()) tile_load_swizzled<D, 128>(t.k_tile, t.k_head, key_start_a<MaskBlock>(cur, m.col_idx), n);
     cp_async_commit();
 
     float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY};   // rows group and group + 8, base 2
-    float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
-
+    float row_max[2], row_sum[2];
+    online_softmax_start<D>(o_acc, row_max, row_sum);
     while (left > 0 && cur.valid()) {
         prefetch_next();
-        wgmma64_step<T, D, MaskBlock>(p, q_tile, k_tile, v_tile, k_head, v_head, cur, left, o_acc, row_max, row_sum,
-                                      i_warp, [] {});
+        wgmma64_step<T, D, MaskBlock>(p, t.q_tile, t.k_tile, t.v_tile, t.k_head, t.v_head, cur, left, o_acc, row_max,
+                                      row_sum, t.i_warp, [] {});
         --left;
     }
     cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
-    output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, q0 + 16 * warp, item.slot);
+    output_write<T, D, 64>(p, o_acc, row_max, row_sum, t.b, t.h, t.q0, t.q0 + 16 * t.warp, item.slot);
 #endif
 }
 
@@ -856,23 +860,12 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel14(AttnParams<T> p) {
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128, 3) attn_fwd_kernel15(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Traits = WgmmaTraits<D, MaskBlock, 1>;
-    constexpr int kTileQ = Traits::kTileQ, kTileK = Traits::kTileK, kSubTiles = MaskBlock / kTileK;
+    constexpr int kTileK = 64, kSubTiles = MaskBlock / kTileK;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t q_tile = smem_aligned_1024(smem_raw);
-    const uint32_t k_tile = q_tile + Traits::kTileBytes, v_tile = k_tile + Traits::kTileBytes;
-
-    const int warp = threadIdx.x / 32;
-    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
     const WorkItem item = p.masks.work[blockIdx.x];
-    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
-    const int64_t b = blockIdx.z, n = p.n;
-    const int64_t q0 = tile * kTileQ;
-    const int64_t head_offset = ((b * p.heads + h) * n) * D;
-    const T* k_head = p.k + head_offset;
-    const T* v_head = p.v + head_offset;
+    const Tile64<T, D, MaskBlock> t(p, item, smem_raw);
     const DeviceMasks& m = p.masks;
-    const int i_warp = static_cast<int>(q0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
+    const int64_t n = p.n;
 
     // A step's mask entry e, key tile `sub` within the block, first key k0 and partial index.
     struct Step {
@@ -883,19 +876,17 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel15(AttnParams<T> p) {
         return Step{e, int64_t{m.col_idx[e]} * MaskBlock + sub * kTileK, sub, m.partial_idx[e]};
     };
     int64_t left = item.steps;
-    tile_load_swizzled<D, 128>(q_tile, p.q + head_offset, q0, n);
+    tile_load_swizzled<D, 128>(t.q_tile, t.q_head, t.q0, n);
     Step cur{};
     if (left > 0) {
         cur = step_at(item.ea, item.sub);
-        tile_load_swizzled<D, 128>(k_tile, k_head, cur.k0, n);
+        tile_load_swizzled<D, 128>(t.k_tile, t.k_head, cur.k0, n);
     }
     cp_async_commit();
 
     float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY};   // rows group and group + 8, base 2
-    float row_sum[2] = {0.f, 0.f};               // this lane's partial sums
+    float row_max[2], row_sum[2];
+    online_softmax_start<D>(o_acc, row_max, row_sum);
 
     while (left > 0) {
         // the next step's entry, read now: its copy is issued after this step's S = Q K^T
@@ -907,27 +898,27 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel15(AttnParams<T> p) {
         cp_async_wait<0>();    // Q and K of this step landed ...
         fence_proxy_async();   // ... and are visible to the tensor cores ...
         __syncthreads();       // ... for every thread, and every warp is done with the last step's V
-        tile_load_swizzled<D, 128>(v_tile, v_head, cur.k0, n);   // V's copy overlaps S = Q K^T and the softmax
+        tile_load_swizzled<D, 128>(t.v_tile, t.v_head, cur.k0, n);   // V's copy overlaps S = Q K^T and the softmax
         cp_async_commit();
 
         float s[32];
-        wgmma_scores<T, D>(s, q_tile, k_tile);                                          // S = Q K^T
-        softmax_step_part<D, MaskBlock>(s, o_acc, row_max, row_sum, m, cur.part, cur.k0, n, i_warp, p.scale_log2);
+        wgmma_scores<T, D>(s, t.q_tile, t.k_tile);                                          // S = Q K^T
+        softmax_step_part<D, MaskBlock>(s, o_acc, row_max, row_sum, m, cur.part, cur.k0, n, t.i_warp, p.scale_log2);
         wgmma_fence_operands(s);   // asks for P before the wait below (ptxas moves the wait up regardless)
 
         cp_async_wait<0>();    // V of this step landed ...
         fence_proxy_async();
         __syncthreads();       // ... for every thread, and every warp's S = Q K^T is done with Q and K
         if (left > 1) {        // the next K's copy overlaps O += P V
-            tile_load_swizzled<D, 128>(k_tile, k_head, next.k0, n);
+            tile_load_swizzled<D, 128>(t.k_tile, t.k_head, next.k0, n);
             cp_async_commit();
         }
-        wgmma_pv<T, D>(o_acc, s, v_tile);                                               // O += P V
+        wgmma_pv<T, D>(o_acc, s, t.v_tile);                                               // O += P V
         cur = next;
         --left;
     }
     cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
-    output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, q0 + 16 * warp, item.slot);
+    output_write<T, D, 64>(p, o_acc, row_max, row_sum, t.b, t.h, t.q0, t.q0 + 16 * t.warp, item.slot);
 #endif
 }
 
