@@ -137,7 +137,7 @@ step_profile() {
         # bench_cuda launches a warm-up, one sizing run, then --runs timed runs, each the kernel and,
         # when the mask has split rows, attn_combine: skip four launches, profile the next two
         ncu --clock-control none --set full --import-source no -k "regex:attn_fwd_kernel${kernel}([^0-9]|$)|attn_combine" \
-            --launch-skip $((2 * 2)) --launch-count 2 -f -o "$out" \
+            --launch-skip 4 --launch-count 2 -f -o "$out" \
             "$BUILD/bench/bench_cuda" "$MASKS/bench/$mask.npz" --heads 16 --d 128 --dtype bf16 --kernels "$kernel" \
             --runs 3 >"$out.log" 2>&1 || { tail -20 "$out.log"; exit 1; }
         ncu -i "$out.ncu-rep" --page details >"$out.txt"

@@ -91,6 +91,19 @@ struct DeviceMasks {
     const SplitTile* splits;     // [split tiles] kernel 7's attn_combine
 };
 
+// The keys of the 64-key tile from k0 that lie before n: bit j for key k0 + j (the short last
+// block's keys past n are never allowed).
+__device__ inline uint64_t keys_before_n(int64_t k0, int64_t n) {
+    const int64_t valid = n - k0;
+    return valid <= 0 ? 0 : valid >= 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
+}
+
+// Row i (within its mask block) of partial block `part` over the 64-key tile from k0: bit j for
+// key k0 + j.
+template <int MaskBlock> __device__ inline uint64_t partial_bits(const DeviceMasks& m, int32_t part, int i, int64_t k0) {
+    return m.bits[int64_t{part} * (MaskBlock * MaskBlock / 64) + int64_t{i} * (MaskBlock / 64) + (k0 % MaskBlock) / 64];
+}
+
 // Where one attention call's tensors are; all [batch, heads, n, d] except lse [batch, heads, n].
 template <typename T> struct AttnParams {
     const T* q;
@@ -382,14 +395,8 @@ __device__ inline void attn_fwd_tensor_core(const AttnParams<T>& p) {
             for (int half = 0; half < 2; ++half) {
                 const int i = i0 + warp * 16 + group + 8 * half;   // row within the mask block
                 uint64_t word = ~uint64_t{0};
-                if (partial) {
-                    word = m.bits[int64_t{part} * (MaskBlock * MaskBlock / 64) + int64_t{i} * (MaskBlock / 64) +
-                                  (k0 % MaskBlock) / 64];
-                }
-                if (past_n) {   // keys k0 + j >= n (the short last block): none allowed
-                    const int64_t valid = n - k0;
-                    word &= valid <= 0 ? 0 : valid >= 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
-                }
+                if (partial) word = partial_bits<MaskBlock>(m, part, i, k0);
+                if (past_n) word &= keys_before_n(k0, n);
 #pragma unroll
                 for (int t = 0; t < kTileK / 8; ++t) {
 #pragma unroll
@@ -667,21 +674,14 @@ __device__ inline void attn_fwd_tensor_core32(const AttnParams<T>& p) {
             const int32_t part = m.partial_idx[e];
             const bool partial = part >= 0, past_n = k0 + kTileK > n;
             if (partial || past_n) {
-                uint64_t valid_word = ~uint64_t{0};
-                if (past_n) {
-                    const int64_t valid = n - k0;
-                    valid_word = valid <= 0 ? 0 : valid >= 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
-                }
+                const uint64_t valid_word = past_n ? keys_before_n(k0, n) : ~uint64_t{0};
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
                     for (int half = 0; half < 2; ++half) {
                         const int i = i_warp + mt * 16 + group + 8 * half;   // row within the mask block
                         uint64_t word = valid_word;
-                        if (partial) {
-                            word &= m.bits[int64_t{part} * (MaskBlock * MaskBlock / 64) + int64_t{i} * (MaskBlock / 64) +
-                                           (k0 % MaskBlock) / 64];
-                        }
+                        if (partial) word &= partial_bits<MaskBlock>(m, part, i, k0);
 #pragma unroll
                         for (int t = 0; t < kTileK / 8; ++t) {
 #pragma unroll

@@ -201,19 +201,12 @@ __device__ inline void softmax_step_part(float (&s)[32], float (&o_acc)[D / 2], 
     // mask: partial blocks by their bitmask, full blocks only where the tile runs past n
     const bool partial = part >= 0, past_n = k0 + kTileK > n;
     if (partial || past_n) {
-        uint64_t valid_word = ~uint64_t{0};
-        if (past_n) {
-            const int64_t valid = n - k0;
-            valid_word = valid <= 0 ? 0 : valid >= 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
-        }
+        const uint64_t valid_word = past_n ? keys_before_n(k0, n) : ~uint64_t{0};
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int i = i_warp + group + 8 * half;   // row within the mask block
             uint64_t word = valid_word;
-            if (partial) {
-                word &= m.bits[int64_t{part} * (MaskBlock * MaskBlock / 64) + int64_t{i} * (MaskBlock / 64) +
-                               (k0 % MaskBlock) / 64];
-            }
+            if (partial) word &= partial_bits<MaskBlock>(m, part, i, k0);
 #pragma unroll
             for (int t = 0; t < kTileK / 8; ++t) {
 #pragma unroll
