@@ -440,9 +440,15 @@ Value Evaluator::eval_user_call(const ast::Call& call, const Definition& def, co
             auto it = std::find_if(params.begin(), params.end(),
                                    [&](const ast::Param& p) { return p.name.text == kw->key.text; });
             size_t i = static_cast<size_t>(it - params.begin());
+            if (i >= params.size()) {   // the checker refuses it first; never write past the table
+                fail(frame.source, kw->key.begin, kw->key.end, "no parameter '" + kw->key.text + "' here");
+            }
             values[i] = eval_expr(kw->value, frame);
             given[i] = true;
         } else {
+            if (positional >= params.size()) {
+                fail(frame.source, call.begin, call.end, "too many arguments (" + std::to_string(params.size()) + " taken)");
+            }
             values[positional] = eval_expr(boost::get<ast::Expr>(arg), frame);
             given[positional++] = true;
         }
@@ -477,6 +483,12 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
         } else {
             index = positional++;
             expr = &boost::get<ast::Expr>(arg);
+        }
+        if (index >= builtin->params.size()) {   // the checker refuses these first; never write past the table
+            fail(frame.source, call.begin, call.end,
+                 builtin->name + " takes no argument " +
+                     (boost::get<ast::KeywordArg>(&arg) ? "'" + boost::get<ast::KeywordArg>(arg).key.text + "'"
+                                                       : "number " + std::to_string(index + 1)));
         }
         args.storage.push_back(eval_expr(*expr, frame));
         args.values[index] = &args.storage.back();

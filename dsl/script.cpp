@@ -430,6 +430,11 @@ void read_statements(Loader& loader, Script& script, const Module& main) {
                 script.settings.causal = true;
                 continue;
             }
+            // checked as an attend line's expression is, before it is evaluated (an unknown
+            // keyword argument would otherwise reach the evaluator)
+            const size_t errors_before = loader.errors.size();
+            loader.check_expr(*simple->value, main, count, {});
+            if (loader.errors.size() != errors_before) continue;
             int64_t value = 0;
             try {
                 value = evaluate_setting(script, *simple, main, count);
