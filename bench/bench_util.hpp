@@ -2,7 +2,7 @@
 // medians, and a results file written whole or not at all.
 #pragma once
 
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 #include <sys/resource.h>
 #include <sys/wait.h>

@@ -11,7 +11,7 @@
 // and at most --runs timed runs, fewer when a run is long (--budget-ms per case).
 #include "engine/cuda/attention_cuda.hpp"
 #include "engine/error.hpp"
-#include "engine/mask_io.hpp"
+#include "io/mask_io.hpp"
 
 #include <algorithm>
 #include <cstdio>

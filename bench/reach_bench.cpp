@@ -5,8 +5,8 @@
 //
 //   bench_reach [--runs K] [--threads N] [--out PATH]
 #include "dsl/script.hpp"
-#include "engine/atomic_file.hpp"
-#include "engine/receptive_field.hpp"
+#include "io/atomic_file.hpp"
+#include "analysis/receptive_field.hpp"
 #include "engine/threads.hpp"
 #include "bench/bench_util.hpp"
 

@@ -2,9 +2,9 @@
 // count what they keep, or draw one of them.
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
-#include "engine/mask_io.hpp"
-#include "engine/npy.hpp"
-#include "engine/receptive_field.hpp"
+#include "io/mask_io.hpp"
+#include "io/npy.hpp"
+#include "analysis/receptive_field.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -49,7 +49,7 @@ CompiledScript compile_file(const std::string& path, const Args& args) {
     return out;
 }
 
-// The receptive-field warning (engine/receptive_field.hpp): when some query cannot reach some
+// The receptive-field warning (analysis/receptive_field.hpp): when some query cannot reach some
 // key within the script's layers, a warning at the first `attend` line joins the compile's.
 void append_reach_warning(CompiledScript& c, int threads) {
     const ReachWarning w = receptive_field_unreached(c.compiled.masks, threads);

@@ -2,9 +2,9 @@
 // coverage of all pairs per layer, or one token's field, as a table, JSON, a PNG plot, or .npy.
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
-#include "engine/npy.hpp"
-#include "engine/plot_png.hpp"
-#include "engine/receptive_field.hpp"
+#include "io/npy.hpp"
+#include "io/plot_png.hpp"
+#include "analysis/receptive_field.hpp"
 
 #include <nlohmann/json.hpp>
 

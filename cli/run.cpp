@@ -5,7 +5,7 @@
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "engine/cpu_attention.hpp"
-#include "engine/npy.hpp"
+#include "io/npy.hpp"
 #include "engine/reference.hpp"
 #include "engine/threads.hpp"
 #ifdef SPARSA_HAVE_CUDA

@@ -5,7 +5,7 @@
 #include "dsl/eval.hpp"
 
 #include "dsl/builtins.hpp"
-#include "engine/mask_io.hpp"
+#include "io/mask_io.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -5,7 +5,7 @@
 #include "learn/distill.hpp"
 
 #include "dsl/script.hpp"
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
 #include "engine/threads.hpp"

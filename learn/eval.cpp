@@ -1,10 +1,10 @@
 // Evaluation of distilled masks: see eval.hpp.
 #include "learn/eval.hpp"
 
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
-#include "engine/plot_png.hpp"
+#include "io/plot_png.hpp"
 #include "engine/threads.hpp"
 
 #include <nlohmann/json.hpp>

@@ -2,7 +2,7 @@
 #include "learn/pool.hpp"
 
 #include "engine/error.hpp"
-#include "engine/npy.hpp"
+#include "io/npy.hpp"
 
 #include <algorithm>
 #include <cmath>

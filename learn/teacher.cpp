@@ -4,7 +4,7 @@
 //        [SECTION] training, [SECTION] checkpoints
 #include "learn/teacher.hpp"
 
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
 #include "engine/threads.hpp"

@@ -2,8 +2,8 @@
 #include "viz/hops.hpp"
 
 #include "engine/error.hpp"
-#include "engine/reach_graph.hpp"
-#include "engine/receptive_field.hpp"
+#include "analysis/reach_graph.hpp"
+#include "analysis/receptive_field.hpp"
 
 #include <algorithm>
 

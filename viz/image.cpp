@@ -1,7 +1,7 @@
 // RGBA images and their PNG files (stb_image / stb_image_write from Debian's libstb).
 #include "viz/image.hpp"
 
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/error.hpp"
 
 #include <stb/stb_image.h>

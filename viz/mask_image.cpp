@@ -2,7 +2,7 @@
 #include "viz/mask_image.hpp"
 
 #include "engine/error.hpp"
-#include "engine/reach_graph.hpp"
+#include "analysis/reach_graph.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "engine/block_mask.hpp"
-#include "engine/receptive_field.hpp"
+#include "analysis/receptive_field.hpp"
 #include "viz/hops.hpp"
 #include "viz/image.hpp"
 

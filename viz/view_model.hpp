@@ -6,7 +6,7 @@
 #include "dsl/diagnostics.hpp"
 #include "dsl/script.hpp"
 #include "engine/block_mask.hpp"
-#include "engine/receptive_field.hpp"
+#include "analysis/receptive_field.hpp"
 #include "viz/hops.hpp"
 
 #include <cstdint>

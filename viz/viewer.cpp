@@ -14,10 +14,10 @@
 #include "viz/viewer_app.hpp"
 
 #include "dsl/pattern_parts.hpp"
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/error.hpp"
-#include "engine/reach_graph.hpp"
-#include "engine/receptive_field.hpp"
+#include "analysis/reach_graph.hpp"
+#include "analysis/receptive_field.hpp"
 #include "viz/grid_view.hpp"
 #include "viz/image.hpp"
 #include "viz/mask_image.hpp"

@@ -3,9 +3,9 @@
 #pragma once
 
 #include "dsl/pattern_parts.hpp"
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/error.hpp"
-#include "engine/receptive_field.hpp"
+#include "analysis/receptive_field.hpp"
 #include "viz/grid_view.hpp"
 #include "viz/image.hpp"
 #include "viz/mask_image.hpp"

@@ -3,8 +3,8 @@
 #include "viz/viewer_app.hpp"
 
 #include "dsl/pattern_parts.hpp"
-#include "engine/reach_graph.hpp"
-#include "engine/receptive_field.hpp"
+#include "analysis/reach_graph.hpp"
+#include "analysis/receptive_field.hpp"
 
 #include <imgui.h>
 

@@ -4,7 +4,7 @@
 
 #include "cli_test.hpp"
 
-#include "engine/npy.hpp"
+#include "io/npy.hpp"
 #include "engine/tensor.hpp"
 
 #include <nlohmann/json.hpp>

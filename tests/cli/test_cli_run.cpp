@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_test.hpp"
-#include "engine/npy.hpp"
+#include "io/npy.hpp"
 
 #include <cmath>
 #include <fstream>

@@ -2,7 +2,7 @@
 // each broken rule, and sharing of equal masks.
 #include "engine/block_mask.hpp"
 #include "engine/error.hpp"
-#include "mask_testing.hpp"
+#include "tests/engine/mask_testing.hpp"
 
 #include <catch2/catch.hpp>
 

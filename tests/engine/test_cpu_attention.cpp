@@ -14,7 +14,7 @@
 #include "dsl/script.hpp"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
-#include "mask_testing.hpp"
+#include "tests/engine/mask_testing.hpp"
 
 #include <catch2/catch.hpp>
 

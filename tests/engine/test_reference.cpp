@@ -6,7 +6,7 @@
 #include "engine/reference.hpp"
 
 #include "engine/error.hpp"
-#include "mask_testing.hpp"
+#include "tests/engine/mask_testing.hpp"
 
 #include <catch2/catch.hpp>
 

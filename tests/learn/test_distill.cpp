@@ -6,7 +6,7 @@
 #include "learn/pool.hpp"
 
 #include "engine/error.hpp"
-#include "engine/npy.hpp"
+#include "io/npy.hpp"
 
 #include <catch2/catch.hpp>
 

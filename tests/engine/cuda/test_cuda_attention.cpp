@@ -14,8 +14,8 @@
 
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
-#include "engine/mask_io.hpp"
-#include "../mask_testing.hpp"
+#include "io/mask_io.hpp"
+#include "tests/engine/mask_testing.hpp"
 #ifdef SPARSA_HAVE_DSL
 #include "dsl/script.hpp"
 #endif

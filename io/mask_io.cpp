@@ -1,9 +1,9 @@
 // MaskSet <-> .npz (docs/formats.md): concatenated CSR arrays and bitmasks of the distinct masks,
 // FlexAttention's layout, a JSON header; arrays are streamed so none is held twice.
-#include "engine/mask_io.hpp"
+#include "io/mask_io.hpp"
 
 #include "engine/error.hpp"
-#include "engine/npz.hpp"
+#include "io/npz.hpp"
 
 #include <nlohmann/json.hpp>
 

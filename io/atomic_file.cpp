@@ -1,6 +1,6 @@
 // Atomic writes (temporary file + fsync + rename) and bounds-checked reads, with errors that name
 // the path and the OS reason.
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 #include "engine/error.hpp"
 

@@ -5,7 +5,7 @@
 //   [SECTION] one token     Frontier: a set that grows hop by hop
 //   [SECTION] all pairs     sparse rows, coverage_step, receptive_field_coverage, the warning
 //   [SECTION] reference
-#include "engine/receptive_field.hpp"
+#include "analysis/receptive_field.hpp"
 
 #include "engine/error.hpp"
 #include "engine/threads.hpp"

@@ -2,7 +2,7 @@
 // sizes or offsets pass 4 GiB. Every offset and size read from a file is bounds-checked.
 //
 // Index: [SECTION] CRC-32, [SECTION] zip records, [SECTION] NpzWriter, [SECTION] NpzReader
-#include "engine/npz.hpp"
+#include "io/npz.hpp"
 
 #include "engine/error.hpp"
 

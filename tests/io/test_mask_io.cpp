@@ -2,12 +2,12 @@
 // saved and loaded exactly; damaged files (cut short, flipped bytes, foreign) give clean errors.
 //
 // Index: [SECTION] helpers, CRC-32, npy, atomic writes, npz, mask sets, damaged mask files
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "engine/error.hpp"
-#include "engine/mask_io.hpp"
-#include "engine/npy.hpp"
-#include "engine/npz.hpp"
-#include "mask_testing.hpp"
+#include "io/mask_io.hpp"
+#include "io/npy.hpp"
+#include "io/npz.hpp"
+#include "tests/engine/mask_testing.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -24,7 +24,7 @@ using sparsa::testing::TempDir;
 
 namespace {
 
-const std::string kData = std::string(SPARSA_TEST_DIR) + "/engine/data/";
+const std::string kData = std::string(SPARSA_TEST_DIR) + "/io/data/";
 
 // layers x heads masks drawn from `distinct` random ones, so some are shared.
 MaskSet random_set(int64_t n, int32_t block, int64_t layers, int64_t heads, int64_t distinct, uint64_t seed) {
@@ -311,7 +311,7 @@ TEST_CASE("npz round trip, plain and ZIP64, whole and streamed", "[npz]") {
         CHECK_THROWS_WITH(r.read("b"), Contains(path + ": no array 'b'"));
         CHECK_THROWS_AS(s.read(back.data(), 4), Error);  // past the end
     }
-    // Python's zipfile and numpy read these too: tests/engine/read_with_numpy.py (ctest).
+    // Python's zipfile and numpy read these too: tests/io/read_with_numpy.py (ctest).
 }
 
 TEST_CASE("npz reading rejects what is not a plain npz", "[npz]") {

@@ -2,7 +2,7 @@
 // (for .npz members) or as files (written atomically, large ones streamed).
 #pragma once
 
-#include "engine/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 #include <cstdint>
 #include <cstring>

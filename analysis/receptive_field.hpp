@@ -9,7 +9,7 @@
 #pragma once
 
 #include "engine/block_mask.hpp"
-#include "engine/reach_graph.hpp"
+#include "analysis/reach_graph.hpp"
 
 #include <cstdint>
 #include <functional>

@@ -1,6 +1,6 @@
 // .npy v1.0 writing (v2.0 for huge headers) and strict reading of v1.0-3.0, for the dtypes of
 // NpyDtype; little-endian hosts only, like every machine sparsa runs on.
-#include "engine/npy.hpp"
+#include "io/npy.hpp"
 
 #include "engine/error.hpp"
 

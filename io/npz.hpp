@@ -2,8 +2,8 @@
 // with ZIP64 records for members or offsets past 4 GiB. Reading checks every offset and CRC-32.
 #pragma once
 
-#include "engine/atomic_file.hpp"
-#include "engine/npy.hpp"
+#include "io/atomic_file.hpp"
+#include "io/npy.hpp"
 
 #include <cstdint>
 #include <string>

@@ -1,6 +1,6 @@
 // Masks as graphs for the receptive-field analysis: bitsets and one hop over a mask, the union
 // of a layer's heads, the transpose (64 x 64 bit tiles), the block graph, the causal check.
-#include "engine/reach_graph.hpp"
+#include "analysis/reach_graph.hpp"
 
 #include "engine/error.hpp"
 

@@ -2,9 +2,9 @@
 // directions: every example script, random mask sets and random scripts, at small n.
 #include "dsl/script.hpp"
 #include "engine/error.hpp"
-#include "engine/plot_png.hpp"
-#include "engine/receptive_field.hpp"
-#include "mask_testing.hpp"
+#include "io/plot_png.hpp"
+#include "analysis/receptive_field.hpp"
+#include "tests/engine/mask_testing.hpp"
 
 #include <catch2/catch.hpp>
 

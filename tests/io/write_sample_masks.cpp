@@ -2,9 +2,9 @@
 // mask_set_save, and NAME.dense.npy, bool [layers, heads, n, n], the pairs each mask allows.
 // usage: write_sample_masks OUT_DIR
 #include "engine/error.hpp"
-#include "engine/mask_io.hpp"
-#include "engine/npy.hpp"
-#include "mask_testing.hpp"
+#include "io/mask_io.hpp"
+#include "io/npy.hpp"
+#include "tests/engine/mask_testing.hpp"
 
 #include <cstdio>
 #include <filesystem>
