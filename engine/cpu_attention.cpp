@@ -17,6 +17,7 @@ static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "the CPU engine needs Eigen 3.4 (
 #include <atomic>
 #include <bit>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <unordered_map>
@@ -118,9 +119,10 @@ int64_t run_blocks(int64_t block) { return std::max<int64_t>(1, kRunKeys / block
 struct Scratch {
     Matrix q, s, p, acc_a, acc_b;   // [B, d], [B, run_blocks * B], [B, B], [B, d], [B, d]
     Eigen::VectorXf m, l, alpha;    // [B]
+    Eigen::VectorXd p_sum;          // [B]
     Scratch(int64_t block, int64_t d)
         : q(block, d), s(block, block * run_blocks(block)), p(block, block), acc_a(block, d), acc_b(block, d),
-          m(block), l(block), alpha(block) {}
+          m(block), l(block), alpha(block), p_sum(block) {}
 };
 
 // Runs body(item, scratch) for every item in [0, count) on `threads` threads. Items are taken
@@ -294,29 +296,66 @@ void backward_key_block(const Head& x, const HeadGrad& g, const BlockMask& mask,
     Block(dv + kb * block * d, cols, d) = dv_acc;
 }
 
-// dQ of query block qb (rows of the head's [n, d] array dq), summed over its kept key blocks.
+// dQ of query block qb (rows of the head's [n, d] array dq), summed over its kept key blocks;
+// and each row's sum of P into p_sum (the head's [n]): 1 when lse is the forward's, which
+// attention_backward checks (rows x B additions per block beside the three B x B x d products).
 void backward_query_block(const Head& x, const HeadGrad& g, const BlockMask& mask, int64_t qb, float scale,
-                          Scratch& w, float* dq) {
+                          Scratch& w, float* dq, double* p_sum) {
     const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
     Block q = scratch_block(w.q, rows, d);
     q.noalias() = scale * head_rows(x.q, x.n, d, block, qb);
     Block dq_acc = scratch_block(w.acc_a, rows, d);
     dq_acc.setZero();
+    auto sums = w.p_sum.head(rows);
+    sums.setZero();
     for (int64_t e = mask.row_ptr[to_size(qb)]; e < mask.row_ptr[to_size(qb) + 1]; ++e) {
-        const int64_t kb = mask.col_idx[to_size(e)];
+        const int64_t kb = mask.col_idx[to_size(e)], cols = std::min(block, x.n - kb * block);
         block_grads(x, g, mask, qb, kb, mask.partial_idx[to_size(e)], w);
-        const ConstBlock ds = scratch_view(w.s, rows, std::min(block, x.n - kb * block));
+        sums += scratch_view(w.p, rows, cols).rowwise().sum().cast<double>();
+        const ConstBlock ds = scratch_view(w.s, rows, cols);
         dq_acc.noalias() += ds * head_rows(x.k, x.n, d, block, kb);                   // dQ += dS K
     }
     Block(dq + qb * block * d, rows, d) = scale * dq_acc;
+    Eigen::Map<Eigen::VectorXd>(p_sum + qb * block, rows) = sums;
+}
+
+// Whether query q may attend to some key: its block row keeps a full block, or a partial one
+// with a set bit in q's row of the bitmask. O(kept blocks of the row * B / 64).
+bool row_has_key(const BlockMask& mask, int64_t q) {
+    const int64_t qb = q / mask.block, t0 = q % mask.block * mask.block;   // q's first bit in a bitmask
+    for (int64_t e = mask.row_ptr[to_size(qb)]; e < mask.row_ptr[to_size(qb) + 1]; ++e) {
+        const int32_t partial = mask.partial_idx[to_size(e)];
+        if (partial < 0) return true;
+        const uint64_t* bits = mask.partial_bits(partial);
+        // For B >= 64 a row is whole words; for B < 64 it lies inside one word.
+        for (int64_t t = t0; t < t0 + mask.block; t += 64) {
+            const int64_t width = std::min<int64_t>(64, mask.block);
+            const uint64_t valid = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
+            if (((bits[t / 64] >> (t % 64)) & valid) != 0) return true;
+        }
+    }
+    return false;
 }
 
 // [SECTION] entry points
 
-int threads_of(const AttentionOptions& options) { return options.threads > 0 ? options.threads : thread_count(); }
+// "103.2": enough digits to tell two lse values apart.
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.7g", v);
+    return buf;
+}
 
-float scale_of(const AttentionOptions& options, int64_t d) {
-    return options.scale != 0 ? options.scale : static_cast<float>(attention_default_scale(d));
+// Throws when an output (O, or a gradient) holds an overflow: every input was finite and every
+// score in range, so a non-finite output means one of its sums left float32. Each output is
+// linear in V (O) or in dO (the gradients), so scaling that input down is the fix.
+void output_check_finite(const std::string& what, const Tensor& t, const char* name, const char* linear_in) {
+    for (size_t e = 0; e < t.data.size(); ++e) {
+        if (std::isfinite(t.data[e])) continue;
+        throw Error(what + ": " + name + " at " + tensor_index_text(t.shape, e) +
+                    " overflows float32 (its sums leave float32's range; " + name + " is linear in " + linear_in +
+                    ": scale " + linear_in + " down, and " + name + " back up by the same factor)");
+    }
 }
 
 void check_same_shape(const std::string& what, const char* name, const TensorShape& got, const TensorShape& want,
@@ -327,27 +366,75 @@ void check_same_shape(const std::string& what, const char* name, const TensorSha
     }
 }
 
+// Throws unless P = exp(S - lse), as the backward recomputes it, sums to 1 in every row within
+// float32's error. A row's sum (p_sum, from the dQ pass) is exp(lse_true - lse) up to the
+// rounding of S = (scale Q) K^T recomputed in another order, at most 2 (d + 1) 2^-24 |scale|
+// |q_i| max_j |k_j| (the row's Cauchy-Schwarz bound), and of lse itself; so |log p_sum| may be
+// 1e-3 plus those, and never more than 0.1 (P off by 10%: the gradients would be wrong). A row
+// whose lse is -inf must keep no key. When a row fails, the exact lse (the reference) tells
+// which message fits: an lse that is not the forward's, or scores too large for float32.
+void lse_check_rows(const std::string& what, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lse,
+                    const MaskSet& masks, int64_t layer, float scale, const TensorD& q_norms, const TensorD& k_norms,
+                    const std::vector<double>& p_sum) {
+    const TensorShape s = q.shape;
+    const double unit = std::ldexp(1.0, -24);
+    for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+            const BlockMask& mask = masks.at(layer, h);
+            const double* kn = k_norms.row(b, h, 0);
+            const double k_max = *std::max_element(kn, kn + s.n);
+            for (int64_t i = 0; i < s.n; ++i) {
+                const double given = lse.at(b, h, i, 0), sum = p_sum[to_size((b * s.heads + h) * s.n + i)];
+                const double bound = std::abs(double{scale}) * q_norms.at(b, h, i, 0) * k_max;
+                const double tolerance = 1e-3 + 2.0 * static_cast<double>(s.d + 1) * unit * bound + 4 * unit * std::abs(given);
+                // log(0) = -inf: a finite lse for a row that keeps no key
+                const bool bad = given == kNegInf ? row_has_key(mask, i) : !(std::abs(std::log(sum)) <= std::min(tolerance, 0.1));
+                if (!bad) continue;
+                ReferenceOptions one_row;
+                one_row.scale = scale;
+                one_row.row_begin = i;
+                one_row.row_end = i + 1;
+                one_row.threads = 1;
+                const double exact = reference_forward(q, k, v, masks, layer, one_row).lse.at(b, h, 0, 0);
+                const std::string row = "row [" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(i) + "]";
+                if (std::isfinite(given) && std::abs(given - exact) <= tolerance) {
+                    throw Error(what + ": at " + row + " the scores, up to " + number_text(bound) +
+                                ", are too large for float32: P = exp(S - lse) recomputed in float32 sums to " +
+                                number_text(sum) + " instead of 1 (scale Q or K down, or lower `scale`)");
+                }
+                throw Error(what + ": lse does not match Q, K, the scale and the mask at " + row + ": given " +
+                            number_text(given) + ", recomputed " + number_text(exact) +
+                            " (pass the lse the forward returned for these inputs)");
+            }
+        }
+    }
+}
+
 } // namespace
 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks,
                                   int64_t layer, const AttentionOptions& options) {
-    attention_check_shapes("attention_forward", q.shape, k.shape, v.shape, masks, layer);
+    const std::string what = "attention_forward";
+    attention_check_shapes(what, q.shape, k.shape, v.shape, masks, layer);
+    const TensorShape s = q.shape;
+    const int threads = attention_threads(what, options.threads);
+    const float scale = static_cast<float>(attention_scale(what, options.scale, s.d));
     tensor_check_finite(q, "Q");
     tensor_check_finite(k, "K");
     tensor_check_finite(v, "V");
-    const TensorShape s = q.shape;
+    attention_check_score_range(what, tensor_row_norms(q, threads), tensor_row_norms(k, threads), scale, ScoreEngine::cpu);
     const int64_t q_blocks = (s.n + masks.block - 1) / masks.block;
-    const float scale = scale_of(options, s.d);
 
     AttentionOutput out;
     out.o = tensor_zeros<float>(s);
     out.lse = tensor_zeros<float>({s.batch, s.heads, s.n, 1});
     // One item per (b, h, query block).
-    items_run(s.batch * s.heads * q_blocks, threads_of(options), masks.block, s.d, [&](int64_t item, Scratch& w) {
+    items_run(s.batch * s.heads * q_blocks, threads, masks.block, s.d, [&](int64_t item, Scratch& w) {
         const int64_t qb = item % q_blocks, b = item / q_blocks / s.heads, h = item / q_blocks % s.heads;
         forward_query_block(head_of(q, k, v, b, h), masks.at(layer, h), qb, scale, w, out.o.row(b, h, 0),
                             out.lse.row(b, h, 0));
     });
+    output_check_finite(what, out.o, "O", "V");
     return out;
 }
 
@@ -360,6 +447,8 @@ AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor
     check_same_shape(what, "O", o.shape, s, "the forward's output has Q's shape");
     check_same_shape(what, "dO", d_o.shape, s, "the gradient of O has O's shape");
     check_same_shape(what, "lse", lse.shape, {s.batch, s.heads, s.n, 1}, "one value per query, from the forward");
+    const int threads = attention_threads(what, options.threads);
+    const float scale = static_cast<float>(attention_scale(what, options.scale, s.d));
     tensor_check_finite(q, "Q");
     tensor_check_finite(k, "K");
     tensor_check_finite(v, "V");
@@ -371,9 +460,9 @@ AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor
                         " (lse is finite, or -inf for an empty row: pass the forward's lse)");
         }
     }
-    const int threads = threads_of(options);
+    const TensorD q_norms = tensor_row_norms(q, threads), k_norms = tensor_row_norms(k, threads);
+    attention_check_score_range(what, q_norms, k_norms, scale, ScoreEngine::cpu);
     const int64_t blocks = (s.n + masks.block - 1) / masks.block;
-    const float scale = scale_of(options, s.d);
 
     // D = rowsum(dO * O), one per query (accumulated in double: n * d work, negligible).
     std::vector<float> delta(to_size(s.batch * s.heads * s.n));
@@ -399,6 +488,15 @@ AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor
         const int64_t row0 = (b * s.heads + h) * s.n;
         return HeadGrad{d_o.row(b, h, 0), lse.data.data() + row0, delta.data() + row0};
     };
+    // dQ first: one item per (b, h, query block), with each row's sum of P, which checks lse
+    // before the dK, dV pass is spent on a wrong one.
+    std::vector<double> p_sum(to_size(s.batch * s.heads * s.n));
+    items_run(s.batch * s.heads * blocks, threads, masks.block, s.d, [&](int64_t item, Scratch& w) {
+        const int64_t qb = item % blocks, b = item / blocks / s.heads, h = item / blocks % s.heads;
+        backward_query_block(head_of(q, k, v, b, h), head_grad(b, h), masks.at(layer, h), qb, scale, w,
+                             g.dq.row(b, h, 0), p_sum.data() + (b * s.heads + h) * s.n);
+    });
+    lse_check_rows(what, q, k, v, lse, masks, layer, scale, q_norms, k_norms, p_sum);
     // dK, dV: one item per (b, h, key block).
     items_run(s.batch * s.heads * blocks, threads, masks.block, s.d, [&](int64_t item, Scratch& w) {
         const int64_t kb = item % blocks, b = item / blocks / s.heads, h = item / blocks % s.heads;
@@ -406,12 +504,9 @@ AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor
         backward_key_block(head_of(q, k, v, b, h), head_grad(b, h), mask, columns.at(&mask), kb, scale, w,
                            g.dk.row(b, h, 0), g.dv.row(b, h, 0));
     });
-    // dQ: one item per (b, h, query block).
-    items_run(s.batch * s.heads * blocks, threads, masks.block, s.d, [&](int64_t item, Scratch& w) {
-        const int64_t qb = item % blocks, b = item / blocks / s.heads, h = item / blocks % s.heads;
-        backward_query_block(head_of(q, k, v, b, h), head_grad(b, h), masks.at(layer, h), qb, scale, w,
-                             g.dq.row(b, h, 0));
-    });
+    output_check_finite(what, g.dq, "dQ", "dO");
+    output_check_finite(what, g.dk, "dK", "dO");
+    output_check_finite(what, g.dv, "dV", "dO");
     return g;
 }
 

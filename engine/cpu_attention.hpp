@@ -10,8 +10,8 @@
 namespace sparsa {
 
 struct AttentionOptions {
-    float scale = 0;   // softmax scale; 0: 1 / sqrt(d)
-    int threads = 0;   // 0: thread_count() (SPARSA_THREADS, else the core count)
+    float scale = 0;   // softmax scale, any finite value; 0: 1 / sqrt(d)
+    int threads = 0;   // 0: thread_count() (SPARSA_THREADS, else the core count); negative throws
 };
 
 struct AttentionOutput {
@@ -28,8 +28,12 @@ struct AttentionGrads {
 // allowed key give o = 0 and lse = -inf (never NaN). Memory is the outputs plus O(B * (B + d))
 // per thread. Results are the same for any thread count.
 // q, k, v: [batch, heads, n, d]. Throws sparsa::Error (and returns nothing) for mismatched
-// shapes, d above 256, masks for another n or head count, a layer out of range, or NaN / Inf in
-// q, k or v (naming the tensor and the first bad index [b, h, i, j]).
+// shapes, d above 256, masks for another n or head count, a layer out of range, a NaN or
+// infinite scale, a negative thread count, NaN / Inf in q, k or v (naming the tensor and the
+// first bad index [b, h, i, j]); for scores float32 cannot hold: in some head the largest Q row
+// norm times the largest K row norm times |scale| above kMaxScore = FLT_MAX / 4 (reference.hpp:
+// a Cauchy-Schwarz bound on every score, found in one O(size) pass, the message naming both
+// rows); and for an O whose sums of P V overflow (V near float32's limit; the message says so).
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks,
                                   int64_t layer, const AttentionOptions& options = {});
 
@@ -38,7 +42,14 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
 // per key block over the query blocks that keep it (the mask transposed), dQ per query block, so
 // every sum runs in a fixed order: results are the same for any thread count. Empty rows give
 // zero gradients. q, k, v, o, d_o: [batch, heads, n, d]; lse: [batch, heads, n, 1]. Throws as
-// attention_forward does, and for o, lse or d_o of another shape or with NaN (or lse = +inf).
+// attention_forward does, for o, lse or d_o of another shape or with NaN (or lse = +inf), for
+// gradients that overflow float32, and when P = exp(S - lse) does not sum to 1 in some row within
+// float32's error (1e-3 plus the rounding of the row's scores, at most 0.1): for an lse that is
+// not the forward's for these q, k, scale and mask (the message gives the row, the given and the
+// exact lse, from the reference), or for scores too large for float32 to recompute P (it says
+// so). The sums come from the P the dQ pass computes anyway: B additions per row of each kept
+// block beside its three B x B x d products (under 1% of the work at d = 64); the dQ pass runs
+// first, so a refused call has spent about half a backward.
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                                   const Tensor& lse, const Tensor& d_o, const MaskSet& masks, int64_t layer,
                                   const AttentionOptions& options = {});

@@ -22,6 +22,13 @@ size_t to_size(int64_t i) { return static_cast<size_t>(i); }
 
 std::string text(int64_t v) { return std::to_string(v); }
 
+// "8e+40", "0.125", "nan": a double as C's %g writes it.
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
 // Half the physical memory: the default ceiling of a reference call.
 int64_t default_max_bytes() {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -49,8 +56,8 @@ void check_bytes(const std::string& what, double bytes, const ReferenceOptions& 
 // The keys query q may attend to, and their scores scale * q.k, appended to keys / scores.
 // Candidates come from the kept blocks of q's block row; each is tested with mask.allowed.
 template <typename T>
-void row_scores(const BasicTensor<T>& q, const BasicTensor<T>& k, int64_t b, int64_t h, int64_t qi,
-                const BlockMask& mask, double scale, std::vector<int64_t>& keys, std::vector<double>& scores) {
+void row_scores(const std::string& what, const BasicTensor<T>& q, const BasicTensor<T>& k, int64_t b, int64_t h,
+                int64_t qi, const BlockMask& mask, double scale, std::vector<int64_t>& keys, std::vector<double>& scores) {
     keys.clear();
     scores.clear();
     const int64_t d = q.shape.d, qb = qi / mask.block;
@@ -62,6 +69,11 @@ void row_scores(const BasicTensor<T>& q, const BasicTensor<T>& k, int64_t b, int
             const T* krow = k.row(b, h, key);
             double dot = 0;
             for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(qrow[j]) * static_cast<double>(krow[j]);
+            if (!std::isfinite(scale * dot)) {   // float inputs never get here; double ones of ~1e150 may
+                throw Error(what + ": the score of Q row [" + text(b) + ", " + text(h) + ", " + text(qi) + "] and K row [" +
+                            text(b) + ", " + text(h) + ", " + text(key) +
+                            "] overflows double (scale Q or K down, or lower `scale`)");
+            }
             keys.push_back(key);
             scores.push_back(scale * dot);
         }
@@ -92,7 +104,8 @@ ReferenceOutput forward(const BasicTensor<T>& q, const BasicTensor<T>& k, const 
                     ") (give 0 <= row_begin <= row_end <= n, or row_end = -1 for n)");
     }
     const int64_t rows = row_end - row_begin;
-    const int threads = options.threads > 0 ? options.threads : thread_count();
+    const int threads = attention_threads(what, options.threads);
+    const double scale = attention_scale(what, options.scale, s.d);
     check_bytes(what,
                 8.0 * static_cast<double>(s.batch * s.heads * rows) * static_cast<double>(s.d + 1) +
                     16.0 * threads * static_cast<double>(s.n),
@@ -101,7 +114,6 @@ ReferenceOutput forward(const BasicTensor<T>& q, const BasicTensor<T>& k, const 
     tensor_check_finite(k, "K");
     tensor_check_finite(v, "V");
 
-    const double scale = options.scale != 0 ? options.scale : attention_default_scale(s.d);
     ReferenceOutput out;
     out.o = tensor_zeros<double>({s.batch, s.heads, rows, s.d});
     out.lse = tensor_zeros<double>({s.batch, s.heads, rows, 1});
@@ -112,7 +124,7 @@ ReferenceOutput forward(const BasicTensor<T>& q, const BasicTensor<T>& k, const 
         for (int64_t item = begin; item < end; ++item) {
             const int64_t r = item % rows, bh = item / rows, b = bh / s.heads, h = bh % s.heads;
             const BlockMask& mask = masks.at(layer, h);
-            row_scores(q, k, b, h, row_begin + r, mask, scale, keys, p);
+            row_scores(what, q, k, b, h, row_begin + r, mask, scale, keys, p);
             double* o = out.o.row(b, h, r);
             if (keys.empty()) {   // no allowed key: zeros, and the log of an empty sum
                 out.lse.at(b, h, r, 0) = -std::numeric_limits<double>::infinity();
@@ -138,14 +150,14 @@ ReferenceGrads backward(const BasicTensor<T>& q, const BasicTensor<T>& k, const 
         throw Error(what + ": dO is " + tensor_shape_text(d_o.shape) + " but Q is " + tensor_shape_text(s) +
                     " (dO is the gradient of O, which has Q's shape)");
     }
-    const int threads = options.threads > 0 ? options.threads : thread_count();
+    const int threads = attention_threads(what, options.threads);
+    const double scale = attention_scale(what, options.scale, s.d);
     check_bytes(what, 24.0 * static_cast<double>(s.size()) + 32.0 * threads * static_cast<double>(s.n), options);
     tensor_check_finite(q, "Q");
     tensor_check_finite(k, "K");
     tensor_check_finite(v, "V");
     tensor_check_finite(d_o, "dO");
 
-    const double scale = options.scale != 0 ? options.scale : attention_default_scale(s.d);
     ReferenceGrads g;
     g.dq = tensor_zeros<double>(s);
     g.dk = tensor_zeros<double>(s);
@@ -158,7 +170,7 @@ ReferenceGrads backward(const BasicTensor<T>& q, const BasicTensor<T>& k, const 
             const int64_t b = bh / s.heads, h = bh % s.heads;
             const BlockMask& mask = masks.at(layer, h);
             for (int64_t qi = 0; qi < s.n; ++qi) {
-                row_scores(q, k, b, h, qi, mask, scale, keys, p);
+                row_scores(what, q, k, b, h, qi, mask, scale, keys, p);
                 if (keys.empty()) continue;   // o = 0 whatever q, k, v are: no gradient
                 row_softmax(p);
                 const T* dorow = d_o.row(b, h, qi);
@@ -232,6 +244,74 @@ void attention_check_shapes(const std::string& what, const TensorShape& q, const
 }
 
 double attention_default_scale(int64_t d) { return 1.0 / std::sqrt(static_cast<double>(d)); }
+
+double attention_scale(const std::string& what, double scale, int64_t d) {
+    if (!std::isfinite(scale)) {
+        throw Error(what + ": scale is " + number_text(scale) +
+                    " (give a finite softmax scale, or 0 for 1 / sqrt(d) = " + number_text(attention_default_scale(d)) + ")");
+    }
+    return scale != 0 ? scale : attention_default_scale(d);
+}
+
+TensorD tensor_row_norms(const Tensor& x, int threads) {
+    TensorD norms = tensor_zeros<double>({x.shape.batch, x.shape.heads, x.shape.n, 1});
+    const int64_t d = x.shape.d;
+    parallel_for(x.shape.batch * x.shape.heads * x.shape.n, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+            const float* row = x.data.data() + r * d;
+            double sum = 0;
+            for (int64_t j = 0; j < d; ++j) sum += static_cast<double>(row[j]) * static_cast<double>(row[j]);
+            norms.data[to_size(r)] = std::sqrt(sum);
+        }
+    });
+    return norms;
+}
+
+int attention_threads(const std::string& what, int threads) {
+    if (threads < 0) {
+        throw Error(what + ": threads is " + text(threads) +
+                    " (give a positive thread count, or 0 for SPARSA_THREADS or else the core count)");
+    }
+    return threads > 0 ? threads : thread_count();
+}
+
+
+
+void attention_check_score_range(const std::string& what, const TensorD& q_norms, const TensorD& k_norms, double scale,
+                                 ScoreEngine engine) {
+    const TensorShape s = q_norms.shape;
+    const double abs_scale = std::abs(scale);
+    // "Q row [b, h, i]"
+    auto row_text = [&](const char* name, int64_t b, int64_t h, int64_t i) {
+        return std::string(name) + " row [" + text(b) + ", " + text(h) + ", " + text(i) + "]";
+    };
+    for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+            // The largest row norms of Q and of K in this head: every score is at most their product.
+            const double* qn = q_norms.row(b, h, 0);
+            const double* kn = k_norms.row(b, h, 0);
+            const int64_t qi = std::max_element(qn, qn + s.n) - qn, kj = std::max_element(kn, kn + s.n) - kn;
+            const double q = qn[qi], k = kn[kj], bound = abs_scale * q * k;
+            const std::string rows = row_text("Q", b, h, qi) + " and " + row_text("K", b, h, kj) + " have norms " +
+                                     number_text(q) + " and " + number_text(k);
+            if (bound > kMaxScore) {
+                throw Error(what + ": " + rows + ": with scale " + number_text(scale) + ", scores up to " +
+                            number_text(bound) + " overflow float32 (the engines take scores up to " +
+                            number_text(kMaxScore) + ": scale Q or K down, or lower `scale`)");
+            }
+            if (engine == ScoreEngine::cpu && abs_scale * q > kMaxScore) {
+                throw Error(what + ": " + row_text("Q", b, h, qi) + " has norm " + number_text(q) + ": times scale " +
+                            number_text(scale) + " it overflows float32 (the engine scales Q first: scale Q down and "
+                            "K up, or lower `scale`)");
+            }
+            if (engine == ScoreEngine::cuda && q * k > kMaxScore) {
+                throw Error(what + ": " + rows + ": their dot products, up to " + number_text(q * k) +
+                            ", overflow float32 before the scale " + number_text(scale) +
+                            " is applied (scale Q or K down and raise `scale` to match)");
+            }
+        }
+    }
+}
 
 ReferenceOutput reference_forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                                   const ReferenceOptions& options) {

@@ -89,20 +89,24 @@ inline Tensor tensor_random(const TensorShape& shape, uint64_t seed) {
     return t;
 }
 
+// "[b, h, i, j]": the index of element e (C order) of a tensor of this shape.
+inline std::string tensor_index_text(const TensorShape& s, size_t e) {
+    int64_t rest = static_cast<int64_t>(e);
+    const int64_t j = rest % s.d;
+    rest /= s.d;
+    const int64_t i = rest % s.n;
+    rest /= s.n;
+    const int64_t h = rest % s.heads, b = rest / s.heads;
+    return "[" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(i) + ", " + std::to_string(j) + "]";
+}
+
 // Throws sparsa::Error when an element of `t` is NaN or infinite, naming `name` and the first
 // bad index [b, h, i, j], e.g. "K has NaN at [0, 1, 5, 3]".
 template <typename T> void tensor_check_finite(const BasicTensor<T>& t, const std::string& name) {
     for (size_t e = 0; e < t.data.size(); ++e) {
         if (std::isfinite(t.data[e])) continue;
-        int64_t rest = static_cast<int64_t>(e);
-        const int64_t j = rest % t.shape.d;
-        rest /= t.shape.d;
-        const int64_t i = rest % t.shape.n;
-        rest /= t.shape.n;
-        const int64_t h = rest % t.shape.heads, b = rest / t.shape.heads;
-        throw Error(name + " has " + (std::isnan(t.data[e]) ? "NaN" : "Inf") + " at [" + std::to_string(b) + ", " +
-                    std::to_string(h) + ", " + std::to_string(i) + ", " + std::to_string(j) +
-                    "] (attention needs finite inputs: check what produced " + name + ")");
+        throw Error(name + " has " + (std::isnan(t.data[e]) ? "NaN" : "Inf") + " at " + tensor_index_text(t.shape, e) +
+                    " (attention needs finite inputs: check what produced " + name + ")");
     }
 }
 

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -325,4 +326,196 @@ TEST_CASE("bad input: shapes, masks, layer, NaN / Inf name the tensor and the in
         CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.o, tensor_random(shape, 4), set, 0),
                           Contains("lse is [1, 2, 40, 16]"));
     }
+}
+
+// [SECTION] numbers float32 cannot hold, and arguments that are not numbers
+
+namespace {
+
+// x times c, element by element.
+Tensor tensor_times(Tensor x, double c) {
+    for (float& e : x.data) e = static_cast<float>(e * c);
+    return x;
+}
+
+// The largest |scale| |q_i| |k_j| of any head: the bound attention_check_score_range tests.
+double score_bound(const Tensor& q, const Tensor& k, double scale) {
+    const TensorD qn = tensor_row_norms(q), kn = tensor_row_norms(k);
+    double worst = 0;
+    for (int64_t b = 0; b < q.shape.batch; ++b) {
+        for (int64_t h = 0; h < q.shape.heads; ++h) {
+            double q_max = 0, k_max = 0;
+            for (int64_t i = 0; i < q.shape.n; ++i) {
+                q_max = std::max(q_max, qn.at(b, h, i, 0));
+                k_max = std::max(k_max, kn.at(b, h, i, 0));
+            }
+            worst = std::max(worst, std::abs(scale) * q_max * k_max);
+        }
+    }
+    return worst;
+}
+
+} // namespace
+
+TEST_CASE("scores near float32's limit: a bound of 0.9 * FLT_MAX / 4 is taken and matches the reference, 1.1 * is refused", "[cpu][range]") {
+    // Q = K, scaled so that the largest |scale| |q_i| |k_j| is `fraction` of kMaxScore: each row's
+    // own key scores highest by far, so the softmax is one-hot and lse = scale |q_i|^2.
+    const TensorShape shape{1, 2, 100, 64};
+    const MaskSet set = set_of({mask_dense(100, 32), testing::mask_random(100, 32, 5)});
+    const Tensor base = tensor_random(shape, 1), v = tensor_random(shape, 3), d_o = tensor_random(shape, 4);
+    const double scale = attention_default_scale(64);
+    for (double fraction : {0.9, 0.5, 1e-10}) {
+        INFO("bound " << fraction << " * kMaxScore");
+        const Tensor q = tensor_times(base, std::sqrt(fraction * kMaxScore / score_bound(base, base, scale)));
+        REQUIRE(score_bound(q, q, scale) <= kMaxScore);
+        const AttentionOutput out = attention_forward(q, q, v, set, 0);
+        const ReferenceOutput ref = reference_forward(q, q, v, set, 0);
+        check_heads(out.o, ref.o, kForwardTolerance, "O");
+        check_lse(out.lse, ref.lse);
+        // The backward takes the forward's lse at these scores too; dV = P^T dO is well conditioned.
+        const AttentionGrads g = attention_backward(q, q, v, out.o, out.lse, d_o, set, 0);
+        check_heads(g.dv, reference_backward(q, q, v, d_o, set, 0).dv, kGradTolerance, "dV", kGradFloor);
+    }
+    const Tensor over = tensor_times(base, std::sqrt(1.1 * kMaxScore / score_bound(base, base, scale)));
+    const AttentionOutput small = attention_forward(base, base, v, set, 0);
+    CHECK_THROWS_WITH(attention_forward(over, over, v, set, 0),
+                      Contains("attention_forward: Q row [0, ") && Contains("and K row [0, ") &&
+                          Contains("overflow float32") && Contains("scale Q or K down, or lower `scale`"));
+    CHECK_THROWS_WITH(attention_backward(over, over, v, small.o, small.lse, d_o, set, 0),
+                      Contains("attention_backward: Q row") && Contains("overflow float32"));
+}
+
+TEST_CASE("the issue's inputs: Q = K = 1e20 and Q = K = 3e38 are refused, saying why; the reference gets them right", "[cpu][range]") {
+    const int64_t n = 50;
+    const TensorShape shape{1, 1, n, 64};
+    const MaskSet set = set_of({mask_dense(n, 16)});
+    const Tensor v = tensor_random(shape, 3);
+    // Every score equal: O is the mean of V's rows and lse = scale * d * x^2 + log(n).
+    std::vector<double> mean(64, 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < 64; ++j) mean[static_cast<size_t>(j)] += v.at(0, 0, i, j) / static_cast<double>(n);
+    }
+    for (float x : {1e20f, 3e38f}) {
+        INFO("Q = K = " << x);
+        Tensor q = tensor_zeros<float>(shape);
+        std::fill(q.data.begin(), q.data.end(), x);
+        CHECK_THROWS_WITH(attention_forward(q, q, v, set, 0),
+                          Contains("Q row [0, 0, 0] and K row [0, 0, 0] have norms") && Contains("scores up to") &&
+                              Contains("overflow float32") && Contains("scale Q or K down"));
+        const ReferenceOutput ref = reference_forward(q, q, v, set, 0);
+        const double lse = 64.0 * static_cast<double>(x) * static_cast<double>(x) / 8.0 + std::log(static_cast<double>(n));
+        CHECK(std::abs(ref.lse.at(0, 0, 7, 0) - lse) <= 1e-12 * lse);
+        for (int64_t j = 0; j < 64; ++j) CHECK(std::abs(ref.o.at(0, 0, 7, j) - mean[static_cast<size_t>(j)]) <= 1e-12);
+    }
+}
+
+TEST_CASE("scale * Q beyond float32 is refused even when the scores fit (K tiny)", "[cpu][range]") {
+    const TensorShape shape{1, 1, 20, 16};
+    const MaskSet set = set_of({mask_dense(20, 16)});
+    const Tensor q = tensor_times(tensor_random(shape, 1), 1e30), k = tensor_times(tensor_random(shape, 2), 1e-30);
+    AttentionOptions options;
+    options.scale = 1e10f;
+    CHECK_THROWS_WITH(attention_forward(q, k, q, set, 0, options),
+                      Contains("has norm") && Contains("times scale 1e+10 it overflows float32"));
+}
+
+TEST_CASE("O and the gradients that overflow float32 (V and dO near FLT_MAX) are refused, not returned as Inf", "[cpu][range]") {
+    const int64_t n = 40;
+    const TensorShape shape{1, 1, n, 16};
+    const MaskSet set = set_of({mask_dense(n, 16)});
+    const Tensor zero = tensor_zeros<float>(shape);
+    Tensor big = tensor_zeros<float>(shape);
+    std::fill(big.data.begin(), big.data.end(), 3e38f);
+    // Q = K = 0: P = 1 for each of the 40 keys, so sum P V = 40 * 3e38 leaves float32; O is 3e38
+    CHECK_THROWS_WITH(attention_forward(zero, zero, big, set, 0),
+                      Contains("O at [0, 0, 0, 0] overflows float32") && Contains("scale V down"));
+    CHECK(reference_forward(zero, zero, big, set, 0).o.at(0, 0, 3, 5) == Approx(3e38).epsilon(1e-6));
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    const AttentionOutput out = attention_forward(q, k, v, set, 0);
+    CHECK_THROWS_WITH(attention_backward(q, k, big, out.o, out.lse, big, set, 0),
+                      Contains("attention_backward: d") && Contains("overflows float32") && Contains("scale dO down"));
+}
+
+TEST_CASE("scale NaN or infinite and negative thread counts are refused; a negative scale is taken and matches the reference", "[cpu][range]") {
+    const TensorShape shape{1, 2, 40, 16};
+    const MaskSet set = set_of({testing::mask_random(40, 16, 1), testing::mask_random(40, 16, 2)});
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    const Tensor d_o = tensor_random(shape, 4);
+    const AttentionOutput out = attention_forward(q, k, v, set, 0);
+    for (float bad : {NAN, INFINITY, -INFINITY}) {
+        AttentionOptions options;
+        options.scale = bad;
+        const std::string said = std::string("scale is ") + (std::isnan(bad) ? "nan" : bad > 0 ? "inf" : "-inf");
+        CHECK_THROWS_WITH(attention_forward(q, k, v, set, 0, options),
+                          Contains("attention_forward: " + said) && Contains("give a finite softmax scale"));
+        CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.lse, d_o, set, 0, options),
+                          Contains("attention_backward: " + said));
+    }
+    AttentionOptions options;
+    options.threads = -1;
+    CHECK_THROWS_WITH(attention_forward(q, k, v, set, 0, options),
+                      Contains("attention_forward: threads is -1") && Contains("give a positive thread count, or 0"));
+    CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.lse, d_o, set, 0, options),
+                      Contains("attention_backward: threads is -1"));
+    check_case(shape, set, 0, 21, -0.3f);   // negative: the softmax favours the smallest q.k
+}
+
+TEST_CASE("backward: an lse that is not the forward's is refused, naming the row, the given and the exact lse", "[cpu][range]") {
+    // Head 0 random, head 1 with empty rows (queries 0..19 keep nothing).
+    const int64_t n = 70;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 0);
+    for (int64_t q = 20; q < n; ++q) {
+        for (int64_t key = 0; key <= q; ++key) dense[static_cast<size_t>(q * n + key)] = 1;
+    }
+    const TensorShape shape{2, 2, n, 32};
+    const MaskSet set = set_of({testing::mask_random(n, 16, 3), block_mask_from_dense(n, 16, dense.data())});
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    const Tensor d_o = tensor_random(shape, 4);
+    const AttentionOutput out = attention_forward(q, k, v, set, 0);
+    const ReferenceOutput ref = reference_forward(q, k, v, set, 0);
+    const AttentionGrads good = attention_backward(q, k, v, out.o, out.lse, d_o, set, 0);   // the forward's: taken
+    CHECK(std::all_of(good.dq.data.begin(), good.dq.data.end(), [](float x) { return std::isfinite(x); }));
+
+    auto refused_at = [&](const Tensor& lse, int64_t b, int64_t h, int64_t i) {
+        char exact[32];
+        std::snprintf(exact, sizeof exact, "%.7g", ref.lse.at(b, h, i, 0));
+        const std::string row = "[" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(i) + "]";
+        CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, lse, d_o, set, 0),
+                          Contains("attention_backward: lse does not match Q, K, the scale and the mask at row " + row) &&
+                              Contains("recomputed " + std::string(exact)) && Contains("pass the lse the forward returned"));
+    };
+    for (float shift : {100.0f, -100.0f, 0.01f, -0.01f}) {   // every row shifted
+        INFO("lse + " << shift);
+        Tensor lse = out.lse;
+        for (float& x : lse.data) x += shift;
+        int64_t b0 = 0, h0 = 0, i0 = 0;   // the first row that keeps a key
+        while (ref.lse.at(b0, h0, i0, 0) == -INFINITY) ++i0;
+        refused_at(lse, b0, h0, i0);
+    }
+    int64_t i1 = 33;   // one row that keeps a key
+    while (ref.lse.at(1, 0, i1, 0) == -INFINITY) ++i1;
+    Tensor lse = out.lse;
+    lse.at(1, 0, i1, 0) += 0.05f;
+    refused_at(lse, 1, 0, i1);
+    lse = out.lse;
+    lse.at(0, 1, 40, 0) = -INFINITY;   // -inf for a row that keeps keys
+    refused_at(lse, 0, 1, 40);
+    lse = out.lse;
+    REQUIRE(lse.at(1, 1, 5, 0) == -INFINITY);
+    lse.at(1, 1, 5, 0) = 2.0f;   // a finite lse for a row that keeps none: recomputed -inf
+    refused_at(lse, 1, 1, 5);
+    // Scores of about 1e6 (Q and K times 300): float32 rounds a score by about 0.06, so an lse 0.5
+    // off is within what it could be; P then sums to exp(-0.5), and the message says why.
+    const Tensor q_big = tensor_times(q, 300), k_big = tensor_times(k, 300);
+    Tensor lse_big = attention_forward(q_big, k_big, v, set, 0).lse;
+    int64_t i2 = 0;
+    while (lse_big.at(0, 0, i2, 0) == -INFINITY) ++i2;
+    lse_big.at(0, 0, i2, 0) += 0.5f;
+    CHECK_THROWS_WITH(attention_backward(q_big, k_big, v, out.o, lse_big, d_o, set, 0),
+                      Contains("at row [0, 0, " + std::to_string(i2) + "] the scores, up to") &&
+                          Contains("are too large for float32: P = exp(S - lse) recomputed in float32 sums to 0.606") &&
+                          Contains("scale Q or K down, or lower `scale`"));
+    AttentionOptions other_scale;   // the forward's lse with another scale
+    other_scale.scale = 0.5f;
+    CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.lse, d_o, set, 0, other_scale), Contains("lse does not match"));
 }

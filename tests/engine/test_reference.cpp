@@ -222,3 +222,56 @@ TEST_CASE("reference: refuses a size over max_bytes, saying the bytes needed", "
     options.max_bytes = 1 << 30;
     CHECK_NOTHROW(reference_forward(x, x, x, set, 0, options));
 }
+
+TEST_CASE("reference: a NaN or infinite scale and a negative thread count are refused; a negative scale is computed", "[reference]") {
+    const MaskSet set = set_of({testing::mask_random(40, 16, 1)});
+    const Tensor x = tensor_random({1, 1, 40, 8}, 1);
+    for (double bad : {std::nan(""), double{INFINITY}, -double{INFINITY}}) {
+        ReferenceOptions options;
+        options.scale = bad;
+        CHECK_THROWS_WITH(reference_forward(x, x, x, set, 0, options),
+                          Contains("reference_forward: scale is") && Contains("give a finite softmax scale"));
+        CHECK_THROWS_WITH(reference_backward(x, x, x, x, set, 0, options), Contains("reference_backward: scale is"));
+    }
+    ReferenceOptions options;
+    options.threads = -1;
+    CHECK_THROWS_WITH(reference_forward(x, x, x, set, 0, options), Contains("reference_forward: threads is -1"));
+    CHECK_THROWS_WITH(reference_backward(x, x, x, x, set, 0, options), Contains("reference_backward: threads is -1"));
+    options.threads = 0;
+    options.scale = -0.7;   // the naive softmax with the same scale
+    const TensorD q = tensor_cast<double>(x);
+    const ReferenceOutput got = reference_forward(q, q, q, set, 0, options);
+    const ReferenceOutput want = naive_attention(q, q, q, set, -0.7);
+    check_close(got.o, want.o, 1e-12);
+    check_close(got.lse, want.lse, 1e-12);
+}
+
+TEST_CASE("reference: float inputs up to FLT_MAX are computed right; double scores beyond double's range are refused", "[reference]") {
+    const MaskSet set = set_of({testing::mask_random(40, 16, 2)});
+    const TensorShape shape{1, 1, 40, 8};
+    // Q = K = 3e38 (every score 8 * 9e76 / sqrt(8)): equal scores, so O is the mean of V's allowed
+    // rows and lse = that score + log(keys).
+    Tensor big = tensor_zeros<float>(shape);
+    std::fill(big.data.begin(), big.data.end(), 3e38f);
+    const Tensor v = tensor_random(shape, 3);
+    const ReferenceOutput out = reference_forward(big, big, v, set, 0);
+    std::vector<uint8_t> allowed(40);
+    for (int64_t i = 0; i < 40; ++i) {
+        block_mask_dense_row(set.at(0, 0), i, allowed.data());
+        const double keys = static_cast<double>(std::count(allowed.begin(), allowed.end(), 1));
+        if (keys == 0) continue;
+        const double x = 3e38f;   // the float nearest 3e38
+        CHECK(out.lse.at(0, 0, i, 0) == Approx(8 * x * x / std::sqrt(8.0) + std::log(keys)).epsilon(1e-12));
+        for (int64_t j = 0; j < 8; ++j) {
+            double mean = 0;
+            for (int64_t key = 0; key < 40; ++key) mean += allowed[static_cast<size_t>(key)] * double{v.at(0, 0, key, j)} / keys;
+            CHECK(std::abs(out.o.at(0, 0, i, j) - mean) <= 1e-12);
+        }
+    }
+    TensorD huge = tensor_zeros<double>(shape);
+    std::fill(huge.data.begin(), huge.data.end(), 1e160);
+    CHECK_THROWS_WITH(reference_forward(huge, huge, huge, set, 0),
+                      Contains("reference_forward: the score of Q row [0, 0, ") && Contains("overflows double") &&
+                          Contains("scale Q or K down"));
+    CHECK_THROWS_WITH(reference_backward(huge, huge, huge, huge, set, 0), Contains("reference_backward: the score of Q row"));
+}
