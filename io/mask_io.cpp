@@ -1,5 +1,7 @@
-// MaskSet <-> .npz (docs/formats.md): concatenated CSR arrays and bitmasks of the distinct masks,
-// FlexAttention's layout, a JSON header; arrays are streamed so none is held twice.
+// MaskSet <-> .npz (docs/formats.md): concatenated CSR arrays and bitmasks of the distinct masks
+// and a JSON header; arrays are streamed so none is held twice. The file grows with the kept
+// blocks: FlexAttention's padded [L, H, Q, W] arrays (version 1 wrote them, gigabytes at
+// n = 1M) are built in memory by python/sparsa/flex.py instead.
 #include "io/mask_io.hpp"
 
 #include "engine/error.hpp"
@@ -9,7 +11,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <unordered_set>
 
 namespace sparsa {
 
@@ -20,40 +21,6 @@ constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
 size_t to_size(int64_t i) { return static_cast<size_t>(i); }
 
-// Per query block row: how many partial and how many full blocks it keeps. [q_blocks] each.
-struct RowCounts {
-    std::vector<int32_t> partial, full;
-};
-RowCounts row_counts(const BlockMask& mask) {
-    RowCounts c;
-    c.partial.assign(to_size(mask.q_blocks()), 0);
-    c.full.assign(to_size(mask.q_blocks()), 0);
-    for (int64_t r = 0; r < mask.q_blocks(); ++r) {
-        for (int64_t e = mask.row_ptr[to_size(r)]; e < mask.row_ptr[to_size(r) + 1]; ++e) {
-            ++(mask.partial_idx[to_size(e)] < 0 ? c.full : c.partial)[to_size(r)];
-        }
-    }
-    return c;
-}
-
-int64_t flex_width(const std::vector<std::shared_ptr<const BlockMask>>& unique) {
-    int64_t w = 1;
-    for (const auto& m : unique) {
-        RowCounts c = row_counts(*m);
-        for (size_t r = 0; r < c.partial.size(); ++r) w = std::max<int64_t>({w, c.partial[r], c.full[r]});
-    }
-    return w;
-}
-
-// One row of kv_indices (partial: true) or full_kv_indices: its key blocks, then zeros. [w]
-void flex_row(const BlockMask& mask, int64_t r, bool partial, std::vector<int32_t>& row) {
-    std::fill(row.begin(), row.end(), 0);
-    size_t k = 0;
-    for (int64_t e = mask.row_ptr[to_size(r)]; e < mask.row_ptr[to_size(r) + 1]; ++e) {
-        if ((mask.partial_idx[to_size(e)] >= 0) == partial) row[k++] = mask.col_idx[to_size(e)];
-    }
-}
-
 // The (layer, head) of the first use of each distinct mask, for messages.
 std::string first_use(const std::vector<int32_t>& index, int64_t heads, int64_t u) {
     const auto it = std::find(index.begin(), index.end(), static_cast<int32_t>(u));
@@ -62,8 +29,6 @@ std::string first_use(const std::vector<int32_t>& index, int64_t heads, int64_t 
 }
 
 } // namespace
-
-int64_t mask_set_flex_width(const MaskSet& set) { return flex_width(set.unique_masks()); }
 
 // [SECTION] save
 
@@ -82,8 +47,13 @@ void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64
                         ", block " + std::to_string(set.block));
         }
     }
-    const std::vector<std::shared_ptr<const BlockMask>> unique = set.unique_masks();
+    // One grouping pass (it hashes every mask): distinct masks are numbered in first-use order,
+    // so unique[u] is the first mask whose index is u.
     const std::vector<int32_t> index = set.unique_index();
+    std::vector<std::shared_ptr<const BlockMask>> unique;
+    for (size_t i = 0; i < index.size(); ++i) {
+        if (index[i] == static_cast<int32_t>(unique.size())) unique.push_back(set.masks[i]);
+    }
     const int64_t U = static_cast<int64_t>(unique.size());
     int64_t total_kept = 0, total_partials = 0;
     for (int64_t u = 0; u < U; ++u) {
@@ -100,11 +70,10 @@ void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64
         if (params.contains(key)) throw Error(what + ": param '" + key + "' is given twice (give each key once)");
         params[key] = value;
     }
-    const int64_t W = flex_width(unique);
     Json header = {{"format", kMaskFormatName},  {"version", kMaskFormatVersion}, {"n", set.n},
                    {"block", set.block},         {"layers", set.layers},          {"heads", set.heads},
                    {"unique_masks", U},          {"script_name", set.script_name}, {"script", set.script_text},
-                   {"params", params},           {"flex_kv_width", W}};
+                   {"params", params}};
     std::string header_text;
     try {
         header_text = header.dump();
@@ -145,27 +114,6 @@ void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64
     for (const auto& m : unique) out.write(m->bits.data(), m->bits.size() * sizeof(uint64_t));
     out.end();
 
-    // FlexAttention's layout, per (layer, head).
-    std::vector<RowCounts> counts;
-    for (const auto& m : unique) counts.push_back(row_counts(*m));
-    for (bool partial : {true, false}) {
-        const std::string prefix = partial ? "" : "full_";
-        out.begin(prefix + "kv_num_blocks", NpyDtype::int32, {L, H, Q});
-        for (int32_t u : index) {
-            const auto& c = partial ? counts[to_size(u)].partial : counts[to_size(u)].full;
-            out.write(c.data(), c.size() * sizeof(int32_t));
-        }
-        out.end();
-        out.begin(prefix + "kv_indices", NpyDtype::int32, {L, H, Q, W});
-        std::vector<int32_t> row(to_size(W));
-        for (int32_t u : index) {
-            for (int64_t r = 0; r < Q; ++r) {
-                flex_row(*unique[to_size(u)], r, partial, row);
-                out.write(row.data(), row.size() * sizeof(int32_t));
-            }
-        }
-        out.end();
-    }
     out.commit();
 }
 
@@ -236,9 +184,13 @@ int64_t json_integer(const Json& header, const char* key, int64_t lo, int64_t hi
     if (!header.contains(key) || !header[key].is_number_integer()) {
         throw Error(what + ": header field '" + key + "' is missing or not an integer");
     }
+    // JSON parsers store a non-negative integer as unsigned: check both bounds in each form (a
+    // "layers": 0 that slipped past `lo` would divide by zero below).
     const Json& v = header[key];
-    const bool too_big = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi);
-    if (too_big || (!v.is_number_unsigned() && (v.get<int64_t>() < lo || v.get<int64_t>() > hi))) {
+    const bool in_range = v.is_number_unsigned()
+                              ? v.get<uint64_t>() <= static_cast<uint64_t>(hi) && (lo <= 0 || v.get<uint64_t>() >= static_cast<uint64_t>(lo))
+                              : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+    if (!in_range) {
         throw Error(what + ": header field '" + key + "' = " + v.dump() + " is out of range [" + std::to_string(lo) + ", " +
                     std::to_string(hi) + "]");
     }
@@ -248,6 +200,16 @@ int64_t json_integer(const Json& header, const char* key, int64_t lo, int64_t hi
 std::string json_string(const Json& header, const char* key, const std::string& what) {
     if (!header.contains(key) || !header[key].is_string()) throw Error(what + ": header field '" + key + "' is missing or not a string");
     return header[key].get<std::string>();
+}
+
+// The command that writes `path` again in this build's format, with the script and n from the
+// header where it has them: "sparsa compile bigbird.pat --n 4096 -o masks.npz".
+std::string recompile_command(const Json& header, const std::string& path) {
+    const bool named = header.contains("script_name") && header["script_name"].is_string() &&
+                       !header["script_name"].get<std::string>().empty();
+    const bool sized = header.contains("n") && header["n"].is_number_integer();
+    return "sparsa compile " + (named ? header["script_name"].get<std::string>() : std::string("SCRIPT")) + " --n " +
+           (sized ? header["n"].dump() : std::string("N")) + " -o " + path;
 }
 
 } // namespace
@@ -273,8 +235,11 @@ MaskSet mask_set_load(const std::string& path) {
     const int64_t version = json_integer(header, "version", 1, std::numeric_limits<int64_t>::max(), path);
     if (version > kMaskFormatVersion) {
         throw Error(path + ": written by a newer sparsa (mask format version " + std::to_string(version) +
-                    "; this build reads up to version " + std::to_string(kMaskFormatVersion) + "): update sparsa");
+                    "; this build reads versions 1 to " + std::to_string(kMaskFormatVersion) +
+                    "): compile the script again with this sparsa (" + recompile_command(header, path) + ") or update sparsa");
     }
+    // Version 1 also stored FlexAttention's arrays and "flex_kv_width"; they are derived from
+    // the CSR arrays, so they are skipped here and the masks load from the CSR arrays alone.
     MaskSet set;
     set.block = static_cast<int32_t>(json_integer(header, "block", kMinBlock, kMaxBlock, path));
     if (!block_size_valid(set.block)) {
@@ -292,7 +257,6 @@ MaskSet mask_set_load(const std::string& path) {
         set.params.emplace_back(key, value.get<std::string>());
     }
     const int64_t Q = (set.n + set.block - 1) / set.block, L = set.layers, H = set.heads;
-    const int64_t W = json_integer(header, "flex_kv_width", 1, std::max<int64_t>(Q, 1), path);
     const int64_t words = int64_t{set.block} * set.block / 64;
 
     // [SECTION] which mask each (layer, head) uses
@@ -360,37 +324,6 @@ MaskSet mask_set_load(const std::string& path) {
     }
     if (kept_base != total_kept) file.fail("col_idx", std::to_string(total_kept - kept_base) + " entries beyond the last mask's row_ptr");
     if (partial_base != total_partials) file.fail("bitmask", std::to_string(total_partials - partial_base) + " bitmasks no block uses");
-
-    // [SECTION] FlexAttention's arrays must say what the CSR arrays say
-    if (flex_width(unique) != W) {
-        throw Error(path + ": header flex_kv_width = " + std::to_string(W) + " but the masks need " +
-                    std::to_string(flex_width(unique)) + " (the file is inconsistent: write it again)");
-    }
-    std::vector<RowCounts> unique_counts;
-    for (const auto& m : unique) unique_counts.push_back(row_counts(*m));
-    for (bool partial : {true, false}) {
-        const std::string num_name = std::string(partial ? "" : "full_") + "kv_num_blocks";
-        const std::string idx_name = std::string(partial ? "" : "full_") + "kv_indices";
-        NpzReader::Stream num_s = file.open(num_name, NpyDtype::int32, {L, H, Q}, "[layers, heads, q_blocks]");
-        NpzReader::Stream idx_s = file.open(idx_name, NpyDtype::int32, {L, H, Q, W}, "[layers, heads, q_blocks, flex_kv_width]");
-        std::vector<int32_t> want(to_size(W)), got(to_size(W));
-        for (size_t i = 0; i < index.size(); ++i) {
-            const BlockMask& mask = *unique[to_size(index[i])];
-            const RowCounts& counts = unique_counts[to_size(index[i])];
-            const std::vector<int32_t> nums = stream_values<int32_t>(num_s, Q);
-            for (int64_t r = 0; r < Q; ++r) {
-                const std::string where = "layer " + std::to_string(i / to_size(H)) + ", head " +
-                                          std::to_string(i % to_size(H)) + ", query block " + std::to_string(r);
-                if (nums[to_size(r)] != (partial ? counts.partial : counts.full)[to_size(r)]) {
-                    file.fail(num_name, where + ": " + std::to_string(nums[to_size(r)]) + " blocks, but the CSR arrays keep " +
-                                            std::to_string((partial ? counts.partial : counts.full)[to_size(r)]));
-                }
-                flex_row(mask, r, partial, want);
-                idx_s.read(got.data(), got.size() * sizeof(int32_t));
-                if (got != want) file.fail(idx_name, where + ": key blocks disagree with the CSR arrays");
-            }
-        }
-    }
 
     set.masks.resize(index.size());
     for (size_t i = 0; i < index.size(); ++i) set.masks[i] = unique[to_size(index[i])];

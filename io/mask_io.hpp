@@ -1,5 +1,5 @@
 // Saving and loading a MaskSet as an .npz file that numpy reads with no sparsa installed; the
-// arrays, the JSON header and FlexAttention's layout are documented in docs/formats.md.
+// arrays and the JSON header are documented in docs/formats.md.
 #pragma once
 
 #include "engine/block_mask.hpp"
@@ -9,23 +9,24 @@
 
 namespace sparsa {
 
-// The format written, in the header's "format" and "version"; loaders read versions up to it.
+// The format written, in the header's "format" and "version"; loaders read versions 1 to it.
+// Version 2 dropped version 1's FlexAttention arrays, whose size grew with the square of the
+// number of blocks; Python builds them in memory (python/sparsa/flex.py).
 constexpr const char* kMaskFormatName = "sparsa.maskset";
-constexpr int64_t kMaskFormatVersion = 1;
+constexpr int64_t kMaskFormatVersion = 2;
 
 // Saves `set` to `path` atomically (whole or not at all): the distinct masks as CSR arrays and
-// bitmasks, FlexAttention's kv_num_blocks / kv_indices layout, and a JSON header with the script
-// and params. Throws sparsa::Error for an invalid set (every mask is validated first) or a failed
-// write. force_zip64 writes ZIP64 records even when no size needs them (for tests).
+// bitmasks, and a JSON header with the script and params; the size grows with the kept blocks
+// (8 bytes a kept block, B * B / 8 more a partial one, 8 a query block row of a distinct mask). Throws sparsa::Error for an
+// invalid set (every mask is validated first) or a failed write. force_zip64 writes ZIP64
+// records even when no size needs them (for tests).
 void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64 = false);
 
 // Loads a file written by mask_set_save, checking everything (header, shapes, every mask's
-// invariants, the Flex arrays against the CSR ones); equal masks come back shared. Throws
-// sparsa::Error naming the file and the array for a foreign, newer or inconsistent file.
+// invariants); equal masks come back shared. Version 1 files load too (their Flex arrays are
+// skipped). Throws sparsa::Error naming the file and the array for a foreign, newer or
+// inconsistent file; for a newer one the message gives the `sparsa compile` command that
+// writes it again.
 MaskSet mask_set_load(const std::string& path);
-
-// FlexAttention's W, the last dimension of kv_indices and full_kv_indices: the most partial or
-// full blocks any query block row of any mask keeps, at least 1.
-int64_t mask_set_flex_width(const MaskSet& set);
 
 } // namespace sparsa

@@ -2,9 +2,11 @@
 and checks it against NAME.dense.npy (bool [layers, heads, n, n], written beside it).
 
 Each file's dense mask is rebuilt three ways: from the CSR arrays + bitmask, from FlexAttention's
-kv_num_blocks / kv_indices / full_kv_* arrays + bitmask, and from the FlexAttention mask_mod of
-docs/formats.md evaluated on every pair. Prints a line per file; exits 1 on any
-mismatch. usage: /usr/bin/python3 read_with_numpy.py DIR
+kv_num_blocks / kv_indices / full_kv_* arrays built from the CSR arrays (docs/formats.md's
+flex_kv_blocks) + bitmask, and from the FlexAttention mask_mod of docs/formats.md evaluated on
+every pair. Version 1 files (which stored the Flex arrays, padded to flex_kv_width) must also
+store exactly the arrays flex_kv_blocks builds. Prints a line per file; exits 1 on any mismatch.
+usage: /usr/bin/python3 read_with_numpy.py DIR
 """
 import json
 import pathlib
@@ -16,7 +18,7 @@ import numpy as np
 def load(path):
     z = np.load(path)  # no pickle: plain arrays only
     header = json.loads(z["header"].tobytes().decode("utf-8"))
-    assert header["format"] == "sparsa.maskset" and header["version"] == 1, header
+    assert header["format"] == "sparsa.maskset" and header["version"] in (1, 2), header
     return z, header
 
 
@@ -50,32 +52,65 @@ def block_kinds(z, header, l):
     return kind
 
 
+def flex_kv_blocks(z, header, l):
+    """FlexAttention's block lists of layer l, built from the CSR arrays (docs/formats.md):
+    kv_num_blocks [H, Q] and kv_indices [H, Q, Q] for the partial blocks, full_kv_num_blocks and
+    full_kv_indices for the full ones; each row's key blocks ascending, then 0-padded."""
+    n, B, H = header["n"], header["block"], header["heads"]
+    Q = -(-n // B)
+    out = {name: np.zeros((H, Q) if "num" in name else (H, Q, Q), dtype=np.int32)
+           for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")}
+    for h in range(H):
+        row_ptr = z["row_ptr"][z["mask_index"][l, h]]
+        rows = np.repeat(np.arange(Q), np.diff(row_ptr))               # query block of each kept block
+        cols = z["col_idx"][row_ptr[0]:row_ptr[Q]]
+        full = z["partial_idx"][row_ptr[0]:row_ptr[Q]] < 0
+        for prefix, keep in (("", ~full), ("full_", full)):
+            r, c = rows[keep], cols[keep]
+            num = np.bincount(r, minlength=Q)
+            slot = np.arange(len(r)) - (np.cumsum(num) - num)[r]       # place of each block in its row
+            out[prefix + "kv_num_blocks"][h] = num
+            out[prefix + "kv_indices"][h, r, slot] = c
+    return out
+
+
 def dense_from_flex(z, header):
     """What FlexAttention's fused kernel computes: the blocks kv_indices and full_kv_indices name,
-    full ones whole, partial ones through the bitmask."""
-    n, B, L, H, W = header["n"], header["block"], header["layers"], header["heads"], header["flex_kv_width"]
+    full ones whole, partial ones through the bitmask. A version 1 file's stored Flex arrays must
+    be the built ones (cut to flex_kv_width)."""
+    n, B, L, H = header["n"], header["block"], header["layers"], header["heads"]
     Q = -(-n // B)
     bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
-    for name, shape in (("kv_num_blocks", (L, H, Q)), ("kv_indices", (L, H, Q, W)),
-                        ("full_kv_num_blocks", (L, H, Q)), ("full_kv_indices", (L, H, Q, W))):
-        assert z[name].shape == shape and z[name].dtype == np.int32, (name, z[name].shape, shape)
+    stored = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+    if header["version"] == 1:
+        W = header["flex_kv_width"]
+        for name in stored:
+            want = (L, H, Q) if "num" in name else (L, H, Q, W)
+            assert z[name].shape == want and z[name].dtype == np.int32, (name, z[name].shape, want)
+    else:
+        assert not set(stored) & set(z.files) and "flex_kv_width" not in header, "version 2 stores no Flex arrays"
     out = np.zeros((L, H, Q * B, Q * B), dtype=bool)
     for l in range(L):
         kind = block_kinds(z, header, l)
+        flex = flex_kv_blocks(z, header, l)
+        if header["version"] == 1:
+            for name in stored:
+                if "num" in name:
+                    assert np.array_equal(z[name][l], flex[name]), f"stored {name} differs from the CSR arrays"
+                else:
+                    assert np.array_equal(z[name][l], flex[name][..., :W]) and not flex[name][..., W:].any(), \
+                        f"stored {name} differs from the CSR arrays"
         for h in range(H):
             for qb in range(Q):
                 for prefix, full in (("", False), ("full_", True)):
-                    count = z[prefix + "kv_num_blocks"][l, h, qb]
-                    row = z[prefix + "kv_indices"][l, h, qb]
+                    count = flex[prefix + "kv_num_blocks"][h, qb]
+                    row = flex[prefix + "kv_indices"][h, qb]
                     assert np.all(np.diff(row[:count]) > 0), "kv indices not ascending"
                     assert np.all(row[count:] == 0), "kv indices not padded with 0"
                     for kb in row[:count]:
                         p = kind[h, qb, kb]
                         assert (p == -2) == full and p != -1, f"{prefix}kv_indices names a block of the wrong kind"
                         out[l, h, qb * B:(qb + 1) * B, kb * B:(kb + 1) * B] = True if full else bits[p]
-    # Padding the last dimension to Q gives torch's BlockMask shapes [.., Q, Q].
-    padded = np.pad(z["kv_indices"], [(0, 0)] * 3 + [(0, Q - W)])
-    assert padded.shape == (L, H, Q, Q)
     return out[:, :, :n, :n]
 
 
@@ -123,7 +158,8 @@ def main():
         if status != "OK":
             failed += 1
         shape = "x".join(map(str, expected.shape)) if expected is not None else "?"
-        print(f"{path.name}: {status} (dense {shape}, density {expected.mean():.3f})" if expected is not None
+        print(f"{path.name}: {status} (version {header['version']}, dense {shape}, density {expected.mean():.3f})"
+              if expected is not None
               else f"{path.name}: {status}")
     print(f"numpy check: {len(files)} files read, {failed} with problems")
     return 1 if failed else 0

@@ -11,7 +11,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cstring>
+#include <filesystem>
+#include <functional>
 #include <map>
 
 using namespace sparsa;
@@ -372,39 +375,70 @@ TEST_CASE("mask sets round trip exactly: every block size, n not divisible by B,
     CHECK(dir.entries() == std::vector<std::string>{"again.npz", "set.npz"});
 }
 
-TEST_CASE("the Flex arrays and the header say what docs/formats.md says", "[mask_io]") {
+TEST_CASE("the arrays and the header say what docs/formats.md says", "[mask_io]") {
     TempDir dir;
     const MaskSet set = random_set(100, 16, 2, 3, 4, 9);
     mask_set_save(set, dir.file("s.npz"));
     NpzReader r(dir.file("s.npz"));
-    CHECK(r.names() == std::vector<std::string>{"header", "mask_index", "row_ptr", "col_idx", "partial_idx", "bitmask",
-                                                "kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"});
+    CHECK(r.names() == std::vector<std::string>{"header", "mask_index", "row_ptr", "col_idx", "partial_idx", "bitmask"});
     const NpyArray header = r.read("header");
     const std::string text(header.data.begin(), header.data.end());
-    CHECK_THAT(text, Contains("\"format\":\"sparsa.maskset\",\"version\":1,\"n\":100,\"block\":16,\"layers\":2,\"heads\":3"));
-    CHECK_THAT(text, Contains("\"params\":{\"seed\":\"9\",\"z_first\":\"1\",\"a_second\":\"two words\"}"));
-    const int64_t W = mask_set_flex_width(set), Q = 7;
-    CHECK(r.read("kv_indices").shape == std::vector<int64_t>{2, 3, Q, W});
-    const auto num = npy_array_values<int32_t>(r.read("kv_num_blocks"), "x");
-    const auto idx = npy_array_values<int32_t>(r.read("kv_indices"), "x");
-    const auto full_num = npy_array_values<int32_t>(r.read("full_kv_num_blocks"), "x");
-    const auto full_idx = npy_array_values<int32_t>(r.read("full_kv_indices"), "x");
-    for (int64_t i = 0; i < 6; ++i) {
-        const BlockMask& m = *set.masks[static_cast<size_t>(i)];
-        for (int64_t qb = 0; qb < Q; ++qb) {
-            std::vector<int32_t> partial, full;
-            for (int64_t e = m.row_ptr[static_cast<size_t>(qb)]; e < m.row_ptr[static_cast<size_t>(qb) + 1]; ++e) {
-                (m.partial_idx[static_cast<size_t>(e)] < 0 ? full : partial).push_back(m.col_idx[static_cast<size_t>(e)]);
-            }
-            const size_t row = static_cast<size_t>(i * Q + qb);
-            REQUIRE(num[row] == static_cast<int32_t>(partial.size()));
-            REQUIRE(full_num[row] == static_cast<int32_t>(full.size()));
-            partial.resize(static_cast<size_t>(W), 0);
-            full.resize(static_cast<size_t>(W), 0);
-            REQUIRE(std::equal(partial.begin(), partial.end(), idx.begin() + static_cast<std::ptrdiff_t>(row * static_cast<size_t>(W))));
-            REQUIRE(std::equal(full.begin(), full.end(), full_idx.begin() + static_cast<std::ptrdiff_t>(row * static_cast<size_t>(W))));
+    CHECK_THAT(text, Contains("{\"format\":\"sparsa.maskset\",\"version\":2,\"n\":100,\"block\":16,\"layers\":2,\"heads\":3,"));
+    CHECK_THAT(text, Contains(",\"params\":{\"seed\":\"9\",\"z_first\":\"1\",\"a_second\":\"two words\"}}"));
+    // The concatenated CSR arrays: absolute offsets, global bitmask indices, in first-use order.
+    const std::vector<int32_t> index = npy_array_values<int32_t>(r.read("mask_index"), "x");
+    CHECK(index == set.unique_index());
+    const auto unique = set.unique_masks();
+    const int64_t U = static_cast<int64_t>(unique.size()), Q = 7;
+    const auto row_ptr = npy_array_values<int64_t>(r.read("row_ptr"), "x");
+    const auto col_idx = npy_array_values<int32_t>(r.read("col_idx"), "x");
+    const auto partial_idx = npy_array_values<int32_t>(r.read("partial_idx"), "x");
+    const NpyArray bitmask = r.read("bitmask");
+    REQUIRE(row_ptr.size() == static_cast<size_t>(U * (Q + 1)));
+    int64_t kept = 0, partials = 0;
+    for (int64_t u = 0; u < U; ++u) {
+        const BlockMask& m = *unique[static_cast<size_t>(u)];
+        for (int64_t qb = 0; qb <= Q; ++qb) REQUIRE(row_ptr[static_cast<size_t>(u * (Q + 1) + qb)] == kept + m.row_ptr[static_cast<size_t>(qb)]);
+        for (size_t e = 0; e < m.col_idx.size(); ++e) {
+            REQUIRE(col_idx[static_cast<size_t>(kept) + e] == m.col_idx[e]);
+            const int32_t p = m.partial_idx[e];
+            REQUIRE(partial_idx[static_cast<size_t>(kept) + e] == (p < 0 ? -1 : p + static_cast<int32_t>(partials)));
         }
+        REQUIRE(std::memcmp(bitmask.data.data() + partials * 32, m.bits.data(), m.bits.size() * 8) == 0);
+        kept += m.kept_blocks();
+        partials += m.partial_blocks();
     }
+    CHECK(col_idx.size() == static_cast<size_t>(kept));
+    CHECK(bitmask.shape == std::vector<int64_t>{partials, 16 * 16 / 64});
+}
+
+TEST_CASE("a mask file grows with the kept blocks, not with the square of the blocks", "[mask_io]") {
+    // One query block row keeps every key block (a global token), the others only their diagonal
+    // block: version 1 padded every row to the widest one (Flex arrays [L, H, Q, W], 8 MiB here).
+    TempDir dir;
+    const int64_t Q = 1024;
+    auto mask = std::make_shared<BlockMask>();
+    mask->n = Q * 16;
+    mask->block = 16;
+    mask->row_ptr.push_back(0);
+    for (int64_t qb = 0; qb < Q; ++qb) {
+        for (int64_t kb = 0; kb < Q; ++kb) {
+            if (qb != 0 && kb != qb) continue;
+            mask->col_idx.push_back(static_cast<int32_t>(kb));
+            mask->partial_idx.push_back(-1);
+        }
+        mask->row_ptr.push_back(static_cast<int64_t>(mask->col_idx.size()));
+    }
+    MaskSet set = mask_set_make(2, 2, {mask, mask, mask, mask});
+    mask_set_save(set, dir.file("wide.npz"));
+    const int64_t kept = 2 * Q - 1;
+    // row_ptr [1, Q + 1] int64, col_idx and partial_idx [kept] int32, no bitmask; then the
+    // header, mask_index and the zip's records.
+    const int64_t arrays = (Q + 1) * 8 + kept * 8;
+    const int64_t size = static_cast<int64_t>(std::filesystem::file_size(dir.file("wide.npz")));
+    CHECK(size > arrays);
+    CHECK(size < arrays + 2048);
+    require_same_set(set, mask_set_load(dir.file("wide.npz")));
 }
 
 TEST_CASE("mask_set_save refuses what it cannot write faithfully", "[mask_io]") {
@@ -457,6 +491,18 @@ NpyArray& array_named(std::vector<std::pair<std::string, NpyArray>>& arrays, con
         if (n == name) return a;
     }
     throw std::runtime_error("no array " + name);
+}
+
+// A damage that replaces the first `from` in the JSON header with `to`.
+std::function<void(std::vector<std::pair<std::string, NpyArray>>&)> header_with(const std::string& from, const std::string& to) {
+    return [from, to](std::vector<std::pair<std::string, NpyArray>>& a) {
+        NpyArray& h = array_named(a, "header");
+        std::string text(h.data.begin(), h.data.end());
+        const size_t at = text.find(from);
+        if (at == std::string::npos) throw std::runtime_error("no " + from + " in the header");
+        text.replace(at, from.size(), to);
+        h = npy_array_make<uint8_t>({static_cast<int64_t>(text.size())}, std::vector<uint8_t>(text.begin(), text.end()));
+    };
 }
 
 } // namespace
@@ -512,24 +558,18 @@ TEST_CASE("foreign, newer and inconsistent mask files are refused by name", "[ma
         std::function<void(std::vector<std::pair<std::string, NpyArray>>&)> damage;
         std::string message;
     };
-    auto header_with = [](const std::string& from, const std::string& to) {
-        return [from, to](std::vector<std::pair<std::string, NpyArray>>& a) {
-            NpyArray& h = array_named(a, "header");
-            std::string text(h.data.begin(), h.data.end());
-            const size_t at = text.find(from);
-            if (at == std::string::npos) throw std::runtime_error("no " + from + " in the header");
-            text.replace(at, from.size(), to);
-            h = npy_array_make<uint8_t>({static_cast<int64_t>(text.size())}, std::vector<uint8_t>(text.begin(), text.end()));
-        };
-    };
     const std::vector<Case> cases = {
         {"format", header_with("sparsa.maskset", "other.thing"), "not a sparsa mask file (its header has no \"format\": \"sparsa.maskset\")"},
-        {"version", header_with("\"version\":1", "\"version\":2"), "written by a newer sparsa (mask format version 2; this build reads up to version 1): update sparsa"},
         {"json", header_with("{", "["), "array 'header': not valid JSON"},
         {"block", header_with("\"block\":32", "\"block\":48"), "header block size 48 is not valid"},
         {"n", header_with("\"n\":100", "\"n\":130"), "array 'row_ptr': shape is [3, 5], expected"},
         {"unique", header_with("\"unique_masks\":3", "\"unique_masks\":9"), "out of range [1, 4]"},
-        {"width", header_with("\"flex_kv_width\":", "\"flex_kv_width\":1"), "flex_kv_width"},
+        // Non-negative JSON integers parse as unsigned; the lower bounds hold for them too.
+        {"layers 0", header_with("\"layers\":2", "\"layers\":0"), "header field 'layers' = 0 is out of range [1, 2147483647]"},
+        {"heads 0", header_with("\"heads\":2", "\"heads\":0"), "header field 'heads' = 0 is out of range [1, 1073741823]"},
+        {"n 0", header_with("\"n\":100", "\"n\":0"), "header field 'n' = 0 is out of range [1, "},
+        {"block 0", header_with("\"block\":32", "\"block\":0"), "header field 'block' = 0 is out of range [16, 256]"},
+        {"unique 0", header_with("\"unique_masks\":3", "\"unique_masks\":0"), "header field 'unique_masks' = 0 is out of range [1, 4]"},
         {"params", header_with("\"seed\":\"6\"", "\"seed\":6"), "header param 'seed' is not a string"},
         {"missing", [](auto& a) { a.erase(a.begin() + 4); }, "no 'partial_idx' array (the file is incomplete"},
         {"dtype", [](auto& a) { array_named(a, "mask_index") = array_of<int64_t>({2, 2}, {0, 1, 2, 0}); }, "array 'mask_index': dtype is int64, expected int32"},
@@ -540,8 +580,6 @@ TEST_CASE("foreign, newer and inconsistent mask files are refused by name", "[ma
         {"col_idx", [](auto& a) { array_named(a, "col_idx").data[0] = 99; }, "key block 99 is out of range"},
         {"partial_idx", [](auto& a) { set_last_partial(array_named(a, "partial_idx"), 0x7f7f7f7f); }, "points at bitmask 2139062143"},
         {"bitmask extra", [](auto& a) { auto& b = array_named(a, "bitmask"); b.shape[0] += 1; b.data.resize(b.data.size() + 128, 0); }, "array 'bitmask': 1 bitmasks no block uses"},
-        {"kv_num_blocks", [](auto& a) { array_named(a, "kv_num_blocks").data[0] ^= 1; }, "array 'kv_num_blocks': layer 0, head 0, query block 0"},
-        {"full_kv_indices", [](auto& a) { auto& f = array_named(a, "full_kv_indices"); f.data[f.data.size() - 4] ^= 1; }, "array 'full_kv_indices': layer 1, head 1, query block 3: key blocks disagree"},
     };
     for (const auto& c : cases) {
         INFO(c.name);
@@ -554,4 +592,58 @@ TEST_CASE("foreign, newer and inconsistent mask files are refused by name", "[ma
     // The undamaged arrays written back load fine: the cases fail for their damage alone.
     arrays_write(arrays_read(path), bad);
     require_same_set(set, mask_set_load(bad));
+}
+
+TEST_CASE("version 1 files load; newer versions are refused with the command that writes them again", "[mask_io]") {
+    // mask_set_v1.npz was written by the version-1 writer (sparsa at commit d3e2ad2) from
+    // random_set(100, 32, 2, 2, 3, 6): the CSR arrays and bitmasks, then FlexAttention's
+    // kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices and "flex_kv_width".
+    // This build cannot write it again; keep the file.
+    const std::string v1 = kData + "mask_set_v1.npz";
+    const MaskSet want = random_set(100, 32, 2, 2, 3, 6);
+    {
+        NpzReader r(v1);
+        REQUIRE(r.names().size() == 10);
+        const NpyArray h = r.read("header");
+        REQUIRE_THAT(std::string(h.data.begin(), h.data.end()), Contains("\"version\":1,") && Contains("\"flex_kv_width\":4}"));
+    }
+    const MaskSet loaded = mask_set_load(v1);
+    require_same_set(want, loaded);
+    // Saved again, it is a version-2 file of the same masks, without the Flex arrays.
+    TempDir dir;
+    mask_set_save(loaded, dir.file("v2.npz"));
+    CHECK(NpzReader(dir.file("v2.npz")).names().size() == 6);
+    require_same_set(want, mask_set_load(dir.file("v2.npz")));
+    CHECK(std::filesystem::file_size(dir.file("v2.npz")) < std::filesystem::file_size(v1));
+
+    // A newer version: the message names the file and gives the command, filled in from the header.
+    const std::string bad = dir.file("newer.npz");
+    for (const auto& [from, to, command] : std::vector<std::array<std::string, 3>>{
+             {"\"version\":2", "\"version\":3", "sparsa compile random.pat --n 100 -o " + bad},
+             {"\"version\":2", "\"version\":99", "sparsa compile random.pat --n 100 -o " + bad},
+         }) {
+        auto arrays = arrays_read(dir.file("v2.npz"));
+        header_with(from, to)(arrays);
+        arrays_write(arrays, bad);
+        const std::string version = to.substr(to.find(':') + 1);
+        INFO(to);
+        CHECK_THROWS_WITH(mask_set_load(bad), bad + ": written by a newer sparsa (mask format version " + version +
+                                                  "; this build reads versions 1 to 2): compile the script again with this sparsa (" +
+                                                  command + ") or update sparsa");
+    }
+    // Without a script name or n in the header the command keeps its placeholders.
+    auto arrays = arrays_read(dir.file("v2.npz"));
+    header_with("\"version\":2", "\"version\":3")(arrays);
+    header_with("\"script_name\":\"random.pat\"", "\"script_name\":\"\"")(arrays);
+    header_with("\"n\":100", "\"n\":\"100\"")(arrays);
+    arrays_write(arrays, bad);
+    CHECK_THROWS_WITH(mask_set_load(bad), Contains("(sparsa compile SCRIPT --n N -o " + bad + ")"));
+    // Version 0 and a version that is not an integer are damage, not the future.
+    for (const char* version : {"0", "-1", "\"2\"", "2.5"}) {
+        auto a = arrays_read(dir.file("v2.npz"));
+        header_with("\"version\":2", std::string("\"version\":") + version)(a);
+        arrays_write(a, bad);
+        INFO(version);
+        CHECK_THROWS_WITH(mask_set_load(bad), Contains(bad + ": header field 'version'"));
+    }
 }

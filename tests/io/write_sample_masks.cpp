@@ -1,5 +1,7 @@
 // Writes sample mask sets for the numpy check (read_with_numpy.py): NAME.npz through
 // mask_set_save, and NAME.dense.npy, bool [layers, heads, n, n], the pairs each mask allows.
+// Also copies the version-1 fixture tests/io/data/mask_set_v1.npz with the dense masks that
+// mask_set_load reads from it, so numpy's reading of a version 1 file checks sparsa's.
 // usage: write_sample_masks OUT_DIR
 #include "engine/error.hpp"
 #include "io/mask_io.hpp"
@@ -24,6 +26,28 @@ struct Sample {
     bool zip64 = false;
     bool extremes = false;  // the first two masks keep nothing and everything
 };
+
+// NAME.dense.npy of a set: bool [layers, heads, n, n], row by row.
+void dense_write(const MaskSet& set, const std::filesystem::path& path) {
+    NpyWriter writer(path.string(), NpyDtype::boolean, {set.layers, set.heads, set.n, set.n});
+    std::vector<uint8_t> row(static_cast<size_t>(set.n));
+    for (const auto& mask : set.masks) {
+        for (int64_t q = 0; q < set.n; ++q) {
+            block_mask_dense_row(*mask, q, row.data());
+            writer.write(row.data(), row.size());
+        }
+    }
+    writer.commit();
+}
+
+void version1_copy(const std::filesystem::path& dir) {
+    const std::filesystem::path fixture = std::filesystem::path(__FILE__).parent_path() / "data" / "mask_set_v1.npz";
+    const MaskSet set = mask_set_load(fixture.string());
+    std::filesystem::copy_file(fixture, dir / "version1_b32_n100.npz", std::filesystem::copy_options::overwrite_existing);
+    dense_write(set, dir / "version1_b32_n100.dense.npy");
+    std::printf("copied %s (format version 1) as version1_b32_n100.npz, with the masks sparsa loads from it\n",
+                fixture.string().c_str());
+}
 
 void sample_write(const Sample& s, const std::filesystem::path& dir) {
     std::vector<std::vector<uint8_t>> dense;
@@ -73,6 +97,7 @@ int main(int argc, char** argv) {
             {"zip64_b64_n200", 200, 64, 2, 2, 3, true, true},       // ZIP64 records forced
         };
         for (const auto& s : samples) sample_write(s, dir);
+        version1_copy(dir);
     } catch (const sparsa::Error& e) {
         std::fprintf(stderr, "write_sample_masks: %s\n", e.what());
         return 1;
