@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 namespace sparsa {
@@ -121,10 +122,37 @@ void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64
 
 namespace {
 
+// Whether `path` starts as an .npy file does ("\x93NUMPY"); false when it cannot be read.
+bool file_is_npy(const std::string& path) {
+    try {
+        const InputFile file(path);
+        char magic[6] = {};
+        if (file.size() < sizeof magic) return false;
+        file.read_at(0, magic, sizeof magic);
+        return std::memcmp(magic, "\x93NUMPY", sizeof magic) == 0;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+// The archive, or an error that says what the file is when it is an .npy (a single array: the
+// container's own message, "not a zip archive", would not say what to give instead).
+NpzReader npz_open(const std::string& path) {
+    try {
+        return NpzReader(path);
+    } catch (const Error&) {
+        if (file_is_npy(path)) {
+            throw Error(path + ": an .npy file (one array), not a mask set (.npz): give a file written by "
+                               "`sparsa compile SCRIPT --n N -o FILE.npz`");
+        }
+        throw;
+    }
+}
+
 // Reads and checks the arrays of one file; every message names the file and the array.
 class MaskFileReader {
 public:
-    explicit MaskFileReader(const std::string& path) : path_(path), npz_(path) {}
+    explicit MaskFileReader(const std::string& path) : path_(path), npz_(npz_open(path)) {}
 
     // An array's stream, after checking its dtype and shape.
     NpzReader::Stream open(const std::string& name, NpyDtype dtype, const std::vector<int64_t>& shape,

@@ -552,6 +552,12 @@ TEST_CASE("foreign, newer and inconsistent mask files are refused by name", "[ma
     CHECK_THROWS_WITH(mask_set_load(kData + "numpy_arrays.npz"),
                       kData + "numpy_arrays.npz: not a sparsa mask file (no 'header' array): was it written by `sparsa compile`?");
     CHECK_THROWS_WITH(mask_set_load(kData + "numpy_compressed.npz"), Contains("compressed .npz is not supported"));
+    npy_save(array_of<int32_t>({2, 3}, {1, 2, 3, 4, 5, 6}), dir.file("one.npy"));
+    CHECK_THROWS_WITH(mask_set_load(dir.file("one.npy")), dir.file("one.npy") + ": an .npy file (one array), not a mask set (.npz): "
+                                                                             "give a file written by `sparsa compile SCRIPT --n N -o FILE.npz`");
+    std::vector<uint8_t> short_npy = {0x93, 'N', 'U', 'M'};
+    file_put(dir.file("short.npz"), short_npy);
+    CHECK_THROWS_WITH(mask_set_load(dir.file("short.npz")), Contains("not a zip archive"));
 
     struct Case {
         const char* name;
