@@ -1,9 +1,11 @@
 // Parsing subcommand arguments with errors that say which option and what it expects.
 #include "cli/args.hpp"
 
+#include "engine/block_mask.hpp"
 #include "engine/error.hpp"
 
 #include <charconv>
+#include <cstdint>
 
 namespace sparsa::cli {
 
@@ -68,6 +70,26 @@ int64_t Args::integer(const std::string& option, int64_t fallback, int64_t min, 
                     std::to_string(max) + "; got " + *text);
     }
     return out;
+}
+
+int64_t Args::position(const std::string& option, int64_t fallback, int64_t count, const std::string& context) const {
+    auto text = value(option);
+    if (!text) return fallback;
+    const int64_t out = integer(option, 0, INT64_MIN, INT64_MAX);
+    if (out < 0 || out >= count) {
+        throw Error(command_ + ": " + option + " " + *text + " is outside 0 to " + std::to_string(count - 1) + " (" + context + ")");
+    }
+    return out;
+}
+
+int32_t Args::block_size() const {
+    auto text = value("--block");
+    if (!text) return 0;
+    const int64_t out = integer("--block", 0, INT64_MIN, INT64_MAX);
+    if (!block_size_valid(out)) {
+        throw Error(command_ + ": --block " + *text + " is not a block size sparsa supports (use 16, 32, 64, 128 or 256)");
+    }
+    return static_cast<int32_t>(out);
 }
 
 int64_t Args::required_integer(const std::string& option, int64_t min, int64_t max) const {

@@ -25,6 +25,11 @@ public:
     int64_t integer(const std::string& option, int64_t fallback, int64_t min, int64_t max) const;
     // A required integer option.
     int64_t required_integer(const std::string& option, int64_t min, int64_t max) const;
+    // A position in [0, count): "--token 5000 is outside 0 to 4095 (n = 4096)", `context` being
+    // what sets the count. `fallback` when absent.
+    int64_t position(const std::string& option, int64_t fallback, int64_t count, const std::string& context) const;
+    // --block: 0 when absent (the script's `block`), else 16, 32, 64, 128 or 256.
+    int32_t block_size() const;
 
 private:
     std::string command_;

@@ -41,7 +41,7 @@ int command_check(const std::vector<std::string>& argv) {
     }
     if (args.positionals().empty()) throw Error("check: give at least one script (sparsa check FILE...)");
     const int64_t n = args.integer("--n", 4096, 1, int64_t{1} << 40);
-    const int32_t block = static_cast<int32_t>(args.integer("--block", 0, 0, 1 << 20));
+    const int32_t block = args.block_size();
     int failed = 0;
     for (const auto& path : args.positionals()) {
         try {

@@ -2,6 +2,7 @@
 // search, gate), evaluate every method against it, or run the whole chain (demo).
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/outputs.hpp"
 #include "engine/error.hpp"
 #include "io/mask_io.hpp"
 #include "io/npy.hpp"
@@ -119,8 +120,7 @@ struct Common {
 
 Common common(const Args& args) {
     Common c;
-    c.block = static_cast<int32_t>(args.integer("--block", 16, 16, 256));
-    if (!block_size_valid(c.block)) throw Error("learn: --block " + std::to_string(c.block) + " is not valid (use 16, 32, 64, 128 or 256)");
+    c.block = args.has("--block") ? args.block_size() : 16;
     c.threads = static_cast<int>(args.integer("--threads", 0, 0, 1024));
     c.seed = static_cast<uint64_t>(args.integer("--seed", 1, 0, INT64_MAX));
     return c;
@@ -224,19 +224,23 @@ std::string train_summary(const learn::TrainReport& r) {
     return text;
 }
 
-int learn_teacher(const Args& args) {
+int learn_teacher(const Args& args, OutputSet& outputs) {
     const Common c = common(args);
+    const std::string path = output(args, "teacher.bin");
+    outputs.output("-o", path);
     learn::Teacher teacher;
     const learn::TrainReport r = run_teacher(args, c, teacher);
-    const std::string path = output(args, "teacher.bin");
     learn::teacher_save(teacher, path);
-    std::printf("%s\nwrote %s\n", train_summary(r).c_str(), path.c_str());
+    outputs.say("%s\nwrote %s\n", train_summary(r).c_str(), path.c_str());
+    outputs.commit();
     return 0;
 }
 
-int learn_pool(const Args& args) {
+int learn_pool(const Args& args, OutputSet& outputs) {
     const Common c = common(args);
     const int64_t inputs = args.integer("--inputs", 32, 1, 100000);
+    const std::string path = output(args, "pooled.npy");
+    outputs.output("-o", path);
     learn::AttentionSample s;
     if (args.has("--q") || args.has("--k")) s = sample_from(args, c, inputs);
     else s = learn::attention_sample(teacher_from(args), learn::task_held_out_seed(c.seed), 0, inputs, c.block, c.threads);
@@ -247,18 +251,21 @@ int learn_pool(const Args& args) {
     learn::pooled_finish(p, s.inputs());
     std::vector<double> both = p.sum;
     both.insert(both.end(), p.max.begin(), p.max.end());
-    const std::string path = output(args, "pooled.npy");
     npy_save(npy_array_make<double>({2, p.layers, p.heads, p.blocks(), p.blocks()}, both), path);
-    std::printf("pooled %lld inputs, %lld layers x %lld heads, %lld x %lld blocks of %d; wrote %s\n", static_cast<long long>(s.inputs()),
+    outputs.say("pooled %lld inputs, %lld layers x %lld heads, %lld x %lld blocks of %d; wrote %s\n", static_cast<long long>(s.inputs()),
                 static_cast<long long>(p.layers), static_cast<long long>(p.heads), static_cast<long long>(p.blocks()),
                 static_cast<long long>(p.blocks()), c.block, path.c_str());
+    outputs.commit();
     return 0;
 }
 
-int learn_distill(const Args& args) {
+int learn_distill(const Args& args, OutputSet& outputs) {
     const Common c = common(args);
     const std::string method = args.value("--method").value_or("");
     const int64_t inputs = args.integer("--inputs", 32, 1, 100000);
+    if (method == "oracle" || method == "search" || method == "gate") {
+        outputs.output("-o", output(args, method == "oracle" ? "oracle.npz" : method == "search" ? "search.pat" : "gate.json"));
+    }
     if (method == "oracle") {
         const double density = number(args, "--density", 0.125, 1e-6, 1.0);
         learn::AttentionSample s;
@@ -275,8 +282,9 @@ int learn_distill(const Args& args) {
             for (int64_t h = 0; h < p.heads; ++h) recall += learn::pooled_recall(p, l, h, masks.at(l, h)) / static_cast<double>(p.layers * p.heads);
         const std::string path = output(args, "oracle.npz");
         mask_set_save(masks, path);
-        std::printf("oracle: %lld of %lld blocks per row, recall %.4f; wrote %s\n", static_cast<long long>(keep),
+        outputs.say("oracle: %lld of %lld blocks per row, recall %.4f; wrote %s\n", static_cast<long long>(keep),
                     static_cast<long long>(p.blocks()), recall, path.c_str());
+        outputs.commit();
         return 0;
     }
     if (method == "search") {
@@ -288,8 +296,9 @@ int learn_distill(const Args& args) {
         AtomicFile file(path);
         file.write(r.script.data(), r.script.size());
         file.commit();
-        std::fputs(r.script.c_str(), stdout);
-        std::printf("wrote %s (check it with: sparsa stats %s --n %lld)\n", path.c_str(), path.c_str(), static_cast<long long>(table.n));
+        outputs.say("%s", r.script.c_str());
+        outputs.say("wrote %s (check it with: sparsa stats %s --n %lld)\n", path.c_str(), path.c_str(), static_cast<long long>(table.n));
+        outputs.commit();
         return 0;
     }
     if (method == "gate") {
@@ -303,7 +312,8 @@ int learn_distill(const Args& args) {
         const learn::GateTrainReport r = learn::gate_train(gate, s, o);
         const std::string path = output(args, "gate.json");
         learn::gate_save(gate, path);
-        std::printf("gate: KL %.4f -> %.4f over %lld inputs; wrote %s\n", r.first_loss, r.last_loss, static_cast<long long>(s.inputs()), path.c_str());
+        outputs.say("gate: KL %.4f -> %.4f over %lld inputs; wrote %s\n", r.first_loss, r.last_loss, static_cast<long long>(s.inputs()), path.c_str());
+        outputs.commit();
         return 0;
     }
     throw Error("learn distill: --method must be oracle, search or gate" + (method.empty() ? std::string(" (it is required)") : "; got '" + method + "'"));
@@ -316,7 +326,7 @@ std::string command_line(const std::vector<std::string>& argv) {
 }
 
 int run_eval(const Args& args, const Common& c, const learn::Teacher& teacher, const learn::BlockGate& gate,
-             const std::string& dir, const std::string& preamble) {
+             const std::string& dir, const std::string& preamble, OutputSet& outputs) {
     learn::EvalOptions o;
     o.block = c.block;
     o.seed = c.seed;
@@ -327,11 +337,12 @@ int run_eval(const Args& args, const Common& c, const learn::Teacher& teacher, c
     const learn::SearchTable table = learn::search_table_build(s, c.block, c.threads);
     const learn::EvalReport report = learn::learn_evaluate(teacher, gate, table, o);
     learn::eval_report_write(report, dir, preamble);
-    std::printf("%-10s %8s %8s %8s %8s %9s %9s\n", "method", "target", "density", "recall", "L1 err", "accuracy", "fwd ms");
+    outputs.say("%-10s %8s %8s %8s %8s %9s %9s\n", "method", "target", "density", "recall", "L1 err", "accuracy", "fwd ms");
     for (const learn::EvalRow& r : report.rows)
-        std::printf("%-10s %7.2f%% %7.2f%% %8.4f %8.4f %8.2f%% %9.3f\n", r.method.c_str(), 100 * r.target, 100 * r.density, r.recall,
+        outputs.say("%-10s %7.2f%% %7.2f%% %8.4f %8.4f %8.2f%% %9.3f\n", r.method.c_str(), 100 * r.target, 100 * r.density, r.recall,
                     r.l1_error, 100 * r.accuracy, r.forward_ms);
-    std::printf("wrote %s/report.md, report.json, recall.png, accuracy.png\n", dir.c_str());
+    outputs.say("wrote %s/report.md, report.json, recall.png, accuracy.png\n", dir.c_str());
+    outputs.commit();
     return 0;
 }
 
@@ -360,22 +371,21 @@ std::string teacher_text(const learn::Teacher& t) {
     return text;
 }
 
-int learn_eval(const Args& args, const std::vector<std::string>& argv) {
+int learn_eval(const Args& args, const std::vector<std::string>& argv, OutputSet& outputs) {
     const Common c = common(args);
+    if (!args.has("--gate")) throw Error("learn eval: --gate FILE is required (train one with 'sparsa learn distill --method gate')");
+    const std::string dir = outputs.folder("-o", output(args, "learn-eval"));
     const learn::Teacher teacher = teacher_from(args);
     const auto gate_path = args.value("--gate");
     if (!gate_path) throw Error("learn eval: --gate FILE is required (train one with 'sparsa learn distill --method gate')");
     const learn::BlockGate gate = learn::gate_load(*gate_path);
     const std::string preamble = "# Learned sparsity: evaluation\n\nCommand: `" + command_line(argv) + "`\n\n" + teacher_text(teacher);
-    return run_eval(args, c, teacher, gate, output(args, "learn-eval"), preamble);
+    return run_eval(args, c, teacher, gate, dir, preamble, outputs);
 }
 
-int learn_demo(const Args& args, const std::vector<std::string>& argv) {
+int learn_demo(const Args& args, const std::vector<std::string>& argv, OutputSet& outputs) {
     const Common c = common(args);
-    const std::string dir = output(args, "learn-demo");
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) throw Error("learn demo: cannot create '" + dir + "': " + ec.message());
+    const std::string dir = outputs.folder("-o", output(args, "learn-demo"));
     const auto start = std::chrono::steady_clock::now();
     learn::Teacher teacher;
     const learn::TrainReport train = run_teacher(args, c, teacher);
@@ -407,7 +417,7 @@ int learn_demo(const Args& args, const std::vector<std::string>& argv) {
     const std::string preamble = "# Learned sparsity: the default chain\n\nCommand: `" + command_line(argv) + "` (demo: teacher, search, gate, eval)\n\n" +
                                  teacher_text(teacher) + "\nTraining: " + train_summary(train) + ".\n\n" + line + timing +
                                  "\nSearch at share 0.9: see [search.pat](search.pat).\n";
-    return run_eval(args, c, teacher, gate, dir, preamble);
+    return run_eval(args, c, teacher, gate, dir, preamble, outputs);
 }
 
 } // namespace
@@ -425,12 +435,23 @@ int command_learn(const std::vector<std::string>& argv) {
         return 0;
     }
     if (!args.positionals().empty()) throw Error("learn " + sub + ": unexpected argument '" + args.positionals()[0] + "' (see sparsa learn --help)");
-    if (sub == "teacher") return learn_teacher(args);
-    if (sub == "pool") return learn_pool(args);
-    if (sub == "distill") return learn_distill(args);
-    if (sub == "eval") return learn_eval(args, argv);
-    if (sub == "demo") return learn_demo(args, argv);
-    throw Error("learn: unknown step '" + sub + "' (use teacher, pool, distill, eval or demo)");
+    if (sub != "teacher" && sub != "pool" && sub != "distill" && sub != "eval" && sub != "demo") {
+        throw Error("learn: unknown step '" + sub + "' (use teacher, pool, distill, eval or demo)");
+    }
+    // Every file read, so that no output replaces one of them; the outputs are named in each step.
+    OutputSet outputs("learn " + sub);
+    if (const auto teacher = args.value("--teacher")) outputs.input(*teacher, "the teacher (--teacher)");
+    if (const auto gate = args.value("--gate")) outputs.input(*gate, "the gate (--gate)");
+    for (const char* option : {"--q", "--k"}) {
+        if (const auto files = args.value(option)) {
+            for (const std::string& f : split_commas(*files)) outputs.input(f, std::string("a ") + option + " file");
+        }
+    }
+    if (sub == "teacher") return learn_teacher(args, outputs);
+    if (sub == "pool") return learn_pool(args, outputs);
+    if (sub == "distill") return learn_distill(args, outputs);
+    if (sub == "eval") return learn_eval(args, argv, outputs);
+    return learn_demo(args, argv, outputs);
 }
 
 } // namespace sparsa::cli

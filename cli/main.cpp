@@ -1,11 +1,14 @@
 // The sparsa command: check, compile, inspect pattern scripts (and, later, run and analyse).
 #include "cli/commands.hpp"
+#include "cli/stack_guard.hpp"
 #include "engine/error.hpp"
+#include "io/atomic_file.hpp"
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
-#include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -33,42 +36,61 @@ Run 'sparsa COMMAND --help' for a command's options. The pattern language is des
 docs/pattern-language.md; examples are in examples/patterns/.
 )";
 
+int run(int argc, char** argv, const char* command) {
+    std::vector<std::string> args(argv + 2, argv + argc);
+    const std::string name = command;
+    if (name == "check") return sparsa::cli::command_check(args);
+    if (name == "compile") return sparsa::cli::command_compile(args);
+    if (name == "stats") return sparsa::cli::command_stats(args);
+    if (name == "show") return sparsa::cli::command_show(args);
+    if (name == "reach") return sparsa::cli::command_reach(args);
+    if (name == "run") return sparsa::cli::command_run(args);
+    if (name == "learn") return sparsa::cli::command_learn(args);
+    std::fprintf(stderr, "sparsa: unknown command '%s' (run 'sparsa --help' for the list)\n", command);
+    return 2;
+}
+
+// Under a memory limit even printing an error may fail to allocate: these print without
+// allocating, or fall back to a fixed line.
+void print_out_of_memory(const char* command) {
+    std::fprintf(stderr, "sparsa %s: error: out of memory (try a smaller --n, or raise the memory limit)\n", command);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
-    std::vector<std::string> args(argv + 1, argv + argc);
-    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-        std::fputs(kUsage, args.empty() ? stderr : stdout);
-        return args.empty() ? 2 : 0;
+    const char* command = argc > 1 ? argv[1] : "";
+    // Before anything that allocates: room on the stack and a message if it cannot grow.
+    sparsa::cli::stack_guard_install(command, size_t{1} << 20);
+    sparsa::install_temp_file_cleanup();     // SIGINT, SIGTERM...: no .NAME.tmp-PID-... left behind
+    std::signal(SIGXFSZ, SIG_IGN);           // past ulimit -f, a write fails with "File too large"
+    if (argc < 2 || std::strcmp(command, "--help") == 0 || std::strcmp(command, "-h") == 0 || std::strcmp(command, "help") == 0) {
+        std::fputs(kUsage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
     }
-    std::string command = args[0];
-    args.erase(args.begin());
     try {
-        if (command == "check") return sparsa::cli::command_check(args);
-        if (command == "compile") return sparsa::cli::command_compile(args);
-        if (command == "stats") return sparsa::cli::command_stats(args);
-        if (command == "show") return sparsa::cli::command_show(args);
-        if (command == "reach") return sparsa::cli::command_reach(args);
-        if (command == "run") return sparsa::cli::command_run(args);
-        if (command == "learn") return sparsa::cli::command_learn(args);
-        std::fprintf(stderr, "sparsa: unknown command '%s' (run 'sparsa --help' for the list)\n", command.c_str());
-        return 2;
+        return run(argc, argv, command);
     } catch (const sparsa::cli::ReportedError&) {
         return 1;
     } catch (const sparsa::dsl::ScriptError& e) {
-        sparsa::cli::print_diagnostics(e.diagnostics());
+        try {
+            sparsa::cli::print_diagnostics(e.diagnostics());
+        } catch (const std::bad_alloc&) {
+            print_out_of_memory(command);
+        }
         return 1;
     } catch (const sparsa::Error& e) {
         // Messages thrown for a command may start with its name ("run: --layer ..."): say it once.
-        std::string message = e.what();
-        if (message.rfind(command + ": ", 0) == 0) message.erase(0, command.size() + 2);
-        std::fprintf(stderr, "sparsa %s: error: %s\n", command.c_str(), message.c_str());
+        const char* message = e.what();
+        const size_t len = std::strlen(command);
+        if (std::strncmp(message, command, len) == 0 && std::strncmp(message + len, ": ", 2) == 0) message += len + 2;
+        std::fprintf(stderr, "sparsa %s: error: %s\n", command, message);
         return 1;
     } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "sparsa %s: error: out of memory (try a smaller --n)\n", command.c_str());
+        print_out_of_memory(command);
         return 1;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "sparsa %s: internal error: %s (please report it)\n", command.c_str(), e.what());
+        std::fprintf(stderr, "sparsa %s: internal error: %s (please report it)\n", command, e.what());
         return 3;
     }
 }

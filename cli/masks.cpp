@@ -2,6 +2,7 @@
 // count what they keep, or draw one of them.
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/outputs.hpp"
 #include "io/mask_io.hpp"
 #include "io/npy.hpp"
 #include "analysis/receptive_field.hpp"
@@ -37,12 +38,8 @@ CompiledScript compile_file(const std::string& path, const Args& args) {
     out.script = load_script_or_report(path);
     dsl::CompileOptions options;
     options.n = args.required_integer("--n", 1, kMaxN);
-    options.block = static_cast<int32_t>(args.integer("--block", 0, 0, 1 << 20));
+    options.block = args.block_size();
     options.threads = static_cast<int>(args.integer("--threads", 0, 0, 4096));
-    if (options.block != 0 && !block_size_valid(options.block)) {
-        throw Error("--block " + std::to_string(options.block) +
-                    " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
-    }
     auto start = std::chrono::steady_clock::now();
     out.compiled = dsl::script_compile(*out.script, options);
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -163,6 +160,10 @@ int command_compile(const std::vector<std::string>& argv) {
         throw Error("--dense writes an [layers, heads, N, N] array and is limited to N <= 8192; got N = " +
                     std::to_string(n) + " (use -o OUT.npz for the block-sparse masks)");
     }
+    OutputSet outputs("compile");
+    outputs.input(args.positionals()[0], "the script being compiled");
+    if (out_path) outputs.output(args.has("-o") ? "-o" : "--out", *out_path);
+    if (dense_path) outputs.output("--dense", *dense_path);
     CompiledScript c = compile_file(args.positionals()[0], args);
     append_reach_warning(c, static_cast<int>(args.integer("--threads", 0, 0, 4096)));
     print_diagnostics(c.compiled.warnings);
@@ -184,7 +185,7 @@ int command_compile(const std::vector<std::string>& argv) {
     }
     const double total_pairs = static_cast<double>(set.layers * set.heads) * static_cast<double>(n) * static_cast<double>(n);
     const size_t distinct = set.unique_masks().size();
-    std::printf("%s: n = %lld, block %d, %lld layer%s x %lld head%s (%zu distinct mask%s), %lld kept blocks, density %s, compiled in %.3f s\n",
+    outputs.say("%s: n = %lld, block %d, %lld layer%s x %lld head%s (%zu distinct mask%s), %lld kept blocks, density %s, compiled in %.3f s\n",
                 args.positionals()[0].c_str(), static_cast<long long>(n), set.block,
                 static_cast<long long>(set.layers), set.layers == 1 ? "" : "s",
                 static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", distinct, distinct == 1 ? "" : "s",
@@ -194,13 +195,14 @@ int command_compile(const std::vector<std::string>& argv) {
         saved.params.emplace_back("n", std::to_string(n));
         saved.params.emplace_back("block", std::to_string(set.block));
         mask_set_save(saved, *out_path);
-        std::printf("wrote %s\n", out_path->c_str());
+        outputs.say("wrote %s\n", out_path->c_str());
     }
     if (dense_path) {
         write_dense(set, *dense_path);
-        std::printf("wrote %s\n", dense_path->c_str());
+        outputs.say("wrote %s\n", dense_path->c_str());
     }
-    if (!out_path && !dense_path) std::printf("(no -o given: nothing written)\n");
+    if (!out_path && !dense_path) outputs.say("(no -o given: nothing written)\n");
+    outputs.commit();
     return 0;
 }
 

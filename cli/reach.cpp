@@ -2,6 +2,7 @@
 // coverage of all pairs per layer, or one token's field, as a table, JSON, a PNG plot, or .npy.
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/outputs.hpp"
 #include "io/npy.hpp"
 #include "io/plot_png.hpp"
 #include "analysis/receptive_field.hpp"
@@ -119,7 +120,7 @@ int command_reach(const std::vector<std::string>& argv) {
     const std::string path = args.positionals()[0];
     const int64_t n = args.required_integer("--n", 1, kMaxN);
     const bool by_token = args.has("--token");
-    const int64_t token = by_token ? args.integer("--token", 0, 0, n - 1) : 0;
+    const int64_t token = args.position("--token", 0, n, "n = " + std::to_string(n));
     ReachDirection direction = ReachDirection::in;
     if (auto d = args.value("--direction")) {
         if (!by_token) throw Error("reach: --direction applies to --token T (the field of one token); all pairs have no direction");
@@ -133,10 +134,11 @@ int command_reach(const std::vector<std::string>& argv) {
     }
     const int threads = static_cast<int>(args.integer("--threads", 0, 0, 4096));
     const int64_t max_layers = args.integer("--max-layers", 0, 1, int64_t{1} << 40);
-    const int32_t block = static_cast<int32_t>(args.integer("--block", 0, 0, 1 << 20));
-    if (block != 0 && !block_size_valid(block)) {
-        throw Error("--block " + std::to_string(block) + " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
-    }
+    const int32_t block = args.block_size();
+    OutputSet outputs("reach");
+    outputs.input(path, "the script");
+    if (png_path) outputs.output("--png", *png_path);
+    if (dense_path) outputs.output("--dense", *dense_path);
 
     dsl::ScriptPtr script = load_script_or_report(path);
     if (dense_path) {
@@ -196,19 +198,19 @@ int command_reach(const std::vector<std::string>& argv) {
         for (const auto& set_bits : field->sets) runs.push_back(bits_runs(set_bits, n));
         if (!runs.empty()) json["ranges"] = runs;  // [layers + 1][runs] of [begin, end)
         if (!args.has("--json")) {
-            std::printf("%s; token %lld, direction %s (%s%lld%s)\n\n%7s %14s %10s  %s\n", header.c_str(), static_cast<long long>(token),
+            outputs.say("%s; token %lld, direction %s (%s%lld%s)\n\n%7s %14s %10s  %s\n", header.c_str(), static_cast<long long>(token),
                         reach_direction_name(direction), what, static_cast<long long>(token),
                         direction == ReachDirection::in ? " has seen" : "", "layers", "field size", "of n", runs.empty() ? "" : "positions");
             for (size_t l = 0; l < field->sizes.size(); ++l) {
-                std::printf("%7zu %14s %10s  %s\n", l, with_commas(field->sizes[l]).c_str(),
+                outputs.say("%7zu %14s %10s  %s\n", l, with_commas(field->sizes[l]).c_str(),
                             percent(static_cast<double>(field->sizes[l]) / static_cast<double>(n)).c_str(),
                             runs.empty() ? "" : runs_text(runs[l]).c_str());
             }
             if (field->layers_to_all >= 0) {
-                std::printf("\nthe field covers all %s tokens after %lld layer%s\n", with_commas(n).c_str(),
+                outputs.say("\nthe field covers all %s tokens after %lld layer%s\n", with_commas(n).c_str(),
                             static_cast<long long>(field->layers_to_all), field->layers_to_all == 1 ? "" : "s");
             } else {
-                std::printf("\nthe field covers %s of the %s tokens after %lld layers\n", percent(static_cast<double>(field->sizes.back()) / static_cast<double>(n)).c_str(),
+                outputs.say("\nthe field covers %s of the %s tokens after %lld layers\n", percent(static_cast<double>(field->sizes.back()) / static_cast<double>(n)).c_str(),
                             with_commas(n).c_str(), static_cast<long long>(set.layers));
             }
         }
@@ -239,25 +241,25 @@ int command_reach(const std::vector<std::string>& argv) {
         json["never_reason"] = c.never_reason;
         json["stopped"] = c.stopped;
         if (!args.has("--json")) {
-            std::printf("%s; all %s pairs%s, %s\n\n%7s %20s %10s\n", header.c_str(), with_commas(c.target_pairs).c_str(),
+            outputs.say("%s; all %s pairs%s, %s\n\n%7s %20s %10s\n", header.c_str(), with_commas(c.target_pairs).c_str(),
                         c.causal ? " with k <= q (causal)" : "", resolution.c_str(), "layers", "pairs connected", "coverage");
             for (int64_t l = 0; l <= c.layers; ++l) {
-                std::printf("%7lld %20s %10s\n", static_cast<long long>(l), with_commas(c.connected[static_cast<size_t>(l)]).c_str(),
+                outputs.say("%7lld %20s %10s\n", static_cast<long long>(l), with_commas(c.connected[static_cast<size_t>(l)]).c_str(),
                             percent(c.fraction(l)).c_str());
             }
-            std::printf("\n");
+            outputs.say("\n");
             if (c.stopped) {
-                std::printf("layers needed to connect every pair: more than %lld (stopped by --max-layers)\n",
+                outputs.say("layers needed to connect every pair: more than %lld (stopped by --max-layers)\n",
                             static_cast<long long>(depth));
             } else if (c.layers_needed >= 0) {
-                std::printf("layers needed to connect every pair: %s%lld%s\n", exact ? "" : "at least ", static_cast<long long>(c.layers_needed),
+                outputs.say("layers needed to connect every pair: %s%lld%s\n", exact ? "" : "at least ", static_cast<long long>(c.layers_needed),
                             c.layers_needed > c.layers ? " (past the script's layers, the last layer repeats)" : "");
             } else {
-                std::printf("layers needed to connect every pair: never; %s pairs (%s) stay out of reach at any depth: %s\n",
+                outputs.say("layers needed to connect every pair: never; %s pairs (%s) stay out of reach at any depth: %s\n",
                             with_commas(c.never_pairs).c_str(), percent(static_cast<double>(c.never_pairs) / static_cast<double>(c.target_pairs)).c_str(),
                             c.never_reason.c_str());
             }
-            std::printf("pairs out of reach after %lld layer%s: %s (%s)\n", static_cast<long long>(c.layers), c.layers == 1 ? "" : "s",
+            outputs.say("pairs out of reach after %lld layer%s: %s (%s)\n", static_cast<long long>(c.layers), c.layers == 1 ? "" : "s",
                         with_commas(c.out_of_reach).c_str(), percent(static_cast<double>(c.out_of_reach) / static_cast<double>(c.target_pairs)).c_str());
         }
         plot.title = name + ": pairs connected, n = " + std::to_string(n) + (exact ? "" : " (block resolution)");
@@ -269,16 +271,17 @@ int command_reach(const std::vector<std::string>& argv) {
         plot.x_max = static_cast<double>(std::max(depth, c.layers));
         if (c.layers_needed > c.layers) plot.markers.push_back({static_cast<double>(c.layers_needed), "needed " + std::to_string(c.layers_needed)});
     }
-    if (args.has("--json")) std::printf("%s\n", json.dump(2).c_str());
+    if (args.has("--json")) outputs.say("%s\n", json.dump(2).c_str());
     if (png_path) {
         plot.series.push_back(series);
         plot_png_save(plot, *png_path, 900, 540);
-        if (!args.has("--json")) std::printf("wrote %s\n", png_path->c_str());
+        if (!args.has("--json")) outputs.say("wrote %s\n", png_path->c_str());
     }
     if (dense) {
         dense->commit();
-        if (!args.has("--json")) std::printf("wrote %s\n", dense_path->c_str());
+        if (!args.has("--json")) outputs.say("wrote %s\n", dense_path->c_str());
     }
+    outputs.commit();
     return 0;
 }
 

@@ -4,6 +4,7 @@
 // sparsa_cuda target (SPARSA_HAVE_CUDA, set in engine/cuda/CMakeLists.txt).
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
+#include "cli/outputs.hpp"
 #include "engine/cpu_attention.hpp"
 #include "io/npy.hpp"
 #include "engine/reference.hpp"
@@ -276,16 +277,21 @@ int command_run(const std::vector<std::string>& argv) {
     const int threads = static_cast<int>(args.integer("--threads", 0, 0, 4096));
     const int runs = static_cast<int>(args.integer("--runs", engine == "cpu" ? 3 : engine == "cuda" ? 20 : 1, 1, 1000));
     const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, int64_t{1} << 62));
+    const int32_t block = args.block_size();
+    const std::optional<std::string> out_path = args.value("--out");
+    OutputSet outputs("run");
+    outputs.input(path, "the script being run");
+    for (const char* option : {"--q", "--k", "--v"}) {
+        if (args.has(option)) outputs.input(*args.value(option), std::string("the ") + option + " tensor");
+    }
+    if (out_path) outputs.output("--out", *out_path);
 
     // Masks for this n.
     dsl::ScriptPtr script = load_script_or_report(path);
     dsl::CompileOptions compile;
     compile.n = n;
-    compile.block = static_cast<int32_t>(args.integer("--block", 0, 0, 1 << 20));
+    compile.block = block;
     compile.threads = threads;
-    if (compile.block != 0 && !block_size_valid(compile.block)) {
-        throw Error("--block " + std::to_string(compile.block) + " is not a power of two from 16 to 256 (use 16, 32, 64, 128 or 256)");
-    }
     const dsl::Compiled compiled = dsl::script_compile(*script, compile);
     print_diagnostics(compiled.warnings);
     const MaskSet& set = compiled.masks;
@@ -354,7 +360,6 @@ int command_run(const std::vector<std::string>& argv) {
     } else if (check) {
         checked = check_against_reference(q, k, v, set, layer, out, threads);
     }
-    const std::optional<std::string> out_path = args.value("--out");
     if (out_path) {
         std::vector<int64_t> shape = {s.batch, s.heads, s.n, s.d};
         if (rank3) shape.erase(shape.begin());
@@ -387,33 +392,35 @@ int command_run(const std::vector<std::string>& argv) {
                           {"ok", checked->ok()}};
         }
         if (out_path) j["out"] = *out_path;
-        std::printf("%s\n", j.dump(2).c_str());
+        outputs.say("%s\n", j.dump(2).c_str());
+        outputs.commit();
         return checked && !checked->ok() ? 1 : 0;
     }
     const std::string where = engine == "cuda" ? gpu.device + ", " + gpu.dtype_name + ", kernel " + std::to_string(gpu.kernel_used)
                                                : std::to_string(used_threads) + " threads";
-    std::printf("%s: layer %lld, batch %lld x %lld heads, n = %lld, d = %lld, block %d, engine %s, %s, %s\n", path.c_str(),
+    outputs.say("%s: layer %lld, batch %lld x %lld heads, n = %lld, d = %lld, block %d, engine %s, %s, %s\n", path.c_str(),
                 static_cast<long long>(layer), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
                 static_cast<long long>(s.n), static_cast<long long>(s.d), set.block, engine.c_str(), where.c_str(),
                 given == 3 ? "tensors from files" : ("random tensors (seed " + std::to_string(seed) + ")").c_str());
-    std::printf("  kept pairs  %lld (density %.4g%%)\n", static_cast<long long>(kept_pairs), 100 * density);
-    std::printf("  time        %.3f ms (median of %d run%s; fastest %.3f ms)\n", 1e3 * time, runs, runs == 1 ? "" : "s",
+    outputs.say("  kept pairs  %lld (density %.4g%%)\n", static_cast<long long>(kept_pairs), 100 * density);
+    outputs.say("  time        %.3f ms (median of %d run%s; fastest %.3f ms)\n", 1e3 * time, runs, runs == 1 ? "" : "s",
                 1e3 * *std::min_element(seconds.begin(), seconds.end()));
     if (engine == "cuda") {
-        std::printf("  throughput  %.1f TFLOP/s effective (4 * d FLOPs per kept pair, over the median time; "
+        outputs.say("  throughput  %.1f TFLOP/s effective (4 * d FLOPs per kept pair, over the median time; "
                     "CUDA events around the kernel, copies not counted)\n",
                     flops / time / 1e12);
     } else {
-        std::printf("  throughput  %.2f GFLOP/s effective (4 * d FLOPs per kept pair, over the median time)\n", flops / time / 1e9);
+        outputs.say("  throughput  %.2f GFLOP/s effective (4 * d FLOPs per kept pair, over the median time)\n", flops / time / 1e9);
     }
     if (checked) {
-        std::printf("  check       max abs error %.3g, relative error %.3g (max |O - O_ref| / max |O_ref|), "
+        outputs.say("  check       max abs error %.3g, relative error %.3g (max |O - O_ref| / max |O_ref|), "
                     "lse max abs error %.3g%s%s: %s (tolerance %.0e); the reference took %.1f s\n",
                     checked->max_abs, checked->relative(), checked->lse_max_abs,
                     checked->lse_inf_match ? "" : ", empty rows differ", checked->finite ? "" : ", NaN or infinity in the output",
                     checked->ok() ? "ok" : "FAILED", checked->tolerance, checked->seconds);
     }
-    if (out_path) std::printf("  wrote       %s\n", out_path->c_str());
+    if (out_path) outputs.say("  wrote       %s\n", out_path->c_str());
+    outputs.commit();
     return checked && !checked->ok() ? 1 : 0;
 }
 

@@ -193,7 +193,7 @@ TEST_CASE("sparsa reach: options are checked, and nothing partial is written", "
     CHECK(r.out.find("--direction expects 'in' or 'out'; got 'up'") != std::string::npos);
     r = run("reach " + example("local_window.pat") + " --n 100 --token 100");
     CHECK(r.code == 1);
-    CHECK(r.out.find("--token must be from 0 to 99") != std::string::npos);
+    CHECK(r.out.find("--token 100 is outside 0 to 99 (n = 100)") != std::string::npos);
     fs::path nowhere = scratch("x.png").parent_path() / "nope" / "x.png";
     r = run("reach " + example("local_window.pat") + " --n 100 --png '" + nowhere.string() + "'");
     CHECK(r.code == 1);
