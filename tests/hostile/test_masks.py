@@ -4,11 +4,12 @@ command that runs a script (check --n, compile, stats, show, reach, run) refuses
 the file named as the script names it, and nothing written (compile's -o included)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import ok, refused, run, unchanged, write
+from conftest import SOURCE_DIR, ok, refused, run, unchanged, write
 
 SCRIPT = 'heads 2\nattend = load("{}")\n'
 
@@ -96,8 +97,6 @@ def test_bad_mask_file_is_refused_by_name(scratch, good, command, case):
 def test_version_1_file_still_loads(scratch):
     """A file of the previous format (version 1, with FlexAttention's arrays) loads, and compiling
     a script that reads it writes a version 2 file of the same masks."""
-    import shutil
-    from conftest import SOURCE_DIR
     shutil.copy(SOURCE_DIR / "tests" / "io" / "data" / "mask_set_v1.npz", scratch / "v1.npz")
     write(scratch, "l.pat", 'heads 2\nlayers 2\nattend = load("v1.npz")\n')
     ok(run(["compile", "l.pat", "--n", "100", "--block", "32", "-o", "v2.npz"], cwd=scratch), "wrote")
