@@ -70,11 +70,32 @@ def kept_block_pairs(z, header, layer=0):
     return out
 
 
+def flex_kv_blocks(z, header, layer):
+    """FlexAttention's block lists of `layer`, built from the CSR arrays (docs/formats.md,
+    "FlexAttention"): kv_num_blocks [H, Q] and kv_indices [H, Q, Q] for the partial blocks,
+    full_kv_num_blocks and full_kv_indices for the full ones (int32)."""
+    n, B, H = header["n"], header["block"], header["heads"]
+    Q = -(-n // B)
+    out = {name: np.zeros((H, Q) if "num" in name else (H, Q, Q), dtype=np.int32)
+           for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")}
+    for h in range(H):
+        row_ptr = z["row_ptr"][z["mask_index"][layer, h]]
+        rows = np.repeat(np.arange(Q), np.diff(row_ptr[: Q + 1]))      # query block of each kept block
+        cols = z["col_idx"][row_ptr[0]:row_ptr[Q]]
+        full = z["partial_idx"][row_ptr[0]:row_ptr[Q]] < 0
+        for prefix, keep in (("", ~full), ("full_", full)):
+            r, c = rows[keep], cols[keep]
+            num = np.bincount(r, minlength=Q)
+            slot = np.arange(len(r)) - (np.cumsum(num) - num)[r]       # place of each block in its row
+            out[prefix + "kv_num_blocks"][h] = num
+            out[prefix + "kv_indices"][h, r, slot] = c
+    return out
+
+
 def flex_block_mask(z, header, layer, device="cuda"):
     """torch's BlockMask for `layer` (docs/formats.md, "FlexAttention")."""
-    n, B, H, W = header["n"], header["block"], header["heads"], header["flex_kv_width"]
+    n, B, H = header["n"], header["block"], header["heads"]
     Q = -(-n // B)
-    pad = lambda a: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, Q - W)])
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
     bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
     bits = np.concatenate([bits, np.zeros((1, B, B), dtype=bool)])
@@ -90,9 +111,10 @@ def flex_block_mask(z, header, layer, device="cuda"):
         p = kind_t[h % H, q_idx // B, kv_idx // B]   # a one-head set broadcasts over the heads
         return (p == -2) | ((p >= 0) & bits_t[p.clamp(min=0), q_idx % B, kv_idx % B])
 
+    kv = flex_kv_blocks(z, header, layer)
     return BlockMask.from_kv_blocks(
-        t(z["kv_num_blocks"][layer][None]), t(pad(z["kv_indices"][layer])[None]),
-        t(z["full_kv_num_blocks"][layer][None]), t(pad(z["full_kv_indices"][layer])[None]),
+        t(kv["kv_num_blocks"][None]), t(kv["kv_indices"][None]),
+        t(kv["full_kv_num_blocks"][None]), t(kv["full_kv_indices"][None]),
         BLOCK_SIZE=B, mask_mod=mask_mod, seq_lengths=(n, n))
 
 
