@@ -77,15 +77,17 @@ step_carried() {   # binaries built elsewhere (BUILD=build-cuda, the paths carri
     echo "carried: ok"
 }
 
+# SPARSA_SOURCE_DIR: the tree the tests read examples/patterns from, this one (a carried binary
+# has the path of the tree it was built in compiled in, which this machine may not have).
 step_test() {
-    SPARSA_CUDA_TEST_MASKS=$ROOT/$MASKS/test "$BUILD/tests/test_cuda_attention" >"$LOGS/test.log" 2>&1 \
+    SPARSA_SOURCE_DIR=$ROOT SPARSA_CUDA_TEST_MASKS=$ROOT/$MASKS/test "$BUILD/tests/test_cuda_attention" >"$LOGS/test.log" 2>&1 \
         || { tail -60 "$LOGS/test.log"; exit 1; }
     tail -3 "$LOGS/test.log"
 }
 
 step_sanitize() {
     for tool in memcheck racecheck; do
-        compute-sanitizer --tool $tool --error-exitcode 3 "$BUILD/tests/test_cuda_attention" "[small]" \
+        SPARSA_SOURCE_DIR=$ROOT compute-sanitizer --tool $tool --error-exitcode 3 "$BUILD/tests/test_cuda_attention" "[small]" \
             >"$LOGS/sanitize-$tool.log" 2>&1 || { tail -40 "$LOGS/sanitize-$tool.log"; exit 1; }
         echo "compute-sanitizer $tool: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$LOGS/sanitize-$tool.log" | tr '\n' ' ')"
     done

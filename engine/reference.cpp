@@ -299,12 +299,18 @@ void attention_check_score_range(const std::string& what, const TensorD& q_norms
                             number_text(bound) + " overflow float32 (the engines take scores up to " +
                             number_text(kMaxScore) + ": scale Q or K down, or lower `scale`)");
             }
+            if (engine == ScoreEngine::cuda_tensor_cores && bound > kMaxTensorCoreScore) {
+                throw Error(what + ": " + rows + ": with scale " + number_text(scale) + ", scores up to " +
+                            number_text(bound) + " are beyond the " + number_text(kMaxTensorCoreScore) +
+                            " that the tensor-core kernels (2 to 15) take (scale Q or K down, lower `scale`, or use "
+                            "kernel 1, which takes scores up to " + number_text(kMaxScore) + ")");
+            }
             if (engine == ScoreEngine::cpu && abs_scale * q > kMaxScore) {
                 throw Error(what + ": " + row_text("Q", b, h, qi) + " has norm " + number_text(q) + ": times scale " +
                             number_text(scale) + " it overflows float32 (the engine scales Q first: scale Q down and "
                             "K up, or lower `scale`)");
             }
-            if (engine == ScoreEngine::cuda && q * k > kMaxScore) {
+            if (engine != ScoreEngine::cpu && q * k > kMaxScore) {
                 throw Error(what + ": " + rows + ": their dot products, up to " + number_text(q * k) +
                             ", overflow float32 before the scale " + number_text(scale) +
                             " is applied (scale Q or K down and raise `scale` to match)");

@@ -44,17 +44,27 @@ TensorD tensor_row_norms(const Tensor& x, int threads = 0);
 // of 4 to spare is taken, and only those beyond are refused.
 constexpr double kMaxScore = 3.4028234663852886e38 / 4;
 
-// How a float32 engine forms a score, which decides what else must stay finite.
+// The largest |score| the CUDA engine's tensor-core kernels (2 to 15) take: 2^29, about 5.4e8.
+// They form P = 2^(s scale log2(e) - m) with one FMA, exact but for the rounding of the row max
+// m: a factor 2^e, |e| up to half an ulp of m, common to the whole row, which O and lse do not
+// see while it fits float32. From |m| = 2^31 (ulp 256) it overflows: on an H100 every kernel 2 to
+// 15 in bf16 gave NaN at scores of 2^33 and was right up to 2^31. 2^29 log2(e) < 2^30 keeps the
+// factor within 2^32, so the sums of P V keep room too.
+constexpr double kMaxTensorCoreScore = 536870912.0;
+
+// How a float32 engine forms a score, which decides its range and what else must stay finite.
 enum class ScoreEngine {
-    cpu,    // S = (scale Q) K^T: scale * Q too
-    cuda,   // S = scale (Q K^T): Q K^T too
+    cpu,                 // S = (scale Q) K^T: scale * Q too; scores up to kMaxScore
+    cuda,                // CUDA kernel 1, S = scale (Q K^T): Q K^T too; scores up to kMaxScore
+    cuda_tensor_cores,   // CUDA kernels 2 to 15: as kernel 1, scores up to kMaxTensorCoreScore
 };
 
 // Throws sparsa::Error naming `what` unless, in every head, the largest Q row norm times the
-// largest K row norm times |scale| is at most kMaxScore (and scale * Q, or Q K^T, as the engine
-// forms them). The message names the two rows [b, h, i], their norms and the bound Z, and says
-// to scale Q or K down or lower the scale. q_norms, k_norms: tensor_row_norms of Q and K,
-// [batch, heads, n, 1]. O(batch * heads * n).
+// largest K row norm times |scale| is at most the engine's limit (and scale * Q, or Q K^T, as
+// the engine forms them, at most kMaxScore). The message names the two rows [b, h, i], their
+// norms and the bound Z, and says to scale Q or K down or lower the scale (for the tensor-core
+// kernels, or to use kernel 1). q_norms, k_norms: tensor_row_norms of Q and K, [batch, heads, n,
+// 1]. O(batch * heads * n).
 void attention_check_score_range(const std::string& what, const TensorD& q_norms, const TensorD& k_norms, double scale,
                                  ScoreEngine engine);
 

@@ -13,6 +13,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
@@ -55,11 +56,34 @@ float fp16_value(uint16_t bits) {
     return __half2float(__half(r));
 }
 
-// The tensor as the GPU stores it: float32 as is, else 16-bit words.
-std::vector<uint16_t> tensor_to_16bit(const Tensor& x, CudaDtype dtype) {
+// The tensor as the GPU stores it: float32 as is, else 16-bit words; with `negate`, -x (exact
+// in every dtype: how a negative scale reaches the kernels, see prepare).
+std::vector<uint16_t> tensor_to_16bit(const Tensor& x, CudaDtype dtype, bool negate = false) {
     std::vector<uint16_t> out(x.data.size());
-    for (size_t e = 0; e < out.size(); ++e) out[e] = dtype == CudaDtype::bfloat16 ? bf16_bits(x.data[e]) : fp16_bits(x.data[e]);
+    for (size_t e = 0; e < out.size(); ++e) {
+        const float value = negate ? -x.data[e] : x.data[e];
+        out[e] = dtype == CudaDtype::bfloat16 ? bf16_bits(value) : fp16_bits(value);
+    }
     return out;
+}
+
+// Throws when an element of x (finite: checked before) rounds to infinity in `dtype`: fp16's
+// largest value is 65504 (from 65520 up a float rounds to inf), bf16's 3.39e38 (from 3.3962e38,
+// just below FLT_MAX). Names the tensor, the index and the value, and what to do instead.
+void tensor_check_dtype_range(const std::string& what, const Tensor& x, const char* name, CudaDtype dtype) {
+    if (dtype == CudaDtype::float32) return;
+    const bool half = dtype == CudaDtype::float16;
+    for (size_t e = 0; e < x.data.size(); ++e) {
+        const float rounded = half ? fp16_value(fp16_bits(x.data[e])) : bf16_value(bf16_bits(x.data[e]));
+        if (std::isfinite(rounded)) continue;
+        char value[32];
+        std::snprintf(value, sizeof value, "%g", static_cast<double>(x.data[e]));
+        throw Error(what + ": " + name + tensor_index_text(x.shape, e) + " = " + value + " is beyond " +
+                    cuda_dtype_name(dtype) + "'s range (largest " + (half ? "65504" : "3.39e38") +
+                    ") and would be inf on the GPU (" +
+                    (half ? "use dtype bf16, which has float32's range, or scale " + std::string(name) + " down"
+                          : "scale " + std::string(name) + " down, or use dtype float32") + ")");
+    }
 }
 
 // Device memory that grows on demand and is kept across calls.
@@ -150,6 +174,25 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
     if (kernel >= 2 && kernel <= 9) return tensor_core_shape;
     if (kernel >= 10 && kernel <= 15) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
+}
+
+void cuda_attention_check(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                          const CudaAttentionOptions& options) {
+    const std::string what = "cuda attention_forward";
+    attention_check_shapes(what, q.shape, k.shape, v.shape, masks, layer);
+    const double scale = attention_scale(what, options.scale, q.shape.d);
+    tensor_check_finite(q, "Q");
+    tensor_check_finite(k, "K");
+    tensor_check_finite(v, "V");
+    tensor_check_dtype_range(what, q, "Q", options.dtype);
+    tensor_check_dtype_range(what, k, "K", options.dtype);
+    tensor_check_dtype_range(what, v, "V", options.dtype);
+    // Kernel 0 picks a tensor-core kernel exactly where kernel 2 runs (prepare): for bf16 and fp16
+    // with d = 64 or 128 and blocks of 64 or more.
+    const bool tensor_cores = options.kernel == 0 ? cuda_kernel_supports(2, options.dtype, q.shape.d, masks.block)
+                                                  : options.kernel >= 2;
+    attention_check_score_range(what, tensor_row_norms(q), tensor_row_norms(k), scale,
+                                tensor_cores ? ScoreEngine::cuda_tensor_cores : ScoreEngine::cuda);
 }
 
 Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
@@ -507,10 +550,7 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
                             const CudaAttentionOptions& options) {
     Impl& s = *impl_;
     s.prepared = false;
-    attention_check_shapes("cuda attention_forward", q.shape, k.shape, v.shape, masks, layer);
-    tensor_check_finite(q, "Q");
-    tensor_check_finite(k, "K");
-    tensor_check_finite(v, "V");
+    cuda_attention_check(q, k, v, masks, layer, options);
     const int64_t d = q.shape.d;
     if (q.shape.heads > 65535 || q.shape.batch > 65535 || q.shape.heads * ((q.shape.n + 63) / 64) > (int64_t{1} << 30)) {
         throw Error("cuda attention_forward: batch and heads must be at most 65535, heads * n / 64 at most 2^30 (got " +
@@ -551,18 +591,27 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
     s.dtype = options.dtype;
     s.block = masks.block;
     s.q_blocks = (q.shape.n + masks.block - 1) / masks.block;
-    const double scale = options.scale > 0 ? options.scale : attention_default_scale(d);
-    s.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+    // The kernels take the row max of Q K^T before the scale and mask with -inf, so they need
+    // scale > 0: a negative scale runs as |scale| with -K (scale q.k = |scale| q.(-k), exactly).
+    const double scale = attention_scale("cuda attention_forward", options.scale, d);
+    const bool negate_k = scale < 0;
+    s.scale_log2 = static_cast<float>(std::abs(scale) * 1.4426950408889634);
 
     const size_t elems = q.data.size();
     const size_t elem_bytes = options.dtype == CudaDtype::float32 ? 4 : 2;
     if (options.dtype == CudaDtype::float32) {
         s.q.upload(q.data);
-        s.k.upload(k.data);
+        if (negate_k) {
+            std::vector<float> minus_k(k.data.size());
+            std::transform(k.data.begin(), k.data.end(), minus_k.begin(), [](float x) { return -x; });
+            s.k.upload(minus_k);
+        } else {
+            s.k.upload(k.data);
+        }
         s.v.upload(v.data);
     } else {
         s.q.upload(tensor_to_16bit(q, options.dtype));
-        s.k.upload(tensor_to_16bit(k, options.dtype));
+        s.k.upload(tensor_to_16bit(k, options.dtype, negate_k));
         s.v.upload(tensor_to_16bit(v, options.dtype));
     }
     s.o.reserve(elems * elem_bytes);
@@ -598,6 +647,14 @@ AttentionOutput CudaAttention::download() {
         }
     }
     SPARSA_CUDA_CHECK(cudaMemcpy(out.lse.data.data(), s.lse.get(), out.lse.data.size() * 4, cudaMemcpyDeviceToHost));
+    // Inputs and scores were in range (prepare); what can still leave float32 is the sum of P V
+    // over a row's keys (up to the key count times max |V|), so O is checked, never returned as Inf.
+    for (size_t e = 0; e < elems; ++e) {
+        if (std::isfinite(out.o.data[e])) continue;
+        throw Error("cuda attention_forward: O at " + tensor_index_text(out.o.shape, e) +
+                    " is not finite: its sums of P V overflow float32 (V is near float32's limit; O is linear in V:"
+                    " scale V down, and O back up by the same factor)");
+    }
     return out;
 }
 

@@ -18,7 +18,7 @@ enum class CudaDtype { float32, bfloat16, float16 };
 const char* cuda_dtype_name(CudaDtype dtype);   // "float32", "bf16", "fp16"
 
 struct CudaAttentionOptions {
-    float scale = 0;                      // softmax scale; 0: 1 / sqrt(d)
+    float scale = 0;                      // softmax scale, any finite value; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;
     int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: for float32 1, for bf16 /
                                           // fp16 on compute capability 9.0 10 (wgmma), elsewhere a 128-query kernel
@@ -44,6 +44,16 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
 // 10 to 15 need; false without a GPU.
 bool cuda_device_has_wgmma();
 
+// The checks CudaAttention::prepare makes before anything reaches the GPU, callable without
+// one: what attention_forward checks of the call (shapes, layer, masks, a finite scale, finite
+// Q, K, V), every element within the dtype's range (fp16: |x| up to 65504; bf16: up to 3.39e38,
+// just under float32's 3.40e38; an element that would round to inf is named with its index,
+// value and the fix), and scores in the kernel's range (attention_check_score_range: kernel 1
+// up to FLT_MAX / 4, the tensor-core kernels 2 to 15, which kernel 0 picks for bf16 and fp16
+// at d = 64 or 128, up to 2^29; reference.hpp says why). O(size) on the host. Throws sparsa::Error.
+void cuda_attention_check(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                          const CudaAttentionOptions& options = {});
+
 // Rounds every element to `dtype` and back (what the GPU sees of a float32 tensor), so the CPU
 // engine can be run on the same inputs. x: any shape.
 Tensor tensor_round_to(const Tensor& x, CudaDtype dtype);
@@ -59,13 +69,15 @@ public:
     // Attention with one BlockMask per head, from layer `layer` of `masks` (head h uses mask
     // (layer, h)); q, k, v rounded to options.dtype. Rows with no allowed key give o = 0 and
     // lse = -inf. q, k, v: [batch, heads, n, d]; returns o [batch, heads, n, d] and lse
-    // [batch, heads, n, 1], in float32. Throws sparsa::Error for what attention_forward refuses,
-    // a kernel that does not run this dtype / d / block (saying which does), or a failed CUDA call.
+    // [batch, heads, n, 1], in float32. Throws sparsa::Error for what cuda_attention_check
+    // refuses, a kernel that does not run this dtype / d / block (saying which does), an O whose
+    // sums of P V overflowed float32 (V near float32's limit), or a failed CUDA call.
     AttentionOutput forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                             const CudaAttentionOptions& options = {});
 
-    // The same in three steps, for timing: prepare uploads the inputs and masks, run launches
-    // the kernel (asynchronously), download waits and copies o and lse back.
+    // The same in three steps, for timing: prepare checks (cuda_attention_check) and uploads the
+    // inputs and masks, run launches the kernel (asynchronously), download waits, copies o and
+    // lse back and checks that O is finite.
     void prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                  const CudaAttentionOptions& options = {});
     void run();

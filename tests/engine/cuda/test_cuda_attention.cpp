@@ -2,18 +2,21 @@
 // double reference): every kernel and dtype on random masks (n not divisible by the block, a
 // different mask per head, batch > 1), on masks loaded from .npz (every file in the folder
 // $SPARSA_CUDA_TEST_MASKS, e.g. the example patterns compiled at n = 1000; and, when dsl/ is
-// built, every examples/patterns/*.pat compiled here), empty rows, and bad calls.
+// built, every examples/patterns/*.pat compiled here, found under $SPARSA_SOURCE_DIR), empty
+// rows, bad calls, and inputs beyond the dtype's or float32's range (cuda_attention_check, whose
+// case runs without a GPU too).
 //
 // Tolerances, per (batch, head), the CPU engine run on the inputs rounded to the GPU's dtype:
 //   float32:     max |O - O_cpu| <= 1e-5 * max |O_cpu|;  |lse - lse_cpu| <= 1e-5 * max(1, |lse_cpu|)
 //   bf16, fp16:  the same with 2e-2 (P and O are rounded to the dtype on the GPU)
 //   lse is -inf exactly where the CPU's is, and every output element is finite: outputs are
 //   poisoned with NaN before each run, so an element no kernel wrote fails.
-// Without a GPU (CI) every case prints one line saying it skipped and why, and passes.
+// Without a GPU (CI) every case that needs one prints one line saying it skipped and why, and passes.
 #include "engine/cuda/attention_cuda.hpp"
 
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
+#include "engine/reference.hpp"
 #include "io/mask_io.hpp"
 #include "tests/engine/mask_testing.hpp"
 #ifdef SPARSA_HAVE_DSL
@@ -125,6 +128,17 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
             check_output(engine().forward(q, k, v, masks, layer, options), want, tolerance_of(dtype));
         }
     }
+}
+
+// examples/patterns of the source tree: under $SPARSA_SOURCE_DIR when set (bench/run_gpu.sh sets
+// it to the tree it runs in: a binary built on one machine runs on another, where the tree has
+// another path), else under the tree this binary was built from, else under the current folder.
+std::filesystem::path patterns_folder() {
+    const char* env = std::getenv("SPARSA_SOURCE_DIR");
+    if (env != nullptr && *env != '\0') return std::filesystem::path(env) / "examples" / "patterns";
+    const std::filesystem::path built = std::filesystem::path(SPARSA_SOURCE_DIR) / "examples" / "patterns";
+    if (std::filesystem::is_directory(built)) return built;
+    return std::filesystem::current_path() / "examples" / "patterns";
 }
 
 } // namespace
@@ -259,8 +273,11 @@ TEST_CASE("cuda: every .npz in $SPARSA_CUDA_TEST_MASKS (example patterns compile
 #ifdef SPARSA_HAVE_DSL
 TEST_CASE("cuda: every example pattern compiled at n = 1000", "[cuda][patterns]") {
     if (!gpu_ready("example patterns")) return;
+    const std::filesystem::path patterns = patterns_folder();
+    INFO("examples/patterns: " << patterns.string());
+    REQUIRE(std::filesystem::is_directory(patterns));
     uint64_t seed = 80;
-    for (const auto& e : std::filesystem::directory_iterator(std::string(SPARSA_SOURCE_DIR) + "/examples/patterns")) {
+    for (const auto& e : std::filesystem::directory_iterator(patterns)) {
         if (e.path().extension() != ".pat") continue;
         INFO(e.path().filename().string());
         const MaskSet masks = dsl::script_compile(*dsl::script_load(e.path().string()), {.n = 1000}).masks;
@@ -313,4 +330,138 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     options.split_steps = 0;
     const Tensor wrong = tensor_random({1, 2, 100, 64}, 3);
     CHECK_THROWS_AS(engine().forward(wrong, wrong, wrong, masks, 0, options), Error);
+}
+
+// [SECTION] inputs the GPU's dtypes or float32 cannot hold, and scales that are not numbers
+
+TEST_CASE("cuda_attention_check (no GPU needed): values beyond fp16 or bf16, scores beyond float32, a NaN scale", "[cuda][checks]") {
+    const MaskSet masks = set_of({testing::mask_random(100, 64, 1)});
+    const Tensor x = tensor_random({1, 1, 100, 64}, 1);
+    CudaAttentionOptions fp16;
+    fp16.dtype = CudaDtype::float16;
+    CHECK_NOTHROW(cuda_attention_check(x, x, x, masks, 0, fp16));
+    Tensor v = x;
+    v.at(0, 0, 3, 5) = 1e5f;   // the issue's case: finite in float32, inf in fp16
+    CHECK_THROWS_WITH(cuda_attention_check(x, x, v, masks, 0, fp16),
+                      Contains("cuda attention_forward: V[0, 0, 3, 5] = 100000 is beyond fp16's range (largest 65504)") &&
+                          Contains("would be inf on the GPU") && Contains("use dtype bf16") && Contains("or scale V down"));
+    v.at(0, 0, 3, 5) = 65519.0f;   // rounds down to 65504: taken
+    CHECK_NOTHROW(cuda_attention_check(x, x, v, masks, 0, fp16));
+    v.at(0, 0, 3, 5) = -65520.0f;   // rounds to -inf
+    CHECK_THROWS_WITH(cuda_attention_check(x, x, v, masks, 0, fp16), Contains("V[0, 0, 3, 5] = -65520 is beyond fp16's range"));
+    Tensor q = x;
+    q.at(0, 0, 0, 0) = 7e4f;
+    CHECK_THROWS_WITH(cuda_attention_check(q, x, x, masks, 0, fp16), Contains("Q[0, 0, 0, 0] = 70000 is beyond fp16's range"));
+    CudaAttentionOptions bf16;   // bf16 holds 1e5, and all of float32 but its last 0.2%
+    CHECK_NOTHROW(cuda_attention_check(x, x, v, masks, 0, bf16));
+    v.at(0, 0, 9, 1) = 3.4e38f;
+    CHECK_THROWS_WITH(cuda_attention_check(x, x, v, masks, 0, bf16),
+                      Contains("V[0, 0, 9, 1] = 3.4e+38 is beyond bf16's range") && Contains("scale V down, or use dtype float32"));
+    CudaAttentionOptions f32;
+    f32.dtype = CudaDtype::float32;
+    CHECK_NOTHROW(cuda_attention_check(x, x, v, masks, 0, f32));
+    // Q = K = 1e20: scores of 8e40
+    Tensor huge = tensor_zeros<float>(x.shape);
+    std::fill(huge.data.begin(), huge.data.end(), 1e20f);
+    for (const CudaAttentionOptions& options : {bf16, f32}) {
+        CHECK_THROWS_WITH(cuda_attention_check(huge, huge, x, masks, 0, options),
+                          Contains("cuda attention_forward: Q row [0, 0, 0] and K row [0, 0, 0] have norms 8e+20 and 8e+20") &&
+                              Contains("scores up to 8e+40 overflow float32") && Contains("scale Q or K down"));
+    }
+    // the kernels form Q K^T before the scale: with a small scale that product must fit too
+    Tensor big = tensor_zeros<float>(x.shape);
+    std::fill(big.data.begin(), big.data.end(), 3e18f);   // q.k = 64 * 9e36 = 5.8e38
+    CudaAttentionOptions small_scale = f32;
+    small_scale.scale = 1e-10f;
+    CHECK_THROWS_WITH(cuda_attention_check(big, big, x, masks, 0, small_scale),
+                      Contains("their dot products, up to") && Contains("overflow float32 before the scale"));
+    // kernel 0 in bf16 at d = 64, block 64 picks a tensor-core kernel: scores up to 2^29 (5.4e8)
+    std::fill(big.data.begin(), big.data.end(), 1e4f);   // scores 64 * 1e8 / 8 = 8e8
+    CHECK_THROWS_WITH(cuda_attention_check(big, big, x, masks, 0, bf16),
+                      Contains("scores up to 8e+08 are beyond the 5.36871e+08 that the tensor-core kernels (2 to 15) take") &&
+                          Contains("or use kernel 1"));
+    CudaAttentionOptions kernel1 = bf16;
+    kernel1.kernel = 1;
+    CHECK_NOTHROW(cuda_attention_check(big, big, x, masks, 0, kernel1));
+    CHECK_NOTHROW(cuda_attention_check(big, big, x, masks, 0, f32));   // kernel 0 in float32 is kernel 1
+    for (float bad : {NAN, INFINITY}) {
+        CudaAttentionOptions options;
+        options.scale = bad;
+        CHECK_THROWS_WITH(cuda_attention_check(x, x, x, masks, 0, options),
+                          Contains("cuda attention_forward: scale is") && Contains("give a finite softmax scale"));
+    }
+}
+
+TEST_CASE("cuda: the checks run before the upload; a negative scale and scores near float32's limit match the CPU engine", "[cuda][small]") {
+    if (!gpu_ready("range checks")) return;
+    const MaskSet masks = set_of({testing::mask_random(300, 64, 3), testing::mask_random(300, 64, 4)});
+    const TensorShape shape{1, 2, 300, 64};
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    CudaAttentionOptions options;
+    options.dtype = CudaDtype::float16;
+    Tensor v_big = v;
+    v_big.at(0, 1, 17, 9) = 1e5f;   // the issue: fp16 makes it inf; refused, naming it
+    CHECK_THROWS_WITH(engine().forward(q, k, v_big, masks, 0, options), Contains("V[0, 1, 17, 9] = 100000 is beyond fp16's range"));
+    options.scale = NAN;
+    CHECK_THROWS_WITH(engine().forward(q, k, v, masks, 0, options), Contains("scale is nan"));
+    // A negative scale (the kernels run |scale| with -K); Q = K scaled so that the scores reach
+    // half of a kernel's limit (the softmax is one-hot) or twice the tensor cores' limit.
+    const TensorD norms = tensor_row_norms(q);
+    const double q_max = *std::max_element(norms.data.begin(), norms.data.end());
+    auto scaled = [&](double norm_squared) {   // q with max |q_i|^2 = norm_squared
+        Tensor x = q;
+        for (float& e : x.data) e = static_cast<float>(e * std::sqrt(norm_squared) / q_max);
+        return x;
+    };
+    const double scale = attention_default_scale(64);
+    const Tensor near_k1 = scaled(0.5 * kMaxScore), near_tc = scaled(0.5 * kMaxTensorCoreScore / scale),
+                 over_tc = scaled(2 * kMaxTensorCoreScore / scale);
+    for (CudaDtype dtype : {CudaDtype::float32, CudaDtype::bfloat16, CudaDtype::float16}) {
+        const Tensor vr = tensor_round_to(v, dtype);
+        auto cpu = [&](const Tensor& x, const Tensor& y, float s) {
+            AttentionOptions o;
+            o.scale = s;
+            return attention_forward(tensor_round_to(x, dtype), tensor_round_to(y, dtype), vr, masks, 0, o);
+        };
+        const AttentionOutput want_negative = cpu(q, k, -0.2f), want_tc = cpu(near_tc, near_tc, 0);
+        const bool k1_fits = dtype != CudaDtype::float16;   // fp16 cannot hold near_k1 or over_tc
+        AttentionOutput want_k1, want_over;
+        if (k1_fits) {
+            want_k1 = cpu(near_k1, near_k1, 0);
+            want_over = cpu(over_tc, over_tc, 0);
+        }
+        for (int kernel = 1; kernel <= cuda_kernel_count(); ++kernel) {
+            if (!cuda_kernel_supports(kernel, dtype, 64, masks.block)) continue;
+            CudaAttentionOptions run;
+            run.dtype = dtype;
+            run.kernel = kernel;
+            run.scale = -0.2f;
+            INFO("kernel " << kernel << ", " << cuda_dtype_name(dtype));
+            {
+                INFO("scale -0.2");
+                check_output(engine().forward(q, k, v, masks, 0, run), want_negative, tolerance_of(dtype));
+            }
+            run.scale = 0;
+            {
+                INFO("scores up to 2^28");
+                check_output(engine().forward(near_tc, near_tc, v, masks, 0, run), want_tc, tolerance_of(dtype));
+            }
+            if (kernel == 1 && k1_fits) {
+                INFO("scores up to FLT_MAX / 8, and 2^30");
+                check_output(engine().forward(near_k1, near_k1, v, masks, 0, run), want_k1, tolerance_of(dtype));
+                check_output(engine().forward(over_tc, over_tc, v, masks, 0, run), want_over, tolerance_of(dtype));
+            } else if (kernel >= 2 && k1_fits) {
+                CHECK_THROWS_WITH(engine().forward(over_tc, over_tc, v, masks, 0, run),
+                                  Contains("that the tensor-core kernels (2 to 15) take") && Contains("use kernel 1"));
+            }
+        }
+    }
+    // V near FLT_MAX in float32: sum P V leaves float32 on the GPU; refused, not returned as Inf
+    Tensor zero = tensor_zeros<float>(shape), v_max = tensor_zeros<float>(shape);
+    std::fill(v_max.data.begin(), v_max.data.end(), 3e38f);
+    CudaAttentionOptions f32;
+    f32.dtype = CudaDtype::float32;
+    f32.kernel = 1;
+    CHECK_THROWS_WITH(engine().forward(zero, zero, v_max, masks, 0, f32),
+                      Contains("cuda attention_forward: O at [0, 0, ") && Contains("overflow float32") && Contains("scale V down"));
 }
