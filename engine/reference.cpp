@@ -275,8 +275,6 @@ int attention_threads(const std::string& what, int threads) {
     return threads > 0 ? threads : thread_count();
 }
 
-
-
 void attention_check_score_range(const std::string& what, const TensorD& q_norms, const TensorD& k_norms, double scale,
                                  ScoreEngine engine) {
     const TensorShape s = q_norms.shape;
@@ -292,15 +290,17 @@ void attention_check_score_range(const std::string& what, const TensorD& q_norms
             const double* kn = k_norms.row(b, h, 0);
             const int64_t qi = std::max_element(qn, qn + s.n) - qn, kj = std::max_element(kn, kn + s.n) - kn;
             const double q = qn[qi], k = kn[kj], bound = abs_scale * q * k;
-            const std::string rows = row_text("Q", b, h, qi) + " and " + row_text("K", b, h, kj) + " have norms " +
-                                     number_text(q) + " and " + number_text(k);
+            auto rows = [&] {
+                return row_text("Q", b, h, qi) + " and " + row_text("K", b, h, kj) + " have norms " + number_text(q) +
+                       " and " + number_text(k);
+            };
             if (bound > kMaxScore) {
-                throw Error(what + ": " + rows + ": with scale " + number_text(scale) + ", scores up to " +
+                throw Error(what + ": " + rows() + ": with scale " + number_text(scale) + ", scores up to " +
                             number_text(bound) + " overflow float32 (the engines take scores up to " +
                             number_text(kMaxScore) + ": scale Q or K down, or lower `scale`)");
             }
             if (engine == ScoreEngine::cuda_tensor_cores && bound > kMaxTensorCoreScore) {
-                throw Error(what + ": " + rows + ": with scale " + number_text(scale) + ", scores up to " +
+                throw Error(what + ": " + rows() + ": with scale " + number_text(scale) + ", scores up to " +
                             number_text(bound) + " are beyond the " + number_text(kMaxTensorCoreScore) +
                             " that the tensor-core kernels (2 to 15) take (scale Q or K down, lower `scale`, or use "
                             "kernel 1, which takes scores up to " + number_text(kMaxScore) + ")");
@@ -311,7 +311,7 @@ void attention_check_score_range(const std::string& what, const TensorD& q_norms
                             "K up, or lower `scale`)");
             }
             if (engine != ScoreEngine::cpu && q * k > kMaxScore) {
-                throw Error(what + ": " + rows + ": their dot products, up to " + number_text(q * k) +
+                throw Error(what + ": " + rows() + ": their dot products, up to " + number_text(q * k) +
                             ", overflow float32 before the scale " + number_text(scale) +
                             " is applied (scale Q or K down and raise `scale` to match)");
             }
