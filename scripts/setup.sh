@@ -2,6 +2,8 @@
 # Installs the Debian packages sparsa needs when they are missing, then configures and builds.
 #   scripts/setup.sh [--tests] [BUILD_DIR] [-- extra cmake args]
 # --tests also installs what the tests need (clang's fuzzing runtime, numpy).
+# The build targets this machine's CPU (-march=native); for binaries carried to another machine:
+#   scripts/setup.sh build-portable -- -DSPARSA_NATIVE=OFF
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
