@@ -3,12 +3,14 @@
 
 #include "io/atomic_file.hpp"
 
-#include <alloca.h>
+#include <algorithm>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 
+#include <alloca.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -60,6 +62,22 @@ uintptr_t stack_top() {
     return top;
 }
 
+// Address space left under RLIMIT_AS (VmSize from /proc/self/status); SIZE_MAX when unlimited.
+size_t address_space_left() {
+    struct rlimit limit {};
+    if (::getrlimit(RLIMIT_AS, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return SIZE_MAX;
+    std::FILE* status = std::fopen("/proc/self/status", "r");
+    if (status == nullptr) return 0;
+    char line[256];
+    unsigned long long used_kb = 0;
+    while (std::fgets(line, sizeof line, status) != nullptr) {
+        if (std::sscanf(line, "VmSize: %llu kB", &used_kb) == 1) break;
+    }
+    std::fclose(status);
+    const unsigned long long used = used_kb * 1024;
+    return used < limit.rlim_cur ? static_cast<size_t>(limit.rlim_cur - used) : 0;
+}
+
 [[gnu::noinline]] void stack_touch(size_t bytes) {
     auto* lowest = static_cast<volatile char*>(alloca(bytes));
     lowest[0] = 0;  // the kernel extends the stack's mapping down to here, once
@@ -83,7 +101,9 @@ void stack_guard_install(const char* command, size_t reserve) {
     sigemptyset(&action.sa_mask);
     action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESETHAND;
     ::sigaction(SIGSEGV, &action, nullptr);
-    if (g_stack_top != 0 && reserve > 0 && reserve + (uintptr_t{512} << 10) < g_stack_limit) stack_touch(reserve);
+    // Never more than half of what the address space has left: the heap needs the rest.
+    reserve = std::min(reserve, address_space_left() / 2);
+    if (g_stack_top != 0 && reserve >= 4096 && reserve + (uintptr_t{512} << 10) < g_stack_limit) stack_touch(reserve);
 }
 
 } // namespace sparsa::cli

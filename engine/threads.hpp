@@ -12,8 +12,9 @@ int thread_count();
 
 // Runs body(begin, end) over [0, count) split into contiguous chunks on up to `threads` threads
 // (0: thread_count()). The first exception thrown by any chunk is rethrown after all finish.
-// When threads cannot be started (a memory limit), the calling thread runs their chunks: fewer
-// threads, the same chunks and the same results.
+// The calling thread runs chunks too. Under a memory limit (ulimit -v) fewer threads start, as
+// many as have their stacks in a quarter of the address space left, and a thread that cannot
+// start is not an error: the chunks are the same, and so are the results.
 void parallel_for(int64_t count, int threads, const std::function<void(int64_t, int64_t)>& body);
 
 } // namespace sparsa

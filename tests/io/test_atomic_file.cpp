@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,45 +94,57 @@ TEST_CASE("a replaced file keeps its permissions", "[atomic]") {
     CHECK(text_of(dir.file("private.bin")) == "new");
 }
 
-TEST_CASE("/dev/null and /dev/full are written directly, never replaced", "[atomic]") {
+// Device nodes of our own, in a temporary folder, with the numbers of /dev/null, /dev/full and of
+// a loop device: if AtomicFile ever replaced a device again, it would replace these, never the
+// system's. Making them needs root (CAP_MKNOD); elsewhere the cases say so and pass.
+class DeviceNodes {
+public:
+    bool make(const std::string& name, mode_t kind, unsigned major, unsigned minor) {
+        return ::mknod(dir.file(name).c_str(), kind | 0666, makedev(major, minor)) == 0;
+    }
+    TempDir dir;
+};
+
+TEST_CASE("a null and a full device are written directly, never replaced", "[atomic]") {
+    DeviceNodes dev;
+    if (!dev.make("null", S_IFCHR, 1, 3) || !dev.make("full", S_IFCHR, 1, 7)) {
+        WARN("cannot make device nodes here (not root?): devices are not exercised");
+        return;
+    }
+    const std::string null = dev.dir.file("null"), full = dev.dir.file("full");
     {
-        AtomicFile f("/dev/null");
+        AtomicFile f(null);
         CHECK(f.direct());
         CHECK(f.temp_path().empty());
         f.write("discarded", 9);
         f.write_at(0, "D", 1);
         f.commit();
     }
-    CHECK(kind_of("/dev/null") == S_IFCHR);
+    CHECK(kind_of(null) == S_IFCHR);
     {
-        AtomicFile f("/dev/full");
+        AtomicFile f(full);
         CHECK(f.direct());
         f.write("x", 1);  // buffered: the device says no at the flush
-        CHECK_THROWS_WITH(f.commit(), "cannot write '/dev/full': No space left on device (is the disk full?)");
+        CHECK_THROWS_WITH(f.commit(), "cannot write '" + full + "': No space left on device (is the disk full?)");
     }
-    CHECK(kind_of("/dev/full") == S_IFCHR);
+    CHECK(kind_of(full) == S_IFCHR);
     // A link to a device is followed to it.
-    TempDir dir;
-    fs::create_symlink("/dev/null", dir.file("sink"));
-    put(dir.file("sink"), "x");
-    CHECK(kind_of(dir.file("sink")) == S_IFLNK);
-    CHECK(kind_of("/dev/null") == S_IFCHR);
+    fs::create_symlink(null, dev.dir.file("sink"));
+    put(dev.dir.file("sink"), "x");
+    CHECK(kind_of(dev.dir.file("sink")) == S_IFLNK);
+    CHECK(kind_of(null) == S_IFCHR);
+    CHECK(dev.dir.entries() == std::vector<std::string>{"full", "null", "sink"});
 }
 
 TEST_CASE("a block device is refused before it is opened", "[atomic]") {
-    std::string disk;
-    for (const auto& e : fs::directory_iterator("/dev")) {
-        std::error_code ec;
-        if (fs::is_block_file(e.symlink_status(ec))) {
-            disk = e.path().string();
-            break;
-        }
-    }
-    if (disk.empty()) {
-        WARN("no block device in /dev: the refusal is not exercised here");
+    DeviceNodes dev;
+    if (!dev.make("disk", S_IFBLK, 7, 255)) {  // loop255: not attached, so nothing could be written anyway
+        WARN("cannot make device nodes here (not root?): the refusal is not exercised");
         return;
     }
-    CHECK_THROWS_WITH(AtomicFile(disk), Contains("is a block device (a disk), not a file"));
+    CHECK_THROWS_WITH(AtomicFile(dev.dir.file("disk")), Contains("is a block device (a disk), not a file"));
+    CHECK(kind_of(dev.dir.file("disk")) == S_IFBLK);
+    CHECK(dev.dir.entries() == std::vector<std::string>{"disk"});
 }
 
 TEST_CASE("a FIFO and a pipe's descriptor get the bytes, header patches included", "[atomic]") {
