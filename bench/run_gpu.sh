@@ -63,7 +63,7 @@ make_masks() {
 # [SECTION] steps on the GPU machine
 step_build() {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSA_ENGINE_ONLY=ON \
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSA_ENGINE_ONLY=ON -DSPARSA_NATIVE=OFF \
         -DCMAKE_PREFIX_PATH="$ROOT/.deps" >"$LOGS/cmake.log" 2>&1 || { tail -30 "$LOGS/cmake.log"; exit 1; }
     ninja -C "$BUILD" test_cuda_attention bench_cuda >"$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log"; exit 1; }
     echo "build: ok"
