@@ -2,18 +2,19 @@
 #include "dsl/diagnostics.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 
 namespace sparsa::dsl {
 
 namespace {
 
-bool is_continuation_byte(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
-
-// Characters (UTF-8 code points) in text[begin, end).
+// Characters in text[begin, end): UTF-8 code points, and each byte that is not UTF-8.
 int count_chars(std::string_view text, size_t begin, size_t end) {
     int count = 0;
-    for (size_t i = begin; i < end && i < text.size(); ++i) count += is_continuation_byte(text[i]) ? 0 : 1;
+    for (size_t i = begin; i < end && i < text.size(); ++count) {
+        i += static_cast<size_t>(std::max(utf8_decode(text, i).second, 1));
+    }
     return count;
 }
 
@@ -42,12 +43,72 @@ int Diagnostic::column() const {
     return 1 + count_chars(source->text, line_start(source->text, at), at);
 }
 
+std::pair<uint32_t, int> utf8_decode(std::string_view text, size_t at) {
+    const auto byte = [&](size_t i) -> uint32_t { return i < text.size() ? static_cast<unsigned char>(text[i]) : 0u; };
+    const uint32_t lead = byte(at);
+    if (lead < 0x80) return {lead, 1};
+    const int length = lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3 : lead >= 0xF0 && lead <= 0xF4 ? 4 : 0;
+    if (length == 0) return {lead, 0};
+    uint32_t code = lead & (0x7Fu >> length);
+    for (int i = 1; i < length; ++i) {
+        if ((byte(at + static_cast<size_t>(i)) & 0xC0) != 0x80) return {lead, 0};
+        code = (code << 6) | (byte(at + static_cast<size_t>(i)) & 0x3F);
+    }
+    const uint32_t smallest = length == 2 ? 0x80 : length == 3 ? 0x800 : 0x10000;
+    if (code < smallest || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return {lead, 0};
+    return {code, length};
+}
+
+namespace {
+
+// How a byte of a quoted line or a message is printed when it is not part of a UTF-8 character:
+// control characters (but tab) and stray bytes as escapes, so a NUL cannot cut the text short
+// and no byte can drive the terminal.
+std::string visible(unsigned char c) {
+    if (c == 0) return "\\0";
+    if ((c < 0x20 && c != '\t') || c >= 0x7F) {
+        char escape[8];
+        std::snprintf(escape, sizeof escape, "\\x%02X", c);
+        return escape;
+    }
+    return std::string(1, static_cast<char>(c));
+}
+
+std::string visible_text(std::string_view text) {
+    std::string out;
+    for (size_t i = 0; i < text.size();) {
+        const int length = utf8_decode(text, i).second;
+        if (length > 1) {
+            out += text.substr(i, static_cast<size_t>(length));
+            i += static_cast<size_t>(length);
+        } else {
+            out += text[i] == '\n' ? std::string("\n") : visible(static_cast<unsigned char>(text[i]));
+            ++i;
+        }
+    }
+    return out;
+}
+
+// One character of the quoted line: its bytes [begin, end) in the source, as printed, and the
+// columns it takes (a UTF-8 sequence prints as one).
+struct Shown {
+    size_t begin, end;
+    std::string text;
+    int width;
+};
+
+// Quoted lines longer than this many columns show only the part around the caret.
+constexpr int kMaxQuotedColumns = 120;
+
+} // namespace
+
 std::string diagnostic_format(const Diagnostic& d) {
     std::string out;
     const char* kind = d.severity == Severity::error ? "error" : "warning";
+    const std::string message = visible_text(d.message), hint = visible_text(d.hint);
     if (!d.source) {
-        out = std::string(kind) + ": " + d.message + "\n";
-        if (!d.hint.empty()) out += "  " + d.hint + "\n";
+        out = std::string(kind) + ": " + message + "\n";
+        if (!hint.empty()) out += "  " + hint + "\n";
         return out;
     }
     std::string_view text = d.source->text;
@@ -55,23 +116,53 @@ std::string diagnostic_format(const Diagnostic& d) {
     size_t start = line_start(text, at);
     size_t stop = text.find('\n', start);
     if (stop == std::string_view::npos) stop = text.size();
-    std::string_view line = text.substr(start, stop - start);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (stop > start && text[stop - 1] == '\r') --stop;
+    at = std::min(at, stop);
+    const size_t end = std::clamp(clamp_offset(d, d.end), at, stop);
 
-    out = d.source->name + ":" + std::to_string(d.line()) + ":" + std::to_string(d.column()) + ": " +
-          kind + ": " + d.message + "\n";
-    out += "  " + std::string(line) + "\n";
-    // The caret line copies tabs from the quoted line so the caret stays aligned.
-    std::string caret = "  ";
-    for (size_t i = start; i < at; ++i) {
-        if (is_continuation_byte(text[i])) continue;
-        caret += text[i] == '\t' ? '\t' : ' ';
+    // The line as characters; the caret goes under those of [at, end) (at least one column).
+    std::vector<Shown> line;
+    for (size_t i = start; i < stop;) {
+        const int length = utf8_decode(text.substr(0, stop), i).second;
+        const size_t next = i + static_cast<size_t>(std::max(length, 1));
+        std::string shown = length > 1 ? std::string(text.substr(i, next - i)) : visible(static_cast<unsigned char>(text[i]));
+        const int width = length > 1 || text[i] == '\t' ? 1 : static_cast<int>(shown.size());
+        line.push_back({i, next, std::move(shown), width});
+        i = next;
     }
-    size_t end = std::clamp(clamp_offset(d, d.end), at, start + line.size());
-    int width = std::max(1, count_chars(text, at, end));
-    caret += "^" + std::string(static_cast<size_t>(width - 1), '~');
-    out += caret + "\n";
-    if (!d.hint.empty()) out += "  " + d.hint + "\n";
+    // A long line is cut to the columns around the caret's start, marked with "...".
+    size_t first = 0, last = line.size();
+    const auto caret_at = static_cast<size_t>(
+        std::lower_bound(line.begin(), line.end(), at, [](const Shown& c, size_t b) { return c.end <= b; }) - line.begin());
+    int columns = 0;
+    for (const auto& c : line) columns += c.width;
+    if (columns > kMaxQuotedColumns) {
+        first = caret_at > kMaxQuotedColumns / 3 ? caret_at - kMaxQuotedColumns / 3 : 0;
+        int used = 0;
+        last = first;
+        while (last < line.size() && used + line[last].width <= kMaxQuotedColumns) used += line[last++].width;
+    }
+    std::string quoted = first > 0 ? "..." : "", caret = first > 0 ? "   " : "";
+    bool underlined = false;
+    for (size_t i = first; i < last; ++i) {
+        const Shown& c = line[i];
+        quoted += c.text;
+        const bool under = c.begin < end ? c.end > at : c.begin == at;
+        if (under) {
+            caret += (underlined ? "~" : "^") + std::string(static_cast<size_t>(c.width - 1), '~');
+            underlined = true;
+        } else if (!underlined) {
+            caret += c.text == "\t" ? std::string("\t") : std::string(static_cast<size_t>(c.width), ' ');
+        }
+    }
+    if (last < line.size()) quoted += "...";
+    if (!underlined) caret += "^";  // at the end of the line (or past the part shown)
+
+    out = d.source->name + ":" + std::to_string(d.line()) + ":" + std::to_string(d.column()) + ": " + kind + ": " +
+          message + "\n";
+    out += "  " + quoted + "\n";
+    out += "  " + caret + "\n";
+    if (!hint.empty()) out += "  " + hint + "\n";
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sparsa::dsl {
@@ -55,6 +56,10 @@ private:
 // Builds a diagnostic pointing at [begin, end) of source.
 Diagnostic diagnostic_at(Severity severity, SourcePtr source, int32_t begin, int32_t end,
                          std::string message, std::string hint = {});
+
+// The code point that starts at text[at] and its length in bytes (1 for ASCII); length 0 when
+// the bytes there are not UTF-8 (a stray continuation byte, a cut or overlong sequence).
+std::pair<uint32_t, int> utf8_decode(std::string_view text, size_t at);
 
 // The candidate closest to `word` by edit distance, if it is close enough to be a likely typo
 // (distance <= 2, and less than the word's length); "" otherwise.

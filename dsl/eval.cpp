@@ -5,6 +5,7 @@
 #include "dsl/eval.hpp"
 
 #include "dsl/builtins.hpp"
+#include "dsl/stack_guard.hpp"
 #include "io/mask_io.hpp"
 
 #include <algorithm>
@@ -200,24 +201,48 @@ Value Evaluator::eval_operand(const ast::Operand& operand, const Frame& frame) {
     return boost::apply_visitor(Visitor{*this, frame}, operand);
 }
 
-Value Evaluator::eval_expr(const ast::Expr& expr, const Frame& frame) {
-    step(frame, expr);
-    if (expr.rest.empty()) return eval_operand(expr.first, frame);
-    // Power chains are right-associative: a ^ b ^ c = a ^ (b ^ c).
-    if (expr.rest.front().op == '^') {
-        std::vector<Value> values{eval_operand(expr.first, frame)};
-        for (const auto& op : expr.rest) values.push_back(eval_operand(op.rhs, frame));
-        Value acc = values.back();
-        for (size_t i = values.size() - 1; i-- > 0;) {
-            acc = apply('^', values[i], acc, expr.rest[i], frame);
-        }
-        return acc;
+// Every level of nesting and every call of a definition passes through here: the one place
+// that stops before this thread's stack runs out (see stack_guard.hpp). Its frame is kept
+// small (the work is in eval_chain), since a chain of defs pays for it once per call.
+Value Evaluator::eval_expr(const ast::Expr& whole, const Frame& frame) {
+    // The grammar wraps an operand in one Expr per precedence level (`f(x)` is five deep);
+    // those without an operator are stepped through here, not recursed into.
+    const ast::Expr* expr = &whole;
+    step(frame, *expr);
+    while (expr->rest.empty()) {
+        const auto* inner = boost::get<ast::x3::forward_ast<ast::Expr>>(&expr->first);
+        if (inner == nullptr) break;
+        expr = &inner->get();
+        step(frame, *expr);
     }
+    if (stack_nearly_exhausted()) {
+        fail(frame.source, expr->begin, expr->end,
+             "this expression is evaluated too deeply nested for the stack of this thread",
+             "split the expression with let, or shorten the chain of definitions that call each other");
+    }
+    if (expr->rest.empty()) return eval_operand(expr->first, frame);
+    return eval_chain(*expr, frame);
+}
+
+// first op1 rhs1 op2 rhs2 ... from left to right; power chains from the right.
+[[gnu::noinline]] Value Evaluator::eval_chain(const ast::Expr& expr, const Frame& frame) {
+    if (expr.rest.front().op == '^') return eval_power(expr, frame);
     Value acc = eval_operand(expr.first, frame);
     for (const auto& op : expr.rest) {
         Value rhs = eval_operand(op.rhs, frame);
         ast::Span span{expr.begin, op.end};
         acc = apply(op.op, std::move(acc), std::move(rhs), span, frame);
+    }
+    return acc;
+}
+
+// Power chains are right-associative: a ^ b ^ c = a ^ (b ^ c).
+[[gnu::noinline]] Value Evaluator::eval_power(const ast::Expr& expr, const Frame& frame) {
+    std::vector<Value> values{eval_operand(expr.first, frame)};
+    for (const auto& op : expr.rest) values.push_back(eval_operand(op.rhs, frame));
+    Value acc = values.back();
+    for (size_t i = values.size() - 1; i-- > 0;) {
+        acc = apply('^', std::move(values[i]), std::move(acc), expr.rest[i], frame);
     }
     return acc;
 }
@@ -254,16 +279,61 @@ Value Evaluator::eval_name(const ast::Name& name, const Frame& frame) {
             fail(frame.source, name.begin, name.end, "'" + id + "' is a function: call it as " + id + "(...)");
         }
         if (auto it = lets_.find(def); it != lets_.end()) return it->second;
-        Frame inner{def->module, def->visible, nullptr, def->source};
-        Value v = eval_expr(def->let->value, inner);
-        lets_.emplace(def, v);
-        return v;
+        return eval_let(*def);
     }
     if (id == "dense") return make_pattern(pattern_dense());
     if (id == "empty") return make_pattern(pattern_empty());
     if (id == "causal") return make_pattern(pattern_causal());
     // The checker rejects every other name before evaluation; keep a clear message regardless.
     fail(frame.source, name.begin, name.end, "unknown name '" + id + "'");
+}
+
+// The value of a let not evaluated yet. The uncached lets its body reads, and theirs, are
+// evaluated first, in definition order (a let reads only earlier definitions), so each finds
+// the ones it reads cached: a chain of thousands of lets, each reading the one before, never
+// nests. (Lets read inside a def's body are found when that body runs.)
+Value Evaluator::eval_let(const Definition& let) {
+    std::vector<const Definition*> needed{&let};
+    std::set<const Definition*> seen{&let};
+    std::vector<const ast::Operand*> operands;  // of the body being walked, an explicit stack
+    for (size_t i = 0; i < needed.size(); ++i) {
+        const Definition& def = *needed[i];
+        operands.clear();
+        auto push_expr = [&](const ast::Expr& e) {
+            operands.push_back(&e.first);
+            for (const auto& op : e.rest) operands.push_back(&op.rhs);
+        };
+        push_expr(def.let->value);
+        while (!operands.empty()) {
+            const ast::Operand& operand = *operands.back();
+            operands.pop_back();
+            if (const auto* name = boost::get<ast::Name>(&operand)) {
+                const Definition* read = module_lookup(*def.module, def.visible, name->text);
+                if (read != nullptr && read->let != nullptr && !lets_.count(read) && seen.insert(read).second) {
+                    needed.push_back(read);
+                }
+            } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&operand)) {
+                for (const auto& arg : call->get().args) {
+                    if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) push_expr(kw->value);
+                    else push_expr(boost::get<ast::Expr>(arg));
+                }
+            } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&operand)) {
+                for (const auto& member : set->get().members) push_expr(member);
+            } else if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&operand)) {
+                operands.push_back(&unary->get().operand);
+            } else if (const auto* group = boost::get<ast::x3::forward_ast<ast::Expr>>(&operand)) {
+                push_expr(group->get());
+            }
+        }
+    }
+    std::sort(needed.begin(), needed.end(),
+              [](const Definition* a, const Definition* b) { return a->order < b->order; });
+    for (const Definition* def : needed) {
+        Frame inner{def->module, def->visible, nullptr, def->source};
+        Value v = eval_expr(def->let->value, inner);
+        lets_.emplace(def, std::move(v));
+    }
+    return lets_.at(&let);
 }
 
 // [SECTION] Operators
@@ -294,13 +364,16 @@ PatternPtr Evaluator::checked_pattern(PatternPtr p, const ast::Span& span, const
     if (size > kMaxPatternParts) {
         fail(frame.source, span.begin, span.end,
              "this pattern has more than " + std::to_string(kMaxPatternParts) + " parts",
-             "a definition used many times inside itself multiplies its size; simplify it");
+             "long chains of operators, and definitions used many times inside others (each use "
+             "counts), make it large; simplify it");
     }
     sizes_[p.get()] = size;
     return p;
 }
 
-Value Evaluator::apply(char op, Value lhs, Value rhs, const ast::Span& span, const Frame& frame) {
+// lhs and rhs are the caller's, taken by reference (not copied into the frame of eval_chain,
+// which every level of nesting pays for) and left in an unspecified state.
+Value Evaluator::apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span, const Frame& frame) {
     step(frame, span);
     auto type_error = [&](const std::string& what, const std::string& hint = {}) -> Value {
         fail(frame.source, span.begin, span.end,
@@ -430,6 +503,15 @@ Value Evaluator::eval_call(const ast::Call& call, const Frame& frame) {
 }
 
 Value Evaluator::eval_user_call(const ast::Call& call, const Definition& def, const Frame& frame) {
+    struct Depth {
+        int& calls;
+        ~Depth() { --calls; }
+    } depth{++calls_};
+    if (calls_ > kMaxCallDepth) {
+        fail(frame.source, call.begin, call.end,
+             "definitions call each other more than " + std::to_string(kMaxCallDepth) + " levels deep here",
+             "a chain of defs each calling the one before: join some of them into one def");
+    }
     const auto& params = def.def->params;
     std::vector<std::pair<std::string, Value>> locals;
     std::vector<bool> given(params.size(), false);

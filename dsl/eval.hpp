@@ -30,6 +30,7 @@ struct Definition {
     const Module* module = nullptr;
     size_t visible = 0;
     SourcePtr source;
+    size_t order = 0;  // index in Script::definitions: a definition reads only earlier ones
 };
 
 // One script file's names in order: the prelude's, then its imports' and its own.
@@ -117,12 +118,15 @@ public:
 private:
     struct Frame;
     Value eval_expr(const ast::Expr& expr, const Frame& frame);
+    Value eval_chain(const ast::Expr& expr, const Frame& frame);
+    Value eval_power(const ast::Expr& expr, const Frame& frame);
+    Value eval_let(const Definition& let);
     Value eval_operand(const ast::Operand& operand, const Frame& frame);
     Value eval_name(const ast::Name& name, const Frame& frame);
     Value eval_call(const ast::Call& call, const Frame& frame);
     Value eval_builtin(const ast::Call& call, const Frame& frame);
     Value eval_user_call(const ast::Call& call, const Definition& def, const Frame& frame);
-    Value apply(char op, Value lhs, Value rhs, const ast::Span& span, const Frame& frame);
+    Value apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span, const Frame& frame);
     Value as_set(Value v, const ast::Span& span, const Frame& frame);
     PatternPtr checked_pattern(PatternPtr p, const ast::Span& span, const Frame& frame);
     void warn(const Frame& frame, int32_t begin, int32_t end, std::string message,
@@ -137,11 +141,16 @@ private:
     std::map<std::string, std::shared_ptr<const MaskSet>> loaded_;
     std::map<const Pattern*, int64_t> sizes_;
     int64_t steps_ = 0;
+    int calls_ = 0;  // definitions being called, nested
 };
 
 // Pattern parts a script may build (counting shared parts each time they are used).
 constexpr int64_t kMaxPatternParts = 10000;
 // Evaluation steps one evaluator may take.
 constexpr int64_t kMaxEvalSteps = 20'000'000;
+// Calls of definitions may nest this deep (a def calling a def ...): each level takes about
+// 2 KiB of stack, so the deepest chain fits 8 MiB with room to spare. Thinner stacks stop
+// earlier, with a diagnostic (stack_guard.hpp).
+constexpr int kMaxCallDepth = 2500;
 
 } // namespace sparsa::dsl

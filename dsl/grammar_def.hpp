@@ -8,6 +8,7 @@
 
 #include "dsl/ast.hpp"
 #include "dsl/grammar.hpp"
+#include "dsl/stack_guard.hpp"
 
 #include <boost/spirit/home/x3.hpp>
 
@@ -57,8 +58,9 @@ struct annotate_span {
     }
 };
 
-// depth_guard[p]: parses p, failing with "shallower nesting" past kMaxNesting levels, so a
-// hostile script cannot exhaust the stack.
+// depth_guard[p]: parses p, failing with "shallower nesting" past kMaxNesting levels (each
+// level takes a few KiB of stack in X3's recursive descent), or with "shallower nesting for the
+// stack" when this thread's stack is nearly used up, so a hostile script cannot exhaust it.
 template <typename Subject>
 struct depth_guard_directive : x3::unary_parser<Subject, depth_guard_directive<Subject>> {
     using base_type = x3::unary_parser<Subject, depth_guard_directive<Subject>>;
@@ -72,6 +74,9 @@ struct depth_guard_directive : x3::unary_parser<Subject, depth_guard_directive<S
         int& depth = *x3::get<depth_tag>(context);
         if (depth >= kMaxNesting) {
             throw x3::expectation_failure<Iterator>(first, "shallower nesting");
+        }
+        if (stack_nearly_exhausted()) {
+            throw x3::expectation_failure<Iterator>(first, "shallower nesting for the stack");
         }
         struct Leave {
             int& depth;

@@ -168,9 +168,29 @@ PatternPtr pattern_complement(PatternPtr a) {
     return make_node(PatternKind::complement, {std::move(a)});
 }
 
+// A chain thousands of patterns deep is released with a loop: the default destructor would
+// recurse once per level. Operands this pattern holds the last reference to are taken over
+// (their own operands with them) before they go.
+Pattern::~Pattern() {
+    std::vector<PatternPtr> pending = std::move(kids);
+    while (!pending.empty()) {
+        PatternPtr p = std::move(pending.back());
+        pending.pop_back();
+        if (p.use_count() == 1) {
+            // Patterns are made non-const (make_shared<Pattern>) and this is the last owner.
+            auto& theirs = const_cast<Pattern&>(*p).kids;
+            for (auto& kid : theirs) pending.push_back(std::move(kid));
+            theirs.clear();
+        }
+    }
+}
+
 // [SECTION] The oracle
 
-bool pattern_allowed(const Pattern& p, int64_t n, int32_t block, int64_t q, int64_t k) {
+namespace {
+
+// A leaf's pairs, straight from the spec's table.
+bool leaf_allowed(const Pattern& p, int64_t n, int32_t block, int64_t q, int64_t k) {
     const int64_t B = block;
     switch (p.kind) {
     case PatternKind::dense: return true;
@@ -216,21 +236,59 @@ bool pattern_allowed(const Pattern& p, int64_t n, int32_t block, int64_t q, int6
                         ", compiling for n = " + std::to_string(n));
         }
         return p.mask->allowed(q, k);
-    case PatternKind::union_:
-        return pattern_allowed(*p.kids[0], n, block, q, k) || pattern_allowed(*p.kids[1], n, block, q, k);
-    case PatternKind::intersect:
-        return pattern_allowed(*p.kids[0], n, block, q, k) && pattern_allowed(*p.kids[1], n, block, q, k);
-    case PatternKind::difference:
-        return pattern_allowed(*p.kids[0], n, block, q, k) && !pattern_allowed(*p.kids[1], n, block, q, k);
-    case PatternKind::complement: return !pattern_allowed(*p.kids[0], n, block, q, k);
+    default: break;  // the combinators: pattern_allowed
     }
     return false;
 }
 
-bool pattern_is_data_dependent(const Pattern& p) {
-    if (p.kind == PatternKind::lsh) return true;
-    for (const auto& kid : p.kids) {
-        if (pattern_is_data_dependent(*kid)) return true;
+} // namespace
+
+// Combinators as the spec writes them, A | B = A or B, A & B = A and B, A - B = A and not B,
+// !A = not A (the right operand only when the left does not decide), evaluated with an
+// explicit stack instead of recursion: a pattern may be thousands of levels deep.
+bool pattern_allowed(const Pattern& root, int64_t n, int32_t block, int64_t q, int64_t k) {
+    struct Step {
+        const Pattern* p;
+        int done;  // operands answered so far
+    };
+    std::vector<Step> stack{{&root, 0}};
+    bool answer = false;  // of the node that finished last
+    while (!stack.empty()) {
+        Step& step = stack.back();
+        const Pattern& p = *step.p;
+        if (p.kids.empty()) {
+            answer = leaf_allowed(p, n, block, q, k);
+            stack.pop_back();
+            continue;
+        }
+        if (step.done == 0) {
+            step.done = 1;
+            stack.push_back({p.kids[0].get(), 0});
+            continue;
+        }
+        if (step.done == 1 && p.kind != PatternKind::complement) {
+            // answer is the left operand's: it decides a union when true, the others when false.
+            const bool decided = p.kind == PatternKind::union_ ? answer : !answer;
+            if (!decided) {
+                step.done = 2;
+                stack.push_back({p.kids[1].get(), 0});
+                continue;
+            }
+        } else if (p.kind == PatternKind::complement || p.kind == PatternKind::difference) {
+            answer = !answer;  // !A, or A - B with A true: not B
+        }
+        stack.pop_back();  // union, intersect: the right operand's answer is the answer
+    }
+    return answer;
+}
+
+bool pattern_is_data_dependent(const Pattern& root) {
+    std::vector<const Pattern*> todo{&root};
+    while (!todo.empty()) {
+        const Pattern* p = todo.back();
+        todo.pop_back();
+        if (p->kind == PatternKind::lsh) return true;
+        for (const auto& kid : p->kids) todo.push_back(kid.get());
     }
     return false;
 }
@@ -279,9 +337,8 @@ std::string call(const char* name, std::initializer_list<std::string> args) {
     return out + ')';
 }
 
-} // namespace
-
-std::string pattern_key(const Pattern& p) {
+// The key of a leaf (a pattern without operands).
+std::string leaf_key(const Pattern& p) {
     switch (p.kind) {
     case PatternKind::dense: return "dense";
     case PatternKind::empty: return "empty";
@@ -307,12 +364,49 @@ std::string pattern_key(const Pattern& p) {
     case PatternKind::loaded:
         return call("load", {'"' + p.mask_id + '"', "n=" + num(p.mask->n), "block=" + num(p.mask->block),
                              "hash=" + std::to_string(mask_hash(*p.mask))});
-    case PatternKind::union_: return call("union", {pattern_key(*p.kids[0]), pattern_key(*p.kids[1])});
-    case PatternKind::intersect: return call("intersect", {pattern_key(*p.kids[0]), pattern_key(*p.kids[1])});
-    case PatternKind::difference: return call("difference", {pattern_key(*p.kids[0]), pattern_key(*p.kids[1])});
-    case PatternKind::complement: return call("complement", {pattern_key(*p.kids[0])});
+    default: return "?";
     }
-    return "?";
+}
+
+const char* combinator_name(PatternKind kind) {
+    switch (kind) {
+    case PatternKind::union_: return "union";
+    case PatternKind::intersect: return "intersect";
+    case PatternKind::difference: return "difference";
+    case PatternKind::complement: return "complement";
+    default: return "?";
+    }
+}
+
+} // namespace
+
+// Written front to back into one string (combinators as union(A,B)) with an explicit stack of
+// what is still to write: linear in the key's length, and no recursion however deep p is.
+std::string pattern_key(const Pattern& p) {
+    struct Piece {
+        const Pattern* p;    // a pattern to write, or null for
+        const char* text;    // punctuation: "," or ")"
+    };
+    std::string out;
+    std::vector<Piece> todo{{&p, nullptr}};
+    while (!todo.empty()) {
+        const Piece piece = todo.back();
+        todo.pop_back();
+        if (piece.p == nullptr) {
+            out += piece.text;
+        } else if (piece.p->kids.empty()) {
+            out += leaf_key(*piece.p);
+        } else {
+            out += combinator_name(piece.p->kind);
+            out += '(';
+            todo.push_back({nullptr, ")"});
+            for (size_t i = piece.p->kids.size(); i-- > 0;) {
+                todo.push_back({piece.p->kids[i].get(), nullptr});
+                if (i > 0) todo.push_back({nullptr, ","});
+            }
+        }
+    }
+    return out;
 }
 
 } // namespace sparsa::dsl

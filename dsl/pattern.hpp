@@ -70,6 +70,11 @@ struct Pattern {
     std::shared_ptr<const BlockMask> mask; // loaded
     std::string mask_id;              // loaded: where it came from, for pattern_key
     std::vector<PatternPtr> kids;     // union_, intersect, difference (2), complement (1)
+
+    Pattern() = default;
+    Pattern(const Pattern&) = default;
+    Pattern& operator=(const Pattern&) = default;
+    ~Pattern();  // releases deep chains of kids without recursion
 };
 
 PatternPtr pattern_dense();

@@ -9,6 +9,7 @@
 // Index:
 //   (the 3-state run lists and their algebra live in pattern_compile_detail.hpp)
 //   [SECTION] Plan        the tree flattened once per compile, with per-leaf precomputed data
+//                         (every walk of the tree is a loop: patterns may be thousands deep)
 //   [SECTION] Leaf spans  key intervals of the simple leaves, shared by hulls and runs
 //   [SECTION] Row runs    hull and runs of every node for one query block row
 //   [SECTION] Bits        exact bitmasks of UNKNOWN blocks
@@ -72,6 +73,7 @@ void push_token_interval(Emitter& em, const Geometry& g, int64_t c0, int64_t c1,
 
 struct Node {
     const Pattern* p = nullptr;
+    int parent = -1;
     int kid[2] = {-1, -1};
     RunList col_runs;  // columns: blocks of S; fixed: blocks of its column part (same every row)
     TokenSet set;      // rows, columns: S within [0, n); segments: starts within [1, n)
@@ -86,17 +88,9 @@ int64_t fixed_count_below(int64_t x, int64_t l, int64_t c) {
     return (x / l) * c + std::max<int64_t>(0, x % l - (l - c));
 }
 
-// Flattens the tree into `nodes` (a shared subtree gets one node per occurrence) and precomputes
-// what each leaf needs on every row. Returns the node's index.
-int plan_node(const Pattern& p, const Geometry& g, std::vector<Node>& nodes) {
-    const int id = static_cast<int>(nodes.size());
-    nodes.emplace_back();
-    nodes[id].p = &p;
-    for (size_t i = 0; i < p.kids.size() && i < 2; ++i) {
-        int kid = plan_node(*p.kids[i], g, nodes);
-        nodes[id].kid[i] = kid;
-    }
-    Node& nd = nodes[id];
+// What a leaf needs on every row, computed once per compile.
+void plan_leaf(Node& nd, const Geometry& g) {
+    const Pattern& p = *nd.p;
     switch (p.kind) {
     case PatternKind::lsh:
         throw Error("lsh(...) is data-dependent: its pairs depend on Q and K and are realised when "
@@ -132,7 +126,30 @@ int plan_node(const Pattern& p, const Geometry& g, std::vector<Node>& nodes) {
     case PatternKind::axial: nd.reach = g.n; break;
     default: break;
     }
-    return id;
+}
+
+// Flattens the tree into `nodes` in pre-order (a node's index is below its children's; a shared
+// subtree gets one node per occurrence) with an explicit stack: a pattern may be thousands of
+// levels deep (a chain of lets), and no walk of it recurses.
+void plan(const Pattern& root, const Geometry& g, std::vector<Node>& nodes) {
+    struct Todo {
+        const Pattern* p;
+        int parent, slot;
+    };
+    std::vector<Todo> todo{{&root, -1, 0}};
+    while (!todo.empty()) {
+        const Todo t = todo.back();
+        todo.pop_back();
+        const int id = static_cast<int>(nodes.size());
+        nodes.emplace_back();
+        nodes[id].p = t.p;
+        nodes[id].parent = t.parent;
+        if (t.parent >= 0) nodes[static_cast<size_t>(t.parent)].kid[t.slot] = id;
+        plan_leaf(nodes[id], g);
+        for (size_t i = std::min<size_t>(t.p->kids.size(), 2); i-- > 0;) {  // kid 0 comes out first
+            todo.push_back({t.p->kids[i].get(), id, static_cast<int>(i)});
+        }
+    }
 }
 
 // [SECTION] Leaf spans
@@ -198,14 +215,25 @@ KeySpan leaf_span(const Node& nd, const Geometry& g, int64_t q0, int64_t q1) {
 
 // [SECTION] Row runs
 
+using BlockRange = std::pair<int64_t, int64_t>;  // key blocks [first, second)
+
 struct RowContext {
     std::vector<RunList> runs;       // per node: its runs on the current row
+    std::vector<BlockRange> hulls;   // per node: its hull on the current row
+    std::vector<BlockRange> domains; // per node: where its runs are computed on the current row
     RunList part_a, part_b;          // the two halves of fixed and axial
     std::vector<uint64_t> bits;      // per node: words_per_block words of scratch
     std::vector<uint64_t> valid;     // the valid pairs of the current block
     std::vector<uint64_t> zero;      // no pair
     std::vector<std::pair<int64_t, int64_t>> keys;  // per block: key intervals shared by all rows
     std::vector<int64_t> blocks;     // loaded: blocks met by several loaded rows
+    struct Visit {
+        int id;
+        State state;
+        bool expanded;
+    };
+    std::vector<Visit> visits;       // bits(): the explicit stack of its walk
+    std::vector<const uint64_t*> words_of;  // bits(): per node, its words on the current block
 };
 
 struct Compiler {
@@ -213,12 +241,14 @@ struct Compiler {
     std::vector<Node> nodes;
     int64_t words = 0;  // words per block bitmask
 
-    // Key blocks [lo, hi) outside which node `id` certainly keeps nothing on row qb.
-    std::pair<int64_t, int64_t> hull(int id, int64_t qb) const {
+    // Key blocks [lo, hi) outside which node `id` certainly keeps nothing on row qb (a
+    // combinator's from its children's in ctx.hulls).
+    BlockRange hull(const RowContext& ctx, int id, int64_t qb) const {
         const Node& nd = nodes[static_cast<size_t>(id)];
         const Pattern& p = *nd.p;
         const int64_t q0 = g.begin(qb), q1 = q0 + g.size(qb);
-        auto tokens = [&](KeySpan s) -> std::pair<int64_t, int64_t> {
+        auto kid_hull = [&](int i) { return ctx.hulls[static_cast<size_t>(nd.kid[i])]; };
+        auto tokens = [&](KeySpan s) -> BlockRange {
             int64_t c0 = std::max<int64_t>(s.c0, 0), c1 = std::min(s.c1, g.n - 1);
             if (c0 > c1) return {0, 0};
             return {c0 / g.B, c1 / g.B + 1};
@@ -230,7 +260,7 @@ struct Compiler {
             auto it = std::partition_point(nd.set.runs.begin(), nd.set.runs.end(),
                                            [q0](const auto& r) { return r.second <= q0; });
             bool meets = it != nd.set.runs.end() && it->first < q1;
-            return meets ? std::pair<int64_t, int64_t>{0, g.K} : std::pair<int64_t, int64_t>{0, 0};
+            return meets ? BlockRange{0, g.K} : BlockRange{0, 0};
         }
         case PatternKind::columns:
             if (nd.col_runs.empty()) return {0, 0};
@@ -239,16 +269,16 @@ struct Compiler {
             if (p.a == 0) return {0, 0};
             return {0, p.causal_rows ? qb + 1 : g.K};
         case PatternKind::union_: {
-            auto a = hull(nd.kid[0], qb), b = hull(nd.kid[1], qb);
+            const BlockRange a = kid_hull(0), b = kid_hull(1);
             if (a.first >= a.second) return b;
             if (b.first >= b.second) return a;
             return {std::min(a.first, b.first), std::max(a.second, b.second)};
         }
         case PatternKind::intersect: {
-            auto a = hull(nd.kid[0], qb), b = hull(nd.kid[1], qb);
+            const BlockRange a = kid_hull(0), b = kid_hull(1);
             return {std::max(a.first, b.first), std::min(a.second, b.second)};
         }
-        case PatternKind::difference: return hull(nd.kid[0], qb);
+        case PatternKind::difference: return kid_hull(0);
         case PatternKind::complement:
         case PatternKind::dense:
         case PatternKind::fixed:
@@ -383,29 +413,39 @@ struct Compiler {
         for (int64_t kb : ctx.blocks) em.push(kb, kb + 1, kUnknown);
     }
 
-    // Computes ctx.runs[id] for row qb within key blocks [lo, hi) (narrowed to the node's hull,
-    // so an intersection with a narrow pattern never walks the whole row of the other side).
-    void eval(RowContext& ctx, int id, int64_t qb, int64_t lo, int64_t hi) const {
-        const auto [hlo, hhi] = hull(id, qb);
-        lo = std::max(lo, hlo);
-        hi = std::min(hi, hhi);
-        RunList& out = ctx.runs[static_cast<size_t>(id)];
-        out.clear();
-        if (lo >= hi) return;
-        const Node& nd = nodes[static_cast<size_t>(id)];
-        const RunList& a = ctx.runs[static_cast<size_t>(std::max(nd.kid[0], 0))];
-        const RunList& b = ctx.runs[static_cast<size_t>(std::max(nd.kid[1], 0))];
-        if (nd.kid[0] >= 0) eval(ctx, nd.kid[0], qb, lo, hi);
-        if (nd.kid[1] >= 0) eval(ctx, nd.kid[1], qb, lo, hi);
-        switch (nd.p->kind) {
-        case PatternKind::union_: detail::runs_merge(a, b, op_union, out); break;
-        case PatternKind::intersect: detail::runs_merge(a, b, detail::op_intersect, out); break;
-        case PatternKind::difference: detail::runs_merge(a, b, detail::op_difference, out); break;
-        case PatternKind::complement: detail::runs_complement(a, lo, hi, out); break;
-        default: {
-            Emitter em{out, lo, hi};
-            leaf_runs(ctx, id, qb, em);
+    // Computes ctx.runs of every node for row qb in three loops over the nodes (plan numbers a
+    // parent before its children; no recursion, however deep the pattern): hulls from the
+    // children up; domains from the root down, each node's key blocks its parent's narrowed to
+    // its own hull (so an intersection with a narrow pattern never walks the whole row of the
+    // other side); then runs from the children up, each within its domain.
+    void eval(RowContext& ctx, int64_t qb) const {
+        const size_t count = nodes.size();
+        ctx.hulls.resize(count);
+        ctx.domains.resize(count);
+        for (size_t id = count; id-- > 0;) ctx.hulls[id] = hull(ctx, static_cast<int>(id), qb);
+        for (size_t id = 0; id < count; ++id) {
+            const int parent = nodes[id].parent;
+            const BlockRange outer = parent < 0 ? BlockRange{0, g.K} : ctx.domains[static_cast<size_t>(parent)];
+            ctx.domains[id] = {std::max(outer.first, ctx.hulls[id].first), std::min(outer.second, ctx.hulls[id].second)};
         }
+        for (size_t id = count; id-- > 0;) {
+            RunList& out = ctx.runs[id];
+            out.clear();
+            const auto [lo, hi] = ctx.domains[id];
+            if (lo >= hi) continue;
+            const Node& nd = nodes[id];
+            const RunList& a = ctx.runs[static_cast<size_t>(std::max(nd.kid[0], 0))];
+            const RunList& b = ctx.runs[static_cast<size_t>(std::max(nd.kid[1], 0))];
+            switch (nd.p->kind) {
+            case PatternKind::union_: detail::runs_merge(a, b, op_union, out); break;
+            case PatternKind::intersect: detail::runs_merge(a, b, detail::op_intersect, out); break;
+            case PatternKind::difference: detail::runs_merge(a, b, detail::op_difference, out); break;
+            case PatternKind::complement: detail::runs_complement(a, lo, hi, out); break;
+            default: {
+                Emitter em{out, lo, hi};
+                leaf_runs(ctx, static_cast<int>(id), qb, em);
+            }
+            }
         }
     }
 
@@ -520,37 +560,53 @@ struct Compiler {
         }
     }
 
-    // The bits of node id on one block. A node is FULL or absent there by its runs (then the
+    // The bits of the root on one block. A node is FULL or absent there by its runs (then the
     // block's all-valid or all-zero words stand for it), or UNKNOWN: then its children are too,
     // or FULL or absent, and its words follow from theirs (or, for a leaf, from its predicate).
-    // ctx.valid must hold the block's valid pairs.
-    const uint64_t* bits(RowContext& ctx, int id, const BlockRef& blk) const {
-        const Node& nd = nodes[static_cast<size_t>(id)];
-        const State s = state_at(ctx.runs[static_cast<size_t>(id)], blk.kb);
-        if (s == kFull) return ctx.valid.data();
-        if (s == kAbsent) return ctx.zero.data();
-        uint64_t* w = ctx.bits.data() + id * words;
-        switch (nd.p->kind) {
-        case PatternKind::union_:
-        case PatternKind::intersect:
-        case PatternKind::difference: {
-            const uint64_t* x = bits(ctx, nd.kid[0], blk);
-            const uint64_t* y = bits(ctx, nd.kid[1], blk);
-            if (nd.p->kind == PatternKind::union_) for (int64_t i = 0; i < words; ++i) w[i] = x[i] | y[i];
-            if (nd.p->kind == PatternKind::intersect) for (int64_t i = 0; i < words; ++i) w[i] = x[i] & y[i];
-            if (nd.p->kind == PatternKind::difference) for (int64_t i = 0; i < words; ++i) w[i] = x[i] & ~y[i];
-            break;
+    // Walks the UNKNOWN nodes children first with an explicit stack (a pattern may be thousands
+    // of levels deep). ctx.valid must hold the block's valid pairs.
+    const uint64_t* bits(RowContext& ctx, const BlockRef& blk) const {
+        ctx.words_of.resize(nodes.size());
+        ctx.visits.clear();
+        auto visit = [&](int id) {
+            const State s = state_at(ctx.runs[static_cast<size_t>(id)], blk.kb);
+            ctx.visits.push_back({id, s, false});
+        };
+        visit(0);
+        while (!ctx.visits.empty()) {
+            RowContext::Visit& v = ctx.visits.back();
+            const Node& nd = nodes[static_cast<size_t>(v.id)];
+            const uint64_t*& result = ctx.words_of[static_cast<size_t>(v.id)];
+            if (v.state != kUnknown) {
+                result = v.state == kFull ? ctx.valid.data() : ctx.zero.data();
+                ctx.visits.pop_back();
+                continue;
+            }
+            if (nd.kid[0] >= 0 && !v.expanded) {
+                v.expanded = true;  // come back when the children's words are known
+                const int kid0 = nd.kid[0], kid1 = nd.kid[1];
+                if (kid1 >= 0) visit(kid1);
+                visit(kid0);
+                continue;
+            }
+            uint64_t* w = ctx.bits.data() + v.id * words;
+            const uint64_t* x = nd.kid[0] >= 0 ? ctx.words_of[static_cast<size_t>(nd.kid[0])] : nullptr;
+            const uint64_t* y = nd.kid[1] >= 0 ? ctx.words_of[static_cast<size_t>(nd.kid[1])] : nullptr;
+            switch (nd.p->kind) {
+            case PatternKind::union_: for (int64_t i = 0; i < words; ++i) w[i] = x[i] | y[i]; break;
+            case PatternKind::intersect: for (int64_t i = 0; i < words; ++i) w[i] = x[i] & y[i]; break;
+            case PatternKind::difference: for (int64_t i = 0; i < words; ++i) w[i] = x[i] & ~y[i]; break;
+            case PatternKind::complement:
+                for (int64_t i = 0; i < words; ++i) w[i] = ctx.valid[static_cast<size_t>(i)] & ~x[i];
+                break;
+            default:
+                std::fill(w, w + words, 0);
+                leaf_bits(ctx, nd, blk, w);
+            }
+            result = w;
+            ctx.visits.pop_back();
         }
-        case PatternKind::complement: {
-            const uint64_t* x = bits(ctx, nd.kid[0], blk);
-            for (int64_t i = 0; i < words; ++i) w[i] = ctx.valid[static_cast<size_t>(i)] & ~x[i];
-            break;
-        }
-        default:
-            std::fill(w, w + words, 0);
-            leaf_bits(ctx, nd, blk, w);
-        }
-        return w;
+        return ctx.words_of[0];
     }
 };
 
@@ -572,7 +628,7 @@ void compile_rows(const Compiler& c, int64_t row_begin, int64_t row_end, RowsOut
     ctx.zero.assign(static_cast<size_t>(c.words), 0);
     const Geometry& g = c.g;
     for (int64_t qb = row_begin; qb < row_end; ++qb) {
-        c.eval(ctx, 0, qb, 0, g.K);
+        c.eval(ctx, qb);
         const size_t before = out.col.size();
         for (const Run& r : ctx.runs[0]) {
             for (int64_t kb = r.begin; kb < r.end; ++kb) {
@@ -584,7 +640,7 @@ void compile_rows(const Compiler& c, int64_t row_begin, int64_t row_end, RowsOut
                 const Compiler::BlockRef blk{qb, kb, g.begin(qb), g.size(qb), g.begin(kb), g.size(kb)};
                 std::fill(ctx.valid.begin(), ctx.valid.end(), 0);  // the block's valid pairs
                 for (int64_t i = 0; i < blk.qn; ++i) Compiler::set_bits(ctx.valid.data(), i * g.B, i * g.B + blk.kn);
-                const uint64_t* w = c.bits(ctx, 0, blk);
+                const uint64_t* w = c.bits(ctx, blk);
                 bool any = false, full = true;  // leaves never set bits beyond n
                 for (int64_t i = 0; i < c.words; ++i) {
                     any |= w[i] != 0;
@@ -617,7 +673,7 @@ BlockMask pattern_compile(const Pattern& p, int64_t n, int32_t block, int thread
                     std::to_string(block) + " (key block indices must fit in 32 bits)");
     }
     c.words = int64_t{block} * block / 64;
-    plan_node(p, c.g, c.nodes);
+    plan(p, c.g, c.nodes);
 
     // Rows go in contiguous pieces, each compiled alone and concatenated in row order, so the
     // result is the same for any number of threads.

@@ -42,12 +42,18 @@ std::vector<const ast::Operand*> union_operands(const ast::Expr& expr) {
     return out;
 }
 
-// Splits an evaluated pattern's unions into leaves (for `attend = longformer(...)`).
-void pattern_union_leaves(const PatternPtr& p, std::vector<PatternPtr>& out) {
-    if (p->kind == PatternKind::union_) {
-        for (const auto& kid : p->kids) pattern_union_leaves(kid, out);
-    } else {
-        out.push_back(p);
+// Splits an evaluated pattern's unions into leaves, left to right (for `attend =
+// longformer(...)`), with an explicit stack: a chain of lets makes unions thousands deep.
+void pattern_union_leaves(const PatternPtr& root, std::vector<PatternPtr>& out) {
+    std::vector<PatternPtr> todo{root};
+    while (!todo.empty()) {
+        PatternPtr p = std::move(todo.back());
+        todo.pop_back();
+        if (p->kind != PatternKind::union_) {
+            out.push_back(std::move(p));
+            continue;
+        }
+        for (size_t i = p->kids.size(); i-- > 0;) todo.push_back(p->kids[i]);
     }
 }
 

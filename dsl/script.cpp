@@ -1,8 +1,8 @@
 // Loading a script: parse, resolve imports and the prelude, check names and calls, read the
 // settings; then evaluate every (layer, head) and compile each distinct pattern once.
 //
-// Index: [SECTION] Modules and imports, [SECTION] The checker, [SECTION] Statements,
-//        [SECTION] Evaluation and compiling
+// Index: [SECTION] Reading files, [SECTION] Modules and imports, [SECTION] The checker,
+//        [SECTION] Statements, [SECTION] Evaluation and compiling
 #include "dsl/script.hpp"
 
 #include "dsl/builtins.hpp"
@@ -10,11 +10,17 @@
 #include "dsl/grammar.hpp"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace sparsa::dsl {
 
@@ -34,7 +40,6 @@ std::string expected_words(const std::string& rule) {
     if (rule == "statement") return "a statement (block, heads, layers, causal, let, def, import or attend)";
     if (rule == "expression" || rule == "operand") return "an expression";
     if (rule == "selector") return "a selector (head A..B or layer A..B)";
-    if (rule == "shallower nesting") return "";
     if (rule == "name") return "a name";
     if (rule == "string") return "a file name in quotes";
     if (rule == "parameter") return "a parameter name";
@@ -71,46 +76,136 @@ struct Loader {
                                             const std::vector<std::string>& locals) const;
 };
 
-// Reads a script file; `shown` is how messages name it.
+// [SECTION] Reading files
+
+// Editors on Windows start UTF-8 files with a byte order mark (EF BB BF); it is no part of
+// the script. (Removed, so columns count as the editor shows them.)
+void strip_bom(std::string& text) {
+    if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+}
+
+// The script's bytes up to kMaxScriptBytes (one more tells that it is larger), read with
+// read(2) from fd. A pipe or FIFO is waited on at most kScriptWaitSeconds for each piece, so a
+// FIFO nobody writes to ends in an error, never a hang.
+std::string read_bounded(int fd, bool is_pipe, const std::string& shown) {
+    std::string out;
+    char buffer[1 << 16];
+    while (out.size() <= kMaxScriptBytes) {
+        if (is_pipe) {
+            pollfd wait{fd, POLLIN, 0};
+            int ready = poll(&wait, 1, kScriptWaitSeconds * 1000);
+            if (ready < 0 && errno == EINTR) continue;
+            if (ready < 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
+            if (ready == 0) {
+                throw Error("cannot read '" + shown + "': nothing arrived on this pipe for " +
+                            std::to_string(kScriptWaitSeconds) + " s (is anything writing to it?)");
+            }
+        }
+        const size_t want = std::min(sizeof buffer, kMaxScriptBytes + 1 - out.size());
+        const ssize_t got = read(fd, buffer, want);
+        if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (got < 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
+        if (got == 0) break;
+        out.append(buffer, static_cast<size_t>(got));
+    }
+    return out;
+}
+
+// What a path that is not a regular file, folder or pipe is, for the message.
+const char* file_kind(mode_t mode) {
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+// Reads a script file; `shown` is how messages name it. Regular files, and pipes or FIFOs
+// (`<(cat x.pat)`, /dev/stdin from a pipe); folders and devices are refused before reading.
 std::string read_file(const std::string& path, const std::string& shown) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(path, ec)) {
-        throw Error("cannot read '" + shown + "': it is a folder (give a .pat file)");
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
+    auto refuse_kind = [&](mode_t mode) {
+        if (S_ISDIR(mode)) throw Error("cannot read '" + shown + "': it is a folder (give a .pat file)");
+        if (!S_ISREG(mode) && !S_ISFIFO(mode)) {
+            throw Error("cannot read '" + shown + "': not a regular file (" + std::string(file_kind(mode)) +
+                        "; give a .pat file)");
+        }
+    };
+    refuse_kind(st.st_mode);  // before opening: opening a device may itself do something
+    // O_NONBLOCK: opening a FIFO with no writer returns at once (read_bounded waits, bounded).
+    const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
+    struct Closer {
+        int fd;
+        ~Closer() { close(fd); }
+    } closer{fd};
+    if (fstat(fd, &st) != 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
+    refuse_kind(st.st_mode);  // what was opened, should the path have changed since
+    const std::string limit = std::to_string(kMaxScriptBytes >> 20) + " MiB";
+    if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > kMaxScriptBytes) {
+        throw Error("'" + shown + "' is " + std::to_string(st.st_size) + " bytes: scripts are limited to " + limit +
+                    " (is this really a pattern script?)");
     }
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw Error("cannot read '" + shown + "': " + std::strerror(errno));
-    }
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (in.bad()) throw Error("cannot read '" + shown + "': read failed");
-    std::string out = text.str();
+    std::string out = read_bounded(fd, S_ISFIFO(st.st_mode), shown);
     if (out.size() > kMaxScriptBytes) {
-        throw Error("'" + shown + "' is " + std::to_string(out.size()) + " bytes: scripts are limited to " +
-                    std::to_string(kMaxScriptBytes) + " bytes (is this really a pattern script?)");
+        throw Error("'" + shown + "' is more than " + limit + ": scripts are limited to " + limit +
+                    " (is this really a pattern script?)");
     }
     return out;
 }
 
 // [SECTION] Modules and imports
 
-const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
-    auto parsed = grammar_parse(source->text);
-    if (const auto* syntax = std::get_if<SyntaxError>(&parsed)) {
-        std::string words = expected_words(syntax->expected);
-        Diagnostic d = diagnostic_at(Severity::error, source, syntax->offset, syntax->offset + syntax->length,
-                                     words.empty() ? "expression nested too deeply (more than " +
-                                                         std::to_string(kMaxNesting) + " levels)"
-                                                   : "expected " + words);
-        if (syntax->expected == "')'" || syntax->expected == "']'" || syntax->expected == "'}'") {
-            d.hint = "is a bracket left open, or a comma missing between arguments?";
-        }
-        if (static_cast<size_t>(syntax->offset) < source->text.size() && source->text[syntax->offset] == '"' &&
-            syntax->expected == "'\"'") {
-            d.hint = "strings end on the same line";
-        }
-        throw ScriptError({d});
+// The diagnostic of a syntax error. A character that cannot start anything (not ASCII, a
+// control character) is named, since "expected '='" would not say what is wrong with it.
+Diagnostic syntax_diagnostic(const SourcePtr& source, const SyntaxError& syntax) {
+    const std::string& text = source->text;
+    const size_t at = static_cast<size_t>(syntax.offset);
+    const unsigned char c = at < text.size() ? static_cast<unsigned char>(text[at]) : 0;
+    auto here = [&](int32_t length, std::string message, std::string hint = {}) {
+        return diagnostic_at(Severity::error, source, syntax.offset, syntax.offset + length, std::move(message),
+                             std::move(hint));
+    };
+    if (at < text.size() && c >= 0x80) {
+        const auto [code, length] = utf8_decode(text, at);
+        char number[16];
+        std::snprintf(number, sizeof number, length > 0 ? "U+%04X" : "0x%02X", code);
+        std::string what = length > 0 ? "character '" + text.substr(at, static_cast<size_t>(length)) + "' (" + number + ")"
+                                      : std::string("byte ") + number + " (not UTF-8)";
+        return here(std::max(length, 1), "unexpected " + what + ": identifiers are ASCII letters, digits and '_'",
+                    "other characters may appear only in comments (#) and in strings");
     }
+    if (at < text.size() && (c < 0x20 || c == 0x7F) && std::string_view(" \t\r\n\f\v").find(char(c)) == std::string_view::npos) {
+        char number[8];
+        std::snprintf(number, sizeof number, "\\x%02X", c);
+        return here(1, std::string("unexpected control character ") + number, "is this a text file?");
+    }
+    if (syntax.expected == "shallower nesting") {
+        return here(syntax.length, "expression nested too deeply (more than " + std::to_string(kMaxNesting) + " levels)",
+                    "split the expression with let: let part = ..., then use part");
+    }
+    if (syntax.expected == "shallower nesting for the stack") {
+        return here(syntax.length, "expression nested too deeply for the stack of this thread",
+                    "split the expression with let: let part = ..., then use part");
+    }
+    Diagnostic d = here(syntax.length, "expected " + expected_words(syntax.expected));
+    if (syntax.expected == "')'" || syntax.expected == "']'" || syntax.expected == "'}'") {
+        d.hint = "is a bracket left open, or a comma missing between arguments?";
+    }
+    if (at < text.size() && text[at] == '"' && syntax.expected == "'\"'") d.hint = "strings end on the same line";
+    return d;
+}
+
+const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
+    // A NUL byte ends the text for C strings, and so every message quoting it: refuse it first.
+    if (size_t nul = source->text.find('\0'); nul != std::string::npos) {
+        const auto at = static_cast<int32_t>(nul);
+        throw ScriptError({diagnostic_at(Severity::error, source, at, at + 1,
+                                         "a NUL byte (shown as \\0) in the script: scripts are text",
+                                         "is this a binary file? remove the byte if it is a text file")});
+    }
+    auto parsed = grammar_parse(source->text);
+    if (const auto* syntax = std::get_if<SyntaxError>(&parsed)) throw ScriptError({syntax_diagnostic(source, *syntax)});
     auto module = std::make_unique<Module>();
     module->source = source;
     module->tree = std::make_shared<const ast::Script>(std::move(std::get<ast::Script>(parsed)));
@@ -140,6 +235,7 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
         d->module = module.get();
         d->visible = module->entries.size();
         d->source = source;
+        d->order = script.definitions.size();
         module->entries.push_back(d.get());
         script.definitions.push_back(std::move(d));
     };
@@ -194,6 +290,7 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
                     continue;
                 }
                 flush();  // report this file's own errors before descending
+                strip_bom(text);
                 auto imported_source = std::make_shared<const Source>(Source{display, key, std::move(text)});
                 import_stack.push_back(key);
                 imported_module = &load_module(imported_source, false);
@@ -408,6 +505,51 @@ int64_t evaluate_setting(const Script& script, const ast::SimpleStatement& state
     return v.integer;
 }
 
+// The error of a selector that matches only heads or layers the script does not have
+// ([lo, hi) non-empty, lo >= count): "head 5 is outside 0 to 1 (heads 2)".
+Diagnostic selector_outside(const SourcePtr& source, const ast::SelectorItem& item, int64_t lo, int64_t hi,
+                            int64_t count) {
+    const std::string& axis = item.axis;
+    std::string what = hi - lo == 1 ? axis + " " + std::to_string(lo) + " is"
+                                    : axis + "s " + std::to_string(lo) + " to " + std::to_string(hi - 1) + " are";
+    return diagnostic_at(Severity::error, source, item.range.begin, item.range.end,
+                         what + " outside 0 to " + std::to_string(count - 1) + " (" + axis + "s " +
+                             std::to_string(count) + ")",
+                         "the script has " + std::to_string(count) + " " + axis + (count == 1 ? "" : "s") +
+                             ", numbered from 0: change the selector, or raise `" + axis + "s`");
+}
+
+// Selectors that name only heads or layers the script does not have are errors as soon as the
+// script is read, when they can be evaluated without n (else compiling reports them).
+void check_selectors(Loader& loader, const Script& script, const Module& main) {
+    EvalContext context;
+    context.has_model = true;
+    context.heads = script.settings.heads;
+    context.layers = script.settings.layers;
+    context.where = "a selector";
+    Evaluator evaluator(script, context, nullptr);
+    for (const auto& line : script.attends) {
+        if (!line.statement->selector) continue;
+        for (const auto& item : *line.statement->selector) {
+            Value v;
+            try {
+                v = evaluator.evaluate(item.range, main, line.visible);
+            } catch (const ScriptError&) {
+                continue;  // needs n, or fails: compiling says so, with n known
+            }
+            const int64_t count = item.axis == "head" ? script.settings.heads : script.settings.layers;
+            const int64_t lo = v.kind == Value::Kind::range ? v.lo : v.integer;
+            const int64_t hi = v.kind == Value::Kind::range ? v.hi : v.integer + 1;
+            if (v.kind != Value::Kind::integer && v.kind != Value::Kind::range) continue;
+            if (lo < 0) {
+                loader.error(main.source, item.range, item.axis + " indices start at 0; got " + std::to_string(lo));
+            } else if (hi > lo && lo >= count) {
+                loader.errors.push_back(selector_outside(main.source, item, lo, hi, count));
+            }
+        }
+    }
+}
+
 void read_statements(Loader& loader, Script& script, const Module& main) {
     std::map<std::string, const ast::Span*> seen;
     for (size_t index = 0; index < main.tree->size(); ++index) {
@@ -497,14 +639,16 @@ void read_statements(Loader& loader, Script& script, const Module& main) {
     // The plain line goes first: overrides apply on top of it in order.
     std::stable_partition(script.attends.begin(), script.attends.end(),
                           [](const AttendLine& a) { return !a.statement->selector; });
+    if (loader.errors.empty()) check_selectors(loader, script, main);
 }
 
 } // namespace
 
 ScriptPtr script_parse(std::string text, std::string name, std::string path) {
+    strip_bom(text);
     if (text.size() > kMaxScriptBytes) {
         throw Error("'" + name + "' is " + std::to_string(text.size()) + " bytes: scripts are limited to " +
-                    std::to_string(kMaxScriptBytes) + " bytes");
+                    std::to_string(kMaxScriptBytes >> 20) + " MiB (is this really a pattern script?)");
     }
     auto script = std::make_shared<Script>();
     Loader loader{*script, {}, {}, {}};
@@ -522,6 +666,8 @@ ScriptPtr script_parse(std::string text, std::string name, std::string path) {
 }
 
 ScriptPtr script_load(const std::string& path) { return script_parse(read_file(path, path), path, path); }
+
+std::string script_file_read(const std::string& path) { return read_file(path, path); }
 
 const ScriptSettings& script_settings(const Script& script) { return script.settings; }
 const Source& script_source(const Script& script) { return *script.main->source; }
@@ -574,6 +720,9 @@ std::vector<Selection> selections(const Script& script, int64_t n, int32_t block
                 if (lo < 0) {
                     evaluator.fail(script.main->source, item.range.begin, item.range.end,
                                    item.axis + " indices start at 0; got " + std::to_string(lo));
+                }
+                if (hi > lo && lo >= count) {
+                    throw ScriptError({selector_outside(script.main->source, item, lo, hi, count)});
                 }
                 if (hi > count && warnings != nullptr) {
                     warnings->push_back(diagnostic_at(

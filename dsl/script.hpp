@@ -17,8 +17,11 @@ namespace sparsa::dsl {
 struct Script;
 using ScriptPtr = std::shared_ptr<const Script>;
 
-// Scripts larger than this are refused (a script is a few lines; this stops runaway input).
-constexpr size_t kMaxScriptBytes = 1 << 20;
+// Scripts larger than this are refused (a script is a few lines; this stops runaway input
+// such as /dev/zero, yet leaves room for generated scripts of many thousand lines).
+constexpr size_t kMaxScriptBytes = size_t{16} << 20;
+// A pipe or FIFO given as a script is waited on this long for each piece of text.
+constexpr int kScriptWaitSeconds = 10;
 
 // Parses and checks a script given as text. `name` is shown in diagnostics; `path` (may be "")
 // is where imports and load() resolve from. Throws ScriptError with the diagnostics of the
@@ -27,6 +30,11 @@ ScriptPtr script_parse(std::string text, std::string name, std::string path = {}
 
 // Reads, parses and checks a script file. Throws sparsa::Error when it cannot be read.
 ScriptPtr script_load(const std::string& path);
+
+// Reads a script file's text as script_load does: a regular file, or a pipe or FIFO (waited on
+// at most kScriptWaitSeconds for each piece), at most kMaxScriptBytes. Folders and devices are
+// refused before they are read. Throws sparsa::Error saying which and how to fix it.
+std::string script_file_read(const std::string& path);
 
 // The statements that size the model, after checking.
 struct ScriptSettings {

@@ -1,0 +1,1 @@
+attend = window(4) [31m

@@ -1,0 +1,2 @@
+let café = window(4)
+attend = café

@@ -1,0 +1,3 @@
+heads 2
+attend = window(4)
+attend[head -1] = dense
