@@ -18,6 +18,7 @@
 #include "engine/block_mask.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
+#include "io/atomic_file.hpp"
 #include "io/mask_io.hpp"
 #include "analysis/reach_graph.hpp"
 #include "analysis/receptive_field.hpp"
@@ -456,6 +457,11 @@ using namespace sparsa::python;
 
 PYBIND11_MODULE(_sparsa, m) {
     m.doc() = "sparsa: pattern scripts, block-sparse masks, attention engines and receptive fields (see docs/python.md)";
+
+    // SIGTERM and SIGHUP kill Python at once, in the middle of a save: remove the temporary
+    // file first. SIGINT stays Python's own: it raises KeyboardInterrupt once the save returns,
+    // which leaves no temporary file either (tests/python/test_signals.py checks both).
+    install_temp_file_cleanup();
 
     // [SECTION] errors
     static py::exception<Error> error_type(m, "Error", PyExc_ValueError);

@@ -48,6 +48,10 @@ for _type in (Diagnostic, Error, MaskSet, MaskStats, ReachCoverage, Script, Scri
 if cuda_built:
     from ._sparsa import cuda_device_name, round_to  # noqa: F401
 
+# A wrong argument type raises one sentence naming the argument (not pybind11's signatures).
+from . import _arguments, _sparsa  # noqa: E402
+_arguments.wrap_module(_sparsa, globals())
+
 from ._sparsa import learn_built  # noqa: E402
 if learn_built:
     import sys as _sys
@@ -55,6 +59,7 @@ if learn_built:
     _sys.modules[__name__ + ".learn"] = learn
     for _type in (learn.Teacher, learn.AttentionSample, learn.SearchTable, learn.Gate):
         _type.__module__ = "sparsa.learn"
+    _arguments.wrap_module(learn)
 
 # compile() is left out of __all__: a star import must not hide Python's builtin compile.
 __all__ = [
@@ -72,6 +77,7 @@ def compile(script, n, block=0, threads=0):  # noqa: A001  (the word students kn
     file, use compile_file(path, n). block 0 uses the script's `block` statement (default 64).
     Raises ScriptError (with the CLI's diagnostic) for a script that does not check or compile.
     """
+    _compile_args_check("compile", n, block, threads)
     if isinstance(script, Script):
         return script.compile(n, block=block, threads=threads)
     if isinstance(script, str):
@@ -79,14 +85,32 @@ def compile(script, n, block=0, threads=0):  # noqa: A001  (the word students kn
             raise ValueError(f"compile: {script!r} looks like a file name; use sparsa.compile_file({script!r}, n) "
                              "(compile() takes the script's text)")
         return parse(script).compile(n, block=block, threads=threads)
-    raise ValueError(f"compile: script must be a sparsa.Script or the script's text (str), got {type(script).__name__}")
+    if isinstance(script, _os.PathLike):
+        raise TypeError(f"compile(): script is a path ({_os.fspath(script)!r}); use sparsa.compile_file(path, n) "
+                        "(compile() takes the script's text or a sparsa.Script)")
+    raise TypeError(f"compile(): script must be a sparsa.Script or the script's text (str), not {_arguments.describe(script)}")
 
 
 def compile_file(path, n, block=0, threads=0):
     """Reads, checks and compiles a script file for sequence length n: a MaskSet."""
-    return load_script(_os.fspath(path)).compile(n, block=block, threads=threads)
+    _compile_args_check("compile_file", n, block, threads)
+    if not isinstance(path, (str, bytes, _os.PathLike)):
+        raise TypeError(f"compile_file(): path must be a file name (str or os.PathLike), not {_arguments.describe(path)}")
+    return load_script(_os.fsdecode(path)).compile(n, block=block, threads=threads)
+
+
+def _compile_args_check(name, n, block, threads):
+    """n, block and threads are integers (a bool or a float is a mistake here, not a number)."""
+    meaning = {"n": "the sequence length", "block": "16 to 256, or 0 for the script's", "threads": "0 for all cores"}
+    for arg, value in (("n", n), ("block", block), ("threads", threads)):
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+            raise TypeError(f"{name}(): {arg} must be an integer ({meaning[arg]}), not {_arguments.describe(value)}")
+        if not -2**31 <= value < (2**63 if arg == "n" else 2**31):
+            raise ValueError(f"{name}(): {arg} = {value} is out of range ({meaning[arg]})")
 
 
 def load(path):
     """Loads a MaskSet saved by MaskSet.save() or `sparsa compile -o FILE.npz`."""
-    return MaskSet.load(_os.fspath(path))
+    if not isinstance(path, (str, bytes, _os.PathLike)):
+        raise TypeError(f"load(): path must be a file name (str or os.PathLike), not {_arguments.describe(path)}")
+    return MaskSet.load(_os.fsdecode(path))

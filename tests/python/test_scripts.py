@@ -32,7 +32,7 @@ def test_compile_accepts_text_or_script_and_a_block_override():
         sparsa.compile("attend = dense", n=64, block=48)
     with pytest.raises(ValueError, match="n: the sequence length must be >= 1"):
         sparsa.compile("attend = dense", n=0)
-    with pytest.raises(ValueError, match="got int"):
+    with pytest.raises(TypeError, match=r"^compile\(\): script must be a sparsa.Script or the script's text \(str\), not int 42$"):
         sparsa.compile(42, n=64)
 
 
