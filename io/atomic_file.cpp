@@ -449,7 +449,10 @@ void AtomicFileGroup::commit() {
 // [SECTION] InputFile
 
 InputFile::InputFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO with no writer returns at once, to be refused below as not a
+    // regular file, instead of waiting for a writer forever. O_NOCTTY: a terminal named here
+    // never becomes ours.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd_ < 0) {
         const int err = errno;
         std::string text = std::error_code(err, std::generic_category()).message();
@@ -466,6 +469,8 @@ InputFile::InputFile(const std::string& path) : path_(path) {
         throw Error("cannot read '" + path + "': " + (S_ISDIR(st.st_mode) ? "it is a folder, not a file" : "not a regular file"));
     }
     size_ = static_cast<uint64_t>(st.st_size);
+    const int flags = ::fcntl(fd_, F_GETFL);
+    if (flags >= 0) (void)::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
 }
 
 InputFile::~InputFile() {

@@ -105,7 +105,8 @@ void install_temp_file_cleanup();
 // Removes every live temporary file. Async-signal-safe: for other fatal-signal handlers.
 void temp_files_remove_all() noexcept;
 
-// A file opened for reading at given offsets. Errors are sparsa::Error naming the path.
+// A regular file opened for reading at given offsets; a folder, FIFO or device is refused at
+// once (never waited on). Errors are sparsa::Error naming the path.
 class InputFile {
 public:
     explicit InputFile(const std::string& path);

@@ -167,6 +167,8 @@ TEST_CASE("a FIFO and a pipe's descriptor get the bytes, header patches included
     CHECK(got == "Xbcdef");
     CHECK(kind_of(fifo) == S_IFIFO);
     CHECK(dir.entries() == std::vector<std::string>{"fifo"});
+    // Read, a FIFO with no writer is refused at once, not waited on.
+    CHECK_THROWS_WITH(InputFile(fifo), "cannot read '" + fifo + "': not a regular file");
 
     int ends[2];
     REQUIRE(::pipe(ends) == 0);
