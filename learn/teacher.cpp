@@ -446,7 +446,13 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
     const double free_rows = std::max(1.0, per_row * static_cast<double>(batch.batch * n - answers));   // the own-block term's rows
     const SequencePass pass{teacher, slots, pe, options, fixed, options.sharpness / rows, options.own_block / free_rows};
     std::vector<TeacherResult> results(static_cast<size_t>(batch.batch));
-    std::vector<std::vector<double>> seq_grads(grads ? static_cast<size_t>(batch.batch) : 0);
+    // Each sequence's gradients, summed below in a fixed order. Aligned like Eigen's own
+    // matrices (64 bytes at AVX-512): Eigen maps these buffers, and a vectorised reduction written
+    // through a map rounds differently with the map's alignment (b1 += du.colwise().sum() puts an
+    // unaligned head through the scalar path, which sums rows in another order). With malloc's
+    // 16 bytes, each thread's arena gave another alignment, so the gradients changed with the
+    // thread count.
+    std::vector<std::vector<double, Eigen::aligned_allocator<double>>> seq_grads(grads ? static_cast<size_t>(batch.batch) : 0);
     parallel_for(batch.batch, options.threads, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
             double* g = nullptr;
