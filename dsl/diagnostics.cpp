@@ -192,6 +192,16 @@ Diagnostic diagnostic_at(Severity severity, SourcePtr source, int32_t begin, int
     return d;
 }
 
+void warning_add(std::vector<Diagnostic>& warnings, Diagnostic d) {
+    if (warnings.size() < kMaxWarnings) {
+        warnings.push_back(std::move(d));
+    } else if (warnings.size() == kMaxWarnings) {
+        warnings.push_back(diagnostic_at(Severity::warning, nullptr, 0, 0,
+                                         "more warnings are not shown (the first " + std::to_string(kMaxWarnings) +
+                                             " are)"));
+    }
+}
+
 namespace {
 
 // Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps.

@@ -53,6 +53,14 @@ private:
     std::vector<Diagnostic> diagnostics_;
 };
 
+// At most this many warnings are kept for one script (and one compile of it): a generated
+// script with the same doubtful line a hundred thousand times still answers in a moment.
+constexpr size_t kMaxWarnings = 100;
+
+// Appends d unless kMaxWarnings are there already; the first one left out adds a note saying
+// that more were not shown.
+void warning_add(std::vector<Diagnostic>& warnings, Diagnostic d);
+
 // Builds a diagnostic pointing at [begin, end) of source.
 Diagnostic diagnostic_at(Severity severity, SourcePtr source, int32_t begin, int32_t end,
                          std::string message, std::string hint = {});

@@ -1,7 +1,7 @@
 // The evaluator: numbers, token sets and patterns from expressions, for one (layer, head).
 //
 // Index: [SECTION] Values and numbers, [SECTION] Built-ins, [SECTION] Expressions,
-//        [SECTION] Operators, [SECTION] Calls
+//        [SECTION] Operators, [SECTION] Calls, [SECTION] Which lines depend on the (layer, head)
 #include "dsl/eval.hpp"
 
 #include "dsl/builtins.hpp"
@@ -102,8 +102,8 @@ void Evaluator::warn(const Frame& frame, int32_t begin, int32_t end, std::string
     if (warnings_ == nullptr) return;
     auto key = std::make_pair(frame.source.get(), std::make_pair(begin, message));
     if (!warned_.insert(key).second) return;
-    warnings_->push_back(diagnostic_at(Severity::warning, frame.source, begin, end, std::move(message),
-                                       std::move(hint)));
+    warning_add(*warnings_, diagnostic_at(Severity::warning, frame.source, begin, end, std::move(message),
+                                          std::move(hint)));
 }
 
 void Evaluator::step(const Frame& frame, const ast::Span& span) {
@@ -772,6 +772,76 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
                                       key + "#" + std::to_string(l) + "," + std::to_string(h)));
     }
     fail(frame.source, call.begin, call.end, "unknown pattern '" + fn + "'");
+}
+
+// [SECTION] Which lines depend on the (layer, head)
+
+namespace {
+
+// Whether expr, as seen from the first `visible` entries of module with parameters `locals`,
+// reads h or l, calls random() or load(), or uses a definition judged to (in judged).
+bool reads_position(const ast::Expr& expr, const Module& module, size_t visible, const std::vector<std::string>& locals,
+                    const std::unordered_map<const Definition*, bool>& judged) {
+    auto definition_does = [&](const std::string& name) {
+        const Definition* def = module_lookup(module, visible, name);
+        auto it = def != nullptr ? judged.find(def) : judged.end();
+        return it != judged.end() && it->second;
+    };
+    auto is_local = [&](const std::string& name) { return std::find(locals.begin(), locals.end(), name) != locals.end(); };
+    std::vector<const ast::Operand*> todo;  // an explicit stack: nesting costs no C++ stack
+    auto push_expr = [&](const ast::Expr& e) {
+        todo.push_back(&e.first);
+        for (const auto& op : e.rest) todo.push_back(&op.rhs);
+    };
+    push_expr(expr);
+    while (!todo.empty()) {
+        const ast::Operand& operand = *todo.back();
+        todo.pop_back();
+        if (const auto* name = boost::get<ast::Name>(&operand)) {
+            if (is_local(name->text)) continue;
+            if (name->text == "h" || name->text == "l" || definition_does(name->text)) return true;
+        } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&operand)) {
+            const std::string& id = call->get().function.text;
+            if (!is_local(id) && (definition_does(id) ||
+                                  (module_lookup(module, visible, id) == nullptr && (id == "random" || id == "load")))) {
+                return true;
+            }
+            for (const auto& arg : call->get().args) {
+                if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) push_expr(kw->value);
+                else push_expr(boost::get<ast::Expr>(arg));
+            }
+        } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&operand)) {
+            for (const auto& member : set->get().members) push_expr(member);
+        } else if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&operand)) {
+            todo.push_back(&unary->get().operand);
+        } else if (const auto* group = boost::get<ast::x3::forward_ast<ast::Expr>>(&operand)) {
+            push_expr(group->get());
+        }
+    }
+    return false;
+}
+
+} // namespace
+
+void attend_lines_judge(Script& script) {
+    std::unordered_map<const Definition*, bool> judged;
+    for (const auto& def : script.definitions) {  // oldest first
+        bool reads = false;
+        if (def->let != nullptr) {
+            reads = reads_position(def->let->value, *def->module, def->visible, {}, judged);
+        } else {
+            std::vector<std::string> params;
+            for (const auto& p : def->def->params) {
+                params.push_back(p.name.text);
+                if (p.default_value) reads = reads || reads_position(*p.default_value, *def->module, def->visible, {}, judged);
+            }
+            reads = reads || reads_position(def->def->body, *def->module, def->visible, params, judged);
+        }
+        judged.emplace(def.get(), reads);
+    }
+    for (auto& line : script.attends) {
+        line.per_position = reads_position(line.statement->value, *script.main, line.visible, {}, judged);
+    }
 }
 
 } // namespace sparsa::dsl

@@ -39,11 +39,19 @@ struct Module {
     std::shared_ptr<const ast::Script> tree;
     std::vector<const Definition*> entries;  // in definition order; later ones shadow earlier
     std::vector<size_t> visible_at;          // per statement: entries visible to it
+    // name -> its indices in entries, ascending: a lookup costs O(log) however many names
+    // a (generated) script defines, not a scan of all of them.
+    std::unordered_map<std::string, std::vector<size_t>> index;
+
+    void add(const Definition* entry);       // appends to entries and index
 };
 
 struct AttendLine {
     const ast::AttendStatement* statement = nullptr;
     size_t visible = 0;  // entries of the main module its expression sees
+    // Its value may differ between (layer, head) pairs (attend_lines_judge): else a compile
+    // evaluates it once, not once per (layer, head).
+    bool per_position = true;
 };
 
 struct Script {
@@ -111,6 +119,9 @@ public:
     // Evaluates expr as seen from the first `visible` entries of module.
     Value evaluate(const ast::Expr& expr, const Module& module, size_t visible);
 
+    // Steps taken so far (each counts against kMaxEvalSteps).
+    int64_t steps() const { return steps_; }
+
     // Throws ScriptError pointing at [begin, end) of source.
     [[noreturn]] void fail(const SourcePtr& source, int32_t begin, int32_t end,
                            const std::string& message, const std::string& hint = {}) const;
@@ -144,10 +155,18 @@ private:
     int calls_ = 0;  // definitions being called, nested
 };
 
+// Sets each attend line's per_position: whether its value can differ between (layer, head)
+// pairs, because it reads h or l, or calls random() or load() (drawn or read per (layer, head)),
+// itself or through the lets and defs it uses. Each definition is judged once, oldest first (a
+// definition reads only earlier ones), with loops: chains thousands long do not recurse.
+void attend_lines_judge(Script& script);
+
 // Pattern parts a script may build (counting shared parts each time they are used).
 constexpr int64_t kMaxPatternParts = 10000;
-// Evaluation steps one evaluator may take.
+// Evaluation steps one evaluator may take, and all those of one compile together (each
+// (layer, head) evaluates its attend line again): a few seconds of work at most.
 constexpr int64_t kMaxEvalSteps = 20'000'000;
+constexpr int64_t kMaxCompileSteps = 30'000'000;
 // Calls of definitions may nest this deep (a def calling a def ...): each level takes about
 // 2 KiB of stack, so the deepest chain fits 8 MiB with room to spare. Thinner stacks stop
 // earlier, with a diagnostic (stack_guard.hpp).

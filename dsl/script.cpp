@@ -1,8 +1,8 @@
 // Loading a script: parse, resolve imports and the prelude, check names and calls, read the
 // settings; then evaluate every (layer, head) and compile each distinct pattern once.
 //
-// Index: [SECTION] Reading files, [SECTION] Modules and imports, [SECTION] The checker,
-//        [SECTION] Statements, [SECTION] Evaluation and compiling
+// Index: [SECTION] Modules and imports, [SECTION] The checker, [SECTION] Statements,
+//        [SECTION] Evaluation and compiling   (reading files: script_file.cpp)
 #include "dsl/script.hpp"
 
 #include "dsl/builtins.hpp"
@@ -10,30 +10,31 @@
 #include "dsl/grammar.hpp"
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
-
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace sparsa::dsl {
 
 extern const char* const kPreludeText;  // dsl/prelude.pat, embedded at build time
 
+void Module::add(const Definition* entry) {
+    index[entry->name].push_back(entries.size());
+    entries.push_back(entry);
+}
+
 const Definition* module_lookup(const Module& module, size_t visible, const std::string& name) {
-    for (size_t i = std::min(visible, module.entries.size()); i-- > 0;) {
-        if (module.entries[i]->name == name) return module.entries[i];
-    }
-    return nullptr;
+    auto it = module.index.find(name);
+    if (it == module.index.end()) return nullptr;
+    const std::vector<size_t>& at = it->second;  // the last definition among the first `visible`
+    auto past = std::lower_bound(at.begin(), at.end(), std::min(visible, module.entries.size()));
+    return past == at.begin() ? nullptr : module.entries[*std::prev(past)];
 }
 
 namespace {
+
+constexpr size_t kMaxErrors = 20;
 
 // Friendly words for the grammar's rule names in "expected ..." messages.
 std::string expected_words(const std::string& rule) {
@@ -54,9 +55,17 @@ struct Loader {
     std::vector<std::string> import_stack;
     std::map<std::string, const Module*> imported;
 
+    // Checking stops at kMaxErrors errors: a generated script with thousands of mistakes is
+    // reported in a moment, not after a did-you-mean search for each of them.
     void error(const SourcePtr& source, const ast::Span& span, std::string message, std::string hint = {}) {
         errors.push_back(diagnostic_at(Severity::error, source, span.begin, span.end, std::move(message),
                                        std::move(hint)));
+        if (errors.size() >= kMaxErrors) {
+            errors.push_back(diagnostic_at(Severity::error, nullptr, 0, 0,
+                                           "stopping after " + std::to_string(kMaxErrors) + " errors",
+                                           "fix these first"));
+            flush();
+        }
     }
     void flush() {
         if (!errors.empty()) throw ScriptError(std::move(errors));
@@ -76,82 +85,10 @@ struct Loader {
                                             const std::vector<std::string>& locals) const;
 };
 
-// [SECTION] Reading files
-
 // Editors on Windows start UTF-8 files with a byte order mark (EF BB BF); it is no part of
 // the script. (Removed, so columns count as the editor shows them.)
 void strip_bom(std::string& text) {
     if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
-}
-
-// The script's bytes up to kMaxScriptBytes (one more tells that it is larger), read with
-// read(2) from fd. A pipe or FIFO is waited on at most kScriptWaitSeconds for each piece, so a
-// FIFO nobody writes to ends in an error, never a hang.
-std::string read_bounded(int fd, bool is_pipe, const std::string& shown) {
-    std::string out;
-    char buffer[1 << 16];
-    while (out.size() <= kMaxScriptBytes) {
-        if (is_pipe) {
-            pollfd wait{fd, POLLIN, 0};
-            int ready = poll(&wait, 1, kScriptWaitSeconds * 1000);
-            if (ready < 0 && errno == EINTR) continue;
-            if (ready < 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
-            if (ready == 0) {
-                throw Error("cannot read '" + shown + "': nothing arrived on this pipe for " +
-                            std::to_string(kScriptWaitSeconds) + " s (is anything writing to it?)");
-            }
-        }
-        const size_t want = std::min(sizeof buffer, kMaxScriptBytes + 1 - out.size());
-        const ssize_t got = read(fd, buffer, want);
-        if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-        if (got < 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
-        if (got == 0) break;
-        out.append(buffer, static_cast<size_t>(got));
-    }
-    return out;
-}
-
-// What a path that is not a regular file, folder or pipe is, for the message.
-const char* file_kind(mode_t mode) {
-    if (S_ISCHR(mode)) return "a character device";
-    if (S_ISBLK(mode)) return "a block device";
-    if (S_ISSOCK(mode)) return "a socket";
-    return "not a regular file";
-}
-
-// Reads a script file; `shown` is how messages name it. Regular files, and pipes or FIFOs
-// (`<(cat x.pat)`, /dev/stdin from a pipe); folders and devices are refused before reading.
-std::string read_file(const std::string& path, const std::string& shown) {
-    struct stat st {};
-    if (stat(path.c_str(), &st) != 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
-    auto refuse_kind = [&](mode_t mode) {
-        if (S_ISDIR(mode)) throw Error("cannot read '" + shown + "': it is a folder (give a .pat file)");
-        if (!S_ISREG(mode) && !S_ISFIFO(mode)) {
-            throw Error("cannot read '" + shown + "': not a regular file (" + std::string(file_kind(mode)) +
-                        "; give a .pat file)");
-        }
-    };
-    refuse_kind(st.st_mode);  // before opening: opening a device may itself do something
-    // O_NONBLOCK: opening a FIFO with no writer returns at once (read_bounded waits, bounded).
-    const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (fd < 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
-    struct Closer {
-        int fd;
-        ~Closer() { close(fd); }
-    } closer{fd};
-    if (fstat(fd, &st) != 0) throw Error("cannot read '" + shown + "': " + std::strerror(errno));
-    refuse_kind(st.st_mode);  // what was opened, should the path have changed since
-    const std::string limit = std::to_string(kMaxScriptBytes >> 20) + " MiB";
-    if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > kMaxScriptBytes) {
-        throw Error("'" + shown + "' is " + std::to_string(st.st_size) + " bytes: scripts are limited to " + limit +
-                    " (is this really a pattern script?)");
-    }
-    std::string out = read_bounded(fd, S_ISFIFO(st.st_mode), shown);
-    if (out.size() > kMaxScriptBytes) {
-        throw Error("'" + shown + "' is more than " + limit + ": scripts are limited to " + limit +
-                    " (is this really a pattern script?)");
-    }
-    return out;
 }
 
 // [SECTION] Modules and imports
@@ -211,6 +148,7 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
     module->tree = std::make_shared<const ast::Script>(std::move(std::get<ast::Script>(parsed)));
     if (!is_prelude && !script.modules.empty()) {
         module->entries = script.modules.front()->entries;  // the prelude's names come first
+        module->index = script.modules.front()->index;
     }
     std::map<std::string, const ast::Span*> own;  // names this file defines, for duplicates
 
@@ -236,7 +174,7 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
         d->visible = module->entries.size();
         d->source = source;
         d->order = script.definitions.size();
-        module->entries.push_back(d.get());
+        module->add(d.get());
         script.definitions.push_back(std::move(d));
     };
 
@@ -284,7 +222,7 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
             } else {
                 std::string text;
                 try {
-                    text = read_file(key, display);
+                    text = script_file_read(key, display);
                 } catch (const Error& e) {
                     error(source, import->path, std::string("import: ") + e.what());
                     continue;
@@ -300,7 +238,7 @@ const Module& Loader::load_module(SourcePtr source, bool is_prelude) {
             // The imported file's own definitions (not the prelude's) become visible here.
             const size_t skip = script.modules.front()->entries.size();
             for (size_t i = skip; i < imported_module->entries.size(); ++i) {
-                module->entries.push_back(imported_module->entries[i]);
+                module->add(imported_module->entries[i]);
             }
         }
     }
@@ -469,7 +407,7 @@ void Loader::check_complements(const ast::Expr& expr, const SourcePtr& source) {
         void operand(const ast::Operand& o) {
             if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&o)) {
                 if (unary->get().op == '!') {
-                    self.script.warnings.push_back(diagnostic_at(
+                    warning_add(self.script.warnings, diagnostic_at(
                         Severity::warning, source, unary->get().begin, unary->get().end,
                         "the complement '!' keeps every pair the pattern does not: the result is usually dense",
                         "to remove pairs from a pattern, write P - Q"));
@@ -662,12 +600,11 @@ ScriptPtr script_parse(std::string text, std::string name, std::string path) {
     script->main = &main;
     read_statements(loader, *script, main);
     loader.flush();
+    attend_lines_judge(*script);
     return script;
 }
 
-ScriptPtr script_load(const std::string& path) { return script_parse(read_file(path, path), path, path); }
-
-std::string script_file_read(const std::string& path) { return read_file(path, path); }
+ScriptPtr script_load(const std::string& path) { return script_parse(script_file_read(path), path, path); }
 
 const ScriptSettings& script_settings(const Script& script) { return script.settings; }
 const Source& script_source(const Script& script) { return *script.main->source; }
@@ -725,13 +662,13 @@ std::vector<Selection> selections(const Script& script, int64_t n, int32_t block
                     throw ScriptError({selector_outside(script.main->source, item, lo, hi, count)});
                 }
                 if (hi > count && warnings != nullptr) {
-                    warnings->push_back(diagnostic_at(
+                    warning_add(*warnings, diagnostic_at(
                         Severity::warning, script.main->source, item.range.begin, item.range.end,
                         "this selector reaches " + item.axis + " " + std::to_string(hi - 1) + ", but the script has " +
                             std::to_string(count) + " " + item.axis + "s; the rest is ignored"));
                 }
                 if (hi <= lo && warnings != nullptr) {
-                    warnings->push_back(diagnostic_at(Severity::warning, script.main->source, item.range.begin,
+                    warning_add(*warnings, diagnostic_at(Severity::warning, script.main->source, item.range.begin,
                                                       item.range.end, "this selector matches no " + item.axis));
                 }
                 (item.axis == "head" ? sel.head_lo : sel.layer_lo) = lo;
@@ -748,6 +685,24 @@ struct Evaluated {
     std::vector<const AttendLine*> lines;     // [layers * heads], the line that chose each
 };
 
+// The pattern of one (layer, head): its attend line evaluated, the causal statement applied.
+// The evaluation's steps are added to *steps.
+PatternPtr line_pattern(const Script& script, const AttendLine& line, const EvalContext& context,
+                        std::vector<Diagnostic>* warnings, int64_t* steps) {
+    Evaluator evaluator(script, context, warnings);
+    const ast::Expr& expr = line.statement->value;
+    Value v = evaluator.evaluate(expr, *script.main, line.visible);
+    *steps += evaluator.steps();
+    if (v.kind != Value::Kind::pattern) {
+        evaluator.fail(script.main->source, expr.begin, expr.end,
+                       "attend takes a pattern; this is " + value_kind_name(v.kind),
+                       v.kind == Value::Kind::set ? "turn the token set into a pattern: global(S), rows(S) or columns(S)" : "");
+    }
+    PatternPtr p = v.pattern;
+    if (script.settings.causal) p = pattern_intersect(p, pattern_causal());
+    return p;
+}
+
 Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std::vector<Diagnostic>* warnings) {
     if (n < 1) throw Error("n = " + std::to_string(n) + ": the sequence length must be at least 1");
     if (n > (int64_t{1} << 40)) throw Error("n = " + std::to_string(n) + " is too large (at most 2^40)");
@@ -756,6 +711,8 @@ Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std:
     }
     const ScriptSettings& s = script.settings;
     std::vector<Selection> sel = selections(script, n, block, warnings);
+    int64_t steps = 0;
+    std::map<const AttendLine*, PatternPtr> once;
     Evaluated out;
     out.patterns.resize(static_cast<size_t>(s.layers * s.heads));
     out.lines.resize(out.patterns.size());
@@ -769,7 +726,26 @@ Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std:
             }
             size_t index = static_cast<size_t>(l * s.heads + h);
             out.lines[index] = chosen->line;
-            out.patterns[index] = script_pattern(script, n, block, l, h, warnings);
+            // A line whose value is the same for every (layer, head) is evaluated once.
+            PatternPtr& shared = once[chosen->line];
+            if (chosen->line->per_position || !shared) {
+                PatternPtr p = line_pattern(script, *chosen->line, eval_context_attend(script, n, block, l, h), warnings,
+                                            &steps);
+                if (!chosen->line->per_position) shared = p;
+                out.patterns[index] = std::move(p);
+            } else {
+                out.patterns[index] = shared;
+            }
+            // Every (layer, head) evaluates its line and the lets it reads again: bound the whole.
+            if (steps > kMaxCompileSteps) {
+                const ast::Expr& expr = chosen->line->statement->value;
+                throw ScriptError({diagnostic_at(
+                    Severity::error, script.main->source, expr.begin, expr.end,
+                    "evaluating the script for its " + std::to_string(s.layers * s.heads) +
+                        " (layer, head) pairs takes more than " + std::to_string(kMaxCompileSteps) + " steps",
+                    "each (layer, head) evaluates its attend line, and the lets it reads, again: use fewer heads "
+                    "or layers, or shorter definitions")});
+            }
         }
     }
     return out;
@@ -789,7 +765,6 @@ void dedupe(std::vector<Diagnostic>& warnings) {
 
 PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_t layer, int64_t head,
                           std::vector<Diagnostic>* warnings) {
-    const ScriptSettings& s = script.settings;
     const EvalContext context = eval_context_attend(script, n, block, layer, head);
     // The last line whose selector matches wins (selectors are re-evaluated: cheap, and exact).
     std::vector<Selection> sel = selections(script, n, block, nullptr);
@@ -800,17 +775,8 @@ PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_
             chosen = candidate.line;
         }
     }
-    Evaluator evaluator(script, context, warnings);
-    const ast::Expr& expr = chosen->statement->value;
-    Value v = evaluator.evaluate(expr, *script.main, chosen->visible);
-    if (v.kind != Value::Kind::pattern) {
-        evaluator.fail(script.main->source, expr.begin, expr.end,
-                       "attend takes a pattern; this is " + value_kind_name(v.kind),
-                       v.kind == Value::Kind::set ? "turn the token set into a pattern: global(S), rows(S) or columns(S)" : "");
-    }
-    PatternPtr p = v.pattern;
-    if (s.causal) p = pattern_intersect(p, pattern_causal());
-    return p;
+    int64_t steps = 0;
+    return line_pattern(script, *chosen, context, warnings, &steps);
 }
 
 std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block) {
@@ -827,12 +793,18 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
     out.warnings = script.warnings;
     Evaluated evaluated = evaluate_patterns(script, options.n, block, &out.warnings);
 
-    // Compile each distinct pattern once.
+    // Compile each distinct pattern once (a pattern shared by many (layer, head) pairs gets
+    // its key once: a key is as long as the pattern is large).
     std::map<std::string, size_t> index_of;
+    std::map<const Pattern*, size_t> index_of_shared;
     std::vector<std::shared_ptr<const BlockMask>> compiled;
     std::vector<std::shared_ptr<const BlockMask>> masks(evaluated.patterns.size());
     for (size_t i = 0; i < evaluated.patterns.size(); ++i) {
         const PatternPtr& p = evaluated.patterns[i];
+        if (auto seen = index_of_shared.find(p.get()); seen != index_of_shared.end()) {
+            masks[i] = compiled[seen->second];
+            continue;
+        }
         const ast::Expr& expr = evaluated.lines[i]->statement->value;
         if (pattern_is_data_dependent(*p)) {
             throw ScriptError({diagnostic_at(
@@ -846,6 +818,7 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
             compiled.push_back(std::make_shared<const BlockMask>(pattern_compile(*p, options.n, block, options.threads)));
         }
         masks[i] = compiled[it->second];
+        index_of_shared.emplace(p.get(), it->second);
     }
     out.masks = mask_set_make(s.layers, s.heads, std::move(masks));
     out.masks.script_name = std::filesystem::path(script.main->source->name).filename().string();
@@ -868,7 +841,7 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
     }
     for (const auto& [line, entry] : empty) {
         std::string more = entry.first > 1 ? "; so do " + std::to_string(entry.first - 1) + " more (layer, head) masks" : "";
-        out.warnings.push_back(diagnostic_at(Severity::warning, script.main->source, line->statement->value.begin,
+        warning_add(out.warnings, diagnostic_at(Severity::warning, script.main->source, line->statement->value.begin,
                                              line->statement->value.end, entry.second + more,
                                              "attention gives zeros in those rows"));
     }

@@ -33,8 +33,9 @@ ScriptPtr script_load(const std::string& path);
 
 // Reads a script file's text as script_load does: a regular file, or a pipe or FIFO (waited on
 // at most kScriptWaitSeconds for each piece), at most kMaxScriptBytes. Folders and devices are
-// refused before they are read. Throws sparsa::Error saying which and how to fix it.
-std::string script_file_read(const std::string& path);
+// refused before they are read. Throws sparsa::Error saying which and how to fix it; messages
+// name the file `shown_as` (default: path). (dsl/script_file.cpp)
+std::string script_file_read(const std::string& path, const std::string& shown_as = {});
 
 // The statements that size the model, after checking.
 struct ScriptSettings {

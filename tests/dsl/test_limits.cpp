@@ -231,3 +231,41 @@ TEST_CASE("a byte order mark is skipped; a NUL byte is named and shown", "[dsl][
         CHECK(text.find('\0') == std::string::npos);
     }
 }
+
+TEST_CASE("lines that read no h, l, random or load are judged the same for every (layer, head)", "[dsl][limits]") {
+    auto judged = [](const std::string& text) {
+        ScriptPtr script = script_parse(text, "j.pat");
+        std::string out;
+        for (const auto& line : script->attends) out += line.per_position ? '1' : '0';
+        return out;
+    };
+    CHECK(judged("attend = window(4) | global(first(8))\n") == "0");
+    CHECK(judged("attend = window(h)\n") == "1");
+    CHECK(judged("attend = window(2 ^ l)\n") == "1");
+    CHECK(judged("attend = window(H * L + n / B)\n") == "0");  // the same for every (layer, head)
+    CHECK(judged("attend = random(2)\n") == "1");
+    CHECK(judged("let w = h + 1\nlet v = w * 2\nattend = window(v)\n") == "1");     // through lets
+    CHECK(judged("def f(x) = window(x + l)\nattend = f(3)\n") == "1");              // through a def's body
+    CHECK(judged("def f(x) = window(x)\nattend = f(h)\n") == "1");                  // an argument
+    CHECK(judged("def f(x = h) = window(x)\nattend = f()\n") == "1");               // a default
+    CHECK(judged("def f(x) = window(x)\nattend = f(3)\n") == "0");
+    CHECK(judged("def g(w) = random(w)\ndef f(x) = g(x)\nattend = f(3)\n") == "1");  // a chain of defs
+    CHECK(judged("heads 2\nattend = window(1)\nattend[head 1] = window(h)\n") == "01");
+    CHECK(judged(let_chain(3000)) == "0");
+}
+
+TEST_CASE("a line the same for every (layer, head) is evaluated once; per-position work is bounded", "[dsl][limits]") {
+    // 1024 x 1024 (layer, head) pairs of a 3000-let chain: one evaluation, one shared mask.
+    Compiled c = compile_text("heads 1024\nlayers 1024\n" + let_chain(3000), 64);
+    CHECK(c.masks.unique_masks().size() == 1);
+    // Per (layer, head), the same chain is evaluated again: bounded, with the place and why.
+    std::string text = let_chain(3000);
+    text.replace(text.find("window(1)"), 9, "window(h)");
+    const std::string message = compile_error("heads 1024\nlayers 32\n" + text);
+    CHECK(message.find("evaluating the script for its 32768 (layer, head) pairs takes more than " +
+                       std::to_string(kMaxCompileSteps) + " steps") != std::string::npos);
+    // Heads that differ are compiled apart, and right.
+    Compiled per_head = compile_text("heads 3\nlet w = h + 1\nattend = window(w)\n", 256);
+    CHECK(per_head.masks.unique_masks().size() == 3);
+    CHECK(per_head.masks.at(0, 2).col_idx == compile_text("attend = window(3)\n", 256).masks.at(0, 0).col_idx);
+}

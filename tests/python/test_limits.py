@@ -25,8 +25,7 @@ PRELUDE = textwrap.dedent("""
             return f"ScriptError {e.line}:{e.column} {e.diagnostics[0].message}"
 
     def on_thread(text, stack=0):
-        if stack:
-            threading.stack_size(stack)
+        threading.stack_size(stack)  # 0: the default
         got = []
         t = threading.Thread(target=lambda: got.append(outcome(text)))
         t.start()
