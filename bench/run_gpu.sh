@@ -74,6 +74,9 @@ step_carried() {   # binaries built elsewhere (BUILD=build-cuda, the paths carri
     for f in tests/test_cuda_attention bench/bench_cuda cli/sparsa tests/cli/test_cli; do
         [[ -x $BUILD/$f ]] || { echo "carried: $BUILD/$f is missing (carry it)"; exit 1; }
     done
+    # sparsa loads its CUDA engine from this module beside it (cli/cuda_module.hpp), and
+    # test_cli loads it too: without it, --engine cuda says it cannot be loaded.
+    [[ -f $BUILD/cli/libsparsa_cli_cuda.so ]] || { echo "carried: $BUILD/cli/libsparsa_cli_cuda.so is missing (carry it beside cli/sparsa)"; exit 1; }
     echo "carried: ok"
 }
 

@@ -1,7 +1,8 @@
 // sparsa run: one layer of attention with a script's masks on given (.npy) or seeded random
 // tensors; prints the time, kept pairs and effective GFLOP/s, and checks against the reference.
-// --engine cuda runs the CUDA engine (engine/cuda/), compiled in only when CMake built the
-// sparsa_cuda target (SPARSA_HAVE_CUDA, set in engine/cuda/CMakeLists.txt).
+// --engine cuda runs the CUDA engine (engine/cuda/) through libsparsa_cli_cuda.so, loaded only
+// then (cli/cuda_module.hpp); compiled in only when CMake built the sparsa_cuda target
+// (SPARSA_HAVE_CUDA, set in engine/cuda/CMakeLists.txt).
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/outputs.hpp"
@@ -10,7 +11,7 @@
 #include "engine/reference.hpp"
 #include "engine/threads.hpp"
 #ifdef SPARSA_HAVE_CUDA
-#include "engine/cuda/attention_cuda.hpp"
+#include "cli/cuda_module.hpp"
 #endif
 
 #include <nlohmann/json.hpp>
@@ -185,7 +186,7 @@ struct GpuChoice {
     int kernel_used = 0;               // run
     std::string device;                // the GPU's name
 #ifdef SPARSA_HAVE_CUDA
-    std::shared_ptr<CudaAttention> engine;
+    std::shared_ptr<cuda::Attention> engine;   // in libsparsa_cli_cuda.so
     CudaDtype dtype = CudaDtype::bfloat16;
 #endif
 };
@@ -200,16 +201,16 @@ GpuChoice gpu_choice(const Args& args, const std::string& engine) {
     g.kernel = static_cast<int>(args.integer("--kernel", 0, 0, 1000));
 #ifdef SPARSA_HAVE_CUDA
     g.dtype = g.dtype_name == "bf16" ? CudaDtype::bfloat16 : g.dtype_name == "fp16" ? CudaDtype::float16 : CudaDtype::float32;
-    if (g.kernel > cuda_kernel_count()) {
-        throw Error("run: --kernel " + std::to_string(g.kernel) + " does not exist (use 1 to " + std::to_string(cuda_kernel_count()) +
+    if (g.kernel > cuda::kernel_count()) {   // the first call loads the module, or says why it cannot
+        throw Error("run: --kernel " + std::to_string(g.kernel) + " does not exist (use 1 to " + std::to_string(cuda::kernel_count()) +
                     ", or 0 for the newest that runs the call)");
     }
     std::string why;
-    if (!cuda_device_available(&why)) {
+    if (!cuda::device_available(&why)) {
         throw Error("run: --engine cuda: no CUDA GPU here (" + why + "); use --engine cpu");
     }
-    g.engine = std::make_shared<CudaAttention>();
-    g.device = cuda_device_name();
+    g.engine = std::make_shared<cuda::Attention>();
+    g.device = cuda::device_name();
     return g;
 #else
     throw Error("run: --engine cuda: this sparsa was built without the CUDA engine (CMake found no CUDA compiler); "
@@ -240,7 +241,7 @@ AttentionOutput gpu_run([[maybe_unused]] GpuChoice& g, [[maybe_unused]] const Te
 // x as the GPU sees it in the chosen dtype.
 Tensor gpu_round([[maybe_unused]] const GpuChoice& g, const Tensor& x) {
 #ifdef SPARSA_HAVE_CUDA
-    return tensor_round_to(x, g.dtype);
+    return cuda::round_to(x, g.dtype);
 #else
     return x;
 #endif

@@ -249,19 +249,36 @@ def test_memory_limit_gives_a_result_or_out_of_memory(w, command, mb):
     """Many threads (as on a machine with many cores) under ulimit -v: each thread's stack is
     address space, so threads that cannot start must not abort the run."""
     env = dict(os.environ, SPARSA_THREADS="16")
+    # The kernel maps the executable and the loader its libraries before any code of ours runs:
+    # sparsa must be small enough to start at 10 MB. A CUDA build once linked its engine in
+    # (about 10 MB of segments: execve's SIGSEGV); the engine is now libsparsa_cli_cuda.so,
+    # mapped only by --engine cuda (cli/cuda_module.hpp).
     starts = run(["--help"], vm_mb=mb)
-    if starts.code != 0:
-        # The kernel maps the executable and the loader its libraries before any code of ours
-        # runs: a CUDA build's sparsa has about 10 MB of segments, and at 10 MB execve fails past
-        # its point of no return (the kernel's SIGSEGV) or ld.so says "failed to map segment".
-        pytest.skip(f"sparsa cannot even start under {mb} MB (exit {starts.code}: {starts.stderr.strip()[:120]!r}): "
-                    "the kernel's or the loader's limit, not sparsa's")
+    assert starts.code == 0, f"sparsa cannot even start under {mb} MB (exit {starts.code}): {starts.out.strip()[:200]!r}"
     before = snapshot(w)
     r = run(MEMORY_CASES[command], cwd=w, vm_mb=mb, env=env)
     if r.code == 0:
         return
     refused(r, "out of memory")
     assert snapshot(w) == before, "a failed run left files"
+
+
+def test_check_works_at_10_mb(w):
+    """issue 17: at 10 MB every command, check included, was killed at exec in a CUDA build."""
+    ok(run(["check", SCRIPT], cwd=w, vm_mb=10), "w.pat: ok")
+    ok(run(["check", SCRIPT, "--n", "4096"], cwd=w, vm_mb=10, env=dict(os.environ, SPARSA_THREADS="16")), "w.pat: ok")
+
+
+def test_engine_cuda_at_10_mb_says_out_of_memory_or_not_built(w):
+    """The CUDA engine (libsparsa_cli_cuda.so, about 9 MB) cannot be mapped in 10 MB: a clean
+    "out of memory", not a crash nor "rebuild"; a build without it says so, as without a limit."""
+    with unchanged(w):
+        r = run(["run", SCRIPT, "--n", "256", "--engine", "cuda", "--out", "o.npy"], cwd=w, vm_mb=10)
+    if "built without the CUDA engine" in r.out:
+        refused(r, "--engine cuda: this sparsa was built without the CUDA engine")
+    else:
+        refused(r, "--engine cuda: out of memory", "libsparsa_cli_cuda.so", "ulimit -v")
+        assert "rebuild" not in r.out
 
 
 def test_memory_limit_enough_for_every_command_to_work(w):
