@@ -1,7 +1,8 @@
 // The CPU engine: block-sparse attention in float32, one query block (forward, dQ) or one key
-// block (dK, dV) per task, with Eigen products on block-sized row-major operands.
+// block (dK, dV) per task, with Eigen products on block-sized row-major operands, except S.
 //
-// [SECTION] blocks: row-major block views, applying a partial block's bitmask
+// [SECTION] blocks: row-major block views, applying a partial block's bitmask, exp
+// [SECTION] scores: S = Q K^T by one chain of operations per score, whatever the product's shape
 // [SECTION] forward: S = Q K^T, online softmax, O += P V over the kept blocks of a query block
 // [SECTION] backward: P from lse, dS = P * (dP - D); dK, dV per key block, dQ per query block
 // [SECTION] entry points: checks, work items on threads
@@ -52,17 +53,21 @@ ConstBlock head_rows(const float* head, int64_t n, int64_t d, int64_t block, int
 Block scratch_block(Matrix& m, int64_t rows, int64_t cols) { return Block(m.data(), rows, cols); }
 ConstBlock scratch_view(const Matrix& m, int64_t rows, int64_t cols) { return ConstBlock(m.data(), rows, cols); }
 
-// Writes `value` into every pair that the bitmask of a partial block leaves out. The block's
-// pairs are columns [col0, col0 + cols) of s (row-major, any width): bit i*B + j is pair
-// (i, col0 + j). Walks the clear bits a word at a time.
-void block_fill_masked(Block s, int64_t col0, int64_t cols, const uint64_t* bits, int64_t block, float value) {
-    for (int64_t i = 0; i < s.rows(); ++i) {
+// Writes `value` into every pair (i, j), i < rows, j < cols, that the bitmask of a partial block
+// leaves out (bit i*B + j), at s(i, col0 + j), or at s(col0 + j, i) when `transposed` (s holds
+// S^T). Walks the clear bits a word at a time.
+void block_fill_masked(Block s, bool transposed, int64_t rows, int64_t col0, int64_t cols, const uint64_t* bits,
+                       int64_t block, float value) {
+    for (int64_t i = 0; i < rows; ++i) {
         for (int64_t j0 = 0; j0 < cols; j0 += 64) {
             // For B >= 64 a row is whole words; for B < 64 it lies inside one word.
             const int64_t t = i * block + j0, width = std::min<int64_t>(64, cols - j0);
             const uint64_t valid = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
             uint64_t clear = ~(bits[t / 64] >> (t % 64)) & valid;
-            for (; clear != 0; clear &= clear - 1) s(i, col0 + j0 + std::countr_zero(clear)) = value;
+            for (; clear != 0; clear &= clear - 1) {
+                const int64_t j = col0 + j0 + std::countr_zero(clear);
+                (transposed ? s(j, i) : s(i, j)) = value;
+            }
         }
     }
 }
@@ -107,6 +112,109 @@ void exp_shifted(float* x, int64_t count, float shift) {
         std::copy(tail, tail + (count - j), x + j);
     }
 }
+
+// x[j] = exp(x[j] - shift[j]) for j < count (a row of S^T: one shift per query), as exp_shifted.
+void exp_shifted_each(float* x, int64_t count, const float* shift) {
+    namespace ei = Eigen::internal;
+    int64_t j = 0;
+    for (; j + kLanes <= count; j += kLanes) {
+        ei::pstoreu(x + j, exp_packet(ei::psub(ei::ploadu<Packet>(x + j), ei::ploadu<Packet>(shift + j))));
+    }
+    if (j < count) {
+        alignas(64) float tail[kLanes] = {}, tail_shift[kLanes] = {};
+        std::copy(x + j, x + count, tail);
+        std::copy(shift + j, shift + count, tail_shift);
+        ei::pstore(tail, exp_packet(ei::psub(ei::pload<Packet>(tail), ei::pload<Packet>(tail_shift))));
+        std::copy(tail, tail + (count - j), x + j);
+    }
+}
+
+// [SECTION] scores
+
+// Every score, in every pass, is the same chain of float operations: acc = fma(q_t, k_t, acc)
+// over t = 0 .. d - 1 from acc = 0 (a multiply, then an add, where the target has no FMA), with
+// q = scale * Q rounded once. fma(a, b, c) = fma(b, a, c) exactly, so either operand may be the
+// broadcast one: the forward and the dQ pass compute S^T = K (scale Q)^T, one query block against
+// keys read in place; the dK, dV pass computes S = (scale Q) K^T, one key block against query
+// blocks. Why not Eigen's product: at AVX-512 it rounds a score differently depending on the
+// product's shape and where the key sits in it (its one-packet kernel sums even and odd t apart;
+// tiny products and single rows take other paths), while the forward takes runs of up to
+// kRunKeys keys per product and the backward one block; the backward must recompute the
+// forward's S bit for bit, because at |S| ~ 1e30 one rounding step of S is ~1e23 and
+// P = exp(S - lse) one step off is 0 or 5e34 (tests/engine/test_cpu_attention.cpp, "scores of ~1e30").
+
+// dst[t * stride + i] = scale * src[i * d + t] for i < rows, 0 for rows <= i < stride: a block of
+// rows x d transposed and padded for scores_product's packed operand (stride: rows rounded up to
+// a multiple of kLanes; dst aligned to a packet).
+void block_transpose_pad(float* dst, int64_t stride, const float* src, int64_t rows, int64_t d, float scale) {
+    for (int64_t t = 0; t < d; ++t) {
+        float* out = dst + t * stride;
+        for (int64_t i = 0; i < rows; ++i) out[i] = scale * src[i * d + t];
+        std::fill(out + rows, out + stride, 0.0f);
+    }
+}
+
+int64_t lanes_round_up(int64_t count) { return (count + kLanes - 1) / kLanes * kLanes; }
+
+// R rows of a against P packets of b: out[r * ld + c] = sum_t a[r * d + t] b[t * stride + c] for
+// c < count (<= P * kLanes), R * P accumulators in registers.
+template <int R, int P>
+void scores_tile(float* out, int64_t ld, const float* a, int64_t d, const float* b, int64_t stride, int64_t count) {
+    namespace ei = Eigen::internal;
+    Packet acc[R][P];
+    for (auto& row : acc) {
+        for (Packet& x : row) x = ei::pset1<Packet>(0.0f);
+    }
+    for (int64_t t = 0; t < d; ++t) {
+        Packet bt[P];
+        for (int p = 0; p < P; ++p) bt[p] = ei::pload<Packet>(b + t * stride + p * kLanes);
+        for (int r = 0; r < R; ++r) {
+            const Packet at = ei::pset1<Packet>(a[r * d + t]);
+            for (int p = 0; p < P; ++p) acc[r][p] = ei::pmadd(at, bt[p], acc[r][p]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        for (int p = 0; p < P; ++p) {
+            const int64_t c = p * kLanes;
+            if (c + kLanes <= count) {
+                ei::pstoreu(out + r * ld + c, acc[r][p]);
+            } else if (c < count) {
+                alignas(64) float tail[kLanes];
+                ei::pstore(tail, acc[r][p]);
+                std::copy(tail, tail + (count - c), out + r * ld + c);
+            }
+        }
+    }
+}
+
+// Tiles of P packets of b: rows of a kTileAcc / P at a time (AVX-512: 24 of its 32 registers hold
+// accumulators), then one at a time.
+constexpr int kTileAcc = kLanes >= 16 ? 24 : 12, kTilePackets = kLanes >= 16 ? 4 : 3;
+
+template <int P>
+void scores_strip(float* out, int64_t ld, const float* a, int64_t a_rows, int64_t d, const float* b, int64_t stride,
+                  int64_t count) {
+    constexpr int R = kTileAcc / P;
+    int64_t r = 0;
+    for (; r + R <= a_rows; r += R) scores_tile<R, P>(out + r * ld, ld, a + r * d, d, b, stride, count);
+    for (; r < a_rows; ++r) scores_tile<1, P>(out + r * ld, ld, a + r * d, d, b, stride, count);
+}
+
+// out = a b: a is a_rows x d (row-major, any alignment), b is d x count packed by
+// block_transpose_pad (row stride `stride`), out is a_rows x count with row stride ld.
+void scores_product(float* out, int64_t ld, const float* a, int64_t a_rows, int64_t d, const float* b, int64_t stride,
+                    int64_t count) {
+    static_assert(kTilePackets == 3 || kTilePackets == 4, "scores_product dispatches 1 to 4 packets");
+    for (int64_t c = 0; c < count; c += kTilePackets * kLanes) {
+        const int64_t strip = std::min(kTilePackets * kLanes, count - c), packets = (strip + kLanes - 1) / kLanes;
+        float* o = out + c;
+        const float* bc = b + c;
+        if (packets == 4) scores_strip<kTilePackets == 4 ? 4 : 1>(o, ld, a, a_rows, d, bc, stride, strip);
+        else if (packets == 3) scores_strip<3>(o, ld, a, a_rows, d, bc, stride, strip);
+        else if (packets == 2) scores_strip<2>(o, ld, a, a_rows, d, bc, stride, strip);
+        else scores_strip<1>(o, ld, a, a_rows, d, bc, stride, strip);
+    }
+}
 #pragma GCC diagnostic pop
 
 // The forward takes runs of kept blocks with consecutive key blocks together, up to this many
@@ -117,12 +225,12 @@ int64_t run_blocks(int64_t block) { return std::max<int64_t>(1, kRunKeys / block
 
 // Per-thread buffers, sized for the largest block once: no allocation inside the loops.
 struct Scratch {
-    Matrix q, s, p, acc_a, acc_b;   // [B, d], [B, run_blocks * B], [B, B], [B, d], [B, d]
-    Eigen::VectorXf m, l, alpha;    // [B]
-    Eigen::VectorXd p_sum;          // [B]
+    Matrix q, t, s, p, acc_a, acc_b;    // [B, d], [d, B], [run_blocks * B, B], [B, B], [B, d], [B, d]
+    Eigen::VectorXf m, l, alpha, shift; // [B]
+    Eigen::VectorXd p_sum;              // [B]
     Scratch(int64_t block, int64_t d)
-        : q(block, d), s(block, block * run_blocks(block)), p(block, block), acc_a(block, d), acc_b(block, d),
-          m(block), l(block), alpha(block), p_sum(block) {}
+        : q(block, d), t(d, block), s(block * run_blocks(block), block), p(block, block), acc_a(block, d),
+          acc_b(block, d), m(block), l(block), alpha(block), shift(block), p_sum(block) {}
 };
 
 // Runs body(item, scratch) for every item in [0, count) on `threads` threads. Items are taken
@@ -147,18 +255,24 @@ Head head_of(const Tensor& q, const Tensor& k, const Tensor& v, int64_t b, int64
     return {q.row(b, h, 0), k.row(b, h, 0), v.row(b, h, 0), q.shape.n, q.shape.d};
 }
 
+// w.t = (scale Q)^T of query block qb, padded for scores_product: [d, rows rounded up to kLanes].
+void queries_transpose(const Head& x, int64_t block, int64_t qb, float scale, Scratch& w) {
+    const int64_t rows = std::min(block, x.n - qb * block);
+    block_transpose_pad(w.t.data(), lanes_round_up(rows), x.q + qb * block * x.d, rows, x.d, scale);
+}
+
 // [SECTION] forward
 
 // Query block qb of one head: o rows and lse entries of its queries. o, lse point at row 0 of
-// the head ([n, d] and [n]).
+// the head ([n, d] and [n]). Works on S^T ([keys, rows]): scores_product's layout for a query
+// block against keys read in place; the softmax runs down its columns.
 void forward_query_block(const Head& x, const BlockMask& mask, int64_t qb, float scale, Scratch& w, float* o,
                          float* lse) {
     const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
-    Block q = scratch_block(w.q, rows, d);
-    q.noalias() = scale * head_rows(x.q, x.n, d, block, qb);   // scaled once: S below is scale * Q K^T
+    queries_transpose(x, block, qb, scale, w);   // scaled once: S below is scale * Q K^T
     Block acc = scratch_block(w.acc_a, rows, d);
     acc.setZero();
-    auto m = w.m.head(rows), l = w.l.head(rows), alpha = w.alpha.head(rows);
+    auto m = w.m.head(rows), l = w.l.head(rows), alpha = w.alpha.head(rows), shift = w.shift.head(rows);
     m.fill(kNegInf);
     l.setZero();
 
@@ -171,37 +285,40 @@ void forward_query_block(const Head& x, const BlockMask& mask, int64_t qb, float
         }
         const int64_t kb0 = mask.col_idx[to_size(e)], key0 = kb0 * block;
         const int64_t keys = std::min(x.n, (mask.col_idx[to_size(run_end) - 1] + 1) * block) - key0;
-        const ConstBlock k(x.k + key0 * d, keys, d), v(x.v + key0 * d, keys, d);
-        Block s = scratch_block(w.s, rows, keys);
+        const ConstBlock v(x.v + key0 * d, keys, d);
+        Block st = scratch_block(w.s, keys, rows);
         // The partial blocks of the run apply their bitmask: fill(value) writes it to their masked pairs.
         auto fill_masked = [&](float value) {
             for (int64_t r = e; r < run_end; ++r) {
                 const int32_t partial = mask.partial_idx[to_size(r)];
                 if (partial < 0) continue;
                 const int64_t col0 = (mask.col_idx[to_size(r)] - kb0) * block;
-                block_fill_masked(s, col0, std::min(block, keys - col0), mask.partial_bits(partial), block, value);
+                block_fill_masked(st, true, rows, col0, std::min(block, keys - col0), mask.partial_bits(partial), block,
+                                  value);
             }
         };
 
-        s.noalias() = q * k.transpose();                                              // S = Q K^T
+        scores_product(st.data(), rows, x.k + key0 * d, keys, d, w.t.data(), lanes_round_up(rows), rows);   // S^T = K Q^T
         fill_masked(kNegInf);
 
-        // online softmax: m = running max, l = running sum of exp(S - m), acc = running P V.
+        // online softmax per query (a column of S^T): m = running max, l = running sum of
+        // exp(S - m), acc = running P V.
+        shift = st.colwise().maxCoeff().transpose();   // the run's max per query, then the shift
         for (int64_t i = 0; i < rows; ++i) {
-            const float m_new = std::max(m[i], s.row(i).maxCoeff());
-            if (m_new == kNegInf) {   // nothing allowed in this row yet: P = 0, state unchanged
-                s.row(i).setZero();
+            const float m_new = std::max(m[i], shift[i]);
+            if (m_new == kNegInf) {   // nothing allowed in this row yet: P = 0 (all masked), state unchanged
                 alpha[i] = 1;
+                shift[i] = 0;
                 continue;
             }
             alpha[i] = std::exp(m[i] - m_new);   // std::exp(-inf) = 0 on the first key
-            m[i] = m_new;
-            exp_shifted(&s(i, 0), keys, m_new);                                      // P = exp(S - m)
+            m[i] = shift[i] = m_new;
         }
+        for (int64_t j = 0; j < keys; ++j) exp_shifted_each(&st(j, 0), rows, shift.data());   // P = exp(S - m)
         fill_masked(0.0f);   // exp(kExpFloor) is not 0: masked pairs get an exact 0
-        l = alpha.cwiseProduct(l) + s.rowwise().sum();
+        l = alpha.cwiseProduct(l) + st.colwise().sum().transpose();
         acc = alpha.asDiagonal() * acc;
-        acc.noalias() += s * v;                                                       // O += P V
+        acc.noalias() += st.transpose() * v;                                                // O += P V
     }
 
     for (int64_t i = 0; i < rows; ++i) {
@@ -249,25 +366,25 @@ struct HeadGrad {
     const float *d_o, *lse, *delta;   // [n, d], [n], [n]
 };
 
-// P and dS of block (qb, kb), into w.p and w.s; w.q holds scale * Q of query block qb.
+// P and dS of block (qb, kb) for the dK, dV pass, into w.p and w.s ([rows, cols]); w.q holds
+// scale * Q of query block qb, w.t the key block's K^T (block_transpose_pad).
 //   S = (scale Q) K^T, P = exp(S - lse) (0 for masked pairs and empty rows),
 //   dP = dO V^T, dS = P * (dP - D).
 void block_grads(const Head& x, const HeadGrad& g, const BlockMask& mask, int64_t qb, int64_t kb, int32_t partial,
                  Scratch& w) {
     const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
-    const ConstBlock q = scratch_view(w.q, rows, d);
-    const ConstBlock k = head_rows(x.k, x.n, d, block, kb), v = head_rows(x.v, x.n, d, block, kb);
-    const ConstBlock d_o = head_rows(g.d_o, x.n, d, block, qb);
-    Block p = scratch_block(w.p, rows, k.rows()), ds = scratch_block(w.s, rows, k.rows());
+    const ConstBlock v = head_rows(x.v, x.n, d, block, kb), d_o = head_rows(g.d_o, x.n, d, block, qb);
+    const int64_t cols = v.rows();
+    Block p = scratch_block(w.p, rows, cols), ds = scratch_block(w.s, rows, cols);
     const float* lse = g.lse + qb * block;
     const float* delta = g.delta + qb * block;
 
-    p.noalias() = q * k.transpose();                                                  // S = Q K^T
+    scores_product(p.data(), cols, w.q.data(), rows, d, w.t.data(), lanes_round_up(cols), cols);   // S = Q K^T
     for (int64_t i = 0; i < rows; ++i) {
         if (lse[i] == kNegInf) p.row(i).setZero();                                    // empty row
-        else exp_shifted(&p(i, 0), p.cols(), lse[i]);                                // P = exp(S - lse)
+        else exp_shifted(&p(i, 0), cols, lse[i]);                                    // P = exp(S - lse)
     }
-    if (partial >= 0) block_fill_masked(p, 0, p.cols(), mask.partial_bits(partial), block, 0.0f);
+    if (partial >= 0) block_fill_masked(p, false, rows, 0, cols, mask.partial_bits(partial), block, 0.0f);
     ds.noalias() = d_o * v.transpose();                                               // dP = dO V^T
     for (int64_t i = 0; i < rows; ++i) {
         ds.row(i).array() = p.row(i).array() * (ds.row(i).array() - delta[i]);        // dS = P (dP - D)
@@ -279,6 +396,7 @@ void block_grads(const Head& x, const HeadGrad& g, const BlockMask& mask, int64_
 void backward_key_block(const Head& x, const HeadGrad& g, const BlockMask& mask, const MaskColumns& columns,
                         int64_t kb, float scale, Scratch& w, float* dk, float* dv) {
     const int64_t block = mask.block, cols = std::min(block, x.n - kb * block), d = x.d;
+    block_transpose_pad(w.t.data(), lanes_round_up(cols), x.k + kb * block * d, cols, d, 1.0f);   // K^T, once
     Block dk_acc = scratch_block(w.acc_a, cols, d), dv_acc = scratch_block(w.acc_b, cols, d);
     dk_acc.setZero();
     dv_acc.setZero();
@@ -299,21 +417,36 @@ void backward_key_block(const Head& x, const HeadGrad& g, const BlockMask& mask,
 // dQ of query block qb (rows of the head's [n, d] array dq), summed over its kept key blocks;
 // and each row's sum of P into p_sum (the head's [n]): 1 when lse is the forward's, which
 // attention_backward checks (rows x B additions per block beside the three B x B x d products).
+// Works on P^T and dS^T ([cols, rows]), as the forward on S^T:
+//   S^T = K (scale Q)^T, P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T * (dP^T - D), dQ += dS K.
 void backward_query_block(const Head& x, const HeadGrad& g, const BlockMask& mask, int64_t qb, float scale,
                           Scratch& w, float* dq, double* p_sum) {
     const int64_t block = mask.block, rows = std::min(block, x.n - qb * block), d = x.d;
-    Block q = scratch_block(w.q, rows, d);
-    q.noalias() = scale * head_rows(x.q, x.n, d, block, qb);
+    queries_transpose(x, block, qb, scale, w);
+    const ConstBlock d_o = head_rows(g.d_o, x.n, d, block, qb);
+    const float* lse = g.lse + qb * block;
+    const Eigen::Map<const Eigen::RowVectorXf> delta(g.delta + qb * block, rows);
+    auto shift = w.shift.head(rows);
+    for (int64_t i = 0; i < rows; ++i) shift[i] = lse[i] == kNegInf ? 0.0f : lse[i];
     Block dq_acc = scratch_block(w.acc_a, rows, d);
     dq_acc.setZero();
     auto sums = w.p_sum.head(rows);
     sums.setZero();
     for (int64_t e = mask.row_ptr[to_size(qb)]; e < mask.row_ptr[to_size(qb) + 1]; ++e) {
         const int64_t kb = mask.col_idx[to_size(e)], cols = std::min(block, x.n - kb * block);
-        block_grads(x, g, mask, qb, kb, mask.partial_idx[to_size(e)], w);
-        sums += scratch_view(w.p, rows, cols).rowwise().sum().cast<double>();
-        const ConstBlock ds = scratch_view(w.s, rows, cols);
-        dq_acc.noalias() += ds * head_rows(x.k, x.n, d, block, kb);                   // dQ += dS K
+        const ConstBlock k = head_rows(x.k, x.n, d, block, kb), v = head_rows(x.v, x.n, d, block, kb);
+        Block pt = scratch_block(w.p, cols, rows), dst = scratch_block(w.s, cols, rows);
+        scores_product(pt.data(), rows, k.data(), cols, d, w.t.data(), lanes_round_up(rows), rows);   // S^T = K Q^T
+        for (int64_t j = 0; j < cols; ++j) exp_shifted_each(&pt(j, 0), rows, shift.data());        // P^T = exp(S^T - lse)
+        for (int64_t i = 0; i < rows; ++i) {
+            if (lse[i] == kNegInf) pt.col(i).setZero();                                           // empty row
+        }
+        const int32_t partial = mask.partial_idx[to_size(e)];
+        if (partial >= 0) block_fill_masked(pt, true, rows, 0, cols, mask.partial_bits(partial), block, 0.0f);
+        sums += pt.colwise().sum().transpose().cast<double>();
+        dst.noalias() = v * d_o.transpose();                                                        // dP^T = V dO^T
+        dst.array() = pt.array() * (dst.array().rowwise() - delta.array());                          // dS^T = P^T (dP^T - D)
+        dq_acc.noalias() += dst.transpose() * k;                                                    // dQ += dS K
     }
     Block(dq + qb * block * d, rows, d) = scale * dq_acc;
     Eigen::Map<Eigen::VectorXd>(p_sum + qb * block, rows) = sums;
@@ -368,9 +501,11 @@ void check_same_shape(const std::string& what, const char* name, const TensorSha
 
 // Throws unless P = exp(S - lse), as the backward recomputes it, sums to 1 in every row within
 // float32's error. A row's sum (p_sum, from the dQ pass) is exp(lse_true - lse) up to the
-// rounding of S = (scale Q) K^T recomputed in another order, at most 2 (d + 1) 2^-24 |scale|
-// |q_i| max_j |k_j| (the row's Cauchy-Schwarz bound), and of lse itself; so |log p_sum| may be
-// 1e-3 plus those, and never more than 0.1 (P off by 10%: the gradients would be wrong). A row
+// rounding of lse itself and of S. The backward recomputes the forward's S bit for bit (see
+// [SECTION] scores), but an lse from elsewhere (the reference, another engine) comes from S
+// rounded otherwise, by at most 2 (d + 1) 2^-24 |scale| |q_i| max_j |k_j| (the row's
+// Cauchy-Schwarz bound); so |log p_sum| may be 1e-3 plus those, and never more than 0.1 (P off
+// by 10%: the gradients would be wrong). A row
 // whose lse is -inf must keep no key. When a row fails, the exact lse (the reference) tells
 // which message fits: an lse that is not the forward's, or scores too large for float32.
 void lse_check_rows(const std::string& what, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lse,

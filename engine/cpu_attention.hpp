@@ -38,8 +38,10 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   int64_t layer, const AttentionOptions& options = {});
 
 // The gradients of sum(d_o * o) with respect to q, k and v, from the forward's o and lse (P is
-// recomputed block by block, dS = P * (dP - D) with D = rowsum(d_o * o)). dK and dV are gathered
-// per key block over the query blocks that keep it (the mask transposed), dQ per query block, so
+// recomputed block by block from S bit for bit as the forward computed it, whatever the shapes
+// of the products, so P is consistent with lse even where a rounding step of S is far above 1;
+// dS = P * (dP - D) with D = rowsum(d_o * o)). dK and dV are gathered per key block over the
+// query blocks that keep it (the mask transposed), dQ per query block, so
 // every sum runs in a fixed order: results are the same for any thread count. Empty rows give
 // zero gradients. q, k, v, o, d_o: [batch, heads, n, d]; lse: [batch, heads, n, 1]. Throws as
 // attention_forward does, for o, lse or d_o of another shape or with NaN (or lse = +inf), for

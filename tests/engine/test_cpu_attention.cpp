@@ -11,6 +11,7 @@
 // Measured worst cases over these tests: O 2.4e-6 (scale 4 / sqrt(d)), lse 6e-7, gradients 2.7e-6.
 #include "engine/cpu_attention.hpp"
 
+#include "dsl/pattern.hpp"
 #include "dsl/script.hpp"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
@@ -19,6 +20,8 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -385,6 +388,55 @@ TEST_CASE("scores near float32's limit: a bound of 0.9 * FLT_MAX / 4 is taken an
                       Contains("attention_backward: Q row") && Contains("overflow float32"));
 }
 
+namespace {
+
+// The largest row norm of x over all heads.
+double max_row_norm(const Tensor& x) {
+    const TensorD norms = tensor_row_norms(x);
+    return *std::max_element(norms.data.begin(), norms.data.end());
+}
+
+} // namespace
+
+TEST_CASE("backward at scores of ~1e30 (one-hot rows) matches the reference: runs of blocks, partial blocks, runs split at 512 keys; (B, d) in {(16, 64), (64, 40), (256, 100)}", "[cpu][range]") {
+    // At |S| ~ 1e30 one rounding step of S is ~1e23, so P = exp(S - lse) is 1 at a row's largest
+    // score only if the backward recomputes that score bit for bit as the forward did, although
+    // the forward computes S over runs of up to 512 keys and the backward one block at a time, in
+    // the dQ pass and in the dK, dV pass (a score one step off gives P = 0 or 5e34). The rows are
+    // one-hot: dV gathers dO by each row's argmax, O is V's argmax row, and dQ, dK are 0 up to the
+    // rounding of dP - D, so they are measured against their natural size (|dS| <= |dO| |v| per
+    // row): |scale| max|k| max|dO| max|v| for dQ, the same with max|q| for dK.
+    const int64_t n = 600;   // a short last block for every B
+    std::vector<uint8_t> band(static_cast<size_t>(n * n), 0);
+    for (int64_t q = 0; q < n; ++q) {
+        for (int64_t key = std::max<int64_t>(0, q - 150); key < std::min(n, q + 61); ++key) band[static_cast<size_t>(q * n + key)] = 1;
+    }
+    for (auto [block, d] : {std::pair<int32_t, int64_t>{16, 64}, {64, 40}, {256, 100}}) {
+        INFO("B " << block << ", d " << d);
+        // band: runs of several blocks, partial at both ends; dense: a run of 512 keys, then the
+        // rest (B = 16); random: runs broken anywhere, every kind of partial block.
+        const MaskSet set = set_of({block_mask_from_dense(n, block, band.data()), mask_dense(n, block),
+                                    testing::mask_random(n, block, 31)});
+        const TensorShape shape{1, 3, n, d};
+        const double scale = attention_default_scale(d);
+        const Tensor q0 = tensor_random(shape, 11), k0 = tensor_random(shape, 12);
+        const double c = std::sqrt(1e31 / score_bound(q0, k0, scale));   // scores up to ~1e31
+        const Tensor q = tensor_times(q0, c), k = tensor_times(k0, c), v = tensor_random(shape, 13);
+        const Tensor d_o = tensor_random(shape, 14);
+        const AttentionOutput out = attention_forward(q, k, v, set, 0);
+        const ReferenceOutput ref = reference_forward(q, k, v, set, 0);
+        check_heads(out.o, ref.o, kForwardTolerance, "O");
+        check_lse(out.lse, ref.lse);
+        const AttentionGrads g = attention_backward(q, k, v, out.o, out.lse, d_o, set, 0);
+        const ReferenceGrads want = reference_backward(q, k, v, d_o, set, 0);
+        const double dq_size = scale * max_row_norm(k) * max_row_norm(d_o) * max_row_norm(v);
+        const double dk_size = scale * max_row_norm(q) * max_row_norm(d_o) * max_row_norm(v);
+        check_heads(g.dv, want.dv, kGradTolerance, "dV", kGradFloor);
+        check_heads(g.dq, want.dq, kGradTolerance, "dQ", dq_size);
+        check_heads(g.dk, want.dk, kGradTolerance, "dK", dk_size);
+    }
+}
+
 TEST_CASE("the issue's inputs: Q = K = 1e20 and Q = K = 3e38 are refused, saying why; the reference gets them right", "[cpu][range]") {
     const int64_t n = 50;
     const TensorShape shape{1, 1, n, 64};
@@ -518,4 +570,52 @@ TEST_CASE("backward: an lse that is not the forward's is refused, naming the row
     AttentionOptions other_scale;   // the forward's lse with another scale
     other_scale.scale = 0.5f;
     CHECK_THROWS_WITH(attention_backward(q, k, v, out.o, out.lse, d_o, set, 0, other_scale), Contains("lse does not match"));
+}
+
+// [SECTION] speed (hidden: run with `test_cpu_engine "[.perf]"`)
+
+namespace {
+
+// CPU seconds of this process: on a shared machine, steadier than the wall clock for one thread.
+double cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+double median(std::vector<double> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+}
+
+} // namespace
+
+TEST_CASE("perf: forward and backward, window(256), n = 16384, d = 64, B = 64, 1 thread: median of 9", "[.perf]") {
+    const int64_t n = 16384, d = 64;
+    const MaskSet set = set_of({dsl::pattern_compile(*dsl::pattern_window(256, 256), n, 64)});
+    const TensorShape shape{1, 1, n, d};
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3);
+    const Tensor d_o = tensor_random(shape, 4);
+    AttentionOptions options;
+    options.threads = 1;
+    std::vector<double> forward, backward, forward_cpu, backward_cpu;
+    for (int run = 0; run < 9; ++run) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const double c0 = cpu_seconds();
+        const AttentionOutput out = attention_forward(q, k, v, set, 0, options);
+        const auto t1 = std::chrono::steady_clock::now();
+        const double c1 = cpu_seconds();
+        const AttentionGrads g = attention_backward(q, k, v, out.o, out.lse, d_o, set, 0, options);
+        const auto t2 = std::chrono::steady_clock::now();
+        const double c2 = cpu_seconds();
+        forward.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+        backward.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+        forward_cpu.push_back(1e3 * (c1 - c0));
+        backward_cpu.push_back(1e3 * (c2 - c1));
+        CHECK(std::isfinite(g.dq.data[0]));
+    }
+    std::printf("window(256), n = %lld, d = %lld, B = 64, 1 thread, median of 9: forward %.1f ms (CPU %.1f ms), "
+                "backward %.1f ms (CPU %.1f ms)\n",
+                static_cast<long long>(n), static_cast<long long>(d), median(forward), median(forward_cpu),
+                median(backward), median(backward_cpu));
 }
