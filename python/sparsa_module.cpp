@@ -513,6 +513,10 @@ PYBIND11_MODULE(_sparsa, m) {
     });
 
     // [SECTION] scripts
+    // MaskSet is declared first so that signatures name it (Script.compile(...) -> sparsa.MaskSet);
+    // its methods follow in [SECTION] mask sets.
+    py::class_<PyMaskSet, PyMaskSetPtr> mask_set_type(m, "MaskSet",
+                                                      "One block-sparse mask per (layer, head), from a compiled script or a file.");
     py::class_<PyScript>(m, "Script", "A parsed and checked pattern script; compile(n) gives its MaskSet.")
         .def_property_readonly("name", [](const PyScript& s) { return dsl::script_source(*s.script).name; })
         .def_property_readonly("text", [](const PyScript& s) { return dsl::script_source(*s.script).text; })
@@ -557,7 +561,7 @@ PYBIND11_MODULE(_sparsa, m) {
                    ", empty_rows=" + std::to_string(s.empty_rows) + ", density=" + std::to_string(s.density) + ")";
         });
 
-    py::class_<PyMaskSet, PyMaskSetPtr>(m, "MaskSet", "One block-sparse mask per (layer, head), from a compiled script or a file.")
+    mask_set_type
         .def_property_readonly("n", [](const PyMaskSet& s) { return s.set.n; })
         .def_property_readonly("block", [](const PyMaskSet& s) { return s.set.block; })
         .def_property_readonly("layers", [](const PyMaskSet& s) { return s.set.layers; })
