@@ -47,7 +47,15 @@ void set_input(const uint8_t* data, size_t size) {
 }
 
 // A folder for the round trip's saved file (mask_set_save writes a temp file beside it and
-// renames, so it needs a real folder): tmpfs when there is one.
+// renames, so it needs a real folder): tmpfs when there is one; removed when the fuzzer exits.
+std::string save_folder;
+
+void remove_save_folder() {
+    if (save_folder.empty()) return;
+    ::unlink((save_folder + "/again.npz").c_str());
+    ::rmdir(save_folder.c_str());
+}
+
 const std::string& save_path() {
     static const std::string path = [] {
         std::string tmpl = (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp") + std::string("/sparsa-npz-fuzz-XXXXXX");
@@ -55,6 +63,8 @@ const std::string& save_path() {
             std::perror("npz_fuzz: mkdtemp");
             std::abort();
         }
+        save_folder = tmpl;
+        std::atexit(remove_save_folder);
         return tmpl + "/again.npz";
     }();
     return path;
