@@ -217,7 +217,7 @@ Value Evaluator::eval_expr(const ast::Expr& whole, const Frame& frame) {
     }
     if (stack_nearly_exhausted()) {
         fail(frame.source, expr->begin, expr->end,
-             "this expression is evaluated too deeply nested for the stack of this thread",
+             "evaluating this expression nests too deeply for the stack of this thread",
              "split the expression with let, or shorten the chain of definitions that call each other");
     }
     if (expr->rest.empty()) return eval_operand(expr->first, frame);

@@ -146,7 +146,7 @@ TEST_CASE("on a thread with a small stack, deep scripts fail cleanly", "[dsl][li
         CHECK(stack_left() > 256 * 1024);
         message = compile_error(def_chain(2000));
     });
-    CHECK(message.find("too deeply nested for the stack of this thread") != std::string::npos);
+    CHECK(message.find("evaluating this expression nests too deeply for the stack of this thread") != std::string::npos);
     // Lets need no stack per link: the chain compiles on the small stack too.
     on_stack(512 * 1024, [&] { message = compile_error(let_chain(3000)); });
     CHECK(message.empty());

@@ -76,5 +76,5 @@ def test_a_thread_with_a_small_stack_gets_an_error_not_a_crash():
         print(on_thread(let_chain(3000), stack=1 << 20))
     """)
     assert lines[0].startswith("ScriptError 1:") and "expression nested too deeply for the stack of this thread" in lines[0]
-    assert lines[1].startswith("ScriptError ") and "too deeply nested for the stack of this thread" in lines[1]
+    assert lines[1].startswith("ScriptError ") and "evaluating this expression nests too deeply for the stack of this thread" in lines[1]
     assert lines[2].startswith("ok ")
