@@ -3,6 +3,7 @@
 #pragma once
 
 #include "dsl/pattern_parts.hpp"
+#include "dsl/script.hpp"
 #include "io/atomic_file.hpp"
 #include "engine/error.hpp"
 #include "analysis/receptive_field.hpp"
@@ -96,14 +97,8 @@ inline double now_seconds() {
     return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
-inline std::string read_text_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error("cannot read '" + path + "': " + os_error_text(errno));
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (text.str().size() > dsl::kMaxScriptBytes) throw Error("'" + path + "' is larger than a script may be (1 MiB)");
-    return text.str();
-}
+// A script's text, read as the CLI reads it (size limit, devices refused, pipes waited on).
+inline std::string read_text_file(const std::string& path) { return dsl::script_file_read(path); }
 
 inline std::string percent(double f) {
     char buf[32];
