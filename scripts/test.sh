@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, builds with warnings as errors, and runs every test: the Catch2 and Python tests
-# through ctest, then the parser fuzzer for a bounded time (FUZZ_SECONDS, default 60).
+# through ctest, then the fuzzers (scripts, .npy, .npz) for a bounded time (FUZZ_SECONDS in all,
+# default 60, split evenly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
