@@ -151,6 +151,20 @@ struct ChildOutput {
     int64_t peak_kib = 0;  // the child's peak resident memory (ru_maxrss)
 };
 
+// The parent's side of a child process: everything it writes to `read_fd` (closed here), then
+// its exit, with its peak resident memory. Throws std::runtime_error naming `what` if it failed.
+inline ChildOutput child_collect(int read_fd, pid_t pid, const std::string& what) {
+    std::string text;
+    char buf[4096];
+    for (ssize_t got; (got = read(read_fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
+    close(read_fd);
+    int status = 0;
+    struct rusage usage {};
+    wait4(pid, &status, 0, &usage);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(what + ": the child process failed");
+    return {text, static_cast<int64_t>(usage.ru_maxrss)};
+}
+
 // Runs `work` in a fresh child process (fork), so that its peak memory is its own, and returns
 // the text it produced. Throws std::runtime_error naming `what` if the child fails; the child
 // prints its own error to stderr first.
@@ -172,15 +186,7 @@ inline ChildOutput child_run(const std::function<std::string()>& work, const std
         _exit(0);
     }
     close(fds[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
-    close(fds[0]);
-    int status = 0;
-    struct rusage usage {};
-    wait4(pid, &status, 0, &usage);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(what + ": the child process failed");
-    return {text, static_cast<int64_t>(usage.ru_maxrss)};
+    return child_collect(fds[0], pid, what);
 }
 
 } // namespace sparsa::bench

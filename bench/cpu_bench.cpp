@@ -234,15 +234,7 @@ ChildOutput exec_run(const std::string& binary, const std::vector<std::string>& 
         _exit(127);
     }
     close(fds[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(got));
-    close(fds[0]);
-    int status = 0;
-    struct rusage usage {};
-    wait4(pid, &status, 0, &usage);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(what + ": the child process failed");
-    return {text, static_cast<int64_t>(usage.ru_maxrss)};
+    return child_collect(fds[0], pid, what);
 }
 
 std::vector<std::string> child_args(const std::string& what, int runs, int threads) {
