@@ -102,6 +102,16 @@ ViewArgs view_args_parse(const std::vector<std::string>& args) {
             throw Error("one script at a time: got '" + out.file + "' and '" + a + "' (use --compare FILE2 for a second)");
         }
     }
+    // Positions are checked against --n once all options are read (--n may come after them).
+    auto check_position = [&](const std::string& option, int64_t value) {
+        if (value >= out.n) {
+            throw Error(option + " " + std::to_string(value) + " is outside 0 to " + std::to_string(out.n - 1) +
+                        " (n = " + std::to_string(out.n) + ")");
+        }
+    };
+    check_position("--token", out.token);
+    check_position("--hover query", out.hover_q);
+    check_position("--hover key", out.hover_k);
     if (!out.edit_file.empty() && out.file.empty()) throw Error("--edit needs a FILE to edit first: sparsa-view FILE --edit FILE3");
     if (out.hover_q >= 0 && out.screenshot.empty()) throw Error("--hover is for screenshots: add --screenshot OUT.png");
     if (!out.compare_file.empty() && out.compare_head >= 0) {

@@ -377,6 +377,12 @@ TEST_CASE("sparsa-view's command line: values, and errors that name the option",
         return std::string("no error");
     };
     CHECK(error_of({"--n", "abc"}) == "--n takes a whole number; got 'abc'");
+    // A position beyond n is refused, never moved (it once became n / 2 without a word).
+    CHECK(error_of({"--n", "4096", "--token", "5000"}) == "--token 5000 is outside 0 to 4095 (n = 4096)");
+    CHECK(error_of({"--token", "4096"}) == "--token 4096 is outside 0 to 4095 (n = 4096)");
+    CHECK(error_of({"--token", "300", "--n", "256"}) == "--token 300 is outside 0 to 255 (n = 256)");
+    CHECK(error_of({"--n", "256", "--hover", "10,256", "--screenshot", "o.png"}) == "--hover key 256 is outside 0 to 255 (n = 256)");
+    CHECK(view_args_parse({"--n", "256", "--token", "255"}).token == 255);
     CHECK(error_of({"--n", "0"}).find("--n 0 is out of range") == 0);
     CHECK(error_of({"--n", "99999999"}).find("out of range") != std::string::npos);
     CHECK(error_of({"--n"}) == "--n needs a value (see sparsa-view --help)");
