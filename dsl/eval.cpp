@@ -4,6 +4,7 @@
 //        [SECTION] Operators, [SECTION] Calls, [SECTION] Which lines depend on the (layer, head)
 #include "dsl/eval.hpp"
 
+#include "dsl/ast_walk.hpp"
 #include "dsl/builtins.hpp"
 #include "dsl/stack_guard.hpp"
 #include "io/mask_io.hpp"
@@ -295,36 +296,17 @@ Value Evaluator::eval_name(const ast::Name& name, const Frame& frame) {
 Value Evaluator::eval_let(const Definition& let) {
     std::vector<const Definition*> needed{&let};
     std::set<const Definition*> seen{&let};
-    std::vector<const ast::Operand*> operands;  // of the body being walked, an explicit stack
     for (size_t i = 0; i < needed.size(); ++i) {
         const Definition& def = *needed[i];
-        operands.clear();
-        auto push_expr = [&](const ast::Expr& e) {
-            operands.push_back(&e.first);
-            for (const auto& op : e.rest) operands.push_back(&op.rhs);
-        };
-        push_expr(def.let->value);
-        while (!operands.empty()) {
-            const ast::Operand& operand = *operands.back();
-            operands.pop_back();
+        expr_operands_find(def.let->value, [&](const ast::Operand& operand) {
             if (const auto* name = boost::get<ast::Name>(&operand)) {
                 const Definition* read = module_lookup(*def.module, def.visible, name->text);
                 if (read != nullptr && read->let != nullptr && !lets_.count(read) && seen.insert(read).second) {
                     needed.push_back(read);
                 }
-            } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&operand)) {
-                for (const auto& arg : call->get().args) {
-                    if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) push_expr(kw->value);
-                    else push_expr(boost::get<ast::Expr>(arg));
-                }
-            } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&operand)) {
-                for (const auto& member : set->get().members) push_expr(member);
-            } else if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&operand)) {
-                operands.push_back(&unary->get().operand);
-            } else if (const auto* group = boost::get<ast::x3::forward_ast<ast::Expr>>(&operand)) {
-                push_expr(group->get());
             }
-        }
+            return false;
+        });
     }
     std::sort(needed.begin(), needed.end(),
               [](const Definition* a, const Definition* b) { return a->order < b->order; });
@@ -788,37 +770,17 @@ bool reads_position(const ast::Expr& expr, const Module& module, size_t visible,
         return it != judged.end() && it->second;
     };
     auto is_local = [&](const std::string& name) { return std::find(locals.begin(), locals.end(), name) != locals.end(); };
-    std::vector<const ast::Operand*> todo;  // an explicit stack: nesting costs no C++ stack
-    auto push_expr = [&](const ast::Expr& e) {
-        todo.push_back(&e.first);
-        for (const auto& op : e.rest) todo.push_back(&op.rhs);
-    };
-    push_expr(expr);
-    while (!todo.empty()) {
-        const ast::Operand& operand = *todo.back();
-        todo.pop_back();
+    return expr_operands_find(expr, [&](const ast::Operand& operand) {
         if (const auto* name = boost::get<ast::Name>(&operand)) {
-            if (is_local(name->text)) continue;
-            if (name->text == "h" || name->text == "l" || definition_does(name->text)) return true;
-        } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&operand)) {
-            const std::string& id = call->get().function.text;
-            if (!is_local(id) && (definition_does(id) ||
-                                  (module_lookup(module, visible, id) == nullptr && (id == "random" || id == "load")))) {
-                return true;
-            }
-            for (const auto& arg : call->get().args) {
-                if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) push_expr(kw->value);
-                else push_expr(boost::get<ast::Expr>(arg));
-            }
-        } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&operand)) {
-            for (const auto& member : set->get().members) push_expr(member);
-        } else if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&operand)) {
-            todo.push_back(&unary->get().operand);
-        } else if (const auto* group = boost::get<ast::x3::forward_ast<ast::Expr>>(&operand)) {
-            push_expr(group->get());
+            return !is_local(name->text) && (name->text == "h" || name->text == "l" || definition_does(name->text));
         }
-    }
-    return false;
+        if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&operand)) {
+            const std::string& id = call->get().function.text;
+            return !is_local(id) && (definition_does(id) ||
+                                     (module_lookup(module, visible, id) == nullptr && (id == "random" || id == "load")));
+        }
+        return false;
+    });
 }
 
 } // namespace

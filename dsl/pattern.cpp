@@ -283,12 +283,12 @@ bool pattern_allowed(const Pattern& root, int64_t n, int32_t block, int64_t q, i
 }
 
 bool pattern_is_data_dependent(const Pattern& root) {
-    std::vector<const Pattern*> todo{&root};
-    while (!todo.empty()) {
-        const Pattern* p = todo.back();
-        todo.pop_back();
+    std::vector<const Pattern*> stack{&root};
+    while (!stack.empty()) {
+        const Pattern* p = stack.back();
+        stack.pop_back();
         if (p->kind == PatternKind::lsh) return true;
-        for (const auto& kid : p->kids) todo.push_back(kid.get());
+        for (const auto& kid : p->kids) stack.push_back(kid.get());
     }
     return false;
 }
@@ -388,10 +388,10 @@ std::string pattern_key(const Pattern& p) {
         const char* text;    // punctuation: "," or ")"
     };
     std::string out;
-    std::vector<Piece> todo{{&p, nullptr}};
-    while (!todo.empty()) {
-        const Piece piece = todo.back();
-        todo.pop_back();
+    std::vector<Piece> stack{{&p, nullptr}};
+    while (!stack.empty()) {
+        const Piece piece = stack.back();
+        stack.pop_back();
         if (piece.p == nullptr) {
             out += piece.text;
         } else if (piece.p->kids.empty()) {
@@ -399,10 +399,10 @@ std::string pattern_key(const Pattern& p) {
         } else {
             out += combinator_name(piece.p->kind);
             out += '(';
-            todo.push_back({nullptr, ")"});
+            stack.push_back({nullptr, ")"});
             for (size_t i = piece.p->kids.size(); i-- > 0;) {
-                todo.push_back({piece.p->kids[i].get(), nullptr});
-                if (i > 0) todo.push_back({nullptr, ","});
+                stack.push_back({piece.p->kids[i].get(), nullptr});
+                if (i > 0) stack.push_back({nullptr, ","});
             }
         }
     }

@@ -132,14 +132,14 @@ void plan_leaf(Node& nd, const Geometry& g) {
 // subtree gets one node per occurrence) with an explicit stack: a pattern may be thousands of
 // levels deep (a chain of lets), and no walk of it recurses.
 void plan(const Pattern& root, const Geometry& g, std::vector<Node>& nodes) {
-    struct Todo {
+    struct Pending {
         const Pattern* p;
         int parent, slot;
     };
-    std::vector<Todo> todo{{&root, -1, 0}};
-    while (!todo.empty()) {
-        const Todo t = todo.back();
-        todo.pop_back();
+    std::vector<Pending> stack{{&root, -1, 0}};
+    while (!stack.empty()) {
+        const Pending t = stack.back();
+        stack.pop_back();
         const int id = static_cast<int>(nodes.size());
         nodes.emplace_back();
         nodes[id].p = t.p;
@@ -147,7 +147,7 @@ void plan(const Pattern& root, const Geometry& g, std::vector<Node>& nodes) {
         if (t.parent >= 0) nodes[static_cast<size_t>(t.parent)].kid[t.slot] = id;
         plan_leaf(nodes[id], g);
         for (size_t i = std::min<size_t>(t.p->kids.size(), 2); i-- > 0;) {  // kid 0 comes out first
-            todo.push_back({t.p->kids[i].get(), id, static_cast<int>(i)});
+            stack.push_back({t.p->kids[i].get(), id, static_cast<int>(i)});
         }
     }
 }

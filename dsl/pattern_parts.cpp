@@ -45,15 +45,15 @@ std::vector<const ast::Operand*> union_operands(const ast::Expr& expr) {
 // Splits an evaluated pattern's unions into leaves, left to right (for `attend =
 // longformer(...)`), with an explicit stack: a chain of lets makes unions thousands deep.
 void pattern_union_leaves(const PatternPtr& root, std::vector<PatternPtr>& out) {
-    std::vector<PatternPtr> todo{root};
-    while (!todo.empty()) {
-        PatternPtr p = std::move(todo.back());
-        todo.pop_back();
+    std::vector<PatternPtr> stack{root};
+    while (!stack.empty()) {
+        PatternPtr p = std::move(stack.back());
+        stack.pop_back();
         if (p->kind != PatternKind::union_) {
             out.push_back(std::move(p));
             continue;
         }
-        for (size_t i = p->kids.size(); i-- > 0;) todo.push_back(p->kids[i]);
+        for (size_t i = p->kids.size(); i-- > 0;) stack.push_back(p->kids[i]);
     }
 }
 

@@ -5,6 +5,7 @@
 //        [SECTION] Evaluation and compiling   (reading files: script_file.cpp)
 #include "dsl/script.hpp"
 
+#include "dsl/ast_walk.hpp"
 #include "dsl/builtins.hpp"
 #include "dsl/eval.hpp"
 #include "dsl/grammar.hpp"
@@ -397,35 +398,16 @@ void Loader::check_call(const ast::Call& call, const Module& module, size_t visi
 }
 
 void Loader::check_complements(const ast::Expr& expr, const SourcePtr& source) {
-    struct Walk {
-        Loader& self;
-        const SourcePtr& source;
-        void expr(const ast::Expr& e) {
-            operand(e.first);
-            for (const auto& op : e.rest) operand(op.rhs);
+    expr_operands_find(expr, [&](const ast::Operand& operand) {
+        const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&operand);
+        if (unary != nullptr && unary->get().op == '!') {
+            warning_add(script.warnings, diagnostic_at(
+                Severity::warning, source, unary->get().begin, unary->get().end,
+                "the complement '!' keeps every pair the pattern does not: the result is usually dense",
+                "to remove pairs from a pattern, write P - Q"));
         }
-        void operand(const ast::Operand& o) {
-            if (const auto* unary = boost::get<ast::x3::forward_ast<ast::Unary>>(&o)) {
-                if (unary->get().op == '!') {
-                    warning_add(self.script.warnings, diagnostic_at(
-                        Severity::warning, source, unary->get().begin, unary->get().end,
-                        "the complement '!' keeps every pair the pattern does not: the result is usually dense",
-                        "to remove pairs from a pattern, write P - Q"));
-                }
-                operand(unary->get().operand);
-            } else if (const auto* call = boost::get<ast::x3::forward_ast<ast::Call>>(&o)) {
-                for (const auto& arg : call->get().args) {
-                    if (const auto* kw = boost::get<ast::KeywordArg>(&arg)) expr(kw->value);
-                    else expr(boost::get<ast::Expr>(arg));
-                }
-            } else if (const auto* set = boost::get<ast::x3::forward_ast<ast::SetLiteral>>(&o)) {
-                for (const auto& m : set->get().members) expr(m);
-            } else if (const auto* e = boost::get<ast::x3::forward_ast<ast::Expr>>(&o)) {
-                expr(e->get());
-            }
-        }
-    };
-    Walk{*this, source}.expr(expr);
+        return false;
+    });
 }
 
 // [SECTION] Statements
