@@ -18,9 +18,10 @@ struct Result {
     std::string out;  // stdout and stderr together
 };
 
-// Runs `sparsa ARGS` from a scratch folder and captures what it printed.
-inline Result run(const std::string& args) {
-    std::string command = "cd '" + fs::temp_directory_path().string() + "' && '" SPARSA_CLI "' " + args + " 2>&1";
+// Runs the program at `cli` (default: the sparsa built) with ARGS from the temporary folder and
+// captures what it printed; `env`: assignments put before the command (e.g. "LD_LIBRARY_PATH=x").
+inline Result run_at(const std::string& cli, const std::string& args, const std::string& env = "") {
+    std::string command = "cd '" + fs::temp_directory_path().string() + "' && " + env + " '" + cli + "' " + args + " 2>&1";
     Result r;
     FILE* pipe = popen(command.c_str(), "r");
     REQUIRE(pipe != nullptr);
@@ -31,6 +32,9 @@ inline Result run(const std::string& args) {
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     return r;
 }
+
+// Runs `sparsa ARGS` from a scratch folder and captures what it printed.
+inline Result run(const std::string& args) { return run_at(SPARSA_CLI, args); }
 
 inline std::string example(const std::string& name) { return "'" SPARSA_SOURCE_DIR "/examples/patterns/" + name + "'"; }
 

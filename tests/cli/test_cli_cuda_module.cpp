@@ -27,21 +27,6 @@ const fs::path kBuiltModule = kBuiltCli.parent_path() / "libsparsa_cli_cuda.so";
 
 bool has(const Result& r, const std::string& text) { return r.out.find(text) != std::string::npos; }
 
-// Runs the sparsa at `cli` (not the one built) from the temporary folder; `env`: assignments
-// put before the command.
-Result run_at(const fs::path& cli, const std::string& args, const std::string& env = "") {
-    const std::string command = "cd '" + fs::temp_directory_path().string() + "' && " + env + " '" + cli.string() + "' " + args + " 2>&1";
-    Result r;
-    FILE* pipe = popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    std::array<char, 4096> buffer{};
-    size_t got = 0;
-    while ((got = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.out.append(buffer.data(), got);
-    const int status = pclose(pipe);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
 // The module, dlopen'ed by this test as sparsa does (never closed, as sparsa never closes it).
 const SparsaCliCudaApi& module_api() {
     static const SparsaCliCudaApi* api = [] {
