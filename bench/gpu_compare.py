@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -28,6 +29,11 @@ import triton.testing
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 import torch.nn.functional as F
+
+# The numpy reader of mask files that ctest checks against docs/formats.md: its Flex block lists
+# and block kinds are the ones given to FlexAttention here.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "io"))
+from read_with_numpy import block_kinds, flex_kv_blocks  # noqa: E402
 
 
 def load_masks(path):
@@ -70,41 +76,13 @@ def kept_block_pairs(z, header, layer=0):
     return out
 
 
-def flex_kv_blocks(z, header, layer):
-    """FlexAttention's block lists of `layer`, built from the CSR arrays (docs/formats.md,
-    "FlexAttention"): kv_num_blocks [H, Q] and kv_indices [H, Q, Q] for the partial blocks,
-    full_kv_num_blocks and full_kv_indices for the full ones (int32)."""
-    n, B, H = header["n"], header["block"], header["heads"]
-    Q = -(-n // B)
-    out = {name: np.zeros((H, Q) if "num" in name else (H, Q, Q), dtype=np.int32)
-           for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")}
-    for h in range(H):
-        row_ptr = z["row_ptr"][z["mask_index"][layer, h]]
-        rows = np.repeat(np.arange(Q), np.diff(row_ptr[: Q + 1]))      # query block of each kept block
-        cols = z["col_idx"][row_ptr[0]:row_ptr[Q]]
-        full = z["partial_idx"][row_ptr[0]:row_ptr[Q]] < 0
-        for prefix, keep in (("", ~full), ("full_", full)):
-            r, c = rows[keep], cols[keep]
-            num = np.bincount(r, minlength=Q)
-            slot = np.arange(len(r)) - (np.cumsum(num) - num)[r]       # place of each block in its row
-            out[prefix + "kv_num_blocks"][h] = num
-            out[prefix + "kv_indices"][h, r, slot] = c
-    return out
-
-
 def flex_block_mask(z, header, layer, device="cuda"):
     """torch's BlockMask for `layer` (docs/formats.md, "FlexAttention")."""
     n, B, H = header["n"], header["block"], header["heads"]
-    Q = -(-n // B)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
     bits = np.unpackbits(z["bitmask"].view(np.uint8), bitorder="little").reshape(-1, B, B).astype(bool)
     bits = np.concatenate([bits, np.zeros((1, B, B), dtype=bool)])
-    kind = np.full((H, Q, Q), -1, dtype=np.int32)
-    for h in range(H):
-        row_ptr = z["row_ptr"][z["mask_index"][layer, h]]
-        for qb in range(Q):
-            e = np.arange(row_ptr[qb], row_ptr[qb + 1])
-            kind[h, qb, z["col_idx"][e]] = np.where(z["partial_idx"][e] < 0, -2, z["partial_idx"][e])
+    kind = block_kinds(z, header, layer).astype(np.int32)
     bits_t, kind_t = t(bits), t(kind)
 
     def mask_mod(b, h, q_idx, kv_idx):
