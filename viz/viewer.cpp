@@ -82,7 +82,7 @@ void slot_build_now(ScriptSlot& slot, int64_t n) {
 }
 
 void slot_open(ScriptSlot& slot, const std::string& path) {
-    slot.text = read_text_file(path);
+    slot.text = dsl::script_file_read(path);
     slot.path = path;
     slot.name = std::filesystem::path(path).filename().string();
     slot.last_edit = 0;  // build at once
@@ -437,7 +437,7 @@ int viewer_run(const ViewArgs& args) {
     // The first builds happen before the window opens: a screenshot shows a finished model.
     slot_build_now(app.main, app.n_ui);
     if (!args.edit_file.empty()) {
-        app.main.text = read_text_file(args.edit_file);
+        app.main.text = dsl::script_file_read(args.edit_file);
         slot_build_now(app.main, app.n_ui);
         if (app.main.state.stale) std::printf("sparsa-view: the edit does not compile; showing the last good mask\n");
         for (const auto& d : app.main.state.diagnostics) std::fputs(dsl::diagnostic_format(d).c_str(), stdout);

@@ -17,16 +17,13 @@
 #include <GL/gl.h>
 #include <imgui.h>
 
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -96,9 +93,6 @@ inline double now_seconds() {
     using clock = std::chrono::steady_clock;
     return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
-
-// A script's text, read as the CLI reads it (size limit, devices refused, pipes waited on).
-inline std::string read_text_file(const std::string& path) { return dsl::script_file_read(path); }
 
 inline std::string percent(double f) {
     char buf[32];
