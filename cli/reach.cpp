@@ -4,7 +4,7 @@
 #include "cli/commands.hpp"
 #include "cli/outputs.hpp"
 #include "io/npy.hpp"
-#include "io/plot_png.hpp"
+#include "plot/plot_png.hpp"
 #include "analysis/receptive_field.hpp"
 
 #include <nlohmann/json.hpp>

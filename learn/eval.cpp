@@ -4,7 +4,7 @@
 #include "io/atomic_file.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
-#include "io/plot_png.hpp"
+#include "plot/plot_png.hpp"
 #include "engine/threads.hpp"
 
 #include <nlohmann/json.hpp>

@@ -1,6 +1,6 @@
 // Line plots drawn into an RGB buffer (Bresenham lines, a 5 x 8 bitmap font made for sparsa),
 // then encoded as PNG with stb_image_write (Debian's libstb-dev) and written atomically.
-#include "io/plot_png.hpp"
+#include "plot/plot_png.hpp"
 
 #include "io/atomic_file.hpp"
 #include "engine/error.hpp"

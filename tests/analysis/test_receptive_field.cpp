@@ -2,7 +2,7 @@
 // directions: every example script, random mask sets and random scripts, at small n.
 #include "dsl/script.hpp"
 #include "engine/error.hpp"
-#include "io/plot_png.hpp"
+#include "plot/plot_png.hpp"
 #include "analysis/receptive_field.hpp"
 #include "tests/engine/mask_testing.hpp"
 
