@@ -1,0 +1,31 @@
+// An RGB image in memory, and its PNG encoding: what every picture of plot/ returns.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sparsa {
+
+struct Image {
+    int width = 0, height = 0;
+    std::vector<uint8_t> rgb;  // [height, width, 3]
+
+    // The colour of pixel (x, y) as 0xRRGGBB (no bounds check).
+    uint32_t at(int x, int y) const {
+        const uint8_t* p = rgb.data() + (static_cast<size_t>(y) * static_cast<size_t>(width) + static_cast<size_t>(x)) * 3;
+        return uint32_t{p[0]} << 16 | uint32_t{p[1]} << 8 | p[2];
+    }
+};
+
+// The same pixels with an opaque alpha channel: [height, width, 4].
+std::vector<uint8_t> image_rgba(const Image& image);
+
+// The bytes of a PNG file of the image (stb_image_write). Throws sparsa::Error if encoding fails.
+std::vector<uint8_t> image_png_encode(const Image& image);
+
+// Writes the image as a PNG file to `path`, whole or not at all (encoded in memory first, then
+// an AtomicFile, so within a cli OutputSet it appears only with the command's other outputs).
+void image_png_save(const Image& image, const std::string& path);
+
+} // namespace sparsa
