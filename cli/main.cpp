@@ -22,11 +22,14 @@ commands:
   check FILE...                 check pattern scripts; prints diagnostics, exit 0 when clean
   compile FILE --n N [--block B] [-o OUT.npz] [--dense OUT.npy]
                                 compile a script to block-sparse masks for sequence length N
-  stats FILE... --n N [--block B] [--json] [--brief]
-                                kept blocks, pairs, density, FLOPs and memory per (layer, head)
-  show FILE --n N [--block B] [--layer L] [--head H]
-                                draw one mask's block grid in the terminal
-  reach FILE --n N [--token T] [--direction in|out] [--json] [--png OUT.png] [--dense OUT.npy]
+  stats FILE... --n N [--block B] [--json] [--brief] [--png OUT.png]
+                                kept blocks, pairs, density, FLOPs and memory per (layer, head);
+                                --png: density and block FLOPs as heat maps
+  show FILE --n N [--block B] [--layer L] [--head H] [--png OUT.png]
+                                draw one mask's block grid in the terminal; --png: a picture of
+                                every (layer, head), or of one mask with --layer/--head
+  reach FILE --n N [--resolution token|block|auto] [--token T] [--direction in|out] [--json]
+        [--png OUT.png] [--dense OUT.npy]
                                 how far information travels through the layers (receptive fields)
   run FILE --n N [OPTIONS]      one layer of attention on the CPU: time, GFLOP/s, errors (--check)
 

@@ -6,6 +6,8 @@
 #include "io/mask_io.hpp"
 #include "io/npy.hpp"
 #include "analysis/receptive_field.hpp"
+#include "plot/mask_figure.hpp"
+#include "plot/mask_stats_chart.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace sparsa::cli {
@@ -210,13 +213,18 @@ int command_compile(const std::vector<std::string>& argv) {
 
 namespace {
 
-const char* const kStatsHelp = R"(usage: sparsa stats FILE... --n N [--block B] [--json] [--brief]
+const char* const kStatsHelp = R"(usage: sparsa stats FILE... --n N [--block B] [--json] [--brief] [--png OUT.png [--width W]]
 
 For each (layer, head) and in total: kept blocks (full and partial), kept pairs, density
 (kept pairs / N^2), the FLOPs of attention against dense (on kept pairs, and on kept blocks as
 a block-sparse kernel computes them), mask memory, query rows with no key, and the warnings.
-  --json   print one JSON object per script instead of tables
-  --brief  one line per script (the total)
+  --json         print one JSON object per script instead of tables
+  --brief        one line per script (the total)
+  --png OUT.png  also draw the density and block FLOPs of every (layer, head) as two heat maps
+                 (rows layers, columns heads, one colour scale; one FILE only)
+  --width W      the chart's width in pixels, 300 to 8192 (default 1000; the height follows)
+  --block B      block size (16, 32, 64, 128 or 256); default: the script's `block`, else 64
+Outputs are written whole or not at all.
 )";
 
 nlohmann::json counts_json(const MaskCounts& c, int64_t n) {
@@ -235,17 +243,32 @@ nlohmann::json counts_json(const MaskCounts& c, int64_t n) {
 } // namespace
 
 int command_stats(const std::vector<std::string>& argv) {
-    Args args(argv, "stats", {"--n", "--block", "--threads"}, {"--help", "--json", "--brief"});
+    Args args(argv, "stats", {"--n", "--block", "--threads", "--png", "--width"}, {"--help", "--json", "--brief"});
     if (args.has("--help")) {
         std::fputs(kStatsHelp, stdout);
         return 0;
     }
     if (args.positionals().empty()) throw Error("stats: give at least one script (sparsa stats FILE... --n N)");
     const bool json = args.has("--json"), brief = args.has("--brief");
+    const auto png_path = args.value("--png");
+    if (args.has("--width") && !png_path) throw Error("stats: --width sets the size of the --png chart; give --png OUT.png too");
+    const int png_width = static_cast<int>(args.integer("--width", 1000, 300, 8192));
+    if (png_path && args.positionals().size() != 1) {
+        throw Error("stats: --png draws the chart of one script; got " + std::to_string(args.positionals().size()) +
+                    " scripts (run sparsa stats once per script)");
+    }
+    args.required_integer("--n", 1, kMaxN);  // before the output is checked: a bad --n is the first error
+    OutputSet outputs("stats");
+    if (png_path) {
+        outputs.input(args.positionals()[0], "the script");
+        outputs.output("--png", *png_path);
+    }
+    std::optional<MaskSet> drawn;  // the set --png draws
     for (const auto& path : args.positionals()) {
         CompiledScript c = compile_file(path, args);
         append_reach_warning(c, static_cast<int>(args.integer("--threads", 0, 0, 4096)));
         const MaskSet& set = c.compiled.masks;
+        if (png_path) drawn = set;
         const int64_t n = set.n;
         const double n2 = static_cast<double>(n) * static_cast<double>(n);
         // Count each distinct mask once.
@@ -334,6 +357,14 @@ int command_stats(const std::vector<std::string>& argv) {
         std::printf("\nFLOPs/dense counts kept pairs; block FLOPs counts every pair of a kept block (what a\n"
                     "block-sparse kernel computes). mask mem counts distinct masks once.\n");
     }
+    if (png_path) {
+        MaskSet set = *drawn;
+        set.script_name = std::filesystem::path(args.positionals()[0]).filename().string();
+        const Image image = mask_stats_chart_render(set, png_width);
+        image_png_save(image, *png_path);
+        if (!json) outputs.say("wrote %s (%d x %d pixels)\n", png_path->c_str(), image.width, image.height);  // stdout stays one JSON object
+    }
+    outputs.commit();
     return 0;
 }
 
@@ -342,26 +373,78 @@ int command_stats(const std::vector<std::string>& argv) {
 namespace {
 
 const char* const kShowHelp = R"(usage: sparsa show FILE --n N [--block B] [--layer L] [--head H] [--ascii]
+       sparsa show FILE --n N --png OUT.png [--layer L] [--head H] [--width W] [--height H]
 
 Draws the block grid of one (layer, head) mask: rows are query blocks, columns key blocks.
   full block: #  (unicode: █)    partial block: +  (▒)    not kept: .  (·)
 Grids wider than 128 blocks are shown at reduced resolution (each cell covers several blocks:
 full if all are full, partial if any is kept).
+  --png OUT.png  draw a picture instead: without --layer and --head, the overview of every
+                 (layer, head) (layers down, heads across, the density under each); with
+                 either, that one mask's figure (Query and Key axes with token ticks, a legend).
+                 Where the mask has at least one pixel per token it is drawn token by token
+                 (a partial block's kept and dropped pairs apart, so dilation, strides and
+                 causal edges show); else by blocks, as the terminal grid.
+  --width W      picture width in pixels, 240 to 8192 (default: 1200 for the overview, whose
+                 height follows; 640 for one mask)
+  --height H     one mask's figure height, 240 to 8192 (default 640)
+  --block B      block size (16, 32, 64, 128 or 256); default: the script's `block`, else 64
+Outputs are written whole or not at all.
 )";
 
 } // namespace
 
 int command_show(const std::vector<std::string>& argv) {
-    Args args(argv, "show", {"--n", "--block", "--layer", "--head", "--threads"}, {"--help", "--ascii", "--unicode"});
+    Args args(argv, "show", {"--n", "--block", "--layer", "--head", "--threads", "--png", "--width", "--height"},
+              {"--help", "--ascii", "--unicode"});
     if (args.has("--help")) {
         std::fputs(kShowHelp, stdout);
         return 0;
     }
     if (args.positionals().size() != 1) throw Error("show: give exactly one script (sparsa show FILE --n N)");
+    const auto png_path = args.value("--png");
+    const bool one_mask = args.has("--layer") || args.has("--head");
+    if (!png_path) {
+        for (const char* option : {"--width", "--height"}) {
+            if (args.has(option)) throw Error(std::string("show: ") + option + " sets the size of the --png picture; give --png OUT.png too");
+        }
+    } else {
+        for (const char* option : {"--ascii", "--unicode"}) {
+            if (args.has(option)) throw Error(std::string("show: ") + option + " chooses the terminal grid's characters; --png draws a picture instead (drop one of them)");
+        }
+        if (args.has("--height") && !one_mask) {
+            throw Error("show: --height sets one mask's figure (with --layer or --head); the overview's height follows from --width");
+        }
+    }
+    const int png_width = static_cast<int>(args.integer("--width", one_mask ? 640 : 1200, 240, 8192));
+    const int png_height = static_cast<int>(args.integer("--height", 640, 240, 8192));
+    args.required_integer("--n", 1, kMaxN);  // before the output is checked: a bad --n is the first error
+    OutputSet outputs("show");
+    if (png_path) {
+        outputs.input(args.positionals()[0], "the script");
+        outputs.output("--png", *png_path);
+    }
     const int64_t max_blocks = 1 << 20;
     CompiledScript c = compile_file(args.positionals()[0], args);
     print_diagnostics(c.compiled.warnings);
     const MaskSet& set = c.compiled.masks;
+    if (png_path) {
+        MaskSet named = set;
+        named.script_name = std::filesystem::path(args.positionals()[0]).filename().string();
+        const int64_t layer = args.integer("--layer", 0, 0, set.layers - 1);
+        const int64_t head = args.integer("--head", 0, 0, set.heads - 1);
+        const Image image = one_mask ? mask_figure_render(named, layer, head, png_width, png_height) : mask_overview_render(named, png_width);
+        image_png_save(image, *png_path);
+        if (one_mask) {
+            outputs.say("wrote %s (layer %lld, head %lld; %d x %d pixels)\n", png_path->c_str(), static_cast<long long>(layer),
+                        static_cast<long long>(head), image.width, image.height);
+        } else {
+            outputs.say("wrote %s (%lld layer%s x %lld head%s; %d x %d pixels)\n", png_path->c_str(), static_cast<long long>(set.layers),
+                        set.layers == 1 ? "" : "s", static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", image.width, image.height);
+        }
+        outputs.commit();
+        return 0;
+    }
     const int64_t layer = args.integer("--layer", 0, 0, set.layers - 1);
     const int64_t head = args.integer("--head", 0, 0, set.heads - 1);
     const BlockMask& mask = set.at(layer, head);

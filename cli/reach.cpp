@@ -19,8 +19,9 @@ namespace sparsa::cli {
 
 namespace {
 
-const char* const kReachHelp = R"(usage: sparsa reach FILE --n N [--block B] [--token T] [--direction in|out] [--json]
-                    [--png OUT.png] [--dense OUT.npy] [--max-layers M] [--threads T]
+const char* const kReachHelp = R"(usage: sparsa reach FILE --n N [--block B] [--resolution token|block|auto] [--token T]
+                    [--direction in|out] [--json] [--png OUT.png] [--dense OUT.npy]
+                    [--max-layers M] [--threads T]
 
 How far information travels through the script's layers. With residual connections, after l
 layers query q has seen key k when a chain of allowed pairs links them through layers 1..l
@@ -28,9 +29,18 @@ layers query q has seen key k when a chain of allowed pairs links them through l
 
 Without --token: the fraction of pairs connected after each layer, the layers the pattern needs
 to connect every pair (repeating the last layer past the script's `layers`), or why no depth
-does, and the pairs still out of reach after `layers`. Exact (token resolution) for N <= 8192;
-above, block resolution, which over-approximates: a kept block counts as connecting all of its
-pairs. A causal pattern counts only the pairs with k <= q.
+does, and the pairs still out of reach after `layers`, at the resolution --resolution chooses.
+A causal pattern counts only the pairs with k <= q.
+  --resolution auto   token for N <= 8192, else block (the default)
+  --resolution token  exact: one node per token, the reach as N x N bits, N * N / 8 bytes
+                      (32 MiB at N = 16384, 128 MiB at 32768; N up to 65536). Time grows with
+                      the kept pairs times the new pairs each layer carries. Measured on 2
+                      cores, window(64): N = 16384, 256 layers needed, 1.3 s and 43 MB in all;
+                      N = 32768, 512 layers, 6.9 s and 146 MB
+  --resolution block  one node per block (or group of blocks, at most 8192 nodes): quick (0.03 s
+                      for that window(64) at 16384) but over-approximates, as a kept block counts
+                      as connecting all its pairs: the layers needed are a lower bound ("at
+                      least 255" there)
   --token T        the field of token T after each layer instead (exact at any N; for N up
                    to 65536 also its positions, as runs first..last)
   --direction in   with --token: the keys query T has seen (default)
@@ -48,6 +58,8 @@ Outputs are written whole or not at all.
 )";
 
 constexpr int64_t kMaxDenseN = 8192;
+// Token resolution keeps N x N bits: at 65536, 512 MiB.
+constexpr int64_t kMaxTokenResolutionN = 65536;
 constexpr int64_t kMaxN = int64_t{1} << 31;
 
 std::string with_commas(int64_t v) {
@@ -111,7 +123,8 @@ private:
 } // namespace
 
 int command_reach(const std::vector<std::string>& argv) {
-    Args args(argv, "reach", {"--n", "--block", "--token", "--direction", "--png", "--dense", "--threads", "--max-layers"}, {"--help", "--json"});
+    Args args(argv, "reach", {"--n", "--block", "--token", "--direction", "--png", "--dense", "--threads", "--max-layers", "--resolution"},
+              {"--help", "--json"});
     if (args.has("--help")) {
         std::fputs(kReachHelp, stdout);
         return 0;
@@ -127,7 +140,23 @@ int command_reach(const std::vector<std::string>& argv) {
         if (*d != "in" && *d != "out") throw Error("reach: --direction expects 'in' or 'out'; got '" + *d + "'");
         direction = *d == "in" ? ReachDirection::in : ReachDirection::out;
     }
+    ReachResolution resolution = reach_resolution_auto(n);
+    if (auto r = args.value("--resolution")) {
+        if (*r != "token" && *r != "block" && *r != "auto") {
+            throw Error("reach: --resolution expects token, block or auto; got '" + *r + "' (see sparsa reach --help for what each costs)");
+        }
+        if (by_token) throw Error("reach: --resolution applies to all pairs; --token T follows one token exactly at any N (drop one of them)");
+        if (*r == "token") resolution = ReachResolution::token;
+        if (*r == "block") resolution = ReachResolution::block;
+        if (*r == "token" && n > kMaxTokenResolutionN) {
+            throw Error("reach: --resolution token keeps N x N bits and is limited to N <= 65536; got N = " + std::to_string(n) +
+                        " (use --resolution block, or --token T for one token's field)");
+        }
+    }
     const auto png_path = args.value("--png"), dense_path = args.value("--dense");
+    if (dense_path && resolution == ReachResolution::block && n <= kMaxDenseN) {
+        throw Error("reach: --dense writes the token-level reach, which --resolution block does not compute (drop one of them)");
+    }
     if (dense_path && n > kMaxDenseN) {
         throw Error("reach: --dense writes an [layers, N, N] array and is limited to N <= 8192; got N = " + std::to_string(n) +
                     " (use --token T for one token's field at any N)");
@@ -162,7 +191,7 @@ int command_reach(const std::vector<std::string>& argv) {
     std::optional<DenseReachWriter> dense;
     if (!by_token || dense_path) {
         ReachOptions reach;
-        reach.resolution = reach_resolution_auto(n);
+        reach.resolution = dense_path ? ReachResolution::token : resolution;
         reach.threads = threads;
         reach.max_layers = max_layers;
         if (dense_path) {

@@ -18,6 +18,12 @@ struct Image {
     }
 };
 
+// A rectangle of pixels [x, x + w) x [y, y + h), e.g. where a picture put some text (w = 0:
+// nothing drawn there).
+struct PixelBox {
+    int x = 0, y = 0, w = 0, h = 0;
+};
+
 // The same pixels with an opaque alpha channel: [height, width, 4].
 std::vector<uint8_t> image_rgba(const Image& image);
 

@@ -7,9 +7,9 @@
 // `cell_pixels` pixels. When the mask's square has at least one pixel per token, a cell is one
 // token (cell_tokens = 1): a pair in a full block is drawn kMaskColorFull; a pair in a partial
 // block kMaskColorPartial when it is kept, kMaskColorPartialOff when not (so dilation, strides
-// and causal edges show); a pair in no kept block kMaskColorEmpty. Otherwise a cell is one block,
-// or g x g blocks when there are more blocks than pixels: full when every block of the cell is
-// full, partial when any is kept, else empty (as `sparsa show` draws the terminal grid).
+// and causal edges show); a pair in no kept block kMaskColorEmpty. Otherwise a cell is one block
+// (kMaskColorFull, kMaskColorPartial or kMaskColorEmpty), or g x g blocks when there are more
+// blocks than pixels: mask_cell_color says how such a cell is shaded.
 #pragma once
 
 #include "engine/block_mask.hpp"
@@ -27,6 +27,13 @@ constexpr uint32_t kMaskColorPartial = 0xe07b24;     // a partial block (token l
 constexpr uint32_t kMaskColorPartialOff = 0xf8dcc0;  // token level: a pair of a partial block that is not kept
 constexpr uint32_t kMaskColorEmpty = 0xf2f2f2;       // not kept
 
+// The colour of a cell of `blocks` blocks of which `kept` are kept, `full` of them full: empty
+// when none is kept; else the colour of the kind most kept blocks are (full when at least half),
+// blended over kMaskColorEmpty by the share of blocks kept on a log scale (1 + log10(kept /
+// blocks) / 3, at least 0.15), so that a cell with one kept block among 16,384 reads as faint,
+// not as solid. A cell of one block is the block's own colour.
+uint32_t mask_cell_color(int64_t kept, int64_t full, int64_t blocks);
+
 // Where one mask is drawn: pixels [x, x + side) x [y, y + side). Cell (r, c), covering queries
 // [r * cell_tokens, ...) and keys [c * cell_tokens, ...), is pixels
 // [x + c * cell_pixels, + cell_pixels) x [y + r * cell_pixels, + cell_pixels).
@@ -37,11 +44,6 @@ struct MaskPlacement {
     int cell_pixels = 1;      // pixels of a cell, each way
     int64_t cell_tokens = 1;  // tokens of a cell, each way: 1 (token level) or a multiple of the block
     bool token_level() const { return cell_tokens == 1; }
-};
-
-// A rectangle of pixels [x, x + w) x [y, y + h) holding text (w = 0: nothing drawn there).
-struct PixelBox {
-    int x = 0, y = 0, w = 0, h = 0;
 };
 
 // [SECTION] one mask

@@ -1,217 +1,14 @@
-// Line plots drawn into an RGB buffer (Bresenham lines, a 5 x 8 bitmap font made for sparsa),
-// then encoded as PNG with stb_image_write (Debian's libstb-dev) and written atomically.
+// Line plots drawn on a Canvas (plot/canvas.hpp), encoded as PNG and written atomically.
 #include "plot/plot_png.hpp"
 
-#include "io/atomic_file.hpp"
+#include "plot/canvas.hpp"
 #include "engine/error.hpp"
 
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#include <stb/stb_image_write.h>
-
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdio>
-#include <iterator>
 
 namespace sparsa {
-
-namespace {
-
-// [SECTION] font: 5 x 8 cells, rows top to bottom, '#' ink; uppercase letters use the lowercase
-// glyphs. A character not listed is drawn as a box.
-struct Glyph {
-    char c;
-    const char* rows;  // 8 rows of 5, separated by '|'
-};
-constexpr Glyph kGlyphs[] = {
-    {' ', ".....|.....|.....|.....|.....|.....|.....|....."},
-    {'0', ".###.|#...#|#..##|#.#.#|##..#|#...#|.###.|....."},
-    {'1', "..#..|.##..|..#..|..#..|..#..|..#..|.###.|....."},
-    {'2', ".###.|#...#|....#|...#.|..#..|.#...|#####|....."},
-    {'3', "#####|...#.|..#..|...#.|....#|#...#|.###.|....."},
-    {'4', "...#.|..##.|.#.#.|#..#.|#####|...#.|...#.|....."},
-    {'5', "#####|#....|####.|....#|....#|#...#|.###.|....."},
-    {'6', "..##.|.#...|#....|####.|#...#|#...#|.###.|....."},
-    {'7', "#####|....#|...#.|..#..|.#...|.#...|.#...|....."},
-    {'8', ".###.|#...#|#...#|.###.|#...#|#...#|.###.|....."},
-    {'9', ".###.|#...#|#...#|.####|....#|...#.|.##..|....."},
-    {'a', ".....|.....|.###.|....#|.####|#...#|.####|....."},
-    {'b', "#....|#....|####.|#...#|#...#|#...#|####.|....."},
-    {'c', ".....|.....|.###.|#....|#....|#...#|.###.|....."},
-    {'d', "....#|....#|.####|#...#|#...#|#...#|.####|....."},
-    {'e', ".....|.....|.###.|#...#|#####|#....|.###.|....."},
-    {'f', "..##.|.#...|###..|.#...|.#...|.#...|.#...|....."},
-    {'g', ".....|.....|.####|#...#|#...#|.####|....#|.###."},
-    {'h', "#....|#....|####.|#...#|#...#|#...#|#...#|....."},
-    {'i', "..#..|.....|.##..|..#..|..#..|..#..|.###.|....."},
-    {'j', "...#.|.....|..##.|...#.|...#.|...#.|#..#.|.##.."},
-    {'k', "#....|#....|#..#.|#.#..|##...|#.#..|#..#.|....."},
-    {'l', ".##..|..#..|..#..|..#..|..#..|..#..|.###.|....."},
-    {'m', ".....|.....|##.#.|#.#.#|#.#.#|#.#.#|#.#.#|....."},
-    {'n', ".....|.....|####.|#...#|#...#|#...#|#...#|....."},
-    {'o', ".....|.....|.###.|#...#|#...#|#...#|.###.|....."},
-    {'p', ".....|.....|####.|#...#|#...#|####.|#....|#...."},
-    {'q', ".....|.....|.####|#...#|#...#|.####|....#|....#"},
-    {'r', ".....|.....|#.##.|##..#|#....|#....|#....|....."},
-    {'s', ".....|.....|.####|#....|.###.|....#|####.|....."},
-    {'t', ".#...|.#...|###..|.#...|.#...|.#..#|..##.|....."},
-    {'u', ".....|.....|#...#|#...#|#...#|#..##|.##.#|....."},
-    {'v', ".....|.....|#...#|#...#|#...#|.#.#.|..#..|....."},
-    {'w', ".....|.....|#...#|#...#|#.#.#|#.#.#|.#.#.|....."},
-    {'x', ".....|.....|#...#|.#.#.|..#..|.#.#.|#...#|....."},
-    {'y', ".....|.....|#...#|#...#|#...#|.####|....#|.###."},
-    {'z', ".....|.....|#####|...#.|..#..|.#...|#####|....."},
-    {'.', ".....|.....|.....|.....|.....|.##..|.##..|....."},
-    {',', ".....|.....|.....|.....|.....|.##..|..#..|.#..."},
-    {':', ".....|.##..|.##..|.....|.##..|.##..|.....|....."},
-    {'%', "##...|##..#|...#.|..#..|.#...|#..##|...##|....."},
-    {'(', "...#.|..#..|.#...|.#...|.#...|..#..|...#.|....."},
-    {')', ".#...|..#..|...#.|...#.|...#.|..#..|.#...|....."},
-    {'[', ".###.|.#...|.#...|.#...|.#...|.#...|.###.|....."},
-    {']', ".###.|...#.|...#.|...#.|...#.|...#.|.###.|....."},
-    {'{', "...##|..#..|..#..|.#...|..#..|..#..|...##|....."},
-    {'}', "##...|..#..|..#..|...#.|..#..|..#..|##...|....."},
-    {'-', ".....|.....|.....|#####|.....|.....|.....|....."},
-    {'+', ".....|..#..|..#..|#####|..#..|..#..|.....|....."},
-    {'=', ".....|.....|#####|.....|#####|.....|.....|....."},
-    {'/', ".....|....#|...#.|..#..|.#...|#....|.....|....."},
-    {'_', ".....|.....|.....|.....|.....|.....|.....|#####"},
-    {'|', "..#..|..#..|..#..|..#..|..#..|..#..|..#..|....."},
-    {'*', ".....|#.#.#|.###.|#####|.###.|#.#.#|.....|....."},
-    {'<', "...#.|..#..|.#...|#....|.#...|..#..|...#.|....."},
-    {'>', ".#...|..#..|...#.|....#|...#.|..#..|.#...|....."},
-    {'!', "..#..|..#..|..#..|..#..|..#..|.....|..#..|....."},
-    {'?', ".###.|#...#|....#|...#.|..#..|.....|..#..|....."},
-    {'\'', "..#..|..#..|.#...|.....|.....|.....|.....|....."},
-    {'#', ".#.#.|.#.#.|#####|.#.#.|#####|.#.#.|.#.#.|....."},
-    {'^', "..#..|.#.#.|#...#|.....|.....|.....|.....|....."},
-    {'&', ".##..|#..#.|#.#..|.#...|#.#.#|#..#.|.##.#|....."},
-    {'~', ".....|.....|.#...|#.#.#|...#.|.....|.....|....."},
-    {';', ".....|.##..|.##..|.....|.##..|..#..|.#...|....."},
-    {'"', ".#.#.|.#.#.|.....|.....|.....|.....|.....|....."},
-    {'\\', ".....|#....|.#...|..#..|...#.|....#|.....|....."},
-};
-constexpr int kGlyphW = 5, kGlyphH = 8, kAdvance = 6;  // pixels per glyph, before scaling
-
-// Every glyph is 8 rows of 5 '#' or '.', joined by '|', and no character is listed twice.
-constexpr bool glyphs_well_formed() {
-    for (size_t g = 0; g < std::size(kGlyphs); ++g) {
-        for (size_t h = 0; h < g; ++h) {
-            if (kGlyphs[h].c == kGlyphs[g].c) return false;
-        }
-        int i = 0;
-        for (; kGlyphs[g].rows[i] != '\0'; ++i) {
-            const char c = kGlyphs[g].rows[i];
-            if ((i % (kGlyphW + 1) == kGlyphW) != (c == '|') || (c != '|' && c != '#' && c != '.')) return false;
-        }
-        if (i != kGlyphH * (kGlyphW + 1) - 1) return false;
-    }
-    return true;
-}
-static_assert(glyphs_well_formed(), "a glyph of kGlyphs is not 8 rows of 5 '#'/'.' joined by '|', or is listed twice");
-
-// Ink rows of a character: bit x of row y set where the glyph has ink.
-std::array<uint8_t, kGlyphH> glyph_rows(char c) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    for (const Glyph& g : kGlyphs) {
-        if (g.c != c) continue;
-        std::array<uint8_t, kGlyphH> rows{};
-        for (int y = 0; y < kGlyphH; ++y) {
-            for (int x = 0; x < kGlyphW; ++x) {
-                if (g.rows[y * (kGlyphW + 1) + x] == '#') rows[static_cast<size_t>(y)] |= static_cast<uint8_t>(1U << x);
-            }
-        }
-        return rows;
-    }
-    return {0x1f, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1f, 0x00};  // a box
-}
-
-// [SECTION] canvas
-
-struct Canvas {
-    int width, height;
-    std::vector<uint8_t> rgb;  // [height, width, 3]
-
-    Canvas(int w, int h) : width(w), height(h), rgb(static_cast<size_t>(w) * static_cast<size_t>(h) * 3, 255) {}
-
-    void pixel(int x, int y, uint32_t color) {
-        if (x < 0 || y < 0 || x >= width || y >= height) return;
-        uint8_t* p = rgb.data() + (static_cast<size_t>(y) * static_cast<size_t>(width) + static_cast<size_t>(x)) * 3;
-        p[0] = static_cast<uint8_t>(color >> 16);
-        p[1] = static_cast<uint8_t>(color >> 8);
-        p[2] = static_cast<uint8_t>(color);
-    }
-    void rect(int x0, int y0, int x1, int y1, uint32_t color) {  // filled, inclusive corners
-        for (int y = y0; y <= y1; ++y) {
-            for (int x = x0; x <= x1; ++x) pixel(x, y, color);
-        }
-    }
-    // A line `thick` pixels wide; dashed: 6 on, 4 off.
-    void line(int x0, int y0, int x1, int y1, uint32_t color, int thick = 1, bool dashed = false) {
-        const int dx = std::abs(x1 - x0), dy = -std::abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
-        int err = dx + dy;
-        for (int step = 0;; ++step) {
-            if (!dashed || step % 10 < 6) rect(x0 - (thick - 1) / 2, y0 - (thick - 1) / 2, x0 + thick / 2, y0 + thick / 2, color);
-            if (x0 == x1 && y0 == y1) break;
-            const int e2 = 2 * err;
-            if (e2 >= dy) {
-                err += dy;
-                x0 += sx;
-            }
-            if (e2 <= dx) {
-                err += dx;
-                y0 += sy;
-            }
-        }
-    }
-    int text_width(const std::string& s, int scale) const { return static_cast<int>(s.size()) * kAdvance * scale; }
-    // Text with its top-left corner at (x, y).
-    void text(int x, int y, const std::string& s, uint32_t color, int scale) {
-        for (char c : s) {
-            const auto rows = glyph_rows(c);
-            for (int gy = 0; gy < kGlyphH; ++gy) {
-                for (int gx = 0; gx < kGlyphW; ++gx) {
-                    if ((rows[static_cast<size_t>(gy)] >> gx) & 1U) rect(x + gx * scale, y + gy * scale, x + gx * scale + scale - 1, y + gy * scale + scale - 1, color);
-                }
-            }
-            x += kAdvance * scale;
-        }
-    }
-};
-
-// Tick positions over [lo, hi]: a step of 1, 2 or 5 times a power of ten giving at most `most`.
-std::vector<double> ticks_make(double lo, double hi, int most, bool integer) {
-    double step = 1;
-    const double span = hi - lo;
-    if (span > 0) {
-        const double raw = span / most, base = std::pow(10.0, std::floor(std::log10(raw)));
-        step = base;
-        for (double m : {1.0, 2.0, 5.0, 10.0}) {
-            step = m * base;
-            if (step >= raw) break;
-        }
-    }
-    if (integer) step = std::max(1.0, std::round(step));
-    std::vector<double> ticks;
-    for (double t = std::ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9; t += step) ticks.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
-    return ticks;
-}
-
-std::string tick_text(double v, bool percent, double step) {
-    char buffer[32];
-    if (percent) {
-        std::snprintf(buffer, sizeof buffer, step * 100 >= 1 ? "%.0f%%" : "%.1f%%", 100 * v);
-    } else if (std::abs(v - std::round(v)) < 1e-9) {
-        std::snprintf(buffer, sizeof buffer, "%.0f", v);
-    } else {
-        std::snprintf(buffer, sizeof buffer, "%g", v);
-    }
-    return buffer;
-}
-
-} // namespace
 
 std::vector<uint8_t> plot_render(const Plot& plot, int width, int height) {
     if (width < 200 || height < 150 || width > 8192 || height > 8192) {
@@ -223,11 +20,11 @@ std::vector<uint8_t> plot_render(const Plot& plot, int width, int height) {
     const uint32_t ink = 0x202020, grid = 0xe0e0e0, axis = 0x404040;
     const double x_min = plot.x_min, x_max = plot.x_max > plot.x_min ? plot.x_max : plot.x_min + 1;
     const double y_min = plot.y_min, y_max = plot.y_max > plot.y_min ? plot.y_max : plot.y_min + 1;
-    const std::vector<double> xt = ticks_make(x_min, x_max, std::max(2, width / 110), plot.x_integer);
-    const std::vector<double> yt = ticks_make(y_min, y_max, std::max(2, height / 70), false);
+    const std::vector<double> xt = axis_ticks(x_min, x_max, std::max(2, width / 110), plot.x_integer);
+    const std::vector<double> yt = axis_ticks(y_min, y_max, std::max(2, height / 70), false);
     const double y_step = yt.size() > 1 ? yt[1] - yt[0] : 1;
     int label_w = 0;
-    for (double v : yt) label_w = std::max(label_w, c.text_width(tick_text(v, plot.y_percent, y_step), s));
+    for (double v : yt) label_w = std::max(label_w, c.text_width(axis_tick_text(v, plot.y_percent, y_step), s));
     // The plot area: [left, right] x [top, bottom] pixels.
     const int left = 16 + label_w + 8, right = width - 24, top = 2 * 8 * s + 36, bottom = height - (2 * 8 * s + 28);
     auto px = [&](double x) { return left + static_cast<int>(std::lround((x - x_min) / (x_max - x_min) * (right - left))); };
@@ -238,13 +35,13 @@ std::vector<uint8_t> plot_render(const Plot& plot, int width, int height) {
     c.text((left + right - c.text_width(plot.x_label, s)) / 2, height - 8 * s - 8, plot.x_label, ink, s);
     for (double v : yt) {
         c.line(left, py(v), right, py(v), grid);
-        const std::string t = tick_text(v, plot.y_percent, y_step);
+        const std::string t = axis_tick_text(v, plot.y_percent, y_step);
         c.text(left - 8 - c.text_width(t, s), py(v) - 4 * s, t, ink, s);
     }
     for (double v : xt) {
         c.line(px(v), top, px(v), bottom, grid);
         c.line(px(v), bottom, px(v), bottom + 5, axis);
-        const std::string t = tick_text(v, false, 1);
+        const std::string t = axis_tick_text(v, false, 1);
         c.text(px(v) - c.text_width(t, s) / 2, bottom + 9, t, ink, s);
     }
     c.line(left, top, left, bottom, axis, 2);
@@ -270,27 +67,23 @@ std::vector<uint8_t> plot_render(const Plot& plot, int width, int height) {
         c.text(left + 10 + 8 * s, legend_y, series.label, ink, s);
         legend_y += 10 * s;
     }
-    return c.rgb;
+    return c.take().rgb;
 }
 
 std::vector<uint8_t> plot_png_encode(const Plot& plot, int width, int height) {
-    const std::vector<uint8_t> rgb = plot_render(plot, width, height);
-    std::vector<uint8_t> png;
-    auto append = [](void* context, void* data, int size) {
-        auto* out = static_cast<std::vector<uint8_t>*>(context);
-        out->insert(out->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
-    };
-    if (stbi_write_png_to_func(append, &png, width, height, 3, rgb.data(), width * 3) == 0 || png.empty()) {
-        throw Error("plot: the PNG encoder failed for a " + std::to_string(width) + " x " + std::to_string(height) + " image");
-    }
-    return png;
+    Image image;
+    image.width = width;
+    image.height = height;
+    image.rgb = plot_render(plot, width, height);
+    return image_png_encode(image);
 }
 
 void plot_png_save(const Plot& plot, const std::string& path, int width, int height) {
-    const std::vector<uint8_t> png = plot_png_encode(plot, width, height);  // everything before the file
-    AtomicFile file(path);
-    file.write(png.data(), png.size());
-    file.commit();
+    Image image;
+    image.width = width;
+    image.height = height;
+    image.rgb = plot_render(plot, width, height);
+    image_png_save(image, path);
 }
 
 } // namespace sparsa

@@ -29,8 +29,8 @@ struct Plot {
     std::vector<PlotMarker> markers;
 };
 
-// The plot as RGB pixels: [height, width, 3] bytes. Text: letters (capitals drawn as small
-// letters), digits and common punctuation; other characters are drawn as a box. Throws
+// The plot as RGB pixels: [height, width, 3] bytes. Text: letters, digits and common
+// punctuation (plot/canvas.hpp's font); other characters are drawn as a box. Throws
 // sparsa::Error for sizes under 200 x 150 or over 8192.
 std::vector<uint8_t> plot_render(const Plot& plot, int width, int height);
 
