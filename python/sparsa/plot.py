@@ -4,6 +4,7 @@
     masks = sparsa.compile("heads 4\\nlayers 2\\nattend = window(16 * (h + 1))", n=512)
     sparsa.plot.mask(masks, layer=0, head=1).savefig("mask.png")     # one (layer, head)
     sparsa.plot.overview(masks)                                       # every (layer, head)
+    sparsa.plot.gallery({"window": masks, "dense": sparsa.compile("attend = dense", n=512)})
     sparsa.plot.receptive_field(masks, token=256)                     # the light cone
     sparsa.plot.coverage(masks)                                       # pairs connected per layer
 
@@ -127,18 +128,21 @@ def _draw_kinds(ax, masks, layer, head, resolution, pixels):
 
 # [SECTION] mask
 
-def mask(masks, layer=0, head=0, ax=None, resolution="auto"):
+def mask(masks, layer=0, head=0, ax=None, resolution="auto", title=None, legend=True):
     """One (layer, head) mask: queries down, keys across, both in tokens; pairs coloured by the block
     kind the engines see (full, partial, not kept).
 
     resolution: 'token' draws every pair ([n, n], n <= 8192), so dilations and causal edges inside a
     partial block show; 'block' draws the block grid (any n; above 400 blocks a cell pools several);
-    'auto': tokens for n <= 1024, blocks above. ax: draw into this matplotlib Axes (the legend then
-    goes on it); else a new figure. Returns the Figure.
+    'auto': tokens for n <= 1024, blocks above. ax: draw into this matplotlib Axes; else a new figure.
+    title: the name to show instead of "layer L, head H" (the density is always given). legend:
+    False leaves the legend out (gallery() gives one for all). Returns the Figure.
     """
     _mask_set_check("mask", masks)
     _index_check("mask", "layer", layer, masks.layers)
     _index_check("mask", "head", head, masks.heads)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"sparsa.plot.mask(): title must be a str or None, not {type(title).__name__}")
     resolution = _resolution_pick("mask", masks, resolution)
     plt = _pyplot("mask")
     if ax is None:
@@ -147,15 +151,55 @@ def mask(masks, layer=0, head=0, ax=None, resolution="auto"):
         fig = ax.figure
     kinds, note = _draw_kinds(ax, masks, layer, head, resolution, _MAX_PIXELS)
     density = masks.stats(layer, head).density
-    name = "" if masks.script_name in ("", "<string>") else f"{masks.script_name}: "
-    ax.set_title(f"{name}layer {layer}, head {head}: density {100 * density:.3g}%\n"
-                 f"n = {masks.n}, block {masks.block}; {note}", fontsize=10)
+    if title is None:
+        name = "" if masks.script_name in ("", "<string>") else f"{masks.script_name}: "
+        ax.set_title(f"{name}layer {layer}, head {head}: density {100 * density:.3g}%\n"
+                     f"n = {masks.n}, block {masks.block}; {note}", fontsize=10)
+    else:
+        ax.set_title(f"{title}\ndensity {100 * density:.3g}%", fontsize=10)
     ax.set_xlabel("Key position k (tokens)")
     ax.set_ylabel("Query position q (tokens)")
     ax.xaxis.set_label_position("top")
     ax.xaxis.tick_top()
-    ax.legend(handles=_legend_handles(kinds), loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8,
-              frameon=False)
+    if legend:
+        ax.legend(handles=_legend_handles(kinds), loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8,
+                  frameon=False)
+    return fig
+
+
+def gallery(named_masks, layer=0, head=0, cols=4, resolution="auto", title=None):
+    """Several mask sets side by side, one (layer, head) of each, titled by name with its density:
+    named_masks is a dict {name: MaskSet}. Axes in tokens, one legend for all; resolution as for
+    mask(). title: the figure's title (default: how many patterns, and at which n). Returns the Figure.
+    """
+    if not isinstance(named_masks, dict) or not named_masks:
+        raise TypeError("sparsa.plot.gallery(): named_masks must be a non-empty dict {name: sparsa.MaskSet}, "
+                        f"not {type(named_masks).__name__}")
+    if isinstance(cols, bool) or not hasattr(type(cols), "__index__") or cols < 1:
+        raise ValueError(f"sparsa.plot.gallery(): cols must be a whole number >= 1, not {cols!r}")
+    for name, m in named_masks.items():
+        _mask_set_check("gallery", m)
+        _index_check("gallery", "layer", layer, m.layers)
+        _index_check("gallery", "head", head, m.heads)
+    plt = _pyplot("gallery")
+    cols = min(cols, len(named_masks))
+    rows = -(-len(named_masks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 4.1 * rows + 0.6), squeeze=False, layout="constrained")
+    kinds = set()
+    for ax, (name, m) in zip(axes.flat, named_masks.items()):
+        mask(m, layer, head, ax=ax, resolution=resolution, title=str(name), legend=False)
+        kinds |= set(np.unique(ax.images[0].get_array()).tolist())
+    for ax in axes.flat[len(named_masks):]:
+        ax.set_axis_off()
+    ns = sorted({m.n for m in named_masks.values()})
+    fig.suptitle(title if title is not None else
+                 f"{len(named_masks)} patterns at n = {', '.join(str(n) for n in ns)} (layer {layer}, head {head})", fontsize=13)
+    # one legend for all at the bottom, in a strip the layout leaves free (0.45 inch)
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+    height = fig.get_figheight()
+    fig.set_layout_engine(ConstrainedLayoutEngine(h_pad=0.12, rect=(0, 0.45 / height, 1, 1 - 0.45 / height)))
+    fig.legend(handles=_legend_handles(kinds), loc="lower center", bbox_to_anchor=(0.5, 0.02 / height), ncol=4, fontsize=9,
+               frameon=False)
     return fig
 
 
@@ -244,33 +288,37 @@ def receptive_field(masks, token, direction="in", ax=None):
     field = reach_token(masks, token, direction=direction, keep_sets=True)
     plt = _pyplot("receptive_field")
     n, layers = masks.n, masks.layers
-    sets = field.sets                                                       # [layers + 1, n] bool
+    sets, span = field.sets, n                                              # [layers + 1, n] bool
     if n > 2 * _MAX_PIXELS:                                                 # pool positions: a pixel is reached if any is
         per = -(-n // (2 * _MAX_PIXELS))
         padded = np.zeros((layers + 1, per * -(-n // per)), bool)
         padded[:, :n] = sets
-        sets = padded.reshape(layers + 1, -1, per).any(axis=2)
+        sets, span = padded.reshape(layers + 1, -1, per).any(axis=2), padded.shape[1]
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    handles = [Patch(facecolor="#2c7fb8", label="in the field"),
+               Patch(facecolor="#f4f4f4", edgecolor="#888888", label="not reached yet"),
+               Line2D([], [], color="#d62728", label=f"token {token}")]
     sizes_ax = None
     if ax is None:
-        fig, (ax, sizes_ax) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.35 * max(layers + 1, 8)), sharey=True,
-                                           gridspec_kw={"width_ratios": [3, 1]}, layout="constrained")
+        height = min(7.0, 2.2 + 0.22 * (layers + 1))
+        fig, (ax, sizes_ax) = plt.subplots(1, 2, figsize=(11, height), sharey=True, gridspec_kw={"width_ratios": [3, 1]})
+        # the legend in a strip of 0.35 inch under the panels, which the layout leaves free
+        from matplotlib.layout_engine import ConstrainedLayoutEngine
+        fig.set_layout_engine(ConstrainedLayoutEngine(rect=(0, 0.35 / height, 1, 1 - 0.35 / height)))
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.02 / height), ncol=3, fontsize=8, frameon=False)
     else:
         fig = ax.figure
-    from matplotlib.colors import ListedColormap
+        ax.legend(handles=handles, loc="upper right", fontsize=8)
     ax.imshow(sets, cmap=ListedColormap(["#f4f4f4", "#2c7fb8"]), vmin=0, vmax=1, interpolation="nearest", aspect="auto",
-              origin="lower", extent=(0, n, -0.5, layers + 0.5))
+              origin="lower", extent=(0, span, -0.5, layers + 0.5))
     ax.axvline(token + 0.5, color="#d62728", linewidth=1)
     what = f"the keys query {token} has seen" if direction == "in" else f"the queries that have seen key {token}"
     ax.set_title(f"Receptive field of token {token} ({direction}): {what}", fontsize=10)
     ax.set_xlabel(("Key position k" if direction == "in" else "Query position q") + " (tokens)")
     ax.set_ylabel("After layer l (0: before any)")
     ax.set_xlim(0, n)
-    from matplotlib.patches import Patch
-    from matplotlib.lines import Line2D
-    ax.legend(handles=[Patch(facecolor="#2c7fb8", label="in the field"), Patch(facecolor="#f4f4f4", edgecolor="#888888",
-                                                                                label="not reached yet"),
-                       Line2D([], [], color="#d62728", label=f"token {token}")],
-              loc="upper center", bbox_to_anchor=(0.5, -0.12 if layers > 12 else -0.18), ncol=3, fontsize=8, frameon=False)
     if sizes_ax is not None:
         sizes = np.asarray(field.sizes)
         sizes_ax.plot(sizes, np.arange(len(sizes)), "o-", color="#2c7fb8", markersize=3)
@@ -287,7 +335,7 @@ def receptive_field(masks, token, direction="in", ax=None):
 # [SECTION] coverage
 
 def _coverages(masks_or_coverage, resolution, max_layers):
-    """[(label, ReachCoverage, MaskSet or None)] from one MaskSet / ReachCoverage, a list, or a dict."""
+    """[(label, ReachCoverage)] from one MaskSet or ReachCoverage, a list of them, or a dict {label: either}."""
     from . import MaskSet, ReachCoverage, reach_coverage
     if isinstance(masks_or_coverage, dict):
         items = list(masks_or_coverage.items())
