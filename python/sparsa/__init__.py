@@ -40,6 +40,7 @@ from ._sparsa import (  # noqa: F401  (re-exported)
     thread_count,
 )
 from .flex import to_flex_block_mask, flex_arrays  # noqa: F401
+from . import plot  # noqa: F401  (sparsa.plot: matplotlib figures; matplotlib itself is imported on first use)
 
 # Shown as sparsa.ScriptError (not sparsa._sparsa.ScriptError) in tracebacks and reprs.
 for _type in (Diagnostic, Error, MaskSet, MaskStats, ReachCoverage, Script, ScriptError, TokenReach):
@@ -47,6 +48,31 @@ for _type in (Diagnostic, Error, MaskSet, MaskStats, ReachCoverage, Script, Scri
 
 if cuda_built:
     from ._sparsa import cuda_device_name, round_to  # noqa: F401
+
+
+def _mask_set_html(self, png=None):
+    """The summary (script, n, block, layers x heads, density) above the overview PNG: what a notebook
+    shows for a MaskSet. png: _repr_png_()'s bytes when already drawn."""
+    import base64
+    import html
+    png = self._repr_png_() if png is None else png
+    name = "" if self.script_name in ("", "<string>") else f"{self.script_name}: "
+    summary = (f"n = {self.n:,}, block {self.block}, {self.layers} layers x {self.heads} heads, "
+               f"density {100 * self.density:.3g}%, {self.unique_masks} distinct masks")
+    image = base64.b64encode(png).decode("ascii")
+    return (f'<div class="sparsa-maskset"><div>MaskSet <b>{html.escape(name)}</b>{summary}</div>'
+            f'<img src="data:image/png;base64,{image}" alt="{html.escape(name + summary, quote=True)}" '
+            'style="max-width: 100%"></div>')
+
+
+def _mask_set_mimebundle(self, include=None, exclude=None):
+    """PNG and HTML from one drawing (IPython would otherwise call _repr_png_ and _repr_html_, drawing twice)."""
+    png = self._repr_png_()
+    return {"text/html": _mask_set_html(self, png), "image/png": png, "text/plain": repr(self)}
+
+
+MaskSet._repr_html_ = _mask_set_html
+MaskSet._repr_mimebundle_ = _mask_set_mimebundle
 
 # A wrong argument type raises one sentence naming the argument (not pybind11's signatures).
 from . import _arguments, _sparsa  # noqa: E402
@@ -65,7 +91,7 @@ if learn_built:
 __all__ = [
     "Diagnostic", "Error", "learn_built", "MaskSet", "MaskStats", "ReachCoverage", "Script", "ScriptError", "TokenReach",
     "attention", "attention_backward", "attention_cuda", "compile_file", "cuda_available", "cuda_built",
-    "flex_arrays", "load", "load_script", "mask_set_from_dense", "parse", "reach_coverage", "reach_dense",
+    "flex_arrays", "load", "plot", "load_script", "mask_set_from_dense", "parse", "reach_coverage", "reach_dense",
     "reach_token", "reach_warning", "reference", "reference_backward", "thread_count", "to_flex_block_mask",
 ]
 
