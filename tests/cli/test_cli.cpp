@@ -3,6 +3,11 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_test.hpp"
+#include "plot/mask_figure.hpp"  // the mask colours (constants only: the pictures come from sparsa)
+
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
 
 #include <filesystem>
 #include <fstream>
@@ -10,6 +15,7 @@
 
 namespace fs = std::filesystem;
 using namespace cli_test;
+using sparsa::kMaskColorEmpty, sparsa::kMaskColorFull, sparsa::kMaskColorPartial, sparsa::kMaskColorPartialOff;
 
 TEST_CASE("sparsa check: clean scripts exit 0, bad ones 1 with FILE:LINE:COL", "[cli]") {
     Result ok = run("check " + example("bigbird.pat") + " " + example("causal.pat"));
@@ -199,4 +205,143 @@ TEST_CASE("sparsa reach: options are checked, and nothing partial is written", "
     CHECK(r.code == 1);
     CHECK(r.out.find("nope") != std::string::npos);
     CHECK_FALSE(folder_has_temp_files(nowhere.parent_path().parent_path()));
+}
+
+TEST_CASE("sparsa reach --resolution: token is exact above 8192 tokens, block a lower bound", "[cli][reach]") {
+    // window(64) at 16,384 tokens: 16383 / 64 rounds up to 256 layers; block resolution counts
+    // each kept block as connecting all its pairs and says "at least 255". Token resolution
+    // took 1.3 s here (2 cores), so the exact case runs in Catch2 itself.
+    fs::path script = scratch("window64.pat");
+    std::ofstream(script) << "block 64\nattend = window(64)\n";
+    const std::string file = "'" + script.string() + "'";
+    Result r = run("reach " + file + " --n 16384 --resolution token");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("token resolution (exact)") != std::string::npos);
+    CHECK(r.out.find("layers needed to connect every pair: 256 (past the script's layers") != std::string::npos);
+    r = run("reach " + file + " --n 16384 --resolution block");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("layers needed to connect every pair: at least 255") != std::string::npos);
+    r = run("reach " + file + " --n 16384");  // auto above 8192: block
+    CHECK(r.out.find("at least 255") != std::string::npos);
+    r = run("reach " + file + " --n 16384 --resolution token --json");
+    REQUIRE(r.code == 0);
+    auto j = nlohmann::json::parse(r.out);
+    CHECK(j["resolution"] == "token");
+    CHECK(j["node_tokens"] == 1);
+    CHECK(j["layers_needed"] == 256);
+    r = run("reach " + file + " --n 4096 --resolution block --json");  // block below 8192 too
+    REQUIRE(r.code == 0);
+    CHECK(nlohmann::json::parse(r.out)["resolution"] == "block");
+    CHECK(nlohmann::json::parse(r.out)["node_tokens"] == 64);
+    CHECK(run("reach " + file + " --n 4096 --resolution auto --json").out.find("\"resolution\": \"token\"") != std::string::npos);
+
+    r = run("reach " + file + " --n 100 --resolution exact");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--resolution expects token, block or auto; got 'exact'") != std::string::npos);
+    r = run("reach " + file + " --n 100 --resolution token --token 5");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--resolution applies to all pairs") != std::string::npos);
+    r = run("reach " + file + " --n 70000 --resolution token");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("limited to N <= 65536; got N = 70000") != std::string::npos);
+    fs::path dense = scratch("block.npy");
+    r = run("reach " + file + " --n 100 --resolution block --dense '" + dense.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--dense writes the token-level reach") != std::string::npos);
+    CHECK_FALSE(fs::exists(dense));
+    r = run("reach --help");
+    CHECK(r.out.find("--resolution token") != std::string::npos);
+    CHECK(r.out.find("N * N / 8 bytes") != std::string::npos);
+}
+
+namespace {
+
+struct Decoded {
+    int width = 0, height = 0;
+    std::vector<uint8_t> rgb;
+    int count(uint32_t color) const {
+        int c = 0;
+        for (size_t i = 0; i + 2 < rgb.size(); i += 3) c += (uint32_t{rgb[i]} << 16 | uint32_t{rgb[i + 1]} << 8 | rgb[i + 2]) == color;
+        return c;
+    }
+};
+
+Decoded png_read(const fs::path& path) {
+    Decoded d;
+    int channels = 0;
+    uint8_t* pixels = stbi_load(path.string().c_str(), &d.width, &d.height, &channels, 3);
+    REQUIRE(pixels != nullptr);
+    d.rgb.assign(pixels, pixels + static_cast<size_t>(d.width) * static_cast<size_t>(d.height) * 3);
+    stbi_image_free(pixels);
+    return d;
+}
+
+} // namespace
+
+TEST_CASE("sparsa show --png: the overview, or one mask's figure", "[cli][plot]") {
+    fs::path overview = scratch("overview.png"), figure = scratch("figure.png");
+    Result r = run("show " + example("per_head_mix.pat") + " --n 512 --png '" + overview.string() + "'");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("overview.png (4 layers x 8 heads; 1200 x ") != std::string::npos);
+    Decoded d = png_read(overview);
+    CHECK(d.width == 1200);
+    // Window heads keep full blocks, dilated and strided ones partial blocks; most is not kept.
+    CHECK(d.count(kMaskColorFull) > 1000);
+    CHECK(d.count(kMaskColorPartial) > 1000);
+    CHECK(d.count(kMaskColorEmpty) > d.count(kMaskColorPartial));
+    CHECK(r.out.find("\u2588") == std::string::npos);  // no terminal grid
+
+    // One dilated head at 512 tokens in a 700-pixel figure: token by token, so the pairs a
+    // partial block does not keep have their own colour.
+    r = run("show " + example("per_head_mix.pat") + " --n 512 --layer 0 --head 3 --width 700 --height 700 --png '" + figure.string() + "'");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("figure.png (layer 0, head 3; 700 x 700 pixels)") != std::string::npos);
+    d = png_read(figure);
+    CHECK(d.width == 700);
+    CHECK(d.height == 700);
+    CHECK(d.count(kMaskColorPartialOff) > 10000);
+    CHECK(d.count(kMaskColorPartial) > 10000);
+    CHECK(d.count(kMaskColorFull) < 200);  // the legend's swatch only: dilation 4 has no full block
+
+    r = run("show " + example("per_head_mix.pat") + " --n 512 --head 9 --png '" + figure.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--head must be from 0 to 7") != std::string::npos);
+    r = run("show " + example("per_head_mix.pat") + " --n 512 --height 500 --png '" + figure.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("the overview's height follows from --width") != std::string::npos);
+    r = run("show " + example("per_head_mix.pat") + " --n 512 --ascii --png '" + figure.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--ascii chooses the terminal grid's characters") != std::string::npos);
+    r = run("show " + example("per_head_mix.pat") + " --n 512 --width 800");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("give --png OUT.png too") != std::string::npos);
+    r = run("show " + example("per_head_mix.pat") + " --n 512 --width 100 --png '" + figure.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--width must be from 240 to 8192") != std::string::npos);
+}
+
+TEST_CASE("sparsa stats --png: the heat maps; stdout stays JSON with --json", "[cli][plot]") {
+    fs::path chart = scratch("chart.png");
+    Result r = run("stats " + example("per_head_mix.pat") + " --n 4096 --png '" + chart.string() + "'");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("layer/head") != std::string::npos);  // the table as before
+    CHECK(r.out.find("chart.png (1000 x ") != std::string::npos);
+    Decoded d = png_read(chart);
+    CHECK(d.width == 1000);
+    CHECK(d.count(0x08306b) > 100);  // the darkest colour: the head with the most block FLOPs
+    fs::remove(chart);
+    r = run("stats " + example("per_head_mix.pat") + " --n 4096 --json --png '" + chart.string() + "' --width 600");
+    REQUIRE(r.code == 0);
+    auto j = nlohmann::json::parse(r.out);  // nothing else on the output
+    CHECK(j["heads"] == 8);
+    CHECK(png_read(chart).width == 600);
+
+    fs::path other = scratch("two.png");
+    r = run("stats " + example("per_head_mix.pat") + " " + example("bigbird.pat") + " --n 512 --png '" + other.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--png draws the chart of one script; got 2 scripts") != std::string::npos);
+    CHECK_FALSE(fs::exists(other));
+    r = run("stats " + example("per_head_mix.pat") + " --n 512 --png '" + SPARSA_SOURCE_DIR "/examples/patterns/per_head_mix.pat'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("is the script; choose another name") != std::string::npos);
 }
