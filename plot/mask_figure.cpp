@@ -220,8 +220,10 @@ MaskFigureLayout figure_place(Canvas* canvas, const MaskSet& set, int64_t layer,
     out.title = title_draw(canvas, title, width, kMargin, kMargin, s, kInk);
     if (canvas) mask_draw(*canvas, mask, p);
 
-    // Ticks: at most one per (label + a gap) of the side.
-    const std::vector<double> ticks = axis_ticks(0, static_cast<double>(mask.n), std::max(2, p.side / (tick_w + 12 * s)), true);
+    // Ticks: at most one per (label + a gap) of the side, and at least two (0 and one more).
+    int most = std::max(2, p.side / (tick_w + 12 * s));
+    std::vector<double> ticks = axis_ticks(0, static_cast<double>(mask.n), most, true);
+    while (ticks.size() < 2 && most < 8) ticks = axis_ticks(0, static_cast<double>(mask.n), ++most, true);
     const int x_tick_y = p.y + p.side + 1 + 5 + 4;
     out.x_ticks = {p.x - tick_w / 2, x_tick_y, p.side + tick_w, text_h};
     out.y_ticks = {p.x - 10 - tick_w, p.y - text_h / 2, tick_w, p.side + text_h};
