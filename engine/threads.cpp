@@ -15,8 +15,10 @@
 #include <thread>
 #include <vector>
 
+#ifndef __EMSCRIPTEN__
 #include <pthread.h>
 #include <sys/resource.h>
+#endif
 
 namespace sparsa {
 
@@ -30,9 +32,27 @@ int thread_count() {
         }
         return static_cast<int>(value);
     }
+#ifdef __EMSCRIPTEN__
+    return 1;  // the WebAssembly build (web/) has no threads: see parallel_for
+#else
     unsigned hw = std::thread::hardware_concurrency();
     return hw == 0 ? 1 : static_cast<int>(hw);
+#endif
 }
+
+#ifdef __EMSCRIPTEN__
+
+// The page's WebAssembly build (web/) is single-threaded (threads there need cross-origin
+// isolation, which a page opened as file:// does not have). The chunks are the same as with
+// threads, run in order on the calling thread, so the results are too.
+void parallel_for(int64_t count, int threads, const std::function<void(int64_t, int64_t)>& body) {
+    if (count <= 0) return;
+    if (threads <= 0) threads = thread_count();
+    const int64_t workers = std::min<int64_t>(threads, count);
+    for (int64_t w = 0; w < workers; ++w) body(count * w / workers, count * (w + 1) / workers);
+}
+
+#else
 
 namespace {
 
@@ -99,5 +119,7 @@ void parallel_for(int64_t count, int threads, const std::function<void(int64_t, 
     for (auto& t : pool) t.join();
     if (first_error) std::rethrow_exception(first_error);
 }
+
+#endif // __EMSCRIPTEN__
 
 } // namespace sparsa
