@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, build, then check, compile and summarize every bundled example script,
 # show how far information travels through one, and run attention with another on the CPU.
+# The build also makes the page build/web/index.html (when emscripten is installed).
 #   scripts/run.sh [N]      (sequence length, default 4096)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +38,11 @@ echo "== sparsa reach examples/patterns/local_window.pat --n $n (how far informa
 echo
 echo "== sparsa run examples/patterns/longformer.pat --n $n --check (CPU engine against the dense reference)"
 "$sparsa" run examples/patterns/longformer.pat --n "$n" --check
+
+echo
+if [ -f build/web/index.html ]; then
+  echo "== the page: open file://$PWD/build/web/index.html in a browser (no server, no install)"
+  echo "   or serve build/web/ as a static site: python3 -m http.server -d build/web 8000"
+else
+  echo "== the page was not built: install emscripten (scripts/setup.sh does) and run this again"
+fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sparsa needs when they are missing, then configures and builds.
 #   scripts/setup.sh [--tests] [BUILD_DIR] [-- extra cmake args]
-# --tests also installs what the tests need (clang's fuzzing runtime, numpy).
+# --tests also installs what the tests need (clang's fuzzing runtime, numpy, Chromium for the page).
 # The build targets this machine's CPU (-march=native); for binaries carried to another machine:
 #   scripts/setup.sh build-portable -- -DSPARSA_NATIVE=OFF
 set -euo pipefail
@@ -22,10 +22,12 @@ done
 packages=(cmake g++ make libboost-dev libeigen3-dev nlohmann-json3-dev catch2 libstb-dev python3-numpy)
 packages+=(pkg-config libimgui-dev libglfw3-dev)  # the viewer sparsa-view (viz/)
 packages+=(pybind11-dev python3-dev)  # import sparsa (python/), for Debian's /usr/bin/python3
+packages+=(emscripten)  # the page (web/ -> build/web/index.html): dsl/ and analysis/ in WebAssembly
 if [ "$with_tests" = 1 ]; then
   packages+=(clang libclang-rt-14-dev)
   packages+=(xvfb xauth libgl1-mesa-dri)  # viewer screenshot tests: a virtual display, Mesa's software OpenGL
   packages+=(python3-pytest python3-matplotlib python3-ipykernel python3-nbconvert jupyter-nbconvert)  # Python tests, notebooks
+  packages+=(chromium)  # the page's test (tests/web): headless Chromium
 fi
 
 missing=()
