@@ -339,10 +339,12 @@ Value Evaluator::as_set(Value v, const ast::Span& span, const Frame& frame) {
 
 PatternPtr Evaluator::checked_pattern(PatternPtr p, const ast::Span& span, const Frame& frame) {
     int64_t size = 1;
-    for (const auto& kid : p->kids) {
-        auto it = sizes_.find(kid.get());
+    auto add = [&](const PatternPtr& part) {
+        auto it = sizes_.find(part.get());
         size += it == sizes_.end() ? 1 : it->second;
-    }
+    };
+    for (const auto& kid : p->kids) add(kid);
+    if (p->outside) add(p->outside);  // random(r, outside = P): P is part of it
     if (size > kMaxPatternParts) {
         fail(frame.source, span.begin, span.end,
              "this pattern has more than " + std::to_string(kMaxPatternParts) + " parts",
@@ -646,7 +648,12 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
         need_sequence();
         int64_t p = at_least(0, integer(0), 1);
         int64_t offset = at_least(1, integer(1, 0), 0);
-        return make_set(token_set_every(p, offset, context_.n));
+        int64_t width = at_least(2, integer(2, 1), 0);
+        if (width > p) {
+            arg_error(2, "every: width = " + std::to_string(width) + " is more than the period p = " + std::to_string(p),
+                      "every(p, offset = o, width = w) keeps w tokens out of every p: use 0 <= w <= p");
+        }
+        return make_set(token_set_every(p, offset, context_.n, width));
     }
 
     // Patterns
@@ -696,11 +703,27 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
     if (fn == "random") {
         int64_t r = at_least(0, integer(0), 0);
         int64_t seed = at_least(1, integer(1, 0), 0);
+        PatternPtr outside;
+        if (has(2)) {
+            const Value& v = *args.values[2];
+            if (v.kind != Value::Kind::pattern) {
+                const bool set = v.kind == Value::Kind::set || v.kind == Value::Kind::range;
+                arg_error(2, "random: outside takes a pattern (its blocks are left out of the draw); got " +
+                                 value_kind_name(v.kind),
+                          set ? "turn the token set into a pattern first: global(S), rows(S) or columns(S)"
+                              : "write random(r, outside = band(1) | global(first(2 * B))), for example");
+            }
+            // The attend line is intersected with causal; so is P, so that the blocks it leaves
+            // free are those the compiled line leaves free.
+            outside = context_.causal ? checked_pattern(pattern_intersect(v.pattern, pattern_causal()), call, frame)
+                                      : v.pattern;
+        }
         if (!context_.has_position) {
             fail(frame.source, call.begin, call.end,
                  "random(...) draws per layer and head, which are not known in " + context_.where);
         }
-        return pattern(pattern_random(r, static_cast<uint64_t>(seed), context_.layer, context_.head, context_.causal));
+        return pattern(pattern_random(r, static_cast<uint64_t>(seed), context_.layer, context_.head, context_.causal,
+                                      std::move(outside)));
     }
     if (fn == "lsh") {
         int64_t buckets = at_least(0, integer(0), 2);

@@ -123,7 +123,8 @@ PatternPtr pattern_axial(int64_t width) {
     return make(PatternKind::axial, 0, clamp_unbounded(width));
 }
 
-PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head, bool causal_rows) {
+PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head, bool causal_rows,
+                          PatternPtr outside) {
     require_at_least("random: r", r, 0);
     auto p = std::make_shared<Pattern>();
     p->kind = PatternKind::random;
@@ -132,6 +133,7 @@ PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head,
     p->layer = layer;
     p->head = head;
     p->causal_rows = causal_rows;
+    p->outside = std::move(outside);
     return p;
 }
 
@@ -169,18 +171,20 @@ PatternPtr pattern_complement(PatternPtr a) {
 }
 
 // A chain thousands of patterns deep is released with a loop: the default destructor would
-// recurse once per level. Operands this pattern holds the last reference to are taken over
-// (their own operands with them) before they go.
+// recurse once per level. Operands (and random's `outside`) this pattern holds the last
+// reference to are taken over (their own operands with them) before they go.
 Pattern::~Pattern() {
     std::vector<PatternPtr> pending = std::move(kids);
+    if (outside) pending.push_back(std::move(outside));
     while (!pending.empty()) {
         PatternPtr p = std::move(pending.back());
         pending.pop_back();
         if (p.use_count() == 1) {
             // Patterns are made non-const (make_shared<Pattern>) and this is the last owner.
-            auto& theirs = const_cast<Pattern&>(*p).kids;
-            for (auto& kid : theirs) pending.push_back(std::move(kid));
-            theirs.clear();
+            auto& theirs = const_cast<Pattern&>(*p);
+            for (auto& kid : theirs.kids) pending.push_back(std::move(kid));
+            theirs.kids.clear();
+            if (theirs.outside) pending.push_back(std::move(theirs.outside));
         }
     }
 }
@@ -224,7 +228,27 @@ bool leaf_allowed(const Pattern& p, int64_t n, int32_t block, int64_t q, int64_t
     case PatternKind::random: {
         const int64_t qb = q / B, kb = k / B;
         const int64_t available = p.causal_rows ? qb + 1 : (n + B - 1) / B;
-        std::vector<int32_t> drawn = random_row_blocks(p.seed, p.layer, p.head, qb, available, p.a);
+        std::vector<int32_t> drawn;
+        if (p.outside) {
+            // The candidates, straight from the definition: the blocks of the row where no pair
+            // is allowed by `outside` (each tried pair by pair).
+            std::vector<int32_t> candidates;
+            for (int64_t c = 0; c < available; ++c) {
+                bool taken = false;
+                for (int64_t qq = qb * B; qq < std::min(n, qb * B + B) && !taken; ++qq) {
+                    for (int64_t kk = c * B; kk < std::min(n, c * B + B) && !taken; ++kk) {
+                        taken = pattern_allowed(*p.outside, n, block, qq, kk);
+                    }
+                }
+                if (!taken) candidates.push_back(static_cast<int32_t>(c));
+            }
+            const int64_t count = static_cast<int64_t>(candidates.size());
+            for (int32_t i : random_row_blocks(p.seed, p.layer, p.head, qb, count, p.a)) {
+                drawn.push_back(candidates[static_cast<size_t>(i)]);
+            }
+        } else {
+            drawn = random_row_blocks(p.seed, p.layer, p.head, qb, available, p.a);
+        }
         return std::find(drawn.begin(), drawn.end(), kb) != drawn.end();
     }
     case PatternKind::lsh:
@@ -289,6 +313,7 @@ bool pattern_is_data_dependent(const Pattern& root) {
         stack.pop_back();
         if (p->kind == PatternKind::lsh) return true;
         for (const auto& kid : p->kids) stack.push_back(kid.get());
+        if (p->outside) stack.push_back(p->outside.get());
     }
     return false;
 }
@@ -380,8 +405,8 @@ const char* combinator_name(PatternKind kind) {
 
 } // namespace
 
-// Written front to back into one string (combinators as union(A,B)) with an explicit stack of
-// what is still to write: linear in the key's length, and no recursion however deep p is.
+// Written front to back into one string (combinators as union(A,B), random's outside as
+// random(...,outside=P)) with an explicit stack of what is still to write: linear in the key's length, and no recursion however deep p is.
 std::string pattern_key(const Pattern& p) {
     struct Piece {
         const Pattern* p;    // a pattern to write, or null for
@@ -394,6 +419,13 @@ std::string pattern_key(const Pattern& p) {
         stack.pop_back();
         if (piece.p == nullptr) {
             out += piece.text;
+        } else if (piece.p->outside) {
+            std::string leaf = leaf_key(*piece.p);  // random(r,seed=...,causal_rows=...)
+            leaf.pop_back();                        // its ')' comes after P's key
+            out += leaf;
+            out += ",outside=";
+            stack.push_back({nullptr, ")"});
+            stack.push_back({piece.p->outside.get(), nullptr});
         } else if (piece.p->kids.empty()) {
             out += leaf_key(*piece.p);
         } else {

@@ -28,7 +28,9 @@ struct TokenSet {
 };
 
 TokenSet token_set_range(int64_t begin, int64_t end);              // begin..end (empty if end <= begin)
-TokenSet token_set_every(int64_t period, int64_t offset, int64_t end); // offset + i*period < end, i >= 0
+// offset + i*period + j < end for i >= 0 and 0 <= j < width (0 <= width <= period; 1: one token
+// a period, period: every token from offset on). Throws for period < 1 or width outside that.
+TokenSet token_set_every(int64_t period, int64_t offset, int64_t end, int64_t width = 1);
 TokenSet token_set_list(std::vector<int64_t> members);             // any order, duplicates allowed
 TokenSet token_set_union(const TokenSet& a, const TokenSet& b);
 TokenSet token_set_intersect(const TokenSet& a, const TokenSet& b);
@@ -51,7 +53,8 @@ enum class PatternKind {
     segments,   // set: q and k in the same segment; segments start at members of S and at 0
     window2d,   // a = r, b = width: |qx - kx| <= r and |qy - ky| <= r on a row-major grid
     axial,      // b = width: same grid row or same grid column
-    random,     // a = r, seed, layer, head, causal_rows: r distinct key blocks per query block
+    random,     // a = r, seed, layer, head, causal_rows, outside: r distinct key blocks per query
+                // block, among those where `outside` (if set) keeps no pair
     lsh,        // a = buckets, b = rounds, seed: data-dependent, cannot be compiled alone
     loaded,     // mask: the pairs of a saved mask (same n)
     union_, intersect, difference, complement,
@@ -66,6 +69,7 @@ struct Pattern {
     uint64_t seed = 0;
     int64_t layer = 0, head = 0;      // random: keys of its generator
     bool causal_rows = false;         // random: draw only key blocks kb <= qb
+    PatternPtr outside;               // random: draw only key blocks where this keeps no pair
     TokenSet set;                     // rows, columns, segments
     std::shared_ptr<const BlockMask> mask; // loaded
     std::string mask_id;              // loaded: where it came from, for pattern_key
@@ -93,7 +97,10 @@ PatternPtr pattern_prefix(int64_t p);                // p >= 0
 PatternPtr pattern_segments(TokenSet starts);
 PatternPtr pattern_window2d(int64_t r, int64_t width); // r >= 0, width >= 1
 PatternPtr pattern_axial(int64_t width);             // width >= 1
-PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head, bool causal_rows);
+// outside: null, or the pattern whose blocks are left out of the draw (the evaluator passes
+// P & causal under the `causal` statement; this function takes it as given).
+PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head, bool causal_rows,
+                          PatternPtr outside = nullptr);
 PatternPtr pattern_lsh(int64_t buckets, int64_t rounds, uint64_t seed);
 PatternPtr pattern_loaded(std::shared_ptr<const BlockMask> mask, std::string id);
 PatternPtr pattern_union(PatternPtr a, PatternPtr b);
@@ -106,6 +113,14 @@ PatternPtr pattern_complement(PatternPtr a);
 // (seed, layer, head, qb): the same on every machine, in any order, on any thread count.
 std::vector<int32_t> random_row_blocks(uint64_t seed, int64_t layer, int64_t head, int64_t qb,
                                        int64_t available, int64_t r);
+
+// random(r, outside = P) for query block qb: the same draw over the candidates, the blocks of
+// [0, available) outside `taken` (P's kept blocks of the row as runs [begin, end): sorted,
+// disjoint; they may reach past available), numbered in increasing order. Sorted. Work:
+// O(runs + r), or O(available) when more than half the candidates are drawn (the output is
+// that large then).
+std::vector<int32_t> random_row_blocks_outside(uint64_t seed, int64_t layer, int64_t head, int64_t qb, int64_t available,
+                                               int64_t r, const std::vector<std::pair<int64_t, int64_t>>& taken);
 
 // Whether query q may attend to key k under p, straight from the spec (0 <= q, k < n; block is
 // the B that band and random count in). The oracle: slow and obviously right.

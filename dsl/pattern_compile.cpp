@@ -5,6 +5,8 @@
 // allowed) or UNKNOWN (maybe some); blocks outside the runs certainly have no pair. Leaves get
 // their runs by key-range arithmetic, combinators by merging runs with a 3-state algebra. At the
 // root each UNKNOWN block gets its exact bitmask, evaluated word-wise down the tree.
+// random(r, outside = P) keeps P's subtree in the same plan, below the random leaf: P's runs
+// (and the bits of its UNKNOWN blocks) are known before the leaf draws, so P's mask is never built.
 //
 // Index:
 //   (the 3-state run lists and their algebra live in pattern_compile_detail.hpp)
@@ -75,6 +77,7 @@ struct Node {
     const Pattern* p = nullptr;
     int parent = -1;
     int kid[2] = {-1, -1};
+    int outside = -1;  // random(r, outside = P): the node of P (its subtree follows this node)
     RunList col_runs;  // columns: blocks of S; fixed: blocks of its column part (same every row)
     TokenSet set;      // rows, columns: S within [0, n); segments: starts within [1, n)
     int64_t reach = 0; // dilated, strided, axial: the largest |k - q| that can matter
@@ -144,8 +147,10 @@ void plan(const Pattern& root, const Geometry& g, std::vector<Node>& nodes) {
         nodes.emplace_back();
         nodes[id].p = t.p;
         nodes[id].parent = t.parent;
-        if (t.parent >= 0) nodes[static_cast<size_t>(t.parent)].kid[t.slot] = id;
+        if (t.slot == 2) nodes[static_cast<size_t>(t.parent)].outside = id;
+        else if (t.parent >= 0) nodes[static_cast<size_t>(t.parent)].kid[t.slot] = id;
         plan_leaf(nodes[id], g);
+        if (t.p->outside) stack.push_back({t.p->outside.get(), id, 2});  // slot 2: random's outside
         for (size_t i = std::min<size_t>(t.p->kids.size(), 2); i-- > 0;) {  // kid 0 comes out first
             stack.push_back({t.p->kids[i].get(), id, static_cast<int>(i)});
         }
@@ -227,6 +232,7 @@ struct RowContext {
     std::vector<uint64_t> zero;      // no pair
     std::vector<std::pair<int64_t, int64_t>> keys;  // per block: key intervals shared by all rows
     std::vector<int64_t> blocks;     // loaded: blocks met by several loaded rows
+    std::vector<std::pair<int64_t, int64_t>> taken;  // random(r, outside = P): runs of blocks P keeps on this row
     struct Visit {
         int id;
         State state;
@@ -367,6 +373,13 @@ struct Compiler {
         }
         case PatternKind::random: {
             const int64_t available = p.causal_rows ? qb + 1 : g.K;
+            if (nd.outside >= 0) {
+                outside_taken(ctx, nd.outside, qb, available);
+                for (int32_t kb : random_row_blocks_outside(p.seed, p.layer, p.head, qb, available, p.a, ctx.taken)) {
+                    em.push(kb, kb + 1, kFull);
+                }
+                break;
+            }
             if (p.a >= available) {
                 em.push(0, available, kFull);
                 break;
@@ -382,6 +395,25 @@ struct Compiler {
             push_token_interval(em, g, s.c0, s.c1, s.f0, s.f1);
             break;
         }
+        }
+    }
+
+    // ctx.taken = runs of the key blocks below `available` where node `id` (random's outside P,
+    // its runs computed) keeps a pair on row qb: its FULL runs whole (no walk over their blocks),
+    // and the blocks of its UNKNOWN runs whose bits hold a pair.
+    void outside_taken(RowContext& ctx, int id, int64_t qb, int64_t available) const {
+        ctx.taken.clear();
+        auto take = [&](int64_t b, int64_t e) {
+            if (!ctx.taken.empty() && ctx.taken.back().second == b) ctx.taken.back().second = e;
+            else ctx.taken.emplace_back(b, e);
+        };
+        for (const Run& r : ctx.runs[static_cast<size_t>(id)]) {
+            const int64_t end = std::min(r.end, available);
+            if (r.state == kFull && r.begin < end) take(r.begin, end);
+            if (r.state == kFull) continue;
+            for (int64_t kb = r.begin; kb < end; ++kb) {
+                if (block_any(ctx, id, block_ref(qb, kb))) take(kb, kb + 1);
+            }
         }
     }
 
@@ -417,7 +449,8 @@ struct Compiler {
     // parent before its children; no recursion, however deep the pattern): hulls from the
     // children up; domains from the root down, each node's key blocks its parent's narrowed to
     // its own hull (so an intersection with a narrow pattern never walks the whole row of the
-    // other side); then runs from the children up, each within its domain.
+    // other side; random's outside P gets the whole row, which its candidates depend on); then
+    // runs from the children up, each within its domain.
     void eval(RowContext& ctx, int64_t qb) const {
         const size_t count = nodes.size();
         ctx.hulls.resize(count);
@@ -425,7 +458,10 @@ struct Compiler {
         for (size_t id = count; id-- > 0;) ctx.hulls[id] = hull(ctx, static_cast<int>(id), qb);
         for (size_t id = 0; id < count; ++id) {
             const int parent = nodes[id].parent;
-            const BlockRange outer = parent < 0 ? BlockRange{0, g.K} : ctx.domains[static_cast<size_t>(parent)];
+            BlockRange outer = parent < 0 ? BlockRange{0, g.K} : ctx.domains[static_cast<size_t>(parent)];
+            if (parent >= 0 && nodes[static_cast<size_t>(parent)].outside == static_cast<int>(id) && outer.first < outer.second) {
+                outer = {0, g.K};  // random needs all of P's row to count its candidates
+            }
             ctx.domains[id] = {std::max(outer.first, ctx.hulls[id].first), std::min(outer.second, ctx.hulls[id].second)};
         }
         for (size_t id = count; id-- > 0;) {
@@ -560,19 +596,35 @@ struct Compiler {
         }
     }
 
-    // The bits of the root on one block. A node is FULL or absent there by its runs (then the
-    // block's all-valid or all-zero words stand for it), or UNKNOWN: then its children are too,
-    // or FULL or absent, and its words follow from theirs (or, for a leaf, from its predicate).
-    // Walks the UNKNOWN nodes children first with an explicit stack (a pattern may be thousands
-    // of levels deep). ctx.valid must hold the block's valid pairs.
-    const uint64_t* bits(RowContext& ctx, const BlockRef& blk) const {
+    BlockRef block_ref(int64_t qb, int64_t kb) const { return {qb, kb, g.begin(qb), g.size(qb), g.begin(kb), g.size(kb)}; }
+
+    // Sets ctx.valid to the valid pairs of the block (its rows and keys below n).
+    void valid_fill(RowContext& ctx, const BlockRef& blk) const {
+        std::fill(ctx.valid.begin(), ctx.valid.end(), 0);
+        for (int64_t i = 0; i < blk.qn; ++i) set_bits(ctx.valid.data(), i * g.B, i * g.B + blk.kn);
+    }
+
+    // Whether node `root` allows some pair of the block (where its runs say UNKNOWN).
+    bool block_any(RowContext& ctx, int root, const BlockRef& blk) const {
+        valid_fill(ctx, blk);
+        const uint64_t* w = bits(ctx, blk, root);
+        return std::any_of(w, w + words, [](uint64_t x) { return x != 0; });
+    }
+
+    // The bits of node `root` (the pattern's root unless given) on one block. A node is FULL or
+    // absent there by its runs (then the block's all-valid or all-zero words stand for it), or
+    // UNKNOWN: then its children are too, or FULL or absent, and its words follow from theirs
+    // (or, for a leaf, from its predicate). Walks the UNKNOWN nodes children first with an
+    // explicit stack (a pattern may be thousands of levels deep). ctx.valid must hold the
+    // block's valid pairs.
+    const uint64_t* bits(RowContext& ctx, const BlockRef& blk, int root = 0) const {
         ctx.words_of.resize(nodes.size());
         ctx.visits.clear();
         auto visit = [&](int id) {
             const State s = state_at(ctx.runs[static_cast<size_t>(id)], blk.kb);
             ctx.visits.push_back({id, s, false});
         };
-        visit(0);
+        visit(root);
         while (!ctx.visits.empty()) {
             RowContext::Visit& v = ctx.visits.back();
             const Node& nd = nodes[static_cast<size_t>(v.id)];
@@ -606,7 +658,7 @@ struct Compiler {
             result = w;
             ctx.visits.pop_back();
         }
-        return ctx.words_of[0];
+        return ctx.words_of[static_cast<size_t>(root)];
     }
 };
 
@@ -626,7 +678,6 @@ void compile_rows(const Compiler& c, int64_t row_begin, int64_t row_end, RowsOut
     ctx.bits.resize(c.nodes.size() * static_cast<size_t>(c.words));
     ctx.valid.resize(static_cast<size_t>(c.words));
     ctx.zero.assign(static_cast<size_t>(c.words), 0);
-    const Geometry& g = c.g;
     for (int64_t qb = row_begin; qb < row_end; ++qb) {
         c.eval(ctx, qb);
         const size_t before = out.col.size();
@@ -637,9 +688,8 @@ void compile_rows(const Compiler& c, int64_t row_begin, int64_t row_end, RowsOut
                     out.partial.push_back(0);
                     continue;
                 }
-                const Compiler::BlockRef blk{qb, kb, g.begin(qb), g.size(qb), g.begin(kb), g.size(kb)};
-                std::fill(ctx.valid.begin(), ctx.valid.end(), 0);  // the block's valid pairs
-                for (int64_t i = 0; i < blk.qn; ++i) Compiler::set_bits(ctx.valid.data(), i * g.B, i * g.B + blk.kn);
+                const Compiler::BlockRef blk = c.block_ref(qb, kb);
+                c.valid_fill(ctx, blk);
                 const uint64_t* w = c.bits(ctx, blk);
                 bool any = false, full = true;  // leaves never set bits beyond n
                 for (int64_t i = 0; i < c.words; ++i) {

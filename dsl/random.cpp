@@ -1,5 +1,6 @@
 // The key blocks random(r) draws per query block: a counter-based generator (splitmix64 keyed by
 // seed, layer, head, qb), integer-only, so every machine, thread count and row order agrees.
+// random(r, outside = P) makes the same draw over the row's candidates, then maps it back.
 #include "dsl/pattern.hpp"
 
 #include <algorithm>
@@ -89,6 +90,25 @@ std::vector<int32_t> random_row_blocks(uint64_t seed, int64_t layer, int64_t hea
     for (int64_t kb = 0; kb < available; ++kb) {
         if (d < drawn.size() && drawn[d] == kb) { ++d; continue; }
         out.push_back(static_cast<int32_t>(kb));
+    }
+    return out;
+}
+
+std::vector<int32_t> random_row_blocks_outside(uint64_t seed, int64_t layer, int64_t head, int64_t qb, int64_t available,
+                                               int64_t r, const std::vector<std::pair<int64_t, int64_t>>& taken) {
+    int64_t candidates = available;
+    for (const auto& [b, e] : taken) candidates -= std::max<int64_t>(0, std::min(e, available) - b);
+    std::vector<int32_t> out = random_row_blocks(seed, layer, head, qb, candidates, r);
+    // Candidate d is block d + (the taken blocks below it). Both lists are sorted: walk them
+    // once, moving kb past each run of taken blocks that starts at or below it.
+    size_t j = 0;
+    int64_t below = 0;  // taken blocks in the runs passed so far
+    for (int32_t& d : out) {
+        while (j < taken.size() && taken[j].first <= d + below) {
+            below += taken[j].second - taken[j].first;
+            ++j;
+        }
+        d = static_cast<int32_t>(d + below);
     }
     return out;
 }

@@ -383,7 +383,8 @@ void Loader::check_call(const ast::Call& call, const Module& module, size_t visi
                       "write " + usage);
                 break;
             }
-            if (std::any_of(given.begin() + static_cast<std::ptrdiff_t>(positional) + 1, given.end(), [](bool g) { return g; })) {
+            // Any keyword before it, even one naming this very slot (random(3, seed = 1, band(1))).
+            if (std::any_of(given.begin() + static_cast<std::ptrdiff_t>(positional), given.end(), [](bool g) { return g; })) {
                 error(module.source, expr, "positional arguments come before keyword arguments");
             }
             given[positional++] = true;

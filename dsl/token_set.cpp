@@ -45,17 +45,23 @@ TokenSet token_set_range(int64_t begin, int64_t end) {
     return s;
 }
 
-TokenSet token_set_every(int64_t period, int64_t offset, int64_t end) {
+TokenSet token_set_every(int64_t period, int64_t offset, int64_t end, int64_t width) {
     if (period < 1) {
         throw Error("every(" + std::to_string(period) + "): the period must be at least 1");
     }
+    if (width < 0 || width > period) {
+        throw Error("every(" + std::to_string(period) + ", width = " + std::to_string(width) +
+                    "): the width must be from 0 to the period");
+    }
     TokenSet s;
-    if (period == 1) {
-        runs_append(s.runs, offset, end);  // consecutive members form one run
+    if (width == 0) return s;
+    if (width == period) {
+        runs_append(s.runs, offset, end);  // the runs touch: one run from offset on
         return s;
     }
+    // Runs [t, t + width) for t = offset, offset + period, ...: never touching (width < period).
     for (int64_t t = offset; t < end; t += period) {
-        s.runs.emplace_back(t, t + 1);
+        s.runs.emplace_back(t, t + std::min(width, end - t));  // clipped to end, without overflow
         if (t > end - period) break;  // the next step would pass end (and could overflow)
     }
     return s;

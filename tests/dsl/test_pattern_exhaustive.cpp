@@ -91,9 +91,55 @@ std::vector<uint8_t> oracle(const Pattern& p, int64_t n, int32_t B) {
     return a;
 }
 
+// random(r, outside = P) straight from its definition, as a mask of whole blocks: on each query
+// block row the candidates are the blocks (kb <= qb under causal_rows) where P's n x n matrix
+// holds no pair; the draw is random_row_blocks over their count, candidate i being the i-th.
+PatternPtr spec_rewrite(const Pattern& p, int64_t n, int32_t B);
+
+std::shared_ptr<const BlockMask> random_outside_spec(const Pattern& p, int64_t n, int32_t B) {
+    const std::vector<uint8_t> taken = oracle(*spec_rewrite(*p.outside, n, B), n, B);
+    const int64_t K = (n + B - 1) / B;
+    auto m = std::make_shared<BlockMask>();
+    m->n = n;
+    m->block = B;
+    m->row_ptr.push_back(0);
+    for (int64_t qb = 0; qb < K; ++qb) {
+        std::vector<int32_t> candidates;
+        for (int64_t kb = 0; kb < (p.causal_rows ? qb + 1 : K); ++kb) {
+            bool any = false;
+            for (int64_t q = qb * B; q < std::min(n, qb * B + B); ++q) {
+                for (int64_t k = kb * B; k < std::min(n, kb * B + B); ++k) any = any || taken[q * n + k];
+            }
+            if (!any) candidates.push_back(static_cast<int32_t>(kb));
+        }
+        const auto count = static_cast<int64_t>(candidates.size());
+        for (int32_t i : random_row_blocks(p.seed, p.layer, p.head, qb, count, p.a)) {
+            m->col_idx.push_back(candidates[static_cast<size_t>(i)]);
+            m->partial_idx.push_back(-1);
+        }
+        m->row_ptr.push_back(static_cast<int64_t>(m->col_idx.size()));
+    }
+    return m;
+}
+
+// p with each random(r, outside = P) replaced by its spec mask (a loaded pattern), so that the
+// oracle answers each pair in constant time. Test trees are shallow: recursion is fine here.
+PatternPtr spec_rewrite(const Pattern& p, int64_t n, int32_t B) {
+    if (p.kind == PatternKind::random && p.outside) return pattern_loaded(random_outside_spec(p, n, B), "spec");
+    if (p.kids.empty()) return std::make_shared<const Pattern>(p);
+    std::vector<PatternPtr> kids;
+    for (const auto& kid : p.kids) kids.push_back(spec_rewrite(*kid, n, B));
+    switch (p.kind) {
+    case PatternKind::union_: return pattern_union(kids[0], kids[1]);
+    case PatternKind::intersect: return pattern_intersect(kids[0], kids[1]);
+    case PatternKind::difference: return pattern_difference(kids[0], kids[1]);
+    default: return pattern_complement(kids[0]);
+    }
+}
+
 // Whether the pattern's pairs depend on the block size (band and random count in blocks).
 bool depends_on_block(const Pattern& p) {
-    if (p.kind == PatternKind::band || p.kind == PatternKind::random) return true;
+    if (p.kind == PatternKind::band || p.kind == PatternKind::random) return true;  // and its outside
     for (const auto& k : p.kids) {
         if (depends_on_block(*k)) return true;
     }
@@ -160,6 +206,9 @@ std::vector<std::pair<std::string, TokenSet>> sample_sets() {
         {"5..40", token_set_range(5, 40)},
         {"every(7)", token_set_every(7, 0, 400)},
         {"every(64, offset = 63)", token_set_every(64, 63, 400)},
+        {"every(40, offset = 30, width = 3)", token_set_every(40, 30, 400, 3)},
+        {"every(64, offset = 56, width = 8)", token_set_every(64, 56, 400, 8)},
+        {"every(9, offset = 2, width = 9)", token_set_every(9, 2, 400, 9)},
         {"{0, 17, 99, 299}", token_set_list({0, 17, 99, 299})},
         {"250..400", token_set_range(250, 400)},
         {"every(1)", token_set_every(1, 0, 400)},
@@ -174,7 +223,11 @@ TokenSet random_set(std::mt19937_64& rng, int64_t scale) {
         int64_t b = static_cast<int64_t>(rng() % (scale + 1));
         return token_set_range(b, b + 1 + static_cast<int64_t>(rng() % 70));
     }
-    case 1: return token_set_every(1 + static_cast<int64_t>(rng() % 40), static_cast<int64_t>(rng() % 9), scale + 50);
+    case 1: {
+        const int64_t p = 1 + static_cast<int64_t>(rng() % 40);
+        const int64_t w = rng() % 2 == 0 ? 1 : static_cast<int64_t>(rng() % static_cast<uint64_t>(p + 1));
+        return token_set_every(p, static_cast<int64_t>(rng() % 9), scale + 50, w);
+    }
     case 2: {
         std::vector<int64_t> m;
         for (int i = static_cast<int>(rng() % 6); i > 0; --i) m.push_back(static_cast<int64_t>(rng() % (scale + 20)));
@@ -297,6 +350,75 @@ TEST_CASE("exhaustive: random", "[dsl][exhaustive]") {
     check_exhaustive(cases);
 }
 
+TEST_CASE("exhaustive: random(r, outside = P)", "[dsl][exhaustive][random]") {
+    const auto bigbird_local = pattern_union(pattern_band(1), pattern_global(token_set_range(0, 32)));
+    const std::vector<std::pair<std::string, PatternPtr>> outsides = {
+        {"empty", pattern_empty()},
+        {"dense", pattern_dense()},
+        {"band(1) | global(first(32))", bigbird_local},
+        {"window(5)", pattern_window(5, 5)},  // partial blocks: one pair is enough to take a block
+        {"window(left = -1, right = 3)", pattern_window(-1, 3)},  // pairs only above the diagonal
+        {"causal", pattern_causal()},
+        {"columns(every(40, offset = 30, width = 3))", pattern_columns(token_set_every(40, 30, 400, 3))},
+        {"!band(2)", pattern_complement(pattern_band(2))},
+        {"random(1, outside = band(0)) | window(3)",  // nested: P draws too
+         pattern_union(pattern_random(1, 5, 0, 1, false, pattern_band(0)), pattern_window(3, 3))},
+    };
+    std::vector<Case> cases;
+    for (const auto& [name, outside] : outsides) {
+        for (bool causal : {false, true}) {
+            for (int64_t r : {0, 3, 100}) {
+                // As the evaluator passes it: under causal, P & causal.
+                const PatternPtr P = causal ? pattern_intersect(outside, pattern_causal()) : outside;
+                const std::string rc = "random(" + std::to_string(r) + ", outside = " + name + ")" +
+                                       (causal ? " & causal" : "");
+                const auto random = pattern_random(r, 7, 1, 2, causal, P);
+                cases.push_back({rc, random});
+                if (r == 3) cases.push_back({"P | " + rc, pattern_union(P, random)});
+            }
+        }
+    }
+    for (const Case& c : cases) {
+        for (int64_t n = 1; n <= exhaustive_max_n(); n += n < 70 ? 1 : 23) {
+            for (int32_t B : {16, 32, 64}) {
+                const std::vector<uint8_t> spec = oracle(*spec_rewrite(*c.p, n, B), n, B);
+                CHECK(check_compile(c.name, *c.p, n, B, spec) == "");
+                // pattern_allowed reads it the same way (it scans a row's blocks for every pair,
+                // and again inside a nested draw: a few small n only).
+                if (B == 16 && (n == 1 || n == 20 || n == 33)) CHECK(oracle(*c.p, n, B) == spec);
+            }
+        }
+    }
+    // outside = empty is plain random: the same draw, block for block.
+    for (bool causal : {false, true}) {
+        CHECK(pattern_compile(*pattern_random(3, 9, 2, 5, causal, pattern_empty()), 3000, 32, 1) ==
+              pattern_compile(*pattern_random(3, 9, 2, 5, causal), 3000, 32, 1));
+    }
+}
+
+TEST_CASE("exhaustive: random(r, outside = P) in random combination trees", "[dsl][exhaustive][random]") {
+    std::mt19937_64 rng(777);
+    const int trees = static_cast<int>(exhaustive_max_n());
+    for (int tree = 0; tree < trees; ++tree) {
+        const int32_t B = int32_t{16} << (rng() % 3);
+        const PatternPtr P = random_tree(rng, 200, 1 + static_cast<int>(rng() % 3));
+        const auto random = pattern_random(static_cast<int64_t>(rng() % 5), rng() % 1000, 0, 3, rng() % 2 == 0, P);
+        const PatternPtr other = random_tree(rng, 200, static_cast<int>(rng() % 3));
+        PatternPtr p;
+        switch (rng() % 4) {
+        case 0: p = pattern_union(P, random); break;
+        case 1: p = pattern_intersect(random, other); break;
+        case 2: p = pattern_difference(other, random); break;
+        default: p = pattern_complement(pattern_union(random, other)); break;
+        }
+        const std::string name = "tree " + std::to_string(tree) + " " + pattern_key(*p);
+        for (int64_t n : {int64_t{1}, int64_t{B} + 1, 2 * int64_t{B} + 1 + static_cast<int64_t>(rng() % (B - 2)),
+                          1 + static_cast<int64_t>(rng() % 300)}) {
+            CHECK(check_compile(name, *p, n, B, oracle(*spec_rewrite(*p, n, B), n, B)) == "");
+        }
+    }
+}
+
 // [SECTION] Loaded masks
 
 TEST_CASE("exhaustive: load, at its own and at other block sizes", "[dsl][exhaustive]") {
@@ -390,6 +512,10 @@ TEST_CASE("compile: errors a user can act on", "[dsl][errors]") {
     CHECK_THROWS_AS(pattern_dilated(3, 0), sparsa::Error);
     CHECK_THROWS_AS(pattern_fixed(4, 5), sparsa::Error);
     CHECK_THROWS_AS(pattern_strided(0), sparsa::Error);
+    // lsh inside random's outside is found too: its blocks cannot be known without Q and K.
+    const auto hidden = pattern_random(2, 0, 0, 0, false, lsh);
+    CHECK(pattern_is_data_dependent(*hidden));
+    CHECK_THROWS_WITH(pattern_compile(*hidden, 100, 16), Catch::Contains("lsh(...) is data-dependent"));
 }
 
 TEST_CASE("pattern_key: canonical text of everything that changes the pairs", "[dsl][key]") {
@@ -403,6 +529,12 @@ TEST_CASE("pattern_key: canonical text of everything that changes the pairs", "[
     CHECK(pattern_key(*pattern_random(3, 7, 1, 2, true)) != pattern_key(*pattern_random(3, 7, 1, 2, false)));
     CHECK(pattern_key(*pattern_random(3, 7, 1, 2, true)) != pattern_key(*pattern_random(3, 8, 1, 2, true)));
     CHECK(pattern_key(*pattern_random(3, 7, 1, 2, true)) != pattern_key(*pattern_random(3, 7, 2, 1, true)));
+    CHECK(pattern_key(*pattern_random(3, 7, 1, 2, false, pattern_band(1))) ==
+          "random(3,seed=7,layer=1,head=2,causal_rows=0,outside=band(1))");
+    CHECK(pattern_key(*pattern_random(3, 7, 1, 2, false, pattern_union(pattern_band(1), pattern_random(1, 0, 1, 2, false)))) ==
+          "random(3,seed=7,layer=1,head=2,causal_rows=0,outside=union(band(1),random(1,seed=0,layer=1,head=2,causal_rows=0)))");
+    CHECK(pattern_key(*pattern_random(3, 7, 1, 2, false, pattern_band(1))) !=
+          pattern_key(*pattern_random(3, 7, 1, 2, false, pattern_band(2))));
     auto a = std::make_shared<const BlockMask>(pattern_compile(*pattern_window(1, 1), 100, 16, 1));
     auto b = std::make_shared<const BlockMask>(pattern_compile(*pattern_window(2, 2), 100, 16, 1));
     CHECK(pattern_key(*pattern_loaded(a, "m.npz")) != pattern_key(*pattern_loaded(b, "m.npz")));

@@ -1,13 +1,37 @@
 // random(r): the draws of random_row_blocks (distinct, sorted, uniform, keyed by seed, layer,
-// head and row, pinned by golden values) and the masks compiled from them (any thread count).
+// head and row, pinned by golden values) and the masks compiled from them (any thread count);
+// random(r, outside = P): exactly min(r, candidates) new blocks per row, and the BigBird example.
 #include "dsl/pattern.hpp"
+#include "dsl/script.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <map>
 #include <set>
+#include <string>
 
 using namespace sparsa::dsl;
+
+namespace {
+
+std::vector<int32_t> row_blocks(const sparsa::BlockMask& m, int64_t qb) {
+    return {m.col_idx.begin() + m.row_ptr[static_cast<size_t>(qb)], m.col_idx.begin() + m.row_ptr[static_cast<size_t>(qb) + 1]};
+}
+
+// Per query block row: how many key blocks `with` keeps that `base` does not (-1 when `with`
+// drops a block of base).
+std::vector<int64_t> new_blocks_per_row(const sparsa::BlockMask& with, const sparsa::BlockMask& base) {
+    std::vector<int64_t> out;
+    for (int64_t qb = 0; qb < with.q_blocks(); ++qb) {
+        const auto a = row_blocks(with, qb), b = row_blocks(base, qb);
+        out.push_back(std::includes(a.begin(), a.end(), b.begin(), b.end())
+                          ? static_cast<int64_t>(a.size()) - static_cast<int64_t>(b.size()) : -1);
+    }
+    return out;
+}
+
+} // namespace
 
 TEST_CASE("random_row_blocks: r distinct sorted blocks in range", "[dsl][random]") {
     for (int64_t available : {1, 2, 3, 5, 8, 17, 100, 1000, 100000}) {
@@ -106,5 +130,90 @@ TEST_CASE("random: same mask across runs and thread counts", "[dsl][random]") {
     for (int threads : {1, 2, 3, 8}) {
         INFO("threads " << threads);
         CHECK(pattern_compile(*p, 100000, 64, threads) == first);
+    }
+}
+
+TEST_CASE("random_row_blocks_outside: the plain draw, mapped onto the candidates", "[dsl][random]") {
+    using V = std::vector<int32_t>;
+    // Candidates of 0..9 without {0, 1, 4, 5, 6}: 2, 3, 7, 8, 9. Taken blocks past `available` count for nothing.
+    const std::vector<std::pair<int64_t, int64_t>> taken = {{0, 2}, {4, 7}, {10, 14}, {40, 41}};
+    const V candidates = {2, 3, 7, 8, 9};
+    for (int64_t r : {0, 1, 2, 3, 4, 5, 9}) {
+        V expected;
+        for (int32_t i : random_row_blocks(3, 1, 4, 17, 5, r)) expected.push_back(candidates[static_cast<size_t>(i)]);
+        CHECK(random_row_blocks_outside(3, 1, 4, 17, 10, r, taken) == expected);
+    }
+    CHECK(random_row_blocks_outside(3, 1, 4, 17, 10, 9, taken) == candidates);  // fewer than r: all
+    CHECK(random_row_blocks_outside(3, 1, 4, 17, 10, 3, {}) == random_row_blocks(3, 1, 4, 17, 10, 3));
+    CHECK(random_row_blocks_outside(3, 1, 4, 17, 4, 3, {{0, 4}}).empty());  // no candidate
+    CHECK(random_row_blocks_outside(3, 1, 4, 17, 4, 9, {{1, 2}, {3, 9}}) == V{0, 2});
+}
+
+// P | random(r, outside = P) keeps, on every row, P's blocks and exactly min(r, candidates) more,
+// the candidates being the row's blocks (kb <= qb under causal) that P does not keep.
+TEST_CASE("random outside: exactly min(r, candidates) new blocks on every row", "[dsl][random]") {
+    const int64_t n = 5000;
+    const int32_t B = 32;
+    const int64_t K = (n + B - 1) / B;
+    const std::vector<PatternPtr> outsides = {
+        pattern_empty(), pattern_dense(), pattern_window(100, 100), pattern_dilated(3, 300),
+        pattern_segments(token_set_every(700, 0, n)), pattern_axial(71),
+        pattern_union(pattern_band(0), pattern_global(token_set_every(999, 5, n, 40))),
+        pattern_complement(pattern_band(3)), pattern_window(-1, 5),
+    };
+    for (const auto& outside : outsides) {
+        for (bool causal : {false, true}) {
+            for (int64_t r : {1, 3, 7}) {
+                const PatternPtr P = causal ? pattern_intersect(outside, pattern_causal()) : outside;
+                const sparsa::BlockMask base = pattern_compile(*P, n, B, 2);
+                const sparsa::BlockMask with = pattern_compile(*pattern_union(P, pattern_random(r, 4, 0, 1, causal, P)), n, B, 2);
+                const std::vector<int64_t> gained = new_blocks_per_row(with, base);
+                for (int64_t qb = 0; qb < K; ++qb) {
+                    const auto kept = row_blocks(base, qb);
+                    const int64_t available = causal ? qb + 1 : K;
+                    const auto taken = std::count_if(kept.begin(), kept.end(), [&](int32_t kb) { return kb < available; });
+                    INFO(pattern_key(*P) << ", r = " << r << ", row " << qb);
+                    REQUIRE(gained[static_cast<size_t>(qb)] == std::min<int64_t>(r, available - taken));
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("random outside: the BigBird example gains exactly 3 new blocks on every non-global row", "[dsl][random][bigbird]") {
+    const ScriptPtr example = script_load(std::string(SPARSA_SOURCE_DIR) + "/examples/patterns/bigbird.pat");
+    // Its sliding and global blocks alone, and the draw before `outside` (anywhere in the row).
+    const std::string head = "block 64\nheads 8\nlayers 6\n";
+    const ScriptPtr local = script_parse(head + "attend = band(1) | global(first(2 * B))\n", "local.pat");
+    const ScriptPtr anywhere = script_parse(head + "attend = band(1) | global(first(2 * B)) | random(3, seed = 7)\n", "anywhere.pat");
+    for (int64_t n : {4096, 1000, 16384}) {
+        CompileOptions options;
+        options.n = n;
+        const Compiled with = script_compile(*example, options), base = script_compile(*local, options),
+                       before = script_compile(*anywhere, options);
+        const int64_t K = (n + 63) / 64;
+        REQUIRE(with.masks.layers * with.masks.heads == 48);
+        int64_t added = 0, added_before = 0, rows_short_before = 0;
+        for (int64_t i = 0; i < 48; ++i) {
+            const auto gained = new_blocks_per_row(*with.masks.masks[static_cast<size_t>(i)], *base.masks.masks[0]);
+            const auto gained_before = new_blocks_per_row(*before.masks.masks[static_cast<size_t>(i)], *base.masks.masks[0]);
+            for (int64_t qb = 0; qb < K; ++qb) {
+                INFO("n = " << n << ", (layer, head) " << i / 8 << ", " << i % 8 << ", query block " << qb);
+                REQUIRE(gained[static_cast<size_t>(qb)] == (qb < 2 ? 0 : 3));  // the global rows keep every block already
+                added += gained[static_cast<size_t>(qb)];
+                if (qb >= 2) {
+                    added_before += gained_before[static_cast<size_t>(qb)];
+                    rows_short_before += gained_before[static_cast<size_t>(qb)] < 3;
+                }
+            }
+        }
+        CHECK(added == 48 * (K - 2) * 3);
+        // Before, draws that fell on the band or the globals added nothing: rows gained fewer.
+        CHECK(rows_short_before > 0);
+        CHECK(added_before < added);
+        // The figures of the change, pinned (the draw is the same on every machine).
+        const std::map<int64_t, std::pair<int64_t, int64_t>> figures_before = {
+            {4096, {8224, 671}}, {1000, {1422, 443}}, {16384, {35865, 703}}};
+        CHECK(std::make_pair(added_before, rows_short_before) == figures_before.at(n));
     }
 }

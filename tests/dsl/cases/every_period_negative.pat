@@ -1,0 +1,1 @@
+attend = columns(every(-4))

@@ -1,0 +1,1 @@
+attend = global(every(0, width = 1))

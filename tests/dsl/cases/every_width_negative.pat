@@ -1,0 +1,1 @@
+attend = global(every(8, width = -1))

@@ -1,0 +1,1 @@
+attend = random(3, seed = 1, band(1))
