@@ -164,7 +164,7 @@ const pageDraw = (() => {
     paintFractions(image, flipped, width, rows);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(image, rect.x, rect.y, rect.w, rect.h);
-    const layerTicks = rows - 1 <= 12 ? [...Array(rows).keys()] : niceTicks(0, rows - 1, 6);
+    const layerTicks = rows - 1 <= 8 ? [...Array(rows).keys()] : niceTicks(0, rows - 1, 6);
     axes(ctx, {...rect, h: rect.h}, {
       x0: 0, x1: n, y0: -0.5, y1: rows - 0.5, yDown: false, xTicks: niceTicks(0, n, 4), yTicks: layerTicks,
       xFormat: formatCount, yFormat: String,
@@ -226,7 +226,7 @@ const pageDraw = (() => {
     if (cov.layersNeeded >= 0) note = `every pair connected after ${cov.layersNeeded} layer${cov.layersNeeded === 1 ? "" : "s"}`;
     else if (cov.stopped) note = `not every pair within ${last} layers`;
     else note = `never every pair: ${cov.neverReason}`;
-    ctx.fillText(note + (cov.causal ? " (causal: only k \u2264 q can connect)" : ""), rect.x, 6, rect.w);
+    ctx.fillText(note, rect.x, 6);
   }
 
   return {colors, shade, paintFractions, maskFrame, maskMargin, lightCone, coverageCurve};

@@ -11,6 +11,8 @@ By hand:
     /usr/bin/python3 -m pytest -q tests/web
 """
 import base64
+import functools
+import http.server
 import json
 import os
 import pathlib
@@ -19,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -61,9 +64,20 @@ def browser():
         yield b
 
 
-def open_page(browser, fragment=""):
+@pytest.fixture(autouse=True)
+def no_page_errors(browser):
+    """Every test ends with no uncaught JavaScript exception and no console error in any page."""
+    browser.events.clear()
+    yield
+    errors = [params.get("exceptionDetails", params) for _, method, params in browser.events
+              if method == "Runtime.exceptionThrown"
+              or (method == "Runtime.consoleAPICalled" and params.get("type") == "error")]
+    assert not errors, errors
+
+
+def open_page(browser, fragment="", url=URL):
     page = browser.new_page(WIDTH, HEIGHT)
-    page.navigate(URL + fragment)
+    page.navigate(url + fragment)
     page.wait_for("window.sparsaPage !== undefined && sparsaPage.status().state === 'ready'", timeout=60)
     return page
 
@@ -267,6 +281,63 @@ def test_a_typical_script_is_drawn_within_3_seconds_of_the_last_key(browser):
     assert outside_ms < 3000
     shot = page.screenshot()
     assert png_size(shot) == (WIDTH, HEIGHT)
+    (OUT / "web-bigbird.png").write_bytes(shot)
+
+
+def test_screenshot_for_the_readme(browser):
+    """The README's picture (docs/images/web-page.png when SPARSA_WEB_SCREENSHOT names it): the
+    examples menu's longformer_growing, a layer whose window is wide, token 3000's light cone."""
+    page = open_page(browser)
+    name = "longformer_growing"
+    text = (SOURCE_DIR / "examples" / "patterns" / (name + ".pat")).read_text()
+    before = status(page)["counts"]
+    page.evaluate("(() => { const e = document.getElementById('examples'); e.value = %s; "
+                  "e.dispatchEvent(new Event('change')); })()" % json.dumps(name))
+    wait_drawn(page, text, before["drawn"])
+    page.wait_for("sparsaPage.status().counts.coverage > %d" % before["coverage"])
+    set_value(page, "layer", 9)
+    set_value(page, "head", 5)
+    set_value(page, "token", 3000)
+    assert page.evaluate("document.getElementById('cone-title').textContent").startswith(
+        "Receptive field of token 3000 (in)")
+    assert page.evaluate("document.getElementById('mask-title').textContent").startswith("Mask of layer 9, head 5")
+    shot = page.screenshot()
+    assert png_size(shot) == (WIDTH, HEIGHT)
     (OUT / "web-page.png").write_bytes(shot)
     if os.environ.get("SPARSA_WEB_SCREENSHOT"):
-        shutil.copyfile(OUT / "web-page.png", os.environ["SPARSA_WEB_SCREENSHOT"])
+        target = pathlib.Path(os.environ["SPARSA_WEB_SCREENSHOT"])
+        try:  # a palette PNG is a third of the size; Pillow comes with matplotlib
+            from PIL import Image
+            Image.open(OUT / "web-page.png").convert("RGB").quantize(colors=256).save(target, optimize=True)
+        except ImportError:
+            shutil.copyfile(OUT / "web-page.png", target)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_served_as_a_static_site_every_example_compiles(browser):
+    """The same page from a plain HTTP server; each entry of the examples menu compiles in it."""
+    handler = functools.partial(QuietHandler, directory=str(pathlib.Path(PAGE).parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = open_page(browser, url="http://127.0.0.1:%d/index.html" % server.server_address[1])
+        names = page.evaluate("Array.from(document.querySelectorAll('#examples option')).map(o => o.value).filter(v => v)")
+        bundled = sorted(p.stem for p in (SOURCE_DIR / "examples" / "patterns").glob("*.pat"))
+        assert sorted(names) == bundled
+        for name in names:
+            text = (SOURCE_DIR / "examples" / "patterns" / (name + ".pat")).read_text()
+            if status(page)["good"]["script"] == text:  # the example the page opened with
+                continue
+            before = status(page)["counts"]["drawn"]
+            page.evaluate("(() => { const e = document.getElementById('examples'); e.value = %s; "
+                          "e.dispatchEvent(new Event('change')); })()" % json.dumps(name))
+            wait_drawn(page, text, before)
+            errors = page.evaluate("document.querySelectorAll('#diagnostics li.error').length")
+            assert errors == 0, name
+    finally:
+        server.shutdown()
+        server.server_close()
