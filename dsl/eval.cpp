@@ -713,6 +713,11 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
                           set ? "turn the token set into a pattern first: global(S), rows(S) or columns(S)"
                               : "write random(r, outside = band(1) | global(first(2 * B))), for example");
             }
+            if (pattern_is_data_dependent(*v.pattern)) {
+                arg_error(2, "random: outside must be a fixed pattern; lsh(...) depends on Q and K, so the blocks it "
+                             "keeps are not known before attention runs",
+                          "leave lsh out of outside = ...");
+            }
             // The attend line is intersected with causal; so is P, so that the blocks it leaves
             // free are those the compiled line leaves free.
             outside = context_.causal ? checked_pattern(pattern_intersect(v.pattern, pattern_causal()), call, frame)
