@@ -308,7 +308,8 @@ def test_screenshot_for_the_readme(browser):
         target = pathlib.Path(os.environ["SPARSA_WEB_SCREENSHOT"])
         try:  # a palette PNG is a third of the size; Pillow comes with matplotlib
             from PIL import Image
-            Image.open(OUT / "web-page.png").convert("RGB").quantize(colors=256).save(target, optimize=True)
+            Image.open(OUT / "web-page.png").convert("RGB").quantize(
+                colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(target, optimize=True)
         except ImportError:
             shutil.copyfile(OUT / "web-page.png", target)
 
