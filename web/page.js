@@ -267,17 +267,24 @@
     compileNow();
   }
 
+  // Loads the script of the address, if it holds one: "loaded", "none", or the error's message.
   async function loadFromAddress() {
-    if (!location.hash) return false;
+    if (!location.hash) return "none";
     try {
       const {script, n} = await pageHash.decode(location.hash);
-      if (script === null) return false;
+      if (script === null) return "none";
       loadScript(script, n);
-      return true;
+      return "loaded";
     } catch (e) {
-      setStatus(e.message, true);
-      return false;
+      return e.message;
     }
+  }
+
+  function loadDefault(why) {
+    const example = SPARSA_EXAMPLES.find(([name]) => name === kDefaultExample) || SPARSA_EXAMPLES[0];
+    ui.examples.value = example[0];
+    loadScript(example[1]);
+    if (why) setStatus(why + " (showing the " + example[0] + " example)", true);
   }
 
   function examplesMenu() {
@@ -332,7 +339,10 @@
         ui.shareNote.textContent = "copy the address bar: it holds the script";
       }
     });
-    window.addEventListener("hashchange", loadFromAddress);
+    window.addEventListener("hashchange", async () => {
+      const result = await loadFromAddress();
+      if (result !== "loaded" && result !== "none") setStatus(result, true);
+    });
     let resize = 0;
     window.addEventListener("resize", () => {
       clearTimeout(resize);
@@ -341,6 +351,7 @@
   }
 
   window.sparsaPage = {
+    module: () => sparsa,  // the wasm module's API (web/sparsa_web.cpp), for tests and the console
     status: () => ({state: document.body.dataset.state, counts: {...counts}, timings: {...timings},
                     good: good && {script: good.script, n: good.n, layers: good.layers, heads: good.heads}}),
     colors: pageDraw.colors,
@@ -350,10 +361,7 @@
     sparsa = module;
     examplesMenu();
     wire();
-    if (!(await loadFromAddress())) {
-      const example = SPARSA_EXAMPLES.find(([name]) => name === kDefaultExample) || SPARSA_EXAMPLES[0];
-      ui.examples.value = example[0];
-      loadScript(example[1]);
-    }
+    const result = await loadFromAddress();
+    if (result !== "loaded") loadDefault(result === "none" ? null : result);
   });
 })();

@@ -179,6 +179,31 @@ def assert_mask_matches(page, dense, layer, head):
     return side
 
 
+def assert_stats_match(page, dense, block):
+    """The module's stats() and maskBlocks() of every (layer, head) against the dense masks."""
+    layers, heads, n, _ = dense.shape
+    nb = -(-n // block)
+    padded = np.zeros((nb * block, nb * block), dtype=bool)
+    valid = np.zeros_like(padded)
+    valid[:n, :n] = True
+    valid_per_block = valid.reshape(nb, block, nb, block).sum(axis=(1, 3))
+    for layer in range(layers):
+        for head in range(heads):
+            padded[:n, :n] = dense[layer, head]
+            per_block = padded.reshape(nb, block, nb, block).sum(axis=(1, 3))
+            got = page.evaluate("(() => { const m = sparsaPage.module(); const s = m.stats(%d, %d); "
+                                "const b = m.maskBlocks(%d, %d); return {s, rows: b.rowPtr.length, "
+                                "cols: Array.from(b.colIdx), partial: Array.from(b.partialIdx)}; })()"
+                                % (layer, head, layer, head))
+            s = got["s"]
+            assert s["ok"] and s["keptPairs"] == int(dense[layer, head].sum())
+            assert s["keptBlocks"] == int((per_block > 0).sum()) == len(got["cols"])
+            assert s["fullBlocks"] == int((per_block == valid_per_block).sum())
+            assert s["partialBlocks"] == sum(1 for p in got["partial"] if p >= 0)
+            assert got["rows"] == nb + 1
+            assert got["cols"] == [int(kb) for qb in range(nb) for kb in np.nonzero(per_block[qb])[0]]
+
+
 def test_typed_script_draws_the_mask_of_sparsa_compile_dense(browser, tmp_path):
     page = open_page(browser)
     n = 256
@@ -192,6 +217,7 @@ def test_typed_script_draws_the_mask_of_sparsa_compile_dense(browser, tmp_path):
     set_value(page, "head", 1)
     assert_mask_matches(page, dense, 0, 1)
     set_value(page, "head", 0)
+    assert_stats_match(page, dense, 16)
 
     n = 1000  # several tokens a pixel, cells of unequal size
     before = status(page)["counts"]["drawn"]
@@ -203,6 +229,7 @@ def test_typed_script_draws_the_mask_of_sparsa_compile_dense(browser, tmp_path):
         set_value(page, "head", head)
         side = assert_mask_matches(page, dense, layer, head)
         assert side < n
+    assert_stats_match(page, dense, 32)
     (OUT / "web-mixed.png").write_bytes(page.screenshot())
 
 
@@ -250,10 +277,10 @@ def test_the_address_holds_the_script(browser):
     assert other.evaluate("document.getElementById('n').value") == "2048"
     s = status(other)
     assert s["good"]["script"] == text and s["good"]["n"] == 2048
-    # A damaged link says so, and the page still works.
+    # A damaged link says so, and the page still works (with the default example).
     broken = open_page(browser, "#n=64&z=AAAA")
-    assert "could not be read" in broken.evaluate("document.getElementById('status').textContent") \
-        or status(broken)["state"] == "ready"
+    said = broken.evaluate("document.getElementById('status').textContent")
+    assert "the link's script could not be read" in said and "showing the bigbird example" in said, said
 
 
 def png_size(data):
