@@ -67,8 +67,13 @@ struct Gen {
             int64_t p = pick(1, 60);
             if (coin()) return {"every(" + std::to_string(p) + ")", [p](int64_t t, const At&) { return t % p == 0; }};
             int64_t o = pick(0, 40);
-            return {"every(" + std::to_string(p) + ", offset = " + std::to_string(o) + ")",
-                    [p, o](int64_t t, const At&) { return t >= o && (t - o) % p == 0; }};
+            if (coin()) {
+                return {"every(" + std::to_string(p) + ", offset = " + std::to_string(o) + ")",
+                        [p, o](int64_t t, const At&) { return t >= o && (t - o) % p == 0; }};
+            }
+            int64_t w = pick(0, p);
+            return {"every(" + std::to_string(p) + ", offset = " + std::to_string(o) + ", width = " + std::to_string(w) + ")",
+                    [p, o, w](int64_t t, const At&) { return t >= o && (t - o) % p < w; }};
         }
         default: {
             std::vector<int64_t> members;
@@ -83,7 +88,7 @@ struct Gen {
     }
 
     std::pair<std::string, Pred> leaf() {
-        switch (pick(0, 17)) {
+        switch (pick(0, 18)) {
         case 0: return {"dense", [](int64_t, int64_t, const At&) { return true; }};
         case 1: return {"empty", [](int64_t, int64_t, const At&) { return false; }};
         case 2: return {"causal", [](int64_t q, int64_t k, const At&) { return k <= q; }};
@@ -165,6 +170,29 @@ struct Gen {
             int64_t w = pick(0, 20);
             return {"local_or_strided(" + std::to_string(w) + ")",
                     [w](int64_t q, int64_t k, const At&) { return std::abs(q - k) <= w || (q - k) % 5 == 0; }};
+        }
+        case 17: {
+            // Drawn outside window(w): a block is taken when some pair of it is within w (and,
+            // under causal, has k <= q: the attend line's causal applies to P too).
+            int64_t r = pick(0, 4), seed = pick(0, 1000), w = pick(0, 40);
+            return {"random(" + std::to_string(r) + ", seed = " + std::to_string(seed) + ", outside = window(" + std::to_string(w) + "))",
+                    [r, seed, w](int64_t q, int64_t k, const At& a) {
+                        const int64_t B = a.block, qb = q / B, blocks = (a.n + B - 1) / B;
+                        const int64_t q0 = qb * B, q1 = std::min(a.n, q0 + B) - 1;
+                        std::vector<int64_t> candidates;
+                        for (int64_t kb = 0; kb < (a.causal ? qb + 1 : blocks); ++kb) {
+                            const int64_t k0 = kb * B, k1 = std::min(a.n, k0 + B) - 1;
+                            // The closest pair's distance (under causal kb <= qb, and k <= q counts).
+                            const int64_t gap = a.causal ? q0 - k1 : std::max<int64_t>({0, k0 - q1, q0 - k1});
+                            if (gap > w) candidates.push_back(kb);
+                        }
+                        auto drawn = random_row_blocks(static_cast<uint64_t>(seed), a.layer, a.head, qb,
+                                                       static_cast<int64_t>(candidates.size()), r);
+                        for (int32_t i : drawn) {
+                            if (candidates[static_cast<size_t>(i)] == k / B) return true;
+                        }
+                        return false;
+                    }};
         }
         default: {
             return {"shared", [](int64_t q, int64_t k, const At&) { return std::abs(q - k) <= 3 || k < 8; }};
