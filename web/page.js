@@ -66,6 +66,18 @@
     syncScroll();
   }
 
+  // Redraws the gutter and backdrop once per frame however many input events come (a paste of
+  // many lines fires one per line).
+  let renderPending = false;
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    requestAnimationFrame(() => {
+      renderPending = false;
+      renderEditor();
+    });
+  }
+
   function syncScroll() {
     ui.backdrop.scrollTop = ui.gutter.scrollTop = ui.script.scrollTop;
     ui.backdrop.scrollLeft = ui.script.scrollLeft;
@@ -193,15 +205,24 @@
     ui.status.className = isError ? "error" : "";
   }
 
-  // A failure of the module itself (a trap, not a diagnostic): said on the page, and the
-  // module is started again so that the next edit works.
+  // A failure of the module itself (a trap, not a diagnostic): said on the page, and the module
+  // is started again, with the last good script compiled, so that the views and the next edit work.
+  // The browser's stack is smaller than a native thread's: a chain of some 2,000 definitions
+  // calling each other overflows it before the language's own limit (dsl/eval.hpp) stops it.
   function guard(work) {
     try {
       work();
     } catch (e) {
-      setStatus("internal error: " + e.message + " (please report it with the link of this page)", true);
+      const deep = e instanceof RangeError && /call stack/i.test(e.message);
+      setStatus(deep ? "the script nests too deeply for the browser's stack (a long chain of definitions " +
+                       "calling each other?): shorten it, or use the sparsa command, which has more stack"
+                     : "internal error: " + e.message + " (please report it with the link of this page)", true);
       document.body.dataset.state = "error";
-      createSparsa().then((m) => (sparsa = m));
+      counts.failed++;
+      createSparsa().then((m) => {
+        sparsa = m;
+        if (good) sparsa.compile(good.script, good.n);
+      });
     }
   }
 
@@ -306,7 +327,7 @@
 
   function wire() {
     ui.script.addEventListener("input", () => {
-      renderEditor();
+      scheduleRender();
       scheduleCompile();
     });
     ui.script.addEventListener("scroll", syncScroll);
