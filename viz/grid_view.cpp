@@ -34,4 +34,22 @@ GridView grid_view_zoom(const GridView& view, double factor, double ax, double a
     return out;
 }
 
+std::vector<int64_t> axis_ticks(double t0, double t1, int64_t n, double pixels_per_token, double min_gap) {
+    std::vector<int64_t> out;
+    const double lo = std::max(t0, 0.0), hi = std::min(t1, static_cast<double>(n));
+    if (!(hi >= lo) || pixels_per_token <= 0) return out;
+    int64_t step = 1;
+    for (int64_t decade = 1; static_cast<double>(step) * pixels_per_token < min_gap; decade *= 10) {
+        for (int64_t m : {1, 2, 5}) {
+            step = m * decade;
+            if (static_cast<double>(step) * pixels_per_token >= min_gap) break;
+        }
+        if (decade > (int64_t{1} << 40)) break;
+    }
+    for (int64_t t = static_cast<int64_t>(std::ceil(lo / static_cast<double>(step))) * step; static_cast<double>(t) <= hi; t += step) {
+        out.push_back(t);
+    }
+    return out;
+}
+
 } // namespace sparsa::viz

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <utility>
+#include <vector>
 
 namespace sparsa::viz {
 
@@ -26,5 +27,10 @@ std::pair<double, double> grid_pair_corner(const GridView& view, int64_t q, int6
 // Zooms by `factor` keeping the point under (ax, ay) in place; scale stays in
 // [min_scale, 64] pixels per token.
 GridView grid_view_zoom(const GridView& view, double factor, double ax, double ay, double min_scale);
+
+// Tick positions (tokens) for an axis showing tokens [t0, t1) at `pixels_per_token`: multiples of
+// the smallest step in 1, 2, 5 x 10^k that puts ticks at least `min_gap` pixels apart, within
+// [max(t0, 0), min(t1, n)] (n itself included when in range). Empty when the range is empty.
+std::vector<int64_t> axis_ticks(double t0, double t1, int64_t n, double pixels_per_token, double min_gap);
 
 } // namespace sparsa::viz

@@ -72,6 +72,42 @@ Image block_pairs_image(const BlockMask& mask, int64_t qb, int64_t kb) {
     return image;
 }
 
+Image mask_region_image(const BlockMask& mask, int64_t q0, int64_t k0, int64_t rows, int64_t cols) {
+    if (q0 < 0 || k0 < 0 || rows < 1 || cols < 1 || rows * cols > (int64_t{1} << 26)) {
+        throw Error("mask region: origin (" + std::to_string(q0) + ", " + std::to_string(k0) + ") and size " +
+                    std::to_string(rows) + " x " + std::to_string(cols) + " must be non-negative, at least 1 x 1 and at most 2^26 pixels");
+    }
+    Image image = image_make(static_cast<int>(cols), static_cast<int>(rows), kColorBackground);
+    const int64_t B = mask.block, n = mask.n;
+    auto paint = [&](int64_t q, int64_t k, uint32_t color) { image.set(static_cast<int>(k - k0), static_cast<int>(q - q0), color); };
+    for (int64_t q = q0; q < q0 + rows; ++q) {  // past n: never
+        for (int64_t k = k0; k < k0 + cols; ++k) {
+            if (q >= n || k >= n) paint(q, k, kColorNever);
+        }
+    }
+    const int64_t q_end = std::min(q0 + rows, n), k_end = std::min(k0 + cols, n);
+    for (int64_t qb = q0 / B; qb * B < q_end; ++qb) {
+        const int32_t* row_begin = mask.col_idx.data() + mask.row_ptr[qb];
+        const int32_t* row_end = mask.col_idx.data() + mask.row_ptr[qb + 1];
+        // Only the kept blocks whose keys meet [k0, k_end).
+        for (const int32_t* it = std::lower_bound(row_begin, row_end, static_cast<int32_t>(k0 / B));
+             it != row_end && int64_t{*it} * B < k_end; ++it) {
+            const int64_t kb = *it;
+            const int32_t partial = mask.partial_idx[static_cast<size_t>(it - mask.col_idx.data())];
+            const uint64_t* bits = partial >= 0 ? mask.partial_bits(partial) : nullptr;
+            for (int64_t q = std::max(q0, qb * B); q < std::min(q_end, (qb + 1) * B); ++q) {
+                for (int64_t k = std::max(k0, kb * B); k < std::min(k_end, (kb + 1) * B); ++k) {
+                    if (bits == nullptr) paint(q, k, kColorFull);
+                    else if (bits_test(bits, (q - qb * B) * B + (k - kb * B))) paint(q, k, kColorPartial);
+                }
+            }
+        }
+    }
+    return image;
+}
+
+uint32_t light_cone_color(double fraction) { return mix(0xB9D3EEFF, kColorFull, fraction); }
+
 Image light_cone_image(const TokenReach& field, int64_t n, int width) {
     const int64_t layers = static_cast<int64_t>(field.sizes.size()) - 1;
     if (static_cast<int64_t>(field.sets.size()) != layers + 1) {
@@ -87,7 +123,7 @@ Image light_cone_image(const TokenReach& field, int64_t n, int width) {
             for (int64_t t = begin; t < end; ++t) count += bits_test(set, t);
             if (count == 0) continue;
             double fraction = static_cast<double>(count) / static_cast<double>(end - begin);
-            image.set(c, static_cast<int>(layers - l), mix(0xB9D3EEFF, kColorFull, fraction));
+            image.set(c, static_cast<int>(layers - l), light_cone_color(fraction));
         }
     }
     return image;

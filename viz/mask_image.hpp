@@ -32,10 +32,18 @@ MaskImage mask_image_make(const BlockMask& mask, int64_t max_side = 2048);
 // in the full or partial colour, pairs past n in kColorNever.
 Image block_pairs_image(const BlockMask& mask, int64_t qb, int64_t kb);
 
+// The pairs of a rectangle of the mask at token resolution, for a zoomed view: pixel (j, i) is
+// query q0 + i, key k0 + j; kept pairs in the colour of their block's kind (full or partial),
+// other pairs kColorBackground, pairs past n kColorNever. Work: rows * cols plus the kept blocks
+// of the rows' blocks that meet the columns (only what is visible). Throws sparsa::Error for a
+// negative origin or size, or more than 2^26 pixels.
+Image mask_region_image(const BlockMask& mask, int64_t q0, int64_t k0, int64_t rows, int64_t cols);
+
 // A token's field after each layer, stacked: row l from the bottom is layer l (row 0 at the
 // bottom is layer 0, the token alone). Column c covers tokens [c*n/width, (c+1)*n/width); its
 // colour deepens with the fraction of them in the field. field.sets must be kept.
 Image light_cone_image(const TokenReach& field, int64_t n, int width);
+uint32_t light_cone_color(double fraction);  // the colour of a column with `fraction` (> 0) in the field
 
 // The hops matrix as colours: one pixel per (query node, key node), a colour per layer from
 // light (layer 0) to dark (the last layer), kColorNever when not reached within the layers.

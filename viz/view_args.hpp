@@ -7,7 +7,7 @@
 
 namespace sparsa::viz {
 
-enum class ViewKind { mask, reach, hops, compare, demo };
+enum class ViewKind { mask, reach, hops, compare, overview, demo };
 const char* view_kind_name(ViewKind kind);  // "mask", "reach", ...
 
 struct ViewArgs {
@@ -24,6 +24,9 @@ struct ViewArgs {
     int frames = 3;               // --frames K
     int width = 1280, height = 800;  // --size WxH
     int64_t hover_q = -1, hover_k = -1;  // --hover Q,K: with --screenshot, the mouse over pair (Q, K)
+    double zoom = 0;              // --zoom PX: the mask view at PX screen pixels per token (0: fit)
+    int64_t center_q = -1, center_k = -1;  // --center Q,K: the pair at the zoomed view's centre (-1: n / 2)
+    std::string layout;           // --layout OUT.json: with --screenshot, the drawn rectangles (layout.hpp)
     bool help = false;
 };
 

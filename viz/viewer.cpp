@@ -90,19 +90,28 @@ void slot_open(ScriptSlot& slot, const std::string& path) {
 
 // [SECTION] plots
 
-void plot_curves(const char* id, const std::vector<Curve>& curves, double x_max, ImVec2 size, double marker,
-                 const char* title) {
+void plot_curves(App& app, const char* id, const std::vector<Curve>& curves, double x_max, ImVec2 size, double marker,
+                 const char* title, const std::vector<PlotLimit>& limits) {
     ImGui::PushID(id);
     ImVec2 p0 = ImGui::GetCursorScreenPos();
     size.x = std::max(size.x, 120.0f);
     size.y = std::max(size.y, 90.0f);
     ImGui::InvisibleButton("plot", size);
     ImDrawList* dl = ImGui::GetWindowDrawList();
-    const float left = 44, right = 10, top = title ? 20.0f : 8.0f, bottom = 22;
+    const float line_h = ImGui::GetTextLineHeight();
+    // The title wraps to the plot's width; the left margin fits "100%", the bottom the layer numbers.
+    const float wrap = size.x - 8;
+    const float title_h = title ? ImGui::CalcTextSize(title, nullptr, false, wrap).y + 6 : 8.0f;
+    const float left = ImGui::CalcTextSize("100%").x + 10, right = 10, top = title_h, bottom = line_h + 8;
     ImVec2 a(p0.x + left, p0.y + top), b(p0.x + size.x - right, p0.y + size.y - bottom);
     dl->AddRectFilled(p0, ImVec2(p0.x + size.x, p0.y + size.y), IM_COL32(255, 255, 255, 255));
     dl->AddRect(a, b, IM_COL32(120, 120, 120, 255));
-    if (title) dl->AddText(ImVec2(a.x, p0.y + 3), IM_COL32(30, 30, 30, 255), title);
+    if (title) {
+        dl->AddText(ImGui::GetFont(), ImGui::GetFontSize(), ImVec2(p0.x + 4, p0.y + 3), IM_COL32(30, 30, 30, 255), title, nullptr, wrap);
+        ImVec2 ts = ImGui::CalcTextSize(title, nullptr, false, wrap);
+        layout_add(app, "plot_title", title, ImVec2(p0.x + 4, p0.y + 3), ImVec2(p0.x + 4 + ts.x, p0.y + 3 + ts.y), dl->GetClipRectMin(),
+                   dl->GetClipRectMax());
+    }
     x_max = std::max(1.0, x_max);
     auto to_screen = [&](double x, double y) {
         return ImVec2(a.x + static_cast<float>(x / x_max) * (b.x - a.x), b.y - static_cast<float>(y) * (b.y - a.y));
@@ -113,21 +122,42 @@ void plot_curves(const char* id, const std::vector<Curve>& curves, double x_max,
         dl->AddLine(ImVec2(a.x, s.y), ImVec2(b.x, s.y), IM_COL32(225, 225, 225, 255));
         char label[16];
         std::snprintf(label, sizeof label, "%d%%", i * 25);
-        dl->AddText(ImVec2(p0.x + 4, s.y - 7), IM_COL32(60, 60, 60, 255), label);
+        text_at(app, dl, ImVec2(a.x - 4 - ImGui::CalcTextSize(label).x, s.y - line_h / 2), IM_COL32(60, 60, 60, 255), label, "plot_tick");
     }
-    int step = std::max(1, static_cast<int>(std::ceil(x_max / 8)));
+    // Layer numbers far enough apart for the widest of them, and clear of the axis name.
     const float x_label_w = ImGui::CalcTextSize("layers").x;
+    const float number_w = ImGui::CalcTextSize(std::to_string(static_cast<int>(x_max)).c_str()).x;
+    int step = 1;
+    while (static_cast<float>(step) / static_cast<float>(x_max) * (b.x - a.x) < number_w + 8) {
+        int lead = step;  // 1, 2, 5, 10, 20, 50, ...
+        while (lead >= 10) lead /= 10;
+        step = lead == 2 ? step * 5 / 2 : step * 2;
+    }
     for (int x = 0; x <= static_cast<int>(x_max); x += step) {
         ImVec2 s = to_screen(x, 0);
-        if (s.x > b.x - x_label_w - 12) break;  // leave room for the axis name
         char label[16];
         std::snprintf(label, sizeof label, "%d", x);
-        dl->AddText(ImVec2(s.x - 3, b.y + 3), IM_COL32(60, 60, 60, 255), label);
+        float w = ImGui::CalcTextSize(label).x;
+        if (s.x + w / 2 > b.x - x_label_w - 6) break;  // leave room for the axis name
+        text_at(app, dl, ImVec2(s.x - w / 2, b.y + 3), IM_COL32(60, 60, 60, 255), label, "plot_tick");
     }
-    dl->AddText(ImVec2(b.x - x_label_w, b.y + 3), IM_COL32(60, 60, 60, 255), "layers");
+    text_at(app, dl, ImVec2(b.x - x_label_w, b.y + 3), IM_COL32(60, 60, 60, 255), "layers", "plot_tick");
     if (marker >= 0) {
         ImVec2 s = to_screen(marker, 0);
         for (float y = a.y; y < b.y; y += 8) dl->AddLine(ImVec2(s.x, y), ImVec2(s.x, std::min(y + 4, b.y)), IM_COL32(90, 90, 90, 255));
+    }
+    for (const PlotLimit& limit : limits) {
+        ImVec2 s = to_screen(0, limit.y);
+        for (float x = a.x; x < b.x; x += 10) dl->AddLine(ImVec2(x, s.y), ImVec2(std::min(x + 5, b.x), s.y), to_imgui(limit.color), 1.5f);
+        // The label, shortened to fit the plot (the tooltip has it whole).
+        std::string label = limit.label;
+        if (ImGui::CalcTextSize(label.c_str()).x > b.x - a.x - 12) label = "causal limit";
+        if (ImGui::CalcTextSize(label.c_str()).x > b.x - a.x - 12) continue;
+        ImVec2 ts = ImGui::CalcTextSize(label.c_str());
+        // Above the line when there is room, else below it; at the left, clear of the legend.
+        float ty = s.y - ts.y - 2 < a.y + 2 ? s.y + 2 : s.y - ts.y - 2;
+        dl->AddRectFilled(ImVec2(a.x + 4, ty), ImVec2(a.x + 8 + ts.x, ty + ts.y), IM_COL32(255, 255, 255, 220));
+        text_at(app, dl, ImVec2(a.x + 6, ty), to_imgui(limit.color), label, "plot_limit");
     }
     float legend_y = a.y + 4, legend_w = 0;
     for (const Curve& c : curves) legend_w = std::max(legend_w, ImGui::CalcTextSize(c.label.c_str()).x);
@@ -139,8 +169,8 @@ void plot_curves(const char* id, const std::vector<Curve>& curves, double x_max,
         for (size_t i = 0; i < c.y.size(); ++i) dl->AddCircleFilled(to_screen(static_cast<double>(i), c.y[i]), 2.5f, to_imgui(c.color));
         if (!c.label.empty()) {
             dl->AddRectFilled(ImVec2(legend_x, legend_y + 4), ImVec2(legend_x + 12, legend_y + 10), to_imgui(c.color));
-            dl->AddText(ImVec2(legend_x + 16, legend_y), IM_COL32(30, 30, 30, 255), c.label.c_str());
-            legend_y += 15;
+            text_at(app, dl, ImVec2(legend_x + 16, legend_y), IM_COL32(30, 30, 30, 255), c.label, "plot_legend");
+            legend_y += line_h + 2;
         }
     }
     if (ImGui::IsItemHovered()) {
@@ -150,6 +180,7 @@ void plot_curves(const char* id, const std::vector<Curve>& curves, double x_max,
         for (const Curve& c : curves) {
             if (i < c.y.size()) tip += "\n" + (c.label.empty() ? std::string("coverage") : c.label) + ": " + percent(c.y[i]);
         }
+        for (const PlotLimit& limit : limits) tip += "\n" + limit.label;
         ImGui::SetTooltip("%s", tip.c_str());
     }
     ImGui::PopID();
@@ -163,8 +194,13 @@ Curve coverage_curve(const ReachCoverage& c, std::string label, uint32_t color) 
 
 // [SECTION] editor
 
+// The inline diagnostic's background, opaque so that tests can find it in screenshots.
+constexpr uint32_t kColorErrorBack = 0xFFEBEBFF;
+constexpr uint32_t kColorWarningBack = 0xFFF3D6FF;
+
 void draw_editor(App& app, ImVec2 size) {
     ScriptSlot& s = app.main;
+    app.layout_view = "editor";
     ImVec2 origin = ImGui::GetCursorScreenPos();
     if (ImGui::InputTextMultiline("##script", &s.text, size, ImGuiInputTextFlags_AllowTabInput)) {
         s.last_edit = now_seconds();
@@ -185,38 +221,69 @@ void draw_editor(App& app, ImVec2 size) {
     const ImGuiStyle& style = ImGui::GetStyle();
     const float line_h = ImGui::GetTextLineHeight();
     const float char_w = ImGui::CalcTextSize("M").x;
+    auto line_y = [&](int line) { return origin.y + style.FramePadding.y + static_cast<float>(line - 1) * line_h - scroll.y; };
+    auto column_x = [&](size_t column0) { return origin.x + style.FramePadding.x + static_cast<float>(column0) * char_w - scroll.x; };
+    // Where each line's text ends (columns, from 0), and, for --layout, the visible code of each line.
+    std::vector<size_t> line_length;
+    for (size_t start = 0;;) {
+        size_t end = s.text.find('\n', start);
+        size_t stop = end == std::string::npos ? s.text.size() : end;
+        line_length.push_back(stop - start);
+        size_t first = s.text.find_first_not_of(" \t", start);
+        if (app.record_layout && first != std::string::npos && first < stop) {
+            int line = static_cast<int>(line_length.size());
+            ImVec2 a(std::max(clip0.x, column_x(first - start)), std::max(clip0.y, line_y(line)));
+            ImVec2 b(std::min(clip1.x, column_x(stop - start)), std::min(clip1.y, line_y(line) + line_h));
+            LayoutRect extra;
+            extra.line = line;
+            if (a.x < b.x && a.y < b.y) layout_add(app, "code_line", s.text.substr(start, stop - start), a, b, clip0, clip1, extra);
+        }
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    // Each diagnostic: a wavy underline under its span, and its message at the end of its own
+    // line, cut to the editor's width (the whole message is in the tooltip and the list below).
+    // Never below the line: two diagnostics on consecutive lines would cover the next line's code.
+    std::map<int, float> line_next_x;  // where the next message on a line may start
     dl->PushClipRect(clip0, clip1, true);
     for (const dsl::Diagnostic& d : s.state.diagnostics) {
         if (!d.source || d.source->name != s.name || d.source->text != s.text) continue;  // other files, or stale text
         int line = d.line(), column = d.column();
-        float y = origin.y + style.FramePadding.y + static_cast<float>(line - 1) * line_h - scroll.y;
-        float x0 = origin.x + style.FramePadding.x + static_cast<float>(column - 1) * char_w - scroll.x;
+        float y = line_y(line);
+        float x0 = column_x(static_cast<size_t>(column - 1));
         int span = std::max(1, static_cast<int>(d.end - d.begin));
         // The span: from begin to end of that line.
         size_t line_end = d.source->text.find('\n', static_cast<size_t>(d.begin));
         if (line_end != std::string::npos) span = std::min<int>(span, static_cast<int>(line_end) - d.begin);
         span = std::max(1, span);
-        ImU32 color = d.severity == dsl::Severity::error ? IM_COL32(220, 40, 40, 255) : IM_COL32(200, 140, 0, 255);
+        const bool error = d.severity == dsl::Severity::error;
+        ImU32 color = error ? IM_COL32(220, 40, 40, 255) : IM_COL32(200, 140, 0, 255);
         float x1 = x0 + static_cast<float>(span) * char_w;
         for (float x = x0; x < x1; x += 4) {  // a wavy underline
             dl->AddLine(ImVec2(x, y + line_h + 1), ImVec2(std::min(x + 2, x1), y + line_h - 1), color, 1.5f);
             dl->AddLine(ImVec2(x + 2, y + line_h - 1), ImVec2(std::min(x + 4, x1), y + line_h + 1), color, 1.5f);
         }
-        // The message, after the end of the line's text.
-        size_t line_start = d.source->text.rfind('\n', static_cast<size_t>(std::max(0, d.begin - 1)));
-        line_start = line_start == std::string::npos || d.begin == 0 ? 0 : line_start + 1;
-        size_t end = line_end == std::string::npos ? d.source->text.size() : line_end;
-        float tx = origin.x + style.FramePadding.x + static_cast<float>(end - line_start + 3) * char_w - scroll.x;
-        std::string msg = (d.severity == dsl::Severity::error ? "<- " : "<- warning: ") + d.message;
+        std::string tip = dsl::diagnostic_format(d);
+        if (ImGui::IsMouseHoveringRect(ImVec2(x0, y), ImVec2(x1, y + line_h + 2))) ImGui::SetTooltip("%s", tip.c_str());
+        const size_t length = static_cast<size_t>(line - 1) < line_length.size() ? line_length[static_cast<size_t>(line - 1)] : 0;
+        float tx = std::max(column_x(length + 3), line_next_x.count(line) ? line_next_x[line] : 0.0f);
+        tx = std::max(tx, clip0.x + 2);
+        const float room = clip1.x - 4 - tx;
+        const size_t fit = room > 0 ? static_cast<size_t>(room / char_w) : 0;
+        std::string msg = (error ? "<- " : "<- warning: ") + d.message;
+        if (fit < 6) continue;  // no room on the line: the list below and the tooltip say it
+        if (msg.size() > fit) msg = msg.substr(0, fit - 3) + "...";
         ImVec2 ts = ImGui::CalcTextSize(msg.c_str());
-        // Past the line's end when it fits; else just under the line, so the line stays readable.
-        float ty = y;
-        if (tx + ts.x > clip1.x) {
-            ty = y + line_h + 2;
-            tx = std::max(clip0.x + 2, std::min(x0, clip1.x - ts.x - 4));
+        ImVec2 r0(tx - 2, y), r1(tx + ts.x + 2, y + line_h);
+        dl->AddRectFilled(r0, r1, to_imgui(error ? kColorErrorBack : kColorWarningBack));
+        dl->AddText(ImVec2(tx, y), color, msg.c_str());
+        line_next_x[line] = r1.x + 2 * char_w;
+        if (ImGui::IsMouseHoveringRect(r0, r1)) ImGui::SetTooltip("%s", tip.c_str());
+        if (r1.y > clip0.y && r0.y < clip1.y) {
+            LayoutRect extra;
+            extra.line = line;
+            layout_add(app, "diagnostic", msg, r0, r1, clip0, clip1, extra);
         }
-        dl->AddRectFilled(ImVec2(tx - 2, ty), ImVec2(tx + ts.x + 2, ty + line_h), IM_COL32(255, 235, 235, 230));
-        dl->AddText(ImVec2(tx, ty), color, msg.c_str());
     }
     dl->PopClipRect();
 }
@@ -261,7 +328,7 @@ void draw_stats(const App& app) {
         row("layers x heads", std::to_string(set.layers) + " x " + std::to_string(set.heads));
         row("density", percent(s.density));
         row("FLOPs saved vs dense", percent(s.flops_saved));
-        row("kept blocks (full/partial)", std::to_string(s.kept_blocks) + " (" + std::to_string(s.full_blocks) + "/" +
+        row("kept (full/partial)", std::to_string(s.kept_blocks) + " (" + std::to_string(s.full_blocks) + "/" +
                                               std::to_string(s.partial_blocks) + ")");
         std::string needed = s.layers_needed < 0 ? (m->coverage.stopped ? "more than " + std::to_string(m->coverage.connected.size() - 1)
                                                                           : std::string("never"))
@@ -294,7 +361,7 @@ void draw_menu(App& app) {
         ImGui::EndMenu();
     }
     if (ImGui::BeginMenu("View")) {
-        const ViewKind kinds[] = {ViewKind::mask, ViewKind::reach, ViewKind::hops, ViewKind::compare, ViewKind::demo};
+        const ViewKind kinds[] = {ViewKind::mask, ViewKind::reach, ViewKind::hops, ViewKind::compare, ViewKind::overview, ViewKind::demo};
         for (ViewKind k : kinds) {
             if (ImGui::MenuItem(k == ViewKind::demo ? "demo window (every view)" : view_kind_name(k), nullptr, app.view == k)) {
                 app.view = k;
@@ -314,13 +381,17 @@ void draw_menu(App& app) {
 
 void draw_frame(App& app, int width, int height) {
     app.grid_drawn = false;
+    app.layout.rects.clear();
+    app.layout.width = width;
+    app.layout.height = height;
     ImGui::SetNextWindowPos(ImVec2(0, 0));
     ImGui::SetNextWindowSize(ImVec2(static_cast<float>(width), static_cast<float>(height)));
     ImGui::Begin("sparsa-view", nullptr,
                  ImGuiWindowFlags_NoDecoration | ImGuiWindowFlags_MenuBar | ImGuiWindowFlags_NoMove |
                      ImGuiWindowFlags_NoBringToFrontOnFocus | ImGuiWindowFlags_NoSavedSettings);
     draw_menu(app);
-    const float left_w = std::clamp(static_cast<float>(width) * 0.32f, 300.0f, 480.0f);
+    // The demo window gives the views more room: five of them share the right side.
+    const float left_w = std::clamp(static_cast<float>(width) * (app.view == ViewKind::demo ? 0.25f : 0.32f), 300.0f, 480.0f);
     ImGui::BeginChild("left", ImVec2(left_w, 0), true);
     ImGui::TextUnformatted("script (recompiles as you type)");
     float editor_h = std::max(160.0f, ImGui::GetContentRegionAvail().y * 0.45f);
@@ -336,30 +407,39 @@ void draw_frame(App& app, int width, int height) {
     ImGui::SameLine();
     ImGui::BeginChild("right", ImVec2(0, 0), false);
     if (app.view == ViewKind::demo) {
+        // Every view at once: the three square pictures above, the two wide views below.
         ImVec2 avail = ImGui::GetContentRegionAvail();
-        ImVec2 cell((avail.x - 8) / 2, (avail.y - 8) / 2);
-        auto panel = [&](const char* id, const char* title, void (*draw)(App&, ImVec2)) {
+        const float gap = ImGui::GetStyle().ItemSpacing.x;
+        const float top_h = std::floor((avail.y - gap) * 0.47f), bottom_h = avail.y - gap - top_h;
+        const float third = std::floor((avail.x - 2 * gap) / 3), half = std::floor((avail.x - gap) / 2);
+        auto panel = [&](const char* id, const char* title, void (*draw)(App&, ImVec2), ImVec2 cell) {
             ImGui::BeginChild(id, cell, true);
+            app.layout_view = title;
             ImGui::TextUnformatted(title);
+            layout_item(app, "panel_title", title);
             draw(app, ImGui::GetContentRegionAvail());
             ImGui::EndChild();
         };
-        panel("demo mask", "mask", draw_mask_view);
+        panel("demo mask", "mask", draw_mask_view, ImVec2(third, top_h));
         ImGui::SameLine();
-        panel("demo reach", "receptive field", draw_reach_view);
-        panel("demo hops", "hops", draw_hops_view);
+        panel("demo overview", "overview", draw_overview_view, ImVec2(third, top_h));
         ImGui::SameLine();
-        panel("demo compare", "compare", draw_compare_view);
+        panel("demo hops", "hops", draw_hops_view, ImVec2(avail.x - 2 * third - 2 * gap, top_h));
+        panel("demo reach", "receptive field", draw_reach_view, ImVec2(half, bottom_h));
+        ImGui::SameLine();
+        panel("demo compare", "compare", draw_compare_view, ImVec2(avail.x - half - gap, bottom_h));
     } else if (ImGui::BeginTabBar("views")) {
         struct Tab { ViewKind kind; const char* label; void (*draw)(App&, ImVec2); };
         const Tab tabs[] = {{ViewKind::mask, "mask", draw_mask_view},
                             {ViewKind::reach, "receptive field", draw_reach_view},
                             {ViewKind::hops, "hops", draw_hops_view},
-                            {ViewKind::compare, "compare", draw_compare_view}};
+                            {ViewKind::compare, "compare", draw_compare_view},
+                            {ViewKind::overview, "overview", draw_overview_view}};
         for (const Tab& tab : tabs) {
             ImGuiTabItemFlags flags = app.select_tab && app.view == tab.kind ? ImGuiTabItemFlags_SetSelected : 0;
             if (ImGui::BeginTabItem(tab.label, nullptr, flags)) {
                 if (!app.select_tab) app.view = tab.kind;
+                app.layout_view = view_kind_name(tab.kind);
                 tab.draw(app, ImGui::GetContentRegionAvail());
                 ImGui::EndTabItem();
             }
@@ -411,6 +491,7 @@ int viewer_run(const ViewArgs& args) {
     app.head = static_cast<int>(args.head);
     app.token = args.token;
     app.examples = find_examples();
+    app.record_layout = !args.layout.empty();
     const bool screenshot = !args.screenshot.empty();
     if (!args.file.empty()) slot_open(app.main, args.file);  // a missing file is an error before any window
     if (!args.compare_file.empty()) slot_open(app.other, args.compare_file);
@@ -530,6 +611,10 @@ int viewer_run(const ViewArgs& args) {
                 try {
                     image_png_save(read_framebuffer(fb_w, fb_h), args.screenshot);
                     std::printf("sparsa-view: wrote %s (%d x %d, view %s)\n", args.screenshot.c_str(), fb_w, fb_h, view_kind_name(a.view));
+                    if (!args.layout.empty()) {
+                        layout_save(a.layout, args.layout);
+                        std::printf("sparsa-view: wrote %s (%zu rectangles)\n", args.layout.c_str(), a.layout.rects.size());
+                    }
                     if (a.grid_drawn) {
                         const ViewModel& m = *a.main.state.model;
                         std::printf("sparsa-view: mask grid origin %.3f %.3f scale %.9f n %lld block %d layer %d head %d\n",
@@ -548,10 +633,9 @@ int viewer_run(const ViewArgs& args) {
         if (a.other.busy()) a.other.job.wait();
     }
     // Release GL objects while the context is alive.
-    for (Texture* t : {&app.mask_tex.texture, &app.minimap_tex.texture, &app.block_tex, &app.cone_tex, &app.hops_tex,
-                       &app.compare_tex_a.texture, &app.compare_tex_b.texture}) {
-        t->release();
-    }
+    for (Texture* t : {&app.block_tex, &app.cone_tex, &app.hops_tex}) t->release();
+    for (MaskTexture* t : {&app.mask_tex, &app.minimap_tex, &app.compare_tex_a, &app.compare_tex_b}) t->release();
+    for (auto& [key, t] : app.overview_tex) t.release();
     ImGui_ImplOpenGL3_Shutdown();
     ImGui_ImplGlfw_Shutdown();
     ImGui::DestroyContext();

@@ -87,24 +87,96 @@ void mask_tooltip(App& app, const ViewModel& m, int64_t layer, int64_t head, int
     ImGui::EndTooltip();
 }
 
-// Draws mask (layer, head) of m into a canvas of `size`: zoom with the wheel, pan by dragging
-// when `interactive`; returns the view it used.
+// The margins the Query and Key axes take around a grid of n tokens a side: the left one holds
+// the word "Query" (one letter a line) and the query numbers, the top one "Key" and the key numbers.
+ImVec2 grid_axes_margin(int64_t n) {
+    const float line_h = ImGui::GetTextLineHeight();
+    const float number_w = ImGui::CalcTextSize(std::to_string(n).c_str()).x;
+    return ImVec2(ImGui::CalcTextSize("Q").x + 6 + number_w + 8, 2 * line_h + 8);
+}
+
+// Query (down) and Key (across) axes of the grid that `view` maps into the canvas [c0, c1), in
+// the margins left of and above it (grid_axes_margin): tick numbers follow zoom and pan.
+void draw_grid_axes(App& app, const GridView& view, int64_t n, ImVec2 c0, ImVec2 c1) {
+    ImDrawList* dl = ImGui::GetWindowDrawList();
+    const ImVec2 margin = grid_axes_margin(n);
+    const float line_h = ImGui::GetTextLineHeight(), char_w = ImGui::CalcTextSize("Q").x;
+    const ImU32 ink = IM_COL32(50, 50, 50, 255), tick = IM_COL32(110, 110, 110, 255);
+    const ImVec2 outer(c0.x - margin.x, c0.y - margin.y);
+    // The visible tokens: keys across [k0, k1), queries down [q0, q1).
+    const double k0 = (c0.x - view.origin_x) / view.scale, k1 = (c1.x - view.origin_x) / view.scale;
+    const double q0 = (c0.y - view.origin_y) / view.scale, q1 = (c1.y - view.origin_y) / view.scale;
+    const float number_w = ImGui::CalcTextSize(std::to_string(n).c_str()).x;
+    dl->PushClipRect(outer, ImVec2(c1.x, c0.y), true);  // the top margin
+    for (int64_t t : axis_ticks(k0, k1, n, view.scale, number_w + 12)) {
+        float x = static_cast<float>(view.origin_x + static_cast<double>(t) * view.scale);
+        std::string label = std::to_string(t);
+        float w = ImGui::CalcTextSize(label.c_str()).x;
+        float lx = std::clamp(x - w / 2, c0.x - w / 2, c1.x - w);
+        if (lx < outer.x) continue;
+        dl->AddLine(ImVec2(x, c0.y - 4), ImVec2(x, c0.y), tick);
+        text_at(app, dl, ImVec2(lx, c0.y - 4 - line_h), ink, label, "tick");
+    }
+    const ImVec2 key_size = ImGui::CalcTextSize("Key");
+    const float key_x = std::floor((std::max(c0.x, static_cast<float>(view.origin_x)) +
+                                    std::min(c1.x, static_cast<float>(view.origin_x + static_cast<double>(n) * view.scale))) / 2 - key_size.x / 2);
+    text_at(app, dl, ImVec2(std::clamp(key_x, c0.x, c1.x - key_size.x), outer.y + 1), ink, "Key", "axis_label");
+    dl->PopClipRect();
+    dl->PushClipRect(outer, ImVec2(c0.x, c1.y), true);  // the left margin
+    for (int64_t t : axis_ticks(q0, q1, n, view.scale, line_h + 6)) {
+        float y = static_cast<float>(view.origin_y + static_cast<double>(t) * view.scale);
+        std::string label = std::to_string(t);
+        ImVec2 ts = ImGui::CalcTextSize(label.c_str());
+        float ly = std::clamp(y - ts.y / 2, c0.y, c1.y - ts.y);
+        dl->AddLine(ImVec2(c0.x - 4, y), ImVec2(c0.x, y), tick);
+        text_at(app, dl, ImVec2(c0.x - 6 - ts.x, ly), ink, label, "tick");
+    }
+    // "Query" written down the left edge, one letter a line, centred on the visible grid.
+    const float grid_top = std::max(c0.y, static_cast<float>(view.origin_y));
+    const float grid_bottom = std::min(c1.y, static_cast<float>(view.origin_y + static_cast<double>(n) * view.scale));
+    const char* word = "Query";
+    const float word_h = 5 * line_h;
+    float y = std::max(c0.y, std::floor((grid_top + grid_bottom) / 2 - word_h / 2));
+    const float x = outer.x + 2;
+    for (const char* c = word; *c; ++c) dl->AddText(ImVec2(x, y + static_cast<float>(c - word) * line_h), ink, c, c + 1);
+    layout_add(app, "axis_label", word, ImVec2(x, y), ImVec2(x + char_w, y + word_h), dl->GetClipRectMin(), dl->GetClipRectMax());
+    dl->PopClipRect();
+}
+
+// Draws mask (layer, head) of m into a canvas of `size` (axes included when `axes`): zoom with
+// the wheel, pan by dragging when `interactive`; returns the view it used. Once a token is
+// kTokenPixels or more on screen, the visible pairs are drawn one by one (mask_region_image),
+// so dilation, strides and causal edges inside partial blocks show.
+constexpr double kTokenPixels = 4;
 GridView draw_mask_canvas(App& app, const ViewModel& m, int64_t layer, int64_t head, MaskTexture& tex, ImVec2 size,
-                          bool interactive, GridView* state) {
+                          bool interactive, GridView* state, bool axes = false) {
     const int64_t n = m.n;
     const BlockMask& mask = m.masks.at(layer, head);
     tex.update(m, layer, head);
-    ImVec2 p0 = ImGui::GetCursorScreenPos();
+    ImVec2 outer = ImGui::GetCursorScreenPos();
     size.x = std::max(size.x, 64.0f);
     size.y = std::max(size.y, 64.0f);
-    ImGui::InvisibleButton("canvas", size);
+    const ImVec2 margin = axes ? grid_axes_margin(n) : ImVec2(0, 0);
+    ImVec2 p0(outer.x + margin.x, outer.y + margin.y);
+    ImVec2 csize(std::max(32.0f, size.x - margin.x), std::max(32.0f, size.y - margin.y));
+    if (axes) ImGui::Dummy(ImVec2(size.x, margin.y));  // the axes' margin, then the canvas beside the left one
+    ImGui::SetCursorScreenPos(p0);
+    ImGui::InvisibleButton("canvas", csize);
     bool hovered = ImGui::IsItemHovered();
-    GridView fit = grid_view_fit(n, p0.x, p0.y, size.x, size.y);
+    GridView fit = grid_view_fit(n, p0.x, p0.y, csize.x, csize.y);
     GridView view = fit;
     if (interactive && state) {
         if (app.grid_fit) {
             *state = fit;
             app.grid_fit = false;
+        }
+        if (app.args.zoom > 0 && !app.zoom_applied) {  // --zoom PX [--center Q,K]
+            const double q = app.args.center_q >= 0 ? static_cast<double>(app.args.center_q) : static_cast<double>(n / 2);
+            const double k = app.args.center_k >= 0 ? static_cast<double>(app.args.center_k) : static_cast<double>(n / 2);
+            state->scale = app.args.zoom;
+            state->origin_x = std::floor(p0.x + csize.x / 2 - (k + 0.5) * app.args.zoom);
+            state->origin_y = std::floor(p0.y + csize.y / 2 - (q + 0.5) * app.args.zoom);
+            app.zoom_applied = true;
         }
         view = *state;
         ImGuiIO& io = ImGui::GetIO();
@@ -116,7 +188,7 @@ GridView draw_mask_canvas(App& app, const ViewModel& m, int64_t layer, int64_t h
         *state = view;
     }
     ImDrawList* dl = ImGui::GetWindowDrawList();
-    ImVec2 p1(p0.x + size.x, p0.y + size.y);
+    ImVec2 p1(p0.x + csize.x, p0.y + csize.y);
     dl->PushClipRect(p0, p1, true);
     dl->AddRectFilled(p0, p1, IM_COL32(200, 200, 200, 255));
     const double covered = static_cast<double>(tex.texture.width()) * static_cast<double>(tex.blocks_per_pixel * mask.block);
@@ -125,6 +197,22 @@ GridView draw_mask_canvas(App& app, const ViewModel& m, int64_t layer, int64_t h
     float uv = static_cast<float>(static_cast<double>(n) / covered);
     dl->AddImage(tex.texture.id(), ImVec2(static_cast<float>(x0), static_cast<float>(y0)), ImVec2(static_cast<float>(x1), static_cast<float>(y1)),
                  ImVec2(0, 0), ImVec2(uv, uv));
+    if (view.scale >= kTokenPixels) {  // token level: only the visible pairs
+        auto visible = [&](double lo_px, double hi_px, double origin) {
+            int64_t lo = std::clamp<int64_t>(static_cast<int64_t>(std::floor((lo_px - origin) / view.scale)), 0, n);
+            int64_t hi = std::clamp<int64_t>(static_cast<int64_t>(std::ceil((hi_px - origin) / view.scale)), 0, n);
+            return std::make_pair(lo, hi);
+        };
+        auto [k_lo, k_hi] = visible(p0.x, p1.x, view.origin_x);
+        auto [q_lo, q_hi] = visible(p0.y, p1.y, view.origin_y);
+        if (k_hi > k_lo && q_hi > q_lo) {
+            tex.update_region(m, layer, head, q_lo, k_lo, q_hi - q_lo, k_hi - k_lo);
+            auto [rx0, ry0] = grid_pair_corner(view, q_lo, k_lo);
+            auto [rx1, ry1] = grid_pair_corner(view, q_hi, k_hi);
+            dl->AddImage(tex.region.id(), ImVec2(static_cast<float>(rx0), static_cast<float>(ry0)),
+                         ImVec2(static_cast<float>(rx1), static_cast<float>(ry1)));
+        }
+    }
     // Block lines once blocks are large on screen.
     double block_px = view.scale * mask.block;
     if (block_px >= 12) {
@@ -135,6 +223,8 @@ GridView draw_mask_canvas(App& app, const ViewModel& m, int64_t layer, int64_t h
         }
     }
     dl->PopClipRect();
+    layout_add(app, "mask_canvas", "", p0, p1, dl->GetClipRectMin(), dl->GetClipRectMax());
+    if (axes) draw_grid_axes(app, view, n, p0, p1);
     if (hovered) {
         ImGuiIO& io = ImGui::GetIO();
         if (auto pair = grid_pair_at(view, n, io.MousePos.x, io.MousePos.y)) mask_tooltip(app, m, layer, head, pair->first, pair->second);
@@ -145,11 +235,12 @@ GridView draw_mask_canvas(App& app, const ViewModel& m, int64_t layer, int64_t h
 // A small picture of the whole mask with the zoomed view's rectangle, at long n or when zoomed.
 void draw_minimap(App& app, const ViewModel& m, int64_t layer, int64_t head, ImVec2 canvas0, ImVec2 canvas_size,
                   const GridView& view) {
-    const float side = 150;
+    const float side = std::min(150.0f, std::floor(std::min(canvas_size.x, canvas_size.y) * 0.3f));
     ImVec2 p0(canvas0.x + canvas_size.x - side - 8, canvas0.y + 8);
     app.minimap_tex.update(m, layer, head);
     ImDrawList* dl = ImGui::GetWindowDrawList();
     dl->AddRectFilled(ImVec2(p0.x - 3, p0.y - 3), ImVec2(p0.x + side + 3, p0.y + side + 3), IM_COL32(40, 40, 40, 220));
+    layout_add(app, "minimap", "", ImVec2(p0.x - 3, p0.y - 3), ImVec2(p0.x + side + 3, p0.y + side + 3), dl->GetClipRectMin(), dl->GetClipRectMax());
     const BlockMask& mask = m.masks.at(layer, head);
     double covered = static_cast<double>(app.minimap_tex.texture.width()) * static_cast<double>(app.minimap_tex.blocks_per_pixel * mask.block);
     float uv = static_cast<float>(static_cast<double>(m.n) / covered);
@@ -174,12 +265,15 @@ void legend_swatch(uint32_t color, const char* label) {
 }
 
 void layer_head_sliders(App& app, const ViewModel& m, bool with_head) {
-    ImGui::SetNextItemWidth(140);
+    const float w = 110;
+    ImGui::SetNextItemWidth(w);
     ImGui::SliderInt("layer", &app.layer, 0, static_cast<int>(m.masks.layers - 1));
+    layout_item(app, "control", "layer");
     if (with_head) {
-        ImGui::SameLine();
-        ImGui::SetNextItemWidth(140);
+        same_line_if_fits(labelled_width(w, "head"));
+        ImGui::SetNextItemWidth(w);
         ImGui::SliderInt("head", &app.head, 0, static_cast<int>(m.masks.heads - 1));
+        layout_item(app, "control", "head");
     }
     app.layer = static_cast<int>(model_layer(app, m));
     app.head = static_cast<int>(model_head(app, m));
@@ -191,26 +285,40 @@ void draw_mask_view(App& app, ImVec2 size) {
         ImGui::TextDisabled("no mask yet: write a script or open an example");
         return;
     }
+    const float swatch = ImGui::GetTextLineHeight() + ImGui::GetStyle().ItemSpacing.x;
+    const ImVec2 start = ImGui::GetCursorScreenPos();
     layer_head_sliders(app, *m, true);
-    ImGui::SameLine();
+    same_line_if_fits(ImGui::CalcTextSize("fit").x + 2 * ImGui::GetStyle().FramePadding.x);
     if (ImGui::Button("fit")) app.grid_fit = true;
-    ImGui::SameLine();
-    legend_swatch(kColorFull, "full");
-    ImGui::SameLine();
-    legend_swatch(kColorPartial, "partial");
-    ImGui::SameLine();
-    legend_swatch(kColorBackground, "not kept");
+    for (auto [color, label] : {std::pair{kColorFull, "full"}, std::pair{kColorPartial, "partial"}, std::pair{kColorBackground, "not kept"}}) {
+        same_line_if_fits(swatch + ImGui::CalcTextSize(label).x);
+        legend_swatch(color, label);
+        layout_item(app, "legend", label);
+    }
     ImVec2 avail = ImGui::GetContentRegionAvail();
-    ImVec2 canvas(std::min(size.x, avail.x), std::min(size.y, avail.y) - ImGui::GetTextLineHeightWithSpacing());
-    ImVec2 p0 = ImGui::GetCursorScreenPos();
+    const float used = ImGui::GetCursorScreenPos().y - start.y;
     int64_t layer = model_layer(app, *m), head = model_head(app, *m);
-    GridView view = draw_mask_canvas(app, *m, layer, head, app.mask_tex, canvas, true, &app.grid);
+    const BlockMask& mask = m->masks.at(layer, head);
+    // The caption under the grid, as the last frame's zoom says (its height is reserved first).
+    const std::string blocks = " (" + std::to_string(mask.q_blocks()) + " blocks a side)";
+    std::string caption = !app.grid_fit && app.grid.scale >= kTokenPixels
+        ? "token level: every pair drawn" + blocks + "; wheel: zoom, drag: pan, hover: why"
+        : "wheel: zoom (pairs from " + std::to_string(static_cast<int>(kTokenPixels)) + " px a token), drag: pan, hover: the pair and what allows it" + blocks;
+    const float caption_h = ImGui::CalcTextSize(caption.c_str(), nullptr, false, avail.x).y + ImGui::GetStyle().ItemSpacing.y;
+    ImVec2 canvas(std::min(size.x, avail.x), std::min(size.y - used, avail.y) - caption_h);
+    const ImVec2 margin = grid_axes_margin(m->n);
+    ImVec2 p0 = ImGui::GetCursorScreenPos();
+    p0 = ImVec2(p0.x + margin.x, p0.y + margin.y);
+    ImVec2 inner(canvas.x - margin.x, canvas.y - margin.y);
+    GridView view = draw_mask_canvas(app, *m, layer, head, app.mask_tex, canvas, true, &app.grid, true);
     app.grid_drawn = true;
     app.grid_drawn_view = view;
-    GridView fit = grid_view_fit(m->n, p0.x, p0.y, canvas.x, canvas.y);
-    if (m->masks.at(layer, head).q_blocks() >= 128 || view.scale > fit.scale * 1.01) draw_minimap(app, *m, layer, head, p0, canvas, view);
-    ImGui::TextDisabled("wheel: zoom, drag: pan, hover: the pair and what allows it (%lld blocks a side)",
-                        static_cast<long long>(m->masks.at(layer, head).q_blocks()));
+    GridView fit = grid_view_fit(m->n, p0.x, p0.y, inner.x, inner.y);
+    if (mask.q_blocks() >= 128 || view.scale > fit.scale * 1.01) draw_minimap(app, *m, layer, head, p0, inner, view);
+    ImGui::PushStyleColor(ImGuiCol_Text, ImGui::GetStyle().Colors[ImGuiCol_TextDisabled]);
+    ImGui::TextWrapped("%s", caption.c_str());
+    ImGui::PopStyleColor();
+    layout_item(app, "caption", caption);
 }
 
 void update_field(App& app, const ViewModel& m) {
@@ -236,63 +344,95 @@ void draw_reach_view(App& app, ImVec2 size) {
         return;
     }
     update_field(app, *m);
+    const ImVec2 start = ImGui::GetCursorScreenPos();
     const int layers = static_cast<int>(m->masks.layers);
-    ImGui::SetNextItemWidth(110);
+    const float line_h = ImGui::GetTextLineHeight();
+    const ImGuiStyle& style = ImGui::GetStyle();
+    // Controls, wrapping onto more lines in a narrow panel.
+    ImGui::SetNextItemWidth(90);
     long long token = app.token;
     if (ImGui::InputScalar("token", ImGuiDataType_S64, &token)) app.token = std::clamp<long long>(token, 0, m->n - 1);
-    ImGui::SameLine();
-    ImGui::RadioButton("in (what it has seen)", &app.direction, 0);
-    ImGui::SameLine();
-    ImGui::RadioButton("out (where it spread)", &app.direction, 1);
+    layout_item(app, "control", "token");
+    const float radio = line_h + style.FramePadding.y * 2 + style.ItemInnerSpacing.x;
+    const char* in_label = "in (what it has seen)";
+    const char* out_label = "out (where it spread)";
+    same_line_if_fits(radio + ImGui::CalcTextSize(in_label).x);
+    ImGui::RadioButton(in_label, &app.direction, 0);
+    layout_item(app, "control", in_label);
+    same_line_if_fits(radio + ImGui::CalcTextSize(out_label).x);
+    ImGui::RadioButton(out_label, &app.direction, 1);
+    layout_item(app, "control", out_label);
     if (ImGui::Button(app.playing ? "pause" : "play")) {
         app.playing = !app.playing;
         if (app.playing && app.shown_layer >= layers) app.shown_layer = 0;
     }
     ImGui::SameLine();
     if (ImGui::Button("step")) app.shown_layer = std::min(app.shown_layer + 1, layers);
-    ImGui::SameLine();
-    ImGui::SetNextItemWidth(160);
+    same_line_if_fits(labelled_width(120, "shown layer"));
+    ImGui::SetNextItemWidth(120);
     ImGui::SliderInt("shown layer", &app.shown_layer, 0, layers);
+    layout_item(app, "control", "shown layer");
     app.shown_layer = std::clamp(app.shown_layer, 0, layers);
     if (app.playing && now_seconds() - app.last_step > 0.6) {
         app.last_step = now_seconds();
         if (app.shown_layer < layers) ++app.shown_layer;
         else app.playing = false;
     }
-    ImGui::SameLine();
-    ImGui::Text("field after layer %d: %lld of %lld tokens", app.shown_layer,
-                static_cast<long long>(app.field.sizes[static_cast<size_t>(app.shown_layer)]), static_cast<long long>(m->n));
+    char field_text[96];
+    std::snprintf(field_text, sizeof field_text, "field after layer %d: %lld of %lld tokens", app.shown_layer,
+                  static_cast<long long>(app.field.sizes[static_cast<size_t>(app.shown_layer)]), static_cast<long long>(m->n));
+    same_line_if_fits(ImGui::CalcTextSize(field_text).x);
+    ImGui::TextUnformatted(field_text);
+    layout_item(app, "text", field_text);
 
-    // The light cone (left) and the coverage curves (right).
+    // Under the pictures: the legend of the shading (one line, or two when narrow), and for a
+    // causal script the note on its limits; their heights are reserved first.
     ImVec2 avail = ImGui::GetContentRegionAvail();
     avail.x = std::min(avail.x, size.x);
-    avail.y = std::min(avail.y, size.y) - ImGui::GetTextLineHeightWithSpacing();
-    float cone_w = avail.x * 0.58f, plot_w = avail.x - cone_w - 8;
+    avail.y = std::min(avail.y, size.y - (ImGui::GetCursorScreenPos().y - start.y));
+    const int64_t per_column = (m->n + 1023) / 1024;  // light_cone_image's 1024 columns
+    std::string note;
+    if (m->coverage.causal) {
+        const int64_t t = app.token, limit = app.direction == 0 ? t + 1 : m->n - t;
+        note = "causal: a query sees only keys at or before it, so at most n(n+1)/2 of the n^2 pairs (about 50%) can ever connect: "
+               "'all pairs' counts those (100% = all of them), and token " + std::to_string(t) + "'s field stops at " +
+               std::to_string(limit) + " of " + std::to_string(m->n) + " tokens (dashed).";
+    }
+    const float note_h = note.empty() ? 0 : ImGui::CalcTextSize(note.c_str(), nullptr, false, avail.x).y + style.ItemSpacing.y;
+    const int64_t legend_chars = 48 + 12 + 16;  // the legend's sentence, its ends and the "none" swatch
+    const float legend_h = (static_cast<float>(legend_chars) * ImGui::CalcTextSize("M").x + 150 <= avail.x ? 1 : 2) * (line_h + 4) + 4;
+    const float pictures_h = std::max(120.0f, avail.y - note_h - legend_h - style.ItemSpacing.y);
+
+    // The light cone (left) and the coverage curves (right).
+    float cone_w = std::floor(avail.x * 0.58f), plot_w = avail.x - cone_w - style.ItemSpacing.x;
     ImVec2 p0 = ImGui::GetCursorScreenPos();
-    ImGui::InvisibleButton("cone", ImVec2(cone_w, avail.y));
+    ImGui::InvisibleButton("cone", ImVec2(cone_w, pictures_h));
     ImDrawList* dl = ImGui::GetWindowDrawList();
-    const float label_w = 54;
-    ImVec2 c0(p0.x + label_w, p0.y), c1(p0.x + cone_w, p0.y + avail.y - 16);
+    const float label_w = ImGui::CalcTextSize(("layer " + std::to_string(layers)).c_str()).x + 6;
+    ImVec2 c0(p0.x + label_w, p0.y), c1(p0.x + cone_w, p0.y + pictures_h - line_h - 4);
     dl->AddRectFilled(c0, c1, to_imgui(kColorBackground));
     float row_h = (c1.y - c0.y) / static_cast<float>(layers + 1);
     // Only rows up to the shown layer: the field grows row by row as the animation steps.
     float shown_top = c1.y - row_h * static_cast<float>(app.shown_layer + 1);
     float v0 = static_cast<float>(layers - app.shown_layer) / static_cast<float>(layers + 1);
     dl->AddImage(app.cone_tex.id(), ImVec2(c0.x, shown_top), c1, ImVec2(0, v0), ImVec2(1, 1));
+    layout_add(app, "cone", "", c0, c1, dl->GetClipRectMin(), dl->GetClipRectMax());
+    const int label_every = std::max(1, static_cast<int>(std::ceil((line_h + 2) / std::max(1.0f, row_h))));
     for (int l = 0; l <= layers; ++l) {
         float y = c1.y - row_h * static_cast<float>(l + 1);
-        if (row_h >= 10 || l % std::max(1, static_cast<int>(12 / std::max(1.0f, row_h))) == 0) {
-            char label[24];
-            std::snprintf(label, sizeof label, "layer %d", l);
-            dl->AddText(ImVec2(p0.x, y + row_h / 2 - 7), IM_COL32(60, 60, 60, 255), label);
+        if (l % label_every == 0) {
+            float ly = std::clamp(y + row_h / 2 - line_h / 2, c0.y, c1.y - line_h);
+            text_at(app, dl, ImVec2(p0.x, ly), IM_COL32(60, 60, 60, 255), "layer " + std::to_string(l), "layer_label");
         }
-        dl->AddLine(ImVec2(c0.x, y), ImVec2(c1.x, y), IM_COL32(255, 255, 255, 160));
+        if (row_h >= 3) dl->AddLine(ImVec2(c0.x, y), ImVec2(c1.x, y), IM_COL32(255, 255, 255, 160));
     }
     float tx = c0.x + (c1.x - c0.x) * (static_cast<float>(app.token) + 0.5f) / static_cast<float>(m->n);
     dl->AddLine(ImVec2(tx, c0.y), ImVec2(tx, c1.y), IM_COL32(220, 30, 30, 200));
-    char axis[64];
-    std::snprintf(axis, sizeof axis, "0   tokens (click to pick one)   %lld", static_cast<long long>(m->n - 1));
-    dl->AddText(ImVec2(c0.x, c1.y + 2), IM_COL32(60, 60, 60, 255), axis);
+    const std::string last = std::to_string(m->n - 1);
+    const char* axis = (c1.x - c0.x) > ImGui::CalcTextSize("tokens (click to pick one)").x + 100 ? "tokens (click to pick one)" : "tokens";
+    text_at(app, dl, ImVec2(c0.x, c1.y + 2), IM_COL32(60, 60, 60, 255), "0", "tick");
+    text_at(app, dl, ImVec2(std::floor((c0.x + c1.x) / 2 - ImGui::CalcTextSize(axis).x / 2), c1.y + 2), IM_COL32(60, 60, 60, 255), axis, "axis_label");
+    text_at(app, dl, ImVec2(c1.x - ImGui::CalcTextSize(last.c_str()).x, c1.y + 2), IM_COL32(60, 60, 60, 255), last, "tick");
     if (ImGui::IsItemHovered()) {
         float x = ImGui::GetIO().MousePos.x;
         if (x >= c0.x && x < c1.x) {
@@ -310,13 +450,53 @@ void draw_reach_view(App& app, ImVec2 size) {
     ImGui::SameLine();
     std::vector<Curve> curves;
     curves.push_back(coverage_curve(m->coverage, "all pairs", 0x1F5FA8FF));
-    Curve field{"token " + std::to_string(app.token) + " field", {}, 0xD62728FF};
+    Curve field{"token " + std::to_string(app.token), {}, 0xD62728FF};
     for (int64_t s : app.field.sizes) field.y.push_back(static_cast<double>(s) / static_cast<double>(m->n));
     curves.push_back(field);
+    std::vector<PlotLimit> limits;
+    if (m->coverage.causal) {
+        const int64_t limit = app.direction == 0 ? app.token + 1 : m->n - app.token;
+        limits.push_back({static_cast<double>(limit) / static_cast<double>(m->n), "causal limit of token " + std::to_string(app.token), 0xD62728FF});
+    }
     double x_max = static_cast<double>(std::max<size_t>(curves[0].y.size(), field.y.size()) - 1);
-    plot_curves("coverage", curves, x_max, ImVec2(plot_w, avail.y), static_cast<double>(app.shown_layer),
-                m->coverage.resolution == ReachResolution::block ? "coverage (block resolution)" : "coverage of all pairs");
-    ImGui::TextDisabled("layers stacked bottom (0) to top: a light cone; the dashed line is the shown layer");
+    plot_curves(app, "coverage", curves, x_max, ImVec2(plot_w, pictures_h), static_cast<double>(app.shown_layer),
+                m->coverage.resolution == ReachResolution::block ? "coverage (block resolution)" : "coverage of all pairs", limits);
+
+    // The legend: what the depth of the cone's colour means.
+    ImVec2 l0 = ImGui::GetCursorScreenPos();
+    ImGui::Dummy(ImVec2(avail.x, legend_h));
+    const ImU32 ink = IM_COL32(50, 50, 50, 255);
+    const float bar_w = std::min(120.0f, avail.x * 0.25f);
+    std::string lead = "shade: share of a column's " + std::to_string(per_column) + " tokens in the field";
+    if (per_column == 1) lead = "shade: the token is in the field";
+    if (ImGui::CalcTextSize(lead.c_str()).x > avail.x) lead = "shade: share in the field";
+    std::string lo = per_column == 1 ? "" : "1 of " + std::to_string(per_column), hi = per_column == 1 ? "in" : "all";
+    ImVec2 lead_size = ImGui::CalcTextSize(lead.c_str());
+    // One line when it fits, else the sentence above the bar.
+    const float row2 = l0.x + lead_size.x + 8 + ImGui::CalcTextSize(lo.c_str()).x + bar_w + ImGui::CalcTextSize(hi.c_str()).x + 120 <= l0.x + avail.x
+        ? l0.y : l0.y + line_h + 4;
+    float x = row2 == l0.y ? l0.x + lead_size.x + 8 : l0.x;
+    text_at(app, dl, ImVec2(l0.x, l0.y + 2), ink, lead, "legend");
+    if (!lo.empty()) {
+        text_at(app, dl, ImVec2(x, row2 + 2), ink, lo, "legend");
+        x += ImGui::CalcTextSize(lo.c_str()).x + 4;
+    }
+    const uint32_t light = per_column == 1 ? kColorFull : light_cone_color(1.0 / static_cast<double>(per_column));
+    ImVec2 b0(x, row2 + 2), b1(x + bar_w, row2 + 2 + line_h);
+    dl->AddRectFilledMultiColor(b0, b1, to_imgui(light), to_imgui(kColorFull), to_imgui(kColorFull), to_imgui(light));
+    layout_add(app, "legend_bar", "", b0, b1, dl->GetClipRectMin(), dl->GetClipRectMax());
+    x = b1.x + 4;
+    text_at(app, dl, ImVec2(x, row2 + 2), ink, hi, "legend");
+    x += ImGui::CalcTextSize(hi.c_str()).x + 12;
+    dl->AddRectFilled(ImVec2(x, row2 + 2), ImVec2(x + line_h, row2 + 2 + line_h), to_imgui(kColorBackground));
+    dl->AddRect(ImVec2(x, row2 + 2), ImVec2(x + line_h, row2 + 2 + line_h), IM_COL32(120, 120, 120, 255));
+    text_at(app, dl, ImVec2(x + line_h + 4, row2 + 2), ink, "none", "legend");
+    if (!note.empty()) {
+        ImGui::PushStyleColor(ImGuiCol_Text, IM_COL32(150, 20, 20, 255));
+        ImGui::TextWrapped("%s", note.c_str());
+        ImGui::PopStyleColor();
+        layout_item(app, "plateau_note", note);
+    }
 }
 
 void draw_hops_view(App& app, ImVec2 size) {
@@ -330,21 +510,38 @@ void draw_hops_view(App& app, ImVec2 size) {
         app.hops_tex.upload(hops_image(h));
         app.hops_model = m->serial;
     }
-    ImGui::Text("first layer at which key k reaches query q (%s)",
-                h.exact ? "token resolution" : ("block resolution, " + std::to_string(h.node_tokens) + " tokens a cell; may be early").c_str());
+    const ImVec2 start = ImGui::GetCursorScreenPos();
+    std::string what = "first layer after which query q has seen key k (" +
+                       (h.exact ? std::string("token resolution") : std::to_string(h.node_tokens) + " tokens a cell; may be early") + ")";
+    ImGui::TextWrapped("%s", what.c_str());
+    layout_item(app, "text", what);
     const int64_t step = std::max<int64_t>(1, (h.layers + 11) / 12);  // at most 13 swatches
+    const float swatch = ImGui::GetTextLineHeight() + ImGui::GetStyle().ItemSpacing.x;
     for (int64_t l = 0; l <= h.layers; l = l == h.layers ? l + 1 : std::min(l + step, h.layers)) {
-        if (l > 0) ImGui::SameLine();
-        legend_swatch(hops_color(l, h.layers), std::to_string(l).c_str());
+        std::string label = std::to_string(l);
+        if (l > 0) same_line_if_fits(swatch + ImGui::CalcTextSize(label.c_str()).x);
+        legend_swatch(hops_color(l, h.layers), label.c_str());
+        layout_item(app, "legend", label);
     }
-    ImGui::SameLine();
-    legend_swatch(kColorNever, "not within the layers");
+    const char* never = "not within the layers";
+    same_line_if_fits(swatch + ImGui::CalcTextSize(never).x);
+    legend_swatch(kColorNever, never);
+    layout_item(app, "legend", never);
     ImVec2 avail = ImGui::GetContentRegionAvail();
-    float side = std::min({avail.x, avail.y - ImGui::GetTextLineHeightWithSpacing(), size.x, size.y});
-    side = std::max(side, 64.0f);
-    ImVec2 p0 = ImGui::GetCursorScreenPos();
+    const ImVec2 margin = grid_axes_margin(m->n);
+    float side = std::min({avail.x - margin.x, avail.y - margin.y, size.x - margin.x, size.y - (ImGui::GetCursorScreenPos().y - start.y) - margin.y});
+    side = std::max(side, 48.0f);
+    ImVec2 outer = ImGui::GetCursorScreenPos();
+    ImGui::Dummy(ImVec2(side + margin.x, margin.y));
+    ImVec2 p0(outer.x + margin.x, outer.y + margin.y);
+    ImGui::SetCursorScreenPos(p0);
     ImGui::InvisibleButton("hops", ImVec2(side, side));
     ImGui::GetWindowDrawList()->AddImage(app.hops_tex.id(), p0, ImVec2(p0.x + side, p0.y + side));
+    GridView view;  // one node is node_tokens tokens
+    view.origin_x = p0.x;
+    view.origin_y = p0.y;
+    view.scale = side / static_cast<double>(h.nodes * h.node_tokens);
+    draw_grid_axes(app, view, m->n, p0, ImVec2(p0.x + side, p0.y + side));
     if (ImGui::IsItemHovered()) {
         ImVec2 mp = ImGui::GetIO().MousePos;
         int64_t a = std::clamp<int64_t>(static_cast<int64_t>((mp.y - p0.y) / side * static_cast<float>(h.nodes)), 0, h.nodes - 1);
@@ -385,19 +582,22 @@ void draw_compare_view(App& app, ImVec2 size) {
         ImGui::TextDisabled("no mask yet");
         return;
     }
+    const ImGuiStyle& style = ImGui::GetStyle();
+    const float radio = ImGui::GetTextLineHeight() + style.FramePadding.y * 2 + style.ItemInnerSpacing.x;
     ImGui::RadioButton("two scripts", &app.compare_mode, 0);
-    ImGui::SameLine();
+    same_line_if_fits(radio + ImGui::CalcTextSize("two heads").x);
     ImGui::RadioButton("two heads", &app.compare_mode, 1);
-    ImGui::SameLine();
-    ImGui::SetNextItemWidth(120);
+    same_line_if_fits(labelled_width(100, "layer"));
+    ImGui::SetNextItemWidth(100);
     ImGui::SliderInt("layer##compare", &app.layer, 0, static_cast<int>(a->masks.layers - 1));
+    layout_item(app, "control", "layer");
     app.layer = static_cast<int>(model_layer(app, *a));
     const ViewModel* b = nullptr;
     int64_t head_a = model_head(app, *a), head_b = 0;
     std::string name_a = a->masks.script_name.empty() ? app.main.name : a->masks.script_name, name_b;
     if (app.compare_mode == 0) {
-        ImGui::SameLine();
-        ImGui::SetNextItemWidth(220);
+        same_line_if_fits(labelled_width(180, "second script"));
+        ImGui::SetNextItemWidth(180);
         std::string preview = app.other.name.empty() || app.other.text.empty() ? "pick a script" : app.other.name;
         if (ImGui::BeginCombo("second script", preview.c_str())) {
             for (size_t i = 0; i < app.examples.size(); ++i) {
@@ -412,6 +612,7 @@ void draw_compare_view(App& app, ImVec2 size) {
             }
             ImGui::EndCombo();
         }
+        layout_item(app, "control", "second script");
         b = app.other.state.model.get();
         name_b = app.other.name;
         if (!app.other.state.error.empty()) ImGui::TextColored(ImVec4(0.8f, 0.1f, 0.1f, 1), "%s", app.other.state.error.c_str());
@@ -419,11 +620,11 @@ void draw_compare_view(App& app, ImVec2 size) {
             if (d.severity == dsl::Severity::error) ImGui::TextColored(ImVec4(0.8f, 0.1f, 0.1f, 1), "%s", dsl::diagnostic_format(d).c_str());
         }
     } else {
-        ImGui::SameLine();
-        ImGui::SetNextItemWidth(120);
+        same_line_if_fits(labelled_width(100, "head A"));
+        ImGui::SetNextItemWidth(100);
         ImGui::SliderInt("head A", &app.head, 0, static_cast<int>(a->masks.heads - 1));
-        ImGui::SameLine();
-        ImGui::SetNextItemWidth(120);
+        same_line_if_fits(labelled_width(100, "head B"));
+        ImGui::SetNextItemWidth(100);
         ImGui::SliderInt("head B", &app.compare_head, 0, static_cast<int>(a->masks.heads - 1));
         app.compare_head = std::clamp(app.compare_head, 0, static_cast<int>(a->masks.heads - 1));
         head_a = model_head(app, *a);
@@ -466,7 +667,11 @@ void draw_compare_view(App& app, ImVec2 size) {
     }
     double x_max = 1;
     for (const Curve& c : curves) x_max = std::max(x_max, static_cast<double>(c.y.size() - 1));
-    plot_curves("compare", curves, x_max, ImVec2(avail.x, plot_h), static_cast<double>(a->masks.layers),
+    for (size_t i = 0; i < curves.size(); ++i) {
+        const ViewModel* of = i == 0 || app.compare_mode == 1 ? a : b;
+        if (of && of->coverage.causal) curves[i].label += " (causal: of the n(n+1)/2 pairs)";
+    }
+    plot_curves(app, "compare", curves, x_max, ImVec2(avail.x, plot_h), static_cast<double>(a->masks.layers),
                 "coverage of all pairs (dashed: the script's layers)");
 }
 

@@ -9,6 +9,7 @@
 #include "viz/grid_view.hpp"
 #include "viz/hops.hpp"
 #include "viz/image.hpp"
+#include "viz/layout.hpp"
 #include "viz/mask_image.hpp"
 #include "viz/view_args.hpp"
 #include "viz/view_model.hpp"
@@ -393,6 +394,92 @@ TEST_CASE("sparsa-view's command line: values, and errors that name the option",
     CHECK(error_of({"a.pat", "b.pat"}).find("one script at a time") == 0);
     CHECK(error_of({"--hover", "1,2"}).find("--hover is for screenshots") == 0);
     CHECK(error_of({"--compare", "b.pat", "--compare-head", "1"}).find("both given") != std::string::npos);
+
+    ViewArgs z = view_args_parse({"--n", "1024", "--zoom", "6.5", "--center", "500,420", "--view", "overview",
+                                  "--screenshot", "o.png", "--layout", "o.json"});
+    CHECK(z.zoom == 6.5);
+    CHECK(z.center_q == 500);
+    CHECK(z.center_k == 420);
+    CHECK(z.view == ViewKind::overview);
+    CHECK(z.layout == "o.json");
+    CHECK(error_of({"--zoom", "big"}) == "--zoom takes a number; got 'big'");
+    CHECK(error_of({"--zoom", "100"}).find("--zoom 100 is out of range") == 0);
+    CHECK(error_of({"--center", "5,5"}) == "--center needs --zoom PX (the pixels per token to show it at)");
+    CHECK(error_of({"--n", "256", "--zoom", "4", "--center", "5,300"}) == "--center key 300 is outside 0 to 255 (n = 256)");
+    CHECK(error_of({"--zoom", "4", "--center", "5"}).find("--center takes QUERY,KEY") == 0);
+    CHECK(error_of({"--layout", "o.json"}) == "--layout is written with a screenshot: add --screenshot OUT.png");
+}
+
+TEST_CASE("the token-level picture of a mask region is the compiled mask, pair by pair", "[viz][image]") {
+    // Dilation, a stride and the causal edge: partial blocks with holes in them.
+    MaskSet set = compile(*parse("block 16\nheads 2\ncausal\nattend = dilated(24, 3) | global(first(4))\n"
+                                 "attend[head 1] = strided(10) | window(8)\n"), 100);  // n = 100: a short last block
+    for (int64_t head = 0; head < 2; ++head) {
+        const BlockMask& mask = set.at(0, head);
+        for (auto [q0, k0, rows, cols] : {std::array<int64_t, 4>{0, 0, 100, 100}, {37, 5, 40, 29}, {90, 80, 20, 30}}) {
+            Image image = mask_region_image(mask, q0, k0, rows, cols);
+            REQUIRE(image.width == cols);
+            REQUIRE(image.height == rows);
+            int64_t wrong = 0;
+            for (int64_t q = q0; q < q0 + rows; ++q) {
+                for (int64_t k = k0; k < k0 + cols; ++k) {
+                    uint32_t expect = kColorNever;
+                    if (q < 100 && k < 100) {
+                        int kind = block_kind(mask, q / 16, k / 16);
+                        expect = !mask.allowed(q, k) ? kColorBackground : kind == 1 ? kColorFull : kColorPartial;
+                    }
+                    wrong += image.pixel(static_cast<int>(k - k0), static_cast<int>(q - q0)) != expect;
+                }
+            }
+            CHECK(wrong == 0);
+        }
+    }
+    CHECK_THROWS_AS(mask_region_image(set.at(0, 0), -1, 0, 4, 4), Error);
+    CHECK_THROWS_AS(mask_region_image(set.at(0, 0), 0, 0, 0, 4), Error);
+}
+
+TEST_CASE("axis ticks: round steps at least min_gap apart, inside the visible range", "[viz][grid]") {
+    CHECK(axis_ticks(0, 4096, 4096, 0.2, 60) == std::vector<int64_t>{0, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000});
+    CHECK(axis_ticks(-50, 2000, 1024, 0.5, 40) == std::vector<int64_t>{0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000});
+    CHECK(axis_ticks(403.5, 431, 1024, 6, 40) == std::vector<int64_t>{410, 420, 430});
+    CHECK(axis_ticks(3, 9, 10, 50, 40) == std::vector<int64_t>{3, 4, 5, 6, 7, 8, 9});
+    CHECK(axis_ticks(0, 10, 10, 50, 40).back() == 10);  // n itself
+    CHECK(axis_ticks(20, 30, 10, 5, 40).empty());         // past n
+}
+
+TEST_CASE("the layout file round-trips, text escaped", "[viz][layout]") {
+    Layout layout;
+    layout.width = 1280;
+    layout.height = 800;
+    LayoutRect r;
+    r.kind = "diagnostic";
+    r.view = "editor";
+    r.text = "<- warning: a \"quoted\" name, a \\ and a tab\t";
+    r.x0 = 1.5, r.y0 = 2, r.x1 = 30.25, r.y1 = 15;
+    r.clip_x0 = 0, r.clip_y0 = 0, r.clip_x1 = 20, r.clip_y1 = 100;
+    r.line = 6;
+    LayoutRect cell;
+    cell.kind = "overview_cell";
+    cell.layer = 3, cell.head = 7, cell.texels = 32, cell.blocks_per_texel = 2;
+    layout.rects = {r, cell};
+    std::string path = (std::filesystem::temp_directory_path() / "sparsa_viz_layout.json").string();
+    layout_save(layout, path);
+    Layout back = layout_load(path);
+    std::filesystem::remove(path);
+    CHECK(back.width == 1280);
+    CHECK(back.height == 800);
+    REQUIRE(back.rects.size() == 2);
+    CHECK(back.rects[0].text == r.text);
+    CHECK(back.rects[0].line == 6);
+    CHECK(back.rects[0].x1 == 30.25);
+    CHECK(back.rects[0].clipped());  // x1 30.25 past clip_x1 20
+    CHECK(back.rects[1].layer == 3);
+    CHECK(back.rects[1].head == 7);
+    CHECK(back.rects[1].texels == 32);
+    CHECK(back.rects[1].blocks_per_texel == 2);
+    CHECK_FALSE(back.rects[1].clipped());
+    CHECK(r.overlap_area(back.rects[0]) == Approx(28.75 * 13));
+    CHECK_THROWS_AS(layout_load("/nonexistent/layout.json"), Error);
 }
 
 TEST_CASE("images round-trip through PNG files, written whole", "[viz][image]") {
