@@ -47,7 +47,7 @@
     let backdrop = "";
     lines.forEach((text, i) => {
       const d = byLine.get(i + 1);
-      gutter += d ? `<span class="${d.severity}">${i + 1}</span>\n` : `${i + 1}\n`;
+      gutter += d ? `<div class="${d.severity}">${i + 1}</div>` : `<div>${i + 1}</div>`;
       if (!d) {
         backdrop += `<div>${escapeHtml(text) || " "}</div>`;
         return;
