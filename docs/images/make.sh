@@ -10,8 +10,11 @@ p=examples/patterns
 
 view $p/longformer.pat --n 2048 --hover 40,100 --frames 4 --screenshot docs/images/viewer-mask.png
 view $p/longformer.pat --n 2048 --edit docs/images/longformer_typo.pat --screenshot docs/images/viewer-edit.png
-view $p/longformer_growing.pat --n 4096 --token 3000 --view reach --screenshot docs/images/viewer-reach.png
+view $p/longformer_growing.pat --n 4096 --token 2048 --view reach --screenshot docs/images/viewer-reach.png
 view $p/longformer_growing.pat --n 4096 --view hops --screenshot docs/images/viewer-hops.png
 view $p/local_window.pat --n 4096 --compare $p/longformer.pat --view compare --screenshot docs/images/viewer-compare.png
 view $p/bigbird.pat --n 4096 --view demo --screenshot docs/images/viewer-demo.png
+view $p/per_head_mix.pat --n 2048 --view overview --screenshot docs/images/viewer-overview.png
+# Zoomed to 6 pixels a token on a dilated head (dilated(32, 4)): each kept pair is drawn.
+view $p/per_head_mix.pat --n 4096 --layer 0 --head 3 --zoom 6 --center 2048,2000 --screenshot docs/images/viewer-dilated.png
 "$build/cli/sparsa" reach $p/longformer_growing.pat --n 4096 --png docs/images/coverage-longformer_growing.png
