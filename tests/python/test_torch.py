@@ -298,3 +298,35 @@ def test_cuda_tensors_are_not_run_yet():
     with pytest.raises(NotImplementedError, match="issue 15's next part"):
         st.attention(**bad(q=torch.zeros(1, 4, 20, 8, device="cuda"), k=torch.zeros(1, 4, 20, 8, device="cuda"),
                            v=torch.zeros(1, 4, 20, 8, device="cuda")))
+
+
+EXAMPLE = PATTERNS.parent / "torch" / "train_tiny_lm.py"
+
+
+def example_run(tmp_path, name, *args):
+    csv_path = tmp_path / f"{name}.csv"
+    out = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "4", "--batch", "8", "--csv", str(csv_path), *args],
+                         capture_output=True, text=True, timeout=120)
+    return out, csv_path
+
+
+@needs_torch
+def test_training_example_with_a_dense_script_tracks_dense_attention(tmp_path):
+    curves = {}
+    for name, args in (("sdpa", ["--attention", "sdpa"]),
+                       ("dense", ["--pattern", str(EXAMPLE.parent / "dense_causal.pat")])):
+        out, csv_path = example_run(tmp_path, name, *args)
+        assert out.returncode == 0, out.stderr
+        rows = np.genfromtxt(csv_path, delimiter=",", names=True)
+        assert list(rows["step"]) == [1, 2, 3, 4]
+        curves[name] = rows["loss"]
+    # The same function, the same weights and batches: the same losses up to float32 rounding.
+    assert np.abs(curves["sdpa"] - curves["dense"]).max() <= 1e-4
+    assert curves["dense"][-1] < curves["dense"][0]
+
+
+@needs_torch
+def test_training_example_refuses_a_pattern_that_sees_the_future(tmp_path):
+    out, csv_path = example_run(tmp_path, "bad", "--pattern", "heads 4\\nattend = window(2)")
+    assert out.returncode != 0 and not csv_path.exists()
+    assert "--pattern: layer 0, head 0 lets a query see later tokens (a causal language model needs `causal`" in out.stderr
