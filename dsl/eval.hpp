@@ -169,7 +169,13 @@ constexpr int64_t kMaxEvalSteps = 20'000'000;
 constexpr int64_t kMaxCompileSteps = 30'000'000;
 // Calls of definitions may nest this deep (a def calling a def ...): each level takes about
 // 2 KiB of stack, so the deepest chain fits 8 MiB with room to spare. Thinner stacks stop
-// earlier, with a diagnostic (stack_guard.hpp).
+// earlier, with a diagnostic (stack_guard.hpp). In the browser (web/, WebAssembly) the engine's
+// own call stack, which stack_guard cannot see, ran out at about 2,000 to 2,400 levels in
+// Chromium 156: there the limit is 1,000, so the language's diagnostic comes first.
+#ifdef __EMSCRIPTEN__
+constexpr int kMaxCallDepth = 1000;
+#else
 constexpr int kMaxCallDepth = 2500;
+#endif
 
 } // namespace sparsa::dsl
