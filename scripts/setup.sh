@@ -28,6 +28,7 @@ if [ "$with_tests" = 1 ]; then
   packages+=(xvfb xauth libgl1-mesa-dri)  # viewer screenshot tests: a virtual display, Mesa's software OpenGL
   packages+=(python3-pytest python3-matplotlib python3-ipykernel python3-nbconvert jupyter-nbconvert)  # Python tests, notebooks
   packages+=(chromium)  # the page's test (tests/web): headless Chromium
+  packages+=(python3-torch)  # sparsa.torch's tests (tests/python/test_torch*.py): Debian's torch, CPU only
 fi
 
 missing=()
