@@ -2,6 +2,8 @@
 // Every other part of sparsa (engines, analysis, viewer, files) reads only this format.
 #pragma once
 
+#include "engine/content/content_spec.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -91,6 +93,11 @@ struct MaskSet {
     int64_t layers = 1;
     int64_t heads = 1;
     std::vector<std::shared_ptr<const BlockMask>> masks; // [layers * heads], index l * heads + h
+    // Content-based heads (engine/content/content_spec.hpp): empty when the set has none, else
+    // [layers * heads] with nullptr for a head that is its fixed mask alone. A head with a spec
+    // attends to its fixed mask's pairs | the spec's pairs (lsh, anchors; exact softmax over the
+    // union), or is FAVOR+ (its fixed mask then empty).
+    std::vector<std::shared_ptr<const ContentSpec>> content;
 
     // Where the masks came from, saved in the file's JSON header.
     std::string script_name;    // file name of the script, or "" (e.g. "bigbird.pat")
