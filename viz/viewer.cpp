@@ -146,19 +146,6 @@ void plot_curves(App& app, const char* id, const std::vector<Curve>& curves, dou
         ImVec2 s = to_screen(marker, 0);
         for (float y = a.y; y < b.y; y += 8) dl->AddLine(ImVec2(s.x, y), ImVec2(s.x, std::min(y + 4, b.y)), IM_COL32(90, 90, 90, 255));
     }
-    for (const PlotLimit& limit : limits) {
-        ImVec2 s = to_screen(0, limit.y);
-        for (float x = a.x; x < b.x; x += 10) dl->AddLine(ImVec2(x, s.y), ImVec2(std::min(x + 5, b.x), s.y), to_imgui(limit.color), 1.5f);
-        // The label, shortened to fit the plot (the tooltip has it whole).
-        std::string label = limit.label;
-        if (ImGui::CalcTextSize(label.c_str()).x > b.x - a.x - 12) label = "causal limit";
-        if (ImGui::CalcTextSize(label.c_str()).x > b.x - a.x - 12) continue;
-        ImVec2 ts = ImGui::CalcTextSize(label.c_str());
-        // Above the line when there is room, else below it; at the left, clear of the legend.
-        float ty = s.y - ts.y - 2 < a.y + 2 ? s.y + 2 : s.y - ts.y - 2;
-        dl->AddRectFilled(ImVec2(a.x + 4, ty), ImVec2(a.x + 8 + ts.x, ty + ts.y), IM_COL32(255, 255, 255, 220));
-        text_at(app, dl, ImVec2(a.x + 6, ty), to_imgui(limit.color), label, "plot_limit");
-    }
     float legend_y = a.y + 4, legend_w = 0;
     for (const Curve& c : curves) legend_w = std::max(legend_w, ImGui::CalcTextSize(c.label.c_str()).x);
     const float legend_x = std::max(a.x + 4, b.x - legend_w - 26);
@@ -172,6 +159,19 @@ void plot_curves(App& app, const char* id, const std::vector<Curve>& curves, dou
             text_at(app, dl, ImVec2(legend_x + 16, legend_y), IM_COL32(30, 30, 30, 255), c.label, "plot_legend");
             legend_y += line_h + 2;
         }
+    }
+    for (const PlotLimit& limit : limits) {  // over the curves: its label stays readable
+        ImVec2 s = to_screen(0, limit.y);
+        for (float x = a.x; x < b.x; x += 10) dl->AddLine(ImVec2(x, s.y), ImVec2(std::min(x + 5, b.x), s.y), to_imgui(limit.color), 1.5f);
+        // The label, shortened to fit the plot (the tooltip has it whole).
+        std::string label = limit.label;
+        if (ImGui::CalcTextSize(label.c_str()).x > b.x - a.x - 12) label = "causal limit";
+        if (ImGui::CalcTextSize(label.c_str()).x > b.x - a.x - 12) continue;
+        ImVec2 ts = ImGui::CalcTextSize(label.c_str());
+        // Above the line when there is room, else below it; at the left, clear of the legend.
+        float ty = s.y - ts.y - 2 < a.y + 2 ? s.y + 2 : s.y - ts.y - 2;
+        dl->AddRectFilled(ImVec2(a.x + 4, ty), ImVec2(a.x + 8 + ts.x, ty + ts.y), IM_COL32(255, 255, 255, 220));
+        text_at(app, dl, ImVec2(a.x + 6, ty), to_imgui(limit.color), label, "plot_limit");
     }
     if (ImGui::IsItemHovered()) {
         double x = (ImGui::GetIO().MousePos.x - a.x) / (b.x - a.x) * x_max;

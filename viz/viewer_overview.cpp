@@ -65,7 +65,10 @@ void draw_overview_view(App& app, ImVec2 size) {
     const ImU32 ink = IM_COL32(50, 50, 50, 255);
     ImVec2 origin = ImGui::GetCursorScreenPos();
     origin = ImVec2(std::floor(origin.x), std::floor(origin.y));
-    const float cell_w = side + gap, cell_h = side + line_h + gap;
+    // Wide enough for the density under each (small cells get room between them for it).
+    float density_w = 0;
+    for (double d : density) density_w = std::max(density_w, ImGui::CalcTextSize(density_text(d).c_str()).x);
+    const float cell_w = std::max(side + gap, std::ceil(density_w) + gap), cell_h = side + line_h + gap;
     ImGui::Dummy(ImVec2(label_w + cell_w * static_cast<float>(heads), line_h + 4 + cell_h * static_cast<float>(layers)));
     for (int64_t h = 0; h < heads; ++h) {  // head numbers above the columns
         std::string label = (side >= 48 ? "head " : "h") + std::to_string(h);

@@ -605,6 +605,13 @@ TEST_CASE("viewer layout: nothing is clipped in the demo window and with three-d
             for (const LayoutRect* cone : shot.layout.of_kind("cone")) CHECK(label->overlap_area(*cone) == 0);
             CHECK(ink(shot.image, *label) >= 10);
         }
+        auto densities = shot.layout.of_kind("overview_density");  // side by side, never on each other
+        for (size_t i = 0; i < densities.size(); ++i) {
+            for (size_t j = i + 1; j < densities.size(); ++j) {
+                INFO(describe(*densities[i]) << " and " << describe(*densities[j]));
+                CHECK(densities[i]->overlap_area(*densities[j]) == 0);
+            }
+        }
         if (std::string(c.what) == "120 layers") {
             CHECK(find_text(shot.layout, "layer_label", "reach", "layer 120") != nullptr);
         }
