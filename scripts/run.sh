@@ -32,6 +32,10 @@ echo "== sparsa show examples/patterns/bigbird.pat --n 2048 (layer 0, head 0)"
 "$sparsa" show examples/patterns/bigbird.pat --n 2048
 
 echo
+echo "== sparsa show examples/patterns/per_head_mix.pat --n 2048 --png $out/overview.png (every layer and head, as a picture)"
+"$sparsa" show examples/patterns/per_head_mix.pat --n 2048 --png "$out/overview.png"
+
+echo
 echo "== sparsa reach examples/patterns/local_window.pat --n $n (how far information travels)"
 "$sparsa" reach examples/patterns/local_window.pat --n "$n"
 
