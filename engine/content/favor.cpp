@@ -170,7 +170,7 @@ struct FeatureStats {
 // float overflow for any finite x, and the exponent's rounding is relative to |x'| max |omega_r|.
 // The row's largest entry of omega x^ is subtracted in float before |x'| multiplies, so the
 // exponent's rounding is that of the spread, in double where the norms come in.
-// x_hat: scratch [n, d]. Returns the largest feature (1, or 0 only if n = 0).
+// x_hat: scratch [n, d]. Returns what the features did, for the report.
 FeatureStats phi_compute(const float* x, int64_t n, int64_t d, const Matrix& omega, double root_scale, float sign,
                          bool keys, Matrix& phi, Matrix& x_hat) {
     const int64_t m = omega.rows();
@@ -637,22 +637,22 @@ double favor_relative_error(const Tensor& o, const TensorD& exact) {
     return std::sqrt(diff / ref);
 }
 
-TensorD favor_exact_attention(const Tensor& q, const Tensor& k, const Tensor& v, const FavorOptions& options) {
-    const TensorShape s = q.shape;
-    if (s.n < 1) throw Error("favor_exact_attention: Q is " + tensor_shape_text(s) + " (need n >= 1)");
-    // Every pair (or k <= q): full blocks, and causal's diagonal blocks lower-triangular.
+MaskSet favor_dense_masks(int64_t n, int64_t heads, bool causal) {
+    if (n < 1 || heads < 1) {
+        throw Error("favor_dense_masks: n = " + text(n) + ", heads = " + text(heads) + " (need n >= 1 and heads >= 1)");
+    }
     const int32_t block = 64;
     auto mask = std::make_shared<BlockMask>();
-    mask->n = s.n;
+    mask->n = n;
     mask->block = block;
-    const int64_t blocks = (s.n + block - 1) / block;
+    const int64_t blocks = (n + block - 1) / block;
     mask->row_ptr.push_back(0);
     for (int64_t r = 0; r < blocks; ++r) {
-        const int64_t last = options.causal ? r : blocks - 1;
+        const int64_t last = causal ? r : blocks - 1;
         for (int64_t c = 0; c <= last; ++c) {
             mask->col_idx.push_back(static_cast<int32_t>(c));
-            const int64_t extent = std::min<int64_t>(block, s.n - r * block);
-            if (options.causal && c == r && extent > 1) {
+            const int64_t extent = std::min<int64_t>(block, n - r * block);
+            if (causal && c == r && extent > 1) {   // lower-triangular; one pair alone is full
                 mask->partial_idx.push_back(static_cast<int32_t>(mask->partial_blocks()));
                 std::vector<uint64_t> bits(to_size(mask->words_per_block()), 0);
                 for (int64_t i = 0; i < extent; ++i) {
@@ -665,12 +665,17 @@ TensorD favor_exact_attention(const Tensor& q, const Tensor& k, const Tensor& v,
         }
         mask->row_ptr.push_back(static_cast<int64_t>(mask->col_idx.size()));
     }
-    block_mask_validate(*mask, "favor_exact_attention");
-    const MaskSet set = mask_set_make(1, s.heads, std::vector<std::shared_ptr<const BlockMask>>(to_size(s.heads), mask));
+    block_mask_validate(*mask, "favor_dense_masks");
+    return mask_set_make(1, heads, std::vector<std::shared_ptr<const BlockMask>>(to_size(heads), mask));
+}
+
+TensorD favor_exact_attention(const Tensor& q, const Tensor& k, const Tensor& v, const FavorOptions& options) {
+    const TensorShape s = q.shape;
+    if (s.n < 1 || s.heads < 1) throw Error("favor_exact_attention: Q is " + tensor_shape_text(s) + " (need n >= 1, heads >= 1)");
     ReferenceOptions reference;
     reference.scale = options.scale;
     reference.threads = options.threads;
-    return reference_forward(q, k, v, set, 0, reference).o;
+    return reference_forward(q, k, v, favor_dense_masks(s.n, s.heads, options.causal), 0, reference).o;
 }
 
 std::vector<FavorErrorPoint> favor_error_curve(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -24,6 +24,7 @@
 // backward's states too. Results do not depend on the thread count (one head per task).
 #pragma once
 
+#include "engine/block_mask.hpp"
 #include "engine/content/content_arrays.hpp"
 #include "engine/content/content_spec.hpp"
 #include "engine/tensor.hpp"
@@ -142,8 +143,13 @@ FavorGrads favor_backward(const Tensor& q, const Tensor& k, const Tensor& v, con
 // ||o - exact|| / ||exact|| over every element (Frobenius); 0 when both are 0. Shapes must match.
 double favor_relative_error(const Tensor& o, const TensorD& exact);
 
+// The masks of exact attention that FAVOR+ approximates: every pair (or k <= q under causal), one
+// layer of `heads` heads, blocks of 64 (full blocks, and causal's diagonal blocks partial). For
+// comparing with the reference and the dense engines. Throws sparsa::Error for n < 1 or heads < 1.
+MaskSet favor_dense_masks(int64_t n, int64_t heads, bool causal);
+
 // Exact dense softmax attention (causal under options.causal), from the double reference
-// (engine/reference.hpp): O(batch heads n^2 d). For favor_error_curve and tests.
+// (engine/reference.hpp) over favor_dense_masks: O(batch heads n^2 d). For favor_error_curve and tests.
 TensorD favor_exact_attention(const Tensor& q, const Tensor& k, const Tensor& v, const FavorOptions& options = {});
 
 struct FavorErrorPoint {
