@@ -28,7 +28,12 @@ const std::vector<Builtin>& table() {
         {"window2d", {"r", "width"}, 2, R::pattern, "window2d(r, width = W)"},
         {"axial", {"width"}, 1, R::pattern, "axial(width = W)"},
         {"random", {"r", "seed", "outside"}, 1, R::pattern, "random(r, seed = s, outside = P)"},
-        {"lsh", {"buckets", "rounds", "seed"}, 1, R::pattern, "lsh(buckets = b, rounds = r, seed = s)"},
+        {"lsh", {"buckets", "rounds", "chunk", "seed", "shared_qk", "file"}, 1, R::pattern,
+         "lsh(buckets, rounds = 1, chunk = B, seed = 0, shared_qk = true, file = \"R.npy\")"},
+        {"anchors", {"k", "rounds", "chunk", "fit", "shared_qk"}, 1, R::pattern,
+         "anchors(k, rounds = 1, chunk = B, fit = \"FILE.npz\", shared_qk = true)"},
+        {"favor", {"features", "seed", "redraw", "file"}, 0, R::pattern,
+         "favor(features = 256, seed = 0, redraw = 0, file = \"F.npy\")"},
         {"load", {"file"}, 1, R::pattern, "load(\"FILE.npz\")"},
         {"first", {"g"}, 1, R::set, "first(g)"},
         {"last", {"g"}, 1, R::set, "last(g)"},
@@ -67,7 +72,7 @@ const std::vector<std::string>& builtin_names() {
 }
 
 bool name_is_reserved(const std::string& name) {
-    static const std::vector<std::string> context = {"n", "B", "h", "l", "H", "L"};
+    static const std::vector<std::string> context = {"n", "B", "h", "l", "H", "L", "true", "false"};
     return builtin_find(name) != nullptr ||
            std::find(context.begin(), context.end(), name) != context.end();
 }

@@ -26,7 +26,8 @@ size_t builtin_param_index(const Builtin& builtin, const std::string& name);
 // Every built-in name, for did-you-mean suggestions.
 const std::vector<std::string>& builtin_names();
 
-// Names the language defines that scripts may not redefine: n B h l H L and the built-ins.
+// Names the language defines that scripts may not redefine: n B h l H L, true and false, and
+// the built-ins.
 bool name_is_reserved(const std::string& name);
 
 } // namespace sparsa::dsl

@@ -6,6 +6,7 @@
 
 #include "dsl/ast_walk.hpp"
 #include "dsl/builtins.hpp"
+#include "dsl/content_family.hpp"
 #include "dsl/stack_guard.hpp"
 #include "io/mask_io.hpp"
 
@@ -26,6 +27,7 @@ std::string value_kind_name(Value::Kind kind) {
     case Value::Kind::set: return "a token set";
     case Value::Kind::range: return "a range";
     case Value::Kind::string: return "a string";
+    case Value::Kind::boolean: return "a boolean (true or false)";
     }
     return "a value";
 }
@@ -195,6 +197,7 @@ Value Evaluator::eval_operand(const ast::Operand& operand, const Frame& frame) {
                 self.fail(frame.source, unary.begin, unary.end,
                           "'!' takes the complement of a pattern; this is " + value_kind_name(v.kind));
             }
+            content_operator_check('!', *v.pattern, nullptr, frame.source, unary.begin, unary.begin + 1);
             return make_pattern(self.checked_pattern(pattern_complement(v.pattern), unary, frame));
         }
         Value operator()(const ast::Expr& expr) const { return self.eval_expr(expr, frame); }
@@ -232,7 +235,7 @@ Value Evaluator::eval_expr(const ast::Expr& whole, const Frame& frame) {
     for (const auto& op : expr.rest) {
         Value rhs = eval_operand(op.rhs, frame);
         ast::Span span{expr.begin, op.end};
-        acc = apply(op.op, std::move(acc), std::move(rhs), span, frame);
+        acc = apply(op.op, std::move(acc), std::move(rhs), span, frame, op.begin);
     }
     return acc;
 }
@@ -281,6 +284,12 @@ Value Evaluator::eval_name(const ast::Name& name, const Frame& frame) {
         }
         if (auto it = lets_.find(def); it != lets_.end()) return it->second;
         return eval_let(*def);
+    }
+    if (id == "true" || id == "false") {
+        Value out;
+        out.kind = Value::Kind::boolean;
+        out.integer = id == "true" ? 1 : 0;
+        return out;
     }
     if (id == "dense") return make_pattern(pattern_dense());
     if (id == "empty") return make_pattern(pattern_empty());
@@ -357,7 +366,7 @@ PatternPtr Evaluator::checked_pattern(PatternPtr p, const ast::Span& span, const
 
 // lhs and rhs are the caller's, taken by reference (not copied into the frame of eval_chain,
 // which every level of nesting pays for) and left in an unspecified state.
-Value Evaluator::apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span, const Frame& frame) {
+Value Evaluator::apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span, const Frame& frame, int32_t op_at) {
     step(frame, span);
     auto type_error = [&](const std::string& what, const std::string& hint = {}) -> Value {
         fail(frame.source, span.begin, span.end,
@@ -378,6 +387,10 @@ Value Evaluator::apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span,
         rhs = as_set(std::move(rhs), span, frame);
         const char* name = op == '|' ? "'|' (union)" : op == '&' ? "'&' (intersection)" : "'-' (difference)";
         if (lhs.kind == Value::Kind::pattern && rhs.kind == Value::Kind::pattern) {
+            if (lhs.pattern->content || rhs.pattern->content) {
+                const int32_t at = op_at >= 0 ? op_at : span.begin;
+                content_operator_check(op, *lhs.pattern, rhs.pattern.get(), frame.source, at, op_at >= 0 ? at + 1 : span.end);
+            }
             PatternPtr p = op == '|'   ? pattern_union(lhs.pattern, rhs.pattern)
                            : op == '&' ? pattern_intersect(lhs.pattern, rhs.pattern)
                                        : pattern_difference(lhs.pattern, rhs.pattern);
@@ -714,9 +727,10 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
                               : "write random(r, outside = band(1) | global(first(2 * B))), for example");
             }
             if (pattern_is_data_dependent(*v.pattern)) {
-                arg_error(2, "random: outside must be a fixed pattern; lsh(...) depends on Q and K, so the blocks it "
+                const std::string family = content_kind_name(v.pattern->content->kind);
+                arg_error(2, "random: outside must be a fixed pattern; " + family + "(...) depends on Q and K, so the blocks it "
                              "keeps are not known before attention runs",
-                          "leave lsh out of outside = ...");
+                          "leave " + family + " out of outside = ...");
             }
             // The attend line is intersected with causal; so is P, so that the blocks it leaves
             // free are those the compiled line leaves free.
@@ -730,11 +744,9 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
         return pattern(pattern_random(r, static_cast<uint64_t>(seed), context_.layer, context_.head, context_.causal,
                                       std::move(outside)));
     }
-    if (fn == "lsh") {
-        int64_t buckets = at_least(0, integer(0), 2);
-        int64_t rounds = at_least(1, integer(1, 1), 1);
-        int64_t seed = at_least(2, integer(2, 0), 0);
-        return pattern(pattern_lsh(buckets, rounds, static_cast<uint64_t>(seed)));
+    if (fn == "lsh" || fn == "anchors" || fn == "favor") {
+        need_sequence();  // chunk = B, and buckets <= n
+        return pattern(pattern_content(content_family_spec(CallArgs{builtin, args.values, args.spans, call, frame.source}, context_)));
     }
     if (fn == "load") {
         const Value& file = *args.values[0];
@@ -765,6 +777,10 @@ Value Evaluator::eval_builtin(const ast::Call& call, const Frame& frame) {
             }
         }
         const MaskSet& set = *it->second;
+        if (std::any_of(set.content.begin(), set.content.end(), [](const auto& spec) { return spec != nullptr; })) {
+            arg_error(0, "load: '" + file.text + "' has content-based heads (lsh, anchors or favor): load reads fixed masks only",
+                      "write the family in this script instead, e.g. attend = load(\"fixed.npz\") | lsh(64)");
+        }
         if (set.n != context_.n) {
             arg_error(0, "load: '" + file.text + "' was compiled for n = " + std::to_string(set.n) +
                              ", but this compile is for n = " + std::to_string(context_.n),

@@ -69,9 +69,9 @@ const Definition* module_lookup(const Module& module, size_t visible, const std:
 // [SECTION] Values
 
 struct Value {
-    enum class Kind { integer, real, pattern, set, range, string };
+    enum class Kind { integer, real, pattern, set, range, string, boolean };
     Kind kind = Kind::integer;
-    int64_t integer = 0;
+    int64_t integer = 0;       // integer; boolean: 1 for true, 0 for false
     double real = 0.0;
     PatternPtr pattern;
     std::shared_ptr<const TokenSet> set;
@@ -92,6 +92,9 @@ struct EvalContext {
     int32_t block = 64;
     int64_t head = 0, layer = 0, heads = 1, layers = 1;
     bool causal = false;        // the script's `causal` statement (random draws kb <= qb)
+    // n is a stand-in (sparsa check without --n): checks against n itself (lsh's buckets <= n)
+    // wait for a compile, where n is the user's.
+    bool n_assumed = false;
     std::string where;          // "a `block` statement" etc., for "n is not known in ..."
 };
 
@@ -137,7 +140,8 @@ private:
     Value eval_call(const ast::Call& call, const Frame& frame);
     Value eval_builtin(const ast::Call& call, const Frame& frame);
     Value eval_user_call(const ast::Call& call, const Definition& def, const Frame& frame);
-    Value apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span, const Frame& frame);
+    // op_at: where the operator is written (its caret when a content family refuses it).
+    Value apply(char op, Value&& lhs, Value&& rhs, const ast::Span& span, const Frame& frame, int32_t op_at = -1);
     Value as_set(Value v, const ast::Span& span, const Frame& frame);
     PatternPtr checked_pattern(PatternPtr p, const ast::Span& span, const Frame& frame);
     void warn(const Frame& frame, int32_t begin, int32_t end, std::string message,

@@ -4,6 +4,7 @@
 
 #include "dsl/pattern_compile_detail.hpp"
 #include "engine/error.hpp"
+#include "io/mask_io.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -38,12 +39,27 @@ PatternPtr make_set(PatternKind kind, TokenSet s) {
 }
 
 PatternPtr make_node(PatternKind kind, std::vector<PatternPtr> kids) {
+    std::shared_ptr<const ContentSpec> content;
     for (const auto& k : kids) {
         if (!k) throw Error("pattern combinator: an operand is missing (null pattern)");
+        if (!k->content) continue;
+        const std::string family = std::string(content_kind_name(k->content->kind)) + "(...)";
+        if (k->content->kind == ContentKind::favor) {
+            throw Error(family + " cannot be combined with another pattern: FAVOR+ approximates dense attention and "
+                                 "has no pairs to combine (give it its own attend line)");
+        }
+        if (kind != PatternKind::union_) {
+            throw Error(family + " is content-based: its pairs are known only once Q and K are seen, so it can be "
+                                 "united with fixed patterns (|) but not intersected, removed or complemented");
+        }
+        if (content) throw Error("two content-based families in one pattern (" + content_spec_text(*content) + " and " +
+                                 content_spec_text(*k->content) + "): a line may hold one");
+        content = k->content;
     }
     auto p = std::make_shared<Pattern>();
     p->kind = kind;
     p->kids = std::move(kids);
+    p->content = std::move(content);
     return p;
 }
 
@@ -133,19 +149,64 @@ PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head,
     p->layer = layer;
     p->head = head;
     p->causal_rows = causal_rows;
+    if (outside && outside->content) {
+        throw Error("random: outside must be a fixed pattern; " + std::string(content_kind_name(outside->content->kind)) +
+                    "(...) depends on Q and K");
+    }
     p->outside = std::move(outside);
     return p;
 }
 
-PatternPtr pattern_lsh(int64_t buckets, int64_t rounds, uint64_t seed) {
-    require_at_least("lsh: buckets", buckets, 1);
-    require_at_least("lsh: rounds", rounds, 1);
+PatternPtr pattern_content(ContentSpec spec) {
+    if (std::string problem = content_spec_problem(spec); !problem.empty()) throw Error(problem);
     auto p = std::make_shared<Pattern>();
-    p->kind = PatternKind::lsh;
-    p->a = buckets;
-    p->b = rounds;
-    p->seed = seed;
+    p->kind = PatternKind::content;
+    p->content = std::make_shared<const ContentSpec>(std::move(spec));
     return p;
+}
+
+PatternContentSplit pattern_content_split(const PatternPtr& p) {
+    if (!p->content) return {p, nullptr};
+    // The operands of the unions that lead to the content leaf, left to right (an explicit
+    // stack: a union chain may be thousands deep).
+    PatternContentSplit out;
+    std::vector<PatternPtr> fixed_parts;
+    std::vector<const PatternPtr*> stack{&p};
+    while (!stack.empty()) {
+        const PatternPtr& at = *stack.back();
+        stack.pop_back();
+        if (!at->content) {
+            fixed_parts.push_back(at);
+        } else if (at->kind == PatternKind::content) {
+            out.content = at;
+        } else {
+            for (size_t i = at->kids.size(); i-- > 0;) stack.push_back(&at->kids[i]);
+        }
+    }
+    out.fixed = fixed_parts.empty() ? pattern_empty() : fixed_parts.front();
+    for (size_t i = 1; i < fixed_parts.size(); ++i) out.fixed = pattern_union(out.fixed, fixed_parts[i]);
+    return out;
+}
+
+std::string content_spec_text(const ContentSpec& spec) {
+    std::string out = std::string(content_kind_name(spec.kind)) + "(";
+    auto add = [&](const std::string& item) { out += (out.back() == '(' ? "" : ", ") + item; };
+    auto quoted = [](const std::string& path) { return "\"" + path + "\""; };
+    if (spec.kind == ContentKind::favor) {
+        add(std::to_string(spec.features));
+        if (spec.seed != 0) add("seed = " + std::to_string(spec.seed));
+        if (spec.redraw != 0) add("redraw = " + std::to_string(spec.redraw));
+        if (!spec.file.empty()) add("file = " + quoted(spec.file));
+        return out + ")";
+    }
+    add(std::to_string(spec.buckets));
+    if (spec.rounds != 1) add("rounds = " + std::to_string(spec.rounds));
+    add("chunk = " + std::to_string(spec.chunk));
+    if (spec.kind == ContentKind::lsh && spec.seed != 0) add("seed = " + std::to_string(spec.seed));
+    if (spec.kind == ContentKind::anchors) add("fit = " + quoted(spec.file));
+    if (!spec.shared_qk) add("shared_qk = false");
+    if (spec.kind == ContentKind::lsh && !spec.file.empty()) add("file = " + quoted(spec.file));
+    return out + ")";
 }
 
 PatternPtr pattern_loaded(std::shared_ptr<const BlockMask> mask, std::string id) {
@@ -251,8 +312,8 @@ bool leaf_allowed(const Pattern& p, int64_t n, int32_t block, int64_t q, int64_t
         }
         return std::find(drawn.begin(), drawn.end(), kb) != drawn.end();
     }
-    case PatternKind::lsh:
-        throw Error("lsh(...) is data-dependent: its pairs depend on Q and K and are realised "
+    case PatternKind::content:
+        throw Error(content_spec_text(*p.content) + " is content-based: its pairs depend on Q and K and are realised "
                     "when attention runs; it cannot be evaluated on its own");
     case PatternKind::loaded:
         if (p.mask->n != n) {
@@ -306,17 +367,8 @@ bool pattern_allowed(const Pattern& root, int64_t n, int32_t block, int64_t q, i
     return answer;
 }
 
-bool pattern_is_data_dependent(const Pattern& root) {
-    std::vector<const Pattern*> stack{&root};
-    while (!stack.empty()) {
-        const Pattern* p = stack.back();
-        stack.pop_back();
-        if (p->kind == PatternKind::lsh) return true;
-        for (const auto& kid : p->kids) stack.push_back(kid.get());
-        if (p->outside) stack.push_back(p->outside.get());
-    }
-    return false;
-}
+// The builders keep `content` on every union above a content leaf and refuse it anywhere else.
+bool pattern_is_data_dependent(const Pattern& root) { return root.content != nullptr; }
 
 // [SECTION] Canonical key
 
@@ -384,8 +436,8 @@ std::string leaf_key(const Pattern& p) {
     case PatternKind::random:
         return call("random", {num(p.a), "seed=" + std::to_string(p.seed), "layer=" + num(p.layer),
                                "head=" + num(p.head), std::string("causal_rows=") + (p.causal_rows ? "1" : "0")});
-    case PatternKind::lsh:
-        return call("lsh", {"buckets=" + num(p.a), "rounds=" + num(p.b), "seed=" + std::to_string(p.seed)});
+    case PatternKind::content:
+        return content_spec_text(*p.content) + (p.content->causal ? "&causal" : "");
     case PatternKind::loaded:
         return call("load", {'"' + p.mask_id + '"', "n=" + num(p.mask->n), "block=" + num(p.mask->block),
                              "hash=" + std::to_string(mask_hash(*p.mask))});

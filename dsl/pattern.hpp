@@ -6,6 +6,7 @@
 #pragma once
 
 #include "engine/block_mask.hpp"
+#include "engine/content/content_spec.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -55,7 +56,8 @@ enum class PatternKind {
     axial,      // b = width: same grid row or same grid column
     random,     // a = r, seed, layer, head, causal_rows, outside: r distinct key blocks per query
                 // block, among those where `outside` (if set) keeps no pair
-    lsh,        // a = buckets, b = rounds, seed: data-dependent, cannot be compiled alone
+    content,    // content: lsh, anchors or favor, realised from Q and K when attention runs;
+                // never compiled (the script's compile splits it off, pattern_content_split)
     loaded,     // mask: the pairs of a saved mask (same n)
     union_, intersect, difference, complement,
 };
@@ -74,6 +76,9 @@ struct Pattern {
     std::shared_ptr<const BlockMask> mask; // loaded
     std::string mask_id;              // loaded: where it came from, for pattern_key
     std::vector<PatternPtr> kids;     // union_, intersect, difference (2), complement (1)
+    // content: its spec; union_: the spec of the one content leaf below it, if any (content only
+    // unites: the builders refuse it under & - ! and in random's outside, and twice in a union)
+    std::shared_ptr<const ContentSpec> content;
 
     Pattern() = default;
     Pattern(const Pattern&) = default;
@@ -101,12 +106,29 @@ PatternPtr pattern_axial(int64_t width);             // width >= 1
 // P & causal under the `causal` statement; this function takes it as given).
 PatternPtr pattern_random(int64_t r, uint64_t seed, int64_t layer, int64_t head, bool causal_rows,
                           PatternPtr outside = nullptr);
-PatternPtr pattern_lsh(int64_t buckets, int64_t rounds, uint64_t seed);
+// A content-based family (lsh, anchors, favor). Throws sparsa::Error for a spec that breaks a
+// rule of docs/pattern-language.md (content_spec_problem, io/mask_io.hpp).
+PatternPtr pattern_content(ContentSpec spec);
 PatternPtr pattern_loaded(std::shared_ptr<const BlockMask> mask, std::string id);
+// The combinators. A content-based operand is allowed only under a union, once per pattern,
+// and never with favor: these throw sparsa::Error otherwise (the evaluator says so first, with a
+// caret on the operator).
 PatternPtr pattern_union(PatternPtr a, PatternPtr b);
 PatternPtr pattern_intersect(PatternPtr a, PatternPtr b);
 PatternPtr pattern_difference(PatternPtr a, PatternPtr b);
 PatternPtr pattern_complement(PatternPtr a);
+
+// A pattern cut into its fixed part (the union of every operand but the content leaf; `empty`
+// when there is none) and its content leaf (null when p has none, and then fixed is p).
+struct PatternContentSplit {
+    PatternPtr fixed;
+    PatternPtr content;
+};
+PatternContentSplit pattern_content_split(const PatternPtr& p);
+
+// The family as a script writes it, with the defaults left out:
+// "lsh(64, rounds = 2, chunk = 64, seed = 1)", "favor(256)", "anchors(32, fit = \"/abs/a.npz\")".
+std::string content_spec_text(const ContentSpec& spec);
 
 // The key blocks random(r) draws for query block qb: r distinct blocks (all of them when fewer
 // than r are available) from [0, available), sorted. A counter-based generator keyed by
@@ -126,7 +148,7 @@ std::vector<int32_t> random_row_blocks_outside(uint64_t seed, int64_t layer, int
 // the B that band and random count in). The oracle: slow and obviously right.
 bool pattern_allowed(const Pattern& p, int64_t n, int32_t block, int64_t q, int64_t k);
 
-// True when p contains lsh (its pairs depend on Q and K).
+// True when p contains a content-based family (its pairs depend on Q and K).
 bool pattern_is_data_dependent(const Pattern& p);
 
 // A canonical text of p: equal keys mean equal patterns (used to compile each distinct
@@ -136,7 +158,8 @@ std::string pattern_key(const Pattern& p);
 // Compiles p for sequence length n and block size B into its exact, canonical BlockMask.
 // Time and memory grow with the kept blocks (plus B*B for each partial block); rows are
 // compiled on `threads` threads (0: the core count, or SPARSA_THREADS) with identical results.
-// Throws sparsa::Error for a data-dependent pattern (lsh) or a loaded mask of another n.
+// Throws sparsa::Error for a content-based pattern (lsh, anchors, favor: split it off first with
+// pattern_content_split) or a loaded mask of another n.
 BlockMask pattern_compile(const Pattern& p, int64_t n, int32_t block, int threads = 0);
 
 } // namespace sparsa::dsl

@@ -95,9 +95,9 @@ int64_t fixed_count_below(int64_t x, int64_t l, int64_t c) {
 void plan_leaf(Node& nd, const Geometry& g) {
     const Pattern& p = *nd.p;
     switch (p.kind) {
-    case PatternKind::lsh:
-        throw Error("lsh(...) is data-dependent: its pairs depend on Q and K and are realised when "
-                    "attention runs; it cannot be compiled on its own");
+    case PatternKind::content:
+        throw Error(content_spec_text(*p.content) + " is content-based: its pairs depend on Q and K and are "
+                    "realised when attention runs; it cannot be compiled on its own");
     case PatternKind::loaded:
         if (p.mask->n != g.n) {
             throw Error("load: mask was saved for n = " + std::to_string(p.mask->n) +

@@ -9,6 +9,7 @@
 #include "dsl/builtins.hpp"
 #include "dsl/eval.hpp"
 #include "dsl/grammar.hpp"
+#include "io/mask_io.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -682,11 +683,17 @@ PatternPtr line_pattern(const Script& script, const AttendLine& line, const Eval
                        v.kind == Value::Kind::set ? "turn the token set into a pattern: global(S), rows(S) or columns(S)" : "");
     }
     PatternPtr p = v.pattern;
-    if (script.settings.causal) p = pattern_intersect(p, pattern_causal());
-    return p;
+    if (!script.settings.causal) return p;
+    if (!p->content) return pattern_intersect(p, pattern_causal());
+    // A content family carries causal in its spec (the evaluator set it); its fixed part is
+    // intersected here, as any line is.
+    PatternContentSplit split = pattern_content_split(p);
+    if (split.fixed->kind == PatternKind::empty) return split.content;
+    return pattern_union(pattern_intersect(split.fixed, pattern_causal()), split.content);
 }
 
-Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std::vector<Diagnostic>* warnings) {
+Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std::vector<Diagnostic>* warnings,
+                            bool n_given = true) {
     if (n < 1) throw Error("n = " + std::to_string(n) + ": the sequence length must be at least 1");
     if (n > (int64_t{1} << 40)) throw Error("n = " + std::to_string(n) + " is too large (at most 2^40)");
     if (!block_size_valid(block)) {
@@ -712,8 +719,9 @@ Evaluated evaluate_patterns(const Script& script, int64_t n, int32_t block, std:
             // A line whose value is the same for every (layer, head) is evaluated once.
             PatternPtr& shared = once[chosen->line];
             if (chosen->line->per_position || !shared) {
-                PatternPtr p = line_pattern(script, *chosen->line, eval_context_attend(script, n, block, l, h), warnings,
-                                            &steps);
+                EvalContext context = eval_context_attend(script, n, block, l, h);
+                context.n_assumed = !n_given;
+                PatternPtr p = line_pattern(script, *chosen->line, context, warnings, &steps);
                 if (!chosen->line->per_position) shared = p;
                 out.patterns[index] = std::move(p);
             } else {
@@ -762,9 +770,9 @@ PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_
     return line_pattern(script, *chosen, context, warnings, &steps);
 }
 
-std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block) {
+std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block, bool n_given) {
     std::vector<Diagnostic> warnings = script.warnings;
-    Evaluated evaluated = evaluate_patterns(script, n, block == 0 ? script.settings.block : block, &warnings);
+    Evaluated evaluated = evaluate_patterns(script, n, block == 0 ? script.settings.block : block, &warnings, n_given);
     dedupe(warnings);
     return warnings;
 }
@@ -782,18 +790,31 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
     std::map<const Pattern*, size_t> index_of_shared;
     std::vector<std::shared_ptr<const BlockMask>> compiled;
     std::vector<std::shared_ptr<const BlockMask>> masks(evaluated.patterns.size());
+    // Content-based heads: their fixed part is compiled below as any pattern; their specs,
+    // equal ones shared, go beside the masks.
+    std::vector<std::shared_ptr<const ContentSpec>> content(evaluated.patterns.size());
+    std::map<std::string, std::shared_ptr<const ContentSpec>> spec_of;
+    std::map<const Pattern*, PatternPtr> fixed_of;  // a line's pattern, shared by many heads, split once
     for (size_t i = 0; i < evaluated.patterns.size(); ++i) {
-        const PatternPtr& p = evaluated.patterns[i];
+        PatternPtr p = evaluated.patterns[i];
+        if (p->content) {
+            const ast::Expr& expr = evaluated.lines[i]->statement->value;
+            if (!options.content) {
+                throw ScriptError({diagnostic_at(
+                    Severity::error, script.main->source, expr.begin, expr.end,
+                    content_spec_text(*p->content) + " is content-based: its pairs are realised from Q and K when attention "
+                                                     "runs, and this tool needs every pair beforehand",
+                    "sparsa compile, stats and show take it (they count its fixed part); here, use a fixed pattern")});
+            }
+            auto [spec, added] = spec_of.emplace(content_spec_json(*p->content), p->content);
+            content[i] = spec->second;
+            auto [fixed, split] = fixed_of.emplace(p.get(), nullptr);
+            if (split) fixed->second = pattern_content_split(p).fixed;
+            p = fixed->second;
+        }
         if (auto seen = index_of_shared.find(p.get()); seen != index_of_shared.end()) {
             masks[i] = compiled[seen->second];
             continue;
-        }
-        const ast::Expr& expr = evaluated.lines[i]->statement->value;
-        if (pattern_is_data_dependent(*p)) {
-            throw ScriptError({diagnostic_at(
-                Severity::error, script.main->source, expr.begin, expr.end,
-                "lsh(...) is data-dependent: its pairs depend on Q and K and are realised when attention runs",
-                "it cannot be compiled to a mask on its own; use a fixed pattern here")});
         }
         std::string key = pattern_key(*p);
         auto [it, inserted] = index_of.emplace(key, compiled.size());
@@ -804,6 +825,7 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
         index_of_shared.emplace(p.get(), it->second);
     }
     out.masks = mask_set_make(s.layers, s.heads, std::move(masks));
+    if (!spec_of.empty()) out.masks.content = std::move(content);
     out.masks.script_name = std::filesystem::path(script.main->source->name).filename().string();
     out.masks.script_text = script.main->source->text;
 
@@ -812,6 +834,7 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
     for (int64_t l = 0; l < s.layers; ++l) {
         for (int64_t h = 0; h < s.heads; ++h) {
             size_t i = static_cast<size_t>(l * s.heads + h);
+            if (!out.masks.content.empty() && out.masks.content[i]) continue;  // its family adds pairs per input
             BlockMaskStats stats = block_mask_stats(*out.masks.masks[i]);
             if (stats.empty_rows == 0) continue;
             auto& entry = empty[evaluated.lines[i]];

@@ -55,6 +55,10 @@ struct CompileOptions {
     int64_t n = 0;        // sequence length, >= 1
     int32_t block = 0;    // 0: the script's `block` (default 64)
     int threads = 0;      // 0: SPARSA_THREADS or the core count
+    // Content-based heads (lsh, anchors, favor): true compiles their fixed part into the head's
+    // mask and their spec into MaskSet::content; false refuses them with a diagnostic, for tools
+    // that need every pair beforehand or cannot realise them yet (reach, the viewer, the page).
+    bool content = false;
 };
 
 struct Compiled {
@@ -62,18 +66,23 @@ struct Compiled {
     std::vector<Diagnostic> warnings;  // the script's and the compile's (empty rows, clamps)
 };
 
-// Evaluates every (layer, head) and compiles each distinct pattern once. Throws ScriptError for
-// errors that depend on n (a type error, a division by zero, a data-dependent lsh) and
-// sparsa::Error for a bad option.
+// Evaluates every (layer, head) and compiles each distinct pattern once; with options.content,
+// a head whose line has a content-based family gets its fixed part as its mask and the family's
+// spec in masks.content (equal specs shared). Throws ScriptError for errors that depend on n (a
+// type error, a division by zero, more lsh buckets than n, a content family without
+// options.content) and sparsa::Error for a bad option.
 Compiled script_compile(const Script& script, const CompileOptions& options);
 
 // The evaluated pattern of one (layer, head) for sequence length n and block size B, the causal
-// statement applied. Appends n-dependent warnings to *warnings when given.
+// statement applied (to the fixed part: a content family carries it in its spec). Appends
+// n-dependent warnings to *warnings when given.
 PatternPtr script_pattern(const Script& script, int64_t n, int32_t block, int64_t layer,
                           int64_t head, std::vector<Diagnostic>* warnings = nullptr);
 
 // Evaluates every (layer, head) at sequence length n (the checks `sparsa check` runs after
 // parsing), and returns the warnings this finds. Throws ScriptError on the first error.
-std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block = 0);
+// n_given false: n is a stand-in, so checks against n itself (lsh's buckets <= n) are left to
+// the compile.
+std::vector<Diagnostic> script_evaluate_all(const Script& script, int64_t n, int32_t block = 0, bool n_given = true);
 
 } // namespace sparsa::dsl

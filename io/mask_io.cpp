@@ -1,7 +1,10 @@
 // MaskSet <-> .npz (docs/formats.md): concatenated CSR arrays and bitmasks of the distinct masks
 // and a JSON header; arrays are streamed so none is held twice. The file grows with the kept
 // blocks: FlexAttention's padded [L, H, Q, W] arrays (version 1 wrote them, gigabytes at
-// n = 1M) are built in memory by python/sparsa/flex.py instead.
+// n = 1M) are built in memory by python/sparsa/flex.py instead. Content-based heads (issue 14)
+// are a list of specs in the header (version 3).
+//
+// Index: [SECTION] content specs, [SECTION] save, [SECTION] load
 #include "io/mask_io.hpp"
 
 #include "engine/error.hpp"
@@ -11,7 +14,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <map>
 
 namespace sparsa {
 
@@ -30,6 +35,151 @@ std::string first_use(const std::vector<int32_t>& index, int64_t heads, int64_t 
 }
 
 } // namespace
+
+// [SECTION] content specs
+
+const char* content_kind_name(ContentKind kind) {
+    switch (kind) {
+    case ContentKind::lsh: return "lsh";
+    case ContentKind::anchors: return "anchors";
+    case ContentKind::favor: return "favor";
+    }
+    return "an unknown kind";
+}
+
+std::string content_spec_problem(const ContentSpec& spec) {
+    auto below = [](const char* what, int64_t value, int64_t lo) {
+        return std::string(what) + " = " + std::to_string(value) + " is below " + std::to_string(lo);
+    };
+    switch (spec.kind) {
+    case ContentKind::lsh:
+        if (spec.buckets < 2) return below("lsh: buckets", spec.buckets, 2);
+        if (spec.buckets % 2 != 0) {
+            return "lsh: buckets = " + std::to_string(spec.buckets) +
+                   " is odd (the hash takes the argmax over buckets / 2 directions and their opposites)";
+        }
+        break;
+    case ContentKind::anchors:
+        if (spec.buckets < 1) return below("anchors: k", spec.buckets, 1);
+        if (spec.file.empty()) return "anchors: no fit file (anchors(k, fit = \"FILE.npz\"))";
+        break;
+    case ContentKind::favor:
+        if (spec.features < 1) return below("favor: features", spec.features, 1);
+        if (spec.redraw < 0) return below("favor: redraw", spec.redraw, 0);
+        return "";
+    default: return "content kind " + std::to_string(static_cast<int32_t>(spec.kind)) + " is not lsh (1), anchors (2) or favor (3)";
+    }
+    const char* family = content_kind_name(spec.kind);
+    if (spec.rounds < 1) return below((std::string(family) + ": rounds").c_str(), spec.rounds, 1);
+    if (spec.chunk < 1) return below((std::string(family) + ": chunk").c_str(), spec.chunk, 1);
+    return "";
+}
+
+namespace {
+
+Json content_spec_object(const ContentSpec& spec) {
+    switch (spec.kind) {
+    case ContentKind::lsh:
+        return {{"kind", "lsh"},     {"buckets", spec.buckets},     {"rounds", spec.rounds},  {"chunk", spec.chunk},
+                {"seed", spec.seed}, {"shared_qk", spec.shared_qk}, {"causal", spec.causal}, {"file", spec.file}};
+    case ContentKind::anchors:
+        return {{"kind", "anchors"},           {"k", spec.buckets},     {"rounds", spec.rounds}, {"chunk", spec.chunk},
+                {"shared_qk", spec.shared_qk}, {"causal", spec.causal}, {"fit", spec.file}};
+    case ContentKind::favor:
+        return {{"kind", "favor"},       {"features", spec.features}, {"seed", spec.seed},
+                {"redraw", spec.redraw}, {"causal", spec.causal},     {"file", spec.file}};
+    }
+    throw Error(content_spec_problem(spec));
+}
+
+// The file a spec names, as the header records it: its size and CRC-32 (zlib.crc32 of its bytes).
+struct FileFingerprint {
+    uint64_t bytes = 0;
+    uint32_t crc32 = 0;
+};
+FileFingerprint file_fingerprint(const std::string& path) {
+    const InputFile file(path);
+    FileFingerprint out;
+    out.bytes = file.size();
+    std::vector<uint8_t> piece(size_t{1} << 20);
+    for (uint64_t at = 0; at < out.bytes; at += piece.size()) {
+        const size_t bytes = static_cast<size_t>(std::min<uint64_t>(piece.size(), out.bytes - at));
+        file.read_at(at, piece.data(), bytes);
+        out.crc32 = crc32_update(out.crc32, piece.data(), bytes);
+    }
+    return out;
+}
+
+// A spec read back from the header; `what` names the file and the spec ("m.npz: content spec 1").
+ContentSpec content_spec_read(const Json& j, const std::string& what) {
+    if (!j.is_object()) throw Error(what + " is not a JSON object");
+    if (!j.contains("kind") || !j["kind"].is_string()) throw Error(what + ": field 'kind' is missing or not a string");
+    const std::string kind = j["kind"].get<std::string>();
+    ContentSpec spec;
+    std::vector<std::string> fields;
+    if (kind == "lsh") {
+        spec.kind = ContentKind::lsh;
+        fields = {"kind", "buckets", "rounds", "chunk", "seed", "shared_qk", "causal", "file"};
+    } else if (kind == "anchors") {
+        spec.kind = ContentKind::anchors;
+        fields = {"kind", "k", "rounds", "chunk", "shared_qk", "causal", "fit"};
+    } else if (kind == "favor") {
+        spec.kind = ContentKind::favor;
+        fields = {"kind", "features", "seed", "redraw", "causal", "file"};
+    } else {
+        throw Error(what + " is of kind '" + kind +
+                    "', which this sparsa does not know (it knows lsh, anchors and favor): update sparsa, or compile the "
+                    "script again with this one");
+    }
+    for (const auto& [key, value] : j.items()) {
+        if (key == "file_bytes" || key == "file_crc32") continue;  // checked by the caller
+        if (std::find(fields.begin(), fields.end(), key) == fields.end()) {
+            throw Error(what + " (" + kind + ") has a field '" + key +
+                        "' this sparsa does not know: update sparsa, or compile the script again with this one");
+        }
+    }
+    auto integer = [&](const char* key, int64_t& out) {
+        if (!j.contains(key) || !j[key].is_number_integer()) throw Error(what + ": field '" + key + "' is missing or not an integer");
+        if (j[key].is_number_unsigned() && j[key].get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+            throw Error(what + ": field '" + key + "' = " + j[key].dump() + " is too large");
+        }
+        out = j[key].get<int64_t>();
+    };
+    auto boolean = [&](const char* key, bool& out) {
+        if (!j.contains(key) || !j[key].is_boolean()) throw Error(what + ": field '" + key + "' is missing or not true/false");
+        out = j[key].get<bool>();
+    };
+    auto text = [&](const char* key, std::string& out) {
+        if (!j.contains(key) || !j[key].is_string()) throw Error(what + ": field '" + key + "' is missing or not a string");
+        out = j[key].get<std::string>();
+    };
+    auto seed = [&] {
+        if (!j.contains("seed") || !j["seed"].is_number_integer() || (!j["seed"].is_number_unsigned() && j["seed"].get<int64_t>() < 0)) {
+            throw Error(what + ": field 'seed' is missing or not an integer from 0 to 2^64 - 1");
+        }
+        spec.seed = j["seed"].get<uint64_t>();
+    };
+    boolean("causal", spec.causal);
+    if (spec.kind == ContentKind::favor) {
+        integer("features", spec.features);
+        integer("redraw", spec.redraw);
+        seed();
+        text("file", spec.file);
+    } else {
+        integer(spec.kind == ContentKind::lsh ? "buckets" : "k", spec.buckets);
+        integer("rounds", spec.rounds);
+        integer("chunk", spec.chunk);
+        boolean("shared_qk", spec.shared_qk);
+        if (spec.kind == ContentKind::lsh) seed();
+        text(spec.kind == ContentKind::lsh ? "file" : "fit", spec.file);
+    }
+    if (std::string problem = content_spec_problem(spec); !problem.empty()) throw Error(what + ": " + problem);
+    return spec;
+}
+
+} // namespace
+
+std::string content_spec_json(const ContentSpec& spec) { return content_spec_object(spec).dump(); }
 
 // [SECTION] save
 
@@ -71,10 +221,54 @@ void mask_set_save(const MaskSet& set, const std::string& path, bool force_zip64
         if (params.contains(key)) throw Error(what + ": param '" + key + "' is given twice (give each key once)");
         params[key] = value;
     }
-    Json header = {{"format", kMaskFormatName},  {"version", kMaskFormatVersion}, {"n", set.n},
+    // Content-based heads: the distinct specs (equal ones once, in first-use order) and, per
+    // (layer, head), the index of its spec or -1.
+    if (!set.content.empty() && static_cast<int64_t>(set.content.size()) != set.layers * set.heads) {
+        throw Error(what + ": the set has " + std::to_string(set.content.size()) + " content specs for " +
+                    std::to_string(set.layers * set.heads) + " (layer, head) pairs (need none or one per pair)");
+    }
+    Json specs = Json::array(), content_index = Json::array();
+    std::map<std::string, int64_t> spec_index;
+    for (int64_t l = 0; l < set.layers && !set.content.empty(); ++l) {
+        Json row = Json::array();
+        for (int64_t h = 0; h < set.heads; ++h) {
+            const auto& spec = set.content[to_size(l * set.heads + h)];
+            if (!spec) {
+                row.push_back(-1);
+                continue;
+            }
+            const std::string where = what + ": layer " + std::to_string(l) + ", head " + std::to_string(h);
+            if (std::string problem = content_spec_problem(*spec); !problem.empty()) throw Error(where + ": " + problem);
+            const std::string key = content_spec_json(*spec);
+            auto [it, added] = spec_index.emplace(key, static_cast<int64_t>(specs.size()));
+            if (added) {
+                Json object = content_spec_object(*spec);
+                if (!spec->file.empty()) {
+                    FileFingerprint print;
+                    try {
+                        print = file_fingerprint(spec->file);
+                    } catch (const Error& e) {
+                        throw Error(where + ": the file its " + content_kind_name(spec->kind) +
+                                    " names cannot be read (" + e.what() + "); mask files refer to it, they do not copy it");
+                    }
+                    object["file_bytes"] = print.bytes;
+                    object["file_crc32"] = print.crc32;
+                }
+                specs.push_back(std::move(object));
+            }
+            row.push_back(it->second);
+        }
+        content_index.push_back(std::move(row));
+    }
+    const bool has_content = !specs.empty();
+    Json header = {{"format", kMaskFormatName},  {"version", has_content ? kMaskFormatVersion : int64_t{2}}, {"n", set.n},
                    {"block", set.block},         {"layers", set.layers},          {"heads", set.heads},
                    {"unique_masks", U},          {"script_name", set.script_name}, {"script", set.script_text},
                    {"params", params}};
+    if (has_content) {
+        header["content"] = std::move(specs);
+        header["content_index"] = std::move(content_index);
+    }
     std::string header_text;
     try {
         header_text = header.dump();
@@ -240,6 +434,79 @@ std::string recompile_command(const Json& header, const std::string& path) {
            (sized ? header["n"].dump() : std::string("N")) + " -o " + path;
 }
 
+// Version 3's content-based heads: empty when the file has none, else one spec (or null) per
+// (layer, head), equal ones shared. A spec's file that exists but differs from the one saved
+// (size, CRC-32) is refused: its heads would not be what was compiled.
+std::vector<std::shared_ptr<const ContentSpec>> content_read(const Json& header, int64_t version, int64_t L, int64_t H,
+                                                             const std::string& path) {
+    const bool has = header.contains("content") || header.contains("content_index");
+    if (!has) {
+        if (version >= 3) throw Error(path + ": a version 3 header without 'content' and 'content_index' (write it again with `sparsa compile`)");
+        return {};
+    }
+    if (version < 3) {
+        throw Error(path + ": header has content-based heads ('content') but says version " + std::to_string(version) +
+                    " (content needs version 3): write it again with `sparsa compile`");
+    }
+    const Json& list = header["content"];
+    const Json& index = header.contains("content_index") ? header["content_index"] : Json();
+    if (!list.is_array() || list.empty()) throw Error(path + ": header field 'content' is not a non-empty list of specs");
+    std::vector<std::shared_ptr<const ContentSpec>> specs;
+    for (size_t s = 0; s < list.size(); ++s) {
+        const std::string what = path + ": content spec " + std::to_string(s);
+        ContentSpec spec = content_spec_read(list[s], what);
+        if (!spec.file.empty() && (list[s].contains("file_bytes") || list[s].contains("file_crc32"))) {
+            const Json& bytes = list[s].contains("file_bytes") ? list[s]["file_bytes"] : Json();
+            const Json& crc = list[s].contains("file_crc32") ? list[s]["file_crc32"] : Json();
+            if (!bytes.is_number_unsigned() || !crc.is_number_unsigned()) {
+                throw Error(what + ": fields 'file_bytes' and 'file_crc32' must both be non-negative integers");
+            }
+            std::error_code error;
+            if (std::filesystem::exists(spec.file, error)) {
+                FileFingerprint now;
+                try {
+                    now = file_fingerprint(spec.file);
+                } catch (const Error& e) {
+                    throw Error(what + ": " + e.what());
+                }
+                if (now.bytes != bytes.get<uint64_t>() || now.crc32 != crc.get<uint64_t>()) {
+                    throw Error(what + ": " + spec.file + " changed since the masks were saved (" + bytes.dump() +
+                                " bytes, CRC-32 " + crc.dump() + "; now " + std::to_string(now.bytes) + " bytes, CRC-32 " +
+                                std::to_string(now.crc32) + "): compile the script again (" + recompile_command(header, path) + ")");
+                }
+            }
+        }
+        specs.push_back(std::make_shared<const ContentSpec>(std::move(spec)));
+    }
+    if (!index.is_array() || static_cast<int64_t>(index.size()) != L) {
+        throw Error(path + ": header field 'content_index' must be a list of " + std::to_string(L) + " rows (one per layer)");
+    }
+    std::vector<std::shared_ptr<const ContentSpec>> out(to_size(L * H));
+    std::vector<bool> used(specs.size(), false);
+    for (int64_t l = 0; l < L; ++l) {
+        const Json& row = index[to_size(l)];
+        if (!row.is_array() || static_cast<int64_t>(row.size()) != H) {
+            throw Error(path + ": header field 'content_index' row " + std::to_string(l) + " must list " + std::to_string(H) +
+                        " heads");
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            const Json& v = row[to_size(h)];
+            const int64_t count = static_cast<int64_t>(specs.size());
+            if (!v.is_number_integer() || v.get<int64_t>() < -1 || v.get<int64_t>() >= count) {
+                throw Error(path + ": header field 'content_index' at layer " + std::to_string(l) + ", head " + std::to_string(h) +
+                            " is " + v.dump() + ", not -1 (none) or a spec from 0 to " + std::to_string(count - 1));
+            }
+            if (v.get<int64_t>() < 0) continue;
+            out[to_size(l * H + h)] = specs[to_size(v.get<int64_t>())];
+            used[to_size(v.get<int64_t>())] = true;
+        }
+    }
+    if (auto it = std::find(used.begin(), used.end(), false); it != used.end()) {
+        throw Error(path + ": content spec " + std::to_string(it - used.begin()) + " is used by no (layer, head)");
+    }
+    return out;
+}
+
 } // namespace
 
 MaskSet mask_set_load(const std::string& path) {
@@ -286,6 +553,7 @@ MaskSet mask_set_load(const std::string& path) {
     }
     const int64_t Q = (set.n + set.block - 1) / set.block, L = set.layers, H = set.heads;
     const int64_t words = int64_t{set.block} * set.block / 64;
+    set.content = content_read(header, version, L, H, path);
 
     // [SECTION] which mask each (layer, head) uses
     const std::vector<int32_t> index =

@@ -3,8 +3,11 @@
 // files. Regenerate after a deliberate change with SPARSA_UPDATE_GOLDEN=1 (then read the diff).
 //
 // A case may say how to compile it in a comment line: `# golden: n=300 block=32` (default
-// n=256 and the script's own block).
+// n=256 and the script's own block). Content-based heads (lsh, anchors, favor) are compiled
+// (CompileOptions::content) and their spec is shown after the head's fixed part, files relative
+// to the cases folder.
 #include "dsl/script.hpp"
+#include "io/mask_io.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -28,17 +31,31 @@ std::string read_text(const fs::path& path) {
     return s.str();
 }
 
-std::string summary(const Compiled& c) {
+std::string summary(const Compiled& c, const std::string& folder) {
     std::ostringstream out;
     const MaskSet& set = c.masks;
     out << "n=" << set.n << " block=" << set.block << " layers=" << set.layers << " heads=" << set.heads
-        << " distinct=" << set.unique_masks().size() << "\n";
+        << " distinct=" << set.unique_masks().size();
+    if (!set.content.empty()) {
+        std::vector<const ContentSpec*> specs;
+        for (const auto& spec : set.content) {
+            if (spec && std::find(specs.begin(), specs.end(), spec.get()) == specs.end()) specs.push_back(spec.get());
+        }
+        out << " content_specs=" << specs.size();
+    }
+    out << "\n";
     for (int64_t l = 0; l < set.layers; ++l) {
         for (int64_t h = 0; h < set.heads; ++h) {
             BlockMaskStats s = block_mask_stats(set.at(l, h));
             out << "L" << l << " H" << h << ": kept=" << s.kept_blocks << " full=" << s.full_blocks
-                << " partial=" << s.partial_blocks << " pairs=" << s.kept_pairs << " empty_rows=" << s.empty_rows
-                << "\n";
+                << " partial=" << s.partial_blocks << " pairs=" << s.kept_pairs << " empty_rows=" << s.empty_rows;
+            if (!set.content.empty() && set.content[static_cast<size_t>(l * set.heads + h)]) {
+                const ContentSpec& spec = *set.content[static_cast<size_t>(l * set.heads + h)];
+                std::string text = content_spec_text(spec);
+                for (size_t at = text.find(folder); at != std::string::npos; at = text.find(folder)) text.erase(at, folder.size());
+                out << " | " << text << (spec.causal ? " causal" : "");
+            }
+            out << "\n";
         }
     }
     return out.str();
@@ -58,9 +75,10 @@ std::string run_case(const fs::path& pat) {
         CompileOptions options;
         options.n = n;
         options.block = block;
+        options.content = true;
         Compiled compiled = script_compile(*script, options);
         for (const auto& w : compiled.warnings) out += diagnostic_format(w);
-        out += summary(compiled);
+        out += summary(compiled, fs::absolute(pat.parent_path()).lexically_normal().string() + "/");
     } catch (const ScriptError& e) {
         for (const auto& d : e.diagnostics()) out += diagnostic_format(d);
     }

@@ -500,22 +500,25 @@ TEST_CASE("compile: the same mask on 1, 2, 3 and 8 threads at n = 100,000", "[ds
 }
 
 TEST_CASE("compile: errors a user can act on", "[dsl][errors]") {
-    const auto lsh = pattern_union(pattern_window(4, 4), pattern_lsh(8, 2, 1));
+    sparsa::ContentSpec spec;
+    spec.buckets = 8;
+    spec.rounds = 2;
+    spec.chunk = 16;
+    spec.seed = 1;
+    const auto lsh = pattern_union(pattern_window(4, 4), pattern_content(spec));
     CHECK(pattern_is_data_dependent(*lsh));
     CHECK_FALSE(pattern_is_data_dependent(*pattern_complement(pattern_window(4, 4))));
     CHECK_THROWS_WITH(pattern_compile(*lsh, 100, 16),
-                      "lsh(...) is data-dependent: its pairs depend on Q and K and are realised when "
-                      "attention runs; it cannot be compiled on its own");
+                      "lsh(8, rounds = 2, chunk = 16, seed = 1) is content-based: its pairs depend on Q and K and are "
+                      "realised when attention runs; it cannot be compiled on its own");
     CHECK_THROWS_AS(pattern_compile(*pattern_dense(), 0, 16), sparsa::Error);
     CHECK_THROWS_AS(pattern_compile(*pattern_dense(), 100, 48), sparsa::Error);
     CHECK_THROWS_AS(pattern_compile(*pattern_dense(), 100, 512), sparsa::Error);
     CHECK_THROWS_AS(pattern_dilated(3, 0), sparsa::Error);
     CHECK_THROWS_AS(pattern_fixed(4, 5), sparsa::Error);
     CHECK_THROWS_AS(pattern_strided(0), sparsa::Error);
-    // lsh inside random's outside is found too: its blocks cannot be known without Q and K.
-    const auto hidden = pattern_random(2, 0, 0, 0, false, lsh);
-    CHECK(pattern_is_data_dependent(*hidden));
-    CHECK_THROWS_WITH(pattern_compile(*hidden, 100, 16), Catch::Contains("lsh(...) is data-dependent"));
+    // lsh inside random's outside is refused when it is built: its blocks cannot be known without Q and K.
+    CHECK_THROWS_WITH(pattern_random(2, 0, 0, 0, false, lsh), Catch::Contains("outside must be a fixed pattern; lsh(...)"));
 }
 
 TEST_CASE("pattern_key: canonical text of everything that changes the pairs", "[dsl][key]") {

@@ -1,0 +1,1 @@
+attend = window(8) | anchors(4)

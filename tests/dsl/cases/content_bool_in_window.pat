@@ -1,0 +1,1 @@
+attend = window(true)

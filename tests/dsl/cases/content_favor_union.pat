@@ -1,0 +1,1 @@
+attend = window(64) | favor(256)

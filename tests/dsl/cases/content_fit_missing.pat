@@ -1,0 +1,1 @@
+attend = anchors(4, fit = "content/nope.npz")

@@ -1,0 +1,3 @@
+# golden: n=32
+block 16
+attend = window(4) | lsh(64)

@@ -1,0 +1,1 @@
+attend = lsh(0)

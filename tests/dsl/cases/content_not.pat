@@ -1,0 +1,1 @@
+attend = window(2) | !lsh(8)

@@ -1,0 +1,1 @@
+attend = favor(128, redraw = -1)

@@ -1,0 +1,1 @@
+attend = lsh(8, shared_qk = 1)

@@ -1,0 +1,2 @@
+let true = 1
+attend = window(true)

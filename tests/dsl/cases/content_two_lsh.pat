@@ -1,0 +1,1 @@
+attend = lsh(8) | window(4) | lsh(16)
