@@ -16,6 +16,7 @@ int command_show(const std::vector<std::string>& args);
 int command_reach(const std::vector<std::string>& args);
 int command_run(const std::vector<std::string>& args);
 int command_learn(const std::vector<std::string>& args);
+int command_anchors(const std::vector<std::string>& args);
 
 // Loads a script, printing its diagnostics to stderr when it fails (then rethrows).
 dsl::ScriptPtr load_script_or_report(const std::string& path);

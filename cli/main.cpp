@@ -35,6 +35,8 @@ commands:
 
   learn teacher|pool|distill|eval|demo [OPTIONS]
                                 learned sparsity: train a dense teacher, distill masks, evaluate
+  anchors fit --q Q.npy --k K.npy --anchors K -o FILE.npz [--rounds R] [--seed S]
+                                fit the anchors of anchors(K) heads (spherical k-means)
 Run 'sparsa COMMAND --help' for a command's options. The pattern language is described in
 docs/pattern-language.md; examples are in examples/patterns/.
 )";
@@ -49,6 +51,7 @@ int run(int argc, char** argv, const char* command) {
     if (name == "reach") return sparsa::cli::command_reach(args);
     if (name == "run") return sparsa::cli::command_run(args);
     if (name == "learn") return sparsa::cli::command_learn(args);
+    if (name == "anchors") return sparsa::cli::command_anchors(args);
     std::fprintf(stderr, "sparsa: unknown command '%s' (run 'sparsa --help' for the list)\n", command);
     return 2;
 }
