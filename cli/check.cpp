@@ -27,8 +27,9 @@ const char* const kHelp = R"(usage: sparsa check FILE... [--n N] [--block B]
 
 Parses and checks each pattern script, then evaluates every (layer, head) at sequence length N
 (default 4096) to catch errors that only show when the script runs (a wrong argument type, a
-division by zero, a missing load() file). Diagnostics go to stderr as FILE:LINE:COL; with --n,
-the warnings that depend on n are shown too. Exit 0 when every file is clean of errors.
+division by zero, a missing load() file, or a missing anchors fit or rotations file). Diagnostics
+go to stderr as FILE:LINE:COL; with --n, the warnings and errors that depend on n are shown too
+(more lsh buckets than n tokens). Exit 0 when every file is clean of errors.
 )";
 
 } // namespace
@@ -46,7 +47,8 @@ int command_check(const std::vector<std::string>& argv) {
     for (const auto& path : args.positionals()) {
         try {
             dsl::ScriptPtr script = dsl::script_load(path);
-            std::vector<dsl::Diagnostic> warnings = dsl::script_evaluate_all(*script, n, block);
+            // Without --n, n is a stand-in: checks against n itself (lsh's buckets <= n) wait for a compile.
+            std::vector<dsl::Diagnostic> warnings = dsl::script_evaluate_all(*script, n, block, args.has("--n"));
             if (!args.has("--n")) warnings = dsl::script_warnings(*script);
             print_diagnostics(warnings);
             const auto& s = dsl::script_settings(*script);

@@ -38,7 +38,8 @@ commands:
   anchors fit --q Q.npy --k K.npy --anchors K -o FILE.npz [--rounds R] [--seed S]
                                 fit the anchors of anchors(K) heads (spherical k-means)
 Run 'sparsa COMMAND --help' for a command's options. The pattern language is described in
-docs/pattern-language.md; examples are in examples/patterns/.
+docs/pattern-language.md; examples are in examples/patterns/. Content-based heads (lsh, anchors,
+favor) compile to their fixed part and a spec; compile, stats and show say which heads they are.
 )";
 
 int run(int argc, char** argv, const char* command) {

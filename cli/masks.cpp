@@ -1,5 +1,6 @@
 // sparsa compile, stats and show: compile a script for a sequence length, then save the masks,
-// count what they keep, or draw one of them.
+// count what they keep, or draw one of them. Content-based heads (lsh, anchors, favor) compile to
+// their fixed part and a spec: these commands count and draw the fixed part and say so.
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/outputs.hpp"
@@ -43,6 +44,7 @@ CompiledScript compile_file(const std::string& path, const Args& args) {
     options.n = args.required_integer("--n", 1, kMaxN);
     options.block = args.block_size();
     options.threads = static_cast<int>(args.integer("--threads", 0, 0, 4096));
+    options.content = true;
     auto start = std::chrono::steady_clock::now();
     out.compiled = dsl::script_compile(*out.script, options);
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -52,6 +54,7 @@ CompiledScript compile_file(const std::string& path, const Args& args) {
 // The receptive-field warning (analysis/receptive_field.hpp): when some query cannot reach some
 // key within the script's layers, a warning at the first `attend` line joins the compile's.
 void append_reach_warning(CompiledScript& c, int threads) {
+    if (!c.compiled.masks.content.empty()) return;  // content heads add pairs per input: reach is not known
     const ReachWarning w = receptive_field_unreached(c.compiled.masks, threads);
     if (!w.warn) return;
     auto source = std::make_shared<const dsl::Source>(dsl::script_source(*c.script));
@@ -103,11 +106,65 @@ MaskCounts count_mask(const BlockMask& mask) {
     return c;
 }
 
+// [SECTION] content-based heads
+
+const ContentSpec* content_at(const MaskSet& set, int64_t layer, int64_t head) {
+    return set.content.empty() ? nullptr : set.content[static_cast<size_t>(layer * set.heads + head)].get();
+}
+
+int64_t content_heads(const MaskSet& set) {
+    return std::count_if(set.content.begin(), set.content.end(), [](const auto& spec) { return spec != nullptr; });
+}
+
+// What a head's family adds, for the table's label: "+lsh" (united with the fixed part) or "favor".
+std::string content_mark(const ContentSpec* spec) {
+    if (spec == nullptr) return "";
+    return spec->kind == ContentKind::favor ? " favor" : std::string(" +") + content_kind_name(spec->kind);
+}
+
+// One line per distinct family: "  lsh(64, rounds = 2, chunk = 64): 12 heads (L0 H0, L0 H1, ...)".
+std::string content_summary(const MaskSet& set) {
+    std::vector<const ContentSpec*> specs;
+    std::vector<std::vector<std::string>> heads;
+    for (int64_t l = 0; l < set.layers; ++l) {
+        for (int64_t h = 0; h < set.heads; ++h) {
+            const ContentSpec* spec = content_at(set, l, h);
+            if (spec == nullptr) continue;
+            const size_t i = static_cast<size_t>(std::find(specs.begin(), specs.end(), spec) - specs.begin());
+            if (i == specs.size()) {
+                specs.push_back(spec);
+                heads.emplace_back();
+            }
+            heads[i].push_back("L" + std::to_string(l) + " H" + std::to_string(h));
+        }
+    }
+    std::string out;
+    for (size_t i = 0; i < specs.size(); ++i) {
+        std::string list;
+        for (size_t j = 0; j < heads[i].size() && j < 6; ++j) list += (j ? ", " : "") + heads[i][j];
+        if (heads[i].size() > 6) list += ", ...";
+        out += "  " + dsl::content_spec_text(*specs[i]) + (specs[i]->causal ? ", causal" : "") + ": " +
+               std::to_string(heads[i].size()) + " head" + (heads[i].size() == 1 ? "" : "s") + " (" + list + ")\n";
+    }
+    return out;
+}
+
+// The note under a count: which heads are content-based and that the counts leave their pairs out.
+void content_note(const MaskSet& set) {
+    const int64_t count = content_heads(set);
+    if (count == 0) return;
+    std::printf("\n%lld of %lld heads are content-based: their pairs are realised per input (sparsa run reports them),\n"
+                "so the counts above are the fixed part's alone (favor: FAVOR+ approximates dense attention, no mask).\n%s",
+                static_cast<long long>(count), static_cast<long long>(set.layers * set.heads), content_summary(set).c_str());
+}
+
 // [SECTION] compile
 
 const char* const kCompileHelp = R"(usage: sparsa compile FILE --n N [--block B] [-o OUT.npz] [--dense OUT.npy] [--threads T]
 
 Compiles a pattern script into one block-sparse mask per (layer, head) for sequence length N.
+A head with a content-based family (lsh, anchors, favor) gets its fixed part as its mask and the
+family's spec beside it; its pairs are realised per input (--dense is refused for such a set).
   --block B       block size (16, 32, 64, 128 or 256); default: the script's `block`, else 64
   -o OUT.npz      save the masks (format: docs/formats.md); nothing is written without -o
   --dense OUT.npy also write the token-level mask as a numpy bool array [layers, heads, N, N]
@@ -171,6 +228,15 @@ int command_compile(const std::vector<std::string>& argv) {
     append_reach_warning(c, static_cast<int>(args.integer("--threads", 0, 0, 4096)));
     print_diagnostics(c.compiled.warnings);
     const MaskSet& set = c.compiled.masks;
+    if (dense_path && content_heads(set) > 0) {
+        for (int64_t i = 0; i < set.layers * set.heads; ++i) {
+            if (const ContentSpec* spec = set.content[static_cast<size_t>(i)].get()) {
+                throw Error("--dense writes every pair, but layer " + std::to_string(i / set.heads) + ", head " +
+                            std::to_string(i % set.heads) + " is content-based (" + dsl::content_spec_text(*spec) +
+                            "): its pairs are realised per input (give -o OUT.npz for the fixed part and the spec)");
+            }
+        }
+    }
     if (dense_path) {
         const double bytes = static_cast<double>(set.layers * set.heads) * static_cast<double>(n) * static_cast<double>(n);
         if (bytes > 16.0 * (1 << 30)) {
@@ -193,6 +259,11 @@ int command_compile(const std::vector<std::string>& argv) {
                 static_cast<long long>(set.layers), set.layers == 1 ? "" : "s",
                 static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", distinct, distinct == 1 ? "" : "s",
                 static_cast<long long>(kept), percent(static_cast<double>(pairs) / total_pairs).c_str(), c.seconds);
+    if (const int64_t count = content_heads(set); count > 0) {
+        outputs.say("%lld of %lld heads are content-based (the masks and the density above are their fixed part; the file keeps "
+                    "each head's spec, and their pairs are realised per input):\n%s",
+                    static_cast<long long>(count), static_cast<long long>(set.layers * set.heads), content_summary(set).c_str());
+    }
     if (out_path) {
         MaskSet saved = set;
         saved.params.emplace_back("n", std::to_string(n));
@@ -218,6 +289,8 @@ const char* const kStatsHelp = R"(usage: sparsa stats FILE... --n N [--block B] 
 For each (layer, head) and in total: kept blocks (full and partial), kept pairs, density
 (kept pairs / N^2), the FLOPs of attention against dense (on kept pairs, and on kept blocks as
 a block-sparse kernel computes them), mask memory, query rows with no key, and the warnings.
+Content-based heads (lsh, anchors: +lsh in the table; favor) are counted by their fixed part
+alone, and a note lists their families: their pairs are realised per input (sparsa run).
   --json         print one JSON object per script instead of tables
   --brief        one line per script (the total)
   --png OUT.png  also draw the density and block FLOPs of every (layer, head) as two heat maps
@@ -306,10 +379,15 @@ int command_stats(const std::vector<std::string>& argv) {
                     item["layer"] = l;
                     item["head"] = h;
                     item["mask"] = index[static_cast<size_t>(l * set.heads + h)];
+                    const ContentSpec* spec = content_at(set, l, h);
+                    item["content"] = spec == nullptr ? nlohmann::json() : nlohmann::json::parse(content_spec_json(*spec));
                     per.push_back(item);
                 }
             }
             out["masks"] = per;
+            // Content-based heads: the counts above are their fixed part's (their pairs come per input).
+            out["content_heads"] = content_heads(set);
+            out["counts"] = content_heads(set) > 0 ? "fixed part only" : "all pairs";
             nlohmann::json warnings = nlohmann::json::array();
             for (const auto& w : c.compiled.warnings) {
                 warnings.push_back({{"line", w.line()}, {"column", w.column()}, {"message", w.message}, {"text", dsl::diagnostic_format(w)}});
@@ -340,6 +418,10 @@ int command_stats(const std::vector<std::string>& argv) {
                         percent(static_cast<double>(total.stats.kept_pairs) / (n2 * masks)).c_str(),
                         percent(static_cast<double>(total.block_pairs) / (n2 * masks)).c_str(),
                         human_bytes(total.stats.mask_bytes).c_str(), c.compiled.warnings.size());
+            if (const int64_t count = content_heads(set); count > 0) {
+                std::printf("%-30s %lld content-based head%s: counted above by their fixed part\n", "", static_cast<long long>(count),
+                            count == 1 ? "" : "s");
+            }
             continue;
         }
         std::printf("%s: n = %lld, block %d, %lld layers x %lld heads, %zu distinct masks, compiled in %.3f s\n\n",
@@ -349,13 +431,14 @@ int command_stats(const std::vector<std::string>& argv) {
                     "partial", "kept pairs", "density", "FLOPs/dense", "block FLOPs", "mask mem", "empty rows");
         for (int64_t l = 0; l < set.layers; ++l) {
             for (int64_t h = 0; h < set.heads; ++h) {
-                line("L" + std::to_string(l) + " H" + std::to_string(h),
+                line("L" + std::to_string(l) + " H" + std::to_string(h) + content_mark(content_at(set, l, h)),
                      unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])], 1.0);
             }
         }
         line("total", total, masks);
         std::printf("\nFLOPs/dense counts kept pairs; block FLOPs counts every pair of a kept block (what a\n"
                     "block-sparse kernel computes). mask mem counts distinct masks once.\n");
+        content_note(set);
     }
     if (png_path) {
         MaskSet set = *drawn;
@@ -438,9 +521,18 @@ int command_show(const std::vector<std::string>& argv) {
         if (one_mask) {
             outputs.say("wrote %s (layer %lld, head %lld; %d x %d pixels)\n", png_path->c_str(), static_cast<long long>(layer),
                         static_cast<long long>(head), image.width, image.height);
+            if (const ContentSpec* spec = content_at(set, layer, head)) {
+                outputs.say("layer %lld, head %lld is content-based (%s): the picture is its fixed part alone; the rest is "
+                            "realised per input\n", static_cast<long long>(layer), static_cast<long long>(head),
+                            dsl::content_spec_text(*spec).c_str());
+            }
         } else {
             outputs.say("wrote %s (%lld layer%s x %lld head%s; %d x %d pixels)\n", png_path->c_str(), static_cast<long long>(set.layers),
                         set.layers == 1 ? "" : "s", static_cast<long long>(set.heads), set.heads == 1 ? "" : "s", image.width, image.height);
+            if (const int64_t count = content_heads(set); count > 0) {
+                outputs.say("%lld of the heads are content-based: the picture shows their fixed part alone\n%s",
+                            static_cast<long long>(count), content_summary(set).c_str());
+            }
         }
         outputs.commit();
         return 0;
@@ -461,12 +553,25 @@ int command_show(const std::vector<std::string>& argv) {
     const int64_t width = 128;
     const int64_t scale = (blocks + width - 1) / width;  // blocks per cell, each way
     const int64_t cells = (blocks + scale - 1) / scale;
+    const ContentSpec* spec = content_at(set, layer, head);
+    if (spec != nullptr && spec->kind == ContentKind::favor) {
+        std::printf("%s: layer %lld, head %lld is %s: FAVOR+ approximates %s attention for this head, so it has no mask "
+                    "to draw (sparsa run reports its error against exact attention)\n",
+                    args.positionals()[0].c_str(), static_cast<long long>(layer), static_cast<long long>(head),
+                    dsl::content_spec_text(*spec).c_str(), spec->causal ? "causal" : "dense");
+        return 0;
+    }
     BlockMaskStats stats = block_mask_stats(mask);
     std::printf("%s: layer %lld, head %lld, n = %lld, block %d: %lld x %lld blocks, %lld kept (%lld full, %lld partial), density %s\n",
                 args.positionals()[0].c_str(), static_cast<long long>(layer), static_cast<long long>(head),
                 static_cast<long long>(mask.n), mask.block, static_cast<long long>(blocks), static_cast<long long>(blocks),
                 static_cast<long long>(stats.kept_blocks), static_cast<long long>(stats.full_blocks),
                 static_cast<long long>(stats.partial_blocks), percent(stats.density).c_str());
+    if (spec != nullptr) {
+        std::printf("content-based: %s%s adds its pairs per input (sparsa run reports them);\n"
+                    "the grid and the density above are the fixed part alone\n",
+                    dsl::content_spec_text(*spec).c_str(), spec->causal ? " (causal)" : "");
+    }
     if (scale > 1) {
         std::printf("each cell is %lld x %lld blocks (%lld x %lld tokens)\n", static_cast<long long>(scale),
                     static_cast<long long>(scale), static_cast<long long>(scale * mask.block),
