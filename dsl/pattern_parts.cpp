@@ -115,7 +115,14 @@ PatternParts script_pattern_parts(const Script& script, int64_t n, int32_t block
         std::vector<PatternPtr> leaves;
         pattern_union_leaves(out.parts[0].pattern, leaves);
         out.parts.clear();
-        for (const auto& leaf : leaves) out.parts.push_back(PatternPart{pattern_key(*leaf), -1, -1, leaf});
+        for (const auto& leaf : leaves) out.parts.push_back(PatternPart{pattern_key(*leaf), -1, -1, leaf, nullptr});
+    }
+    out.n = n;
+    out.block = block;
+    for (PatternPart& part : out.parts) {
+        if (part.pattern && !pattern_is_data_dependent(*part.pattern)) {
+            part.mask = std::make_shared<const BlockMask>(pattern_compile(*part.pattern, n, block));
+        }
     }
     return out;
 }
@@ -124,8 +131,14 @@ std::vector<size_t> pattern_parts_allowing(const PatternParts& parts, int64_t n,
     std::vector<size_t> out;
     if (parts.causal && k > q) return out;
     for (size_t i = 0; i < parts.parts.size(); ++i) {
-        const PatternPtr& p = parts.parts[i].pattern;
-        if (p && pattern_allowed(*p, n, block, q, k)) out.push_back(i);
+        const PatternPart& part = parts.parts[i];
+        bool allows = false;
+        if (part.mask && parts.n == n && parts.block == block) {
+            allows = part.mask->allowed(q, k);
+        } else if (part.pattern && !pattern_is_data_dependent(*part.pattern)) {
+            allows = pattern_allowed(*part.pattern, n, block, q, k);
+        }
+        if (allows) out.push_back(i);
     }
     return out;
 }

@@ -6,6 +6,7 @@
 #include "dsl/script.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,12 +18,18 @@ struct PatternPart {
     int32_t begin = 0;      // byte span in the script's text (-1 when it comes from a name's body)
     int32_t end = 0;
     PatternPtr pattern;     // the operand alone (null when it is not a pattern, e.g. a set)
+    // The operand compiled at the parts' n and block, so a pair is answered in O(1) (the
+    // predicate, pattern_allowed, takes O(n B) for random(outside = P)); null when it is not a
+    // pattern or is content-based (its pairs depend on Q and K).
+    std::shared_ptr<const BlockMask> mask;
 };
 
 struct PatternParts {
     std::vector<PatternPart> parts;  // [operands] in source order
     int64_t line = 0;                // 1-based line of the attend statement used
     bool causal = false;             // the script's `causal` statement cuts every k > q
+    int64_t n = 0;                   // the sequence length and block the parts were compiled at
+    int32_t block = 0;
 };
 
 // The parts of the attend line chosen for (layer, head) at sequence length n and block size B.
