@@ -160,6 +160,7 @@ struct FeatureStats {
     int64_t lost_rows = 0;      // rows with a feature exponent below kFavorMinExponent
     double spread = 0;          // the most negative exponent, negated
     double largest_norm = 0;    // max |x'|
+    double mean_sq_norm = 0;    // mean |x'|^2
 };
 
 // phi [n, m] of the rows x [n, d] of one head (x' = sign * root_scale * x):
@@ -194,6 +195,7 @@ FeatureStats phi_compute(const float* x, int64_t n, int64_t d, const Matrix& ome
         const float top = *std::max_element(row, row + m);
         const double length = norm[to_size(j)];
         stats.largest_norm = std::max(stats.largest_norm, length);
+        stats.mean_sq_norm += length * length / static_cast<double>(n);
         // The row's exponents relative to its largest: |x'| (p_r - p_max) <= 0.
         for (int64_t r = 0; r < m; ++r) row[r] = static_cast<float>(length * static_cast<double>(row[r] - top));
         if (keys) {
@@ -242,60 +244,54 @@ struct RowReport {
 };
 
 // The forward scan over query chunks: o [n, d] and rows.inverse_den; with g (d_o, [n, d]) also
-// dq' = (phi_q o u / D) omega [n, d], where u_i = S_i g_i - z_i (g_i . o_i) is dL/dphi_q times D
-// (S_i = sum over keys j of query i of phi_k_j^T v_j, z_i = sum phi_k_j).
+// dq' = (phi_q o u / D) omega [n, d], where u_i = sum over keys j of query i of
+// phi_k_j (g_i . v_j - g_i . o_i) is dL/dphi_q_i times D_i.
+// Per chunk: N = phi_q S + (causal) P V with P = phi_q phi_k^T of the chunk, masked to j <= i;
+// D = phi_q z + (causal) rowsum(P) in double, z = phi_k^T 1 so far (every key, bidirectional).
 RowReport scan_forward(const Head& h, float* o, Rows& rows, const float* g, float* dq_prime) {
     const int64_t n = h.n, d = h.d, m = h.m;
     const Matrix& phi_q = *h.phi_q;
     const Matrix& phi_k = *h.phi_k;
     const int64_t chunk = h.causal ? kCausalChunk : kChunk;
-    MatrixD state = MatrixD::Zero(m, d);   // S = phi_k^T V over the keys so far (all, bidirectional)
-    Eigen::VectorXd z = Eigen::VectorXd::Zero(m);   // phi_k^T 1
-    Matrix state_f(m, d);
+    MatrixD state = MatrixD::Zero(m, d);            // S = phi_k^T V over the keys so far
+    Eigen::VectorXd z = Eigen::VectorXd::Zero(m);   // z = phi_k^T 1
     auto add_keys = [&](int64_t c0, int64_t count) {
         const ConstMap v_c(h.v + c0 * d, count, d);
-        state += (phi_k.middleRows(c0, count).transpose() * v_c).cast<double>();
+        const auto k_c = phi_k.middleRows(c0, count);
+        state += (k_c.transpose() * v_c).cast<double>();
+        z += k_c.cast<double>().colwise().sum().transpose();
     };
     if (!h.causal) {
         for (int64_t c0 = 0; c0 < n; c0 += chunk) add_keys(c0, std::min(chunk, n - c0));
-        for (int64_t j = 0; j < n; ++j) z += phi_k.row(j).transpose().cast<double>();
     }
-    state_f = state.cast<float>();
+    Matrix state_f = state.cast<float>();
+    Eigen::RowVectorXf z_f = z.transpose().cast<float>();
     const float key_top = phi_k.maxCoeff();
     rows.inverse_den.assign(to_size(n), 0.0);
     if (g != nullptr) rows.g_dot_o.assign(to_size(n), 0.0f);
     RowReport report;
     Matrix num, pairs, u, da;
-    Eigen::VectorXd z_run = z;
+    Eigen::VectorXd den;
+    Eigen::VectorXf q_top, inverse;
     for (int64_t c0 = 0; c0 < n; c0 += chunk) {
         const int64_t count = std::min(chunk, n - c0);
         const auto q_c = phi_q.middleRows(c0, count);
         const auto k_c = phi_k.middleRows(c0, count);
         const ConstMap v_c(h.v + c0 * d, count, d);
-        num.noalias() = q_c * state_f;   // N = phi_q S (earlier chunks, or every key)
+        num.noalias() = q_c * state_f;             // N = phi_q S (earlier chunks, or every key)
+        den.noalias() = q_c.cast<double>() * z;    // D = phi_q z
         if (h.causal) {
             pairs.noalias() = q_c * k_c.transpose();   // the chunk's own pairs, j <= i
             pairs.triangularView<Eigen::StrictlyUpper>().setZero();
             num.noalias() += pairs * v_c;
+            den += pairs.cast<double>().rowwise().sum();
         }
-        if (g != nullptr) {
-            const ConstMap g_c(g + c0 * d, count, d);
-            u.noalias() = g_c * state_f.transpose();   // S_i g_i, earlier keys
-            if (h.causal) {
-                pairs.noalias() = g_c * v_c.transpose();   // g_i . v_j, j <= i
-                pairs.triangularView<Eigen::StrictlyUpper>().setZero();
-                u.noalias() += pairs * k_c;
-            }
-            da.resize(count, m);
-        }
+        q_top = q_c.rowwise().maxCoeff();
+        inverse.resize(count);
         for (int64_t i = 0; i < count; ++i) {
             const int64_t row = c0 + i;
-            if (h.causal) z_run += k_c.row(i).transpose().cast<double>();
-            const float* f = q_c.row(i).data();
-            double den = 0;
-            for (int64_t r = 0; r < m; ++r) den += static_cast<double>(f[r]) * z_run[r];
-            const double scale = static_cast<double>(*std::max_element(f, f + m)) * key_top;
-            const double ratio = scale > 0 ? den / scale : 0.0;
+            const double scale = static_cast<double>(q_top[i]) * key_top;
+            const double ratio = scale > 0 ? den[i] / scale : 0.0;
             float* out = o + row * d;
             const bool degraded = !(ratio >= kFavorMinRatio);
             if (ratio < report.worst_ratio) {
@@ -304,11 +300,11 @@ RowReport scan_forward(const Head& h, float* o, Rows& rows, const float* g, floa
             }
             if (degraded) {
                 ++report.degraded;
-                if (!(den > 0)) ++report.zero;
+                if (!(den[i] > 0)) ++report.zero;
             }
-            bool finite = den > 0;
+            bool finite = den[i] > 0;
             for (int64_t t = 0; t < d && finite; ++t) {
-                out[t] = static_cast<float>(static_cast<double>(num(i, t)) / den);
+                out[t] = static_cast<float>(static_cast<double>(num(i, t)) / den[i]);
                 finite = std::isfinite(out[t]);
             }
             if (!finite) {
@@ -316,30 +312,39 @@ RowReport scan_forward(const Head& h, float* o, Rows& rows, const float* g, floa
                 // D so small that N / D leaves float32). It gives 0, as an empty row does.
                 if (!degraded) {
                     throw Error("favor_forward: row " + text(row) + " of a head gave a non-finite o with denominator " +
-                                number_text(den) + " (please report this input)");
+                                number_text(den[i]) + " (please report this input)");
                 }
                 std::fill(out, out + d, 0.0f);
             }
-            if (!degraded && finite) rows.inverse_den[to_size(row)] = 1.0 / den;
+            if (!degraded && finite) rows.inverse_den[to_size(row)] = 1.0 / den[i];
+            inverse[i] = static_cast<float>(rows.inverse_den[to_size(row)]);
             if (g != nullptr) {
                 const float* g_i = g + row * d;
                 double e = 0;
                 for (int64_t t = 0; t < d; ++t) e += static_cast<double>(g_i[t]) * out[t];
                 rows.g_dot_o[to_size(row)] = static_cast<float>(e);
-                // da_ir = phi_q_ir (u_ir - e_i z_ir) / D_i: bounded, since phi_q_ir z_ir <= D_i.
-                const double inverse = rows.inverse_den[to_size(row)];
-                for (int64_t r = 0; r < m; ++r) {
-                    da(i, r) = static_cast<float>(static_cast<double>(f[r]) * inverse *
-                                                  (static_cast<double>(u(i, r)) - e * z_run[r]));
-                }
             }
         }
         if (g != nullptr) {
+            const ConstMap g_c(g + c0 * d, count, d);
+            const Eigen::Map<const Eigen::VectorXf> e_c(rows.g_dot_o.data() + c0, count);
+            u.noalias() = g_c * state_f.transpose();   // S g_i - z (g_i . o_i): earlier keys
+            u.noalias() -= e_c * z_f;
+            if (h.causal) {
+                pairs.noalias() = g_c * v_c.transpose();   // W_ij = g_i . v_j - g_i . o_i, j <= i
+                pairs.colwise() -= e_c;
+                pairs.triangularView<Eigen::StrictlyUpper>().setZero();
+                u.noalias() += pairs * k_c;
+            }
+            // da_ir = phi_q_ir u_ir / D_i: bounded, since phi_q_ir z_ir <= D_i (0: degraded rows).
+            da = q_c.cwiseProduct(u);
+            da.array().colwise() *= inverse.array();
             Map(dq_prime + c0 * d, count, d).noalias() = da * (*h.omega);   // dq' = sum_r da_r omega_r
         }
         if (h.causal) {
             add_keys(c0, count);
             state_f = state.cast<float>();
+            z_f = z.transpose().cast<float>();
         }
     }
     return report;
@@ -423,6 +428,7 @@ struct Call {
     double scale = 0, root_scale = 0;
     float key_sign = 1;
     int threads = 1;
+    std::vector<int64_t> features_m;   // [heads]
 };
 
 Call check_call(const std::string& what, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -460,6 +466,7 @@ Call check_call(const std::string& what, const Tensor& q, const Tensor& k, const
     call.root_scale = std::sqrt(std::abs(call.scale));
     call.key_sign = call.scale < 0 ? -1.0f : 1.0f;
     call.threads = attention_threads(what, options.threads);
+    for (const FavorFeatures& f : features) call.features_m.push_back(f.m);
     // Every sum of phi V is at most max |v| n m (features <= 1), the state at most max |v| n.
     float v_max = 0;
     for (float x : v.data) v_max = std::max(v_max, std::abs(x));
@@ -475,7 +482,10 @@ Call check_call(const std::string& what, const Tensor& q, const Tensor& k, const
 }
 
 void report_merge(FavorReport& into, const RowReport& rows, const FeatureStats& q_stats, const FeatureStats& k_stats,
-                  int64_t b, int64_t h) {
+                  int64_t m, int64_t b, int64_t h) {
+    // Capped so that the report stays finite (exp overflows past |q'|^2 + |k'|^2 = 709).
+    const double variance = std::expm1(std::min(q_stats.mean_sq_norm + k_stats.mean_sq_norm, 600.0));
+    into.predicted_error = std::max(into.predicted_error, std::sqrt(variance / static_cast<double>(m)));
     into.degraded_rows += rows.degraded;
     into.zero_rows += rows.zero;
     if (rows.worst_ratio < into.worst_ratio) {
@@ -497,12 +507,14 @@ template <typename Body> FavorReport heads_run(const Call& call, const Body& bod
     struct Parts {
         RowReport rows;
         FeatureStats q, k;
+        int64_t m = 1;
     };
     std::vector<Parts> parts(to_size(total));
     parallel_for(total, call.threads, [&](int64_t begin, int64_t end) {
         Matrix phi_q, phi_k, scratch, omega;
         for (int64_t bh = begin; bh < end; ++bh) {
             Parts& p = parts[to_size(bh)];
+            p.m = call.features_m[to_size(bh % call.shape.heads)];
             body(bh / call.shape.heads, bh % call.shape.heads, phi_q, phi_k, scratch, omega, p.rows, p.q, p.k);
         }
     });
@@ -510,7 +522,7 @@ template <typename Body> FavorReport heads_run(const Call& call, const Body& bod
     report.rows = total * call.shape.n;
     for (int64_t bh = 0; bh < total; ++bh) {
         const Parts& p = parts[to_size(bh)];
-        report_merge(report, p.rows, p.q, p.k, bh / call.shape.heads, bh % call.shape.heads);
+        report_merge(report, p.rows, p.q, p.k, p.m, bh / call.shape.heads, bh % call.shape.heads);
     }
     return report;
 }
@@ -539,8 +551,12 @@ Head head_prepare(const Call& call, const Tensor& q, const Tensor& k, const Tens
 } // namespace
 
 std::string favor_report_warning(const FavorReport& r, const std::string& what) {
-    if (!r.degraded()) return "";
-    std::string s = what + ": warning: the FAVOR+ estimate is degraded:";
+    if (!r.degraded() && !r.noisy()) return "";
+    std::string s = what + ": warning: the FAVOR+ estimate is " + (r.degraded() ? "degraded:" : "noisy:");
+    if (r.noisy()) {
+        s += " at these norms one pair's kernel estimate has a relative error of about " + number_text(r.predicted_error) +
+             " (sqrt((exp(|q'|^2 + |k'|^2) - 1) / m) with the mean |q'|^2, |k'|^2 of the worst head, m its features);";
+    }
     if (r.degraded_rows > 0) {
         s += " " + text(r.degraded_rows) + " of " + text(r.rows) + " query rows have a denominator below " +
              number_text(kFavorMinRatio) + " of its scale (worst " + number_text(r.worst_ratio) + " at [" +
@@ -553,7 +569,8 @@ std::string favor_report_warning(const FavorReport& r, const std::string& what) 
              ") of the largest (exponents span " + number_text(r.largest_spread) + "; largest |q'| " +
              number_text(r.largest_q_norm) + ", |k'| " + number_text(r.largest_k_norm) + " after the scale);";
     }
-    return s + " (FAVOR+ is accurate for moderate |q'| |k'|: normalise or scale Q and K down, or use exact attention)";
+    return s + " (FAVOR+ is accurate only while |q'|^2 + |k'|^2 is small beside log m: scale Q and K down, or use exact "
+               "attention)";
 }
 
 FavorOutput favor_forward(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<FavorFeatures>& features,
