@@ -16,6 +16,12 @@ bench_cuda --csv) and writes it to OUT_DIR/cuda-<gpu>.md with the command and th
             [--command TEXT] [--out-dir bench/results] [--suffix TEXT] [--copy-to DIR]
 
 --suffix goes after the GPU's name in the file name (cuda-<gpu><suffix>.md), e.g. -d64.
+
+    python3 bench/gpu_compare.py --content-csv content.csv [--heads 16] [--command TEXT] [--out-dir DIR] [--copy-to DIR]
+
+compares instead the content-based heads (bench_content_cuda --csv: lsh, anchors, FAVOR+) with
+cuDNN dense and causal at each n and d of the CSV, timed here in the same run, and writes
+OUT_DIR/content-cuda-<gpu>.md.
 """
 import argparse
 import csv
@@ -142,10 +148,64 @@ def median_ms(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
+def content_main(args):
+    """The content-based heads (bench_content_cuda's CSV) against cuDNN dense and causal, timed here."""
+    gpu = torch.cuda.get_device_name(0)
+    H = args.heads
+    with open(args.content_csv) as f:
+        rows = list(csv.DictReader(f))
+    cudnn = {}   # (n, d, causal) -> ms
+    for n, d in sorted({(int(r["n"]), int(r["d"])) for r in rows}):
+        g = torch.Generator(device="cuda").manual_seed(3)
+        q, k, v = [torch.randn(1, H, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)]
+        for causal in (False, True):
+            try:
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+            except RuntimeError as e:
+                print(f"SDPA cuDNN n={n} d={d} causal={causal}: not run ({str(e).splitlines()[0]})", flush=True)
+                continue
+            cudnn[(n, d, causal)] = ms
+            print(f"SDPA cuDNN {'causal' if causal else 'dense'} n={n} d={d}: {ms:.3f} ms", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    lines = [f"GPU: {gpu}; bf16, batch 1, {H} heads; median times (CUDA events for sparsa, triton's do_bench for cuDNN). "
+             "bucketing: hashing (lsh) or anchor cosines and the host's balanced assignment (anchors), the radix sort and "
+             "the chunk ids; attention: the rounds' banded passes, which read Q, K, V through the sorted order (the gather "
+             "is in their tile loads) and write O back at the tokens' positions (FAVOR+: its key and query passes); merge: "
+             "the log-sum-exp merge of the passes. x cuDNN: cuDNN's time / sparsa's total, against cuDNN dense, or cuDNN "
+             "causal for favor-causal.", "",
+             "| family | n | d | bucketing ms | attention ms | merge ms | total ms | bucketing share | cuDNN dense ms | cuDNN causal ms | x cuDNN |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n, d, total = int(r["n"]), int(r["d"]), float(r["total_ms"])
+        causal = r["family"] == "favor-causal"
+        dense_ms, causal_ms = cudnn.get((n, d, False)), cudnn.get((n, d, True))
+        base = causal_ms if causal else dense_ms
+        fmt = lambda x: "" if x is None else f"{x:.3f}"
+        lines.append(f"| {r['family']} | {n} | {d} | {float(r['bucketing_ms']):.3f} | {float(r['attention_ms']):.3f} | "
+                     f"{float(r['merge_ms']):.3f} | {total:.3f} | {100 * float(r['bucketing_ms']) / total:.1f}% | "
+                     f"{fmt(dense_ms)} | {fmt(causal_ms)} | {'' if base is None else f'{base / total:.1f}'} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, f"content-cuda-{slug}{args.suffix}.md")
+    text = f"# Content-based heads on {gpu}\n\nCommand: `{args.command}` (torch {torch.__version__}).\n\n{table}\n"
+    with open(out + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out}")
+    if args.copy_to:
+        shutil.copy(out, os.path.join(args.copy_to, os.path.basename(out)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("masks", nargs="+")
+    ap.add_argument("masks", nargs="*")
     ap.add_argument("--sparsa-csv", default=None)
+    ap.add_argument("--content-csv", default=None, help="bench_content_cuda's CSV: compare the content-based heads instead")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--command", default="python3 bench/gpu_compare.py ...")
@@ -153,6 +213,11 @@ def main():
     ap.add_argument("--suffix", default="")
     ap.add_argument("--copy-to", default=None)
     args = ap.parse_args()
+    if args.content_csv:
+        content_main(args)
+        return
+    if not args.masks:
+        ap.error("give mask files (or --content-csv)")
 
     torch._dynamo.config.cache_size_limit = 64   # one compile per mask shape; never fall back to eager
     gpu = torch.cuda.get_device_name(0)

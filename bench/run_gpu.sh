@@ -14,6 +14,13 @@
 #                                       # Nsight Compute (--set full, clocks as found) on one timed
 #                                       #   launch of each kernel:mask; reports, the details page and
 #                                       #   the per-SASS-line stall samples (CSV) in $LOGS/profile
+#   BUILD=build-D bench/run_gpu.sh content_sanitize content
+#                                       # the content-based heads (lsh, anchors, FAVOR+:
+#                                       #   engine/cuda/content_cuda.hpp) with carried binaries
+#                                       #   tests/test_content_cuda and bench/bench_content_cuda:
+#                                       #   memcheck on the small cases; tests, the benchmark
+#                                       #   (CONTENT_ARGS for bench_content_cuda) and cuDNN dense /
+#                                       #   causal in the same run: bench/results/content-cuda-<gpu>.md
 #   BUILD=build-cuda bench/run_gpu.sh carried test sanitize cli bench compare
 #                                       # the same with binaries built here and carried (step
 #                                       #   `carried` instead of `build`: the GPU machine has no
@@ -119,6 +126,31 @@ step_bench() {
 step_compare() {
     PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(bench_files) --heads 16 --d 128 --sparsa-csv "$LOGS/sparsa.csv" \
         --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare.log"
+}
+
+# [SECTION] content-based heads (issue 14)
+content_binaries() {
+    for f in tests/test_content_cuda bench/bench_content_cuda; do
+        [[ -x $BUILD/$f ]] || { echo "content: $BUILD/$f is missing (build it, strip it and carry it)"; exit 1; }
+    done
+}
+
+step_content_sanitize() {
+    content_binaries
+    compute-sanitizer --tool memcheck --error-exitcode 3 "$BUILD/tests/test_content_cuda" "[small]" \
+        >"$LOGS/sanitize-content.log" 2>&1 || { tail -40 "$LOGS/sanitize-content.log"; exit 1; }
+    echo "compute-sanitizer memcheck (content): $(grep -h 'ERROR SUMMARY' "$LOGS/sanitize-content.log")"
+}
+
+step_content() {
+    content_binaries
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    "$BUILD/tests/test_content_cuda" >"$LOGS/test-content.log" 2>&1 || { tail -60 "$LOGS/test-content.log"; exit 1; }
+    tail -3 "$LOGS/test-content.log"
+    # shellcheck disable=SC2086
+    "$BUILD/bench/bench_content_cuda" --csv "$LOGS/content.csv" ${CONTENT_ARGS:-} | tee "$LOGS/bench-content.log"
+    PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py --content-csv "$LOGS/content.csv" --heads 16 \
+        --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare-content.log"
 }
 
 d64_files() { ls "$MASKS/bench/dense-16384.npz" "$MASKS/bench/window256-65536.npz"; }

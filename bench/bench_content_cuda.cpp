@@ -1,0 +1,232 @@
+// Benchmark of the CUDA engine's content-based heads (engine/cuda/content_cuda.hpp): lsh, anchors
+// and FAVOR+ (bidirectional and causal) at each n and d, with the bucketing (hashing or anchor
+// cosines and the host's balanced assignment, sorting, chunk ids) timed apart from the attention
+// passes and their merge, by CUDA events. Random inputs (never zeros), fresh per case. Prints a
+// Markdown table; --csv writes one line per case for bench/gpu_compare.py --content-csv, which
+// times cuDNN dense and causal in the same run and writes bench/results/content-cuda-<gpu>.md.
+//
+//   bench_content_cuda [--n 4096,16384,65536,131072] [--d 64,128] [--heads 16] [--batch 1]
+//                      [--dtype bf16] [--families lsh,anchors,favor,favor-causal] [--runs 10] [--csv PATH]
+//
+// Families: lsh = lsh(64 buckets, rounds = 2, chunk = 64); anchors = anchors(64, chunk = 64) on
+// random unit anchors; favor = favor(256); favor-causal = favor(256) under `causal`. The features
+// and anchors are random normals (the same work as the seed's orthogonal ones).
+#include "engine/content/random_numbers.hpp"
+#include "engine/cuda/content_cuda.hpp"
+#include "engine/error.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace sparsa;
+
+namespace {
+
+struct Options {
+    std::vector<int64_t> n = {4096, 16384, 65536, 131072};
+    std::vector<int64_t> d = {64, 128};
+    std::vector<std::string> families = {"lsh", "anchors", "favor", "favor-causal"};
+    int64_t heads = 16, batch = 1;
+    CudaDtype dtype = CudaDtype::bfloat16;
+    int runs = 10;
+    std::string csv;
+};
+
+[[noreturn]] void usage(const std::string& problem) {
+    std::cerr << "bench_content_cuda: " << problem
+              << "\nusage: bench_content_cuda [--n 4096,16384,65536,131072] [--d 64,128] [--heads 16] [--batch 1]"
+                 " [--dtype bf16|fp16|float32] [--families lsh,anchors,favor,favor-causal] [--runs 10] [--csv PATH]\n";
+    std::exit(2);
+}
+
+std::vector<std::string> split(const std::string& s) {
+    std::vector<std::string> out;
+    std::stringstream list(s);
+    for (std::string x; std::getline(list, x, ',');) out.push_back(x);
+    return out;
+}
+
+Options options_parse(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) usage(a + " needs a value");
+            return argv[++i];
+        };
+        try {
+            if (a == "--n" || a == "--d") {
+                auto& list = a == "--n" ? o.n : o.d;
+                list.clear();
+                for (const auto& x : split(value())) list.push_back(std::stoll(x));
+            } else if (a == "--families") {
+                o.families = split(value());
+                for (const auto& f : o.families) {
+                    if (f != "lsh" && f != "anchors" && f != "favor" && f != "favor-causal") usage("unknown family '" + f + "'");
+                }
+            } else if (a == "--heads") {
+                o.heads = std::stoll(value());
+            } else if (a == "--batch") {
+                o.batch = std::stoll(value());
+            } else if (a == "--runs") {
+                o.runs = std::stoi(value());
+            } else if (a == "--csv") {
+                o.csv = value();
+            } else if (a == "--dtype") {
+                const std::string t = value();
+                o.dtype = t == "bf16" ? CudaDtype::bfloat16 : t == "fp16" ? CudaDtype::float16 : t == "float32" ? CudaDtype::float32 : (usage("unknown dtype '" + t + "'"), CudaDtype::bfloat16);
+            } else {
+                usage("unknown argument '" + a + "'");
+            }
+        } catch (const std::logic_error&) {
+            usage(a + " needs a number (or a list of numbers)");
+        }
+    }
+    if (o.runs < 1 || o.heads < 1 || o.batch < 1) usage("--runs, --heads and --batch must be at least 1");
+    return o;
+}
+
+// Standard normals from (seed, element), on every core: the inputs at n = 131,072 are 268 M
+// values a tensor.
+Tensor random_tensor(const TensorShape& shape, uint64_t seed) {
+    Tensor t = tensor_zeros<float>(shape);
+    const size_t size = t.data.size();
+    const unsigned workers = std::max(1u, std::thread::hardware_concurrency());
+    std::vector<std::thread> pool;
+    for (unsigned w = 0; w < workers; ++w) {
+        pool.emplace_back([&, w] {
+            const size_t begin = size * w / workers / 2 * 2, end = w + 1 == workers ? size : size * (w + 1) / workers / 2 * 2;
+            for (size_t e = begin; e < end; e += 2) {
+                const uint64_t bits = random_mix(random_mix(seed) ^ e);
+                const double u1 = (static_cast<double>(bits >> 40) + 1.0) / 16777216.0;
+                const double u2 = (static_cast<double>(bits & 0xffffff) + 1.0) / 16777216.0;
+                const double r = std::sqrt(-2.0 * std::log(u1)), a = 6.283185307179586 * u2;
+                t.data[e] = static_cast<float>(r * std::cos(a));
+                if (e + 1 < size) t.data[e + 1] = static_cast<float>(r * std::sin(a));
+            }
+        });
+    }
+    for (auto& th : pool) th.join();
+    return t;
+}
+
+struct Row {
+    std::string family;
+    int64_t n, d;
+    CudaContentTimes median;
+    int runs;
+};
+
+float median_of(std::vector<float> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    const Options opt = options_parse(argc, argv);
+    try {
+        std::string why;
+        if (!cuda_device_available(&why)) {
+            std::cerr << "bench_content_cuda: no CUDA GPU here (" << why << ")\n";
+            return 1;
+        }
+        CudaContentAttention engine;
+        std::vector<Row> rows;
+        std::printf("GPU: %s; %s, batch %lld, %lld heads\n", cuda_device_name().c_str(), cuda_dtype_name(opt.dtype),
+                    static_cast<long long>(opt.batch), static_cast<long long>(opt.heads));
+        for (const int64_t d : opt.d) {
+            for (const int64_t n : opt.n) {
+                const TensorShape shape{opt.batch, opt.heads, n, d};
+                const uint64_t seed = static_cast<uint64_t>(n * 1000 + d);
+                const Tensor q = random_tensor(shape, seed), k = random_tensor(shape, seed + 1), v = random_tensor(shape, seed + 2);
+                for (const std::string& family : opt.families) {
+                    ContentSpec spec;
+                    CudaContentNumbers numbers(static_cast<size_t>(opt.heads));
+                    if (family == "lsh") {
+                        spec.kind = ContentKind::lsh;
+                        spec.buckets = 64;
+                        spec.rounds = 2;
+                        spec.chunk = 64;
+                        for (int64_t h = 0; h < opt.heads; ++h)
+                            for (int64_t r = 0; r < spec.rounds; ++r) {
+                                const auto R = random_normals(spec.seed, 0, h, r, d * spec.buckets / 2);
+                                numbers[static_cast<size_t>(h)].insert(numbers[static_cast<size_t>(h)].end(), R.begin(), R.end());
+                            }
+                    } else if (family == "anchors") {
+                        spec.kind = ContentKind::anchors;
+                        spec.buckets = 64;
+                        spec.chunk = 64;
+                        std::vector<float> a = random_normals(7, 0, 0, 0, spec.buckets * d);
+                        for (int64_t i = 0; i < spec.buckets; ++i) {   // unit rows
+                            double norm = 0;
+                            for (int64_t j = 0; j < d; ++j) norm += double{a[static_cast<size_t>(i * d + j)]} * a[static_cast<size_t>(i * d + j)];
+                            for (int64_t j = 0; j < d; ++j) a[static_cast<size_t>(i * d + j)] = static_cast<float>(a[static_cast<size_t>(i * d + j)] / std::sqrt(norm));
+                        }
+                        for (auto& x : numbers) x = a;
+                    } else {
+                        spec.kind = ContentKind::favor;
+                        spec.features = 256;
+                        spec.causal = family == "favor-causal";
+                        for (int64_t h = 0; h < opt.heads; ++h) numbers[static_cast<size_t>(h)] = random_normals(spec.seed, 0, h, 0, spec.features * d);
+                    }
+                    MaskSet set = mask_set_make(1, opt.heads, std::vector<std::shared_ptr<const BlockMask>>(
+                                                                  static_cast<size_t>(opt.heads), std::make_shared<BlockMask>(block_mask_empty(n, 64))));
+                    for (int64_t h = 0; h < opt.heads; ++h) set.content.push_back(std::make_shared<ContentSpec>(spec));
+                    CudaContentOptions options;
+                    options.dtype = opt.dtype;
+                    engine.prepare(q, k, v, set, 0, numbers, options);
+                    engine.run();   // warm-up
+                    engine.download();
+                    std::vector<float> fixed, bucketing, attention, merge, total;
+                    for (int r = 0; r < opt.runs; ++r) {
+                        engine.run();
+                        const CudaContentTimes t = engine.times();
+                        fixed.push_back(t.fixed_ms);
+                        bucketing.push_back(t.bucketing_ms);
+                        attention.push_back(t.attention_ms);
+                        merge.push_back(t.merge_ms);
+                        total.push_back(t.total_ms);
+                    }
+                    Row row{family, n, d, {}, opt.runs};
+                    row.median = {median_of(fixed), median_of(bucketing), median_of(attention), median_of(merge), median_of(total)};
+                    rows.push_back(row);
+                    std::printf("%s n=%lld d=%lld: bucketing %.3f ms, attention %.3f ms, merge %.3f ms, total %.3f ms\n", family.c_str(),
+                                static_cast<long long>(n), static_cast<long long>(d), row.median.bucketing_ms, row.median.attention_ms,
+                                row.median.merge_ms, row.median.total_ms);
+                    std::fflush(stdout);
+                }
+            }
+        }
+        std::printf("\n| family | n | d | bucketing ms | attention ms | merge ms | total ms | bucketing share |\n|---|---|---|---|---|---|---|---|\n");
+        for (const Row& r : rows) {
+            std::printf("| %s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.1f%% |\n", r.family.c_str(), static_cast<long long>(r.n),
+                        static_cast<long long>(r.d), r.median.bucketing_ms, r.median.attention_ms, r.median.merge_ms, r.median.total_ms,
+                        100.0 * r.median.bucketing_ms / r.median.total_ms);
+        }
+        if (!opt.csv.empty()) {
+            std::ofstream f(opt.csv);
+            f << "family,n,d,heads,batch,dtype,bucketing_ms,attention_ms,merge_ms,total_ms,runs\n";
+            for (const Row& r : rows) {
+                f << r.family << ',' << r.n << ',' << r.d << ',' << opt.heads << ',' << opt.batch << ',' << cuda_dtype_name(opt.dtype) << ','
+                  << r.median.bucketing_ms << ',' << r.median.attention_ms << ',' << r.median.merge_ms << ',' << r.median.total_ms << ','
+                  << r.runs << '\n';
+            }
+            if (!f) throw Error("bench_content_cuda: could not write " + opt.csv + " (check the folder exists and is writable)");
+        }
+    } catch (const std::exception& e) {
+        std::cerr << "bench_content_cuda: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,634 @@
+// Host side of the CUDA engine's content-based heads (content_cuda.hpp): checks, uploads, the
+// bucketing (hash or anchor cosines, CUB's radix sort, chunk ids), the passes of
+// content_kernels.cuh and their merge; FAVOR+ as two or four passes.
+#include "engine/cuda/content_cuda.hpp"
+
+#include "engine/cuda/content_kernels.cuh"
+#include "engine/error.hpp"
+#include "engine/reference.hpp"
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace sparsa {
+
+namespace {
+
+using cuda::content::ContentParams;
+
+void cuda_check(cudaError_t err, const char* call) {
+    if (err != cudaSuccess) {
+        throw Error(std::string("CUDA content engine: ") + call + " failed: " + cudaGetErrorString(err) +
+                    " (check the GPU with nvidia-smi; rerun with compute-sanitizer to find a bad access)");
+    }
+}
+#define SPARSA_CUDA_CHECK(call) cuda_check((call), #call)
+
+// Device memory that grows on demand and is kept across calls (as attention_cuda.cu's).
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() {
+        if (ptr_ != nullptr) cudaFree(ptr_);
+    }
+    void* reserve(size_t bytes) {
+        bytes = bytes == 0 ? 16 : bytes;
+        if (bytes > bytes_) {
+            if (ptr_ != nullptr) SPARSA_CUDA_CHECK(cudaFree(ptr_));
+            ptr_ = nullptr;
+            bytes_ = 0;
+            SPARSA_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+            bytes_ = bytes;
+        }
+        return ptr_;
+    }
+    template <typename T> T* upload(const std::vector<T>& v) {
+        void* p = reserve(v.size() * sizeof(T));
+        if (!v.empty()) SPARSA_CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+        return static_cast<T*>(p);
+    }
+    template <typename T> T* as() const { return static_cast<T*>(ptr_); }
+
+private:
+    void* ptr_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+// float (already rounded to the dtype, or not) -> the dtype's bits, round to nearest even.
+std::vector<uint16_t> to_16bit(const std::vector<float>& x, CudaDtype dtype) {
+    std::vector<uint16_t> out(x.size());
+    for (size_t e = 0; e < x.size(); ++e) {
+        if (dtype == CudaDtype::bfloat16) {
+            const __nv_bfloat16_raw r = __nv_bfloat16(__float2bfloat16_rn(x[e]));
+            out[e] = r.x;
+        } else {
+            const __half_raw r = __half(__float2half_rn(x[e]));
+            out[e] = r.x;
+        }
+    }
+    return out;
+}
+
+bool same_parameters(const ContentSpec& a, const ContentSpec& b) {
+    return a.kind == b.kind && a.buckets == b.buckets && a.rounds == b.rounds && a.chunk == b.chunk &&
+           a.shared_qk == b.shared_qk && a.features == b.features && a.causal == b.causal;
+}
+
+const char* kind_name(ContentKind kind) {
+    return kind == ContentKind::lsh ? "lsh" : kind == ContentKind::anchors ? "anchors" : "favor";
+}
+
+} // namespace
+
+struct CudaContentAttention::Impl {
+    DeviceBuffer q, k, v, o, lse, mats, omega;
+    DeviceBuffer keys_in, keys_out, values, order, chunk_of, sort_temp, cosines;
+    DeviceBuffer o_part, lse_part, o_part2, lse_part2, fixed_o, fixed_lse, fixed_state, fixed_head, fixed_bits;
+    DeviceBuffer bias, o1, lse1, prefix_v, prefix_lse, phi_q, phi_k, c_q, c_k;
+    std::unique_ptr<CudaAttention> fixed_engine;
+    bool has_fixed = false;
+    ContentSpec spec;
+    TensorShape shape;
+    CudaDtype dtype = CudaDtype::bfloat16;
+    float scale = 0;
+    bool tensor_cores = false, prepared = false, ran = false;
+    int64_t bh = 0, chunk = 0, rounds = 0, cols = 0, segs_q = 0, segs = 0, features = 0;
+    int bucket_bits = 0, key_bits = 0;
+    size_t sort_temp_bytes = 0;
+    int sm_count = 0;
+    std::vector<float> cos_host;
+    std::vector<uint64_t> keys_host;
+    cudaEvent_t ev[4] = {}, fev[2] = {};
+
+    int64_t total() const { return segs * shape.n; }
+
+    // [SECTION] lsh and anchors
+
+    // The spec's balanced assignment of one segment (round, batch * head) from the GPU's cosines
+    // cos [n, k]: capacity ceil(n / k); tokens by decreasing best cosine (ties by position), each
+    // to its best anchor with room (ties to the lowest index).
+    void assign_segment(const float* cos, int64_t seg, uint64_t* keys) const {
+        const int64_t n = shape.n, kk = cols, capacity = (n + kk - 1) / kk;
+        std::vector<float> best(static_cast<size_t>(n));
+        std::vector<int32_t> by(static_cast<size_t>(n));
+        for (int64_t t = 0; t < n; ++t) {
+            const float* row = cos + t * kk;
+            best[static_cast<size_t>(t)] = *std::max_element(row, row + kk);
+        }
+        std::iota(by.begin(), by.end(), 0);
+        std::stable_sort(by.begin(), by.end(), [&](int32_t a, int32_t b) { return best[static_cast<size_t>(a)] > best[static_cast<size_t>(b)]; });
+        std::vector<int64_t> count(static_cast<size_t>(kk), 0);
+        for (const int32_t t : by) {
+            const float* row = cos + int64_t{t} * kk;
+            int64_t pick = -1;
+            for (int64_t a = 0; a < kk; ++a) {
+                if (count[static_cast<size_t>(a)] < capacity && (pick < 0 || row[a] > row[pick])) pick = a;
+            }
+            ++count[static_cast<size_t>(pick)];
+            keys[t] = (static_cast<uint64_t>(seg) << bucket_bits) | static_cast<uint64_t>(pick);
+        }
+    }
+
+    template <typename T> ContentParams<T> base_params() const {
+        ContentParams<T> p{};
+        p.heads = shape.heads;
+        p.bh = bh;
+        p.d = static_cast<int32_t>(shape.d);
+        p.scale_log2 = scale * cuda::content::kLog2e;
+        return p;
+    }
+
+    // A pass over `parts` parts (rounds or splits), on tensor cores where they run it.
+    template <typename T> void launch_pass(const ContentParams<T>& p, int64_t parts) {
+        const int64_t d = shape.d;
+        if constexpr (!std::is_same_v<T, float>) {
+            if (tensor_cores) {
+                const dim3 grid(static_cast<unsigned>((p.q_rows + 63) / 64), static_cast<unsigned>(bh), static_cast<unsigned>(parts));
+                const int r = p.q_order != nullptr ? p.rounds : 0;
+                if (d == 64) {
+                    const int smem = cuda::content::band_tc_smem<64>(r);
+                    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::content::content_band_tc<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+                    cuda::content::content_band_tc<T, 64><<<grid, 128, smem>>>(p);
+                } else {
+                    const int smem = cuda::content::band_tc_smem<128>(r);
+                    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::content::content_band_tc<T, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+                    cuda::content::content_band_tc<T, 128><<<grid, 128, smem>>>(p);
+                }
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+                return;
+            }
+        }
+        const dim3 grid(static_cast<unsigned>((p.q_rows + 3) / 4), static_cast<unsigned>(bh), static_cast<unsigned>(parts));
+        cuda::content::content_band_simple<T><<<grid, 128>>>(p);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    template <typename T> void merge(const float* parts_o, const float* parts_lse, int64_t parts, bool with_fixed,
+                                     int64_t rows, cuda::content::SelfRule self, T* out, float* out_lse) {
+        const unsigned threads = static_cast<unsigned>((shape.d + 31) / 32 * 32);
+        cuda::content::content_merge<T><<<static_cast<unsigned>(rows), threads>>>(
+            parts_o, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
+            with_fixed ? fixed_lse.as<float>() : nullptr, rows, static_cast<int32_t>(shape.d), self, q.as<T>(), k.as<T>(),
+            v.as<T>(), out, out_lse);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    template <typename T> void run_buckets() {
+        const int64_t n = shape.n, d = shape.d;
+        const dim3 grid(static_cast<unsigned>((n + 3) / 4), static_cast<unsigned>(bh));
+        const size_t smem = 4 * static_cast<size_t>(d) * sizeof(float);
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[0]));
+        if (spec.kind == ContentKind::lsh) {
+            cuda::content::content_project<T, false><<<grid, 128, smem>>>(q.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
+                static_cast<int32_t>(rounds), static_cast<int32_t>(cols), 0, bucket_bits, keys_in.as<uint64_t>(), nullptr);
+            if (!spec.shared_qk) {
+                cuda::content::content_project<T, false><<<grid, 128, smem>>>(k.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
+                    static_cast<int32_t>(rounds), static_cast<int32_t>(cols), segs_q, bucket_bits, keys_in.as<uint64_t>(), nullptr);
+            }
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+        } else {
+            cuda::content::content_project<T, true><<<grid, 128, smem>>>(q.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
+                static_cast<int32_t>(rounds), static_cast<int32_t>(cols), 0, 0, nullptr, cosines.as<float>());
+            if (!spec.shared_qk) {
+                cuda::content::content_project<T, true><<<grid, 128, smem>>>(k.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
+                    static_cast<int32_t>(rounds), static_cast<int32_t>(cols), segs_q, 0, nullptr, cosines.as<float>());
+            }
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            cos_host.resize(static_cast<size_t>(total() * cols));
+            keys_host.resize(static_cast<size_t>(total()));
+            SPARSA_CUDA_CHECK(cudaMemcpy(cos_host.data(), cosines.as<float>(), cos_host.size() * 4, cudaMemcpyDeviceToHost));
+            for (int64_t seg = 0; seg < segs; ++seg) assign_segment(cos_host.data() + seg * n * cols, seg, keys_host.data() + seg * n);
+            SPARSA_CUDA_CHECK(cudaMemcpy(keys_in.as<uint64_t>(), keys_host.data(), keys_host.size() * 8, cudaMemcpyHostToDevice));
+        }
+        size_t temp = sort_temp_bytes;
+        SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp.as<void>(), temp, keys_in.as<uint64_t>(), keys_out.as<uint64_t>(),
+                                                          values.as<int32_t>(), order.as<int32_t>(), total(), 0, key_bits));
+        const unsigned blocks = static_cast<unsigned>((total() + 255) / 256);
+        cuda::content::content_chunk_ids<<<blocks, 256>>>(order.as<int32_t>(), chunk_of.as<int32_t>(), total(), n, static_cast<int32_t>(chunk));
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[1]));
+
+        ContentParams<T> p = base_params<T>();
+        p.q = q.as<T>();
+        p.k = k.as<T>();
+        p.v = v.as<T>();
+        p.q_bstride = p.k_bstride = p.v_bstride = shape.heads * n * d;
+        p.q_hstride = p.k_hstride = p.v_hstride = n * d;
+        p.q_rows = p.k_rows = n;
+        p.q_order = order.as<int32_t>();
+        p.k_order = order.as<int32_t>() + (spec.shared_qk ? 0 : segs_q * n);
+        p.q_chunk = chunk_of.as<int32_t>();
+        p.k_chunk = chunk_of.as<int32_t>() + (spec.shared_qk ? 0 : segs_q * n);
+        p.rounds = static_cast<int32_t>(rounds);
+        p.chunk = static_cast<int32_t>(chunk);
+        p.causal = spec.causal;
+        if (has_fixed) {
+            p.fixed_state = fixed_state.as<int32_t>();
+            p.fixed_head = fixed_head.as<int64_t>();
+            p.fixed_bits = fixed_bits.as<uint64_t>();
+        }
+        p.fixed_block = fixed_block;
+        p.fixed_nb = fixed_nb;
+        p.o_part = o_part.as<float>();
+        p.lse_part = lse_part.as<float>();
+        launch_pass(p, rounds);
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[2]));
+        const cuda::content::SelfRule self{true, spec.shared_qk, p.q_chunk, p.k_chunk, static_cast<int32_t>(rounds), scale};
+        merge<T>(o_part.as<float>(), lse_part.as<float>(), rounds, has_fixed, bh * n, self, o.as<T>(), lse.as<float>());
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[3]));
+    }
+
+    // [SECTION] favor
+
+    template <typename T> void run_favor() {
+        const int64_t n = shape.n, d = shape.d, m = features, H = shape.heads;
+        const cuda::content::SelfRule none{false, true, nullptr, nullptr, 0, 0};
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[0]));
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[1]));
+        cuda::content::favor_key_bias<T><<<static_cast<unsigned>((bh * n + 3) / 4), 128>>>(k.as<T>(), bh * n, static_cast<int32_t>(d), scale, bias.as<float>());
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+        const float root = std::sqrt(scale);
+        // pass 1: features (rows of omega) over the keys, split into key ranges (causal: 64-key chunks)
+        ContentParams<T> p1 = base_params<T>();
+        p1.scale_log2 = root * cuda::content::kLog2e;
+        p1.q = omega.as<T>();
+        p1.q_bstride = 0;
+        p1.q_hstride = m * d;
+        p1.k = k.as<T>();
+        p1.v = v.as<T>();
+        p1.k_bstride = p1.v_bstride = H * n * d;
+        p1.k_hstride = p1.v_hstride = n * d;
+        p1.q_rows = m;
+        p1.k_rows = n;
+        p1.key_bias = bias.as<float>();
+        p1.bias_bh_stride = n;
+        p1.key_split = favor_key_split();
+        const int64_t splits = (n + p1.key_split - 1) / p1.key_split;
+        p1.o_part = o_part.as<float>();
+        p1.lse_part = lse_part.as<float>();
+        launch_pass(p1, splits);
+
+        ContentParams<T> p2 = base_params<T>();
+        p2.scale_log2 = root * cuda::content::kLog2e;
+        p2.q = q.as<T>();
+        p2.q_bstride = H * n * d;
+        p2.q_hstride = n * d;
+        p2.k = omega.as<T>();
+        p2.k_bstride = 0;
+        p2.k_hstride = m * d;
+        p2.q_rows = n;
+        p2.k_rows = m;
+        p2.key_split = m;
+        if (!spec.causal) {
+            merge<T>(o_part.as<float>(), lse_part.as<float>(), splits, false, bh * m, none, o1.as<T>(), lse1.as<float>());
+            p2.v = o1.as<T>();
+            p2.v_bstride = H * m * d;
+            p2.v_hstride = m * d;
+            p2.key_bias = lse1.as<float>();
+            p2.bias_bh_stride = m;
+            p2.o_final = o.as<T>();
+            p2.lse_part = lse.as<float>();
+            launch_pass(p2, 1);
+            SPARSA_CUDA_CHECK(cudaEventRecord(ev[2]));
+            SPARSA_CUDA_CHECK(cudaEventRecord(ev[3]));
+            return;
+        }
+        // causal: the exclusive prefix over chunks, each query chunk against its prefix ...
+        cuda::content::favor_prefix<T><<<static_cast<unsigned>((bh * m * d + 127) / 128), 128>>>(
+            o_part.as<float>(), lse_part.as<float>(), splits, bh, m, static_cast<int32_t>(d), prefix_v.as<T>(), prefix_lse.as<float>());
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+        p2.v = prefix_v.as<T>();
+        p2.v_bstride = H * splits * m * d;
+        p2.v_hstride = splits * m * d;
+        p2.v_tile_stride = m * d;
+        p2.key_bias = prefix_lse.as<float>();
+        p2.bias_bh_stride = splits * m;
+        p2.bias_tile_stride = m;
+        p2.o_part = o_part2.as<float>();
+        p2.lse_part = lse_part2.as<float>();
+        launch_pass(p2, 1);
+        // ... and inside each chunk the explicit products phi(q) . phi(k), k <= q
+        const dim3 grid(static_cast<unsigned>((n + 3) / 4), static_cast<unsigned>(bh));
+        const size_t smem = 4 * static_cast<size_t>(d) * sizeof(float);
+        cuda::content::favor_phi<T><<<grid, 128, smem>>>(q.as<T>(), omega.as<T>(), H, n, static_cast<int32_t>(d), m, scale, false, phi_q.as<float>(), c_q.as<float>());
+        cuda::content::favor_phi<T><<<grid, 128, smem>>>(k.as<T>(), omega.as<T>(), H, n, static_cast<int32_t>(d), m, scale, true, phi_k.as<float>(), c_k.as<float>());
+        cuda::content::favor_intra<T><<<grid, 128>>>(phi_q.as<float>(), c_q.as<float>(), phi_k.as<float>(), c_k.as<float>(), v.as<T>(), n,
+                                                     static_cast<int32_t>(d), m, o_part2.as<float>() + bh * n * d, lse_part2.as<float>() + bh * n);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[2]));
+        merge<T>(o_part2.as<float>(), lse_part2.as<float>(), 2, false, bh * n, none, o.as<T>(), lse.as<float>());
+        SPARSA_CUDA_CHECK(cudaEventRecord(ev[3]));
+    }
+
+    // Keys per split of FAVOR+'s key pass: causal 64 (the prefix's chunks); else enough splits
+    // that the feature tiles times splits fill the GPU about four times over.
+    int64_t favor_key_split() const {
+        if (spec.causal) return 64;
+        const int64_t tiles = (features + 63) / 64 * bh, want = 4 * int64_t{sm_count};
+        const int64_t splits = std::clamp<int64_t>((want + tiles - 1) / tiles, 1, (shape.n + 63) / 64);
+        return ((shape.n + splits - 1) / splits + 63) / 64 * 64;
+    }
+
+    int32_t fixed_block = 64;
+    int64_t fixed_nb = 0;
+
+    // Per head, the fixed mask's blocks as a dense [nb, nb] table (-2 none, -1 full, else its
+    // partial's index), so a round's pass can leave out the pairs the fixed pass holds.
+    void upload_fixed(const MaskSet& masks, int64_t layer) {
+        fixed_block = masks.block;
+        fixed_nb = (masks.n + masks.block - 1) / masks.block;
+        std::vector<int32_t> state;
+        std::vector<int64_t> head(static_cast<size_t>(masks.heads), -1);
+        std::vector<uint64_t> bits;
+        for (int64_t h = 0; h < masks.heads; ++h) {
+            const BlockMask& m = masks.at(layer, h);
+            if (m.row_ptr.back() == 0) continue;
+            head[static_cast<size_t>(h)] = static_cast<int64_t>(state.size());
+            const size_t base = state.size();
+            state.resize(base + static_cast<size_t>(fixed_nb * fixed_nb), -2);
+            const int64_t words = m.words_per_block(), first = static_cast<int64_t>(bits.size()) / words;
+            bits.insert(bits.end(), m.bits.begin(), m.bits.end());
+            for (int64_t qb = 0; qb < fixed_nb; ++qb) {
+                for (int64_t e = m.row_ptr[static_cast<size_t>(qb)]; e < m.row_ptr[static_cast<size_t>(qb + 1)]; ++e) {
+                    const int32_t part = m.partial_idx[static_cast<size_t>(e)];
+                    state[base + static_cast<size_t>(qb * fixed_nb + m.col_idx[static_cast<size_t>(e)])] =
+                        part < 0 ? -1 : static_cast<int32_t>(first + part);
+                }
+            }
+        }
+        fixed_state.upload(state);
+        fixed_head.upload(head);
+        fixed_bits.upload(bits);
+    }
+};
+
+CudaContentAttention::CudaContentAttention() : impl_(std::make_unique<Impl>()) {
+    std::string why;
+    if (!cuda_device_available(&why)) throw Error("CUDA content engine: no GPU to run on (" + why + "); use the CPU engine");
+    for (cudaEvent_t& e : impl_->ev) SPARSA_CUDA_CHECK(cudaEventCreate(&e));
+    for (cudaEvent_t& e : impl_->fev) SPARSA_CUDA_CHECK(cudaEventCreate(&e));
+    SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&impl_->sm_count, cudaDevAttrMultiProcessorCount, 0));
+}
+
+CudaContentAttention::~CudaContentAttention() {
+    for (cudaEvent_t e : impl_->ev) if (e != nullptr) cudaEventDestroy(e);
+    for (cudaEvent_t e : impl_->fev) if (e != nullptr) cudaEventDestroy(e);
+}
+
+void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                                   const CudaContentNumbers& numbers, const CudaContentOptions& options) {
+    Impl& s = *impl_;
+    const std::string what = "cuda content attention";
+    s.prepared = s.ran = false;
+    CudaAttentionOptions check;
+    check.scale = options.scale;
+    check.dtype = options.dtype;
+    check.kernel = options.tensor_cores ? 0 : 1;
+    cuda_attention_check(q, k, v, masks, layer, check);
+    const int64_t n = q.shape.n, d = q.shape.d, heads = q.shape.heads;
+    if (d > 256) throw Error(what + ": d = " + std::to_string(d) + " is above 256 (split the head dimension)");
+    if (q.shape.batch * heads > 65535) throw Error(what + ": batch * heads = " + std::to_string(q.shape.batch * heads) + " is above 65535 (split the call)");
+    if (masks.content.size() != static_cast<size_t>(masks.layers * masks.heads) || masks.content[static_cast<size_t>(layer * heads)] == nullptr) {
+        throw Error(what + ": head 0 of layer " + std::to_string(layer) + " has no content-based spec (run it with CudaAttention)");
+    }
+    const ContentSpec& spec = *masks.content[static_cast<size_t>(layer * heads)];
+    for (int64_t h = 1; h < heads; ++h) {
+        const auto& other = masks.content[static_cast<size_t>(layer * heads + h)];
+        if (other == nullptr || !same_parameters(*other, spec)) {
+            throw Error(what + ": head " + std::to_string(h) + " of layer " + std::to_string(layer) +
+                        " differs from head 0 (a head without a spec, or other parameters); the GPU runs one spec per call:"
+                        " give such heads their own call");
+        }
+    }
+    if (numbers.size() != static_cast<size_t>(heads)) {
+        throw Error(what + ": numbers for " + std::to_string(numbers.size()) + " heads, the layer has " + std::to_string(heads));
+    }
+    s.spec = spec;
+    s.shape = q.shape;
+    s.dtype = options.dtype;
+    s.bh = q.shape.batch * heads;
+    s.scale = static_cast<float>(attention_scale(what, options.scale, d));
+    s.tensor_cores = options.tensor_cores && options.dtype != CudaDtype::float32 && (d == 64 || d == 128);
+    std::vector<float> mats;
+    int64_t want = 0;
+    std::string meaning;
+    if (spec.kind == ContentKind::favor) {
+        if (spec.features < 1) throw Error(what + ": favor needs features >= 1 (got " + std::to_string(spec.features) + ")");
+        if (s.scale <= 0) throw Error(what + ": favor needs a scale > 0 (its features take sqrt(scale)); got " + std::to_string(s.scale));
+        s.features = spec.features;
+        s.rounds = 0;
+        want = s.features * d;
+        meaning = "features [m, d]";
+    } else {
+        s.rounds = spec.rounds;
+        s.chunk = spec.chunk > 0 ? spec.chunk : masks.block;
+        if (s.rounds < 1) throw Error(what + ": rounds must be >= 1 (got " + std::to_string(s.rounds) + ")");
+        if (spec.kind == ContentKind::lsh && (spec.buckets < 2 || spec.buckets % 2 != 0)) {
+            throw Error(what + ": lsh needs an even number of buckets >= 2 (got " + std::to_string(spec.buckets) + ")");
+        }
+        if (spec.buckets < 1 || spec.buckets > n) {
+            throw Error(what + ": " + kind_name(spec.kind) + " has " + std::to_string(spec.buckets) + " buckets but n = " +
+                        std::to_string(n) + " (at most one bucket a token: use fewer buckets)");
+        }
+        s.cols = spec.kind == ContentKind::lsh ? spec.buckets / 2 : spec.buckets;
+        want = s.rounds * d * s.cols;
+        meaning = spec.kind == ContentKind::lsh ? "rotations [rounds, d, buckets / 2]" : "anchors [rounds, k, d]";
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+        const auto& x = numbers[static_cast<size_t>(h)];
+        if (static_cast<int64_t>(x.size()) != want) {
+            throw Error(what + ": head " + std::to_string(h) + "'s numbers have " + std::to_string(x.size()) + " values, its " +
+                        meaning + " need " + std::to_string(want));
+        }
+        if (spec.kind == ContentKind::anchors) {   // [rounds, k, d] -> [rounds, d, k]: columns as lsh's rotations
+            for (int64_t r = 0; r < s.rounds; ++r)
+                for (int64_t i = 0; i < d; ++i)
+                    for (int64_t a = 0; a < s.cols; ++a) mats.push_back(x[static_cast<size_t>((r * s.cols + a) * d + i)]);
+        } else {
+            mats.insert(mats.end(), x.begin(), x.end());
+        }
+    }
+
+    const size_t elems = q.data.size();
+    auto upload = [&](DeviceBuffer& buffer, const std::vector<float>& x) {
+        if (options.dtype == CudaDtype::float32) buffer.upload(x);
+        else buffer.upload(to_16bit(x, options.dtype));
+    };
+    upload(s.q, q.data);
+    upload(s.k, k.data);
+    upload(s.v, v.data);
+    const size_t elem_bytes = options.dtype == CudaDtype::float32 ? 4 : 2;
+    s.o.reserve(elems * elem_bytes);
+    s.lse.reserve(static_cast<size_t>(s.bh * n) * 4);
+    if (options.poison_outputs) {
+        SPARSA_CUDA_CHECK(cudaMemset(s.o.as<void>(), 0xff, elems * elem_bytes));
+        SPARSA_CUDA_CHECK(cudaMemset(s.lse.as<void>(), 0xff, static_cast<size_t>(s.bh * n) * 4));
+    }
+
+    if (spec.kind == ContentKind::favor) {
+        upload(s.omega, mats);
+        const int64_t m = s.features, chunks = (n + 63) / 64;
+        s.bias.reserve(static_cast<size_t>(s.bh * n) * 4);
+        const int64_t splits = (n + s.favor_key_split() - 1) / s.favor_key_split();
+        s.o_part.reserve(static_cast<size_t>(splits * s.bh * m * d) * 4);
+        s.lse_part.reserve(static_cast<size_t>(splits * s.bh * m) * 4);
+        s.o1.reserve(static_cast<size_t>(s.bh * m * d) * elem_bytes);
+        s.lse1.reserve(static_cast<size_t>(s.bh * m) * 4);
+        if (spec.causal) {
+            s.prefix_v.reserve(static_cast<size_t>(s.bh * chunks * m * d) * elem_bytes);
+            s.prefix_lse.reserve(static_cast<size_t>(s.bh * chunks * m) * 4);
+            s.o_part2.reserve(static_cast<size_t>(2 * s.bh * n * d) * 4);
+            s.lse_part2.reserve(static_cast<size_t>(2 * s.bh * n) * 4);
+            s.phi_q.reserve(static_cast<size_t>(s.bh * n * m) * 4);
+            s.phi_k.reserve(static_cast<size_t>(s.bh * n * m) * 4);
+            s.c_q.reserve(static_cast<size_t>(s.bh * n) * 4);
+            s.c_k.reserve(static_cast<size_t>(s.bh * n) * 4);
+        }
+        s.has_fixed = false;
+        s.prepared = true;
+        return;
+    }
+
+    s.mats.upload(mats);
+    s.segs_q = s.rounds * s.bh;
+    s.segs = spec.shared_qk ? s.segs_q : 2 * s.segs_q;
+    s.bucket_bits = std::bit_width(static_cast<uint64_t>(spec.buckets - 1));
+    s.key_bits = s.bucket_bits + std::bit_width(static_cast<uint64_t>(s.segs - 1));
+    if (s.key_bits > 64) throw Error(what + ": too many buckets and segments for a 64-bit sort key (split the call)");
+    const size_t total = static_cast<size_t>(s.total());
+    s.keys_in.reserve(total * 8);
+    s.keys_out.reserve(total * 8);
+    s.values.reserve(total * 4);
+    s.order.reserve(total * 4);
+    s.chunk_of.reserve(total * 4);
+    if (spec.kind == ContentKind::anchors) s.cosines.reserve(total * static_cast<size_t>(s.cols) * 4);
+    cuda::content::content_iota<<<static_cast<unsigned>((total + 255) / 256), 256>>>(s.values.as<int32_t>(), static_cast<int64_t>(total), n);
+    SPARSA_CUDA_CHECK(cudaGetLastError());
+    s.sort_temp_bytes = 0;
+    SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, s.keys_in.as<uint64_t>(), s.keys_out.as<uint64_t>(),
+                                                      s.values.as<int32_t>(), s.order.as<int32_t>(), s.total(), 0, s.key_bits));
+    s.sort_temp.reserve(s.sort_temp_bytes);
+    s.o_part.reserve(static_cast<size_t>(s.rounds * s.bh * n * d) * 4);
+    s.lse_part.reserve(static_cast<size_t>(s.rounds * s.bh * n) * 4);
+
+    s.has_fixed = false;
+    for (int64_t h = 0; h < heads; ++h) s.has_fixed = s.has_fixed || masks.at(layer, h).row_ptr.back() > 0;
+    if (s.has_fixed) {
+        if (!s.fixed_engine) s.fixed_engine = std::make_unique<CudaAttention>();
+        CudaAttentionOptions fixed_options;
+        fixed_options.scale = options.scale;
+        fixed_options.dtype = options.dtype;
+        fixed_options.kernel = options.tensor_cores ? 0 : 1;
+        s.fixed_engine->prepare(q, k, v, masks, layer, fixed_options);
+        s.upload_fixed(masks, layer);
+        s.fixed_o.reserve(elems * 4);
+        s.fixed_lse.reserve(static_cast<size_t>(s.bh * n) * 4);
+    }
+    s.prepared = true;
+}
+
+void CudaContentAttention::run() {
+    Impl& s = *impl_;
+    if (!s.prepared) throw Error("CudaContentAttention::run: nothing prepared (call prepare first)");
+    if (s.has_fixed) {
+        // The fixed pass: CudaAttention keeps its buffers to itself, so its o and lse come back
+        // through the host (not counted in the times; a device-side hand-over is left to do).
+        SPARSA_CUDA_CHECK(cudaEventRecord(s.fev[0]));
+        s.fixed_engine->run();
+        SPARSA_CUDA_CHECK(cudaEventRecord(s.fev[1]));
+        const AttentionOutput fixed = s.fixed_engine->download();
+        s.fixed_o.upload(fixed.o.data);
+        s.fixed_lse.upload(fixed.lse.data);
+    }
+    const bool favor = s.spec.kind == ContentKind::favor;
+    switch (s.dtype) {
+    case CudaDtype::float32: favor ? s.run_favor<float>() : s.run_buckets<float>(); break;
+    case CudaDtype::bfloat16: favor ? s.run_favor<__nv_bfloat16>() : s.run_buckets<__nv_bfloat16>(); break;
+    case CudaDtype::float16: favor ? s.run_favor<__half>() : s.run_buckets<__half>(); break;
+    }
+    s.ran = true;
+}
+
+AttentionOutput CudaContentAttention::download() {
+    const Impl& s = *impl_;
+    if (!s.ran) throw Error("CudaContentAttention::download: nothing ran (call prepare and run first)");
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    AttentionOutput out;
+    out.o = tensor_zeros<float>(s.shape);
+    out.lse = tensor_zeros<float>({s.shape.batch, s.shape.heads, s.shape.n, 1});
+    const size_t elems = out.o.data.size();
+    if (s.dtype == CudaDtype::float32) {
+        SPARSA_CUDA_CHECK(cudaMemcpy(out.o.data.data(), s.o.as<void>(), elems * 4, cudaMemcpyDeviceToHost));
+    } else {
+        std::vector<uint16_t> raw(elems);
+        SPARSA_CUDA_CHECK(cudaMemcpy(raw.data(), s.o.as<void>(), elems * 2, cudaMemcpyDeviceToHost));
+        for (size_t e = 0; e < elems; ++e) {
+            if (s.dtype == CudaDtype::bfloat16) {
+                __nv_bfloat16_raw r;
+                r.x = raw[e];
+                out.o.data[e] = __bfloat162float(__nv_bfloat16(r));
+            } else {
+                __half_raw r;
+                r.x = raw[e];
+                out.o.data[e] = __half2float(__half(r));
+            }
+        }
+    }
+    SPARSA_CUDA_CHECK(cudaMemcpy(out.lse.data.data(), s.lse.as<void>(), out.lse.data.size() * 4, cudaMemcpyDeviceToHost));
+    for (size_t e = 0; e < elems; ++e) {
+        if (std::isfinite(out.o.data[e])) continue;
+        throw Error("cuda content attention: O at " + tensor_index_text(out.o.shape, e) +
+                    " is not finite (V near float32's limit: scale V down, and O back up by the same factor)");
+    }
+    return out;
+}
+
+AttentionOutput CudaContentAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks,
+                                              int64_t layer, const CudaContentNumbers& numbers,
+                                              const CudaContentOptions& options) {
+    prepare(q, k, v, masks, layer, numbers, options);
+    run();
+    return download();
+}
+
+CudaContentTimes CudaContentAttention::times() {
+    const Impl& s = *impl_;
+    if (!s.ran) throw Error("CudaContentAttention::times: nothing ran");
+    SPARSA_CUDA_CHECK(cudaEventSynchronize(s.ev[3]));
+    CudaContentTimes t;
+    SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t.bucketing_ms, s.ev[0], s.ev[1]));
+    SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t.attention_ms, s.ev[1], s.ev[2]));
+    SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t.merge_ms, s.ev[2], s.ev[3]));
+    if (s.has_fixed) SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t.fixed_ms, s.fev[0], s.fev[1]));
+    t.total_ms = t.fixed_ms + t.bucketing_ms + t.attention_ms + t.merge_ms;
+    return t;
+}
+
+CudaContentWalk CudaContentAttention::walk() {
+    const Impl& s = *impl_;
+    if (!s.ran || s.spec.kind == ContentKind::favor) throw Error("CudaContentAttention::walk: no lsh or anchors run");
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint64_t> keys(static_cast<size_t>(s.total()));
+    SPARSA_CUDA_CHECK(cudaMemcpy(keys.data(), s.keys_in.as<void>(), keys.size() * 8, cudaMemcpyDeviceToHost));
+    CudaContentWalk w;
+    w.rounds = s.rounds;
+    w.shared_qk = s.spec.shared_qk;
+    const uint64_t mask = (uint64_t{1} << s.bucket_bits) - 1;
+    const size_t half = static_cast<size_t>(s.segs_q * s.shape.n);
+    for (size_t i = 0; i < keys.size(); ++i) (i < half ? w.q_bucket : w.k_bucket).push_back(static_cast<int32_t>(keys[i] & mask));
+    return w;
+}
+
+} // namespace sparsa
