@@ -5,12 +5,15 @@ Each file's dense mask is rebuilt three ways: from the CSR arrays + bitmask, fro
 kv_num_blocks / kv_indices / full_kv_* arrays built from the CSR arrays (docs/formats.md's
 flex_kv_blocks) + bitmask, and from the FlexAttention mask_mod of docs/formats.md evaluated on
 every pair. Version 1 files (which stored the Flex arrays, padded to flex_kv_width) must also
-store exactly the arrays flex_kv_blocks builds. Prints a line per file; exits 1 on any mismatch.
+store exactly the arrays flex_kv_blocks builds. Version 3 files also hold content-based heads in
+the header: each (layer, head)'s spec must be NAME.content.json's, and a spec's file must have the
+size and CRC-32 (zlib.crc32) the header records. Prints a line per file; exits 1 on any mismatch.
 usage: /usr/bin/python3 read_with_numpy.py DIR
 """
 import json
 import pathlib
 import sys
+import zlib
 
 import numpy as np
 
@@ -18,8 +21,29 @@ import numpy as np
 def load(path):
     z = np.load(path)  # no pickle: plain arrays only
     header = json.loads(z["header"].tobytes().decode("utf-8"))
-    assert header["format"] == "sparsa.maskset" and header["version"] in (1, 2), header
+    assert header["format"] == "sparsa.maskset" and header["version"] in (1, 2, 3), header
     return z, header
+
+
+def content_specs(header):
+    """Each (layer, head)'s content-based spec as docs/formats.md says: header["content"] lists the
+    distinct specs, header["content_index"][l][h] picks one (-1: none). [L][H] of dict or None."""
+    if "content" not in header:
+        assert header["version"] < 3 and "content_index" not in header, "version 3 files name their content"
+        return [[None] * header["heads"] for _ in range(header["layers"])]
+    assert header["version"] == 3, "content needs version 3"
+    specs, index = header["content"], header["content_index"]
+    assert len(index) == header["layers"] and all(len(row) == header["heads"] for row in index)
+    for spec in specs:
+        assert spec["kind"] in ("lsh", "anchors", "favor"), spec
+        path = spec.get("fit" if spec["kind"] == "anchors" else "file", "")
+        if path:
+            data = pathlib.Path(path).read_bytes()
+            assert len(data) == spec["file_bytes"] and zlib.crc32(data) == spec["file_crc32"], f"{path} is not the file saved"
+    used = {u for row in index for u in row if u >= 0}
+    assert used == set(range(len(specs))), "every spec is used by some (layer, head)"
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("file_bytes", "file_crc32")}
+    return [[strip(specs[u]) if u >= 0 else None for u in row] for row in index]
 
 
 def dense_from_csr(z, header):
@@ -151,6 +175,13 @@ def main():
                 problems.append("Flex arrays + bitmask")
             if not np.array_equal(mask_mod, expected):
                 problems.append("the mask_mod")
+            content = content_specs(header)
+            expected_content = path.with_suffix(".content.json")
+            if expected_content.exists():
+                if content != json.loads(expected_content.read_text()):
+                    problems.append("the content specs")
+            elif any(spec is not None for row in content for spec in row):
+                problems.append("content specs with no .content.json to check them")
             status = "OK" if not problems else "MISMATCH from " + " and ".join(problems)
         except Exception as e:  # any failure to read counts as a mismatch
             status = f"ERROR {type(e).__name__}: {e}"

@@ -1,7 +1,8 @@
 // Files: CRC-32, .npy and .npz round trips (and numpy's own files), atomic writes, and mask sets
 // saved and loaded exactly; damaged files (cut short, flipped bytes, foreign) give clean errors.
 //
-// Index: [SECTION] helpers, CRC-32, npy, atomic writes, npz, mask sets, damaged mask files
+// Index: [SECTION] helpers, CRC-32, npy, atomic writes, npz, mask sets, damaged mask files,
+//        content-based heads
 #include "io/atomic_file.hpp"
 #include "engine/error.hpp"
 #include "io/mask_io.hpp"
@@ -625,7 +626,7 @@ TEST_CASE("version 1 files load; newer versions are refused with the command tha
     // A newer version: the message names the file and gives the command, filled in from the header.
     const std::string bad = dir.file("newer.npz");
     for (const auto& [from, to, command] : std::vector<std::array<std::string, 3>>{
-             {"\"version\":2", "\"version\":3", "sparsa compile random.pat --n 100 -o " + bad},
+             {"\"version\":2", "\"version\":4", "sparsa compile random.pat --n 100 -o " + bad},
              {"\"version\":2", "\"version\":99", "sparsa compile random.pat --n 100 -o " + bad},
          }) {
         auto arrays = arrays_read(dir.file("v2.npz"));
@@ -634,12 +635,12 @@ TEST_CASE("version 1 files load; newer versions are refused with the command tha
         const std::string version = to.substr(to.find(':') + 1);
         INFO(to);
         CHECK_THROWS_WITH(mask_set_load(bad), bad + ": written by a newer sparsa (mask format version " + version +
-                                                  "; this build reads versions 1 to 2): compile the script again with this sparsa (" +
+                                                  "; this build reads versions 1 to 3): compile the script again with this sparsa (" +
                                                   command + ") or update sparsa");
     }
     // Without a script name or n in the header the command keeps its placeholders.
     auto arrays = arrays_read(dir.file("v2.npz"));
-    header_with("\"version\":2", "\"version\":3")(arrays);
+    header_with("\"version\":2", "\"version\":4")(arrays);
     header_with("\"script_name\":\"random.pat\"", "\"script_name\":\"\"")(arrays);
     header_with("\"n\":100", "\"n\":\"100\"")(arrays);
     arrays_write(arrays, bad);
@@ -652,4 +653,155 @@ TEST_CASE("version 1 files load; newer versions are refused with the command tha
         INFO(version);
         CHECK_THROWS_WITH(mask_set_load(bad), Contains(bad + ": header field 'version'"));
     }
+}
+
+// [SECTION] content-based heads
+
+namespace {
+
+std::shared_ptr<const ContentSpec> spec_make(ContentKind kind, int64_t count, uint64_t seed, const std::string& file = {}) {
+    ContentSpec spec;
+    spec.kind = kind;
+    spec.seed = seed;
+    spec.file = file;
+    if (kind == ContentKind::favor) {
+        spec.features = count;
+        spec.redraw = 3;
+    } else {
+        spec.buckets = count;
+        spec.rounds = 2;
+        spec.chunk = 48;
+        spec.shared_qk = kind == ContentKind::anchors;
+    }
+    spec.causal = kind != ContentKind::lsh;
+    return std::make_shared<const ContentSpec>(spec);
+}
+
+std::vector<uint8_t> bytes_of(const std::string& text) { return {text.begin(), text.end()}; }
+
+bool spec_equal(const ContentSpec& a, const ContentSpec& b) {
+    return a.kind == b.kind && a.buckets == b.buckets && a.rounds == b.rounds && a.chunk == b.chunk && a.seed == b.seed &&
+           a.shared_qk == b.shared_qk && a.features == b.features && a.redraw == b.redraw && a.causal == b.causal &&
+           a.file == b.file;
+}
+
+// 2 layers x 3 heads: lsh on three heads (one spec and an equal copy), anchors with a file, favor,
+// and a fixed head.
+MaskSet content_set(const std::string& anchors_file) {
+    MaskSet set = random_set(100, 16, 2, 3, 3, 5);
+    const auto lsh = spec_make(ContentKind::lsh, 8, uint64_t{1} << 63);
+    set.content = {lsh, spec_make(ContentKind::anchors, 4, 0, anchors_file), lsh,
+                   spec_make(ContentKind::favor, 64, 7), nullptr, std::make_shared<const ContentSpec>(*lsh)};
+    return set;
+}
+
+} // namespace
+
+TEST_CASE("content-based heads round trip: specs, sharing, and the header docs/formats.md describes", "[mask_io][content]") {
+    TempDir dir;
+    file_put(dir.file("anchors.npz"), bytes_of("the anchors file's bytes"));
+    const MaskSet want = content_set(dir.file("anchors.npz"));
+    mask_set_save(want, dir.file("c.npz"));
+    const MaskSet got = mask_set_load(dir.file("c.npz"));
+    require_same_set(want, got);
+    REQUIRE(got.content.size() == 6);
+    for (size_t i = 0; i < 6; ++i) {
+        INFO(i);
+        REQUIRE((got.content[i] == nullptr) == (want.content[i] == nullptr));
+        if (want.content[i]) CHECK(spec_equal(*got.content[i], *want.content[i]));
+    }
+    // Equal specs come back as one (0, 2 and 5 were equal; 5 was its own copy).
+    CHECK(got.content[0] == got.content[2]);
+    CHECK(got.content[0] == got.content[5]);
+    CHECK(got.content[0] != got.content[3]);
+
+    // The header: version 3, the distinct specs in first-use order, an index per (layer, head).
+    const NpyArray h = NpzReader(dir.file("c.npz")).read("header");
+    const std::string text(h.data.begin(), h.data.end());
+    CHECK(text.find("\"version\":3") != std::string::npos);
+    const std::string crc = std::to_string(crc32_update(0, "the anchors file's bytes", 24));
+    CHECK(text.find("\"content\":[{\"kind\":\"lsh\",\"buckets\":8,\"rounds\":2,\"chunk\":48,\"seed\":9223372036854775808,"
+                    "\"shared_qk\":false,\"causal\":false,\"file\":\"\"},{\"kind\":\"anchors\",\"k\":4,\"rounds\":2,\"chunk\":48,"
+                    "\"shared_qk\":true,\"causal\":true,\"fit\":\"" + dir.file("anchors.npz") + "\",\"file_bytes\":24,"
+                    "\"file_crc32\":" + crc + "},{\"kind\":\"favor\",\"features\":64,\"seed\":7,\"redraw\":3,\"causal\":true,"
+                    "\"file\":\"\"}],\"content_index\":[[0,1,0],[2,-1,0]]") != std::string::npos);
+    CHECK(content_spec_json(*want.content[3]) ==
+          "{\"kind\":\"favor\",\"features\":64,\"seed\":7,\"redraw\":3,\"causal\":true,\"file\":\"\"}");
+
+    // A set without content stays version 2 (older sparsa reads it), and loads with none.
+    MaskSet plain = want;
+    plain.content.assign(6, nullptr);
+    mask_set_save(plain, dir.file("plain.npz"));
+    const NpyArray ph = NpzReader(dir.file("plain.npz")).read("header");
+    CHECK(std::string(ph.data.begin(), ph.data.end()).find("\"version\":2,") != std::string::npos);
+    CHECK(mask_set_load(dir.file("plain.npz")).content.empty());
+}
+
+TEST_CASE("a content spec's file is referred to, not copied: changed is refused, missing loads", "[mask_io][content]") {
+    TempDir dir;
+    file_put(dir.file("anchors.npz"), bytes_of("fitted anchors, version 1"));
+    mask_set_save(content_set(dir.file("anchors.npz")), dir.file("c.npz"));
+    file_put(dir.file("anchors.npz"), bytes_of("fitted anchors, version 2"));  // same size, other bytes
+    CHECK_THROWS_WITH(mask_set_load(dir.file("c.npz")),
+                      Contains(dir.file("c.npz") + ": content spec 1: " + dir.file("anchors.npz") +
+                               " changed since the masks were saved (25 bytes") &&
+                          Contains("compile the script again (sparsa compile random.pat --n 100 -o " + dir.file("c.npz") + ")"));
+    std::filesystem::remove(dir.file("anchors.npz"));
+    CHECK(mask_set_load(dir.file("c.npz")).content[1]->file == dir.file("anchors.npz"));
+    // Saving needs the file: the header records what it was.
+    CHECK_THROWS_WITH(mask_set_save(content_set(dir.file("anchors.npz")), dir.file("d.npz")),
+                      Contains("layer 0, head 1: the file its anchors names cannot be read") &&
+                          Contains("mask files refer to it, they do not copy it"));
+    CHECK_FALSE(std::filesystem::exists(dir.file("d.npz")));
+}
+
+TEST_CASE("mask_set_save refuses content it cannot write faithfully", "[mask_io][content]") {
+    TempDir dir;
+    MaskSet set = random_set(100, 16, 1, 2, 2, 3);
+    set.content = {spec_make(ContentKind::lsh, 8, 0)};
+    CHECK_THROWS_WITH(mask_set_save(set, dir.file("a.npz")), Contains("the set has 1 content specs for 2 (layer, head) pairs"));
+    set.content = {nullptr, spec_make(ContentKind::lsh, 7, 0)};
+    CHECK_THROWS_WITH(mask_set_save(set, dir.file("a.npz")), Contains("layer 0, head 1: lsh: buckets = 7 is odd"));
+    set.content = {spec_make(ContentKind::favor, 0, 0), nullptr};
+    CHECK_THROWS_WITH(mask_set_save(set, dir.file("a.npz")), Contains("favor: features = 0 is below 1"));
+    CHECK(dir.entries().empty());
+}
+
+TEST_CASE("damaged, older and newer content headers are refused by name", "[mask_io][content]") {
+    TempDir dir;
+    MaskSet set = random_set(100, 16, 1, 2, 2, 3);
+    set.content = {spec_make(ContentKind::lsh, 8, 4), nullptr};
+    mask_set_save(set, dir.file("c.npz"));
+    const std::string bad = dir.file("bad.npz");
+    struct Damage {
+        std::string from, to, message;
+    };
+    for (const Damage& d : std::vector<Damage>{
+             {"\"kind\":\"lsh\"", "\"kind\":\"sinkhorn\"",
+              "content spec 0 is of kind 'sinkhorn', which this sparsa does not know (it knows lsh, anchors and favor): update sparsa"},
+             {"\"chunk\":48", "\"chunk\":48,\"temperature\":2", "content spec 0 (lsh) has a field 'temperature' this sparsa does not know"},
+             {"\"buckets\":8", "\"buckets\":9", "content spec 0: lsh: buckets = 9 is odd"},
+             {"\"buckets\":8", "\"buckets\":\"8\"", "content spec 0: field 'buckets' is missing or not an integer"},
+             {"\"seed\":4", "\"seed\":-4", "field 'seed' is missing or not an integer from 0 to 2^64 - 1"},
+             {"\"shared_qk\":false", "\"shared_qk\":0", "field 'shared_qk' is missing or not true/false"},
+             {"\"content_index\":[[0,-1]]", "\"content_index\":[[0,1]]",
+              "'content_index' at layer 0, head 1 is 1, not -1 (none) or a spec from 0 to 0"},
+             {"\"content_index\":[[0,-1]]", "\"content_index\":[[-1,-1]]", "content spec 0 is used by no (layer, head)"},
+             {"\"content_index\":[[0,-1]]", "\"content_index\":[[0]]", "'content_index' row 0 must list 2 heads"},
+             {"\"content_index\":[[0,-1]]", "\"content_index\":[]", "'content_index' must be a list of 1 rows"},
+             {"\"content\":[{", "\"content\":[7,{", "content spec 0 is not a JSON object"},
+             {"\"version\":3", "\"version\":2", "header has content-based heads ('content') but says version 2"},
+         }) {
+        auto arrays = arrays_read(dir.file("c.npz"));
+        header_with(d.from, d.to)(arrays);
+        arrays_write(arrays, bad);
+        INFO(d.to);
+        CHECK_THROWS_WITH(mask_set_load(bad), Contains(bad) && Contains(d.message));
+    }
+    // Version 3 promises content: a header without it is damage.
+    mask_set_save(random_set(100, 16, 1, 2, 2, 3), dir.file("plain.npz"));
+    auto arrays = arrays_read(dir.file("plain.npz"));
+    header_with("\"version\":2", "\"version\":3")(arrays);
+    arrays_write(arrays, bad);
+    CHECK_THROWS_WITH(mask_set_load(bad), Contains("a version 3 header without 'content' and 'content_index'"));
 }

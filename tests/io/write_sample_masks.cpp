@@ -1,7 +1,9 @@
 // Writes sample mask sets for the numpy check (read_with_numpy.py): NAME.npz through
 // mask_set_save, and NAME.dense.npy, bool [layers, heads, n, n], the pairs each mask allows.
 // Also copies the version-1 fixture tests/io/data/mask_set_v1.npz with the dense masks that
-// mask_set_load reads from it, so numpy's reading of a version 1 file checks sparsa's.
+// mask_set_load reads from it, so numpy's reading of a version 1 file checks sparsa's. One set has
+// content-based heads (version 3): NAME.content.json beside it lists each (layer, head)'s spec as
+// sparsa writes it (or null), and the anchors file it names is written beside it too.
 // usage: write_sample_masks OUT_DIR
 #include "engine/error.hpp"
 #include "io/mask_io.hpp"
@@ -10,6 +12,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -25,7 +28,45 @@ struct Sample {
     int64_t distinct;       // masks drawn; (layer, head) i uses mask i % distinct
     bool zip64 = false;
     bool extremes = false;  // the first two masks keep nothing and everything
+    bool content = false;   // heads get lsh, anchors (with a file) and favor specs, one head none
 };
+
+// Content specs for a sample's (layer, head) pairs: i % 4 = 0 lsh, 1 anchors, 2 favor, 3 none;
+// NAME.content.json holds what each should read back as, a list per layer of spec or null.
+std::vector<std::shared_ptr<const ContentSpec>> content_write(const Sample& s, const std::filesystem::path& dir) {
+    const std::string anchors = std::filesystem::absolute(dir / (s.name + ".anchors.npy")).lexically_normal().string();
+    npy_save(npy_array_make<float>({1, 4, 2}, {1, 0, 0, 1, -1, 0, 0, -1}), anchors);
+    ContentSpec lsh, fit, favor;
+    lsh.buckets = 8;
+    lsh.rounds = 2;
+    lsh.chunk = s.block;
+    lsh.seed = 12345678901234567890ull;
+    fit.kind = ContentKind::anchors;
+    fit.buckets = 4;
+    fit.chunk = 7;
+    fit.shared_qk = false;
+    fit.causal = true;
+    fit.file = anchors;
+    favor.kind = ContentKind::favor;
+    favor.features = 256;
+    favor.redraw = 100;
+    const std::vector<std::shared_ptr<const ContentSpec>> specs = {
+        std::make_shared<const ContentSpec>(lsh), std::make_shared<const ContentSpec>(fit),
+        std::make_shared<const ContentSpec>(favor), nullptr};
+    std::vector<std::shared_ptr<const ContentSpec>> out;
+    std::string json = "[";
+    for (int64_t l = 0; l < s.layers; ++l) {
+        json += l ? ", [" : "[";
+        for (int64_t h = 0; h < s.heads; ++h) {
+            const auto& spec = specs[static_cast<size_t>((l * s.heads + h) % 4)];
+            out.push_back(spec);
+            json += (h ? ", " : "") + (spec ? content_spec_json(*spec) : std::string("null"));
+        }
+        json += "]";
+    }
+    std::ofstream(dir / (s.name + ".content.json")) << json << "]\n";
+    return out;
+}
 
 // NAME.dense.npy of a set: bool [layers, heads, n, n], row by row.
 void dense_write(const MaskSet& set, const std::filesystem::path& path) {
@@ -64,6 +105,7 @@ void sample_write(const Sample& s, const std::filesystem::path& dir) {
     set.script_name = s.name + ".pat";
     set.script_text = "# sample \"" + s.name + "\" \u2713 caf\u00e9\nattend = random(0.5)\n";
     set.params = {{"seed", "1000"}, {"n", std::to_string(s.n)}, {"note", "quotes \" and \\ backslash"}};
+    if (s.content) set.content = content_write(s, dir);
     mask_set_save(set, (dir / (s.name + ".npz")).string(), s.zip64);
 
     NpyWriter writer((dir / (s.name + ".dense.npy")).string(), NpyDtype::boolean, {s.layers, s.heads, s.n, s.n});
@@ -95,6 +137,7 @@ int main(int argc, char** argv) {
             {"b256_n520", 520, 256, 1, 2, 2, false, false},
             {"tiny_n1", 1, 16, 1, 1, 1, false, false},
             {"zip64_b64_n200", 200, 64, 2, 2, 3, true, true},       // ZIP64 records forced
+            {"content_b32_n90", 90, 32, 2, 3, 2, false, false, true},  // content-based heads (version 3)
         };
         for (const auto& s : samples) sample_write(s, dir);
         version1_copy(dir);
