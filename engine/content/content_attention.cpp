@@ -3,14 +3,13 @@
 // (content_attention.hpp says why that is exact). Passes run tile by tile with Eigen products,
 // one query tile (forward, dQ) or key tile (dK, dV) per work item, as cpu_attention.cpp does.
 //
-// [SECTION] tilings: which (query tile, key tile) pairs a pass computes
-// [SECTION] heads: buckets, sorted orders, who attends to itself, and each pair's count
+// (content_pairs.hpp: the heads' buckets, the tilings and each pair's count)
 // [SECTION] tiles: scores, bias, softmax forward and backward of one tile
 // [SECTION] passes: gather, run, merge or scatter, for every content head at once
 // [SECTION] entry points
 #include "engine/content/content_attention.hpp"
 
-#include "engine/content/buckets.hpp"
+#include "engine/content/content_pairs.hpp"
 #include "engine/reference.hpp"
 #include "engine/threads.hpp"
 
@@ -26,298 +25,18 @@
 
 namespace sparsa {
 
+using namespace content_detail;
+
 namespace {
 
 using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Block = Eigen::Map<Matrix>;
 using ConstBlock = Eigen::Map<const Matrix>;
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // exp below -80 would be subnormal (slow on x86) and is nothing beside the row's largest term.
 constexpr float kExpFloor = -80.0f;
-// Rows and columns of a tile of a banded pass: a chunk longer than this is split.
-constexpr int64_t kMaxTile = 128;
-
-size_t to_size(int64_t i) { return static_cast<size_t>(i); }
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// [SECTION] tilings
-
-// A partition of [0, n) into tiles, and the (query tile, key tile) pairs a pass computes, by
-// query tile and (transposed) by key tile, each list ascending.
-struct Tiling {
-    std::vector<int64_t> start;                  // [tiles + 1]
-    std::vector<int64_t> row_ptr, col_ptr;       // [tiles + 1]
-    std::vector<int32_t> col_idx, row_partial;   // by query tile: key tile, fixed mask's partial_idx (-1 full)
-    std::vector<int32_t> row_idx, col_partial;   // by key tile: query tile, partial_idx
-    int64_t max_tile = 0;
-    int64_t tiles() const { return static_cast<int64_t>(start.size()) - 1; }
-    int64_t size(int64_t t) const { return start[to_size(t + 1)] - start[to_size(t)]; }
-};
-
-void tiling_transpose(Tiling& t) {
-    const int64_t tiles = t.tiles();
-    t.col_ptr.assign(to_size(tiles + 1), 0);
-    for (int32_t kt : t.col_idx) ++t.col_ptr[to_size(kt) + 1];
-    for (int64_t i = 0; i < tiles; ++i) t.col_ptr[to_size(i + 1)] += t.col_ptr[to_size(i)];
-    t.row_idx.resize(t.col_idx.size());
-    t.col_partial.resize(t.col_idx.size());
-    std::vector<int64_t> fill(t.col_ptr.begin(), t.col_ptr.end() - 1);
-    for (int64_t qt = 0; qt < tiles; ++qt) {   // query tiles in order: each column comes out ascending
-        for (int64_t e = t.row_ptr[to_size(qt)]; e < t.row_ptr[to_size(qt + 1)]; ++e) {
-            const size_t at = to_size(fill[to_size(t.col_idx[to_size(e)])]++);
-            t.row_idx[at] = static_cast<int32_t>(qt);
-            t.col_partial[at] = t.row_partial[to_size(e)];
-        }
-    }
-}
-
-// The fixed mask's blocks.
-Tiling tiling_fixed(const BlockMask& m) {
-    Tiling t;
-    for (int64_t b = 0; b <= m.q_blocks(); ++b) t.start.push_back(std::min(m.n, b * m.block));
-    t.row_ptr = m.row_ptr;
-    t.col_idx = m.col_idx;
-    t.row_partial = m.partial_idx;
-    t.max_tile = std::min<int64_t>(m.block, m.n);
-    tiling_transpose(t);
-    return t;
-}
-
-// A round in sorted order: chunk c (sorted indices [c chunk, (c + 1) chunk)) against chunks c - 1
-// and c, each chunk cut into tiles of at most kMaxTile.
-Tiling tiling_band(int64_t n, int64_t chunk) {
-    Tiling t;
-    std::vector<int64_t> chunk_first;   // [chunks + 1]: first tile of each chunk
-    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-        chunk_first.push_back(static_cast<int64_t>(t.start.size()));
-        for (int64_t s = c0; s < std::min(n, c0 + chunk); s += kMaxTile) t.start.push_back(s);
-    }
-    chunk_first.push_back(static_cast<int64_t>(t.start.size()));
-    t.start.push_back(n);
-    t.row_ptr.push_back(0);
-    for (size_t c = 0; c + 1 < chunk_first.size(); ++c) {
-        const int64_t first = c > 0 ? chunk_first[c - 1] : chunk_first[c];
-        for (int64_t qt = chunk_first[c]; qt < chunk_first[c + 1]; ++qt) {
-            for (int64_t kt = first; kt < chunk_first[c + 1]; ++kt) {
-                t.col_idx.push_back(static_cast<int32_t>(kt));
-                t.row_partial.push_back(-1);
-            }
-            t.row_ptr.push_back(static_cast<int64_t>(t.col_idx.size()));
-        }
-    }
-    t.max_tile = std::min(kMaxTile, std::min(chunk, n));
-    tiling_transpose(t);
-    return t;
-}
-
-// [SECTION] heads
-
-// One (batch, head) with an lsh or anchors spec.
-struct HeadState {
-    int64_t b = 0, h = 0;
-    const ContentSpec* spec = nullptr;
-    const BlockMask* fixed = nullptr;
-    bool has_fixed = false;   // the fixed mask keeps a block
-    bool causal = false;
-    ContentWalk walk;
-    // [n]: 1 when query q attends to itself through the rounds: nothing else is allowed to it
-    // and (q, q) is a pair of some round.
-    std::vector<uint8_t> self;
-    int64_t empty_rows = 0;
-    Tiling fixed_tiles, band;
-};
-
-// Whether query q of a fixed mask keeps some key (k <= q when causal; k = q counts).
-bool fixed_row_has_key(const BlockMask& m, int64_t q, bool causal) {
-    const int64_t qb = q / m.block, i = q % m.block;
-    for (int64_t e = m.row_ptr[to_size(qb)]; e < m.row_ptr[to_size(qb + 1)]; ++e) {
-        const int64_t k0 = int64_t{m.col_idx[to_size(e)]} * m.block;
-        if (causal && k0 > q) return false;
-        const int64_t k1 = std::min({m.n, k0 + m.block, causal ? q + 1 : m.n});
-        const int32_t partial = m.partial_idx[to_size(e)];
-        if (partial < 0) return true;
-        const uint64_t* bits = m.partial_bits(partial);
-        for (int64_t j = 0; j < k1 - k0; ++j) {
-            const int64_t t = i * m.block + j;
-            if ((bits[t / 64] >> (t % 64)) & 1) return true;
-        }
-    }
-    return false;
-}
-
-// Fills h.self and h.empty_rows from the sorted walk: a query has another key when the fixed
-// mask gives it one, or some round's window (its chunk and the one before, in key order) holds a
-// key other than itself (k <= q when causal): the smallest two keys of the window tell.
-void head_self(HeadState& h) {
-    const ContentWalk& w = h.walk;
-    const int64_t n = w.n;
-    std::vector<uint8_t> other(to_size(n), 0), met(to_size(n), 0);
-    if (h.has_fixed) {
-        for (int64_t q = 0; q < n; ++q) other[to_size(q)] = fixed_row_has_key(*h.fixed, q, h.causal);
-    }
-    for (int64_t r = 0; r < w.rounds; ++r) {
-        const int32_t *qo = w.query_order(r), *ko = w.key_order(r);
-        for (int64_t c0 = 0; c0 < n; c0 += w.chunk) {
-            const int64_t k0 = std::max<int64_t>(0, c0 - w.chunk), k1 = std::min(n, c0 + w.chunk);
-            int64_t min1 = n, min2 = n;   // the two smallest key tokens of the window
-            for (int64_t s = k0; s < k1; ++s) {
-                const int64_t k = ko[s];
-                if (k < min1) min2 = min1, min1 = k;
-                else if (k < min2) min2 = k;
-            }
-            for (int64_t s = c0; s < k1; ++s) {
-                const int64_t q = qo[s], candidate = min1 != q ? min1 : min2;
-                if (candidate < n && (!h.causal || candidate <= q)) other[to_size(q)] = 1;
-                if (w.in_round(r, q, q)) met[to_size(q)] = 1;
-            }
-        }
-    }
-    h.self.assign(to_size(n), 0);
-    h.empty_rows = 0;
-    for (int64_t q = 0; q < n; ++q) {
-        h.self[to_size(q)] = !other[to_size(q)] && met[to_size(q)];
-        h.empty_rows += !other[to_size(q)] && !met[to_size(q)];
-    }
-}
-
-// The content heads of one call, hashed and sorted; the times go to `times`.
-struct Setup {
-    std::vector<HeadState> heads;   // (batch, head) with an lsh or anchors spec, batch-major
-    std::vector<int64_t> plain;     // heads of the layer without a spec
-    int64_t max_rounds = 0;
-};
-
-const ContentSpec* content_spec_of(const MaskSet& masks, int64_t layer, int64_t h) {
-    if (masks.content.empty()) return nullptr;
-    return masks.content[to_size(layer * masks.heads + h)].get();
-}
-
-// only_b, only_h >= 0: that (batch, head) alone (content_allowed_dense).
-Setup content_setup(const std::string& what, const Tensor& q, const Tensor& k, const MaskSet& masks, int64_t layer,
-                    const ContentOptions& options, int threads, ContentTimes& times, int64_t only_b = -1,
-                    int64_t only_h = -1) {
-    const TensorShape s = q.shape;
-    if (!masks.content.empty() && static_cast<int64_t>(masks.content.size()) != masks.layers * masks.heads) {
-        throw Error(what + ": the mask set has " + std::to_string(masks.content.size()) + " content specs for " +
-                    std::to_string(masks.layers * masks.heads) + " (layer, head) pairs (give none, or one per pair)");
-    }
-    Setup setup;
-    for (int64_t h = 0; h < s.heads; ++h) {
-        const ContentSpec* spec = content_spec_of(masks, layer, h);
-        if (spec == nullptr) {
-            setup.plain.push_back(h);
-            continue;
-        }
-        if (spec->kind == ContentKind::favor) {
-            throw Error(what + ": head " + std::to_string(h) + " of layer " + std::to_string(layer) +
-                        " is favor (FAVOR+ runs in favor_attention_forward, engine/content/favor.hpp)");
-        }
-        setup.max_rounds = std::max(setup.max_rounds, spec->rounds);
-    }
-    for (int64_t b = 0; b < s.batch; ++b) {
-        for (int64_t h = 0; h < s.heads; ++h) {
-            const ContentSpec* spec = content_spec_of(masks, layer, h);
-            if (spec == nullptr || (only_b >= 0 && (b != only_b || h != only_h))) continue;
-            HeadState hs;
-            hs.b = b;
-            hs.h = h;
-            hs.spec = spec;
-            hs.fixed = &masks.at(layer, h);
-            hs.has_fixed = hs.fixed->kept_blocks() > 0;
-            hs.causal = spec->causal;
-            setup.heads.push_back(std::move(hs));
-        }
-    }
-    // Hashing, one item per head (its rounds in order); each fills only its own walk.
-    auto t0 = std::chrono::steady_clock::now();
-    parallel_for(static_cast<int64_t>(setup.heads.size()), threads, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-            HeadState& hs = setup.heads[to_size(i)];
-            const ContentSpec& spec = *hs.spec;
-            const int64_t chunk = spec.chunk > 0 ? spec.chunk : masks.block;
-            const std::string where = what + ": layer " + std::to_string(layer) + ", head " + std::to_string(hs.h);
-            hs.walk = content_walk_hash(spec, content_array_find(options.arrays, spec, where), q.row(hs.b, hs.h, 0),
-                                        k.row(hs.b, hs.h, 0), s.n, s.d, layer, hs.h, std::min(chunk, s.n), where);
-        }
-    });
-    times.hashing += seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    parallel_for(static_cast<int64_t>(setup.heads.size()), threads, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-            HeadState& hs = setup.heads[to_size(i)];
-            content_walk_sort(hs.walk);
-            head_self(hs);
-            if (hs.has_fixed) hs.fixed_tiles = tiling_fixed(*hs.fixed);
-            hs.band = tiling_band(s.n, hs.walk.chunk);
-        }
-    });
-    times.sorting += seconds_since(t0);
-    return setup;
-}
-
-// One pass of one head: its tiles, its rows (in the pass's order) and their tokens.
-struct PassView {
-    const HeadState* head = nullptr;
-    int64_t round = -1;                  // -1: the fixed pass
-    const Tiling* tiling = nullptr;
-    const float *q = nullptr, *k = nullptr, *v = nullptr;   // [n, d] in the pass's order
-    const int32_t *q_token = nullptr, *k_token = nullptr;   // pass index -> token; nullptr: the same
-    int64_t n = 0, d = 0;
-};
-
-// bias [rows, cols] of tile pair (qt, kt) of a pass: -log count(q, k) for the pass's pairs (0
-// for a pair no other pass holds, or with the correction off), -inf for the rest. Returns how
-// many of the pairs no earlier pass holds (fixed first, then rounds in order): |A| over a head.
-int64_t tile_bias(const PassView& p, int64_t qt, int64_t kt, int32_t partial, bool correction, float* bias) {
-    const HeadState& h = *p.head;
-    const ContentWalk& w = h.walk;
-    const Tiling& t = *p.tiling;
-    const int64_t q0 = t.start[to_size(qt)], rows = t.size(qt), k0 = t.start[to_size(kt)], cols = t.size(kt);
-    const int64_t block = h.fixed->block;
-    const uint64_t* bits = partial >= 0 ? h.fixed->partial_bits(partial) : nullptr;
-    // -log(count) for counts 1 .. 7 (more only with 7 or more rounds: computed when met)
-    float neg_log[8] = {};
-    for (int c = 1; c < 8; ++c) neg_log[c] = correction ? -static_cast<float>(std::log(static_cast<double>(c))) : 0.0f;
-    const bool counted = w.rounds > 1 || (h.has_fixed && w.rounds > 0);   // else every count is 1
-    int64_t first = 0;
-    for (int64_t i = 0; i < rows; ++i) {
-        const int64_t qs = q0 + i, q = p.q_token ? p.q_token[qs] : qs;
-        const bool self_ok = h.self[to_size(q)] != 0;
-        float* out = bias + i * cols;
-        for (int64_t j = 0; j < cols; ++j) {
-            const int64_t ks = k0 + j, k = p.k_token ? p.k_token[ks] : ks;
-            bool member = !(h.causal && k > q);
-            if (p.round < 0) {
-                if (bits != nullptr) {
-                    const int64_t bit = i * block + j;
-                    member = member && ((bits[bit / 64] >> (bit % 64)) & 1);
-                }
-            } else {
-                member = member && (k != q || self_ok);
-            }
-            if (!member) {
-                out[j] = kNegInf;
-                continue;
-            }
-            int count = 1;
-            bool is_first = true;
-            if (counted) {
-                if (p.round >= 0 && h.has_fixed && h.fixed->allowed(q, k)) ++count, is_first = false;
-                for (int64_t r = 0; r < w.rounds; ++r) {
-                    if (r == p.round || !w.in_round(r, q, k) || (k == q && !self_ok)) continue;
-                    ++count;
-                    if (r < p.round) is_first = false;
-                }
-            }
-            out[j] = count < 8 ? neg_log[count] : correction ? -static_cast<float>(std::log(static_cast<double>(count))) : 0.0f;
-            first += is_first;
-        }
-    }
-    return first;
 }
 
 // [SECTION] tiles
@@ -326,6 +45,7 @@ struct Scratch {
     Matrix q, s, bias, dp, acc_a, acc_b;   // [T, d], [T, T], [T, T], [T, T], [T, d], [T, d]
     Eigen::VectorXf m, l, alpha;          // [T]
     Eigen::VectorXd p_sum;                // [T]
+    BiasScratch lookups;
     explicit Scratch(int64_t tile, int64_t d)
         : q(tile, d), s(tile, tile), bias(tile, tile), dp(tile, tile), acc_a(tile, d), acc_b(tile, d), m(tile),
           l(tile), alpha(tile), p_sum(tile) {}
@@ -344,7 +64,7 @@ Block tile_scores(const PassView& p, int64_t qt, int64_t kt, int32_t partial, bo
     const int64_t rows = p.tiling->size(qt), k0 = p.tiling->start[to_size(kt)], cols = p.tiling->size(kt);
     Block s(w.s.data(), rows, cols), bias(w.bias.data(), rows, cols);
     s.noalias() = ConstBlock(w.q.data(), rows, p.d) * ConstBlock(p.k + k0 * p.d, cols, p.d).transpose();   // S = Q K^T
-    const int64_t new_pairs = tile_bias(p, qt, kt, partial, correction, bias.data());
+    const int64_t new_pairs = tile_bias(p, qt, kt, partial, correction, bias.data(), w.lookups);
     if (first != nullptr) *first += new_pairs;
     s += bias;   // -log count, or -inf off the pass
     return s;
@@ -352,14 +72,23 @@ Block tile_scores(const PassView& p, int64_t qt, int64_t kt, int32_t partial, bo
 
 // P = exp(S - shift) row by row, exactly 0 where S = -inf (pairs off the pass) or the shift is
 // -inf (a row with no key).
+// Eigen's vectorised exp on the clamped values, then the pairs off the pass set to 0 (Eigen
+// 3.4's select would take the scalar exp, measured at 9% of a forward).
 void tile_exp(Block s, const Eigen::Ref<const Eigen::VectorXf>& shift) {
     for (int64_t i = 0; i < s.rows(); ++i) {
         if (shift[i] == kNegInf) {
             s.row(i).setZero();
             continue;
         }
-        auto row = s.row(i).array();
-        row = (row == kNegInf).select(0.0f, (row - shift[i]).max(kExpFloor).exp());
+        float* row = &s(i, 0);
+        const int64_t cols = s.cols();
+        uint64_t off[(kMaxBlock + 63) / 64] = {};   // which columns are -inf (cols <= kMaxBlock)
+        for (int64_t j = 0; j < cols; ++j) off[j / 64] |= uint64_t{row[j] == kNegInf} << (j % 64);
+        Eigen::Map<Eigen::ArrayXf> r(row, cols);
+        r = (r - shift[i]).max(kExpFloor).exp();
+        for (int64_t j = 0; j < cols; ++j) {
+            if ((off[j / 64] >> (j % 64)) & 1) row[j] = 0.0f;
+        }
     }
 }
 
@@ -535,12 +264,12 @@ std::vector<PassView> pass_views(const Setup& setup, int64_t round, const Tensor
     }
     if (round < 0) return views;
     const int64_t n = q.shape.n, d = q.shape.d;
-    store.assign(views.size() * 3, std::vector<float>());
+    if (store.size() < views.size() * 3) store.resize(views.size() * 3);   // kept from round to round
     parallel_for(static_cast<int64_t>(views.size() * 3), threads, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             PassView& p = views[to_size(i / 3)];
             std::vector<float>& buf = store[to_size(i)];
-            buf.resize(to_size(n * d));
+            if (buf.size() < to_size(n * d)) buf.resize(to_size(n * d));
             const int which = static_cast<int>(i % 3);
             const float* src = which == 0 ? p.q : which == 1 ? p.k : p.v;
             rows_gather(buf.data(), src, which == 0 ? p.q_token : p.k_token, n, d);
@@ -611,51 +340,6 @@ Checked content_check(const std::string& what, const Tensor& q, const Tensor& k,
     return c;
 }
 
-// Query q's allowed keys as bytes: row [n], row[k] = 1 when k is in A(q).
-void allowed_row(const HeadState& h, int64_t q, uint8_t* row) {
-    const ContentWalk& w = h.walk;
-    const int64_t n = w.n;
-    block_mask_dense_row(*h.fixed, q, row);
-    if (h.causal) std::fill(row + q + 1, row + n, uint8_t{0});
-    const bool self_ok = h.self[to_size(q)] != 0;
-    for (int64_t r = 0; r < w.rounds; ++r) {
-        const int64_t c = w.q_chunk[to_size(r * n + q)];
-        const int32_t* ko = w.key_order(r);
-        for (int64_t s = std::max<int64_t>(0, (c - 1) * w.chunk); s < std::min(n, (c + 1) * w.chunk); ++s) {
-            const int64_t k = ko[s];
-            if ((k != q || self_ok) && !(h.causal && k > q)) row[k] = 1;
-        }
-    }
-}
-
-// The report of one head; pairs from the passes' first-pair counts.
-ContentReport head_report(const HeadState& h, int64_t pairs) {
-    const ContentWalk& w = h.walk;
-    ContentReport r;
-    r.batch = h.b;
-    r.head = h.h;
-    r.kind = h.spec->kind;
-    r.buckets = w.buckets;
-    r.rounds = w.rounds;
-    r.chunk = w.chunk;
-    std::vector<int64_t> sizes(to_size(w.buckets));
-    r.bucket_min = w.n;
-    for (int64_t round = 0; round < w.rounds; ++round) {
-        for (int side = 0; side < (w.shared_qk ? 1 : 2); ++side) {
-            std::fill(sizes.begin(), sizes.end(), 0);
-            const int32_t* bucket = side == 0 ? w.query_bucket(round) : w.key_bucket(round);
-            for (int64_t t = 0; t < w.n; ++t) ++sizes[to_size(bucket[t])];
-            for (int64_t c : sizes) r.bucket_min = std::min(r.bucket_min, c), r.bucket_max = std::max(r.bucket_max, c);
-        }
-    }
-    r.imbalance = static_cast<double>(r.bucket_max) * static_cast<double>(w.buckets) / static_cast<double>(w.n);
-    r.pairs = pairs;
-    r.density = static_cast<double>(pairs) / (static_cast<double>(w.n) * static_cast<double>(w.n));
-    r.empty_rows = h.empty_rows;
-    r.recall_mean = r.recall_min = std::numeric_limits<double>::quiet_NaN();
-    return r;
-}
-
 // Recall of every head's report: per query, the exact softmax's mass (dense; k <= q when
 // causal) on A(q), in double. One item per (head, query).
 void reports_recall(const Setup& setup, const Tensor& q, const Tensor& k, float scale, int threads,
@@ -717,7 +401,7 @@ std::vector<int64_t> setup_pairs(const Setup& setup, const Tensor& q, int thread
             const PassView& p = views[vi];
             const Tiling& t = *p.tiling;
             for (int64_t e = t.row_ptr[to_size(qt)]; e < t.row_ptr[to_size(qt + 1)]; ++e) {
-                counts[vi][to_size(qt)] += tile_bias(p, qt, t.col_idx[to_size(e)], t.row_partial[to_size(e)], true, w.bias.data());
+                counts[vi][to_size(qt)] += tile_bias(p, qt, t.col_idx[to_size(e)], t.row_partial[to_size(e)], true, w.bias.data(), w.lookups);
             }
         });
         for (size_t i = 0; i < views.size(); ++i) {
@@ -759,12 +443,16 @@ ContentForward content_attention_forward(const Tensor& q, const Tensor& k, const
     const int64_t n = s.n, d = s.d;
     std::vector<int64_t> pairs(setup.heads.size(), 0);
     const std::vector<int32_t> identity = identity_order(n);
+    // Sorted copies and pass outputs, allocated once and reused by every pass.
+    std::vector<std::vector<float>> store, o_p(setup.heads.size()), lse_p(setup.heads.size());
     for (int64_t round = -1; round < setup.max_rounds; ++round) {
         t0 = std::chrono::steady_clock::now();
-        std::vector<std::vector<float>> store;
         const std::vector<PassView> views = pass_views(setup, round, q, k, v, store, c.threads);
-        std::vector<std::vector<float>> o_p(views.size()), lse_p(views.size());
-        for (size_t i = 0; i < views.size(); ++i) o_p[i].resize(to_size(n * d)), lse_p[i].resize(to_size(n));
+        parallel_for(static_cast<int64_t>(views.size()), c.threads, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+                if (o_p[to_size(i)].size() < to_size(n * d)) o_p[to_size(i)].resize(to_size(n * d)), lse_p[to_size(i)].resize(to_size(n));
+            }
+        });
         out.times.gathering += seconds_since(t0);
 
         t0 = std::chrono::steady_clock::now();

@@ -13,7 +13,9 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 #include <string>
@@ -390,4 +392,55 @@ TEST_CASE("lsh bad input: odd or too few buckets, more buckets than tokens (nami
     const ContentForward x = content_attention_forward(q, k, v, set_with_content({empty}, {seeded}), 0);
     const ContentForward y = content_attention_forward(q, k, v, set_with_content({empty}, {filed}), 0, with);
     CHECK(x.o.data == y.o.data);
+}
+
+// [SECTION] speed (hidden: run with `test_content_engine "[.perf]"`; SPARSA_THREADS sets the threads)
+
+TEST_CASE("perf: lsh(64, rounds = 2, chunk = 64) against dense and window(128) (about the same pairs), n = 16384, d = 64, 8 heads: median of 5", "[.perf]") {
+    const int64_t n = 16384, d = 64, heads = 8;
+    const TensorShape shape{1, heads, n, d};
+    const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3), d_o = tensor_random(shape, 4);
+    auto spec = spec_make(ContentKind::lsh, 64, 2, 64, false, 0);
+    const BlockMask empty = block_mask_empty(n, 64);
+    const MaskSet lsh = set_with_content(std::vector<BlockMask>(heads, empty), std::vector<std::shared_ptr<ContentSpec>>(heads, spec));
+    const MaskSet window = set_with_content(std::vector<BlockMask>(heads, mask_band(n, 64, 128, false)), {});
+    auto seconds = [](auto t0) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    auto median = [](std::vector<double> x) {
+        std::sort(x.begin(), x.end());
+        return x[x.size() / 2];
+    };
+    std::vector<double> total, hashing, sorting, gathering, attention, backward, window_fwd, window_bwd;
+    int64_t pairs = 0;
+    for (int run = 0; run < 5; ++run) {
+        auto t0 = std::chrono::steady_clock::now();
+        const ContentForward out = content_attention_forward(q, k, v, lsh, 0);
+        total.push_back(seconds(t0));
+        hashing.push_back(out.times.hashing);
+        sorting.push_back(out.times.sorting);
+        gathering.push_back(out.times.gathering);
+        attention.push_back(out.times.attention);
+        pairs = out.reports[0].pairs;
+        t0 = std::chrono::steady_clock::now();
+        const AttentionGrads g = content_attention_backward(q, k, v, out.o, out.lse, d_o, lsh, 0);
+        backward.push_back(seconds(t0));
+        CHECK(std::isfinite(g.dq.data[0]));
+        t0 = std::chrono::steady_clock::now();
+        const AttentionOutput w = attention_forward(q, k, v, window, 0);
+        window_fwd.push_back(seconds(t0));
+        t0 = std::chrono::steady_clock::now();
+        attention_backward(q, k, v, w.o, w.lse, d_o, window, 0);
+        window_bwd.push_back(seconds(t0));
+    }
+    const MaskSet dense = set_with_content(std::vector<BlockMask>(heads, mask_band(n, 64, n, false)), {});
+    auto t0 = std::chrono::steady_clock::now();
+    attention_forward(q, k, v, dense, 0);
+    const double dense_fwd = seconds(t0);
+    std::printf("lsh(64, rounds = 2, chunk = 64), n = %lld, d = %lld, %lld heads (%lld pairs a head, %.2f%%), median of 5:\n"
+                "  forward %.3f s = hashing %.3f + sorting %.3f + gathering and merging %.3f + attention %.3f (%.0f%% outside attention); backward %.3f s\n"
+                "  window(128) (%lld pairs a head): forward %.3f s, backward %.3f s; dense forward (one run) %.3f s: lsh %.0fx faster\n",
+                static_cast<long long>(n), static_cast<long long>(d), static_cast<long long>(heads), static_cast<long long>(pairs),
+                100.0 * static_cast<double>(pairs) / (static_cast<double>(n) * n), median(total), median(hashing), median(sorting),
+                median(gathering), median(attention), 100 * (1 - median(attention) / median(total)), median(backward),
+                static_cast<long long>(block_mask_stats(window.at(0, 0)).kept_pairs), median(window_fwd), median(window_bwd), dense_fwd,
+                dense_fwd / median(total));
 }
