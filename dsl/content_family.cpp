@@ -3,9 +3,11 @@
 #include "dsl/content_family.hpp"
 
 #include "dsl/builtins.hpp"
-#include "io/mask_io.hpp"
+#include "io/content_spec_rules.hpp"
+#ifndef __EMSCRIPTEN__
 #include "io/npy.hpp"
 #include "io/npz.hpp"
+#endif
 
 #include <cstdio>
 #include <filesystem>
@@ -69,55 +71,75 @@ public:
         return &v.text;
     }
 
-    // The file argument i names, as an absolute path: relative to the folder of the script that
-    // names it. Refused with a caret, saying where it looked, when it is not a readable file.
-    struct File {
-        std::string path;   // absolute, normal
-        std::string shown;  // as the user sees it: relative to where the script was named
-    };
-    File file(size_t i, const std::string& name, const std::string& how_to_make) const {
-        std::filesystem::path path(name), shown(name);
-        if (path.is_relative()) {
-            if (!args_.source->path.empty()) path = std::filesystem::path(args_.source->path).parent_path() / path;
-            shown = std::filesystem::path(args_.source->name).parent_path() / shown;
-        }
-        std::error_code error;
-        std::filesystem::path absolute = std::filesystem::absolute(path, error);
-        if (error) absolute = path;
-        File out{absolute.lexically_normal().string(), shown.lexically_normal().string()};
-        const std::string relative = std::filesystem::path(name).is_relative()
-                                         ? (args_.source->path.empty() ? ", relative to the current folder"
-                                                                       : ", relative to the script's folder")
-                                         : "";
-        if (!std::filesystem::exists(out.path, error)) {
-            fail(i, fn() + ": " + param(i) + " '" + name + "' not found (looked for " + out.shown + relative + ")", how_to_make);
-        }
-        if (!std::filesystem::is_regular_file(out.path, error)) {
-            fail(i, fn() + ": " + param(i) + " '" + name + "' is not a regular file (" + out.shown + ")", how_to_make);
-        }
-        return out;
-    }
-    // Messages of io/ name the file by its absolute path: show it as the script does.
-    std::string named_as_shown(std::string message, const File& f) const {
-        for (size_t at = message.find(f.path); at != std::string::npos; at = message.find(f.path, at + f.shown.size())) {
-            message.replace(at, f.path.size(), f.shown);
-        }
-        return message;
-    }
-
     const EvalContext& context() const { return context_; }
+    const SourcePtr& source() const { return args_.source; }
 
 private:
     const CallArgs& args_;
     const EvalContext& context_;
 };
 
-// The shape a file must have, -1 for a dimension the script does not fix (d).
-void require_shape(const ArgReader& r, size_t i, const ArgReader::File& f, const std::string& array_name,
-                   const NpyHeader& header, const std::vector<int64_t>& expected, const std::string& meaning) {
-    const std::string what = r.fn() + ": " + f.shown + (array_name.empty() ? "" : " array '" + array_name + "'");
+#ifdef __EMSCRIPTEN__
+
+// The page has no files: a family that names one is refused where it does, as load() is.
+std::string file_checked(const ArgReader& r, size_t i, const std::string& name, const std::string&,
+                         const std::vector<int64_t>&, const std::string&, const std::string&) {
+    r.fail(i, r.fn() + ": " + r.param(i) + " '" + name + "' cannot be read in the page, which has no files",
+           "use the sparsa command, e.g. sparsa compile script.pat --n 4096");
+}
+
+#else
+
+// A file argument, checked: resolved against the folder of the script that names it, present, a
+// float32 array (an .npy, or `array` of an .npz) whose shape is `expected` (-1: d, which only
+// attention knows). Returns its absolute path; refused with a caret on argument i, saying where
+// it looked and `how` to make one.
+std::string file_checked(const ArgReader& r, size_t i, const std::string& name, const std::string& array,
+                         const std::vector<int64_t>& expected, const std::string& meaning, const std::string& how) {
+    const SourcePtr& source = r.source();
+    std::filesystem::path path(name), shown(name);
+    if (path.is_relative()) {
+        if (!source->path.empty()) path = std::filesystem::path(source->path).parent_path() / path;
+        shown = std::filesystem::path(source->name).parent_path() / shown;
+    }
+    std::error_code error;
+    std::filesystem::path absolute = std::filesystem::absolute(path, error);
+    if (error) absolute = path;
+    const std::string full = absolute.lexically_normal().string(), seen = shown.lexically_normal().string();
+    const std::string relative = !std::filesystem::path(name).is_relative() ? ""
+                                 : source->path.empty()                       ? ", relative to the current folder"
+                                                                              : ", relative to the script's folder";
+    const std::string what = r.fn() + ": " + r.param(i) + " '" + name + "'";
+    if (!std::filesystem::exists(full, error)) r.fail(i, what + " not found (looked for " + seen + relative + ")", how);
+    if (!std::filesystem::is_regular_file(full, error)) r.fail(i, what + " is not a regular file (" + seen + ")", how);
+    // Messages of io/ name the file by its absolute path: show it as the script does.
+    auto as_shown = [&](std::string message) {
+        for (size_t at = message.find(full); at != std::string::npos; at = message.find(full, at + seen.size())) {
+            message.replace(at, full.size(), seen);
+        }
+        return r.fn() + ": " + message;
+    };
+    NpyHeader header;
+    try {
+        if (array.empty()) {
+            const NpyArray a = npy_load(full);  // small (rotations, features): read whole, so a short file is refused
+            header.dtype = a.dtype;
+            header.shape = a.shape;
+        } else {
+            const NpzReader npz(full);
+            if (!npz.has(array)) {
+                r.fail(i, r.fn() + ": " + seen + " has no '" + array + "' array: is it a file written by `sparsa anchors fit`?", how);
+            }
+            header = npz.stream(array).header();
+        }
+    } catch (const ScriptError&) {
+        throw;
+    } catch (const Error& e) {
+        r.fail(i, as_shown(e.what()), how);
+    }
+    const std::string label = r.fn() + ": " + seen + (array.empty() ? "" : " array '" + array + "'");
     if (header.dtype != NpyDtype::float32) {
-        r.fail(i, what + " has dtype " + npy_dtype_name(header.dtype) + ", expected float32 " + meaning,
+        r.fail(i, label + " has dtype " + npy_dtype_name(header.dtype) + ", expected float32 " + meaning,
                "save it with np.save(path, a.astype(np.float32))");
     }
     bool same = header.shape.size() == expected.size();
@@ -125,22 +147,12 @@ void require_shape(const ArgReader& r, size_t i, const ArgReader::File& f, const
     if (!same) {
         std::string wanted = "[";
         for (size_t d = 0; d < expected.size(); ++d) wanted += (d ? ", " : "") + (expected[d] < 0 ? std::string("d") : std::to_string(expected[d]));
-        r.fail(i, what + " has shape " + npy_shape_text(header.shape) + ", but this call needs " + wanted + "] " + meaning);
+        r.fail(i, label + " has shape " + npy_shape_text(header.shape) + ", but this call needs " + wanted + "] " + meaning);
     }
+    return full;
 }
 
-// An .npy file's header (the data is checked as a whole: a short file is refused too).
-NpyHeader npy_file_header(const ArgReader& r, size_t i, const ArgReader::File& f) {
-    try {
-        const NpyArray array = npy_load(f.path);
-        NpyHeader header;
-        header.dtype = array.dtype;
-        header.shape = array.shape;
-        return header;
-    } catch (const Error& e) {
-        r.fail(i, r.fn() + ": " + r.named_as_shown(e.what(), f));
-    }
-}
+#endif
 
 ContentSpec lsh_spec(const ArgReader& r) {
     ContentSpec spec;
@@ -162,10 +174,8 @@ ContentSpec lsh_spec(const ArgReader& r) {
     spec.shared_qk = r.boolean(4, true);
     spec.causal = c.causal;
     if (const std::string* name = r.string(5)) {
-        const ArgReader::File f = r.file(5, *name, "give a float32 .npy of rotations [rounds, d, buckets / 2], or leave file out to draw them from the seed");
-        require_shape(r, 5, f, "", npy_file_header(r, 5, f), {spec.rounds, -1, spec.buckets / 2},
-                      "(rotations [rounds, d, buckets / 2])");
-        spec.file = f.path;
+        spec.file = file_checked(r, 5, *name, "", {spec.rounds, -1, spec.buckets / 2}, "(rotations [rounds, d, buckets / 2])",
+                                 "give a float32 .npy of rotations [rounds, d, buckets / 2], or leave file out to draw them from the seed");
     }
     return spec;
 }
@@ -186,21 +196,7 @@ ContentSpec anchors_spec(const ArgReader& r) {
         r.fail_call("anchors needs fit = \"FILE.npz\": the " + k + " anchor vectors fitted to calibration queries and keys",
                     fit_command + ", then write anchors(" + k + ", fit = \"anchors.npz\")");
     }
-    const ArgReader::File f = r.file(3, *name, fit_command);
-    NpyHeader header;
-    try {
-        const NpzReader npz(f.path);
-        if (!npz.has("anchors")) {
-            r.fail(3, "anchors: " + f.shown + " has no 'anchors' array: is it a file written by `sparsa anchors fit`?", fit_command);
-        }
-        header = npz.stream("anchors").header();
-    } catch (const ScriptError&) {
-        throw;
-    } catch (const Error& e) {
-        r.fail(3, "anchors: " + r.named_as_shown(e.what(), f), fit_command);
-    }
-    require_shape(r, 3, f, "anchors", header, {spec.rounds, spec.buckets, -1}, "(anchors [rounds, k, d])");
-    spec.file = f.path;
+    spec.file = file_checked(r, 3, *name, "anchors", {spec.rounds, spec.buckets, -1}, "(anchors [rounds, k, d])", fit_command);
     return spec;
 }
 
@@ -212,9 +208,8 @@ ContentSpec favor_spec(const ArgReader& r) {
     spec.redraw = r.at_least(2, 0, 0);
     spec.causal = r.context().causal;
     if (const std::string* name = r.string(3)) {
-        const ArgReader::File f = r.file(3, *name, "give a float32 .npy of features [features, d], or leave file out to draw them from the seed");
-        require_shape(r, 3, f, "", npy_file_header(r, 3, f), {spec.features, -1}, "(features [features, d])");
-        spec.file = f.path;
+        spec.file = file_checked(r, 3, *name, "", {spec.features, -1}, "(features [features, d])",
+                                 "give a float32 .npy of features [features, d], or leave file out to draw them from the seed");
     }
     return spec;
 }

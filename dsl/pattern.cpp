@@ -4,7 +4,7 @@
 
 #include "dsl/pattern_compile_detail.hpp"
 #include "engine/error.hpp"
-#include "io/mask_io.hpp"
+#include "io/content_spec_rules.hpp"
 
 #include <algorithm>
 #include <cstdlib>

@@ -9,7 +9,6 @@
 #include "dsl/builtins.hpp"
 #include "dsl/eval.hpp"
 #include "dsl/grammar.hpp"
-#include "io/mask_io.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -806,7 +805,7 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
                                                      "runs, and this tool needs every pair beforehand",
                     "sparsa compile, stats and show take it (they count its fixed part); here, use a fixed pattern")});
             }
-            auto [spec, added] = spec_of.emplace(content_spec_json(*p->content), p->content);
+            auto [spec, added] = spec_of.emplace(content_spec_text(*p->content) + (p->content->causal ? "&causal" : ""), p->content);
             content[i] = spec->second;
             auto [fixed, split] = fixed_of.emplace(p.get(), nullptr);
             if (split) fixed->second = pattern_content_split(p).fixed;

@@ -38,43 +38,6 @@ std::string first_use(const std::vector<int32_t>& index, int64_t heads, int64_t 
 
 // [SECTION] content specs
 
-const char* content_kind_name(ContentKind kind) {
-    switch (kind) {
-    case ContentKind::lsh: return "lsh";
-    case ContentKind::anchors: return "anchors";
-    case ContentKind::favor: return "favor";
-    }
-    return "an unknown kind";
-}
-
-std::string content_spec_problem(const ContentSpec& spec) {
-    auto below = [](const char* what, int64_t value, int64_t lo) {
-        return std::string(what) + " = " + std::to_string(value) + " is below " + std::to_string(lo);
-    };
-    switch (spec.kind) {
-    case ContentKind::lsh:
-        if (spec.buckets < 2) return below("lsh: buckets", spec.buckets, 2);
-        if (spec.buckets % 2 != 0) {
-            return "lsh: buckets = " + std::to_string(spec.buckets) +
-                   " is odd (the hash takes the argmax over buckets / 2 directions and their opposites)";
-        }
-        break;
-    case ContentKind::anchors:
-        if (spec.buckets < 1) return below("anchors: k", spec.buckets, 1);
-        if (spec.file.empty()) return "anchors: no fit file (anchors(k, fit = \"FILE.npz\"))";
-        break;
-    case ContentKind::favor:
-        if (spec.features < 1) return below("favor: features", spec.features, 1);
-        if (spec.redraw < 0) return below("favor: redraw", spec.redraw, 0);
-        return "";
-    default: return "content kind " + std::to_string(static_cast<int32_t>(spec.kind)) + " is not lsh (1), anchors (2) or favor (3)";
-    }
-    const char* family = content_kind_name(spec.kind);
-    if (spec.rounds < 1) return below((std::string(family) + ": rounds").c_str(), spec.rounds, 1);
-    if (spec.chunk < 1) return below((std::string(family) + ": chunk").c_str(), spec.chunk, 1);
-    return "";
-}
-
 namespace {
 
 Json content_spec_object(const ContentSpec& spec) {

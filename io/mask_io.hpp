@@ -3,6 +3,7 @@
 #pragma once
 
 #include "engine/block_mask.hpp"
+#include "io/content_spec_rules.hpp"
 
 #include <cstdint>
 #include <string>
@@ -19,12 +20,7 @@ constexpr int64_t kMaskFormatVersion = 3;
 
 // [SECTION] Content specs in files
 
-// "lsh", "anchors", "favor": the name a script calls and the header's "kind".
-const char* content_kind_name(ContentKind kind);
-
-// What is wrong with `spec` by the rules of docs/pattern-language.md ("lsh: buckets = 7 is odd
-// ..."), or "" when nothing is. The engines' own run-time checks (n, d) come on top.
-std::string content_spec_problem(const ContentSpec& spec);
+// content_kind_name and content_spec_problem: io/content_spec_rules.hpp.
 
 // The JSON object a spec is saved as (docs/formats.md): {"kind": "lsh", "buckets": 64, "rounds":
 // 2, "chunk": 64, "seed": 0, "shared_qk": true, "causal": false, "file": ""}; anchors name their
