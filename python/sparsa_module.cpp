@@ -647,6 +647,23 @@ PYBIND11_MODULE(_sparsa, m) {
         .def_property_readonly("script_text", [](const PyMaskSet& s) { return s.set.script_text; })
         .def_property_readonly("params", [](const PyMaskSet& s) { return s.set.params; })
         .def_property_readonly("warnings", [](const PyMaskSet& s) { return s.warnings; }, "the compile's warnings (empty rows, clamps)")
+        .def_property_readonly("content", [](const PyMaskSet& s) {
+                 // [layers][heads]: the head's content-based spec as a dict (the mask file's JSON,
+                 // docs/formats.md), or None for a head that is its fixed mask alone.
+                 const py::object loads = py::module_::import("json").attr("loads");
+                 py::list layers;
+                 for (int64_t l = 0; l < s.set.layers; ++l) {
+                     py::list heads;
+                     for (int64_t h = 0; h < s.set.heads; ++h) {
+                         const auto* spec = s.set.content.empty() ? nullptr : s.set.content[static_cast<size_t>(l * s.set.heads + h)].get();
+                         heads.append(spec == nullptr ? py::object(py::none()) : loads(content_spec_json(*spec)));
+                     }
+                     layers.append(heads);
+                 }
+                 return layers;
+             },
+             "[layers][heads]: each head's content-based spec (lsh, anchors, favor) as a dict, or None; the mask is "
+             "then its fixed part, and the spec's pairs are realised per input")
         .def_property_readonly("unique_masks", [](const PyMaskSet& s) { return s.set.unique_masks().size(); },
                                "distinct masks (equal ones are stored once)")
         .def_property_readonly("density", [](const PyMaskSet& s) { return mask_set_mean_density(s.set); },
