@@ -1,12 +1,16 @@
 // sparsa run: one layer of attention with a script's masks on given (.npy) or seeded random
 // tensors; prints the time, kept pairs and effective GFLOP/s, and checks against the reference.
+// A layer with content-based heads (lsh, anchors, favor) runs through layer_attention.hpp, and
+// each head's report on this input is printed (buckets, pairs, density, recall, FAVOR+'s error).
 // --engine cuda runs the CUDA engine (engine/cuda/) through libsparsa_cli_cuda.so, loaded only
 // then (cli/cuda_module.hpp); compiled in only when CMake built the sparsa_cuda target
 // (SPARSA_HAVE_CUDA, set in engine/cuda/CMakeLists.txt).
 #include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/outputs.hpp"
+#include "engine/content/layer_attention.hpp"
 #include "engine/cpu_attention.hpp"
+#include "io/content_files.hpp"
 #include "io/npy.hpp"
 #include "engine/reference.hpp"
 #include "engine/threads.hpp"
@@ -21,6 +25,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,7 +39,7 @@ namespace {
 const char* const kRunHelp = R"(usage: sparsa run FILE --n N [--d D] [--batch B] [--layer L] [--block B]
                   [--engine cpu|dense|cuda] [--dtype bf16|fp16|f32] [--kernel K]
                   [--q Q.npy --k K.npy --v V.npy] [--out O.npy]
-                  [--check] [--json] [--seed S] [--threads T] [--runs R]
+                  [--check] [--recall] [--json] [--seed S] [--threads T] [--runs R]
 
 Runs one layer of attention with the script's masks (one per head) and prints the time (median
 of R runs), the kept pairs, and the effective GFLOP/s: 4 * d FLOPs per kept (query, key) pair,
@@ -60,7 +66,20 @@ for every batch and head, over the time.
                   at long n; it prints progress when slow) and print the largest errors;
                   exit 1 when the relative error is above 1e-5 or empty rows differ.
                   With --engine cuda the reference runs on the inputs rounded to --dtype,
-                  and the bound is 2e-2 for bf16 and fp16 (O is rounded to them), 1e-5 for f32
+                  and the bound is 2e-2 for bf16 and fp16 (O is rounded to them), 1e-5 for f32.
+                  Content-based heads: lsh and anchors heads against the reference over the
+                  same allowed pairs (the same bound), favor heads against exact dense
+                  attention, printing the relative error (FAVOR+ approximates: no bound);
+                  n up to 8192 there (each head's allowed pairs become an [n, n] mask)
+
+Content-based heads (lsh, anchors, favor) are realised per input, so for them run also prints,
+per head: bucket sizes (smallest, largest, imbalance = largest / mean), pairs kept and density,
+recall (with --recall or --check), FAVOR+'s predicted error and degraded rows, and the time of
+each phase (hashing, sorting, gathering apart from attention). Files the script names (anchors,
+rotations, features) are read once, before the runs.
+  --recall        content-based heads (lsh, anchors): also measure recall, the share of the exact
+                  softmax's mass (dense, or causal dense) that each head's allowed pairs hold
+                  (O(n^2 d) a head; --check measures it too)
   --json          print one JSON object instead of text
   --seed S        seed of the random tensors (default 0)
   --threads T     threads (default: SPARSA_THREADS or the core count)
@@ -247,13 +266,207 @@ Tensor gpu_round([[maybe_unused]] const GpuChoice& g, const Tensor& x) {
 #endif
 }
 
+// [content] A layer with content-based heads: per-head summaries over the batch, the check
+// against the dense reference over each head's allowed pairs (exact attention for favor heads).
+
+// One head's reports over every batch.
+struct HeadSummary {
+    int64_t head = 0;
+    LayerHeadKind kind = LayerHeadKind::fixed;
+    std::string family;              // "lsh(buckets 8, rounds 2, chunk 64)", "fixed", ...
+    bool fixed_part = false;         // lsh, anchors: the head's fixed mask adds pairs (`|`)
+    int64_t bucket_min = 0, bucket_max = 0;
+    double imbalance = 0;            // the largest over the batch
+    int64_t pairs = 0;               // summed over the batch
+    double density = 0;              // pairs / (batch n^2)
+    int64_t empty_rows = 0;
+    double recall_mean = NAN, recall_min = NAN;   // mean of the batch's means, smallest row
+    int64_t features = 0, degraded_rows = 0;
+    double predicted_error = 0;      // the largest over the batch
+    double favor_error = NAN;        // --check: ||O - O_exact|| / ||O_exact|| over the batch
+};
+
+std::string head_family(const MaskSet& set, int64_t layer, int64_t h) {
+    const ContentSpec* spec = set.content.empty() ? nullptr : set.content[static_cast<size_t>(layer * set.heads + h)].get();
+    if (spec == nullptr) return "fixed";
+    const std::string name = layer_head_kind_name(layer_head_kind(set, layer, h));
+    if (spec->kind == ContentKind::favor) {
+        return name + "(" + std::to_string(spec->features) + " features" + (spec->causal ? ", causal" : "") + ")";
+    }
+    return name + "(" + (spec->kind == ContentKind::lsh ? "buckets " : "k ") + std::to_string(spec->buckets) + ", rounds " +
+           std::to_string(spec->rounds) + ", chunk " + std::to_string(spec->chunk) + (spec->causal ? ", causal" : "") + ")";
+}
+
+std::vector<HeadSummary> heads_summarise(const std::vector<LayerHeadReport>& reports, const MaskSet& set, int64_t layer,
+                                         int64_t batch, int64_t n) {
+    std::vector<HeadSummary> out(static_cast<size_t>(set.heads));
+    for (int64_t h = 0; h < set.heads; ++h) {
+        HeadSummary& s = out[static_cast<size_t>(h)];
+        s.head = h;
+        s.kind = layer_head_kind(set, layer, h);
+        s.family = head_family(set, layer, h);
+        s.fixed_part = s.kind != LayerHeadKind::fixed && s.kind != LayerHeadKind::favor && set.at(layer, h).kept_blocks() > 0;
+        s.bucket_min = std::numeric_limits<int64_t>::max();
+    }
+    for (const LayerHeadReport& r : reports) {
+        HeadSummary& s = out[static_cast<size_t>(r.head)];
+        const bool first = r.batch == 0;
+        s.bucket_min = std::min(s.bucket_min, r.pairs.bucket_min);
+        s.bucket_max = std::max(s.bucket_max, r.pairs.bucket_max);
+        s.imbalance = std::max(s.imbalance, r.pairs.imbalance);
+        s.pairs += r.pairs.pairs;
+        s.empty_rows += r.pairs.empty_rows;
+        s.recall_mean = first ? r.pairs.recall_mean / static_cast<double>(batch) : s.recall_mean + r.pairs.recall_mean / static_cast<double>(batch);
+        s.recall_min = first ? r.pairs.recall_min : std::min(s.recall_min, r.pairs.recall_min);
+        s.features = r.features;
+        s.degraded_rows += r.favor.degraded_rows;
+        s.predicted_error = std::max(s.predicted_error, r.favor.predicted_error);
+    }
+    for (HeadSummary& s : out) s.density = static_cast<double>(s.pairs) / (static_cast<double>(batch) * static_cast<double>(n) * static_cast<double>(n));
+    return out;
+}
+
+// What --check found on a content layer: the heads with pairs in `pairs` (with the same bound
+// as a fixed layer), each favor head's relative error in summaries[h].favor_error.
+CheckResult check_content(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& set, int64_t layer,
+                          const LayerForward& out, const LayerOptions& options, std::vector<HeadSummary>& summaries) {
+    const TensorShape s = q.shape;
+    const auto start = std::chrono::steady_clock::now();
+    auto last_report = start;
+    CheckResult r;
+    std::vector<double> err2(static_cast<size_t>(s.heads), 0.0), ref2(static_cast<size_t>(s.heads), 0.0);
+    auto batch_of = [&](const Tensor& x, int64_t b) {
+        Tensor t = tensor_zeros<float>({1, s.heads, s.n, s.d});
+        std::copy(x.row(b, 0, 0), x.row(b, 0, 0) + t.data.size(), t.data.begin());
+        return t;
+    };
+    for (int64_t b = 0; b < s.batch; ++b) {
+        const MaskSet a = layer_reference_masks(q, k, set, layer, b, options);
+        ReferenceOptions ro;
+        ro.scale = options.scale;
+        ro.threads = options.threads;
+        const ReferenceOutput ref = reference_forward(batch_of(q, b), batch_of(k, b), batch_of(v, b), a, 0, ro);
+        for (int64_t h = 0; h < s.heads; ++h) {
+            const bool favor = summaries[static_cast<size_t>(h)].kind == LayerHeadKind::favor;
+            for (int64_t i = 0; i < s.n; ++i) {
+                if (!favor) {
+                    const double want_lse = ref.lse.at(0, h, i, 0), got_lse = out.lse.at(b, h, i, 0);
+                    if (std::isnan(got_lse)) r.finite = false;
+                    else if (std::isinf(want_lse) || std::isinf(got_lse)) r.lse_inf_match = r.lse_inf_match && want_lse == got_lse;
+                    else r.lse_max_abs = std::max(r.lse_max_abs, std::abs(got_lse - want_lse));
+                }
+                for (int64_t j = 0; j < s.d; ++j) {
+                    const double want = ref.o.at(0, h, i, j), got = out.o.at(b, h, i, j);
+                    if (!std::isfinite(got)) r.finite = false;
+                    if (favor) {
+                        err2[static_cast<size_t>(h)] += (got - want) * (got - want);
+                        ref2[static_cast<size_t>(h)] += want * want;
+                    } else {
+                        r.max_abs = std::max(r.max_abs, std::abs(got - want));
+                        r.max_ref = std::max(r.max_ref, std::abs(want));
+                    }
+                }
+            }
+        }
+        if (seconds_since(last_report) > 2.0 && b + 1 < s.batch) {
+            last_report = std::chrono::steady_clock::now();
+            std::fprintf(stderr, "check: %lld of %lld batches, %.0f s\n", static_cast<long long>(b + 1),
+                         static_cast<long long>(s.batch), seconds_since(start));
+        }
+    }
+    for (HeadSummary& h : summaries) {
+        const size_t i = static_cast<size_t>(h.head);
+        if (h.kind == LayerHeadKind::favor) h.favor_error = ref2[i] > 0 ? std::sqrt(err2[i] / ref2[i]) : std::sqrt(err2[i]);
+    }
+    r.seconds = seconds_since(start);
+    return r;
+}
+
+// The shape a spec's file must have for inputs of head dimension d, and what its dimensions mean.
+std::pair<std::vector<int64_t>, std::string> content_file_shape(const ContentSpec& spec, int64_t d) {
+    const std::string dd = "d = " + std::to_string(d) + " as Q and K have it";
+    switch (spec.kind) {
+    case ContentKind::lsh:
+        return {{spec.rounds, d, spec.buckets / 2}, "rotations [rounds, d, buckets / 2], " + dd};
+    case ContentKind::anchors: return {{spec.rounds, spec.buckets, d}, "anchors [rounds, k, d], " + dd};
+    case ContentKind::favor: return {{spec.features, d}, "features [features, d], " + dd};
+    }
+    return {{}, ""};
+}
+
+// The span of the string literal in `source` that names `file` (an absolute path, as the
+// compile made it from the literal against the script's folder); {-1, -1} when none does.
+std::pair<int32_t, int32_t> file_literal_span(const dsl::Source& source, const std::string& file) {
+    namespace fs = std::filesystem;
+    const fs::path folder = fs::path(source.path).parent_path();
+    for (size_t open = source.text.find('"'); open != std::string::npos;) {
+        const size_t close = source.text.find('"', open + 1);
+        if (close == std::string::npos) break;
+        const fs::path literal = source.text.substr(open + 1, close - open - 1);
+        std::error_code error;
+        if (!literal.empty() && fs::equivalent(literal.is_absolute() ? literal : folder / literal, file, error) && !error) {
+            return {static_cast<int32_t>(open), static_cast<int32_t>(close + 1)};
+        }
+        open = source.text.find('"', close + 1);
+    }
+    return {-1, -1};
+}
+
+// The files of layer `layer`'s specs against the inputs' head dimension d, which the compile
+// could not know: a mismatch is a diagnostic with a caret under the file's name in the script
+// (or, for a file named in an imported script, an error naming it), before anything runs.
+void content_files_check(const dsl::Script& script, const MaskSet& set, int64_t layer, const ContentArrays& arrays,
+                         int64_t d) {
+    std::vector<dsl::Diagnostic> errors;
+    std::vector<std::string> seen;
+    for (int64_t h = 0; h < set.heads; ++h) {
+        const ContentSpec* spec = set.content.empty() ? nullptr : set.content[static_cast<size_t>(layer * set.heads + h)].get();
+        if (spec == nullptr || spec->file.empty() || std::find(seen.begin(), seen.end(), spec->file) != seen.end()) continue;
+        seen.push_back(spec->file);
+        const auto it = arrays.find(spec->file);
+        if (it == arrays.end()) continue;   // the engine says it was not loaded
+        const auto [shape, meaning] = content_file_shape(*spec, d);
+        if (it->second.shape == shape) continue;
+        const std::string name = std::filesystem::path(spec->file).filename().string();
+        const std::string message = std::string(layer_head_kind_name(layer_head_kind(set, layer, h))) + ": " + name +
+                                    " has shape " + content_shape_text(it->second.shape) + " but these inputs need " +
+                                    content_shape_text(shape) + " (" + meaning + ")";
+        const dsl::Source& source = dsl::script_source(script);
+        const auto [begin, end] = file_literal_span(source, spec->file);
+        if (begin < 0) throw Error("run: " + spec->file + ": " + message);
+        errors.push_back(dsl::diagnostic_at(dsl::Severity::error, std::make_shared<dsl::Source>(source), begin, end, message,
+                                            "give a file made for head dimension " + std::to_string(d) +
+                                                ", or run with Q and K of the head dimension the file has"));
+    }
+    if (errors.empty()) return;
+    print_diagnostics(errors);
+    throw ReportedError{};
+}
+
+double median_of(const std::vector<LayerTimes>& times, double LayerTimes::*field) {
+    std::vector<double> v;
+    for (const LayerTimes& t : times) v.push_back(t.*field);
+    return median(v);
+}
+double median_of(const std::vector<LayerTimes>& times, double ContentTimes::*field) {
+    std::vector<double> v;
+    for (const LayerTimes& t : times) v.push_back(t.content.*field);
+    return median(v);
+}
+
+std::string percent_text(double share) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.4g%%", 100 * share);
+    return text;
+}
+
 } // namespace
 
 int command_run(const std::vector<std::string>& argv) {
     Args args(argv, "run",
               {"--n", "--d", "--batch", "--layer", "--block", "--engine", "--q", "--k", "--v", "--out", "--seed",
                "--threads", "--runs", "--dtype", "--kernel"},
-              {"--help", "--check", "--json"});
+              {"--help", "--check", "--json", "--recall"});
     if (args.has("--help")) {
         std::fputs(kRunHelp, stdout);
         return 0;
@@ -264,7 +477,7 @@ int command_run(const std::vector<std::string>& argv) {
     if (engine != "cpu" && engine != "dense" && engine != "cuda") {
         throw Error("run: --engine '" + engine + "' is not an engine (use cpu, dense or cuda)");
     }
-    const bool check = args.has("--check"), json = args.has("--json");
+    const bool check = args.has("--check"), json = args.has("--json"), recall = args.has("--recall") || check;
     if (check && engine == "dense") {
         throw Error("run: --check compares the engine with the dense reference; with --engine dense there is nothing to compare");
     }
@@ -293,10 +506,38 @@ int command_run(const std::vector<std::string>& argv) {
     compile.n = n;
     compile.block = block;
     compile.threads = threads;
+    compile.content = true;   // lsh, anchors and favor heads run here (layer_attention.hpp)
     const dsl::Compiled compiled = dsl::script_compile(*script, compile);
     print_diagnostics(compiled.warnings);
     const MaskSet& set = compiled.masks;
     const int64_t layer = args.integer("--layer", 0, 0, set.layers - 1);
+    bool content_layer = false, favor_heads = false;
+    for (int64_t h = 0; h < set.heads; ++h) {
+        content_layer = content_layer || layer_head_kind(set, layer, h) != LayerHeadKind::fixed;
+        favor_heads = favor_heads || layer_head_kind(set, layer, h) == LayerHeadKind::favor;
+    }
+    ContentArrays arrays;
+    if (content_layer) {
+        if (engine == "dense") {
+            throw Error("run: layer " + std::to_string(layer) + " has content-based heads (lsh, anchors or favor), which the "
+                        "dense reference does not realise; use --engine cpu --check (the reference over each head's "
+                        "allowed pairs, exact attention for favor)");
+        }
+        if (engine == "cuda") {
+            throw Error("run: --engine cuda does not run content-based heads (lsh, anchors, favor) from the command line "
+                        "yet: the CLI's CUDA module (cli/cuda_module_abi.hpp) has no entry for them; use --engine cpu");
+        }
+        if (check && n > kLayerReferenceMaxN) {
+            throw Error("run: --check on content-based heads takes n up to " + std::to_string(kLayerReferenceMaxN) +
+                        " (each head's allowed pairs become an [n, n] mask for the reference); give --n " +
+                        std::to_string(kLayerReferenceMaxN) + " or less, or leave out --check");
+        }
+        arrays = content_files_load(set);   // each file the specs name, read once
+        for (const auto& [file, array] : arrays) outputs.input(array.path, "a file the script names");
+    } else if (args.has("--recall")) {
+        throw Error("run: --recall is for content-based heads (lsh, anchors), and layer " + std::to_string(layer) +
+                    " has none (its pairs are fixed: sparsa stats counts them)");
+    }
 
     // Tensors: from files, or random.
     Tensor q, k, v;
@@ -323,16 +564,25 @@ int command_run(const std::vector<std::string>& argv) {
         v = tensor_random(shape, 3 * seed + 2);
     }
     const TensorShape s = q.shape;
+    if (content_layer) content_files_check(*script, set, layer, arrays, s.d);
 
     // Timed runs.
     AttentionOutput out;
     std::vector<double> seconds;
+    LayerOptions content_options;
+    content_options.threads = threads;
+    content_options.arrays = &arrays;
+    LayerForward content_out;
+    std::vector<LayerTimes> content_times;
     if (engine == "cuda") {
         out = gpu_run(gpu, q, k, v, set, layer, runs, seconds);
     }
     for (int r = 0; r < runs && engine != "cuda"; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        if (engine == "cpu") {
+        if (content_layer) {
+            content_out = layer_attention_forward(q, k, v, set, layer, content_options);
+            content_times.push_back(content_out.times);
+        } else if (engine == "cpu") {
             AttentionOptions options;
             options.threads = threads;
             out = attention_forward(q, k, v, set, layer, options);
@@ -345,22 +595,62 @@ int command_run(const std::vector<std::string>& argv) {
         }
         seconds.push_back(seconds_since(start));
     }
-    int64_t kept_pairs = 0;
-    for (int64_t h = 0; h < s.heads; ++h) kept_pairs += block_mask_stats(set.at(layer, h)).kept_pairs;
-    kept_pairs *= s.batch;
+    int64_t kept_pairs = 0, pair_heads = s.heads;
+    std::vector<HeadSummary> summaries;
+    if (content_layer) {
+        // Recall is measured apart from the timed runs (O(n^2 d) a head).
+        if (recall) {
+            content_options.recall = true;
+            const std::vector<LayerHeadReport> measured = layer_report(q, k, set, layer, content_options);
+            for (size_t i = 0; i < measured.size(); ++i) {
+                content_out.reports[i].pairs.recall_mean = measured[i].pairs.recall_mean;
+                content_out.reports[i].pairs.recall_min = measured[i].pairs.recall_min;
+            }
+        }
+        summaries = heads_summarise(content_out.reports, set, layer, s.batch, n);
+        pair_heads = 0;
+        for (const HeadSummary& h : summaries) {
+            if (h.kind == LayerHeadKind::favor) continue;
+            kept_pairs += h.pairs;
+            ++pair_heads;
+        }
+        out.o = content_out.o;
+        out.lse = content_out.lse;
+    } else {
+        for (int64_t h = 0; h < s.heads; ++h) kept_pairs += block_mask_stats(set.at(layer, h)).kept_pairs;
+        kept_pairs *= s.batch;
+    }
     const double flops = 4.0 * static_cast<double>(kept_pairs) * static_cast<double>(s.d);
     const double time = median(seconds);
-    const double density = static_cast<double>(kept_pairs) /
-                           (static_cast<double>(s.batch * s.heads) * static_cast<double>(n) * static_cast<double>(n));
+    const double density = pair_heads == 0 ? 0.0
+                                           : static_cast<double>(kept_pairs) / (static_cast<double>(s.batch * pair_heads) *
+                                                                                static_cast<double>(n) * static_cast<double>(n));
+    // FAVOR+ keeps no pairs, so a layer with favor heads has no pair-based throughput.
+    const bool throughput = !favor_heads;
     const int used_threads = threads > 0 ? threads : thread_count();
 
     std::optional<CheckResult> checked;
     if (check && engine == "cuda") {   // the reference sees what the GPU saw: inputs rounded to the dtype
         checked = check_against_reference(gpu_round(gpu, q), gpu_round(gpu, k), gpu_round(gpu, v), set, layer, out, threads);
         checked->tolerance = gpu.dtype_name == "f32" ? kCheckTolerance : kCheckToleranceHalf;
+    } else if (check && content_layer) {
+        checked = check_content(q, k, v, set, layer, content_out, content_options, summaries);
     } else if (check) {
         checked = check_against_reference(q, k, v, set, layer, out, threads);
     }
+    // FAVOR+'s warnings: one line per head (its first batch that warns), on stderr.
+    std::vector<std::string> warnings;
+    for (int64_t h = 0; h < s.heads && content_layer; ++h) {
+        int64_t more = -1;
+        std::string line;
+        for (const LayerHeadReport& r : content_out.reports) {
+            if (r.head != h || r.warning.empty()) continue;
+            if (++more == 0) line = r.warning;
+        }
+        if (more > 0) line += " (and " + std::to_string(more) + " more batch" + (more == 1 ? "" : "es") + " of this head)";
+        if (more >= 0) warnings.push_back(path + ": " + line);
+    }
+    for (const std::string& w : warnings) std::fprintf(stderr, "%s\n", w.c_str());
     if (out_path) {
         std::vector<int64_t> shape = {s.batch, s.heads, s.n, s.d};
         if (rank3) shape.erase(shape.begin());
@@ -382,6 +672,39 @@ int command_run(const std::vector<std::string>& argv) {
             j["kernel"] = gpu.kernel_used;
             j["tflops"] = flops / time / 1e12;
         }
+        if (!throughput) j["gflops"] = nullptr;
+        if (content_layer) {
+            nlohmann::json per_head = nlohmann::json::array();
+            for (const HeadSummary& h : summaries) {
+                nlohmann::json e = {{"head", h.head}, {"kind", layer_head_kind_name(h.kind)}, {"family", h.family}};
+                if (h.kind == LayerHeadKind::favor) {
+                    e["features"] = h.features;
+                    e["degraded_rows"] = h.degraded_rows;
+                    e["predicted_error"] = h.predicted_error;
+                    if (checked) e["error"] = h.favor_error;
+                } else {
+                    e["pairs"] = h.pairs;
+                    e["density"] = h.density;
+                    e["empty_rows"] = h.empty_rows;
+                }
+                if (h.kind == LayerHeadKind::lsh || h.kind == LayerHeadKind::anchors) {
+                    e["fixed_part"] = h.fixed_part;
+                    e["bucket_min"] = h.bucket_min;
+                    e["bucket_max"] = h.bucket_max;
+                    e["imbalance"] = h.imbalance;
+                    e["recall_mean"] = h.recall_mean;   // NaN (null) unless --recall or --check
+                    e["recall_min"] = h.recall_min;
+                }
+                per_head.push_back(e);
+            }
+            j["per_head"] = per_head;
+            j["phases"] = {{"hashing", median_of(content_times, &ContentTimes::hashing)},
+                           {"sorting", median_of(content_times, &ContentTimes::sorting)},
+                           {"gathering", median_of(content_times, &ContentTimes::gathering)},
+                           {"attention", median_of(content_times, &ContentTimes::attention)},
+                           {"favor", median_of(content_times, &LayerTimes::favor)}};
+            j["warnings"] = warnings;
+        }
         if (checked) {
             j["check"] = {{"max_abs_error", checked->max_abs},
                           {"max_rel_error", checked->relative()},
@@ -391,6 +714,9 @@ int command_run(const std::vector<std::string>& argv) {
                           {"tolerance", checked->tolerance},
                           {"finite", checked->finite},
                           {"ok", checked->ok()}};
+            if (favor_heads) {
+                j["check"]["favor"] = "FAVOR+ approximates exact attention: its heads' relative errors are in per_head[].error, with no tolerance";
+            }
         }
         if (out_path) j["out"] = *out_path;
         outputs.say("%s\n", j.dump(2).c_str());
@@ -403,22 +729,82 @@ int command_run(const std::vector<std::string>& argv) {
                 static_cast<long long>(layer), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
                 static_cast<long long>(s.n), static_cast<long long>(s.d), set.block, engine.c_str(), where.c_str(),
                 given == 3 ? "tensors from files" : ("random tensors (seed " + std::to_string(seed) + ")").c_str());
-    outputs.say("  kept pairs  %lld (density %.4g%%)\n", static_cast<long long>(kept_pairs), 100 * density);
+    if (content_layer && pair_heads < s.heads) {
+        outputs.say("  kept pairs  %lld (density %.4g%%) over the %lld heads with pairs; favor heads keep none (FAVOR+ "
+                    "estimates dense attention)\n", static_cast<long long>(kept_pairs), 100 * density,
+                    static_cast<long long>(pair_heads));
+    } else {
+        outputs.say("  kept pairs  %lld (density %.4g%%)%s\n", static_cast<long long>(kept_pairs), 100 * density,
+                    content_layer ? ", counted on this input" : "");
+    }
     outputs.say("  time        %.3f ms (median of %d run%s; fastest %.3f ms)\n", 1e3 * time, runs, runs == 1 ? "" : "s",
                 1e3 * *std::min_element(seconds.begin(), seconds.end()));
     if (engine == "cuda") {
         outputs.say("  throughput  %.1f TFLOP/s effective (4 * d FLOPs per kept pair, over the median time; "
                     "CUDA events around the kernel, copies not counted)\n",
                     flops / time / 1e12);
-    } else {
+    } else if (throughput) {
         outputs.say("  throughput  %.2f GFLOP/s effective (4 * d FLOPs per kept pair, over the median time)\n", flops / time / 1e9);
+    } else {
+        outputs.say("  throughput  not given: favor heads keep no pairs (FAVOR+ costs O(n m d) a head, m features)\n");
     }
-    if (checked) {
-        outputs.say("  check       max abs error %.3g, relative error %.3g (max |O - O_ref| / max |O_ref|), "
+    for (const HeadSummary& h : summaries) {
+        std::string line = h.family + (h.fixed_part ? " | fixed mask" : "") + ": ";
+        char text[512];
+        if (h.kind == LayerHeadKind::favor) {
+            std::snprintf(text, sizeof text, "predicted error %.3g (sqrt((exp(|q'|^2 + |k'|^2) - 1) / m)), %lld degraded rows",
+                          h.predicted_error, static_cast<long long>(h.degraded_rows));
+            line += text;
+            if (checked) {
+                std::snprintf(text, sizeof text, "; error against exact attention %.3g (||O - O_exact|| / ||O_exact||)", h.favor_error);
+                line += text;
+            }
+        } else {
+            if (h.kind != LayerHeadKind::fixed) {
+                std::snprintf(text, sizeof text, "buckets of %lld to %lld tokens (imbalance %.3g), ", static_cast<long long>(h.bucket_min),
+                              static_cast<long long>(h.bucket_max), h.imbalance);
+                line += text;
+            }
+            std::snprintf(text, sizeof text, "%lld pairs (density %s)", static_cast<long long>(h.pairs), percent_text(h.density).c_str());
+            line += text;
+            if (h.empty_rows > 0) line += ", " + std::to_string(h.empty_rows) + " queries with no key";
+            if (h.kind != LayerHeadKind::fixed && !std::isnan(h.recall_mean)) {
+                std::snprintf(text, sizeof text, ", recall %.4g (mean over rows; worst row %.4g)", h.recall_mean, h.recall_min);
+                line += text;
+            }
+        }
+        outputs.say("  head %-6lld %s\n", static_cast<long long>(h.head), line.c_str());
+    }
+    if (content_layer) {
+        std::string phases;
+        char text[256];
+        if (layer_has(set, layer, LayerHeadKind::lsh) || layer_has(set, layer, LayerHeadKind::anchors)) {
+            std::snprintf(text, sizeof text, "hashing %.3f ms, sorting %.3f ms, gathering %.3f ms, ",
+                          1e3 * median_of(content_times, &ContentTimes::hashing), 1e3 * median_of(content_times, &ContentTimes::sorting),
+                          1e3 * median_of(content_times, &ContentTimes::gathering));
+            phases = text;
+        }
+        if (pair_heads > 0) {
+            std::snprintf(text, sizeof text, "attention %.3f ms", 1e3 * median_of(content_times, &ContentTimes::attention));
+            phases += text;
+        }
+        if (favor_heads) {
+            std::snprintf(text, sizeof text, "%sFAVOR+ %.3f ms", phases.empty() ? "" : ", ", 1e3 * median_of(content_times, &LayerTimes::favor));
+            phases += text;
+        }
+        outputs.say("  phases      %s (medians over the runs)\n", phases.c_str());
+    }
+    if (checked && pair_heads > 0) {
+        outputs.say("  check       %smax abs error %.3g, relative error %.3g (max |O - O_ref| / max |O_ref|), "
                     "lse max abs error %.3g%s%s: %s (tolerance %.0e); the reference took %.1f s\n",
+                    content_layer ? "heads with pairs against the dense reference over the same allowed pairs: " : "",
                     checked->max_abs, checked->relative(), checked->lse_max_abs,
                     checked->lse_inf_match ? "" : ", empty rows differ", checked->finite ? "" : ", NaN or infinity in the output",
                     checked->ok() ? "ok" : "FAILED", checked->tolerance, checked->seconds);
+    }
+    if (checked && favor_heads) {
+        outputs.say("  check       favor heads against exact dense attention: the errors above (FAVOR+ approximates it, so "
+                    "there is no tolerance)\n");
     }
     if (out_path) outputs.say("  wrote       %s\n", out_path->c_str());
     outputs.commit();
