@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_test.hpp"
+#include "io/mask_io.hpp"
 #include "plot/mask_figure.hpp"  // the mask colours (constants only: the pictures come from sparsa)
 
 #define STB_IMAGE_STATIC
@@ -344,4 +345,85 @@ TEST_CASE("sparsa stats --png: the heat maps; stdout stays JSON with --json", "[
     r = run("stats " + example("per_head_mix.pat") + " --n 512 --png '" + SPARSA_SOURCE_DIR "/examples/patterns/per_head_mix.pat'");
     CHECK(r.code == 1);
     CHECK(r.out.find("is the script; choose another name") != std::string::npos);
+}
+
+// [SECTION] content-based heads (lsh, anchors, favor)
+
+TEST_CASE("content-based heads: compile, stats and show count the fixed part and say what comes per input", "[cli][content]") {
+    fs::path script = scratch("content.pat");
+    std::ofstream(script) << "heads 3\nattend = window(16) | lsh(8, rounds = 2)\nattend[head 1] = favor(64)\nattend[head 2] = window(16)\n";
+    const std::string name = "'" + script.string() + "'";
+    Result r = run("check " + name);
+    CHECK(r.code == 0);
+
+    fs::path out = scratch("content.npz");
+    r = run("compile " + name + " --n 256 -o '" + out.string() + "'");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("2 of 3 heads are content-based") != std::string::npos);
+    CHECK(r.out.find("  lsh(8, rounds = 2, chunk = 64): 1 head (L0 H0)\n  favor(64): 1 head (L0 H1)\n") != std::string::npos);
+    const sparsa::MaskSet set = sparsa::mask_set_load(out.string());
+    REQUIRE(set.content.size() == 3);
+    CHECK(set.content[0]->kind == sparsa::ContentKind::lsh);
+    CHECK(set.content[0]->rounds == 2);
+    CHECK(set.content[1]->features == 64);
+    CHECK(set.content[2] == nullptr);
+    CHECK(*set.masks[0] == *set.masks[2]);  // lsh's head keeps the window as its fixed part
+
+    // --dense cannot write pairs that come per input: refused, and -o is not written either.
+    fs::path dense = scratch("content.npy"), other = scratch("other.npz");
+    r = run("compile " + name + " --n 256 -o '" + other.string() + "' --dense '" + dense.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--dense writes every pair, but layer 0, head 0 is content-based (lsh(8, rounds = 2, chunk = 64))") != std::string::npos);
+    CHECK_FALSE(fs::exists(dense));
+    CHECK_FALSE(fs::exists(other));
+
+    r = run("stats " + name + " --n 256");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("L0 H0 +lsh ") != std::string::npos);
+    CHECK(r.out.find("L0 H1 favor ") != std::string::npos);
+    CHECK(r.out.find("\nL0 H2  ") != std::string::npos);
+    CHECK(r.out.find("2 of 3 heads are content-based: their pairs are realised per input") != std::string::npos);
+    CHECK(r.out.find("so the counts above are the fixed part's alone") != std::string::npos);
+    CHECK(r.out.find("no allowed key") == std::string::npos);  // favor's empty fixed mask is no empty row
+
+    r = run("stats " + name + " --n 256 --json");
+    REQUIRE(r.code == 0);
+    auto j = nlohmann::json::parse(r.out);
+    CHECK(j["content_heads"] == 2);
+    CHECK(j["counts"] == "fixed part only");
+    CHECK(j["masks"][0]["content"] == nlohmann::json::parse(R"({"kind": "lsh", "buckets": 8, "rounds": 2, "chunk": 64,
+        "seed": 0, "shared_qk": true, "causal": false, "file": ""})"));
+    CHECK(j["masks"][1]["content"]["kind"] == "favor");
+    CHECK(j["masks"][2]["content"].is_null());
+    CHECK(j["masks"][0]["kept_pairs"] == j["masks"][2]["kept_pairs"]);
+
+    r = run("show " + name + " --n 256 --ascii");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("content-based: lsh(8, rounds = 2, chunk = 64) adds its pairs per input") != std::string::npos);
+    r = run("show " + name + " --n 256 --head 1");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("layer 0, head 1 is favor(64): FAVOR+ approximates dense attention for this head, so it has no mask to draw") !=
+          std::string::npos);
+
+    // Tools that need every pair beforehand refuse the script, with a caret on its line.
+    r = run("reach " + name + " --n 256");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("content.pat:2:10: error: lsh(8, rounds = 2, chunk = 64) is content-based") != std::string::npos);
+}
+
+TEST_CASE("content-based heads: more buckets than tokens is refused where n is known, nothing written", "[cli][content]") {
+    fs::path script = scratch("buckets.pat");
+    std::ofstream(script) << "attend = window(4) | lsh(64)\n";
+    const std::string name = "'" + script.string() + "'";
+    CHECK(run("check " + name).code == 0);  // n unknown: the compile decides
+    Result r = run("check " + name + " --n 32");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("buckets.pat:1:26: error: lsh: 64 buckets is more than the n = 32 tokens") != std::string::npos);
+    fs::path out = scratch("buckets.npz");
+    r = run("compile " + name + " --n 32 -o '" + out.string() + "'");
+    CHECK(r.code == 1);
+    CHECK(r.out.find("  attend = window(4) | lsh(64)\n                           ^~\n") != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+    CHECK(run("compile " + name + " --n 64 -o '" + out.string() + "'").code == 0);
+    CHECK(fs::exists(out));
 }
