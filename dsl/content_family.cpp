@@ -41,7 +41,9 @@ public:
         if (v.kind == Value::Kind::real) {
             char text[64];
             std::snprintf(text, sizeof text, "%g", v.real);
-            fail(i, where + " must be an integer; got " + text, "round it with floor(...) or ceil(...)");
+            std::string shown = text;
+            if (shown.find_first_of(".eni") == std::string::npos) shown += ".0";  // 8.0, not 8
+            fail(i, where + " must be an integer; got " + shown, "round it with floor(...) or ceil(...)");
         }
         fail(i, where + " must be an integer; got " + value_kind_name(v.kind));
     }
