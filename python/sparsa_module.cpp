@@ -8,7 +8,8 @@
 //   [SECTION] scripts         parse, load, compile
 //   [SECTION] mask sets       statistics, dense and block pictures, files
 //   [SECTION] pictures        PNG figures of one mask or of every (layer, head): MaskSet.png, _repr_png_
-//   [SECTION] attention       CPU engine forward and backward, the dense reference
+//   [SECTION] attention       CPU engine forward and backward (any heads: layer_attention.hpp), the dense reference
+//   [SECTION] content         per-input reports of content-based heads, their allowed pairs, FAVOR+'s error curve
 //   [SECTION] receptive       coverage per layer, one token's field, the warning, dense R_l
 //   [SECTION] cuda            the CUDA engine where it is built and a GPU is present
 //   [SECTION] learn           sparsa.learn, bound in bind_learn.cpp (when learn/ is built)
@@ -17,9 +18,11 @@
 #include "dsl/diagnostics.hpp"
 #include "dsl/script.hpp"
 #include "engine/block_mask.hpp"
+#include "engine/content/layer_attention.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
 #include "io/atomic_file.hpp"
+#include "io/content_files.hpp"
 #include "io/mask_io.hpp"
 #include "analysis/reach_graph.hpp"
 #include "analysis/receptive_field.hpp"
@@ -36,6 +39,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -164,6 +168,7 @@ PyMaskSetPtr script_compile_py(const PyScript& s, int64_t n, int32_t block, int 
     options.n = n;
     options.block = block;
     options.threads = threads;
+    options.content = true;   // lsh, anchors and favor heads: attention() runs them (layer_attention.hpp)
     dsl::Compiled compiled;
     {
         py::gil_scoped_release release;
@@ -347,16 +352,40 @@ std::pair<std::string, py::array> named(const char* name, const py::handle& obj)
     return {name, array_checked(obj, name, 4, "[batch, heads, n, d]")};
 }
 
+// Whether layer `layer` has a content-based head (lsh, anchors, favor).
+bool layer_has_content(const MaskSet& set, int64_t layer) {
+    for (int64_t h = 0; h < set.heads; ++h) {
+        if (layer_head_kind(set, layer, h) != LayerHeadKind::fixed) return true;
+    }
+    return false;
+}
+
+// The files the set's specs name (rotations, anchors, features), read on each call: small, and
+// a file changed between calls is then seen (the mask file's CRC check refuses a changed one).
+ContentArrays content_arrays_of(const MaskSet& set) {
+    return set.content.empty() ? ContentArrays{} : content_files_load(set);
+}
+
 py::tuple attention_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& m,
                        int64_t layer, float scale, int threads) {
     auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
     attention_args_check(args, m.set, layer);
     Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
-    AttentionOptions options;
-    options.scale = scale;
-    options.threads = threads;
     AttentionOutput out;
-    {
+    if (layer_has_content(m.set, layer)) {
+        const ContentArrays arrays = content_arrays_of(m.set);
+        LayerOptions options;
+        options.scale = scale;
+        options.threads = threads;
+        options.arrays = &arrays;
+        py::gil_scoped_release release;
+        LayerForward f = layer_attention_forward(q, k, v, m.set, layer, options);
+        out.o = std::move(f.o);
+        out.lse = std::move(f.lse);
+    } else {
+        AttentionOptions options;
+        options.scale = scale;
+        options.threads = threads;
         py::gil_scoped_release release;
         out = attention_forward(q, k, v, m.set, layer, options);
     }
@@ -371,15 +400,58 @@ py::tuple attention_backward_py(const py::handle& q_obj, const py::handle& k_obj
     Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
     Tensor o = tensor_from<float>(args[3].second), d_o = tensor_from<float>(args[4].second);
     Tensor lse = lse_from(lse_obj, args[0].second);
-    AttentionOptions options;
-    options.scale = scale;
-    options.threads = threads;
     AttentionGrads grads;
-    {
+    if (layer_has_content(m.set, layer)) {
+        const ContentArrays arrays = content_arrays_of(m.set);
+        LayerOptions options;
+        options.scale = scale;
+        options.threads = threads;
+        options.arrays = &arrays;
+        py::gil_scoped_release release;
+        LayerGrads g = layer_attention_backward(q, k, v, o, lse, d_o, m.set, layer, options);
+        grads.dq = std::move(g.dq);
+        grads.dk = std::move(g.dk);
+        grads.dv = std::move(g.dv);
+    } else {
+        AttentionOptions options;
+        options.scale = scale;
+        options.threads = threads;
         py::gil_scoped_release release;
         grads = attention_backward(q, k, v, o, lse, d_o, m.set, layer, options);
     }
     return py::make_tuple(array_from(std::move(grads.dq)), array_from(std::move(grads.dk)), array_from(std::move(grads.dv)));
+}
+
+// Batch b of x: [1, heads, n, d].
+template <typename T> BasicTensor<T> batch_take(const BasicTensor<T>& x, int64_t b) {
+    BasicTensor<T> t = tensor_zeros<T>({1, x.shape.heads, x.shape.n, x.shape.d});
+    std::copy(x.row(b, 0, 0), x.row(b, 0, 0) + t.data.size(), t.data.begin());
+    return t;
+}
+
+template <typename T> void batch_put(BasicTensor<T>& x, int64_t b, const BasicTensor<T>& from) {
+    std::copy(from.data.begin(), from.data.end(), x.row(b, 0, 0));
+}
+
+// The reference of a layer with lsh or anchors heads is the reference over each head's allowed
+// set A, batch by batch (A depends on the input), hashed from q and k rounded to float32 as the
+// engine hashes them; fixed heads keep their mask. FAVOR+ is an estimate, with no double
+// counterpart of its own: its heads are refused, naming the exact attention it approximates.
+template <typename Run>
+void reference_by_batch(const TensorD& q, const TensorD& k, const MaskSet& set, int64_t layer, const char* what,
+                        int threads, const Run& run) {
+    for (int64_t h = 0; h < set.heads; ++h) {
+        if (layer_head_kind(set, layer, h) != LayerHeadKind::favor) continue;
+        throw Error(std::string(what) + ": layer " + std::to_string(layer) + ", head " + std::to_string(h) +
+                    " is favor: FAVOR+ estimates softmax attention and has no double-precision reference of its own "
+                    "(compare it with exact attention: sparsa.favor_error_curve, or `sparsa run --check`; or run it in float32)");
+    }
+    const Tensor qf = tensor_cast<float>(q), kf = tensor_cast<float>(k);
+    const ContentArrays arrays = content_arrays_of(set);
+    LayerOptions options;
+    options.threads = threads;
+    options.arrays = &arrays;
+    for (int64_t b = 0; b < q.shape.batch; ++b) run(b, layer_reference_masks(qf, kf, set, layer, b, options));
 }
 
 py::tuple reference_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& m,
@@ -391,7 +463,16 @@ py::tuple reference_py(const py::handle& q_obj, const py::handle& k_obj, const p
     options.scale = scale;
     options.threads = threads;
     ReferenceOutput out;
-    {
+    if (layer_has_content(m.set, layer)) {
+        py::gil_scoped_release release;
+        out.o = tensor_zeros<double>(q.shape);
+        out.lse = tensor_zeros<double>({q.shape.batch, q.shape.heads, q.shape.n, 1});
+        reference_by_batch(q, k, m.set, layer, "reference", threads, [&](int64_t b, const MaskSet& allowed) {
+            const ReferenceOutput r = reference_forward(batch_take(q, b), batch_take(k, b), batch_take(v, b), allowed, 0, options);
+            batch_put(out.o, b, r.o);
+            batch_put(out.lse, b, r.lse);
+        });
+    } else {
         py::gil_scoped_release release;
         out = reference_forward(q, k, v, m.set, layer, options);
     }
@@ -408,11 +489,145 @@ py::tuple reference_backward_py(const py::handle& q_obj, const py::handle& k_obj
     options.scale = scale;
     options.threads = threads;
     ReferenceGrads grads;
-    {
+    if (layer_has_content(m.set, layer)) {
+        py::gil_scoped_release release;
+        grads.dq = tensor_zeros<double>(q.shape);
+        grads.dk = tensor_zeros<double>(q.shape);
+        grads.dv = tensor_zeros<double>(q.shape);
+        reference_by_batch(q, k, m.set, layer, "reference_backward", threads, [&](int64_t b, const MaskSet& allowed) {
+            const ReferenceGrads r =
+                reference_backward(batch_take(q, b), batch_take(k, b), batch_take(v, b), batch_take(d_o, b), allowed, 0, options);
+            batch_put(grads.dq, b, r.dq);
+            batch_put(grads.dk, b, r.dk);
+            batch_put(grads.dv, b, r.dv);
+        });
+    } else {
         py::gil_scoped_release release;
         grads = reference_backward(q, k, v, d_o, m.set, layer, options);
     }
     return py::make_tuple(array_from(std::move(grads.dq)), array_from(std::move(grads.dk)), array_from(std::move(grads.dv)));
+}
+
+// [SECTION] content
+
+// NaN (not measured) as None.
+py::object number_or_none(double x) { return std::isnan(x) ? py::object(py::none()) : py::object(py::float_(x)); }
+
+// One (batch, head)'s report as a dict: what its family did on this input.
+py::dict head_report_dict(const LayerHeadReport& r) {
+    py::dict d;
+    d["batch"] = r.batch;
+    d["head"] = r.head;
+    d["kind"] = std::string(layer_head_kind_name(r.kind));
+    if (r.kind == LayerHeadKind::lsh || r.kind == LayerHeadKind::anchors) {
+        d["buckets"] = r.pairs.buckets;
+        d["rounds"] = r.pairs.rounds;
+        d["chunk"] = r.pairs.chunk;
+        d["bucket_min"] = r.pairs.bucket_min;
+        d["bucket_max"] = r.pairs.bucket_max;
+        d["imbalance"] = r.pairs.imbalance;
+    }
+    if (r.kind == LayerHeadKind::favor) {
+        d["features"] = r.features;
+        d["rows"] = r.favor.rows;
+        d["degraded_rows"] = r.favor.degraded_rows;
+        d["zero_rows"] = r.favor.zero_rows;
+        d["large_norm_queries"] = r.favor.large_norm_queries;
+        d["large_norm_keys"] = r.favor.large_norm_keys;
+        d["predicted_error"] = r.favor.predicted_error;
+        d["warning"] = r.warning;
+    } else {
+        d["pairs"] = r.pairs.pairs;
+        d["density"] = r.pairs.density;
+        d["empty_rows"] = r.pairs.empty_rows;
+        d["recall_mean"] = number_or_none(r.pairs.recall_mean);
+        d["recall_min"] = number_or_none(r.pairs.recall_min);
+    }
+    return d;
+}
+
+py::list content_report_py(const py::handle& q_obj, const py::handle& k_obj, const PyMaskSet& m, int64_t layer, bool recall,
+                           float scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj)};
+    attention_args_check(args, m.set, layer);
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second);
+    std::vector<LayerHeadReport> reports;
+    {
+        const ContentArrays arrays = content_arrays_of(m.set);
+        LayerOptions options;
+        options.scale = scale;
+        options.threads = threads;
+        options.arrays = &arrays;
+        options.recall = recall;
+        py::gil_scoped_release release;
+        reports = layer_report(q, k, m.set, layer, options);
+    }
+    py::list out;
+    for (const LayerHeadReport& r : reports) out.append(head_report_dict(r));
+    return out;
+}
+
+// A of (batch, head) as a bool matrix [n, n].
+py::array content_allowed_py(const py::handle& q_obj, const py::handle& k_obj, const PyMaskSet& m, int64_t layer, int64_t batch,
+                             int64_t head, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj)};
+    attention_args_check(args, m.set, layer);
+    mask_index_check(m.set, layer, head);
+    const int64_t n = m.set.n;
+    if (batch < 0 || batch >= args[0].second.shape(0)) {
+        value_error("batch " + std::to_string(batch) + " is out of range: q has " + std::to_string(args[0].second.shape(0)) +
+                    " (0.." + std::to_string(args[0].second.shape(0) - 1) + ")");
+    }
+    if (n > kMaxDenseN) {
+        value_error("content_allowed: n = " + std::to_string(n) + " is above " + std::to_string(kMaxDenseN) +
+                    " (an [n, n] matrix would take " + std::to_string(n * n >> 20) + " MiB); use content_report for the counts");
+    }
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second);
+    py::array_t<bool> dense({n, n});
+    const ContentArrays arrays = content_arrays_of(m.set);
+    std::vector<uint8_t> allowed;
+    {
+        LayerOptions options;
+        options.threads = threads;
+        options.arrays = &arrays;
+        py::gil_scoped_release release;
+        allowed = layer_allowed_dense(q, k, m.set, layer, batch, head, options);
+    }
+    std::copy(allowed.begin(), allowed.end(), reinterpret_cast<uint8_t*>(dense.mutable_data()));
+    return dense;
+}
+
+py::list favor_error_curve_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj,
+                              const std::optional<std::vector<int64_t>>& features, uint64_t seed, int64_t layer, int64_t draw,
+                              bool causal, double scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
+    for (size_t i = 1; i < args.size(); ++i) {
+        if (!args[i].second.attr("shape").equal(args[0].second.attr("shape"))) {
+            value_error(args[i].first + ": shape " + shape_text(args[i].second) + " differs from q's " + shape_text(args[0].second) +
+                        " (q, k and v are all [batch, heads, n, d])");
+        }
+    }
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
+    FavorOptions options;
+    options.scale = scale;
+    options.causal = causal;
+    options.threads = threads;
+    std::vector<FavorErrorPoint> points;
+    {
+        py::gil_scoped_release release;
+        points = favor_error_curve(q, k, v, features ? *features : favor_feature_counts(), seed, layer, draw, options);
+    }
+    py::list out;
+    for (const FavorErrorPoint& p : points) {
+        py::dict d;
+        d["features"] = p.features;
+        d["error"] = p.error;
+        d["predicted_error"] = p.report.predicted_error;
+        d["degraded_rows"] = p.report.degraded_rows;
+        d["warning"] = favor_report_warning(p.report, "favor_error_curve (" + std::to_string(p.features) + " features)");
+        out.append(d);
+    }
+    return out;
 }
 
 // [SECTION] receptive
@@ -747,6 +962,33 @@ Slow on purpose: the oracle the engines are tested against.)");
           py::arg("masks"), py::arg("layer") = 0, py::arg("scale") = 0.0, py::arg("threads") = 0,
           "The reference's gradients of sum(d_o * o) in float64: returns (dq, dk, dv), each [batch, heads, n, d].");
     m.def("thread_count", &thread_count, "Threads the engines use: SPARSA_THREADS when set, else the core count.");
+
+    // [SECTION] content
+    m.def("content_report", &content_report_py, py::arg("q"), py::arg("k"), py::arg("masks"), py::arg("layer") = 0,
+          py::arg("recall") = false, py::arg("scale") = 0.0F, py::arg("threads") = 0,
+          R"(What the heads of layer `layer` do on this input, without running attention: a list of dicts, one per
+(batch, head), batch-major.
+
+Every dict has batch, head, kind ('fixed', 'lsh', 'anchors' or 'favor'). fixed, lsh, anchors: pairs,
+density (pairs / n^2), empty_rows, recall_mean and recall_min (the share of the exact softmax's mass
+the allowed pairs hold, mean over rows and worst row; with recall=True, O(n^2 d) a head, else None;
+None for fixed heads). lsh, anchors: buckets, rounds, chunk, bucket_min, bucket_max, imbalance
+(largest bucket / mean). favor: features, rows, degraded_rows, zero_rows, large_norm_queries,
+large_norm_keys, predicted_error (Performer's sqrt((exp(|q'|^2 + |k'|^2) - 1) / m)) and warning
+('' when the estimate is fine). q, k: [batch, heads, n, d]. Files the specs name are read here.)");
+    m.def("content_allowed", &content_allowed_py, py::arg("q"), py::arg("k"), py::arg("masks"), py::arg("layer") = 0,
+          py::arg("batch") = 0, py::arg("head") = 0, py::arg("threads") = 0,
+          "The pairs (batch, head) of layer `layer` attends to on this input, as a bool array [n, n] ([q, k] true when "
+          "query q attends to key k): the fixed mask | the buckets' pairs for lsh and anchors, the mask for a fixed head. "
+          "n up to 8192; favor heads have no pairs (ValueError).");
+    m.def("favor_error_curve", &favor_error_curve_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("features") = py::none(),
+          py::arg("seed") = 0, py::arg("layer") = 0, py::arg("draw") = 0, py::arg("causal") = false, py::arg("scale") = 0.0,
+          py::arg("threads") = 0,
+          R"(FAVOR+'s error against exact attention as the feature count grows: a list of dicts, one per count, with
+features, error (||O - O_exact|| / ||O_exact|| over every element), predicted_error, degraded_rows and
+warning. features: the counts (default 16, 32, ..., 1024); each head h draws them from (seed, layer, h,
+draw) as favor(features, seed) does in a script. Exact attention is computed once, O(n^2 d) a head.
+q, k, v: [batch, heads, n, d].)");
 
     // [SECTION] receptive
     py::class_<ReachCoverage>(m, "ReachCoverage", "Coverage of all (query, key) pairs after each layer (receptive fields).")

@@ -344,6 +344,21 @@ std::vector<LayerHeadReport> layer_report(const Tensor& q, const Tensor& k, cons
     return reports_assemble(masks, layer, s.batch, content_reports, favor_reports);
 }
 
+std::vector<uint8_t> layer_allowed_dense(const Tensor& q, const Tensor& k, const MaskSet& masks, int64_t layer, int64_t b,
+                                         int64_t h, const LayerOptions& options) {
+    const std::string what = "layer_allowed_dense";
+    check_layer(what, q, k, k, masks, layer);
+    if (h >= 0 && h < masks.heads && layer_head_kind(masks, layer, h) == LayerHeadKind::favor) {
+        throw Error(what + ": layer " + std::to_string(layer) + ", head " + std::to_string(h) +
+                    " is favor, which has no allowed pairs (FAVOR+ estimates attention over every key)");
+    }
+    ContentOptions c;
+    c.scale = options.scale;
+    c.threads = options.threads;
+    c.arrays = options.arrays;
+    return content_allowed_dense(q, k, masks_without_favor(masks, layer), layer, b, h, c);
+}
+
 MaskSet layer_reference_masks(const Tensor& q, const Tensor& k, const MaskSet& masks, int64_t layer, int64_t b,
                               const LayerOptions& options) {
     const std::string what = "layer_reference_masks";
@@ -356,10 +371,6 @@ MaskSet layer_reference_masks(const Tensor& q, const Tensor& k, const MaskSet& m
     if (b < 0 || b >= q.shape.batch) {
         throw Error(what + ": batch " + std::to_string(b) + " is outside 0.." + std::to_string(q.shape.batch - 1));
     }
-    ContentOptions c;
-    c.scale = options.scale;
-    c.threads = options.threads;
-    c.arrays = options.arrays;
     std::vector<std::shared_ptr<const BlockMask>> heads;
     std::vector<uint8_t> dense;
     for (int64_t h = 0; h < masks.heads; ++h) {
@@ -373,7 +384,7 @@ MaskSet layer_reference_masks(const Tensor& q, const Tensor& k, const MaskSet& m
             dense.assign(to_size(n * n), 1);
             for (int64_t i = 0; i < n && causal; ++i) std::fill(dense.begin() + i * n + i + 1, dense.begin() + (i + 1) * n, 0);
         } else {
-            dense = content_allowed_dense(q, k, masks_without_favor(masks, layer), layer, b, h, c);
+            dense = layer_allowed_dense(q, k, masks, layer, b, h, options);
         }
         heads.push_back(std::make_shared<BlockMask>(block_mask_from_dense(n, masks.block, dense.data())));
     }

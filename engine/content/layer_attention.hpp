@@ -100,6 +100,12 @@ bool layer_has(const MaskSet& masks, int64_t layer, LayerHeadKind kind);
 // The kind of head (layer, h).
 LayerHeadKind layer_head_kind(const MaskSet& masks, int64_t layer, int64_t h);
 
+// The pairs (batch b, head h) of layer `layer` attends to on this input, as content_allowed_dense
+// gives them ([n, n] bytes, [q * n + k] = 1 when query q attends to key k; n up to 32768), in a
+// layer that may have favor heads too. Throws sparsa::Error for a favor head (it has no pairs).
+std::vector<uint8_t> layer_allowed_dense(const Tensor& q, const Tensor& k, const MaskSet& masks, int64_t layer, int64_t b,
+                                         int64_t h, const LayerOptions& options = {});
+
 // The masks of the dense reference that checks batch b of this input, one layer of `heads`
 // heads of blocks of masks.block: the token-level allowed set (content_allowed_dense) of lsh and anchors heads, the fixed mask of fixed heads,
 // and every pair (k <= q when the spec is causal) for favor heads: exact attention, what FAVOR+

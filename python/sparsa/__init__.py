@@ -26,8 +26,11 @@ from ._sparsa import (  # noqa: F401  (re-exported)
     attention,
     attention_backward,
     attention_cuda,
+    content_allowed,
+    content_report,
     cuda_available,
     cuda_built,
+    favor_error_curve,
     load_script,
     mask_set_from_dense,
     parse,
@@ -90,9 +93,10 @@ if learn_built:
 # compile() is left out of __all__: a star import must not hide Python's builtin compile.
 __all__ = [
     "Diagnostic", "Error", "learn_built", "MaskSet", "MaskStats", "ReachCoverage", "Script", "ScriptError", "TokenReach",
-    "attention", "attention_backward", "attention_cuda", "compile_file", "cuda_available", "cuda_built",
-    "flex_arrays", "load", "plot", "load_script", "mask_set_from_dense", "parse", "reach_coverage", "reach_dense",
-    "reach_token", "reach_warning", "reference", "reference_backward", "thread_count", "to_flex_block_mask",
+    "attention", "attention_backward", "attention_cuda", "compile_file", "content_allowed", "content_report",
+    "cuda_available", "cuda_built", "favor_error_curve", "flex_arrays", "load", "plot", "load_script",
+    "mask_set_from_dense", "parse", "reach_coverage", "reach_dense", "reach_token", "reach_warning", "reference",
+    "reference_backward", "thread_count", "to_flex_block_mask",
 ]
 
 

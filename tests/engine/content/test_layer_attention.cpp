@@ -206,6 +206,10 @@ TEST_CASE("layer_attention: bad input is refused naming what is wrong", "[conten
     options.arrays = &arrays;
     CHECK_THROWS_WITH(layer_attention_forward(q, q, q, with_file, 0, options),
                       Contains("[48, 8]") && Contains("[48, 16]"));
+    // A favor head has no pairs to list; a fixed head's are its mask's.
+    CHECK_THROWS_WITH(layer_allowed_dense(q, q, set, 0, 0, 2), Contains("favor") && Contains("no allowed pairs"));
+    const std::vector<uint8_t> band = layer_allowed_dense(q, q, set, 0, 0, 0);
+    CHECK(block_mask_from_dense(n, 16, band.data()) == set.at(0, 0));
     // The reference masks stop at n = 8192.
     const MaskSet big = set_with_content({block_mask_empty(8200, 64)}, {spec_make(ContentKind::lsh, 8, 1, 64, false)});
     const Tensor qb = tensor_random({1, 1, 8200, 4}, 1);
