@@ -803,7 +803,7 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
                     Severity::error, script.main->source, expr.begin, expr.end,
                     content_spec_text(*p->content) + " is content-based: its pairs are realised from Q and K when attention "
                                                      "runs, and this tool needs every pair beforehand",
-                    "sparsa compile, stats and show take it (they count its fixed part); here, use a fixed pattern")});
+                    "sparsa compile, stats, show and run take it, and Python's Script.compile; here, use a fixed pattern")});
             }
             auto [spec, added] = spec_of.emplace(content_spec_text(*p->content) + (p->content->causal ? "&causal" : ""), p->content);
             content[i] = spec->second;

@@ -200,9 +200,12 @@ def test_a_fit_file_that_is_not_an_anchors_file_is_refused_with_a_caret(scratch)
 
 # [SECTION] Python
 
-def test_python_compile_refuses_content_until_attention_can_run_it(scratch):
-    r = python("import sparsa\ntry:\n    sparsa.parse('attend = window(3) | lsh(8)\\n', 'p.pat').compile(64)\n"
+def test_python_sees_each_heads_spec_and_refuses_bad_lines_with_a_caret(scratch):
+    r = python("import sparsa\nm = sparsa.parse('heads 2\\nattend = window(3) | lsh(8)\\nattend[head 1] = window(3)\\n', "
+               "'p.pat').compile(64)\nprint(m.content[0][0]['kind'], m.content[0][0]['chunk'], m.content[0][1])\n", cwd=scratch)
+    ok(r, "lsh 64 None")
+    r = python("import sparsa\ntry:\n    sparsa.parse('attend = window(3) | favor(8)\\n', 'p.pat').compile(64)\n"
                "except sparsa.ScriptError as e:\n    print('refused:', e)\n", cwd=scratch)
-    ok(r, "refused:", "p.pat:1:10: error: lsh(8, chunk = 64) is content-based")
+    ok(r, "refused:", "p.pat:1:20: error: favor(...) cannot be combined with '|'", "^")
     r = python("import sparsa\nm = sparsa.parse('attend = window(3)\\n', 'p.pat').compile(64)\nprint(m.content)\n", cwd=scratch)
     ok(r, "[[None]]")
