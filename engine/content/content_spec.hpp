@@ -34,8 +34,8 @@ struct ContentSpec {
     int64_t redraw = 0;
     // The script's `causal` statement: pairs with k > q are never allowed (favor: prefix sums).
     bool causal = false;
-    // Explicit random numbers or fitted anchors instead of the seed's (a .npy / .npz path, as the
-    // script wrote it, resolved against the script's folder; "" for none): lsh: rotations
+    // Explicit random numbers or fitted anchors instead of the seed's (a .npy / .npz path: the
+    // script's, resolved against the script's folder and stored absolute; "" for none): lsh: rotations
     // [rounds, d, buckets / 2] float32; anchors: the fitted anchors file; favor: features [m, d].
     std::string file;
 };
