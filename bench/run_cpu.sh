@@ -15,7 +15,7 @@
 # d = 64 and 128, 8 heads, against dense and a window of as many keys, hashing, sorting and
 # gathering timed apart; writes bench/results/content-cpu-<cpu>.md (--quick: n up to 16,384,
 # d = 64, into $NATIVE/content-cpu-quick.md). The full step runs dense at n = 65,536 (about 9 and
-# 18 TFLOP a run at d = 64 and 128): about an hour on 2 cores.
+# 18 TFLOP a run at d = 64 and 128): about half an hour on 2 quiet cores, dense most of it.
 #   bench/run_cpu.sh --step engine    # only bench_cpu (both builds)
 #   bench/run_cpu.sh --step content   # only bench_content_cpu (the native build); -- ARGS go to it
 #
