@@ -297,9 +297,23 @@ MaskOverviewLayout overview_place(Canvas* canvas, const MaskSet& set, int width)
     }
     bool any_density = false;
     std::vector<std::string> density_text(density.size());
+    // A content-based head (lsh, anchors, favor) is labelled by its family instead: its drawn mask
+    // is only the fixed part, and its pairs come per input.
+    int64_t content_heads = 0;
     for (size_t i = 0; i < density.size(); ++i) {
-        density_text[i] = percent_fit(density[i], pitch - 2, den_s);
+        const ContentSpec* spec = i < set.content.size() ? set.content[i].get() : nullptr;
+        if (spec != nullptr) {
+            ++content_heads;
+            const char* family = spec->kind == ContentKind::lsh ? "lsh" : spec->kind == ContentKind::anchors ? "anchors" : "favor";
+            density_text[i] = Canvas::text_width(family, den_s) <= pitch - 2 ? family : "";
+        } else {
+            density_text[i] = percent_fit(density[i], pitch - 2, den_s);
+        }
         any_density = any_density || !density_text[i].empty();
+    }
+    if (content_heads > 0) {
+        title.push_back(std::to_string(content_heads) + " content-based head" + (content_heads == 1 ? "" : "s") +
+                        " (fixed part drawn)");
     }
     const int den_h = any_density ? Canvas::text_height(den_s) + 4 + 2 : 0;
 

@@ -343,3 +343,19 @@ TEST_CASE("PNG bytes decode to the rendered pixels", "[plot]") {
     CHECK(rgba[3] == 255);
     CHECK(rgba[4 * 1000 + 1] == small.rgb[3 * 1000 + 1]);
 }
+
+TEST_CASE("overview: a content-based head is labelled by its family, not by its fixed part's density", "[plot]") {
+    MaskSet set = compile("block 64\nheads 2\nattend = window(64)\n", 512);
+    const MaskOverviewLayout plain = mask_overview_layout(set, 600);
+    ContentSpec spec;
+    spec.kind = ContentKind::lsh;
+    spec.buckets = 8;
+    spec.chunk = 64;
+    set.content = {std::make_shared<const ContentSpec>(spec), nullptr};   // head 0: window(64) | lsh(8)
+    const MaskOverviewLayout labelled = mask_overview_layout(set, 600);
+    REQUIRE(plain.densities[0].w > 0);
+    CHECK(labelled.densities[0].w > 0);
+    CHECK(labelled.densities[0].w < plain.densities[0].w);   // "lsh" is narrower than "25.00%"-like text
+    CHECK(labelled.densities[1].w == plain.densities[1].w);  // head 1 keeps its density
+    CHECK(labelled.title.h > plain.title.h);                 // the note line under the title
+}
