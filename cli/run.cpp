@@ -546,6 +546,11 @@ int command_run(const std::vector<std::string>& argv) {
         q = tensor_load(*args.value("--q"), "--q", &rank3);   // O is written with Q's rank
         k = tensor_load(*args.value("--k"), "--k");
         v = tensor_load(*args.value("--v"), "--v");
+        for (const auto& [option, t] : {std::pair{"--k", &k}, std::pair{"--v", &v}}) {
+            if (t->shape == q.shape) continue;
+            throw Error(std::string("run: ") + option + " '" + *args.value(option) + "' is " + tensor_shape_text(t->shape) +
+                        " but --q is " + tensor_shape_text(q.shape) + " (q, k and v are [batch, heads, n, d] of one shape)");
+        }
         if (q.shape.n != n) {
             throw Error("run: --q has n = " + std::to_string(q.shape.n) + " but --n is " + std::to_string(n) + " (give --n " +
                         std::to_string(q.shape.n) + ")");
