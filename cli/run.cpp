@@ -655,7 +655,19 @@ int command_run(const std::vector<std::string>& argv) {
         if (more > 0) line += " (and " + std::to_string(more) + " more batch" + (more == 1 ? "" : "es") + " of this head)";
         if (more >= 0) warnings.push_back(path + ": " + line);
     }
-    for (const std::string& w : warnings) std::fprintf(stderr, "%s\n", w.c_str());
+    // On the terminal, the first head's warning in full and the others by number (JSON has every line).
+    std::string others;
+    for (int64_t h = 0, shown = 0; h < s.heads && warnings.size() > 1; ++h) {
+        for (const LayerHeadReport& r : content_out.reports) {
+            if (r.head != h || r.warning.empty()) continue;
+            if (shown++ > 0) others += (others.empty() ? "" : ", ") + std::to_string(h);
+            break;
+        }
+    }
+    if (!warnings.empty()) {
+        std::fprintf(stderr, "%s%s\n", warnings.front().c_str(),
+                     others.empty() ? "" : (" (heads " + others + " warn likewise: see their lines)").c_str());
+    }
     if (out_path) {
         std::vector<int64_t> shape = {s.batch, s.heads, s.n, s.d};
         if (rank3) shape.erase(shape.begin());
