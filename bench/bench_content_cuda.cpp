@@ -6,7 +6,13 @@
 // times cuDNN dense and causal in the same run and writes bench/results/content-cuda-<gpu>.md.
 //
 //   bench_content_cuda [--n 4096,16384,65536,131072] [--d 64,128] [--heads 16] [--batch 1]
-//                      [--dtype bf16] [--families lsh,anchors,favor,favor-causal] [--runs 10] [--csv PATH]
+//                      [--dtype bf16] [--families lsh,anchors,favor,favor-causal] [--runs 10] [--version 0]
+//                      [--warmup-ms 300] [--csv PATH]
+// Each case runs untimed until --warmup-ms of device time has passed (at least once), so that the
+// GPU's clock has risen from idle (the card idles at 345 MHz; the host's preparation of the next
+// case leaves it idle for seconds), then --runs timed runs.
+// --version: the kernels (CudaContentOptions::version: 1 the first, 2, 0 the newest), shown in the
+// family's name when not 0 (e.g. lsh v1).
 //
 // Families: lsh = lsh(64 buckets, rounds = 2, chunk = 64); anchors = anchors(64, chunk = 64) on
 // random unit anchors; favor = favor(256); favor-causal = favor(256) under `causal`. The features
@@ -38,13 +44,16 @@ struct Options {
     int64_t heads = 16, batch = 1;
     CudaDtype dtype = CudaDtype::bfloat16;
     int runs = 10;
+    int version = 0;   // CudaContentOptions::version
+    double warmup_ms = 300;
     std::string csv;
 };
 
 [[noreturn]] void usage(const std::string& problem) {
     std::cerr << "bench_content_cuda: " << problem
               << "\nusage: bench_content_cuda [--n 4096,16384,65536,131072] [--d 64,128] [--heads 16] [--batch 1]"
-                 " [--dtype bf16|fp16|float32] [--families lsh,anchors,favor,favor-causal] [--runs 10] [--csv PATH]\n";
+                 " [--dtype bf16|fp16|float32] [--families lsh,anchors,favor,favor-causal] [--runs 10] [--version 0] [--warmup-ms 300]"
+                 " [--csv PATH]\n";
     std::exit(2);
 }
 
@@ -77,6 +86,10 @@ Options options_parse(int argc, char** argv) {
                 o.heads = std::stoll(value());
             } else if (a == "--batch") {
                 o.batch = std::stoll(value());
+            } else if (a == "--version") {
+                o.version = std::stoi(value());
+            } else if (a == "--warmup-ms") {
+                o.warmup_ms = std::stod(value());
             } else if (a == "--runs") {
                 o.runs = std::stoi(value());
             } else if (a == "--csv") {
@@ -185,9 +198,14 @@ int main(int argc, char** argv) {
                     for (int64_t h = 0; h < opt.heads; ++h) set.content.push_back(std::make_shared<ContentSpec>(spec));
                     CudaContentOptions options;
                     options.dtype = opt.dtype;
+                    options.version = opt.version;
                     engine.prepare(q, k, v, set, 0, numbers, options);
-                    engine.run();   // warm-up
+                    engine.run();   // warm-up: at least one run, and until the clock has risen
                     engine.download();
+                    for (double warm = 0; warm < opt.warmup_ms;) {
+                        engine.run();
+                        warm += engine.times().total_ms;
+                    }
                     std::vector<float> fixed, bucketing, attention, merge, total;
                     for (int r = 0; r < opt.runs; ++r) {
                         engine.run();
@@ -198,7 +216,7 @@ int main(int argc, char** argv) {
                         merge.push_back(t.merge_ms);
                         total.push_back(t.total_ms);
                     }
-                    Row row{family, n, d, {}, opt.runs};
+                    Row row{opt.version == 0 ? family : family + " v" + std::to_string(opt.version), n, d, {}, opt.runs};
                     row.median = {median_of(fixed), median_of(bucketing), median_of(attention), median_of(merge), median_of(total)};
                     rows.push_back(row);
                     std::printf("%s n=%lld d=%lld: bucketing %.3f ms, attention %.3f ms, merge %.3f ms, total %.3f ms\n", family.c_str(),

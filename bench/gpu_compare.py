@@ -180,7 +180,7 @@ def content_main(args):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n, d, total = int(r["n"]), int(r["d"]), float(r["total_ms"])
-        causal = r["family"] == "favor-causal"
+        causal = r["family"].startswith("favor-causal")
         dense_ms, causal_ms = cudnn.get((n, d, False)), cudnn.get((n, d, True))
         base = causal_ms if causal else dense_ms
         fmt = lambda x: "" if x is None else f"{x:.3f}"

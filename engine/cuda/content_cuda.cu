@@ -3,7 +3,7 @@
 // content_kernels.cuh and their merge; FAVOR+ as two or four passes.
 #include "engine/cuda/content_cuda.hpp"
 
-#include "engine/cuda/content_kernels.cuh"
+#include "engine/cuda/content_fast.cuh"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 
@@ -17,6 +17,7 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -104,6 +105,7 @@ struct CudaContentAttention::Impl {
     CudaDtype dtype = CudaDtype::bfloat16;
     float scale = 0;
     bool tensor_cores = false, prepared = false, ran = false;
+    int version = 2;
     int64_t bh = 0, chunk = 0, rounds = 0, cols = 0, segs_q = 0, segs = 0, features = 0;
     int bucket_bits = 0, key_bits = 0;
     size_t sort_temp_bytes = 0;
@@ -154,6 +156,14 @@ struct CudaContentAttention::Impl {
     template <typename T> void launch_pass(const ContentParams<T>& p, int64_t parts) {
         const int64_t d = shape.d;
         if constexpr (!std::is_same_v<T, float>) {
+            if (tensor_cores && version >= 2) {
+                if (p.q_order != nullptr) {
+                    d == 64 ? launch_tc2<T, 64, 64, 128, cuda::content::kBand>(p, parts) : launch_tc2<T, 128, 128, 128, cuda::content::kBand>(p, parts);
+                } else {
+                    d == 64 ? launch_tc2<T, 64, 64, 128, cuda::content::kDense>(p, parts) : launch_tc2<T, 128, 128, 128, cuda::content::kDense>(p, parts);
+                }
+                return;
+            }
             if (tensor_cores) {
                 const dim3 grid(static_cast<unsigned>((p.q_rows + 63) / 64), static_cast<unsigned>(bh), static_cast<unsigned>(parts));
                 const int r = p.q_order != nullptr ? p.rounds : 0;
@@ -175,8 +185,36 @@ struct CudaContentAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
+    template <typename T, int DK, int DV, int KRows, int Mode> void launch_tc2(const ContentParams<T>& p, int64_t parts) {
+        const dim3 grid(static_cast<unsigned>((p.q_rows + 63) / 64), static_cast<unsigned>(bh), static_cast<unsigned>(parts));
+        const int smem = cuda::content::band_tc2_smem<DK, DV, KRows>(Mode == cuda::content::kBand ? p.rounds : 0);
+        const auto kernel = cuda::content::content_band_tc2<T, DK, DV, KRows, Mode>;
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        kernel<<<grid, 128, smem>>>(p);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // The log-sum-exp merge; parts_o16: the parts' O in T (version 2's rounds), else parts_o.
     template <typename T> void merge(const float* parts_o, const float* parts_lse, int64_t parts, bool with_fixed,
-                                     int64_t rows, cuda::content::SelfRule self, T* out, float* out_lse) {
+                                     int64_t rows, cuda::content::SelfRule self, T* out, float* out_lse, const T* parts_o16 = nullptr) {
+        if (parts_o16 != nullptr) {
+            const unsigned blocks = static_cast<unsigned>((rows * (shape.d / 4) + 127) / 128);
+            cuda::content::content_merge2<T, T><<<blocks, 128>>>(
+                parts_o16, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
+                with_fixed ? fixed_lse.as<float>() : nullptr, rows, static_cast<int32_t>(shape.d), self, q.as<T>(), k.as<T>(),
+                v.as<T>(), out, out_lse);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            return;
+        }
+        if (version >= 2 && shape.d % 4 == 0) {
+            const unsigned blocks = static_cast<unsigned>((rows * (shape.d / 4) + 127) / 128);
+            cuda::content::content_merge2<T, float><<<blocks, 128>>>(
+                parts_o, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
+                with_fixed ? fixed_lse.as<float>() : nullptr, rows, static_cast<int32_t>(shape.d), self, q.as<T>(), k.as<T>(),
+                v.as<T>(), out, out_lse);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            return;
+        }
         const unsigned threads = static_cast<unsigned>((shape.d + 31) / 32 * 32);
         cuda::content::content_merge<T><<<static_cast<unsigned>(rows), threads>>>(
             parts_o, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
@@ -190,26 +228,39 @@ struct CudaContentAttention::Impl {
         const dim3 grid(static_cast<unsigned>((n + 3) / 4), static_cast<unsigned>(bh));
         const size_t smem = 4 * static_cast<size_t>(d) * sizeof(float);
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[0]));
-        if (spec.kind == ContentKind::lsh) {
-            cuda::content::content_project<T, false><<<grid, 128, smem>>>(q.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
-                static_cast<int32_t>(rounds), static_cast<int32_t>(cols), 0, bucket_bits, keys_in.as<uint64_t>(), nullptr);
-            if (!spec.shared_qk) {
-                cuda::content::content_project<T, false><<<grid, 128, smem>>>(k.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
-                    static_cast<int32_t>(rounds), static_cast<int32_t>(cols), segs_q, bucket_bits, keys_in.as<uint64_t>(), nullptr);
+        const bool cosine = spec.kind == ContentKind::anchors;
+        for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
+            const T* x = (side == 0 ? q : k).as<T>();
+            const int64_t base = side == 0 ? 0 : segs_q;
+            uint64_t* keys = cosine ? nullptr : keys_in.as<uint64_t>();
+            float* cos = cosine ? cosines.as<float>() : nullptr;
+            const int bits = cosine ? 0 : bucket_bits;
+            if (version >= 2) {
+                const int smem2 = cuda::content::project2_smem(static_cast<int>(d));
+                const dim3 grid2(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
+                const auto kernel = cosine ? cuda::content::content_project2<T, cuda::content::kCosine> : cuda::content::content_project2<T, cuda::content::kHash>;
+                SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
+                kernel<<<grid2, 128, smem2>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
+                                              static_cast<int32_t>(cols), base, bits, keys, cos);
+            } else {
+                const auto kernel = cosine ? cuda::content::content_project<T, true> : cuda::content::content_project<T, false>;
+                kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
+                                            static_cast<int32_t>(cols), base, bits, keys, cos);
             }
             SPARSA_CUDA_CHECK(cudaGetLastError());
-        } else {
-            cuda::content::content_project<T, true><<<grid, 128, smem>>>(q.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
-                static_cast<int32_t>(rounds), static_cast<int32_t>(cols), 0, 0, nullptr, cosines.as<float>());
-            if (!spec.shared_qk) {
-                cuda::content::content_project<T, true><<<grid, 128, smem>>>(k.as<T>(), shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
-                    static_cast<int32_t>(rounds), static_cast<int32_t>(cols), segs_q, 0, nullptr, cosines.as<float>());
-            }
-            SPARSA_CUDA_CHECK(cudaGetLastError());
+        }
+        if (cosine) {   // the balanced assignment on the host, a thread per group of segments
             cos_host.resize(static_cast<size_t>(total() * cols));
             keys_host.resize(static_cast<size_t>(total()));
             SPARSA_CUDA_CHECK(cudaMemcpy(cos_host.data(), cosines.as<float>(), cos_host.size() * 4, cudaMemcpyDeviceToHost));
-            for (int64_t seg = 0; seg < segs; ++seg) assign_segment(cos_host.data() + seg * n * cols, seg, keys_host.data() + seg * n);
+            const int64_t workers = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, segs);
+            std::vector<std::thread> pool;
+            for (int64_t w = 0; w < workers; ++w) {
+                pool.emplace_back([&, w] {
+                    for (int64_t seg = w; seg < segs; seg += workers) assign_segment(cos_host.data() + seg * n * cols, seg, keys_host.data() + seg * n);
+                });
+            }
+            for (auto& t : pool) t.join();
             SPARSA_CUDA_CHECK(cudaMemcpy(keys_in.as<uint64_t>(), keys_host.data(), keys_host.size() * 8, cudaMemcpyHostToDevice));
         }
         size_t temp = sort_temp_bytes;
@@ -243,10 +294,14 @@ struct CudaContentAttention::Impl {
         p.fixed_nb = fixed_nb;
         p.o_part = o_part.as<float>();
         p.lse_part = lse_part.as<float>();
+        // version 2 on tensor cores: the rounds' O in T (half the bytes of the passes' writes and the merge's reads)
+        const bool parts16 = version >= 2 && tensor_cores && !std::is_same_v<T, float>;
+        if (parts16) p.o_part16 = o_part.as<T>();
         launch_pass(p, rounds);
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[2]));
         const cuda::content::SelfRule self{true, spec.shared_qk, p.q_chunk, p.k_chunk, static_cast<int32_t>(rounds), scale};
-        merge<T>(o_part.as<float>(), lse_part.as<float>(), rounds, has_fixed, bh * n, self, o.as<T>(), lse.as<float>());
+        merge<T>(o_part.as<float>(), lse_part.as<float>(), rounds, has_fixed, bh * n, self, o.as<T>(), lse.as<float>(),
+                 parts16 ? o_part.as<T>() : nullptr);
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[3]));
     }
 
@@ -305,7 +360,8 @@ struct CudaContentAttention::Impl {
             SPARSA_CUDA_CHECK(cudaEventRecord(ev[3]));
             return;
         }
-        // causal: the exclusive prefix over chunks, each query chunk against its prefix ...
+        // causal: the exclusive prefix over chunks, each query tile against its chunk's prefix ...
+        const int64_t L = causal_chunk();
         cuda::content::favor_prefix<T><<<static_cast<unsigned>((bh * m * d + 127) / 128), 128>>>(
             o_part.as<float>(), lse_part.as<float>(), splits, bh, m, static_cast<int32_t>(d), prefix_v.as<T>(), prefix_lse.as<float>());
         SPARSA_CUDA_CHECK(cudaGetLastError());
@@ -313,6 +369,7 @@ struct CudaContentAttention::Impl {
         p2.v_bstride = H * splits * m * d;
         p2.v_hstride = splits * m * d;
         p2.v_tile_stride = m * d;
+        p2.tile_shift = L == 128 ? 1 : 0;
         p2.key_bias = prefix_lse.as<float>();
         p2.bias_bh_stride = splits * m;
         p2.bias_tile_stride = m;
@@ -320,22 +377,65 @@ struct CudaContentAttention::Impl {
         p2.lse_part = lse_part2.as<float>();
         launch_pass(p2, 1);
         // ... and inside each chunk the explicit products phi(q) . phi(k), k <= q
-        const dim3 grid(static_cast<unsigned>((n + 3) / 4), static_cast<unsigned>(bh));
-        const size_t smem = 4 * static_cast<size_t>(d) * sizeof(float);
-        cuda::content::favor_phi<T><<<grid, 128, smem>>>(q.as<T>(), omega.as<T>(), H, n, static_cast<int32_t>(d), m, scale, false, phi_q.as<float>(), c_q.as<float>());
-        cuda::content::favor_phi<T><<<grid, 128, smem>>>(k.as<T>(), omega.as<T>(), H, n, static_cast<int32_t>(d), m, scale, true, phi_k.as<float>(), c_k.as<float>());
-        cuda::content::favor_intra<T><<<grid, 128>>>(phi_q.as<float>(), c_q.as<float>(), phi_k.as<float>(), c_k.as<float>(), v.as<T>(), n,
-                                                     static_cast<int32_t>(d), m, o_part2.as<float>() + bh * n * d, lse_part2.as<float>() + bh * n);
+        if (intra_on_tensor_cores()) {
+            if constexpr (!std::is_same_v<T, float>) {
+                const int smem = d == 64 ? cuda::content::phi_tc_smem<64>(static_cast<int>(m)) : cuda::content::phi_tc_smem<128>(static_cast<int>(m));
+                const auto phi_kernel = d == 64 ? cuda::content::favor_phi_tc<T, 64> : cuda::content::favor_phi_tc<T, 128>;
+                SPARSA_CUDA_CHECK(cudaFuncSetAttribute(phi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+                const dim3 grid(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
+                phi_kernel<<<grid, 128, smem>>>(q.as<T>(), omega.as<T>(), H, n, m, root, 0.f, phi_q.as<T>(), c_q.as<float>());
+                phi_kernel<<<grid, 128, smem>>>(k.as<T>(), omega.as<T>(), H, n, m, root, 0.5f * scale, phi_k.as<T>(), c_k.as<float>());
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+                ContentParams<T> pi = base_params<T>();
+                pi.q = phi_q.as<T>();
+                pi.k = phi_k.as<T>();
+                pi.q_bstride = pi.k_bstride = H * n * m;
+                pi.q_hstride = pi.k_hstride = n * m;
+                pi.v = v.as<T>();
+                pi.v_bstride = H * n * d;
+                pi.v_hstride = n * d;
+                pi.q_rows = pi.k_rows = n;
+                pi.chunk = static_cast<int32_t>(L);
+                pi.key_bias = c_k.as<float>();
+                pi.bias_bh_stride = n;
+                pi.query_bias = c_q.as<float>();
+                pi.o_part = o_part2.as<float>() + bh * n * d;
+                pi.lse_part = lse_part2.as<float>() + bh * n;
+                constexpr int kIntra = cuda::content::kIntra;
+                if (d == 64) {
+                    m == 64 ? launch_tc2<T, 64, 64, 64, kIntra>(pi, 1) : m == 128 ? launch_tc2<T, 128, 64, 64, kIntra>(pi, 1) : launch_tc2<T, 256, 64, 64, kIntra>(pi, 1);
+                } else {
+                    m == 64 ? launch_tc2<T, 64, 128, 64, kIntra>(pi, 1) : m == 128 ? launch_tc2<T, 128, 128, 64, kIntra>(pi, 1) : launch_tc2<T, 256, 128, 64, kIntra>(pi, 1);
+                }
+            }
+        } else {
+            const dim3 grid(static_cast<unsigned>((n + 3) / 4), static_cast<unsigned>(bh));
+            const size_t smem = 4 * static_cast<size_t>(d) * sizeof(float);
+            cuda::content::favor_phi<T><<<grid, 128, smem>>>(q.as<T>(), omega.as<T>(), H, n, static_cast<int32_t>(d), m, scale, false, phi_q.as<float>(), c_q.as<float>());
+            cuda::content::favor_phi<T><<<grid, 128, smem>>>(k.as<T>(), omega.as<T>(), H, n, static_cast<int32_t>(d), m, scale, true, phi_k.as<float>(), c_k.as<float>());
+            cuda::content::favor_intra<T><<<grid, 128>>>(phi_q.as<float>(), c_q.as<float>(), phi_k.as<float>(), c_k.as<float>(), v.as<T>(), n,
+                                                         static_cast<int32_t>(d), m, L, o_part2.as<float>() + bh * n * d, lse_part2.as<float>() + bh * n);
+        }
         SPARSA_CUDA_CHECK(cudaGetLastError());
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[2]));
         merge<T>(o_part2.as<float>(), lse_part2.as<float>(), 2, false, bh * n, none, o.as<T>(), lse.as<float>());
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[3]));
     }
 
+    // Causal FAVOR+'s chunk of keys per prefix step: version 1 64, version 2 128 (half the
+    // partial results and prefix states, the tensor-core product inside the chunk cheap enough).
+    int64_t causal_chunk() const { return version >= 2 ? 128 : 64; }
+
+    // Causal FAVOR+'s products inside a chunk on tensor cores: version 2, bf16 / fp16, d = 64 or
+    // 128, m = 64, 128 or 256 (else one warp a row on float32 cores).
+    bool intra_on_tensor_cores() const {
+        return version >= 2 && tensor_cores && (features == 64 || features == 128 || features == 256);
+    }
+
     // Keys per split of FAVOR+'s key pass: causal 64 (the prefix's chunks); else enough splits
     // that the feature tiles times splits fill the GPU about four times over.
     int64_t favor_key_split() const {
-        if (spec.causal) return 64;
+        if (spec.causal) return causal_chunk();
         const int64_t tiles = (features + 63) / 64 * bh, want = 4 * int64_t{sm_count};
         const int64_t splits = std::clamp<int64_t>((want + tiles - 1) / tiles, 1, (shape.n + 63) / 64);
         return ((shape.n + splits - 1) / splits + 63) / 64 * 64;
@@ -421,6 +521,10 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     s.bh = q.shape.batch * heads;
     s.scale = static_cast<float>(attention_scale(what, options.scale, d));
     s.tensor_cores = options.tensor_cores && options.dtype != CudaDtype::float32 && (d == 64 || d == 128);
+    if (options.version < 0 || options.version > 2) {
+        throw Error(what + ": version " + std::to_string(options.version) + " (give 1 or 2, or 0 for the newest)");
+    }
+    s.version = options.version == 0 ? 2 : options.version;
     std::vector<float> mats;
     int64_t want = 0;
     std::string meaning;

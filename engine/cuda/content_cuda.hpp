@@ -45,6 +45,8 @@ struct CudaContentOptions {
     bool tensor_cores = true;             // false: the simple kernel (one warp a row); also used where
                                           // tensor cores do not run (float32, d other than 64 and 128)
     bool poison_outputs = true;           // fill O and lse with NaN before the run
+    int version = 0;                      // the kernels: 2 (content_fast.cuh) or 1 (content_kernels.cuh, the
+                                          // first, kept as the record and the fallback); 0: the newest
 };
 
 // The random numbers or fitted anchors of one head, as the host made them (helper functions of

@@ -35,7 +35,8 @@ template <typename T> struct ContentParams {
     const T* k;
     const T* v;
     int64_t q_bstride, q_hstride, k_bstride, k_hstride, v_bstride, v_hstride;
-    int64_t v_tile_stride;      // dense walk: values move by this many elements per query tile
+    int64_t v_tile_stride;      // dense walk: values move by this many elements per query tile >> tile_shift
+    int32_t tile_shift;         // dense walk: query tiles of 64 share values and biases 2^tile_shift at a time
     int64_t heads, bh;          // heads, batch * heads
     int64_t q_rows, k_rows;     // rows of the query and key sequences
     int32_t d;
@@ -55,11 +56,13 @@ template <typename T> struct ContentParams {
     // dense walk
     const float* key_bias;      // natural log, at key_bias + bh * bias_bh_stride + tile * bias_tile_stride + key; nullptr: 0
     int64_t bias_bh_stride, bias_tile_stride;
+    const float* query_bias;    // version 2's intra mode: c_q [bh, q_rows] (content_fast.cuh)
     int64_t key_split;          // keys per split (blockIdx.z)
     // outputs: part = round (band) or split (dense)
     float* o_part;              // [parts, bh, q_rows, d] normalised O of each part, float32, token order
     float* lse_part;            // [parts, bh, q_rows] natural log; -inf: no key
     T* o_final;                 // when set (one part): O in T [bh, q_rows, d] instead of o_part
+    T* o_part16;                // version 2, 16-bit T: when set, the parts' O in T here instead of o_part
 };
 
 // Whether the fixed mask of head h allows (q, k).
@@ -220,8 +223,8 @@ template <typename T, int D> __global__ void __launch_bounds__(128) content_band
         }
     }
     const T* k_head = p.k + b * p.k_bstride + h * p.k_hstride;
-    const T* v_head = p.v + b * p.v_bstride + h * p.v_hstride + (band ? 0 : tile * p.v_tile_stride);
-    const float* bias = p.key_bias == nullptr ? nullptr : p.key_bias + bhi * p.bias_bh_stride + tile * p.bias_tile_stride;
+    const T* v_head = p.v + b * p.v_bstride + h * p.v_hstride + (band ? 0 : (tile >> p.tile_shift) * p.v_tile_stride);
+    const float* bias = p.key_bias == nullptr ? nullptr : p.key_bias + bhi * p.bias_bh_stride + (tile >> p.tile_shift) * p.bias_tile_stride;
     rows_load_async<D>(q_tile, p.q + b * p.q_bstride + h * p.q_hstride, q_tok);
     cp_async_commit();
 
@@ -388,8 +391,8 @@ template <typename T> __global__ void __launch_bounds__(128) content_band_simple
     const int64_t table = band && p.fixed_state != nullptr ? p.fixed_head[h] : -1;
     const T* q = p.q + b * p.q_bstride + h * p.q_hstride + int64_t{tq} * p.d;
     const T* k_head = p.k + b * p.k_bstride + h * p.k_hstride;
-    const T* v_head = p.v + b * p.v_bstride + h * p.v_hstride + (band ? 0 : tile * p.v_tile_stride);
-    const float* bias = p.key_bias == nullptr ? nullptr : p.key_bias + bhi * p.bias_bh_stride + tile * p.bias_tile_stride;
+    const T* v_head = p.v + b * p.v_bstride + h * p.v_hstride + (band ? 0 : (tile >> p.tile_shift) * p.v_tile_stride);
+    const float* bias = p.key_bias == nullptr ? nullptr : p.key_bias + bhi * p.bias_bh_stride + (tile >> p.tile_shift) * p.bias_tile_stride;
     const int32_t* cq = band ? p.q_chunk + bhi * n_q + tq : nullptr;
     const int64_t c_stride = p.bh * n_q;
 
@@ -591,14 +594,14 @@ __global__ void favor_phi(const T* x, const T* omega, int64_t heads, int64_t n, 
     if (lane == 0) cmax[bhi * n + t] = mx;
 }
 
-// Causal FAVOR+ inside a 64-token chunk: query t against keys k of its chunk with k <= t, weight
+// Causal FAVOR+ inside a chunk of `chunk` tokens: query t against keys k of its chunk with k <= t, weight
 // a_tk = phi(q_t) . phi(k) = exp(c_q + c_k) phi-hat(q) . phi-hat(k) (both from favor_phi), so the
 // logit log a_tk = c_q + c_k + log(phi-hat . phi-hat); a softmax over those logits with V gives
 // (o, lse) that merge with the chunks before (the prefix pass) by log-sum-exp. One warp a row.
 // grid: (ceil(n / 4), bh), block 128.
 template <typename T>
 __global__ void favor_intra(const float* phi_q, const float* cq, const float* phi_k, const float* ck, const T* v,
-                            int64_t n, int32_t d, int64_t m, float* o_part, float* lse_part) {
+                            int64_t n, int32_t d, int64_t m, int64_t chunk, float* o_part, float* lse_part) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t t = int64_t{blockIdx.x} * 4 + warp, bhi = blockIdx.y;
     if (t >= n) return;
@@ -607,7 +610,7 @@ __global__ void favor_intra(const float* phi_q, const float* cq, const float* ph
 #pragma unroll
     for (int c = 0; c < kSimpleMaxChunks; ++c) acc[c] = 0.f;
     float row_max = -INFINITY, row_sum = 0.f;
-    for (int64_t kt = t / 64 * 64; kt <= t; ++kt) {
+    for (int64_t kt = t / chunk * chunk; kt <= t; ++kt) {
         const float* pk = phi_k + (bhi * n + kt) * m;
         float dot = 0.f;
         for (int64_t j = lane; j < m; j += 32) dot = fmaf(pq[j], pk[j], dot);

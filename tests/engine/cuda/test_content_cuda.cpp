@@ -202,13 +202,15 @@ struct Case {
     bool causal = false, window = false, shared_qk = true, tensor_cores = true;
     CudaDtype dtype = CudaDtype::bfloat16;
     uint64_t seed = 1;
+    int version = 0;   // CudaContentOptions::version
 };
 
 // Runs one lsh or anchors case on the GPU and checks buckets and attention against the spec.
 void check_buckets_case(const Case& c) {
     INFO(std::string(c.kind == ContentKind::lsh ? "lsh" : "anchors") << " rounds " << c.rounds << " buckets " << c.buckets
          << " chunk " << c.chunk << " n " << c.n << " d " << c.d << " causal " << c.causal << " window " << c.window
-         << " shared_qk " << c.shared_qk << " " << cuda_dtype_name(c.dtype) << (c.tensor_cores ? " tensor cores" : " simple"));
+         << " shared_qk " << c.shared_qk << " " << cuda_dtype_name(c.dtype) << (c.tensor_cores ? " tensor cores" : " simple")
+         << " version " << c.version);
     ContentSpec spec;
     spec.kind = c.kind;
     spec.buckets = c.buckets;
@@ -239,6 +241,7 @@ void check_buckets_case(const Case& c) {
     CudaContentOptions options;
     options.dtype = c.dtype;
     options.tensor_cores = c.tensor_cores;
+    options.version = c.version;
     const AttentionOutput got = engine().forward(q, k, v, set, 0, numbers, options);
     const CudaContentWalk walk = engine().walk();
     REQUIRE(walk.rounds == c.rounds);
@@ -328,9 +331,10 @@ AttentionOutput favor_reference(const Tensor& q, const Tensor& k, const Tensor& 
     return out;
 }
 
-void check_favor_case(int64_t n, int64_t d, int64_t m, bool causal, CudaDtype dtype, bool tensor_cores, float q_scale, uint64_t seed) {
+void check_favor_case(int64_t n, int64_t d, int64_t m, bool causal, CudaDtype dtype, bool tensor_cores, float q_scale, uint64_t seed,
+                      int version) {
     INFO("favor n " << n << " d " << d << " m " << m << " causal " << causal << " " << cuda_dtype_name(dtype)
-                    << (tensor_cores ? " tensor cores" : " simple") << " |Q| x" << q_scale);
+                    << (tensor_cores ? " tensor cores" : " simple") << " |Q| x" << q_scale << " version " << version);
     ContentSpec spec;
     spec.kind = ContentKind::favor;
     spec.features = m;
@@ -350,6 +354,7 @@ void check_favor_case(int64_t n, int64_t d, int64_t m, bool causal, CudaDtype dt
     CudaContentOptions options;
     options.dtype = dtype;
     options.tensor_cores = tensor_cores;
+    options.version = version;
     const AttentionOutput got = engine().forward(q, k, v, set, 0, omega, options);
     const AttentionOutput want = favor_reference(q, k, v, omega, m, causal, 1.0 / std::sqrt(double(d)));
     check_output(got, want, dtype == CudaDtype::float32 ? 1e-4 : 2e-2, false);
@@ -359,26 +364,32 @@ void check_favor_case(int64_t n, int64_t d, int64_t m, bool causal, CudaDtype dt
 
 TEST_CASE("cuda content: small lsh and anchors cases (the sanitizer runs this)", "[cuda][content][small]") {
     if (!gpu_ready("small lsh and anchors")) return;
-    for (const bool tc : {true, false}) {
-        Case c;
-        c.tensor_cores = tc;
-        c.dtype = tc ? CudaDtype::bfloat16 : CudaDtype::float32;
-        c.rounds = 2;
-        c.n = 200;
-        c.window = true;
-        check_buckets_case(c);
-        c.kind = ContentKind::anchors;
-        c.buckets = 7;
-        c.causal = true;
-        check_buckets_case(c);
+    for (const int version : {1, 2}) {
+        for (const bool tc : {true, false}) {
+            Case c;
+            c.tensor_cores = tc;
+            c.dtype = tc ? CudaDtype::bfloat16 : CudaDtype::float32;
+            c.rounds = 2;
+            c.n = 200;
+            c.window = true;
+            c.version = version;
+            check_buckets_case(c);
+            c.kind = ContentKind::anchors;
+            c.buckets = 7;
+            c.causal = true;
+            check_buckets_case(c);
+        }
     }
 }
 
 TEST_CASE("cuda content: small favor cases (the sanitizer runs this)", "[cuda][content][small]") {
     if (!gpu_ready("small favor")) return;
-    for (const bool causal : {false, true}) {
-        check_favor_case(200, 64, 96, causal, CudaDtype::bfloat16, true, 1.f, 5);
-        check_favor_case(200, 64, 96, causal, CudaDtype::float32, false, 1.f, 6);
+    for (const int version : {1, 2}) {
+        for (const bool causal : {false, true}) {
+            check_favor_case(200, 64, 96, causal, CudaDtype::bfloat16, true, 1.f, 5, version);
+            check_favor_case(200, 64, 64, causal, CudaDtype::bfloat16, true, 1.f, 7, version);
+            check_favor_case(200, 64, 96, causal, CudaDtype::float32, false, 1.f, 6, version);
+        }
     }
 }
 
@@ -390,16 +401,19 @@ TEST_CASE("cuda content: lsh and anchors match the spec's allowed set in double"
             for (const bool causal : {false, true}) {
                 for (const bool window : {false, true}) {
                     for (const bool tc : {true, false}) {
-                        Case c;
-                        c.kind = kind;
-                        c.buckets = kind == ContentKind::lsh ? 8 : 7;
-                        c.rounds = rounds;
-                        c.causal = causal;
-                        c.window = window;
-                        c.tensor_cores = tc;
-                        c.dtype = tc ? CudaDtype::bfloat16 : CudaDtype::float32;
-                        c.seed = ++seed;
-                        check_buckets_case(c);
+                        for (const int version : {1, 2}) {
+                            Case c;
+                            c.version = version;
+                            c.kind = kind;
+                            c.buckets = kind == ContentKind::lsh ? 8 : 7;
+                            c.rounds = rounds;
+                            c.causal = causal;
+                            c.window = window;
+                            c.tensor_cores = tc;
+                            c.dtype = tc ? CudaDtype::bfloat16 : CudaDtype::float32;
+                            c.seed = ++seed;
+                            check_buckets_case(c);
+                        }
                     }
                 }
             }
@@ -409,52 +423,59 @@ TEST_CASE("cuda content: lsh and anchors match the spec's allowed set in double"
 
 TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and key buckets", "[cuda][content]") {
     if (!gpu_ready("shapes")) return;
-    Case c;
-    c.d = 128;
-    c.rounds = 2;
-    c.n = 333;
-    c.seed = 70;
-    check_buckets_case(c);
-    c.dtype = CudaDtype::float16;
-    c.chunk = 32;
-    c.causal = true;
-    check_buckets_case(c);
-    c.chunk = 100;
-    c.window = true;
-    c.d = 64;
-    check_buckets_case(c);
-    for (const ContentKind kind : {ContentKind::lsh, ContentKind::anchors}) {
-        for (const bool tc : {true, false}) {
-            c = Case{};
-            c.kind = kind;
-            c.buckets = kind == ContentKind::lsh ? 16 : 5;
-            c.shared_qk = false;
-            c.rounds = 2;
-            c.causal = true;
-            c.tensor_cores = tc;
-            c.seed = 80;
-            check_buckets_case(c);
+    for (const int version : {1, 2}) {
+        Case c;
+        c.version = version;
+        c.d = 128;
+        c.rounds = 2;
+        c.n = 333;
+        c.seed = 70;
+        check_buckets_case(c);
+        c.dtype = CudaDtype::float16;
+        c.chunk = 32;
+        c.causal = true;
+        check_buckets_case(c);
+        c.chunk = 100;
+        c.window = true;
+        c.d = 64;
+        check_buckets_case(c);
+        for (const ContentKind kind : {ContentKind::lsh, ContentKind::anchors}) {
+            for (const bool tc : {true, false}) {
+                c = Case{};
+                c.version = version;
+                c.kind = kind;
+                c.buckets = kind == ContentKind::lsh ? 16 : 5;
+                c.shared_qk = false;
+                c.rounds = 2;
+                c.causal = true;
+                c.tensor_cores = tc;
+                c.seed = 80;
+                check_buckets_case(c);
+            }
         }
+        // one bucket a token holds at most n tokens: buckets = n is allowed (lsh: even)
+        c = Case{};
+        c.version = version;
+        c.n = 130;
+        c.buckets = 130;
+        c.rounds = 2;
+        check_buckets_case(c);
     }
-    // one bucket a token holds at most n tokens: buckets = n is allowed (lsh: even)
-    c = Case{};
-    c.n = 130;
-    c.buckets = 130;
-    c.rounds = 2;
-    check_buckets_case(c);
 }
 
 TEST_CASE("cuda content: favor matches FAVOR+ in double", "[cuda][content]") {
     if (!gpu_ready("favor")) return;
-    for (const bool causal : {false, true}) {
-        for (const int64_t d : {64, 128}) {
-            check_favor_case(333, d, 256, causal, CudaDtype::bfloat16, true, 1.f, 30 + static_cast<uint64_t>(d));
-            check_favor_case(333, d, 256, causal, CudaDtype::float16, true, 1.f, 31 + static_cast<uint64_t>(d));
-            check_favor_case(333, d, 100, causal, CudaDtype::float32, false, 1.f, 32 + static_cast<uint64_t>(d));
+    for (const int version : {1, 2}) {
+        for (const bool causal : {false, true}) {
+            for (const int64_t d : {64, 128}) {
+                check_favor_case(333, d, 256, causal, CudaDtype::bfloat16, true, 1.f, 30 + static_cast<uint64_t>(d), version);
+                check_favor_case(333, d, 128, causal, CudaDtype::float16, true, 1.f, 31 + static_cast<uint64_t>(d), version);
+                check_favor_case(333, d, 100, causal, CudaDtype::float32, false, 1.f, 32 + static_cast<uint64_t>(d), version);
+            }
+            // large query norms: scores far beyond exp's range without the stabiliser, still finite
+            check_favor_case(150, 64, 64, causal, CudaDtype::float32, false, 40.f, 40, version);
+            check_favor_case(150, 64, 64, causal, CudaDtype::bfloat16, true, 40.f, 41, version);
         }
-        // large query norms: scores far beyond exp's range without the stabiliser, still finite
-        check_favor_case(150, 64, 64, causal, CudaDtype::float32, false, 40.f, 40);
-        check_favor_case(150, 64, 64, causal, CudaDtype::bfloat16, true, 40.f, 41);
     }
 }
 
