@@ -3,6 +3,8 @@
 // content_kernels.cuh and their merge; FAVOR+ as two or four passes.
 #include "engine/cuda/content_cuda.hpp"
 
+#include "engine/content/buckets.hpp"
+#include "engine/content/favor.hpp"
 #include "engine/cuda/content_fast.cuh"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
@@ -473,6 +475,35 @@ struct CudaContentAttention::Impl {
         fixed_bits.upload(bits);
     }
 };
+
+CudaContentNumbers cuda_content_numbers(const MaskSet& masks, int64_t layer, int64_t d, const ContentArrays* arrays, int64_t draw) {
+    const std::string what = "cuda content numbers";
+    CudaContentNumbers out(static_cast<size_t>(masks.heads));
+    if (masks.content.empty()) return out;
+    for (int64_t h = 0; h < masks.heads; ++h) {
+        const auto& spec = masks.content[static_cast<size_t>(layer * masks.heads + h)];
+        if (spec == nullptr) continue;
+        auto& x = out[static_cast<size_t>(h)];
+        if (spec->kind == ContentKind::lsh) {
+            const ContentArray* file = content_array_find(arrays, *spec, what);
+            for (int64_t r = 0; r < spec->rounds; ++r) {
+                const std::vector<float> R = lsh_rotation(*spec, file, layer, h, r, d);
+                x.insert(x.end(), R.begin(), R.end());
+            }
+        } else if (spec->kind == ContentKind::anchors) {
+            const ContentArray* file = content_array_find(arrays, *spec, what);
+            if (file == nullptr) {
+                throw Error(what + ": anchors(" + std::to_string(spec->buckets) +
+                            ") needs its fitted anchors (fit = \"FILE.npz\"; make one with sparsa anchors fit)");
+            }
+            content_array_check_shape(*file, {spec->rounds, spec->buckets, d}, what + ": anchors", "[rounds, k, d]");
+            x = file->values;
+        } else {
+            x = favor_features_for_head(*spec, layer, h, d, draw, arrays, what).omega;
+        }
+    }
+    return out;
+}
 
 CudaContentAttention::CudaContentAttention() : impl_(std::make_unique<Impl>()) {
     std::string why;

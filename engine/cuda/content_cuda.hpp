@@ -28,6 +28,7 @@
 #pragma once
 
 #include "engine/block_mask.hpp"
+#include "engine/content/content_arrays.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/cuda/attention_cuda.hpp"
 #include "engine/tensor.hpp"
@@ -49,11 +50,18 @@ struct CudaContentOptions {
                                           // first, kept as the record and the fallback); 0: the newest
 };
 
-// The random numbers or fitted anchors of one head, as the host made them (helper functions of
-// engine/content/: lsh rotations from the seed, fitted anchors, FAVOR+'s features):
+// The random numbers or fitted anchors of one head, as the host made them (cuda_content_numbers):
 //   lsh: rotations [rounds, d, buckets / 2]; anchors: [rounds, k, d] (unit rows); favor: [m, d].
 // Empty for a head without a ContentSpec.
 using CudaContentNumbers = std::vector<std::vector<float>>;   // [heads]
+
+// The numbers of every head of layer `layer`, exactly as the CPU engines draw them: lsh's
+// rotations by lsh_rotation (the seed's, or the spec's file), anchors from the spec's file,
+// FAVOR+'s features by favor_features_for_head (`draw`: the caller's count of redraws). arrays:
+// the files the specs name (io/content_files.hpp), or nullptr. Throws sparsa::Error as those do
+// (a file missing from arrays or of the wrong shape, anchors without a file).
+CudaContentNumbers cuda_content_numbers(const MaskSet& masks, int64_t layer, int64_t d, const ContentArrays* arrays,
+                                        int64_t draw = 0);
 
 // Device times of the last run (CUDA events, milliseconds). bucketing: hashing or cosines (with
 // the host's balanced assignment for anchors), sorting, chunk ids; attention: the rounds' passes

@@ -6,12 +6,18 @@
 //     | a window (the fixed mask), shared_qk or not, n not divisible by the chunk, batch 2.
 //   favor: FAVOR+ as the spec writes it (phi with its stabilisers, in double, on the features
 //     rounded as the GPU sees them), bidirectional and causal, and with large norms.
+//   and against the CPU engines on the numbers cuda_content_numbers draws as they do:
+//     content_attention_forward (lsh, anchors) and favor_forward (FAVOR+), to 1e-4 in float32
+//     (two float32 engines) and 2e-2 in bf16.
 // Tolerances as test_cuda_attention's: float32 1e-5 of max |O| (favor 1e-4: its two passes
 // round through float32 twice), bf16 / fp16 2e-2; lse 1e-5 / 2e-2 relative; every O finite
 // (outputs are poisoned with NaN before each run).
 // Without a GPU every case prints one line saying it skipped and why, and passes.
 #include "engine/cuda/content_cuda.hpp"
 
+#include "engine/content/buckets.hpp"
+#include "engine/content/content_attention.hpp"
+#include "engine/content/favor.hpp"
 #include "engine/content/random_numbers.hpp"
 #include "engine/error.hpp"
 
@@ -502,4 +508,97 @@ TEST_CASE("cuda content: bad calls are refused with a message", "[cuda][content]
     negative.scale = -0.1f;
     const CudaContentNumbers omega(2, std::vector<float>(16 * 64, 0.1f));
     CHECK_THROWS_WITH(engine().forward(x, x, x, content_set(100, 2, {}, spec), 0, omega, negative), Contains("scale > 0"));
+}
+
+TEST_CASE("cuda content: matches the CPU engines on the numbers they draw", "[cuda][content]") {
+    if (!gpu_ready("CPU engines")) return;
+    const int64_t n = 300, d = 64, heads = 2, batch = 2;
+    const TensorShape shape{batch, heads, n, d};
+    for (const CudaDtype dtype : {CudaDtype::float32, CudaDtype::bfloat16}) {
+        const double tolerance = dtype == CudaDtype::float32 ? 1e-4 : 2e-2;
+        for (const ContentKind kind : {ContentKind::lsh, ContentKind::anchors}) {
+            for (const bool causal : {false, true}) {
+                for (const bool window : {false, true}) {
+                    ContentSpec spec;
+                    spec.kind = kind;
+                    spec.buckets = kind == ContentKind::lsh ? 8 : 6;
+                    spec.rounds = 2;
+                    spec.chunk = 64;
+                    spec.seed = 9;
+                    spec.causal = causal;
+                    ContentArrays arrays;
+                    if (kind == ContentKind::anchors) {   // fitted anchors as a file gives them: unit rows
+                        spec.file = "/anchors.npz";
+                        ContentArray a{spec.file, {spec.rounds, spec.buckets, d}, random_normals(3, 0, 0, 0, spec.rounds * spec.buckets * d)};
+                        for (int64_t r = 0; r < spec.rounds * spec.buckets; ++r) {
+                            double norm = 0;
+                            for (int64_t i = 0; i < d; ++i) norm += double{a.values[static_cast<size_t>(r * d + i)]} * a.values[static_cast<size_t>(r * d + i)];
+                            for (int64_t i = 0; i < d; ++i) a.values[static_cast<size_t>(r * d + i)] /= static_cast<float>(std::sqrt(norm));
+                        }
+                        arrays[spec.file] = a;
+                    }
+                    const MaskSet set = content_set(n, heads, window ? window_mask(n, 16, causal) : std::vector<uint8_t>{}, spec);
+                    const CudaContentNumbers numbers = cuda_content_numbers(set, 0, d, &arrays);
+                    INFO(std::string(kind == ContentKind::lsh ? "lsh" : "anchors") << " causal " << causal << " window " << window
+                         << " " << cuda_dtype_name(dtype));
+                    // inputs on which the CPU's buckets (from double products) and the GPU's (float32)
+                    // agree: a draw where some token nearly ties between two buckets is replaced
+                    bool agree = false;
+                    for (uint64_t seed = 500; seed < 506 && !agree; ++seed) {
+                        const Tensor q = tensor_round_to(tensor_random(shape, seed), dtype);
+                        const Tensor k = tensor_round_to(tensor_random(shape, seed + 100), dtype);
+                        const Tensor v = tensor_round_to(tensor_random(shape, seed + 200), dtype);
+                        CudaContentOptions options;
+                        options.dtype = dtype;
+                        const AttentionOutput got = engine().forward(q, k, v, set, 0, numbers, options);
+                        const CudaContentWalk walk = engine().walk();
+                        agree = true;
+                        for (int64_t b = 0; b < batch && agree; ++b) {
+                            for (int64_t h = 0; h < heads && agree; ++h) {
+                                const ContentArray* file = content_array_find(&arrays, spec, "test");
+                                const ContentWalk cpu = content_walk_hash(spec, file, row_of(q, b, h, 0), row_of(k, b, h, 0), n, d, 0, h, 64, "test");
+                                for (int64_t r = 0; r < spec.rounds; ++r)
+                                    for (int64_t t = 0; t < n; ++t)
+                                        agree = agree && cpu.q_bucket[static_cast<size_t>(r * n + t)] ==
+                                                             walk.q_bucket[static_cast<size_t>((r * batch * heads + b * heads + h) * n + t)];
+                            }
+                        }
+                        if (!agree) continue;
+                        ContentOptions cpu_options;
+                        cpu_options.arrays = &arrays;
+                        const ContentForward want = content_attention_forward(q, k, v, set, 0, cpu_options);
+                        check_output(got, AttentionOutput{want.o, want.lse}, tolerance);
+                    }
+                    CHECK(agree);
+                }
+            }
+        }
+        // FAVOR+: the features favor_features_for_head draws (orthogonal blocks), rounded as the GPU holds them
+        for (const bool causal : {false, true}) {
+            ContentSpec spec;
+            spec.kind = ContentKind::favor;
+            spec.features = 128;
+            spec.seed = 4;
+            spec.causal = causal;
+            const MaskSet set = content_set(n, heads, {}, spec);
+            CudaContentNumbers numbers = cuda_content_numbers(set, 0, d, nullptr);
+            std::vector<FavorFeatures> features;
+            for (int64_t h = 0; h < heads; ++h) {
+                auto& x = numbers[static_cast<size_t>(h)];
+                REQUIRE(x == favor_features_draw(spec.seed, 0, h, 0, spec.features, d).omega);
+                x = tensor_round_to(Tensor{{1, 1, spec.features, d}, x}, dtype).data;
+                features.push_back(favor_features_make(x, spec.features, d, "test"));
+            }
+            const Tensor q = tensor_round_to(tensor_random(shape, 600), dtype), k = tensor_round_to(tensor_random(shape, 601), dtype);
+            const Tensor v = tensor_round_to(tensor_random(shape, 602), dtype);
+            CudaContentOptions options;
+            options.dtype = dtype;
+            FavorOptions cpu_options;
+            cpu_options.causal = causal;
+            INFO("favor causal " << causal << " " << cuda_dtype_name(dtype));
+            const AttentionOutput got = engine().forward(q, k, v, set, 0, numbers, options);
+            const FavorOutput want = favor_forward(q, k, v, features, cpu_options);
+            check_output(got, AttentionOutput{want.o, got.lse}, tolerance, false);
+        }
+    }
 }
