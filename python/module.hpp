@@ -1,10 +1,12 @@
 // What the files of the _sparsa module share: the Python view of diagnostics and mask sets, and
 // numpy <-> engine tensor conversions whose errors name the argument (sparsa_module.cpp defines
-// the functions; bind_learn.cpp binds sparsa.learn with them).
+// the functions; bind_learn.cpp binds sparsa.learn with them, bind_content.cpp the reports of
+// content-based heads).
 #pragma once
 
 #include "dsl/diagnostics.hpp"
 #include "engine/block_mask.hpp"
+#include "engine/content/content_arrays.hpp"
 #include "engine/tensor.hpp"
 
 #include <pybind11/numpy.h>
@@ -13,6 +15,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sparsa::python {
@@ -71,6 +74,27 @@ template <typename T> py::array array_copy(const std::vector<T>& v) {
     std::copy(v.begin(), v.end(), a.mutable_data());
     return a;
 }
+
+// to_dense and content_allowed refuse larger n: an [n, n] bool matrix of 64 MiB is the most a
+// notebook should draw.
+constexpr int64_t kMaxDenseN = 8192;
+
+// An argument as (its name, its array), checked to be [batch, heads, n, d].
+std::pair<std::string, py::array> named(const char* name, const py::handle& obj);
+
+// q, k, v (and the other [batch, heads, n, d] arguments) checked against each other and the
+// mask set, naming the argument that is wrong.
+void attention_args_check(const std::vector<std::pair<std::string, py::array>>& arrays, const MaskSet& set, int64_t layer);
+
+// ValueError unless (layer, head) is in the set.
+void mask_index_check(const MaskSet& set, int64_t layer, int64_t head);
+
+// The files the set's specs name (rotations, anchors, features), read on each call: small, and
+// a file changed between calls is then seen (the mask file's CRC check refuses a changed one).
+ContentArrays content_arrays_of(const MaskSet& set);
+
+// Adds content_report, content_allowed and favor_error_curve (bind_content.cpp).
+void bind_content(py::module_& m);
 
 #ifdef SPARSA_HAVE_LEARN
 // Adds the submodule sparsa.learn (bind_learn.cpp).

@@ -1,0 +1,175 @@
+// The Python side of content-based heads (lsh, anchors, favor) beyond attention itself: what each
+// head did on an input, the pairs it attended to, and FAVOR+'s error as features grow.
+#include "python/module.hpp"
+
+#include "engine/content/favor.hpp"
+#include "engine/content/layer_attention.hpp"
+#include "engine/error.hpp"
+#include "engine/tensor.hpp"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sparsa::python {
+
+namespace {
+
+// NaN (not measured) as None.
+py::object number_or_none(double x) { return std::isnan(x) ? py::object(py::none()) : py::object(py::float_(x)); }
+
+// One (batch, head)'s report as a dict: what its family did on this input.
+py::dict head_report_dict(const LayerHeadReport& r) {
+    py::dict d;
+    d["batch"] = r.batch;
+    d["head"] = r.head;
+    d["kind"] = std::string(layer_head_kind_name(r.kind));
+    if (r.kind == LayerHeadKind::lsh || r.kind == LayerHeadKind::anchors) {
+        d["buckets"] = r.pairs.buckets;
+        d["rounds"] = r.pairs.rounds;
+        d["chunk"] = r.pairs.chunk;
+        d["bucket_min"] = r.pairs.bucket_min;
+        d["bucket_max"] = r.pairs.bucket_max;
+        d["imbalance"] = r.pairs.imbalance;
+    }
+    if (r.kind == LayerHeadKind::favor) {
+        d["features"] = r.features;
+        d["rows"] = r.favor.rows;
+        d["degraded_rows"] = r.favor.degraded_rows;
+        d["zero_rows"] = r.favor.zero_rows;
+        d["large_norm_queries"] = r.favor.large_norm_queries;
+        d["large_norm_keys"] = r.favor.large_norm_keys;
+        d["predicted_error"] = r.favor.predicted_error;
+        d["warning"] = r.warning;
+    } else {
+        d["pairs"] = r.pairs.pairs;
+        d["density"] = r.pairs.density;
+        d["empty_rows"] = r.pairs.empty_rows;
+        d["recall_mean"] = number_or_none(r.pairs.recall_mean);
+        d["recall_min"] = number_or_none(r.pairs.recall_min);
+    }
+    return d;
+}
+
+py::list content_report_py(const py::handle& q_obj, const py::handle& k_obj, const PyMaskSet& m, int64_t layer, bool recall,
+                           float scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj)};
+    attention_args_check(args, m.set, layer);
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second);
+    std::vector<LayerHeadReport> reports;
+    {
+        const ContentArrays arrays = content_arrays_of(m.set);
+        LayerOptions options;
+        options.scale = scale;
+        options.threads = threads;
+        options.arrays = &arrays;
+        options.recall = recall;
+        py::gil_scoped_release release;
+        reports = layer_report(q, k, m.set, layer, options);
+    }
+    py::list out;
+    for (const LayerHeadReport& r : reports) out.append(head_report_dict(r));
+    return out;
+}
+
+// A of (batch, head) as a bool matrix [n, n].
+py::array content_allowed_py(const py::handle& q_obj, const py::handle& k_obj, const PyMaskSet& m, int64_t layer, int64_t batch,
+                             int64_t head, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj)};
+    attention_args_check(args, m.set, layer);
+    mask_index_check(m.set, layer, head);
+    const int64_t n = m.set.n;
+    if (batch < 0 || batch >= args[0].second.shape(0)) {
+        value_error("batch " + std::to_string(batch) + " is out of range: q has " + std::to_string(args[0].second.shape(0)) +
+                    " (0.." + std::to_string(args[0].second.shape(0) - 1) + ")");
+    }
+    if (n > kMaxDenseN) {
+        value_error("content_allowed: n = " + std::to_string(n) + " is above " + std::to_string(kMaxDenseN) +
+                    " (an [n, n] matrix would take " + std::to_string(n * n >> 20) + " MiB); use content_report for the counts");
+    }
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second);
+    py::array_t<bool> dense({n, n});
+    const ContentArrays arrays = content_arrays_of(m.set);
+    std::vector<uint8_t> allowed;
+    {
+        LayerOptions options;
+        options.threads = threads;
+        options.arrays = &arrays;
+        py::gil_scoped_release release;
+        allowed = layer_allowed_dense(q, k, m.set, layer, batch, head, options);
+    }
+    std::copy(allowed.begin(), allowed.end(), reinterpret_cast<uint8_t*>(dense.mutable_data()));
+    return dense;
+}
+
+py::list favor_error_curve_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj,
+                              const std::optional<std::vector<int64_t>>& features, uint64_t seed, int64_t layer, int64_t draw,
+                              bool causal, double scale, int threads) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
+    for (size_t i = 1; i < args.size(); ++i) {
+        if (!args[i].second.attr("shape").equal(args[0].second.attr("shape"))) {
+            value_error(args[i].first + ": shape " + shape_text(args[i].second) + " differs from q's " + shape_text(args[0].second) +
+                        " (q, k and v are all [batch, heads, n, d])");
+        }
+    }
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
+    FavorOptions options;
+    options.scale = scale;
+    options.causal = causal;
+    options.threads = threads;
+    std::vector<FavorErrorPoint> points;
+    {
+        py::gil_scoped_release release;
+        points = favor_error_curve(q, k, v, features ? *features : favor_feature_counts(), seed, layer, draw, options);
+    }
+    py::list out;
+    for (const FavorErrorPoint& p : points) {
+        py::dict d;
+        d["features"] = p.features;
+        d["error"] = p.error;
+        d["predicted_error"] = p.report.predicted_error;
+        d["degraded_rows"] = p.report.degraded_rows;
+        d["warning"] = favor_report_warning(p.report, "favor_error_curve (" + std::to_string(p.features) + " features)");
+        out.append(d);
+    }
+    return out;
+}
+
+} // namespace
+
+void bind_content(py::module_& m) {
+    m.def("content_report", &content_report_py, py::arg("q"), py::arg("k"), py::arg("masks"), py::arg("layer") = 0,
+          py::arg("recall") = false, py::arg("scale") = 0.0F, py::arg("threads") = 0,
+          R"(What the heads of layer `layer` do on this input, without running attention: a list of dicts, one per
+(batch, head), batch-major.
+
+Every dict has batch, head, kind ('fixed', 'lsh', 'anchors' or 'favor'). fixed, lsh, anchors: pairs,
+density (pairs / n^2), empty_rows, recall_mean and recall_min (the share of the exact softmax's mass
+the allowed pairs hold, mean over rows and worst row; with recall=True, O(n^2 d) a head, else None;
+None for fixed heads). lsh, anchors: buckets, rounds, chunk, bucket_min, bucket_max, imbalance
+(largest bucket / mean). favor: features, rows, degraded_rows, zero_rows, large_norm_queries,
+large_norm_keys, predicted_error (Performer's sqrt((exp(|q'|^2 + |k'|^2) - 1) / m)) and warning
+('' when the estimate is fine). q, k: [batch, heads, n, d]. Files the specs name are read here.)");
+    m.def("content_allowed", &content_allowed_py, py::arg("q"), py::arg("k"), py::arg("masks"), py::arg("layer") = 0,
+          py::arg("batch") = 0, py::arg("head") = 0, py::arg("threads") = 0,
+          "The pairs (batch, head) of layer `layer` attends to on this input, as a bool array [n, n] ([q, k] true when "
+          "query q attends to key k): the fixed mask | the buckets' pairs for lsh and anchors, the mask for a fixed head. "
+          "n up to 8192; favor heads have no pairs (ValueError).");
+    m.def("favor_error_curve", &favor_error_curve_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("features") = py::none(),
+          py::arg("seed") = 0, py::arg("layer") = 0, py::arg("draw") = 0, py::arg("causal") = false, py::arg("scale") = 0.0,
+          py::arg("threads") = 0,
+          R"(FAVOR+'s error against exact attention as the feature count grows: a list of dicts, one per count, with
+features, error (||O - O_exact|| / ||O_exact|| over every element), predicted_error, degraded_rows and
+warning. features: the counts (default 16, 32, ..., 1024); each head h draws them from (seed, layer, h,
+draw) as favor(features, seed) does in a script. Exact attention is computed once, O(n^2 d) a head.
+q, k, v: [batch, heads, n, d].)");
+}
+
+} // namespace sparsa::python
