@@ -265,3 +265,17 @@ TEST_CASE("sparsa run: content heads' bad input is refused before anything is wr
     CHECK_FALSE(fs::exists(out));
     CHECK_FALSE(folder_has_temp_files(out.parent_path()));
 }
+
+TEST_CASE("sparsa run --check on every content-based example: lsh and anchors match the reference over their pairs",
+          "[cli][run][content]") {
+    for (const char* name : {"reformer_lsh.pat", "anchors.pat", "performer_favor.pat"}) {
+        INFO(name);
+        Result r = run("run " + example(name) + " --n 1000 --check --json --runs 1");  // d = 64: anchors.pat's anchors
+        REQUIRE(r.code == 0);
+        // stdout's JSON after favor's warning on stderr (run() gives both together)
+        nlohmann::json j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+        // favor heads report their error without a bound; every head with pairs is held to the tolerance
+        CHECK(j["check"]["ok"] == true);
+        CHECK(j["check"]["max_rel_error"].get<double>() < 1e-5);
+    }
+}
