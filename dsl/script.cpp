@@ -801,8 +801,12 @@ Compiled script_compile(const Script& script, const CompileOptions& options) {
             if (!options.content) {
                 throw ScriptError({diagnostic_at(
                     Severity::error, script.main->source, expr.begin, expr.end,
-                    content_spec_text(*p->content) + " is content-based: its pairs are realised from Q and K when attention "
-                                                     "runs, and this tool needs every pair beforehand",
+                    content_spec_text(*p->content) +
+                        (p->content->kind == ContentKind::favor
+                             ? " is content-based: FAVOR+ weighs every key by an estimate made from Q and K when attention "
+                               "runs, and this tool needs every pair beforehand"
+                             : " is content-based: its pairs are realised from Q and K when attention runs, and this tool "
+                               "needs every pair beforehand"),
                     "sparsa compile, stats, show and run take it, and Python's Script.compile; here, use a fixed pattern")});
             }
             auto [spec, added] = spec_of.emplace(content_spec_text(*p->content) + (p->content->causal ? "&causal" : ""), p->content);
