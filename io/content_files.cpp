@@ -42,6 +42,7 @@ void anchors_save(const std::string& path, const ContentArray& anchors, const An
                          {"rounds", anchors.shape[0]},   {"k", anchors.shape[1]},
                          {"d", anchors.shape[2]},        {"calibration", {{"q", info.q_shape}, {"k", info.k_shape}, {"rows", info.rows}}},
                          {"seed", info.seed},            {"iterations", info.iterations},
+                         {"restarts", info.restarts},    {"start_seed", info.start_seed},
                          {"mean_cosine", info.mean_cosine}};
     const std::string text = header.dump();
     NpzWriter out(path);
@@ -107,6 +108,12 @@ ContentArray anchors_load(const std::string& path, AnchorsInfo* info) {
         }
         if (header.contains("seed") && header["seed"].is_number_unsigned()) info->seed = header["seed"].get<uint64_t>();
         if (header.contains("iterations") && header["iterations"].is_number_integer()) info->iterations = header["iterations"].get<int64_t>();
+        if (header.contains("restarts") && header["restarts"].is_number_integer()) info->restarts = header["restarts"].get<int64_t>();
+        if (header.contains("start_seed") && header["start_seed"].is_array()) {
+            for (const Json& c : header["start_seed"]) {
+                if (c.is_number_unsigned()) info->start_seed.push_back(c.get<uint64_t>());
+            }
+        }
         if (header.contains("mean_cosine") && header["mean_cosine"].is_array()) {
             for (const Json& c : header["mean_cosine"]) {
                 if (c.is_number()) info->mean_cosine.push_back(c.get<double>());

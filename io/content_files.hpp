@@ -21,8 +21,10 @@ constexpr int64_t kAnchorsFormatVersion = 1;
 struct AnchorsInfo {
     std::vector<int64_t> q_shape, k_shape;   // the calibration inputs' shapes
     int64_t rows = 0;                        // nonzero rows of Q and K pooled (the points clustered)
-    uint64_t seed = 0;                       // round r was started from seed + r
+    uint64_t seed = 0;                       // round r was started from seed + r (+ i * rounds for restart i)
     int64_t iterations = 0;
+    int64_t restarts = 1;                    // starts tried a round, the best mean cosine kept
+    std::vector<uint64_t> start_seed;        // [rounds]: the k-means++ seed of the start kept
     std::vector<double> mean_cosine;         // [rounds]: each point's cosine to its anchor, averaged
 };
 

@@ -85,3 +85,26 @@ def test_help(scratch):
     ok(run(["anchors", "--help"], cwd=scratch), "spherical k-means", "--iterations")
     ran = run(["anchors"], cwd=scratch)
     assert ran.code == 2 and "usage: sparsa anchors fit" in ran.stderr
+
+
+def test_restarts_keep_the_best_start_of_each_round(scratch):
+    """--restarts N tries seeds seed + r + i * rounds in round r and keeps the highest mean cosine:
+    the file must equal the best of the single-start fits, and its header must name that seed."""
+    arrays(scratch, shape=(1, 2, 300, 8), seed=3)
+    singles = {}
+    for start in range(4):
+        ok(run(fit("--anchors", "12", "--seed", str(start), "--iterations", "6", "--quiet", "-o", f"s{start}.npz"), cwd=scratch))
+        z = np.load(scratch / f"s{start}.npz")
+        singles[start] = (json.loads(bytes(z["header"]).decode())["mean_cosine"][0], z["anchors"][0])
+    ran = run(fit("--anchors", "12", "--rounds", "2", "--restarts", "2", "--iterations", "6", "-o", "r.npz"), cwd=scratch)
+    ok(ran, "round 2/2, start 2/2")
+    z = np.load(scratch / "r.npz")
+    header = json.loads(bytes(z["header"]).decode())
+    assert header["restarts"] == 2
+    for r, tried in ((0, (0, 2)), (1, (1, 3))):   # round r: seeds r and r + rounds
+        best = max(tried, key=lambda s: (singles[s][0], -s))
+        assert header["start_seed"][r] == best
+        assert header["mean_cosine"][r] == pytest.approx(singles[best][0], abs=0)
+        assert np.array_equal(z["anchors"][r], singles[best][1])
+    assert len({singles[s][0] for s in range(4)}) > 1   # the starts differ, so the choice is tested
+    refused(run(fit("--anchors", "4", "--restarts", "0", "-o", "x.npz"), cwd=scratch), "--restarts")
