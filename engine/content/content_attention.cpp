@@ -240,10 +240,8 @@ void rows_merge(float* o, float* lse, const float* o_p, const float* lse_p, cons
     }
 }
 
-// The views of pass `round` (-1: fixed) over every head that has it; a round's rows are gathered
-// into sorted order in `store` (per view: q, k, v [n, d]), the fixed pass reads them in place.
-std::vector<PassView> pass_views(const Setup& setup, int64_t round, const Tensor& q, const Tensor& k, const Tensor& v,
-                                 std::vector<std::vector<float>>& store, int threads) {
+// The views of pass `round` (-1: fixed) over every head that has it, without their rows.
+std::vector<PassView> pass_views_of(const Setup& setup, int64_t round, int64_t n, int64_t d) {
     std::vector<PassView> views;
     for (const HeadState& hs : setup.heads) {
         if (round < 0 ? !hs.has_fixed : round >= hs.walk.rounds) continue;
@@ -251,16 +249,26 @@ std::vector<PassView> pass_views(const Setup& setup, int64_t round, const Tensor
         p.head = &hs;
         p.round = round;
         p.tiling = round < 0 ? &hs.fixed_tiles : &hs.band;
-        p.n = q.shape.n;
-        p.d = q.shape.d;
-        p.q = q.row(hs.b, hs.h, 0);
-        p.k = k.row(hs.b, hs.h, 0);
-        p.v = v.row(hs.b, hs.h, 0);
+        p.n = n;
+        p.d = d;
         if (round >= 0) {
             p.q_token = hs.walk.query_order(round);
             p.k_token = hs.walk.key_order(round);
         }
         views.push_back(p);
+    }
+    return views;
+}
+
+// The views of pass `round` (-1: fixed) over every head that has it; a round's rows are gathered
+// into sorted order in `store` (per view: q, k, v [n, d]), the fixed pass reads them in place.
+std::vector<PassView> pass_views(const Setup& setup, int64_t round, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 std::vector<std::vector<float>>& store, int threads) {
+    std::vector<PassView> views = pass_views_of(setup, round, q.shape.n, q.shape.d);
+    for (PassView& p : views) {
+        p.q = q.row(p.head->b, p.head->h, 0);
+        p.k = k.row(p.head->b, p.head->h, 0);
+        p.v = v.row(p.head->b, p.head->h, 0);
     }
     if (round < 0) return views;
     const int64_t n = q.shape.n, d = q.shape.d;
@@ -383,18 +391,7 @@ void reports_recall(const Setup& setup, const Tensor& q, const Tensor& k, float 
 std::vector<int64_t> setup_pairs(const Setup& setup, const Tensor& q, int threads) {
     std::vector<int64_t> pairs(setup.heads.size(), 0);
     for (int64_t round = -1; round < setup.max_rounds; ++round) {
-        std::vector<PassView> views;
-        for (const HeadState& hs : setup.heads) {
-            if (round < 0 ? !hs.has_fixed : round >= hs.walk.rounds) continue;
-            PassView p;
-            p.head = &hs;
-            p.round = round;
-            p.tiling = round < 0 ? &hs.fixed_tiles : &hs.band;
-            p.n = q.shape.n;
-            p.d = q.shape.d;
-            if (round >= 0) p.q_token = hs.walk.query_order(round), p.k_token = hs.walk.key_order(round);
-            views.push_back(p);
-        }
+        const std::vector<PassView> views = pass_views_of(setup, round, q.shape.n, q.shape.d);
         std::vector<std::vector<int64_t>> counts(views.size());
         for (size_t i = 0; i < views.size(); ++i) counts[i].assign(to_size(views[i].tiling->tiles()), 0);
         tiles_run(views, threads, q.shape.d, [&](size_t vi, int64_t qt, Scratch& w) {
