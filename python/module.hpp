@@ -93,6 +93,12 @@ void mask_index_check(const MaskSet& set, int64_t layer, int64_t head);
 // a file changed between calls is then seen (the mask file's CRC check refuses a changed one).
 ContentArrays content_arrays_of(const MaskSet& set);
 
+// MaskSet.png(layer, head, width): one mask's figure when layer and head are given, the
+// overview of every (layer, head) when neither is; and what a notebook draws for a MaskSet by
+// itself, the overview cut to a bounded number of panels (bind_pictures.cpp).
+py::bytes mask_set_png_py(const PyMaskSet& m, const py::object& layer_obj, const py::object& head_obj, int width);
+py::bytes mask_set_repr_png(const PyMaskSet& m);
+
 // Adds content_report, content_allowed and favor_error_curve (bind_content.cpp).
 void bind_content(py::module_& m);
 

@@ -254,3 +254,12 @@ def test_repr_png_is_bounded_for_huge_sets():
     assert width == 800 and height < 1200, (width, height)
     assert len(data) < 200_000, len(data)
     assert seconds < 5, seconds
+
+
+def test_a_notebook_picture_labels_content_based_heads():
+    """_repr_png_ of a set with lsh heads has the title line saying only their fixed part is drawn
+    (the picture gets the heads' specs), so it is taller than the same fixed masks without lsh."""
+    def height(text):
+        png = sparsa.parse(text).compile(n=512)._repr_png_()
+        return struct.unpack(">II", png[16:24])[1]   # IHDR: width, height
+    assert height("block 64\nheads 2\nattend = window(64) | lsh(8)\n") > height("block 64\nheads 2\nattend = window(64)\n")
