@@ -92,8 +92,8 @@ struct Evaluator::Frame {
     SourcePtr source;
 };
 
-Evaluator::Evaluator(const Script& script, EvalContext context, std::vector<Diagnostic>* warnings)
-    : script_(script), context_(std::move(context)), warnings_(warnings) {}
+Evaluator::Evaluator(EvalContext context, std::vector<Diagnostic>* warnings)
+    : context_(std::move(context)), warnings_(warnings) {}
 
 void Evaluator::fail(const SourcePtr& source, int32_t begin, int32_t end, const std::string& message,
                      const std::string& hint) const {

@@ -117,7 +117,7 @@ inline EvalContext eval_context_attend(const Script& script, int64_t n, int32_t 
 // Evaluates expressions of one script for one context. Caches let values and loaded files.
 class Evaluator {
 public:
-    Evaluator(const Script& script, EvalContext context, std::vector<Diagnostic>* warnings);
+    Evaluator(EvalContext context, std::vector<Diagnostic>* warnings);
 
     // Evaluates expr as seen from the first `visible` entries of module.
     Value evaluate(const ast::Expr& expr, const Module& module, size_t visible);
@@ -148,7 +148,6 @@ private:
               std::string hint = {});
     void step(const Frame& frame, const ast::Span& span);
 
-    const Script& script_;
     EvalContext context_;
     std::vector<Diagnostic>* warnings_;
     std::set<std::pair<const Source*, std::pair<int32_t, std::string>>> warned_;

@@ -86,7 +86,7 @@ PatternParts script_pattern_parts(const Script& script, int64_t n, int32_t block
                     std::to_string(s.layers) + " layers and " + std::to_string(s.heads) + " heads");
     }
     const EvalContext context = eval_context_attend(script, n, block, layer, head);
-    Evaluator evaluator(script, context, nullptr);
+    Evaluator evaluator(context, nullptr);
     const AttendLine& line = chosen_line(script, evaluator, layer, head);
     const std::string& text = script.main->source->text;
 

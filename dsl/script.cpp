@@ -413,11 +413,11 @@ void Loader::check_complements(const ast::Expr& expr, const SourcePtr& source) {
 
 // [SECTION] Statements
 
-int64_t evaluate_setting(const Script& script, const ast::SimpleStatement& statement, const Module& module,
+int64_t evaluate_setting(const ast::SimpleStatement& statement, const Module& module,
                          size_t visible) {
     EvalContext context;
     context.where = "a `" + statement.keyword + "` statement";
-    Evaluator evaluator(script, context, nullptr);
+    Evaluator evaluator(context, nullptr);
     Value v = evaluator.evaluate(*statement.value, module, visible);
     if (v.kind != Value::Kind::integer) {
         evaluator.fail(module.source, statement.value->begin, statement.value->end,
@@ -448,7 +448,7 @@ void check_selectors(Loader& loader, const Script& script, const Module& main) {
     context.heads = script.settings.heads;
     context.layers = script.settings.layers;
     context.where = "a selector";
-    Evaluator evaluator(script, context, nullptr);
+    Evaluator evaluator(context, nullptr);
     for (const auto& line : script.attends) {
         if (!line.statement->selector) continue;
         for (const auto& item : *line.statement->selector) {
@@ -500,7 +500,7 @@ void read_statements(Loader& loader, Script& script, const Module& main) {
             if (loader.errors.size() != errors_before) continue;
             int64_t value = 0;
             try {
-                value = evaluate_setting(script, *simple, main, count);
+                value = evaluate_setting(*simple, main, count);
             } catch (const ScriptError& e) {
                 for (const auto& d : e.diagnostics()) loader.errors.push_back(d);
                 continue;
@@ -613,7 +613,7 @@ std::vector<Selection> selections(const Script& script, int64_t n, int32_t block
     context.heads = s.heads;
     context.layers = s.layers;
     context.where = "a selector";
-    Evaluator evaluator(script, context, warnings);
+    Evaluator evaluator(context, warnings);
     std::vector<Selection> out;
     for (const auto& line : script.attends) {
         Selection sel{&line, 0, s.heads, 0, s.layers};
@@ -672,7 +672,7 @@ struct Evaluated {
 // The evaluation's steps are added to *steps.
 PatternPtr line_pattern(const Script& script, const AttendLine& line, const EvalContext& context,
                         std::vector<Diagnostic>* warnings, int64_t* steps) {
-    Evaluator evaluator(script, context, warnings);
+    Evaluator evaluator(context, warnings);
     const ast::Expr& expr = line.statement->value;
     Value v = evaluator.evaluate(expr, *script.main, line.visible);
     *steps += evaluator.steps();
