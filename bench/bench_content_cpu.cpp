@@ -68,18 +68,6 @@ std::vector<std::string> split(const std::string& s, char sep = ',') {
     return out;
 }
 
-std::string format(const char* f, double v) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, f, v);
-    return buf;
-}
-
-std::string table_row(const std::vector<std::string>& cells) {
-    std::string row = "|";
-    for (const std::string& c : cells) row += " " + c + " |";
-    return row + "\n";
-}
-
 // [SECTION] how busy the machine was: CPU time of every process against this one's
 
 // Busy jiffies of the whole machine (user + nice + system + irq + softirq + steal) from /proc/stat.

@@ -107,6 +107,20 @@ inline double median(std::vector<double> v) {
     return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
+// One number through a printf format: format("%.2f", x).
+inline std::string format(const char* f, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, f, v);
+    return buf;
+}
+
+// "| a | b |" and a newline: one row of a Markdown table.
+inline std::string table_row(const std::vector<std::string>& cells) {
+    std::string row = "|";
+    for (const std::string& c : cells) row += " " + c + " |";
+    return row + "\n";
+}
+
 // 1048576 -> "1,048,576".
 inline std::string with_commas(int64_t v) {
     std::string s = std::to_string(v), out;

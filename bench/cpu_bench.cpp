@@ -299,19 +299,6 @@ Result measure(const BuildInfo& b, const std::string& name, int64_t n, int64_t d
 
 double gflops(const Result& r) { return 4.0 * static_cast<double>(r.kept_pairs) * static_cast<double>(r.d) / median(r.seconds) / 1e9; }
 
-std::string format(const char* f, double v) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, f, v);
-    return buf;
-}
-
-// "| a | b |" for the cells.
-std::string table_row(const std::vector<std::string>& cells) {
-    std::string row = "|";
-    for (const std::string& c : cells) row += " " + c + " |";
-    return row + "\n";
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
