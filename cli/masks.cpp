@@ -116,10 +116,19 @@ int64_t content_heads(const MaskSet& set) {
     return std::count_if(set.content.begin(), set.content.end(), [](const auto& spec) { return spec != nullptr; });
 }
 
-// What a head's family adds, for the table's label: "+lsh" (united with the fixed part) or "favor".
-std::string content_mark(const ContentSpec* spec) {
+// What a head's family adds, for the table's label: "lsh" (its pairs alone), "+lsh" (united with
+// a fixed part that keeps pairs) or "favor".
+std::string content_mark(const ContentSpec* spec, bool has_fixed_part) {
     if (spec == nullptr) return "";
-    return spec->kind == ContentKind::favor ? " favor" : std::string(" +") + content_kind_name(spec->kind);
+    if (spec->kind == ContentKind::favor) return " favor";
+    return std::string(has_fixed_part ? " +" : " ") + content_kind_name(spec->kind);
+}
+
+// What the table says in place of a content head's figures, which only an input decides.
+std::string content_row_text(const ContentSpec& spec, bool has_fixed_part) {
+    if (spec.kind == ContentKind::favor) return "FAVOR+ estimates attention over every key: no pairs, no mask";
+    return "pairs decided per input (sparsa run counts them); " +
+           std::string(has_fixed_part ? "its fixed part:" : "no fixed part");
 }
 
 // One line per distinct family: "  lsh(64, rounds = 2, chunk = 64): 12 heads (L0 H0, L0 H1, ...)".
@@ -289,8 +298,12 @@ const char* const kStatsHelp = R"(usage: sparsa stats FILE... --n N [--block B] 
 For each (layer, head) and in total: kept blocks (full and partial), kept pairs, density
 (kept pairs / N^2), the FLOPs of attention against dense (on kept pairs, and on kept blocks as
 a block-sparse kernel computes them), mask memory, query rows with no key, and the warnings.
-Content-based heads (lsh, anchors: +lsh in the table; favor) are counted by their fixed part
-alone, and a note lists their families: their pairs are realised per input (sparsa run).
+Content-based heads (lsh, anchors, favor) have pairs that are decided per input (sparsa run
+reports them): their row says so, and the figures of their fixed part, if any (`window(64) |
+lsh(64)`: the window), follow on a row of their own, "fixed part". The total is then "fixed
+total": the fixed heads and the fixed parts, with empty rows counted in the fixed heads alone
+(a content head's rows get keys per input). --json gives such a head "pairs": "per input" and
+its figures under "fixed_part" (null for favor, which has no mask).
   --json         print one JSON object per script instead of tables
   --brief        one line per script (the total)
   --png OUT.png  also draw the density and block FLOPs of every (layer, head) as two heat maps
@@ -356,7 +369,8 @@ int command_stats(const std::vector<std::string>& argv) {
             total.stats.full_blocks += u.stats.full_blocks;
             total.stats.partial_blocks += u.stats.partial_blocks;
             total.stats.kept_pairs += u.stats.kept_pairs;
-            total.stats.empty_rows += u.stats.empty_rows;
+            // A content head's row without a fixed key is not empty: its family gives it keys per input.
+            if (content_at(set, i / set.heads, i % set.heads) == nullptr) total.stats.empty_rows += u.stats.empty_rows;
             total.block_pairs += u.block_pairs;
         }
         for (const auto& u : unique) total_mask_bytes += u.stats.mask_bytes;
@@ -375,12 +389,19 @@ int command_stats(const std::vector<std::string>& argv) {
             nlohmann::json per = nlohmann::json::array();
             for (int64_t l = 0; l < set.layers; ++l) {
                 for (int64_t h = 0; h < set.heads; ++h) {
-                    auto item = counts_json(unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])], n);
+                    const MaskCounts& counts = unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])];
+                    const ContentSpec* spec = content_at(set, l, h);
+                    // A content head's figures are its fixed part's, kept apart so that no reader
+                    // takes them for the head's (an lsh head alone would read "empty_rows": n).
+                    nlohmann::json item = spec == nullptr ? counts_json(counts, n) : nlohmann::json::object();
                     item["layer"] = l;
                     item["head"] = h;
                     item["mask"] = index[static_cast<size_t>(l * set.heads + h)];
-                    const ContentSpec* spec = content_at(set, l, h);
+                    item["pairs"] = spec == nullptr ? "fixed" : "per input";
                     item["content"] = spec == nullptr ? nlohmann::json() : nlohmann::json::parse(content_spec_json(*spec));
+                    if (spec != nullptr) {
+                        item["fixed_part"] = spec->kind == ContentKind::favor ? nlohmann::json() : counts_json(counts, n);
+                    }
                     per.push_back(item);
                 }
             }
@@ -419,8 +440,8 @@ int command_stats(const std::vector<std::string>& argv) {
                         percent(static_cast<double>(total.block_pairs) / (n2 * masks)).c_str(),
                         human_bytes(total.stats.mask_bytes).c_str(), c.compiled.warnings.size());
             if (const int64_t count = content_heads(set); count > 0) {
-                std::printf("%-30s %lld content-based head%s: counted above by their fixed part\n", "", static_cast<long long>(count),
-                            count == 1 ? "" : "s");
+                std::printf("%-30s %lld content-based head%s: pairs decided per input; counted above by the fixed part\n", "",
+                            static_cast<long long>(count), count == 1 ? "" : "s");
             }
             continue;
         }
@@ -431,13 +452,27 @@ int command_stats(const std::vector<std::string>& argv) {
                     "partial", "kept pairs", "density", "FLOPs/dense", "block FLOPs", "mask mem", "empty rows");
         for (int64_t l = 0; l < set.layers; ++l) {
             for (int64_t h = 0; h < set.heads; ++h) {
-                line("L" + std::to_string(l) + " H" + std::to_string(h) + content_mark(content_at(set, l, h)),
-                     unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])], 1.0);
+                const MaskCounts& counts = unique[static_cast<size_t>(index[static_cast<size_t>(l * set.heads + h)])];
+                const std::string label = "L" + std::to_string(l) + " H" + std::to_string(h);
+                const ContentSpec* spec = content_at(set, l, h);
+                if (spec == nullptr) {
+                    line(label, counts, 1.0);
+                    continue;
+                }
+                // A content head: what it is on its own row, then its fixed part's figures as such.
+                const bool fixed_part = counts.stats.kept_pairs > 0;
+                std::printf("%-14s %s\n", (label + content_mark(spec, fixed_part)).c_str(), content_row_text(*spec, fixed_part).c_str());
+                if (fixed_part) line("  fixed part", counts, 1.0);
             }
         }
-        line("total", total, masks);
+        const bool any_content = content_heads(set) > 0;
+        line(any_content ? "fixed total" : "total", total, masks);
         std::printf("\nFLOPs/dense counts kept pairs; block FLOPs counts every pair of a kept block (what a\n"
                     "block-sparse kernel computes). mask mem counts distinct masks once.\n");
+        if (any_content) {
+            std::printf("fixed total: the fixed heads and the fixed parts of content-based heads; its empty rows\n"
+                        "are the fixed heads' (a content-based head's rows get their keys per input).\n");
+        }
         content_note(set);
     }
     if (png_path) {

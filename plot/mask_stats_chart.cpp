@@ -11,7 +11,7 @@ namespace sparsa {
 
 namespace {
 
-constexpr uint32_t kInk = 0x202020, kMuted = 0x505050, kCellFrame = 0xb8b8b8;
+constexpr uint32_t kInk = 0x202020, kMuted = 0x505050, kCellFrame = 0xb8b8b8, kHatch = 0x9a9a9a;
 constexpr int kMargin = 12;
 
 // Matplotlib's "Blues" at five stops, from 0 to 1.
@@ -58,13 +58,27 @@ MaskStatsChartLayout chart_place(Canvas* canvas, const MaskSet& set, int width) 
         for (double v : panel.values) out.scale_max = std::max(out.scale_max, v);
     }
 
+    // Content-based heads: their figures are their fixed part's, so they are marked apart.
+    out.content_family.assign(static_cast<size_t>(L * H), "");
+    int64_t content_heads = 0;
+    for (size_t i = 0; i < set.content.size() && i < out.content_family.size(); ++i) {
+        if (const ContentSpec* spec = set.content[i].get()) {
+            out.content_family[i] = spec->kind == ContentKind::lsh ? "lsh" : spec->kind == ContentKind::anchors ? "anchors" : "favor";
+            ++content_heads;
+        }
+    }
+
     int y = kMargin;
     const std::string name = set.script_name.empty() ? "" : set.script_name + ": ";
-    out.title = title_draw(canvas, {name + "density and block FLOPs per layer and head",
-                                    "n = " + std::to_string(set.n) + ", block " + std::to_string(set.block) + ", " + std::to_string(L) +
-                                        " layer" + (L == 1 ? "" : "s") + " x " + std::to_string(H) + " head" + (H == 1 ? "" : "s") +
-                                        ", both as a share of the n x n pairs"},
-                           width, kMargin, y, s, kInk);
+    std::vector<std::string> title = {name + "density and block FLOPs per layer and head",
+                                      "n = " + std::to_string(set.n) + ", block " + std::to_string(set.block) + ", " + std::to_string(L) +
+                                          " layer" + (L == 1 ? "" : "s") + " x " + std::to_string(H) + " head" + (H == 1 ? "" : "s") +
+                                          ", both as a share of the n x n pairs"};
+    if (content_heads > 0) {
+        title.push_back(std::to_string(content_heads) + " content-based head" + (content_heads == 1 ? "" : "s") +
+                        " (hatched): pairs decided per input; colour = fixed part");
+    }
+    out.title = title_draw(canvas, title, width, kMargin, y, s, kInk);
     y += out.title.h + 6 * s;
 
     // Two panels side by side, each: its name, head labels, then layer labels left of a grid
@@ -126,13 +140,32 @@ MaskStatsChartLayout chart_place(Canvas* canvas, const MaskSet& set, int width) 
                 panel.cells[i] = b;
                 const double v = panel.values[i];
                 const uint32_t color = mask_stats_color(v, out.scale_max);
-                const std::string text = percent_fit(v, cell - 4, value_s);
+                // A content head's text: its family, "+lsh" when a fixed part keeps pairs too (as in stats' table).
+                const std::string& family = out.content_family[i];
+                const std::string name = family.empty() || out.panels[0].values[i] == 0 ? family : "+" + family;
+                const std::string text = family.empty()                                  ? percent_fit(v, cell - 4, value_s)
+                                         : Canvas::text_width(name, value_s) <= cell - 4 ? name
+                                                                                          : "";
                 if (!text.empty() && Canvas::text_height(value_s) <= cell - 2) {
                     const int tw = Canvas::text_width(text, value_s);
                     panel.value_text[i] = {b.x + (cell - tw) / 2 + 1, b.y + (cell - Canvas::text_height(value_s)) / 2, tw, Canvas::text_height(value_s)};
                 }
                 if (!canvas) continue;
                 canvas->rect(b.x, b.y, b.x + cell - 1, b.y + cell - 1, color);
+                if (!family.empty()) {
+                    // Hatching: diagonals every 6 pixels (x + y = const), clipped to the cell;
+                    // the family's name then sits on a patch of the cell's own colour.
+                    for (int x = 0; x < cell; ++x) {
+                        for (int yy = 0; yy < cell; ++yy) {
+                            if ((x + yy) % 6 == 0) canvas->pixel(b.x + x, b.y + yy, kHatch);
+                        }
+                    }
+                    if (panel.value_text[i].w > 0) {
+                        const PixelBox& t = panel.value_text[i];
+                        canvas->rect(std::max(b.x, t.x - 2), std::max(b.y, t.y - 2), std::min(b.x + cell - 1, t.x + t.w + 1),
+                                     std::min(b.y + cell - 1, t.y + t.h + 1), color);
+                    }
+                }
                 canvas->frame(b.x, b.y, b.x + cell - 1, b.y + cell - 1, kCellFrame);
                 if (panel.value_text[i].w > 0) {
                     const bool dark = out.scale_max > 0 && v / out.scale_max > 0.55;

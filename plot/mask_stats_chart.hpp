@@ -5,6 +5,9 @@
 //   block FLOPs  pairs inside kept blocks / n^2: what a block-sparse kernel computes, against dense
 // Both share one colour scale (0 to the largest block FLOPs), so that the second panel being
 // darker shows the work spent on pairs that partial blocks do not keep.
+// A content-based head (lsh, anchors, favor) has pairs that only an input decides: its cell is
+// hatched, coloured by its fixed part (empty for favor and a family alone), and written with its
+// family's name instead of a share; a title line says so.
 #pragma once
 
 #include "engine/block_mask.hpp"
@@ -34,6 +37,8 @@ struct MaskStatsChartLayout {
     PixelBox scale;             // the colour scale's bar
     PixelBox scale_labels;      // its text ("0%", the largest value, what the colour means)
     double scale_max = 0;       // the value drawn darkest
+    // [layers * heads]: "" for a fixed head, else its family ("lsh", "anchors", "favor"): hatched cells.
+    std::vector<std::string> content_family;
 };
 
 // The colour of `value` on a scale from 0 (light) to `max` (dark blue), as 0xRRGGBB.
