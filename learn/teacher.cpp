@@ -6,12 +6,14 @@
 
 #include "io/atomic_file.hpp"
 #include "engine/cpu_attention.hpp"
+#include "learn/causal_mask.hpp"
 #include "engine/error.hpp"
 #include "engine/threads.hpp"
 
 #include <Eigen/Dense>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -37,8 +39,15 @@ void teacher_config_check(const TeacherConfig& c) {
     auto fail = [](const std::string& what) { throw Error("teacher: " + what); };
     if (c.vocab < 2) fail("vocab = " + std::to_string(c.vocab) + " must be at least 2");
     if (c.d < 2 || c.d > 1024) fail("d = " + std::to_string(c.d) + " is out of range (2 to 1024)");
-    if (c.heads < 1 || c.d % c.heads != 0) fail("heads = " + std::to_string(c.heads) + " must divide d = " + std::to_string(c.d));
+    if (c.heads < 1 || c.heads > 256) fail("heads = " + std::to_string(c.heads) + " is out of range (1 to 256)");
+    if (c.head_width < 0 || c.head_width > 256) fail("head_width = " + std::to_string(c.head_width) + " is out of range (1 to 256; 0: d / heads)");
+    if (c.head_width == 0 && c.d % c.heads != 0)
+        fail("heads = " + std::to_string(c.heads) + " must divide d = " + std::to_string(c.d) + " (or give the head width)");
     if (c.head_dim() > 256) fail("head width d / heads = " + std::to_string(c.head_dim()) + " is above the engine's 256");
+    if (c.kv_heads < 0 || (c.kv_heads > 0 && c.heads % c.kv_heads != 0))
+        fail("kv_heads = " + std::to_string(c.kv_heads) + " must divide heads = " + std::to_string(c.heads) + " (0: as many as heads)");
+    if (c.positions == Positions::rotary && c.head_dim() % 2 != 0)
+        fail("rotary positions turn pairs of dimensions: the head width " + std::to_string(c.head_dim()) + " must be even");
     if (c.layers < 1 || c.layers > 64) fail("layers = " + std::to_string(c.layers) + " is out of range (1 to 64)");
     if (c.mlp < 1 || c.mlp > 8192) fail("mlp = " + std::to_string(c.mlp) + " is out of range (1 to 8192)");
 }
@@ -56,10 +65,10 @@ std::vector<ParamSlot> teacher_param_slots(const TeacherConfig& c) {
         const std::string p = "layer" + std::to_string(l) + ".";
         add(p + "ln1_g", 1, c.d);
         add(p + "ln1_b", 1, c.d);
-        add(p + "wq", c.d, c.d);
-        add(p + "wk", c.d, c.d);
-        add(p + "wv", c.d, c.d);
-        add(p + "wo", c.d, c.d);
+        add(p + "wq", c.d, c.q_width());
+        add(p + "wk", c.d, c.kv_width());
+        add(p + "wv", c.d, c.kv_width());
+        add(p + "wo", c.q_width(), c.d);
         add(p + "ln2_g", 1, c.d);
         add(p + "ln2_b", 1, c.d);
         add(p + "w1", c.d, c.mlp);
@@ -79,6 +88,30 @@ int64_t teacher_param_count(const TeacherConfig& config) {
     return slots.back().offset + slots.back().size();
 }
 
+std::string positions_name(Positions positions) {
+    return positions == Positions::rotary ? "rotary" : positions == Positions::none ? "none" : "sinusoidal";
+}
+
+Positions positions_parse(const std::string& text) {
+    for (Positions p : {Positions::rotary, Positions::none, Positions::sinusoidal})
+        if (text == positions_name(p)) return p;
+    throw Error("unknown positions '" + text + "' (use rotary, none or sinusoidal)");
+}
+
+TeacherConfig teacher_config_default(const TaskConfig& task) {
+    TeacherConfig c;
+    c.vocab = task.vocab();
+    c.d = 128;
+    c.heads = 2;
+    c.head_width = 0;   // d / heads = 64
+    c.kv_heads = 0;
+    c.layers = 2;
+    c.mlp = 256;
+    c.causal = true;
+    c.positions = Positions::rotary;
+    return c;
+}
+
 Teacher teacher_init(const TeacherConfig& config, const TaskConfig& task, uint64_t seed) {
     teacher_config_check(config);
     task_config_check(task);
@@ -92,18 +125,20 @@ Teacher teacher_init(const TeacherConfig& config, const TaskConfig& task, uint64
     const Tensor noise = tensor_random({1, 1, 1, static_cast<int64_t>(t.params.size())}, seed);
     const double width = 1.0 / std::sqrt(static_cast<double>(config.d));
     const double residual = width / std::sqrt(2.0 * static_cast<double>(config.layers));
+    // wo reads the heads' concatenation: 1 / sqrt(heads * head width) (the same as above when that is d).
+    const double out_residual = 1.0 / std::sqrt(static_cast<double>(config.q_width()) * 2.0 * static_cast<double>(config.layers));
     for (const ParamSlot& s : slots) {
         const std::string tail = s.name.substr(s.name.find('.') == std::string::npos ? 0 : s.name.find('.') + 1);
         double scale = 0;
         if (tail == "tok_emb" || tail == "prev_emb") scale = 1.0;
         else if (tail == "wq" || tail == "wk" || tail == "wv" || tail == "w1" || tail == "w_out") scale = width;
-        else if (tail == "wo") scale = residual;
+        else if (tail == "wo") scale = out_residual;
         else if (tail == "w2") scale = residual * std::sqrt(static_cast<double>(config.d) / static_cast<double>(config.mlp));
         const bool gain = tail == "ln1_g" || tail == "ln2_g" || tail == "lnf_g";
         for (int64_t e = 0; e < s.size(); ++e)
             t.params[s.offset + e] = gain ? 1.0 : scale * noise.data[s.offset + e];
         if (tail == "wq" || tail == "wk")
-            for (int64_t i = 0; i < config.d; ++i) t.params[s.offset + i * config.d + i] += config.qk_identity;
+            for (int64_t i = 0; i < std::min(s.rows, s.cols); ++i) t.params[s.offset + i * s.cols + i] += config.qk_identity;
     }
     return t;
 }
@@ -136,6 +171,56 @@ Mat positions_sinusoidal(int64_t n, int64_t d) {
             pe(i, j) = j % 2 == 0 ? std::sin(static_cast<double>(i) * freq) : std::cos(static_cast<double>(i) * freq);
         }
     return pe;
+}
+
+// The rotary turn's angles: [n, hd / 2], angle(i, j) = i * 10000^(-2j / hd).
+struct Rotary {
+    Mat cos, sin;
+};
+Rotary rotary_table(int64_t n, int64_t hd) {
+    Rotary r{Mat(n, hd / 2), Mat(n, hd / 2)};
+    for (int64_t j = 0; j < hd / 2; ++j) {
+        const double freq = std::pow(10000.0, -2.0 * static_cast<double>(j) / static_cast<double>(hd));
+        for (int64_t i = 0; i < n; ++i) {
+            r.cos(i, j) = std::cos(static_cast<double>(i) * freq);
+            r.sin(i, j) = std::sin(static_cast<double>(i) * freq);
+        }
+    }
+    return r;
+}
+
+// Turns every head of x ([n, heads * hd]) in place: (a, b) of pair j of row i becomes
+// (a cos - b sin, a sin + b cos); inverse (the transpose, for gradients): (a cos + b sin, -a sin + b cos).
+void rotary_apply(Mat& x, const Rotary& r, int64_t hd, bool inverse) {
+    const int64_t n = x.rows(), heads = x.cols() / hd, half = hd / 2;
+    const double sign = inverse ? -1.0 : 1.0;
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < heads; ++h)
+            for (int64_t j = 0; j < half; ++j) {
+                double& a = x(i, h * hd + 2 * j);
+                double& b = x(i, h * hd + 2 * j + 1);
+                const double c = r.cos(i, j), sn = sign * r.sin(i, j);
+                const double a2 = a * c - b * sn, b2 = a * sn + b * c;
+                a = a2;
+                b = b2;
+            }
+}
+
+// Grouped-query heads: [n, kv * hd] -> [n, heads * hd], query head h reading kv head h / (heads / kv);
+// and back, summing each group (the gradient of the repeat).
+Mat kv_repeat(const Mat& x, int64_t heads, int64_t hd) {
+    const int64_t kv = x.cols() / hd;
+    if (kv == heads) return x;
+    Mat out(x.rows(), heads * hd);
+    for (int64_t h = 0; h < heads; ++h) out.middleCols(h * hd, hd) = x.middleCols(h / (heads / kv) * hd, hd);
+    return out;
+}
+Mat kv_sum(const Mat& x, int64_t kv, int64_t hd) {
+    const int64_t heads = x.cols() / hd;
+    if (kv == heads) return x;
+    Mat out = Mat::Zero(x.rows(), kv * hd);
+    for (int64_t h = 0; h < heads; ++h) out.middleCols(h / (heads / kv) * hd, hd) += x.middleCols(h * hd, hd);
+    return out;
 }
 
 struct LayerNormCache {
@@ -227,8 +312,9 @@ struct LayerCache {
 //   is asked at (targets[i] < 0): an answer row must be free to look far, at its key.
 // Adds sum_i,h H_i to *entropy and sum_i,h O_i to *own_block. When dq, dk are given ([n, d]), adds
 // the gradient of sharp_coef * sum H + own_coef * sum O: dq = scale * dS k, dk = scale * dS^T q.
-void attention_terms(const Tensor& q, const Tensor& k, const int32_t* targets, int64_t block, double sharp_coef, double own_coef,
-                     double* entropy, double* own_block, Mat* dq, Mat* dk) {
+// Causal: row i sees keys 0..i only (its own block is cut there too).
+void attention_terms(const Tensor& q, const Tensor& k, const int32_t* targets, int64_t block, bool causal, double sharp_coef,
+                     double own_coef, double* entropy, double* own_block, Mat* dq, Mat* dk) {
     const int64_t heads = q.shape.heads, n = q.shape.n, dh = q.shape.d;
     const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
     for (int64_t h = 0; h < heads; ++h) {
@@ -239,16 +325,18 @@ void attention_terms(const Tensor& q, const Tensor& k, const int32_t* targets, i
                 kh(i, j) = k.at(0, h, i, j);
             }
         Mat logp = scale * qh * kh.transpose();   // [n, n]: scores, then log P
-        Mat ds(n, n);
+        Mat ds = Mat::Zero(n, n);
         for (int64_t i = 0; i < n; ++i) {
-            const double top = logp.row(i).maxCoeff();
-            const double lse = top + std::log((logp.row(i).array() - top).exp().sum());
-            logp.row(i).array() -= lse;
-            const Eigen::ArrayXd p = logp.row(i).array().exp();
-            const double h_i = -(p * logp.row(i).transpose().array()).sum();
+            const int64_t keys = causal ? i + 1 : n;   // row i's keys: 0 .. keys - 1
+            auto row = logp.row(i).head(keys);
+            const double top = row.maxCoeff();
+            const double lse = top + std::log((row.array() - top).exp().sum());
+            row.array() -= lse;
+            const Eigen::ArrayXd p = row.array().exp();
+            const double h_i = -(p * row.transpose().array()).sum();
             *entropy += h_i;
             const bool free_row = targets[i] < 0;
-            const int64_t first = i / block * block, count = std::min(block, n - first);
+            const int64_t first = i / block * block, count = std::min(block, keys - first);
             double log_own = 0;   // log of the own block's mass, from the log probabilities (no underflow)
             if (free_row) {
                 const double own_top = logp.row(i).segment(first, count).maxCoeff();
@@ -256,12 +344,12 @@ void attention_terms(const Tensor& q, const Tensor& k, const int32_t* targets, i
                 *own_block += -log_own;
             }
             if (!dq) continue;
-            Eigen::ArrayXd g = -sharp_coef * p * (logp.row(i).transpose().array() + h_i);
+            Eigen::ArrayXd g = -sharp_coef * p * (row.transpose().array() + h_i);
             if (free_row) {
                 g += own_coef * p;
                 g.segment(first, count) -= own_coef * (logp.row(i).segment(first, count).transpose().array() - log_own).exp();
             }
-            ds.row(i) = g.transpose();
+            ds.row(i).head(keys) = g.transpose();
         }
         if (!dq) continue;
         dq->middleCols(h * dh, dh) += scale * ds * kh;
@@ -272,7 +360,8 @@ void attention_terms(const Tensor& q, const Tensor& k, const int32_t* targets, i
 struct SequencePass {
     const Teacher& teacher;
     const std::vector<ParamSlot>& slots;
-    const Mat& pe;
+    const Mat& pe;             // [n, d] sinusoidal positions (empty unless the config has them)
+    const Rotary& rotary;      // the rotary table (empty unless the config has it)
     const TeacherRunOptions& options;
     const MaskSet& fixed;      // the dense or given masks
     double sharp_coef = 0;     // d objective / d (one row's entropy), when the sharpness term is on
@@ -288,12 +377,13 @@ struct SequencePass {
     void run(const int32_t* tokens, const int32_t* targets, double loss_scale, double* grads, TeacherResult& result,
              int64_t batch_index) const {
         const TeacherConfig& c = teacher.config;
-        const int64_t n = teacher.task.n, d = c.d, L = c.layers;
+        const int64_t n = teacher.task.n, d = c.d, L = c.layers, hd = c.head_dim();
         AttentionOptions attention;
         attention.threads = 1;
         Mat x(n, d);
         for (int64_t i = 0; i < n; ++i) {
-            x.row(i) = m(0).row(tokens[i]) + pe.row(i);
+            x.row(i) = m(0).row(tokens[i]);
+            if (c.positions == Positions::sinusoidal) x.row(i) += pe.row(i);
             if (i > 0) x.row(i) += m(1).row(tokens[i - 1]);
         }
         std::vector<LayerCache> cache(static_cast<size_t>(L));
@@ -301,11 +391,18 @@ struct SequencePass {
             LayerCache& lc = cache[l];
             lc.x_in = x;
             lc.h1 = layer_norm_forward(x, p(layer_slot(l, ln1_g)), p(layer_slot(l, ln1_b)), lc.ln1);
-            lc.q = heads_split(lc.h1 * m(layer_slot(l, wq)), c.heads);
-            lc.k = heads_split(lc.h1 * m(layer_slot(l, wk)), c.heads);
-            lc.v = heads_split(lc.h1 * m(layer_slot(l, wv)), c.heads);
+            // q: [n, heads * hd]; k, v: [n, kv_heads * hd], turned (q, k) and repeated per query head.
+            Mat qm = lc.h1 * m(layer_slot(l, wq)), km = lc.h1 * m(layer_slot(l, wk));
+            if (c.positions == Positions::rotary) {
+                rotary_apply(qm, rotary, hd, false);
+                rotary_apply(km, rotary, hd, false);
+            }
+            lc.q = heads_split(qm, c.heads);
+            lc.k = heads_split(kv_repeat(km, c.heads, hd), c.heads);
+            lc.v = heads_split(kv_repeat(lc.h1 * m(layer_slot(l, wv)), c.heads, hd), c.heads);
             if (options.chooser) {
                 lc.chosen = options.chooser(l, lc.q, lc.k);
+                if (c.causal) lc.chosen = mask_set_restrict_causal(lc.chosen);
                 lc.masks = &lc.chosen;
                 lc.mask_layer = 0;
             } else {
@@ -318,10 +415,10 @@ struct SequencePass {
             lc.a = heads_merge(lc.o);
             if (shaping()) {
                 if (grads) {
-                    lc.dq_sharp = Mat::Zero(n, d);
-                    lc.dk_sharp = Mat::Zero(n, d);
+                    lc.dq_sharp = Mat::Zero(n, c.q_width());
+                    lc.dk_sharp = Mat::Zero(n, c.q_width());
                 }
-                attention_terms(lc.q, lc.k, targets, options.block, sharp_coef, own_coef, &result.entropy, &result.own_block,
+                attention_terms(lc.q, lc.k, targets, options.block, c.causal, sharp_coef, own_coef, &result.entropy, &result.own_block,
                                 grads ? &lc.dq_sharp : nullptr, grads ? &lc.dk_sharp : nullptr);
             }
             Mat x2 = x + lc.a * m(layer_slot(l, wo));
@@ -335,6 +432,7 @@ struct SequencePass {
         const Mat hf = layer_norm_forward(x, p(f), p(f + 1), lnf);
         const Mat logits = (hf * m(f + 2)).rowwise() + m(f + 3).row(0);
         Mat dlogits = Mat::Zero(n, c.vocab);
+        result.hits.assign(static_cast<size_t>(n), -1);
         for (int64_t i = 0; i < n; ++i) {
             if (targets[i] < 0) continue;
             const double top = logits.row(i).maxCoeff();
@@ -344,6 +442,7 @@ struct SequencePass {
             Eigen::Index arg = 0;
             logits.row(i).maxCoeff(&arg);
             if (arg == targets[i]) result.correct += 1;
+            result.hits[static_cast<size_t>(i)] = arg == targets[i] ? 1 : 0;
             if (grads) {
                 dlogits.row(i) = (logits.row(i).array() - lse).exp() * loss_scale;
                 dlogits(i, targets[i]) -= loss_scale;
@@ -383,11 +482,16 @@ struct SequencePass {
             g(layer_slot(l, wo)) += lc.a.transpose() * dx2;
             const Tensor d_o = heads_split(dx2 * m(layer_slot(l, wo)).transpose(), c.heads);
             const AttentionGrads ag = attention_backward(lc.q, lc.k, lc.v, lc.o, lc.lse, d_o, *lc.masks, lc.mask_layer, attention);
-            Mat dq = heads_merge(ag.dq), dk = heads_merge(ag.dk);
-            const Mat dv = heads_merge(ag.dv);
+            Mat dq = heads_merge(ag.dq), dk = heads_merge(ag.dk);   // [n, heads * hd], per query head
             if (shaping()) {
                 dq += lc.dq_sharp;
                 dk += lc.dk_sharp;
+            }
+            dk = kv_sum(dk, c.kv_head_count(), hd);                  // [n, kv_heads * hd]
+            const Mat dv = kv_sum(heads_merge(ag.dv), c.kv_head_count(), hd);
+            if (c.positions == Positions::rotary) {
+                rotary_apply(dq, rotary, hd, true);
+                rotary_apply(dk, rotary, hd, true);
             }
             g(layer_slot(l, wq)) += lc.h1.transpose() * dq;
             g(layer_slot(l, wk)) += lc.h1.transpose() * dk;
@@ -418,10 +522,16 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
         throw Error("teacher: " + std::to_string(teacher.params.size()) + " parameters, expected " +
                     std::to_string(teacher_param_count(teacher.config)));
     const auto slots = teacher_param_slots(teacher.config);
-    const Mat pe = positions_sinusoidal(n, teacher.config.d);
-    MaskSet dense;
-    if (!options.masks) dense = mask_set_dense(n, options.block, 1, teacher.config.heads);
-    const MaskSet& fixed = options.masks ? *options.masks : dense;
+    const TeacherConfig& config = teacher.config;
+    const Mat pe = config.positions == Positions::sinusoidal ? positions_sinusoidal(n, config.d) : Mat();
+    const Rotary rotary = config.positions == Positions::rotary ? rotary_table(n, config.head_dim()) : Rotary{};
+    // The dense mask: blocks of 64 from n = 64 (the same attention in fewer engine blocks); a
+    // causal teacher's is the causal mask, and a given mask is cut to its causal part.
+    const int32_t dense_block = n >= 64 ? std::max<int32_t>(options.block, 64) : options.block;
+    MaskSet own;   // the dense mask, or the given one cut to its causal part
+    if (!options.masks) own = config.causal ? mask_set_causal(n, dense_block, 1, config.heads) : mask_set_dense(n, dense_block, 1, config.heads);
+    else if (config.causal) own = mask_set_restrict_causal(*options.masks);
+    const MaskSet& fixed = options.masks && !config.causal ? *options.masks : own;
     if (!options.chooser) {
         if (fixed.n != n || fixed.heads != teacher.config.heads || (fixed.layers != 1 && fixed.layers != teacher.config.layers))
             throw Error("masks: n = " + std::to_string(fixed.n) + ", " + std::to_string(fixed.layers) + " layers x " +
@@ -444,7 +554,7 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
     const double per_row = static_cast<double>(teacher.config.layers * teacher.config.heads);
     const double rows = per_row * static_cast<double>(batch.batch * n);
     const double free_rows = std::max(1.0, per_row * static_cast<double>(batch.batch * n - answers));   // the own-block term's rows
-    const SequencePass pass{teacher, slots, pe, options, fixed, options.sharpness / rows, options.own_block / free_rows};
+    const SequencePass pass{teacher, slots, pe, rotary, options, fixed, options.sharpness / rows, options.own_block / free_rows};
     std::vector<TeacherResult> results(static_cast<size_t>(batch.batch));
     // Each sequence's gradients, summed below in a fixed order. Aligned like Eigen's own
     // matrices (64 bytes at AVX-512): Eigen maps these buffers, and a vectorised reduction written
@@ -464,6 +574,7 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
         }
     });
     TeacherResult total;
+    total.hits.reserve(static_cast<size_t>(batch.batch * n));
     if (grads) grads->assign(teacher.params.size(), 0.0);
     for (int64_t b = 0; b < batch.batch; ++b) {   // a fixed order: the same sums for any thread count
         total.loss += results[b].loss;
@@ -471,6 +582,7 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
         total.correct += results[b].correct;
         total.entropy += results[b].entropy;
         total.own_block += results[b].own_block;
+        total.hits.insert(total.hits.end(), results[b].hits.begin(), results[b].hits.end());
         if (!batch.is_passkey.empty() && batch.is_passkey[b]) {
             total.passkey_answers += results[b].answers;
             total.passkey_correct += results[b].correct;
@@ -504,7 +616,8 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
     const size_t count = teacher.params.size();
     std::vector<double> m(count, 0.0), v(count, 0.0), grads;
     const double beta1 = 0.9, beta2 = 0.98, eps = 1e-8;
-    const TaskBatch held_out = task_batch(teacher.task, task_held_out_seed(o.seed), 0, o.eval_sequences);
+    task_stream_seed(TaskStream::train, o.seed);   // refuses a seed that is the validation or test stream's
+    const TaskBatch held_out = task_batch(teacher.task, task_stream_seed(TaskStream::validation, o.seed), 0, o.eval_sequences);
     if (o.sharpness < 0 || !std::isfinite(o.sharpness))
         throw Error("train: sharpness = " + std::to_string(o.sharpness) + " must be a finite number >= 0");
     if (o.own_block < 0 || !std::isfinite(o.own_block))
@@ -526,7 +639,10 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
         const int64_t mq = r.answers - r.passkey_answers;
         report.held_out_mqar = mq ? static_cast<double>(r.correct - r.passkey_correct) / static_cast<double>(mq) : -1;
         report.held_out_passkey = r.passkey_answers ? static_cast<double>(r.passkey_correct) / static_cast<double>(r.passkey_answers) : -1;
+        report.held_out_scores = TaskScores();
+        report.held_out_scores.add(held_out, r.hits);
     };
+    std::vector<double> step_times;
     int64_t tokens = 0;
     for (int64_t step = 0; step < o.steps; ++step) {
         const auto step_start = std::chrono::steady_clock::now();
@@ -564,6 +680,7 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
         tokens += o.batch * teacher.task.n;
         report.steps = step + 1;
         const double step_seconds = seconds_since(step_start);
+        step_times.push_back(step_seconds);
         const bool eval_now = (step + 1) % o.eval_every == 0 || step + 1 == o.steps;
         if (eval_now) measure();
         if (o.progress && (eval_now || step % 10 == 0)) {
@@ -573,8 +690,17 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
                          static_cast<double>(o.batch * teacher.task.n) / step_seconds);
             if (train_run.sharpness > 0 || train_run.own_block > 0)
                 std::fprintf(stderr, "  entropy %.3f own block %.3f", r.entropy, std::exp(-r.own_block));
-            if (eval_now) std::fprintf(stderr, "  held-out acc %.4f (mqar %.4f, passkey %.4f)", report.held_out_accuracy,
-                                       report.held_out_mqar, report.held_out_passkey);
+            if (eval_now) {
+                std::fprintf(stderr, "  validation acc %.4f (", report.held_out_accuracy);
+                const char* sep = "";
+                for (size_t kind = 0; kind < task_kinds_single().size(); ++kind)
+                    if (report.held_out_scores.kind_answers(kind) > 0) {
+                        std::fprintf(stderr, "%s%s %.3f", sep, task_kind_name(task_kinds_single()[kind]).c_str(),
+                                     report.held_out_scores.kind_accuracy(kind));
+                        sep = ", ";
+                    }
+                std::fprintf(stderr, ")");
+            }
             std::fprintf(stderr, "\n");
         }
         if (eval_now && report.held_out_accuracy >= o.stop_accuracy) {
@@ -606,6 +732,8 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
         report.last_own_block = mean_of(own_blocks, own_blocks.size() - ke, own_blocks.size());
     }
     report.tokens_per_second = static_cast<double>(tokens) / report.seconds;
+    std::sort(step_times.begin(), step_times.end());
+    report.seconds_per_step = step_times.empty() ? 0 : step_times[step_times.size() / 2];
     return report;
 }
 
@@ -635,9 +763,12 @@ void teacher_save(const Teacher& t, const std::string& path) {
     nlohmann::json header = {
         {"format", "sparsa.teacher"},
         {"version", kTeacherFormatVersion},
-        {"model", {{"vocab", t.config.vocab}, {"d", t.config.d}, {"heads", t.config.heads}, {"layers", t.config.layers}, {"mlp", t.config.mlp}, {"qk_identity", t.config.qk_identity}, {"sharpness", t.config.sharpness}, {"own_block", t.config.own_block}}},
+        {"model", {{"vocab", t.config.vocab}, {"d", t.config.d}, {"heads", t.config.heads}, {"head_width", t.config.head_dim()},
+                   {"kv_heads", t.config.kv_head_count()}, {"layers", t.config.layers}, {"mlp", t.config.mlp},
+                   {"causal", t.config.causal}, {"positions", positions_name(t.config.positions)}, {"qk_identity", t.config.qk_identity},
+                   {"sharpness", t.config.sharpness}, {"own_block", t.config.own_block}}},
         {"task", {{"kind", task_kind_name(t.task.kind)}, {"n", t.task.n}, {"pairs", t.task.pairs}, {"queries", t.task.queries},
-                  {"keys", t.task.keys}, {"values", t.task.values}, {"fillers", t.task.fillers}}},
+                  {"keys", t.task.keys}, {"values", t.task.values}, {"fillers", t.task.fillers}, {"needles", t.task.needles}}},
     };
     const std::string text = header.dump();
     std::vector<uint8_t> bytes(kMagic, kMagic + 8);
@@ -666,9 +797,9 @@ Teacher teacher_load(const std::string& path) {
     std::memcpy(&stored, bytes.data() + body, 8);
     uint32_t version = 0, text_size = 0;
     std::memcpy(&version, bytes.data() + 8, 4);
-    if (version > kTeacherFormatVersion)
-        throw fail("checkpoint version " + std::to_string(version) + " is newer than this sparsa reads (" +
-                   std::to_string(kTeacherFormatVersion) + "): update sparsa");
+    if (version < 1 || version > kTeacherFormatVersion)
+        throw fail("checkpoint version " + std::to_string(version) + " is not one this sparsa reads (1 to " +
+                   std::to_string(kTeacherFormatVersion) + ")" + (version > kTeacherFormatVersion ? ": update sparsa" : ": train it again"));
     if (fnv1a(bytes.data(), body) != stored)
         throw fail("checksum mismatch: the checkpoint is corrupt or truncated (train it again with 'sparsa learn teacher')");
     std::memcpy(&text_size, bytes.data() + 12, 4);
@@ -682,6 +813,17 @@ Teacher teacher_load(const std::string& path) {
         t.config.heads = model.at("heads");
         t.config.layers = model.at("layers");
         t.config.mlp = model.at("mlp");
+        if (version >= 2) {   // version 1: the first teacher, bidirectional with sinusoidal positions
+            t.config.head_width = model.at("head_width");
+            t.config.kv_heads = model.at("kv_heads");
+            t.config.causal = model.at("causal");
+            t.config.positions = positions_parse(model.at("positions"));
+        } else {
+            t.config.head_width = 0;
+            t.config.kv_heads = 0;
+            t.config.causal = false;
+            t.config.positions = Positions::sinusoidal;
+        }
         t.config.qk_identity = model.value("qk_identity", 0.0);
         t.config.sharpness = model.value("sharpness", 0.0);
         t.config.own_block = model.value("own_block", 0.0);
@@ -693,6 +835,7 @@ Teacher teacher_load(const std::string& path) {
         t.task.keys = task.at("keys");
         t.task.values = task.at("values");
         t.task.fillers = task.at("fillers");
+        if (version >= 2) t.task.needles = task.at("needles");
     } catch (const nlohmann::json::exception& e) {
         throw fail(std::string("bad header: ") + e.what());
     } catch (const Error& e) {

@@ -1,7 +1,9 @@
-// The dense teacher: a tiny pre-LN transformer (token embeddings, the previous token's embedding
-// (a token shift, as H3 and Based use for recall), sinusoidal positions, L layers
-// of multi-head attention and a GELU MLP, a final layer norm and a linear head), trained on the
-// CPU with hand-written gradients; its attention runs through sparsa's CPU engine with any mask.
+// The teacher: a small pre-LN transformer (token embeddings, the previous token's embedding
+// (a token shift, as H3 and Based use for recall), rotary, sinusoidal or no positions, L layers of
+// multi-head attention with grouped-query heads and a GELU MLP, a final layer norm and a linear
+// head), trained on the CPU with hand-written gradients. Causal (decoder-only) by default: its
+// attention runs through sparsa's CPU engine with the causal mask as an ordinary MaskSet, and any
+// other mask is cut to its causal part; checkpoints of the first, bidirectional teacher still load.
 //
 // Index: [SECTION] config and parameters, [SECTION] forward and gradients,
 //        [SECTION] training, [SECTION] checkpoints
@@ -20,12 +22,28 @@ namespace sparsa::learn {
 
 // [SECTION] config and parameters
 
+// Positions: sinusoidal (added to the embeddings; the first teacher's), rotary (RoPE, base 10000,
+// on q and k of every head: pairs (2j, 2j + 1) of head dimensions turned by i * 10000^(-2j / hd)),
+// or none (a causal model still knows order from its mask, and the token shift gives it the
+// previous token).
+enum class Positions { sinusoidal, rotary, none };
+std::string positions_name(Positions positions);
+Positions positions_parse(const std::string& text);   // throws naming the accepted words
+
 struct TeacherConfig {
     int64_t vocab = 0;    // from the task: TaskConfig::vocab()
     int64_t d = 64;       // model width
-    int64_t heads = 4;    // d / heads is the head width
+    int64_t heads = 4;    // query heads
     int64_t layers = 2;
     int64_t mlp = 128;    // hidden width of the MLP
+    // Head width: 0 is d / heads (heads must divide d). Any other value (1 to 256): wq is
+    // [d, heads * head_width], wo [heads * head_width, d].
+    int64_t head_width = 0;
+    // Key and value heads (grouped-query attention): 0 is heads; else it must divide heads, and
+    // query head h reads key/value head h / (heads / kv_heads). wk, wv: [d, kv_heads * head_dim()].
+    int64_t kv_heads = 0;
+    bool causal = true;   // key <= query only (a decoder); false: the first, bidirectional teacher
+    Positions positions = Positions::rotary;
     // wq and wk start at qk_identity * I plus noise: every head first attends to tokens like
     // itself (itself and its neighbours, through the positions), so rows that no answer needs
     // tend to stay local. 0 (the default): noise only. See docs/learn.md for what it cost.
@@ -35,8 +53,15 @@ struct TeacherConfig {
     double sharpness = 0;
     double own_block = 0;   // likewise TrainOptions::own_block
 
-    int64_t head_dim() const { return d / heads; }
+    int64_t head_dim() const { return head_width > 0 ? head_width : d / heads; }
+    int64_t kv_head_count() const { return kv_heads > 0 ? kv_heads : heads; }
+    int64_t q_width() const { return heads * head_dim(); }
+    int64_t kv_width() const { return kv_head_count() * head_dim(); }
 };
+
+// The lab model new runs get: causal, rotary, d = 128, 2 heads of width 64 (as many key/value
+// heads), 2 layers, MLP 256, no shaping. vocab from the task.
+TeacherConfig teacher_config_default(const TaskConfig& task);
 
 // Throws sparsa::Error naming the field for a shape the model cannot have.
 void teacher_config_check(const TeacherConfig& config);
@@ -84,18 +109,24 @@ struct TeacherResult {
     double entropy = 0;
     double own_block = 0;
     double objective = 0;
+    // [batch, n]: -1 where there is no answer, 1 where the argmax is the target, 0 where not
+    // (TaskScores::add groups them by task and depth).
+    std::vector<int8_t> hits;
 };
 
 // Optional outputs of a forward pass, per sequence of the batch.
 struct TeacherCapture {
     // [batch][layer]: the attention inputs and outputs of each layer, [1, heads, n, head_dim]
-    // (lse: [1, heads, n, 1]).
+    // (lse: [1, heads, n, 1]); q and k after the rotary turn, k and v per query head (a
+    // key/value head repeated for each query head of its group).
     std::vector<std::vector<Tensor>> q, k, v, o, lse;
 };
 
 struct TeacherRunOptions {
-    const MaskSet* masks = nullptr;   // nullptr: dense
-    int32_t block = 16;               // block size of the dense mask when masks is nullptr
+    const MaskSet* masks = nullptr;   // nullptr: dense (causal for a causal teacher); any mask is cut
+                                      // to its causal part for a causal teacher
+    int32_t block = 16;               // the own-block term's block (the dense mask's is 64 from n = 64:
+                                      // the same attention, fewer engine blocks)
     MaskChooser chooser;              // when set, overrides masks layer by layer
     TeacherCapture* capture = nullptr;
     int threads = 0;                  // sequences run in parallel; 0: thread_count()
@@ -153,6 +184,8 @@ struct TrainReport {
     double first_loss = 0, last_loss = 0;          // mean over the first and last 10 steps
     double held_out_accuracy = 0, held_out_loss = 0;
     double held_out_mqar = 0, held_out_passkey = 0; // accuracy per task (-1 when none)
+    TaskScores held_out_scores;                     // the last validation measurement per task and depth
+    double seconds_per_step = 0;                    // median over the steps
     double tokens_per_second = 0;
     // When sharpness or own_block > 0: the step the terms came on at (-1: never, the task was not
     // learned), and the mean attention-row entropy (nats) over the first and last 10 steps with
@@ -162,20 +195,24 @@ struct TrainReport {
     double first_own_block = 0, last_own_block = 0;   // mean share of a row's attention on its own block (geometric)
 };
 
-// Trains `teacher` in place on its task's training stream (seed), measuring on the held-out
-// stream (task_held_out_seed(seed)).
+// Trains `teacher` in place on its task's training stream (seed), measuring (and stopping early)
+// on the validation stream (task_stream_seed(validation)), never on the test stream.
 TrainReport teacher_train(Teacher& teacher, const TrainOptions& options);
 
 // [SECTION] checkpoints
 
-constexpr int64_t kTeacherFormatVersion = 1;
+// Version 2 adds head_width, kv_heads, causal and positions to the header's model, and the needle
+// tasks' `needles` to its task; a version 1 file (the first teacher) loads as head_width 0,
+// kv_heads 0, bidirectional, sinusoidal. The layout: docs/learn.md, "Checkpoint format".
+constexpr int64_t kTeacherFormatVersion = 2;
 
 // Saves atomically: magic, version, a JSON header (configs), the parameters, and a 64-bit
 // checksum of everything before it.
 void teacher_save(const Teacher& teacher, const std::string& path);
 
-// Loads and checks a checkpoint. Throws sparsa::Error naming the file for a foreign, newer,
-// truncated or corrupt one (checksum mismatch), saying what to do.
+// Loads and checks a checkpoint (version 1 or 2). Throws sparsa::Error naming the file for a
+// foreign one, a version this sparsa does not read (naming the version), a truncated or corrupt
+// one (checksum mismatch), saying what to do.
 Teacher teacher_load(const std::string& path);
 
 } // namespace sparsa::learn
