@@ -9,7 +9,13 @@
 // picked with "(auto)". A set of one head is repeated to --heads heads; FLOPs count allowed pairs only:
 // 4 * pairs * d (S = Q K^T and O += P V). Each case runs one untimed warm-up, then at least 3
 // and at most --runs timed runs, fewer when a run is long (--budget-ms per case).
+//
+// --bwd-kernels 2,0 also times the backward (CudaAttentionBackward: D = rowsum(dO * O), the dK / dV
+// pass and the dQ pass, from the forward's O and lse of the engine's own forward) by kernel
+// number, rows "bwd N"; its FLOPs are counted as 2.5 x the forward's (5 products of the
+// forward's size against 2: FlashAttention's count), so rates compare with the forward's.
 #include "engine/cuda/attention_cuda.hpp"
+#include "engine/cuda/attention_cuda_backward.hpp"
 #include "engine/error.hpp"
 #include "io/mask_io.hpp"
 
@@ -31,6 +37,7 @@ namespace {
 struct Options {
     std::vector<std::string> masks;
     std::vector<int> kernels = {1, 2, 3, 4};
+    std::vector<int> bwd_kernels;   // backward kernels to time; empty: none
     int64_t heads = 16, batch = 1, d = 128;
     CudaDtype dtype = CudaDtype::bfloat16;
     int runs = 20;
@@ -41,7 +48,7 @@ struct Options {
 
 [[noreturn]] void usage(const std::string& problem) {
     std::cerr << "bench_cuda: " << problem
-              << "\nusage: bench_cuda MASK.npz... [--kernels 1,2,3,4] [--heads 16] [--batch 1] [--d 128]"
+              << "\nusage: bench_cuda MASK.npz... [--kernels 1,2,3,4] [--bwd-kernels 2,0] [--heads 16] [--batch 1] [--d 128]"
                  " [--dtype bf16|fp16|float32] [--runs 20] [--budget-ms 1500] [--kernel1-max-tflop 2] [--csv PATH]\n";
     std::exit(2);
 }
@@ -54,10 +61,11 @@ Options options_parse(int argc, char** argv) {
             if (i + 1 >= argc) usage(a + " needs a value");
             return argv[++i];
         };
-        if (a == "--kernels") {
-            o.kernels.clear();
+        if (a == "--kernels" || a == "--bwd-kernels") {
+            std::vector<int>& list_of = a == "--kernels" ? o.kernels : o.bwd_kernels;
+            list_of.clear();
             std::stringstream list(value());
-            for (std::string k; std::getline(list, k, ',');) o.kernels.push_back(std::stoi(k));
+            for (std::string k; std::getline(list, k, ',');) list_of.push_back(std::stoi(k));
         } else if (a == "--heads") o.heads = std::stoll(value());
         else if (a == "--batch") o.batch = std::stoll(value());
         else if (a == "--d") o.d = std::stoll(value());
@@ -112,7 +120,8 @@ int main(int argc, char** argv) try {
     std::printf("| mask | n | B | heads | density | kernel | median ms | runs | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n");
 
     CudaAttention cuda;
-    Tensor q, k, v;
+    CudaAttentionBackward backward;
+    Tensor q, k, v, d_o;
     for (const std::string& path : opt.masks) {
         const MaskSet masks = heads_of(mask_set_load(path), opt.heads);
         const TensorShape shape{opt.batch, masks.heads, masks.n, opt.d};
@@ -151,6 +160,36 @@ int main(int argc, char** argv) try {
             if (csv) {
                 csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
                     << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ',' << cuda.kernel()
+                    << ',' << ms << ',' << runs << ',' << tflops << ',' << (kernel == 0 ? "auto" : "") << '\n';
+            }
+        }
+        if (opt.bwd_kernels.empty()) continue;
+        // the backward from the engine's own forward (kernel 0) on the same inputs
+        CudaAttentionOptions fo;
+        fo.dtype = opt.dtype;
+        const AttentionOutput fwd = cuda.forward(q, k, v, masks, 0, fo);
+        if (!(d_o.shape == shape)) d_o = tensor_random(shape, 4);
+        for (int kernel : opt.bwd_kernels) {
+            if (kernel != 0 && !cuda_backward_kernel_supports(kernel, opt.dtype, opt.d, masks.block)) continue;
+            if (kernel == 1 && flop > opt.kernel1_max_tflop * 1e12) continue;
+            CudaBackwardOptions options;
+            options.dtype = opt.dtype;
+            options.kernel = kernel;
+            options.poison_outputs = false;
+            options.check_lse = false;
+            backward.prepare(q, k, v, fwd.o, fwd.lse, d_o, masks, 0, options);
+            const std::string label = "bwd " + std::to_string(backward.kernel()) + (kernel == 0 ? " (auto)" : "");
+            const float first = backward.time_runs(1, 1)[0];
+            const int runs = std::clamp(static_cast<int>(opt.budget_ms / std::max(first, 1e-3f)), 3, opt.runs);
+            const double ms = median(backward.time_runs(0, runs));
+            const double tflops = 2.5 * flop / (ms * 1e-3) / 1e12;
+            std::printf("| %s | %lld | %d | %lld | %.4f | %s | %.3f | %d | %.1f |\n", name.c_str(),
+                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density,
+                        label.c_str(), ms, runs, tflops);
+            std::fflush(stdout);
+            if (csv) {
+                csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
+                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ",bwd" << backward.kernel()
                     << ',' << ms << ',' << runs << ',' << tflops << ',' << (kernel == 0 ? "auto" : "") << '\n';
             }
         }

@@ -547,6 +547,12 @@ void lse_check_rows(const std::string& what, const Tensor& q, const Tensor& k, c
 
 } // namespace
 
+void attention_check_p_sums(const std::string& what, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& lse, const MaskSet& masks, int64_t layer, float scale,
+                            const std::vector<double>& p_sum) {
+    lse_check_rows(what, q, k, v, lse, masks, layer, scale, tensor_row_norms(q), tensor_row_norms(k), p_sum);
+}
+
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks,
                                   int64_t layer, const AttentionOptions& options) {
     const std::string what = "attention_forward";

@@ -6,6 +6,8 @@
 #include "engine/tensor.hpp"
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace sparsa {
 
@@ -55,5 +57,14 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                                   const Tensor& lse, const Tensor& d_o, const MaskSet& masks, int64_t layer,
                                   const AttentionOptions& options = {});
+
+// The check attention_backward makes of its lse, for other engines' backward passes (the CUDA
+// engine's): throws unless each row's sum of P = exp(S - lse), as that pass recomputed it, is 1
+// within float32's error, and a row whose lse is -inf keeps no key; the message names the row
+// and says whether the lse is not the forward's or the scores are too large for float32.
+// p_sum: [batch * heads * n]; q, k, v as the pass saw them (rounded to its dtype).
+void attention_check_p_sums(const std::string& what, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& lse, const MaskSet& masks, int64_t layer, float scale,
+                            const std::vector<double>& p_sum);
 
 } // namespace sparsa

@@ -1,0 +1,356 @@
+// Host side of the CUDA backward: checks the call as the CPU engine's attention_backward does,
+// uploads the tensors and one layer's masks twice (by query block for the dQ pass, transposed
+// for the dK / dV pass), and launches D = rowsum(dO * O) and the two passes of
+// attn_bwd_kernels.cuh.
+#include "engine/cuda/attention_cuda_backward.hpp"
+
+#include "engine/cuda/attn_bwd_kernels.cuh"
+#include "engine/cuda/cuda_host.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace sparsa {
+
+using namespace cuda_host;
+
+namespace {
+
+// The distinct masks of one layer concatenated as the device reads them (cuda::DeviceMasks):
+// row_ptr absolute into col_idx, partial_idx into bits. With `transposed`, each mask by key
+// block: row r lists the query blocks that keep key block r (ascending), and bit (j * B + i) of
+// a bitmask says whether query i may attend to key j (the partial blocks keep their numbers).
+struct HostMasks {
+    std::vector<int64_t> row_ptr;
+    std::vector<int32_t> col_idx, partial_idx, head_mask;
+    std::vector<uint64_t> bits;
+};
+
+HostMasks layer_masks(const MaskSet& masks, int64_t layer, bool transposed) {
+    HostMasks out;
+    std::map<const BlockMask*, int32_t> index;
+    const int64_t B = masks.block, words = B * B / 64;
+    for (int64_t h = 0; h < masks.heads; ++h) {
+        const BlockMask& m = masks.at(layer, h);
+        auto [it, fresh] = index.emplace(&m, static_cast<int32_t>(index.size()));
+        out.head_mask.push_back(it->second);
+        if (!fresh) continue;
+        const auto base = static_cast<int64_t>(out.col_idx.size());
+        const auto partial_base = static_cast<int32_t>(out.bits.size() / static_cast<size_t>(words));
+        const int64_t blocks = m.q_blocks();
+        if (!transposed) {
+            for (int64_t r : m.row_ptr) out.row_ptr.push_back(base + r);
+            out.col_idx.insert(out.col_idx.end(), m.col_idx.begin(), m.col_idx.end());
+            for (int32_t p : m.partial_idx) out.partial_idx.push_back(p < 0 ? -1 : partial_base + p);
+            out.bits.insert(out.bits.end(), m.bits.begin(), m.bits.end());
+            continue;
+        }
+        std::vector<int64_t> col_ptr(static_cast<size_t>(blocks + 1), 0);
+        for (int32_t kb : m.col_idx) ++col_ptr[static_cast<size_t>(kb) + 1];
+        for (size_t kb = 0; kb + 1 < col_ptr.size(); ++kb) col_ptr[kb + 1] += col_ptr[kb];
+        for (int64_t c : col_ptr) out.row_ptr.push_back(base + c);
+        out.col_idx.resize(out.col_idx.size() + m.col_idx.size());
+        out.partial_idx.resize(out.partial_idx.size() + m.col_idx.size());
+        std::vector<int64_t> fill(col_ptr.begin(), col_ptr.end() - 1);
+        for (int64_t qb = 0; qb < blocks; ++qb) {   // rows in order: each column comes out ascending
+            for (int64_t e = m.row_ptr[static_cast<size_t>(qb)]; e < m.row_ptr[static_cast<size_t>(qb) + 1]; ++e) {
+                const auto at = static_cast<size_t>(base + fill[static_cast<size_t>(m.col_idx[static_cast<size_t>(e)])]++);
+                const int32_t p = m.partial_idx[static_cast<size_t>(e)];
+                out.col_idx[at] = static_cast<int32_t>(qb);
+                out.partial_idx[at] = p < 0 ? -1 : partial_base + p;
+            }
+        }
+        const size_t first = out.bits.size();
+        out.bits.resize(first + m.bits.size(), 0);
+        for (int64_t p = 0; p < m.partial_blocks(); ++p) {
+            const uint64_t* src = m.partial_bits(p);
+            uint64_t* dst = out.bits.data() + first + static_cast<size_t>(p * words);
+            for (int64_t t = 0; t < B * B; ++t) {
+                if (((src[t / 64] >> (t % 64)) & 1) == 0) continue;
+                const int64_t u = (t % B) * B + t / B;   // (i, j) -> (j, i)
+                dst[u / 64] |= uint64_t{1} << (u % 64);
+            }
+        }
+    }
+    return out;
+}
+
+struct DeviceMaskBuffers {
+    DeviceBuffer row_ptr, col_idx, partial_idx, bits, head_mask;
+
+    cuda::DeviceMasks upload(const HostMasks& m, int32_t block, int64_t q_blocks) {
+        return {row_ptr.upload(m.row_ptr), col_idx.upload(m.col_idx), partial_idx.upload(m.partial_idx),
+                bits.upload(m.bits), head_mask.upload(m.head_mask), nullptr, block, q_blocks, nullptr, nullptr};
+    }
+};
+
+} // namespace
+
+int cuda_backward_kernel_count() { return 2; }
+
+bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
+    if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
+    if (kernel == 2) return dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
+    return false;
+}
+
+struct CudaAttentionBackward::Impl {
+    DeviceBuffer q, k, v, o, d_o, lse, delta, p_sum, dq, dk, dv;
+    DeviceMaskBuffers rows, cols;
+    cuda::DeviceMasks rows_view{}, cols_view{};
+    TensorShape shape;
+    CudaDtype dtype = CudaDtype::bfloat16;
+    int kernel = 0;
+    int32_t block = 64;
+    float scale = 0;
+    bool prepared = false, check_lse = true;
+    // for the lse check after the run: the inputs as the GPU saw them
+    Tensor q_seen, k_seen, v_seen, lse_seen;
+    MaskSet masks;
+    int64_t layer = 0;
+    cudaEvent_t start = nullptr, stop = nullptr;
+
+    template <typename T> cuda::BwdParams<T> params() const {
+        cuda::BwdParams<T> p{};
+        p.q = static_cast<const T*>(q.get());
+        p.k = static_cast<const T*>(k.get());
+        p.v = static_cast<const T*>(v.get());
+        p.o = static_cast<const T*>(o.get());
+        p.d_o = static_cast<const T*>(d_o.get());
+        p.lse = static_cast<const float*>(lse.get());
+        p.delta = static_cast<float*>(delta.get());
+        p.p_sum = check_lse ? static_cast<float*>(p_sum.get()) : nullptr;
+        p.dq = static_cast<T*>(dq.get());
+        p.dk = static_cast<T*>(dk.get());
+        p.dv = static_cast<T*>(dv.get());
+        p.batch = shape.batch;
+        p.heads = shape.heads;
+        p.n = shape.n;
+        p.d = static_cast<int32_t>(shape.d);
+        p.scale = scale;
+        p.rows = rows_view;
+        p.cols = cols_view;
+        return p;
+    }
+
+    template <typename T, int D, int B> void launch_kernel2() const {
+        const cuda::BwdParams<T> p = params<T>();
+        constexpr int smem = cuda::BwdTraits<D, B>::kSmemBytes;
+        const dim3 grid(static_cast<unsigned>((shape.n + 63) / 64), static_cast<unsigned>(shape.heads),
+                        static_cast<unsigned>(shape.batch));
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dkdv<T, D, B>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dq<T, D, B>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        cuda::attn_bwd_kernel2_dkdv<T, D, B><<<grid, 128, smem>>>(p);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+        cuda::attn_bwd_kernel2_dq<T, D, B><<<grid, 128, smem>>>(p);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    void launch() const {
+        auto with_type = [&](auto type_tag) {
+            using T = decltype(type_tag);
+            const cuda::BwdParams<T> p = params<T>();
+            const int64_t rows_all = shape.batch * shape.heads * shape.n;
+            cuda::attn_bwd_delta<T><<<static_cast<unsigned>((rows_all + 3) / 4), 128>>>(p);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            if (kernel == 1) {
+                const dim3 grid(static_cast<unsigned>((shape.n + cuda::kBwd1Warps - 1) / cuda::kBwd1Warps),
+                                static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch));
+                cuda::attn_bwd_kernel1_dkdv<T><<<grid, 32 * cuda::kBwd1Warps>>>(p);
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+                cuda::attn_bwd_kernel1_dq<T><<<grid, 32 * cuda::kBwd1Warps>>>(p);
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+                return;
+            }
+            if constexpr (!std::is_same_v<T, float>) {
+                auto with_dim = [&](auto d_tag) {
+                    constexpr int D = decltype(d_tag)::value;
+                    switch (block) {
+                    case 64: launch_kernel2<T, D, 64>(); break;
+                    case 128: launch_kernel2<T, D, 128>(); break;
+                    default: launch_kernel2<T, D, 256>(); break;
+                    }
+                };
+                if (shape.d == 64) with_dim(Int<64>{});
+                else with_dim(Int<128>{});
+            }
+        };
+        switch (dtype) {
+        case CudaDtype::float32: with_type(float{}); break;
+        case CudaDtype::bfloat16: with_type(__nv_bfloat16{}); break;
+        case CudaDtype::float16: with_type(__half{}); break;
+        }
+    }
+
+    void upload(DeviceBuffer& buffer, const Tensor& x) {
+        if (dtype == CudaDtype::float32) buffer.upload(x.data);
+        else buffer.upload(tensor_to_16bit(x, dtype));
+    }
+
+    Tensor download_tensor(const DeviceBuffer& buffer) const {
+        Tensor out = tensor_zeros<float>(shape);
+        const size_t elems = out.data.size();
+        if (dtype == CudaDtype::float32) {
+            SPARSA_CUDA_CHECK(cudaMemcpy(out.data.data(), buffer.get(), elems * 4, cudaMemcpyDeviceToHost));
+            return out;
+        }
+        std::vector<uint16_t> raw(elems);
+        SPARSA_CUDA_CHECK(cudaMemcpy(raw.data(), buffer.get(), elems * 2, cudaMemcpyDeviceToHost));
+        for (size_t e = 0; e < elems; ++e) out.data[e] = dtype == CudaDtype::bfloat16 ? bf16_value(raw[e]) : fp16_value(raw[e]);
+        return out;
+    }
+};
+
+CudaAttentionBackward::CudaAttentionBackward() : impl_(std::make_unique<Impl>()) {
+    std::string why;
+    if (!cuda_device_available(&why)) throw Error("CUDA engine: no GPU to run on (" + why + "); use the CPU engine");
+    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->start));
+    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->stop));
+}
+
+CudaAttentionBackward::~CudaAttentionBackward() {
+    if (impl_->start != nullptr) cudaEventDestroy(impl_->start);
+    if (impl_->stop != nullptr) cudaEventDestroy(impl_->stop);
+}
+
+void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                                    const Tensor& lse, const Tensor& d_o, const MaskSet& masks, int64_t layer,
+                                    const CudaBackwardOptions& options) {
+    Impl& s = *impl_;
+    s.prepared = false;
+    const std::string what = "cuda attention_backward";
+    attention_check_shapes(what, q.shape, k.shape, v.shape, masks, layer);
+    const TensorShape shape = q.shape;
+    auto same_shape = [&](const char* name, const TensorShape& got, const TensorShape& want, const char* why) {
+        if (!(got == want)) {
+            throw Error(what + ": " + name + " is " + tensor_shape_text(got) + " but should be " + tensor_shape_text(want) +
+                        " (" + why + ")");
+        }
+    };
+    same_shape("O", o.shape, shape, "the forward's output has Q's shape");
+    same_shape("dO", d_o.shape, shape, "the gradient of O has O's shape");
+    same_shape("lse", lse.shape, {shape.batch, shape.heads, shape.n, 1}, "one value per query, from the forward");
+    const double scale = attention_scale(what, options.scale, shape.d);
+    for (const auto& [t, name] : {std::pair{&q, "Q"}, {&k, "K"}, {&v, "V"}, {&o, "O"}, {&d_o, "dO"}}) {
+        tensor_check_finite(*t, name);
+        tensor_check_dtype_range(what, *t, name, options.dtype);
+    }
+    for (size_t e = 0; e < lse.data.size(); ++e) {
+        if (std::isnan(lse.data[e]) || lse.data[e] == INFINITY) {
+            throw Error(what + ": lse" + tensor_index_text(lse.shape, e) + " is " + std::to_string(lse.data[e]) +
+                        " (lse is finite, or -inf for an empty row: pass the forward's lse)");
+        }
+    }
+    int kernel = options.kernel;
+    if (kernel == 0) kernel = cuda_backward_kernel_supports(2, options.dtype, shape.d, masks.block) ? 2 : 1;
+    if (!cuda_backward_kernel_supports(kernel, options.dtype, shape.d, masks.block)) {
+        throw Error(what + ": kernel " + std::to_string(kernel) + " does not run dtype " + cuda_dtype_name(options.dtype) +
+                    " with d = " + std::to_string(shape.d) + " and mask block " + std::to_string(masks.block) +
+                    " (kernel 2: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any d up to 256;"
+                    " kernel 0 picks one)");
+    }
+    if (shape.heads > 65535 || shape.batch > 65535) {
+        throw Error(what + ": batch and heads must be at most 65535 (got " + tensor_shape_text(shape) + "); split the call");
+    }
+    attention_check_score_range(what, tensor_row_norms(q), tensor_row_norms(k), scale,
+                                kernel == 2 ? ScoreEngine::cuda_tensor_cores : ScoreEngine::cuda);
+
+    s.shape = shape;
+    s.dtype = options.dtype;
+    s.kernel = kernel;
+    s.block = masks.block;
+    s.scale = static_cast<float>(scale);
+    s.check_lse = options.check_lse;
+    s.upload(s.q, q);
+    s.upload(s.k, k);
+    s.upload(s.v, v);
+    s.upload(s.o, o);
+    s.upload(s.d_o, d_o);
+    s.lse.upload(lse.data);
+    const size_t rows = static_cast<size_t>(shape.batch * shape.heads * shape.n);
+    const size_t bytes = q.data.size() * (options.dtype == CudaDtype::float32 ? 4 : 2);
+    s.delta.reserve(rows * 4);
+    s.p_sum.reserve(rows * 4);
+    for (DeviceBuffer* g : {&s.dq, &s.dk, &s.dv}) {
+        g->reserve(bytes);
+        if (options.poison_outputs) SPARSA_CUDA_CHECK(cudaMemset(g->get(), 0xff, bytes));   // NaN in every dtype
+    }
+    const int64_t q_blocks = (shape.n + masks.block - 1) / masks.block;
+    s.rows_view = s.rows.upload(layer_masks(masks, layer, false), masks.block, q_blocks);
+    s.cols_view = s.cols.upload(layer_masks(masks, layer, true), masks.block, q_blocks);
+    if (s.check_lse) {
+        s.q_seen = tensor_round_to(q, options.dtype);
+        s.k_seen = tensor_round_to(k, options.dtype);
+        s.v_seen = tensor_round_to(v, options.dtype);
+        s.lse_seen = lse;
+        s.masks = masks;
+        s.layer = layer;
+    }
+    s.prepared = true;
+}
+
+void CudaAttentionBackward::run() {
+    if (!impl_->prepared) throw Error("CudaAttentionBackward::run: nothing prepared (call prepare first)");
+    impl_->launch();
+}
+
+AttentionGrads CudaAttentionBackward::download() {
+    const Impl& s = *impl_;
+    if (!s.prepared) throw Error("CudaAttentionBackward::download: nothing prepared (call prepare first)");
+    const std::string what = "cuda attention_backward";
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    if (s.check_lse) {
+        std::vector<float> sums(static_cast<size_t>(s.shape.batch * s.shape.heads * s.shape.n));
+        SPARSA_CUDA_CHECK(cudaMemcpy(sums.data(), s.p_sum.get(), sums.size() * 4, cudaMemcpyDeviceToHost));
+        attention_check_p_sums(what, s.q_seen, s.k_seen, s.v_seen, s.lse_seen, s.masks, s.layer, s.scale,
+                               std::vector<double>(sums.begin(), sums.end()));
+    }
+    AttentionGrads g;
+    g.dq = s.download_tensor(s.dq);
+    g.dk = s.download_tensor(s.dk);
+    g.dv = s.download_tensor(s.dv);
+    // Inputs and scores were in range (prepare); what can still leave the dtype's range is a sum
+    // over many pairs, and each gradient is linear in dO.
+    for (const auto& [t, name] : {std::pair{&g.dq, "dQ"}, {&g.dk, "dK"}, {&g.dv, "dV"}}) {
+        for (size_t e = 0; e < t->data.size(); ++e) {
+            if (std::isfinite(t->data[e])) continue;
+            throw Error(what + ": " + name + " at " + tensor_index_text(t->shape, e) + " is not finite: its sums leave " +
+                        cuda_dtype_name(s.dtype) + "'s range (" + name +
+                        " is linear in dO: scale dO down, and the gradients back up by the same factor)");
+        }
+    }
+    return g;
+}
+
+AttentionGrads CudaAttentionBackward::backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                                               const Tensor& lse, const Tensor& d_o, const MaskSet& masks,
+                                               int64_t layer, const CudaBackwardOptions& options) {
+    prepare(q, k, v, o, lse, d_o, masks, layer, options);
+    run();
+    return download();
+}
+
+std::vector<float> CudaAttentionBackward::time_runs(int warmup, int runs) {
+    for (int i = 0; i < warmup; ++i) run();
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> ms;
+    for (int i = 0; i < runs; ++i) {
+        SPARSA_CUDA_CHECK(cudaEventRecord(impl_->start));
+        run();
+        SPARSA_CUDA_CHECK(cudaEventRecord(impl_->stop));
+        SPARSA_CUDA_CHECK(cudaEventSynchronize(impl_->stop));
+        float t = 0;
+        SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t, impl_->start, impl_->stop));
+        ms.push_back(t);
+    }
+    return ms;
+}
+
+int CudaAttentionBackward::kernel() const { return impl_->kernel; }
+
+} // namespace sparsa
