@@ -72,30 +72,41 @@ void lsh_hash(const float* x, int64_t n, int64_t d, const float* rotation, int64
 // [SECTION] anchors
 
 void anchors_assign(const float* x, int64_t n, int64_t d, const float* anchors, int64_t k, int32_t* bucket) {
-    // cos [n, k] in double: x . a / |x|
-    const MatrixD a = ConstMapF(anchors, k, d).cast<double>();
-    MatrixD cos(n, k);
-    for (int64_t first = 0; first < n; first += kRowPiece) {
-        const int64_t rows = std::min(kRowPiece, n - first);
-        const MatrixD xs = ConstMapF(x + first * d, rows, d).cast<double>();
-        cos.middleRows(first, rows).noalias() = xs * a.transpose();
-        for (int64_t i = 0; i < rows; ++i) {
-            const double norm = xs.row(i).norm();
-            if (norm > 0) cos.row(first + i) /= norm;
-            else cos.row(first + i).setZero();
+    // cos [n, k] in double, each sum over i = 0 .. d - 1 in that order (buckets.hpp says why): the
+    // anchors transposed [d, k], so the loop over anchors is the inner, vectorisable one and each
+    // cosine still adds its d products one after the other.
+    std::vector<double> at(to_size(d * k));
+    for (int64_t a = 0; a < k; ++a)
+        for (int64_t i = 0; i < d; ++i) at[to_size(i * k + a)] = anchors[a * d + i];
+    std::vector<double> cos(to_size(n * k)), best(to_size(n));
+    for (int64_t t = 0; t < n; ++t) {
+        const float* row = x + t * d;
+        double* c = cos.data() + t * k;
+        double norm2 = 0;
+        for (int64_t i = 0; i < d; ++i) norm2 += double{row[i]} * double{row[i]};
+        const double norm = std::sqrt(norm2);
+        for (int64_t i = 0; i < d; ++i) {
+            const double xi = row[i];
+            const double* ai = at.data() + i * k;
+            for (int64_t a = 0; a < k; ++a) c[a] += xi * ai[a];
         }
+        double top = -INFINITY;
+        for (int64_t a = 0; a < k; ++a) {
+            c[a] = norm > 0 ? c[a] / norm : 0.0;
+            top = std::max(top, c[a]);
+        }
+        best[to_size(t)] = top;
     }
-    std::vector<double> best(to_size(n));
-    for (int64_t t = 0; t < n; ++t) best[to_size(t)] = cos.row(t).maxCoeff();
     std::vector<int32_t> order(to_size(n));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a_, int32_t b_) { return best[to_size(a_)] > best[to_size(b_)]; });
     const int64_t capacity = (n + k - 1) / k;
     std::vector<int64_t> room(to_size(k), capacity);
     for (int32_t t : order) {
+        const double* c = cos.data() + int64_t{t} * k;
         int64_t pick = -1;
         for (int64_t j = 0; j < k; ++j) {
-            if (room[to_size(j)] > 0 && (pick < 0 || cos(t, j) > cos(t, pick))) pick = j;
+            if (room[to_size(j)] > 0 && (pick < 0 || c[j] > c[pick])) pick = j;
         }
         --room[to_size(pick)];   // k * capacity >= n: some anchor always has room
         bucket[t] = static_cast<int32_t>(pick);
@@ -258,6 +269,33 @@ ContentWalk content_walk_hash(const ContentSpec& spec, const ContentArray* file,
             if (!w.shared_qk) anchors_assign(k, n, d, anchors, spec.buckets, w.k_bucket.data() + r * n);
         }
     }
+    return w;
+}
+
+ContentWalk content_walk_given(const ContentSpec& spec, const std::vector<int32_t>& q_bucket, const std::vector<int32_t>& k_bucket,
+                               int64_t n, int64_t chunk, const std::string& what) {
+    ContentWalk w;
+    w.n = n;
+    w.chunk = chunk;
+    w.rounds = spec.rounds;
+    w.buckets = spec.buckets;
+    w.shared_qk = spec.shared_qk;
+    const size_t size = to_size(spec.rounds * n);
+    for (const auto& [bucket, name] : {std::pair{&q_bucket, "queries'"}, std::pair{&k_bucket, "keys'"}}) {
+        const bool wanted = bucket == &q_bucket || !spec.shared_qk;
+        if (bucket->size() != (wanted ? size : 0)) {
+            throw Error(what + ": given buckets: the " + name + " are " + std::to_string(bucket->size()) + " values, the spec needs " +
+                        std::to_string(wanted ? size : 0) + " ([rounds, n] = [" + std::to_string(spec.rounds) + ", " + std::to_string(n) +
+                        "]" + (wanted ? "" : ": shared_qk buckets keys as queries") + ")");
+        }
+        for (const int32_t b : *bucket) {
+            if (b < 0 || b >= spec.buckets) {
+                throw Error(what + ": given buckets: bucket " + std::to_string(b) + " is outside 0 to " + std::to_string(spec.buckets - 1));
+            }
+        }
+    }
+    w.q_bucket = q_bucket;
+    w.k_bucket = k_bucket;
     return w;
 }
 

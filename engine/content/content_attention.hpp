@@ -17,6 +17,7 @@
 
 #include "engine/block_mask.hpp"
 #include "engine/content/content_arrays.hpp"
+#include "engine/content/buckets.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/tensor.hpp"
 
@@ -30,6 +31,9 @@ struct ContentOptions {
     int threads = 0;                        // 0: thread_count(); negative throws
     const ContentArrays* arrays = nullptr;  // the files the specs name (io/content_files.hpp)
     bool recall = false;                    // forward: also compute each report's recall (slow: O(n^2 d) a head)
+    // Buckets another engine drew for this layer (the GPU's, buckets.hpp ContentBuckets), used
+    // instead of hashing: reports, allowed sets and the reference then follow that engine's walk.
+    const ContentBuckets* buckets = nullptr;
     // Tests only: false drops the -log(count) correction, so that a pair met in several passes
     // counts several times (what the correction is for; the result is then not attention over A).
     bool duplicate_correction = true;

@@ -182,6 +182,15 @@ Setup content_setup(const std::string& what, const Tensor& q, const Tensor& k, c
             const ContentSpec& spec = *hs.spec;
             const int64_t chunk = spec.chunk > 0 ? spec.chunk : masks.block;
             const std::string where = what + ": layer " + std::to_string(layer) + ", head " + std::to_string(hs.h);
+            if (options.buckets != nullptr) {   // another engine's buckets (the GPU's): its walk, not a new hash
+                const size_t item = to_size(hs.b * s.heads + hs.h);
+                if (options.buckets->q.size() != to_size(s.batch * s.heads) || options.buckets->k.size() != to_size(s.batch * s.heads)) {
+                    throw Error(what + ": given buckets for " + std::to_string(options.buckets->q.size()) + " (batch, head) pairs, the call has " +
+                                std::to_string(s.batch * s.heads));
+                }
+                hs.walk = content_walk_given(spec, options.buckets->q[item], options.buckets->k[item], s.n, std::min(chunk, s.n), where);
+                continue;
+            }
             hs.walk = content_walk_hash(spec, content_array_find(options.arrays, spec, where), q.row(hs.b, hs.h, 0),
                                         k.row(hs.b, hs.h, 0), s.n, s.d, layer, hs.h, std::min(chunk, s.n), where);
         }

@@ -205,6 +205,7 @@ LayerForward layer_attention_forward(const Tensor& q, const Tensor& k, const Ten
         c.scale = options.scale;
         c.threads = threads;
         c.arrays = options.arrays;
+        c.buckets = options.buckets;
         c.recall = options.recall;
         ContentForward f = content_attention_forward(q, k, v, masks_without_favor(masks, layer), layer, c);
         out.o = std::move(f.o);
@@ -283,6 +284,7 @@ LayerGrads layer_attention_backward(const Tensor& q, const Tensor& k, const Tens
         c.scale = options.scale;
         c.threads = threads;
         c.arrays = options.arrays;
+        c.buckets = options.buckets;
         pairs = content_attention_backward(q, k, v, *o_pairs, *lse_pairs, d_o, masks_without_favor(masks, layer), layer, c);
     } else {
         AttentionOptions a;
@@ -326,6 +328,7 @@ std::vector<LayerHeadReport> layer_report(const Tensor& q, const Tensor& k, cons
         c.scale = options.scale;
         c.threads = threads;
         c.arrays = options.arrays;
+        c.buckets = options.buckets;
         c.recall = options.recall;
         content_reports = content_report(q, k, masks_without_favor(masks, layer), layer, c);
     }
@@ -356,6 +359,7 @@ std::vector<uint8_t> layer_allowed_dense(const Tensor& q, const Tensor& k, const
     c.scale = options.scale;
     c.threads = options.threads;
     c.arrays = options.arrays;
+    c.buckets = options.buckets;
     return content_allowed_dense(q, k, masks_without_favor(masks, layer), layer, b, h, c);
 }
 

@@ -28,6 +28,7 @@ struct LayerOptions {
     const ContentArrays* arrays = nullptr;  // the files the specs name (io/content_files.hpp content_files_load)
     bool recall = false;                    // forward and layer_report: recall of lsh and anchors heads (O(n^2 d) a head)
     int64_t favor_draw = 0;                 // favor heads: the caller's count of feature redraws (0 when redraw is 0)
+    const ContentBuckets* buckets = nullptr;  // lsh, anchors heads: buckets another engine drew (ContentOptions::buckets)
 };
 
 // Which family ran a head.

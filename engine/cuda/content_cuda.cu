@@ -5,11 +5,13 @@
 
 #include "engine/content/buckets.hpp"
 #include "engine/content/favor.hpp"
+#include "engine/cuda/content_anchors.cuh"
 #include "engine/cuda/content_fast.cuh"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,7 +21,6 @@
 #include <cstring>
 #include <numeric>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -97,7 +98,8 @@ const char* kind_name(ContentKind kind) {
 
 struct CudaContentAttention::Impl {
     DeviceBuffer q, k, v, o, lse, mats, omega;
-    DeviceBuffer keys_in, keys_out, values, order, chunk_of, sort_temp, cosines;
+    DeviceBuffer keys_in, keys_out, values, order, chunk_of, sort_temp;
+    DeviceBuffer cosines, best, best_sorted, anchor_token, anchor_by, seg_offsets, seg_sort_temp;   // anchors
     DeviceBuffer o_part, lse_part, o_part2, lse_part2, fixed_o, fixed_lse, fixed_state, fixed_head, fixed_bits;
     DeviceBuffer bias, o1, lse1, prefix_v, prefix_lse, phi_q, phi_k, c_q, c_k;
     std::unique_ptr<CudaAttention> fixed_engine;
@@ -110,40 +112,13 @@ struct CudaContentAttention::Impl {
     int version = 2;
     int64_t bh = 0, chunk = 0, rounds = 0, cols = 0, segs_q = 0, segs = 0, features = 0;
     int bucket_bits = 0, key_bits = 0;
-    size_t sort_temp_bytes = 0;
+    size_t sort_temp_bytes = 0, seg_sort_temp_bytes = 0;
     int sm_count = 0;
-    std::vector<float> cos_host;
-    std::vector<uint64_t> keys_host;
     cudaEvent_t ev[4] = {}, fev[2] = {};
 
     int64_t total() const { return segs * shape.n; }
 
     // [SECTION] lsh and anchors
-
-    // The spec's balanced assignment of one segment (round, batch * head) from the GPU's cosines
-    // cos [n, k]: capacity ceil(n / k); tokens by decreasing best cosine (ties by position), each
-    // to its best anchor with room (ties to the lowest index).
-    void assign_segment(const float* cos, int64_t seg, uint64_t* keys) const {
-        const int64_t n = shape.n, kk = cols, capacity = (n + kk - 1) / kk;
-        std::vector<float> best(static_cast<size_t>(n));
-        std::vector<int32_t> by(static_cast<size_t>(n));
-        for (int64_t t = 0; t < n; ++t) {
-            const float* row = cos + t * kk;
-            best[static_cast<size_t>(t)] = *std::max_element(row, row + kk);
-        }
-        std::iota(by.begin(), by.end(), 0);
-        std::stable_sort(by.begin(), by.end(), [&](int32_t a, int32_t b) { return best[static_cast<size_t>(a)] > best[static_cast<size_t>(b)]; });
-        std::vector<int64_t> count(static_cast<size_t>(kk), 0);
-        for (const int32_t t : by) {
-            const float* row = cos + int64_t{t} * kk;
-            int64_t pick = -1;
-            for (int64_t a = 0; a < kk; ++a) {
-                if (count[static_cast<size_t>(a)] < capacity && (pick < 0 || row[a] > row[pick])) pick = a;
-            }
-            ++count[static_cast<size_t>(pick)];
-            keys[t] = (static_cast<uint64_t>(seg) << bucket_bits) | static_cast<uint64_t>(pick);
-        }
-    }
 
     template <typename T> ContentParams<T> base_params() const {
         ContentParams<T> p{};
@@ -225,45 +200,60 @@ struct CudaContentAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
+    // anchors: cosines in double, each segment's tokens by best cosine (CUB, stable), the
+    // balanced greedy (content_anchors.cuh): keys_in as the CPU's anchors_assign gives them.
+    template <typename T> void assign_anchors() {
+        const int64_t n = shape.n, d = shape.d;
+        const dim3 grid(static_cast<unsigned>((n + cuda::content::kCosineTokens - 1) / cuda::content::kCosineTokens), static_cast<unsigned>(bh));
+        const size_t smem = static_cast<size_t>(cuda::content::kCosineTokens * d) * sizeof(float);
+        for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
+            cuda::content::anchors_cosines<T><<<grid, 256, smem>>>((side == 0 ? q : k).as<T>(), shape.heads, bh, n, static_cast<int32_t>(d),
+                                                                   mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols),
+                                                                   side == 0 ? 0 : segs_q, cosines.as<double>(), best.as<double>(),
+                                                                   anchor_token.as<int32_t>());
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+        }
+        size_t temp = seg_sort_temp_bytes;
+        const int32_t* offsets = seg_offsets.as<int32_t>();
+        SPARSA_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+            seg_sort_temp.as<void>(), temp, best.as<double>(), best_sorted.as<double>(), anchor_token.as<int32_t>(), anchor_by.as<int32_t>(),
+            static_cast<int>(total()), static_cast<int>(segs), offsets, offsets + 1));
+        const int32_t capacity = static_cast<int32_t>((n + cols - 1) / cols);
+        const size_t balance_smem = 2 * static_cast<size_t>(cols) * sizeof(int32_t);
+        if (balance_smem > 48 * 1024) {
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::content::anchors_balance, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(balance_smem)));
+        }
+        cuda::content::anchors_balance<<<static_cast<unsigned>(segs), cuda::content::kBalanceThreads, balance_smem>>>(
+            cosines.as<double>(), anchor_by.as<int32_t>(), n, static_cast<int32_t>(cols), capacity, bucket_bits, keys_in.as<uint64_t>());
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
     template <typename T> void run_buckets() {
         const int64_t n = shape.n, d = shape.d;
         const dim3 grid(static_cast<unsigned>((n + 3) / 4), static_cast<unsigned>(bh));
         const size_t smem = 4 * static_cast<size_t>(d) * sizeof(float);
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[0]));
-        const bool cosine = spec.kind == ContentKind::anchors;
-        for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
-            const T* x = (side == 0 ? q : k).as<T>();
-            const int64_t base = side == 0 ? 0 : segs_q;
-            uint64_t* keys = cosine ? nullptr : keys_in.as<uint64_t>();
-            float* cos = cosine ? cosines.as<float>() : nullptr;
-            const int bits = cosine ? 0 : bucket_bits;
-            if (version >= 2) {
-                const int smem2 = cuda::content::project2_smem(static_cast<int>(d));
-                const dim3 grid2(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
-                const auto kernel = cosine ? cuda::content::content_project2<T, cuda::content::kCosine> : cuda::content::content_project2<T, cuda::content::kHash>;
-                SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
-                kernel<<<grid2, 128, smem2>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
-                                              static_cast<int32_t>(cols), base, bits, keys, cos);
-            } else {
-                const auto kernel = cosine ? cuda::content::content_project<T, true> : cuda::content::content_project<T, false>;
-                kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
-                                            static_cast<int32_t>(cols), base, bits, keys, cos);
+        if (spec.kind == ContentKind::anchors) {
+            assign_anchors<T>();
+        } else {
+            for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
+                const T* x = (side == 0 ? q : k).as<T>();
+                const int64_t base = side == 0 ? 0 : segs_q;
+                if (version >= 2) {
+                    const int smem2 = cuda::content::project2_smem(static_cast<int>(d));
+                    const dim3 grid2(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
+                    const auto kernel = cuda::content::content_project2<T, cuda::content::kHash>;
+                    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2));
+                    kernel<<<grid2, 128, smem2>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
+                                                  static_cast<int32_t>(cols), base, bucket_bits, keys_in.as<uint64_t>(), nullptr);
+                } else {
+                    cuda::content::content_project<T, false><<<grid, 128, smem>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(),
+                                                                                 static_cast<int32_t>(rounds), static_cast<int32_t>(cols), base,
+                                                                                 bucket_bits, keys_in.as<uint64_t>(), nullptr);
+                }
+                SPARSA_CUDA_CHECK(cudaGetLastError());
             }
-            SPARSA_CUDA_CHECK(cudaGetLastError());
-        }
-        if (cosine) {   // the balanced assignment on the host, a thread per group of segments
-            cos_host.resize(static_cast<size_t>(total() * cols));
-            keys_host.resize(static_cast<size_t>(total()));
-            SPARSA_CUDA_CHECK(cudaMemcpy(cos_host.data(), cosines.as<float>(), cos_host.size() * 4, cudaMemcpyDeviceToHost));
-            const int64_t workers = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, segs);
-            std::vector<std::thread> pool;
-            for (int64_t w = 0; w < workers; ++w) {
-                pool.emplace_back([&, w] {
-                    for (int64_t seg = w; seg < segs; seg += workers) assign_segment(cos_host.data() + seg * n * cols, seg, keys_host.data() + seg * n);
-                });
-            }
-            for (auto& t : pool) t.join();
-            SPARSA_CUDA_CHECK(cudaMemcpy(keys_in.as<uint64_t>(), keys_host.data(), keys_host.size() * 8, cudaMemcpyHostToDevice));
         }
         size_t temp = sort_temp_bytes;
         SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp.as<void>(), temp, keys_in.as<uint64_t>(), keys_out.as<uint64_t>(),
@@ -648,7 +638,24 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     s.values.reserve(total * 4);
     s.order.reserve(total * 4);
     s.chunk_of.reserve(total * 4);
-    if (spec.kind == ContentKind::anchors) s.cosines.reserve(total * static_cast<size_t>(s.cols) * 4);
+    if (spec.kind == ContentKind::anchors) {
+        if (s.total() >= (int64_t{1} << 31)) throw Error(what + ": anchors over " + std::to_string(s.total()) + " tokens of all rounds and heads (at most 2^31 - 1 a call: split it)");
+        if (s.cols > 24 * 1024) throw Error(what + ": anchors(" + std::to_string(s.cols) + ") has more anchors than the GPU's assignment holds (24,576)");
+        s.cosines.reserve(total * static_cast<size_t>(s.cols) * 8);
+        s.best.reserve(total * 8);
+        s.best_sorted.reserve(total * 8);
+        s.anchor_token.reserve(total * 4);
+        s.anchor_by.reserve(total * 4);
+        std::vector<int32_t> offsets(static_cast<size_t>(s.segs + 1));
+        for (int64_t g = 0; g <= s.segs; ++g) offsets[static_cast<size_t>(g)] = static_cast<int32_t>(g * n);
+        s.seg_offsets.upload(offsets);
+        s.seg_sort_temp_bytes = 0;
+        const int32_t* o = s.seg_offsets.as<int32_t>();
+        SPARSA_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+            nullptr, s.seg_sort_temp_bytes, s.best.as<double>(), s.best_sorted.as<double>(), s.anchor_token.as<int32_t>(),
+            s.anchor_by.as<int32_t>(), static_cast<int>(total), static_cast<int>(s.segs), o, o + 1));
+        s.seg_sort_temp.reserve(s.seg_sort_temp_bytes);
+    }
     cuda::content::content_iota<<<static_cast<unsigned>((total + 255) / 256), 256>>>(s.values.as<int32_t>(), static_cast<int64_t>(total), n);
     SPARSA_CUDA_CHECK(cudaGetLastError());
     s.sort_temp_bytes = 0;

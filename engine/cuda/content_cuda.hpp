@@ -4,9 +4,8 @@
 // (engine/content/content_spec.hpp, docs/pattern-language.md); this file says how the GPU runs it.
 //
 // lsh, anchors: the fixed pass (CudaAttention on the heads' fixed masks, when any is non-empty),
-// then per round: hash (x R on the GPU, one warp a token) or anchor cosines (on the GPU; the
-// balanced assignment of the spec is sequential and runs on the host from the GPU's cosines),
-// a stable radix sort of (round, batch * head, bucket) keys with CUB, each token's chunk id, and
+// then per round: hash (x R on the GPU, one warp a token) or the anchors' balanced assignment
+// (on the GPU, identical to the CPU engine's anchors_assign: content_anchors.cuh), a stable radix sort of (round, batch * head, bucket) keys with CUB, each token's chunk id, and
 // one banded pass per round in sorted order (query chunk i against key chunks i - 1 and i; Q, K,
 // V rows read through the sorted order, so the gather is part of the pass's tile loads, and O,
 // lse written back at the tokens' positions). The passes merge by log-sum-exp. Pairs the fixed
@@ -63,8 +62,8 @@ using CudaContentNumbers = std::vector<std::vector<float>>;   // [heads]
 CudaContentNumbers cuda_content_numbers(const MaskSet& masks, int64_t layer, int64_t d, const ContentArrays* arrays,
                                         int64_t draw = 0);
 
-// Device times of the last run (CUDA events, milliseconds). bucketing: hashing or cosines (with
-// the host's balanced assignment for anchors), sorting, chunk ids; attention: the rounds' passes
+// Device times of the last run (CUDA events, milliseconds). bucketing: hashing or the anchors'
+// cosines and balanced assignment, sorting, chunk ids; attention: the rounds' passes
 // (favor: its key and query passes); merge: the log-sum-exp merge; fixed: the fixed pass (its
 // kernel only; its output's copy through the host is not counted: see content_cuda.cu).
 struct CudaContentTimes {
@@ -97,7 +96,7 @@ public:
                             const CudaContentNumbers& numbers, const CudaContentOptions& options = {});
 
     // The same in steps, for timing: prepare checks and uploads, run launches everything (it
-    // waits only where the host must act: the fixed pass's output, the anchors' assignment),
+    // waits only where the host must act: the fixed pass's output),
     // download waits and copies o and lse back.
     void prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                  const CudaContentNumbers& numbers, const CudaContentOptions& options = {});

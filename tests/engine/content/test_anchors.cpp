@@ -282,3 +282,58 @@ TEST_CASE("anchors bad input: no fitted file, anchors of the wrong shape", "[con
     CHECK_THROWS_WITH(content_attention_forward(q, k, v, set_with_content({empty}, {spec_make(ContentKind::anchors, 0, 1, 16, false, 0, true, "a.npz")}), 0, options),
                       Contains("1 or more anchors"));
 }
+
+TEST_CASE("given buckets (the GPU's walk): reports and allowed sets follow them instead of a new hash", "[content]") {
+    const int64_t n = 120, d = 16, batch = 2, heads = 2;
+    const Tensor q = tensor_random({batch, heads, n, d}, 71), k = tensor_random({batch, heads, n, d}, 72);
+    ContentArrays arrays;
+    arrays["a.npz"] = random_anchors(2, 5, d, 7);
+    const MaskSet set = set_with_content({mask_band(n, 16, 4, true), block_mask_empty(n, 16)},
+                                         {spec_make(ContentKind::lsh, 8, 2, 16, true, 3, false),
+                                          spec_make(ContentKind::anchors, 5, 2, 16, false, 0, true, "a.npz")});
+    ContentOptions hashed;
+    hashed.arrays = &arrays;
+    hashed.recall = true;
+    // the buckets the engine's own hash gives, handed back as another engine would
+    ContentBuckets given;
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t h = 0; h < heads; ++h) {
+            const ContentSpec& spec = *set.content[at(h)];
+            const ContentWalk w = content_walk_hash(spec, content_array_find(&arrays, spec, "test"), q.row(b, h, 0), k.row(b, h, 0), n, d,
+                                                    0, h, 16, "test");
+            given.q.push_back(w.q_bucket);
+            given.k.push_back(w.k_bucket);
+        }
+    }
+    ContentOptions with = hashed;
+    with.buckets = &given;
+    const std::vector<ContentReport> a = content_report(q, k, set, 0, hashed), b = content_report(q, k, set, 0, with);
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        CHECK(a[i].pairs == b[i].pairs);
+        CHECK(a[i].bucket_min == b[i].bucket_min);
+        CHECK(a[i].bucket_max == b[i].bucket_max);
+        CHECK(a[i].recall_mean == b[i].recall_mean);
+    }
+    CHECK(content_allowed_dense(q, k, set, 0, 1, 1, hashed) == content_allowed_dense(q, k, set, 0, 1, 1, with));
+
+    // other buckets: every token of (batch 0, head 0) in bucket 0 in both rounds -> one bucket of n
+    std::fill(given.q[0].begin(), given.q[0].end(), 0);
+    const std::vector<ContentReport> c = content_report(q, k, set, 0, with);
+    CHECK(c[0].bucket_max == n);
+    CHECK(c[0].pairs != a[0].pairs);
+    CHECK(c[1].pairs == a[1].pairs);   // the others are untouched
+    CHECK(content_allowed_dense(q, k, set, 0, 0, 0, hashed) != content_allowed_dense(q, k, set, 0, 0, 0, with));
+
+    // wrong sizes and buckets out of range are refused, naming what is wrong
+    given.q[0].pop_back();
+    CHECK_THROWS_WITH(content_report(q, k, set, 0, with), Contains("given buckets: the queries' are 239 values, the spec needs 240"));
+    given.q[0].push_back(8);
+    CHECK_THROWS_WITH(content_report(q, k, set, 0, with), Contains("given buckets: bucket 8 is outside 0 to 7"));
+    given.q[0].back() = 0;
+    given.k[1] = {0};   // (0, 1) buckets keys as queries (shared_qk): keys' buckets of its own are refused
+    CHECK_THROWS_WITH(content_report(q, k, set, 0, with), Contains("the keys' are 1 values, the spec needs 0"));
+    given.k[1].clear();
+    given.q.pop_back();
+    CHECK_THROWS_WITH(content_report(q, k, set, 0, with), Contains("given buckets for 3 (batch, head) pairs, the call has 4"));
+}

@@ -602,3 +602,106 @@ TEST_CASE("cuda content: matches the CPU engines on the numbers they draw", "[cu
         }
     }
 }
+
+// [SECTION] anchors' assignment on the GPU against the CPU engine's, bit for bit
+
+namespace {
+
+// Unit anchors [rounds, k, d] as a fitted file holds them, from normals of `seed`.
+ContentArray unit_anchors(const std::string& path, int64_t rounds, int64_t k, int64_t d, uint64_t seed) {
+    ContentArray a{path, {rounds, k, d}, random_normals(seed, 0, 0, 0, rounds * k * d)};
+    for (int64_t r = 0; r < rounds * k; ++r) {
+        double norm = 0;
+        for (int64_t i = 0; i < d; ++i) norm += double{a.values[static_cast<size_t>(r * d + i)]} * a.values[static_cast<size_t>(r * d + i)];
+        for (int64_t i = 0; i < d; ++i) a.values[static_cast<size_t>(r * d + i)] /= static_cast<float>(std::sqrt(norm));
+    }
+    return a;
+}
+
+} // namespace
+
+TEST_CASE("cuda content: anchors' balanced assignment on the GPU is the CPU engine's, bit for bit", "[cuda][content][anchors]") {
+    if (!gpu_ready("anchors assignment")) return;
+    struct AssignCase {
+        int64_t n, d, k, rounds;
+        CudaDtype dtype;
+        bool shared_qk;
+        const char* input;   // random; clustered (most tokens near two anchors: the capacity binds); ties (repeated and zero rows)
+    };
+    const AssignCase cases[] = {
+        {300, 64, 6, 2, CudaDtype::float32, true, "random"},     {1000, 64, 64, 2, CudaDtype::bfloat16, true, "random"},
+        {4099, 128, 64, 1, CudaDtype::float16, false, "random"}, {2000, 64, 16, 2, CudaDtype::bfloat16, true, "clustered"},
+        {777, 64, 32, 2, CudaDtype::float32, false, "clustered"}, {1500, 64, 24, 2, CudaDtype::bfloat16, true, "ties"},
+        {513, 128, 513, 1, CudaDtype::float32, true, "random"},  // one token an anchor
+    };
+    const int64_t heads = 2, batch = 2;
+    for (const AssignCase& c : cases) {
+        INFO("n " << c.n << " d " << c.d << " k " << c.k << " rounds " << c.rounds << " " << cuda_dtype_name(c.dtype) << " shared_qk "
+                  << c.shared_qk << " " << c.input);
+        ContentSpec spec;
+        spec.kind = ContentKind::anchors;
+        spec.buckets = c.k;
+        spec.rounds = c.rounds;
+        spec.chunk = 64;
+        spec.shared_qk = c.shared_qk;
+        spec.file = "/anchors.npz";
+        ContentArrays arrays;
+        arrays[spec.file] = unit_anchors(spec.file, c.rounds, c.k, c.d, 11 + static_cast<uint64_t>(c.n));
+        const MaskSet set = content_set(c.n, heads, {}, spec);
+        const TensorShape shape{batch, heads, c.n, c.d};
+        Tensor q = tensor_random(shape, 40 + static_cast<uint64_t>(c.n)), k = tensor_random(shape, 41 + static_cast<uint64_t>(c.n));
+        const std::vector<float>& anchors = arrays[spec.file].values;
+        for (Tensor* x : {&q, &k}) {
+            for (int64_t b = 0; b < batch; ++b) {
+                for (int64_t h = 0; h < heads; ++h) {
+                    for (int64_t t = 0; t < c.n; ++t) {
+                        float* row = &x->at(b, h, t, 0);
+                        if (std::string(c.input) == "clustered") {   // 3 of 4 tokens: anchor 0 or 1 of round 0, plus a little noise
+                            if (t % 4 == 3) continue;
+                            const float* a = anchors.data() + (t % 2) * c.d;
+                            for (int64_t i = 0; i < c.d; ++i) row[i] = 4.f * a[i] + 0.05f * row[i];
+                        } else if (std::string(c.input) == "ties") {   // every 5th token a zero row, every 3rd a copy of token 1
+                            if (t % 5 == 0) std::fill(row, row + c.d, 0.f);
+                            else if (t % 3 == 0 && t > 1) std::copy(&x->at(b, h, 1, 0), &x->at(b, h, 1, 0) + c.d, row);
+                        }
+                    }
+                }
+            }
+        }
+        q = tensor_round_to(q, c.dtype);
+        k = tensor_round_to(k, c.dtype);
+        const CudaContentNumbers numbers = cuda_content_numbers(set, 0, c.d, &arrays);
+        CudaContentOptions options;
+        options.dtype = c.dtype;
+        engine().forward(q, k, q, set, 0, numbers, options);
+        const CudaContentWalk walk = engine().walk();
+        REQUIRE(walk.rounds == c.rounds);
+        REQUIRE(walk.q_bucket.size() == static_cast<size_t>(c.rounds * batch * heads * c.n));
+        REQUIRE(walk.k_bucket.size() == (c.shared_qk ? size_t{0} : walk.q_bucket.size()));
+        int64_t differ = 0, compared = 0, full = 0;
+        for (int64_t b = 0; b < batch; ++b) {
+            for (int64_t h = 0; h < heads; ++h) {
+                const ContentWalk cpu = content_walk_hash(spec, content_array_find(&arrays, spec, "test"), row_of(q, b, h, 0), row_of(k, b, h, 0),
+                                                          c.n, c.d, 0, h, 64, "test");
+                for (int side = 0; side < (c.shared_qk ? 1 : 2); ++side) {
+                    for (int64_t r = 0; r < c.rounds; ++r) {
+                        const int32_t* gpu = (side == 0 ? walk.q_bucket : walk.k_bucket).data() + (r * batch * heads + b * heads + h) * c.n;
+                        const int32_t* want = (side == 0 ? cpu.q_bucket : cpu.k_bucket).data() + r * c.n;
+                        std::vector<int64_t> count(static_cast<size_t>(c.k), 0);
+                        for (int64_t t = 0; t < c.n; ++t) {
+                            ++compared;
+                            ++count[static_cast<size_t>(want[t])];
+                            if (gpu[t] == want[t]) continue;
+                            if (differ++ < 5) UNSCOPED_INFO("b " << b << " h " << h << " side " << side << " round " << r << " token " << t << ": GPU "
+                                                                << gpu[t] << ", CPU " << want[t]);
+                        }
+                        for (int64_t n_a : count) full += n_a == (c.n + c.k - 1) / c.k;
+                    }
+                }
+            }
+        }
+        INFO(compared << " assignments compared, " << full << " anchors filled to capacity");
+        CHECK(differ == 0);
+        if (std::string(c.input) == "clustered") CHECK(full >= 2);   // the capacity did bind: the greedy's second choices were taken
+    }
+}
