@@ -65,12 +65,22 @@ const SparsaCliCudaApi& api_load() {
         load_failed(folder, error != nullptr ? error : "no " SPARSA_CLI_CUDA_ENTRY);
     }
     const SparsaCliCudaApi* api = entry();
-    if (api->version != SPARSA_CLI_CUDA_VERSION || api->layout != sparsa_cli_cuda_layout()) {
-        // Deliberately not closed: the module's constructors ran, and unloading CUDA's runtime
-        // this early is not worth the risk for a process that is about to report and exit.
-        load_failed(folder, path + " is version " + std::to_string(api->version) + " (layout " + std::to_string(api->layout) +
-                                "), this sparsa needs version " + std::to_string(SPARSA_CLI_CUDA_VERSION) + " (layout " +
-                                std::to_string(sparsa_cli_cuda_layout()) + "): it was built from other sources");
+    // Deliberately not closed below: the module's constructors ran, and unloading CUDA's runtime
+    // this early is not worth the risk for a process that is about to report and exit. Only the
+    // table's first two fields are read before the version says how long the table is.
+    if (api->version != SPARSA_CLI_CUDA_VERSION) {
+        const bool older = api->version < SPARSA_CLI_CUDA_VERSION;
+        throw Error(std::string("--engine cuda: ") + path + " is version " + std::to_string(api->version) +
+                    " of the CUDA module's interface, but this sparsa needs version " + std::to_string(SPARSA_CLI_CUDA_VERSION) +
+                    (older ? " (version 2 added content-based heads: lsh, anchors, favor): the module is older than sparsa"
+                           : ": the module is newer than sparsa") +
+                    " (rebuild both with cmake --build BUILD --target sparsa, or copy the libsparsa_cli_cuda.so built with "
+                    "this sparsa beside it)");
+    }
+    if (api->layout != sparsa_cli_cuda_layout()) {
+        load_failed(folder, path + " is version " + std::to_string(api->version) + " but its types have layout " +
+                                std::to_string(api->layout) + " where this sparsa's have " + std::to_string(sparsa_cli_cuda_layout()) +
+                                ": it was built from other sources");
     }
     return *api;
 }
@@ -141,5 +151,40 @@ AttentionOutput Attention::download() {
 }
 
 int Attention::kernel() const { return api().engine_kernel(engine_); }
+
+Layer::Layer() { check(api().layer_new(&layer_)); }
+
+Layer::~Layer() {
+    if (layer_ != nullptr) api().layer_free(layer_);
+}
+
+void Layer::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                    const ContentArrays* arrays, const CudaAttentionOptions& options) {
+    check(api().layer_prepare(layer_, &q, &k, &v, &masks, layer, arrays, &options));
+}
+
+std::vector<float> Layer::time_runs(int warmup, int runs) {
+    std::vector<float> ms(static_cast<size_t>(runs));
+    check(api().layer_time_runs(layer_, warmup, runs, ms.data()));
+    return ms;
+}
+
+AttentionOutput Layer::download() {
+    AttentionOutput out;
+    check(api().layer_download(layer_, &out));
+    return out;
+}
+
+CudaContentTimes Layer::times() {
+    CudaContentTimes out;
+    check(api().layer_times(layer_, &out));
+    return out;
+}
+
+ContentBuckets Layer::buckets() {
+    ContentBuckets out;
+    check(api().layer_buckets(layer_, &out));
+    return out;
+}
 
 } // namespace sparsa::cli::cuda

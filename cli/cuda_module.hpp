@@ -5,8 +5,11 @@
 // Compiled only into a sparsa built with the CUDA engine (SPARSA_HAVE_CUDA).
 #pragma once
 
+#include "engine/content/buckets.hpp"
+#include "engine/content/content_arrays.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/cuda/attention_cuda.hpp"
+#include "engine/cuda/content_cuda.hpp"
 
 #include <string>
 #include <vector>
@@ -43,6 +46,27 @@ public:
 
 private:
     void* engine_ = nullptr;
+};
+
+// A layer with content-based heads (lsh, anchors, favor, with fixed heads or not), living in the
+// module: the fixed heads through CudaAttention, the content heads through CudaContentAttention
+// (engine/cuda/content_cuda.hpp). options: dtype, kernel (1: the simple kernels), scale, poison.
+class Layer {
+public:
+    Layer();   // throws sparsa::Error when no GPU is usable
+    ~Layer();
+    Layer(const Layer&) = delete;
+    Layer& operator=(const Layer&) = delete;
+
+    void prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                 const ContentArrays* arrays, const CudaAttentionOptions& options);
+    std::vector<float> time_runs(int warmup, int runs);   // milliseconds of each run of the whole layer
+    AttentionOutput download();                          // lse NaN on favor heads
+    CudaContentTimes times();                            // the last run's phases, over the content heads
+    ContentBuckets buckets();                            // the last run's buckets (lsh, anchors heads)
+
+private:
+    void* layer_ = nullptr;
 };
 
 } // namespace sparsa::cli::cuda

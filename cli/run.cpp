@@ -9,6 +9,7 @@
 #include "cli/commands.hpp"
 #include "cli/outputs.hpp"
 #include "engine/content/layer_attention.hpp"
+#include "engine/cuda/content_cuda.hpp"   // plain C++: CudaContentTimes, whatever the build
 #include "engine/cpu_attention.hpp"
 #include "io/content_files.hpp"
 #include "io/npy.hpp"
@@ -204,8 +205,12 @@ struct GpuChoice {
     int kernel = 0;                    // asked for (0: the newest that runs the call)
     int kernel_used = 0;               // run
     std::string device;                // the GPU's name
+    bool content = false;              // the layer has content-based heads: run through `layer`
+    CudaContentTimes phases;           // content layers: the last run's phases
+    ContentBuckets buckets;            // content layers: the buckets the GPU drew (reports, --check)
 #ifdef SPARSA_HAVE_CUDA
     std::shared_ptr<cuda::Attention> engine;   // in libsparsa_cli_cuda.so
+    std::shared_ptr<cuda::Layer> layer;        // content layers, likewise
     CudaDtype dtype = CudaDtype::bfloat16;
 #endif
 };
@@ -240,14 +245,26 @@ GpuChoice gpu_choice(const Args& args, const std::string& engine) {
 // Times `runs` launches after one warm-up (CUDA events, seconds of each into `seconds`) and
 // returns the last run's O and lse. Outputs are poisoned (NaN) before the first launch, so
 // --check catches an element no launch wrote.
+// A layer with content-based heads runs through the module's layer (cuda::Layer): each run times
+// the whole layer, and its phases and buckets are kept in `g` for the report and --check.
 AttentionOutput gpu_run([[maybe_unused]] GpuChoice& g, [[maybe_unused]] const Tensor& q, [[maybe_unused]] const Tensor& k,
                         [[maybe_unused]] const Tensor& v, [[maybe_unused]] const MaskSet& set,
-                        [[maybe_unused]] int64_t layer, [[maybe_unused]] int runs, [[maybe_unused]] std::vector<double>& seconds) {
+                        [[maybe_unused]] int64_t layer, [[maybe_unused]] const ContentArrays* arrays, [[maybe_unused]] int runs,
+                        [[maybe_unused]] std::vector<double>& seconds) {
 #ifdef SPARSA_HAVE_CUDA
     CudaAttentionOptions options;
     options.dtype = g.dtype;
     options.kernel = g.kernel;
     options.poison_outputs = true;
+    if (g.content) {
+        g.layer = std::make_shared<cuda::Layer>();
+        g.layer->prepare(q, k, v, set, layer, arrays, options);
+        for (float ms : g.layer->time_runs(1, runs)) seconds.push_back(1e-3 * ms);
+        AttentionOutput out = g.layer->download();
+        g.phases = g.layer->times();
+        g.buckets = g.layer->buckets();
+        return out;
+    }
     g.engine->prepare(q, k, v, set, layer, options);
     g.kernel_used = g.engine->kernel();
     for (float ms : g.engine->time_runs(1, runs)) seconds.push_back(1e-3 * ms);
@@ -523,10 +540,7 @@ int command_run(const std::vector<std::string>& argv) {
                         "dense reference does not realise; use --engine cpu --check (the reference over each head's "
                         "allowed pairs, exact attention for favor)");
         }
-        if (engine == "cuda") {
-            throw Error("run: --engine cuda does not run content-based heads (lsh, anchors, favor) from the command line "
-                        "yet: the CLI's CUDA module (cli/cuda_module_abi.hpp) has no entry for them; use --engine cpu");
-        }
+        gpu.content = engine == "cuda";   // the module's layer: content heads on the GPU (content_cuda.hpp)
         if (check && n > kLayerReferenceMaxN) {
             throw Error("run: --check on content-based heads takes n up to " + std::to_string(kLayerReferenceMaxN) +
                         " (each head's allowed pairs become an [n, n] mask for the reference); give --n " +
@@ -580,7 +594,17 @@ int command_run(const std::vector<std::string>& argv) {
     LayerForward content_out;
     std::vector<LayerTimes> content_times;
     if (engine == "cuda") {
-        out = gpu_run(gpu, q, k, v, set, layer, runs, seconds);
+        out = gpu_run(gpu, q, k, v, set, layer, &arrays, runs, seconds);
+    }
+    // The GPU's content layer: the inputs as it saw them (rounded to the dtype), for its reports and --check.
+    Tensor q_seen, k_seen;
+    if (engine == "cuda" && content_layer) {
+        q_seen = gpu_round(gpu, q);
+        k_seen = gpu_round(gpu, k);
+        content_options.buckets = &gpu.buckets;   // the reports and --check follow the GPU's buckets
+        content_out.reports = layer_report(q_seen, k_seen, set, layer, content_options);
+        content_out.o = out.o;
+        content_out.lse = out.lse;
     }
     for (int r = 0; r < runs && engine != "cuda"; ++r) {
         const auto start = std::chrono::steady_clock::now();
@@ -606,7 +630,8 @@ int command_run(const std::vector<std::string>& argv) {
         // Recall is measured apart from the timed runs (O(n^2 d) a head).
         if (recall) {
             content_options.recall = true;
-            const std::vector<LayerHeadReport> measured = layer_report(q, k, set, layer, content_options);
+            const std::vector<LayerHeadReport> measured =
+                engine == "cuda" ? layer_report(q_seen, k_seen, set, layer, content_options) : layer_report(q, k, set, layer, content_options);
             for (size_t i = 0; i < measured.size(); ++i) {
                 content_out.reports[i].pairs.recall_mean = measured[i].pairs.recall_mean;
                 content_out.reports[i].pairs.recall_min = measured[i].pairs.recall_min;
@@ -635,7 +660,10 @@ int command_run(const std::vector<std::string>& argv) {
     const int used_threads = threads > 0 ? threads : thread_count();
 
     std::optional<CheckResult> checked;
-    if (check && engine == "cuda") {   // the reference sees what the GPU saw: inputs rounded to the dtype
+    if (check && engine == "cuda" && content_layer) {   // over the GPU's buckets, on the inputs as it saw them
+        checked = check_content(q_seen, k_seen, gpu_round(gpu, v), set, layer, content_out, content_options, summaries);
+        checked->tolerance = gpu.dtype_name == "f32" ? kCheckTolerance : kCheckToleranceHalf;
+    } else if (check && engine == "cuda") {   // the reference sees what the GPU saw: inputs rounded to the dtype
         checked = check_against_reference(gpu_round(gpu, q), gpu_round(gpu, k), gpu_round(gpu, v), set, layer, out, threads);
         checked->tolerance = gpu.dtype_name == "f32" ? kCheckTolerance : kCheckToleranceHalf;
     } else if (check && content_layer) {
@@ -688,6 +716,10 @@ int command_run(const std::vector<std::string>& argv) {
             j["dtype"] = gpu.dtype_name;
             j["kernel"] = gpu.kernel_used;
             j["tflops"] = flops / time / 1e12;
+            if (content_layer) {
+                j["kernel"] = nullptr;   // the content kernels (content_cuda.hpp), and CudaAttention's choice for fixed heads
+                j["content_kernels"] = gpu.kernel == 1 ? "simple" : "tensor cores where they run";
+            }
         }
         if (!throughput) j["gflops"] = nullptr;
         if (content_layer) {
@@ -715,7 +747,12 @@ int command_run(const std::vector<std::string>& argv) {
                 per_head.push_back(e);
             }
             j["per_head"] = per_head;
-            j["phases"] = {{"hashing", median_of(content_times, &ContentTimes::hashing)},
+            if (engine == "cuda") {   // seconds of the last run, by CUDA events (content_cuda.hpp's CudaContentTimes)
+                j["phases"] = {{"bucketing", 1e-3 * gpu.phases.bucketing_ms},
+                               {"attention", 1e-3 * gpu.phases.attention_ms},
+                               {"merge", 1e-3 * gpu.phases.merge_ms},
+                               {"fixed", 1e-3 * gpu.phases.fixed_ms}};
+            } else j["phases"] = {{"hashing", median_of(content_times, &ContentTimes::hashing)},
                            {"sorting", median_of(content_times, &ContentTimes::sorting)},
                            {"gathering", median_of(content_times, &ContentTimes::gathering)},
                            {"attention", median_of(content_times, &ContentTimes::attention)},
@@ -740,8 +777,9 @@ int command_run(const std::vector<std::string>& argv) {
         outputs.commit();
         return checked && !checked->ok() ? 1 : 0;
     }
-    const std::string where = engine == "cuda" ? gpu.device + ", " + gpu.dtype_name + ", kernel " + std::to_string(gpu.kernel_used)
-                                               : std::to_string(used_threads) + " threads";
+    const std::string where = engine != "cuda" ? std::to_string(used_threads) + " threads"
+                              : content_layer ? gpu.device + ", " + gpu.dtype_name + ", content kernels" + (gpu.kernel == 1 ? " (simple)" : "")
+                                              : gpu.device + ", " + gpu.dtype_name + ", kernel " + std::to_string(gpu.kernel_used);
     outputs.say("%s: layer %lld, batch %lld x %lld heads, n = %lld, d = %lld, block %d, engine %s, %s, %s\n", path.c_str(),
                 static_cast<long long>(layer), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
                 static_cast<long long>(s.n), static_cast<long long>(s.d), set.block, engine.c_str(), where.c_str(),
@@ -792,7 +830,13 @@ int command_run(const std::vector<std::string>& argv) {
         }
         outputs.say("  head %-6lld %s\n", static_cast<long long>(h.head), line.c_str());
     }
-    if (content_layer) {
+    if (content_layer && engine == "cuda") {
+        char text[320];
+        std::snprintf(text, sizeof text, "bucketing %.3f ms (hashing or the anchors' assignment, sorting, chunk ids), "
+                      "attention %.3f ms, merge %.3f ms, fixed part %.3f ms",
+                      gpu.phases.bucketing_ms, gpu.phases.attention_ms, gpu.phases.merge_ms, gpu.phases.fixed_ms);
+        outputs.say("  phases      %s (the last run, CUDA events, over the content heads)\n", text);
+    } else if (content_layer) {
         std::string phases;
         char text[256];
         if (layer_has(set, layer, LayerHeadKind::lsh) || layer_has(set, layer, LayerHeadKind::anchors)) {
