@@ -5,6 +5,7 @@
 
 #include "engine/cuda/attn_fwd_kernels.cuh"
 #include "engine/cuda/cuda_host.hpp"
+#include "engine/cuda/layer_masks_impl.hpp"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 
@@ -121,14 +122,21 @@ struct CudaAttention::Impl {
     float scale_log2 = 0;
     bool prepared = false;
     cudaEvent_t start = nullptr, stop = nullptr;
+    // CudaLayerMasks (attention_cuda_device.hpp): the caller's tensors and stream instead of the
+    // buffers above; nullptr: the buffers, the default stream
+    const void *q_ptr = nullptr, *k_ptr = nullptr, *v_ptr = nullptr;
+    void* o_ptr = nullptr;
+    float* lse_ptr = nullptr;
+    cudaStream_t stream = nullptr;
 
     template <typename T> cuda::AttnParams<T> params() const {
         cuda::AttnParams<T> p{};
-        p.q = static_cast<const T*>(q.get());
-        p.k = static_cast<const T*>(k.get());
-        p.v = static_cast<const T*>(v.get());
-        p.o = static_cast<T*>(o.get());
-        p.lse = static_cast<float*>(lse.get());
+        p.q = static_cast<const T*>(q_ptr != nullptr ? q_ptr : q.get());
+        p.k = static_cast<const T*>(k_ptr != nullptr ? k_ptr : k.get());
+        p.v = static_cast<const T*>(v_ptr != nullptr ? v_ptr : v.get());
+        p.o = static_cast<T*>(o_ptr != nullptr ? o_ptr : o.get());
+        p.lse = lse_ptr != nullptr ? lse_ptr : static_cast<float*>(lse.get());
+        p.stream = stream;
         p.batch = shape.batch;
         p.heads = shape.heads;
         p.n = shape.n;
@@ -164,17 +172,17 @@ struct CudaAttention::Impl {
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel4<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             const dim3 grid4(static_cast<unsigned>(shape.heads) * tiles, 1, static_cast<unsigned>(shape.batch));
-            cuda::attn_fwd_kernel4<T, D, B><<<grid4, 128, smem>>>(p);
+            cuda::attn_fwd_kernel4<T, D, B><<<grid4, 128, smem, p.stream>>>(p);
         } else if (kernel == 2) {
             constexpr int smem = cuda::AttnTraits<D, B, 1>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel2<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            cuda::attn_fwd_kernel2<T, D, B><<<grid, 128, smem>>>(p);
+            cuda::attn_fwd_kernel2<T, D, B><<<grid, 128, smem, p.stream>>>(p);
         } else {
             constexpr int smem = cuda::AttnTraits<D, B, 2>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel3<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            cuda::attn_fwd_kernel3<T, D, B><<<grid, 128, smem>>>(p);
+            cuda::attn_fwd_kernel3<T, D, B><<<grid, 128, smem, p.stream>>>(p);
         }
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
@@ -188,12 +196,12 @@ struct CudaAttention::Impl {
             constexpr int smem = cuda::AttnTraits32<D, B, 2>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel5<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            cuda::attn_fwd_kernel5<T, D, B><<<grid, 64, smem>>>(p);
+            cuda::attn_fwd_kernel5<T, D, B><<<grid, 64, smem, p.stream>>>(p);
         } else {
             constexpr int smem = cuda::AttnTraits32<D, B, 4>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel6<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            cuda::attn_fwd_kernel6<T, D, B><<<grid, 128, smem>>>(p);
+            cuda::attn_fwd_kernel6<T, D, B><<<grid, 128, smem, p.stream>>>(p);
         }
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
@@ -212,25 +220,25 @@ struct CudaAttention::Impl {
             else if (kernel == 13) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 13>(p, work_items, shape.batch, persistent_blocks)));
             else if (kernel == 14) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 14>(p, work_items, shape.batch)));
             else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 15>(p, work_items, shape.batch)));
-            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128, 0, p.stream>>>(p);
         } else if (kernel == 11 || kernel == 12) {
             if (kernel == 11) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 11>(p, work_items, shape.batch)));
             else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 12>(p, work_items, shape.batch)));
-            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128, 0, p.stream>>>(p);
         } else if (kernel == 7) {
             constexpr int smem = cuda::AttnTraits32<D, B, 4>::kSmemBytes;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_fwd_kernel7<T, D, B>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            cuda::attn_fwd_kernel7<T, D, B><<<grid, 128, smem>>>(p);
+            cuda::attn_fwd_kernel7<T, D, B><<<grid, 128, smem, p.stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128, 0, p.stream>>>(p);
         } else {
             constexpr int smem = cuda::AttnTraits32<D, B, 2>::kSmemBytes;
             auto* kernel_fn = kernel == 8 ? cuda::attn_fwd_kernel8<T, D, B> : cuda::attn_fwd_kernel9<T, D, B>;
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            kernel_fn<<<grid, 64, smem>>>(p);
+            kernel_fn<<<grid, 64, smem, p.stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128>>>(p);
+            if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128, 0, p.stream>>>(p);
         }
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
@@ -277,7 +285,7 @@ struct CudaAttention::Impl {
             if (kernel == 1) {
                 const dim3 grid(static_cast<unsigned>((shape.n + cuda::kKernel1Warps - 1) / cuda::kKernel1Warps),
                                 static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch));
-                cuda::attn_fwd_kernel1<T><<<grid, 32 * cuda::kKernel1Warps>>>(params<T>());
+                cuda::attn_fwd_kernel1<T><<<grid, 32 * cuda::kKernel1Warps, 0, stream>>>(params<T>());
                 SPARSA_CUDA_CHECK(cudaGetLastError());
                 return;
             }
@@ -384,6 +392,8 @@ struct CudaAttention::Impl {
         partial_ml.reserve(slot_rows * 2 * sizeof(float));
     }
 
+    void configure(const MaskSet& masks, int64_t layer, const TensorShape& shape_in, const CudaAttentionOptions& options);
+
     // The distinct masks of `layer` in the order heads first use them, concatenated as in the
     // .npz file; head_mask[h] says which one head h uses.
     void upload_masks(const MaskSet& masks, int64_t layer) {
@@ -436,28 +446,11 @@ struct CudaAttention::Impl {
     }
 };
 
-CudaAttention::CudaAttention() : impl_(std::make_unique<Impl>()) {
-    std::string why;
-    if (!cuda_device_available(&why)) throw Error("CUDA engine: no GPU to run on (" + why + "); use the CPU engine");
-    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->start));
-    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->stop));
-}
-
-CudaAttention::~CudaAttention() {
-    if (impl_->start != nullptr) cudaEventDestroy(impl_->start);
-    if (impl_->stop != nullptr) cudaEventDestroy(impl_->stop);
-}
-
-void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
-                            const CudaAttentionOptions& options) {
-    Impl& s = *impl_;
-    s.prepared = false;
-    cuda_attention_check(q, k, v, masks, layer, options);
-    const int64_t d = q.shape.d;
-    if (q.shape.heads > 65535 || q.shape.batch > 65535 || q.shape.heads * ((q.shape.n + 63) / 64) > (int64_t{1} << 30)) {
-        throw Error("cuda attention_forward: batch and heads must be at most 65535, heads * n / 64 at most 2^30 (got " +
-                    tensor_shape_text(q.shape) + "); split the call");
-    }
+// The kernel, the state of the call and the masks on the device (upload_masks), for `shape`.
+// The kernel, the state of the call and the masks on the device (upload_masks), for `shape_in`.
+void CudaAttention::Impl::configure(const MaskSet& masks, int64_t layer, const TensorShape& shape_in,
+                                    const CudaAttentionOptions& options) {
+    const int64_t d = shape_in.d;
     int kernel = options.kernel;
     if (kernel == 0) {
         // with wgmma (compute capability 9.0) 15, the fastest on every benchmark mask at d = 128
@@ -467,7 +460,7 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
         for (kernel = 9; kernel > 1; --kernel) {
             if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
         }
-        if (kernel == 9) kernel = cuda_kernel_supports(15, options.dtype, d, masks.block) ? 15 : Impl::kernel_by_steps(masks, layer);
+        if (kernel == 9) kernel = cuda_kernel_supports(15, options.dtype, d, masks.block) ? 15 : kernel_by_steps(masks, layer);
     }
     if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
@@ -485,19 +478,51 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
         throw Error("cuda attention_forward: persistent_blocks is " + std::to_string(options.persistent_blocks) +
                     " (give 0 for as many thread blocks as fit on the GPU, or the most kernel 13 may run)");
     }
-    s.split_steps = options.split_steps;
-    s.persistent_blocks = options.persistent_blocks;
-    if (kernel == 13) s.work_counter.reserve(sizeof(int));
-    s.kernel = kernel;   // before upload_masks: the launch order depends on the kernel's tile
-    s.shape = q.shape;
-    s.dtype = options.dtype;
-    s.block = masks.block;
-    s.q_blocks = (q.shape.n + masks.block - 1) / masks.block;
+    this->split_steps = options.split_steps;
+    this->persistent_blocks = options.persistent_blocks;
+    if (kernel == 13) this->work_counter.reserve(sizeof(int));
+    this->kernel = kernel;   // before upload_masks: the launch order depends on the kernel's tile
+    this->shape = shape_in;
+    this->dtype = options.dtype;
+    this->block = masks.block;
+    this->q_blocks = (shape_in.n + masks.block - 1) / masks.block;
+    // scale > 0 in the kernels: prepare negates K for a negative scale
+    const double scale = attention_scale("cuda attention_forward", options.scale, d);
+    this->scale_log2 = static_cast<float>(std::abs(scale) * 1.4426950408889634);
+
+    upload_masks(masks, layer);
+}
+
+CudaAttention::CudaAttention() : impl_(std::make_unique<Impl>()) {
+    std::string why;
+    if (!cuda_device_available(&why)) throw Error("CUDA engine: no GPU to run on (" + why + "); use the CPU engine");
+    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->start));
+    SPARSA_CUDA_CHECK(cudaEventCreate(&impl_->stop));
+}
+
+CudaAttention::~CudaAttention() {
+    if (impl_->start != nullptr) cudaEventDestroy(impl_->start);
+    if (impl_->stop != nullptr) cudaEventDestroy(impl_->stop);
+}
+
+void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
+                            const CudaAttentionOptions& options) {
+    Impl& s = *impl_;
+    s.prepared = false;
+    s.q_ptr = s.k_ptr = s.v_ptr = nullptr;
+    s.o_ptr = nullptr;
+    s.lse_ptr = nullptr;
+    s.stream = nullptr;
+    cuda_attention_check(q, k, v, masks, layer, options);
+    const int64_t d = q.shape.d;
+    if (q.shape.heads > 65535 || q.shape.batch > 65535 || q.shape.heads * ((q.shape.n + 63) / 64) > (int64_t{1} << 30)) {
+        throw Error("cuda attention_forward: batch and heads must be at most 65535, heads * n / 64 at most 2^30 (got " +
+                    tensor_shape_text(q.shape) + "); split the call");
+    }
+    s.configure(masks, layer, q.shape, options);
     // The kernels take the row max of Q K^T before the scale and mask with -inf, so they need
     // scale > 0: a negative scale runs as |scale| with -K (scale q.k = |scale| q.(-k), exactly).
-    const double scale = attention_scale("cuda attention_forward", options.scale, d);
-    const bool negate_k = scale < 0;
-    s.scale_log2 = static_cast<float>(std::abs(scale) * 1.4426950408889634);
+    const bool negate_k = attention_scale("cuda attention_forward", options.scale, d) < 0;
 
     const size_t elems = q.data.size();
     const size_t elem_bytes = options.dtype == CudaDtype::float32 ? 4 : 2;
@@ -518,7 +543,6 @@ void CudaAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, c
     }
     s.o.reserve(elems * elem_bytes);
     s.lse.reserve(static_cast<size_t>(q.shape.batch * q.shape.heads * q.shape.n) * sizeof(float));
-    s.upload_masks(masks, layer);
     if (options.poison_outputs) {   // 0xffff... is NaN in every dtype
         SPARSA_CUDA_CHECK(cudaMemset(s.o.get(), 0xff, elems * elem_bytes));
         SPARSA_CUDA_CHECK(cudaMemset(s.lse.get(), 0xff, static_cast<size_t>(q.shape.batch * q.shape.heads * q.shape.n) * 4));
@@ -584,5 +608,27 @@ std::vector<float> CudaAttention::time_runs(int warmup, int runs) {
 }
 
 int CudaAttention::kernel() const { return impl_->kernel; }
+
+// [CudaLayerMasks] the forward on the caller's tensors (attention_cuda_device.hpp)
+void CudaLayerMasks::forward(const CudaDeviceCall& call, void* o, float* lse) {
+    Impl& s = *impl_;
+    const Impl::Config config = s.check("CudaLayerMasks::forward", call);
+    if (o == nullptr || lse == nullptr) throw Error("CudaLayerMasks::forward: o or lse is a null pointer (pass the outputs' device addresses)");
+    CudaAttention::Impl& f = *s.forward.impl_;
+    if (!(config == s.forward_config)) {
+        CudaAttentionOptions options;
+        options.dtype = call.dtype;
+        options.scale = config.scale;
+        f.configure(s.masks, s.layer, {call.batch, call.heads, call.n, call.d}, options);
+        s.forward_config = config;
+    }
+    f.q_ptr = call.q;
+    f.k_ptr = call.k;
+    f.v_ptr = call.v;
+    f.o_ptr = o;
+    f.lse_ptr = lse;
+    f.stream = static_cast<cudaStream_t>(call.stream);
+    f.launch_kernel();
+}
 
 } // namespace sparsa

@@ -91,8 +91,11 @@ public:
     int kernel() const;
 
 private:
+    friend class CudaLayerMasks;   // attention_cuda_device.hpp: the same kernels on the caller's tensors
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+class CudaLayerMasks;
 
 } // namespace sparsa

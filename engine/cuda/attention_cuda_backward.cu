@@ -6,8 +6,10 @@
 
 #include "engine/cuda/attn_bwd_kernels.cuh"
 #include "engine/cuda/cuda_host.hpp"
+#include "engine/cuda/layer_masks_impl.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <map>
 #include <string>
@@ -78,28 +80,85 @@ HostMasks layer_masks(const MaskSet& masks, int64_t layer, bool transposed) {
     return out;
 }
 
-struct DeviceMaskBuffers {
-    DeviceBuffer row_ptr, col_idx, partial_idx, bits, head_mask;
+// Kernel 3's work for one pass over `m` (either layout): every (head, 64-row tile) with its
+// steps (kept blocks of its mask row times B / 64); a tile of more than `cap` steps is cut into
+// chunks of at most cap, each a work item writing to its own workspace slot. Launch order:
+// by the power of two of the steps, largest first, then head by head, later tiles first.
+struct Plan {
+    std::vector<cuda::WorkItem> items;
+    std::vector<cuda::SplitTile> splits;
+    int32_t slots = 0;
+};
 
-    cuda::DeviceMasks upload(const HostMasks& m, int32_t block, int64_t q_blocks) {
+Plan plan_pass(const HostMasks& m, int64_t heads, int64_t n, int32_t block, int64_t cap_given, int sm_count) {
+    const int64_t tiles = (n + 63) / 64, q_blocks = (n + block - 1) / block, sub_tiles = block / 64;
+    struct Tile {
+        int64_t e, steps;
+        int32_t pair;
+    };
+    std::vector<Tile> all;
+    int64_t total = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+        const int64_t base = int64_t{m.head_mask[static_cast<size_t>(h)]} * (q_blocks + 1);
+        for (int64_t t = tiles - 1; t >= 0; --t) {
+            const int64_t r = t * 64 / block;
+            const int64_t e0 = m.row_ptr[static_cast<size_t>(base + r)], e1 = m.row_ptr[static_cast<size_t>(base + r + 1)];
+            all.push_back({e0, (e1 - e0) * sub_tiles, static_cast<int32_t>(h * tiles + t)});
+            total += (e1 - e0) * sub_tiles;
+        }
+    }
+    const int64_t cap = cap_given > 0 ? cap_given : std::max<int64_t>(64, total / (4 * 2 * int64_t{sm_count}));
+    Plan plan;
+    for (const Tile& t : all) {
+        if (t.steps <= cap) {
+            plan.items.push_back({t.e, 0, t.pair, 0, static_cast<int32_t>(t.steps), -1});
+            continue;
+        }
+        const int64_t chunks = (t.steps + cap - 1) / cap, len = (t.steps + chunks - 1) / chunks;
+        plan.splits.push_back({t.pair, plan.slots, static_cast<int32_t>(chunks)});
+        for (int64_t done = 0; done < t.steps; done += len) {
+            plan.items.push_back({t.e + done / sub_tiles, 0, t.pair, static_cast<int32_t>(done % sub_tiles),
+                                  static_cast<int32_t>(std::min(len, t.steps - done)), plan.slots++});
+        }
+    }
+    std::stable_sort(plan.items.begin(), plan.items.end(), [](const cuda::WorkItem& a, const cuda::WorkItem& b) {
+        return std::bit_width(static_cast<uint32_t>(a.steps)) > std::bit_width(static_cast<uint32_t>(b.steps));
+    });
+    return plan;
+}
+
+struct DeviceMaskBuffers {
+    DeviceBuffer row_ptr, col_idx, partial_idx, bits, head_mask, work, splits;
+
+    cuda::DeviceMasks upload(const HostMasks& m, int32_t block, int64_t q_blocks, const Plan* plan) {
         return {row_ptr.upload(m.row_ptr), col_idx.upload(m.col_idx), partial_idx.upload(m.partial_idx),
-                bits.upload(m.bits), head_mask.upload(m.head_mask), nullptr, block, q_blocks, nullptr, nullptr};
+                bits.upload(m.bits), head_mask.upload(m.head_mask), nullptr, block, q_blocks,
+                plan != nullptr ? work.upload(plan->items) : nullptr, plan != nullptr ? splits.upload(plan->splits) : nullptr};
     }
 };
 
 } // namespace
 
-int cuda_backward_kernel_count() { return 2; }
+int cuda_backward_kernel_count() { return 3; }
+
+int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
+    if (kernel != 0) return kernel;
+    return cuda_backward_kernel_supports(3, dtype, d, block) ? 3 : 1;
+}
 
 bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
-    if (kernel == 2) return dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
+    if (kernel == 2 || kernel == 3) return dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     return false;
 }
 
 struct CudaAttentionBackward::Impl {
     DeviceBuffer q, k, v, o, d_o, lse, delta, p_sum, dq, dk, dv;
     DeviceMaskBuffers rows, cols;
+    DeviceBuffer part_a, part_b;   // kernel 3's workspace
+    int32_t slots_q = 0, slots_k = 0;
+    int64_t items_q = 0, items_k = 0, splits_q = 0, splits_k = 0, split_steps = 0;
+    int sm_count = 0;
     cuda::DeviceMasks rows_view{}, cols_view{};
     TensorShape shape;
     CudaDtype dtype = CudaDtype::bfloat16;
@@ -112,20 +171,30 @@ struct CudaAttentionBackward::Impl {
     MaskSet masks;
     int64_t layer = 0;
     cudaEvent_t start = nullptr, stop = nullptr;
+    // CudaLayerMasks (attention_cuda_device.hpp): the caller's tensors and stream instead of the
+    // buffers above (all set, or none); nullptr: the buffers, the default stream
+    struct Pointers {
+        const void *q, *k, *v, *o, *d_o;
+        const float* lse;
+        float* delta;
+        void *dq, *dk, *dv;
+    };
+    const Pointers* given = nullptr;
+    cudaStream_t stream = nullptr;
 
     template <typename T> cuda::BwdParams<T> params() const {
         cuda::BwdParams<T> p{};
-        p.q = static_cast<const T*>(q.get());
-        p.k = static_cast<const T*>(k.get());
-        p.v = static_cast<const T*>(v.get());
-        p.o = static_cast<const T*>(o.get());
-        p.d_o = static_cast<const T*>(d_o.get());
-        p.lse = static_cast<const float*>(lse.get());
-        p.delta = static_cast<float*>(delta.get());
-        p.p_sum = check_lse ? static_cast<float*>(p_sum.get()) : nullptr;
-        p.dq = static_cast<T*>(dq.get());
-        p.dk = static_cast<T*>(dk.get());
-        p.dv = static_cast<T*>(dv.get());
+        p.q = static_cast<const T*>(given != nullptr ? given->q : q.get());
+        p.k = static_cast<const T*>(given != nullptr ? given->k : k.get());
+        p.v = static_cast<const T*>(given != nullptr ? given->v : v.get());
+        p.o = static_cast<const T*>(given != nullptr ? given->o : o.get());
+        p.d_o = static_cast<const T*>(given != nullptr ? given->d_o : d_o.get());
+        p.lse = given != nullptr ? given->lse : static_cast<const float*>(lse.get());
+        p.delta = given != nullptr ? given->delta : static_cast<float*>(delta.get());
+        p.p_sum = check_lse && given == nullptr ? static_cast<float*>(p_sum.get()) : nullptr;
+        p.dq = static_cast<T*>(given != nullptr ? given->dq : dq.get());
+        p.dk = static_cast<T*>(given != nullptr ? given->dk : dk.get());
+        p.dv = static_cast<T*>(given != nullptr ? given->dv : dv.get());
         p.batch = shape.batch;
         p.heads = shape.heads;
         p.n = shape.n;
@@ -133,22 +202,45 @@ struct CudaAttentionBackward::Impl {
         p.scale = scale;
         p.rows = rows_view;
         p.cols = cols_view;
+        p.part_a = static_cast<float*>(part_a.get());
+        p.part_b = static_cast<float*>(part_b.get());
+        p.slots_q = slots_q;
+        p.slots_k = slots_k;
+        p.items_q = items_q;
+        p.items_k = items_k;
         return p;
     }
 
+    // Kernels 2 and 3: the dK / dV pass, then the dQ pass (each with its merge, kernel 3).
     template <typename T, int D, int B> void launch_kernel2() const {
         const cuda::BwdParams<T> p = params<T>();
         constexpr int smem = cuda::BwdTraits<D, B>::kSmemBytes;
-        const dim3 grid(static_cast<unsigned>((shape.n + 63) / 64), static_cast<unsigned>(shape.heads),
-                        static_cast<unsigned>(shape.batch));
-        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dkdv<T, D, B>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dq<T, D, B>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        cuda::attn_bwd_kernel2_dkdv<T, D, B><<<grid, 128, smem>>>(p);
-        SPARSA_CUDA_CHECK(cudaGetLastError());
-        cuda::attn_bwd_kernel2_dq<T, D, B><<<grid, 128, smem>>>(p);
-        SPARSA_CUDA_CHECK(cudaGetLastError());
+        const auto run = [&](auto split_tag) {
+            constexpr bool Split = decltype(split_tag)::value;
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dkdv<T, D, B, Split>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dq<T, D, B, Split>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            const auto grid = [&](int64_t items) {
+                return Split ? dim3(static_cast<unsigned>(items), 1, static_cast<unsigned>(shape.batch))
+                             : dim3(static_cast<unsigned>((shape.n + 63) / 64), static_cast<unsigned>(shape.heads),
+                                    static_cast<unsigned>(shape.batch));
+            };
+            const auto combine = [&](int64_t splits, bool dq_pass) {
+                if (!Split || splits == 0) return;
+                cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits), 1, static_cast<unsigned>(shape.batch)),
+                                               128, 0, stream>>>(p, dq_pass);
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+            };
+            if (!Split || items_k > 0) cuda::attn_bwd_kernel2_dkdv<T, D, B, Split><<<grid(items_k), 128, smem, stream>>>(p);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            combine(splits_k, false);
+            if (!Split || items_q > 0) cuda::attn_bwd_kernel2_dq<T, D, B, Split><<<grid(items_q), 128, smem, stream>>>(p);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+            combine(splits_q, true);
+        };
+        if (kernel == 3) run(std::true_type{});
+        else run(std::false_type{});
     }
 
     void launch() const {
@@ -156,14 +248,14 @@ struct CudaAttentionBackward::Impl {
             using T = decltype(type_tag);
             const cuda::BwdParams<T> p = params<T>();
             const int64_t rows_all = shape.batch * shape.heads * shape.n;
-            cuda::attn_bwd_delta<T><<<static_cast<unsigned>((rows_all + 3) / 4), 128>>>(p);
+            cuda::attn_bwd_delta<T><<<static_cast<unsigned>((rows_all + 3) / 4), 128, 0, stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
             if (kernel == 1) {
                 const dim3 grid(static_cast<unsigned>((shape.n + cuda::kBwd1Warps - 1) / cuda::kBwd1Warps),
                                 static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch));
-                cuda::attn_bwd_kernel1_dkdv<T><<<grid, 32 * cuda::kBwd1Warps>>>(p);
+                cuda::attn_bwd_kernel1_dkdv<T><<<grid, 32 * cuda::kBwd1Warps, 0, stream>>>(p);
                 SPARSA_CUDA_CHECK(cudaGetLastError());
-                cuda::attn_bwd_kernel1_dq<T><<<grid, 32 * cuda::kBwd1Warps>>>(p);
+                cuda::attn_bwd_kernel1_dq<T><<<grid, 32 * cuda::kBwd1Warps, 0, stream>>>(p);
                 SPARSA_CUDA_CHECK(cudaGetLastError());
                 return;
             }
@@ -185,6 +277,37 @@ struct CudaAttentionBackward::Impl {
         case CudaDtype::bfloat16: with_type(__nv_bfloat16{}); break;
         case CudaDtype::float16: with_type(__half{}); break;
         }
+    }
+
+    // The call's shape and kernel, and layer `layer` of `masks` on the device, both ways.
+    void configure(const MaskSet& masks, int64_t layer, const TensorShape& shape_in, CudaDtype dtype_in,
+                   int kernel_in, float scale_in) {
+        shape = shape_in;
+        dtype = dtype_in;
+        kernel = kernel_in;
+        block = masks.block;
+        scale = scale_in;
+        const int64_t q_blocks = (shape.n + masks.block - 1) / masks.block;
+        const HostMasks by_rows = layer_masks(masks, layer, false), by_cols = layer_masks(masks, layer, true);
+        if (kernel != 3) {
+            rows_view = rows.upload(by_rows, masks.block, q_blocks, nullptr);
+            cols_view = cols.upload(by_cols, masks.block, q_blocks, nullptr);
+            return;
+        }
+        if (sm_count == 0) SPARSA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, 0));
+        const Plan plan_q = plan_pass(by_rows, shape.heads, shape.n, masks.block, split_steps, sm_count);
+        const Plan plan_k = plan_pass(by_cols, shape.heads, shape.n, masks.block, split_steps, sm_count);
+        rows_view = rows.upload(by_rows, masks.block, q_blocks, &plan_q);
+        cols_view = cols.upload(by_cols, masks.block, q_blocks, &plan_k);
+        slots_q = plan_q.slots;
+        slots_k = plan_k.slots;
+        items_q = static_cast<int64_t>(plan_q.items.size());
+        items_k = static_cast<int64_t>(plan_k.items.size());
+        splits_q = static_cast<int64_t>(plan_q.splits.size());
+        splits_k = static_cast<int64_t>(plan_k.splits.size());
+        const size_t slot_rows = static_cast<size_t>(shape.batch) * static_cast<size_t>(std::max(slots_q, slots_k)) * 64;
+        part_a.reserve(slot_rows * static_cast<size_t>(shape.d) * 4);
+        part_b.reserve(slot_rows * static_cast<size_t>(shape.d) * 4);
     }
 
     void upload(DeviceBuffer& buffer, const Tensor& x) {
@@ -246,25 +369,27 @@ void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tens
                         " (lse is finite, or -inf for an empty row: pass the forward's lse)");
         }
     }
-    int kernel = options.kernel;
-    if (kernel == 0) kernel = cuda_backward_kernel_supports(2, options.dtype, shape.d, masks.block) ? 2 : 1;
+    const int kernel = cuda_backward_kernel_choice(options.kernel, options.dtype, shape.d, masks.block);
     if (!cuda_backward_kernel_supports(kernel, options.dtype, shape.d, masks.block)) {
         throw Error(what + ": kernel " + std::to_string(kernel) + " does not run dtype " + cuda_dtype_name(options.dtype) +
                     " with d = " + std::to_string(shape.d) + " and mask block " + std::to_string(masks.block) +
-                    " (kernel 2: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any d up to 256;"
+                    " (kernels 2 and 3: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any d up to 256;"
                     " kernel 0 picks one)");
     }
     if (shape.heads > 65535 || shape.batch > 65535) {
         throw Error(what + ": batch and heads must be at most 65535 (got " + tensor_shape_text(shape) + "); split the call");
     }
     attention_check_score_range(what, tensor_row_norms(q), tensor_row_norms(k), scale,
-                                kernel == 2 ? ScoreEngine::cuda_tensor_cores : ScoreEngine::cuda);
+                                kernel >= 2 ? ScoreEngine::cuda_tensor_cores : ScoreEngine::cuda);
 
-    s.shape = shape;
-    s.dtype = options.dtype;
-    s.kernel = kernel;
-    s.block = masks.block;
-    s.scale = static_cast<float>(scale);
+    if (options.split_steps < 0) {
+        throw Error(what + ": split_steps is " + std::to_string(options.split_steps) +
+                    " (give 0 for the automatic choice, or the most steps a chunk may take)");
+    }
+    s.given = nullptr;
+    s.stream = nullptr;
+    s.split_steps = options.split_steps;
+    s.configure(masks, layer, shape, options.dtype, kernel, static_cast<float>(scale));
     s.check_lse = options.check_lse;
     s.upload(s.q, q);
     s.upload(s.k, k);
@@ -280,9 +405,6 @@ void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tens
         g->reserve(bytes);
         if (options.poison_outputs) SPARSA_CUDA_CHECK(cudaMemset(g->get(), 0xff, bytes));   // NaN in every dtype
     }
-    const int64_t q_blocks = (shape.n + masks.block - 1) / masks.block;
-    s.rows_view = s.rows.upload(layer_masks(masks, layer, false), masks.block, q_blocks);
-    s.cols_view = s.cols.upload(layer_masks(masks, layer, true), masks.block, q_blocks);
     if (s.check_lse) {
         s.q_seen = tensor_round_to(q, options.dtype);
         s.k_seen = tensor_round_to(k, options.dtype);
@@ -352,5 +474,27 @@ std::vector<float> CudaAttentionBackward::time_runs(int warmup, int runs) {
 }
 
 int CudaAttentionBackward::kernel() const { return impl_->kernel; }
+
+// [CudaLayerMasks] the backward on the caller's tensors (attention_cuda_device.hpp)
+void CudaLayerMasks::backward(const CudaDeviceCall& call, const void* o, const float* lse, const void* d_o, void* dq,
+                              void* dk, void* dv, float* delta) {
+    Impl& s = *impl_;
+    const Impl::Config config = s.check("CudaLayerMasks::backward", call);
+    if (o == nullptr || lse == nullptr || d_o == nullptr || dq == nullptr || dk == nullptr || dv == nullptr || delta == nullptr) {
+        throw Error("CudaLayerMasks::backward: a null pointer among o, lse, d_o, dq, dk, dv, delta (pass device addresses)");
+    }
+    CudaAttentionBackward::Impl& b = *s.backward.impl_;
+    if (!(config == s.backward_config)) {
+        const int kernel = cuda_backward_kernel_choice(0, call.dtype, call.d, s.masks.block);
+        b.configure(s.masks, s.layer, {call.batch, call.heads, call.n, call.d}, call.dtype, kernel, config.scale);
+        s.backward_config = config;
+    }
+    const CudaAttentionBackward::Impl::Pointers pointers{call.q, call.k, call.v, o, d_o, lse, delta, dq, dk, dv};
+    b.given = &pointers;
+    b.stream = static_cast<cudaStream_t>(call.stream);
+    b.check_lse = false;
+    b.launch();
+    b.given = nullptr;
+}
 
 } // namespace sparsa

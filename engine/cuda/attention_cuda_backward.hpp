@@ -17,16 +17,20 @@ namespace sparsa {
 struct CudaBackwardOptions {
     float scale = 0;                  // softmax scale, any finite value; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;   // of Q, K, V, O, dO and the gradients on the GPU
-    int kernel = 0;                   // attn_bwd kernel 1 or 2 (attn_bwd_kernels.cuh); 0: 2 where it runs, else 1
+    int kernel = 0;                   // attn_bwd kernel 1 to 3 (attn_bwd_kernels.cuh); 0: 3 where it runs, else 1
     bool poison_outputs = true;       // fill dQ, dK, dV with NaN before the run (tests catch unwritten elements)
     bool check_lse = true;            // check that P = exp(S - lse) sums to 1 in every row (the CPU engine's check)
+    int64_t split_steps = 0;          // kernel 3: rows and columns of more 64-row steps than this are cut into
+                                      // chunks of at most this many; 0: max(64, all steps / (8 * multiprocessors))
 };
 
 // The backward kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 (tensor
 // cores, mma.sync: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; any GPU of compute
-// capability 8.0 or more).
+// capability 8.0 or more), 3 (2 with long rows and columns split into chunks and merged).
 int cuda_backward_kernel_count();
 bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block);
+// The kernel a call runs: `kernel`, or for 0 the newest that runs this dtype / d / block.
+int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block);
 
 // One GPU's backward: device buffers are kept and reused across calls (grown when needed).
 class CudaAttentionBackward {
@@ -63,6 +67,7 @@ public:
     int kernel() const;   // the kernel the prepared call runs
 
 private:
+    friend class CudaLayerMasks;   // attention_cuda_device.hpp: the same kernels on the caller's tensors
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -17,9 +17,15 @@
 //      accumulate): 64 x 64 tiles, 4 warps of 16 rows; a warp's P^T and dS^T feed dV and dK
 //      straight from the accumulators; Q, K, V, dO tiles read with ldmatrix from shared memory
 //      filled by cp.async, one stage. d = 64 or 128, mask blocks 64, 128, 256.
+//   3: as 2, with long rows and columns split (as forward kernels 7 to 15 split theirs): a tile
+//      that walks many more steps than the average (the query rows and key columns of global
+//      tokens) is cut into chunks of at most a host-chosen number of steps, each chunk its own
+//      thread block writing float32 partial sums (dK and dV, or dQ and the sums of P) to a slot
+//      of a workspace; attn_bwd_combine adds a tile's chunks in their order (so results stay the
+//      same from run to run) and writes the gradients. Launch order: longest work first.
 //
 // Index: [SECTION] parameters, [SECTION] D = rowsum(dO * O), [SECTION] kernel 1,
-// [SECTION] kernel 2
+// [SECTION] kernels 2 and 3
 #pragma once
 
 #include "engine/cuda/attn_fwd_kernels.cuh"
@@ -39,9 +45,15 @@ template <typename T> struct BwdParams {
     int64_t batch, heads, n;
     int32_t d;
     float scale;            // the softmax scale, any sign
-    DeviceMasks rows;       // the mask by query block (as the forward reads it)
+    DeviceMasks rows;       // the mask by query block (as the forward reads it); kernel 3: work, splits of the dQ pass
     DeviceMasks cols;       // the mask transposed: row r lists the query blocks that keep key block r,
-                            // bit (j * B + i) of a bitmask for key j, query i of the block
+                            // bit (j * B + i) of a bitmask for key j, query i of the block; kernel 3:
+                            // work, splits of the dK / dV pass
+    // kernel 3's workspace: dK / dV pass: part_a [batch, slots_k, 64, d] dK, part_b the same for
+    // dV; dQ pass: part_a [batch, slots_q, 64, d] dQ, part_b [batch, slots_q, 64] sums of P
+    float *part_a, *part_b;
+    int32_t slots_q, slots_k;
+    int64_t items_q, items_k;   // work items of each pass (per batch)
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -209,7 +221,7 @@ template <typename T> __global__ void __launch_bounds__(32 * kBwd1Warps) attn_bw
     if (lane == 0 && p.p_sum != nullptr) p.p_sum[head + i] = p_sum;
 }
 
-// [SECTION] kernel 2
+// [SECTION] kernels 2 and 3
 
 // Tiling of kernel 2 (both passes): 64 rows a thread block (4 warps of 16), 64-row steps; four
 // [64, D] tiles in shared memory (the block's own rows twice, the step's rows twice), with
@@ -287,7 +299,7 @@ __device__ inline void warp_store_rows(T* head, int64_t row0, int64_t n, const f
 // 2, dK and dV: one thread block per (64-key tile, head, batch); warp w owns keys 16w .. 16w + 15
 // and computes S^T = K Q^T, P^T, dP^T = V dO^T and dS^T for them over the step's 64 queries, then
 // dV += P^T dO and dK += dS^T Q. grid: (ceil(n / 64), heads, batch), block: 128, smem: kSmemBytes.
-template <typename T, int D, int MaskBlock>
+template <typename T, int D, int MaskBlock, bool Split>
 __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
     using Traits = BwdTraits<D, MaskBlock>;
     constexpr int kStride = Traits::kStride, kTile = Traits::kTile, kSub = MaskBlock / kTile;
@@ -300,15 +312,28 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
     float* delta = lse_log2 + kTile;                                            // [64]
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
-    const int64_t tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, n = p.n;
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    int64_t tile, h, e_begin, steps, sub0 = 0;
+    int32_t slot = -1;
+    if constexpr (Split) {   // grid (work items, 1, batch)
+        const WorkItem item = p.cols.work[blockIdx.x];
+        h = item.pair / tiles;
+        tile = item.pair % tiles;
+        e_begin = item.ea;
+        sub0 = item.sub;
+        steps = item.steps;
+        slot = item.slot;
+    } else {                 // grid (tiles, heads, batch)
+        tile = gridDim.x - 1 - blockIdx.x;
+        h = blockIdx.y;
+        int64_t e_end;
+        mask_row(p.cols, h, tile * kTile / MaskBlock, &e_begin, &e_end);
+        steps = (e_end - e_begin) * kSub;
+    }
     const int64_t k0 = tile * kTile, head = (b * p.heads + h) * n;
     const T* q_head = p.q + head * D;
     const T* do_head = p.d_o + head * D;
-    const int64_t kb = k0 / MaskBlock;
     const int j0 = static_cast<int>(k0 % MaskBlock);   // this tile's first key within its block
-    int64_t e_begin, e_end;
-    mask_row(p.cols, h, kb, &e_begin, &e_end);
-    const int64_t steps = (e_end - e_begin) * kSub;
     const float scale_log2 = p.scale * kLog2e;
 
     tile_load_async<Traits, D, kTile>(k_tile, p.k + head * D, k0, n);
@@ -323,8 +348,8 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
     }
 
     for (int64_t step = 0; step < steps; ++step) {
-        const int64_t e = e_begin + step / kSub;
-        const int64_t q0 = int64_t{p.cols.col_idx[e]} * MaskBlock + (step % kSub) * kTile;
+        const int64_t e = e_begin + (sub0 + step) / kSub;
+        const int64_t q0 = int64_t{p.cols.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
         const int32_t part = p.cols.partial_idx[e];
         tile_load_async<Traits, D, kTile>(q_tile, q_head, q0, n);
         tile_load_async<Traits, D, kTile>(do_tile, do_head, q0, n);
@@ -370,6 +395,12 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
         __syncthreads();   // every warp is done with this step's Q and dO
     }
     if (steps == 0) cp_async_wait<0>();   // K and V were never waited for
+    if (slot >= 0) {   // a chunk: its sums to the workspace, attn_bwd_combine adds them up
+        const int64_t base = (b * p.slots_k + slot) * kTile;
+        warp_store_rows<float, D>(p.part_a + base * D, 0, kTile, dk, 1.f);
+        warp_store_rows<float, D>(p.part_b + base * D, 0, kTile, dv, 1.f);
+        return;
+    }
     warp_store_rows<T, D>(p.dk + head * D, k0, n, dk, p.scale);
     warp_store_rows<T, D>(p.dv + head * D, k0, n, dv, 1.f);
 }
@@ -377,7 +408,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
 // 2, dQ: one thread block per (64-query tile, head, batch); warp w owns queries 16w .. 16w + 15
 // and computes S = Q K^T, P, dP = dO V^T, dS over the step's 64 keys, then dQ += dS K; and its
 // rows' sums of P. grid, block, smem as attn_bwd_kernel2_dkdv.
-template <typename T, int D, int MaskBlock>
+template <typename T, int D, int MaskBlock, bool Split>
 __global__ void __launch_bounds__(128) attn_bwd_kernel2_dq(BwdParams<T> p) {
     using Traits = BwdTraits<D, MaskBlock>;
     constexpr int kStride = Traits::kStride, kTile = Traits::kTile, kSub = MaskBlock / kTile;
@@ -388,15 +419,28 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dq(BwdParams<T> p) {
     T* v_tile = k_tile + Traits::kTileElems;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
-    const int64_t tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, n = p.n;
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    int64_t tile, h, e_begin, steps, sub0 = 0;
+    int32_t slot = -1;
+    if constexpr (Split) {   // grid (work items, 1, batch)
+        const WorkItem item = p.rows.work[blockIdx.x];
+        h = item.pair / tiles;
+        tile = item.pair % tiles;
+        e_begin = item.ea;
+        sub0 = item.sub;
+        steps = item.steps;
+        slot = item.slot;
+    } else {                 // grid (tiles, heads, batch)
+        tile = gridDim.x - 1 - blockIdx.x;
+        h = blockIdx.y;
+        int64_t e_end;
+        mask_row(p.rows, h, tile * kTile / MaskBlock, &e_begin, &e_end);
+        steps = (e_end - e_begin) * kSub;
+    }
     const int64_t q0 = tile * kTile, head = (b * p.heads + h) * n;
     const T* k_head = p.k + head * D;
     const T* v_head = p.v + head * D;
-    const int64_t qb = q0 / MaskBlock;
     const int i0 = static_cast<int>(q0 % MaskBlock);
-    int64_t e_begin, e_end;
-    mask_row(p.rows, h, qb, &e_begin, &e_end);
-    const int64_t steps = (e_end - e_begin) * kSub;
     const float scale_log2 = p.scale * kLog2e;
 
     tile_load_async<Traits, D, kTile>(q_tile, p.q + head * D, q0, n);
@@ -420,8 +464,8 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dq(BwdParams<T> p) {
     }
 
     for (int64_t step = 0; step < steps; ++step) {
-        const int64_t e = e_begin + step / kSub;
-        const int64_t k0 = int64_t{p.rows.col_idx[e]} * MaskBlock + (step % kSub) * kTile;
+        const int64_t e = e_begin + (sub0 + step) / kSub;
+        const int64_t k0 = int64_t{p.rows.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
         const int32_t part = p.rows.partial_idx[e];
         tile_load_async<Traits, D, kTile>(k_tile, k_head, k0, n);
         tile_load_async<Traits, D, kTile>(v_tile, v_head, k0, n);
@@ -458,16 +502,52 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dq(BwdParams<T> p) {
         __syncthreads();   // every warp is done with this step's K and V
     }
     if (steps == 0) cp_async_wait<0>();
-    warp_store_rows<T, D>(p.dq + head * D, q0, n, dq, p.scale);
-    if (p.p_sum != nullptr) {
+    if (slot >= 0) warp_store_rows<float, D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq, 1.f);
+    else warp_store_rows<T, D>(p.dq + head * D, q0, n, dq, p.scale);
+    if (p.p_sum != nullptr || slot >= 0) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float sum = p_sum[half];
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            const int64_t r = q0 + warp * 16 + group + 8 * half;
-            if (quad == 0 && r < n) p.p_sum[head + r] = sum;
+            const int r = warp * 16 + group + 8 * half;
+            if (quad != 0) continue;
+            if (slot >= 0) p.part_b[(b * p.slots_q + slot) * kTile + r] = sum;
+            else if (q0 + r < n) p.p_sum[head + q0 + r] = sum;
         }
+    }
+}
+
+// Kernel 3's merge: one thread block per (split tile, batch) of one pass; adds the tile's chunks
+// (slots [slot_begin, slot_begin + slots)) in order and writes the gradients, times `factor`
+// (dK, dQ: the scale), rows past n left out. dq_pass: part_a is dQ and part_b the sums of P (to
+// p.p_sum when wanted); else part_a is dK and part_b dV. grid: (split tiles, 1, batch), block 128.
+template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_combine(BwdParams<T> p, bool dq_pass) {
+    constexpr int kTile = 64;
+    const SplitTile split = (dq_pass ? p.rows : p.cols).splits[blockIdx.x];
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    const int64_t h = split.pair / tiles, row0 = split.pair % tiles * kTile, head = (b * p.heads + h) * n;
+    const int32_t slots = dq_pass ? p.slots_q : p.slots_k;
+    const int64_t first = b * slots + split.slot_begin;
+    for (int x = threadIdx.x; x < kTile * D; x += blockDim.x) {
+        const int64_t r = x / D;
+        if (row0 + r >= n) break;
+        float a = 0.f, c = 0.f;
+        for (int32_t s = 0; s < split.slots; ++s) {
+            a += p.part_a[(first + s) * kTile * D + x];
+            if (!dq_pass) c += p.part_b[(first + s) * kTile * D + x];
+        }
+        if (dq_pass) {
+            p.dq[(head + row0) * D + x] = from_float<T>(a * p.scale);
+        } else {
+            p.dk[(head + row0) * D + x] = from_float<T>(a * p.scale);
+            p.dv[(head + row0) * D + x] = from_float<T>(c);
+        }
+    }
+    if (dq_pass && p.p_sum != nullptr && threadIdx.x < kTile && row0 + threadIdx.x < n) {
+        float sum = 0.f;
+        for (int32_t s = 0; s < split.slots; ++s) sum += p.part_b[(first + s) * kTile + threadIdx.x];
+        p.p_sum[head + row0 + threadIdx.x] = sum;
     }
 }
 

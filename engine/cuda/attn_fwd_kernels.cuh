@@ -120,6 +120,7 @@ template <typename T> struct AttnParams {
     int32_t slots;       // kernels 7 to 15: chunks of split tiles, per batch
     int64_t work_items;  // kernels 7 to 15: entries of masks.work (per batch)
     int* work_counter;   // kernel 13: work items claimed so far past the first of each block (zeroed at launch)
+    cudaStream_t stream; // the stream every launch of the call goes to (host side only; nullptr: the default stream)
 };
 
 __device__ inline float to_float(float x) { return x; }

@@ -600,12 +600,12 @@ cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, in
         int64_t blocks = std::min<int64_t>(work_items * batch, int64_t{std::max(per_sm, 1)} * sms);
         if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
         if (blocks == 0) return cudaSuccess;
-        if ((err = cudaMemsetAsync(p.work_counter, 0, sizeof(int))) != cudaSuccess) return err;
-        kernel<<<static_cast<unsigned>(blocks), threads, smem>>>(p);
+        if ((err = cudaMemsetAsync(p.work_counter, 0, sizeof(int), p.stream)) != cudaSuccess) return err;
+        kernel<<<static_cast<unsigned>(blocks), threads, smem, p.stream>>>(p);
         return cudaGetLastError();
     }
     const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(batch));
-    kernel<<<grid, threads, smem>>>(p);
+    kernel<<<grid, threads, smem, p.stream>>>(p);
     return cudaGetLastError();
 }
 

@@ -1,7 +1,8 @@
 // The CUDA backward against the CPU engine's backward (itself checked against the double
 // reference by test_cpu_attention): every backward kernel and dtype on random masks (n not
 // divisible by the block, a different mask per head, batch 2), every example pattern, empty
-// rows, a negative scale, the GPU forward's lse fed to the GPU backward, and bad calls.
+// rows, long rows split into chunks (kernel 3), a negative scale, the GPU forward's lse fed to the
+// GPU backward, and bad calls.
 //
 // Tolerances, per (batch, head) and gradient, the CPU engine run on the inputs rounded to the
 // GPU's dtype (Q, K, V, O, dO; lse from the CPU forward on the rounded Q, K, V):
@@ -86,7 +87,7 @@ void check_grads(const AttentionGrads& got, const AttentionGrads& want, double t
 // Runs `kernels` (and each dtype they take) on layer `layer` of `masks` with fresh random inputs
 // and compares each with the CPU engine's backward on the same rounded inputs.
 void check_backward(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
-                    std::vector<int> kernels = {1, 2}, float scale = 0) {
+                    std::vector<int> kernels = {1, 2, 3}, float scale = 0, int64_t split_steps = 0) {
     const TensorShape shape{batch, masks.heads, masks.n, d};
     const Tensor q = tensor_random(shape, seed), k = tensor_random(shape, seed + 1), v = tensor_random(shape, seed + 2);
     const Tensor d_o = tensor_random(shape, seed + 3);
@@ -102,11 +103,12 @@ void check_backward(const MaskSet& masks, int64_t layer, int64_t batch, int64_t 
             if (!cuda_backward_kernel_supports(kernel, dtype, d, masks.block)) continue;
             INFO("backward kernel " << kernel << ", " << cuda_dtype_name(dtype) << ", n " << masks.n << ", block "
                                     << masks.block << ", d " << d << ", batch " << batch << ", heads " << masks.heads
-                                    << ", scale " << scale);
+                                    << ", scale " << scale << ", split_steps " << split_steps);
             CudaBackwardOptions options;
             options.dtype = dtype;
             options.kernel = kernel;
             options.scale = scale;
+            options.split_steps = split_steps;
             check_grads(engine().backward(qr, kr, vr, orr, fwd.lse, dor, masks, layer, options), want,
                         dtype == CudaDtype::float32 ? 1e-4 : 2e-2);
         }
@@ -146,6 +148,23 @@ TEST_CASE("cuda backward: random masks, n not divisible by the block, a mask per
     check_backward(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
 }
 
+TEST_CASE("cuda backward: long rows and columns split into chunks and merged (kernel 3)", "[cuda][backward][small]") {
+    if (!gpu_ready("split rows")) return;
+    // Chunks of 1, 3 and 5 steps: every row and column with more is split, with chunks that end
+    // inside a 128- or 256-token block, an empty mask (no step at all) and a dense one (every
+    // row and column split), batch 2.
+    const int64_t n = 700;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1);
+    for (int32_t block : {64, 128, 256}) {
+        const MaskSet masks = set_of({testing::mask_random(n, block, 71 + static_cast<uint64_t>(block)),
+                                      block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
+                                      testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
+        for (int64_t split : {1, 3, 5}) {
+            check_backward(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {3}, 0, split);
+        }
+    }
+}
+
 TEST_CASE("cuda backward: empty rows and an empty mask give zero gradients; dense; a negative scale", "[cuda][backward][small]") {
     if (!gpu_ready("empty rows")) return;
     const int64_t n = 333;
@@ -156,7 +175,7 @@ TEST_CASE("cuda backward: empty rows and an empty mask give zero gradients; dens
     const MaskSet masks = set_of({block_mask_empty(n, 64), block_mask_from_dense(n, 64, dense.data()),
                                   block_mask_from_dense(n, 64, some.data())});
     check_backward(masks, 0, 1, 64, 31);
-    check_backward(masks, 0, 1, 128, 32, {1, 2}, -0.07f);
+    check_backward(masks, 0, 1, 128, 32, {1, 2, 3}, -0.07f);
     // the empty head's gradients are exactly zero
     const TensorShape shape{1, 3, n, 64};
     const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3), d_o = tensor_random(shape, 4);

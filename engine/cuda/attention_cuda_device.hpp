@@ -1,0 +1,61 @@
+// Attention on tensors already on the GPU (sparsa.torch's CUDA path): the caller owns the memory
+// and the stream; one layer's masks are uploaded once into a CudaLayerMasks and reused by every
+// call. Plain C++: no CUDA header is needed to use it.
+//
+// Unlike CudaAttention::forward and CudaAttentionBackward::backward, which take host tensors and
+// check every value (finite, in the dtype's range, scores in range, the lse against the forward),
+// these calls check only what costs no copy from the GPU: shapes against the masks, dtype and
+// head dim against the kernels, a finite positive scale. They launch on `stream` and return
+// without waiting; a failed launch throws sparsa::Error.
+#pragma once
+
+#include "engine/block_mask.hpp"
+#include "engine/cuda/attention_cuda.hpp"
+
+#include <cstdint>
+#include <memory>
+
+namespace sparsa {
+
+// One call's tensors on the GPU: q, k, v (and o, d_o, the gradients) are contiguous
+// [batch, heads, n, d] arrays of `dtype`; lse and delta [batch, heads, n] float32.
+struct CudaDeviceCall {
+    const void* q = nullptr;
+    const void* k = nullptr;
+    const void* v = nullptr;
+    int64_t batch = 1, heads = 1, n = 0, d = 0;
+    CudaDtype dtype = CudaDtype::bfloat16;
+    float scale = 0;          // 0: 1 / sqrt(d); else finite and positive
+    void* stream = nullptr;   // a cudaStream_t; nullptr: the legacy default stream
+};
+
+// Layer `layer` of `masks` on the GPU, by query block (the forward, dQ) and transposed (dK, dV),
+// with the forward's work plan for `batch`; kept until destroyed. Throws sparsa::Error for a
+// layer out of range or when no GPU is usable.
+class CudaLayerMasks {
+public:
+    CudaLayerMasks(const MaskSet& masks, int64_t layer);
+    ~CudaLayerMasks();
+    CudaLayerMasks(const CudaLayerMasks&) = delete;
+    CudaLayerMasks& operator=(const CudaLayerMasks&) = delete;
+
+    int64_t n() const;
+    int64_t heads() const;
+    int32_t block() const;
+
+    // O [batch, heads, n, d] (dtype) and lse [batch, heads, n] (natural log, -inf for an empty
+    // row), as CudaAttention::forward computes them with kernel 0's choice.
+    void forward(const CudaDeviceCall& call, void* o, float* lse);
+
+    // dQ, dK, dV (dtype) from the forward's o and lse and the gradient d_o, as
+    // CudaAttentionBackward::backward computes them with kernel 0's choice; `delta` is the
+    // caller's float32 workspace of batch * heads * n (D = rowsum(dO * O)).
+    void backward(const CudaDeviceCall& call, const void* o, const float* lse, const void* d_o, void* dq, void* dk,
+                  void* dv, float* delta);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace sparsa
