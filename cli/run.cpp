@@ -71,13 +71,18 @@ for every batch and head, over the time.
                   Content-based heads: lsh and anchors heads against the reference over the
                   same allowed pairs (the same bound), favor heads against exact dense
                   attention, printing the relative error (FAVOR+ approximates: no bound);
-                  n up to 8192 there (each head's allowed pairs become an [n, n] mask)
+                  n up to 8192 there (each head's allowed pairs become an [n, n] mask).
+                  With --engine cuda, over the pairs of the GPU's own buckets.
 
 Content-based heads (lsh, anchors, favor) are realised per input, so for them run also prints,
 per head: bucket sizes (smallest, largest, imbalance = largest / mean), pairs kept and density,
 recall (with --recall or --check), FAVOR+'s predicted error and degraded rows, and the time of
 each phase (hashing, sorting, gathering apart from attention). Files the script names (anchors,
-rotations, features) are read once, before the runs.
+rotations, features) are read once, before the runs. With --engine cuda the content heads run on
+the GPU (engine/cuda/content_cuda.hpp; --kernel 1: its simple kernels), the report is counted on
+the host from the GPU's buckets (FAVOR+'s from the inputs as rounded to --dtype), and the phases
+are the GPU's: bucketing (hashing or the anchors' assignment, sorting, chunk ids), attention,
+merge and the fixed part.
   --recall        content-based heads (lsh, anchors): also measure recall, the share of the exact
                   softmax's mass (dense, or causal dense) that each head's allowed pairs hold
                   (O(n^2 d) a head; --check measures it too)
