@@ -12,16 +12,22 @@ What runs where (docs/torch.md):
   float64 CPU tensors            the double-precision dense reference, forward and backward (sparsa.reference,
                                  sparsa.reference_backward): slow on purpose, so that torch.autograd.gradcheck
                                  checks sparsa's gradients against finite differences
-  CUDA tensors                   NotImplementedError: the GPU forward and backward are issue 15's next part
+  bfloat16 / float16 CUDA        the CUDA engine's tensor-core kernels, forward and backward (d = 64 or 128), on
+                                 the current CUDA stream, with the layer's masks uploaded once per device
+  float32 CUDA tensors           the CUDA engine's simple float32 kernels (any d up to 256): right, but slow
+                                 (no tensor cores); use bfloat16 or float16 for speed
 
 Importing this module needs torch; `import sparsa` alone never imports it. Where torch has
 torch.library.custom_op (2.4 and newer) the operator is also registered as sparsa::attention with
-a fake implementation, so torch.compile can trace it; on older torch (Debian's 1.13) it is a
-torch.autograd.Function. Both run the same checks and the same numpy calls below.
+CPU and CUDA kernels and a fake implementation, so torch.compile traces it without a graph break;
+on older torch (Debian's 1.13) it is a torch.autograd.Function. Both run the same checks and the
+same engine calls below.
 
 Index
   [SECTION] checks        every argument, before anything runs; errors name the argument
-  [SECTION] numpy calls   the engines on torch tensors: GQA expansion, gradients summed over each group
+  [SECTION] numpy calls   the CPU engines on torch tensors: GQA expansion, gradients summed over each group
+  [SECTION] cuda calls    the CUDA engine on device pointers: masks cached per (MaskSet, layer, device), the
+                          current stream, GQA as on the CPU
   [SECTION] autograd      torch.autograd.Function (every torch) and the custom op (torch 2.4+)
   [SECTION] attention     the public function
 """
@@ -34,6 +40,7 @@ except ImportError as _error:
         f"({_error}); install it (Debian: apt install python3-torch; elsewhere: pip install torch). "
         "The rest of sparsa works without it") from _error
 
+import atexit
 import math
 import numbers
 import weakref
@@ -52,11 +59,13 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _arguments_check(q, k, v, masks, layer, scale, threads):
-    """Checks every argument; returns (layer, scale) as the engines take them (scale 0.0: 1 / sqrt(d)).
+    """Checks every argument; returns (layer, scale, key) as the engines take them (scale 0.0: 1 / sqrt(d);
+    key: the mask set's in _masks_by_key).
 
     q: [batch, heads, n, d]; k, v: [batch, kv_heads, n, d] with heads a multiple of kv_heads.
-    Raises TypeError (wrong kind of argument), ValueError (wrong shape, dtype or value) or
-    NotImplementedError (a device sparsa.torch does not run on yet), each naming the argument.
+    Raises TypeError (wrong kind of argument), ValueError (wrong shape, dtype or value),
+    NotImplementedError (a device other than CPU and CUDA) or RuntimeError (CUDA tensors and a
+    sparsa built without the CUDA engine), each naming the argument.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -89,13 +98,9 @@ def _arguments_check(q, k, v, masks, layer, scale, threads):
     for name, t in (("k", k), ("v", v)):
         if t.device != q.device:
             raise ValueError(f"{_WHERE}: {name} is on {t.device} but q is on {q.device} (put q, k and v on one device)")
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            f"{_WHERE}: q is a CUDA tensor, and sparsa.torch runs only on the CPU so far: the GPU forward "
-            "and backward are issue 15's next part (move the tensors with .cpu(), or use "
-            "sparsa.attention_cuda on numpy arrays for a forward pass alone)")
-    if q.device.type != "cpu":
-        raise NotImplementedError(f"{_WHERE}: q is on {q.device}; sparsa.torch runs on CPU tensors (move them with .cpu())")
+    if q.device.type not in ("cpu", "cuda"):
+        raise NotImplementedError(f"{_WHERE}: q is on {q.device}; sparsa.torch runs on CPU and CUDA tensors "
+                                  "(move them with .cpu() or .cuda())")
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"{_WHERE}: v: shape {tuple(v.shape)} differs from k's {tuple(k.shape)} "
                          "(k and v are both [batch, kv_heads, n, d])")
@@ -110,16 +115,40 @@ def _arguments_check(q, k, v, masks, layer, scale, threads):
     if heads % k.shape[1] != 0:
         raise ValueError(f"{_WHERE}: k: {k.shape[1]} heads do not divide q's {heads} (grouped-query attention needs "
                          "q's heads to be a multiple of k's and v's; query head h uses key head h // (q heads / k heads))")
-    if heads != masks.heads:
-        raise ValueError(f"{_WHERE}: q: {heads} heads but the mask set has {masks.heads} (one mask per query head: "
+    key, sizes = _masks_entry(masks)   # the MaskSet's heads, n and layers as plain values (torch.compile)
+    if heads != sizes.heads:
+        raise ValueError(f"{_WHERE}: q: {heads} heads but the mask set has {sizes.heads} (one mask per query head: "
                          f"set `heads {heads}` in the script)")
-    if n != masks.n:
-        raise ValueError(f"{_WHERE}: q: n = {n} but the mask set was compiled for n = {masks.n} "
+    if n != sizes.n:
+        raise ValueError(f"{_WHERE}: q: n = {n} but the mask set was compiled for n = {sizes.n} "
                          f"(compile the script with n={n})")
-    if not 0 <= layer < masks.layers:
-        raise ValueError(f"{_WHERE}: layer {layer} is out of range: the mask set has {masks.layers} "
-                         f"layer{'' if masks.layers == 1 else 's'} (0..{masks.layers - 1})")
-    return int(layer), 0.0 if scale is None else float(scale)
+    if not 0 <= layer < sizes.layers:
+        raise ValueError(f"{_WHERE}: layer {layer} is out of range: the mask set has {sizes.layers} "
+                         f"layer{'' if sizes.layers == 1 else 's'} (0..{sizes.layers - 1})")
+    if q.device.type == "cuda":
+        _cuda_check(q)
+    return int(layer), 0.0 if scale is None else float(scale), key
+
+
+def _cuda_check(q):
+    """What the CUDA engine runs: this build has it, bfloat16 / float16 at d = 64 or 128 (the
+    tensor-core kernels), float32 at any d up to 256 (the simple kernels); no float64."""
+    d = q.shape[3]
+    if not _sparsa.cuda_built:
+        raise RuntimeError(f"{_WHERE}: q is a CUDA tensor but this sparsa was built without the CUDA engine "
+                           "(no nvcc when it was configured, or -DSPARSA_CUDA=OFF): rebuild with the CUDA toolkit, "
+                           "or move the tensors with .cpu()")
+    if q.dtype == torch.float64:
+        raise ValueError(f"{_WHERE}: q: dtype torch.float64 runs on the CPU only (the double-precision reference); "
+                         "on the GPU use torch.bfloat16 or torch.float16 (tensor cores, d = 64 or 128), or "
+                         "torch.float32 (any d up to 256, slowly)")
+    if q.dtype != torch.float32 and d not in (64, 128):
+        raise ValueError(f"{_WHERE}: q: head dimension d = {d} with {q.dtype} on the GPU: its tensor-core kernels "
+                         "run d = 64 or 128 (make the heads 64 or 128 wide, or use torch.float32 on the GPU, "
+                         "which runs any d up to 256, slowly)")
+    if d > 256:
+        raise ValueError(f"{_WHERE}: q: head dimension d = {d} is above 256 (split the heads: the CUDA engine "
+                         "runs d up to 256)")
 
 
 # [SECTION] numpy calls
@@ -171,6 +200,151 @@ def _backward_arrays(q, k, v, o, lse, d_o, masks, layer, scale, threads):
     return tuple(torch.from_numpy(np.ascontiguousarray(g)).to(q.dtype) for g in (dq, dk, dv))
 
 
+# [SECTION] cuda calls
+
+# Live mask sets by integer key (id(masks)), as _MasksEntry objects: the custom op takes its mask
+# set as such a key (an op's arguments are tensors and plain values); the entry keeps the set's
+# sizes as plain Python values, which torch.compile reads without calling into the module, and its
+# layers uploaded to the GPU, {(layer, device index): _sparsa._CudaLayerMasks}. The entry, and with
+# it the device copies, goes when the MaskSet is collected (the weakref's callback); freeing device
+# memory waits for the kernels still running (cudaFree synchronizes), so a launch in flight is safe.
+_masks_by_key = {}
+
+
+class _MasksEntry:
+    def __init__(self, masks, key):
+        self.ref = weakref.ref(masks, lambda _, key=key: _masks_by_key.pop(key, None))
+        self.heads, self.n, self.layers = masks.heads, masks.n, masks.layers
+        self.on_device = {}
+
+
+def _compile_disable(fn):
+    """torch.compiler.disable where torch has it (2.1+): the function runs outside any graph."""
+    compiler = getattr(torch, "compiler", None)
+    return compiler.disable(fn) if compiler is not None and hasattr(compiler, "disable") else fn
+
+
+@_compile_disable
+def _masks_register(masks, key):
+    # Outside the graph: under torch.compile the first call with a new MaskSet breaks the graph
+    # here once; the recompile that follows (the registry changed) has no break.
+    _masks_by_key[key] = _MasksEntry(masks, key)
+
+
+def _masks_entry(masks):
+    """(key, entry) of a MaskSet, registered on first sight."""
+    key = id(masks)
+    if key not in _masks_by_key:
+        _masks_register(masks, key)
+    return key, _masks_by_key[key]
+
+
+def _masks_key(masks):
+    return _masks_entry(masks)[0]
+
+
+def _masks_get(key):
+    entry = _masks_by_key.get(key)
+    masks = entry.ref() if entry is not None else None
+    if masks is None:
+        raise RuntimeError(f"sparsa::attention: mask set {key} is gone (keep the MaskSet alive while a compiled "
+                           "model that uses it runs)")
+    return masks
+
+
+def _cuda_layer_masks(masks, layer, device):
+    """Layer `layer` of `masks` on `device` (a CUDA torch.device): uploaded on the first call, the
+    same object afterwards, freed with the MaskSet."""
+    on_device = _masks_entry(masks)[1].on_device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    found = on_device.get((layer, index))
+    if found is None:
+        with torch.cuda.device(index):
+            found = _sparsa._sparsa._CudaLayerMasks(masks, layer)
+        on_device[(layer, index)] = found
+    return found
+
+
+def _device_tensor(t):
+    """t as the kernels read it: C-order and 16-byte aligned (a contiguous view can start anywhere)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _cuda_inputs(q, k, v, scale):
+    """(q, k, v, scale) for the device call: k and v repeated to q's heads (grouped-query
+    attention), a negative scale moved into k (the kernels take scale > 0; 0 is 1 / sqrt(d))."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if scale < 0:
+        k, scale = -k, -scale
+    return _device_tensor(q), _device_tensor(k), _device_tensor(v), scale
+
+
+_CUDA_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def _forward_cuda(q, k, v, masks, layer, scale):
+    """(o, lse): o [batch, heads, n, d] in q's dtype, lse [batch, heads, n] float32 (-inf on rows
+    with no allowed key), launched on the current stream of q's device."""
+    batch, heads, n, d = q.shape
+    qc, kc, vc, scale = _cuda_inputs(q, k, v, scale)
+    o = torch.empty((batch, heads, n, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device)
+    on_device = _cuda_layer_masks(masks, layer, q.device)
+    with torch.cuda.device(q.device):
+        on_device.forward(qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), o.data_ptr(), lse.data_ptr(), batch, heads, n,
+                          d, _CUDA_DTYPE_NAMES[q.dtype], scale, torch.cuda.current_stream().cuda_stream)
+    return o, lse
+
+
+def _backward_cuda(q, k, v, o, lse, d_o, masks, layer, scale):
+    """(dq, dk, dv) in q's dtype: dq [batch, heads, n, d]; dk, dv [batch, kv_heads, n, d], each
+    the sum over its group of query heads. A float32 workspace of batch * heads * n holds
+    D = rowsum(dO * O)."""
+    batch, heads, n, d = q.shape
+    kv_heads = k.shape[1]
+    qc, kc, vc, device_scale = _cuda_inputs(q, k, v, scale)
+    oc, lse_c, d_oc = _device_tensor(o), _device_tensor(lse), _device_tensor(d_o.to(q.dtype))
+    dq = torch.empty((batch, heads, n, d), dtype=q.dtype, device=q.device)
+    dk, dv = torch.empty_like(dq), torch.empty_like(dq)
+    delta = torch.empty(batch * heads * n, dtype=torch.float32, device=q.device)
+    on_device = _cuda_layer_masks(masks, layer, q.device)
+    with torch.cuda.device(q.device):
+        on_device.backward(qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(), lse_c.data_ptr(),
+                           d_oc.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), delta.data_ptr(), batch,
+                           heads, n, d, _CUDA_DTYPE_NAMES[q.dtype], device_scale,
+                           torch.cuda.current_stream().cuda_stream)
+    if scale < 0:
+        dk = -dk   # the kernels saw -k
+    if heads != kv_heads:
+        group = heads // kv_heads
+        dk = dk.view(batch, kv_heads, group, n, d).sum(dim=2)
+        dv = dv.view(batch, kv_heads, group, n, d).sum(dim=2)
+    return dq, dk, dv
+
+
+def _forward(q, k, v, masks, layer, scale, threads):
+    """(o, lse) by device, as the backward wants them: on the CPU in the compute dtype (float32 for
+    half inputs: the caller casts o), on the GPU o in q's dtype and lse in float32."""
+    if q.device.type == "cuda":
+        return _forward_cuda(q, k, v, masks, layer, scale)
+    return _forward_arrays(q, k, v, masks, layer, scale, threads)
+
+
+def _backward(q, k, v, o, lse, d_o, masks, layer, scale, threads):
+    if q.device.type == "cuda":
+        return _backward_cuda(q, k, v, o, lse, d_o, masks, layer, scale)
+    return _backward_arrays(q, k, v, o, lse, d_o, masks, layer, scale, threads)
+
+
+if hasattr(_sparsa._sparsa, "_cuda_shutdown"):   # built with the CUDA engine
+    # At exit the device copies are left to the process's end rather than freed while PyTorch and
+    # the CUDA runtime tear down (bind_cuda.cpp).
+    atexit.register(_sparsa._sparsa._cuda_shutdown)
+
+
 # [SECTION] autograd
 
 
@@ -180,7 +354,7 @@ class _AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, masks, layer, scale, threads):
-        o, lse = _forward_arrays(q, k, v, masks, layer, scale, threads)
+        o, lse = _forward(q, k, v, masks, layer, scale, threads)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.arguments = (masks, layer, scale, threads)
         return o.to(q.dtype)
@@ -189,35 +363,15 @@ class _AttentionFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_o):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward_arrays(q, k, v, o, lse, d_o, *ctx.arguments)
+        dq, dk, dv = _backward(q, k, v, o, lse, d_o, *ctx.arguments)
         wanted = ctx.needs_input_grad
         return (dq if wanted[0] else None, dk if wanted[1] else None, dv if wanted[2] else None, None, None, None, None)
 
 
-# The custom op takes its mask set as an integer key (an op's arguments are tensors and plain
-# values): the key of a live MaskSet, dropped when the MaskSet is collected.
-_masks_by_key = {}
-
-
-def _masks_key(masks):
-    key = id(masks)
-    if key not in _masks_by_key:
-        _masks_by_key[key] = weakref.ref(masks, lambda _, key=key: _masks_by_key.pop(key, None))
-    return key
-
-
-def _masks_get(key):
-    ref = _masks_by_key.get(key)
-    masks = ref() if ref is not None else None
-    if masks is None:
-        raise RuntimeError(f"sparsa::attention: mask set {key} is gone (keep the MaskSet alive while a compiled "
-                           "model that uses it runs)")
-    return masks
-
-
 def _custom_op_register():
     """sparsa::attention and sparsa::attention_backward as torch.library custom ops (torch 2.4+):
-    CPU kernels, fake implementations giving the outputs' shapes, and autograd. None on older torch."""
+    CPU and CUDA kernels, fake implementations giving the outputs' shapes, and autograd. None on
+    older torch."""
     if not hasattr(torch.library, "custom_op"):
         return None
     Tensor = torch.Tensor
@@ -228,8 +382,13 @@ def _custom_op_register():
         o, lse = _forward_arrays(q, k, v, _masks_get(masks_key), layer, scale, threads)
         return o.to(q.dtype), lse
 
+    @attention_op.register_kernel("cuda")
+    def _(q, k, v, masks_key, layer, scale, threads):
+        return _forward_cuda(q, k, v, _masks_get(masks_key), layer, scale)
+
     @attention_op.register_fake
     def _(q, k, v, masks_key, layer, scale, threads):
+        # lse: float64 for float64 (the CPU reference), else float32 (the engines' softmax)
         return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
                 torch.empty(q.shape[:3], dtype=_compute_dtype(q.dtype), device=q.device))
 
@@ -237,6 +396,10 @@ def _custom_op_register():
     def attention_backward_op(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, d_o: Tensor, masks_key: int,
                               layer: int, scale: float, threads: int) -> tuple[Tensor, Tensor, Tensor]:
         return _backward_arrays(q, k, v, o, lse, d_o, _masks_get(masks_key), layer, scale, threads)
+
+    @attention_backward_op.register_kernel("cuda")
+    def _(q, k, v, o, lse, d_o, masks_key, layer, scale, threads):
+        return _backward_cuda(q, k, v, o, lse, d_o, _masks_get(masks_key), layer, scale)
 
     @attention_backward_op.register_fake
     def _(q, k, v, o, lse, d_o, masks_key, layer, scale, threads):
@@ -246,6 +409,11 @@ def _custom_op_register():
         q, k, v, masks_key, layer, scale, threads = inputs
         ctx.save_for_backward(q, k, v, *output)
         ctx.arguments = (masks_key, layer, scale, threads)
+        # The graph holds the MaskSet until backward (a temporary one, as in
+        # attention(q, k, v, sparsa.compile(...)), would be gone by then); the autograd.Function
+        # path holds it the same way.
+        entry = _masks_by_key.get(masks_key)
+        ctx.masks = entry.ref() if entry is not None else None
 
     def backward(ctx, d_o, d_lse):
         q, k, v, o, lse = ctx.saved_tensors
@@ -272,14 +440,19 @@ def attention(q, k, v, masks, layer=0, scale=None, *, threads=0):
     scale: None for 1 / sqrt(d). threads: the engine's worker threads, 0 for all cores.
     Returns o [batch, heads, n, d] in q's dtype; a row with no allowed key gives zeros (and zero gradients).
 
-    float32 runs the CPU engine forward and backward; float16 and bfloat16 are upcast to float32 for
-    it and cast back; float64 runs the double-precision dense reference forward and backward (slow on
-    purpose: torch.autograd.gradcheck in float64 checks sparsa's gradients against finite
-    differences). CUDA tensors raise NotImplementedError (the GPU path is issue 15's next part).
+    On the CPU: float32 runs the CPU engine forward and backward; float16 and bfloat16 are upcast to
+    float32 for it and cast back; float64 runs the double-precision dense reference forward and
+    backward (slow on purpose: torch.autograd.gradcheck in float64 checks sparsa's gradients against
+    finite differences). On a CUDA device: bfloat16 and float16 run the CUDA engine's tensor-core
+    kernels (d = 64 or 128; mask blocks of 64, 128 or 256, smaller blocks fall back to the simple
+    kernels), float32 the simple float32 kernels (any d up to 256: right but slow, no tensor cores),
+    on torch.cuda.current_stream(); the layer's masks are uploaded on the first call and kept on
+    the device until the MaskSet is collected; threads is ignored; float64 is refused.
     Not twice differentiable. Errors: TypeError and ValueError naming the argument (see
-    docs/torch.md); sparsa.Error from the engines for NaN or Inf inputs and scores that would overflow.
+    docs/torch.md); sparsa.Error from the engines for NaN or Inf inputs and scores that would
+    overflow (the CPU engine; the GPU path reads no values back, so it does not check them).
     """
-    layer, scale = _arguments_check(q, k, v, masks, layer, scale, threads)
+    layer, scale, key = _arguments_check(q, k, v, masks, layer, scale, threads)
     if _attention_op is not None:
-        return _attention_op(q, k, v, _masks_key(masks), layer, scale, int(threads))[0]
+        return _attention_op(q, k, v, key, layer, scale, int(threads))[0]
     return _AttentionFunction.apply(q, k, v, masks, layer, scale, int(threads))

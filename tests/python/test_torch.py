@@ -262,7 +262,7 @@ def bad(**change):
     (lambda: dict(v=torch.zeros(1, 4, 20, 8, dtype=torch.float16)), ValueError, "v: dtype torch.float16 differs"),
     (lambda: dict(k=torch.zeros(1, 4, 20, 8, device="meta")), ValueError, "k is on meta but q is on cpu"),
     (lambda: dict(q=torch.zeros(1, 4, 20, 8, device="meta"), k=torch.zeros(1, 4, 20, 8, device="meta"),
-                  v=torch.zeros(1, 4, 20, 8, device="meta")), NotImplementedError, "q is on meta; sparsa.torch runs on CPU"),
+                  v=torch.zeros(1, 4, 20, 8, device="meta")), NotImplementedError, "q is on meta; sparsa.torch runs on CPU and CUDA tensors"),
     (lambda: dict(v=torch.zeros(1, 4, 20, 7)), ValueError, r"v: shape \(1, 4, 20, 7\) differs from k's \(1, 4, 20, 8\)"),
     (lambda: dict(k=torch.zeros(2, 4, 20, 8), v=torch.zeros(2, 4, 20, 8)), ValueError,
      r"k: shape \(2, 4, 20, 8\) does not match q's \(1, 4, 20, 8\) in batch, n or d"),
@@ -293,11 +293,20 @@ def test_engine_errors_pass_through():
 
 
 @needs_torch
-@pytest.mark.skipif(torch is None or not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_tensors_are_not_run_yet():
-    with pytest.raises(NotImplementedError, match="issue 15's next part"):
-        st.attention(**bad(q=torch.zeros(1, 4, 20, 8, device="cuda"), k=torch.zeros(1, 4, 20, 8, device="cuda"),
-                           v=torch.zeros(1, 4, 20, 8, device="cuda")))
+def test_the_mask_set_registry_lets_go_of_a_collected_mask_set():
+    # The custom op names its mask set by key; the entry (and on a GPU the set's device copies,
+    # test_torch_cuda.py) goes with the MaskSet.
+    import gc
+    masks = sparsa.compile("heads 4\nattend = window(3)", n=20, block=16)
+    q, k, v = tensors((1, 4, 20, 8), 3)
+    st.attention(q, k, v, masks)
+    key = st._masks_key(masks)
+    assert st._masks_get(key) is masks and st._masks_by_key[key].heads == 4
+    del masks
+    gc.collect()
+    assert key not in st._masks_by_key
+    with pytest.raises(RuntimeError, match=f"mask set {key} is gone"):
+        st._masks_get(key)
 
 
 EXAMPLE = PATTERNS.parent / "torch" / "train_tiny_lm.py"
