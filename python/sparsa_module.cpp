@@ -533,6 +533,9 @@ CudaAttention& cuda_engine() {
     static CudaAttention* engine = new CudaAttention();
     return *engine;
 }
+
+// Adds _CudaLayerMasks and _cuda_shutdown, sparsa.torch's GPU path (bind_cuda.cpp).
+void bind_cuda(py::module_& m);
 #endif
 
 #ifndef SPARSA_HAVE_CUDA
@@ -861,6 +864,7 @@ Slow on purpose: the oracle the engines are tested against.)");
               return array_from(tensor_round_to(tensor_from<float>(a), cuda_dtype_parse(dtype)));
           }, py::arg("x"), py::arg("dtype"),
           "x rounded to dtype and back to float32 (what the GPU sees), so the CPU engine can run the same inputs.");
+    bind_cuda(m);
 #else
     m.attr("cuda_built") = false;
     m.def("cuda_available", []() { return py::make_tuple(false, std::string(kNoCuda)); },

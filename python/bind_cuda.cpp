@@ -1,0 +1,128 @@
+// The CUDA engine on memory someone else owns (sparsa.torch's GPU path): the private class
+// _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once, whose forward and backward
+// take device pointers as integers (torch.Tensor.data_ptr()) and a cudaStream_t as an integer
+// (torch.cuda.current_stream().cuda_stream), so this file needs no torch header. Built only where
+// the CUDA engine is (python/CMakeLists.txt: target sparsa_cuda); the calls are
+// engine/cuda/attention_cuda_device.hpp's.
+//
+// Why integers: the caller (python/sparsa/torch.py) has checked the tensors (device, dtype,
+// contiguous [batch, heads, n, d], alignment) and allocated the outputs; what is left to check
+// here is what the engine checks without reading the GPU (shapes against the masks, d against
+// the kernels, the scale). The launches are asynchronous on the given stream; the GIL is released
+// around them, and around the upload in the constructor.
+#include "python/module.hpp"
+
+#include "engine/cuda/attention_cuda_device.hpp"
+#include "engine/error.hpp"
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace sparsa::python {
+
+namespace {
+
+// Set at interpreter exit (sparsa.torch registers _cuda_shutdown with atexit): from then on the
+// device masks are left to the process's end instead of freed while the CUDA runtime and
+// PyTorch tear down in an order nobody controls.
+bool g_exiting = false;
+
+// Owns a CudaLayerMasks until exit; the Python object's lifetime is the cache's (sparsa.torch
+// keeps one per (MaskSet, layer, device) and drops it with the MaskSet).
+struct PyCudaLayerMasks {
+    std::unique_ptr<CudaLayerMasks> masks;
+    ~PyCudaLayerMasks() {
+        if (g_exiting) (void)masks.release();   // leaked on purpose: see g_exiting
+    }
+};
+
+// torch's dtype names as str(dtype) minus "torch.", and the engine's own.
+CudaDtype device_dtype_parse(const std::string& text) {
+    if (text == "bfloat16" || text == "bf16") return CudaDtype::bfloat16;
+    if (text == "float16" || text == "fp16") return CudaDtype::float16;
+    if (text == "float32" || text == "fp32") return CudaDtype::float32;
+    value_error("_CudaLayerMasks: dtype '" + text + "' is not one the CUDA engine runs (bfloat16, float16 or float32)");
+}
+
+// A device pointer from Python: an integer, non-zero.
+const void* pointer(std::uintptr_t address, const char* name) {
+    if (address == 0) value_error(std::string("_CudaLayerMasks: ") + name + " is a null pointer (pass tensor.data_ptr())");
+    return reinterpret_cast<const void*>(address);
+}
+void* pointer_mut(std::uintptr_t address, const char* name) { return const_cast<void*>(pointer(address, name)); }
+
+CudaDeviceCall call_make(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, int64_t batch, int64_t heads, int64_t n,
+                         int64_t d, const std::string& dtype, float scale, std::uintptr_t stream) {
+    CudaDeviceCall call;
+    call.q = pointer(q, "q");
+    call.k = pointer(k, "k");
+    call.v = pointer(v, "v");
+    call.batch = batch;
+    call.heads = heads;
+    call.n = n;
+    call.d = d;
+    call.dtype = device_dtype_parse(dtype);
+    call.scale = scale;
+    call.stream = reinterpret_cast<void*>(stream);   // 0: the legacy default stream
+    return call;
+}
+
+} // namespace
+
+void bind_cuda(py::module_& m) {
+    py::class_<PyCudaLayerMasks>(m, "_CudaLayerMasks",
+                                 "Layer `layer` of a MaskSet on the GPU (the current CUDA device), for sparsa.torch: "
+                                 "forward and backward on device pointers. Private: use sparsa.torch.attention.")
+        .def(py::init([](const PyMaskSet& s, int64_t layer) {
+                 auto out = std::make_unique<PyCudaLayerMasks>();
+                 py::gil_scoped_release release;
+                 out->masks = std::make_unique<CudaLayerMasks>(s.set, layer);
+                 return out;
+             }),
+             py::arg("masks"), py::arg("layer"))
+        .def_property_readonly("n", [](const PyCudaLayerMasks& m) { return m.masks->n(); })
+        .def_property_readonly("heads", [](const PyCudaLayerMasks& m) { return m.masks->heads(); })
+        .def_property_readonly("block", [](const PyCudaLayerMasks& m) { return m.masks->block(); })
+        .def("forward",
+             [](PyCudaLayerMasks& m, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o,
+                std::uintptr_t lse, int64_t batch, int64_t heads, int64_t n, int64_t d, const std::string& dtype,
+                float scale, std::uintptr_t stream) {
+                 const CudaDeviceCall call = call_make(q, k, v, batch, heads, n, d, dtype, scale, stream);
+                 void* o_ptr = pointer_mut(o, "o");
+                 auto* lse_ptr = static_cast<float*>(pointer_mut(lse, "lse"));
+                 py::gil_scoped_release release;
+                 m.masks->forward(call, o_ptr, lse_ptr);
+             },
+             py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("batch"), py::arg("heads"),
+             py::arg("n"), py::arg("d"), py::arg("dtype"), py::arg("scale"), py::arg("stream"),
+             "Launches the forward on `stream`: o [batch, heads, n, d] (dtype) and lse [batch, heads, n] (float32) "
+             "from contiguous q, k, v [batch, heads, n, d]. Pointers are data_ptr() integers; scale 0: 1 / sqrt(d).")
+        .def("backward",
+             [](PyCudaLayerMasks& m, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o,
+                std::uintptr_t lse, std::uintptr_t d_o, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
+                std::uintptr_t delta, int64_t batch, int64_t heads, int64_t n, int64_t d, const std::string& dtype,
+                float scale, std::uintptr_t stream) {
+                 const CudaDeviceCall call = call_make(q, k, v, batch, heads, n, d, dtype, scale, stream);
+                 const void* o_ptr = pointer(o, "o");
+                 const auto* lse_ptr = static_cast<const float*>(pointer(lse, "lse"));
+                 const void* d_o_ptr = pointer(d_o, "d_o");
+                 void* dq_ptr = pointer_mut(dq, "dq");
+                 void* dk_ptr = pointer_mut(dk, "dk");
+                 void* dv_ptr = pointer_mut(dv, "dv");
+                 auto* delta_ptr = static_cast<float*>(pointer_mut(delta, "delta"));
+                 py::gil_scoped_release release;
+                 m.masks->backward(call, o_ptr, lse_ptr, d_o_ptr, dq_ptr, dk_ptr, dv_ptr, delta_ptr);
+             },
+             py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("d_o"), py::arg("dq"),
+             py::arg("dk"), py::arg("dv"), py::arg("delta"), py::arg("batch"), py::arg("heads"), py::arg("n"),
+             py::arg("d"), py::arg("dtype"), py::arg("scale"), py::arg("stream"),
+             "Launches the backward on `stream`: dq, dk, dv (dtype, [batch, heads, n, d]) from the forward's o and "
+             "lse and the gradient d_o; delta is a float32 workspace of batch * heads * n.");
+    m.def("_cuda_shutdown", []() { g_exiting = true; },
+          "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
+}
+
+} // namespace sparsa::python
