@@ -12,7 +12,8 @@
 # Results go to $OUT (or $BUILD/out), flat, at most 8 files: torch-gpu.log (what every step
 # printed), build.log, test.log, loss-sdpa.csv, loss-dense.csv, loss-sparse.csv, loss_cuda.png
 # (where matplotlib is there; else examples/torch/plot_loss.py draws it from the CSVs).
-# TRAIN_ARGS adds to train_tiny_lm.py's arguments (e.g. TRAIN_ARGS="--steps 500").
+# TRAIN_ARGS adds to train_tiny_lm.py's arguments (e.g. TRAIN_ARGS="--steps 500"); PYTHON picks
+# another Python (default: python3 on PATH), PYBIND11_DIR pybind11's CMake folder (default: pip's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -31,10 +32,10 @@ step_build() {
     [[ -f .deps/include/boost/version.hpp && -d .deps/share/eigen3 ]] \
         || fail ".deps is missing or incomplete: run python/gpu_deps.sh where Debian's packages are, and carry .deps"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-    "$PY" -c 'import sys, torch, numpy, pybind11; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "numpy", numpy.__version__, "pybind11", pybind11.__version__)' \
-        || fail "$PY lacks torch, numpy or pybind11"
-    local pybind11_dir
-    pybind11_dir=$("$PY" -m pybind11 --cmakedir)
+    "$PY" -c 'import sys, torch, numpy; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "numpy", numpy.__version__)' \
+        || fail "$PY lacks torch or numpy"
+    local pybind11_dir=${PYBIND11_DIR:-}   # default: pip's pybind11 for this Python
+    [[ -n $pybind11_dir ]] || pybind11_dir=$("$PY" -m pybind11 --cmakedir) || fail "$PY has no pybind11 (pip install pybind11)"
     cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSA_CUDA=ON -DSPARSA_NATIVE=OFF \
         -DSPARSA_TESTS=OFF -DSPARSA_BENCH=OFF -DSPARSA_WEB=OFF -DSPARSA_VIEWER=OFF \
         -DCMAKE_PREFIX_PATH="$ROOT/.deps" -DCMAKE_CXX_FLAGS="-isystem $ROOT/.deps/include" \
