@@ -333,7 +333,8 @@ def main():
     timer = Timer(args.slow_ms, args.slow_runs, args.case_budget_ms)
     rows = []          # gpu_report's rows
     kept_ratio = {}    # mask name -> pairs in kept blocks / allowed pairs
-    notes = list(merged["notes"]) if merged else []   # lines for the results file
+    # lines for the results file (an earlier run's, less its line on its passes, which merging outdates)
+    notes = [line for line in merged["notes"] if not line.startswith("Passes timed")] if merged else []
     skipped = []       # what was not run, and why
 
     def add(mask, key, n, impl, pass_, ms, pairs, family, how, block=None, peak=None):
@@ -350,21 +351,26 @@ def main():
     def grads_time(f, q, k, v, label):
         """{pass: (ms, how, peak GiB)} for o = f(q, k, v): the backward alone (one forward outside the
         timer, then autograd.grad with retain_graph) and the forward + backward timed together."""
-        out = {}
-        dout = torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=torch.Generator(device="cuda").manual_seed(4))
+        out, wanted = {}, [p for p in ("bwd", "fwdbwd") if p in passes]
         for t in (q, k, v):
             t.requires_grad_(True)
         try:
-            for pass_ in ("bwd", "fwdbwd"):
-                if pass_ not in passes:
-                    continue
+            try:
+                o = f(q, k, v)
+                # dO in O's layout (cuDNN's O may not be contiguous in [1, heads, n, d] order)
+                dout = torch.empty_like(o).normal_(generator=torch.Generator(device="cuda").manual_seed(4))
+            except Exception as e:   # the forward with autograd refused: neither pass can run
+                for pass_ in wanted:
+                    skipped.append(f"{label} {pass_}: {first_line(e)}")
+                print(f"{label} {'/'.join(wanted)}: not run ({first_line(e)})", flush=True)
+                return out
+            for pass_ in wanted:
                 try:
                     if pass_ == "bwd":
-                        o = f(q, k, v)
                         torch.cuda.reset_peak_memory_stats()
                         ms, how = timer(lambda: torch.autograd.grad(o, (q, k, v), dout, retain_graph=True), f"{label} bwd")
-                        del o
                     else:
+                        o = None   # the first forward's graph and saved tensors go before this pass
                         torch.cuda.reset_peak_memory_stats()
                         ms, how = timer(lambda: torch.autograd.grad(f(q, k, v), (q, k, v), dout), f"{label} fwd+bwd")
                     out[pass_] = (ms, how, torch.cuda.max_memory_allocated() / 2 ** 30)
@@ -441,6 +447,7 @@ def main():
                     del got
                     if not err <= 2e-2 * scale:   # the same attention, or the row is wrong
                         raise RuntimeError(f"differs from the table-lookup Flex by {err:.3g}: not the same mask")
+                    ref = None   # not held through the timings (nor counted in their peak memory)
                 if "fwd" in passes:
                     ms, how = timer(lambda: flex(q, k, v, block_mask=ubm), f"{name} fair Flex")
                     add(name, name, n, fair, "fwd", ms, pairs, "flex", how, block)
@@ -499,8 +506,10 @@ def main():
     if skipped:
         notes.append(f"Not run ({run}): " + "; ".join(skipped) + ".")
     command, all_passes = args.command, passes
-    if merged is not None:   # the earlier run's PyTorch rows for its passes; sparsa's come from this run's CSV
-        rows += [r for r in merged["rows"] if r["family"] != "sparsa" and r["pass"] not in passes]
+    if merged is not None:   # the earlier run's PyTorch rows for its passes; sparsa's from this run's CSV
+        # (the earlier run's sparsa rows too when this run has no CSV)
+        rows += [r for r in merged["rows"] if (r["pass"] not in passes and r["family"] != "sparsa")
+                 or (r["family"] == "sparsa" and not sparsa_rows)]
         kept_ratio = {**merged["kept_ratio"], **kept_ratio}
         all_passes = [p for p in gpu_report.PASSES if p in passes or p in merged["passes"]]
         command = f"{merged['command']} (passes {','.join(merged['passes'])}), then {args.command} ({run})"
@@ -523,7 +532,8 @@ def main():
     print(f"wrote {out}")
     if args.copy_to:
         os.makedirs(args.copy_to, exist_ok=True)
-        shutil.copy(out, os.path.join(args.copy_to, os.path.basename(out)))
+        if os.path.abspath(args.copy_to) != os.path.abspath(args.out_dir):
+            shutil.copy(out, os.path.join(args.copy_to, os.path.basename(out)))
         rows_json = os.path.join(args.copy_to, os.path.splitext(os.path.basename(out))[0] + ".json")
         with open(rows_json, "w") as f:
             json.dump(data, f, indent=1)

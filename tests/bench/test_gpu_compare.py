@@ -200,10 +200,11 @@ def test_the_script_in_two_passes_merged(masks, tmp_path):
             w.writerow([name, 1024, 128 if "B128" in name else 64, 1, 32, 1, "bf16", 500000, "bwd2", 0.12, 20, 1, "auto"])
     common = masks + ["--heads", "1", "--d", "32", "--sparsa-csv", str(csv_path), "--out-dir", str(tmp_path / "out"),
                       "--copy-to", str(tmp_path / "logs")]
-    first = fake_run(common + ["--passes", "fwd", "--command", "first"], tmp_path)
+    # the first part written to the logs folder alone (--out-dir = --copy-to), as run_gpu.sh's compare_fwd does
+    first = fake_run(common + ["--passes", "fwd", "--command", "first", "--out-dir", str(tmp_path / "logs")], tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    part = tmp_path / "out" / "cuda-fake-gpu-cpu-stand-ins-fwd.md"
-    assert part.exists() and not (tmp_path / "out" / "cuda-fake-gpu-cpu-stand-ins.md").exists()
+    part = tmp_path / "logs" / "cuda-fake-gpu-cpu-stand-ins-fwd.md"
+    assert part.exists() and not (tmp_path / "out").exists()
     assert "## Backward" not in part.read_text()
     # the same passes again cannot be merged
     again = fake_run(common + ["--passes", "fwd", "--merge", str(tmp_path / "logs" / "cuda-fake-gpu-cpu-stand-ins-fwd.json")], tmp_path)
@@ -214,6 +215,7 @@ def test_the_script_in_two_passes_merged(masks, tmp_path):
     text = (tmp_path / "out" / "cuda-fake-gpu-cpu-stand-ins.md").read_text()
     assert "Command: `first (passes fwd), then second (passes bwd,fwdbwd)`" in text
     assert "## Forward" in text and "## Backward and forward + backward" in text
+    assert "Passes timed" not in text   # the first run's line on its passes is outdated by the merge
     # every fair Flex row in both tables; window256B128 shares window256's backward
     for name in ("dense-1024", "window256-1024", "bigbird64-1024"):
         line_of(text.split("## Backward")[0], f"| {name} |", "FlexAttention as users write it")
