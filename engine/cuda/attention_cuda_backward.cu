@@ -139,23 +139,29 @@ struct DeviceMaskBuffers {
 
 } // namespace
 
-int cuda_backward_kernel_count() { return 3; }
+int cuda_backward_kernel_count() { return 5; }
 
 int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel != 0) return kernel;
+    // 5 on compute capability 9.0 (on the H100 1.6-1.8x kernel 3's rate on every benchmark mask,
+    // bench/cuda-notes.md), else 3 (kernel 2 with long rows split), else the simple kernel 1
+    if (cuda_backward_kernel_supports(5, dtype, d, block)) return 5;
     return cuda_backward_kernel_supports(3, dtype, d, block) ? 3 : 1;
 }
 
 bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
-    if (kernel == 2 || kernel == 3) return dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
+    const bool tensor_core_shape = dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
+    if (kernel >= 2 && kernel <= 4) return tensor_core_shape;
+    if (kernel == 5) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
 struct CudaAttentionBackward::Impl {
     DeviceBuffer q, k, v, o, d_o, lse, delta, p_sum, dq, dk, dv;
     DeviceMaskBuffers rows, cols;
-    DeviceBuffer part_a, part_b;   // kernel 3's workspace
+    DeviceBuffer part_a, part_b;   // kernels 3 and 4's workspace
+    DeviceBuffer dq_accum;         // kernel 4: float32 dQ
     int32_t slots_q = 0, slots_k = 0;
     int64_t items_q = 0, items_k = 0, splits_q = 0, splits_k = 0, split_steps = 0;
     int sm_count = 0;
@@ -204,6 +210,7 @@ struct CudaAttentionBackward::Impl {
         p.cols = cols_view;
         p.part_a = static_cast<float*>(part_a.get());
         p.part_b = static_cast<float*>(part_b.get());
+        p.dq_accum = static_cast<float*>(dq_accum.get());
         p.slots_q = slots_q;
         p.slots_k = slots_k;
         p.items_q = items_q;
@@ -215,9 +222,26 @@ struct CudaAttentionBackward::Impl {
     template <typename T, int D, int B> void launch_kernel2() const {
         const cuda::BwdParams<T> p = params<T>();
         constexpr int smem = cuda::BwdTraits<D, B>::kSmemBytes;
+        if (kernel == 4) {
+            launch_kernel4<T, D, B>();
+            return;
+        }
+        if (kernel == 5) {
+            const auto combine = [&](int64_t splits, bool dq_pass) {
+                if (splits == 0) return;
+                cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits), 1, static_cast<unsigned>(shape.batch)),
+                                               128, 0, stream>>>(p, dq_pass);
+                SPARSA_CUDA_CHECK(cudaGetLastError());
+            };
+            SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, false, stream)));
+            combine(splits_k, false);
+            SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, true, stream)));
+            combine(splits_q, true);
+            return;
+        }
         const auto run = [&](auto split_tag) {
             constexpr bool Split = decltype(split_tag)::value;
-            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dkdv<T, D, B, Split>,
+            SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dkdv<T, D, B, Split, false>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dq<T, D, B, Split>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -232,7 +256,7 @@ struct CudaAttentionBackward::Impl {
                                                128, 0, stream>>>(p, dq_pass);
                 SPARSA_CUDA_CHECK(cudaGetLastError());
             };
-            if (!Split || items_k > 0) cuda::attn_bwd_kernel2_dkdv<T, D, B, Split><<<grid(items_k), 128, smem, stream>>>(p);
+            if (!Split || items_k > 0) cuda::attn_bwd_kernel2_dkdv<T, D, B, Split, false><<<grid(items_k), 128, smem, stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
             combine(splits_k, false);
             if (!Split || items_q > 0) cuda::attn_bwd_kernel2_dq<T, D, B, Split><<<grid(items_q), 128, smem, stream>>>(p);
@@ -241,6 +265,31 @@ struct CudaAttentionBackward::Impl {
         };
         if (kernel == 3) run(std::true_type{});
         else run(std::false_type{});
+    }
+
+    // Kernel 4: dQ (and the sums of P) zeroed, the dK / dV pass adding dQ by atomics, the merge of
+    // split columns, dQ converted to the dtype.
+    template <typename T, int D, int B> void launch_kernel4() const {
+        const cuda::BwdParams<T> p = params<T>();
+        constexpr int smem = cuda::BwdTraits<D, B>::kSmemBytesAtomicDq;
+        const size_t rows_all = static_cast<size_t>(shape.batch * shape.heads * shape.n);
+        SPARSA_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, rows_all * static_cast<size_t>(shape.d) * 4, stream));
+        if (p.p_sum != nullptr) SPARSA_CUDA_CHECK(cudaMemsetAsync(p.p_sum, 0, rows_all * 4, stream));
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(cuda::attn_bwd_kernel2_dkdv<T, D, B, true, true>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        if (items_k > 0) {
+            cuda::attn_bwd_kernel2_dkdv<T, D, B, true, true>
+                <<<dim3(static_cast<unsigned>(items_k), 1, static_cast<unsigned>(shape.batch)), 128, smem, stream>>>(p);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+        }
+        if (splits_k > 0) {
+            cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits_k), 1, static_cast<unsigned>(shape.batch)),
+                                           128, 0, stream>>>(p, false);
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+        }
+        const int64_t count = static_cast<int64_t>(rows_all) * shape.d;
+        cuda::attn_bwd_dq_convert<T><<<static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096)), 256, 0, stream>>>(p);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
     void launch() const {
@@ -289,7 +338,8 @@ struct CudaAttentionBackward::Impl {
         scale = scale_in;
         const int64_t q_blocks = (shape.n + masks.block - 1) / masks.block;
         const HostMasks by_rows = layer_masks(masks, layer, false), by_cols = layer_masks(masks, layer, true);
-        if (kernel != 3) {
+        if (kernel == 4) dq_accum.reserve(static_cast<size_t>(shape.batch * shape.heads * shape.n * shape.d) * 4);
+        if (kernel < 3) {
             rows_view = rows.upload(by_rows, masks.block, q_blocks, nullptr);
             cols_view = cols.upload(by_cols, masks.block, q_blocks, nullptr);
             return;
@@ -373,7 +423,8 @@ void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tens
     if (!cuda_backward_kernel_supports(kernel, options.dtype, shape.d, masks.block)) {
         throw Error(what + ": kernel " + std::to_string(kernel) + " does not run dtype " + cuda_dtype_name(options.dtype) +
                     " with d = " + std::to_string(shape.d) + " and mask block " + std::to_string(masks.block) +
-                    " (kernels 2 and 3: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256; kernel 1 runs any d up to 256;"
+                    " (kernels 2 to 5: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernel 5 a GPU of compute"
+                    " capability 9.0; kernel 1 runs any d up to 256;"
                     " kernel 0 picks one)");
     }
     if (shape.heads > 65535 || shape.batch > 65535) {

@@ -23,6 +23,15 @@
 //      thread block writing float32 partial sums (dK and dV, or dQ and the sums of P) to a slot
 //      of a workspace; attn_bwd_combine adds a tile's chunks in their order (so results stay the
 //      same from run to run) and writes the gradients. Launch order: longest work first.
+//   4: as 3 with dQ taken in the dK / dV pass (FlashAttention-2's way): each step writes its dS^T
+//      to shared memory, the block computes dS K for the step's 64 queries and adds it to a
+//      float32 dQ in global memory with atomic adds; no second pass, so five products of the
+//      forward's size instead of seven. dK and dV stay atomic-free; dQ's sums come in the order
+//      the blocks run, so its last bits may differ from run to run.
+//   5: as 3 on Hopper's wgmma (sm_90a): one warpgroup per 64-row tile, Q, K, V, dO in 128-byte-
+//      swizzled shared memory, P^T, dS^T and dS from registers (the forward's wgmma pieces);
+//      in attn_bwd_wgmma.cuh, built in its own translation unit (attn_bwd_wgmma.cu), declared
+//      at the end of this file.
 //
 // Index: [SECTION] parameters, [SECTION] D = rowsum(dO * O), [SECTION] kernel 1,
 // [SECTION] kernels 2 and 3
@@ -52,6 +61,7 @@ template <typename T> struct BwdParams {
     // kernel 3's workspace: dK / dV pass: part_a [batch, slots_k, 64, d] dK, part_b the same for
     // dV; dQ pass: part_a [batch, slots_q, 64, d] dQ, part_b [batch, slots_q, 64] sums of P
     float *part_a, *part_b;
+    float* dq_accum;            // kernel 4: [batch, heads, n, d] dQ / scale, float32, zeroed before the pass
     int32_t slots_q, slots_k;
     int64_t items_q, items_k;   // work items of each pass (per batch)
 };
@@ -233,6 +243,8 @@ template <int D, int MaskBlock> struct BwdTraits {
     static constexpr int kStride = D + 8;
     static constexpr int kTileElems = kTile * kStride;
     static constexpr int kSmemBytes = 4 * kTileElems * 2 + 2 * kTile * 4;
+    static constexpr int kDsStride = kTile + 8;                           // kernel 4's dS^T tile [64 keys, 64 queries]
+    static constexpr int kSmemBytesAtomicDq = kSmemBytes + kTile * kDsStride * 2;
     static_assert(D == 64 || D == 128, "kernel 2: head dim 64 or 128");
     static_assert(MaskBlock % kTile == 0, "kernel 2: mask blocks of 64 or more");
 };
@@ -299,7 +311,8 @@ __device__ inline void warp_store_rows(T* head, int64_t row0, int64_t n, const f
 // 2, dK and dV: one thread block per (64-key tile, head, batch); warp w owns keys 16w .. 16w + 15
 // and computes S^T = K Q^T, P^T, dP^T = V dO^T and dS^T for them over the step's 64 queries, then
 // dV += P^T dO and dK += dS^T Q. grid: (ceil(n / 64), heads, batch), block: 128, smem: kSmemBytes.
-template <typename T, int D, int MaskBlock, bool Split>
+// Kernel 4 (AtomicDq): also dQ += dS K, added to p.dq_accum with atomic adds (smem: kSmemBytesAtomicDq).
+template <typename T, int D, int MaskBlock, bool Split, bool AtomicDq>
 __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
     using Traits = BwdTraits<D, MaskBlock>;
     constexpr int kStride = Traits::kStride, kTile = Traits::kTile, kSub = MaskBlock / kTile;
@@ -310,6 +323,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
     T* do_tile = q_tile + Traits::kTileElems;
     float* lse_log2 = reinterpret_cast<float*>(do_tile + Traits::kTileElems);   // [64]: +inf: P = 0
     float* delta = lse_log2 + kTile;                                            // [64]
+    T* ds_tile = reinterpret_cast<T*>(delta + kTile);                           // kernel 4: [64 keys, kDsStride]
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
     const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
@@ -373,12 +387,12 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
         warp_mma_abt<T, D, kTile, kStride>(st, k_tile + warp * 16 * kStride, q_tile);
         warp_mma_abt<T, D, kTile, kStride>(dpt, v_tile + warp * 16 * kStride, do_tile);
 
-        // P^T and dS^T; masked pairs (the transposed bitmask row of each key) and queries past n
-        // or in empty rows (lse_log2 = +inf) give 0
+        // P^T and dS^T; masked pairs (the transposed bitmask row of each key), keys past n, and
+        // queries past n or in empty rows (lse_log2 = +inf) give 0
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            uint64_t word = ~uint64_t{0};
-            if (part >= 0) word = partial_bits<MaskBlock>(p.cols, part, j0 + warp * 16 + group + 8 * half, q0);
+            uint64_t word = k0 + warp * 16 + group + 8 * half < n ? ~uint64_t{0} : 0;
+            if (part >= 0) word &= partial_bits<MaskBlock>(p.cols, part, j0 + warp * 16 + group + 8 * half, q0);
 #pragma unroll
             for (int t = 0; t < 8; ++t) {
 #pragma unroll
@@ -390,9 +404,73 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dkdv(BwdParams<T> p) {
                 }
             }
         }
+        if constexpr (AtomicDq) {
+            using Mma = MmaType<T>;
+            constexpr int kDs = Traits::kDsStride;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {   // dS^T to shared memory, for dQ below
+                T* row = ds_tile + (warp * 16 + group + 8 * half) * kDs + 2 * quad;
+#pragma unroll
+                for (int t = 0; t < 8; ++t) {
+                    *reinterpret_cast<uint32_t*>(row + t * 8) = Mma::pack(dpt[t][2 * half], dpt[t][2 * half + 1]);
+                }
+            }
+            if (p.p_sum != nullptr) {   // each query's sum of P over this step's keys (the lse check)
+#pragma unroll
+                for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        float sum = st[t][c] + st[t][2 + c];
+                        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+                        sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+                        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+                        const int64_t r = q0 + t * 8 + 2 * quad + c;
+                        if (group == 0 && r < n) atomicAdd(p.p_sum + head + r, sum);
+                    }
+                }
+            }
+        }
         warp_mma_regs_b<T, D, kStride>(dv, st, do_tile);    // dV += P^T dO
         warp_mma_regs_b<T, D, kStride>(dk, dpt, q_tile);    // dK += dS^T Q
-        __syncthreads();   // every warp is done with this step's Q and dO
+        __syncthreads();   // every warp is done with this step's Q and dO (and has written its dS^T)
+        if constexpr (AtomicDq) {
+            // dQ [64, D] += dS [64 queries, 64 keys] K: warp w takes queries 16w .. 16w + 15, A from
+            // dS^T by ldmatrix.trans, 32 columns of D at a time, each added to dq_accum
+            using Mma = MmaType<T>;
+            constexpr int kDs = Traits::kDsStride;
+            uint32_t af[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                ldmatrix_x4_trans(af[kk], ds_tile + (kk * 16 + lane % 8 + 8 * (lane / 16)) * kDs + warp * 16 + 8 * ((lane / 8) % 2));
+            }
+            float* dq_head = p.dq_accum + head * D;
+#pragma unroll
+            for (int dc = 0; dc < D / 32; ++dc) {
+                float acc[4][4] = {};
+#pragma unroll
+                for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+                    for (int dp = 0; dp < 2; ++dp) {
+                        uint32_t bf[4];
+                        ldmatrix_x4_trans(bf, k_tile + (kk * 16 + lane % 8 + 8 * ((lane / 8) % 2)) * kStride + dc * 32 +
+                                                  dp * 16 + 8 * (lane / 16));
+                        Mma::mma(acc[2 * dp], af[kk], bf[0], bf[1]);
+                        Mma::mma(acc[2 * dp + 1], af[kk], bf[2], bf[3]);
+                    }
+                }
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int64_t r = q0 + warp * 16 + group + 8 * half;
+                    if (r >= n) continue;
+#pragma unroll
+                    for (int t = 0; t < 4; ++t) {
+                        float* out = dq_head + r * D + dc * 32 + t * 8 + 2 * quad;
+                        atomicAdd(out, acc[t][2 * half]);
+                        atomicAdd(out + 1, acc[t][2 * half + 1]);
+                    }
+                }
+            }
+        }
     }
     if (steps == 0) cp_async_wait<0>();   // K and V were never waited for
     if (slot >= 0) {   // a chunk: its sums to the workspace, attn_bwd_combine adds them up
@@ -518,6 +596,14 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dq(BwdParams<T> p) {
     }
 }
 
+// Kernel 4's last step: dQ = scale * dq_accum in the dtype. grid-stride over every element.
+template <typename T> __global__ void __launch_bounds__(256) attn_bwd_dq_convert(BwdParams<T> p) {
+    const int64_t count = p.batch * p.heads * p.n * p.d;
+    for (int64_t x = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; x < count; x += int64_t{gridDim.x} * blockDim.x) {
+        p.dq[x] = from_float<T>(p.dq_accum[x] * p.scale);
+    }
+}
+
 // Kernel 3's merge: one thread block per (split tile, batch) of one pass; adds the tile's chunks
 // (slots [slot_begin, slot_begin + slots)) in order and writes the gradients, times `factor`
 // (dK, dQ: the scale), rows past n left out. dq_pass: part_a is dQ and part_b the sums of P (to
@@ -550,5 +636,12 @@ template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_com
         p.p_sum[head + row0 + threadIdx.x] = sum;
     }
 }
+
+// Kernel 5, in attn_bwd_wgmma.cuh, compiled for sm_90a alone in attn_bwd_wgmma.cu: the dK / dV
+// pass over p.cols.work (p.items_k), or with dq_pass the dQ pass over p.rows.work (p.items_q);
+// the caller launches attn_bwd_delta before and attn_bwd_combine for the split tiles after each
+// pass (the two passes share the workspace).
+// Declared here so the host code calls it without compiling wgmma.
+template <typename T, int D, int MaskBlock> cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, cudaStream_t stream);
 
 } // namespace sparsa::cuda

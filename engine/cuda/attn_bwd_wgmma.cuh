@@ -1,0 +1,216 @@
+// Backward kernel 5 (attn_bwd_kernels.cuh lists the versions): kernel 3 on Hopper's wgmma
+// (sm_90a), from the forward's wgmma pieces (wgmma_steps.cuh). One warpgroup (128 threads) per
+// 64-row tile, every operand in 128-byte-swizzled shared memory, P^T and dS^T (dK / dV pass) or
+// dS (dQ pass) fed to the tensor cores from registers:
+//   dK / dV pass, per step (64 queries): S^T = K Q^T and dP^T = V dO^T (wgmma_scores),
+//     P^T = exp(S^T - lse), dS^T = P^T (dP^T - D), dV += P^T dO and dK += dS^T Q (wgmma_pv);
+//   dQ pass, per step (64 keys): S = Q K^T, dP = dO V^T, P, dS, dQ += dS K.
+// Long rows and columns are split into chunks as in kernel 3 (the same work items, workspace
+// and attn_bwd_combine). Built for sm_90a alone in attn_bwd_wgmma.cu.
+#pragma once
+
+#include "engine/cuda/attn_bwd_kernels.cuh"
+#include "engine/cuda/wgmma_steps.cuh"
+
+namespace sparsa::cuda {
+
+// Four swizzled [64, D] tiles (the block's own two, the step's two), aligned to 1024 bytes, then
+// lse (base 2) and D of the step's rows (dK / dV pass).
+template <int D> struct BwdWgmmaTraits {
+    static constexpr int kTileBytes = D / 64 * 64 * 128;
+    static constexpr int kSmemBytes = 4 * kTileBytes + 2 * 64 * 4 + 1024;
+};
+
+// The warpgroup's [64, D] accumulator in wgmma's layout (acc[4 t + 2 half + c]: row 16 warp +
+// group + 8 half, column 8 t + 2 quad + c), times `factor`, to rows [row0, row0 + 64) of a
+// [rows, D] matrix (rows at or past `limit` left out).
+template <typename T, int D>
+__device__ inline void wg_store_rows(T* out, int64_t row0, int64_t limit, const float (&acc)[D / 2], float factor) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = row0 + warp * 16 + group + 8 * half;
+        if (r >= limit) continue;
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+            T* o = out + r * D + t * 8 + 2 * quad;
+            o[0] = from_float<T>(acc[4 * t + 2 * half] * factor);
+            o[1] = from_float<T>(acc[4 * t + 2 * half + 1] * factor);
+        }
+    }
+}
+
+// 5, dK and dV: grid (work items of the transposed mask, 1, batch), block 128, smem kSmemBytes.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_bwd_kernel5_dkdv(BwdParams<T> p) {
+    constexpr int kTile = 64, kSub = MaskBlock / kTile, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t base = smem_aligned_1024(smem_raw);
+    const uint32_t k_tile = base, v_tile = base + kTileBytes, q_tile = base + 2 * kTileBytes, do_tile = base + 3 * kTileBytes;
+    float* lse_log2 = reinterpret_cast<float*>(smem_raw + (base + 4 * kTileBytes - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));
+    float* delta = lse_log2 + kTile;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    const WorkItem item = p.cols.work[blockIdx.x];
+    const int64_t h = item.pair / tiles, tile = item.pair % tiles, e_begin = item.ea, sub0 = item.sub, steps = item.steps;
+    const int64_t k0 = tile * kTile, head = (b * p.heads + h) * n;
+    const T* q_head = p.q + head * D;
+    const T* do_head = p.d_o + head * D;
+    const int j0 = static_cast<int>(k0 % MaskBlock);
+    const float scale_log2 = p.scale * kLog2e;
+
+    tile_load_swizzled<D, 128>(k_tile, p.k + head * D, k0, n);
+    tile_load_swizzled<D, 128>(v_tile, p.v + head * D, k0, n);
+    cp_async_commit();
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+    for (int64_t step = 0; step < steps; ++step) {
+        const int64_t e = e_begin + (sub0 + step) / kSub;
+        const int64_t q0 = int64_t{p.cols.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
+        const int32_t part = p.cols.partial_idx[e];
+        tile_load_swizzled<D, 128>(q_tile, q_head, q0, n);
+        tile_load_swizzled<D, 128>(do_tile, do_head, q0, n);
+        cp_async_commit();
+        if (threadIdx.x < kTile) {
+            const int64_t r = q0 + threadIdx.x;
+            const float l = r < n ? p.lse[head + r] : -INFINITY;
+            lse_log2[threadIdx.x] = l == -INFINITY ? INFINITY : l * kLog2e;
+            delta[threadIdx.x] = r < n ? p.delta[head + r] : 0.f;
+        }
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+
+        float st[32], dpt[32];
+        wgmma_scores<T, D>(st, k_tile, q_tile);    // S^T = K Q^T
+        wgmma_scores<T, D>(dpt, v_tile, do_tile);  // dP^T = V dO^T
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            uint64_t word = k0 + warp * 16 + group + 8 * half < n ? ~uint64_t{0} : 0;
+            if (part >= 0) word &= partial_bits<MaskBlock>(p.cols, part, j0 + warp * 16 + group + 8 * half, q0);
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = t * 8 + 2 * quad + c, x = 4 * t + 2 * half + c;
+                    const float pr = ((word >> col) & 1) != 0 ? exp2f(st[x] * scale_log2 - lse_log2[col]) : 0.f;
+                    st[x] = pr;
+                    dpt[x] = pr * (dpt[x] - delta[col]);
+                }
+            }
+        }
+        wgmma_pv<T, D>(dv, st, do_tile);    // dV += P^T dO
+        wgmma_pv<T, D>(dk, dpt, q_tile);    // dK += dS^T Q
+        __syncthreads();   // every warp is done with this step's Q and dO
+    }
+    if (steps == 0) cp_async_wait<0>();
+    if (item.slot >= 0) {
+        const int64_t row = (b * p.slots_k + item.slot) * kTile;
+        wg_store_rows<float, D>(p.part_a + row * D, 0, kTile, dk, 1.f);
+        wg_store_rows<float, D>(p.part_b + row * D, 0, kTile, dv, 1.f);
+        return;
+    }
+    wg_store_rows<T, D>(p.dk + head * D, k0, n, dk, p.scale);
+    wg_store_rows<T, D>(p.dv + head * D, k0, n, dv, 1.f);
+}
+
+// 5, dQ: grid (work items of the mask, 1, batch), block 128, smem kSmemBytes.
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
+    constexpr int kTile = 64, kSub = MaskBlock / kTile, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t base = smem_aligned_1024(smem_raw);
+    const uint32_t q_tile = base, do_tile = base + kTileBytes, k_tile = base + 2 * kTileBytes, v_tile = base + 3 * kTileBytes;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    const WorkItem item = p.rows.work[blockIdx.x];
+    const int64_t h = item.pair / tiles, tile = item.pair % tiles, e_begin = item.ea, sub0 = item.sub, steps = item.steps;
+    const int64_t q0 = tile * kTile, head = (b * p.heads + h) * n;
+    const T* k_head = p.k + head * D;
+    const T* v_head = p.v + head * D;
+    const int i0 = static_cast<int>(q0 % MaskBlock);
+    const float scale_log2 = p.scale * kLog2e;
+
+    tile_load_swizzled<D, 128>(q_tile, p.q + head * D, q0, n);
+    tile_load_swizzled<D, 128>(do_tile, p.d_o + head * D, q0, n);
+    cp_async_commit();
+
+    float lse_log2[2], delta[2], p_sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = q0 + warp * 16 + group + 8 * half;
+        const float l = r < n ? p.lse[head + r] : -INFINITY;
+        lse_log2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
+        delta[half] = r < n ? p.delta[head + r] : 0.f;
+    }
+    float dq[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+
+    for (int64_t step = 0; step < steps; ++step) {
+        const int64_t e = e_begin + (sub0 + step) / kSub;
+        const int64_t k0 = int64_t{p.rows.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
+        const int32_t part = p.rows.partial_idx[e];
+        tile_load_swizzled<D, 128>(k_tile, k_head, k0, n);
+        tile_load_swizzled<D, 128>(v_tile, v_head, k0, n);
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+
+        float s[32], dps[32];
+        wgmma_scores<T, D>(s, q_tile, k_tile);      // S = Q K^T
+        wgmma_scores<T, D>(dps, do_tile, v_tile);   // dP = dO V^T
+        const uint64_t before_n = keys_before_n(k0, n);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            uint64_t word = before_n;
+            if (part >= 0) word &= partial_bits<MaskBlock>(p.rows, part, i0 + warp * 16 + group + 8 * half, k0);
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = t * 8 + 2 * quad + c, x = 4 * t + 2 * half + c;
+                    const float pr = ((word >> col) & 1) != 0 ? exp2f(s[x] * scale_log2 - lse_log2[half]) : 0.f;
+                    p_sum[half] += pr;
+                    dps[x] = pr * (dps[x] - delta[half]);
+                }
+            }
+        }
+        wgmma_pv<T, D>(dq, dps, k_tile);   // dQ += dS K
+        __syncthreads();   // every warp is done with this step's K and V
+    }
+    if (steps == 0) cp_async_wait<0>();
+    if (item.slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + item.slot) * kTile * D, 0, kTile, dq, 1.f);
+    else wg_store_rows<T, D>(p.dq + head * D, q0, n, dq, p.scale);
+    if (p.p_sum != nullptr || item.slot >= 0) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float sum = p_sum[half];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int r = warp * 16 + group + 8 * half;
+            if (quad != 0) continue;
+            if (item.slot >= 0) p.part_b[(b * p.slots_q + item.slot) * kTile + r] = sum;
+            else if (q0 + r < n) p.p_sum[head + q0 + r] = sum;
+        }
+    }
+}
+
+template <typename T, int D, int MaskBlock>
+cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, cudaStream_t stream) {
+    constexpr int smem = BwdWgmmaTraits<D>::kSmemBytes;
+    auto* kernel = dq_pass ? attn_bwd_kernel5_dq<T, D, MaskBlock> : attn_bwd_kernel5_dkdv<T, D, MaskBlock>;
+    const int64_t items = dq_pass ? p.items_q : p.items_k;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess || items == 0) return err;
+    kernel<<<dim3(static_cast<unsigned>(items), 1, static_cast<unsigned>(p.batch)), 128, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+} // namespace sparsa::cuda
