@@ -7,7 +7,10 @@
 #   bench/run_gpu.sh masks              # on a machine with dsl/ built (build-cuda/cli/sparsa):
 #                                       #   compiles the benchmark and test masks to .benchmasks/
 #   bench/run_gpu.sh [STEP...]          # on the GPU machine; steps: build test sanitize bench compare
-#                                       #   (the default, in that order), carried, cli, bench_d64 and
+#                                       #   (the default, in that order), compare_fwd then compare_grad
+#                                       #   (compare in two calls: forward, then backward and forward +
+#                                       #   backward; BWD_KERNELS: the backward kernels bench times,
+#                                       #   default 3,5,0), carried, cli, bench_d64 and
 #                                       #   compare_d64 (d = 64 on dense 16,384 and window 65,536:
 #                                       #   bench/results/cuda-<gpu>-d64.md)
 #   PROFILE="10:bigbird64-65536 10:dense-16384" bench/run_gpu.sh carried profile
@@ -120,12 +123,27 @@ bench_files() { ls "$MASKS"/bench/*.npz | sort -t- -k2 -n; }
 
 step_bench() {
     "$BUILD/bench/bench_cuda" $(bench_files) --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS:-4,5,6,7,8,9,10,11,12,13,14,15,0} \
-        --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
+        --bwd-kernels ${BWD_KERNELS:-3,5,0} --csv "$LOGS/sparsa.csv" | tee "$LOGS/bench.log"
 }
 
 step_compare() {
     PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(bench_files) --heads 16 --d 128 --sparsa-csv "$LOGS/sparsa.csv" \
         --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare.log"
+}
+
+# compare in two GPU-machine calls (each under 10 minutes): the forward to $LOGS only, then the
+# backward and forward + backward joined with it into bench/results/cuda-<gpu>.md (LOGS must
+# survive between the calls: the same warm machine, or the files carried back)
+step_compare_fwd() {
+    PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(bench_files) --heads 16 --d 128 --sparsa-csv "$LOGS/sparsa.csv" --passes fwd \
+        --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir "$LOGS" --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare-fwd.log"
+}
+step_compare_grad() {
+    local fwd
+    fwd=$(ls "$LOGS"/cuda-*-fwd.json 2>/dev/null | grep -v -- -d64- | head -1 || true)
+    [[ -n $fwd ]] || { echo "compare_grad: no $LOGS/cuda-<gpu>-fwd.json (run compare_fwd first with the same LOGS)"; exit 1; }
+    PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(bench_files) --heads 16 --d 128 --sparsa-csv "$LOGS/sparsa.csv" --passes bwd,fwdbwd \
+        --merge "$fwd" --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --copy-to "$LOGS" 2>&1 | tee "$LOGS/compare-grad.log"
 }
 
 # [SECTION] content-based heads (issue 14)
@@ -157,7 +175,7 @@ d64_files() { ls "$MASKS/bench/dense-16384.npz" "$MASKS/bench/window256-65536.np
 
 step_bench_d64() {
     "$BUILD/bench/bench_cuda" $(d64_files) --heads 16 --d 64 --dtype bf16 --kernels ${KERNELS_D64:-7,9,10,11,12,13,14,15,0} \
-        --csv "$LOGS/sparsa-d64.csv" | tee "$LOGS/bench-d64.log"
+        --bwd-kernels ${BWD_KERNELS_D64:-3,5,0} --csv "$LOGS/sparsa-d64.csv" | tee "$LOGS/bench-d64.log"
 }
 
 step_compare_d64() {
