@@ -54,7 +54,7 @@ const SparsaCliCudaApi& api_load() {
             // ld.so's words for mmap failing: the module is there but does not fit the address
             // space left (ulimit -v); rebuilding would not help.
             throw Error(std::string("--engine cuda: out of memory: ") + path +
-                        " (the CUDA engine, about 9 MB) could not be mapped (raise the memory limit, ulimit -v)");
+                        " (the CUDA engine, about 14 MB) could not be mapped (raise the memory limit, ulimit -v)");
         }
         load_failed(folder, error);
     }
