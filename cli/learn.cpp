@@ -10,6 +10,7 @@
 #include "learn/distill.hpp"
 #include "learn/eval.hpp"
 #include "learn/pool.hpp"
+#include "learn/ruler_eval.hpp"
 #include "learn/teacher.hpp"
 
 #include <chrono>
@@ -25,22 +26,29 @@ const char* const kLearnHelp = R"(usage: sparsa learn teacher [OPTIONS] [-o teac
        sparsa learn pool --teacher teacher.bin -o pooled.npy
        sparsa learn distill --method oracle|search|gate --teacher teacher.bin -o OUT
        sparsa learn eval --teacher teacher.bin --gate gate.json -o DIR
+       sparsa learn ruler [--seeds 1,2,3 | --teachers A.bin,B.bin] [OPTIONS] [-o DIR]
        sparsa learn demo [-o DIR]
 
-Learned sparsity (docs/learn.md). A tiny dense transformer (the teacher) learns recall tasks
+Learned sparsity (docs/learn.md). A small causal transformer (the teacher) learns recall tasks
 with sparsa's CPU engine; its attention is distilled into block-sparse masks and every method
-is measured against it.
+is measured against it and against trivial baselines.
 
-teacher   train the teacher, print a progress line (step, loss, accuracy, tokens/s), save it
-  --task mqar|passkey|mix (mix)  --n N (256)  --d D (64)  --heads H (4)  --layers L (2)
-  --mlp M (128)  --steps S (3000, at most)  --batch B (16)  --lr X (0.002)  --seed S (1)
-  --stop-accuracy A (0.98: stop once held-out accuracy reaches it)  --max-minutes M (19)
-  --qk-identity A (0: wq, wk start at A * I plus noise)  -o FILE (teacher.bin)  --quiet
-  --sharpness X (0: off; X > 0 adds X * mean attention-row entropy to the training loss,
-  so rows focus on few keys instead of spreading)  --own-block X (1.0: adds
-  X * mean -log(share of a row's attention on its own block) over the rows no answer is
-  asked at; 0: off). Both terms come on once held-out accuracy first reaches
-  --stop-accuracy, ramp up, and run --shape-steps S (800) more steps at least
+teacher   train the teacher, print a progress line (step, loss, accuracy, tokens/s, and every
+          100 steps the validation accuracy per task), save it
+  --task ruler|single|multikey|multivalue|multiquery|mqar|passkey|mix (ruler: the four needle
+  tasks and mqar in turn)  --n N (1024)  --needles M (4)  --pairs P (8)  --queries Q (8)
+  --d D (128)  --heads H (2)  --head-dim W (0: d / heads)  --kv-heads K (0: as many as heads;
+  K must divide H)  --positions rotary|none|sinusoidal (rotary)  --bidirectional (the first,
+  non-causal teacher)  --layers L (2)  --mlp M (256)  --steps S (3000, at most)  --batch B (16)
+  --lr X (0.002)  --seed S (1)  --stop-accuracy A (0.98: stop once validation accuracy
+  reaches it)  --max-minutes M (19)  --qk-identity A (0: wq, wk start at A * I plus noise)
+  -o FILE (teacher.bin)  --quiet  --from FILE (go on training that checkpoint at this --n and
+  --task: a curriculum from a short n; the model options are the checkpoint's)
+  Attention shaping, off by default (recorded in the checkpoint): --sharpness X (X > 0 adds
+  X * mean attention-row entropy to the training loss)  --own-block X (adds X * mean
+  -log(share of a row's attention on its own block) over the rows no answer is asked at).
+  Both come on once validation accuracy first reaches --stop-accuracy, ramp up, and run
+  --shape-steps S (800) more steps at least
 pool      the teacher's attention pooled per block on held-out inputs (or Q/K dumps):
           a float64 array [2, layers, heads, blocks, blocks], [0] the mass of each block
           (sum of P), [1] its largest P, both averaged over the inputs
@@ -61,6 +69,13 @@ distill   --method oracle: the top blocks of each row of one held-out input (--i
 eval      every method at block densities 3%, 6%, 12.5%, 25% on --inputs N (64) held-out
           inputs: recall, relative L1 error, accuracy, forward time; writes DIR/report.md,
           report.json, recall.png, accuracy.png (search is built from --search-inputs, 32)
+ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above; saved as
+          DIR/teacher-seedS.bin), or read --teachers, and measure on --test-inputs N (100)
+          test-stream sequences, at --densities D1,D2 (0.125): dense, the diagonal block
+          alone, the untrained identity gate (exact q.k scores), the best fixed pattern at the
+          density (chosen on --validation-inputs N (20) validation-stream sequences), and a
+          trained --gate G.json if given; writes DIR/report.md, report.json, depth.png with
+          accuracy per task and per depth as mean +- standard deviation over the seeds
 demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
 
 Common: --block B (16)  --threads T.  Q/K of another model instead of the teacher (pool,
@@ -99,13 +114,14 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--seed", "--stop-accuracy", "--max-minutes", "-o", "--teacher", "--method", "--density",
                                        "--share", "--inputs", "--input", "--hidden", "--gate", "--block", "--threads", "--q",
                                        "--k", "--search-inputs", "--qk-identity", "--gate-target", "--gate-query", "--gate-key", "--sharpness",
-                                       "--own-block", "--shape-steps"};
-const std::set<std::string> kSwitches = {"--help", "--quiet"};
+                                       "--own-block", "--shape-steps", "--head-dim", "--kv-heads", "--positions", "--needles", "--pairs",
+                                       "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from"};
+const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
 
 // The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
 // chosen, with the figures of the others).
 constexpr double kSharpnessDefault = 0;
-constexpr double kOwnBlockDefault = 1.0;
+constexpr double kOwnBlockDefault = 0;   // the causal lab model is trained without shaping (issue 16)
 constexpr int64_t kShapeStepsDefault = 800;
 constexpr const char* kGateQueryDefault = "rows";
 constexpr const char* kGateKeyDefault = "keys";
@@ -181,14 +197,24 @@ std::string output(const Args& args, const std::string& fallback) {
 
 learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher& teacher) {
     learn::TaskConfig task;
-    task.kind = learn::task_kind_parse(args.value("--task").value_or("mix"));
-    task.n = args.integer("--n", 256, 16, 2048);
-    learn::TeacherConfig model;
-    model.vocab = task.vocab();
-    model.d = args.integer("--d", 64, 2, 1024);
-    model.heads = args.integer("--heads", 4, 1, 64);
-    model.layers = args.integer("--layers", 2, 1, 64);
-    model.mlp = args.integer("--mlp", 128, 1, 8192);
+    task.kind = learn::task_kind_parse(args.value("--task").value_or("ruler"));
+    task.n = args.integer("--n", 1024, 16, 16384);
+    task.needles = args.integer("--needles", task.needles, 1, 10);
+    task.pairs = args.integer("--pairs", task.pairs, 1, 100000);
+    task.queries = args.integer("--queries", task.queries, 1, 100000);
+    learn::TeacherConfig model = learn::teacher_config_default(task);
+    model.d = args.integer("--d", model.d, 2, 1024);
+    model.heads = args.integer("--heads", model.heads, 1, 256);
+    model.head_width = args.integer("--head-dim", 0, 0, 256);   // 0: d / heads
+    model.kv_heads = args.integer("--kv-heads", 0, 0, 256);
+    model.layers = args.integer("--layers", model.layers, 1, 64);
+    model.mlp = args.integer("--mlp", model.mlp, 1, 8192);
+    model.causal = !args.has("--bidirectional");
+    try {
+        model.positions = learn::positions_parse(args.value("--positions").value_or("rotary"));
+    } catch (const Error& e) {
+        throw Error(std::string("learn: --positions: ") + e.what());
+    }
     model.qk_identity = number(args, "--qk-identity", 0, 0, 100);
     learn::TrainOptions o;
     o.seed = c.seed;
@@ -202,20 +228,42 @@ learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher
     o.own_block = number(args, "--own-block", kOwnBlockDefault, 0, 100);
     o.sharpen_steps = args.integer("--shape-steps", kShapeStepsDefault, 1, 10000000);
     o.progress = !args.has("--quiet");
-    teacher = learn::teacher_init(model, task, c.seed);
-    std::fprintf(stderr, "teacher: %lld layers x %lld heads, d %lld, %lld parameters; task %s, n %lld\n",
-                 static_cast<long long>(model.layers), static_cast<long long>(model.heads), static_cast<long long>(model.d),
-                 static_cast<long long>(teacher.params.size()), learn::task_kind_name(task.kind).c_str(), static_cast<long long>(task.n));
+    if (const auto from = args.value("--from")) {
+        // Go on training a checkpoint, at this task's n (a curriculum: learn at a short n first).
+        for (const char* option : {"--d", "--heads", "--head-dim", "--kv-heads", "--layers", "--mlp", "--positions", "--bidirectional", "--qk-identity"})
+            if (args.has(option)) throw Error(std::string("learn: ") + option + " cannot be given with --from (the model is the checkpoint's)");
+        teacher = learn::teacher_load(*from);
+        if (teacher.config.vocab != task.vocab())
+            throw Error("learn: --from " + *from + " has a vocabulary of " + std::to_string(teacher.config.vocab) + " tokens, the task " +
+                        std::to_string(task.vocab()) + " (give the checkpoint's keys, values and fillers)");
+        teacher.task = task;
+        model = teacher.config;
+    } else {
+        teacher = learn::teacher_init(model, task, c.seed);
+    }
+    std::fprintf(stderr, "teacher: %s, %lld layers x %lld heads (%lld key/value heads) of width %lld, d %lld, %s positions, %lld parameters; task %s, n %lld\n",
+                 model.causal ? "causal" : "bidirectional", static_cast<long long>(model.layers), static_cast<long long>(model.heads),
+                 static_cast<long long>(model.kv_head_count()), static_cast<long long>(model.head_dim()), static_cast<long long>(model.d),
+                 learn::positions_name(model.positions).c_str(), static_cast<long long>(teacher.params.size()),
+                 learn::task_kind_name(task.kind).c_str(), static_cast<long long>(task.n));
     return learn::teacher_train(teacher, o);
 }
 
 std::string train_summary(const learn::TrainReport& r) {
     char b[512];
-    std::snprintf(b, sizeof b,
-                  "trained %lld steps in %.1f s (%.0f tokens/s): loss %.4f -> %.4f; held-out accuracy %.4f (mqar %.4f, passkey %.4f)",
-                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, r.first_loss, r.last_loss, r.held_out_accuracy,
-                  r.held_out_mqar, r.held_out_passkey);
+    std::snprintf(b, sizeof b, "trained %lld steps in %.1f s (%.0f tokens/s, median step %.2f s): loss %.4f -> %.4f; validation accuracy %.4f (",
+                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, r.seconds_per_step, r.first_loss, r.last_loss,
+                  r.held_out_accuracy);
     std::string text = b;
+    const char* sep = "";
+    for (size_t kind = 0; kind < learn::task_kinds_single().size(); ++kind)
+        if (r.held_out_scores.kind_answers(kind) > 0) {
+            std::snprintf(b, sizeof b, "%s%s %.4f", sep, learn::task_kind_name(learn::task_kinds_single()[kind]).c_str(),
+                          r.held_out_scores.kind_accuracy(kind));
+            text += b;
+            sep = ", ";
+        }
+    text += ")";
     if (r.last_entropy > 0) {
         std::snprintf(b, sizeof b, "; from step %lld with the shaping terms, mean attention-row entropy %.3f -> %.3f nats, own-block share %.3f -> %.3f",
                       static_cast<long long>(r.sharpen_from), r.first_entropy, r.last_entropy, r.first_own_block, r.last_own_block);
@@ -247,7 +295,7 @@ int learn_pool(const Args& args, OutputSet& outputs) {
     const TensorShape shape = s.q[0][0].shape;
     learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, c.block);
     for (int64_t b = 0; b < s.inputs(); ++b)
-        for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[b][l], s.k[b][l]);
+        for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[b][l], s.k[b][l], s.causal);
     learn::pooled_finish(p, s.inputs());
     std::vector<double> both = p.sum;
     both.insert(both.end(), p.max.begin(), p.max.end());
@@ -273,9 +321,9 @@ int learn_distill(const Args& args, OutputSet& outputs) {
         else s = learn::attention_sample(teacher_from(args), learn::task_held_out_seed(c.seed), args.integer("--input", 0, 0, INT64_MAX), 1, c.block, c.threads);
         const TensorShape shape = s.q[0][0].shape;
         learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, c.block);
-        for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l]);
+        for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l], s.causal);
         const int64_t keep = learn::blocks_per_row(density, p.blocks());
-        MaskSet masks = learn::oracle_masks(p, keep);
+        MaskSet masks = learn::oracle_masks(p, keep, s.causal);
         masks.params = {{"method", "oracle"}, {"density", std::to_string(density)}, {"blocks_per_row", std::to_string(keep)}};
         double recall = 0;
         for (int64_t l = 0; l < p.layers; ++l)
@@ -347,11 +395,15 @@ int run_eval(const Args& args, const Common& c, const learn::Teacher& teacher, c
 }
 
 std::string teacher_text(const learn::Teacher& t) {
-    char b[512];
-    std::snprintf(b, sizeof b, "Teacher: %lld layers x %lld heads, d = %lld, MLP %lld, %zu parameters; task %s, n = %lld (%lld pairs, %lld queries).\n",
-                  static_cast<long long>(t.config.layers), static_cast<long long>(t.config.heads), static_cast<long long>(t.config.d),
-                  static_cast<long long>(t.config.mlp), t.params.size(), learn::task_kind_name(t.task.kind).c_str(),
-                  static_cast<long long>(t.task.n), static_cast<long long>(t.task.pairs), static_cast<long long>(t.task.queries));
+    char b[768];
+    std::snprintf(b, sizeof b,
+                  "Teacher: %s, %lld layers x %lld heads of width %lld (%lld key/value heads), d = %lld, MLP %lld, %s positions, %zu "
+                  "parameters; task %s, n = %lld (mqar: %lld pairs, %lld queries; needles: %lld).\n",
+                  t.config.causal ? "causal" : "bidirectional", static_cast<long long>(t.config.layers), static_cast<long long>(t.config.heads),
+                  static_cast<long long>(t.config.head_dim()), static_cast<long long>(t.config.kv_head_count()), static_cast<long long>(t.config.d),
+                  static_cast<long long>(t.config.mlp), learn::positions_name(t.config.positions).c_str(), t.params.size(),
+                  learn::task_kind_name(t.task.kind).c_str(), static_cast<long long>(t.task.n), static_cast<long long>(t.task.pairs),
+                  static_cast<long long>(t.task.queries), static_cast<long long>(t.task.needles));
     std::string text = b;
     if (t.config.sharpness > 0 || t.config.own_block > 0) {
         text += "Attention-shaping terms ON while training (docs/learn.md), on once the task was learned: loss";
@@ -420,6 +472,88 @@ int learn_demo(const Args& args, const std::vector<std::string>& argv, OutputSet
     return run_eval(args, c, teacher, gate, dir, preamble, outputs);
 }
 
+// --seeds 1,2,3 or --teachers a.bin,b.bin: train a teacher per seed (saved in DIR) or read them;
+// evaluate each on the test stream with the trivial baselines; one report over all.
+int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSet& outputs) {
+    const Common c = common(args);
+    const std::string dir = outputs.folder("-o", output(args, "learn-ruler"));
+    learn::RulerEvalOptions o;
+    o.block = c.block;
+    o.threads = c.threads;
+    o.test_inputs = args.integer("--test-inputs", 100, 1, 1000000);
+    o.validation_inputs = args.integer("--validation-inputs", 20, 1, 1000000);
+    if (const auto text = args.value("--densities")) {
+        o.densities.clear();
+        for (const std::string& d : split_commas(*text)) {
+            size_t used = 0;
+            double v = -1;
+            try {
+                v = std::stod(d, &used);
+            } catch (const std::exception&) {
+                used = 0;
+            }
+            if (used != d.size() || !(v > 0 && v <= 1)) throw Error("learn ruler: --densities expects numbers in (0, 1] separated by commas; got '" + d + "'");
+            o.densities.push_back(v);
+        }
+    }
+    learn::BlockGate gate;
+    if (const auto gate_path = args.value("--gate")) {
+        gate = learn::gate_load(*gate_path);
+        o.gate = &gate;
+    }
+    std::vector<learn::Teacher> teachers;
+    std::vector<std::string> labels, trained;
+    if (const auto files = args.value("--teachers")) {
+        if (args.has("--seeds")) throw Error("learn ruler: give --seeds (train) or --teachers (read), not both");
+        for (const std::string& f : split_commas(*files)) {
+            teachers.push_back(learn::teacher_load(f));
+            labels.push_back(std::filesystem::path(f).filename().string());
+        }
+    } else {
+        std::vector<uint64_t> seeds;   // all parsed before any training
+        for (const std::string& text : split_commas(args.value("--seeds").value_or("1,2,3"))) {
+            try {
+                size_t used = 0;
+                seeds.push_back(std::stoull(text, &used));
+                if (used != text.size() || text.empty() || text[0] == '-') throw std::invalid_argument(text);
+            } catch (const std::exception&) {
+                throw Error("learn ruler: --seeds expects whole numbers separated by commas; got '" + text + "'");
+            }
+        }
+        for (const uint64_t seed : seeds) {
+            const std::string text = std::to_string(seed);
+            Common seeded = c;
+            seeded.seed = seed;
+            learn::Teacher teacher;
+            const learn::TrainReport r = run_teacher(args, seeded, teacher);
+            learn::teacher_save(teacher, dir + "/teacher-seed" + text + ".bin");
+            trained.push_back("seed " + text + ": " + train_summary(r));
+            std::printf("%s\n", trained.back().c_str());
+            teachers.push_back(std::move(teacher));
+            labels.push_back(text);
+        }
+    }
+    std::vector<learn::RulerEval> evals;
+    for (size_t t = 0; t < teachers.size(); ++t) {
+        if (t > 0 && (teachers[t].task.n != teachers[0].task.n || teachers[t].config.layers != teachers[0].config.layers ||
+                      teachers[t].config.heads != teachers[0].config.heads || teachers[t].task.kind != teachers[0].task.kind))
+            throw Error("learn ruler: the teachers differ in n, task or shape (" + labels[0] + " and " + labels[t] + "): give teachers of one config");
+        evals.push_back(learn::ruler_evaluate(teachers[t], o));
+        std::fprintf(stderr, "evaluated %s\n", labels[t].c_str());
+    }
+    std::string preamble = "# Learned sparsity: RULER-style tasks, trivial baselines, seeds\n\nCommand: `" + command_line(argv) + "`\n\n" +
+                           teacher_text(teachers[0]);
+    for (const std::string& line : trained) preamble += "\n- Training, " + line + ".";
+    if (!trained.empty()) preamble += "\n";
+    learn::ruler_report_write(evals, labels, dir, preamble);
+    for (const learn::RulerRow& r : evals[0].rows)
+        outputs.say("%-14s %7.2f%% %8.4f  accuracy %.2f%%  (seed %s)\n", r.method.c_str(), 100 * r.density, r.recall, 100 * r.scores.accuracy(),
+                    labels[0].c_str());
+    outputs.say("wrote %s/report.md, report.json, depth.png\n", dir.c_str());
+    outputs.commit();
+    return 0;
+}
+
 } // namespace
 
 int command_learn(const std::vector<std::string>& argv) {
@@ -435,13 +569,16 @@ int command_learn(const std::vector<std::string>& argv) {
         return 0;
     }
     if (!args.positionals().empty()) throw Error("learn " + sub + ": unexpected argument '" + args.positionals()[0] + "' (see sparsa learn --help)");
-    if (sub != "teacher" && sub != "pool" && sub != "distill" && sub != "eval" && sub != "demo") {
-        throw Error("learn: unknown step '" + sub + "' (use teacher, pool, distill, eval or demo)");
+    if (sub != "teacher" && sub != "pool" && sub != "distill" && sub != "eval" && sub != "demo" && sub != "ruler") {
+        throw Error("learn: unknown step '" + sub + "' (use teacher, pool, distill, eval, ruler or demo)");
     }
     // Every file read, so that no output replaces one of them; the outputs are named in each step.
     OutputSet outputs("learn " + sub);
     if (const auto teacher = args.value("--teacher")) outputs.input(*teacher, "the teacher (--teacher)");
     if (const auto gate = args.value("--gate")) outputs.input(*gate, "the gate (--gate)");
+    if (const auto from = args.value("--from")) outputs.input(*from, "the checkpoint to go on from (--from)");
+    if (const auto files = args.value("--teachers"))
+        for (const std::string& f : split_commas(*files)) outputs.input(f, "a teacher (--teachers)");
     for (const char* option : {"--q", "--k"}) {
         if (const auto files = args.value(option)) {
             for (const std::string& f : split_commas(*files)) outputs.input(f, std::string("a ") + option + " file");
@@ -451,6 +588,7 @@ int command_learn(const std::vector<std::string>& argv) {
     if (sub == "pool") return learn_pool(args, outputs);
     if (sub == "distill") return learn_distill(args, outputs);
     if (sub == "eval") return learn_eval(args, argv, outputs);
+    if (sub == "ruler") return learn_ruler(args, argv, outputs);
     return learn_demo(args, argv, outputs);
 }
 

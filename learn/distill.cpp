@@ -9,6 +9,7 @@
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
 #include "engine/threads.hpp"
+#include "learn/causal_mask.hpp"
 #include "learn/teacher.hpp"
 
 #include <nlohmann/json.hpp>
@@ -53,13 +54,15 @@ std::vector<int32_t> row_order(const std::vector<double>& scores, int64_t blocks
 
 } // namespace
 
-BlockMask block_mask_top_k(int64_t n, int32_t block, const std::vector<double>& scores, int64_t keep, bool keep_diagonal) {
+BlockMask block_mask_top_k(int64_t n, int32_t block, const std::vector<double>& scores, int64_t keep, bool keep_diagonal,
+                           bool causal) {
     const int64_t blocks = (n + block - 1) / block;
     std::vector<std::vector<int32_t>> rows(static_cast<size_t>(blocks));
     for (int64_t r = 0; r < blocks; ++r) {
         if (keep_diagonal) rows[r].push_back(static_cast<int32_t>(r));
         for (int32_t c : row_order(scores, blocks, r)) {
             if (static_cast<int64_t>(rows[r].size()) >= keep) break;
+            if (causal && c > r) continue;
             if (!(keep_diagonal && c == r)) rows[r].push_back(c);
         }
     }
@@ -99,22 +102,22 @@ double mask_set_block_density(const MaskSet& set) {
 
 // [SECTION] oracle
 
-MaskSet oracle_masks(const PooledAttention& pooled, int64_t keep) {
+MaskSet oracle_masks(const PooledAttention& pooled, int64_t keep, bool causal) {
     const int64_t blocks = pooled.blocks();
     std::vector<std::shared_ptr<const BlockMask>> masks;
     for (int64_t l = 0; l < pooled.layers; ++l)
         for (int64_t h = 0; h < pooled.heads; ++h) {
             const auto first = pooled.sum.begin() + pooled.index(l, h, 0, 0);
             const std::vector<double> scores(first, first + blocks * blocks);
-            masks.push_back(std::make_shared<BlockMask>(block_mask_top_k(pooled.n, pooled.block, scores, keep, false)));
+            masks.push_back(std::make_shared<BlockMask>(block_mask_top_k(pooled.n, pooled.block, scores, keep, false, causal)));
         }
     return mask_set_make(pooled.layers, pooled.heads, std::move(masks));
 }
 
 // [SECTION] recall through the engine
 
-Tensor dense_lse(const Tensor& q, const Tensor& k, int32_t block) {
-    const MaskSet dense = mask_set_dense(q.shape.n, block, 1, q.shape.heads);
+Tensor dense_lse(const Tensor& q, const Tensor& k, int32_t block, bool causal) {
+    const MaskSet dense = causal ? mask_set_causal(q.shape.n, block, 1, q.shape.heads) : mask_set_dense(q.shape.n, block, 1, q.shape.heads);
     AttentionOptions options;
     options.threads = 1;
     return attention_forward(q, k, tensor_zeros<float>(k.shape), dense, 0, options).lse;
@@ -185,12 +188,13 @@ SearchTable search_table_build(const AttentionSample& sample, int32_t block, int
     t.n = sample.q[0][0].shape.n;
     t.block = block;
     t.candidates = search_candidates(t.n, block);
+    t.causal = sample.causal;
     const int64_t C = static_cast<int64_t>(t.candidates.size());
     t.recall.assign(static_cast<size_t>(C * t.layers * t.heads), 0.0);
     parallel_for(C, threads, [&](int64_t begin, int64_t end) {
         for (int64_t c = begin; c < end; ++c) {
             std::vector<std::shared_ptr<const BlockMask>> same(static_cast<size_t>(t.heads), t.candidates[c].mask);
-            const MaskSet set = mask_set_make(1, t.heads, same);
+            const MaskSet set = t.causal ? mask_set_restrict_causal(mask_set_make(1, t.heads, same)) : mask_set_make(1, t.heads, same);
             for (int64_t b = 0; b < sample.inputs(); ++b)
                 for (int64_t l = 0; l < t.layers; ++l) {
                     const auto r = mask_recall(sample.q[b][l], sample.k[b][l], sample.lse[b][l], set, 0);
@@ -210,9 +214,9 @@ SearchResult search_finish(const SearchTable& t, std::vector<int64_t> choice, co
     char line[512];
     r.script = "# Per-head patterns found by `sparsa learn distill --method search` (" + rule + ").\n"
                "# Each comment gives the head's recall (share of the teacher's attention mass kept, averaged over\n"
-               "# query rows and the held-out inputs) and its block density.\n";
+               "# query rows and the calibration inputs, from the training stream) and its block density.\n";
     r.script += "block " + std::to_string(t.block) + "\nheads " + std::to_string(t.heads) + "\nlayers " + std::to_string(t.layers) +
-                "\n\nattend = dense\n";
+"\n" + (t.causal ? "causal\n" : "") + "\nattend = dense\n";
     std::vector<std::shared_ptr<const BlockMask>> masks;
     for (int64_t l = 0; l < t.layers; ++l)
         for (int64_t h = 0; h < t.heads; ++h) {
@@ -565,22 +569,39 @@ double gate_loss(const BlockGate& gate, int64_t layer, int64_t head, const Tenso
     return loss * scale;
 }
 
-std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t head, int32_t block) {
+std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t head, int32_t block, bool causal) {
     const int64_t n = q.shape.n, d = q.shape.d, blocks = (n + block - 1) / block;
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     std::vector<double> out(static_cast<size_t>(n * blocks), 0.0), s(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
+        const int64_t keys = causal ? i + 1 : n;
         double top = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) {
+        for (int64_t j = 0; j < keys; ++j) {
             double dot = 0;
             for (int64_t e = 0; e < d; ++e) dot += static_cast<double>(q.at(0, head, i, e)) * k.at(0, head, j, e);
             top = std::max(top, s[j] = dot * scale);
         }
         double total = 0;
-        for (int64_t j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - top));
-        for (int64_t j = 0; j < n; ++j) out[i * blocks + j / block] += s[j] / total;
+        for (int64_t j = 0; j < keys; ++j) total += (s[j] = std::exp(s[j] - top));
+        for (int64_t j = 0; j < keys; ++j) out[i * blocks + j / block] += s[j] / total;
     }
     return out;
+}
+
+BlockGate gate_identity(int64_t layers, int64_t heads, int64_t head_dim, int32_t block, bool causal) {
+    BlockGate gate = gate_init(layers, heads, head_dim, head_dim, block, 1, GateQuery::rows, GateKey::keys);
+    gate.row_targets = true;
+    gate.causal = causal;
+    for (int64_t l = 0; l < layers; ++l)
+        for (int64_t h = 0; h < heads; ++h) {
+            double* w = gate.at(l, h);   // wq [head_dim, hidden] then wk [head_dim, hidden]
+            std::fill(w, w + gate.per_head(), 0.0);
+            for (int64_t i = 0; i < head_dim; ++i) {
+                w[i * head_dim + i] = 1.0;
+                w[head_dim * head_dim + i * head_dim + i] = 1.0;
+            }
+        }
+    return gate;
 }
 
 double gate_loss_rows(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
@@ -614,12 +635,13 @@ GateTrainReport gate_train(BlockGate& gate, const AttentionSample& sample, const
     if (sample.inputs() < 1) throw Error("gate: no inputs to train on");
     const int64_t inputs = sample.inputs(), n = sample.q[0][0].shape.n, blocks = (n + gate.block - 1) / gate.block;
     if (gate.row_targets && gate.query != GateQuery::rows) throw Error("gate: row targets need a gate whose query side is rows");
+    gate.causal = sample.causal;
     // Targets: the row-normalised, block-pooled dense attention of every input, layer and head
     // (row targets: each row's own share per key block, computed per head below).
     std::vector<PooledAttention> pooled;
     for (int64_t b = 0; b < (gate.row_targets ? 0 : inputs); ++b) {
         PooledAttention p = pooled_zeros(gate.layers, gate.heads, n, gate.block);
-        for (int64_t l = 0; l < gate.layers; ++l) pooled_add_layer(p, l, sample.q[b][l], sample.k[b][l]);
+        for (int64_t l = 0; l < gate.layers; ++l) pooled_add_layer(p, l, sample.q[b][l], sample.k[b][l], sample.causal);
         pooled.push_back(std::move(p));
     }
     auto target = [&](int64_t b, int64_t l, int64_t h) {
@@ -640,7 +662,7 @@ GateTrainReport gate_train(BlockGate& gate, const AttentionSample& sample, const
             const int64_t l = lh / gate.heads, h = lh % gate.heads;
             std::vector<std::vector<double>> targets;
             for (int64_t b = 0; b < inputs; ++b)
-                targets.push_back(gate.row_targets ? row_block_shares(sample.q[b][l], sample.k[b][l], h, gate.block) : target(b, l, h));
+                targets.push_back(gate.row_targets ? row_block_shares(sample.q[b][l], sample.k[b][l], h, gate.block, sample.causal) : target(b, l, h));
             std::vector<double> m(static_cast<size_t>(P), 0.0), v(static_cast<size_t>(P), 0.0), grad(static_cast<size_t>(P));
             double* w = gate.at(l, h);
             for (int64_t step = 0; step < options.steps; ++step) {
@@ -675,7 +697,7 @@ MaskSet gate_masks(const BlockGate& gate, int64_t layer, const Tensor& q, const 
     for (int64_t h = 0; h < gate.heads; ++h) {
         const std::vector<double> p = gate_predict(gate, layer, h, q, k);
         masks.push_back(std::make_shared<BlockMask>(share > 0 ? block_mask_top_share(q.shape.n, gate.block, p, share, true)
-                                                              : block_mask_top_k(q.shape.n, gate.block, p, keep, true)));
+                                                              : block_mask_top_k(q.shape.n, gate.block, p, keep, true, gate.causal)));
     }
     return mask_set_make(1, gate.heads, std::move(masks));
 }
@@ -684,7 +706,7 @@ void gate_save(const BlockGate& gate, const std::string& path) {
     const nlohmann::json j = {{"format", "sparsa.gate"}, {"version", 1},   {"layers", gate.layers}, {"heads", gate.heads},
                               {"head_dim", gate.head_dim}, {"hidden", gate.hidden}, {"block", gate.block},
                               {"query", gate_query_name(gate.query)}, {"key", gate_key_name(gate.key)},
-                              {"targets", gate.row_targets ? "rows" : "blocks"}, {"params", gate.params}};
+                              {"targets", gate.row_targets ? "rows" : "blocks"}, {"causal", gate.causal}, {"params", gate.params}};
     const std::string text = j.dump();
     AtomicFile file(path);
     file.write(text.data(), text.size());
@@ -708,6 +730,7 @@ BlockGate gate_load(const std::string& path) {
         const std::string targets = j.value("targets", std::string("blocks"));
         if (targets != "rows" && targets != "blocks") throw Error("unknown targets '" + targets + "' (rows or blocks)");
         g.row_targets = targets == "rows";
+        g.causal = j.value("causal", false);
         if (g.row_targets && g.query != GateQuery::rows) throw Error("a gate of row targets must have query side rows");
         g.params = j.at("params").get<std::vector<double>>();
     } catch (const nlohmann::json::exception& e) {

@@ -27,8 +27,10 @@ int64_t blocks_per_row(double density, int64_t blocks);
 BlockMask block_mask_from_rows(int64_t n, int32_t block, const std::vector<std::vector<int32_t>>& rows);
 
 // Each row's `keep` blocks of highest score (ties: the lower key block), plus the diagonal block
-// when keep_diagonal (it then counts among the `keep`). scores: [blocks, blocks].
-BlockMask block_mask_top_k(int64_t n, int32_t block, const std::vector<double>& scores, int64_t keep, bool keep_diagonal);
+// when keep_diagonal (it then counts among the `keep`). scores: [blocks, blocks]. causal: only
+// key blocks c <= r are candidates (row r keeps at most r + 1).
+BlockMask block_mask_top_k(int64_t n, int32_t block, const std::vector<double>& scores, int64_t keep, bool keep_diagonal,
+                           bool causal = false);
 
 // Each row's fewest blocks of highest score whose share of the row's total reaches `share`
 // (scores >= 0), plus the diagonal when keep_diagonal. scores: [blocks, blocks].
@@ -41,7 +43,7 @@ double mask_set_block_density(const MaskSet& set);
 
 // The oracle of one input: for every (layer, head), each query block keeps its `keep` key blocks
 // of most attention mass in `pooled` (which holds that one input).
-MaskSet oracle_masks(const PooledAttention& pooled, int64_t keep);
+MaskSet oracle_masks(const PooledAttention& pooled, int64_t keep, bool causal = false);
 
 // [SECTION] recall through the engine
 
@@ -50,12 +52,13 @@ MaskSet oracle_masks(const PooledAttention& pooled, int64_t keep);
 // blocks count exactly). q, k: [1, heads, n, d]; dense_lse: [1, heads, n, 1]. Returns [heads].
 std::vector<double> mask_recall(const Tensor& q, const Tensor& k, const Tensor& dense_lse, const MaskSet& masks, int64_t layer);
 
-// The dense log-sum-exp of q, k (the engine with a dense mask): [1, heads, n, 1].
-Tensor dense_lse(const Tensor& q, const Tensor& k, int32_t block);
+// The dense (or causal) log-sum-exp of q, k (the engine with a dense or causal mask): [1, heads, n, 1].
+Tensor dense_lse(const Tensor& q, const Tensor& k, int32_t block, bool causal = false);
 
 // Attention inputs of several inputs, one layer each: what search and the gate learn from.
 struct AttentionSample {
     std::vector<std::vector<Tensor>> q, k, lse;   // [inputs][layers] of [1, heads, n, d] (lse: d = 1, dense)
+    bool causal = false;                          // a causal teacher's: every key after its query is left out
     int64_t layers() const { return q.empty() ? 0 : static_cast<int64_t>(q[0].size()); }
     int64_t inputs() const { return static_cast<int64_t>(q.size()); }
 };
@@ -78,6 +81,7 @@ struct SearchTable {
     int64_t layers = 0, heads = 0, n = 0;
     int32_t block = 16;
     std::vector<double> recall;
+    bool causal = false;   // recall of each candidate's causal part (the sample's)
     double at(int64_t c, int64_t l, int64_t h) const { return recall[(c * layers + l) * heads + h]; }
 };
 SearchTable search_table_build(const AttentionSample& sample, int32_t block, int threads = 0);
@@ -145,6 +149,9 @@ struct BlockGate {
     // 15 others). A block row's prediction is then, per key block, the largest of its rows'
     // predicted shares, normalised over the row: top-k keeps the blocks some row needs most.
     bool row_targets = false;
+    // Trained on a causal teacher (gate_train sets it from the sample): rows keep only key blocks
+    // at or before their own, and the targets leave out every key after the query.
+    bool causal = false;
     std::vector<double> params;   // [layers, heads, wq then wk]: wq [q_in(), hidden], wk [k_in(), hidden]
 
     int64_t q_in() const { return query == GateQuery::rows ? head_dim : 2 * head_dim; }
@@ -176,8 +183,14 @@ std::vector<double> gate_predict(const BlockGate& gate, int64_t layer, int64_t h
 double gate_loss(const BlockGate& gate, int64_t layer, int64_t head, const Tensor& q, const Tensor& k,
                  const std::vector<double>& target, double* grad, double scale = 1.0);
 
-// Each query row's share of attention per key block, one head: [n, blocks] (rows sum to 1).
-std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t head, int32_t block);
+// Each query row's share of attention per key block, one head: [n, blocks] (rows sum to 1);
+// causal: keys after the query left out.
+std::vector<double> row_block_shares(const Tensor& q, const Tensor& k, int64_t head, int32_t block, bool causal = false);
+
+// The untrained identity gate (the exact-score selector): rows / keys / row targets with
+// hidden = head_dim and wq = wk = I, so each key block's score is log sum_j exp(q_i . k_j / sqrt(d))
+// over its keys, the teacher's own attention per block: it costs a dense q k^T.
+BlockGate gate_identity(int64_t layers, int64_t heads, int64_t head_dim, int32_t block, bool causal);
 
 // For a gate with row_targets: sum_i w_i KL(target_i || predicted_i) / sum_i w_i over the query
 // rows i, w_i = max(1e-3, 1 - target_i(own block)): the rows looking outside the block the gate

@@ -4,6 +4,7 @@
 #include "io/atomic_file.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
+#include "learn/causal_mask.hpp"
 #include "plot/plot_png.hpp"
 #include "engine/threads.hpp"
 
@@ -51,6 +52,7 @@ AttentionSample attention_sample(const Teacher& teacher, uint64_t seed, int64_t 
     s.q = std::move(capture.q);
     s.k = std::move(capture.k);
     s.lse = std::move(capture.lse);
+    s.causal = teacher.config.causal;
     return s;
 }
 
@@ -91,6 +93,8 @@ EvalReport learn_evaluate(const Teacher& teacher, const BlockGate& gate, const S
     report.block = o.block;
     report.machine = machine_description();
 
+    // A causal teacher's masks are cut to their causal part (the student's are, in teacher_run).
+    auto cut = [&](const MaskSet& m) { return teacher.config.causal ? mask_set_restrict_causal(m) : m; };
     auto measure = [&](const std::string& method, double target, const LayerMasks& masks, const std::string& detail) {
         EvalRow row;
         row.method = method;
@@ -104,7 +108,7 @@ EvalReport learn_evaluate(const Teacher& teacher, const BlockGate& gate, const S
             one.threads = 1;
             for (int64_t b = begin; b < end; ++b)
                 for (int64_t l = 0; l < L; ++l) {
-                    const MaskSet m = masks(l, dense.q[b][l], dense.k[b][l]);
+                    const MaskSet m = cut(masks(l, dense.q[b][l], dense.k[b][l]));
                     const AttentionOutput out = attention_forward(dense.q[b][l], dense.k[b][l], dense.v[b][l], m, 0, one);
                     for (int64_t h = 0; h < H; ++h)
                         for (int64_t i = 0; i < n; ++i) {
@@ -142,7 +146,7 @@ EvalReport learn_evaluate(const Teacher& teacher, const BlockGate& gate, const S
         MaskSet m;
         for (int rep = 0; rep < std::max(1, o.time_repeats); ++rep) {
             const auto t0 = std::chrono::steady_clock::now();
-            m = masks(0, dense.q[0][0], dense.k[0][0]);
+            m = cut(masks(0, dense.q[0][0], dense.k[0][0]));
             select.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
         std::sort(select.begin(), select.end());
@@ -161,15 +165,15 @@ EvalReport learn_evaluate(const Teacher& teacher, const BlockGate& gate, const S
         report.rows.push_back(row);
     };
 
-    const MaskSet dense_masks = mask_set_dense(n, o.block, 1, H);
+    const MaskSet dense_masks = teacher.config.causal ? mask_set_causal(n, o.block, 1, H) : mask_set_dense(n, o.block, 1, H);
     measure("dense", 1.0, [&](int64_t, const Tensor&, const Tensor&) { return dense_masks; }, "attend = dense");
     report.rows.back().accuracy = dense_result.answers ? static_cast<double>(dense_result.correct) / static_cast<double>(dense_result.answers) : 0;
     for (double target : o.densities) {
         const int64_t keep = blocks_per_row(target, blocks);
         measure("oracle", target, [&](int64_t, const Tensor& q, const Tensor& k) {
             PooledAttention p = pooled_zeros(1, H, n, o.block);
-            pooled_add_layer(p, 0, q, k);
-            return oracle_masks(p, keep);
+            pooled_add_layer(p, 0, q, k, teacher.config.causal);
+            return oracle_masks(p, keep, teacher.config.causal);
         }, std::to_string(keep) + (keep == 1 ? " block per row" : " blocks per row"));
         measure("gate", target,
                 [&](int64_t l, const Tensor& q, const Tensor& k) { return gate_masks(gate, l, q, k, keep); },

@@ -112,6 +112,9 @@ void bind_learn(py::module_& parent) {
         .def_property_readonly("d", [](const PyTeacher& t) { return t.teacher.config.d; })
         .def_property_readonly("head_dim", [](const PyTeacher& t) { return t.teacher.config.head_dim(); })
         .def_property_readonly("task", [](const PyTeacher& t) { return learn::task_kind_name(t.teacher.task.kind); })
+        .def_property_readonly("causal", [](const PyTeacher& t) { return t.teacher.config.causal; })
+        .def_property_readonly("kv_heads", [](const PyTeacher& t) { return t.teacher.config.kv_head_count(); })
+        .def_property_readonly("positions", [](const PyTeacher& t) { return learn::positions_name(t.teacher.config.positions); })
         .def_property_readonly("param_count", [](const PyTeacher& t) { return t.teacher.params.size(); })
         .def("save", [](const PyTeacher& t, const std::string& path) { learn::teacher_save(t.teacher, path); }, py::arg("path"),
              "Saves a checkpoint atomically (the format of `sparsa learn teacher -o`).")
@@ -162,18 +165,23 @@ void bind_learn(py::module_& parent) {
 
     m.def("train_teacher", [](const std::string& task, int64_t n, int64_t pairs, int64_t queries, int64_t d, int64_t heads, int64_t layers,
                               int64_t mlp, int64_t steps, int64_t batch, double lr, uint64_t seed, double stop_accuracy, double max_seconds,
-                              bool progress, int threads) {
+                              bool progress, int threads, bool causal, const std::string& positions, int64_t head_dim, int64_t kv_heads,
+                              int64_t needles) {
               learn::TaskConfig task_config;
               task_config.kind = learn::task_kind_parse(task);
               task_config.n = n;
               task_config.pairs = pairs;
               task_config.queries = queries;
-              learn::TeacherConfig model;
-              model.vocab = task_config.vocab();
+              task_config.needles = needles;
+              learn::TeacherConfig model = learn::teacher_config_default(task_config);
               model.d = d;
               model.heads = heads;
               model.layers = layers;
               model.mlp = mlp;
+              model.causal = causal;
+              model.positions = learn::positions_parse(positions);
+              model.head_width = head_dim;
+              model.kv_heads = kv_heads;
               learn::TrainOptions o;
               o.seed = seed;
               o.steps = steps;
@@ -193,11 +201,14 @@ void bind_learn(py::module_& parent) {
                   r = learn::teacher_train(t.teacher, o);
               }
               return py::make_tuple(std::move(t), train_report_dict(r));
-          }, py::arg("task") = "mix", py::arg("n") = 256, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("d") = 64, py::arg("heads") = 4, py::arg("layers") = 2,
-          py::arg("mlp") = 128, py::arg("steps") = 3000, py::arg("batch") = 16, py::arg("lr") = 2e-3, py::arg("seed") = 1,
+          }, py::arg("task") = "ruler", py::arg("n") = 1024, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("d") = 128, py::arg("heads") = 2, py::arg("layers") = 2,
+          py::arg("mlp") = 256, py::arg("steps") = 3000, py::arg("batch") = 16, py::arg("lr") = 2e-3, py::arg("seed") = 1,
           py::arg("stop_accuracy") = 0.98, py::arg("max_seconds") = 0.0, py::arg("progress") = false, py::arg("threads") = 0,
-          "Trains a dense teacher on `task` ('mqar', 'passkey' or 'mix') at length n (mqar: `pairs` key-value pairs, `queries` of them asked): returns (Teacher, report dict). Stops after "
-          "`steps`, at `stop_accuracy` held-out accuracy, or after `max_seconds` (0: no limit). progress prints to stderr.");
+          py::arg("causal") = true, py::arg("positions") = "rotary", py::arg("head_dim") = 0, py::arg("kv_heads") = 0, py::arg("needles") = 4,
+          "Trains a teacher (causal by default, as `sparsa learn teacher`) on `task` ('ruler', 'single', 'multikey', 'multivalue', 'multiquery', "
+          "'mqar', 'passkey' or 'mix') at length n (mqar: `pairs` key-value pairs, `queries` of them asked; needle tasks: `needles`); "
+          "positions 'rotary', 'none' or 'sinusoidal'; head_dim 0: d / heads; kv_heads 0: as many as heads. Returns (Teacher, report "
+          "dict). Stops after `steps`, at `stop_accuracy` validation accuracy, or after `max_seconds` (0: no limit). progress prints to stderr.");
 
     py::class_<PySample>(m, "AttentionSample", "The dense teacher's q, k and lse on several inputs: what search and the gate learn from.")
         .def_property_readonly("inputs", [](const PySample& s) { return s.sample.inputs(); })
@@ -262,8 +273,8 @@ void bind_learn(py::module_& parent) {
               }
               const TensorShape shape = s.q[0][0].shape;
               learn::PooledAttention p = learn::pooled_zeros(s.layers(), shape.heads, shape.n, block);
-              for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l]);
-              MaskSet masks = learn::oracle_masks(p, learn::blocks_per_row(density, p.blocks()));
+              for (int64_t l = 0; l < s.layers(); ++l) learn::pooled_add_layer(p, l, s.q[0][l], s.k[0][l], s.causal);
+              MaskSet masks = learn::oracle_masks(p, learn::blocks_per_row(density, p.blocks()), s.causal);
               py::array_t<double> recall({p.layers, p.heads});
               for (int64_t l = 0; l < p.layers; ++l) {
                   for (int64_t h = 0; h < p.heads; ++h) recall.mutable_at(l, h) = learn::pooled_recall(p, l, h, masks.at(l, h));

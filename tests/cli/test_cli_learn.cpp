@@ -29,7 +29,8 @@ TEST_CASE("sparsa learn: teacher, distill, eval on a tiny config", "[cli][learn]
     INFO(r.out);
     REQUIRE(r.code == 0);
     CHECK(r.out.find("tokens/s") != std::string::npos);
-    CHECK(r.out.find("held-out acc") != std::string::npos);
+    CHECK(r.out.find("validation acc") != std::string::npos);
+    CHECK(r.out.find("teacher: causal") != std::string::npos);
     CHECK(fs::file_size(teacher) > 0);
 
     r = run("learn distill --method search --teacher " + quote(teacher) + " --inputs 4 --share 0.8 -o " + quote(pat));
@@ -70,6 +71,44 @@ TEST_CASE("sparsa learn: teacher, distill, eval on a tiny config", "[cli][learn]
         CHECK(row["recall"].get<double>() >= 0.0);
         CHECK(row["recall"].get<double>() <= 1.0 + 1e-9);
     }
+}
+
+TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean and deviation over seeds", "[cli][learn]") {
+    const fs::path report = scratch("learn_ruler");
+    fs::remove_all(report);
+    const std::string tiny = " --task ruler --n 128 --needles 2 --pairs 4 --queries 4 --d 16 --heads 2 --kv-heads 1 --layers 1 --mlp 16 --batch 8";
+    Result r = run("learn ruler" + tiny + " --steps 5 --seeds 4,5 --test-inputs 10 --validation-inputs 5 --densities 0.25 --quiet -o " +
+                   quote(report));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    for (const char* f : {"report.md", "report.json", "depth.png", "teacher-seed4.bin", "teacher-seed5.bin"}) CHECK(fs::exists(report / f));
+    std::ifstream in(report / "report.json");
+    const auto j = nlohmann::json::parse(in);
+    CHECK(j["causal"].get<bool>());
+    REQUIRE(j["rows"].size() == 4);   // dense, diagonal, identity gate, best fixed
+    CHECK(j["rows"][0]["method"] == "dense");
+    CHECK(j["rows"][1]["method"] == "diagonal");
+    CHECK(j["rows"][2]["method"] == "identity gate");
+    CHECK(j["rows"][3]["method"] == "best fixed");
+    CHECK(j["rows"][3]["per_seed"].size() == 2);
+    for (const auto& seed : j["rows"][3]["per_seed"]) CHECK(seed["density"].get<double>() <= 0.25 + 1e-9);
+    std::ifstream md(report / "report.md");
+    const std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+    CHECK(text.find("test stream") != std::string::npos);
+    CHECK(text.find(" ± ") != std::string::npos);
+    // The same teachers read back give the same report figures.
+    const fs::path again = scratch("learn_ruler_again");
+    fs::remove_all(again);
+    r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + "," + quote(report / "teacher-seed5.bin") +
+            " --test-inputs 10 --validation-inputs 5 --densities 0.25 -o " + quote(again));
+    REQUIRE(r.code == 0);
+    std::ifstream in2(again / "report.json");
+    const auto j2 = nlohmann::json::parse(in2);
+    for (size_t row = 0; row < 4; ++row) CHECK(j2["rows"][row]["accuracy_mean"] == j["rows"][row]["accuracy_mean"]);
+    r = run("learn ruler --seeds 1,x -o " + quote(scratch("learn_ruler_bad")));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--seeds expects whole numbers") != std::string::npos);
+    CHECK_FALSE(fs::exists(scratch("learn_ruler_bad") / "report.md"));
 }
 
 TEST_CASE("sparsa learn: bad input is named, exits non-zero and writes nothing", "[cli][learn]") {

@@ -100,7 +100,7 @@ def test_run_refuses_integer_and_nonfinite_tensors(scratch, pat):
                          "--out", "o.npy"], cwd=scratch), *words)
 
 
-@pytest.mark.parametrize("args,words", [(["bogus"], ["bogus", "teacher, pool, distill, eval or demo"]),
+@pytest.mark.parametrize("args,words", [(["bogus"], ["bogus", "teacher, pool, distill, eval, ruler or demo"]),
                                         (["teacher", "--steps", "-1"], ["--steps", "-1"]),
                                         (["pool", "--teacher", "missing.bin", "-o", "p.npy"], ["missing.bin"]),
                                         (["eval", "--teacher", "t.bin", "--gate", "g.json", "-o", "out"], ["t.bin"])])

@@ -4,6 +4,9 @@
 // recall agrees with the engine's; baselines stay within their density.
 #include "learn/distill.hpp"
 #include "learn/pool.hpp"
+#include "learn/causal_mask.hpp"
+#include "learn/ruler_eval.hpp"
+#include "learn/teacher.hpp"
 
 #include "engine/error.hpp"
 #include "io/npy.hpp"
@@ -230,4 +233,95 @@ TEST_CASE("Q/K dumps: shapes and dtypes are checked, naming the file", "[learn]"
     CHECK_THROWS_WITH(qk_dump_load({dir + "/sparsa_learn_q.npy"}, {dir + "/sparsa_learn_bad.npy"}),
                       Catch::Contains("sparsa_learn_bad.npy") && Catch::Contains("float32"));
     CHECK_THROWS_WITH(qk_dump_load({dir + "/sparsa_learn_q.npy"}, {}), Catch::Contains("one Q file and one K file per layer"));
+}
+
+// [SECTION] the causal mask, causal selection, and the RULER evaluation's baselines
+
+TEST_CASE("causal mask: equals the lower triangle, and the causal cut of any mask is mask AND causal", "[learn]") {
+    for (int32_t block : {16, 64})
+        for (int64_t n : {1, 15, 16, 17, 33, 65, 100, 129}) {
+            INFO("n = " << n << ", block " << block);
+            std::vector<uint8_t> lower(static_cast<size_t>(n * n), 0);
+            for (int64_t q = 0; q < n; ++q)
+                for (int64_t k = 0; k <= q; ++k) lower[q * n + k] = 1;
+            const auto causal = block_mask_causal(n, block);
+            block_mask_validate(*causal, "causal");
+            CHECK(*causal == block_mask_from_dense(n, block, lower.data()));
+            CHECK(causal->kept_blocks() == causal_block_count(n, block));
+            for (const char* e : {"dense", "window(5)", "band(1)", "columns(first(16)) | window(8)", "strided(16) | band(0)", "dilated(4, 2)"}) {
+                INFO(e);
+                const auto mask = expression_compile(e, n, block);
+                std::vector<uint8_t> both(static_cast<size_t>(n * n), 0);
+                std::vector<uint8_t> row(static_cast<size_t>(n));
+                for (int64_t q = 0; q < n; ++q) {
+                    block_mask_dense_row(*mask, q, row.data());
+                    for (int64_t k = 0; k < n; ++k) both[q * n + k] = row[k] && k <= q ? 1 : 0;
+                }
+                const BlockMask cut = block_mask_restrict_causal(*mask);
+                block_mask_validate(cut, "cut");
+                CHECK(cut == block_mask_from_dense(n, block, both.data()));
+            }
+        }
+}
+
+TEST_CASE("causal selection: top-k keeps no key block after the query block; blocks per row fit the causal density", "[learn]") {
+    const int64_t blocks = 8, n = blocks * 16;
+    std::vector<double> scores(static_cast<size_t>(blocks * blocks));
+    for (size_t i = 0; i < scores.size(); ++i) scores[i] = static_cast<double>((i * 37) % 11);
+    const BlockMask m = block_mask_top_k(n, 16, scores, 3, true, true);
+    for (int64_t r = 0; r < blocks; ++r) {
+        CHECK(m.row_ptr[r + 1] - m.row_ptr[r] == std::min<int64_t>(3, r + 1));
+        for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) CHECK(m.col_idx[e] <= r);
+    }
+    // 64 blocks: the causal mask has 2,080; k = 4 keeps 4 * 65 - 10 = 250 (12.0%), the nearest to 12.5%.
+    CHECK(ruler_blocks_per_row(0.125, 64, true) == 4);
+    CHECK(ruler_blocks_per_row(0.125, 64, false) == 8);
+    CHECK(ruler_blocks_per_row(1.0, 64, true) == 64);
+}
+
+TEST_CASE("ruler evaluation: the dense row is the teacher's, the baselines keep their densities, the identity gate at full density is dense", "[learn]") {
+    TaskConfig task;
+    task.kind = TaskKind::ruler;
+    task.n = 128;
+    task.needles = 2;
+    task.pairs = 4;
+    task.queries = 4;
+    TeacherConfig model = teacher_config_default(task);
+    model.d = 16;
+    model.heads = 2;
+    model.kv_heads = 1;
+    model.layers = 1;
+    model.mlp = 16;
+    const Teacher teacher = teacher_init(model, task, 2);
+    RulerEvalOptions o;
+    o.densities = {0.25, 1.0};
+    o.test_inputs = 10;
+    o.validation_inputs = 5;
+    o.time_repeats = 1;
+    const RulerEval e = ruler_evaluate(teacher, o);
+    REQUIRE(e.rows.size() == 2 + 2 * 2);
+    CHECK(e.rows[0].method == "dense");
+    const TaskBatch test = task_batch(task, task_stream_seed(TaskStream::test, 0), 0, 10);
+    TaskScores dense;
+    dense.add(test, teacher_evaluate(teacher, test).hits);
+    CHECK(e.rows[0].scores.correct == dense.correct);
+    CHECK(e.rows[0].scores.total_answers() == 10 / 5 * (1 + 1 + 2 + 2 + 4));
+    CHECK(e.rows[1].method == "diagonal");
+    CHECK(e.rows[1].density == Approx(8.0 / 36.0));   // 8 diagonal blocks of the causal mask's 36
+    CHECK(e.rows[1].recall < 1.0);
+    CHECK(e.rows[2].method == "identity gate");
+    CHECK(e.rows[3].method == "best fixed");
+    CHECK(e.rows[3].density <= 0.25 + 1e-9);
+    CHECK(e.rows[2].recall >= e.rows[1].recall);   // the exact-score top blocks keep at least the diagonal's mass
+    CHECK(e.rows[4].method == "identity gate");   // density 1: every causal block
+    CHECK(e.rows[4].density == Approx(1.0));
+    CHECK(e.rows[4].recall == Approx(1.0).epsilon(1e-5));
+    CHECK(e.rows[4].scores.correct == dense.correct);
+    const std::string dir = (std::filesystem::temp_directory_path() / "sparsa_learn_ruler_report").string();
+    std::filesystem::remove_all(dir);
+    ruler_report_write({e, e}, {"a", "b"}, dir, "# test\n");
+    CHECK(std::filesystem::file_size(dir + "/report.md") > 0);
+    CHECK(std::filesystem::file_size(dir + "/report.json") > 0);
+    CHECK(std::filesystem::file_size(dir + "/depth.png") > 0);
+    std::filesystem::remove_all(dir);
 }

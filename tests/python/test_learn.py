@@ -11,8 +11,9 @@ pytestmark = pytest.mark.skipif(not sparsa.learn_built, reason="learn/ is not bu
 
 @pytest.fixture(scope="module")
 def teacher():
+    # Bidirectional: the checks below rebuild the dense softmax in numpy (the causal teacher has its own test).
     t, report = sparsa.learn.train_teacher(task="mqar", n=64, d=32, heads=2, layers=2, mlp=32, steps=30, batch=8,
-                                           lr=3e-3, seed=3, stop_accuracy=1.01)
+                                           lr=3e-3, seed=3, stop_accuracy=1.01, causal=False, positions="sinusoidal")
     assert report["steps"] == 30 and report["last_loss"] < report["first_loss"]
     return t
 
@@ -37,6 +38,20 @@ def test_teacher_shapes_save_and_load(teacher, tmp_path):
     assert back.evaluate(sequences=8) == teacher.evaluate(sequences=8)
     with pytest.raises(sparsa.Error, match="nothing.bin"):
         sparsa.learn.Teacher.load(str(tmp_path / "nothing.bin"))
+
+
+def test_causal_teacher_attention_is_the_engines_causal_attention():
+    t, _ = sparsa.learn.train_teacher(task="ruler", n=128, needles=2, pairs=4, queries=4, d=32, heads=4, kv_heads=2, layers=1,
+                                      mlp=16, steps=2, batch=4, seed=2)
+    assert (t.causal, t.kv_heads, t.positions, t.head_dim) == (True, 2, "rotary", 8)
+    a = t.attention(index=1)
+    causal = sparsa.compile("heads 4\ncausal\nattend = dense", n=128, block=16)
+    o, lse = sparsa.attention(a["q"][0][None], a["k"][0][None], a["v"][0][None], causal)
+    np.testing.assert_allclose(o[0], a["o"][0], atol=1e-5)
+    np.testing.assert_allclose(lse[0], a["lse"][0], atol=1e-5)
+    # Grouped-query heads: query heads 0 and 1 read the same key/value head.
+    np.testing.assert_array_equal(a["v"][0][0], a["v"][0][1])
+    assert not np.array_equal(a["v"][0][1], a["v"][0][2])
 
 
 def test_evaluate_with_masks(teacher):
