@@ -355,9 +355,10 @@ class _AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, masks, layer, scale, threads):
         o, lse = _forward(q, k, v, masks, layer, scale, threads)
+        o = o.to(q.dtype)   # saved as returned: D = rowsum(dO * O) uses the O the caller got, as the custom op's does
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.arguments = (masks, layer, scale, threads)
-        return o.to(q.dtype)
+        return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -162,7 +162,9 @@ def test_half_precision_is_upcast_to_the_float32_engine(dtype):
     o, grads = grads_of(q, k, v, masks, d_o)
     up = [t.detach().float() for t in (q, k, v)]
     want_o, lse = sparsa.attention(*numpy_of(*up), masks)
-    want = sparsa.attention_backward(*numpy_of(*up), want_o, lse, d_o.float().numpy(), masks)
+    # the backward takes O as the caller got it (rounded to the dtype), on every torch
+    o_seen = torch.from_numpy(want_o).to(dtype).float().numpy()
+    want = sparsa.attention_backward(*numpy_of(*up), o_seen, lse, d_o.float().numpy(), masks)
     assert o.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert torch.equal(o, torch.from_numpy(want_o).to(dtype))
     for g, w in zip(grads, want):
@@ -212,7 +214,9 @@ def test_not_twice_differentiable():
     q, k, v = tensors((1, 1, 20, 4), 3, seed=14, requires_grad=True)
     o = st.attention(q, k, v, masks)
     (g,) = torch.autograd.grad(o.square().sum(), q, create_graph=True)   # d_o = 2 o needs a graph of its own
-    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
+    # torch.autograd.Function (torch < 2.4) and the custom op (2.4+) each say it their way
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"
+                                           "|no autograd formula was registered"):
         g.sum().backward()
 
 
