@@ -8,6 +8,7 @@ through version 2 of the CLI's CUDA module (cli/cuda_module_abi.hpp):
     pairs; favor heads report their error against exact attention.
 Without a GPU (or a sparsa built without the CUDA engine) the GPU cases skip, saying why."""
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -134,6 +135,12 @@ def test_favor_layer_reports_its_error(scratch):
     kinds = [h["kind"] for h in doc["per_head"]]
     assert kinds == ["favor"] * 6 + ["fixed"] * 2
     assert doc["check"]["ok"] is True   # the two window heads, against the reference
-    for h in doc["per_head"][:6]:
-        assert 0 < h["error"] < 1 and h["features"] == 256
+    # FAVOR+'s error against exact attention on unit-normal Q and K is large whatever the
+    # features (about 4 to 5 at d = 64 to 128: its variance grows as exp(|q|^2 + |k|^2); README):
+    # the GPU's must be the CPU engine's estimate of the same features on the same input
+    cpu = report(run(["run", PATTERNS / "performer_favor.pat", "--n", "2048", "--check", "--json", "--runs", "2"],
+                     timeout=300))
+    for h, c in zip(doc["per_head"][:6], cpu["per_head"][:6]):
+        assert math.isfinite(h["error"]) and h["error"] > 0 and h["features"] == 256
+        assert h["error"] == pytest.approx(c["error"], rel=0.05)
     assert doc["gflops"] is None and "favor" in doc["check"]
