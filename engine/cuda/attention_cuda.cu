@@ -592,19 +592,7 @@ AttentionOutput CudaAttention::forward(const Tensor& q, const Tensor& k, const T
 }
 
 std::vector<float> CudaAttention::time_runs(int warmup, int runs) {
-    for (int i = 0; i < warmup; ++i) run();
-    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<float> ms;
-    for (int i = 0; i < runs; ++i) {
-        SPARSA_CUDA_CHECK(cudaEventRecord(impl_->start));
-        run();
-        SPARSA_CUDA_CHECK(cudaEventRecord(impl_->stop));
-        SPARSA_CUDA_CHECK(cudaEventSynchronize(impl_->stop));
-        float t = 0;
-        SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t, impl_->start, impl_->stop));
-        ms.push_back(t);
-    }
-    return ms;
+    return time_event_runs([&] { run(); }, impl_->start, impl_->stop, warmup, runs);
 }
 
 int CudaAttention::kernel() const { return impl_->kernel; }

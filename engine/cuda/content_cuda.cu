@@ -7,6 +7,7 @@
 #include "engine/content/favor.hpp"
 #include "engine/cuda/content_anchors.cuh"
 #include "engine/cuda/content_fast.cuh"
+#include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 
@@ -26,49 +27,11 @@
 
 namespace sparsa {
 
+using namespace cuda_host;   // checked CUDA calls, DeviceBuffer
+
 namespace {
 
 using cuda::content::ContentParams;
-
-void cuda_check(cudaError_t err, const char* call) {
-    if (err != cudaSuccess) {
-        throw Error(std::string("CUDA content engine: ") + call + " failed: " + cudaGetErrorString(err) +
-                    " (check the GPU with nvidia-smi; rerun with compute-sanitizer to find a bad access)");
-    }
-}
-#define SPARSA_CUDA_CHECK(call) cuda_check((call), #call)
-
-// Device memory that grows on demand and is kept across calls (as attention_cuda.cu's).
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_ != nullptr) cudaFree(ptr_);
-    }
-    void* reserve(size_t bytes) {
-        bytes = bytes == 0 ? 16 : bytes;
-        if (bytes > bytes_) {
-            if (ptr_ != nullptr) SPARSA_CUDA_CHECK(cudaFree(ptr_));
-            ptr_ = nullptr;
-            bytes_ = 0;
-            SPARSA_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-            bytes_ = bytes;
-        }
-        return ptr_;
-    }
-    template <typename T> T* upload(const std::vector<T>& v) {
-        void* p = reserve(v.size() * sizeof(T));
-        if (!v.empty()) SPARSA_CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-        return static_cast<T*>(p);
-    }
-    template <typename T> T* as() const { return static_cast<T*>(ptr_); }
-
-private:
-    void* ptr_ = nullptr;
-    size_t bytes_ = 0;
-};
 
 // float (already rounded to the dtype, or not) -> the dtype's bits, round to nearest even.
 std::vector<uint16_t> to_16bit(const std::vector<float>& x, CudaDtype dtype) {

@@ -109,6 +109,7 @@ public:
         return static_cast<T*>(p);
     }
     template <typename T> T* upload(const std::vector<T>& v) { return upload(v.data(), v.size()); }
+    template <typename T> T* as() const { return static_cast<T*>(ptr_); }
     void* get() const { return ptr_; }
 
 private:
@@ -117,5 +118,23 @@ private:
 };
 
 template <int V> using Int = std::integral_constant<int, V>;
+
+// Milliseconds of each of `runs` calls of run() (CUDA events around each on the default stream),
+// after `warmup` untimed ones: the engines' time_runs.
+template <typename Run> std::vector<float> time_event_runs(Run&& run, cudaEvent_t start, cudaEvent_t stop, int warmup, int runs) {
+    for (int i = 0; i < warmup; ++i) run();
+    SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> ms;
+    for (int i = 0; i < runs; ++i) {
+        SPARSA_CUDA_CHECK(cudaEventRecord(start));
+        run();
+        SPARSA_CUDA_CHECK(cudaEventRecord(stop));
+        SPARSA_CUDA_CHECK(cudaEventSynchronize(stop));
+        float t = 0;
+        SPARSA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+        ms.push_back(t);
+    }
+    return ms;
+}
 
 } // namespace sparsa::cuda_host

@@ -21,6 +21,8 @@
 #include "engine/content/random_numbers.hpp"
 #include "engine/error.hpp"
 
+#include "tests/engine/cuda/cuda_testing.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -36,12 +38,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-bool gpu_ready(const char* test) {
-    std::string why;
-    if (cuda_device_available(&why)) return true;
-    std::printf("test_content_cuda: \"%s\" skipped: no CUDA GPU here (%s)\n", test, why.c_str());
-    return false;
-}
+bool gpu_ready(const char* test) { return testing::gpu_ready("test_content_cuda", test); }
 
 CudaContentAttention& engine() {
     static CudaContentAttention cuda;

@@ -18,6 +18,7 @@
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 #include "io/mask_io.hpp"
+#include "tests/engine/cuda/cuda_testing.hpp"
 #include "tests/engine/mask_testing.hpp"
 #ifdef SPARSA_HAVE_DSL
 #include "dsl/script.hpp"
@@ -39,30 +40,19 @@ using Catch::Matchers::Contains;
 
 namespace {
 
+bool gpu_ready(const char* test) { return testing::gpu_ready("test_cuda_attention", test); }
+using testing::set_of;
+using testing::patterns_folder;
+
 constexpr double kFloat32Tolerance = 1e-5;
 constexpr double kHalfTolerance = 2e-2;
 
 double tolerance_of(CudaDtype dtype) { return dtype == CudaDtype::float32 ? kFloat32Tolerance : kHalfTolerance; }
 
-// Whether this machine has a GPU; if not, prints why on one line for `test` and the case passes.
-bool gpu_ready(const char* test) {
-    std::string why;
-    if (cuda_device_available(&why)) return true;
-    std::printf("test_cuda_attention: \"%s\" skipped: no CUDA GPU here (%s)\n", test, why.c_str());
-    return false;
-}
-
 // One engine for the whole program: its buffers are reused across calls, as users would.
 CudaAttention& engine() {
     static CudaAttention cuda;
     return cuda;
-}
-
-// A set of one layer whose head h uses masks[h].
-MaskSet set_of(const std::vector<BlockMask>& masks) {
-    std::vector<std::shared_ptr<const BlockMask>> ptrs;
-    for (const BlockMask& m : masks) ptrs.push_back(std::make_shared<BlockMask>(m));
-    return mask_set_make(1, static_cast<int64_t>(masks.size()), ptrs);
 }
 
 // got against want (the CPU engine), head by head, with the tolerances above.
@@ -128,17 +118,6 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
             check_output(engine().forward(q, k, v, masks, layer, options), want, tolerance_of(dtype));
         }
     }
-}
-
-// examples/patterns of the source tree: under $SPARSA_SOURCE_DIR when set (bench/run_gpu.sh sets
-// it to the tree it runs in: a binary built on one machine runs on another, where the tree has
-// another path), else under the tree this binary was built from, else under the current folder.
-std::filesystem::path patterns_folder() {
-    const char* env = std::getenv("SPARSA_SOURCE_DIR");
-    if (env != nullptr && *env != '\0') return std::filesystem::path(env) / "examples" / "patterns";
-    const std::filesystem::path built = std::filesystem::path(SPARSA_SOURCE_DIR) / "examples" / "patterns";
-    if (std::filesystem::is_directory(built)) return built;
-    return std::filesystem::current_path() / "examples" / "patterns";
 }
 
 } // namespace

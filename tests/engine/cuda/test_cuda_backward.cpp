@@ -16,6 +16,7 @@
 
 #include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
+#include "tests/engine/cuda/cuda_testing.hpp"
 #include "tests/engine/mask_testing.hpp"
 #ifdef SPARSA_HAVE_DSL
 #include "dsl/script.hpp"
@@ -37,22 +38,13 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-bool gpu_ready(const char* test) {
-    std::string why;
-    if (cuda_device_available(&why)) return true;
-    std::printf("test_cuda_backward: \"%s\" skipped: no CUDA GPU here (%s)\n", test, why.c_str());
-    return false;
-}
+bool gpu_ready(const char* test) { return testing::gpu_ready("test_cuda_backward", test); }
+using testing::set_of;
+using testing::patterns_folder;
 
 CudaAttentionBackward& engine() {
     static CudaAttentionBackward cuda;
     return cuda;
-}
-
-MaskSet set_of(const std::vector<BlockMask>& masks) {
-    std::vector<std::shared_ptr<const BlockMask>> ptrs;
-    for (const BlockMask& m : masks) ptrs.push_back(std::make_shared<BlockMask>(m));
-    return mask_set_make(1, static_cast<int64_t>(masks.size()), ptrs);
 }
 
 // got against want, head by head and gradient by gradient.
@@ -114,14 +106,6 @@ void check_backward(const MaskSet& masks, int64_t layer, int64_t batch, int64_t 
                         dtype == CudaDtype::float32 ? 1e-4 : 2e-2);
         }
     }
-}
-
-std::filesystem::path patterns_folder() {
-    const char* env = std::getenv("SPARSA_SOURCE_DIR");
-    if (env != nullptr && *env != '\0') return std::filesystem::path(env) / "examples" / "patterns";
-    const std::filesystem::path built = std::filesystem::path(SPARSA_SOURCE_DIR) / "examples" / "patterns";
-    if (std::filesystem::is_directory(built)) return built;
-    return std::filesystem::current_path() / "examples" / "patterns";
 }
 
 } // namespace

@@ -8,6 +8,7 @@
 
 #include "engine/cuda/attention_cuda_backward.hpp"
 #include "engine/error.hpp"
+#include "tests/engine/cuda/cuda_testing.hpp"
 #include "tests/engine/mask_testing.hpp"
 
 #include <catch2/catch.hpp>
@@ -24,18 +25,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-bool gpu_ready(const char* test) {
-    std::string why;
-    if (cuda_device_available(&why)) return true;
-    std::printf("test_cuda_device: \"%s\" skipped: no CUDA GPU here (%s)\n", test, why.c_str());
-    return false;
-}
-
-MaskSet set_of(const std::vector<BlockMask>& masks) {
-    std::vector<std::shared_ptr<const BlockMask>> ptrs;
-    for (const BlockMask& m : masks) ptrs.push_back(std::make_shared<BlockMask>(m));
-    return mask_set_make(1, static_cast<int64_t>(masks.size()), ptrs);
-}
+bool gpu_ready(const char* test) { return testing::gpu_ready("test_cuda_device", test); }
+using testing::set_of;
 
 // Device memory for the test, freed at the end of the scope.
 struct Device {
