@@ -182,7 +182,7 @@ struct TrainReport {
     int64_t steps = 0;
     double seconds = 0;
     double first_loss = 0, last_loss = 0;          // mean over the first and last 10 steps
-    double held_out_accuracy = 0, held_out_loss = 0;
+    double held_out_accuracy = 0, held_out_loss = 0;   // of the validation stream (the names predate the three streams)
     double held_out_mqar = 0, held_out_passkey = 0; // accuracy per task (-1 when none)
     TaskScores held_out_scores;                     // the last validation measurement per task and depth
     double seconds_per_step = 0;                    // median over the steps
