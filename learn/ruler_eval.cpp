@@ -303,7 +303,7 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
         const RulerRow& first = evals[0].rows[r];
         const std::string target = first.method == "dense" ? "-" : first.method == "diagonal" ? "(own)" : ([&] {
             char b[32];
-            std::snprintf(b, sizeof b, "%.1f%%", 100 * first.target);
+            std::snprintf(b, sizeof b, "%g%%", 100 * first.target);
             return std::string(b);
         })();
         std::snprintf(line, sizeof line, "| %s | %s | %.4f | %.4f | %s |", first.method.c_str(), target.c_str(), mean_std(density).mean,
@@ -354,11 +354,11 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     bool any_needle = false;
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {
         const RulerRow& first = evals[0].rows[r];
-        std::snprintf(line, sizeof line, "| %s | %s |", first.method.c_str(),
-                      first.method == "dense" ? "-" : (std::to_string(static_cast<int>(std::lround(1000 * first.target)) / 10.0).substr(0, 4) + "%").c_str());
+        char target[32];
+        std::snprintf(target, sizeof target, "%.3g%%", 100 * first.target);
+        std::snprintf(line, sizeof line, "| %s | %s |", first.method.c_str(), first.method == "dense" ? "-" : target);
         md += line;
-        PlotSeries series{first.method + (first.method == "dense" || first.method == "diagonal" ? "" : " " + std::to_string(std::lround(1000 * first.target) / 10.0).substr(0, 4) + "%"),
-                          {}, {}, colours[r % 8]};
+        PlotSeries series{first.method + (first.method == "dense" || first.method == "diagonal" ? "" : std::string(" ") + target), {}, {}, colours[r % 8]};
         for (int64_t d = 0; d < kDepths; ++d) {
             std::vector<double> v;
             for (const RulerEval& e : evals) v.push_back(needle_depth_accuracy(e.rows[r].scores, d));
