@@ -75,7 +75,9 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           alone, the untrained identity gate (exact q.k scores), the best fixed pattern at the
           density (chosen on --validation-inputs N (20) validation-stream sequences), and a
           trained --gate G.json if given; writes DIR/report.md, report.json, depth.png with
-          accuracy per task and per depth as mean +- standard deviation over the seeds
+          accuracy per task and per depth as mean +- standard deviation over the seeds.
+          --densities none: dense and the diagonal only. With --teachers, --n N measures
+          them at length N (not the one they were trained at)
 demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
 
 Common: --block B (16)  --threads T.  Q/K of another model instead of the teacher (pool,
@@ -484,7 +486,7 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     o.validation_inputs = args.integer("--validation-inputs", 20, 1, 1000000);
     if (const auto text = args.value("--densities")) {
         o.densities.clear();
-        for (const std::string& d : split_commas(*text)) {
+        for (const std::string& d : *text == "none" ? std::vector<std::string>{} : split_commas(*text)) {
             size_t used = 0;
             double v = -1;
             try {
@@ -508,6 +510,13 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
         for (const std::string& f : split_commas(*files)) {
             teachers.push_back(learn::teacher_load(f));
             labels.push_back(std::filesystem::path(f).filename().string());
+            // --n: measure at another length than the one trained at (how the positions generalise).
+            if (args.has("--n")) {
+                trained.push_back(labels.back() + " was trained at n = " + std::to_string(teachers.back().task.n) +
+                                  "; measured here at n = " + std::to_string(args.integer("--n", 1024, 16, 16384)));
+                teachers.back().task.n = args.integer("--n", 1024, 16, 16384);
+                learn::task_config_check(teachers.back().task);
+            }
         }
     } else {
         std::vector<uint64_t> seeds;   // all parsed before any training
@@ -543,7 +552,7 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     }
     std::string preamble = "# Learned sparsity: RULER-style tasks, trivial baselines, seeds\n\nCommand: `" + command_line(argv) + "`\n\n" +
                            teacher_text(teachers[0]);
-    for (const std::string& line : trained) preamble += "\n- Training, " + line + ".";
+    for (const std::string& line : trained) preamble += "\n- " + (args.has("--teachers") ? line : "Training, " + line) + ".";
     if (!trained.empty()) preamble += "\n";
     learn::ruler_report_write(evals, labels, dir, preamble);
     for (const learn::RulerRow& r : evals[0].rows)

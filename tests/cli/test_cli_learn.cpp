@@ -105,6 +105,18 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     std::ifstream in2(again / "report.json");
     const auto j2 = nlohmann::json::parse(in2);
     for (size_t row = 0; row < 4; ++row) CHECK(j2["rows"][row]["accuracy_mean"] == j["rows"][row]["accuracy_mean"]);
+    // Measured at another length: dense and the diagonal only, the report saying both lengths.
+    const fs::path longer = scratch("learn_ruler_longer");
+    fs::remove_all(longer);
+    r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + " --n 256 --densities none --test-inputs 5 -o " + quote(longer));
+    REQUIRE(r.code == 0);
+    std::ifstream in3(longer / "report.json");
+    const auto j3 = nlohmann::json::parse(in3);
+    CHECK(j3["n"] == 256);
+    CHECK(j3["rows"].size() == 2);
+    std::ifstream md3(longer / "report.md");
+    const std::string text3((std::istreambuf_iterator<char>(md3)), std::istreambuf_iterator<char>());
+    CHECK(text3.find("trained at n = 128; measured here at n = 256") != std::string::npos);
     r = run("learn ruler --seeds 1,x -o " + quote(scratch("learn_ruler_bad")));
     CHECK(r.code == 1);
     CHECK(r.out.find("--seeds expects whole numbers") != std::string::npos);
