@@ -636,11 +636,11 @@ TrainReport teacher_train(Teacher& teacher, const TrainOptions& o) {
         const TeacherResult r = teacher_evaluate(teacher, held_out, run);
         report.held_out_loss = r.loss;
         report.held_out_accuracy = r.answers ? static_cast<double>(r.correct) / static_cast<double>(r.answers) : 0;
-        const int64_t mq = r.answers - r.passkey_answers;
-        report.held_out_mqar = mq ? static_cast<double>(r.correct - r.passkey_correct) / static_cast<double>(mq) : -1;
-        report.held_out_passkey = r.passkey_answers ? static_cast<double>(r.passkey_correct) / static_cast<double>(r.passkey_answers) : -1;
         report.held_out_scores = TaskScores();
         report.held_out_scores.add(held_out, r.hits);
+        // task_kinds_single(): mqar is kind 0, passkey kind 1.
+        report.held_out_mqar = report.held_out_scores.kind_accuracy(0);
+        report.held_out_passkey = report.held_out_scores.kind_accuracy(1);
     };
     std::vector<double> step_times;
     int64_t tokens = 0;
