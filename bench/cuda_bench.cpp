@@ -136,6 +136,25 @@ int main(int argc, char** argv) try {
         const double flop = 4.0 * pairs * static_cast<double>(opt.d);
         const double density = pairs / (static_cast<double>(opt.batch * masks.heads) * masks.n * masks.n);
         const std::string name = std::filesystem::path(path).stem().string();
+        // Times one prepared kernel (one warm-up and one timed run size the rest: at least 3, at most
+        // --runs, within --budget-ms), prints its row and its CSV line. kernel: "15" or "bwd5";
+        // flop_factor: 1 for the forward, 2.5 for the backward.
+        const auto time_case = [&](const std::string& kernel, bool automatic, double flop_factor, auto&& time_runs) {
+            const float first = time_runs(1, 1)[0];
+            const int runs = std::clamp(static_cast<int>(opt.budget_ms / std::max(first, 1e-3f)), 3, opt.runs);
+            const double ms = median(time_runs(0, runs));
+            const double tflops = flop_factor * flop / (ms * 1e-3) / 1e12;
+            const std::string shown = (kernel.rfind("bwd", 0) == 0 ? "bwd " + kernel.substr(3) : kernel) + (automatic ? " (auto)" : "");
+            std::printf("| %s | %lld | %d | %lld | %.4f | %s | %.3f | %d | %.1f |\n", name.c_str(),
+                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density,
+                        shown.c_str(), ms, runs, tflops);
+            std::fflush(stdout);
+            if (csv) {
+                csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
+                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ',' << kernel << ',' << ms
+                    << ',' << runs << ',' << tflops << ',' << (automatic ? "auto" : "") << '\n';
+            }
+        };
         for (int kernel : opt.kernels) {
             if (kernel != 0 && !cuda_kernel_supports(kernel, opt.dtype, opt.d, masks.block)) continue;
             if (kernel == 1 && flop > opt.kernel1_max_tflop * 1e12) {
@@ -148,20 +167,7 @@ int main(int argc, char** argv) try {
             options.kernel = kernel;
             options.poison_outputs = false;
             cuda.prepare(q, k, v, masks, 0, options);
-            const std::string label = kernel == 0 ? std::to_string(cuda.kernel()) + " (auto)" : std::to_string(kernel);
-            const float first = cuda.time_runs(1, 1)[0];   // one warm-up, one timed: sizes the rest
-            const int runs = std::clamp(static_cast<int>(opt.budget_ms / std::max(first, 1e-3f)), 3, opt.runs);
-            const double ms = median(cuda.time_runs(0, runs));
-            const double tflops = flop / (ms * 1e-3) / 1e12;
-            std::printf("| %s | %lld | %d | %lld | %.4f | %s | %.3f | %d | %.1f |\n", name.c_str(),
-                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density,
-                        label.c_str(), ms, runs, tflops);
-            std::fflush(stdout);
-            if (csv) {
-                csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
-                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ',' << cuda.kernel()
-                    << ',' << ms << ',' << runs << ',' << tflops << ',' << (kernel == 0 ? "auto" : "") << '\n';
-            }
+            time_case(std::to_string(cuda.kernel()), kernel == 0, 1.0, [&](int w, int r) { return cuda.time_runs(w, r); });
         }
         if (opt.bwd_kernels.empty()) continue;
         // the backward from the engine's own forward (kernel 0) on the same inputs
@@ -178,20 +184,8 @@ int main(int argc, char** argv) try {
             options.poison_outputs = false;
             options.check_lse = false;
             backward.prepare(q, k, v, fwd.o, fwd.lse, d_o, masks, 0, options);
-            const std::string label = "bwd " + std::to_string(backward.kernel()) + (kernel == 0 ? " (auto)" : "");
-            const float first = backward.time_runs(1, 1)[0];
-            const int runs = std::clamp(static_cast<int>(opt.budget_ms / std::max(first, 1e-3f)), 3, opt.runs);
-            const double ms = median(backward.time_runs(0, runs));
-            const double tflops = 2.5 * flop / (ms * 1e-3) / 1e12;
-            std::printf("| %s | %lld | %d | %lld | %.4f | %s | %.3f | %d | %.1f |\n", name.c_str(),
-                        static_cast<long long>(masks.n), masks.block, static_cast<long long>(masks.heads), density,
-                        label.c_str(), ms, runs, tflops);
-            std::fflush(stdout);
-            if (csv) {
-                csv << name << ',' << masks.n << ',' << masks.block << ',' << masks.heads << ',' << opt.d << ',' << opt.batch
-                    << ',' << cuda_dtype_name(opt.dtype) << ',' << static_cast<long long>(pairs) << ",bwd" << backward.kernel()
-                    << ',' << ms << ',' << runs << ',' << tflops << ',' << (kernel == 0 ? "auto" : "") << '\n';
-            }
+            time_case("bwd" + std::to_string(backward.kernel()), kernel == 0, 2.5,
+                      [&](int w, int r) { return backward.time_runs(w, r); });
         }
     }
     return 0;

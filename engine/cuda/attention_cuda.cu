@@ -290,23 +290,12 @@ struct CudaAttention::Impl {
                 return;
             }
             if constexpr (!std::is_same_v<T, float>) {
-                auto with_dim = [&](auto d_tag) {
-                    constexpr int D = decltype(d_tag)::value;
-                    switch (block) {
-                    case 64: launch_tensor_core<T, D, 64>(); break;
-                    case 128: launch_tensor_core<T, D, 128>(); break;
-                    default: launch_tensor_core<T, D, 256>(); break;
-                    }
-                };
-                if (shape.d == 64) with_dim(Int<64>{});
-                else with_dim(Int<128>{});
+                with_tensor_core_shape(shape.d, block, [&](auto d_tag, auto b_tag) {
+                    launch_tensor_core<T, decltype(d_tag)::value, decltype(b_tag)::value>();
+                });
             }
         };
-        switch (dtype) {
-        case CudaDtype::float32: with_type(float{}); break;
-        case CudaDtype::bfloat16: with_type(__nv_bfloat16{}); break;
-        case CudaDtype::float16: with_type(__half{}); break;
-        }
+        with_dtype(dtype, with_type);
     }
 
     // Kernels 7 to 15's work items: every (head, query tile) with the number of key tiles it visits

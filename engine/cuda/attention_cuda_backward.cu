@@ -309,23 +309,12 @@ struct CudaAttentionBackward::Impl {
                 return;
             }
             if constexpr (!std::is_same_v<T, float>) {
-                auto with_dim = [&](auto d_tag) {
-                    constexpr int D = decltype(d_tag)::value;
-                    switch (block) {
-                    case 64: launch_kernel2<T, D, 64>(); break;
-                    case 128: launch_kernel2<T, D, 128>(); break;
-                    default: launch_kernel2<T, D, 256>(); break;
-                    }
-                };
-                if (shape.d == 64) with_dim(Int<64>{});
-                else with_dim(Int<128>{});
+                with_tensor_core_shape(shape.d, block, [&](auto d_tag, auto b_tag) {
+                    launch_kernel2<T, decltype(d_tag)::value, decltype(b_tag)::value>();
+                });
             }
         };
-        switch (dtype) {
-        case CudaDtype::float32: with_type(float{}); break;
-        case CudaDtype::bfloat16: with_type(__nv_bfloat16{}); break;
-        case CudaDtype::float16: with_type(__half{}); break;
-        }
+        with_dtype(dtype, with_type);
     }
 
     // The call's shape and kernel, and layer `layer` of `masks` on the device, both ways.

@@ -119,6 +119,30 @@ private:
 
 template <int V> using Int = std::integral_constant<int, V>;
 
+// The one switch from a call's runtime dtype to the element type the kernels are built for:
+// f(x) with x a float, __nv_bfloat16 or __half (its value unused).
+template <typename F> void with_dtype(CudaDtype dtype, F&& f) {
+    switch (dtype) {
+    case CudaDtype::float32: f(float{}); break;
+    case CudaDtype::bfloat16: f(__nv_bfloat16{}); break;
+    case CudaDtype::float16: f(__half{}); break;
+    }
+}
+
+// The tensor-core kernels' head dim (64, else 128) and mask block (64, 128, else 256) as template
+// parameters: f(Int<D>{}, Int<B>{}). The callers have checked that the kernel runs them.
+template <typename F> void with_tensor_core_shape(int64_t d, int32_t block, F&& f) {
+    const auto with_dim = [&](auto d_tag) {
+        switch (block) {
+        case 64: f(d_tag, Int<64>{}); break;
+        case 128: f(d_tag, Int<128>{}); break;
+        default: f(d_tag, Int<256>{}); break;
+        }
+    };
+    if (d == 64) with_dim(Int<64>{});
+    else with_dim(Int<128>{});
+}
+
 // Milliseconds of each of `runs` calls of run() (CUDA events around each on the default stream),
 // after `warmup` untimed ones: the engines' time_runs.
 template <typename Run> std::vector<float> time_event_runs(Run&& run, cudaEvent_t start, cudaEvent_t stop, int warmup, int runs) {
