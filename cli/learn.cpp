@@ -73,9 +73,14 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           DIR/teacher-seedS.bin), or read --teachers, and measure on --test-inputs N (100)
           test-stream sequences, at --densities D1,D2 (0.125): dense, the diagonal block
           alone, the untrained identity gate (exact q.k scores), the best fixed pattern at the
-          density (chosen on --validation-inputs N (20) validation-stream sequences), and a
-          trained --gate G.json if given; writes DIR/report.md, report.json, depth.png with
-          accuracy per task and per depth as mean +- standard deviation over the seeds.
+          density (chosen on --validation-inputs N (20) validation-stream sequences), a
+          trained --gate G.json if given, the cheap selectors (--selectors all|none (all):
+          MoBA, Quest, vertical-slash, DuoAttention with its heads chosen on validation) and
+          the pooled gate (trained per teacher on --pooled-gate-inputs N (64; 0: none)
+          training-stream sequences of --seed, width --pooled-gate-width W (32), at most
+          --pooled-gate-steps S (400) steps, early stopping on validation), each with its
+          selection time; writes DIR/report.md, report.json, depth.png with accuracy per task
+          and per depth as mean +- standard deviation over the seeds.
           --densities none: dense and the diagonal only. With --teachers, --n N measures
           them at length N (not the one they were trained at)
 demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
@@ -117,7 +122,8 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--share", "--inputs", "--input", "--hidden", "--gate", "--block", "--threads", "--q",
                                        "--k", "--search-inputs", "--qk-identity", "--gate-target", "--gate-query", "--gate-key", "--sharpness",
                                        "--own-block", "--shape-steps", "--head-dim", "--kv-heads", "--positions", "--needles", "--pairs",
-                                       "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from"};
+                                       "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from",
+                                       "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps"};
 const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
 
 // The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
@@ -484,6 +490,14 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     o.threads = c.threads;
     o.test_inputs = args.integer("--test-inputs", 100, 1, 1000000);
     o.validation_inputs = args.integer("--validation-inputs", 20, 1, 1000000);
+    const std::string selectors = args.value("--selectors").value_or("all");
+    if (selectors != "all" && selectors != "none") throw Error("learn ruler: --selectors expects all or none; got '" + selectors + "'");
+    o.selectors = selectors == "all";
+    o.pooled_gate_inputs = args.integer("--pooled-gate-inputs", 64, 0, 100000);
+    o.pooled_gate_width = args.integer("--pooled-gate-width", 32, 1, 1024);
+    o.pooled_gate_train.steps = args.integer("--pooled-gate-steps", 400, 1, 1000000);
+    o.train_seed = c.seed;
+    o.time_repeats = 11;   // the machine is shared: the median of more runs
     if (const auto text = args.value("--densities")) {
         o.densities.clear();
         for (const std::string& d : *text == "none" ? std::vector<std::string>{} : split_commas(*text)) {
@@ -547,6 +561,7 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
         if (t > 0 && (teachers[t].task.n != teachers[0].task.n || teachers[t].config.layers != teachers[0].config.layers ||
                       teachers[t].config.heads != teachers[0].config.heads || teachers[t].task.kind != teachers[0].task.kind))
             throw Error("learn ruler: the teachers differ in n, task or shape (" + labels[0] + " and " + labels[t] + "): give teachers of one config");
+        if (!args.has("--teachers")) o.train_seed = std::stoull(labels[t]);   // the pooled gate learns from the teacher's own training stream
         evals.push_back(learn::ruler_evaluate(teachers[t], o));
         std::fprintf(stderr, "evaluated %s\n", labels[t].c_str());
     }

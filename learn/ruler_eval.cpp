@@ -9,6 +9,7 @@
 #include "io/atomic_file.hpp"
 #include "learn/causal_mask.hpp"
 #include "learn/eval.hpp"
+#include "learn/selectors.hpp"
 #include "plot/plot_png.hpp"
 
 #include <nlohmann/json.hpp>
@@ -61,25 +62,61 @@ int64_t ruler_blocks_per_row(double density, int64_t blocks, bool causal) {
     return best;
 }
 
+namespace {
+
+// One method of the evaluation: its masks for any input, and what they are.
+struct Method {
+    std::string name;
+    double target = 0;
+    LayerMasks masks;
+    std::string detail;
+};
+
+// The teacher's dense q, k of every layer for a batch: [inputs][layers] of [1, heads, n, head_dim].
+TeacherCapture dense_capture(const Teacher& teacher, const TaskBatch& batch, int32_t block, int threads) {
+    TeacherCapture capture;
+    TeacherRunOptions run;
+    run.block = block;
+    run.capture = &capture;
+    run.threads = threads;
+    teacher_evaluate(teacher, batch, run);
+    return capture;
+}
+
+// The pooled gate's examples of a captured batch (dense targets: n^2 head_dim per head, in parallel).
+std::vector<std::vector<PooledGateExample>> gate_examples(const TeacherCapture& c, int32_t block, bool causal, int threads) {
+    std::vector<std::vector<PooledGateExample>> out(c.q.size());
+    parallel_for(static_cast<int64_t>(c.q.size()), threads, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b)
+            for (size_t l = 0; l < c.q[b].size(); ++l) out[b].push_back(pooled_gate_example(c.q[b][l], c.k[b][l], block, causal, true));
+    });
+    return out;
+}
+
+} // namespace
+
 RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     const int64_t n = teacher.task.n, L = teacher.config.layers, H = teacher.config.heads, hd = teacher.config.head_dim();
     const int64_t blocks = (n + o.block - 1) / o.block;
     const bool causal = teacher.config.causal;
     if (o.test_inputs < 1 || o.validation_inputs < 1) throw Error("ruler eval: test and validation inputs must each be at least 1");
+    if (o.chunk < 1) throw Error("ruler eval: chunk " + std::to_string(o.chunk) + " must be at least 1");
     if (o.gate && (o.gate->layers != L || o.gate->heads != H || o.gate->head_dim != hd || o.gate->block != o.block))
         throw Error("ruler eval: the gate (" + std::to_string(o.gate->layers) + " layers x " + std::to_string(o.gate->heads) +
                     " heads, block " + std::to_string(o.gate->block) + ") does not fit the teacher (" + std::to_string(L) + " x " +
                     std::to_string(H) + ", block " + std::to_string(o.block) + ")");
-    const TaskBatch test = task_batch(teacher.task, task_stream_seed(TaskStream::test, 0), 0, o.test_inputs);
+    const uint64_t test_seed = task_stream_seed(TaskStream::test, 0);
     const TaskBatch validation = task_batch(teacher.task, task_stream_seed(TaskStream::validation, 0), 0, o.validation_inputs);
-    TeacherCapture dense;
-    TeacherRunOptions run;
-    run.block = o.block;
-    run.capture = &dense;
-    run.threads = o.threads;
-    const TeacherResult dense_result = teacher_evaluate(teacher, test, run);
     const double denominator = causal ? static_cast<double>(causal_block_count(n, o.block)) : static_cast<double>(blocks * blocks);
     auto cut = [&](const MaskSet& m) { return causal ? mask_set_restrict_causal(m) : m; };
+    auto validation_accuracy = [&](const MaskSet* masks, const MaskChooser& chooser) {
+        TeacherRunOptions v;
+        v.block = o.block;
+        v.masks = masks;
+        v.chooser = chooser;
+        v.threads = o.threads;
+        return accuracy_of(teacher_evaluate(teacher, validation, v));
+    };
     RulerEval eval;
     eval.n = n;
     eval.block = o.block;
@@ -87,80 +124,49 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     eval.test_inputs = o.test_inputs;
     eval.validation_inputs = o.validation_inputs;
 
-    auto timings = [&](RulerRow& row, const LayerMasks& masks) {
-        MaskSet m;
-        row.select_ms = median_ms(o.time_repeats, [&] { m = cut(masks(0, dense.q[0][0], dense.k[0][0])); });
-        AttentionOptions one;
-        one.threads = 1;
-        row.forward_ms = median_ms(o.time_repeats, [&] { attention_forward(dense.q[0][0], dense.k[0][0], dense.v[0][0], m, 0, one); });
-    };
-    auto measure = [&](const std::string& method, double target, const LayerMasks& masks, const std::string& detail) {
-        RulerRow row;
-        row.method = method;
-        row.target = target;
-        row.detail = detail;
-        // Recall and density on the teacher's own q, k of every layer.
-        std::vector<double> recall(static_cast<size_t>(o.test_inputs), 0.0), density(static_cast<size_t>(o.test_inputs), 0.0);
-        parallel_for(o.test_inputs, o.threads, [&](int64_t begin, int64_t end) {
-            AttentionOptions one;
-            one.threads = 1;
-            for (int64_t b = begin; b < end; ++b)
-                for (int64_t l = 0; l < L; ++l) {
-                    const MaskSet m = cut(masks(l, dense.q[b][l], dense.k[b][l]));
-                    const AttentionOutput out = attention_forward(dense.q[b][l], dense.k[b][l], dense.v[b][l], m, 0, one);
-                    for (int64_t h = 0; h < H; ++h) {
-                        for (int64_t i = 0; i < n; ++i) {
-                            const double kept = out.lse.at(0, h, i, 0), all = dense.lse[b][l].at(0, h, i, 0);
-                            recall[b] += std::isfinite(kept) ? std::min(1.0, std::exp(kept - all)) : 0.0;
-                        }
-                        density[b] += static_cast<double>(m.at(0, h).kept_blocks()) / denominator / static_cast<double>(H);
-                    }
-                }
-        });
-        row.recall = row.density = 0;
-        for (int64_t b = 0; b < o.test_inputs; ++b) {
-            row.recall += recall[b] / static_cast<double>(o.test_inputs * L * H * n);
-            row.density += density[b] / static_cast<double>(o.test_inputs * L);
-        }
-        TeacherRunOptions student;
-        student.block = o.block;
-        student.chooser = masks;
-        student.threads = o.threads;
-        row.scores.add(test, teacher_evaluate(teacher, test, student).hits);
-        timings(row, masks);
-        eval.rows.push_back(std::move(row));
-    };
-
-    // The dense teacher.
-    {
-        RulerRow row;
-        row.method = "dense";
-        row.detail = causal ? "the causal mask" : "attend = dense";
-        row.scores.add(test, dense_result.hits);
-        const MaskSet full = causal ? mask_set_causal(n, o.block, 1, H) : mask_set_dense(n, o.block, 1, H);
-        timings(row, [&](int64_t, const Tensor&, const Tensor&) { return full; });
-        eval.rows.push_back(std::move(row));
-    }
+    // Every method but dense, chosen or trained before any test sequence is seen.
+    std::vector<Method> methods;
     // The diagonal block alone: every query block keeps its own block and nothing else.
     {
         std::vector<std::vector<int32_t>> rows(static_cast<size_t>(blocks));
         for (int64_t r = 0; r < blocks; ++r) rows[r].push_back(static_cast<int32_t>(r));
         const auto own = std::make_shared<BlockMask>(block_mask_from_rows(n, o.block, rows));
         const MaskSet set = mask_set_make(1, H, std::vector<std::shared_ptr<const BlockMask>>(static_cast<size_t>(H), own));
-        measure("diagonal", 1.0 / static_cast<double>(blocks), [&](int64_t, const Tensor&, const Tensor&) { return set; },
-                "the own block alone (band(0))");
-        eval.rows.back().target = eval.rows.back().density;
+        methods.push_back({"diagonal", 1.0 / static_cast<double>(blocks), [set](int64_t, const Tensor&, const Tensor&) { return set; },
+                           "the own block alone (band(0))"});
     }
-    const BlockGate identity = gate_identity(L, H, hd, o.block, causal);
+    // The pooled gate, trained once for every density.
+    auto pooled = std::make_shared<PooledGate>();
+    std::string pooled_text;
+    if (o.pooled_gate_inputs > 0) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const TaskBatch train = task_batch(teacher.task, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.pooled_gate_inputs);
+        const auto train_examples = gate_examples(dense_capture(teacher, train, o.block, o.threads), o.block, causal, o.threads);
+        const auto validation_examples = gate_examples(dense_capture(teacher, validation, o.block, o.threads), o.block, causal, o.threads);
+        *pooled = pooled_gate_init(L, H, hd, o.pooled_gate_width, o.block, causal, o.train_seed);
+        const PooledGateTrainReport r = pooled_gate_train(*pooled, train_examples, validation_examples, o.pooled_gate_train);
+        char line[512];
+        std::snprintf(line, sizeof line,
+                      "pooled gate: width %lld, trained on %lld training-stream sequences (seed %llu, from index 2^40) for at most %lld "
+                      "steps (the longest head ran %lld): KL on them %.4f -> %.4f; validation KL %.4f -> %.4f (best, kept) in %.1f s",
+                      static_cast<long long>(o.pooled_gate_width), static_cast<long long>(o.pooled_gate_inputs),
+                      static_cast<unsigned long long>(o.train_seed), static_cast<long long>(o.pooled_gate_train.steps),
+                      static_cast<long long>(r.steps), r.first_train, r.last_train, r.first_validation, r.best_validation,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        eval.notes.push_back(line);
+        pooled_text = line;
+    }
     const std::vector<SearchCandidate> candidates = search_candidates(n, o.block);
     for (double target : o.densities) {
         const int64_t keep = ruler_blocks_per_row(target, blocks, causal);
         const std::string per_row = std::to_string(keep) + (keep == 1 ? " block per row" : " blocks per row");
-        measure("identity gate", target, [&](int64_t l, const Tensor& q, const Tensor& k) { return gate_masks(identity, l, q, k, keep); },
-                per_row + ", the diagonal then the top blocks by exact q.k scores (untrained, costs a dense q k^T)");
+        // The identity gate's masks through select_exact (the same masks, tested; float products).
+        methods.push_back({"identity gate", target,
+                           [so = SelectorOptions{o.block, keep, causal}](int64_t, const Tensor& q, const Tensor& k) { return select_exact(q, k, so); },
+                           per_row + ", the diagonal then the top blocks by exact q.k scores (untrained, costs a dense q k^T)"});
         if (o.gate)
-            measure("gate", target, [&](int64_t l, const Tensor& q, const Tensor& k) { return gate_masks(*o.gate, l, q, k, keep); },
-                    per_row + ", the trained gate");
+            methods.push_back({"gate", target, [g = o.gate, keep](int64_t l, const Tensor& q, const Tensor& k) { return gate_masks(*g, l, q, k, keep); },
+                               per_row + ", the trained gate"});
         // The best fixed pattern at this density: every candidate of the search's families and the
         // prelude's Longformer and BigBird, the same mask in every head, at a density (after the
         // causal cut) not above the target; the most accurate on the validation stream wins.
@@ -178,11 +184,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
             const double d = static_cast<double>(set.at(0, 0).kept_blocks()) / denominator;
             const bool fits = d <= target + 1e-9;
             if (!fits && !(best_accuracy < 0 && d < smallest)) continue;
-            TeacherRunOptions v;
-            v.block = o.block;
-            v.masks = &set;
-            v.threads = o.threads;
-            const double acc = fits ? accuracy_of(teacher_evaluate(teacher, validation, v)) : -0.5;   // none fits: the smallest
+            const double acc = fits ? validation_accuracy(&set, {}) : -0.5;   // none fits: the smallest
             if (!fits) smallest = d;
             if (acc > best_accuracy || (acc == best_accuracy && d < best_density)) {
                 best_accuracy = acc;
@@ -191,10 +193,129 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
                 best_set = set;
             }
         }
-        char detail[256];
+        char detail[512];
         std::snprintf(detail, sizeof detail, "%s (validation accuracy %.2f%%)", best.c_str(), 100 * std::max(0.0, best_accuracy));
-        measure("best fixed", target, [&](int64_t, const Tensor&, const Tensor&) { return best_set; }, detail);
+        methods.push_back({"best fixed", target, [best_set](int64_t, const Tensor&, const Tensor&) { return best_set; }, detail});
+        if (o.selectors) {
+            const SelectorOptions so{o.block, keep, causal};
+            methods.push_back({"moba", target, [so](int64_t, const Tensor& q, const Tensor& k) { return select_moba(q, k, so); },
+                               per_row + ", the diagonal then the top blocks by mean query . mean key"});
+            methods.push_back({"quest", target, [so](int64_t, const Tensor& q, const Tensor& k) { return select_quest(q, k, so); },
+                               per_row + ", the diagonal then the top blocks by Quest's bound (the largest over the block's queries)"});
+            methods.push_back({"vertical-slash", target,
+                               [so, m = o.last_queries](int64_t, const Tensor& q, const Tensor& k) { return select_vertical_slash(q, k, so, m); },
+                               per_row + ", the diagonal then the top columns and diagonals of the last " + std::to_string(o.last_queries) +
+                                   " queries' attention"});
+            // DuoAttention: as many dense (retrieval) heads as the budget holds, ranked on the
+            // validation stream by the accuracy lost when each head alone streams.
+            const DuoBudget budget = duo_budget(n, o.block, L * H, target, causal);
+            std::vector<bool> retrieval(static_cast<size_t>(L * H), false);
+            std::string ranking;
+            if (budget.retrieval > 0) {
+                std::vector<std::pair<double, int64_t>> loss;   // (accuracy with the head streaming, head)
+                for (int64_t lh = 0; lh < L * H; ++lh) {
+                    std::vector<bool> one(static_cast<size_t>(L * H), true);
+                    one[lh] = false;
+                    loss.emplace_back(validation_accuracy(nullptr, [&, one](int64_t l, const Tensor&, const Tensor&) {
+                                          return duo_masks(n, o.block, std::vector<bool>(one.begin() + l * H, one.begin() + (l + 1) * H), budget, causal);
+                                      }),
+                                      lh);
+                }
+                std::stable_sort(loss.begin(), loss.end());
+                for (int64_t i = 0; i < budget.retrieval; ++i) retrieval[loss[i].second] = true;
+                for (const auto& [acc, lh] : loss) {
+                    char b[96];
+                    std::snprintf(b, sizeof b, "%sL%lldH%lld %.1f%%", ranking.empty() ? "" : ", ", static_cast<long long>(lh / H),
+                                  static_cast<long long>(lh % H), 100 * acc);
+                    ranking += b;
+                }
+            }
+            std::string heads;
+            for (int64_t lh = 0; lh < L * H; ++lh)
+                if (retrieval[lh]) heads += (heads.empty() ? "" : ", ") + ("L" + std::to_string(lh / H) + "H" + std::to_string(lh % H));
+            const std::string duo_detail =
+                std::to_string(budget.retrieval) + " of " + std::to_string(L * H) + " heads dense" + (heads.empty() ? "" : " (" + heads + ")") +
+                ", the rest 1 sink block + a window of " + std::to_string(budget.window_blocks) + " blocks" +
+                (ranking.empty() ? std::string(budget.retrieval == 0 ? " (one dense head is over the budget)" : "")
+                                 : "; validation accuracy with each head alone streaming: " + ranking);
+            methods.push_back({"duo", target,
+                               [=](int64_t l, const Tensor&, const Tensor&) {
+                                   return duo_masks(n, o.block, std::vector<bool>(retrieval.begin() + l * H, retrieval.begin() + (l + 1) * H), budget,
+                                                    causal);
+                               },
+                               duo_detail});
+        }
+        if (o.pooled_gate_inputs > 0)
+            methods.push_back({"pooled gate", target, [pooled, keep](int64_t l, const Tensor& q, const Tensor& k) { return pooled_gate_masks(*pooled, l, q, k, keep); },
+                               per_row + ", the diagonal then the top blocks by the " + pooled_text});
     }
+
+    // The test stream, a chunk at a time: dense first, then every method on the same sequences.
+    std::vector<RulerRow> rows(methods.size() + 1);
+    rows[0].method = "dense";
+    rows[0].detail = causal ? "the causal mask" : "attend = dense";
+    for (size_t m = 0; m < methods.size(); ++m) {
+        rows[m + 1].method = methods[m].name;
+        rows[m + 1].target = methods[m].target;
+        rows[m + 1].detail = methods[m].detail;
+        rows[m + 1].recall = rows[m + 1].density = 0;
+    }
+    Tensor q0, k0, v0;   // layer 0 of the first test sequence: what the timings run on
+    for (int64_t first = 0; first < o.test_inputs; first += o.chunk) {
+        const int64_t count = std::min(o.chunk, o.test_inputs - first);
+        const TaskBatch test = task_batch(teacher.task, test_seed, first, count);
+        TeacherCapture dense;
+        TeacherRunOptions run;
+        run.block = o.block;
+        run.capture = &dense;
+        run.threads = o.threads;
+        rows[0].scores.add(test, teacher_evaluate(teacher, test, run).hits);
+        if (first == 0) q0 = dense.q[0][0], k0 = dense.k[0][0], v0 = dense.v[0][0];
+        for (size_t m = 0; m < methods.size(); ++m) {
+            RulerRow& row = rows[m + 1];
+            // Recall and density on the teacher's own q, k of every layer.
+            std::vector<double> recall(static_cast<size_t>(count), 0.0), density(static_cast<size_t>(count), 0.0);
+            parallel_for(count, o.threads, [&](int64_t begin, int64_t end) {
+                AttentionOptions one;
+                one.threads = 1;
+                for (int64_t b = begin; b < end; ++b)
+                    for (int64_t l = 0; l < L; ++l) {
+                        const MaskSet mask = cut(methods[m].masks(l, dense.q[b][l], dense.k[b][l]));
+                        const AttentionOutput out = attention_forward(dense.q[b][l], dense.k[b][l], dense.v[b][l], mask, 0, one);
+                        for (int64_t h = 0; h < H; ++h) {
+                            for (int64_t i = 0; i < n; ++i) {
+                                const double kept = out.lse.at(0, h, i, 0), all = dense.lse[b][l].at(0, h, i, 0);
+                                recall[b] += std::isfinite(kept) ? std::min(1.0, std::exp(kept - all)) : 0.0;
+                            }
+                            density[b] += static_cast<double>(mask.at(0, h).kept_blocks()) / denominator / static_cast<double>(H);
+                        }
+                    }
+            });
+            for (int64_t b = 0; b < count; ++b) {
+                row.recall += recall[b] / static_cast<double>(o.test_inputs * L * H * n);
+                row.density += density[b] / static_cast<double>(o.test_inputs * L);
+            }
+            TeacherRunOptions student;
+            student.block = o.block;
+            student.chooser = methods[m].masks;
+            student.threads = o.threads;
+            row.scores.add(test, teacher_evaluate(teacher, test, student).hits);
+        }
+    }
+    // Timings, every method on the same input: select (the masks of one layer, cut to causal) and
+    // the sparse attention they give, each on 1 thread, the median of time_repeats.
+    auto timings = [&](RulerRow& row, const LayerMasks& masks) {
+        MaskSet m;
+        row.select_ms = median_ms(o.time_repeats, [&] { m = cut(masks(0, q0, k0)); });
+        AttentionOptions one;
+        one.threads = 1;
+        row.forward_ms = median_ms(o.time_repeats, [&] { attention_forward(q0, k0, v0, m, 0, one); });
+    };
+    const MaskSet full = causal ? mask_set_causal(n, o.block, 1, H) : mask_set_dense(n, o.block, 1, H);
+    timings(rows[0], [&](int64_t, const Tensor&, const Tensor&) { return full; });
+    for (size_t m = 0; m < methods.size(); ++m) timings(rows[m + 1], methods[m].masks);
+    rows[1].target = rows[1].density;   // the diagonal: its own density
+    eval.rows = std::move(rows);
     return eval;
 }
 
@@ -270,9 +391,12 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     std::string md = preamble;
     char line[1024];
     std::snprintf(line, sizeof line,
-                  "\nEvery figure is from the **test stream** (%lld sequences of n = %lld, block %d, the same for every seed); the best "
-                  "fixed pattern is chosen on the validation stream (%lld sequences), early stopping on the validation stream too. "
-                  "%zu training seed%s (%s)%s. Density: kept blocks / the %s mask's blocks.\n\n",
+                  "\nEvery figure is from the **test stream** (%lld sequences of n = %lld, block %d, the same for every seed); every "
+                  "choice is made on the validation stream (%lld sequences): the best fixed pattern, DuoAttention's retrieval heads, the "
+                  "pooled gate's early stopping and the teachers' own. "
+                  "%zu training seed%s (%s)%s. Density: kept blocks / the %s mask's blocks. Times: one layer, all heads, 1 thread, "
+                  "median; select ms chooses the masks (for the identity gate: a dense q k^T), forward ms runs the sparse attention; "
+                  "select / dense is select ms over the dense row's forward ms (the dense attention selection must stay well below).\n\n",
                   static_cast<long long>(evals[0].test_inputs), static_cast<long long>(evals[0].n), evals[0].block,
                   static_cast<long long>(evals[0].validation_inputs), evals.size(), several ? "s" : "",
                   [&] {
@@ -284,9 +408,12 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     md += line;
     md += "| method | target | density | recall | all answers |";
     for (size_t k : present) md += " " + task_kind_name(kinds[k]) + " |";
-    md += " select ms | forward ms |\n|---|---:|---:|---:|---:|";
+    md += " select ms | forward ms | select / dense |\n|---|---:|---:|---:|---:|";
     for (size_t i = 0; i < present.size(); ++i) md += "---:|";
-    md += "---:|---:|\n";
+    md += "---:|---:|---:|\n";
+    std::vector<double> dense_forward;   // the dense row's forward ms per seed
+    for (const RulerEval& e : evals) dense_forward.push_back(e.rows[0].forward_ms);
+    const double dense_ms = mean_std(dense_forward).mean;
     nlohmann::json rows_json = nlohmann::json::array();
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {
         std::vector<double> all, recall, density, select, forward;
@@ -310,7 +437,8 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
                       mean_std(recall).mean, percent(mean_std(all), several).c_str());
         md += line;
         for (size_t k : present) md += " " + percent(mean_std(per_kind[k]), several) + " |";
-        std::snprintf(line, sizeof line, " %.3f | %.3f |\n", mean_std(select).mean, mean_std(forward).mean);
+        std::snprintf(line, sizeof line, " %.3f | %.3f | %.1f%% |\n", mean_std(select).mean, mean_std(forward).mean,
+                      dense_ms > 0 ? 100 * mean_std(select).mean / dense_ms : 0.0);
         md += line;
         nlohmann::json jr = {{"method", first.method}, {"target_density", first.target}, {"per_seed", nlohmann::json::array()}};
         for (size_t s = 0; s < evals.size(); ++s) {
@@ -331,7 +459,13 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
                       static_cast<long long>(evals[0].rows[0].scores.kind_answers(present[i])));
         md += line;
     }
-    md += ".\n\nWhat each row is, per seed:\n\n";
+    md += ".\n";
+    if (!evals[0].notes.empty()) {
+        md += "\nTrained or chosen on the way, per seed:\n\n";
+        for (size_t s = 0; s < evals.size(); ++s)
+            for (const std::string& note : evals[s].notes) md += "- seed " + seeds[s] + ": " + note + "\n";
+    }
+    md += "\nWhat each row is, per seed:\n\n";
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {
         md += "- " + evals[0].rows[r].method + ": ";
         for (size_t s = 0; s < evals.size(); ++s) md += (s ? "; " : "") + ("seed " + seeds[s] + ": ") + evals[s].rows[r].detail;
@@ -344,13 +478,28 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     md += "\n|---|---:|";
     for (int64_t d = 0; d < kDepths; ++d) md += "---:|";
     md += "\n";
+    // The picture: dense, the diagonal and every method at the largest target density (all of
+    // them at every density would be more lines than colours tell apart; the table has them all).
+    double plotted = 0;
+    for (const RulerRow& row : evals[0].rows)
+        if (row.method != "dense" && row.method != "diagonal") plotted = std::max(plotted, row.target);
     Plot plot;
-    plot.title = "needle accuracy per depth (test stream, mean over seeds)";
+    char title[160];
+    std::snprintf(title, sizeof title, "needle accuracy per depth, methods at %.3g%% (test stream, mean over seeds)", 100 * plotted);
+    plot.title = title;
     plot.x_label = "depth of the needle (bucket start)";
     plot.y_label = "accuracy";
     plot.x_max = 0.9;
     plot.y_percent = true;
-    const uint32_t colours[] = {0x7f7f7f, 0x8c564b, 0x1f77b4, 0xd62728, 0x2ca02c, 0xff7f0e, 0x9467bd, 0x17becf};
+    const std::vector<std::pair<std::string, uint32_t>> colours = {
+        {"dense", 0x000000},      {"diagonal", 0x8c564b}, {"identity gate", 0x1f77b4}, {"gate", 0x17becf},
+        {"best fixed", 0x7f7f7f}, {"moba", 0xff7f0e},     {"quest", 0x2ca02c},         {"vertical-slash", 0x9467bd},
+        {"duo", 0xbcbd22},        {"pooled gate", 0xd62728}};
+    auto colour_of = [&](const std::string& method) {
+        for (const auto& [name, rgb] : colours)
+            if (name == method) return rgb;
+        return uint32_t{0xe377c2};
+    };
     bool any_needle = false;
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {
         const RulerRow& first = evals[0].rows[r];
@@ -358,7 +507,8 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
         std::snprintf(target, sizeof target, "%.3g%%", 100 * first.target);
         std::snprintf(line, sizeof line, "| %s | %s |", first.method.c_str(), first.method == "dense" ? "-" : target);
         md += line;
-        PlotSeries series{first.method + (first.method == "dense" || first.method == "diagonal" ? "" : std::string(" ") + target), {}, {}, colours[r % 8]};
+        const bool own = first.method == "dense" || first.method == "diagonal";
+        PlotSeries series{first.method, {}, {}, colour_of(first.method)};
         for (int64_t d = 0; d < kDepths; ++d) {
             std::vector<double> v;
             for (const RulerEval& e : evals) v.push_back(needle_depth_accuracy(e.rows[r].scores, d));
@@ -371,7 +521,7 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
             }
         }
         md += "\n";
-        plot.series.push_back(series);
+        if (own || first.target == plotted) plot.series.push_back(series);
     }
     if (any_needle) md += "\n![accuracy per depth](depth.png)\n";
     nlohmann::json j = {{"n", evals[0].n}, {"block", evals[0].block}, {"causal", evals[0].causal}, {"test_inputs", evals[0].test_inputs},

@@ -1,12 +1,15 @@
 // The RULER-style evaluation of a teacher and its selectors: per task and per depth accuracy on the
 // test stream, with the trivial baselines always beside any method (the diagonal block alone, the
 // untrained identity gate, the best fixed pattern at the same density, chosen on the validation
-// stream), and a report over several training seeds as mean and standard deviation.
+// stream), the cheap selectors of selectors.hpp and the pooled gate of pooled_gate.hpp with their
+// selection time beside the attention they save, and a report over several training seeds as
+// mean and standard deviation.
 //
 // Index: [SECTION] one teacher, [SECTION] several seeds and the report
 #pragma once
 
 #include "learn/distill.hpp"
+#include "learn/pooled_gate.hpp"
 #include "learn/teacher.hpp"
 
 #include <cstdint>
@@ -25,16 +28,30 @@ struct RulerEvalOptions {
     int time_repeats = 5;              // timings per row; the median is reported
     int threads = 0;
     const BlockGate* gate = nullptr;   // a trained gate, measured beside the baselines when given
+    // The training-free selectors at every density: MoBA, Quest, vertical-slash (from the last
+    // `last_queries` queries) and DuoAttention (retrieval heads ranked on the validation stream by
+    // the accuracy lost when each head alone is made streaming).
+    bool selectors = false;
+    int64_t last_queries = 64;
+    // The pooled gate: trained (width pooled_gate_width) on this many training-stream sequences
+    // (stream train_seed, from index kCalibrationFirst), early stopping on the validation stream;
+    // 0: none.
+    int64_t pooled_gate_inputs = 0;
+    int64_t pooled_gate_width = 32;
+    PooledGateTrainOptions pooled_gate_train;
+    uint64_t train_seed = 1;
+    int64_t chunk = 100;   // test sequences captured at a time (memory: the dense q, k, v of a chunk)
 };
 
 struct RulerRow {
-    std::string method;        // dense, diagonal, identity gate, best fixed, gate
+    std::string method;        // dense, diagonal, identity gate, gate, best fixed, moba, quest, vertical-slash, duo, pooled gate
     double target = 1;         // target block density (the diagonal: its own)
     double density = 1;        // kept blocks / the dense mask's blocks (causal: of the causal mask), mean
     double recall = 1;         // share of the teacher's attention mass kept (its own q, k), mean over rows
     TaskScores scores;         // the student's answers on the test stream, per task and depth
     double select_ms = 0;      // choosing one layer's masks for an input, all heads, 1 thread, median
     double forward_ms = 0;     // one layer's sparse attention, all heads, 1 thread, median
+                               // (select_ms and forward_ms: layer 0 of the first test sequence)
     std::string detail;        // what the mask is (the chosen pattern, blocks per row)
 };
 
@@ -43,6 +60,7 @@ struct RulerEval {
     int64_t n = 0, test_inputs = 0, validation_inputs = 0;
     int32_t block = 16;
     bool causal = false;
+    std::vector<std::string> notes;   // what was trained or chosen on the way (the pooled gate's KL, the Duo heads)
 };
 
 // Key blocks per query block for a target density: round(density * blocks) for a bidirectional

@@ -1,6 +1,6 @@
 // Training-free block selectors (MoBA, Quest, vertical and slash, DuoAttention): see selectors.hpp.
 //
-// Index: [SECTION] shared, [SECTION] MoBA, [SECTION] Quest, [SECTION] vertical and slash,
+// Index: [SECTION] shared, [SECTION] exact scores, [SECTION] MoBA, [SECTION] Quest, [SECTION] vertical and slash,
 //        [SECTION] DuoAttention
 #include "learn/selectors.hpp"
 
@@ -68,6 +68,34 @@ template <typename Scores> MaskSet top_k_set(const Tensor& q, const SelectorOpti
 
 } // namespace
 
+// [SECTION] exact scores
+
+MaskSet select_exact(const Tensor& q, const Tensor& k, const SelectorOptions& o) {
+    check_inputs(q, k, o, "exact");
+    const int64_t n = q.shape.n, B = o.block, blocks = (n + B - 1) / B;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(q.shape.d));
+    return top_k_set(q, o, [&](int64_t h) {
+        const ConstRows queries = head_rows(q, h), keys = head_rows(k, h);
+        std::vector<double> score(static_cast<size_t>(blocks * blocks), 0.0);
+        Eigen::ArrayXf e(n);
+        for (int64_t r = 0; r < blocks; ++r) {
+            const int64_t begin = r * B, count = std::min<int64_t>(B, n - begin);
+            const Matrix s = queries.middleRows(begin, count) * keys.transpose() * scale;   // S = Q_r K^T / sqrt(d): [count, n]
+            for (int64_t a = 0; a < count; ++a) {
+                const auto row = s.row(a).array();
+                e = (row - row.maxCoeff()).exp();
+                const double total = e.cast<double>().sum();
+                for (int64_t c = 0; c < blocks; ++c) {
+                    const int64_t kb = c * B, kc = std::min<int64_t>(B, n - kb);
+                    const double share = e.segment(kb, kc).cast<double>().sum() / total;
+                    score[r * blocks + c] = std::max(score[r * blocks + c], share);
+                }
+            }
+        }
+        return score;
+    });
+}
+
 // [SECTION] MoBA
 
 std::vector<double> moba_scores(const Tensor& q, const Tensor& k, int64_t head, int32_t block) {
@@ -115,20 +143,20 @@ VerticalSlash vertical_slash_estimate(const Tensor& q, const Tensor& k, int64_t 
     Matrix s = queries.middleRows(first, m) * keys.transpose();
     s *= 1.0f / std::sqrt(static_cast<float>(d));
     VerticalSlash e;
-    e.vertical.assign(static_cast<size_t>(n), 0.0);
-    e.slash.assign(static_cast<size_t>(causal ? n : 2 * n - 1), 0.0);
+    Eigen::ArrayXd vertical = Eigen::ArrayXd::Zero(n), slash = Eigen::ArrayXd::Zero(causal ? n : 2 * n - 1);
+    Eigen::ArrayXf p(n);
     for (int64_t a = 0; a < m; ++a) {
-        const int64_t i = first + a, keys_seen = causal ? i + 1 : n;
-        const float* row = s.data() + a * n;
-        const float top = *std::max_element(row, row + keys_seen);
-        double total = 0;
-        for (int64_t j = 0; j < keys_seen; ++j) total += std::exp(static_cast<double>(row[j] - top));
-        for (int64_t j = 0; j < keys_seen; ++j) {
-            const double p = std::exp(static_cast<double>(row[j] - top)) / total;
-            e.vertical[j] += p;
-            e.slash[causal ? i - j : i - j + n - 1] += p;
-        }
+        const int64_t i = first + a, seen = causal ? i + 1 : n;
+        const auto row = s.row(a).head(seen).array();
+        p.head(seen) = (row - row.maxCoeff()).exp();
+        p.head(seen) /= p.head(seen).sum();
+        vertical.head(seen) += p.head(seen).cast<double>();
+        // slash[i - j] += p_j: offsets i - j for j = 0 .. seen - 1 run from i down to i - seen + 1.
+        const int64_t low = causal ? i - seen + 1 : i - seen + 1 + n - 1;
+        slash.segment(low, seen) += p.head(seen).reverse().cast<double>();
     }
+    e.vertical.assign(vertical.data(), vertical.data() + vertical.size());
+    e.slash.assign(slash.data(), slash.data() + slash.size());
     return e;
 }
 

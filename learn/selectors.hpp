@@ -8,7 +8,10 @@
 // candidates, so row r keeps min(keep, r + 1) blocks. Ties go to the lower key block, so the
 // choice is a deterministic function of q and k.
 //
-// Index: [SECTION] MoBA, [SECTION] Quest, [SECTION] vertical and slash, [SECTION] DuoAttention
+// Also the exact-score selector, the trivial baseline every cheap one is measured against.
+//
+// Index: [SECTION] exact scores, [SECTION] MoBA, [SECTION] Quest, [SECTION] vertical and slash,
+//        [SECTION] DuoAttention
 #pragma once
 
 #include "engine/block_mask.hpp"
@@ -25,6 +28,16 @@ struct SelectorOptions {
     int64_t keep = 4;      // key blocks per query block, the diagonal included (1 to blocks)
     bool causal = true;    // key blocks after the query block are never candidates
 };
+
+// [SECTION] exact scores
+
+// The untrained identity gate's choice (distill.hpp: gate_identity, then gate_masks), computed with
+// float products instead of its double loops: the same masks but for near-ties (tested). Each
+// query row i's share of its softmax(q_i k^T / sqrt(d)) per key block (over every key, as the
+// gate's row targets are: in a causal row the later keys count in the total but their blocks are
+// never kept), a block row's score per key block the largest share among its rows, top `keep`.
+// It costs a dense q k^T (n^2 d per head): the exact-score reference, not a cheap selector.
+MaskSet select_exact(const Tensor& q, const Tensor& k, const SelectorOptions& options);
 
 // [SECTION] MoBA
 

@@ -2,12 +2,13 @@
 // attention: a key block made to match a query block must be picked by MoBA, Quest and the trained
 // gate; a planted column and a planted diagonal by vertical-slash; every selector keeps the
 // diagonal, no block after the query block (causal), exactly min(keep, r + 1) blocks per row, the
-// same choice twice; DuoAttention's budget stays within its density; the gate's gradient matches
+// same choice twice; the exact-score selector keeps the identity gate's blocks; DuoAttention's budget stays within its density; the gate's gradient matches
 // finite differences and training lowers its validation KL.
 #include "learn/pooled_gate.hpp"
 #include "learn/selectors.hpp"
 
 #include "learn/causal_mask.hpp"
+#include "learn/distill.hpp"
 
 #include "engine/error.hpp"
 
@@ -209,4 +210,17 @@ TEST_CASE("pooled gate: training lowers the validation KL and then picks a plant
     const PooledGate back = pooled_gate_load(path);
     CHECK(back.params == gate.params);
     std::filesystem::remove(path);
+}
+
+TEST_CASE("the exact-score selector keeps the identity gate's blocks", "[selectors]") {
+    const int64_t n = 256, d = 16, H = 2;
+    const Tensor q = tensor_random({1, H, n, d}, 51), k = tensor_random({1, H, n, d}, 52);
+    for (bool causal : {true, false})
+        for (int64_t keep : {int64_t{2}, int64_t{5}}) {
+            INFO("causal " << causal << " keep " << keep);
+            const BlockGate identity = gate_identity(1, H, d, kBlock, causal);
+            const MaskSet gate = gate_masks(identity, 0, q, k, keep);
+            const MaskSet exact = select_exact(q, k, SelectorOptions{kBlock, keep, causal});
+            for (int64_t h = 0; h < H; ++h) CHECK(exact.at(0, h).col_idx == gate.at(0, h).col_idx);
+        }
 }
