@@ -78,8 +78,10 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           MoBA, Quest, vertical-slash, DuoAttention with its heads chosen on validation) and
           the pooled gate (trained per teacher on --pooled-gate-inputs N (64; 0: none)
           training-stream sequences of --seed, width --pooled-gate-width W (32), at most
-          --pooled-gate-steps S (400) steps, early stopping on validation), each with its
-          selection time; writes DIR/report.md, report.json, depth.png with accuracy per task
+          --pooled-gate-steps S (400) steps, early stopping on validation), the lightning
+          indexer (--indexer-inputs N (64; 0: none) sequences of the same stream, 128 query
+          rows each, --indexer-heads J (2) of --indexer-width W (8), at most --indexer-steps
+          S (300)), each with its selection time; writes DIR/report.md, report.json, depth.png with accuracy per task
           and per depth as mean +- standard deviation over the seeds.
           --densities none: dense and the diagonal only. With --teachers, --n N measures
           them at length N (not the one they were trained at)
@@ -123,7 +125,8 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--k", "--search-inputs", "--qk-identity", "--gate-target", "--gate-query", "--gate-key", "--sharpness",
                                        "--own-block", "--shape-steps", "--head-dim", "--kv-heads", "--positions", "--needles", "--pairs",
                                        "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from",
-                                       "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps"};
+                                       "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps",
+                                       "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps"};
 const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
 
 // The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
@@ -496,6 +499,10 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     o.pooled_gate_inputs = args.integer("--pooled-gate-inputs", 64, 0, 100000);
     o.pooled_gate_width = args.integer("--pooled-gate-width", 32, 1, 1024);
     o.pooled_gate_train.steps = args.integer("--pooled-gate-steps", 400, 1, 1000000);
+    o.indexer_inputs = args.integer("--indexer-inputs", 64, 0, 100000);
+    o.indexer_heads = args.integer("--indexer-heads", 2, 1, 64);
+    o.indexer_width = args.integer("--indexer-width", 8, 1, 1024);
+    o.indexer_train.steps = args.integer("--indexer-steps", 300, 1, 1000000);
     o.train_seed = c.seed;
     o.time_repeats = 11;   // the machine is shared: the median of more runs
     if (const auto text = args.value("--densities")) {

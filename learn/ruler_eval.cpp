@@ -156,6 +156,37 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         eval.notes.push_back(line);
         pooled_text = line;
     }
+    // The lightning indexer, trained once for every density.
+    auto indexer = std::make_shared<Indexer>();
+    std::string indexer_text;
+    if (o.indexer_inputs > 0) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const TaskBatch train = task_batch(teacher.task, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.indexer_inputs);
+        auto examples = [&](const TaskBatch& batch) {
+            const TeacherCapture c = dense_capture(teacher, batch, o.block, o.threads);
+            std::vector<std::vector<IndexerExample>> out(c.q.size());
+            parallel_for(static_cast<int64_t>(c.q.size()), o.threads, [&](int64_t begin, int64_t end) {
+                for (int64_t b = begin; b < end; ++b)
+                    for (int64_t l = 0; l < L; ++l)
+                        out[b].push_back(indexer_example(c.q[b][l], c.k[b][l], o.block, causal, o.indexer_rows, static_cast<uint64_t>(b * L + l)));
+            });
+            return out;
+        };
+        const auto train_examples = examples(train), validation_examples = examples(validation);
+        *indexer = indexer_init(L, H, hd, o.indexer_heads, o.indexer_width, o.block, causal, o.train_seed);
+        const IndexerTrainReport r = indexer_train(*indexer, train_examples, validation_examples, o.indexer_train);
+        char line[512];
+        std::snprintf(line, sizeof line,
+                      "indexer: %lld index heads of width %lld, trained on %lld query rows of each of %lld training-stream sequences "
+                      "(seed %llu, from index 2^40) for at most %lld steps (the longest layer ran %lld): KL on them %.4f -> %.4f; "
+                      "validation KL %.4f -> %.4f (best, kept) in %.1f s",
+                      static_cast<long long>(o.indexer_heads), static_cast<long long>(o.indexer_width), static_cast<long long>(o.indexer_rows),
+                      static_cast<long long>(o.indexer_inputs), static_cast<unsigned long long>(o.train_seed),
+                      static_cast<long long>(o.indexer_train.steps), static_cast<long long>(r.steps), r.first_train, r.last_train,
+                      r.first_validation, r.best_validation, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        eval.notes.push_back(line);
+        indexer_text = line;
+    }
     const std::vector<SearchCandidate> candidates = search_candidates(n, o.block);
     for (double target : o.densities) {
         const int64_t keep = ruler_blocks_per_row(target, blocks, causal);
@@ -248,6 +279,10 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         if (o.pooled_gate_inputs > 0)
             methods.push_back({"pooled gate", target, [pooled, keep](int64_t l, const Tensor& q, const Tensor& k) { return pooled_gate_masks(*pooled, l, q, k, keep); },
                                per_row + ", the diagonal then the top blocks by the " + pooled_text});
+        if (o.indexer_inputs > 0)
+            methods.push_back({"indexer", target, [indexer, keep](int64_t l, const Tensor& q, const Tensor& k) { return indexer_masks(*indexer, l, q, k, keep); },
+                               per_row + " (the same in every head of a layer), the diagonal then the blocks of the largest index scores of the " +
+                                   indexer_text});
     }
 
     // The test stream, a chunk at a time: dense first, then every method on the same sequences.
@@ -393,7 +428,7 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     std::snprintf(line, sizeof line,
                   "\nEvery figure is from the **test stream** (%lld sequences of n = %lld, block %d, the same for every seed); every "
                   "choice is made on the validation stream (%lld sequences): the best fixed pattern, DuoAttention's retrieval heads, the "
-                  "pooled gate's early stopping and the teachers' own. "
+                  "pooled gate's and the indexer's early stopping and the teachers' own. "
                   "%zu training seed%s (%s)%s. Density: kept blocks / the %s mask's blocks. Times: one layer, all heads, 1 thread, "
                   "median; select ms chooses the masks (for the identity gate: a dense q k^T), forward ms runs the sparse attention; "
                   "select / dense is select ms over the dense row's forward ms (the dense attention selection must stay well below).\n\n",
@@ -494,11 +529,11 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     const std::vector<std::pair<std::string, uint32_t>> colours = {
         {"dense", 0x000000},      {"diagonal", 0x8c564b}, {"identity gate", 0x1f77b4}, {"gate", 0x17becf},
         {"best fixed", 0x7f7f7f}, {"moba", 0xff7f0e},     {"quest", 0x2ca02c},         {"vertical-slash", 0x9467bd},
-        {"duo", 0xbcbd22},        {"pooled gate", 0xd62728}};
+        {"duo", 0xbcbd22},        {"pooled gate", 0xd62728},   {"indexer", 0xe377c2}};
     auto colour_of = [&](const std::string& method) {
         for (const auto& [name, rgb] : colours)
             if (name == method) return rgb;
-        return uint32_t{0xe377c2};
+        return uint32_t{0x393b79};
     };
     bool any_needle = false;
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {

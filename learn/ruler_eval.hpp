@@ -9,6 +9,7 @@
 #pragma once
 
 #include "learn/distill.hpp"
+#include "learn/indexer.hpp"
 #include "learn/pooled_gate.hpp"
 #include "learn/teacher.hpp"
 
@@ -39,12 +40,17 @@ struct RulerEvalOptions {
     int64_t pooled_gate_inputs = 0;
     int64_t pooled_gate_width = 32;
     PooledGateTrainOptions pooled_gate_train;
+    // The lightning indexer: trained on this many training-stream sequences (the pooled gate's
+    // stream; indexer_rows query rows of each), early stopping on validation; 0: none.
+    int64_t indexer_inputs = 0;
+    int64_t indexer_heads = 2, indexer_width = 16, indexer_rows = 128;
+    IndexerTrainOptions indexer_train;
     uint64_t train_seed = 1;
     int64_t chunk = 100;   // test sequences captured at a time (memory: the dense q, k, v of a chunk)
 };
 
 struct RulerRow {
-    std::string method;        // dense, diagonal, identity gate, gate, best fixed, moba, quest, vertical-slash, duo, pooled gate
+    std::string method;        // dense, diagonal, identity gate, gate, best fixed, moba, quest, vertical-slash, duo, pooled gate, indexer
     double target = 1;         // target block density (the diagonal: its own)
     double density = 1;        // kept blocks / the dense mask's blocks (causal: of the causal mask), mean
     double recall = 1;         // share of the teacher's attention mass kept (its own q, k), mean over rows

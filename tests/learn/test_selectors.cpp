@@ -1,9 +1,12 @@
-// The cheap selectors (learn/selectors.*) and the pooled gate (learn/pooled_gate.*) on planted
-// attention: a key block made to match a query block must be picked by MoBA, Quest and the trained
-// gate; a planted column and a planted diagonal by vertical-slash; every selector keeps the
-// diagonal, no block after the query block (causal), exactly min(keep, r + 1) blocks per row, the
-// same choice twice; the exact-score selector keeps the identity gate's blocks; DuoAttention's budget stays within its density; the gate's gradient matches
-// finite differences and training lowers its validation KL.
+// The cheap selectors (learn/selectors.*), the pooled gate (learn/pooled_gate.*) and the lightning
+// indexer (learn/indexer.*) on planted attention: a key block made to match a query block must be
+// picked by MoBA, Quest, the trained gate and the trained indexer; a planted column and a planted
+// diagonal by vertical-slash; every selector keeps the diagonal, no block after the query block
+// (causal), exactly min(keep, r + 1) blocks per row, the same choice twice; the exact-score
+// selector keeps the identity gate's blocks; DuoAttention's budget stays within its density; the
+// gate's and the indexer's gradients match finite differences and training lowers their
+// validation KL.
+#include "learn/indexer.hpp"
 #include "learn/pooled_gate.hpp"
 #include "learn/selectors.hpp"
 
@@ -223,4 +226,55 @@ TEST_CASE("the exact-score selector keeps the identity gate's blocks", "[selecto
             const MaskSet exact = select_exact(q, k, SelectorOptions{kBlock, keep, causal});
             for (int64_t h = 0; h < H; ++h) CHECK(exact.at(0, h).col_idx == gate.at(0, h).col_idx);
         }
+}
+
+TEST_CASE("indexer: the gradient matches finite differences", "[indexer]") {
+    const Planted p = planted_blocks(48, 4, {{2, 0}, {1, 0}}, 61);
+    const IndexerExample e = indexer_example(p.q, p.k, kBlock, true, 20, 3);
+    Indexer ix = indexer_init(1, 2, 4, 2, 3, kBlock, true, 7);
+    std::vector<double> grad(static_cast<size_t>(ix.per_layer()), 0.0);
+    indexer_loss(ix, 0, e, grad.data());
+    for (int64_t at = 0; at < ix.per_layer(); at += 5) {
+        const double keep = ix.params[at], step = 1e-6;
+        ix.params[at] = keep + step;
+        const double up = indexer_loss(ix, 0, e, nullptr);
+        ix.params[at] = keep - step;
+        const double down = indexer_loss(ix, 0, e, nullptr);
+        ix.params[at] = keep;
+        CHECK(grad[at] == Approx((up - down) / (2 * step)).margin(1e-6));
+    }
+}
+
+TEST_CASE("indexer: training lowers the validation KL and then picks a planted block", "[indexer]") {
+    const int64_t n = 128, d = 8, blocks = n / kBlock;
+    std::mt19937_64 rng(19);
+    auto examples = [&](int64_t count, uint64_t seed) {
+        std::vector<std::vector<IndexerExample>> out;
+        for (int64_t b = 0; b < count; ++b) {
+            const int64_t r = 2 + static_cast<int64_t>(rng() % (blocks - 2)), c = static_cast<int64_t>(rng() % (r - 1));
+            const Planted p = planted_blocks(n, d, {{r, c}}, seed + static_cast<uint64_t>(b), 3.0f);
+            out.push_back({indexer_example(p.q, p.k, kBlock, true, n, seed)});
+        }
+        return out;
+    };
+    const auto train = examples(12, 300), validation = examples(4, 400);
+    Indexer ix = indexer_init(1, 1, d, 2, 4, kBlock, true, 3);
+    IndexerTrainOptions o;
+    o.steps = 600;
+    o.lr = 3e-2;
+    o.patience = 60;
+    o.eval_every = 10;
+    const IndexerTrainReport rep = indexer_train(ix, train, validation, o);
+    CHECK(rep.best_validation < 0.7 * rep.first_validation);
+    const Planted fresh = planted_blocks(n, d, {{6, 2}}, 999, 3.0f);
+    const MaskSet m = indexer_masks(ix, 0, fresh.q, fresh.k, 2);
+    INFO("KL " << rep.first_validation << " -> " << rep.best_validation << " in " << rep.steps << " steps; train " << rep.first_train << " -> " << rep.last_train);
+    CHECK(row_has(m.at(0, 0), 6, 2));
+    for (int64_t r = 0; r < blocks; ++r) {   // the diagonal, the causal rule, the keep count
+        CHECK(row_has(m.at(0, 0), r, r));
+        CHECK(m.at(0, 0).row_ptr[r + 1] - m.at(0, 0).row_ptr[r] == std::min<int64_t>(2, r + 1));
+        for (int64_t e = m.at(0, 0).row_ptr[r]; e < m.at(0, 0).row_ptr[r + 1]; ++e) CHECK(m.at(0, 0).col_idx[e] <= r);
+    }
+    const std::vector<double> s = indexer_scores(ix, 0, fresh.q, fresh.k);
+    CHECK(std::isinf(s[0 * n + 5]));   // causal: key 5 after query 0
 }
