@@ -6,6 +6,7 @@
 #include "engine/content/buckets.hpp"
 #include "engine/content/favor.hpp"
 #include "engine/cuda/content_anchors.cuh"
+#include "engine/cuda/content_band3.cuh"
 #include "engine/cuda/content_fast.cuh"
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
@@ -62,6 +63,7 @@ const char* kind_name(ContentKind kind) {
 struct CudaContentAttention::Impl {
     DeviceBuffer q, k, v, o, lse, mats, omega;
     DeviceBuffer keys_in, keys_out, values, order, chunk_of, sort_temp;
+    DeviceBuffer sorted_chunk;   // version 3: the chunk ids in sorted order (content_sorted_chunks), queries then keys
     DeviceBuffer cosines, best, best_sorted, anchor_token, anchor_by, seg_offsets, seg_sort_temp;   // anchors
     DeviceBuffer o_part, lse_part, o_part2, lse_part2, fixed_o, fixed_lse, fixed_state, fixed_head, fixed_bits;
     DeviceBuffer bias, o1, lse1, prefix_v, prefix_lse, phi_q, phi_k, c_q, c_k;
@@ -122,6 +124,33 @@ struct CudaContentAttention::Impl {
         }
         const dim3 grid(static_cast<unsigned>((p.q_rows + 3) / 4), static_cast<unsigned>(bh), static_cast<unsigned>(parts));
         cuda::content::content_band_simple<T><<<grid, 128>>>(p);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // Version 3's band walk: tensor cores, 16-bit, d = 64 or 128, chunk 64 (else version 2's).
+    template <typename T> bool band3() const {
+        return version >= 3 && tensor_cores && !std::is_same_v<T, float> && chunk == 64 && (shape.d == 64 || shape.d == 128);
+    }
+
+    // content_band3 over every round: each block walks G consecutive tiles of one (round, head),
+    // G chosen to fill the GPU's resident blocks in whole waves (the last wave's idle blocks and
+    // each block's first, unoverlapped copy against fewer, longer blocks).
+    template <typename T, int D> void launch_band3(const ContentParams<T>& p) {
+        const int smem = cuda::content::band3_smem<D>(static_cast<int>(rounds));
+        const auto kernel = cuda::content::content_band3<T, D>;
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int per_sm = 0;
+        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
+        const int64_t tiles = (shape.n + 63) / 64, rows_of_tiles = bh * rounds;
+        const int64_t resident = std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * sm_count);
+        int64_t best_g = 1, best_cost = INT64_MAX;
+        for (int64_t g = 1; g <= std::min<int64_t>(tiles, 64); ++g) {
+            const int64_t blocks = (tiles + g - 1) / g * rows_of_tiles;
+            const int64_t cost = (blocks + resident - 1) / resident * (g + 2);   // waves x (tiles + the start's copies)
+            if (cost < best_cost) best_cost = cost, best_g = g;
+        }
+        const dim3 grid(static_cast<unsigned>((tiles + best_g - 1) / best_g), static_cast<unsigned>(bh), static_cast<unsigned>(rounds));
+        kernel<<<grid, 128, smem>>>(p, static_cast<int32_t>(best_g));
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
@@ -224,6 +253,15 @@ struct CudaContentAttention::Impl {
         const unsigned blocks = static_cast<unsigned>((total() + 255) / 256);
         cuda::content::content_chunk_ids<<<blocks, 256>>>(order.as<int32_t>(), chunk_of.as<int32_t>(), total(), n, static_cast<int32_t>(chunk));
         SPARSA_CUDA_CHECK(cudaGetLastError());
+        if (band3<T>()) {   // the ids in sorted order, queries (and keys when not shared)
+            const unsigned grid3 = static_cast<unsigned>((rounds * bh * n + 255) / 256);
+            for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {
+                const int64_t at = side * segs_q * n;
+                cuda::content::content_sorted_chunks<<<grid3, 256>>>(order.as<int32_t>() + at, chunk_of.as<int32_t>() + at, static_cast<int32_t>(rounds),
+                                                                    bh, n, sorted_chunk.as<int32_t>() + side * rounds * at);
+            }
+            SPARSA_CUDA_CHECK(cudaGetLastError());
+        }
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[1]));
 
         ContentParams<T> p = base_params<T>();
@@ -252,7 +290,14 @@ struct CudaContentAttention::Impl {
         // version 2 on tensor cores: the rounds' O in T (half the bytes of the passes' writes and the merge's reads)
         const bool parts16 = version >= 2 && tensor_cores && !std::is_same_v<T, float>;
         if (parts16) p.o_part16 = o_part.as<T>();
-        launch_pass(p, rounds);
+        if constexpr (!std::is_same_v<T, float>) {
+            if (band3<T>()) {
+                p.q_sorted_chunk = sorted_chunk.as<int32_t>();
+                p.k_sorted_chunk = sorted_chunk.as<int32_t>() + (spec.shared_qk ? 0 : rounds * rounds * bh * n);
+                d == 64 ? launch_band3<T, 64>(p) : launch_band3<T, 128>(p);
+            }
+        }
+        if (!band3<T>()) launch_pass(p, rounds);
         SPARSA_CUDA_CHECK(cudaEventRecord(ev[2]));
         const cuda::content::SelfRule self{true, spec.shared_qk, p.q_chunk, p.k_chunk, static_cast<int32_t>(rounds), scale};
         merge<T>(o_part.as<float>(), lse_part.as<float>(), rounds, has_fixed, bh * n, self, o.as<T>(), lse.as<float>(),
@@ -505,10 +550,10 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     s.bh = q.shape.batch * heads;
     s.scale = static_cast<float>(attention_scale(what, options.scale, d));
     s.tensor_cores = options.tensor_cores && options.dtype != CudaDtype::float32 && (d == 64 || d == 128);
-    if (options.version < 0 || options.version > 2) {
-        throw Error(what + ": version " + std::to_string(options.version) + " (give 1 or 2, or 0 for the newest)");
+    if (options.version < 0 || options.version > 3) {
+        throw Error(what + ": version " + std::to_string(options.version) + " (give 1, 2 or 3, or 0 for the newest)");
     }
-    s.version = options.version == 0 ? 2 : options.version;
+    s.version = options.version == 0 ? 2 : options.version;   // 3 once it has run on a GPU
     std::vector<float> mats;
     int64_t want = 0;
     std::string meaning;
@@ -601,6 +646,7 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     s.values.reserve(total * 4);
     s.order.reserve(total * 4);
     s.chunk_of.reserve(total * 4);
+    s.sorted_chunk.reserve(total * static_cast<size_t>(s.rounds) * 4);   // [sides][rounds][rounds][bh][n]
     if (spec.kind == ContentKind::anchors) {
         if (s.total() >= (int64_t{1} << 31)) throw Error(what + ": anchors over " + std::to_string(s.total()) + " tokens of all rounds and heads (at most 2^31 - 1 a call: split it)");
         if (s.cols > 24 * 1024) throw Error(what + ": anchors(" + std::to_string(s.cols) + ") has more anchors than the GPU's assignment holds (24,576)");

@@ -57,6 +57,8 @@ template <typename T> struct ContentParams {
     const float* key_bias;      // natural log, at key_bias + bh * bias_bh_stride + tile * bias_tile_stride + key; nullptr: 0
     int64_t bias_bh_stride, bias_tile_stride;
     const float* query_bias;    // version 2's intra mode: c_q [bh, q_rows] (content_fast.cuh)
+    const int32_t* q_sorted_chunk;   // version 3's band walk: [rounds, rounds, bh, n] (content_band3.cuh)
+    const int32_t* k_sorted_chunk;
     int64_t key_split;          // keys per split (blockIdx.z)
     // outputs: part = round (band) or split (dense)
     float* o_part;              // [parts, bh, q_rows, d] normalised O of each part, float32, token order

@@ -367,7 +367,7 @@ void check_favor_case(int64_t n, int64_t d, int64_t m, bool causal, CudaDtype dt
 
 TEST_CASE("cuda content: small lsh and anchors cases (the sanitizer runs this)", "[cuda][content][small]") {
     if (!gpu_ready("small lsh and anchors")) return;
-    for (const int version : {1, 2}) {
+    for (const int version : {1, 2, 3}) {
         for (const bool tc : {true, false}) {
             Case c;
             c.tensor_cores = tc;
@@ -387,7 +387,7 @@ TEST_CASE("cuda content: small lsh and anchors cases (the sanitizer runs this)",
 
 TEST_CASE("cuda content: small favor cases (the sanitizer runs this)", "[cuda][content][small]") {
     if (!gpu_ready("small favor")) return;
-    for (const int version : {1, 2}) {
+    for (const int version : {1, 2}) {   // FAVOR+ runs the same kernels in 2 and 3
         for (const bool causal : {false, true}) {
             check_favor_case(200, 64, 96, causal, CudaDtype::bfloat16, true, 1.f, 5, version);
             check_favor_case(200, 64, 64, causal, CudaDtype::bfloat16, true, 1.f, 7, version);
@@ -404,7 +404,7 @@ TEST_CASE("cuda content: lsh and anchors match the spec's allowed set in double"
             for (const bool causal : {false, true}) {
                 for (const bool window : {false, true}) {
                     for (const bool tc : {true, false}) {
-                        for (const int version : {1, 2}) {
+                        for (const int version : {1, 2, 3}) {
                             Case c;
                             c.version = version;
                             c.kind = kind;
@@ -426,7 +426,7 @@ TEST_CASE("cuda content: lsh and anchors match the spec's allowed set in double"
 
 TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and key buckets", "[cuda][content]") {
     if (!gpu_ready("shapes")) return;
-    for (const int version : {1, 2}) {
+    for (const int version : {1, 2, 3}) {
         Case c;
         c.version = version;
         c.d = 128;
@@ -468,7 +468,7 @@ TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and
 
 TEST_CASE("cuda content: favor matches FAVOR+ in double", "[cuda][content]") {
     if (!gpu_ready("favor")) return;
-    for (const int version : {1, 2}) {
+    for (const int version : {1, 2}) {   // FAVOR+ runs the same kernels in 2 and 3
         for (const bool causal : {false, true}) {
             for (const int64_t d : {64, 128}) {
                 check_favor_case(333, d, 256, causal, CudaDtype::bfloat16, true, 1.f, 30 + static_cast<uint64_t>(d), version);

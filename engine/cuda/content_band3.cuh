@@ -1,0 +1,281 @@
+// Version 3 of the content path's banded pass (lsh, anchors; content_fast.cuh holds version 2,
+// which stays for chunks other than 64 and FAVOR+'s passes). Written from version 2's H100 run
+// (bench/results/content-cuda-nvidia-h100-80gb-hbm3.md): lsh(64, rounds = 2) at n = 65,536,
+// d = 128 spent 5.7 ms in its passes, about 24 TFLOP/s, where FAVOR+'s dense walk on the same
+// tile code reached about 100. What only the band walk has: every tile starts with a chain of
+// three dependent trips to memory (the tile's tokens, then the tokens' chunk ids in every round
+// and the rows they name), with nothing of the same block to overlap them, and every key chunk
+// is copied twice (as the chunk before one tile and as the own chunk of the next).
+//
+//   content_sorted_chunks: the chunk ids in sorted order, cid[r][r2][s] = the chunk in round r2
+//     of the token at sorted index s of round r, so a tile reads its ids as one contiguous run
+//     (no trip through its tokens).
+//   content_band3: one block walks G consecutive query tiles of one (round, head) (chunk = 64:
+//     tile i is chunk i, its keys chunks i - 1 and i). Chunk i's K and V stay in a ring of three
+//     slots for tile i + 1; the tokens and ids of chunk i + 2 and the rows of chunk i + 1 are
+//     copied (cp.async) while tile i computes, so a tile waits for nothing issued less than a
+//     tile ago. One barrier a tile. The pair rule, the products and the output are version 2's.
+//
+// Index: [SECTION] sorted chunk ids, [SECTION] the pass.
+#pragma once
+
+#include "engine/cuda/content_fast.cuh"
+
+namespace sparsa::cuda::content {
+
+// [SECTION] sorted chunk ids
+
+// out[(r * rounds + r2) * bh * n + bhi * n + s] = chunk_of[(r2 * bh + bhi) * n + order[(r * bh + bhi) * n + s]]
+// for every round r, sorted index s and round r2. grid: ceil(rounds * bh * n / 256), block 256.
+__global__ void content_sorted_chunks(const int32_t* order, const int32_t* chunk_of, int32_t rounds, int64_t bh, int64_t n,
+                                      int32_t* out) {
+    const int64_t i = int64_t{blockIdx.x} * 256 + threadIdx.x, per_round = bh * n;
+    if (i >= rounds * per_round) return;
+    const int64_t r = i / per_round, rest = i % per_round, bhi = rest / n;
+    const int32_t t = order[i];
+    for (int32_t r2 = 0; r2 < rounds; ++r2) out[(r * rounds + r2) * per_round + rest] = chunk_of[(r2 * bh + bhi) * n + t];
+}
+
+// [SECTION] the pass
+
+constexpr int kBand3QSlots = 2, kBand3KvSlots = 3, kBand3MetaSlots = 4;
+
+// Shared memory of content_band3: Q [2][64][D + 8], K and V [3][64][D + 8] (T), then the tokens of
+// queries and keys [4][64] and their chunk ids [4][rounds][64] (int32).
+template <int D> constexpr int band3_smem(int rounds) {
+    return (kBand3QSlots + 2 * kBand3KvSlots) * 64 * (D + 8) * 2 + 2 * kBand3MetaSlots * 64 * (1 + rounds) * 4;
+}
+
+// 4 bytes global -> shared, asynchronously.
+__device__ inline void cp_async_4(void* smem, const void* global) {
+    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(global));
+}
+
+// The sorted run [c * 64, c * 64 + 64) of chunk c as this block's round and head see it: tokens
+// (q_order, k_order) and chunk ids per round. Entries past n get token -1 (a plain store: the
+// barrier before their first use orders it with the copies).
+struct Band3Run {
+    const int32_t *q_tok, *k_tok;   // [n] of this (round, head)
+    const int32_t *q_cid, *k_cid;   // [rounds][bh * n] from this (round, head)'s first entry
+    int64_t n, cid_round_stride;
+    int32_t rounds;
+
+    __device__ void copy_meta(int64_t c, int32_t* q_tok_s, int32_t* k_tok_s, int32_t* q_cid_s, int32_t* k_cid_s) const {
+        const int64_t s0 = c * 64;
+        for (int i = threadIdx.x; i < 2 * 64 * (1 + rounds); i += 128) {
+            const int side = i % 2, e = i / 2, r = e / 64 - 1, j = e % 64;   // r = -1: the token
+            int32_t* dst = r < 0 ? (side == 0 ? q_tok_s : k_tok_s) + j : (side == 0 ? q_cid_s : k_cid_s) + r * 64 + j;
+            if (s0 + j >= n) {
+                *dst = -1;
+                continue;
+            }
+            const int32_t* src = r < 0 ? (side == 0 ? q_tok : k_tok) + s0 + j : (side == 0 ? q_cid : k_cid) + r * cid_round_stride + s0 + j;
+            cp_async_4(dst, src);
+        }
+    }
+};
+
+// The 64 rows named by tok[0..63] (-1: zero-filled) of `head` (rows D wide) into `tile` (stride D + 8).
+template <int D, typename T> __device__ inline void band3_rows(T* tile, const T* head, const int32_t* tok) {
+    constexpr int kChunksPerRow = D * 2 / 16, kStride = D + 8;
+#pragma unroll 4
+    for (int c = threadIdx.x; c < 64 * kChunksPerRow; c += 128) {
+        const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+        const int32_t t = tok[r];
+        cp_async_16(tile + r * kStride + col, head + (t >= 0 ? int64_t{t} * D + col : 0), t >= 0);
+    }
+}
+
+// The band walk with chunk 64 (p.chunk == 64, q_rows == k_rows, DK = DV = D): what content_band_tc2
+// computes in kBand mode, tile for tile. p.q_sorted_chunk / p.k_sorted_chunk: content_sorted_chunks'
+// output for queries and keys. grid: (ceil(tiles / tiles_per_block), bh, rounds), block 128,
+// dynamic shared memory band3_smem<D>(rounds).
+template <typename T, int D>
+__global__ void __launch_bounds__(128) content_band3(ContentParams<T> p, int32_t tiles_per_block) {
+    using Mma = MmaType<T>;
+    constexpr int kS = D + 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* q_ring = reinterpret_cast<T*>(smem_raw);
+    T* k_ring = q_ring + kBand3QSlots * 64 * kS;
+    T* v_ring = k_ring + kBand3KvSlots * 64 * kS;
+    int32_t* q_tok_ring = reinterpret_cast<int32_t*>(v_ring + kBand3KvSlots * 64 * kS);
+    int32_t* k_tok_ring = q_tok_ring + kBand3MetaSlots * 64;
+    int32_t* q_cid_ring = k_tok_ring + kBand3MetaSlots * 64;                 // [slot][rounds][64]
+    int32_t* k_cid_ring = q_cid_ring + kBand3MetaSlots * 64 * p.rounds;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int64_t bhi = blockIdx.y, b = bhi / p.heads, h = bhi % p.heads, n = p.q_rows;
+    const int part = blockIdx.z;
+    const int64_t tiles = (n + 63) / 64, c_begin = int64_t{blockIdx.x} * tiles_per_block;
+    const int64_t c_end = c_begin + tiles_per_block < tiles ? c_begin + tiles_per_block : tiles;
+    const int64_t seg = int64_t{part} * p.bh + bhi;
+    const int64_t table = p.fixed_state != nullptr ? p.fixed_head[h] : -1;
+    const T* q_head = p.q + b * p.q_bstride + h * p.q_hstride;
+    const T* k_head = p.k + b * p.k_bstride + h * p.k_hstride;
+    const T* v_head = p.v + b * p.v_bstride + h * p.v_hstride;
+    const int64_t per_round = p.bh * n;
+    const Band3Run run{p.q_order + seg * n,
+                       p.k_order + seg * n,
+                       p.q_sorted_chunk + int64_t{part} * p.rounds * per_round + bhi * n,
+                       p.k_sorted_chunk + int64_t{part} * p.rounds * per_round + bhi * n,
+                       n,
+                       per_round,
+                       p.rounds};
+    const auto meta = [&](int64_t c) {
+        const int slot = static_cast<int>(c % kBand3MetaSlots);
+        run.copy_meta(c, q_tok_ring + slot * 64, k_tok_ring + slot * 64, q_cid_ring + slot * 64 * p.rounds,
+                      k_cid_ring + slot * 64 * p.rounds);
+    };
+    const auto rows = [&](int64_t c, bool with_q) {
+        const int meta_slot = static_cast<int>(c % kBand3MetaSlots), kv = static_cast<int>(c % kBand3KvSlots);
+        if (with_q) band3_rows<D>(q_ring + (c % kBand3QSlots) * 64 * kS, q_head, q_tok_ring + meta_slot * 64);
+        band3_rows<D>(k_ring + kv * 64 * kS, k_head, k_tok_ring + meta_slot * 64);
+        band3_rows<D>(v_ring + kv * 64 * kS, v_head, k_tok_ring + meta_slot * 64);
+    };
+
+    // prologue: the ids of chunks c_begin - 1 and c_begin, then their rows and chunk c_begin + 1's ids
+    if (c_begin > 0) meta(c_begin - 1);
+    meta(c_begin);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (c_begin > 0) rows(c_begin - 1, false);
+    rows(c_begin, true);
+    if (c_begin + 1 < c_end) meta(c_begin + 1);
+    cp_async_commit();
+
+    for (int64_t c = c_begin; c < c_end; ++c) {
+        cp_async_wait<0>();   // chunk c's rows and chunk c + 1's ids landed ...
+        __syncthreads();      // ... for every thread, and every warp is done with tile c - 1
+        // tile c - 1 used K / V slot (c - 2) % 3 = (c + 1) % 3, Q slot (c + 1) % 2, ids (c + 2) % 4 (as c - 2)
+        if (c + 1 < c_end) rows(c + 1, true);
+        if (c + 2 < c_end) meta(c + 2);
+        cp_async_commit();
+
+        const T* q_tile = q_ring + (c % kBand3QSlots) * 64 * kS;
+        const int q_slot = static_cast<int>(c % kBand3MetaSlots);
+        const int32_t* q_tok = q_tok_ring + q_slot * 64;
+        const int32_t* q_cid = q_cid_ring + q_slot * 64 * p.rounds;
+        uint32_t q_frag[D / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = kk * 16 + 8 * (lane / 16);
+            ldmatrix_x4(q_frag[kk], q_tile + r * kS + col);
+        }
+        float o_acc[D / 8][4];
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;
+        float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+
+        for (int64_t kc = c > 0 ? c - 1 : 0; kc <= c; ++kc) {   // the chunk before, then the own chunk
+            const int kv = static_cast<int>(kc % kBand3KvSlots), k_slot = static_cast<int>(kc % kBand3MetaSlots);
+            const T* ks = k_ring + kv * 64 * kS;
+            const T* vs = v_ring + kv * 64 * kS;
+            const int32_t* k_tok = k_tok_ring + k_slot * 64;
+            const int32_t* k_cid = k_cid_ring + k_slot * 64 * p.rounds;
+            float s[8][4];
+#pragma unroll
+            for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+                for (int np = 0; np < 4; ++np) {
+                    uint32_t kf[4];
+                    const int r = np * 16 + lane % 8 + 8 * (lane / 16), col = kk * 16 + 8 * ((lane / 8) % 2);
+                    ldmatrix_x4(kf, ks + r * kS + col);
+                    Mma::mma(s[2 * np], q_frag[kk], kf[0], kf[1]);
+                    Mma::mma(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
+                }
+            }
+
+            float scale_old[2];
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int i = warp * 16 + group + 8 * half;
+                const int32_t tq = q_tok[i];
+                float mx = row_max[half];
+#pragma unroll
+                for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int j = t * 8 + 2 * quad + e;
+                        float& x = s[t][2 * half + e];
+                        const float add = band_pair(p, table, part, tq, k_tok[j], q_cid + i, 64, k_cid + j, 64);
+                        x = add == -INFINITY ? -INFINITY : fmaf(x, p.scale_log2, add);
+                        mx = fmaxf(mx, x);
+                    }
+                }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float base = mx == -INFINITY ? 0.f : mx;
+                scale_old[half] = exp2_fast(row_max[half] - base);
+                row_max[half] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        float& x = s[t][2 * half + e];
+                        x = exp2_fast(x - base);
+                        sum += x;
+                    }
+                }
+                row_sum[half] = row_sum[half] * scale_old[half] + sum;
+            }
+#pragma unroll
+            for (int t = 0; t < D / 8; ++t) {
+                o_acc[t][0] *= scale_old[0];
+                o_acc[t][1] *= scale_old[0];
+                o_acc[t][2] *= scale_old[1];
+                o_acc[t][3] *= scale_old[1];
+            }
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
+                                        Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                        Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    uint32_t vf[4];
+                    const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = dp * 16 + 8 * (lane / 16);
+                    ldmatrix_x4_trans(vf, vs + r * kS + col);
+                    Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
+                    Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
+                }
+            }
+        }
+
+        // the tile's rows, normalised, at their tokens' positions (as content_band_tc2 writes them)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float sum = row_sum[half];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int i = warp * 16 + group + 8 * half;
+            const int32_t tq = q_tok[i];
+            if (tq < 0) continue;
+            const float inv = sum > 0.f ? 1.f / sum : 0.f;
+            const int64_t row = bhi * n + tq;
+            if (p.o_final != nullptr || p.o_part16 != nullptr) {
+                T* o = p.o_final != nullptr ? p.o_final + row * D : p.o_part16 + (int64_t{part} * per_round + row) * D;
+#pragma unroll
+                for (int t = 0; t < D / 8; ++t) {
+                    *reinterpret_cast<uint32_t*>(o + t * 8 + 2 * quad) = Mma::pack(o_acc[t][2 * half] * inv, o_acc[t][2 * half + 1] * inv);
+                }
+            } else {
+                float* o = p.o_part + (int64_t{part} * per_round + row) * D;
+#pragma unroll
+                for (int t = 0; t < D / 8; ++t) {
+                    *reinterpret_cast<float2*>(o + t * 8 + 2 * quad) = make_float2(o_acc[t][2 * half] * inv, o_acc[t][2 * half + 1] * inv);
+                }
+            }
+            if (quad == 0 && p.lse_part != nullptr) {
+                p.lse_part[int64_t{part} * per_round + row] = sum > 0.f ? (row_max[half] + __log2f(sum)) * kLn2 : -INFINITY;
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
+
+} // namespace sparsa::cuda::content
