@@ -7,6 +7,8 @@
 // and the rows they name), with nothing of the same block to overlap them, and every key chunk
 // is copied twice (as the chunk before one tile and as the own chunk of the next).
 //
+//   content_hash3: lsh's hashing with all rounds' columns in one slice (version 2 padded each
+//     round's 32 columns of a 64-bucket hash to 64: half its work on zeros).
 //   content_sorted_chunks: the chunk ids in sorted order, cid[r][r2][s] = the chunk in round r2
 //     of the token at sorted index s of round r, so a tile reads its ids as one contiguous run
 //     (no trip through its tokens).
@@ -16,7 +18,7 @@
 //     copied (cp.async) while tile i computes, so a tile waits for nothing issued less than a
 //     tile ago. One barrier a tile. The pair rule, the products and the output are version 2's.
 //
-// Index: [SECTION] sorted chunk ids, [SECTION] the pass.
+// Index: [SECTION] sorted chunk ids, [SECTION] hashing with the rounds side by side, [SECTION] the pass.
 #pragma once
 
 #include "engine/cuda/content_fast.cuh"
@@ -34,6 +36,71 @@ __global__ void content_sorted_chunks(const int32_t* order, const int32_t* chunk
     const int64_t r = i / per_round, rest = i % per_round, bhi = rest / n;
     const int32_t t = order[i];
     for (int32_t r2 = 0; r2 < rounds; ++r2) out[(r * rounds + r2) * per_round + rest] = chunk_of[(r2 * bh + bhi) * n + t];
+}
+
+// [SECTION] hashing with the rounds side by side
+
+// lsh's hashing as content_project2 (kHash) computes it, bit for bit (each u is the same loop over
+// i in the same order), with the rounds' columns side by side in one 64-column slice: with 64
+// buckets (32 columns a round) version 2 padded each round's slice to 64 columns, half of its
+// multiply-adds on zeros. Needs cols a power of two from 4 to 64 (a thread's 4 columns within one
+// round; a round's columns in cols / 4 neighbouring threads). Column g = r * cols + c of head h is
+// mats[((h * rounds + r) * d + i) * cols + c]. grid: (ceil(n / 64), bh), block 128, dynamic shared
+// memory project2_smem(d).
+template <typename T>
+__global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, int64_t bh, int64_t n, int32_t d, const float* mats,
+                                                     int32_t rounds, int32_t cols, int64_t seg_base, int32_t bucket_bits, uint64_t* keys) {
+    extern __shared__ float smem[];
+    float* xs = smem;          // [d, 68]: x[i][token]
+    float* ms = xs + d * 68;   // [d, 64]
+    const int tid = threadIdx.x, tg = tid / 16, cg = tid % 16;
+    const int64_t t0 = int64_t{blockIdx.x} * 64, bhi = blockIdx.y, h = bhi % heads;
+    const int32_t total = rounds * cols, group = cols / 4;   // threads a round spans
+    for (int e = tid; e < 64 * d; e += 128) {
+        const int tt = e / d, i = e % d;
+        xs[i * 68 + tt] = t0 + tt < n ? to_float(x[(bhi * n + t0 + tt) * d + i]) : 0.f;
+    }
+    for (int32_t cc = 0; cc < total; cc += 64) {
+        __syncthreads();   // x is written (first slice), or the slice before is read by every thread
+        for (int e = tid; e < 64 * d; e += 128) {
+            const int i = e / 64, c = e % 64, g = cc + c;
+            ms[i * 64 + c] = g < total ? mats[((h * rounds + g / cols) * int64_t{d} + i) * cols + g % cols] : 0.f;
+        }
+        __syncthreads();
+        float acc[8][4];
+#pragma unroll
+        for (int a = 0; a < 8; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
+        for (int i = 0; i < d; ++i) {
+            const float4 x0 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8);
+            const float4 x1 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8 + 4);
+            const float4 mv = *reinterpret_cast<const float4*>(ms + i * 64 + cg * 4);
+            const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w}, mm[4] = {mv.x, mv.y, mv.z, mv.w};
+#pragma unroll
+            for (int a = 0; a < 8; ++a)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) acc[a][c] = fmaf(xv[a], mm[c], acc[a][c]);
+        }
+        const int32_t g0 = cc + cg * 4, r = g0 / cols, c0 = g0 % cols;   // this thread's round and first column
+#pragma unroll
+        for (int a = 0; a < 8; ++a) {
+            float best = -INFINITY;
+            int32_t best_index = INT32_MAX;
+#pragma unroll
+            for (int c4 = 0; c4 < 4; ++c4) {   // as content_project2: u, then -u, each column in order
+                const float u = acc[a][c4];
+                const int32_t c = c0 + c4;
+                if (u > best || (u == best && c < best_index)) best = u, best_index = c;
+                if (-u > best || (-u == best && cols + c < best_index)) best = -u, best_index = cols + c;
+            }
+            for (int off = group / 2; off > 0; off /= 2) {   // the round's threads: aligned groups of `group`
+                const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+                const int32_t oi = __shfl_xor_sync(0xffffffffu, best_index, off);
+                if (ob > best || (ob == best && oi < best_index)) best = ob, best_index = oi;
+            }
+            const int64_t t = t0 + tg * 8 + a, seg = seg_base + int64_t{r} * bh + bhi;
+            if (cg % group == 0 && g0 < total && t < n) keys[seg * n + t] = (static_cast<uint64_t>(seg) << bucket_bits) | static_cast<uint64_t>(best_index);
+        }
+    }
 }
 
 // [SECTION] the pass

@@ -232,7 +232,14 @@ struct CudaContentAttention::Impl {
             for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
                 const T* x = (side == 0 ? q : k).as<T>();
                 const int64_t base = side == 0 ? 0 : segs_q;
-                if (version >= 2) {
+                if (version >= 3 && cols >= 4 && cols <= 64 && std::has_single_bit(static_cast<uint64_t>(cols))) {
+                    const int smem3 = cuda::content::project2_smem(static_cast<int>(d));
+                    const dim3 grid3(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
+                    const auto kernel = cuda::content::content_hash3<T>;
+                    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
+                    kernel<<<grid3, 128, smem3>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
+                                                  static_cast<int32_t>(cols), base, bucket_bits, keys_in.as<uint64_t>());
+                } else if (version >= 2) {
                     const int smem2 = cuda::content::project2_smem(static_cast<int>(d));
                     const dim3 grid2(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
                     const auto kernel = cuda::content::content_project2<T, cuda::content::kHash>;

@@ -463,6 +463,20 @@ TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and
         c.buckets = 130;
         c.rounds = 2;
         check_buckets_case(c);
+        // the benchmark's 64 buckets (32 columns a round: version 3 hashes two rounds in one slice)
+        // and 128 (64 a round), with 2 and 4 rounds
+        for (const int64_t buckets : {64, 128}) {
+            for (const int64_t rounds : {2, 4}) {
+                c = Case{};
+                c.version = version;
+                c.n = 333;
+                c.d = 128;
+                c.buckets = buckets;
+                c.rounds = rounds;
+                c.seed = 90 + static_cast<uint64_t>(buckets + rounds);
+                check_buckets_case(c);
+            }
+        }
     }
 }
 
