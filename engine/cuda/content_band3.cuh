@@ -13,10 +13,12 @@
 //     of the token at sorted index s of round r, so a tile reads its ids as one contiguous run
 //     (no trip through its tokens).
 //   content_band3: one block walks G consecutive query tiles of one (round, head) (chunk = 64:
-//     tile i is chunk i, its keys chunks i - 1 and i). Chunk i's K and V stay in a ring of three
-//     slots for tile i + 1; the tokens and ids of chunk i + 2 and the rows of chunk i + 1 are
-//     copied (cp.async) while tile i computes, so a tile waits for nothing issued less than a
-//     tile ago. One barrier a tile. The pair rule, the products and the output are version 2's.
+//     tile i is chunk i, its keys chunks i - 1 and i). Chunk i's K and V stay in one of two slots
+//     for tile i + 1; chunk i + 1's rows are copied (cp.async) while tile i works on its own
+//     chunk, and the tokens and ids of chunk i + 2 a tile ahead. Each round keeps only pairs
+//     that met in no earlier round (band3_keeps), so the rounds merge with no -log(count)
+//     correction and the pair rule is one comparison per earlier round. Products and output are
+//     version 2's.
 //
 // Index: [SECTION] sorted chunk ids, [SECTION] hashing with the rounds side by side, [SECTION] the pass.
 #pragma once
@@ -43,34 +45,52 @@ __global__ void content_sorted_chunks(const int32_t* order, const int32_t* chunk
 // lsh's hashing as content_project2 (kHash) computes it, bit for bit (each u is the same loop over
 // i in the same order), with the rounds' columns side by side in one 64-column slice: with 64
 // buckets (32 columns a round) version 2 padded each round's slice to 64 columns, half of its
-// multiply-adds on zeros. Needs cols a power of two from 4 to 64 (a thread's 4 columns within one
-// round; a round's columns in cols / 4 neighbouring threads). Column g = r * cols + c of head h is
-// mats[((h * rounds + r) * d + i) * cols + c]. grid: (ceil(n / 64), bh), block 128, dynamic shared
-// memory project2_smem(d).
-template <typename T>
-__global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, int64_t bh, int64_t n, int32_t d, const float* mats,
+// multiply-adds on zeros. And its copies in 16 bytes: version 2 read x 2 bytes and the matrix 4
+// bytes a load, each with a division by the runtime d or cols (Nsight Compute on the H100: 1.68
+// ms of lsh's 1.82 ms of bucketing at n = 65,536, d = 128, in a first version of this kernel that
+// kept those loads). Needs cols a power of two from 4 to 64 (a thread's 4 columns within one round;
+// a round's columns in cols / 4 neighbouring threads), D = 64 or 128. Column g = r * cols + c of
+// head h is mats[((h * rounds + r) * D + i) * cols + c]. grid: (ceil(n / 64), bh), block 128,
+// dynamic shared memory project2_smem(D).
+template <typename T, int D>
+__global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, int64_t bh, int64_t n, const float* mats,
                                                      int32_t rounds, int32_t cols, int64_t seg_base, int32_t bucket_bits, uint64_t* keys) {
+    constexpr int kPer16 = 16 / static_cast<int>(sizeof(T));   // elements of x in 16 bytes
     extern __shared__ float smem[];
-    float* xs = smem;          // [d, 68]: x[i][token]
-    float* ms = xs + d * 68;   // [d, 64]
+    float* xs = smem;          // [D, 68]: x[i][token]
+    float* ms = xs + D * 68;   // [D, 64]
     const int tid = threadIdx.x, tg = tid / 16, cg = tid % 16;
     const int64_t t0 = int64_t{blockIdx.x} * 64, bhi = blockIdx.y, h = bhi % heads;
-    const int32_t total = rounds * cols, group = cols / 4;   // threads a round spans
-    for (int e = tid; e < 64 * d; e += 128) {
-        const int tt = e / d, i = e % d;
-        xs[i * 68 + tt] = t0 + tt < n ? to_float(x[(bhi * n + t0 + tt) * d + i]) : 0.f;
+    const int32_t total = rounds * cols, group = cols / 4, cols_log2 = __ffs(cols) - 1;   // group: threads a round spans
+    // x: thread e takes token e % 64 (consecutive threads, consecutive banks) and 16 bytes of its row
+#pragma unroll
+    for (int e = tid; e < 64 * D / kPer16; e += 128) {
+        const int tt = e % 64, i0 = e / 64 * kPer16;
+        T v[kPer16];
+        if (t0 + tt < n) {
+            *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + (bhi * n + t0 + tt) * D + i0);
+        } else {
+#pragma unroll
+            for (int j = 0; j < kPer16; ++j) v[j] = from_float<T>(0.f);
+        }
+#pragma unroll
+        for (int j = 0; j < kPer16; ++j) xs[(i0 + j) * 68 + tt] = to_float(v[j]);
     }
     for (int32_t cc = 0; cc < total; cc += 64) {
         __syncthreads();   // x is written (first slice), or the slice before is read by every thread
-        for (int e = tid; e < 64 * d; e += 128) {
-            const int i = e / 64, c = e % 64, g = cc + c;
-            ms[i * 64 + c] = g < total ? mats[((h * rounds + g / cols) * int64_t{d} + i) * cols + g % cols] : 0.f;
+#pragma unroll 4
+        for (int e = tid; e < D * 16; e += 128) {   // 4 columns (one round's) a copy
+            const int i = e / 16, c = e % 16 * 4, g = cc + c;
+            float4 m4 = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (g < total) m4 = *reinterpret_cast<const float4*>(mats + ((h * rounds + (g >> cols_log2)) * int64_t{D} + i) * cols + (g & (cols - 1)));
+            *reinterpret_cast<float4*>(ms + i * 64 + c) = m4;
         }
         __syncthreads();
         float acc[8][4];
 #pragma unroll
         for (int a = 0; a < 8; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
-        for (int i = 0; i < d; ++i) {
+#pragma unroll 8
+        for (int i = 0; i < D; ++i) {
             const float4 x0 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8);
             const float4 x1 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8 + 4);
             const float4 mv = *reinterpret_cast<const float4*>(ms + i * 64 + cg * 4);
@@ -80,7 +100,7 @@ __global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, 
 #pragma unroll
                 for (int c = 0; c < 4; ++c) acc[a][c] = fmaf(xv[a], mm[c], acc[a][c]);
         }
-        const int32_t g0 = cc + cg * 4, r = g0 / cols, c0 = g0 % cols;   // this thread's round and first column
+        const int32_t g0 = cc + cg * 4, r = g0 >> cols_log2, c0 = g0 & (cols - 1);   // this thread's round and first column
 #pragma unroll
         for (int a = 0; a < 8; ++a) {
             float best = -INFINITY;
@@ -105,12 +125,14 @@ __global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, 
 
 // [SECTION] the pass
 
-constexpr int kBand3QSlots = 2, kBand3KvSlots = 3, kBand3MetaSlots = 4;
+constexpr int kBand3KvSlots = 2, kBand3MetaSlots = 4;
 
-// Shared memory of content_band3: Q [2][64][D + 8], K and V [3][64][D + 8] (T), then the tokens of
-// queries and keys [4][64] and their chunk ids [4][rounds][64] (int32).
+// Shared memory of content_band3: Q [64][D + 8], K and V [2][64][D + 8] (T), then the tokens of
+// queries and keys [4][64] and their chunk ids [4][rounds][64] (int32). d = 128: 91 KB, two blocks
+// an SM (a first version with two Q and three K / V slots, 145 KB, ran one block an SM, one warp a
+// scheduler, and was slower than version 2: 9.9 ms against 5.8 on the H100).
 template <int D> constexpr int band3_smem(int rounds) {
-    return (kBand3QSlots + 2 * kBand3KvSlots) * 64 * (D + 8) * 2 + 2 * kBand3MetaSlots * 64 * (1 + rounds) * 4;
+    return (1 + 2 * kBand3KvSlots) * 64 * (D + 8) * 2 + 2 * kBand3MetaSlots * 64 * (1 + rounds) * 4;
 }
 
 // 4 bytes global -> shared, asynchronously.
@@ -154,17 +176,118 @@ template <int D, typename T> __device__ inline void band3_rows(T* tile, const T*
     }
 }
 
-// The band walk with chunk 64 (p.chunk == 64, q_rows == k_rows, DK = DV = D): what content_band_tc2
-// computes in kBand mode, tile for tile. p.q_sorted_chunk / p.k_sorted_chunk: content_sorted_chunks'
-// output for queries and keys. grid: (ceil(tiles / tiles_per_block), bh, rounds), block 128,
-// dynamic shared memory band3_smem<D>(rounds).
+// Round `part`'s rule for query token tq and key token tk: kept unless one is past n, it is the
+// self pair (content_merge2's, when it is all a row has), the key comes after the query under
+// causal, the fixed pass holds it, or the two met in an earlier round (chunk gap 0 or 1 there).
+// The last rule makes the rounds' pair sets disjoint, so the merge of their passes is the softmax
+// over the union with no correction: the same function as version 2's -log(count) on every
+// round's copy of a pair (Reformer's), for one comparison per earlier round instead of a loop over
+// all rounds and a logarithm per pair. cq[r * 64], ck[r * 64]: the query's and key's chunks in round r.
+template <typename T>
+__device__ inline bool band3_keeps(const ContentParams<T>& p, int64_t table, int part, int32_t tq, int32_t tk, const int32_t* cq,
+                                   const int32_t* ck) {
+    if (tq < 0 || tk < 0 || tk == tq) return false;
+    if (p.causal && tk > tq) return false;
+    for (int r = 0; r < part; ++r) {
+        if (static_cast<uint32_t>(cq[r * 64] - ck[r * 64]) <= 1u) return false;
+    }
+    return table < 0 || !fixed_allows(p, table, tq, tk);
+}
+
+// One 64-key chunk of a tile: S = Q K^T for this warp's 16 rows, the pair rule, the online
+// softmax and O += P V (version 2's fragments and order).
 template <typename T, int D>
-__global__ void __launch_bounds__(128) content_band3(ContentParams<T> p, int32_t tiles_per_block) {
+__device__ inline void band3_chunk(const ContentParams<T>& p, int64_t table, int part, const uint32_t (&q_frag)[D / 16][4],
+                                   const T* ks, const T* vs, const int32_t* q_tok, const int32_t* q_cid, const int32_t* k_tok,
+                                   const int32_t* k_cid, float (&o_acc)[D / 8][4], float (&row_max)[2], float (&row_sum)[2]) {
+    using Mma = MmaType<T>;
+    constexpr int kS = D + 8;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    float s[8][4];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+            uint32_t kf[4];
+            const int r = np * 16 + lane % 8 + 8 * (lane / 16), col = kk * 16 + 8 * ((lane / 8) % 2);
+            ldmatrix_x4(kf, ks + r * kS + col);
+            Mma::mma(s[2 * np], q_frag[kk], kf[0], kf[1]);
+            Mma::mma(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
+        }
+    }
+    float scale_old[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int i = warp * 16 + group + 8 * half;
+        const int32_t tq = q_tok[i];
+        float mx = row_max[half];
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int j = t * 8 + 2 * quad + e;
+                float& x = s[t][2 * half + e];
+                x = band3_keeps(p, table, part, tq, k_tok[j], q_cid + i, k_cid + j) ? x * p.scale_log2 : -INFINITY;
+                mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float base = mx == -INFINITY ? 0.f : mx;
+        scale_old[half] = exp2_fast(row_max[half] - base);
+        row_max[half] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float& x = s[t][2 * half + e];
+                x = exp2_fast(x - base);
+                sum += x;
+            }
+        }
+        row_sum[half] = row_sum[half] * scale_old[half] + sum;
+    }
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+        o_acc[t][0] *= scale_old[0];
+        o_acc[t][1] *= scale_old[0];
+        o_acc[t][2] *= scale_old[1];
+        o_acc[t][3] *= scale_old[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
+                                Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t vf[4];
+            const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = dp * 16 + 8 * (lane / 16);
+            ldmatrix_x4_trans(vf, vs + r * kS + col);
+            Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
+            Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
+        }
+    }
+}
+
+// The band walk with chunk 64 (p.chunk == 64, q_rows == k_rows, DK = DV = D): the pairs of
+// content_band_tc2's kBand mode less those of earlier rounds (band3_keeps), so each round's O
+// and lse (normalised, at the tokens' positions) merge with no correction. p.q_sorted_chunk /
+// p.k_sorted_chunk: content_sorted_chunks' output for queries and keys.
+// A block walks tiles c_begin .. c_end - 1 of one (round, head); tile c is chunk c's 64 queries
+// against chunks c - 1 (K / V slot (c + 1) % 2) and c (slot c % 2). Per tile: wait and barrier;
+// Q's fragments into registers; chunk c - 1; barrier (every warp is done with Q and with slot
+// (c + 1) % 2); copy chunk c + 1's Q, K and V and chunk c + 2's ids; chunk c; the output.
+// grid: (ceil(tiles / tiles_per_block), bh, rounds), block 128, dynamic shared memory band3_smem<D>(rounds).
+template <typename T, int D>
+__global__ void __launch_bounds__(128, 2) content_band3(ContentParams<T> p, int32_t tiles_per_block) {
     using Mma = MmaType<T>;
     constexpr int kS = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* q_ring = reinterpret_cast<T*>(smem_raw);
-    T* k_ring = q_ring + kBand3QSlots * 64 * kS;
+    T* q_tile = reinterpret_cast<T*>(smem_raw);
+    T* k_ring = q_tile + 64 * kS;
     T* v_ring = k_ring + kBand3KvSlots * 64 * kS;
     int32_t* q_tok_ring = reinterpret_cast<int32_t*>(v_ring + kBand3KvSlots * 64 * kS);
     int32_t* k_tok_ring = q_tok_ring + kBand3MetaSlots * 64;
@@ -189,16 +312,16 @@ __global__ void __launch_bounds__(128) content_band3(ContentParams<T> p, int32_t
                        n,
                        per_round,
                        p.rounds};
+    const auto meta_slot = [](int64_t c) { return static_cast<int>(c % kBand3MetaSlots); };
     const auto meta = [&](int64_t c) {
-        const int slot = static_cast<int>(c % kBand3MetaSlots);
+        const int slot = meta_slot(c);
         run.copy_meta(c, q_tok_ring + slot * 64, k_tok_ring + slot * 64, q_cid_ring + slot * 64 * p.rounds,
                       k_cid_ring + slot * 64 * p.rounds);
     };
-    const auto rows = [&](int64_t c, bool with_q) {
-        const int meta_slot = static_cast<int>(c % kBand3MetaSlots), kv = static_cast<int>(c % kBand3KvSlots);
-        if (with_q) band3_rows<D>(q_ring + (c % kBand3QSlots) * 64 * kS, q_head, q_tok_ring + meta_slot * 64);
-        band3_rows<D>(k_ring + kv * 64 * kS, k_head, k_tok_ring + meta_slot * 64);
-        band3_rows<D>(v_ring + kv * 64 * kS, v_head, k_tok_ring + meta_slot * 64);
+    const auto kv_rows = [&](int64_t c) {
+        const int kv = static_cast<int>(c % kBand3KvSlots);
+        band3_rows<D>(k_ring + kv * 64 * kS, k_head, k_tok_ring + meta_slot(c) * 64);
+        band3_rows<D>(v_ring + kv * 64 * kS, v_head, k_tok_ring + meta_slot(c) * 64);
     };
 
     // prologue: the ids of chunks c_begin - 1 and c_begin, then their rows and chunk c_begin + 1's ids
@@ -207,23 +330,17 @@ __global__ void __launch_bounds__(128) content_band3(ContentParams<T> p, int32_t
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    if (c_begin > 0) rows(c_begin - 1, false);
-    rows(c_begin, true);
+    if (c_begin > 0) kv_rows(c_begin - 1);
+    band3_rows<D>(q_tile, q_head, q_tok_ring + meta_slot(c_begin) * 64);
+    kv_rows(c_begin);
     if (c_begin + 1 < c_end) meta(c_begin + 1);
     cp_async_commit();
 
     for (int64_t c = c_begin; c < c_end; ++c) {
-        cp_async_wait<0>();   // chunk c's rows and chunk c + 1's ids landed ...
+        cp_async_wait<0>();   // chunk c's Q, K, V (and c - 1's K, V) and chunk c + 1's ids landed ...
         __syncthreads();      // ... for every thread, and every warp is done with tile c - 1
-        // tile c - 1 used K / V slot (c - 2) % 3 = (c + 1) % 3, Q slot (c + 1) % 2, ids (c + 2) % 4 (as c - 2)
-        if (c + 1 < c_end) rows(c + 1, true);
-        if (c + 2 < c_end) meta(c + 2);
-        cp_async_commit();
-
-        const T* q_tile = q_ring + (c % kBand3QSlots) * 64 * kS;
-        const int q_slot = static_cast<int>(c % kBand3MetaSlots);
-        const int32_t* q_tok = q_tok_ring + q_slot * 64;
-        const int32_t* q_cid = q_cid_ring + q_slot * 64 * p.rounds;
+        const int32_t* q_tok = q_tok_ring + meta_slot(c) * 64;
+        const int32_t* q_cid = q_cid_ring + meta_slot(c) * 64 * p.rounds;
         uint32_t q_frag[D / 16][4];
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
@@ -235,82 +352,22 @@ __global__ void __launch_bounds__(128) content_band3(ContentParams<T> p, int32_t
         for (int t = 0; t < D / 8; ++t) o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;
         float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
-        for (int64_t kc = c > 0 ? c - 1 : 0; kc <= c; ++kc) {   // the chunk before, then the own chunk
-            const int kv = static_cast<int>(kc % kBand3KvSlots), k_slot = static_cast<int>(kc % kBand3MetaSlots);
-            const T* ks = k_ring + kv * 64 * kS;
-            const T* vs = v_ring + kv * 64 * kS;
-            const int32_t* k_tok = k_tok_ring + k_slot * 64;
-            const int32_t* k_cid = k_cid_ring + k_slot * 64 * p.rounds;
-            float s[8][4];
-#pragma unroll
-            for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-                for (int np = 0; np < 4; ++np) {
-                    uint32_t kf[4];
-                    const int r = np * 16 + lane % 8 + 8 * (lane / 16), col = kk * 16 + 8 * ((lane / 8) % 2);
-                    ldmatrix_x4(kf, ks + r * kS + col);
-                    Mma::mma(s[2 * np], q_frag[kk], kf[0], kf[1]);
-                    Mma::mma(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
-                }
-            }
-
-            float scale_old[2];
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int i = warp * 16 + group + 8 * half;
-                const int32_t tq = q_tok[i];
-                float mx = row_max[half];
-#pragma unroll
-                for (int t = 0; t < 8; ++t) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int j = t * 8 + 2 * quad + e;
-                        float& x = s[t][2 * half + e];
-                        const float add = band_pair(p, table, part, tq, k_tok[j], q_cid + i, 64, k_cid + j, 64);
-                        x = add == -INFINITY ? -INFINITY : fmaf(x, p.scale_log2, add);
-                        mx = fmaxf(mx, x);
-                    }
-                }
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float base = mx == -INFINITY ? 0.f : mx;
-                scale_old[half] = exp2_fast(row_max[half] - base);
-                row_max[half] = mx;
-                float sum = 0.f;
-#pragma unroll
-                for (int t = 0; t < 8; ++t) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        float& x = s[t][2 * half + e];
-                        x = exp2_fast(x - base);
-                        sum += x;
-                    }
-                }
-                row_sum[half] = row_sum[half] * scale_old[half] + sum;
-            }
-#pragma unroll
-            for (int t = 0; t < D / 8; ++t) {
-                o_acc[t][0] *= scale_old[0];
-                o_acc[t][1] *= scale_old[0];
-                o_acc[t][2] *= scale_old[1];
-                o_acc[t][3] *= scale_old[1];
-            }
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
-                                        Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                        Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-                for (int dp = 0; dp < D / 16; ++dp) {
-                    uint32_t vf[4];
-                    const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = dp * 16 + 8 * (lane / 16);
-                    ldmatrix_x4_trans(vf, vs + r * kS + col);
-                    Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
-                    Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
-                }
-            }
+        if (c > 0) {   // the chunk before
+            const int kv = static_cast<int>((c - 1) % kBand3KvSlots);
+            band3_chunk<T, D>(p, table, part, q_frag, k_ring + kv * 64 * kS, v_ring + kv * 64 * kS, q_tok, q_cid,
+                              k_tok_ring + meta_slot(c - 1) * 64, k_cid_ring + meta_slot(c - 1) * 64 * p.rounds, o_acc, row_max, row_sum);
+        }
+        __syncthreads();   // every warp has Q in registers and is done with slot (c - 1) % 2 = (c + 1) % 2
+        if (c + 1 < c_end) {
+            band3_rows<D>(q_tile, q_head, q_tok_ring + meta_slot(c + 1) * 64);
+            kv_rows(c + 1);
+        }
+        if (c + 2 < c_end) meta(c + 2);   // slot (c + 2) % 4 = (c - 2) % 4: tile c - 1's first chunk, done
+        cp_async_commit();
+        {   // the own chunk
+            const int kv = static_cast<int>(c % kBand3KvSlots);
+            band3_chunk<T, D>(p, table, part, q_frag, k_ring + kv * 64 * kS, v_ring + kv * 64 * kS, q_tok, q_cid,
+                              k_tok_ring + meta_slot(c) * 64, k_cid_ring + meta_slot(c) * 64 * p.rounds, o_acc, row_max, row_sum);
         }
 
         // the tile's rows, normalised, at their tokens' positions (as content_band_tc2 writes them)

@@ -232,13 +232,13 @@ struct CudaContentAttention::Impl {
             for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
                 const T* x = (side == 0 ? q : k).as<T>();
                 const int64_t base = side == 0 ? 0 : segs_q;
-                if (version >= 3 && cols >= 4 && cols <= 64 && std::has_single_bit(static_cast<uint64_t>(cols))) {
+                if (version >= 3 && (d == 64 || d == 128) && cols >= 4 && cols <= 64 && std::has_single_bit(static_cast<uint64_t>(cols))) {
                     const int smem3 = cuda::content::project2_smem(static_cast<int>(d));
                     const dim3 grid3(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
-                    const auto kernel = cuda::content::content_hash3<T>;
+                    const auto kernel = d == 64 ? cuda::content::content_hash3<T, 64> : cuda::content::content_hash3<T, 128>;
                     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
-                    kernel<<<grid3, 128, smem3>>>(x, shape.heads, bh, n, static_cast<int32_t>(d), mats.as<float>(), static_cast<int32_t>(rounds),
-                                                  static_cast<int32_t>(cols), base, bucket_bits, keys_in.as<uint64_t>());
+                    kernel<<<grid3, 128, smem3>>>(x, shape.heads, bh, n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols),
+                                                  base, bucket_bits, keys_in.as<uint64_t>());
                 } else if (version >= 2) {
                     const int smem2 = cuda::content::project2_smem(static_cast<int>(d));
                     const dim3 grid2(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
@@ -560,7 +560,7 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     if (options.version < 0 || options.version > 3) {
         throw Error(what + ": version " + std::to_string(options.version) + " (give 1, 2 or 3, or 0 for the newest)");
     }
-    s.version = options.version == 0 ? 2 : options.version;   // 3 once it has run on a GPU
+    s.version = options.version == 0 ? 3 : options.version;
     std::vector<float> mats;
     int64_t want = 0;
     std::string meaning;
