@@ -127,9 +127,12 @@ struct CudaContentAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // Version 3's band walk: tensor cores, 16-bit, d = 64 or 128, chunk 64 (else version 2's).
+    // Version 3's band walk: tensor cores, 16-bit, d = 64 or 128, chunk 64, two rounds or more
+    // (else version 2's). With one round its gain, the pair rule without a loop over rounds and a
+    // logarithm, is not there: on the H100 anchors (one round) at n = 65,536, d = 128 took 1.75 ms
+    // of passes with version 3 against 1.49 with version 2 (bench/results/content-cuda-*.md).
     template <typename T> bool band3() const {
-        return version >= 3 && tensor_cores && !std::is_same_v<T, float> && chunk == 64 && (shape.d == 64 || shape.d == 128);
+        return version >= 3 && tensor_cores && !std::is_same_v<T, float> && chunk == 64 && rounds >= 2 && (shape.d == 64 || shape.d == 128);
     }
 
     // content_band3 over every round: each block walks G consecutive tiles of one (round, head),
