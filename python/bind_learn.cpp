@@ -6,6 +6,8 @@
 #include "engine/reference.hpp"
 #include "learn/distill.hpp"
 #include "learn/eval.hpp"
+#include "engine/threads.hpp"
+#include "learn/causal_mask.hpp"
 #include "learn/pool.hpp"
 #include "learn/tasks.hpp"
 #include "learn/teacher.hpp"
@@ -72,6 +74,38 @@ py::dict train_report_dict(const learn::TrainReport& r) {
     d["held_out_passkey"] = r.held_out_passkey;
     d["tokens_per_second"] = r.tokens_per_second;
     return d;
+}
+
+// A task config from the names of the checkpoint header's "task" (docs/learn.md), checked.
+learn::TaskConfig task_config_make(const std::string& kind, int64_t n, int64_t pairs, int64_t queries, int64_t keys, int64_t values,
+                                   int64_t fillers, int64_t needles) {
+    learn::TaskConfig c;
+    c.kind = learn::task_kind_parse(kind);
+    c.n = n;
+    c.pairs = pairs;
+    c.queries = queries;
+    c.keys = keys;
+    c.values = values;
+    c.fillers = fillers;
+    c.needles = needles;
+    learn::task_config_check(c);
+    return c;
+}
+
+learn::TaskStream task_stream_parse(const std::string& text) {
+    for (learn::TaskStream s : {learn::TaskStream::train, learn::TaskStream::validation, learn::TaskStream::test})
+        if (text == learn::task_stream_name(s)) return s;
+    value_error("stream: '" + text + "' is not a stream (use 'train', 'validation' or 'test')");
+}
+
+// FNV-1a 64 of bytes: the checkpoint's checksum (teacher.cpp writes the same).
+uint64_t fnv1a64(const uint8_t* data, size_t size) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < size; ++i) {
+        h ^= data[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
 }
 
 PyMaskSetPtr mask_set_wrap(MaskSet set) {
@@ -161,7 +195,47 @@ void bind_learn(py::module_& parent) {
                  return d;
              }, py::arg("index") = 0, py::arg("seed") = 1, py::arg("block") = 16,
              "The dense attention inputs and outputs of held-out sequence `index`: a dict of tokens [n], targets [n] (-1: no answer), "
-             "q, k, v, o [layers, heads, n, head_dim] and lse [layers, heads, n].");
+             "q, k, v, o [layers, heads, n, head_dim] and lse [layers, heads, n].")
+        .def_property_readonly("vocab", [](const PyTeacher& t) { return t.teacher.config.vocab; })
+        .def_property_readonly("params", [](const PyTeacher& t) { return array_copy(t.teacher.params); },
+             "A copy of the parameters, float64 [param_count], in the checkpoint's order (docs/learn.md, \"Checkpoint format\").")
+        .def("log_probs", [](const PyTeacher& t, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens, int threads) {
+                 // teacher_evaluate hands out the loss, not the logits: with one answer, at position i with target v, its
+                 // loss is lse_i - logit_iv, so n * vocab one-answer evaluations give every log probability of the forward.
+                 const int64_t n = t.teacher.task.n, vocab = t.teacher.config.vocab;
+                 if (tokens.ndim() != 1 || tokens.shape(0) != n)
+                     value_error("log_probs: tokens must be one sequence [n] at the teacher's n = " + std::to_string(n) + ", got shape " +
+                                 shape_text(tokens));
+                 for (int64_t i = 0; i < n; ++i)
+                     if (tokens.data()[i] < 0 || tokens.data()[i] >= vocab)
+                         value_error("log_probs: tokens[" + std::to_string(i) + "] = " + std::to_string(tokens.data()[i]) +
+                                     " is not a token (0 to vocab - 1 = " + std::to_string(vocab - 1) + ")");
+                 std::vector<int32_t> seq(tokens.data(), tokens.data() + n);
+                 std::vector<double> out(static_cast<size_t>(n * vocab));
+                 {
+                     py::gil_scoped_release release;
+                     parallel_for(n, threads, [&](int64_t begin, int64_t end) {
+                         learn::TaskBatch batch;
+                         batch.batch = 1;
+                         batch.n = n;
+                         batch.tokens = seq;
+                         batch.targets.assign(static_cast<size_t>(n), -1);
+                         learn::TeacherRunOptions run;
+                         run.threads = 1;
+                         for (int64_t i = begin; i < end; ++i)
+                             for (int64_t v = 0; v < vocab; ++v) {
+                                 batch.targets[static_cast<size_t>(i)] = static_cast<int32_t>(v);
+                                 out[static_cast<size_t>(i * vocab + v)] = -learn::teacher_evaluate(t.teacher, batch, run).loss;
+                                 batch.targets[static_cast<size_t>(i)] = -1;
+                             }
+                     });
+                 }
+                 py::array_t<double> a({n, vocab});
+                 std::copy(out.begin(), out.end(), a.mutable_data());
+                 return a;
+             }, py::arg("tokens"), py::arg("threads") = 0,
+             "The dense forward's log softmax of the logits at every position of one sequence: float64 [n, vocab] (n * vocab "
+             "evaluations: for tests at small n, e.g. against sparsa.lab.LabTeacher).");
 
     m.def("train_teacher", [](const std::string& task, int64_t n, int64_t pairs, int64_t queries, int64_t d, int64_t heads, int64_t layers,
                               int64_t mlp, int64_t steps, int64_t batch, double lr, uint64_t seed, double stop_accuracy, double max_seconds,
@@ -209,6 +283,77 @@ void bind_learn(py::module_& parent) {
           "'mqar', 'passkey' or 'mix') at length n (mqar: `pairs` key-value pairs, `queries` of them asked; needle tasks: `needles`); "
           "positions 'rotary', 'none' or 'sinusoidal'; head_dim 0: d / heads; kv_heads 0: as many as heads. Returns (Teacher, report "
           "dict). Stops after `steps`, at `stop_accuracy` validation accuracy, or after `max_seconds` (0: no limit). progress prints to stderr.");
+
+    m.def("teacher_init", [](const std::string& task, int64_t n, int64_t pairs, int64_t queries, int64_t keys, int64_t values, int64_t fillers,
+                             int64_t needles, int64_t d, int64_t heads, int64_t head_dim, int64_t kv_heads, int64_t layers, int64_t mlp,
+                             bool causal, const std::string& positions, double qk_identity, uint64_t seed) {
+              const learn::TaskConfig task_config = task_config_make(task, n, pairs, queries, keys, values, fillers, needles);
+              learn::TeacherConfig model = learn::teacher_config_default(task_config);
+              model.d = d;
+              model.heads = heads;
+              model.head_width = head_dim;
+              model.kv_heads = kv_heads;
+              model.layers = layers;
+              model.mlp = mlp;
+              model.causal = causal;
+              model.positions = learn::positions_parse(positions);
+              model.qk_identity = qk_identity;
+              return PyTeacher{learn::teacher_init(model, task_config, seed)};
+          }, py::arg("task") = "ruler", py::arg("n") = 1024, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("keys") = 32,
+          py::arg("values") = 32, py::arg("fillers") = 16, py::arg("needles") = 4, py::arg("d") = 128, py::arg("heads") = 2,
+          py::arg("head_dim") = 0, py::arg("kv_heads") = 0, py::arg("layers") = 2, py::arg("mlp") = 256, py::arg("causal") = true,
+          py::arg("positions") = "rotary", py::arg("qk_identity") = 0.0, py::arg("seed") = 1,
+          "An untrained teacher with the C++ trainer's initial weights for `seed` (what `sparsa learn teacher --seed` starts from); "
+          "sparsa.lab.LabTeacher.from_cpp copies them.");
+
+    m.def("task_batch", [](const std::string& task, int64_t n, const std::string& stream, uint64_t seed, int64_t first, int64_t count,
+                           int64_t pairs, int64_t queries, int64_t keys, int64_t values, int64_t fillers, int64_t needles) {
+              if (count < 1) value_error("task_batch: count must be >= 1, got " + std::to_string(count));
+              if (first < 0) value_error("task_batch: first must be >= 0, got " + std::to_string(first));
+              const learn::TaskConfig c = task_config_make(task, n, pairs, queries, keys, values, fillers, needles);
+              const uint64_t stream_seed = learn::task_stream_seed(task_stream_parse(stream), seed);
+              learn::TaskBatch b;
+              {
+                  py::gil_scoped_release release;
+                  b = learn::task_batch(c, stream_seed, first, count);
+              }
+              // kind: the index in task_kinds() of each sequence's kind
+              std::vector<int32_t> kind(static_cast<size_t>(count));
+              const auto& kinds = learn::task_kinds_single();
+              for (int64_t i = 0; i < count; ++i)
+                  kind[static_cast<size_t>(i)] = static_cast<int32_t>(
+                      std::find(kinds.begin(), kinds.end(), static_cast<learn::TaskKind>(b.kind[static_cast<size_t>(i)])) - kinds.begin());
+              py::dict d;
+              d["tokens"] = array_copy(b.tokens).attr("reshape")(count, n);
+              d["targets"] = array_copy(b.targets).attr("reshape")(count, n);
+              d["depth"] = array_copy(b.depth).attr("reshape")(count, n);
+              d["kind"] = array_copy(kind);
+              d["vocab"] = c.vocab();
+              d["seed"] = stream_seed;
+              return d;
+          }, py::arg("task") = "ruler", py::arg("n") = 1024, py::arg("stream") = "train", py::arg("seed") = 1, py::arg("first") = 0,
+          py::arg("count") = 16, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("keys") = 32, py::arg("values") = 32,
+          py::arg("fillers") = 16, py::arg("needles") = 4,
+          "Sequences first .. first + count - 1 of a task stream, from the generator the C++ trainer reads: stream 'train' (the "
+          "training seed `seed`; step s of `sparsa learn teacher --batch B` reads first = s * B), 'validation' or 'test' (fixed "
+          "seeds, `seed` unused). A dict of tokens, targets (-1: no answer) and depth (the answer's depth bucket 0..9, -1: none), "
+          "each int [count, n]; kind int32 [count] (an index into task_kinds()); vocab; seed (the stream's).");
+    m.def("task_kinds", [] {
+              std::vector<std::string> names;
+              for (learn::TaskKind k : learn::task_kinds_single()) names.push_back(learn::task_kind_name(k));
+              return names;
+          }, "The kinds one sequence can be, in the order task_batch's `kind` indexes them.");
+    m.def("causal_masks", [](int64_t n, int64_t heads, int32_t block, int64_t layers) {
+              if (n < 1 || heads < 1 || layers < 1) value_error("causal_masks: n, heads and layers must be >= 1");
+              if (!block_size_valid(block)) value_error("causal_masks: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              return mask_set_wrap(learn::mask_set_causal(n, block, layers, heads));
+          }, py::arg("n"), py::arg("heads"), py::arg("block") = 64, py::arg("layers") = 1,
+          "The causal teacher's dense mask (key <= query) as a MaskSet [layers, heads] (learn/causal_mask.hpp); the teacher's own "
+          "has block 64 from n = 64.");
+    m.def("fnv1a64", [](const py::bytes& data) {
+              const std::string bytes = data;
+              return fnv1a64(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+          }, py::arg("data"), "FNV-1a 64 of the bytes: a teacher checkpoint's checksum over everything before it.");
 
     py::class_<PySample>(m, "AttentionSample", "The dense teacher's q, k and lse on several inputs: what search and the gate learn from.")
         .def_property_readonly("inputs", [](const PySample& s) { return s.sample.inputs(); })
