@@ -176,3 +176,34 @@ def test_bad_arguments():
     model = lab.LabTeacher.new(**TINY)
     with pytest.raises(ValueError, match="steps = 0 and batch = 4 must be at least 1"):
         lab.train(model, steps=0, batch=4)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and sparsa.cuda_built), reason="needs a CUDA device and sparsa built with CUDA")
+def test_cuda_forward_matches_the_cpu(capsys):
+    # Head width 64 (the tensor-core kernels' bfloat16), grouped-query heads, blocks of 64 at n = 128.
+    cfg = dict(task="ruler", n=128, needles=2, pairs=4, queries=4, d=64, heads=2, head_dim=64, kv_heads=1, layers=2, mlp=64)
+    model = lab.LabTeacher.new(**cfg, seed=4)
+    lab.train(model, steps=3, batch=4, lr=0.05, seed=4, stop_accuracy=1.01, progress=None)   # away from the initial weights
+    tokens = lab.task_batch(model.task, "test", 0, 2)["tokens"]
+    cpu = torch_log_probs_batch(model, tokens)
+    model.cuda()
+    fp32 = torch_log_probs_batch(model, tokens)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16 = torch_log_probs_batch(model, tokens)
+        model.attention = "sdpa"
+        sdpa = torch_log_probs_batch(model, tokens)
+    errors = {name: float(np.abs(x - cpu).max()) for name, x in (("float32", fp32), ("bfloat16", bf16), ("sdpa bf16", sdpa))}
+    with capsys.disabled():
+        print(f"\nlab teacher on {torch.cuda.get_device_name()}: largest log-probability difference from the CPU's: {errors}")
+    assert errors["float32"] < 1e-4
+    assert np.abs(bf16 - cpu).mean() < 0.05 and np.abs(sdpa - cpu).mean() < 0.05
+    # training steps on the GPU in bfloat16 (train's default there) move the loss
+    model.attention = "sparsa"
+    report = lab.train(model, steps=3, batch=4, lr=0.05, seed=4, stop_accuracy=1.01, progress=None)
+    assert np.isfinite(report["last_loss"]) and report["steps"] == 3
+
+
+def torch_log_probs_batch(model, tokens):
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.from_numpy(tokens).to(device)).double(), -1).cpu().numpy()
