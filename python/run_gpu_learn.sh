@@ -10,10 +10,11 @@
 #   python/run_gpu_learn.sh N [TRAIN ARGS...]      # there, e.g. python/run_gpu_learn.sh 16384 --curriculum 4096
 #
 # TRAIN ARGS go to train_lab_teacher.py (its --help; the defaults are `sparsa learn teacher`'s).
-# Environment: SEED (1), MINUTES (3: the most the last stage trains; the GPU machine gives a command
-# 10 minutes, the build included), TIME_STEPS (6: steps timed per attention, 0: no timing), STEPS
+# Environment: SEED (1), MINUTES (3: the most training takes, all --curriculum stages included; less
+# when BUDGET (570 s: the GPU machine gives a command 600) would be passed, counting from the
+# command's start, the build included), TIME_STEPS (6: steps timed per attention, 0: no timing), STEPS
 # (which of build test time train to run, default all four in that order), BUILD (build-torch-gpu),
-# PYTHON, PYBIND11_DIR (as run_gpu_torch.sh). Results go to $OUT (or $BUILD/out): learn-gpu.log
+# PYTHON, PYBIND11_DIR (as run_gpu_torch.sh), DEVICE (cuda; cpu tries the steps here without a GPU). Results go to $OUT (or $BUILD/out): learn-gpu.log
 # (everything printed), build.log, test-lab.log, teacher-nN-seedS.bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,8 @@ PY=${PYTHON:-$(command -v python3)}
 SEED=${SEED:-1}
 MINUTES=${MINUTES:-3}
 TIME_STEPS=${TIME_STEPS:-6}
+BUDGET=${BUDGET:-570}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$RESULTS"
 LOG=$RESULTS/learn-gpu.log
 exec > >(tee -a "$LOG") 2>&1
@@ -65,7 +68,7 @@ step_time() {
     [[ $TIME_STEPS -gt 0 ]] || return 0
     local attention
     for attention in sparsa sdpa; do
-        "$PY" examples/torch/train_lab_teacher.py --device cuda --n "$N" --seed "$SEED" --attention "$attention" \
+        "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$N" --seed "$SEED" --attention "$attention" \
             --steps "$TIME_STEPS" --eval-every 1000000 --eval-sequences 2 --stop-accuracy 1.01 --quiet "$@" \
             -o "$RESULTS/.timing.bin" | grep -E "^(teacher|stage|n = )" \
             || fail "timing with --attention $attention failed"
@@ -77,7 +80,11 @@ step_time() {
 # [SECTION] train: one teacher at N, saved for sparsa learn ruler --teachers
 step_train() {
     local file=$RESULTS/teacher-n$N-seed$SEED.bin
-    "$PY" examples/torch/train_lab_teacher.py --device cuda --n "$N" --seed "$SEED" --max-minutes "$MINUTES" "$@" -o "$file" \
+    # what the command has left (BUDGET seconds from its start, less a minute for the last validation and the save)
+    local left=$(( BUDGET - SECONDS - 60 )) minutes
+    (( left >= 30 )) || fail "train: ${left} s left of BUDGET = $BUDGET s: run it again with STEPS=train (the build is kept on a warm machine)"
+    minutes=$(awk -v m="$MINUTES" -v l="$left" 'BEGIN { x = l / 60; if (m < x) x = m; printf "%.2f", x }')
+    "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$N" --seed "$SEED" --max-minutes "$minutes" "$@" -o "$file" \
         || fail "training failed"
     elapsed "train: $file"
 }

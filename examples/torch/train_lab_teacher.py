@@ -15,11 +15,13 @@ On CUDA the model runs under bfloat16 autocast by default, so that sparsa.torch.
 in bfloat16 (its tensor-core kernels: head width 64 or 128). --attention sdpa runs PyTorch's
 scaled_dot_product_attention instead (for speed comparisons; the checkpoint is the same model).
 --curriculum N1,N2,...: train at each of these shorter lengths first (each until --stop-accuracy or
---stage-minutes), then at --n, as `sparsa learn teacher --from` does by hand.
+--stage-minutes), then at --n, as `sparsa learn teacher --from` does by hand; --max-minutes bounds
+all stages together.
 """
 import argparse
 import os
 import sys
+import time
 
 import torch
 
@@ -57,7 +59,8 @@ def arguments():
     p.add_argument("--stop-accuracy", type=float, default=0.98)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-sequences", type=int, default=64)
-    p.add_argument("--max-minutes", type=float, default=19.0, help="the most the last stage trains (0: no limit)")
+    p.add_argument("--max-minutes", type=float, default=19.0,
+                   help="the most all stages train together (0: no limit); the last gets what the others left")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], help="bfloat16 autocast (default on cuda) or float32 (cpu)")
     p.add_argument("--attention", choices=["sparsa", "sdpa"], default="sparsa")
@@ -110,16 +113,18 @@ def main():
     where = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     print(f"teacher: {teacher.extra_repr()}, {count:,} parameters; {where}, {a.dtype}, torch {torch.__version__}", flush=True)
     progress = None if a.quiet else (lambda line: print(line, flush=True))
+    start = time.perf_counter()
 
     for n in a.curriculum + [a.n]:
         teacher.task = stage_task(a, teacher, n)
         micro = a.micro_batch or max(1, min(a.batch, 262144 // n))
-        last = n == a.n
+        left = 60 * a.max_minutes - (time.perf_counter() - start) if a.max_minutes > 0 else float("inf")
+        seconds = max(1.0, left if n == a.n else min(60 * a.stage_minutes, left))   # at least one step per stage
         print(f"stage n = {n}: batch {a.batch} ({micro} per forward), at most {a.steps} steps, "
-              f"{a.max_minutes if last else a.stage_minutes} minutes", flush=True)
+              + ("no time limit" if seconds == float("inf") else f"{seconds / 60:.2f} minutes"), flush=True)
         r = lab.train(teacher, steps=a.steps, batch=a.batch, lr=a.lr, warmup=a.warmup, eval_every=a.eval_every,
                       eval_sequences=a.eval_sequences, stop_accuracy=a.stop_accuracy, seed=a.seed,
-                      max_seconds=60 * (a.max_minutes if last else a.stage_minutes), dtype=a.dtype, micro_batch=micro,
+                      max_seconds=0 if seconds == float("inf") else seconds, dtype=a.dtype, micro_batch=micro,
                       progress=progress)
         kinds = ", ".join(f"{k} {v:.4f}" for k, v in r["validation_by_kind"].items())
         print(f"n = {n}: trained {r['steps']} steps in {r['seconds']:.1f} s ({r['tokens_per_second']:.0f} tokens/s, "
