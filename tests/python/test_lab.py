@@ -3,6 +3,7 @@ C++ trainer wrote gives the same log probabilities in PyTorch as in the C++ forw
 wrote gives the same in C++; the file round-trips byte for byte; the PyTorch trainer takes the C++
 trainer's steps (same data, initial weights, schedule and optimizer); bad files are refused naming
 the file. Runs on torch 1.13's CPU in a few seconds (tiny models at n = 64 and 128)."""
+import json
 import re
 import struct
 
@@ -25,10 +26,10 @@ TOLERANCE = 2e-5
 TINY = dict(task="single", n=64, needles=1, d=32, heads=4, head_dim=16, layers=2, mlp=32)
 
 
-def cpp_teacher(positions, kv_heads, causal=True, seed=2):
+def cpp_teacher(positions, kv_heads, causal=True, seed=2, head_dim=16):
     """A C++ teacher trained a few steps (its weights away from the initial ones)."""
-    t, report = sparsa.learn.train_teacher(**TINY, kv_heads=kv_heads, positions=positions, causal=causal, steps=3, batch=4,
-                                           lr=0.05, seed=seed, stop_accuracy=1.01)
+    t, report = sparsa.learn.train_teacher(**dict(TINY, head_dim=head_dim), kv_heads=kv_heads, positions=positions, causal=causal,
+                                           steps=3, batch=4, lr=0.05, seed=seed, stop_accuracy=1.01)
     assert report["steps"] == 3
     return t
 
@@ -56,6 +57,27 @@ def test_cpp_checkpoint_gives_the_cpp_forward(tmp_path, positions, kv_heads, cau
     again = tmp_path / "again.bin"
     lab.LabTeacher.load(path, dtype=torch.float64).save(again)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_version_1_loads_as_the_cpp_reads_it(tmp_path):
+    # A version 1 file (the first teacher: no head_width, kv_heads, causal, positions, needles) is
+    # bidirectional with sinusoidal positions and d / heads per head, in both readers.
+    t = cpp_teacher("sinusoidal", 4, causal=False, head_dim=0)   # d / heads = 8, as version 1 had
+    t.save(str(tmp_path / "v2.bin"))
+    model, task, params = lab.checkpoint_read(tmp_path / "v2.bin")
+    header = {"format": "sparsa.teacher", "version": 1,
+              "model": {k: model[k] for k in ("vocab", "d", "heads", "layers", "mlp", "qk_identity", "sharpness", "own_block")},
+              "task": {k: task[k] for k in ("kind", "n", "pairs", "queries", "keys", "values", "fillers")}}
+    text = json.dumps(header).encode()
+    body = b"SPTEACH\n" + struct.pack("<II", 1, len(text)) + text + struct.pack("<Q", params.size) + params.tobytes()
+    (tmp_path / "v1.bin").write_bytes(reseal(body + bytes(8)))
+    v1 = lab.LabTeacher.load(tmp_path / "v1.bin")
+    assert (v1.model["causal"], v1.model["positions"], v1.model["head_width"], v1.model["kv_heads"]) == (False, "sinusoidal", 8, 4)
+    assert v1.task["needles"] == 4
+    back = sparsa.learn.Teacher.load(str(tmp_path / "v1.bin"))
+    tokens = lab.task_batch(v1.task, "test", 1, 1)["tokens"][0]
+    assert_close(torch_log_probs(v1, tokens), back.log_probs(tokens))
+    assert_close(torch_log_probs(v1, tokens), t.log_probs(tokens))
 
 
 def test_sdpa_attention_gives_the_same_forward(tmp_path):
