@@ -122,7 +122,10 @@ def checkpoint_write(path, model, task, params):
     body = b"".join([_MAGIC, struct.pack("<II", FORMAT_VERSION, len(text)), text, struct.pack("<Q", count), params.tobytes()])
     data = body + struct.pack("<Q", sparsa.learn.fnv1a64(body))
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".teacher-", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".teacher-", dir=folder)
+    except OSError as e:
+        raise _fail(path, f"cannot write it ({e.strerror}: is the folder there and writable?)") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

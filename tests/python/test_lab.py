@@ -198,6 +198,8 @@ def test_bad_arguments():
     model = lab.LabTeacher.new(**TINY)
     with pytest.raises(ValueError, match="steps = 0 and batch = 4 must be at least 1"):
         lab.train(model, steps=0, batch=4)
+    with pytest.raises(sparsa.Error, match="nowhere/t.bin: cannot write it"):
+        model.save("/nonexistent-folder/nowhere/t.bin")
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and sparsa.cuda_built), reason="needs a CUDA device and sparsa built with CUDA")
