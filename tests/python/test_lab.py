@@ -231,3 +231,31 @@ def torch_log_probs_batch(model, tokens):
     device = next(model.parameters()).device
     with torch.no_grad():
         return torch.log_softmax(model(torch.from_numpy(tokens).to(device)).double(), -1).cpu().numpy()
+
+
+def test_the_script_trains_and_the_cli_reads_its_checkpoint(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import SOURCE_DIR
+    out = tmp_path / "t.bin"
+    run = subprocess.run([sys.executable, str(SOURCE_DIR / "examples" / "torch" / "train_lab_teacher.py"), "--device", "cpu",
+                          "--task", "single", "--needles", "1", "--n", "128", "--curriculum", "64", "--stage-minutes", "0.05",
+                          "--d", "32", "--heads", "2", "--kv-heads", "1", "--layers", "1", "--mlp", "32", "--steps", "4",
+                          "--batch", "2", "--eval-every", "2", "--eval-sequences", "4", "-o", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("teacher: causal, 1 layers x 2 heads (1 key/value heads) of width 16")
+    assert any(line.startswith("n = 64: trained") for line in lines) and any(line.startswith("n = 128: trained") for line in lines)
+    assert lines[-1].startswith(f"wrote {out} (n = 128")
+    back = sparsa.learn.Teacher.load(str(out))
+    assert (back.n, back.kv_heads, back.task) == (128, 1, "single")
+    bad = subprocess.run([sys.executable, str(SOURCE_DIR / "examples" / "torch" / "train_lab_teacher.py"), "--device", "cpu",
+                          "--from", str(out), "--d", "64", "-o", str(tmp_path / "u.bin")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--from: the model options are the checkpoint's" in bad.stderr
+    if os.environ.get("SPARSA_CLI"):   # ctest sets it: the C++ evaluation reads the PyTorch checkpoint
+        cli = subprocess.run([os.environ["SPARSA_CLI"], "learn", "ruler", "--teachers", str(out), "--densities", "none",
+                              "--test-inputs", "4", "-o", str(tmp_path / "ruler")], capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert (tmp_path / "ruler" / "report.json").exists()
