@@ -54,6 +54,8 @@ def arguments():
     p.add_argument("--micro-batch", type=int, default=0,
                    help="sequences per forward (the same gradient, less memory); 0: at most 262,144 tokens")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--later-lr", type=float, default=0.0,
+                   help="the rate of every --curriculum stage after the first (0: --lr); docs/learn.md's curriculum used 1e-3")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=1, help="the initial weights and the training stream")
     p.add_argument("--stop-accuracy", type=float, default=0.98)
@@ -115,14 +117,15 @@ def main():
     progress = None if a.quiet else (lambda line: print(line, flush=True))
     start = time.perf_counter()
 
-    for n in a.curriculum + [a.n]:
+    for stage, n in enumerate(a.curriculum + [a.n]):
+        rate = a.later_lr if stage > 0 and a.later_lr > 0 else a.lr
         teacher.task = stage_task(a, teacher, n)
         micro = a.micro_batch or max(1, min(a.batch, 262144 // n))
         left = 60 * a.max_minutes - (time.perf_counter() - start) if a.max_minutes > 0 else float("inf")
         seconds = max(1.0, left if n == a.n else min(60 * a.stage_minutes, left))   # at least one step per stage
-        print(f"stage n = {n}: batch {a.batch} ({micro} per forward), at most {a.steps} steps, "
+        print(f"stage n = {n}: batch {a.batch} ({micro} per forward), lr {rate:g}, at most {a.steps} steps, "
               + ("no time limit" if seconds == float("inf") else f"{seconds / 60:.2f} minutes"), flush=True)
-        r = lab.train(teacher, steps=a.steps, batch=a.batch, lr=a.lr, warmup=a.warmup, eval_every=a.eval_every,
+        r = lab.train(teacher, steps=a.steps, batch=a.batch, lr=rate, warmup=a.warmup, eval_every=a.eval_every,
                       eval_sequences=a.eval_sequences, stop_accuracy=a.stop_accuracy, seed=a.seed,
                       max_seconds=0 if seconds == float("inf") else seconds, dtype=a.dtype, micro_batch=micro,
                       progress=progress)

@@ -242,12 +242,14 @@ def test_the_script_trains_and_the_cli_reads_its_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, str(SOURCE_DIR / "examples" / "torch" / "train_lab_teacher.py"), "--device", "cpu",
                           "--task", "single", "--needles", "1", "--n", "128", "--curriculum", "64", "--stage-minutes", "0.05",
                           "--d", "32", "--heads", "2", "--kv-heads", "1", "--layers", "1", "--mlp", "32", "--steps", "4",
-                          "--batch", "2", "--eval-every", "2", "--eval-sequences", "4", "-o", str(out)],
+                          "--batch", "2", "--eval-every", "2", "--eval-sequences", "4", "--later-lr", "1e-3", "-o", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("teacher: causal, 1 layers x 2 heads (1 key/value heads) of width 16")
     assert any(line.startswith("n = 64: trained") for line in lines) and any(line.startswith("n = 128: trained") for line in lines)
+    stages = [line for line in lines if line.startswith("stage n = ")]
+    assert ", lr 0.002, " in stages[0] and ", lr 0.001, " in stages[1]
     assert lines[-1].startswith(f"wrote {out} (n = 128")
     back = sparsa.learn.Teacher.load(str(out))
     assert (back.n, back.kv_heads, back.task) == (128, 1, "single")
