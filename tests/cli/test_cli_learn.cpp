@@ -77,7 +77,7 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     const fs::path report = scratch("learn_ruler");
     fs::remove_all(report);
     const std::string tiny = " --task ruler --n 128 --needles 2 --pairs 4 --queries 4 --d 16 --heads 2 --kv-heads 1 --layers 1 --mlp 16 --batch 8";
-    Result r = run("learn ruler" + tiny + " --steps 5 --seeds 4,5 --test-inputs 10 --validation-inputs 5 --densities 0.25 --quiet -o " +
+    Result r = run("learn ruler" + tiny + " --steps 5 --seeds 4,5 --test-inputs 10 --validation-inputs 5 --densities 0.25 --selectors none --pooled-gate-inputs 0 --indexer-inputs 0 --quiet -o " +
                    quote(report));
     INFO(r.out);
     REQUIRE(r.code == 0);
@@ -100,7 +100,7 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     const fs::path again = scratch("learn_ruler_again");
     fs::remove_all(again);
     r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + "," + quote(report / "teacher-seed5.bin") +
-            " --test-inputs 10 --validation-inputs 5 --densities 0.25 -o " + quote(again));
+            " --test-inputs 10 --validation-inputs 5 --densities 0.25 --selectors none --pooled-gate-inputs 0 --indexer-inputs 0 -o " + quote(again));
     REQUIRE(r.code == 0);
     std::ifstream in2(again / "report.json");
     const auto j2 = nlohmann::json::parse(in2);
