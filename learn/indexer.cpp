@@ -6,6 +6,7 @@
 #include "engine/error.hpp"
 #include "engine/threads.hpp"
 #include "learn/distill.hpp"
+#include "learn/early_stopped_adam.hpp"
 
 #include <Eigen/Core>
 
@@ -178,7 +179,7 @@ IndexerTrainReport indexer_train(Indexer& ix, const std::vector<std::vector<Inde
                                  const std::vector<std::vector<IndexerExample>>& validation, const IndexerTrainOptions& o) {
     if (train.empty() || validation.empty()) throw Error("indexer: training needs training and validation inputs");
     const int64_t P = ix.per_layer();
-    std::vector<IndexerTrainReport> reports(static_cast<size_t>(ix.layers));
+    std::vector<EarlyStoppedAdamReport> reports(static_cast<size_t>(ix.layers));
     auto mean_loss = [&](const std::vector<std::vector<IndexerExample>>& set, int64_t l, double* grad) {
         double loss = 0;
         for (const auto& input : set) loss += indexer_loss(ix, l, input.at(static_cast<size_t>(l)), grad, 1.0 / static_cast<double>(set.size()));
@@ -186,38 +187,13 @@ IndexerTrainReport indexer_train(Indexer& ix, const std::vector<std::vector<Inde
     };
     parallel_for(ix.layers, 0, [&](int64_t begin, int64_t end) {
         for (int64_t l = begin; l < end; ++l) {
-            IndexerTrainReport& rep = reports[l];
-            double* w = ix.at(l);
-            std::vector<double> m(static_cast<size_t>(P), 0.0), v(m), grad(m), best(w, w + P);
-            rep.first_validation = rep.best_validation = mean_loss(validation, l, nullptr);
-            int64_t since_best = 0;
-            for (int64_t step = 0; step < o.steps; ++step) {
-                std::fill(grad.begin(), grad.end(), 0.0);
-                const double loss = mean_loss(train, l, grad.data());
-                if (step == 0) rep.first_train = loss;
-                rep.last_train = loss;
-                rep.steps = step + 1;
-                const double c1 = 1 - std::pow(0.9, static_cast<double>(step + 1)), c2 = 1 - std::pow(0.999, static_cast<double>(step + 1));
-                for (int64_t e = 0; e < P; ++e) {
-                    m[e] = 0.9 * m[e] + 0.1 * grad[e];
-                    v[e] = 0.999 * v[e] + 0.001 * grad[e] * grad[e];
-                    w[e] -= o.lr * (m[e] / c1) / (std::sqrt(v[e] / c2) + 1e-8);
-                }
-                if ((step + 1) % std::max<int64_t>(1, o.eval_every) != 0 && step + 1 != o.steps) continue;
-                const double kl = mean_loss(validation, l, nullptr);
-                if (kl < rep.best_validation) {
-                    rep.best_validation = kl;
-                    std::copy(w, w + P, best.begin());
-                    since_best = 0;
-                } else if (++since_best >= o.patience) {
-                    break;
-                }
-            }
-            std::copy(best.begin(), best.end(), w);
+            reports[l] = early_stopped_adam(
+                ix.at(l), P, [&](double* grad) { return mean_loss(train, l, grad); }, [&] { return mean_loss(validation, l, nullptr); },
+                {o.steps, o.lr, o.eval_every, o.patience});
         }
     });
     IndexerTrainReport total;
-    for (const IndexerTrainReport& r : reports) {
+    for (const EarlyStoppedAdamReport& r : reports) {
         const double share = 1.0 / static_cast<double>(ix.layers);
         total.first_train += share * r.first_train;
         total.last_train += share * r.last_train;

@@ -7,6 +7,7 @@
 #include "engine/threads.hpp"
 #include "io/atomic_file.hpp"
 #include "learn/distill.hpp"
+#include "learn/early_stopped_adam.hpp"
 #include "learn/pool.hpp"
 
 #include <Eigen/Core>
@@ -162,12 +163,7 @@ PooledGateTrainReport pooled_gate_train(PooledGate& gate, const std::vector<std:
             if (static_cast<int64_t>(input.size()) != gate.layers)
                 throw Error("pooled gate: an input has " + std::to_string(input.size()) + " layers, the gate " + std::to_string(gate.layers));
     const int64_t heads_total = gate.layers * gate.heads, P = gate.per_head();
-    const int64_t eval_every = std::max<int64_t>(1, o.eval_every);
-    struct HeadReport {
-        double first_train = 0, last_train = 0, first_validation = 0, best_validation = 0;
-        int64_t steps = 0, best_step = 0;
-    };
-    std::vector<HeadReport> reports(static_cast<size_t>(heads_total));
+    std::vector<EarlyStoppedAdamReport> reports(static_cast<size_t>(heads_total));
     auto mean_loss = [&](const std::vector<std::vector<PooledGateExample>>& set, int64_t l, int64_t h, double* grad) {
         double loss = 0;
         for (const auto& input : set) loss += pooled_gate_loss(gate, l, h, input[l], grad, 1.0 / static_cast<double>(set.size()));
@@ -176,39 +172,13 @@ PooledGateTrainReport pooled_gate_train(PooledGate& gate, const std::vector<std:
     parallel_for(heads_total, 0, [&](int64_t begin, int64_t end) {
         for (int64_t lh = begin; lh < end; ++lh) {
             const int64_t l = lh / gate.heads, h = lh % gate.heads;
-            HeadReport& rep = reports[lh];
-            double* w = gate.at(l, h);
-            std::vector<double> m(static_cast<size_t>(P), 0.0), v(m), grad(m), best(w, w + P);
-            rep.best_validation = rep.first_validation = mean_loss(validation, l, h, nullptr);
-            int64_t since_best = 0;
-            for (int64_t step = 0; step < o.steps; ++step) {
-                std::fill(grad.begin(), grad.end(), 0.0);
-                const double loss = mean_loss(train, l, h, grad.data());
-                if (step == 0) rep.first_train = loss;
-                rep.last_train = loss;
-                rep.steps = step + 1;
-                const double c1 = 1 - std::pow(0.9, static_cast<double>(step + 1)), c2 = 1 - std::pow(0.999, static_cast<double>(step + 1));
-                for (int64_t e = 0; e < P; ++e) {
-                    m[e] = 0.9 * m[e] + 0.1 * grad[e];
-                    v[e] = 0.999 * v[e] + 0.001 * grad[e] * grad[e];
-                    w[e] -= o.lr * (m[e] / c1) / (std::sqrt(v[e] / c2) + 1e-8);
-                }
-                if ((step + 1) % eval_every != 0 && step + 1 != o.steps) continue;
-                const double kl = mean_loss(validation, l, h, nullptr);
-                if (kl < rep.best_validation) {
-                    rep.best_validation = kl;
-                    rep.best_step = step + 1;
-                    std::copy(w, w + P, best.begin());
-                    since_best = 0;
-                } else if (++since_best >= o.patience) {
-                    break;
-                }
-            }
-            std::copy(best.begin(), best.end(), w);   // the parameters of the best validation KL (the initial ones if none was better)
+            reports[lh] = early_stopped_adam(
+                gate.at(l, h), P, [&](double* grad) { return mean_loss(train, l, h, grad); },
+                [&] { return mean_loss(validation, l, h, nullptr); }, {o.steps, o.lr, o.eval_every, o.patience});
         }
     });
     PooledGateTrainReport report;
-    for (const HeadReport& r : reports) {
+    for (const EarlyStoppedAdamReport& r : reports) {
         const double share = 1.0 / static_cast<double>(heads_total);
         report.first_train += share * r.first_train;
         report.last_train += share * r.last_train;
