@@ -209,7 +209,7 @@ std::string output(const Args& args, const std::string& fallback) {
 learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher& teacher) {
     learn::TaskConfig task;
     task.kind = learn::task_kind_parse(args.value("--task").value_or("ruler"));
-    task.n = args.integer("--n", 1024, 16, 16384);
+    task.n = args.integer("--n", 1024, 16, 65536);
     task.needles = args.integer("--needles", task.needles, 1, 10);
     task.pairs = args.integer("--pairs", task.pairs, 1, 100000);
     task.queries = args.integer("--queries", task.queries, 1, 100000);
@@ -534,8 +534,8 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
             // --n: measure at another length than the one trained at (how the positions generalise).
             if (args.has("--n")) {
                 trained.push_back(labels.back() + " was trained at n = " + std::to_string(teachers.back().task.n) +
-                                  "; measured here at n = " + std::to_string(args.integer("--n", 1024, 16, 16384)));
-                teachers.back().task.n = args.integer("--n", 1024, 16, 16384);
+                                  "; measured here at n = " + std::to_string(args.integer("--n", 1024, 16, 65536)));
+                teachers.back().task.n = args.integer("--n", 1024, 16, 65536);
                 learn::task_config_check(teachers.back().task);
             }
         }
