@@ -82,7 +82,9 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           indexer (--indexer-inputs N (64; 0: none) sequences of the same stream, 128 query
           rows each, --indexer-heads J (2) of --indexer-width W (8), at most --indexer-steps
           S (300)), each with its selection time; writes DIR/report.md, report.json, depth.png with accuracy per task
-          and per depth as mean +- standard deviation over the seeds.
+          and per depth as mean +- standard deviation over the seeds, and cost.png (accuracy against
+          select + forward ms). --replot DIR: redraw DIR's report.md, depth.png, cost.png from its
+          report.json, evaluating nothing.
           --densities none: dense and the diagonal only. With --teachers, --n N measures
           them at length N (not the one they were trained at)
 demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
@@ -126,7 +128,7 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--own-block", "--shape-steps", "--head-dim", "--kv-heads", "--positions", "--needles", "--pairs",
                                        "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from",
                                        "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps",
-                                       "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps"};
+                                       "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps", "--replot"};
 const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
 
 // The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
@@ -486,6 +488,12 @@ int learn_demo(const Args& args, const std::vector<std::string>& argv, OutputSet
 // --seeds 1,2,3 or --teachers a.bin,b.bin: train a teacher per seed (saved in DIR) or read them;
 // evaluate each on the test stream with the trivial baselines; one report over all.
 int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSet& outputs) {
+    if (const auto replot = args.value("--replot")) {   // redraw from report.json, evaluating nothing
+        learn::ruler_report_replot(*replot);
+        outputs.say("wrote %s/report.md, depth.png, cost.png (from its report.json)\n", replot->c_str());
+        outputs.commit();
+        return 0;
+    }
     const Common c = common(args);
     const std::string dir = outputs.folder("-o", output(args, "learn-ruler"));
     learn::RulerEvalOptions o;
@@ -580,7 +588,7 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     for (const learn::RulerRow& r : evals[0].rows)
         outputs.say("%-14s %7.2f%% %8.4f  accuracy %.2f%%  (seed %s)\n", r.method.c_str(), 100 * r.density, r.recall, 100 * r.scores.accuracy(),
                     labels[0].c_str());
-    outputs.say("wrote %s/report.md, report.json, depth.png\n", dir.c_str());
+    outputs.say("wrote %s/report.md, report.json, depth.png, cost.png\n", dir.c_str());
     outputs.commit();
     return 0;
 }

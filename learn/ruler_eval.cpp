@@ -19,6 +19,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <map>
 
@@ -407,8 +409,12 @@ void write_text(const std::string& path, const std::string& text) {
 
 } // namespace
 
-void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<std::string>& seeds, const std::string& dir,
-                        const std::string& preamble) {
+namespace {
+
+// The report's files from the evaluations; report.json only when `machine` is given (a replot
+// keeps the report.json it read, with the machine it was measured on).
+void report_files_write(const std::vector<RulerEval>& evals, const std::vector<std::string>& seeds, const std::string& dir,
+                        const std::string& preamble, const std::string* machine) {
     if (evals.empty() || evals.size() != seeds.size()) throw Error("ruler report: one evaluation per seed is needed");
     for (const RulerEval& e : evals)
         if (e.rows.size() != evals[0].rows.size()) throw Error("ruler report: the seeds' evaluations have different methods");
@@ -448,6 +454,12 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
     for (const RulerEval& e : evals) dense_forward.push_back(e.rows[0].forward_ms);
     const double dense_ms = mean_std(dense_forward).mean;
     nlohmann::json rows_json = nlohmann::json::array();
+    struct CostPoint {
+        std::string method;
+        double ms = 0;          // select + forward, mean over seeds
+        MeanStd accuracy;       // over all answers
+    };
+    std::vector<CostPoint> cost;
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {
         std::vector<double> all, recall, density, select, forward;
         std::vector<std::vector<double>> per_kind(kinds.size());
@@ -482,6 +494,7 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
                 js["tasks"][task_kind_name(kinds[k])] = {{"answers", row.scores.answers[k]}, {"correct", row.scores.correct[k]}};
             jr["per_seed"].push_back(js);
         }
+        cost.push_back({first.method, mean_std(select).mean + mean_std(forward).mean, mean_std(all)});
         jr["accuracy_mean"] = mean_std(all).mean;
         jr["accuracy_std"] = mean_std(all).std;
         rows_json.push_back(jr);
@@ -558,11 +571,177 @@ void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<s
         if (own || first.target == plotted) plot.series.push_back(series);
     }
     if (any_needle) md += "\n![accuracy per depth](depth.png)\n";
-    nlohmann::json j = {{"n", evals[0].n}, {"block", evals[0].block}, {"causal", evals[0].causal}, {"test_inputs", evals[0].test_inputs},
-                        {"validation_inputs", evals[0].validation_inputs}, {"seeds", seeds}, {"rows", rows_json}, {"machine", machine_description()}};
+    // Quality against cost: one point per (method, density), a method's densities joined, x on a
+    // log2 scale (the times span more than a factor of 10), error bars of one standard deviation.
+    Plot cplot;
+    cplot.title = several ? "accuracy against time per layer (test stream; bars: +-1 sd over seeds)" : "accuracy against time per layer (test stream)";
+    cplot.x_label = "log2 of select + forward ms per layer (0 = 1 ms, 3 = 8 ms)";
+    cplot.y_label = "accuracy, all answers";
+    cplot.y_percent = true;
+    cplot.y_min = 0;
+    double lo = 1e300, hi = -1e300;
+    for (const CostPoint& p : cost)
+        if (p.ms > 0 && p.accuracy.count > 0) {
+            lo = std::min(lo, std::log2(p.ms));
+            hi = std::max(hi, std::log2(p.ms));
+        }
+    const bool any_cost = lo <= hi;
+    if (any_cost) {
+        std::vector<std::string> methods;   // in the table's order
+        for (const CostPoint& p : cost)
+            if (std::find(methods.begin(), methods.end(), p.method) == methods.end()) methods.push_back(p.method);
+        // The legend is drawn top left inside the axes (10 pixel glyphs, 26 pixels of swatch, in
+        // about 880 pixels of axes): the x range starts far enough left of the fastest point that
+        // the legend's width L holds no point: L = share * (span + L).
+        size_t chars = std::string("dense (reference)").size();
+        for (const std::string& m : methods) chars = std::max(chars, m.size());
+        const double share = (36.0 + 10.0 * static_cast<double>(chars)) / 880.0;
+        const double legend = share * (hi - lo + 0.25) / (1 - share);
+        cplot.x_min = lo - legend;
+        cplot.x_max = hi + 0.25;
+        cplot.y_max = 1.06;   // the top tick (100%) clear of the y label above the axis
+        for (const CostPoint& p : cost)
+            if (p.accuracy.count > 0) cplot.y_max = std::max(cplot.y_max, p.accuracy.mean + p.accuracy.std);
+        cplot.x_integer = true;
+        for (const std::string& method : methods) {
+            PlotSeries line{method, {}, {}, colour_of(method)};
+            for (const CostPoint& p : cost)
+                if (p.method == method && p.ms > 0 && p.accuracy.count > 0) {
+                    line.x.push_back(std::log2(p.ms));
+                    line.y.push_back(p.accuracy.mean);
+                    if (several) cplot.series.push_back({"", {std::log2(p.ms), std::log2(p.ms)},
+                                                         {std::max(0.0, p.accuracy.mean - p.accuracy.std), p.accuracy.mean + p.accuracy.std},
+                                                         colour_of(method)});
+                }
+            if (method == "dense" && line.x.size() == 1) {   // the reference: a horizontal line across the plot
+                line.label = "dense (reference)";
+                line.x = {lo - 0.05 * legend, cplot.x_max};   // from the legend's right edge
+                line.y = {line.y[0], line.y[0]};
+                cplot.series.push_back({"", {std::log2(cost[0].ms)}, {cost[0].accuracy.mean}, colour_of(method)});
+            }
+            cplot.series.push_back(line);
+        }
+        md += "\n![accuracy against time](cost.png)\n\ncost.png: accuracy over all answers (mean over seeds";
+        md += several ? ", bars one standard deviation" : "";
+        md += ") against the time per layer (select ms + forward ms, log2 scale), one point per method and density, a method's "
+              "densities joined in the table's order; the dense row is the horizontal line (and its point at its own time).\n";
+    }
     if (any_needle) plot_png_save(plot, dir + "/depth.png", 1000, 640);
-    write_text(dir + "/report.json", j.dump(2) + "\n");
+    if (any_cost) plot_png_save(cplot, dir + "/cost.png", 1000, 640);
+    if (machine) {
+        nlohmann::json notes = nlohmann::json::array();
+        for (const RulerEval& e : evals) notes.push_back(e.notes);
+        nlohmann::json j = {{"n", evals[0].n}, {"block", evals[0].block}, {"causal", evals[0].causal}, {"test_inputs", evals[0].test_inputs},
+                            {"validation_inputs", evals[0].validation_inputs}, {"seeds", seeds}, {"rows", rows_json}, {"machine", *machine},
+                            {"preamble", preamble}, {"notes", notes}};
+        write_text(dir + "/report.json", j.dump(2) + "\n");
+    }
     write_text(dir + "/report.md", md);
+}
+
+// The text of report.md before `marker`, and the "- seed S: note" lines of its notes section:
+// what a report.json written before it kept them lacks.
+void preamble_from_markdown(const std::string& md_path, const std::vector<std::string>& seeds, std::string& preamble,
+                            std::vector<std::vector<std::string>>& notes) {
+    std::ifstream in(md_path, std::ios::binary);
+    if (!in) throw Error("learn ruler --replot: " + md_path + ": cannot read it, and report.json has no preamble (written before it kept one; "
+                         "run sparsa learn ruler again)");
+    const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t at = md.find("\nEvery figure is from the **test stream**");
+    if (at == std::string::npos) throw Error("learn ruler --replot: " + md_path + ": no report preamble found in it (run sparsa learn ruler again)");
+    preamble = md.substr(0, at);
+    notes.assign(seeds.size(), {});
+    const std::string head = "\nTrained or chosen on the way, per seed:\n\n";
+    size_t p = md.find(head);
+    if (p == std::string::npos) return;
+    p += head.size();
+    while (p < md.size() && md.compare(p, 2, "- ") == 0) {
+        const size_t end = md.find('\n', p);
+        const std::string item = md.substr(p + 2, end - p - 2);
+        for (size_t s = 0; s < seeds.size(); ++s) {
+            const std::string tag = "seed " + seeds[s] + ": ";
+            if (item.compare(0, tag.size(), tag) == 0) {
+                notes[s].push_back(item.substr(tag.size()));
+                break;
+            }
+        }
+        if (end == std::string::npos) break;
+        p = end + 1;
+    }
+}
+
+} // namespace
+
+void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<std::string>& seeds, const std::string& dir,
+                        const std::string& preamble) {
+    const std::string machine = machine_description();
+    report_files_write(evals, seeds, dir, preamble, &machine);
+}
+
+void ruler_report_replot(const std::string& dir) {
+    const std::string path = dir + "/report.json";
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error("learn ruler --replot: " + path + ": cannot read it (give the folder a sparsa learn ruler run wrote)");
+    std::vector<RulerEval> evals;
+    std::vector<std::string> seeds;
+    std::string preamble;
+    std::vector<std::vector<std::string>> notes;
+    bool has_preamble = false;
+    try {
+        const nlohmann::json j = nlohmann::json::parse(in);
+        seeds = j.at("seeds").get<std::vector<std::string>>();
+        if (seeds.empty()) throw Error("learn ruler --replot: " + path + ": no seeds in it (run sparsa learn ruler again)");
+        evals.resize(seeds.size());
+        for (RulerEval& e : evals) {
+            e.n = j.at("n").get<int64_t>();
+            e.block = j.at("block").get<int32_t>();
+            e.causal = j.at("causal").get<bool>();
+            e.test_inputs = j.at("test_inputs").get<int64_t>();
+            e.validation_inputs = j.at("validation_inputs").get<int64_t>();
+        }
+        const auto& kinds = task_kinds_single();
+        for (const nlohmann::json& jr : j.at("rows")) {
+            const nlohmann::json& per_seed = jr.at("per_seed");
+            if (per_seed.size() != seeds.size())
+                throw Error("learn ruler --replot: " + path + ": a row of method '" + jr.at("method").get<std::string>() +
+                            "' has " + std::to_string(per_seed.size()) + " seeds, not " + std::to_string(seeds.size()) + " (run sparsa learn ruler again)");
+            for (size_t s = 0; s < seeds.size(); ++s) {
+                const nlohmann::json& js = per_seed[s];
+                RulerRow row;
+                row.method = jr.at("method").get<std::string>();
+                row.target = jr.at("target_density").get<double>();
+                row.density = js.at("density").get<double>();
+                row.recall = js.at("recall").get<double>();
+                row.select_ms = js.at("select_ms").get<double>();
+                row.forward_ms = js.at("forward_ms").get<double>();
+                row.detail = js.at("detail").get<std::string>();
+                for (const auto& [name, t] : js.at("tasks").items()) {
+                    size_t k = 0;
+                    while (k < kinds.size() && task_kind_name(kinds[k]) != name) ++k;
+                    if (k == kinds.size()) throw Error("learn ruler --replot: " + path + ": unknown task '" + name + "' (run sparsa learn ruler again)");
+                    row.scores.answers[k] = t.at("answers").get<std::vector<int64_t>>();
+                    row.scores.correct[k] = t.at("correct").get<std::vector<int64_t>>();
+                    if (row.scores.answers[k].size() != static_cast<size_t>(kDepths) || row.scores.correct[k].size() != static_cast<size_t>(kDepths))
+                        throw Error("learn ruler --replot: " + path + ": task '" + name + "' does not have " + std::to_string(kDepths) +
+                                    " depths (run sparsa learn ruler again)");
+                }
+                evals[s].rows.push_back(row);
+            }
+        }
+        if (evals[0].rows.empty()) throw Error("learn ruler --replot: " + path + ": no rows in it (run sparsa learn ruler again)");
+        if (j.contains("preamble")) {
+            has_preamble = true;
+            preamble = j.at("preamble").get<std::string>();
+            notes = j.at("notes").get<std::vector<std::vector<std::string>>>();
+            if (notes.size() != seeds.size()) throw Error("learn ruler --replot: " + path + ": notes for " + std::to_string(notes.size()) +
+                                                          " seeds, not " + std::to_string(seeds.size()) + " (run sparsa learn ruler again)");
+        }
+    } catch (const nlohmann::json::exception& e) {
+        throw Error("learn ruler --replot: " + path + ": not a report.json of sparsa learn ruler: " + e.what() + " (run sparsa learn ruler again)");
+    }
+    if (!has_preamble) preamble_from_markdown(dir + "/report.md", seeds, preamble, notes);
+    for (size_t s = 0; s < seeds.size(); ++s) evals[s].notes = notes[s];
+    report_files_write(evals, seeds, dir, preamble, nullptr);
 }
 
 } // namespace sparsa::learn

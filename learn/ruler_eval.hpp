@@ -79,11 +79,17 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& options
 
 // [SECTION] several seeds and the report
 
-// Writes report.md, report.json and depth.png into `dir` (created when missing), each atomically:
-// per (method, density) the accuracy per task and overall as mean +- standard deviation over the
+// Writes report.md, report.json, depth.png and cost.png (accuracy against select + forward time)
+// into `dir` (created when missing), each atomically: per (method, density) the accuracy per task and overall as mean +- standard deviation over the
 // evaluations (one per training seed, labelled by `seeds`), recall, density and timings, and the
 // accuracy per depth of the needle tasks. `preamble`: Markdown put first (command, model, training).
 void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<std::string>& seeds, const std::string& dir,
                         const std::string& preamble);
+
+// Rewrites report.md, depth.png and cost.png in `dir` from its report.json (kept as it is), without
+// evaluating anything: the same bytes ruler_report_write wrote from the same evaluations. A
+// report.json written before it kept the preamble and the notes takes them from dir/report.md.
+// Throws sparsa::Error naming the file, before writing anything, when it is missing or malformed.
+void ruler_report_replot(const std::string& dir);
 
 } // namespace sparsa::learn
