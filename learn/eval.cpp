@@ -42,12 +42,7 @@ std::string fixed3(double v) {
 
 AttentionSample attention_sample(const Teacher& teacher, uint64_t seed, int64_t first, int64_t count, int32_t block, int threads) {
     const TaskBatch batch = task_batch(teacher.task, seed, first, count);
-    TeacherCapture capture;
-    TeacherRunOptions run;
-    run.block = block;
-    run.capture = &capture;
-    run.threads = threads;
-    teacher_evaluate(teacher, batch, run);
+    TeacherCapture capture = teacher_capture(teacher, batch, block, threads);
     AttentionSample s;
     s.q = std::move(capture.q);
     s.k = std::move(capture.k);

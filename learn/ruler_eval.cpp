@@ -74,17 +74,6 @@ struct Method {
     std::string detail;
 };
 
-// The teacher's dense q, k of every layer for a batch: [inputs][layers] of [1, heads, n, head_dim].
-TeacherCapture dense_capture(const Teacher& teacher, const TaskBatch& batch, int32_t block, int threads) {
-    TeacherCapture capture;
-    TeacherRunOptions run;
-    run.block = block;
-    run.capture = &capture;
-    run.threads = threads;
-    teacher_evaluate(teacher, batch, run);
-    return capture;
-}
-
 // The pooled gate's examples of a captured batch (dense targets: n^2 head_dim per head, in parallel).
 std::vector<std::vector<PooledGateExample>> gate_examples(const TeacherCapture& c, int32_t block, bool causal, int threads) {
     std::vector<std::vector<PooledGateExample>> out(c.q.size());
@@ -142,8 +131,8 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     if (o.pooled_gate_inputs > 0) {
         const auto t0 = std::chrono::steady_clock::now();
         const TaskBatch train = task_batch(teacher.task, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.pooled_gate_inputs);
-        const auto train_examples = gate_examples(dense_capture(teacher, train, o.block, o.threads), o.block, causal, o.threads);
-        const auto validation_examples = gate_examples(dense_capture(teacher, validation, o.block, o.threads), o.block, causal, o.threads);
+        const auto train_examples = gate_examples(teacher_capture(teacher, train, o.block, o.threads), o.block, causal, o.threads);
+        const auto validation_examples = gate_examples(teacher_capture(teacher, validation, o.block, o.threads), o.block, causal, o.threads);
         *pooled = pooled_gate_init(L, H, hd, o.pooled_gate_width, o.block, causal, o.train_seed);
         const PooledGateTrainReport r = pooled_gate_train(*pooled, train_examples, validation_examples, o.pooled_gate_train);
         char line[512];
@@ -162,7 +151,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         const auto t0 = std::chrono::steady_clock::now();
         const TaskBatch train = task_batch(teacher.task, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.indexer_inputs);
         auto examples = [&](const TaskBatch& batch) {
-            const TeacherCapture c = dense_capture(teacher, batch, o.block, o.threads);
+            const TeacherCapture c = teacher_capture(teacher, batch, o.block, o.threads);
             std::vector<std::vector<IndexerExample>> out(c.q.size());
             parallel_for(static_cast<int64_t>(c.q.size()), o.threads, [&](int64_t begin, int64_t end) {
                 for (int64_t b = begin; b < end; ++b)

@@ -599,6 +599,16 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
 
 } // namespace
 
+TeacherCapture teacher_capture(const Teacher& teacher, const TaskBatch& batch, int32_t block, int threads) {
+    TeacherCapture capture;
+    TeacherRunOptions run;
+    run.block = block;
+    run.capture = &capture;
+    run.threads = threads;
+    teacher_evaluate(teacher, batch, run);
+    return capture;
+}
+
 TeacherResult teacher_evaluate(const Teacher& teacher, const TaskBatch& batch, const TeacherRunOptions& options) {
     return teacher_run(teacher, batch, nullptr, options);
 }

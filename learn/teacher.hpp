@@ -147,6 +147,10 @@ struct TeacherRunOptions {
 // Loss and accuracy over a batch, no gradients.
 TeacherResult teacher_evaluate(const Teacher& teacher, const TaskBatch& batch, const TeacherRunOptions& options = {});
 
+// The dense (causal for a causal teacher) forward's q, k, v, o and lse of every layer over a batch:
+// what distillation and the selectors learn from. block: the engine's block (TeacherRunOptions).
+TeacherCapture teacher_capture(const Teacher& teacher, const TaskBatch& batch, int32_t block, int threads = 0);
+
 // Loss, accuracy and d loss / d params ([teacher_param_count], summed over the batch in a fixed
 // order, so the same for any thread count).
 TeacherResult teacher_gradients(const Teacher& teacher, const TaskBatch& batch, std::vector<double>& grads,

@@ -10,6 +10,7 @@
 
 #include "engine/error.hpp"
 #include "io/npy.hpp"
+#include "tests/learn/learn_testing.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -280,19 +281,7 @@ TEST_CASE("causal selection: top-k keeps no key block after the query block; blo
 }
 
 TEST_CASE("ruler evaluation: the dense row is the teacher's, the baselines keep their densities, the identity gate at full density is dense", "[learn]") {
-    TaskConfig task;
-    task.kind = TaskKind::ruler;
-    task.n = 128;
-    task.needles = 2;
-    task.pairs = 4;
-    task.queries = 4;
-    TeacherConfig model = teacher_config_default(task);
-    model.d = 16;
-    model.heads = 2;
-    model.kv_heads = 1;
-    model.layers = 1;
-    model.mlp = 16;
-    const Teacher teacher = teacher_init(model, task, 2);
+    const Teacher teacher = testing::tiny_ruler_teacher();
     RulerEvalOptions o;
     o.densities = {0.25, 1.0};
     o.test_inputs = 10;
@@ -301,7 +290,7 @@ TEST_CASE("ruler evaluation: the dense row is the teacher's, the baselines keep 
     const RulerEval e = ruler_evaluate(teacher, o);
     REQUIRE(e.rows.size() == 2 + 2 * 2);
     CHECK(e.rows[0].method == "dense");
-    const TaskBatch test = task_batch(task, task_stream_seed(TaskStream::test, 0), 0, 10);
+    const TaskBatch test = task_batch(teacher.task, task_stream_seed(TaskStream::test, 0), 0, 10);
     TaskScores dense;
     dense.add(test, teacher_evaluate(teacher, test).hits);
     CHECK(e.rows[0].scores.correct == dense.correct);

@@ -3,6 +3,7 @@
 // target (DuoAttention), with a selection time; the test stream read in chunks gives the same
 // figures as read whole; the report has the select / dense column and the gate's training note.
 #include "learn/ruler_eval.hpp"
+#include "tests/learn/learn_testing.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -15,19 +16,7 @@ using namespace sparsa;
 using namespace sparsa::learn;
 
 TEST_CASE("ruler evaluation: the selectors' rows, chunked test stream, report", "[ruler_eval]") {
-    TaskConfig task;
-    task.kind = TaskKind::ruler;
-    task.n = 128;
-    task.needles = 2;
-    task.pairs = 4;
-    task.queries = 4;
-    TeacherConfig model = teacher_config_default(task);
-    model.d = 16;
-    model.heads = 2;
-    model.kv_heads = 1;
-    model.layers = 1;
-    model.mlp = 16;
-    const Teacher teacher = teacher_init(model, task, 2);
+    const Teacher teacher = testing::tiny_ruler_teacher();
     RulerEvalOptions o;
     o.densities = {0.25};
     o.test_inputs = 10;
