@@ -465,11 +465,20 @@ __global__ void __launch_bounds__(128) favor_phi_tc(const T* x, const T* omega, 
         row_final[warp * 16 + group + 8] = running[1];
     }
     __syncthreads();
-    for (int64_t e = threadIdx.x; e < 64 * m; e += 128) {
-        const int i = static_cast<int>(e / m);
-        const int64_t j = e % m, t = t0 + i;
-        if (t >= n) continue;
-        phi[(bhi * n + t) * m + j] = from_float<T>(to_float(out[i * ms + j]) * __expf(tile_max[i * tiles + j / 64] - row_final[i]));
+    // 8 features (16 bytes) a thread a step, one scale each (8 features lie in one 64-feature tile;
+    // m is a multiple of 64 on this path): the first version wrote one element a step, behind a
+    // 64-bit division and remainder by m and an exponential each (Nsight Compute: 1.83 ms a launch
+    // at n = 65,536, m = 256, d = 128 on the H100).
+    const int per_row = static_cast<int>(m / 8);
+    for (int e = threadIdx.x; e < 64 * per_row; e += 128) {
+        const int i = e / per_row, j0 = (e % per_row) * 8;
+        if (t0 + i >= n) continue;
+        const float scale = __expf(tile_max[i * tiles + j0 / 64] - row_final[i]);
+        T v[8];
+        *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(out + i * ms + j0);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = from_float<T>(to_float(v[k]) * scale);
+        *reinterpret_cast<uint4*>(phi + (bhi * n + t0 + i) * m + j0) = *reinterpret_cast<const uint4*>(v);
     }
     if (threadIdx.x < 64 && t0 + threadIdx.x < n) cmax[bhi * n + t0 + threadIdx.x] = row_final[threadIdx.x];
 }
