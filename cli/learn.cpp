@@ -81,10 +81,16 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           --pooled-gate-steps S (400) steps, early stopping on validation), the lightning
           indexer (--indexer-inputs N (64; 0: none) sequences of the same stream, 128 query
           rows each, --indexer-heads J (2) of --indexer-width W (8), at most --indexer-steps
-          S (300)), each with its selection time; writes DIR/report.md, report.json, depth.png with accuracy per task
-          and per depth as mean +- standard deviation over the seeds, and cost.png (accuracy against
-          select + forward ms). --replot DIR: redraw DIR's report.md, depth.png, cost.png from its
-          report.json, evaluating nothing.
+          S (300)), each with its selection time, and the other families (--families
+          all|fixed|none (all)): window, Longformer, BigBird at the density, the search's
+          static script (its table from --search-inputs N (32) training-stream sequences),
+          and (all) LSH and anchors through the content engine (their buckets and chunk chosen
+          on validation; anchors fitted on --anchor-inputs N (8) training-stream sequences)
+          and FAVOR+ with --favor-features M (256) (output error only); writes DIR/report.md,
+          report.json, depth.png with accuracy per task and per depth as mean +- standard
+          deviation over the seeds, cost.png (accuracy against select + forward ms) and
+          families.png (the same with every family). --replot DIR: redraw DIR's report.md,
+          depth.png, cost.png, families.png from its report.json, evaluating nothing.
           --densities none: dense and the diagonal only. With --teachers, --n N measures
           them at length N (not the one they were trained at)
 demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
@@ -128,7 +134,8 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--own-block", "--shape-steps", "--head-dim", "--kv-heads", "--positions", "--needles", "--pairs",
                                        "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from",
                                        "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps",
-                                       "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps", "--replot"};
+                                       "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps", "--replot",
+                                       "--families", "--anchor-inputs", "--favor-features"};
 const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
 
 // The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
@@ -490,7 +497,7 @@ int learn_demo(const Args& args, const std::vector<std::string>& argv, OutputSet
 int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSet& outputs) {
     if (const auto replot = args.value("--replot")) {   // redraw from report.json, evaluating nothing
         learn::ruler_report_replot(*replot);
-        outputs.say("wrote %s/report.md, depth.png, cost.png (from its report.json)\n", replot->c_str());
+        outputs.say("wrote %s/report.md, depth.png, cost.png, families.png (from its report.json)\n", replot->c_str());
         outputs.commit();
         return 0;
     }
@@ -511,6 +518,15 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     o.indexer_heads = args.integer("--indexer-heads", 2, 1, 64);
     o.indexer_width = args.integer("--indexer-width", 8, 1, 1024);
     o.indexer_train.steps = args.integer("--indexer-steps", 300, 1, 1000000);
+    const std::string families = args.value("--families").value_or("all");
+    if (families != "all" && families != "fixed" && families != "none")
+        throw Error("learn ruler: --families expects all (fixed patterns, search script, lsh, anchors, favor+), fixed (the first two) or "
+                    "none; got '" + families + "'");
+    o.fixed_families = families != "none";
+    o.search_inputs = args.integer("--search-inputs", 32, 0, 100000);
+    o.content_families = families == "all";
+    o.content.fit_inputs = args.integer("--anchor-inputs", 8, 1, 100000);
+    o.content.features = args.integer("--favor-features", 256, 1, 65536);
     o.train_seed = c.seed;
     o.time_repeats = 11;   // the machine is shared: the median of more runs
     if (const auto text = args.value("--densities")) {
@@ -586,9 +602,10 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     if (!trained.empty()) preamble += "\n";
     learn::ruler_report_write(evals, labels, dir, preamble);
     for (const learn::RulerRow& r : evals[0].rows)
-        outputs.say("%-14s %7.2f%% %8.4f  accuracy %.2f%%  (seed %s)\n", r.method.c_str(), 100 * r.density, r.recall, 100 * r.scores.accuracy(),
+        if (r.density >= 0)   // FAVOR+ has no mask and no answers: its output error is in the report
+            outputs.say("%-14s %7.2f%% %8.4f  accuracy %.2f%%  (seed %s)\n", r.method.c_str(), 100 * r.density, r.recall, 100 * r.scores.accuracy(),
                     labels[0].c_str());
-    outputs.say("wrote %s/report.md, report.json, depth.png, cost.png\n", dir.c_str());
+    outputs.say("wrote %s/report.md, report.json, depth.png, cost.png, families.png\n", dir.c_str());
     outputs.commit();
     return 0;
 }

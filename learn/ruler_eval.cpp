@@ -23,6 +23,8 @@
 #include <iterator>
 #include <functional>
 #include <map>
+#include <memory>
+#include <tuple>
 
 namespace sparsa::learn {
 
@@ -66,13 +68,7 @@ int64_t ruler_blocks_per_row(double density, int64_t blocks, bool causal) {
 
 namespace {
 
-// One method of the evaluation: its masks for any input, and what they are.
-struct Method {
-    std::string name;
-    double target = 0;
-    LayerMasks masks;
-    std::string detail;
-};
+using Method = RulerMethod;
 
 // The pooled gate's examples of a captured batch (dense targets: n^2 head_dim per head, in parallel).
 std::vector<std::vector<PooledGateExample>> gate_examples(const TeacherCapture& c, int32_t block, bool causal, int threads) {
@@ -99,6 +95,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     const uint64_t test_seed = task_stream_seed(TaskStream::test, 0);
     const TaskBatch validation = task_batch(teacher.task, task_stream_seed(TaskStream::validation, 0), 0, o.validation_inputs);
     const double denominator = causal ? static_cast<double>(causal_block_count(n, o.block)) : static_cast<double>(blocks * blocks);
+    const double pair_denominator = causal ? static_cast<double>(n * (n + 1) / 2) : static_cast<double>(n * n);
     auto cut = [&](const MaskSet& m) { return causal ? mask_set_restrict_causal(m) : m; };
     auto validation_accuracy = [&](const MaskSet* masks, const MaskChooser& chooser) {
         TeacherRunOptions v;
@@ -175,6 +172,34 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         eval.notes.push_back(line);
     }
     const std::vector<SearchCandidate> candidates = search_candidates(n, o.block);
+    // The other families: the search's table (training stream), LSH and anchors (chosen on
+    // validation, anchors fitted on the training stream), FAVOR+.
+    std::unique_ptr<SearchTable> table;
+    if (o.fixed_families && o.search_inputs > 0) {
+        const auto t0 = std::chrono::steady_clock::now();
+        table = std::make_unique<SearchTable>(search_table_build(
+            attention_sample(teacher, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.search_inputs, o.block, o.threads),
+            o.block, o.threads));
+        char line[256];
+        std::snprintf(line, sizeof line,
+                      "search script: each head's recall of the search's %zu candidates measured on %lld training-stream sequences (seed %llu, "
+                      "from index 2^40) in %.1f s",
+                      table->candidates.size(), static_cast<long long>(o.search_inputs), static_cast<unsigned long long>(o.train_seed),
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        eval.notes.push_back(line);
+    }
+    std::vector<Method> content;
+    if (o.content_families) {
+        ContentFamilyOptions co = o.content;
+        co.block = o.block;
+        co.threads = o.threads;
+        co.train_seed = o.train_seed;
+        ContentFamilyInputs in;
+        in.teacher = &teacher;
+        in.validation = &validation;
+        in.accuracy = [&](const MaskChooser& chooser) { return validation_accuracy(nullptr, chooser); };
+        content = ruler_content_families(in, o.densities, co, eval.notes);
+    }
     for (double target : o.densities) {
         const int64_t keep = ruler_blocks_per_row(target, blocks, causal);
         const std::string per_row = std::to_string(keep) + (keep == 1 ? " block per row" : " blocks per row");
@@ -198,8 +223,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         MaskSet best_set;
         double best_accuracy = -1, best_density = INFINITY, smallest = INFINITY;
         for (const auto& [expression, mask] : pool) {
-            const MaskSet set = cut(mask_set_make(1, H, std::vector<std::shared_ptr<const BlockMask>>(static_cast<size_t>(H), mask)));
-            const double d = static_cast<double>(set.at(0, 0).kept_blocks()) / denominator;
+            const auto [set, d] = ruler_fixed_set(mask, H, causal);
             const bool fits = d <= target + 1e-9;
             if (!fits && !(best_accuracy < 0 && d < smallest)) continue;
             const double acc = fits ? validation_accuracy(&set, {}) : -0.5;   // none fits: the smallest
@@ -272,7 +296,14 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
                                per_row + " (the same in every head of a layer), the diagonal then the blocks of most mass in the trained "
                                    "indexer's prediction (" + std::to_string(o.indexer_heads) + " index heads of width " + std::to_string(o.indexer_width) +
                                    "; its training above)"});
+        if (o.fixed_families) {
+            for (Method& m : ruler_fixed_families(n, o.block, H, target, causal)) methods.push_back(std::move(m));
+            if (table) methods.push_back(ruler_search_script(*table, target, causal));
+        }
+        for (const Method& m : content)
+            if (m.target == target) methods.push_back(m);
     }
+    if (o.content_families) methods.push_back(ruler_favor(L, H, hd, causal, o.content));
 
     // The test stream, a chunk at a time: dense first, then every method on the same sequences.
     std::vector<RulerRow> rows(methods.size() + 1);
@@ -282,8 +313,10 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         rows[m + 1].method = methods[m].name;
         rows[m + 1].target = methods[m].target;
         rows[m + 1].detail = methods[m].detail;
-        rows[m + 1].recall = rows[m + 1].density = 0;
+        rows[m + 1].recall = rows[m + 1].density = rows[m + 1].output_error = 0;
+        if (methods[m].output) rows[m + 1].recall = rows[m + 1].density = -1;
     }
+    rows[0].output_error = 0;
     Tensor q0, k0, v0;   // layer 0 of the first test sequence: what the timings run on
     for (int64_t first = 0; first < o.test_inputs; first += o.chunk) {
         const int64_t count = std::min(o.chunk, o.test_inputs - first);
@@ -297,28 +330,39 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         if (first == 0) q0 = dense.q[0][0], k0 = dense.k[0][0], v0 = dense.v[0][0];
         for (size_t m = 0; m < methods.size(); ++m) {
             RulerRow& row = rows[m + 1];
-            // Recall and density on the teacher's own q, k of every layer.
-            std::vector<double> recall(static_cast<size_t>(count), 0.0), density(static_cast<size_t>(count), 0.0);
+            const Method& method = methods[m];
+            // Recall, density and output error on the teacher's own q, k, v of every layer.
+            std::vector<double> recall(static_cast<size_t>(count), 0.0), density(static_cast<size_t>(count), 0.0),
+                error(static_cast<size_t>(count), 0.0);
             parallel_for(count, o.threads, [&](int64_t begin, int64_t end) {
                 AttentionOptions one;
                 one.threads = 1;
                 for (int64_t b = begin; b < end; ++b)
                     for (int64_t l = 0; l < L; ++l) {
-                        const MaskSet mask = cut(methods[m].masks(l, dense.q[b][l], dense.k[b][l]));
+                        if (method.output) {   // FAVOR+: an estimate of the dense attention, no mask
+                            error[b] += ruler_relative_error(method.output(l, dense.q[b][l], dense.k[b][l], dense.v[b][l]), dense.o[b][l]);
+                            continue;
+                        }
+                        const MaskSet mask = cut(method.masks(l, dense.q[b][l], dense.k[b][l]));
                         const AttentionOutput out = attention_forward(dense.q[b][l], dense.k[b][l], dense.v[b][l], mask, 0, one);
+                        error[b] += ruler_relative_error(out.o, dense.o[b][l]);
                         for (int64_t h = 0; h < H; ++h) {
                             for (int64_t i = 0; i < n; ++i) {
                                 const double kept = out.lse.at(0, h, i, 0), all = dense.lse[b][l].at(0, h, i, 0);
                                 recall[b] += std::isfinite(kept) ? std::min(1.0, std::exp(kept - all)) : 0.0;
                             }
-                            density[b] += static_cast<double>(mask.at(0, h).kept_blocks()) / denominator / static_cast<double>(H);
+                            density[b] += (method.pair_density ? static_cast<double>(block_mask_stats(mask.at(0, h)).kept_pairs) / pair_denominator
+                                                               : static_cast<double>(mask.at(0, h).kept_blocks()) / denominator) /
+                                          static_cast<double>(H);
                         }
                     }
             });
             for (int64_t b = 0; b < count; ++b) {
                 row.recall += recall[b] / static_cast<double>(o.test_inputs * L * H * n);
                 row.density += density[b] / static_cast<double>(o.test_inputs * L);
+                row.output_error += error[b] / static_cast<double>(o.test_inputs * L);
             }
+            if (method.output) continue;   // not run inside the teacher's forward: no answers
             TeacherRunOptions student;
             student.block = o.block;
             student.chooser = methods[m].masks;
@@ -337,7 +381,10 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     };
     const MaskSet full = causal ? mask_set_causal(n, o.block, 1, H) : mask_set_dense(n, o.block, 1, H);
     timings(rows[0], [&](int64_t, const Tensor&, const Tensor&) { return full; });
-    for (size_t m = 0; m < methods.size(); ++m) timings(rows[m + 1], methods[m].masks);
+    for (size_t m = 0; m < methods.size(); ++m) {
+        if (methods[m].time) std::tie(rows[m + 1].select_ms, rows[m + 1].forward_ms) = methods[m].time(q0, k0, v0, o.time_repeats);
+        else timings(rows[m + 1], methods[m].masks);
+    }
     rows[1].target = rows[1].density;   // the diagonal: its own density
     eval.rows = std::move(rows);
     return eval;
@@ -400,6 +447,75 @@ void write_text(const std::string& path, const std::string& text) {
 
 namespace {
 
+// The families added for the chart (ruler_families.hpp): families.png only, not cost.png or depth.png.
+bool is_family(const std::string& method) {
+    for (const char* f : {"window", "longformer", "bigbird", "search script", "lsh", "anchors", "favor+"})
+        if (method == f) return true;
+    return false;
+}
+
+struct CostPoint {
+    std::string method;
+    double ms = 0;          // select + forward, mean over seeds
+    MeanStd accuracy;       // over all answers
+};
+
+// Quality against cost: one point per (method, density) of the methods `keep` lets in, a method's
+// densities joined, x on a log2 scale (the times span more than a factor of 10), error bars of one
+// standard deviation when `several` seeds. No series when no point has an accuracy.
+Plot cost_plot(const std::vector<CostPoint>& cost, bool several, const std::function<uint32_t(const std::string&)>& colour_of,
+               const std::function<bool(const std::string&)>& keep, const std::string& title) {
+    Plot cplot;
+    cplot.title = title;
+    cplot.x_label = "log2 of select + forward ms per layer (0 = 1 ms, 3 = 8 ms)";
+    cplot.y_label = "accuracy, all answers";
+    cplot.y_percent = true;
+    cplot.y_min = 0;
+    double lo = 1e300, hi = -1e300;
+    for (const CostPoint& p : cost)
+        if (keep(p.method) && p.ms > 0 && p.accuracy.count > 0) {
+            lo = std::min(lo, std::log2(p.ms));
+            hi = std::max(hi, std::log2(p.ms));
+        }
+    if (lo > hi) return cplot;
+    std::vector<std::string> methods;   // in the table's order
+    for (const CostPoint& p : cost)
+        if (keep(p.method) && p.accuracy.count > 0 && std::find(methods.begin(), methods.end(), p.method) == methods.end())
+            methods.push_back(p.method);
+    // The legend is drawn top left inside the axes (10 pixel glyphs, 26 pixels of swatch, in
+    // about 880 pixels of axes): the x range starts far enough left of the fastest point that
+    // the legend's width L holds no point: L = share * (span + L).
+    size_t chars = std::string("dense (reference)").size();
+    for (const std::string& m : methods) chars = std::max(chars, m.size());
+    const double share = (36.0 + 10.0 * static_cast<double>(chars)) / 880.0;
+    const double legend = share * (hi - lo + 0.25) / (1 - share);
+    cplot.x_min = lo - legend;
+    cplot.x_max = hi + 0.25;
+    cplot.y_max = 1.06;   // the top tick (100%) clear of the y label above the axis
+    for (const CostPoint& p : cost)
+        if (keep(p.method) && p.accuracy.count > 0) cplot.y_max = std::max(cplot.y_max, p.accuracy.mean + p.accuracy.std);
+    cplot.x_integer = true;
+    for (const std::string& method : methods) {
+        PlotSeries line{method, {}, {}, colour_of(method)};
+        for (const CostPoint& p : cost)
+            if (p.method == method && p.ms > 0 && p.accuracy.count > 0) {
+                line.x.push_back(std::log2(p.ms));
+                line.y.push_back(p.accuracy.mean);
+                if (several) cplot.series.push_back({"", {std::log2(p.ms), std::log2(p.ms)},
+                                                     {std::max(0.0, p.accuracy.mean - p.accuracy.std), p.accuracy.mean + p.accuracy.std},
+                                                     colour_of(method)});
+            }
+        if (method == "dense" && line.x.size() == 1) {   // the reference: a horizontal line across the plot
+            line.label = "dense (reference)";
+            cplot.series.push_back({"", line.x, line.y, colour_of(method)});   // its point at its own time
+            line.x = {lo - 0.05 * legend, cplot.x_max};   // from the legend's right edge
+            line.y = {line.y[0], line.y[0]};
+        }
+        cplot.series.push_back(line);
+    }
+    return cplot;
+}
+
 // The report's files from the evaluations; report.json only when `machine` is given (a replot
 // keeps the report.json it read, with the machine it was measured on).
 void report_files_write(const std::vector<RulerEval>& evals, const std::vector<std::string>& seeds, const std::string& dir,
@@ -434,41 +550,43 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
                   }().c_str(),
                   several ? ": accuracy as mean ± standard deviation over the seeds" : "", evals[0].causal ? "causal" : "dense");
     md += line;
-    md += "| method | target | density | recall | all answers |";
+    md += "| method | target | density | recall | output error | all answers |";
     for (size_t k : present) md += " " + task_kind_name(kinds[k]) + " |";
-    md += " select ms | forward ms | select / dense |\n|---|---:|---:|---:|---:|";
+    md += " select ms | forward ms | select / dense |\n|---|---:|---:|---:|---:|---:|";
     for (size_t i = 0; i < present.size(); ++i) md += "---:|";
     md += "---:|---:|---:|\n";
     std::vector<double> dense_forward;   // the dense row's forward ms per seed
     for (const RulerEval& e : evals) dense_forward.push_back(e.rows[0].forward_ms);
     const double dense_ms = mean_std(dense_forward).mean;
     nlohmann::json rows_json = nlohmann::json::array();
-    struct CostPoint {
-        std::string method;
-        double ms = 0;          // select + forward, mean over seeds
-        MeanStd accuracy;       // over all answers
-    };
     std::vector<CostPoint> cost;
     for (size_t r = 0; r < evals[0].rows.size(); ++r) {
-        std::vector<double> all, recall, density, select, forward;
+        std::vector<double> all, recall, density, select, forward, error;
         std::vector<std::vector<double>> per_kind(kinds.size());
         for (const RulerEval& e : evals) {
             const RulerRow& row = e.rows[r];
             all.push_back(row.scores.accuracy());
             recall.push_back(row.recall);
             density.push_back(row.density);
+            error.push_back(row.output_error);
             select.push_back(row.select_ms);
             forward.push_back(row.forward_ms);
             for (size_t k : present) per_kind[k].push_back(row.scores.kind_accuracy(k));
         }
         const RulerRow& first = evals[0].rows[r];
-        const std::string target = first.method == "dense" ? "-" : first.method == "diagonal" ? "(own)" : ([&] {
+        const std::string target = first.method == "dense" || first.method == "favor+" ? "-" : first.method == "diagonal" ? "(own)" : ([&] {
             char b[32];
             std::snprintf(b, sizeof b, "%g%%", 100 * first.target);
             return std::string(b);
         })();
-        std::snprintf(line, sizeof line, "| %s | %s | %.4f | %.4f | %s |", first.method.c_str(), target.c_str(), mean_std(density).mean,
-                      mean_std(recall).mean, percent(mean_std(all), several).c_str());
+        auto fixed4 = [](const MeanStd& m) {   // "-" where the figure means nothing (FAVOR+'s density and recall)
+            if (m.count == 0) return std::string("-");
+            char b[32];
+            std::snprintf(b, sizeof b, "%.4f", m.mean);
+            return std::string(b);
+        };
+        std::snprintf(line, sizeof line, "| %s | %s | %s | %s | %s | %s |", first.method.c_str(), target.c_str(), fixed4(mean_std(density)).c_str(),
+                      fixed4(mean_std(recall)).c_str(), fixed4(mean_std(error)).c_str(), percent(mean_std(all), several).c_str());
         md += line;
         for (size_t k : present) md += " " + percent(mean_std(per_kind[k]), several) + " |";
         std::snprintf(line, sizeof line, " %.3f | %.3f | %.1f%% |\n", mean_std(select).mean, mean_std(forward).mean,
@@ -477,7 +595,8 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
         nlohmann::json jr = {{"method", first.method}, {"target_density", first.target}, {"per_seed", nlohmann::json::array()}};
         for (size_t s = 0; s < evals.size(); ++s) {
             const RulerRow& row = evals[s].rows[r];
-            nlohmann::json js = {{"seed", seeds[s]}, {"density", row.density}, {"recall", row.recall}, {"accuracy", row.scores.accuracy()},
+            nlohmann::json js = {{"seed", seeds[s]}, {"density", row.density}, {"recall", row.recall}, {"output_error", row.output_error},
+                                 {"accuracy", row.scores.accuracy()},
                                  {"select_ms", row.select_ms}, {"forward_ms", row.forward_ms}, {"detail", row.detail}, {"tasks", nlohmann::json::object()}};
             for (size_t k : present)
                 js["tasks"][task_kind_name(kinds[k])] = {{"answers", row.scores.answers[k]}, {"correct", row.scores.correct[k]}};
@@ -530,7 +649,9 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
     const std::vector<std::pair<std::string, uint32_t>> colours = {
         {"dense", 0x000000},      {"diagonal", 0x8c564b}, {"identity gate", 0x1f77b4}, {"gate", 0x17becf},
         {"best fixed", 0x7f7f7f}, {"moba", 0xff7f0e},     {"quest", 0x2ca02c},         {"vertical-slash", 0x9467bd},
-        {"duo", 0xbcbd22},        {"pooled gate", 0xd62728},   {"indexer", 0xe377c2}};
+        {"duo", 0xbcbd22},        {"pooled gate", 0xd62728},   {"indexer", 0xe377c2},   {"window", 0x0000cd},
+        {"longformer", 0x00ced1}, {"bigbird", 0xff00ff},  {"search script", 0x556b2f}, {"lsh", 0xffc000},
+        {"anchors", 0x800000},    {"favor+", 0x555555}};
     auto colour_of = [&](const std::string& method) {
         for (const auto& [name, rgb] : colours)
             if (name == method) return rgb;
@@ -557,66 +678,32 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
             }
         }
         md += "\n";
-        if (own || first.target == plotted) plot.series.push_back(series);
+        if (own || (first.target == plotted && !is_family(first.method))) plot.series.push_back(series);
     }
     if (any_needle) md += "\n![accuracy per depth](depth.png)\n";
-    // Quality against cost: one point per (method, density), a method's densities joined, x on a
-    // log2 scale (the times span more than a factor of 10), error bars of one standard deviation.
-    Plot cplot;
-    cplot.title = several ? "accuracy against time per layer (test stream; bars: +-1 sd over seeds)" : "accuracy against time per layer (test stream)";
-    cplot.x_label = "log2 of select + forward ms per layer (0 = 1 ms, 3 = 8 ms)";
-    cplot.y_label = "accuracy, all answers";
-    cplot.y_percent = true;
-    cplot.y_min = 0;
-    double lo = 1e300, hi = -1e300;
-    for (const CostPoint& p : cost)
-        if (p.ms > 0 && p.accuracy.count > 0) {
-            lo = std::min(lo, std::log2(p.ms));
-            hi = std::max(hi, std::log2(p.ms));
-        }
-    const bool any_cost = lo <= hi;
+    // Quality against cost: cost.png the baselines and selectors, families.png every family.
+    const Plot cplot = cost_plot(cost, several, colour_of, [](const std::string& m) { return !is_family(m); },
+                                 several ? "accuracy against time per layer (test stream; bars: +-1 sd over seeds)"
+                                         : "accuracy against time per layer (test stream)");
+    const bool any_cost = !cplot.series.empty();
+    const bool any_family = std::any_of(cost.begin(), cost.end(), [](const CostPoint& p) { return is_family(p.method) && p.accuracy.count > 0; });
+    const Plot fplot = cost_plot(cost, several, colour_of, [](const std::string&) { return true; },
+                                 several ? "every family: accuracy against time per layer (test stream; bars: +-1 sd over seeds)"
+                                         : "every family: accuracy against time per layer (test stream)");
     if (any_cost) {
-        std::vector<std::string> methods;   // in the table's order
-        for (const CostPoint& p : cost)
-            if (std::find(methods.begin(), methods.end(), p.method) == methods.end()) methods.push_back(p.method);
-        // The legend is drawn top left inside the axes (10 pixel glyphs, 26 pixels of swatch, in
-        // about 880 pixels of axes): the x range starts far enough left of the fastest point that
-        // the legend's width L holds no point: L = share * (span + L).
-        size_t chars = std::string("dense (reference)").size();
-        for (const std::string& m : methods) chars = std::max(chars, m.size());
-        const double share = (36.0 + 10.0 * static_cast<double>(chars)) / 880.0;
-        const double legend = share * (hi - lo + 0.25) / (1 - share);
-        cplot.x_min = lo - legend;
-        cplot.x_max = hi + 0.25;
-        cplot.y_max = 1.06;   // the top tick (100%) clear of the y label above the axis
-        for (const CostPoint& p : cost)
-            if (p.accuracy.count > 0) cplot.y_max = std::max(cplot.y_max, p.accuracy.mean + p.accuracy.std);
-        cplot.x_integer = true;
-        for (const std::string& method : methods) {
-            PlotSeries line{method, {}, {}, colour_of(method)};
-            for (const CostPoint& p : cost)
-                if (p.method == method && p.ms > 0 && p.accuracy.count > 0) {
-                    line.x.push_back(std::log2(p.ms));
-                    line.y.push_back(p.accuracy.mean);
-                    if (several) cplot.series.push_back({"", {std::log2(p.ms), std::log2(p.ms)},
-                                                         {std::max(0.0, p.accuracy.mean - p.accuracy.std), p.accuracy.mean + p.accuracy.std},
-                                                         colour_of(method)});
-                }
-            if (method == "dense" && line.x.size() == 1) {   // the reference: a horizontal line across the plot
-                line.label = "dense (reference)";
-                line.x = {lo - 0.05 * legend, cplot.x_max};   // from the legend's right edge
-                line.y = {line.y[0], line.y[0]};
-                cplot.series.push_back({"", {std::log2(cost[0].ms)}, {cost[0].accuracy.mean}, colour_of(method)});
-            }
-            cplot.series.push_back(line);
-        }
         md += "\n![accuracy against time](cost.png)\n\ncost.png: accuracy over all answers (mean over seeds";
         md += several ? ", bars one standard deviation" : "";
         md += ") against the time per layer (select ms + forward ms, log2 scale), one point per method and density, a method's "
               "densities joined in the table's order; the dense row is the horizontal line (and its point at its own time).\n";
     }
+    if (any_family && !fplot.series.empty()) {
+        md += "\n![every family: accuracy against time](families.png)\n\nfamilies.png: the same for every row with answers: the "
+              "baselines, the selectors, the fixed patterns (window, longformer, bigbird), the search script, lsh and anchors "
+              "(favor+ has no answers: it is not run inside the teacher's forward; its output error is in the table).\n";
+    }
     if (any_needle) plot_png_save(plot, dir + "/depth.png", 1000, 640);
     if (any_cost) plot_png_save(cplot, dir + "/cost.png", 1000, 640);
+    if (any_family && !fplot.series.empty()) plot_png_save(fplot, dir + "/families.png", 1000, 760);
     if (machine) {
         nlohmann::json notes = nlohmann::json::array();
         for (const RulerEval& e : evals) notes.push_back(e.notes);
@@ -701,6 +788,7 @@ void ruler_report_replot(const std::string& dir) {
                 row.target = jr.at("target_density").get<double>();
                 row.density = js.at("density").get<double>();
                 row.recall = js.at("recall").get<double>();
+                row.output_error = js.value("output_error", -1.0);   // absent from reports written before it
                 row.select_ms = js.at("select_ms").get<double>();
                 row.forward_ms = js.at("forward_ms").get<double>();
                 row.detail = js.at("detail").get<std::string>();

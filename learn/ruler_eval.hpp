@@ -11,6 +11,7 @@
 #include "learn/distill.hpp"
 #include "learn/indexer.hpp"
 #include "learn/pooled_gate.hpp"
+#include "learn/ruler_families.hpp"
 #include "learn/teacher.hpp"
 
 #include <cstdint>
@@ -45,16 +46,31 @@ struct RulerEvalOptions {
     int64_t indexer_inputs = 0;
     int64_t indexer_heads = 2, indexer_width = 16, indexer_rows = 128;
     IndexerTrainOptions indexer_train;
+    // The other families of the chart (ruler_families.hpp) at every density: window, Longformer,
+    // BigBird and the search's static script (its table from search_inputs training-stream
+    // sequences; 0: none) ...
+    bool fixed_families = false;
+    int64_t search_inputs = 0;
+    // ... and LSH, anchors (chosen on the validation stream, anchors fitted on the training
+    // stream) and FAVOR+ (content.features features), through the content engine.
+    bool content_families = false;
+    ContentFamilyOptions content;
     uint64_t train_seed = 1;
     int64_t chunk = 100;   // test sequences captured at a time (memory: the dense q, k, v of a chunk)
 };
 
 struct RulerRow {
-    std::string method;        // dense, diagonal, identity gate, gate, best fixed, moba, quest, vertical-slash, duo, pooled gate, indexer
+    std::string method;        // dense, diagonal, identity gate, gate, best fixed, moba, quest, vertical-slash, duo, pooled gate,
+                               // indexer, window, longformer, bigbird, search script, lsh, anchors, favor+
     double target = 1;         // target block density (the diagonal: its own)
-    double density = 1;        // kept blocks / the dense mask's blocks (causal: of the causal mask), mean
-    double recall = 1;         // share of the teacher's attention mass kept (its own q, k), mean over rows
-    TaskScores scores;         // the student's answers on the test stream, per task and depth
+    double density = 1;        // kept blocks / the dense mask's blocks (causal: of the causal mask), mean; lsh and
+                               // anchors: pairs kept / the mask's pairs; -1 for FAVOR+ (no mask)
+    double recall = 1;         // share of the teacher's attention mass kept (its own q, k), mean over rows;
+                               // -1 where it means nothing (FAVOR+: no mask)
+    // ||o - o_dense|| / ||o_dense|| of each layer's attention output on the dense teacher's q, k, v
+    // (Frobenius, over the layer's heads), mean over layers and test sequences; -1: not measured.
+    double output_error = -1;
+    TaskScores scores;         // the student's answers on the test stream, per task and depth (none for FAVOR+)
     double select_ms = 0;      // choosing one layer's masks for an input, all heads, 1 thread, median
     double forward_ms = 0;     // one layer's sparse attention, all heads, 1 thread, median
                                // (select_ms and forward_ms: layer 0 of the first test sequence)
@@ -79,14 +95,15 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& options
 
 // [SECTION] several seeds and the report
 
-// Writes report.md, report.json, depth.png and cost.png (accuracy against select + forward time)
+// Writes report.md, report.json, depth.png, cost.png (accuracy against select + forward time, the
+// baselines and selectors) and families.png (the same with every family)
 // into `dir` (created when missing), each atomically: per (method, density) the accuracy per task and overall as mean +- standard deviation over the
 // evaluations (one per training seed, labelled by `seeds`), recall, density and timings, and the
 // accuracy per depth of the needle tasks. `preamble`: Markdown put first (command, model, training).
 void ruler_report_write(const std::vector<RulerEval>& evals, const std::vector<std::string>& seeds, const std::string& dir,
                         const std::string& preamble);
 
-// Rewrites report.md, depth.png and cost.png in `dir` from its report.json (kept as it is), without
+// Rewrites report.md, depth.png, cost.png and families.png in `dir` from its report.json (kept as it is), without
 // evaluating anything: the same bytes ruler_report_write wrote from the same evaluations. A
 // report.json written before it kept the preamble and the notes takes them from dir/report.md.
 // Throws sparsa::Error naming the file, before writing anything, when it is missing or malformed.
