@@ -175,7 +175,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     // The other families: the search's table (training stream), LSH and anchors (chosen on
     // validation, anchors fitted on the training stream), FAVOR+.
     std::unique_ptr<SearchTable> table;
-    if (o.fixed_families && o.search_inputs > 0) {
+    if (o.fixed_families && o.search_inputs > 0 && !o.densities.empty()) {
         const auto t0 = std::chrono::steady_clock::now();
         table = std::make_unique<SearchTable>(search_table_build(
             attention_sample(teacher, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.search_inputs, o.block, o.threads),
@@ -189,7 +189,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         eval.notes.push_back(line);
     }
     std::vector<Method> content;
-    if (o.content_families) {
+    if (o.content_families && !o.densities.empty()) {
         ContentFamilyOptions co = o.content;
         co.block = o.block;
         co.threads = o.threads;
@@ -303,7 +303,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
         for (const Method& m : content)
             if (m.target == target) methods.push_back(m);
     }
-    if (o.content_families) methods.push_back(ruler_favor(L, H, hd, causal, o.content));
+    if (o.content_families && !o.densities.empty()) methods.push_back(ruler_favor(L, H, hd, causal, o.content));
 
     // The test stream, a chunk at a time: dense first, then every method on the same sequences.
     std::vector<RulerRow> rows(methods.size() + 1);

@@ -77,7 +77,7 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     const fs::path report = scratch("learn_ruler");
     fs::remove_all(report);
     const std::string tiny = " --task ruler --n 128 --needles 2 --pairs 4 --queries 4 --d 16 --heads 2 --kv-heads 1 --layers 1 --mlp 16 --batch 8";
-    Result r = run("learn ruler" + tiny + " --steps 5 --seeds 4,5 --test-inputs 10 --validation-inputs 5 --densities 0.25 --selectors none --pooled-gate-inputs 0 --indexer-inputs 0 --quiet -o " +
+    Result r = run("learn ruler" + tiny + " --steps 5 --seeds 4,5 --test-inputs 10 --validation-inputs 5 --densities 0.25 --selectors none --pooled-gate-inputs 0 --indexer-inputs 0 --families none --quiet -o " +
                    quote(report));
     INFO(r.out);
     REQUIRE(r.code == 0);
@@ -100,11 +100,19 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     const fs::path again = scratch("learn_ruler_again");
     fs::remove_all(again);
     r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + "," + quote(report / "teacher-seed5.bin") +
-            " --test-inputs 10 --validation-inputs 5 --densities 0.25 --selectors none --pooled-gate-inputs 0 --indexer-inputs 0 -o " + quote(again));
+            " --test-inputs 10 --validation-inputs 5 --densities 0.25 --selectors none --pooled-gate-inputs 0 --indexer-inputs 0 --families fixed "
+            "--search-inputs 2 -o " + quote(again));
     REQUIRE(r.code == 0);
     std::ifstream in2(again / "report.json");
     const auto j2 = nlohmann::json::parse(in2);
     for (size_t row = 0; row < 4; ++row) CHECK(j2["rows"][row]["accuracy_mean"] == j["rows"][row]["accuracy_mean"]);
+    // --families fixed: the fixed patterns and the search script after them, no content family.
+    REQUIRE(j2["rows"].size() == 8);
+    for (size_t row = 4; row < 8; ++row) CHECK(j2["rows"][row]["method"] == std::vector<std::string>{"window", "longformer", "bigbird", "search script"}[row - 4]);
+    CHECK(fs::exists(again / "families.png"));
+    r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + " --families some -o " + quote(scratch("learn_ruler_bad")));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--families expects all") != std::string::npos);
     // Measured at another length: dense and the diagonal only, the report saying both lengths.
     const fs::path longer = scratch("learn_ruler_longer");
     fs::remove_all(longer);
