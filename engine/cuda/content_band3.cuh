@@ -16,9 +16,14 @@
 //     tile i is chunk i, its keys chunks i - 1 and i). Chunk i's K and V stay in one of two slots
 //     for tile i + 1; chunk i + 1's rows are copied (cp.async) while tile i works on its own
 //     chunk, and the tokens and ids of chunk i + 2 a tile ahead. Each round keeps only pairs
-//     that met in no earlier round (band3_keeps), so the rounds merge with no -log(count)
+//     that met in no earlier round (band3_keep_bits), so the rounds merge with no -log(count)
 //     correction and the pair rule is one comparison per earlier round. Products and output are
-//     version 2's.
+//     version 2's. Without a fixed pattern the last round runs as its own launch and merges the
+//     earlier rounds' parts into O in its epilogue (no merge kernel).
+//   Machine code: the kernel was 240 KB (the pair rule inlined on each of a thread's 32 scores,
+//     the fixed pattern's divisions in each, two inlined copies of the chunk step), far past the
+//     instruction caches; the rule is now bit masks, the fixed test and the self rule out of
+//     line, one call site of the chunk step: 56 KB (d = 128).
 //
 // Index: [SECTION] sorted chunk ids, [SECTION] hashing with the rounds side by side, [SECTION] the pass.
 #pragma once
@@ -152,6 +157,7 @@ struct Band3Run {
 
     __device__ void copy_meta(int64_t c, int32_t* q_tok_s, int32_t* k_tok_s, int32_t* q_cid_s, int32_t* k_cid_s) const {
         const int64_t s0 = c * 64;
+#pragma unroll 1
         for (int i = threadIdx.x; i < 2 * 64 * (1 + rounds); i += 128) {
             const int side = i % 2, e = i / 2, r = e / 64 - 1, j = e % 64;   // r = -1: the token
             int32_t* dst = r < 0 ? (side == 0 ? q_tok_s : k_tok_s) + j : (side == 0 ? q_cid_s : k_cid_s) + r * 64 + j;
@@ -168,7 +174,7 @@ struct Band3Run {
 // The 64 rows named by tok[0..63] (-1: zero-filled) of `head` (rows D wide) into `tile` (stride D + 8).
 template <int D, typename T> __device__ inline void band3_rows(T* tile, const T* head, const int32_t* tok) {
     constexpr int kChunksPerRow = D * 2 / 16, kStride = D + 8;
-#pragma unroll 4
+#pragma unroll 1
     for (int c = threadIdx.x; c < 64 * kChunksPerRow; c += 128) {
         const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
         const int32_t t = tok[r];
@@ -182,16 +188,57 @@ template <int D, typename T> __device__ inline void band3_rows(T* tile, const T*
 // The last rule makes the rounds' pair sets disjoint, so the merge of their passes is the softmax
 // over the union with no correction: the same function as version 2's -log(count) on every
 // round's copy of a pair (Reformer's), for one comparison per earlier round instead of a loop over
-// all rounds and a logarithm per pair. cq[r * 64], ck[r * 64]: the query's and key's chunks in round r.
-template <typename T>
-__device__ inline bool band3_keeps(const ContentParams<T>& p, int64_t table, int part, int32_t tq, int32_t tk, const int32_t* cq,
-                                   const int32_t* ck) {
-    if (tq < 0 || tk < 0 || tk == tq) return false;
-    if (p.causal && tk > tq) return false;
-    for (int r = 0; r < part; ++r) {
-        if (static_cast<uint32_t>(cq[r * 64] - ck[r * 64]) <= 1u) return false;
+// all rounds and a logarithm per pair.
+// band3_keep_bits gives the rule for this thread's 32 scores of a key chunk as bits: bit
+// t * 4 + half * 2 + e is row warp * 16 + group + 8 * half against key t * 8 + 2 * quad + e.
+// Written as masks (the earlier rounds in a loop, the fixed pattern's test out of line) rather
+// than the rule on each score: that, inlined 32 times, was 20 KB of content_band3's machine code
+// and most of a chunk's instructions besides the products.
+__device__ __noinline__ uint32_t band3_fixed_clear(uint32_t keep, const int32_t* fixed_state, const uint64_t* fixed_bits, int32_t B,
+                                                   int64_t nb, int64_t table, const int32_t* q_tok, const int32_t* k_tok) {
+    const int row0 = threadIdx.x / 32 * 16 + threadIdx.x % 32 / 4, col0 = 2 * (threadIdx.x % 4);
+    for (int b = 0; b < 32; ++b) {
+        if (((keep >> b) & 1u) == 0) continue;
+        const int32_t tq = q_tok[row0 + 8 * ((b >> 1) & 1)], tk = k_tok[(b >> 2) * 8 + col0 + (b & 1)];
+        if (fixed_allows_at(fixed_state, fixed_bits, B, nb, table, tq, tk)) keep &= ~(1u << b);
     }
-    return table < 0 || !fixed_allows(p, table, tq, tk);
+    return keep;
+}
+template <typename T>
+__device__ inline uint32_t band3_keep_bits(const ContentParams<T>& p, int64_t table, int part, const int32_t* q_tok, const int32_t* q_cid,
+                                           const int32_t* k_tok, const int32_t* k_cid) {
+    const int row0 = threadIdx.x / 32 * 16 + threadIdx.x % 32 / 4, col0 = 2 * (threadIdx.x % 4);
+    const int32_t tq[2] = {q_tok[row0], q_tok[row0 + 8]};
+    uint32_t keep = 0;
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int32_t tk = k_tok[t * 8 + col0 + e];
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const bool ok = tq[half] >= 0 && tk >= 0 && tk != tq[half] && !(p.causal && tk > tq[half]);
+                keep |= static_cast<uint32_t>(ok) << (t * 4 + half * 2 + e);
+            }
+        }
+    }
+#pragma unroll 1
+    for (int r = 0; r < part; ++r) {   // pairs that met in an earlier round (chunk gap 0 or 1 there)
+        const int32_t c0 = q_cid[r * 64 + row0], c1 = q_cid[r * 64 + row0 + 8];
+        uint32_t met = 0;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int32_t ck = k_cid[r * 64 + t * 8 + col0 + e];
+                met |= static_cast<uint32_t>(static_cast<uint32_t>(c0 - ck) <= 1u) << (t * 4 + e);
+                met |= static_cast<uint32_t>(static_cast<uint32_t>(c1 - ck) <= 1u) << (t * 4 + 2 + e);
+            }
+        }
+        keep &= ~met;
+    }
+    if (table >= 0) keep = band3_fixed_clear(keep, p.fixed_state, p.fixed_bits, p.fixed_block, p.fixed_nb, table, q_tok, k_tok);
+    return keep;
 }
 
 // One 64-key chunk of a tile: S = Q K^T for this warp's 16 rows, the pair rule, the online
@@ -202,7 +249,8 @@ __device__ inline void band3_chunk(const ContentParams<T>& p, int64_t table, int
                                    const int32_t* k_cid, float (&o_acc)[D / 8][4], float (&row_max)[2], float (&row_sum)[2]) {
     using Mma = MmaType<T>;
     constexpr int kS = D + 8;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int lane = threadIdx.x % 32;
+    const uint32_t keep = band3_keep_bits(p, table, part, q_tok, q_cid, k_tok, k_cid);
     float s[8][4];
 #pragma unroll
     for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
@@ -220,16 +268,13 @@ __device__ inline void band3_chunk(const ContentParams<T>& p, int64_t table, int
     float scale_old[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const int i = warp * 16 + group + 8 * half;
-        const int32_t tq = q_tok[i];
         float mx = row_max[half];
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const int j = t * 8 + 2 * quad + e;
                 float& x = s[t][2 * half + e];
-                x = band3_keeps(p, table, part, tq, k_tok[j], q_cid + i, k_cid + j) ? x * p.scale_log2 : -INFINITY;
+                x = (keep >> (t * 4 + half * 2 + e)) & 1u ? x * p.scale_log2 : -INFINITY;
                 mx = fmaxf(mx, x);
             }
         }
@@ -272,8 +317,46 @@ __device__ inline void band3_chunk(const ContentParams<T>& p, int64_t table, int
     }
 }
 
+// content_merge2's self rule for a row that no round gave a key, by the 4 threads of its quad:
+// O = the token's own value when it meets itself in some round (always with shared keys: q_chunk
+// == k_chunk), lse = scale q . k; else zeros and -inf. Rare (a causal walk's first tokens), so
+// not inlined into the tile loop's machine code.
+template <typename T>
+__device__ __noinline__ void band3_self_row(const int32_t* q_chunk, const int32_t* k_chunk, int rounds, int64_t per_round, int64_t row,
+                                            int d, float scale, const T* q, const T* k, const T* v, T* o, float* lse) {
+    const int quad = threadIdx.x % 4;
+    const unsigned quad_mask = 0xfu << (threadIdx.x % 32 / 4 * 4);
+    bool own = q_chunk == k_chunk;
+    for (int r = 0; r < rounds && !own; ++r) own = static_cast<uint32_t>(q_chunk[r * per_round + row] - k_chunk[r * per_round + row]) <= 1u;
+    float dot = 0.f;
+    for (int c = 2 * quad; c < d; c += 8) {
+        const float v0 = own ? to_float(v[c]) : 0.f, v1 = own ? to_float(v[c + 1]) : 0.f;
+        if (own) dot += to_float(q[c]) * to_float(k[c]) + to_float(q[c + 1]) * to_float(k[c + 1]);
+        o[c] = from_float<T>(v0);
+        o[c + 1] = from_float<T>(v1);
+    }
+    dot += __shfl_xor_sync(quad_mask, dot, 1);
+    dot += __shfl_xor_sync(quad_mask, dot, 2);
+    if (quad == 0) *lse = own ? dot * scale : -INFINITY;
+}
+
+// o_acc's rows of `half` (this thread's columns t * 8 + 2 * quad + {0, 1}) = o_acc * own + w * part,
+// part: an earlier round's normalised O of the row in T.
+template <typename T, int D>
+__device__ inline void band3_add_part(float (&o_acc)[D / 8][4], int half, float own, float w, const T* part) {
+    const int quad = threadIdx.x % 4;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+        const uint32_t raw = *reinterpret_cast<const uint32_t*>(part + t * 8 + 2 * quad);
+        T pair[2];
+        memcpy(pair, &raw, sizeof raw);
+        o_acc[t][2 * half] = fmaf(o_acc[t][2 * half], own, w * to_float(pair[0]));
+        o_acc[t][2 * half + 1] = fmaf(o_acc[t][2 * half + 1], own, w * to_float(pair[1]));
+    }
+}
+
 // The band walk with chunk 64 (p.chunk == 64, q_rows == k_rows, DK = DV = D): the pairs of
-// content_band_tc2's kBand mode less those of earlier rounds (band3_keeps), so each round's O
+// content_band_tc2's kBand mode less those of earlier rounds (band3_keep_bits), so each round's O
 // and lse (normalised, at the tokens' positions) merge with no correction. p.q_sorted_chunk /
 // p.k_sorted_chunk: content_sorted_chunks' output for queries and keys.
 // A block walks tiles c_begin .. c_end - 1 of one (round, head); tile c is chunk c's 64 queries
@@ -296,7 +379,7 @@ __global__ void __launch_bounds__(128, 2) content_band3(ContentParams<T> p, int3
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
     const int64_t bhi = blockIdx.y, b = bhi / p.heads, h = bhi % p.heads, n = p.q_rows;
-    const int part = blockIdx.z;
+    const int part = p.part_base + static_cast<int>(blockIdx.z);
     const int64_t tiles = (n + 63) / 64, c_begin = int64_t{blockIdx.x} * tiles_per_block;
     const int64_t c_end = c_begin + tiles_per_block < tiles ? c_begin + tiles_per_block : tiles;
     const int64_t seg = int64_t{part} * p.bh + bhi;
@@ -352,25 +435,30 @@ __global__ void __launch_bounds__(128, 2) content_band3(ContentParams<T> p, int3
         for (int t = 0; t < D / 8; ++t) o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;
         float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
-        if (c > 0) {   // the chunk before
-            const int kv = static_cast<int>((c - 1) % kBand3KvSlots);
+        // step 0: the chunk before; step 1: the copies for tile c + 1, then the own chunk. One call
+        // site in a loop that is not unrolled: two inlined copies of band3_chunk doubled the
+        // kernel's machine code (instruction fetch stalls, see fixed_allows_at).
+#pragma unroll 1
+        for (int step = 0; step < 2; ++step) {
+            if (step == 1) {
+                __syncthreads();   // every warp has Q in registers and is done with slot (c - 1) % 2 = (c + 1) % 2
+                if (c + 1 < c_end) {
+                    band3_rows<D>(q_tile, q_head, q_tok_ring + meta_slot(c + 1) * 64);
+                    kv_rows(c + 1);
+                }
+                if (c + 2 < c_end) meta(c + 2);   // slot (c + 2) % 4 = (c - 2) % 4: tile c - 1's first chunk, done
+                cp_async_commit();
+            }
+            const int64_t kc = c - 1 + step;
+            if (kc < 0) continue;
+            const int kv = static_cast<int>(kc % kBand3KvSlots);
             band3_chunk<T, D>(p, table, part, q_frag, k_ring + kv * 64 * kS, v_ring + kv * 64 * kS, q_tok, q_cid,
-                              k_tok_ring + meta_slot(c - 1) * 64, k_cid_ring + meta_slot(c - 1) * 64 * p.rounds, o_acc, row_max, row_sum);
-        }
-        __syncthreads();   // every warp has Q in registers and is done with slot (c - 1) % 2 = (c + 1) % 2
-        if (c + 1 < c_end) {
-            band3_rows<D>(q_tile, q_head, q_tok_ring + meta_slot(c + 1) * 64);
-            kv_rows(c + 1);
-        }
-        if (c + 2 < c_end) meta(c + 2);   // slot (c + 2) % 4 = (c - 2) % 4: tile c - 1's first chunk, done
-        cp_async_commit();
-        {   // the own chunk
-            const int kv = static_cast<int>(c % kBand3KvSlots);
-            band3_chunk<T, D>(p, table, part, q_frag, k_ring + kv * 64 * kS, v_ring + kv * 64 * kS, q_tok, q_cid,
-                              k_tok_ring + meta_slot(c) * 64, k_cid_ring + meta_slot(c) * 64 * p.rounds, o_acc, row_max, row_sum);
+                              k_tok_ring + meta_slot(kc) * 64, k_cid_ring + meta_slot(kc) * 64 * p.rounds, o_acc, row_max, row_sum);
         }
 
-        // the tile's rows, normalised, at their tokens' positions (as content_band_tc2 writes them)
+        // the tile's rows, normalised, at their tokens' positions (as content_band_tc2 writes them):
+        // this round's part in T, or (p.lse_final, the last round) merged with the earlier rounds'
+        // parts by content_merge2's rule, with its self rule for a row no round gave a key
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float sum = row_sum[half];
@@ -379,24 +467,45 @@ __global__ void __launch_bounds__(128, 2) content_band3(ContentParams<T> p, int3
             const int i = warp * 16 + group + 8 * half;
             const int32_t tq = q_tok[i];
             if (tq < 0) continue;
-            const float inv = sum > 0.f ? 1.f / sum : 0.f;
             const int64_t row = bhi * n + tq;
-            if (p.o_final != nullptr || p.o_part16 != nullptr) {
-                T* o = p.o_final != nullptr ? p.o_final + row * D : p.o_part16 + (int64_t{part} * per_round + row) * D;
-#pragma unroll
-                for (int t = 0; t < D / 8; ++t) {
-                    *reinterpret_cast<uint32_t*>(o + t * 8 + 2 * quad) = Mma::pack(o_acc[t][2 * half] * inv, o_acc[t][2 * half + 1] * inv);
+            float own = sum > 0.f ? 1.f / sum : 0.f;
+            float lse_row = sum > 0.f ? (row_max[half] + __log2f(sum)) * kLn2 : -INFINITY;
+            T* o = p.o_part16 + (int64_t{part} * per_round + row) * D;
+            float* lse_out = p.lse_part + int64_t{part} * per_round + row;
+            if (p.lse_final != nullptr) {
+                float L = lse_row;
+#pragma unroll 1
+                for (int r = 0; r < part; ++r) L = fmaxf(L, p.lse_part[r * per_round + row]);
+                if (L == -INFINITY) {
+                    band3_self_row<T>(p.q_chunk, p.k_chunk, part + 1, per_round, row, D, p.self_scale, q_head + int64_t{tq} * D,
+                                      k_head + int64_t{tq} * D, v_head + int64_t{tq} * D, p.o_final + row * D, p.lse_final + row);
+                    continue;
                 }
-            } else {
-                float* o = p.o_part + (int64_t{part} * per_round + row) * D;
-#pragma unroll
-                for (int t = 0; t < D / 8; ++t) {
-                    *reinterpret_cast<float2*>(o + t * 8 + 2 * quad) = make_float2(o_acc[t][2 * half] * inv, o_acc[t][2 * half + 1] * inv);
+                float wsum = lse_row == -INFINITY ? 0.f : __expf(lse_row - L);
+                own *= wsum;
+#pragma unroll 1
+                for (int r = 0; r < part; ++r) {
+                    const float l = p.lse_part[r * per_round + row];
+                    if (l != -INFINITY) wsum += __expf(l - L);
                 }
+                const float norm = 1.f / wsum;
+                own *= norm;
+#pragma unroll 1
+                for (int r = 0; r < part; ++r) {
+                    const float l = p.lse_part[r * per_round + row];
+                    if (l == -INFINITY) continue;
+                    band3_add_part<T, D>(o_acc, half, own, __expf(l - L) * norm, p.o_part16 + (r * per_round + row) * D);
+                    own = 1.f;
+                }
+                o = p.o_final + row * D;
+                lse_out = p.lse_final + row;
+                lse_row = L + logf(wsum);
             }
-            if (quad == 0 && p.lse_part != nullptr) {
-                p.lse_part[int64_t{part} * per_round + row] = sum > 0.f ? (row_max[half] + __log2f(sum)) * kLn2 : -INFINITY;
+#pragma unroll
+            for (int t = 0; t < D / 8; ++t) {
+                *reinterpret_cast<uint32_t*>(o + t * 8 + 2 * quad) = Mma::pack(o_acc[t][2 * half] * own, o_acc[t][2 * half + 1] * own);
             }
+            if (quad == 0) *lse_out = lse_row;
         }
     }
     cp_async_wait<0>();

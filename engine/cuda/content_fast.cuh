@@ -246,8 +246,27 @@ __global__ void __launch_bounds__(128) content_band_tc2(ContentParams<T> p) {
             tq = s < n_q ? (Mode == kBand ? p.q_order[seg * n_q + s] : static_cast<int32_t>(s)) : -1;
         }
         if (tq < 0) continue;
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        float inv = sum > 0.f ? 1.f / sum : 0.f;
         const int64_t row = bhi * n_q + tq;
+        float lse_out = sum > 0.f ? (row_max[half] + __log2f(sum)) * kLn2 : -INFINITY;
+        if (p.prev_o16 != nullptr) {
+            // content_merge2's rule for two parts: weights exp(lse - max), O their weighted mean
+            const float l_prev = p.prev_lse[row], L = fmaxf(l_prev, lse_out);
+            const float w_prev = L == -INFINITY ? 0.f : __expf(l_prev - L), w_own = L == -INFINITY ? 0.f : __expf(lse_out - L);
+            const float wsum = w_prev + w_own, norm = wsum > 0.f ? 1.f / wsum : 0.f;
+            const T* prev = p.prev_o16 + row * DV;
+            inv *= w_own * norm;
+#pragma unroll
+            for (int t = 0; t < DV / 8; ++t) {
+                const uint32_t raw = *reinterpret_cast<const uint32_t*>(prev + t * 8 + 2 * quad);
+                T pair[2];
+                memcpy(pair, &raw, sizeof raw);
+                o_acc[t][2 * half] = fmaf(o_acc[t][2 * half], inv, to_float(pair[0]) * w_prev * norm);
+                o_acc[t][2 * half + 1] = fmaf(o_acc[t][2 * half + 1], inv, to_float(pair[1]) * w_prev * norm);
+            }
+            inv = 1.f;
+            lse_out = wsum > 0.f ? L + logf(wsum) : -INFINITY;
+        }
         if (p.o_final != nullptr) {
             T* o = p.o_final + row * DV;
 #pragma unroll
@@ -268,7 +287,7 @@ __global__ void __launch_bounds__(128) content_band_tc2(ContentParams<T> p) {
             }
         }
         if (quad == 0 && p.lse_part != nullptr) {
-            p.lse_part[int64_t{part} * p.bh * n_q + row] = sum > 0.f ? (row_max[half] + __log2f(sum)) * kLn2 : -INFINITY;
+            p.lse_part[int64_t{part} * p.bh * n_q + row] = lse_out;
         }
     }
 }

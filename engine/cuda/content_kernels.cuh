@@ -65,16 +65,32 @@ template <typename T> struct ContentParams {
     float* lse_part;            // [parts, bh, q_rows] natural log; -inf: no key
     T* o_final;                 // when set (one part): O in T [bh, q_rows, d] instead of o_part
     T* o_part16;                // version 2, 16-bit T: when set, the parts' O in T here instead of o_part
+    // version 3's causal FAVOR+: the intra pass merges the query pass's part (O in T, lse) into its
+    // own in the epilogue and writes o_final and lse_part (part 0), so no merge kernel runs.
+    const T* prev_o16;          // [bh, q_rows, d]; nullptr: no merge
+    const float* prev_lse;      // [bh, q_rows] natural log
+    // version 3's band walk without a fixed pattern: the last round (part_base = rounds - 1) merges
+    // the earlier rounds' parts (o_part16, lse_part) with its own, applies content_merge2's self
+    // rule, and writes o_final and lse_final, so no merge kernel runs (0.39 ms at n = 65,536, d = 128).
+    int32_t part_base;          // the round of blockIdx.z = 0
+    float* lse_final;           // [bh, q_rows]; nullptr: write this round's part
+    float self_scale;           // the self pair's logit is self_scale * q . k (natural log)
 };
 
-// Whether the fixed mask of head h allows (q, k).
-template <typename T> __device__ inline bool fixed_allows(const ContentParams<T>& p, int64_t table, int32_t q, int32_t k) {
-    const int32_t B = p.fixed_block;
-    const int32_t state = p.fixed_state[table + int64_t{q / B} * p.fixed_nb + k / B];
+// Whether the fixed mask of head h allows (q, k). Not inlined: the tensor-core passes test every
+// score of a tile (32 a thread a key chunk, unrolled), and this body (divisions by the runtime
+// block) inlined at each made content_band3 240 KB of machine code, far past the instruction
+// caches (Nsight Compute on the H100: half of a warp's stalls waiting for an instruction fetch).
+__device__ __noinline__ inline bool fixed_allows_at(const int32_t* fixed_state, const uint64_t* fixed_bits, int32_t B, int64_t nb,
+                                                    int64_t table, int32_t q, int32_t k) {
+    const int32_t state = fixed_state[table + int64_t{q / B} * nb + k / B];
     if (state == -2) return false;
     if (state == -1) return true;
     const int64_t bit = int64_t{q % B} * B + k % B;
-    return (p.fixed_bits[int64_t{state} * (int64_t{B} * B / 64) + bit / 64] >> (bit % 64)) & 1;
+    return (fixed_bits[int64_t{state} * (int64_t{B} * B / 64) + bit / 64] >> (bit % 64)) & 1;
+}
+template <typename T> __device__ inline bool fixed_allows(const ContentParams<T>& p, int64_t table, int32_t q, int32_t k) {
+    return fixed_allows_at(p.fixed_state, p.fixed_bits, p.fixed_block, p.fixed_nb, table, q, k);
 }
 
 // The band walk's rule for query token tq and key token tk in round r: -inf when the pair is not
@@ -537,27 +553,40 @@ template <typename T> __global__ void favor_key_bias(const T* k, int64_t rows, i
 // log-sum-exp scan over the chunks' (o, lse) of the key pass: state of chunk i = the merge of
 // chunks 0 .. i - 1 (-inf and 0 for i = 0). part_o [chunks, bh, m, d], part_lse [chunks, bh, m];
 // out_v [bh, chunks, m, d] in T, out_lse [bh, chunks, m]. grid: ceil(bh * m * d / 128), block 128.
-template <typename T>
-__global__ void favor_prefix(const float* part_o, const float* part_lse, int64_t chunks, int64_t bh, int64_t m, int32_t d,
-                             T* out_v, float* out_lse) {
+template <typename T, typename P>
+__global__ void favor_prefix(const P* __restrict__ part_o, const float* __restrict__ part_lse, int64_t chunks, int64_t bh,
+                             int64_t m, int32_t d, T* __restrict__ out_v, float* __restrict__ out_lse) {
     const int64_t i = int64_t{blockIdx.x} * 128 + threadIdx.x;
     if (i >= bh * m * d) return;
     const int64_t c = i % d, j = (i / d) % m, bhi = i / (d * m);
-    float L = -INFINITY, acc = 0.f;   // acc: the state's o times exp(L)'s share, normalised
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-        const int64_t out_row = (bhi * chunks + ch) * m + j;
-        out_v[out_row * d + c] = from_float<T>(acc);
-        if (c == 0) out_lse[out_row] = L;
-        const float l = part_lse[(ch * bh + bhi) * m + j];
-        if (l == -INFINITY) continue;
-        const float x = part_o[((ch * bh + bhi) * m + j) * d + c];
-        if (L == -INFINITY) {
-            L = l, acc = x;
-            continue;
+    // acc: the prefix's O (normalised), L its log-sum-exp. Eight chunks' loads are issued before
+    // their merges: one load at a time left the kernel waiting on memory (Nsight Compute, H100:
+    // 1.18 ms at n = 65,536, m = 256, d = 128 with float parts).
+    constexpr int kAhead = 8;
+    float L = -INFINITY, acc = 0.f;
+    for (int64_t ch0 = 0; ch0 < chunks; ch0 += kAhead) {
+        float l[kAhead], x[kAhead];
+#pragma unroll
+        for (int u = 0; u < kAhead; ++u) {
+            const int64_t ch = ch0 + u < chunks ? ch0 + u : chunks - 1;
+            l[u] = part_lse[(ch * bh + bhi) * m + j];
+            x[u] = to_float(part_o[((ch * bh + bhi) * m + j) * d + c]);
         }
-        const float mx = fmaxf(L, l), wa = __expf(L - mx), wb = __expf(l - mx);
-        acc = (acc * wa + x * wb) / (wa + wb);
-        L = mx + logf(wa + wb);
+#pragma unroll
+        for (int u = 0; u < kAhead; ++u) {
+            if (ch0 + u >= chunks) break;
+            const int64_t out_row = (bhi * chunks + ch0 + u) * m + j;
+            out_v[out_row * d + c] = from_float<T>(acc);
+            if (c == 0) out_lse[out_row] = L;
+            if (l[u] == -INFINITY) continue;
+            if (L == -INFINITY) {
+                L = l[u], acc = x[u];
+                continue;
+            }
+            const float mx = fmaxf(L, l[u]), wa = __expf(L - mx), wb = __expf(l[u] - mx);
+            acc = __fdividef(acc * wa + x[u] * wb, wa + wb);
+            L = mx + __logf(wa + wb);
+        }
     }
 }
 

@@ -377,6 +377,9 @@ TEST_CASE("cuda content: small lsh and anchors cases (the sanitizer runs this)",
             c.window = true;
             c.version = version;
             check_buckets_case(c);
+            c.window = false;   // version 3: the last round's pass merges the rounds
+            c.causal = true;
+            check_buckets_case(c);
             c.kind = ContentKind::anchors;
             c.buckets = 7;
             c.causal = true;
@@ -387,7 +390,7 @@ TEST_CASE("cuda content: small lsh and anchors cases (the sanitizer runs this)",
 
 TEST_CASE("cuda content: small favor cases (the sanitizer runs this)", "[cuda][content][small]") {
     if (!gpu_ready("small favor")) return;
-    for (const int version : {1, 2}) {   // FAVOR+ runs the same kernels in 2 and 3
+    for (const int version : {1, 2, 3}) {   // 3: causal FAVOR+'s parts in T, merged inside the intra pass
         for (const bool causal : {false, true}) {
             check_favor_case(200, 64, 96, causal, CudaDtype::bfloat16, true, 1.f, 5, version);
             check_favor_case(200, 64, 64, causal, CudaDtype::bfloat16, true, 1.f, 7, version);
@@ -482,7 +485,7 @@ TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and
 
 TEST_CASE("cuda content: favor matches FAVOR+ in double", "[cuda][content]") {
     if (!gpu_ready("favor")) return;
-    for (const int version : {1, 2}) {   // FAVOR+ runs the same kernels in 2 and 3
+    for (const int version : {1, 2, 3}) {   // 3: causal FAVOR+'s parts in T, merged inside the intra pass
         for (const bool causal : {false, true}) {
             for (const int64_t d : {64, 128}) {
                 check_favor_case(333, d, 256, causal, CudaDtype::bfloat16, true, 1.f, 30 + static_cast<uint64_t>(d), version);
