@@ -636,7 +636,7 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
     // them at every density would be more lines than colours tell apart; the table has them all).
     double plotted = 0;
     for (const RulerRow& row : evals[0].rows)
-        if (row.method != "dense" && row.method != "diagonal") plotted = std::max(plotted, row.target);
+        if (row.method != "dense" && row.method != "diagonal" && !is_family(row.method)) plotted = std::max(plotted, row.target);
     Plot plot;
     char title[160];
     std::snprintf(title, sizeof title, "needle accuracy by depth, methods at %.3g%% (test stream, seed mean)", 100 * plotted);
@@ -662,7 +662,7 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
         const RulerRow& first = evals[0].rows[r];
         char target[32];
         std::snprintf(target, sizeof target, "%.3g%%", 100 * first.target);
-        std::snprintf(line, sizeof line, "| %s | %s |", first.method.c_str(), first.method == "dense" ? "-" : target);
+        std::snprintf(line, sizeof line, "| %s | %s |", first.method.c_str(), first.method == "dense" || first.method == "favor+" ? "-" : target);
         md += line;
         const bool own = first.method == "dense" || first.method == "diagonal";
         PlotSeries series{first.method, {}, {}, colour_of(first.method)};
@@ -688,7 +688,7 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
     const bool any_cost = !cplot.series.empty();
     const bool any_family = std::any_of(cost.begin(), cost.end(), [](const CostPoint& p) { return is_family(p.method) && p.accuracy.count > 0; });
     const Plot fplot = cost_plot(cost, several, colour_of, [](const std::string&) { return true; },
-                                 several ? "every family: accuracy against time per layer (test stream; bars: +-1 sd over seeds)"
+                                 several ? "every family: accuracy against time per layer (bars: +-1 sd over seeds)"
                                          : "every family: accuracy against time per layer (test stream)");
     if (any_cost) {
         md += "\n![accuracy against time](cost.png)\n\ncost.png: accuracy over all answers (mean over seeds";
