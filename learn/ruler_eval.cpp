@@ -533,13 +533,18 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
     const bool several = evals.size() > 1;
 
     std::string md = preamble;
-    char line[1024];
+    char line[2048];
     std::snprintf(line, sizeof line,
                   "\nEvery figure is from the **test stream** (%lld sequences of n = %lld, block %d, the same for every seed); every "
                   "choice is made on the validation stream (%lld sequences): the best fixed pattern, DuoAttention's retrieval heads, the "
-                  "pooled gate's and the indexer's early stopping and the teachers' own. "
-                  "%zu training seed%s (%s)%s. Density: kept blocks / the %s mask's blocks. Times: one layer, all heads, 1 thread, "
-                  "median; select ms chooses the masks (for the identity gate: a dense q k^T), forward ms runs the sparse attention; "
+                  "pooled gate's and the indexer's early stopping, lsh's and anchors' (buckets, rounds, chunk) where they are measured, and "
+                  "the teachers' own; what is trained or fitted (the pooled gate, the indexer, the search script, the anchors) is so on the "
+                  "training stream. "
+                  "%zu training seed%s (%s)%s. Density: kept blocks / the %s mask's blocks (lsh, anchors: pairs kept / its pairs). "
+                  "Output error: ||o - o_dense|| / ||o_dense|| of each layer's attention on the dense teacher's q, k, v, mean over layers. "
+                  "Times: one layer, all heads, 1 thread, "
+                  "median; select ms chooses the masks (for the identity gate: a dense q k^T; lsh, anchors: the content engine's hashing or "
+                  "assignment), forward ms runs the sparse attention; "
                   "select / dense is select ms over the dense row's forward ms (issue 16's bar for a selector: at most 20%%).\n\n",
                   static_cast<long long>(evals[0].test_inputs), static_cast<long long>(evals[0].n), evals[0].block,
                   static_cast<long long>(evals[0].validation_inputs), evals.size(), several ? "s" : "",
