@@ -83,7 +83,6 @@ std::vector<RulerMethod> ruler_fixed_families(int64_t n, int32_t block, int64_t 
                 best = e, best_set = set, best_density = d;
             }
             if (d < smallest_density) smallest = e, smallest_set = std::move(set), smallest_density = d;
-            if (d > target + 0.5) break;   // the ladders grow: nothing later fits
         }
         const bool fits = best_density >= 0;
         const std::string detail = (fits ? best : smallest) + (causal ? " & causal" : "") +
