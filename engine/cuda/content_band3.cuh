@@ -56,54 +56,63 @@ __global__ void content_sorted_chunks(const int32_t* order, const int32_t* chunk
 // kept those loads). Needs cols a power of two from 4 to 64 (a thread's 4 columns within one round;
 // a round's columns in cols / 4 neighbouring threads), D = 64 or 128. Column g = r * cols + c of
 // head h is mats[((h * rounds + r) * D + i) * cols + c]. grid: (ceil(n / 64), bh), block 128,
-// dynamic shared memory project2_smem(D).
+// dynamic shared memory hash3_smem().
+// Dimensions of x and rows of the matrix in shared memory at a time: 64 (33 KB, six blocks an SM;
+// all of d = 128 at once, 67 KB, allowed three, and the kernel was 0.65 ms of lsh's 2.1 ms at
+// n = 65,536 on the H100). Each u still sums over i = 0 .. D - 1 in order (the same bits).
+constexpr int kHash3Dims = 64;
+constexpr int hash3_smem() { return kHash3Dims * (68 + 64) * 4; }
+
 template <typename T, int D>
 __global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, int64_t bh, int64_t n, const float* mats,
                                                      int32_t rounds, int32_t cols, int64_t seg_base, int32_t bucket_bits, uint64_t* keys) {
     constexpr int kPer16 = 16 / static_cast<int>(sizeof(T));   // elements of x in 16 bytes
+    constexpr int kDims = D < kHash3Dims ? D : kHash3Dims;
     extern __shared__ float smem[];
-    float* xs = smem;          // [D, 68]: x[i][token]
-    float* ms = xs + D * 68;   // [D, 64]
+    float* xs = smem;              // [kDims, 68]: x[i0 + i][token]
+    float* ms = xs + kDims * 68;   // [kDims, 64]
     const int tid = threadIdx.x, tg = tid / 16, cg = tid % 16;
     const int64_t t0 = int64_t{blockIdx.x} * 64, bhi = blockIdx.y, h = bhi % heads;
     const int32_t total = rounds * cols, group = cols / 4, cols_log2 = __ffs(cols) - 1;   // group: threads a round spans
-    // x: thread e takes token e % 64 (consecutive threads, consecutive banks) and 16 bytes of its row
-#pragma unroll
-    for (int e = tid; e < 64 * D / kPer16; e += 128) {
-        const int tt = e % 64, i0 = e / 64 * kPer16;
-        T v[kPer16];
-        if (t0 + tt < n) {
-            *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + (bhi * n + t0 + tt) * D + i0);
-        } else {
-#pragma unroll
-            for (int j = 0; j < kPer16; ++j) v[j] = from_float<T>(0.f);
-        }
-#pragma unroll
-        for (int j = 0; j < kPer16; ++j) xs[(i0 + j) * 68 + tt] = to_float(v[j]);
-    }
     for (int32_t cc = 0; cc < total; cc += 64) {
-        __syncthreads();   // x is written (first slice), or the slice before is read by every thread
-#pragma unroll 4
-        for (int e = tid; e < D * 16; e += 128) {   // 4 columns (one round's) a copy
-            const int i = e / 16, c = e % 16 * 4, g = cc + c;
-            float4 m4 = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (g < total) m4 = *reinterpret_cast<const float4*>(mats + ((h * rounds + (g >> cols_log2)) * int64_t{D} + i) * cols + (g & (cols - 1)));
-            *reinterpret_cast<float4*>(ms + i * 64 + c) = m4;
-        }
-        __syncthreads();
         float acc[8][4];
 #pragma unroll
         for (int a = 0; a < 8; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
+        for (int i0 = 0; i0 < D; i0 += kDims) {
+            __syncthreads();   // every thread is done with the step before
+            // x: thread e takes token e % 64 (consecutive threads, consecutive banks) and 16 bytes of its row
+#pragma unroll
+            for (int e = tid; e < 64 * kDims / kPer16; e += 128) {
+                const int tt = e % 64, i = e / 64 * kPer16;
+                T v[kPer16];
+                if (t0 + tt < n) {
+                    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + (bhi * n + t0 + tt) * D + i0 + i);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < kPer16; ++j) v[j] = from_float<T>(0.f);
+                }
+#pragma unroll
+                for (int j = 0; j < kPer16; ++j) xs[(i + j) * 68 + tt] = to_float(v[j]);
+            }
+#pragma unroll 4
+            for (int e = tid; e < kDims * 16; e += 128) {   // 4 columns (one round's) a copy
+                const int i = e / 16, c = e % 16 * 4, g = cc + c;
+                float4 m4 = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (g < total) m4 = *reinterpret_cast<const float4*>(mats + ((h * rounds + (g >> cols_log2)) * int64_t{D} + i0 + i) * cols + (g & (cols - 1)));
+                *reinterpret_cast<float4*>(ms + i * 64 + c) = m4;
+            }
+            __syncthreads();
 #pragma unroll 8
-        for (int i = 0; i < D; ++i) {
-            const float4 x0 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8);
-            const float4 x1 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8 + 4);
-            const float4 mv = *reinterpret_cast<const float4*>(ms + i * 64 + cg * 4);
-            const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w}, mm[4] = {mv.x, mv.y, mv.z, mv.w};
+            for (int i = 0; i < kDims; ++i) {
+                const float4 x0 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8);
+                const float4 x1 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8 + 4);
+                const float4 mv = *reinterpret_cast<const float4*>(ms + i * 64 + cg * 4);
+                const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w}, mm[4] = {mv.x, mv.y, mv.z, mv.w};
 #pragma unroll
-            for (int a = 0; a < 8; ++a)
+                for (int a = 0; a < 8; ++a)
 #pragma unroll
-                for (int c = 0; c < 4; ++c) acc[a][c] = fmaf(xv[a], mm[c], acc[a][c]);
+                    for (int c = 0; c < 4; ++c) acc[a][c] = fmaf(xv[a], mm[c], acc[a][c]);
+            }
         }
         const int32_t g0 = cc + cg * 4, r = g0 >> cols_log2, c0 = g0 & (cols - 1);   // this thread's round and first column
 #pragma unroll

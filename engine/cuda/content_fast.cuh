@@ -393,10 +393,22 @@ template <int D> constexpr int phi_tc_smem(int m) {
 // queries), c = max_j v_j, phi[(bh * n + t) * m + j] = exp(v_j - c) in T, cmax[bh * n + t] = c. The
 // features come 64 at a time (omega of head h at omega + h * m * D, in T); each tile's values are
 // kept in shared memory as exp(v - the running max after that tile) and scaled to the final max
-// when written. grid: (ceil(n / 64), bh), block 128, dynamic shared memory phi_tc_smem<D>(m).
+// when written. Queries and keys in one launch: blockIdx.z = 0 takes side 0 (the queries), 1
+// side 1 (the keys). grid: (ceil(n / 64), bh, 2), block 128, dynamic shared memory phi_tc_smem<D>(m).
+template <typename T> struct PhiSide {
+    const T* x;
+    float half_scale;
+    T* phi;
+    float* cmax;
+};
 template <typename T, int D>
-__global__ void __launch_bounds__(128) favor_phi_tc(const T* x, const T* omega, int64_t heads, int64_t n, int64_t m,
-                                                    float root, float half_scale, T* phi, float* cmax) {
+__global__ void __launch_bounds__(128) favor_phi_tc(PhiSide<T> side0, PhiSide<T> side1, const T* omega, int64_t heads, int64_t n, int64_t m,
+                                                    float root) {
+    const PhiSide<T>& side = blockIdx.z == 0 ? side0 : side1;
+    const T* x = side.x;
+    const float half_scale = side.half_scale;
+    T* phi = side.phi;
+    float* cmax = side.cmax;
     using Mma = MmaType<T>;
     constexpr int kS = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -414,6 +426,18 @@ __global__ void __launch_bounds__(128) favor_phi_tc(const T* x, const T* omega, 
     __syncthreads();
     rows_load2<D, 64>(x_tile, x + bhi * n * D, tok);
     cp_async_commit();
+    // feature tile ft's 64 rows of omega (zero past m); issued a tile ahead, while the tile before
+    // computes its exponentials (one copy in flight at a time left the block waiting on memory)
+    const auto load_features = [&](int64_t ft) {
+        const T* head = omega + h * m * D;
+        for (int c = threadIdx.x; c < 64 * (D / 8); c += 128) {
+            const int r = c / (D / 8), col = c % (D / 8) * 8;
+            const int64_t row = ft * 64 + r;
+            cp_async_16(w_tile + r * kS + col, head + (row < m ? row : 0) * D + col, row < m);
+        }
+        cp_async_commit();
+    };
+    load_features(0);
     cp_async_wait<0>();
     __syncthreads();
     if (threadIdx.x < 64) {
@@ -432,14 +456,8 @@ __global__ void __launch_bounds__(128) favor_phi_tc(const T* x, const T* omega, 
     }
     float running[2] = {-INFINITY, -INFINITY};
     for (int64_t ft = 0; ft < tiles; ++ft) {
-        __shared__ int32_t wrow[64];
-        __syncthreads();   // the tile before is read (and shift is written)
-        if (threadIdx.x < 64) wrow[threadIdx.x] = ft * 64 + threadIdx.x < m ? static_cast<int32_t>(ft * 64 + threadIdx.x) : -1;
-        __syncthreads();
-        rows_load2<D, 64>(w_tile, omega + h * m * D, wrow);
-        cp_async_commit();
         cp_async_wait<0>();
-        __syncthreads();
+        __syncthreads();   // tile ft's features landed for every thread (and shift is written)
         float s[8][4];
 #pragma unroll
         for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
@@ -454,6 +472,8 @@ __global__ void __launch_bounds__(128) favor_phi_tc(const T* x, const T* omega, 
                 Mma::mma(s[2 * np + 1], x_frag[kk], kf[2], kf[3]);
             }
         }
+        __syncthreads();   // every warp is done reading tile ft's features
+        if (ft + 1 < tiles) load_features(ft + 1);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int i = warp * 16 + group + 8 * half;

@@ -549,6 +549,26 @@ template <typename T> __global__ void favor_key_bias(const T* k, int64_t rows, i
     if (lane == 0) bias[row] = -0.5f * scale * s;
 }
 
+// favor_key_bias for d a multiple of 16 bytes (version 3): 8 threads a row, 16 bytes a load. The warp-a-row
+// version read 2 bytes a lane: 0.16 ms at n = 65,536, 16 heads, d = 128 on the H100, for 0.27 GB
+// (bidirectional FAVOR+ is 2.8 ms in all). grid: ceil(rows * 8 / 128), block 128.
+template <typename T> __global__ void favor_key_bias8(const T* k, int64_t rows, int32_t d, float scale, float* bias) {
+    const int64_t row = (int64_t{blockIdx.x} * 128 + threadIdx.x) / 8;
+    constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+    const int part = threadIdx.x % 8;
+    float s = 0.f;
+    if (row < rows) {
+        for (int j = part * kPer; j < d; j += 8 * kPer) {
+            T x[kPer];
+            *reinterpret_cast<uint4*>(x) = *reinterpret_cast<const uint4*>(k + row * d + j);
+#pragma unroll
+            for (int e = 0; e < kPer; ++e) s = fmaf(to_float(x[e]), to_float(x[e]), s);
+        }
+    }
+    for (int off = 4; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (row < rows && part == 0) bias[row] = -0.5f * scale * s;
+}
+
 // Causal FAVOR+'s prefix over key chunks: for each (bh, feature j, column c), the exclusive
 // log-sum-exp scan over the chunks' (o, lse) of the key pass: state of chunk i = the merge of
 // chunks 0 .. i - 1 (-inf and 0 for i = 0). part_o [chunks, bh, m, d], part_lse [chunks, bh, m];
