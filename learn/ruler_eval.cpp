@@ -362,10 +362,13 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
                 row.density += density[b] / static_cast<double>(o.test_inputs * L);
                 row.output_error += error[b] / static_cast<double>(o.test_inputs * L);
             }
-            if (method.output) continue;   // not run inside the teacher's forward: no answers
             TeacherRunOptions student;
             student.block = o.block;
-            student.chooser = methods[m].masks;
+            if (method.output) {
+                student.attention = method.output;   // FAVOR+: its estimate in place of each layer's attention
+            } else {
+                student.chooser = methods[m].masks;
+            }
             student.threads = o.threads;
             row.scores.add(test, teacher_evaluate(teacher, test, student).hits);
         }
@@ -702,9 +705,12 @@ void report_files_write(const std::vector<RulerEval>& evals, const std::vector<s
               "densities joined in the table's order; the dense row is the horizontal line (and its point at its own time).\n";
     }
     if (any_family && !fplot.series.empty()) {
+        // reports written before FAVOR+ ran inside the teacher's forward have no answers in its row
+        const bool favor_answers = std::any_of(cost.begin(), cost.end(), [](const CostPoint& p) { return p.method == "favor+" && p.accuracy.count > 0; });
         md += "\n![every family: accuracy against time](families.png)\n\nfamilies.png: the same for every row with answers: the "
-              "baselines, the selectors, the fixed patterns (window, longformer, bigbird), the search script, lsh and anchors "
-              "(favor+ has no answers: it is not run inside the teacher's forward; its output error is in the table).\n";
+              "baselines, the selectors, the fixed patterns (window, longformer, bigbird), the search script, lsh and anchors";
+        md += favor_answers ? " and favor+ (its estimate in place of every layer's attention).\n"
+                            : " (favor+ has no answers: it is not run inside the teacher's forward; its output error is in the table).\n";
     }
     if (any_needle) plot_png_save(plot, dir + "/depth.png", 1000, 640);
     if (any_cost) plot_png_save(cplot, dir + "/cost.png", 1000, 640);

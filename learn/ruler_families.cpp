@@ -320,7 +320,8 @@ RulerMethod ruler_favor(int64_t layers, int64_t heads, int64_t head_dim, bool ca
     m.target = 1;
     m.detail = "favor(" + std::to_string(o.features) + ")" + (causal ? ", causal (prefix sums)" : "") +
                ", features fixed a priori (the language's default), seed 0: no mask, an estimate of the dense attention; measured by "
-               "its output error on the dense teacher's q, k, v of every layer (not run inside the teacher's forward)";
+               "its output error on the dense teacher's q, k, v of every layer, and its answers with its estimate in place of every "
+               "layer's attention";
     m.output = [features, causal](int64_t l, const Tensor& q, const Tensor& k, const Tensor& v) {
         FavorOptions fo;
         fo.causal = causal;

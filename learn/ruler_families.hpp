@@ -48,7 +48,8 @@ struct RulerMethod {
     // FAVOR+: its pass). Empty: the evaluation times masks() and attention_forward.
     std::function<std::pair<double, double>(const Tensor& q, const Tensor& k, const Tensor& v, int repeats)> time;
     // FAVOR+: the layer's attention output (q, k, v: [1, heads, n, hd]) in place of a mask; the
-    // evaluation then reports its output error only (it is not run inside the teacher's forward).
+    // evaluation reports its output error, and its answers with it in place of every layer's
+    // attention (TeacherRunOptions::attention); no recall or density.
     std::function<Tensor(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v)> output;
 };
 

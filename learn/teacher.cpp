@@ -409,9 +409,15 @@ struct SequencePass {
                 lc.masks = &fixed;
                 lc.mask_layer = fixed.layers == 1 ? 0 : l;
             }
-            AttentionOutput out = attention_forward(lc.q, lc.k, lc.v, *lc.masks, lc.mask_layer, attention);
-            lc.o = std::move(out.o);
-            lc.lse = std::move(out.lse);
+            if (options.attention) {   // an estimate of the dense attention (no lse: evaluation only)
+                lc.o = options.attention(l, lc.q, lc.k, lc.v);
+                if (lc.o.shape != lc.q.shape)
+                    throw Error("teacher: the attention replacement gave O of another shape than q (layer " + std::to_string(l) + ")");
+            } else {
+                AttentionOutput out = attention_forward(lc.q, lc.k, lc.v, *lc.masks, lc.mask_layer, attention);
+                lc.o = std::move(out.o);
+                lc.lse = std::move(out.lse);
+            }
             lc.a = heads_merge(lc.o);
             if (shaping()) {
                 if (grads) {
@@ -544,6 +550,9 @@ TeacherResult teacher_run(const Teacher& teacher, const TaskBatch& batch, std::v
         throw Error("teacher: own_block = " + std::to_string(options.own_block) + " must be a finite number >= 0");
     if ((options.sharpness > 0 || options.own_block > 0) && (options.masks || options.chooser))
         throw Error("teacher: the sharpness and own-block terms are for dense training only (run without masks or a chooser)");
+    if (options.attention && (grads != nullptr || options.masks || options.chooser || options.capture || options.sharpness > 0 || options.own_block > 0))
+        throw Error("teacher: an attention replacement (TeacherRunOptions::attention) is for evaluation only: run it without gradients, "
+                    "masks, a chooser, a capture or the shaping terms");
     if (options.capture) {
         for (auto* field : {&options.capture->q, &options.capture->k, &options.capture->v, &options.capture->o, &options.capture->lse})
             field->assign(static_cast<size_t>(batch.batch), std::vector<Tensor>(static_cast<size_t>(teacher.config.layers)));

@@ -128,6 +128,11 @@ struct TeacherRunOptions {
     int32_t block = 16;               // the own-block term's block (the dense mask's is 64 from n = 64:
                                       // the same attention, fewer engine blocks)
     MaskChooser chooser;              // when set, overrides masks layer by layer
+    // When set, each layer's attention output is attention(layer, q, k, v) ([1, heads, n, hd]
+    // each, q and k after the rotary turn): an estimate of the dense attention that is no mask
+    // (FAVOR+ in the ruler evaluation). Evaluation only: not with masks, a chooser, a capture,
+    // the shaping terms or gradients.
+    std::function<Tensor(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v)> attention;
     TeacherCapture* capture = nullptr;
     int threads = 0;                  // sequences run in parallel; 0: thread_count()
     // lambda >= 0: adds lambda * (mean entropy of the attention rows) to the objective, computed

@@ -2,8 +2,10 @@
 // in double, attention through the CPU engine in float), learning from a fixed seed, tasks,
 // checkpoints (round trip, corrupt and truncated files refused).
 #include "learn/teacher.hpp"
+#include "learn/causal_mask.hpp"
 #include "learn/ruler_tasks.hpp"
 
+#include "engine/cpu_attention.hpp"
 #include "engine/error.hpp"
 
 #include <catch2/catch.hpp>
@@ -387,6 +389,43 @@ TEST_CASE("teacher: sparse masks are cut to their causal part in a causal teache
     const TeacherResult a = teacher_evaluate(teacher, batch, dense_run), b = teacher_evaluate(teacher, batch, full_run);
     CHECK(a.loss == Approx(b.loss).epsilon(1e-6));
     CHECK(a.hits == b.hits);
+}
+
+TEST_CASE("teacher: an attention replacement runs in place of every layer's attention, for evaluation only", "[learn]") {
+    TaskConfig task = tiny_task();
+    task.kind = TaskKind::mqar;
+    const Teacher teacher = teacher_init(tiny_model(task), task, 5);
+    const TaskBatch batch = task_batch(task, 11, 0, 2);
+    TeacherRunOptions dense_run, replaced;
+    dense_run.threads = replaced.threads = 1;
+    // the replacement gives the causal attention itself: the same results as the plain run
+    const MaskSet causal = mask_set_causal(task.n, 16, 1, teacher.config.heads);
+    int64_t calls = 0;
+    std::vector<int64_t> layers;
+    replaced.attention = [&](int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v) {
+        ++calls;
+        layers.push_back(layer);
+        return attention_forward(q, k, v, causal, 0).o;
+    };
+    const TeacherResult a = teacher_evaluate(teacher, batch, dense_run), b = teacher_evaluate(teacher, batch, replaced);
+    CHECK(calls == batch.batch * teacher.config.layers);
+    CHECK(std::count(layers.begin(), layers.end(), int64_t{0}) == batch.batch);
+    CHECK(a.loss == Approx(b.loss).epsilon(1e-9));
+    CHECK(a.hits == b.hits);
+    // one that zeroes the attention changes the loss: the replacement is what the layers use
+    TeacherRunOptions zero = replaced;
+    zero.attention = [](int64_t, const Tensor& q, const Tensor&, const Tensor&) { return tensor_zeros<float>(q.shape); };
+    CHECK(teacher_evaluate(teacher, batch, zero).loss != Approx(a.loss).epsilon(1e-6));
+    // evaluation only, and O must have q's shape
+    std::vector<double> grads;
+    CHECK_THROWS_WITH(teacher_gradients(teacher, batch, grads, replaced), Catch::Matchers::Contains("evaluation only"));
+    TeacherCapture capture;
+    TeacherRunOptions captured = replaced;
+    captured.capture = &capture;
+    CHECK_THROWS_WITH(teacher_evaluate(teacher, batch, captured), Catch::Matchers::Contains("evaluation only"));
+    TeacherRunOptions wrong = replaced;
+    wrong.attention = [](int64_t, const Tensor&, const Tensor&, const Tensor&) { return tensor_zeros<float>({1, 1, 3, 4}); };
+    CHECK_THROWS_WITH(teacher_evaluate(teacher, batch, wrong), Catch::Matchers::Contains("another shape than q"));
 }
 
 TEST_CASE("teacher: version 1 checkpoints (the first, bidirectional teacher) still load; other versions are refused by number", "[learn]") {
