@@ -86,7 +86,9 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           static script (its table from --search-inputs N (32) training-stream sequences),
           and (all) LSH and anchors through the content engine (their buckets and chunk chosen
           on validation; anchors fitted on --anchor-inputs N (8) training-stream sequences)
-          and FAVOR+ with --favor-features M (256) (output error only); writes DIR/report.md,
+          and FAVOR+ with --favor-features M (256) (run in place of every layer's attention:
+          its accuracy and output error); a progress line on stderr after every 100 test
+          sequences (--quiet: none); writes DIR/report.md,
           report.json, depth.png with accuracy per task and per depth as mean +- standard
           deviation over the seeds, cost.png (accuracy against select + forward ms) and
           families.png (the same with every family). --replot DIR: redraw DIR's report.md,
@@ -593,6 +595,7 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
                       teachers[t].config.heads != teachers[0].config.heads || teachers[t].task.kind != teachers[0].task.kind))
             throw Error("learn ruler: the teachers differ in n, task or shape (" + labels[0] + " and " + labels[t] + "): give teachers of one config");
         if (!args.has("--teachers")) o.train_seed = std::stoull(labels[t]);   // the pooled gate learns from the teacher's own training stream
+        if (!args.has("--quiet")) o.progress_label = labels[t];
         evals.push_back(learn::ruler_evaluate(teachers[t], o));
         std::fprintf(stderr, "evaluated %s\n", labels[t].c_str());
     }

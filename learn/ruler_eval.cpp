@@ -318,6 +318,7 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     }
     rows[0].output_error = 0;
     Tensor q0, k0, v0;   // layer 0 of the first test sequence: what the timings run on
+    const auto started = std::chrono::steady_clock::now();
     for (int64_t first = 0; first < o.test_inputs; first += o.chunk) {
         const int64_t count = std::min(o.chunk, o.test_inputs - first);
         const TaskBatch test = task_batch(teacher.task, test_seed, first, count);
@@ -371,6 +372,11 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
             }
             student.threads = o.threads;
             row.scores.add(test, teacher_evaluate(teacher, test, student).hits);
+        }
+        if (!o.progress_label.empty()) {
+            std::fprintf(stderr, "ruler %s: %lld of %lld test sequences through %zu rows (%.0f s)\n", o.progress_label.c_str(),
+                         static_cast<long long>(first + count), static_cast<long long>(o.test_inputs), rows.size(),
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
         }
     }
     // Timings, every method on the same input: select (the masks of one layer, cut to causal) and

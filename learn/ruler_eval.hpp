@@ -57,6 +57,9 @@ struct RulerEvalOptions {
     ContentFamilyOptions content;
     uint64_t train_seed = 1;
     int64_t chunk = 100;   // test sequences captured at a time (memory: the dense q, k, v of a chunk)
+    // When set, a line on stderr after each chunk of test sequences (done / all, the rows, seconds
+    // so far): a run of the full report takes most of an hour on 2 cores.
+    std::string progress_label;
 };
 
 struct RulerRow {
