@@ -349,21 +349,6 @@ __device__ __noinline__ void band3_self_row(const int32_t* q_chunk, const int32_
     if (quad == 0) *lse = own ? dot * scale : -INFINITY;
 }
 
-// o_acc's rows of `half` (this thread's columns t * 8 + 2 * quad + {0, 1}) = o_acc * own + w * part,
-// part: an earlier round's normalised O of the row in T.
-template <typename T, int D>
-__device__ inline void band3_add_part(float (&o_acc)[D / 8][4], int half, float own, float w, const T* part) {
-    const int quad = threadIdx.x % 4;
-#pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-        const uint32_t raw = *reinterpret_cast<const uint32_t*>(part + t * 8 + 2 * quad);
-        T pair[2];
-        memcpy(pair, &raw, sizeof raw);
-        o_acc[t][2 * half] = fmaf(o_acc[t][2 * half], own, w * to_float(pair[0]));
-        o_acc[t][2 * half + 1] = fmaf(o_acc[t][2 * half + 1], own, w * to_float(pair[1]));
-    }
-}
-
 // The band walk with chunk 64 (p.chunk == 64, q_rows == k_rows, DK = DV = D): the pairs of
 // content_band_tc2's kBand mode less those of earlier rounds (band3_keep_bits), so each round's O
 // and lse (normalised, at the tokens' positions) merge with no correction. p.q_sorted_chunk /
@@ -503,7 +488,7 @@ __global__ void __launch_bounds__(128, 2) content_band3(ContentParams<T> p, int3
                 for (int r = 0; r < part; ++r) {
                     const float l = p.lse_part[r * per_round + row];
                     if (l == -INFINITY) continue;
-                    band3_add_part<T, D>(o_acc, half, own, __expf(l - L) * norm, p.o_part16 + (r * per_round + row) * D);
+                    add_part16<T, D>(o_acc, half, own, __expf(l - L) * norm, p.o_part16 + (r * per_round + row) * D);
                     own = 1.f;
                 }
                 o = p.o_final + row * D;

@@ -42,6 +42,22 @@ template <int W, int Rows, typename T> __device__ inline void rows_load2(T* tile
     }
 }
 
+// o_acc's rows of `half` (this thread's columns t * 8 + 2 * quad + {0, 1}) = o_acc * own + w * part,
+// part: an earlier pass's normalised O of the row in T (the merges inside a pass's epilogue:
+// content_band_tc2's intra mode, content_band3's last round).
+template <typename T, int D>
+__device__ inline void add_part16(float (&o_acc)[D / 8][4], int half, float own, float w, const T* part) {
+    const int quad = threadIdx.x % 4;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+        const uint32_t raw = *reinterpret_cast<const uint32_t*>(part + t * 8 + 2 * quad);
+        T pair[2];
+        memcpy(pair, &raw, sizeof raw);
+        o_acc[t][2 * half] = fmaf(o_acc[t][2 * half], own, w * to_float(pair[0]));
+        o_acc[t][2 * half + 1] = fmaf(o_acc[t][2 * half + 1], own, w * to_float(pair[1]));
+    }
+}
+
 // Modes: kBand (lsh, anchors: DK = DV = d), kDense (FAVOR+'s passes: a bias per key),
 // kIntra (causal FAVOR+ inside a chunk of p.chunk tokens: q, k are phi-hat [rows, m] in T
 // (DK = m), the logit is log(phi-hat(q) . phi-hat(k)) + c_q + c_k with c_q in p.query_bias and
@@ -254,16 +270,7 @@ __global__ void __launch_bounds__(128) content_band_tc2(ContentParams<T> p) {
             const float l_prev = p.prev_lse[row], L = fmaxf(l_prev, lse_out);
             const float w_prev = L == -INFINITY ? 0.f : __expf(l_prev - L), w_own = L == -INFINITY ? 0.f : __expf(lse_out - L);
             const float wsum = w_prev + w_own, norm = wsum > 0.f ? 1.f / wsum : 0.f;
-            const T* prev = p.prev_o16 + row * DV;
-            inv *= w_own * norm;
-#pragma unroll
-            for (int t = 0; t < DV / 8; ++t) {
-                const uint32_t raw = *reinterpret_cast<const uint32_t*>(prev + t * 8 + 2 * quad);
-                T pair[2];
-                memcpy(pair, &raw, sizeof raw);
-                o_acc[t][2 * half] = fmaf(o_acc[t][2 * half], inv, to_float(pair[0]) * w_prev * norm);
-                o_acc[t][2 * half + 1] = fmaf(o_acc[t][2 * half + 1], inv, to_float(pair[1]) * w_prev * norm);
-            }
+            add_part16<T, DV>(o_acc, half, inv * w_own * norm, w_prev * norm, p.prev_o16 + row * DV);
             inv = 1.f;
             lse_out = wsum > 0.f ? L + logf(wsum) : -INFINITY;
         }
