@@ -7,6 +7,7 @@
 #include "engine/content/favor.hpp"
 #include "engine/cuda/content_anchors.cuh"
 #include "engine/cuda/content_band3.cuh"
+#include "engine/cuda/content_dense3.cuh"
 #include "engine/cuda/content_fast.cuh"
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
@@ -101,6 +102,8 @@ struct CudaContentAttention::Impl {
             if (tensor_cores && version >= 2) {
                 if (p.q_order != nullptr) {
                     d == 64 ? launch_tc2<T, 64, 64, 128, cuda::content::kBand>(p, parts) : launch_tc2<T, 128, 128, 128, cuda::content::kBand>(p, parts);
+                } else if (dense3()) {
+                    d == 64 ? launch_dense3<T, 64>(p) : launch_dense3<T, 128>(p);
                 } else {
                     d == 64 ? launch_tc2<T, 64, 64, 128, cuda::content::kDense>(p, parts) : launch_tc2<T, 128, 128, 128, cuda::content::kDense>(p, parts);
                 }
@@ -153,6 +156,28 @@ struct CudaContentAttention::Impl {
             if (cost < best_cost) best_cost = cost, best_g = g;
         }
         const dim3 grid(static_cast<unsigned>((tiles + best_g - 1) / best_g), static_cast<unsigned>(bh), static_cast<unsigned>(parts));
+        kernel<<<grid, 128, smem>>>(p, static_cast<int32_t>(best_g));
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // content_dense3 (FAVOR+'s dense walk, version 3): each block walks G consecutive items (tile,
+    // split) of one head, G chosen as launch_band3 chooses it, counting an item's 64-key steps.
+    template <typename T, int D> void launch_dense3(const ContentParams<T>& p) {
+        const int smem = cuda::content::dense3_smem<D>();
+        const auto kernel = cuda::content::content_dense3<T, D>;
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int per_sm = 0;
+        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
+        const int64_t splits = (p.k_rows + p.key_split - 1) / p.key_split, items = (p.q_rows + 63) / 64 * splits;
+        const int64_t steps = (std::min(p.key_split, p.k_rows) + 63) / 64;
+        const int64_t resident = std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * sm_count);
+        int64_t best_g = 1, best_cost = INT64_MAX;
+        for (int64_t g = 1; g <= std::min<int64_t>(items, 4096); ++g) {
+            const int64_t blocks = (items + g - 1) / g * bh;
+            const int64_t cost = (blocks + resident - 1) / resident * (g * steps + 2);   // waves x (steps + the start's copies)
+            if (cost < best_cost) best_cost = cost, best_g = g;
+        }
+        const dim3 grid(static_cast<unsigned>((items + best_g - 1) / best_g), static_cast<unsigned>(bh));
         kernel<<<grid, 128, smem>>>(p, static_cast<int32_t>(best_g));
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
@@ -236,10 +261,15 @@ struct CudaContentAttention::Impl {
                 const T* x = (side == 0 ? q : k).as<T>();
                 const int64_t base = side == 0 ? 0 : segs_q;
                 if (version >= 3 && (d == 64 || d == 128) && cols >= 4 && cols <= 64 && std::has_single_bit(static_cast<uint64_t>(cols))) {
-                    const int smem3 = cuda::content::hash3_smem();
-                    const dim3 grid3(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
+                    const int smem3 = d == 64 ? cuda::content::hash3_smem<64>() : cuda::content::hash3_smem<128>();
                     const auto kernel = d == 64 ? cuda::content::content_hash3<T, 64> : cuda::content::content_hash3<T, 128>;
                     SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
+                    // blocks that walk the tiles: the GPU's resident blocks, one wave
+                    int per_sm = 0;
+                    SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem3));
+                    const int64_t slices = (rounds * cols + 63) / 64, tiles = (n + 63) / 64;
+                    const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
+                    const dim3 grid3(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
                     kernel<<<grid3, 128, smem3>>>(x, shape.heads, bh, n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols),
                                                   base, bucket_bits, keys_in.as<uint64_t>());
                 } else if (version >= 2) {
@@ -481,6 +511,9 @@ struct CudaContentAttention::Impl {
         return version >= 3 && spec.causal && intra_on_tensor_cores() && !std::is_same_v<T, float>;
     }
 
+    // FAVOR+'s key and query passes on content_dense3: version 3, tensor cores, 16-bit, d = 64 or 128.
+    bool dense3() const { return version >= 3 && tensor_cores && dtype != CudaDtype::float32 && (shape.d == 64 || shape.d == 128); }
+
     // Causal FAVOR+'s chunk of keys per prefix step: version 1 64, version 2 128 (half the
     // partial results and prefix states, the tensor-core product inside the chunk cheap enough).
     int64_t causal_chunk() const { return version >= 2 ? 128 : 64; }
@@ -493,10 +526,19 @@ struct CudaContentAttention::Impl {
 
     // Keys per split of FAVOR+'s key pass: causal 64 (the prefix's chunks); else enough splits
     // that the feature tiles times splits fill the GPU about four times over.
+    // Version 3 (content_dense3, whose blocks walk their keys with the copies overlapped): as many
+    // splits as fit the GPU's resident blocks in one wave (two an SM at d = 128, four at 64: its
+    // shared memory), rounded down, so no block waits for a second wave.
     int64_t favor_key_split() const {
         if (spec.causal) return causal_chunk();
-        const int64_t tiles = (features + 63) / 64 * bh, want = 4 * int64_t{sm_count};
-        const int64_t splits = std::clamp<int64_t>((want + tiles - 1) / tiles, 1, (shape.n + 63) / 64);
+        const int64_t tiles = (features + 63) / 64 * bh;
+        int64_t splits;
+        if (dense3()) {
+            splits = std::max<int64_t>(1, (shape.d == 64 ? 4 : 2) * int64_t{sm_count} / tiles);
+        } else {
+            splits = (4 * int64_t{sm_count} + tiles - 1) / tiles;
+        }
+        splits = std::clamp<int64_t>(splits, 1, (shape.n + 63) / 64);
         return ((shape.n + splits - 1) / splits + 63) / 64 * 64;
     }
 

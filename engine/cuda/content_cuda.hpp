@@ -45,8 +45,8 @@ struct CudaContentOptions {
     bool tensor_cores = true;             // false: the simple kernel (one warp a row); also used where
                                           // tensor cores do not run (float32, d other than 64 and 128)
     bool poison_outputs = true;           // fill O and lse with NaN before the run
-    int version = 0;                      // the kernels: 3 (lsh and anchors with chunk 64: content_band3.cuh,
-                                          // else as 2), 2 (content_fast.cuh) or 1 (content_kernels.cuh, the
+    int version = 0;                      // the kernels: 3 (lsh and anchors with chunk 64: content_band3.cuh;
+                                          // FAVOR+'s passes at d = 64, 128: content_dense3.cuh; else as 2), 2 (content_fast.cuh) or 1 (content_kernels.cuh, the
                                           // first, kept as the record and the fallback); 0: the newest
 };
 

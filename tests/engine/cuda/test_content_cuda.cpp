@@ -314,18 +314,30 @@ AttentionOutput favor_reference(const Tensor& q, const Tensor& k, const Tensor& 
             }
             for (int64_t t = 0; t < s.n; ++t)
                 for (double& x : pk[static_cast<size_t>(t)]) x = std::exp(x - half_k[static_cast<size_t>(t)] - ck) / std::sqrt(double(m));
+            // the sums over keys as Performer writes them: kv[j][i] = sum phi(k)_j v_i and z[j] = sum
+            // phi(k)_j over all keys (causal: keys <= t, added as t advances), in O(n m d)
+            std::vector<double> kv(static_cast<size_t>(m * s.d), 0.0), z(static_cast<size_t>(m), 0.0);
+            const auto add_key = [&](int64_t kt) {
+                for (int64_t j = 0; j < m; ++j) {
+                    const double p = pk[static_cast<size_t>(kt)][static_cast<size_t>(j)];
+                    z[static_cast<size_t>(j)] += p;
+                    for (int64_t i = 0; i < s.d; ++i) kv[static_cast<size_t>(j * s.d + i)] += p * v.at(b, h, kt, i);
+                }
+            };
+            if (!causal)
+                for (int64_t kt = 0; kt < s.n; ++kt) add_key(kt);
             std::vector<double> pq(static_cast<size_t>(m));
             for (int64_t t = 0; t < s.n; ++t) {
+                if (causal) add_key(t);
                 const double half_q = project(q, t, pq);
                 const double cq = *std::max_element(pq.begin(), pq.end());
                 for (double& x : pq) x = std::exp(x - half_q - cq) / std::sqrt(double(m));
                 double den = 0;
                 std::vector<double> num(static_cast<size_t>(s.d), 0.0);
-                for (int64_t kt = 0; kt < (causal ? t + 1 : s.n); ++kt) {
-                    double a = 0;
-                    for (int64_t j = 0; j < m; ++j) a += pq[static_cast<size_t>(j)] * pk[static_cast<size_t>(kt)][static_cast<size_t>(j)];
-                    den += a;
-                    for (int64_t i = 0; i < s.d; ++i) num[static_cast<size_t>(i)] += a * v.at(b, h, kt, i);
+                for (int64_t j = 0; j < m; ++j) {
+                    const double p = pq[static_cast<size_t>(j)];
+                    den += p * z[static_cast<size_t>(j)];
+                    for (int64_t i = 0; i < s.d; ++i) num[static_cast<size_t>(i)] += p * kv[static_cast<size_t>(j * s.d + i)];
                 }
                 for (int64_t i = 0; i < s.d; ++i) out.o.at(b, h, t, i) = static_cast<float>(num[static_cast<size_t>(i)] / den);
             }
@@ -480,6 +492,53 @@ TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and
                 check_buckets_case(c);
             }
         }
+    }
+}
+
+// Version 3's hashing (content_hash3: a block walks token tiles, all rounds' columns side by side)
+// sums each u in the order version 2's content_project2 does: the same buckets, bit for bit, at
+// lengths where each block walks many tiles and with more columns than one 64-column slice.
+TEST_CASE("cuda content: lsh's buckets of versions 2 and 3 are the same, bit for bit", "[cuda][content]") {
+    if (!gpu_ready("lsh versions")) return;
+    const int64_t heads = 4, batch = 1;
+    for (const int64_t n : {int64_t{1000}, int64_t{40000}}) {
+        for (const int64_t d : {64, 128}) {
+            for (const int64_t rounds : {2, 4}) {
+                INFO("n " << n << " d " << d << " rounds " << rounds);
+                ContentSpec spec;
+                spec.kind = ContentKind::lsh;
+                spec.buckets = 64;
+                spec.rounds = rounds;
+                spec.chunk = 64;
+                spec.seed = 3;
+                const MaskSet set = content_set(n, heads, {}, spec);
+                const CudaContentNumbers numbers = cuda_content_numbers(set, 0, d, nullptr);
+                const TensorShape shape{batch, heads, n, d};
+                const Tensor q = tensor_round_to(tensor_random(shape, 70 + static_cast<uint64_t>(d)), CudaDtype::bfloat16);
+                const Tensor k = tensor_round_to(tensor_random(shape, 71), CudaDtype::bfloat16);
+                const Tensor v = tensor_round_to(tensor_random(shape, 72), CudaDtype::bfloat16);
+                std::vector<int32_t> buckets[2];
+                for (const int version : {2, 3}) {
+                    CudaContentOptions options;
+                    options.version = version;
+                    engine().forward(q, k, v, set, 0, numbers, options);
+                    buckets[version - 2] = engine().walk().q_bucket;
+                }
+                REQUIRE(buckets[0].size() == static_cast<size_t>(rounds * batch * heads * n));
+                CHECK(buckets[0] == buckets[1]);
+            }
+        }
+    }
+}
+
+// Long enough that version 3's dense walk (content_dense3) gives a block several items: the causal
+// key pass walks several splits of a feature tile, the query pass several query tiles (new Q and,
+// causal, new chunk values a step), the bidirectional key pass several steps a split.
+TEST_CASE("cuda content: favor with several items a block (version 3's dense walk)", "[cuda][content][small]") {
+    if (!gpu_ready("favor walks")) return;
+    for (const bool causal : {false, true}) {
+        check_favor_case(6000, 128, 256, causal, CudaDtype::bfloat16, true, 1.f, 50, 3);
+        check_favor_case(6000, 64, 96, causal, CudaDtype::float16, true, 1.f, 51, 3);
     }
 }
 
