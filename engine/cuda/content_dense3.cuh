@@ -47,74 +47,16 @@ template <int D, typename T> __device__ inline void dense3_rows(T* tile, const T
 template <typename T, int D>
 __device__ inline void dense3_step(const uint32_t (&q_frag)[D / 16][4], const T* ks, const T* vs, const float* bias, bool has_bias,
                                    int valid_keys, float scale_log2, float (&o_acc)[D / 8][4], float (&row_max)[2], float (&row_sum)[2]) {
-    using Mma = MmaType<T>;
-    constexpr int kS = D + 8;
-    const int lane = threadIdx.x % 32, quad = lane % 4;
+    const int quad = threadIdx.x % 4;
     float s[8][4];
 #pragma unroll
     for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-        for (int np = 0; np < 4; ++np) {
-            uint32_t kf[4];
-            const int r = np * 16 + lane % 8 + 8 * (lane / 16), c = kk * 16 + 8 * ((lane / 8) % 2);
-            ldmatrix_x4(kf, ks + r * kS + c);
-            Mma::mma(s[2 * np], q_frag[kk], kf[0], kf[1]);
-            Mma::mma(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
-        }
-    }
-    float scale_old[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        float mx = row_max[half];
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int j = t * 8 + 2 * quad + c;
-                float& x = s[t][2 * half + c];
-                x = j >= valid_keys ? -INFINITY : fmaf(x, scale_log2, has_bias ? bias[j] * kLog2e : 0.f);
-                mx = fmaxf(mx, x);
-            }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float base = mx == -INFINITY ? 0.f : mx;
-        scale_old[half] = exp2_fast(row_max[half] - base);
-        row_max[half] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                float& x = s[t][2 * half + c];
-                x = exp2_fast(x - base);
-                sum += x;
-            }
-        }
-        row_sum[half] = row_sum[half] * scale_old[half] + sum;
-    }
-#pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-        o_acc[t][0] *= scale_old[0];
-        o_acc[t][1] *= scale_old[0];
-        o_acc[t][2] *= scale_old[1];
-        o_acc[t][3] *= scale_old[1];
-    }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-        const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
-                                Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-            uint32_t vf[4];
-            const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = dp * 16 + 8 * (lane / 16);
-            ldmatrix_x4_trans(vf, vs + r * kS + c);
-            Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
-            Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
-        }
-    }
+    warp_scores<T, D>(s, q_frag, ks);
+    const auto logit = [&](int t, int e, float x) {   // e = 2 * half + column
+        const int j = t * 8 + 2 * quad + e % 2;
+        return j >= valid_keys ? -INFINITY : fmaf(x, scale_log2, has_bias ? bias[j] * kLog2e : 0.f);
+    };
+    warp_softmax_pv<T, D>(s, logit, vs, o_acc, row_max, row_sum);
 }
 
 // FAVOR+'s dense walk (the fields content_band_tc2's kDense mode reads: q_rows, k_rows, key_split,

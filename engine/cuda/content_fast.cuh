@@ -42,6 +42,87 @@ template <int W, int Rows, typename T> __device__ inline void rows_load2(T* tile
     }
 }
 
+// s += Q K^T for a warp's 16 query rows (q_frag: their fragments, DK wide) against 64 keys at ks
+// (stride DK + 8): m16n8k16 products, s[t] the keys t * 8 .. t * 8 + 7.
+template <typename T, int DK>
+__device__ __forceinline__ void warp_scores(float (&s)[8][4], const uint32_t (&q_frag)[DK / 16][4], const T* ks) {
+    using Mma = MmaType<T>;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+            uint32_t kf[4];
+            const int r = np * 16 + lane % 8 + 8 * (lane / 16), c = kk * 16 + 8 * ((lane / 8) % 2);
+            ldmatrix_x4(kf, ks + r * (DK + 8) + c);
+            Mma::mma(s[2 * np], q_frag[kk], kf[0], kf[1]);
+            Mma::mma(s[2 * np + 1], q_frag[kk], kf[2], kf[3]);
+        }
+    }
+}
+
+// The online softmax of a warp's 16 rows over 64 raw products s, then O += P V with V's 64 rows at
+// vs (stride DV + 8). logit(t, e, x): the score of s[t][e] (e = 2 * half + column) in log2 units
+// from its product x, -inf to drop the pair; applied as each row's maximum is taken (the order the
+// passes had, and their register counts). Every content pass's step ends here (content_band_tc2,
+// content_band3, content_dense3).
+template <typename T, int DV, typename Logit>
+__device__ __forceinline__ void warp_softmax_pv(float (&s)[8][4], const Logit& logit, const T* vs, float (&o_acc)[DV / 8][4],
+                                                float (&row_max)[2], float (&row_sum)[2]) {
+    using Mma = MmaType<T>;
+    const int lane = threadIdx.x % 32;
+    float scale_old[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float mx = row_max[half];
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                float& x = s[t][2 * half + c];
+                x = logit(t, 2 * half + c, x);
+                mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float base = mx == -INFINITY ? 0.f : mx;
+        scale_old[half] = exp2_fast(row_max[half] - base);
+        row_max[half] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                float& x = s[t][2 * half + c];
+                x = exp2_fast(x - base);
+                sum += x;
+            }
+        }
+        row_sum[half] = row_sum[half] * scale_old[half] + sum;
+    }
+#pragma unroll
+    for (int t = 0; t < DV / 8; ++t) {
+        o_acc[t][0] *= scale_old[0];
+        o_acc[t][1] *= scale_old[0];
+        o_acc[t][2] *= scale_old[1];
+        o_acc[t][3] *= scale_old[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
+                                Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < DV / 16; ++dp) {
+            uint32_t vf[4];
+            const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = dp * 16 + 8 * (lane / 16);
+            ldmatrix_x4_trans(vf, vs + r * (DV + 8) + c);
+            Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
+            Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
+        }
+    }
+}
+
 // o_acc's rows of `half` (this thread's columns t * 8 + 2 * quad + {0, 1}) = o_acc * own + w * part,
 // part: an earlier pass's normalised O of the row in T (the merges inside a pass's epilogue:
 // content_band_tc2's intra mode, content_band3's last round).
@@ -161,87 +242,39 @@ __global__ void __launch_bounds__(128) content_band_tc2(ContentParams<T> p) {
             float s[8][4];
 #pragma unroll
             for (int t = 0; t < 8; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+            if constexpr (kQInRegs) {
+                warp_scores<T, DK>(s, q_frag, ks);
+            } else {
 #pragma unroll
-            for (int kk = 0; kk < DK / 16; ++kk) {
-                uint32_t qf[4];
-                if constexpr (kQInRegs) {
-                    qf[0] = q_frag[kk][0], qf[1] = q_frag[kk][1], qf[2] = q_frag[kk][2], qf[3] = q_frag[kk][3];
-                } else {
+                for (int kk = 0; kk < DK / 16; ++kk) {
+                    uint32_t qf[4];
                     const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = kk * 16 + 8 * (lane / 16);
                     ldmatrix_x4(qf, q_tile + r * kSK + c);
-                }
 #pragma unroll
-                for (int np = 0; np < 4; ++np) {
-                    uint32_t kf[4];
-                    const int r = np * 16 + lane % 8 + 8 * (lane / 16), c = kk * 16 + 8 * ((lane / 8) % 2);
-                    ldmatrix_x4(kf, ks + r * kSK + c);
-                    Mma::mma(s[2 * np], qf, kf[0], kf[1]);
-                    Mma::mma(s[2 * np + 1], qf, kf[2], kf[3]);
+                    for (int np = 0; np < 4; ++np) {
+                        uint32_t kf[4];
+                        const int r2 = np * 16 + lane % 8 + 8 * (lane / 16), c2 = kk * 16 + 8 * ((lane / 8) % 2);
+                        ldmatrix_x4(kf, ks + r2 * kSK + c2);
+                        Mma::mma(s[2 * np], qf, kf[0], kf[1]);
+                        Mma::mma(s[2 * np + 1], qf, kf[2], kf[3]);
+                    }
                 }
             }
 
-            float scale_old[2];
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int i = warp * 16 + group + 8 * half;
+            const auto logit = [&](int t, int e, float x) {
+                const int i = warp * 16 + group + 8 * (e / 2), j = sub * 64 + t * 8 + 2 * quad + e % 2;
                 const int32_t tq = q_tok[i];
-                float mx = row_max[half];
-#pragma unroll
-                for (int t = 0; t < 8; ++t) {
-#pragma unroll
-                    for (int c = 0; c < 2; ++c) {
-                        const int j = sub * 64 + t * 8 + 2 * quad + c;
-                        float& x = s[t][2 * half + c];
-                        if constexpr (Mode == kBand) {
-                            const float add = band_pair(p, table, part, tq, k_tok[j], q_cid + i, 64, k_cid + j, KRows);
-                            x = add == -INFINITY ? -INFINITY : fmaf(x, p.scale_log2, add);
-                        } else if constexpr (Mode == kDense) {
-                            x = tq < 0 || k_add[j] == -INFINITY ? -INFINITY : fmaf(x, p.scale_log2, k_add[j]);
-                        } else {
-                            const int32_t tk = k_tok[j];
-                            x = tq < 0 || tk < 0 || tk > tq || !(x > 0.f) ? -INFINITY : __log2f(x) + q_add[i] + k_add[j];
-                        }
-                        mx = fmaxf(mx, x);
-                    }
+                if constexpr (Mode == kBand) {
+                    const float add = band_pair(p, table, part, tq, k_tok[j], q_cid + i, 64, k_cid + j, KRows);
+                    return add == -INFINITY ? -INFINITY : fmaf(x, p.scale_log2, add);
+                } else if constexpr (Mode == kDense) {
+                    return tq < 0 || k_add[j] == -INFINITY ? -INFINITY : fmaf(x, p.scale_log2, k_add[j]);
+                } else {
+                    const int32_t tk = k_tok[j];
+                    return tq < 0 || tk < 0 || tk > tq || !(x > 0.f) ? -INFINITY : __log2f(x) + q_add[i] + k_add[j];
                 }
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float base = mx == -INFINITY ? 0.f : mx;
-                scale_old[half] = exp2_fast(row_max[half] - base);
-                row_max[half] = mx;
-                float sum = 0.f;
-#pragma unroll
-                for (int t = 0; t < 8; ++t) {
-#pragma unroll
-                    for (int c = 0; c < 2; ++c) {
-                        float& x = s[t][2 * half + c];
-                        x = exp2_fast(x - base);
-                        sum += x;
-                    }
-                }
-                row_sum[half] = row_sum[half] * scale_old[half] + sum;
-            }
-#pragma unroll
-            for (int t = 0; t < DV / 8; ++t) {
-                o_acc[t][0] *= scale_old[0];
-                o_acc[t][1] *= scale_old[0];
-                o_acc[t][2] *= scale_old[1];
-                o_acc[t][3] *= scale_old[1];
-            }
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const uint32_t pf[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]), Mma::pack(s[2 * kk][2], s[2 * kk][3]),
-                                        Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                        Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-                for (int dp = 0; dp < DV / 16; ++dp) {
-                    uint32_t vf[4];
-                    const int r = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = dp * 16 + 8 * (lane / 16);
-                    ldmatrix_x4_trans(vf, vs + r * kSV + c);
-                    Mma::mma(o_acc[2 * dp], pf, vf[0], vf[1]);
-                    Mma::mma(o_acc[2 * dp + 1], pf, vf[2], vf[3]);
-                }
-            }
+            };
+            warp_softmax_pv<T, DV>(s, logit, vs, o_acc, row_max, row_sum);
         }
         __syncthreads();   // every warp is done with K, V and the key metadata before the next step
     }
