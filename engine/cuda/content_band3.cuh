@@ -382,11 +382,7 @@ __global__ void __launch_bounds__(128, 2) content_band3(ContentParams<T> p, int3
         const int32_t* q_tok = q_tok_ring + meta_slot(c) * 64;
         const int32_t* q_cid = q_cid_ring + meta_slot(c) * 64 * p.rounds;
         uint32_t q_frag[D / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), col = kk * 16 + 8 * (lane / 16);
-            ldmatrix_x4(q_frag[kk], q_tile + r * kS + col);
-        }
+        warp_q_frags<D>(q_frag, q_tile);
         float o_acc[D / 8][4];
 #pragma unroll
         for (int t = 0; t < D / 8; ++t) o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;

@@ -125,13 +125,7 @@ __global__ void __launch_bounds__(128, 2) content_dense3(ContentParams<T> p, int
         const int64_t next_it = last ? it + 1 : it, next_k0 = last ? (it + 1 < it_end ? kbeg_of(it + 1) : 0) : k0 + 64;
         const bool next_q = last && next_it < it_end && next_it / splits != it / splits;
         if (item_start) {
-            if (it == it_begin || it / splits != (it - 1) / splits) {
-#pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = kk * 16 + 8 * (lane / 16);
-                    ldmatrix_x4(q_frag[kk], q_tile + r * kS + c);
-                }
-            }
+            if (it == it_begin || it / splits != (it - 1) / splits) warp_q_frags<D>(q_frag, q_tile);
 #pragma unroll
             for (int t = 0; t < D / 8; ++t) o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;
             row_max[0] = row_max[1] = -INFINITY;

@@ -42,6 +42,16 @@ template <int W, int Rows, typename T> __device__ inline void rows_load2(T* tile
     }
 }
 
+// A warp's Q fragments for warp_scores: its 16 rows (16 * warp ..) of a tile of stride DK + 8.
+template <int DK, typename T> __device__ __forceinline__ void warp_q_frags(uint32_t (&q_frag)[DK / 16][4], const T* q_tile) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {
+        const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = kk * 16 + 8 * (lane / 16);
+        ldmatrix_x4(q_frag[kk], q_tile + r * (DK + 8) + c);
+    }
+}
+
 // s += Q K^T for a warp's 16 query rows (q_frag: their fragments, DK wide) against 64 keys at ks
 // (stride DK + 8): m16n8k16 products, s[t] the keys t * 8 .. t * 8 + 7.
 template <typename T, int DK>
@@ -226,13 +236,7 @@ __global__ void __launch_bounds__(128) content_band_tc2(ContentParams<T> p) {
         cp_async_wait<0>();
         __syncthreads();
         if constexpr (kQInRegs) {
-            if (step == 0) {
-#pragma unroll
-                for (int kk = 0; kk < DK / 16; ++kk) {
-                    const int r = warp * 16 + lane % 8 + 8 * ((lane / 8) % 2), c = kk * 16 + 8 * (lane / 16);
-                    ldmatrix_x4(q_frag[kk], q_tile + r * kSK + c);
-                }
-            }
+            if (step == 0) warp_q_frags<DK>(q_frag, q_tile);
         }
 
         for (int sub = 0; sub < KRows / 64; ++sub) {
