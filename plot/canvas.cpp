@@ -3,6 +3,7 @@
 #include "plot/canvas.hpp"
 
 #include "io/atomic_file.hpp"
+#include "io/npz.hpp"
 #include "engine/error.hpp"
 
 #define STB_IMAGE_WRITE_STATIC
@@ -318,7 +319,7 @@ std::vector<uint8_t> image_rgba(const Image& image) {
     return out;
 }
 
-std::vector<uint8_t> image_png_encode(const Image& image) {
+std::vector<uint8_t> image_png_encode(const Image& image, const std::string& description) {
     std::vector<uint8_t> png;
     auto append = [](void* context, void* data, int size) {
         auto* out = static_cast<std::vector<uint8_t>*>(context);
@@ -328,11 +329,19 @@ std::vector<uint8_t> image_png_encode(const Image& image) {
         stbi_write_png_to_func(append, &png, image.width, image.height, 3, image.rgb.data(), image.width * 3) == 0 || png.empty()) {
         throw Error("plot: the PNG encoder failed for a " + std::to_string(image.width) + " x " + std::to_string(image.height) + " image");
     }
+    if (description.empty()) return png;
+    // iTXt: keyword, 0, compression flag 0, method 0, empty language tag and translated keyword
+    // (0, 0), the UTF-8 text; length and type before, CRC-32 of type and data after (PNG 11.3.4.5)
+    std::string chunk = std::string("iTXt") + "Description" + '\0' + '\0' + '\0' + '\0' + '\0' + description;
+    const auto be32 = [](uint32_t v) { return std::string{char(v >> 24), char(v >> 16 & 0xff), char(v >> 8 & 0xff), char(v & 0xff)}; };
+    chunk = be32(static_cast<uint32_t>(chunk.size() - 4)) + chunk + be32(crc32_update(0, chunk.data(), chunk.size()));
+    constexpr size_t kAfterHeader = 8 + 4 + 4 + 13 + 4;   // signature, IHDR's length, type, data, CRC
+    png.insert(png.begin() + kAfterHeader, chunk.begin(), chunk.end());
     return png;
 }
 
-void image_png_save(const Image& image, const std::string& path) {
-    const std::vector<uint8_t> png = image_png_encode(image);  // everything before the file
+void image_png_save(const Image& image, const std::string& path, const std::string& description) {
+    const std::vector<uint8_t> png = image_png_encode(image, description);  // everything before the file
     AtomicFile file(path);
     file.write(png.data(), png.size());
     file.commit();

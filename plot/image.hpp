@@ -27,11 +27,14 @@ struct PixelBox {
 // The same pixels with an opaque alpha channel: [height, width, 4].
 std::vector<uint8_t> image_rgba(const Image& image);
 
-// The bytes of a PNG file of the image (stb_image_write). Throws sparsa::Error if encoding fails.
-std::vector<uint8_t> image_png_encode(const Image& image);
+// The bytes of a PNG file of the image (stb_image_write). description (UTF-8, "" for none): what
+// the picture shows in words, as an uncompressed iTXt chunk with the keyword "Description" after
+// the header, for screen readers and for tools that list a figure's contents without looking.
+// Throws sparsa::Error if encoding fails.
+std::vector<uint8_t> image_png_encode(const Image& image, const std::string& description = "");
 
 // Writes the image as a PNG file to `path`, whole or not at all (encoded in memory first, then
 // an AtomicFile, so within a cli OutputSet it appears only with the command's other outputs).
-void image_png_save(const Image& image, const std::string& path);
+void image_png_save(const Image& image, const std::string& path, const std::string& description = "");
 
 } // namespace sparsa

@@ -70,12 +70,23 @@ std::vector<uint8_t> plot_render(const Plot& plot, int width, int height) {
     return c.take().rgb;
 }
 
+std::string plot_description(const Plot& plot) {
+    std::string out = plot.title + "; x: " + plot.x_label + "; y: " + plot.y_label;
+    std::string names;
+    for (const PlotSeries& series : plot.series) {
+        if (series.label.empty()) continue;
+        names += (names.empty() ? "" : ", ") + series.label;
+    }
+    if (!names.empty()) out += "; series: " + names;
+    return out;
+}
+
 std::vector<uint8_t> plot_png_encode(const Plot& plot, int width, int height) {
     Image image;
     image.width = width;
     image.height = height;
     image.rgb = plot_render(plot, width, height);
-    return image_png_encode(image);
+    return image_png_encode(image, plot_description(plot));
 }
 
 void plot_png_save(const Plot& plot, const std::string& path, int width, int height) {
@@ -83,7 +94,7 @@ void plot_png_save(const Plot& plot, const std::string& path, int width, int hei
     image.width = width;
     image.height = height;
     image.rgb = plot_render(plot, width, height);
-    image_png_save(image, path);
+    image_png_save(image, path, plot_description(plot));
 }
 
 } // namespace sparsa

@@ -34,7 +34,11 @@ struct Plot {
 // sparsa::Error for sizes under 200 x 150 or over 8192.
 std::vector<uint8_t> plot_render(const Plot& plot, int width, int height);
 
-// The plot as the bytes of a PNG file.
+// What the plot shows in words: its title, axis labels and the legend's series, in order
+// ("TITLE; x: X; y: Y; series: A, B"). The PNG files carry it (image_png_encode's description).
+std::string plot_description(const Plot& plot);
+
+// The plot as the bytes of a PNG file, with plot_description in it.
 std::vector<uint8_t> plot_png_encode(const Plot& plot, int width = 800, int height = 480);
 
 // Writes the PNG to `path` whole or not at all (encoded in memory, then an AtomicFile).
