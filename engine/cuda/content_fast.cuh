@@ -75,7 +75,8 @@ __device__ __forceinline__ void warp_scores(float (&s)[8][4], const uint32_t (&q
 // vs (stride DV + 8). logit(t, e, x): the score of s[t][e] (e = 2 * half + column) in log2 units
 // from its product x, -inf to drop the pair; applied as each row's maximum is taken (the order the
 // passes had, and their register counts). Every content pass's step ends here (content_band_tc2,
-// content_band3, content_dense3).
+// content_band3, content_dense3) but version 1's content_band_tc, which keeps its own copy as the
+// record of the first run: exp2f where this uses ex2.approx, so its results differ in the last bits.
 template <typename T, int DV, typename Logit>
 __device__ __forceinline__ void warp_softmax_pv(float (&s)[8][4], const Logit& logit, const T* vs, float (&o_acc)[DV / 8][4],
                                                 float (&row_max)[2], float (&row_sum)[2]) {
