@@ -57,27 +57,32 @@ __global__ void content_sorted_chunks(const int32_t* order, const int32_t* chunk
 // a round's columns in cols / 4 neighbouring threads), D = 64 or 128. Column g = r * cols + c of
 // head h is mats[((h * rounds + r) * D + i) * cols + c].
 // A block holds its 64 columns of the matrix for all D dimensions in shared memory (32 KB at
-// D = 128, read once) and walks token tiles of 64, x in slices of 64 dimensions: the next slice's
-// 16-byte loads go to registers before the current slice's multiply-adds and to shared memory
-// after them. The first version (one tile a block, x and the matrix copied and waited for at every
-// slice) took 0.55 ms of lsh's 2.1 ms at n = 65,536, d = 128 on the H100, about half the float32
-// multiply-add rate. Each u still sums over i = 0 .. D - 1 in order (the same bits).
+// D = 128, read once) and walks token tiles of 128, x in slices of 32 dimensions: the next
+// slice's 16-byte loads go to registers before the current slice's multiply-adds and to shared
+// memory after them. Each thread: 16 tokens x 4 columns (64 multiply-adds for 5 shared-memory
+// loads of 16 bytes). History on the H100 at n = 65,536, d = 128 (lsh(64, 2 rounds)): one 64-token
+// tile a block, 8 tokens x 4 columns a thread, x and the matrix copied and waited for at every
+// slice: 0.549 ms; the same with the walk and the matrix once: 0.519 ms (about half the float32
+// multiply-add rate). Each u still sums over i = 0 .. D - 1 in order (the same bits).
+// Key: uint64_t, or uint32_t where segment and bucket fit 32 bits (the caller checks).
 // grid: (blocks, bh, ceil(rounds * cols / 64)), block 128, dynamic shared memory hash3_smem<D>();
 // block x walks tiles x, x + gridDim.x, ...
-constexpr int kHash3Dims = 64;
-template <int D> constexpr int hash3_smem() { return (D * 64 + (D < kHash3Dims ? D : kHash3Dims) * 68) * 4; }
+constexpr int kHash3Dims = 32, kHash3Tokens = 128, kHash3Stride = kHash3Tokens + 4;
+template <int D> constexpr int hash3_smem() { return (D * 64 + kHash3Dims * kHash3Stride) * 4; }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, int64_t bh, int64_t n, const float* mats,
-                                                     int32_t rounds, int32_t cols, int64_t seg_base, int32_t bucket_bits, uint64_t* keys) {
+template <typename T, int D, typename Key>
+__global__ void __launch_bounds__(128, 4) content_hash3(const T* x, int64_t heads, int64_t bh, int64_t n, const float* mats,
+                                                        int32_t rounds, int32_t cols, int64_t seg_base, int32_t bucket_bits, Key* keys) {
+    static_assert(D % kHash3Dims == 0, "content_hash3: D a multiple of 32");
     constexpr int kPer16 = 16 / static_cast<int>(sizeof(T));   // elements of x in 16 bytes
-    constexpr int kDims = D < kHash3Dims ? D : kHash3Dims, kSlices = D / kDims;
-    constexpr int kLoads = 64 * kDims / kPer16 / 128;            // a thread's 16-byte loads of a slice
+    constexpr int kSlices = D / kHash3Dims, kChunks = kHash3Dims / kPer16;   // a token's 16-byte chunks in a slice
+    constexpr int kLoads = kHash3Tokens * kChunks / 128;                   // a thread's 16-byte loads of a slice
+    constexpr int kRows = 16;                                              // tokens a thread
     extern __shared__ float smem[];
     float* ms = smem;               // [D, 64]: the block's columns
-    float* xs = ms + D * 64;        // [kDims, 68]: x[i0 + i][token]
+    float* xs = ms + D * 64;        // [kHash3Dims, kHash3Stride]: x[i0 + i][token]
     const int tid = threadIdx.x, tg = tid / 16, cg = tid % 16;
-    const int64_t bhi = blockIdx.y, h = bhi % heads, tiles = (n + 63) / 64;
+    const int64_t bhi = blockIdx.y, h = bhi % heads, tiles = (n + kHash3Tokens - 1) / kHash3Tokens;
     const int32_t total = rounds * cols, group = cols / 4, cols_log2 = __ffs(cols) - 1;   // group: threads a round spans
     const int32_t cc = static_cast<int32_t>(blockIdx.z) * 64;
     const T* xh = x + bhi * n * D;
@@ -89,30 +94,30 @@ __global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, 
         if (g < total) m4 = *reinterpret_cast<const float4*>(mats + ((h * rounds + (g >> cols_log2)) * int64_t{D} + i) * cols + (g & (cols - 1)));
         *reinterpret_cast<float4*>(ms + i * 64 + c) = m4;
     }
-    // load e of a slice: token e % 64 (consecutive threads, consecutive banks), 16 bytes at e / 64 * kPer16
+    // load e of a slice: token e % 128 (consecutive threads, consecutive banks), 16 bytes at e / 128 * kPer16
     uint4 xr[kLoads];
     const auto load = [&](int64_t tile, int slice) {
 #pragma unroll
         for (int l = 0; l < kLoads; ++l) {
-            const int e = tid + l * 128, tt = e % 64, i = e / 64 * kPer16;
-            const int64_t t = tile * 64 + tt;
-            xr[l] = t < n ? *reinterpret_cast<const uint4*>(xh + t * D + slice * kDims + i) : make_uint4(0u, 0u, 0u, 0u);
+            const int e = tid + l * 128, tt = e % kHash3Tokens, i = e / kHash3Tokens * kPer16;
+            const int64_t t = tile * kHash3Tokens + tt;
+            xr[l] = t < n ? *reinterpret_cast<const uint4*>(xh + t * D + slice * kHash3Dims + i) : make_uint4(0u, 0u, 0u, 0u);
         }
     };
     int64_t tile = blockIdx.x;
     if (tile >= tiles) return;
     load(tile, 0);
-    float acc[8][4];
+    float acc[kRows][4];
 #pragma unroll 1
     for (int slice = 0; tile < tiles;) {
         __syncthreads();   // every thread is done with xs (and, the first time, ms is written)
 #pragma unroll
         for (int l = 0; l < kLoads; ++l) {
-            const int e = tid + l * 128, tt = e % 64, i = e / 64 * kPer16;
+            const int e = tid + l * 128, tt = e % kHash3Tokens, i = e / kHash3Tokens * kPer16;
             T v[kPer16];
             memcpy(v, &xr[l], sizeof v);
 #pragma unroll
-            for (int j = 0; j < kPer16; ++j) xs[(i + j) * 68 + tt] = to_float(v[j]);
+            for (int j = 0; j < kPer16; ++j) xs[(i + j) * kHash3Stride + tt] = to_float(v[j]);
         }
         __syncthreads();
         const int64_t next_tile = slice + 1 < kSlices ? tile : tile + gridDim.x;
@@ -120,24 +125,27 @@ __global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, 
         if (next_tile < tiles) load(next_tile, next_slice);
         if (slice == 0) {
 #pragma unroll
-            for (int a = 0; a < 8; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
+            for (int a = 0; a < kRows; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
         }
-        const float* mslice = ms + slice * kDims * 64;
-#pragma unroll 8
-        for (int i = 0; i < kDims; ++i) {
-            const float4 x0 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8);
-            const float4 x1 = *reinterpret_cast<const float4*>(xs + i * 68 + tg * 8 + 4);
+        const float* mslice = ms + slice * kHash3Dims * 64;
+#pragma unroll 1
+        for (int i = 0; i < kHash3Dims; ++i) {
             const float4 mv = *reinterpret_cast<const float4*>(mslice + i * 64 + cg * 4);
-            const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w}, mm[4] = {mv.x, mv.y, mv.z, mv.w};
+            const float mm[4] = {mv.x, mv.y, mv.z, mv.w};
 #pragma unroll
-            for (int a = 0; a < 8; ++a)
+            for (int q4 = 0; q4 < kRows / 4; ++q4) {
+                const float4 xq = *reinterpret_cast<const float4*>(xs + i * kHash3Stride + tg * kRows + q4 * 4);
+                const float xv[4] = {xq.x, xq.y, xq.z, xq.w};
 #pragma unroll
-                for (int c = 0; c < 4; ++c) acc[a][c] = fmaf(xv[a], mm[c], acc[a][c]);
+                for (int a = 0; a < 4; ++a)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc[q4 * 4 + a][c] = fmaf(xv[a], mm[c], acc[q4 * 4 + a][c]);
+            }
         }
         if (slice + 1 == kSlices) {
             const int32_t g0 = cc + cg * 4, r = g0 >> cols_log2, c0 = g0 & (cols - 1);   // this thread's round and first column
 #pragma unroll
-            for (int a = 0; a < 8; ++a) {
+            for (int a = 0; a < kRows; ++a) {
                 float best = -INFINITY;
                 int32_t best_index = INT32_MAX;
 #pragma unroll
@@ -152,8 +160,8 @@ __global__ void __launch_bounds__(128) content_hash3(const T* x, int64_t heads, 
                     const int32_t oi = __shfl_xor_sync(0xffffffffu, best_index, off);
                     if (ob > best || (ob == best && oi < best_index)) best = ob, best_index = oi;
                 }
-                const int64_t t = tile * 64 + tg * 8 + a, seg = seg_base + int64_t{r} * bh + bhi;
-                if (cg % group == 0 && g0 < total && t < n) keys[seg * n + t] = (static_cast<uint64_t>(seg) << bucket_bits) | static_cast<uint64_t>(best_index);
+                const int64_t t = tile * kHash3Tokens + tg * kRows + a, seg = seg_base + int64_t{r} * bh + bhi;
+                if (cg % group == 0 && g0 < total && t < n) keys[seg * n + t] = (static_cast<Key>(seg) << bucket_bits) | static_cast<Key>(best_index);
             }
         }
         tile = next_tile;

@@ -138,6 +138,30 @@ struct CudaContentAttention::Impl {
         return version >= 3 && tensor_cores && !std::is_same_v<T, float> && chunk == 64 && rounds >= 2 && (shape.d == 64 || shape.d == 128);
     }
 
+    // lsh's hashing on content_hash3: version 3, d = 64 or 128, a power-of-two column count from 4 to 64.
+    bool hash3() const {
+        return version >= 3 && (shape.d == 64 || shape.d == 128) && cols >= 4 && cols <= 64 && std::has_single_bit(static_cast<uint64_t>(cols));
+    }
+    // Sort keys of 32 bits where they fit (content_hash3 writes them): the radix sort moves half the
+    // key bytes (two one-sweep passes over (segment, bucket) either way).
+    bool keys32() const { return spec.kind == ContentKind::lsh && hash3() && key_bits <= 32; }
+
+    // content_hash3 on the side x (queries, or keys from segment `base` on), keys of type Key:
+    // blocks that walk the token tiles, as many as the GPU holds at once.
+    template <typename T, int D, typename Key> void launch_hash3(const T* x, int64_t base, Key* keys) {
+        const int smem = cuda::content::hash3_smem<D>();
+        const auto kernel = cuda::content::content_hash3<T, D, Key>;
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int per_sm = 0;
+        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
+        const int64_t n = shape.n, slices = (rounds * cols + 63) / 64, tiles = (n + cuda::content::kHash3Tokens - 1) / cuda::content::kHash3Tokens;
+        const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
+        const dim3 grid(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
+        kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols), base,
+                                    bucket_bits, keys);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
     // content_band3 over every round: each block walks G consecutive tiles of one (round, head),
     // G chosen to fill the GPU's resident blocks in whole waves (the last wave's idle blocks and
     // each block's first, unoverlapped copy against fewer, longer blocks).
@@ -160,15 +184,18 @@ struct CudaContentAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // content_dense3 (FAVOR+'s dense walk, version 3): each block walks G consecutive items (tile,
-    // split) of one head, G chosen as launch_band3 chooses it, counting an item's 64-key steps.
+    // content_dense3 (FAVOR+'s dense walk, version 3) with kDense3Warps warps (tiles of 16 x that
+    // many rows): each block walks G consecutive items (tile, split) of one head, G chosen as
+    // launch_band3 chooses it, counting an item's 64-key steps.
+    static constexpr int kDense3Warps = 8;
     template <typename T, int D> void launch_dense3(const ContentParams<T>& p) {
-        const int smem = cuda::content::dense3_smem<D>();
-        const auto kernel = cuda::content::content_dense3<T, D>;
+        constexpr int kThreads = 32 * kDense3Warps, kRows = 16 * kDense3Warps;
+        const int smem = cuda::content::dense3_smem<D, kDense3Warps>();
+        const auto kernel = cuda::content::content_dense3<T, D, kDense3Warps>;
         SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         int per_sm = 0;
-        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
-        const int64_t splits = (p.k_rows + p.key_split - 1) / p.key_split, items = (p.q_rows + 63) / 64 * splits;
+        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+        const int64_t splits = (p.k_rows + p.key_split - 1) / p.key_split, items = (p.q_rows + kRows - 1) / kRows * splits;
         const int64_t steps = (std::min(p.key_split, p.k_rows) + 63) / 64;
         const int64_t resident = std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * sm_count);
         int64_t best_g = 1, best_cost = INT64_MAX;
@@ -178,7 +205,7 @@ struct CudaContentAttention::Impl {
             if (cost < best_cost) best_cost = cost, best_g = g;
         }
         const dim3 grid(static_cast<unsigned>((items + best_g - 1) / best_g), static_cast<unsigned>(bh));
-        kernel<<<grid, 128, smem>>>(p, static_cast<int32_t>(best_g));
+        kernel<<<grid, kThreads, smem>>>(p, static_cast<int32_t>(best_g));
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
@@ -260,18 +287,12 @@ struct CudaContentAttention::Impl {
             for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
                 const T* x = (side == 0 ? q : k).as<T>();
                 const int64_t base = side == 0 ? 0 : segs_q;
-                if (version >= 3 && (d == 64 || d == 128) && cols >= 4 && cols <= 64 && std::has_single_bit(static_cast<uint64_t>(cols))) {
-                    const int smem3 = d == 64 ? cuda::content::hash3_smem<64>() : cuda::content::hash3_smem<128>();
-                    const auto kernel = d == 64 ? cuda::content::content_hash3<T, 64> : cuda::content::content_hash3<T, 128>;
-                    SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem3));
-                    // blocks that walk the tiles: the GPU's resident blocks, one wave
-                    int per_sm = 0;
-                    SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem3));
-                    const int64_t slices = (rounds * cols + 63) / 64, tiles = (n + 63) / 64;
-                    const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
-                    const dim3 grid3(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
-                    kernel<<<grid3, 128, smem3>>>(x, shape.heads, bh, n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols),
-                                                  base, bucket_bits, keys_in.as<uint64_t>());
+                if (hash3()) {
+                    if (keys32()) {
+                        d == 64 ? launch_hash3<T, 64, uint32_t>(x, base, keys_in.as<uint32_t>()) : launch_hash3<T, 128, uint32_t>(x, base, keys_in.as<uint32_t>());
+                    } else {
+                        d == 64 ? launch_hash3<T, 64, uint64_t>(x, base, keys_in.as<uint64_t>()) : launch_hash3<T, 128, uint64_t>(x, base, keys_in.as<uint64_t>());
+                    }
                 } else if (version >= 2) {
                     const int smem2 = cuda::content::project2_smem(static_cast<int>(d));
                     const dim3 grid2(static_cast<unsigned>((n + 63) / 64), static_cast<unsigned>(bh));
@@ -288,8 +309,13 @@ struct CudaContentAttention::Impl {
             }
         }
         size_t temp = sort_temp_bytes;
-        SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp.as<void>(), temp, keys_in.as<uint64_t>(), keys_out.as<uint64_t>(),
-                                                          values.as<int32_t>(), order.as<int32_t>(), total(), 0, key_bits));
+        if (keys32()) {
+            SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp.as<void>(), temp, keys_in.as<uint32_t>(), keys_out.as<uint32_t>(),
+                                                              values.as<int32_t>(), order.as<int32_t>(), total(), 0, key_bits));
+        } else {
+            SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp.as<void>(), temp, keys_in.as<uint64_t>(), keys_out.as<uint64_t>(),
+                                                              values.as<int32_t>(), order.as<int32_t>(), total(), 0, key_bits));
+        }
         const unsigned blocks = static_cast<unsigned>((total() + 255) / 256);
         cuda::content::content_chunk_ids<<<blocks, 256>>>(order.as<int32_t>(), chunk_of.as<int32_t>(), total(), n, static_cast<int32_t>(chunk));
         SPARSA_CUDA_CHECK(cudaGetLastError());
@@ -430,9 +456,16 @@ struct CudaContentAttention::Impl {
         const unsigned prefix_blocks = static_cast<unsigned>((bh * m * d + 127) / 128);
         if (fused) {
             // one pass: a two-pass version (the weights once a feature, then a multiply-add a
-            // column) measured slower on the H100: 0.12 + 0.98 ms against this kernel's 0.78
-            cuda::content::favor_prefix<T, T><<<prefix_blocks, 128>>>(o_part.as<T>(), lse_part.as<float>(), splits, bh, m, static_cast<int32_t>(d),
-                                                                       prefix_v.as<T>(), prefix_lse.as<float>());
+            // column) measured slower on the H100: 0.12 + 0.98 ms against favor_prefix's 0.78;
+            // favor_prefix8: the same pass with 8 columns a thread
+            if (d % 8 == 0) {
+                const unsigned blocks8 = static_cast<unsigned>((bh * m * (d / 8) + 127) / 128);
+                cuda::content::favor_prefix8<T><<<blocks8, 128>>>(o_part.as<T>(), lse_part.as<float>(), splits, bh, m, static_cast<int32_t>(d),
+                                                                  prefix_v.as<T>(), prefix_lse.as<float>());
+            } else {
+                cuda::content::favor_prefix<T, T><<<prefix_blocks, 128>>>(o_part.as<T>(), lse_part.as<float>(), splits, bh, m, static_cast<int32_t>(d),
+                                                                           prefix_v.as<T>(), prefix_lse.as<float>());
+            }
         } else {
             cuda::content::favor_prefix<T, float><<<prefix_blocks, 128>>>(o_part.as<float>(), lse_part.as<float>(), splits, bh, m,
                                                                            static_cast<int32_t>(d), prefix_v.as<T>(), prefix_lse.as<float>());
@@ -527,15 +560,16 @@ struct CudaContentAttention::Impl {
     // Keys per split of FAVOR+'s key pass: causal 64 (the prefix's chunks); else enough splits
     // that the feature tiles times splits fill the GPU about four times over.
     // Version 3 (content_dense3, whose blocks walk their keys with the copies overlapped): as many
-    // splits as fit the GPU's resident blocks in one wave (two an SM at d = 128, four at 64: its
-    // shared memory), rounded down, so no block waits for a second wave.
+    // splits as fit the GPU's resident blocks in one wave (one an SM: its 256 threads' registers),
+    // rounded down, so no block waits for a second wave.
     int64_t favor_key_split() const {
         if (spec.causal) return causal_chunk();
-        const int64_t tiles = (features + 63) / 64 * bh;
         int64_t splits;
         if (dense3()) {
-            splits = std::max<int64_t>(1, (shape.d == 64 ? 4 : 2) * int64_t{sm_count} / tiles);
+            const int64_t rows = 16 * kDense3Warps, tiles = (features + rows - 1) / rows * bh;
+            splits = std::max<int64_t>(1, int64_t{sm_count} / tiles);
         } else {
+            const int64_t tiles = (features + 63) / 64 * bh;
             splits = (4 * int64_t{sm_count} + tiles - 1) / tiles;
         }
         splits = std::clamp<int64_t>(splits, 1, (shape.n + 63) / 64);
@@ -769,8 +803,13 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     cuda::content::content_iota<<<static_cast<unsigned>((total + 255) / 256), 256>>>(s.values.as<int32_t>(), static_cast<int64_t>(total), n);
     SPARSA_CUDA_CHECK(cudaGetLastError());
     s.sort_temp_bytes = 0;
-    SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, s.keys_in.as<uint64_t>(), s.keys_out.as<uint64_t>(),
-                                                      s.values.as<int32_t>(), s.order.as<int32_t>(), s.total(), 0, s.key_bits));
+    if (s.keys32()) {
+        SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, s.keys_in.as<uint32_t>(), s.keys_out.as<uint32_t>(),
+                                                          s.values.as<int32_t>(), s.order.as<int32_t>(), s.total(), 0, s.key_bits));
+    } else {
+        SPARSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, s.sort_temp_bytes, s.keys_in.as<uint64_t>(), s.keys_out.as<uint64_t>(),
+                                                          s.values.as<int32_t>(), s.order.as<int32_t>(), s.total(), 0, s.key_bits));
+    }
     s.sort_temp.reserve(s.sort_temp_bytes);
     s.o_part.reserve(static_cast<size_t>(s.rounds * s.bh * n * d) * 4);
     s.lse_part.reserve(static_cast<size_t>(s.rounds * s.bh * n) * 4);
@@ -873,7 +912,13 @@ CudaContentWalk CudaContentAttention::walk() {
     if (!s.ran || s.spec.kind == ContentKind::favor) throw Error("CudaContentAttention::walk: no lsh or anchors run");
     SPARSA_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<uint64_t> keys(static_cast<size_t>(s.total()));
-    SPARSA_CUDA_CHECK(cudaMemcpy(keys.data(), s.keys_in.as<void>(), keys.size() * 8, cudaMemcpyDeviceToHost));
+    if (s.keys32()) {
+        std::vector<uint32_t> keys32(keys.size());
+        SPARSA_CUDA_CHECK(cudaMemcpy(keys32.data(), s.keys_in.as<void>(), keys32.size() * 4, cudaMemcpyDeviceToHost));
+        std::copy(keys32.begin(), keys32.end(), keys.begin());
+    } else {
+        SPARSA_CUDA_CHECK(cudaMemcpy(keys.data(), s.keys_in.as<void>(), keys.size() * 8, cudaMemcpyDeviceToHost));
+    }
     CudaContentWalk w;
     w.rounds = s.rounds;
     w.shared_qk = s.spec.shared_qk;
