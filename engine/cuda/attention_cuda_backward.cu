@@ -139,13 +139,14 @@ struct DeviceMaskBuffers {
 
 } // namespace
 
-int cuda_backward_kernel_count() { return 5; }
+int cuda_backward_kernel_count() { return 7; }
 
 int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel != 0) return kernel;
-    // 5 on compute capability 9.0 (on the H100 1.6-1.8x kernel 3's rate on every benchmark mask,
-    // bench/cuda-notes.md), else 3 (kernel 2 with long rows split), else the simple kernel 1
-    if (cuda_backward_kernel_supports(5, dtype, d, block)) return 5;
+    // 6 on compute capability 9.0 (on the H100 1.2-4.1% faster than kernel 5 on the five masks
+    // timed, 5 1.6-1.8x kernel 3's rate on every benchmark mask: bench/cuda-notes.md), else 3
+    // (kernel 2 with long rows split), else the simple kernel 1
+    if (cuda_backward_kernel_supports(6, dtype, d, block)) return 6;
     return cuda_backward_kernel_supports(3, dtype, d, block) ? 3 : 1;
 }
 
@@ -153,7 +154,7 @@ bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32
     if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
     const bool tensor_core_shape = dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 4) return tensor_core_shape;
-    if (kernel == 5) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 5 && kernel <= 7) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -226,16 +227,16 @@ struct CudaAttentionBackward::Impl {
             launch_kernel4<T, D, B>();
             return;
         }
-        if (kernel == 5) {
+        if (kernel >= 5) {
             const auto combine = [&](int64_t splits, bool dq_pass) {
                 if (splits == 0) return;
                 cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits), 1, static_cast<unsigned>(shape.batch)),
                                                128, 0, stream>>>(p, dq_pass);
                 SPARSA_CUDA_CHECK(cudaGetLastError());
             };
-            SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, false, stream)));
+            SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, false, kernel, stream)));
             combine(splits_k, false);
-            SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, true, stream)));
+            SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, true, kernel, stream)));
             combine(splits_q, true);
             return;
         }
@@ -412,7 +413,7 @@ void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tens
     if (!cuda_backward_kernel_supports(kernel, options.dtype, shape.d, masks.block)) {
         throw Error(what + ": kernel " + std::to_string(kernel) + " does not run dtype " + cuda_dtype_name(options.dtype) +
                     " with d = " + std::to_string(shape.d) + " and mask block " + std::to_string(masks.block) +
-                    " (kernels 2 to 5: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernel 5 a GPU of compute"
+                    " (kernels 2 to 7: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 5 to 7 a GPU of compute"
                     " capability 9.0; kernel 1 runs any d up to 256;"
                     " kernel 0 picks one)");
     }

@@ -17,10 +17,10 @@ namespace sparsa {
 struct CudaBackwardOptions {
     float scale = 0;                  // softmax scale, any finite value; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;   // of Q, K, V, O, dO and the gradients on the GPU
-    int kernel = 0;                   // attn_bwd kernel 1 to 5 (attn_bwd_kernels.cuh); 0: 5 where it runs, else 3, else 1
+    int kernel = 0;                   // attn_bwd kernel 1 to 7 (attn_bwd_kernels.cuh); 0: 6 where it runs, else 3, else 1
     bool poison_outputs = true;       // fill dQ, dK, dV with NaN before the run (tests catch unwritten elements)
     bool check_lse = true;            // check that P = exp(S - lse) sums to 1 in every row (the CPU engine's check)
-    int64_t split_steps = 0;          // kernels 3 to 5: rows and columns of more 64-row steps than this are cut into
+    int64_t split_steps = 0;          // kernels 3 and up: rows and columns of more 64-row steps than this are cut into
                                       // chunks of at most this many; 0: max(64, all steps / (8 * multiprocessors))
 };
 
@@ -28,7 +28,8 @@ struct CudaBackwardOptions {
 // cores, mma.sync: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; any GPU of compute
 // capability 8.0 or more), 3 (2 with long rows and columns split into chunks and merged), 4 (3 with
 // dQ added by atomics in the dK / dV pass: its last bits may differ from run to run), 5 (3 on
-// Hopper's wgmma: compute capability 9.0 only).
+// Hopper's wgmma: compute capability 9.0 only), 6 and 7 (5 with products issued in pairs; 7 also
+// copies the next step's tiles during this one).
 int cuda_backward_kernel_count();
 bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block);
 // The kernel a call runs: `kernel`, or for 0 the newest that runs this dtype / d / block.

@@ -32,6 +32,10 @@
 //      swizzled shared memory, P^T, dS^T and dS from registers (the forward's wgmma pieces);
 //      in attn_bwd_wgmma.cuh, built in its own translation unit (attn_bwd_wgmma.cu), declared
 //      at the end of this file.
+//   6: as 5 with its products issued in pairs: S^T and dP^T (S and dP) together, P^T computed
+//      while dP^T is in flight, then dV += P^T dO and dK += dS^T Q together with one wait.
+//   7: as 6 with two stages of the walked tiles: the next step's Q and dO (K and V in the dQ
+//      pass) are copied during this step (six tiles of shared memory a block).
 //
 // Index: [SECTION] parameters, [SECTION] D = rowsum(dO * O), [SECTION] kernel 1,
 // [SECTION] kernels 2 and 3
@@ -637,11 +641,11 @@ template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_com
     }
 }
 
-// Kernel 5, in attn_bwd_wgmma.cuh, compiled for sm_90a alone in attn_bwd_wgmma.cu: the dK / dV
+// Kernels 5 to 7 (`kernel`), in attn_bwd_wgmma.cuh, compiled for sm_90a alone in attn_bwd_wgmma.cu: the dK / dV
 // pass over p.cols.work (p.items_k), or with dq_pass the dQ pass over p.rows.work (p.items_q);
 // the caller launches attn_bwd_delta before and attn_bwd_combine for the split tiles after each
 // pass (the two passes share the workspace).
 // Declared here so the host code calls it without compiling wgmma.
-template <typename T, int D, int MaskBlock> cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, cudaStream_t stream);
+template <typename T, int D, int MaskBlock> cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, int kernel, cudaStream_t stream);
 
 } // namespace sparsa::cuda

@@ -6,9 +6,9 @@
 namespace sparsa::cuda {
 
 #define SPARSA_BWD_WGMMA_INSTANCES(T, D)                                                      \
-    template cudaError_t attn_bwd_wgmma_launch<T, D, 64>(const BwdParams<T>&, bool, cudaStream_t);  \
-    template cudaError_t attn_bwd_wgmma_launch<T, D, 128>(const BwdParams<T>&, bool, cudaStream_t); \
-    template cudaError_t attn_bwd_wgmma_launch<T, D, 256>(const BwdParams<T>&, bool, cudaStream_t);
+    template cudaError_t attn_bwd_wgmma_launch<T, D, 64>(const BwdParams<T>&, bool, int, cudaStream_t);  \
+    template cudaError_t attn_bwd_wgmma_launch<T, D, 128>(const BwdParams<T>&, bool, int, cudaStream_t); \
+    template cudaError_t attn_bwd_wgmma_launch<T, D, 256>(const BwdParams<T>&, bool, int, cudaStream_t);
 SPARSA_BWD_WGMMA_INSTANCES(__nv_bfloat16, 64)
 SPARSA_BWD_WGMMA_INSTANCES(__nv_bfloat16, 128)
 SPARSA_BWD_WGMMA_INSTANCES(__half, 64)

@@ -202,14 +202,307 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
     }
 }
 
+// [SECTION] kernels 6 and 7: kernel 5 with its products issued in pairs (kernel 6), and with two
+// stages of the walked tiles (kernel 7)
+//
+// Kernel 5 waits for each of its four wgmma batches a step before going on (S^T, dP^T, then
+// dV, then dK), so the warpgroup's exponentials, its dS and the next issue each wait for the
+// tensor cores, and the step's Q and dO copies (K and V in the dQ pass) start only once the
+// step before is done. Kernel 6 issues S^T and dP^T together, computes P^T while dP^T is still
+// in flight, and issues dV += P^T dO and dK += dS^T Q together (one wait for both). Kernel 7
+// adds a second stage: the next step's tiles (and its lse and D rows) are copied during this
+// step. The shared memory per block: kernel 6 as kernel 5 (four tiles), kernel 7 six tiles.
+
+template <int D, int Stages> struct BwdPairTraits {
+    static constexpr int kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    static constexpr int kSmemBytes = (2 + 2 * Stages) * kTileBytes + Stages * 2 * 64 * 4 + 1024;
+};
+
+// 6 and 7, dK and dV: grid (work items of the transposed mask, 1, batch), block 128.
+template <typename T, int D, int MaskBlock, int Stages>
+__global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
+    static_assert(Stages == 1 || Stages == 2);
+    constexpr int kTile = 64, kSub = MaskBlock / kTile, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t base = smem_aligned_1024(smem_raw);
+    // K, V, then per stage Q and dO, then per stage lse (base 2) and D of the stage's 64 rows
+    const uint32_t k_tile = base, v_tile = base + kTileBytes;
+    float* rows_f = reinterpret_cast<float*>(smem_raw + (base + (2 + 2 * Stages) * kTileBytes -
+                                                         static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    const WorkItem item = p.cols.work[blockIdx.x];
+    const int64_t h = item.pair / tiles, tile = item.pair % tiles, e_begin = item.ea, sub0 = item.sub, steps = item.steps;
+    const int64_t k0 = tile * kTile, head = (b * p.heads + h) * n;
+    const T* q_head = p.q + head * D;
+    const T* do_head = p.d_o + head * D;
+    const int j0 = static_cast<int>(k0 % MaskBlock);
+    const float scale_log2 = p.scale * kLog2e;
+
+    // the step's first query row and partial-block index, and its copies into stage `stage`
+    const auto step_q0 = [&](int64_t step) {
+        const int64_t e = e_begin + (sub0 + step) / kSub;
+        return int64_t{p.cols.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
+    };
+    const auto step_part = [&](int64_t step) { return p.cols.partial_idx[e_begin + (sub0 + step) / kSub]; };
+    const auto load_step = [&](int64_t q0, int stage) {
+        tile_load_swizzled<D, 128>(base + (2 + 2 * stage) * kTileBytes, q_head, q0, n);
+        tile_load_swizzled<D, 128>(base + (3 + 2 * stage) * kTileBytes, do_head, q0, n);
+        if (threadIdx.x < kTile) {
+            const int64_t r = q0 + threadIdx.x;
+            const float l = r < n ? p.lse[head + r] : -INFINITY;
+            rows_f[stage * 2 * kTile + threadIdx.x] = l == -INFINITY ? INFINITY : l * kLog2e;
+            rows_f[stage * 2 * kTile + kTile + threadIdx.x] = r < n ? p.delta[head + r] : 0.f;
+        }
+    };
+
+    tile_load_swizzled<D, 128>(k_tile, p.k + head * D, k0, n);
+    tile_load_swizzled<D, 128>(v_tile, p.v + head * D, k0, n);
+    int64_t q0 = 0;
+    int32_t part = -1;
+    if (Stages == 2 && steps > 0) {
+        q0 = step_q0(0);
+        part = step_part(0);
+        load_step(q0, 0);
+    }
+    cp_async_commit();
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+    for (int64_t step = 0; step < steps; ++step) {
+        const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
+        int64_t q0_next = 0;
+        int32_t part_next = -1;
+        if constexpr (Stages == 1) {
+            q0 = step_q0(step);
+            part = step_part(step);
+            load_step(q0, 0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else if (step + 1 < steps) {
+            // stage 1 - stage was last read in the step before, which every warp has left
+            q0_next = step_q0(step + 1);
+            part_next = step_part(step + 1);
+            load_step(q0_next, 1 - stage);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+
+        const uint32_t q_tile = base + (2 + 2 * stage) * kTileBytes, do_tile = base + (3 + 2 * stage) * kTileBytes;
+        const float* lse_log2 = rows_f + stage * 2 * kTile;
+        const float* delta = lse_log2 + kTile;
+        float st[32], dpt[32];
+        wgmma_fence();
+        wgmma_scores_async<T, D>(st, k_tile, q_tile);    // S^T = K Q^T
+        wgmma_scores_async<T, D>(dpt, v_tile, do_tile);  // dP^T = V dO^T
+        wgmma_wait<1>();
+        wgmma_fence_operands(st);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            uint64_t word = k0 + warp * 16 + group + 8 * half < n ? ~uint64_t{0} : 0;
+            if (part >= 0) word &= partial_bits<MaskBlock>(p.cols, part, j0 + warp * 16 + group + 8 * half, q0);
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = t * 8 + 2 * quad + c, x = 4 * t + 2 * half + c;
+                    st[x] = ((word >> col) & 1) != 0 ? exp2f(st[x] * scale_log2 - lse_log2[col]) : 0.f;   // P^T
+                }
+            }
+        }
+        wgmma_wait<0>();   // dP^T, computed while the exponentials ran
+        wgmma_fence_operands(dpt);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = t * 8 + 2 * quad + c, x = 4 * t + 2 * half + c;
+                    dpt[x] = st[x] * (dpt[x] - delta[col]);   // dS^T
+                }
+            }
+        }
+        uint32_t pf_p[4][4], pf_ds[4][4];
+        pack_p<T>(st, pf_p);
+        pack_p<T>(dpt, pf_ds);
+        wgmma_fence();
+        wgmma_pv_async<T, D>(dv, pf_p, do_tile);   // dV += P^T dO
+        wgmma_pv_async<T, D>(dk, pf_ds, q_tile);   // dK += dS^T Q
+        wgmma_wait<0>();
+        wgmma_fence_operands(dv);
+        wgmma_fence_operands(dk);
+        __syncthreads();   // every warp is done with this step's Q and dO
+        if constexpr (Stages == 2) {
+            q0 = q0_next;
+            part = part_next;
+        }
+    }
+    if (steps == 0) cp_async_wait<0>();
+    if (item.slot >= 0) {
+        const int64_t row = (b * p.slots_k + item.slot) * kTile;
+        wg_store_rows<float, D>(p.part_a + row * D, 0, kTile, dk, 1.f);
+        wg_store_rows<float, D>(p.part_b + row * D, 0, kTile, dv, 1.f);
+        return;
+    }
+    wg_store_rows<T, D>(p.dk + head * D, k0, n, dk, p.scale);
+    wg_store_rows<T, D>(p.dv + head * D, k0, n, dv, 1.f);
+}
+
+// 6 and 7, dQ: grid (work items of the mask, 1, batch), block 128.
+template <typename T, int D, int MaskBlock, int Stages>
+__global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
+    static_assert(Stages == 1 || Stages == 2);
+    constexpr int kTile = 64, kSub = MaskBlock / kTile, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t base = smem_aligned_1024(smem_raw);
+    // Q, dO, then per stage K and V
+    const uint32_t q_tile = base, do_tile = base + kTileBytes;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int64_t b = blockIdx.z, n = p.n, tiles = (n + kTile - 1) / kTile;
+    const WorkItem item = p.rows.work[blockIdx.x];
+    const int64_t h = item.pair / tiles, tile = item.pair % tiles, e_begin = item.ea, sub0 = item.sub, steps = item.steps;
+    const int64_t q0 = tile * kTile, head = (b * p.heads + h) * n;
+    const T* k_head = p.k + head * D;
+    const T* v_head = p.v + head * D;
+    const int i0 = static_cast<int>(q0 % MaskBlock);
+    const float scale_log2 = p.scale * kLog2e;
+
+    const auto step_k0 = [&](int64_t step) {
+        const int64_t e = e_begin + (sub0 + step) / kSub;
+        return int64_t{p.rows.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
+    };
+    const auto step_part = [&](int64_t step) { return p.rows.partial_idx[e_begin + (sub0 + step) / kSub]; };
+    const auto load_step = [&](int64_t k0, int stage) {
+        tile_load_swizzled<D, 128>(base + (2 + 2 * stage) * kTileBytes, k_head, k0, n);
+        tile_load_swizzled<D, 128>(base + (3 + 2 * stage) * kTileBytes, v_head, k0, n);
+    };
+
+    tile_load_swizzled<D, 128>(q_tile, p.q + head * D, q0, n);
+    tile_load_swizzled<D, 128>(do_tile, p.d_o + head * D, q0, n);
+    int64_t k0 = 0;
+    int32_t part = -1;
+    if (Stages == 2 && steps > 0) {
+        k0 = step_k0(0);
+        part = step_part(0);
+        load_step(k0, 0);
+    }
+    cp_async_commit();
+
+    float lse_log2[2], delta[2], p_sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = q0 + warp * 16 + group + 8 * half;
+        const float l = r < n ? p.lse[head + r] : -INFINITY;
+        lse_log2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
+        delta[half] = r < n ? p.delta[head + r] : 0.f;
+    }
+    float dq[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+
+    for (int64_t step = 0; step < steps; ++step) {
+        const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
+        int64_t k0_next = 0;
+        int32_t part_next = -1;
+        if constexpr (Stages == 1) {
+            k0 = step_k0(step);
+            part = step_part(step);
+            load_step(k0, 0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else if (step + 1 < steps) {
+            k0_next = step_k0(step + 1);
+            part_next = step_part(step + 1);
+            load_step(k0_next, 1 - stage);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+
+        const uint32_t k_tile = base + (2 + 2 * stage) * kTileBytes, v_tile = base + (3 + 2 * stage) * kTileBytes;
+        float s[32], dps[32];
+        wgmma_fence();
+        wgmma_scores_async<T, D>(s, q_tile, k_tile);      // S = Q K^T
+        wgmma_scores_async<T, D>(dps, do_tile, v_tile);   // dP = dO V^T
+        wgmma_wait<1>();
+        wgmma_fence_operands(s);
+        const uint64_t before_n = keys_before_n(k0, n);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            uint64_t word = before_n;
+            if (part >= 0) word &= partial_bits<MaskBlock>(p.rows, part, i0 + warp * 16 + group + 8 * half, k0);
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = t * 8 + 2 * quad + c, x = 4 * t + 2 * half + c;
+                    const float pr = ((word >> col) & 1) != 0 ? exp2f(s[x] * scale_log2 - lse_log2[half]) : 0.f;
+                    p_sum[half] += pr;
+                    s[x] = pr;
+                }
+            }
+        }
+        wgmma_wait<0>();   // dP, computed while the exponentials ran
+        wgmma_fence_operands(dps);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int x = 4 * t + 2 * half + c;
+                    dps[x] = s[x] * (dps[x] - delta[half]);   // dS
+                }
+            }
+        }
+        wgmma_pv<T, D>(dq, dps, k_tile);   // dQ += dS K
+        __syncthreads();   // every warp is done with this step's K and V
+        if constexpr (Stages == 2) {
+            k0 = k0_next;
+            part = part_next;
+        }
+    }
+    if (steps == 0) cp_async_wait<0>();
+    if (item.slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + item.slot) * kTile * D, 0, kTile, dq, 1.f);
+    else wg_store_rows<T, D>(p.dq + head * D, q0, n, dq, p.scale);
+    if (p.p_sum != nullptr || item.slot >= 0) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float sum = p_sum[half];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int r = warp * 16 + group + 8 * half;
+            if (quad != 0) continue;
+            if (item.slot >= 0) p.part_b[(b * p.slots_q + item.slot) * kTile + r] = sum;
+            else if (q0 + r < n) p.p_sum[head + q0 + r] = sum;
+        }
+    }
+}
+
 template <typename T, int D, int MaskBlock>
-cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, cudaStream_t stream) {
-    constexpr int smem = BwdWgmmaTraits<D>::kSmemBytes;
-    auto* kernel = dq_pass ? attn_bwd_kernel5_dq<T, D, MaskBlock> : attn_bwd_kernel5_dkdv<T, D, MaskBlock>;
+cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, int kernel, cudaStream_t stream) {
+    const int smem = kernel == 5 ? BwdWgmmaTraits<D>::kSmemBytes
+                     : kernel == 6 ? BwdPairTraits<D, 1>::kSmemBytes
+                                   : BwdPairTraits<D, 2>::kSmemBytes;
+    auto* kernel_fn = kernel == 5   ? (dq_pass ? attn_bwd_kernel5_dq<T, D, MaskBlock> : attn_bwd_kernel5_dkdv<T, D, MaskBlock>)
+                      : kernel == 6 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1>)
+                                    : (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 2> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2>);
     const int64_t items = dq_pass ? p.items_q : p.items_k;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t err = cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess || items == 0) return err;
-    kernel<<<dim3(static_cast<unsigned>(items), 1, static_cast<unsigned>(p.batch)), 128, smem, stream>>>(p);
+    kernel_fn<<<dim3(static_cast<unsigned>(items), 1, static_cast<unsigned>(p.batch)), 128, smem, stream>>>(p);
     return cudaGetLastError();
 }
 

@@ -169,9 +169,10 @@ template <> struct Wgmma<__half> { SPARSA_WGMMA_WRAPPERS("f16") };
 
 // S = Q K^T: s, this warp's [16, 64] (8 n-tiles of 16 x 8, wgmma's accumulator layout), from
 // q_tile, the warpgroup's [64, D] query rows, and k_tile, [64 keys, D]: D / 16 wgmma of k = 16
-// (16 elements are 32 bytes of a panel row; a new panel every 4).
-template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
-    wgmma_fence();
+// (16 elements are 32 bytes of a panel row; a new panel every 4). wgmma_scores waits for the
+// products; wgmma_scores_async only issues them and commits them as one group (the caller
+// fences before, waits after, then wgmma_fence_operands(s)), so two batches can be in flight.
+template <typename T, int D> __device__ inline void wgmma_scores_async(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
     // a descriptor plus (bytes >> 4) addresses `bytes` further on: shared addresses stay under
     // 2^18, so the start address field (bits 0-13) never carries into the next field
     const uint64_t q_desc = wgmma_desc(q_tile, 16, 1024), k_desc = wgmma_desc(k_tile, 16, 1024);
@@ -183,6 +184,10 @@ template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32],
         else Wgmma<T>::template ss_n64<true>(s, qd, kd);
     }
     wgmma_commit();
+}
+template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
+    wgmma_fence();
+    wgmma_scores_async<T, D>(s, q_tile, k_tile);
     wgmma_wait<0>();
     wgmma_fence_operands(s);
 }
@@ -254,10 +259,11 @@ __device__ inline void softmax_step(float (&s)[32], float (&o_acc)[D / 2], float
 
 // O += P V: P [64, 64] as A fragments from s (S's accumulators rounded to T: k-step kk takes
 // keys 16kk .. 16kk + 15, the layout of mma.sync's A), V [64 keys, D] N-major from v_tile,
-// 16 keys (2048 bytes of each panel) a wgmma.
-template <typename T, int D> __device__ inline void wgmma_pv(float (&o_acc)[D / 2], const float (&s)[32], uint32_t v_tile) {
+// 16 keys (2048 bytes of each panel) a wgmma. pack_p rounds P to the A fragments;
+// wgmma_pv_async issues the products from them and commits them as one group (as with
+// wgmma_scores_async, the caller fences, waits, and leaves pf unchanged until the wait).
+template <typename T> __device__ inline void pack_p(const float (&s)[32], uint32_t (&pf)[4][4]) {
     using Mma = MmaType<T>;
-    uint32_t pf[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
         pf[kk][0] = Mma::pack(s[8 * kk + 0], s[8 * kk + 1]);
@@ -265,7 +271,8 @@ template <typename T, int D> __device__ inline void wgmma_pv(float (&o_acc)[D / 
         pf[kk][2] = Mma::pack(s[8 * kk + 4], s[8 * kk + 5]);
         pf[kk][3] = Mma::pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
-    wgmma_fence();
+}
+template <typename T, int D> __device__ inline void wgmma_pv_async(float (&o_acc)[D / 2], const uint32_t (&pf)[4][4], uint32_t v_tile) {
     const uint64_t v_desc = wgmma_desc(v_tile, 8192, 1024);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -274,6 +281,12 @@ template <typename T, int D> __device__ inline void wgmma_pv(float (&o_acc)[D / 
         else Wgmma<T>::rs_n128(o_acc, pf[kk], vd);
     }
     wgmma_commit();
+}
+template <typename T, int D> __device__ inline void wgmma_pv(float (&o_acc)[D / 2], const float (&s)[32], uint32_t v_tile) {
+    uint32_t pf[4][4];
+    pack_p<T>(s, pf);
+    wgmma_fence();
+    wgmma_pv_async<T, D>(o_acc, pf, v_tile);
     wgmma_wait<0>();
     wgmma_fence_operands(o_acc);
 }
