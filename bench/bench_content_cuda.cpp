@@ -11,7 +11,7 @@
 // Each case runs untimed until --warmup-ms of device time has passed (at least once), so that the
 // GPU's clock has risen from idle (the card idles at 345 MHz; the host's preparation of the next
 // case leaves it idle for seconds), then --runs timed runs.
-// --version: the kernels (CudaContentOptions::version: 1 the first, 2, 3, 0 the newest), shown in the
+// --version: the kernels (CudaContentOptions::version: 1 the first, 2, 3, 4, 0 the newest), shown in the
 // family's name when not 0 (e.g. lsh v1).
 //
 // Families: lsh = lsh(64 buckets, rounds = 2, chunk = 64); anchors = anchors(64, chunk = 64) on

@@ -8,6 +8,7 @@
 #include "engine/cuda/content_anchors.cuh"
 #include "engine/cuda/content_band3.cuh"
 #include "engine/cuda/content_dense3.cuh"
+#include "engine/cuda/content_hash4.cuh"
 #include "engine/cuda/content_fast.cuh"
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
@@ -65,6 +66,7 @@ struct CudaContentAttention::Impl {
     DeviceBuffer q, k, v, o, lse, mats, omega;
     DeviceBuffer keys_in, keys_out, values, order, chunk_of, sort_temp;
     DeviceBuffer sorted_chunk;   // version 3: the chunk ids in sorted order (content_sorted_chunks), queries then keys
+    DeviceBuffer pieces;         // version 4: lsh's rotations as three 16-bit pieces (content_hash4.cuh), [heads][slices][3][64][d]
     DeviceBuffer cosines, best, best_sorted, anchor_token, anchor_by, seg_offsets, seg_sort_temp;   // anchors
     DeviceBuffer o_part, lse_part, o_part2, lse_part2, fixed_o, fixed_lse, fixed_state, fixed_head, fixed_bits;
     DeviceBuffer bias, o1, lse1, prefix_v, prefix_lse, phi_q, phi_k, c_q, c_k;
@@ -74,7 +76,7 @@ struct CudaContentAttention::Impl {
     TensorShape shape;
     CudaDtype dtype = CudaDtype::bfloat16;
     float scale = 0;
-    bool tensor_cores = false, prepared = false, ran = false;
+    bool tensor_cores = false, prepared = false, ran = false, pieces_made = false;
     int version = 2;
     int64_t bh = 0, chunk = 0, rounds = 0, cols = 0, segs_q = 0, segs = 0, features = 0;
     int bucket_bits = 0, key_bits = 0;
@@ -144,7 +146,10 @@ struct CudaContentAttention::Impl {
     }
     // Sort keys of 32 bits where they fit (content_hash3 writes them): the radix sort moves half the
     // key bytes (two one-sweep passes over (segment, bucket) either way).
-    bool keys32() const { return spec.kind == ContentKind::lsh && hash3() && key_bits <= 32; }
+    bool keys32() const { return spec.kind == ContentKind::lsh && (hash3() || hash_tc()) && key_bits <= 32; }
+    // lsh's hashing on content_hash_tc: version 4, bf16 / fp16, d = 64 or 128, cols a power of two from 8
+    // to 64, the rotation's pieces made (prepare: not where an fp16 piece would overflow).
+    bool hash_tc() const { return version >= 4 && spec.kind == ContentKind::lsh && pieces_made; }
 
     // content_hash3 on the side x (queries, or keys from segment `base` on), keys of type Key:
     // blocks that walk the token tiles, as many as the GPU holds at once.
@@ -158,6 +163,21 @@ struct CudaContentAttention::Impl {
         const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
         const dim3 grid(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
         kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols), base,
+                                    bucket_bits, keys);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // content_hash_tc on the side x: blocks that walk the token tiles, as many as the GPU holds at once.
+    template <typename T, int D, typename Key> void launch_hash_tc(const T* x, int64_t base, Key* keys) {
+        constexpr int smem = cuda::content::hash_tc_smem<D>();
+        const auto kernel = cuda::content::content_hash_tc<T, D, Key>;
+        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int per_sm = 0;
+        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
+        const int64_t n = shape.n, slices = (rounds * cols + 63) / 64, tiles = (n + 63) / 64;
+        const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
+        const dim3 grid(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
+        kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, pieces.as<T>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols), base,
                                     bucket_bits, keys);
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
@@ -287,6 +307,16 @@ struct CudaContentAttention::Impl {
             for (int side = 0; side < (spec.shared_qk ? 1 : 2); ++side) {   // queries, then keys when not shared
                 const T* x = (side == 0 ? q : k).as<T>();
                 const int64_t base = side == 0 ? 0 : segs_q;
+                if constexpr (!std::is_same_v<T, float>) {
+                    if (hash_tc()) {
+                        if (keys32()) {
+                            d == 64 ? launch_hash_tc<T, 64, uint32_t>(x, base, keys_in.as<uint32_t>()) : launch_hash_tc<T, 128, uint32_t>(x, base, keys_in.as<uint32_t>());
+                        } else {
+                            d == 64 ? launch_hash_tc<T, 64, uint64_t>(x, base, keys_in.as<uint64_t>()) : launch_hash_tc<T, 128, uint64_t>(x, base, keys_in.as<uint64_t>());
+                        }
+                        continue;
+                    }
+                }
                 if (hash3()) {
                     if (keys32()) {
                         d == 64 ? launch_hash3<T, 64, uint32_t>(x, base, keys_in.as<uint32_t>()) : launch_hash3<T, 128, uint32_t>(x, base, keys_in.as<uint32_t>());
@@ -685,10 +715,10 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     s.bh = q.shape.batch * heads;
     s.scale = static_cast<float>(attention_scale(what, options.scale, d));
     s.tensor_cores = options.tensor_cores && options.dtype != CudaDtype::float32 && (d == 64 || d == 128);
-    if (options.version < 0 || options.version > 3) {
-        throw Error(what + ": version " + std::to_string(options.version) + " (give 1, 2 or 3, or 0 for the newest)");
+    if (options.version < 0 || options.version > 4) {
+        throw Error(what + ": version " + std::to_string(options.version) + " (give 1, 2, 3 or 4, or 0 for the newest)");
     }
-    s.version = options.version == 0 ? 3 : options.version;
+    s.version = options.version == 0 ? 4 : options.version;
     std::vector<float> mats;
     int64_t want = 0;
     std::string meaning;
@@ -770,6 +800,34 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     }
 
     s.mats.upload(mats);
+    s.pieces_made = false;
+    if (s.version >= 4 && spec.kind == ContentKind::lsh && s.tensor_cores && s.cols >= 8 && s.cols <= 64 &&
+        std::has_single_bit(static_cast<uint64_t>(s.cols))) {
+        // content_hash_tc's pieces: R = hi + mid + lo, each rounded to the dtype (the remainders are
+        // exact in float32); an fp16 piece past its range leaves the hashing to content_hash3
+        const int64_t slices = (s.rounds * s.cols + 63) / 64;
+        std::vector<float> pieces(static_cast<size_t>(heads * slices * 3 * 64 * d), 0.f);
+        const auto round16 = [&](float value) {
+            return options.dtype == CudaDtype::bfloat16 ? bf16_value(bf16_bits(value)) : fp16_value(fp16_bits(value));
+        };
+        bool finite = true;
+        for (int64_t h = 0; h < heads; ++h)
+            for (int64_t g = 0; g < s.rounds * s.cols; ++g)
+                for (int64_t i = 0; i < d; ++i) {
+                    const int64_t r = g / s.cols, c = g % s.cols, slice = g / 64, row = g % 64;
+                    const float value = mats[static_cast<size_t>(((h * s.rounds + r) * d + i) * s.cols + c)];
+                    const float hi = round16(value), mid = round16(value - hi), lo = round16(value - hi - mid);
+                    finite = finite && std::isfinite(hi);
+                    const size_t at = static_cast<size_t>((((h * slices + slice) * 3) * 64 + row) * d + i);
+                    pieces[at] = hi;
+                    pieces[at + static_cast<size_t>(64 * d)] = mid;
+                    pieces[at + static_cast<size_t>(2 * 64 * d)] = lo;
+                }
+        if (finite) {
+            s.pieces.upload(to_16bit(pieces, options.dtype));
+            s.pieces_made = true;
+        }
+    }
     s.segs_q = s.rounds * s.bh;
     s.segs = spec.shared_qk ? s.segs_q : 2 * s.segs_q;
     s.bucket_bits = std::bit_width(static_cast<uint64_t>(spec.buckets - 1));
@@ -922,6 +980,11 @@ CudaContentWalk CudaContentAttention::walk() {
     CudaContentWalk w;
     w.rounds = s.rounds;
     w.shared_qk = s.spec.shared_qk;
+    w.hashing = s.spec.kind == ContentKind::anchors ? "anchors"
+                : s.hash_tc()                       ? "content_hash_tc"
+                : s.hash3()                         ? "content_hash3"
+                : s.version >= 2                    ? "content_project2"
+                                                    : "content_project";
     const uint64_t mask = (uint64_t{1} << s.bucket_bits) - 1;
     const size_t half = static_cast<size_t>(s.segs_q * s.shape.n);
     for (size_t i = 0; i < keys.size(); ++i) (i < half ? w.q_bucket : w.k_bucket).push_back(static_cast<int32_t>(keys[i] & mask));

@@ -45,7 +45,9 @@ struct CudaContentOptions {
     bool tensor_cores = true;             // false: the simple kernel (one warp a row); also used where
                                           // tensor cores do not run (float32, d other than 64 and 128)
     bool poison_outputs = true;           // fill O and lse with NaN before the run
-    int version = 0;                      // the kernels: 3 (lsh and anchors with chunk 64: content_band3.cuh;
+    int version = 0;                      // the kernels: 4 (3 with lsh's hashing on tensor cores, bf16 / fp16,
+                                          // d = 64 or 128, 16 to 128 buckets: content_hash4.cuh),
+                                          // 3 (lsh and anchors with chunk 64: content_band3.cuh;
                                           // FAVOR+'s passes at d = 64, 128: content_dense3.cuh; else as 2), 2 (content_fast.cuh) or 1 (content_kernels.cuh, the
                                           // first, kept as the record and the fallback); 0: the newest
 };
@@ -76,6 +78,8 @@ struct CudaContentWalk {
     int64_t rounds = 0;
     bool shared_qk = true;
     std::vector<int32_t> q_bucket, k_bucket;   // [rounds, batch * heads, n]; k_bucket empty when shared_qk
+    std::string hashing;                       // the kernel that hashed or assigned them: content_hash_tc,
+                                               // content_hash3, content_project2, content_project or anchors
 };
 
 class CudaContentAttention {

@@ -206,6 +206,7 @@ struct Case {
     CudaDtype dtype = CudaDtype::bfloat16;
     uint64_t seed = 1;
     int version = 0;   // CudaContentOptions::version
+    std::string hashing;   // if set: the kernel that must have hashed (CudaContentWalk::hashing)
 };
 
 // Runs one lsh or anchors case on the GPU and checks buckets and attention against the spec.
@@ -247,6 +248,7 @@ void check_buckets_case(const Case& c) {
     options.version = c.version;
     const AttentionOutput got = engine().forward(q, k, v, set, 0, numbers, options);
     const CudaContentWalk walk = engine().walk();
+    if (!c.hashing.empty()) CHECK(walk.hashing == c.hashing);
     REQUIRE(walk.rounds == c.rounds);
     const int64_t n = c.n, bh = c.batch * c.heads;
     AttentionOutput want{tensor_zeros<float>(shape), tensor_zeros<float>({c.batch, c.heads, c.n, 1})};
@@ -441,7 +443,7 @@ TEST_CASE("cuda content: lsh and anchors match the spec's allowed set in double"
 
 TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and key buckets", "[cuda][content]") {
     if (!gpu_ready("shapes")) return;
-    for (const int version : {1, 2, 3}) {
+    for (const int version : {1, 2, 3, 4}) {
         Case c;
         c.version = version;
         c.d = 128;
@@ -493,6 +495,59 @@ TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and
             }
         }
     }
+}
+
+// Version 4's hashing on tensor cores (content_hash_tc: x times the rotation's three 16-bit pieces)
+// is a float32 hash summed in another order: its buckets may differ from the double hash only
+// where two values nearly tie (check_buckets_case), in bf16 and fp16, d = 64 and 128, 8 to 64
+// columns a round (16 to 128 buckets), one 64-column slice or several, queries and keys hashed
+// apart, and at n = 40,000, where each block walks many tiles.
+TEST_CASE("cuda content: version 4's tensor-core hashing against the double hash", "[cuda][content][small]") {
+    if (!gpu_ready("lsh version 4")) return;
+    Case c;
+    c.version = 4;
+    c.hashing = "content_hash_tc";
+    c.buckets = 16;
+    c.rounds = 2;
+    c.n = 200;
+    c.seed = 300;
+    check_buckets_case(c);   // the sanitizer's case
+}
+
+TEST_CASE("cuda content: version 4's tensor-core hashing, more shapes", "[cuda][content]") {
+    if (!gpu_ready("lsh version 4 shapes")) return;
+    uint64_t seed = 310;
+    for (const CudaDtype dtype : {CudaDtype::bfloat16, CudaDtype::float16}) {
+        for (const int64_t d : {64, 128}) {
+            for (const int64_t buckets : {16, 64, 128}) {
+                for (const int64_t rounds : {1, 2, 4}) {
+                    Case c;
+                    c.version = 4;
+                    c.hashing = "content_hash_tc";
+                    c.dtype = dtype;
+                    c.d = d;
+                    c.buckets = buckets;
+                    c.rounds = rounds;
+                    c.n = 333;
+                    c.causal = rounds == 2;
+                    c.shared_qk = rounds != 4;
+                    c.seed = ++seed;
+                    check_buckets_case(c);
+                }
+            }
+        }
+    }
+    Case c;
+    c.version = 4;
+    c.hashing = "content_hash_tc";
+    c.d = 128;
+    c.buckets = 64;
+    c.rounds = 2;
+    c.n = 40000;
+    c.heads = 1;
+    c.batch = 1;
+    c.seed = 340;
+    check_buckets_case(c);
 }
 
 // Version 3's hashing (content_hash3: a block walks token tiles, all rounds' columns side by side)
