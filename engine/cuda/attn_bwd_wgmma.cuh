@@ -40,6 +40,28 @@ __device__ inline void wg_store_rows(T* out, int64_t row0, int64_t limit, const 
     }
 }
 
+// The dQ pass's end (kernels 5 to 7): dQ (times the scale) and the rows' sums of P of the tile at
+// q0, or for a chunk of a split tile (slot >= 0) its float32 sums to the workspace.
+template <typename T, int D>
+__device__ inline void wg_dq_write(const BwdParams<T>& p, int32_t slot, int64_t b, int64_t head, int64_t q0, const float (&dq)[D / 2],
+                                   const float (&p_sum)[2]) {
+    constexpr int kTile = 64;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    if (slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq, 1.f);
+    else wg_store_rows<T, D>(p.dq + head * D, q0, p.n, dq, p.scale);
+    if (p.p_sum == nullptr && slot < 0) return;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float sum = p_sum[half];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int r = warp * 16 + group + 8 * half;
+        if (quad != 0) continue;
+        if (slot >= 0) p.part_b[(b * p.slots_q + slot) * kTile + r] = sum;
+        else if (q0 + r < p.n) p.p_sum[head + q0 + r] = sum;
+    }
+}
+
 // 5, dK and dV: grid (work items of the transposed mask, 1, batch), block 128, smem kSmemBytes.
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(128) attn_bwd_kernel5_dkdv(BwdParams<T> p) {
@@ -186,20 +208,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
         __syncthreads();   // every warp is done with this step's K and V
     }
     if (steps == 0) cp_async_wait<0>();
-    if (item.slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + item.slot) * kTile * D, 0, kTile, dq, 1.f);
-    else wg_store_rows<T, D>(p.dq + head * D, q0, n, dq, p.scale);
-    if (p.p_sum != nullptr || item.slot >= 0) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float sum = p_sum[half];
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            const int r = warp * 16 + group + 8 * half;
-            if (quad != 0) continue;
-            if (item.slot >= 0) p.part_b[(b * p.slots_q + item.slot) * kTile + r] = sum;
-            else if (q0 + r < n) p.p_sum[head + q0 + r] = sum;
-        }
-    }
+    wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);
 }
 
 // [SECTION] kernels 6 and 7: kernel 5 with its products issued in pairs (kernel 6), and with two
@@ -217,6 +226,35 @@ template <int D, int Stages> struct BwdPairTraits {
     static constexpr int kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
     static constexpr int kSmemBytes = (2 + 2 * Stages) * kTileBytes + Stages * 2 * 64 * 4 + 1024;
 };
+
+// The walked tiles of `step` (Q and dO, or K and V) in kernels 6 and 7, returning the stage that
+// holds them. One stage: copies them now (first, part: the step's first row and partial-block
+// index) and waits. Two: copies step + 1's into the other stage (first_next, part_next), which
+// every warp left in the step before, and waits for this step's, copied a step earlier. Then the
+// block's barrier.
+template <int Stages, typename First, typename Part, typename Load>
+__device__ inline int pair_step_copies(int64_t step, int64_t steps, int64_t& first, int32_t& part, int64_t& first_next,
+                                       int32_t& part_next, const First& step_first, const Part& step_part, const Load& load_step) {
+    const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
+    if constexpr (Stages == 1) {
+        first = step_first(step);
+        part = step_part(step);
+        load_step(first, 0);
+        cp_async_commit();
+        cp_async_wait<0>();
+    } else if (step + 1 < steps) {
+        first_next = step_first(step + 1);
+        part_next = step_part(step + 1);
+        load_step(first_next, 1 - stage);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    return stage;
+}
 
 // 6 and 7, dK and dV: grid (work items of the transposed mask, 1, batch), block 128.
 template <typename T, int D, int MaskBlock, int Stages>
@@ -273,27 +311,9 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
     for (int64_t step = 0; step < steps; ++step) {
-        const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
         int64_t q0_next = 0;
         int32_t part_next = -1;
-        if constexpr (Stages == 1) {
-            q0 = step_q0(step);
-            part = step_part(step);
-            load_step(q0, 0);
-            cp_async_commit();
-            cp_async_wait<0>();
-        } else if (step + 1 < steps) {
-            // stage 1 - stage was last read in the step before, which every warp has left
-            q0_next = step_q0(step + 1);
-            part_next = step_part(step + 1);
-            load_step(q0_next, 1 - stage);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        fence_proxy_async();
-        __syncthreads();
+        const int stage = pair_step_copies<Stages>(step, steps, q0, part, q0_next, part_next, step_q0, step_part, load_step);
 
         const uint32_t q_tile = base + (2 + 2 * stage) * kTileBytes, do_tile = base + (3 + 2 * stage) * kTileBytes;
         const float* lse_log2 = rows_f + stage * 2 * kTile;
@@ -410,26 +430,9 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
 
     for (int64_t step = 0; step < steps; ++step) {
-        const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
         int64_t k0_next = 0;
         int32_t part_next = -1;
-        if constexpr (Stages == 1) {
-            k0 = step_k0(step);
-            part = step_part(step);
-            load_step(k0, 0);
-            cp_async_commit();
-            cp_async_wait<0>();
-        } else if (step + 1 < steps) {
-            k0_next = step_k0(step + 1);
-            part_next = step_part(step + 1);
-            load_step(k0_next, 1 - stage);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        fence_proxy_async();
-        __syncthreads();
+        const int stage = pair_step_copies<Stages>(step, steps, k0, part, k0_next, part_next, step_k0, step_part, load_step);
 
         const uint32_t k_tile = base + (2 + 2 * stage) * kTileBytes, v_tile = base + (3 + 2 * stage) * kTileBytes;
         float s[32], dps[32];
@@ -475,20 +478,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
         }
     }
     if (steps == 0) cp_async_wait<0>();
-    if (item.slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + item.slot) * kTile * D, 0, kTile, dq, 1.f);
-    else wg_store_rows<T, D>(p.dq + head * D, q0, n, dq, p.scale);
-    if (p.p_sum != nullptr || item.slot >= 0) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float sum = p_sum[half];
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            const int r = warp * 16 + group + 8 * half;
-            if (quad != 0) continue;
-            if (item.slot >= 0) p.part_b[(b * p.slots_q + item.slot) * kTile + r] = sum;
-            else if (q0 + r < n) p.p_sum[head + q0 + r] = sum;
-        }
-    }
+    wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);
 }
 
 template <typename T, int D, int MaskBlock>

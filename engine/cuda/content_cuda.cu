@@ -156,29 +156,30 @@ struct CudaContentAttention::Impl {
     template <typename T, int D, typename Key> void launch_hash3(const T* x, int64_t base, Key* keys) {
         const int smem = cuda::content::hash3_smem<D>();
         const auto kernel = cuda::content::content_hash3<T, D, Key>;
+        const dim3 grid = hash_grid(kernel, smem, (shape.n + cuda::content::kHash3Tokens - 1) / cuda::content::kHash3Tokens);
+        kernel<<<grid, 128, smem>>>(x, shape.heads, bh, shape.n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols),
+                                    base, bucket_bits, keys);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
+    // The grid of a hashing kernel whose blocks walk a head's `tiles` token tiles (content_hash3,
+    // content_hash_tc): (blocks a head, bh, 64-column slices), as many blocks as the GPU holds at once.
+    template <typename Kernel> dim3 hash_grid(Kernel kernel, int smem, int64_t tiles) const {
         SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         int per_sm = 0;
         SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
-        const int64_t n = shape.n, slices = (rounds * cols + 63) / 64, tiles = (n + cuda::content::kHash3Tokens - 1) / cuda::content::kHash3Tokens;
+        const int64_t slices = (rounds * cols + 63) / 64;
         const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
-        const dim3 grid(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
-        kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, mats.as<float>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols), base,
-                                    bucket_bits, keys);
-        SPARSA_CUDA_CHECK(cudaGetLastError());
+        return dim3(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
     }
 
     // content_hash_tc on the side x: blocks that walk the token tiles, as many as the GPU holds at once.
     template <typename T, int D, typename Key> void launch_hash_tc(const T* x, int64_t base, Key* keys) {
         constexpr int smem = cuda::content::hash_tc_smem<D>();
         const auto kernel = cuda::content::content_hash_tc<T, D, Key>;
-        SPARSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        int per_sm = 0;
-        SPARSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
-        const int64_t n = shape.n, slices = (rounds * cols + 63) / 64, tiles = (n + 63) / 64;
-        const int64_t per_head = std::clamp<int64_t>(int64_t{std::max(per_sm, 1)} * sm_count / (bh * slices), 1, tiles);
-        const dim3 grid(static_cast<unsigned>(per_head), static_cast<unsigned>(bh), static_cast<unsigned>(slices));
-        kernel<<<grid, 128, smem>>>(x, shape.heads, bh, n, pieces.as<T>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols), base,
-                                    bucket_bits, keys);
+        const dim3 grid = hash_grid(kernel, smem, (shape.n + 63) / 64);
+        kernel<<<grid, 128, smem>>>(x, shape.heads, bh, shape.n, pieces.as<T>(), static_cast<int32_t>(rounds), static_cast<int32_t>(cols),
+                                    base, bucket_bits, keys);
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
