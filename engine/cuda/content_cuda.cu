@@ -9,6 +9,7 @@
 #include "engine/cuda/content_band3.cuh"
 #include "engine/cuda/content_dense3.cuh"
 #include "engine/cuda/content_hash4.cuh"
+#include "engine/cuda/content_numbers.hpp"
 #include "engine/cuda/content_fast.cuh"
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
@@ -640,35 +641,6 @@ struct CudaContentAttention::Impl {
     }
 };
 
-CudaContentNumbers cuda_content_numbers(const MaskSet& masks, int64_t layer, int64_t d, const ContentArrays* arrays, int64_t draw) {
-    const std::string what = "cuda content numbers";
-    CudaContentNumbers out(static_cast<size_t>(masks.heads));
-    if (masks.content.empty()) return out;
-    for (int64_t h = 0; h < masks.heads; ++h) {
-        const auto& spec = masks.content[static_cast<size_t>(layer * masks.heads + h)];
-        if (spec == nullptr) continue;
-        auto& x = out[static_cast<size_t>(h)];
-        if (spec->kind == ContentKind::lsh) {
-            const ContentArray* file = content_array_find(arrays, *spec, what);
-            for (int64_t r = 0; r < spec->rounds; ++r) {
-                const std::vector<float> R = lsh_rotation(*spec, file, layer, h, r, d);
-                x.insert(x.end(), R.begin(), R.end());
-            }
-        } else if (spec->kind == ContentKind::anchors) {
-            const ContentArray* file = content_array_find(arrays, *spec, what);
-            if (file == nullptr) {
-                throw Error(what + ": anchors(" + std::to_string(spec->buckets) +
-                            ") needs its fitted anchors (fit = \"FILE.npz\"; make one with sparsa anchors fit)");
-            }
-            content_array_check_shape(*file, {spec->rounds, spec->buckets, d}, what + ": anchors", "[rounds, k, d]");
-            x = file->values;
-        } else {
-            x = favor_features_for_head(*spec, layer, h, d, draw, arrays, what).omega;
-        }
-    }
-    return out;
-}
-
 CudaContentAttention::CudaContentAttention() : impl_(std::make_unique<Impl>()) {
     std::string why;
     if (!cuda_device_available(&why)) throw Error("CUDA content engine: no GPU to run on (" + why + "); use the CPU engine");
@@ -804,27 +776,9 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     s.pieces_made = false;
     if (s.version >= 4 && spec.kind == ContentKind::lsh && s.tensor_cores && s.cols >= 8 && s.cols <= 64 &&
         std::has_single_bit(static_cast<uint64_t>(s.cols))) {
-        // content_hash_tc's pieces: R = hi + mid + lo, each rounded to the dtype (the remainders are
-        // exact in float32); an fp16 piece past its range leaves the hashing to content_hash3
-        const int64_t slices = (s.rounds * s.cols + 63) / 64;
-        std::vector<float> pieces(static_cast<size_t>(heads * slices * 3 * 64 * d), 0.f);
-        const auto round16 = [&](float value) {
-            return options.dtype == CudaDtype::bfloat16 ? bf16_value(bf16_bits(value)) : fp16_value(fp16_bits(value));
-        };
-        bool finite = true;
-        for (int64_t h = 0; h < heads; ++h)
-            for (int64_t g = 0; g < s.rounds * s.cols; ++g)
-                for (int64_t i = 0; i < d; ++i) {
-                    const int64_t r = g / s.cols, c = g % s.cols, slice = g / 64, row = g % 64;
-                    const float value = mats[static_cast<size_t>(((h * s.rounds + r) * d + i) * s.cols + c)];
-                    const float hi = round16(value), mid = round16(value - hi), lo = round16(value - hi - mid);
-                    finite = finite && std::isfinite(hi);
-                    const size_t at = static_cast<size_t>((((h * slices + slice) * 3) * 64 + row) * d + i);
-                    pieces[at] = hi;
-                    pieces[at + static_cast<size_t>(64 * d)] = mid;
-                    pieces[at + static_cast<size_t>(2 * 64 * d)] = lo;
-                }
-        if (finite) {
+        // content_hash_tc's pieces (an fp16 piece past its range leaves the hashing to content_hash3)
+        const std::vector<float> pieces = lsh_rotation_pieces(mats, heads, s.rounds, s.cols, d, options.dtype);
+        if (!pieces.empty()) {
             s.pieces.upload(to_16bit(pieces, options.dtype));
             s.pieces_made = true;
         }
