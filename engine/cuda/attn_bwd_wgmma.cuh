@@ -227,25 +227,36 @@ template <int D, int Stages> struct BwdPairTraits {
     static constexpr int kSmemBytes = (2 + 2 * Stages) * kTileBytes + Stages * 2 * 64 * 4 + 1024;
 };
 
-// The walked tiles of `step` (Q and dO, or K and V) in kernels 6 and 7, returning the stage that
-// holds them. One stage: copies them now (first, part: the step's first row and partial-block
-// index) and waits. Two: copies step + 1's into the other stage (first_next, part_next), which
-// every warp left in the step before, and waits for this step's, copied a step earlier. Then the
-// block's barrier.
-template <int Stages, typename First, typename Part, typename Load>
-__device__ inline int pair_step_copies(int64_t step, int64_t steps, int64_t& first, int32_t& part, int64_t& first_next,
-                                       int32_t& part_next, const First& step_first, const Part& step_part, const Load& load_step) {
+// A step of a kernel 6 / 7 work item over mask m (cols: the dK / dV pass; rows: the dQ pass):
+// the first row (query or key) of its 64-row tile and its mask entry's partial-block index.
+struct PairStep {
+    int64_t first = 0;
+    int32_t part = -1;
+};
+template <int MaskBlock>
+__device__ inline PairStep pair_step_at(const DeviceMasks& m, int64_t e_begin, int64_t sub0, int64_t step) {
+    constexpr int kSub = MaskBlock / 64;
+    const int64_t e = e_begin + (sub0 + step) / kSub;
+    return {int64_t{m.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * 64, m.partial_idx[e]};
+}
+
+// The walked tiles of `step` (Q and dO, or K and V; load_step(first, stage) copies them) in
+// kernels 6 and 7, returning the stage that holds them. One stage: cur becomes the step, its tiles
+// are copied now and waited for. Two: next becomes step + 1, copied into the other stage (which
+// every warp left in the step before), and this step's tiles, copied a step earlier, are waited
+// for (the caller moves next to cur after the step). Then the block's barrier.
+template <int Stages, int MaskBlock, typename Load>
+__device__ inline int pair_step_copies(const DeviceMasks& m, int64_t e_begin, int64_t sub0, int64_t step, int64_t steps,
+                                       PairStep& cur, PairStep& next, const Load& load_step) {
     const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
     if constexpr (Stages == 1) {
-        first = step_first(step);
-        part = step_part(step);
-        load_step(first, 0);
+        cur = pair_step_at<MaskBlock>(m, e_begin, sub0, step);
+        load_step(cur.first, 0);
         cp_async_commit();
         cp_async_wait<0>();
     } else if (step + 1 < steps) {
-        first_next = step_first(step + 1);
-        part_next = step_part(step + 1);
-        load_step(first_next, 1 - stage);
+        next = pair_step_at<MaskBlock>(m, e_begin, sub0, step + 1);
+        load_step(next.first, 1 - stage);
         cp_async_commit();
         cp_async_wait<1>();
     } else {
@@ -260,7 +271,7 @@ __device__ inline int pair_step_copies(int64_t step, int64_t steps, int64_t& fir
 template <typename T, int D, int MaskBlock, int Stages>
 __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     static_assert(Stages == 1 || Stages == 2);
-    constexpr int kTile = 64, kSub = MaskBlock / kTile, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    constexpr int kTile = 64, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const uint32_t base = smem_aligned_1024(smem_raw);
     // K, V, then per stage Q and dO, then per stage lse (base 2) and D of the stage's 64 rows
@@ -278,12 +289,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     const int j0 = static_cast<int>(k0 % MaskBlock);
     const float scale_log2 = p.scale * kLog2e;
 
-    // the step's first query row and partial-block index, and its copies into stage `stage`
-    const auto step_q0 = [&](int64_t step) {
-        const int64_t e = e_begin + (sub0 + step) / kSub;
-        return int64_t{p.cols.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
-    };
-    const auto step_part = [&](int64_t step) { return p.cols.partial_idx[e_begin + (sub0 + step) / kSub]; };
+    // a step's copies into stage `stage`: Q, dO, and the rows' lse and D
     const auto load_step = [&](int64_t q0, int stage) {
         tile_load_swizzled<D, 128>(base + (2 + 2 * stage) * kTileBytes, q_head, q0, n);
         tile_load_swizzled<D, 128>(base + (3 + 2 * stage) * kTileBytes, do_head, q0, n);
@@ -297,12 +303,10 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
 
     tile_load_swizzled<D, 128>(k_tile, p.k + head * D, k0, n);
     tile_load_swizzled<D, 128>(v_tile, p.v + head * D, k0, n);
-    int64_t q0 = 0;
-    int32_t part = -1;
+    PairStep cur;   // the step's first query row and partial-block index
     if (Stages == 2 && steps > 0) {
-        q0 = step_q0(0);
-        part = step_part(0);
-        load_step(q0, 0);
+        cur = pair_step_at<MaskBlock>(p.cols, e_begin, sub0, 0);
+        load_step(cur.first, 0);
     }
     cp_async_commit();
 
@@ -311,9 +315,10 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
     for (int64_t step = 0; step < steps; ++step) {
-        int64_t q0_next = 0;
-        int32_t part_next = -1;
-        const int stage = pair_step_copies<Stages>(step, steps, q0, part, q0_next, part_next, step_q0, step_part, load_step);
+        PairStep next;
+        const int stage = pair_step_copies<Stages, MaskBlock>(p.cols, e_begin, sub0, step, steps, cur, next, load_step);
+        const int64_t q0 = cur.first;
+        const int32_t part = cur.part;
 
         const uint32_t q_tile = base + (2 + 2 * stage) * kTileBytes, do_tile = base + (3 + 2 * stage) * kTileBytes;
         const float* lse_log2 = rows_f + stage * 2 * kTile;
@@ -360,10 +365,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
         wgmma_fence_operands(dv);
         wgmma_fence_operands(dk);
         __syncthreads();   // every warp is done with this step's Q and dO
-        if constexpr (Stages == 2) {
-            q0 = q0_next;
-            part = part_next;
-        }
+        if constexpr (Stages == 2) cur = next;
     }
     if (steps == 0) cp_async_wait<0>();
     if (item.slot >= 0) {
@@ -380,7 +382,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
 template <typename T, int D, int MaskBlock, int Stages>
 __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     static_assert(Stages == 1 || Stages == 2);
-    constexpr int kTile = 64, kSub = MaskBlock / kTile, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
+    constexpr int kTile = 64, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const uint32_t base = smem_aligned_1024(smem_raw);
     // Q, dO, then per stage K and V
@@ -396,11 +398,6 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     const int i0 = static_cast<int>(q0 % MaskBlock);
     const float scale_log2 = p.scale * kLog2e;
 
-    const auto step_k0 = [&](int64_t step) {
-        const int64_t e = e_begin + (sub0 + step) / kSub;
-        return int64_t{p.rows.col_idx[e]} * MaskBlock + ((sub0 + step) % kSub) * kTile;
-    };
-    const auto step_part = [&](int64_t step) { return p.rows.partial_idx[e_begin + (sub0 + step) / kSub]; };
     const auto load_step = [&](int64_t k0, int stage) {
         tile_load_swizzled<D, 128>(base + (2 + 2 * stage) * kTileBytes, k_head, k0, n);
         tile_load_swizzled<D, 128>(base + (3 + 2 * stage) * kTileBytes, v_head, k0, n);
@@ -408,12 +405,10 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
 
     tile_load_swizzled<D, 128>(q_tile, p.q + head * D, q0, n);
     tile_load_swizzled<D, 128>(do_tile, p.d_o + head * D, q0, n);
-    int64_t k0 = 0;
-    int32_t part = -1;
+    PairStep cur;   // the step's first key and partial-block index
     if (Stages == 2 && steps > 0) {
-        k0 = step_k0(0);
-        part = step_part(0);
-        load_step(k0, 0);
+        cur = pair_step_at<MaskBlock>(p.rows, e_begin, sub0, 0);
+        load_step(cur.first, 0);
     }
     cp_async_commit();
 
@@ -430,9 +425,10 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
 
     for (int64_t step = 0; step < steps; ++step) {
-        int64_t k0_next = 0;
-        int32_t part_next = -1;
-        const int stage = pair_step_copies<Stages>(step, steps, k0, part, k0_next, part_next, step_k0, step_part, load_step);
+        PairStep next;
+        const int stage = pair_step_copies<Stages, MaskBlock>(p.rows, e_begin, sub0, step, steps, cur, next, load_step);
+        const int64_t k0 = cur.first;
+        const int32_t part = cur.part;
 
         const uint32_t k_tile = base + (2 + 2 * stage) * kTileBytes, v_tile = base + (3 + 2 * stage) * kTileBytes;
         float s[32], dps[32];
@@ -472,10 +468,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
         }
         wgmma_pv<T, D>(dq, dps, k_tile);   // dQ += dS K
         __syncthreads();   // every warp is done with this step's K and V
-        if constexpr (Stages == 2) {
-            k0 = k0_next;
-            part = part_next;
-        }
+        if constexpr (Stages == 2) cur = next;
     }
     if (steps == 0) cp_async_wait<0>();
     wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);

@@ -502,16 +502,25 @@ TEST_CASE("cuda content: d = 128, fp16, chunks of 32 and 100, separate query and
 // where two values nearly tie (check_buckets_case), in bf16 and fp16, d = 64 and 128, 8 to 64
 // columns a round (16 to 128 buckets), one 64-column slice or several, queries and keys hashed
 // apart, and at n = 40,000, where each block walks many tiles.
-TEST_CASE("cuda content: version 4's tensor-core hashing against the double hash", "[cuda][content][small]") {
-    if (!gpu_ready("lsh version 4")) return;
+namespace {
+
+// A version 4 lsh case that must hash on content_hash_tc: buckets, rounds, n, seed as given.
+Case hash_tc_case(int64_t buckets, int64_t rounds, int64_t n, uint64_t seed) {
     Case c;
     c.version = 4;
     c.hashing = "content_hash_tc";
-    c.buckets = 16;
-    c.rounds = 2;
-    c.n = 200;
-    c.seed = 300;
-    check_buckets_case(c);   // the sanitizer's case
+    c.buckets = buckets;
+    c.rounds = rounds;
+    c.n = n;
+    c.seed = seed;
+    return c;
+}
+
+} // namespace
+
+TEST_CASE("cuda content: version 4's tensor-core hashing against the double hash", "[cuda][content][small]") {
+    if (!gpu_ready("lsh version 4")) return;
+    check_buckets_case(hash_tc_case(16, 2, 200, 300));   // the sanitizer's case
 }
 
 TEST_CASE("cuda content: version 4's tensor-core hashing, more shapes", "[cuda][content]") {
@@ -521,32 +530,20 @@ TEST_CASE("cuda content: version 4's tensor-core hashing, more shapes", "[cuda][
         for (const int64_t d : {64, 128}) {
             for (const int64_t buckets : {16, 64, 128}) {
                 for (const int64_t rounds : {1, 2, 4}) {
-                    Case c;
-                    c.version = 4;
-                    c.hashing = "content_hash_tc";
+                    Case c = hash_tc_case(buckets, rounds, 333, ++seed);
                     c.dtype = dtype;
                     c.d = d;
-                    c.buckets = buckets;
-                    c.rounds = rounds;
-                    c.n = 333;
                     c.causal = rounds == 2;
                     c.shared_qk = rounds != 4;
-                    c.seed = ++seed;
                     check_buckets_case(c);
                 }
             }
         }
     }
-    Case c;
-    c.version = 4;
-    c.hashing = "content_hash_tc";
+    Case c = hash_tc_case(64, 2, 40000, 340);
     c.d = 128;
-    c.buckets = 64;
-    c.rounds = 2;
-    c.n = 40000;
     c.heads = 1;
     c.batch = 1;
-    c.seed = 340;
     check_buckets_case(c);
 }
 
