@@ -38,7 +38,7 @@ teacher   train the teacher, print a progress line (step, loss, accuracy, tokens
   --task ruler|single|multikey|multivalue|multiquery|mqar|passkey|mix (ruler: the four needle
   tasks and mqar in turn)  --n N (1024)  --needles M (4)  --pairs P (8)  --queries Q (8)
   --d D (128)  --heads H (2)  --head-dim W (0: d / heads)  --kv-heads K (0: as many as heads;
-  K must divide H)  --positions rotary|none|sinusoidal (rotary)  --bidirectional (the first,
+  K must divide H)  --positions none|rotary|sinusoidal (none)  --bidirectional (the first,
   non-causal teacher)  --layers L (2)  --mlp M (256)  --steps S (3000, at most)  --batch B (16)
   --lr X (0.002)  --seed S (1)  --stop-accuracy A (0.98: stop once validation accuracy
   reaches it)  --max-minutes M (19)  --qk-identity A (0: wq, wk start at A * I plus noise)
@@ -94,7 +94,8 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           families.png (the same with every family). --replot DIR: redraw DIR's report.md,
           depth.png, cost.png, families.png from its report.json, evaluating nothing.
           --densities none: dense and the diagonal only. With --teachers, --n N measures
-          them at length N (not the one they were trained at)
+          them at length N (not the one they were trained at); with --seeds, --train-n N trains
+          them at N and measures them at --n (one command from a short training to a long test)
 demo      teacher -> search -> gate -> eval on the default config, into DIR (learn-demo)
 
 Common: --block B (16)  --threads T.  Q/K of another model instead of the teacher (pool,
@@ -137,7 +138,7 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from",
                                        "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps",
                                        "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps", "--replot",
-                                       "--families", "--anchor-inputs", "--favor-features"};
+                                       "--families", "--anchor-inputs", "--favor-features", "--train-n"};
 const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
 
 // The teacher's attention-shaping defaults and the gate's kinds (docs/learn.md says how they were
@@ -217,10 +218,11 @@ std::string output(const Args& args, const std::string& fallback) {
     return o ? *o : fallback;
 }
 
-learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher& teacher) {
+// n: the length to train at (0: --n).
+learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher& teacher, int64_t n = 0) {
     learn::TaskConfig task;
     task.kind = learn::task_kind_parse(args.value("--task").value_or("ruler"));
-    task.n = args.integer("--n", 1024, 16, 65536);
+    task.n = n > 0 ? n : args.integer("--n", 1024, 16, 65536);
     task.needles = args.integer("--needles", task.needles, 1, 10);
     task.pairs = args.integer("--pairs", task.pairs, 1, 100000);
     task.queries = args.integer("--queries", task.queries, 1, 100000);
@@ -233,7 +235,7 @@ learn::TrainReport run_teacher(const Args& args, const Common& c, learn::Teacher
     model.mlp = args.integer("--mlp", model.mlp, 1, 8192);
     model.causal = !args.has("--bidirectional");
     try {
-        model.positions = learn::positions_parse(args.value("--positions").value_or("rotary"));
+        model.positions = learn::positions_parse(args.value("--positions").value_or("none"));
     } catch (const Error& e) {
         throw Error(std::string("learn: --positions: ") + e.what());
     }
@@ -554,6 +556,7 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     std::vector<std::string> labels, trained;
     if (const auto files = args.value("--teachers")) {
         if (args.has("--seeds")) throw Error("learn ruler: give --seeds (train) or --teachers (read), not both");
+        if (args.has("--train-n")) throw Error("learn ruler: --train-n is the length --seeds trains at; --teachers are trained already (--n: the length to measure at)");
         for (const std::string& f : split_commas(*files)) {
             teachers.push_back(learn::teacher_load(f));
             labels.push_back(std::filesystem::path(f).filename().string());
@@ -576,14 +579,23 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
                 throw Error("learn ruler: --seeds expects whole numbers separated by commas; got '" + text + "'");
             }
         }
+        // --train-n: train at that length, measure at --n (a teacher without positions keeps its
+        // accuracy at lengths it was not trained at; training at 4,096 on a CPU takes hours)
+        const int64_t measure_n = args.integer("--n", 1024, 16, 65536);
+        const int64_t train_n = args.integer("--train-n", measure_n, 16, 65536);
         for (const uint64_t seed : seeds) {
             const std::string text = std::to_string(seed);
             Common seeded = c;
             seeded.seed = seed;
             learn::Teacher teacher;
-            const learn::TrainReport r = run_teacher(args, seeded, teacher);
+            const learn::TrainReport r = run_teacher(args, seeded, teacher, train_n);
             learn::teacher_save(teacher, dir + "/teacher-seed" + text + ".bin");
             trained.push_back("seed " + text + ": " + train_summary(r));
+            if (train_n != measure_n) {
+                trained.back() += "; trained at n = " + std::to_string(train_n) + ", measured here at n = " + std::to_string(measure_n);
+                teacher.task.n = measure_n;
+                learn::task_config_check(teacher.task);
+            }
             std::printf("%s\n", trained.back().c_str());
             teachers.push_back(std::move(teacher));
             labels.push_back(text);

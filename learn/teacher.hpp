@@ -43,7 +43,7 @@ struct TeacherConfig {
     // query head h reads key/value head h / (heads / kv_heads). wk, wv: [d, kv_heads * head_dim()].
     int64_t kv_heads = 0;
     bool causal = true;   // key <= query only (a decoder); false: the first, bidirectional teacher
-    Positions positions = Positions::rotary;
+    Positions positions = Positions::none;
     // wq and wk start at qk_identity * I plus noise: every head first attends to tokens like
     // itself (itself and its neighbours, through the positions), so rows that no answer needs
     // tend to stay local. 0 (the default): noise only. See docs/learn.md for what it cost.
@@ -59,7 +59,8 @@ struct TeacherConfig {
     int64_t kv_width() const { return kv_head_count() * head_dim(); }
 };
 
-// The lab model new runs get: causal, rotary, d = 128, 2 heads of width 64 (as many key/value
+// The lab model new runs get: causal, no positions (docs/learn.md: "Rotary or no positions
+// across lengths"), d = 128, 2 heads of width 64 (as many key/value
 // heads), 2 layers, MLP 256, no shaping. vocab from the task.
 TeacherConfig teacher_config_default(const TaskConfig& task);
 

@@ -278,10 +278,10 @@ void bind_learn(py::module_& parent) {
           }, py::arg("task") = "ruler", py::arg("n") = 1024, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("d") = 128, py::arg("heads") = 2, py::arg("layers") = 2,
           py::arg("mlp") = 256, py::arg("steps") = 3000, py::arg("batch") = 16, py::arg("lr") = 2e-3, py::arg("seed") = 1,
           py::arg("stop_accuracy") = 0.98, py::arg("max_seconds") = 0.0, py::arg("progress") = false, py::arg("threads") = 0,
-          py::arg("causal") = true, py::arg("positions") = "rotary", py::arg("head_dim") = 0, py::arg("kv_heads") = 0, py::arg("needles") = 4,
+          py::arg("causal") = true, py::arg("positions") = "none", py::arg("head_dim") = 0, py::arg("kv_heads") = 0, py::arg("needles") = 4,
           "Trains a teacher (causal by default, as `sparsa learn teacher`) on `task` ('ruler', 'single', 'multikey', 'multivalue', 'multiquery', "
           "'mqar', 'passkey' or 'mix') at length n (mqar: `pairs` key-value pairs, `queries` of them asked; needle tasks: `needles`); "
-          "positions 'rotary', 'none' or 'sinusoidal'; head_dim 0: d / heads; kv_heads 0: as many as heads. Returns (Teacher, report "
+          "positions 'none' (the default), 'rotary' or 'sinusoidal'; head_dim 0: d / heads; kv_heads 0: as many as heads. Returns (Teacher, report "
           "dict). Stops after `steps`, at `stop_accuracy` validation accuracy, or after `max_seconds` (0: no limit). progress prints to stderr.");
 
     m.def("teacher_init", [](const std::string& task, int64_t n, int64_t pairs, int64_t queries, int64_t keys, int64_t values, int64_t fillers,
@@ -302,7 +302,7 @@ void bind_learn(py::module_& parent) {
           }, py::arg("task") = "ruler", py::arg("n") = 1024, py::arg("pairs") = 8, py::arg("queries") = 8, py::arg("keys") = 32,
           py::arg("values") = 32, py::arg("fillers") = 16, py::arg("needles") = 4, py::arg("d") = 128, py::arg("heads") = 2,
           py::arg("head_dim") = 0, py::arg("kv_heads") = 0, py::arg("layers") = 2, py::arg("mlp") = 256, py::arg("causal") = true,
-          py::arg("positions") = "rotary", py::arg("qk_identity") = 0.0, py::arg("seed") = 1,
+          py::arg("positions") = "none", py::arg("qk_identity") = 0.0, py::arg("seed") = 1,
           "An untrained teacher with the C++ trainer's initial weights for `seed` (what `sparsa learn teacher --seed` starts from); "
           "sparsa.lab.LabTeacher.from_cpp copies them.");
 

@@ -43,7 +43,7 @@ def arguments():
     p.add_argument("--kv-heads", type=int, default=0, help="0: as many as heads; else it must divide --heads")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--mlp", type=int, default=256)
-    p.add_argument("--positions", choices=["rotary", "none", "sinusoidal"], default="rotary")
+    p.add_argument("--positions", choices=["none", "rotary", "sinusoidal"], default="none")
     p.add_argument("--bidirectional", action="store_true", help="the first, non-causal teacher")
     p.add_argument("--qk-identity", type=float, default=0.0)
     p.add_argument("--from", dest="from_file", help="go on training this checkpoint at --n and --task (the model options are its)")

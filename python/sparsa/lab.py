@@ -242,7 +242,7 @@ class LabTeacher(torch.nn.Module):
 
     @classmethod
     def new(cls, task="ruler", n=1024, pairs=8, queries=8, keys=32, values=32, fillers=16, needles=4, d=128, heads=2,
-            head_dim=0, kv_heads=0, layers=2, mlp=256, causal=True, positions="rotary", qk_identity=0.0, seed=1,
+            head_dim=0, kv_heads=0, layers=2, mlp=256, causal=True, positions="none", qk_identity=0.0, seed=1,
             attention="sparsa", threads=0):
         """An untrained teacher with the initial weights `sparsa learn teacher --seed` starts from
         (sparsa.learn.teacher_init); the defaults are the lab model's (teacher_config_default)."""

@@ -125,6 +125,24 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     std::ifstream md3(longer / "report.md");
     const std::string text3((std::istreambuf_iterator<char>(md3)), std::istreambuf_iterator<char>());
     CHECK(text3.find("trained at n = 128; measured here at n = 256") != std::string::npos);
+    // --train-n: trained short, measured long, in one command.
+    const fs::path short_long = scratch("learn_ruler_train_n");
+    fs::remove_all(short_long);
+    r = run("learn ruler" + tiny + " --train-n 64 --steps 3 --seeds 4 --densities none --test-inputs 5 --quiet -o " + quote(short_long));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    std::ifstream in4(short_long / "report.json");
+    const auto j4 = nlohmann::json::parse(in4);
+    CHECK(j4["n"] == 128);
+    std::ifstream saved(short_long / "teacher-seed4.bin", std::ios::binary);   // the header's JSON names the length trained at
+    const std::string bytes((std::istreambuf_iterator<char>(saved)), std::istreambuf_iterator<char>());
+    CHECK(bytes.find("\"n\":64,") != std::string::npos);
+    std::ifstream md4(short_long / "report.md");
+    const std::string text4((std::istreambuf_iterator<char>(md4)), std::istreambuf_iterator<char>());
+    CHECK(text4.find("trained at n = 64, measured here at n = 128") != std::string::npos);
+    r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + " --train-n 64 -o " + quote(scratch("learn_ruler_bad")));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--train-n is the length --seeds trains at") != std::string::npos);
     r = run("learn ruler --seeds 1,x -o " + quote(scratch("learn_ruler_bad")));
     CHECK(r.code == 1);
     CHECK(r.out.find("--seeds expects whole numbers") != std::string::npos);

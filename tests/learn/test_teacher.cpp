@@ -508,6 +508,7 @@ TEST_CASE("teacher: shapes the model cannot have are refused naming the field", 
     CHECK_THROWS_WITH(teacher_init(c, task, 1), Catch::Contains("kv_heads = 3 must divide heads = 2"));
     c = tiny_model(task);
     c.head_width = 5;
+    c.positions = Positions::rotary;   // an odd width is refused only where rotary turns pairs
     CHECK_THROWS_WITH(teacher_init(c, task, 1), Catch::Contains("must be even"));
     c.head_width = 300;
     CHECK_THROWS_WITH(teacher_init(c, task, 1), Catch::Contains("head_width = 300"));

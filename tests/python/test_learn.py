@@ -42,7 +42,7 @@ def test_teacher_shapes_save_and_load(teacher, tmp_path):
 
 def test_causal_teacher_attention_is_the_engines_causal_attention():
     t, _ = sparsa.learn.train_teacher(task="ruler", n=128, needles=2, pairs=4, queries=4, d=32, heads=4, kv_heads=2, layers=1,
-                                      mlp=16, steps=2, batch=4, seed=2)
+                                      mlp=16, steps=2, batch=4, seed=2, positions="rotary")
     assert (t.causal, t.kv_heads, t.positions, t.head_dim) == (True, 2, "rotary", 8)
     a = t.attention(index=1)
     causal = sparsa.compile("heads 4\ncausal\nattend = dense", n=128, block=16)
