@@ -9,6 +9,7 @@
 #include "engine/threads.hpp"
 #include "learn/causal_mask.hpp"
 #include "learn/pool.hpp"
+#include "learn/ruler_families.hpp"
 #include "learn/tasks.hpp"
 #include "learn/teacher.hpp"
 
@@ -350,6 +351,51 @@ void bind_learn(py::module_& parent) {
           }, py::arg("n"), py::arg("heads"), py::arg("block") = 64, py::arg("layers") = 1,
           "The causal teacher's dense mask (key <= query) as a MaskSet [layers, heads] (learn/causal_mask.hpp); the teacher's own "
           "has block 64 from n = 64.");
+    m.def("block_masks", [](const py::array& grid_obj, int64_t n, int32_t block, bool causal) {
+              if (!block_size_valid(block)) value_error("block_masks: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              if (n < 1) value_error("block_masks: n must be >= 1, got " + std::to_string(n));
+              const int64_t blocks = (n + block - 1) / block;
+              py::array a = grid_obj;
+              if (a.ndim() == 3) a = a.attr("reshape")(1, a.shape(0), a.shape(1), a.shape(2));
+              if (a.ndim() != 4 || a.shape(2) != blocks || a.shape(3) != blocks)
+                  value_error("block_masks: grid must be [heads, blocks, blocks] or [layers, heads, blocks, blocks] with blocks = ceil(n / block) = " +
+                              std::to_string(blocks) + ", got shape " + shape_text(a));
+              auto bytes = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(a.attr("astype")("bool").attr("astype")("uint8"));
+              const int64_t layers = a.shape(0), heads = a.shape(1);
+              if (layers < 1 || heads < 1) value_error("block_masks: grid has no (layer, head): shape " + shape_text(a));
+              std::vector<std::shared_ptr<const BlockMask>> masks;
+              for (int64_t lh = 0; lh < layers * heads; ++lh) {
+                  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(blocks));
+                  const uint8_t* g = bytes.data() + lh * blocks * blocks;
+                  for (int64_t r = 0; r < blocks; ++r)
+                      for (int64_t c = 0; c < blocks; ++c)
+                          if (g[r * blocks + c]) rows[r].push_back(static_cast<int32_t>(c));
+                  masks.push_back(std::make_shared<BlockMask>(learn::block_mask_from_rows(n, block, rows)));
+              }
+              MaskSet set = mask_set_make(layers, heads, std::move(masks));
+              return mask_set_wrap(causal ? learn::mask_set_restrict_causal(set) : set);
+          }, py::arg("grid"), py::arg("n"), py::arg("block") = 16, py::arg("causal") = true,
+          "A MaskSet from kept blocks: grid bool [heads, blocks, blocks] (one layer) or [layers, heads, blocks, blocks], [.., r, c] "
+          "true when query block r keeps key block c (whole blocks; the last may be short); causal: cut to key <= query "
+          "(mask_set_restrict_causal), as the ruler evaluation cuts every selector's choice.");
+    m.def("fixed_candidates", [](int64_t n, int64_t heads, int32_t block, bool causal) {
+              if (!block_size_valid(block)) value_error("fixed_candidates: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              if (n < 1 || heads < 1) value_error("fixed_candidates: n and heads must be >= 1");
+              py::list out;
+              for (const learn::SearchCandidate& c : learn::search_candidates(n, block)) {
+                  auto [set, density] = learn::ruler_fixed_set(c.mask, heads, causal);
+                  out.append(py::make_tuple(c.expression, mask_set_wrap(std::move(set)), density));
+              }
+              return out;
+          }, py::arg("n"), py::arg("heads"), py::arg("block") = 16, py::arg("causal") = true,
+          "The search's fixed candidates (window, sinks + window, dilated, strided, global + band, chunk, band, dense at a ladder of "
+          "sizes) as the ruler evaluation's best fixed pattern draws them: a list of (expression, MaskSet [1, heads] cut to causal, "
+          "density after the cut). With baseline_expression's Longformer and BigBird (fixed_set) they are its pool.");
+    m.def("fixed_set", [](const std::string& expression, int64_t n, int64_t heads, int32_t block, bool causal) {
+              auto [set, density] = learn::ruler_fixed_set(learn::expression_compile(expression, n, block), heads, causal);
+              return py::make_tuple(mask_set_wrap(std::move(set)), density);
+          }, py::arg("expression"), py::arg("n"), py::arg("heads"), py::arg("block") = 16, py::arg("causal") = true,
+          "An expression's mask in every head, cut to causal, and its density after the cut: (MaskSet [1, heads], density).");
     m.def("fnv1a64", [](const py::bytes& data) {
               const std::string bytes = data;
               return fnv1a64(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());

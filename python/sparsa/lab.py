@@ -342,8 +342,12 @@ class LabTeacher(torch.nn.Module):
             s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v
 
-    def forward(self, tokens):
-        """tokens: int [batch, n] (any n; the checkpoint's task n is the length it was trained at) -> logits [batch, n, vocab]."""
+    def forward(self, tokens, attend=None):
+        """tokens: int [batch, n] (any n; the checkpoint's task n is the length it was trained at) -> logits [batch, n, vocab].
+
+        attend: None, or a callable (layer, q, k, v) -> o [batch, heads, n, head width] run in place of
+        each layer's causal attention (q: [batch, heads, n, hw]; k, v: [batch, kv_heads, n, hw], after
+        the rotary turn): how sparsa.ruler puts a selector's masks into the model."""
         m = self.model
         batch, n = tokens.shape
         d, heads, kv, hw = m["d"], m["heads"], m["kv_heads"], m["head_width"]
@@ -351,14 +355,15 @@ class LabTeacher(torch.nn.Module):
         x = self.tok_emb[tokens] + F.pad(self.prev_emb[tokens[:, :-1]], (0, 0, 1, 0))   # the token shift: row 0 has no previous token
         if m["positions"] == "sinusoidal":
             x = x + self._position_tables("sinusoidal", n, x.device)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             h1 = F.layer_norm(x, (d,), layer.ln1_g, layer.ln1_b, _LAYER_NORM_EPS)
             q = (h1 @ layer.wq).view(batch, n, heads, hw)
             k = (h1 @ layer.wk).view(batch, n, kv, hw)
             v = (h1 @ layer.wv).view(batch, n, kv, hw)
             if m["positions"] == "rotary":
                 q, k = self._rotary(q), self._rotary(k)
-            o = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))   # [batch, heads, n, hw]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            o = self._attend(q, k, v) if attend is None else attend(index, q, k, v)   # [batch, heads, n, hw]
             x2 = x + o.transpose(1, 2).reshape(batch, n, heads * hw) @ layer.wo
             h2 = F.layer_norm(x2, (d,), layer.ln2_g, layer.ln2_b, _LAYER_NORM_EPS)
             x = x2 + F.gelu(h2 @ layer.w1 + layer.b1, approximate="tanh") @ layer.w2 + layer.b2

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 16's GPU chain in one command, on the GPU machine: build the Python module there with the
+# CUDA engine (python/run_gpu_torch.sh build), train one lab teacher per seed at a short length with
+# sparsa.lab (examples/torch/train_lab_teacher.py: the default model, no positions, causal,
+# unshaped), then measure them at length N with sparsa.ruler (python3 -m sparsa.ruler: dense, the
+# trivial baselines, the selectors; report.md and report.json). docs/learn.md, "The evaluation in
+# PyTorch", says what each row is.
+#
+#   python/gpu_deps.sh                          # here, once: fills .deps (git-ignored; carry it)
+#   python/run_gpu_ruler.sh N [RULER ARGS...]   # there, e.g. python/run_gpu_ruler.sh 16384 --test-inputs 200
+#
+# RULER ARGS go to python3 -m sparsa.ruler (its --help; defaults: --densities 0.125 --block 64
+# --test-inputs 100 --validation-inputs 20). Environment: SEEDS (1,2,3), TRAIN_N (256: where a teacher
+# without positions learns fastest; docs/learn.md, "Rotary or no positions across lengths"),
+# TRAIN_MINUTES (1.5 a seed at most; training stops earlier at --stop-accuracy 0.98), TRAIN_ARGS (more
+# options for train_lab_teacher.py), STEPS (which of build train ruler to run, default all three),
+# TEACHERS (checkpoints to measure instead of training: comma-separated), BUILD (build-torch-gpu),
+# PYTHON, DEVICE (cuda; cpu tries the steps here without a GPU, e.g. STEPS="train ruler" BUILD=build). Results go to $OUT (or $BUILD/out), flat (the GPU machine returns 8 files): ruler-gpu.log
+# (everything printed), build.log, teacher-seedS.bin, report.md, report.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+[[ $# -ge 1 && $1 =~ ^[0-9]+$ ]] || { echo "run_gpu_ruler.sh: usage: python/run_gpu_ruler.sh N [RULER ARGS...] (N: the length to measure at)"; exit 2; }
+N=$1
+shift
+export BUILD=${BUILD:-build-torch-gpu}
+export OUT=${OUT:-$BUILD/out}
+RESULTS=$OUT
+PY=${PYTHON:-$(command -v python3)}
+SEEDS=${SEEDS:-1,2,3}
+TRAIN_N=${TRAIN_N:-256}
+TRAIN_MINUTES=${TRAIN_MINUTES:-1.5}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$RESULTS"
+exec > >(tee -a "$RESULTS/ruler-gpu.log") 2>&1
+
+fail() { echo "run_gpu_ruler.sh: $*"; exit 1; }
+elapsed() { echo "[$(( SECONDS ))s] $*"; }
+export PYTHONPATH=$ROOT/$BUILD/python PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+step_build() {
+    python/run_gpu_torch.sh build >/dev/null || { tail -30 "$RESULTS/torch-gpu.log" 2>/dev/null; fail "the build failed (build.log)"; }
+    rm -f "$RESULTS/torch-gpu.log"   # run_gpu_torch.sh's own log: its lines are in build.log
+    "$PY" -c 'import sparsa, sparsa.ruler; assert sparsa.learn_built and sparsa.cuda_built; print("sparsa:", sparsa.cuda_device_name())' \
+        || fail "the module lacks learn/ or the CUDA engine"
+    elapsed "build: ok"
+}
+
+step_train() {
+    local seed
+    # shellcheck disable=SC2206
+    local extra=(${TRAIN_ARGS:-})
+    for seed in ${SEEDS//,/ }; do
+        "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$TRAIN_N" --seed "$seed" --max-minutes "$TRAIN_MINUTES" \
+            "${extra[@]}" -o "$RESULTS/teacher-seed$seed.bin" | grep -E "teacher:|validation acc|stage|trained|wrote" || true
+        [[ -f $RESULTS/teacher-seed$seed.bin ]] || fail "seed $seed: no checkpoint written"
+        elapsed "train: seed $seed"
+    done
+}
+
+step_ruler() {
+    local teachers=${TEACHERS:-}
+    if [[ -z $teachers ]]; then
+        local seed
+        for seed in ${SEEDS//,/ }; do teachers+=${teachers:+,}$RESULTS/teacher-seed$seed.bin; done
+    fi
+    [[ $DEVICE != cuda ]] || nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
+    "$PY" -m sparsa.ruler --teachers "$teachers" --n "$N" --device "$DEVICE" "$@" -o "$RESULTS"
+    elapsed "ruler: n = $N"
+}
+
+STEPS=${STEPS:-build train ruler}
+for s in $STEPS; do
+    case $s in
+        build) step_build ;;
+        train) step_train ;;
+        ruler) step_ruler "$@" ;;
+        *) fail "unknown step '$s' (build, train, ruler)" ;;
+    esac
+done

@@ -1,0 +1,688 @@
+"""sparsa.ruler: the RULER-style evaluation of lab teachers in PyTorch, for the GPU (docs/learn.md,
+"The evaluation in PyTorch"). `sparsa learn ruler` measures teachers with the C++ engine on the
+CPU, where n = 4,096 takes 1.2 s a test sequence and 16,384 is out of reach; this module runs the
+same streams, the same selection rules and the same scoring through sparsa.lab's teacher, with
+each selector's blocks given to sparsa.torch.attention (the CUDA kernels on the GPU, the CPU
+engine elsewhere), so that the GPU machine measures thousands of answers at n = 4,096 to 65,536.
+
+    import sparsa.lab as lab, sparsa.ruler as ruler
+    teachers = [lab.LabTeacher.load(f).to("cuda") for f in ("s1.bin", "s2.bin", "s3.bin")]
+    report = ruler.evaluate(teachers, n=16384, densities=[0.125], block=64, test_inputs=400)
+    ruler.report_write(report, "learn-ruler-16384")     # report.md, report.json
+
+Rows (each per density but dense and the diagonal), as the C++ evaluation names them:
+  dense            the teacher's own causal attention
+  diagonal         every query block its own block alone
+  identity gate    the exact-score selector: per query row its share of softmax(q k^T / sqrt(d)) over
+                   every key, per key block; a block row's score the largest share among its rows
+                   (select_exact); it costs a dense q k^T
+  best fixed       the search's fixed candidates and the prelude's Longformer and BigBird at a density
+                   not above the target, the most accurate on the validation stream
+  moba             mean query . mean key per block pair (select_moba)
+  quest            Quest's bound, the largest over the block's queries (select_quest)
+  pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
+                   small maps, trained by KL to the teacher's block-pooled attention on training-stream
+                   sequences, early stopping per head on validation-stream sequences
+Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
+a row in all (blocks_per_row), ties to the lower block; the chosen blocks are cut to the causal
+mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: vertical-slash,
+DuoAttention, the indexer and the other families (the C++ evaluation has them).
+
+Index
+  [SECTION] block scores   moba, quest, exact, the pooled target; top-k per row
+  [SECTION] pooled gate    SeerAttention's gate in torch, trained with early stopping per head
+  [SECTION] evaluation     the methods, the test stream, accuracy per task and depth, timings
+  [SECTION] report         mean and deviation over teachers, Markdown and JSON
+"""
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sparsa
+import sparsa.lab as lab
+import sparsa.torch as sparsa_torch
+
+__all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "pooled_target", "top_k_grid",
+           "PooledGate", "evaluate", "report_write"]
+
+
+def blocks_per_row(density, blocks, causal=True):
+    """Key blocks a row keeps at a block density (learn/ruler_eval.cpp, ruler_blocks_per_row): causal,
+    the k whose causal kept share, sum over rows of min(k, r + 1) over blocks (blocks + 1) / 2, is
+    nearest the density (ties to the smaller k)."""
+    if not causal:
+        return max(1, min(blocks, int(round(density * blocks))))
+    total = blocks * (blocks + 1) / 2
+    best, best_gap = 1, math.inf
+    for k in range(1, blocks + 1):
+        gap = abs((k * (k + 1) / 2 + (blocks - k) * k) / total - density)
+        if gap < best_gap:
+            best, best_gap = k, gap
+    return best
+
+
+# [SECTION] block scores: q, k [batch, heads, n, d] (k per query head) -> [batch, heads, blocks, blocks]
+
+
+def _blocked(x, block):
+    """x [batch, heads, n, d] -> ([batch, heads, blocks, block, d] zero-padded, rows per block [blocks])."""
+    n = x.shape[2]
+    blocks = (n + block - 1) // block
+    pad = blocks * block - n
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+    counts = torch.full((blocks,), block, dtype=x.dtype, device=x.device)
+    counts[-1] = n - (blocks - 1) * block
+    return x.reshape(x.shape[0], x.shape[1], blocks, block, x.shape[3]), counts
+
+
+def _block_means(x, block):
+    xb, counts = _blocked(x.float(), block)
+    return xb.sum(3) / counts[:, None]
+
+
+def moba_scores(q, k, block):
+    """Mean of query block r . mean of key block c (learn/selectors.cpp, moba_scores)."""
+    return _block_means(q, block) @ _block_means(k, block).transpose(-1, -2)
+
+
+def quest_scores(q, k, block):
+    """Quest's bound u_ic = q+ . hi_c + q- . lo_c (the largest and smallest key of block c per channel),
+    a query block's score the largest u_ic over its rows (learn/selectors.cpp, quest_scores)."""
+    kb, _ = _blocked(k.float(), block)
+    n = k.shape[2]
+    last = n - (kb.shape[2] - 1) * block   # rows of the last block: its padding must not be a key
+    hi = kb.amax(3)
+    lo = kb.amin(3)
+    if last < block:
+        hi[:, :, -1] = kb[:, :, -1, :last].amax(2)
+        lo[:, :, -1] = kb[:, :, -1, :last].amin(2)
+    qf = q.float()
+    u = qf.clamp(min=0) @ hi.transpose(-1, -2) + qf.clamp(max=0) @ lo.transpose(-1, -2)   # [batch, heads, n, blocks]
+    ub, _ = _blocked(u, block)
+    if last < block:
+        ub[:, :, -1, last:] = -math.inf
+    return ub.amax(3)
+
+
+def _key_block_sums(p, block):
+    """p [..., rows, n] -> per key block sums [..., rows, blocks]."""
+    n = p.shape[-1]
+    blocks = (n + block - 1) // block
+    if blocks * block != n:
+        p = F.pad(p, (0, blocks * block - n))
+    return p.reshape(*p.shape[:-1], blocks, block).sum(-1)
+
+
+def exact_scores(q, k, block, chunk_rows=2048):
+    """The identity gate's scores (learn/selectors.cpp, select_exact): each query row's share of its
+    softmax(q k^T / sqrt(d)) over every key (later keys count in a causal row's total; their blocks
+    are never kept), per key block; a block row's score the largest share among its rows. A dense
+    q k^T in float32, chunk_rows query rows at a time."""
+    batch, heads, n, d = q.shape
+    blocks = (n + block - 1) // block
+    scale = 1.0 / math.sqrt(d)
+    out = torch.empty(batch, heads, blocks, blocks, dtype=torch.float32, device=q.device)
+    chunk = max(block, chunk_rows // block * block)
+    kf = k.float()
+    for first in range(0, n, chunk):
+        last = min(n, first + chunk)
+        s = (q[:, :, first:last].float() @ kf.transpose(-1, -2)) * scale
+        share = _key_block_sums(torch.softmax(s, dim=-1), block)        # [batch, heads, rows, blocks]
+        rb, _ = _blocked(share, block)                                   # rows of this chunk by query block
+        if (last - first) % block:
+            rb[:, :, -1, (last - first) % block:] = -math.inf
+        out[:, :, first // block:(last + block - 1) // block] = rb.amax(3)
+    return out
+
+
+def pooled_target(q, k, block, causal=True, chunk_rows=2048):
+    """The teacher's attention pooled per block (learn/pool.cpp, row_share, each row normalised):
+    softmax(q k^T / sqrt(d)) with later keys left out when causal, summed over the rows of query
+    block r and the keys of key block c, over r's rows, then each row divided by its sum. [batch,
+    heads, blocks, blocks] float32."""
+    batch, heads, n, d = q.shape
+    blocks = (n + block - 1) // block
+    scale = 1.0 / math.sqrt(d)
+    out = torch.zeros(batch, heads, blocks, blocks, dtype=torch.float32, device=q.device)
+    chunk = max(block, chunk_rows // block * block)
+    kf = k.float()
+    for first in range(0, n, chunk):
+        last = min(n, first + chunk)
+        s = (q[:, :, first:last].float() @ kf.transpose(-1, -2)) * scale
+        if causal:
+            rows = torch.arange(first, last, device=q.device)[:, None]
+            s = s.masked_fill(torch.arange(n, device=q.device)[None, :] > rows, -math.inf)
+        sums = _key_block_sums(torch.softmax(s, dim=-1), block)
+        rb, _ = _blocked(sums, block)
+        out[:, :, first // block:(last + block - 1) // block] = rb.sum(3)
+    return out / out.sum(-1, keepdim=True)
+
+
+def top_k_grid(scores, keep, causal=True):
+    """bool [batch, heads, blocks, blocks]: each row's diagonal block, then its highest-scoring key
+    blocks (c <= r when causal) until it keeps `keep` (learn/distill.cpp, block_mask_top_k with
+    keep_diagonal; ties to the lower block: a stable sort)."""
+    blocks = scores.shape[-1]
+    s = scores.float().clone()
+    eye = torch.eye(blocks, dtype=torch.bool, device=s.device)
+    s.masked_fill_(eye, math.inf)
+    later = torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1)
+    if causal:
+        s.masked_fill_(later, -math.inf)
+    keep = min(keep, blocks)
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :keep]
+    grid = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, order, True)
+    if causal:
+        grid &= ~later
+    return grid
+
+
+# [SECTION] pooled gate
+
+
+class PooledGate:
+    """SeerAttention's pooled gate (learn/pooled_gate.hpp), per (layer, head): a = mean(Q_r) wq,
+    b = mean(K_c) wk ([head_dim, width] each), scores a_r . b_c / sqrt(width), -inf above the
+    diagonal when causal. wq, wk start as normal noise of deviation 1 / sqrt(head_dim) from torch's
+    generator seeded with `seed` (the C++ gate draws its own noise: the two start apart)."""
+
+    def __init__(self, layers, heads, head_dim, width=32, block=16, causal=True, seed=1, device="cpu"):
+        g = torch.Generator().manual_seed(seed)
+        scale = 1.0 / math.sqrt(head_dim)
+        self.width, self.block, self.causal = width, block, causal
+        self.wq = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) * scale).to(device)
+        self.wk = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) * scale).to(device)
+
+    def scores(self, layer, q_mean, k_mean, wq=None, wk=None):
+        """q_mean, k_mean [batch, heads, blocks, head_dim] -> logits [batch, heads, blocks, blocks]."""
+        wq = self.wq[layer] if wq is None else wq
+        wk = self.wk[layer] if wk is None else wk
+        a = q_mean.to(wq.dtype) @ wq
+        b = k_mean.to(wk.dtype) @ wk
+        s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
+        if self.causal:
+            blocks = s.shape[-1]
+            s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+        return s
+
+    def select(self, layer, q, k, keep):
+        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_means(k, self.block)), keep, self.causal)
+
+    def _kl(self, wq, wk, q_mean, k_mean, target):
+        """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
+        over inputs: [layers, heads]. q_mean, k_mean: [inputs, layers, heads, blocks, d]; target
+        [inputs, layers, heads, blocks, blocks]."""
+        a = q_mean.to(wq.dtype) @ wq[None]
+        b = k_mean.to(wk.dtype) @ wk[None]
+        s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
+        blocks = s.shape[-1]
+        if self.causal:
+            s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+        logp = torch.log_softmax(s, dim=-1)
+        t = target.to(s.dtype)
+        terms = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-300)) - logp.clamp(min=-1e300)), torch.zeros_like(t))
+        return terms.sum((-1, -2)).mean(0) / blocks
+
+    def train(self, train, validation, steps=400, lr=1e-2, eval_every=20, patience=5):
+        """Adam (0.9, 0.999, 1e-8) per (layer, head) on the mean KL of `train`, the validation KL every
+        `eval_every` steps; a head stops after `patience` measurements without a better one and keeps
+        its best parameters (learn/early_stopped_adam.hpp). train, validation: (q_mean, k_mean,
+        target) as _kl takes them. Returns {first_train, last_train, first_validation, best_validation,
+        steps} (means over heads; steps: the longest head's)."""
+        wq = self.wq.clone().requires_grad_(True)
+        wk = self.wk.clone().requires_grad_(True)
+        opt = torch.optim.Adam([wq, wk], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        with torch.no_grad():
+            best_v = self._kl(wq, wk, *validation)
+        first_v = best_v.clone()
+        best_q, best_k = wq.detach().clone(), wk.detach().clone()
+        active = torch.ones_like(best_v, dtype=torch.bool)
+        since = torch.zeros_like(best_v, dtype=torch.long)
+        first_t = last_t = None
+        ran = 0
+        for step in range(steps):
+            opt.zero_grad()
+            loss = self._kl(wq, wk, *train)
+            (loss * active).sum().backward()   # heads that stopped take no gradient
+            opt.step()
+            ran = step + 1
+            if first_t is None:
+                first_t = loss.detach().clone()
+            last_t = torch.where(active, loss.detach(), last_t if last_t is not None else loss.detach())
+            with torch.no_grad():
+                # a stopped head keeps its best parameters (Adam's moments may still move them)
+                wq[~active] = best_q[~active]
+                wk[~active] = best_k[~active]
+                if (step + 1) % eval_every and step + 1 != steps:
+                    continue
+                v = self._kl(wq, wk, *validation)
+                better = active & (v < best_v)
+                best_v = torch.where(better, v, best_v)
+                best_q[better], best_k[better] = wq[better], wk[better]
+                since = torch.where(better, torch.zeros_like(since), since + active.long())
+                active &= since < patience
+                if not bool(active.any()):
+                    break
+        self.wq, self.wk = best_q, best_k
+        return {"first_train": float(first_t.mean()), "last_train": float(last_t.mean()),
+                "first_validation": float(first_v.mean()), "best_validation": float(best_v.mean()), "steps": ran}
+
+
+# [SECTION] evaluation
+
+
+def _kv_per_query_head(k, heads):
+    group = heads // k.shape[1]
+    return k.repeat_interleave(group, dim=1) if group > 1 else k
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Method:
+    """A row: name, target density, detail, and how it chooses: fixed (a MaskSet for every input and
+    head, with its density) or select(layer, q, k) -> bool grid [batch, heads, blocks, blocks]."""
+
+    def __init__(self, name, target, detail, fixed=None, density=None, select=None):
+        self.name, self.target, self.detail = name, target, detail
+        self.fixed, self.fixed_density, self.select = fixed, density, select
+
+
+class _Runner:
+    """Runs one teacher under a method: the attention of every layer through sparsa.torch.attention
+    with the method's blocks (a batch of inputs and heads folded into one MaskSet of batch x heads
+    masks, key/value heads folded alike), and keeps the kept share of the causal blocks."""
+
+    def __init__(self, teacher, n, block, dtype):
+        self.t, self.n, self.block, self.dtype = teacher, n, block, dtype
+        self.device = next(teacher.parameters()).device
+        self.blocks = (n + block - 1) // block
+        self.heads = teacher.model["heads"]
+
+    def logits(self, tokens, method):
+        kept = []
+
+        def attend(layer, q, k, v):
+            batch, heads, n, hw = q.shape
+            if method.fixed is not None:
+                kept.append(method.fixed_density)
+                return sparsa_torch.attention(q, k, v, method.fixed, 0)
+            grid = method.select(layer, q, _kv_per_query_head(k, heads))
+            tril = torch.ones(self.blocks, self.blocks, dtype=torch.bool, device=grid.device).tril()
+            kept.append(float((grid & tril).sum()) / (batch * heads * self.blocks * (self.blocks + 1) / 2))
+            masks = sparsa.learn.block_masks(grid.reshape(batch * heads, self.blocks, self.blocks).cpu().numpy(), n, self.block, True)
+            kv = k.shape[1]
+            o = sparsa_torch.attention(q.reshape(1, batch * heads, n, hw), k.reshape(1, batch * kv, n, hw),
+                                       v.reshape(1, batch * kv, n, hw), masks, 0)
+            return o.reshape(batch, heads, n, hw)
+
+        with torch.no_grad(), lab._autocast(self.device, self.dtype):
+            out = self.t(tokens.to(self.device), attend=None if method is None else attend).float()
+        return out, (sum(kept) / len(kept) if kept else 1.0)
+
+
+def _score(logits, data):
+    """Hits per answer with its kind and depth: (hit bool, kind int, depth int) numpy arrays."""
+    targets = torch.from_numpy(data["targets"]).long()
+    answer = targets >= 0
+    hit = (logits.argmax(-1).cpu() == targets)[answer].numpy()
+    kind = np.broadcast_to(data["kind"][:, None], targets.shape)[answer.numpy()]
+    depth = data["depth"][answer.numpy()]
+    return hit, kind, depth
+
+
+def _accuracy(runner, method, data, batch):
+    tokens = torch.from_numpy(data["tokens"])
+    hits = []
+    for b in range(0, tokens.shape[0], batch):
+        part = {k: (v[b:b + batch] if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+        logits, _ = runner.logits(tokens[b:b + batch], method)
+        hits.append(_score(logits, part)[0])
+    h = np.concatenate(hits)
+    return float(h.mean()) if h.size else 0.0
+
+
+def _gate_examples(runner, data, batch):
+    """(q_mean, k_mean, target) of every layer of each sequence, from the dense teacher: [inputs, layers,
+    heads, blocks, d] and [inputs, layers, heads, blocks, blocks] (float64)."""
+    qs, ks, ts = [], [], []
+    tokens = torch.from_numpy(data["tokens"])
+    for b in range(0, tokens.shape[0], batch):
+        per_layer = []
+
+        def capture(layer, q, k, v):
+            kq = _kv_per_query_head(k, q.shape[1])
+            per_layer.append((_block_means(q, runner.block), _block_means(kq, runner.block),
+                              pooled_target(q, kq, runner.block, True)))
+            return runner.t._attend(q, k, v)
+
+        with torch.no_grad(), lab._autocast(runner.device, runner.dtype):
+            runner.t(tokens[b:b + batch].to(runner.device), attend=capture)
+        qs.append(torch.stack([p[0] for p in per_layer], 1))
+        ks.append(torch.stack([p[1] for p in per_layer], 1))
+        ts.append(torch.stack([p[2] for p in per_layer], 1))
+    return torch.cat(qs).double(), torch.cat(ks).double(), torch.cat(ts).double()
+
+
+def _time_ms(fn, device, repeats):
+    """Median wall-clock ms of fn() (synchronised on CUDA) over `repeats` calls after one warm-up."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
+                     pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, seed=1, dtype=None,
+                     time_repeats=11, progress=print):
+    """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
+    stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
+    causal blocks, and the selection and attention times of one layer on one sequence. Every choice
+    (the best fixed pattern, the pooled gate's early stopping) is made on the validation stream;
+    the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
+    calibration inputs). dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
+    if not teacher.model["causal"]:
+        raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
+    device = next(teacher.parameters()).device
+    dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    teacher.eval()
+    runner = _Runner(teacher, n, block, dtype)
+    blocks, heads, layers = runner.blocks, teacher.model["heads"], teacher.model["layers"]
+    say = progress or (lambda line: None)
+    started = time.perf_counter()
+    validation = lab.task_batch(teacher.task, "validation", 0, validation_inputs, n=n)
+    notes = []
+
+    methods = []
+    diagonal_grid = torch.eye(blocks, dtype=torch.bool, device=device)
+    methods.append(_Method("diagonal", 1.0 / blocks, "the own block alone (band(0))",
+                           select=lambda l, q, k: diagonal_grid.expand(q.shape[0], q.shape[1], blocks, blocks)))
+    gate = None
+    if pooled_gate_inputs > 0:
+        t0 = time.perf_counter()
+        train = lab.task_batch(teacher.task, "train", 2 ** 40, pooled_gate_inputs, seed=seed, n=n)
+        gate = PooledGate(layers, heads, teacher.model["head_width"], pooled_gate_width, block, True, seed, device)
+        r = gate.train(_gate_examples(runner, train, batch), _gate_examples(runner, validation, batch), steps=pooled_gate_steps)
+        notes.append(f"pooled gate: width {pooled_gate_width}, trained on {pooled_gate_inputs} training-stream sequences "
+                     f"(seed {seed}, from index 2^40) for at most {pooled_gate_steps} steps (the longest head ran {r['steps']}): "
+                     f"KL on them {r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
+                     f"{r['best_validation']:.4f} (best, kept) in {time.perf_counter() - t0:.1f} s")
+        say(notes[-1])
+    for target in densities:
+        keep = blocks_per_row(target, blocks)
+        per_row = f"{keep} block{'s' if keep != 1 else ''} per row"
+        methods.append(_Method("identity gate", target, per_row + ", the diagonal then the top blocks by exact q.k scores "
+                               "(untrained, costs a dense q k^T)", select=lambda l, q, k, keep=keep: top_k_grid(exact_scores(q, k, block), keep)))
+        # the best fixed pattern: the most accurate on validation among the candidates that fit
+        pool = [(e, m, d) for e, m, d in sparsa.learn.fixed_candidates(n, heads, block, True)]
+        for name in ("longformer", "bigbird"):
+            e = sparsa.learn.baseline_expression(name, target, n, block)
+            pool.append((e, *sparsa.learn.fixed_set(e, n, heads, block, True)))
+        fitting = [c for c in pool if c[2] <= target + 1e-9] or [min(pool, key=lambda c: c[2])]
+        best = None
+        for e, m, d in fitting:
+            acc = _accuracy(runner, _Method("fixed", target, e, fixed=m, density=d), validation, batch)
+            if best is None or acc > best[0] or (acc == best[0] and d < best[3]):
+                best = (acc, e, m, d)
+        methods.append(_Method("best fixed", target, f"{best[1]} (validation accuracy {100 * best[0]:.2f}%)",
+                               fixed=best[2], density=best[3]))
+        methods.append(_Method("moba", target, per_row + ", the diagonal then the top blocks by mean query . mean key",
+                               select=lambda l, q, k, keep=keep: top_k_grid(moba_scores(q, k, block), keep)))
+        methods.append(_Method("quest", target, per_row + ", the diagonal then the top blocks by Quest's bound "
+                               "(the largest over the block's queries)", select=lambda l, q, k, keep=keep: top_k_grid(quest_scores(q, k, block), keep)))
+        if gate is not None:
+            methods.append(_Method("pooled gate", target, per_row + f", the diagonal then the top blocks by the trained pooled "
+                                   f"gate (width {pooled_gate_width}; its training above)",
+                                   select=lambda l, q, k, keep=keep: gate.select(l, q, k, keep)))
+    say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
+
+    rows = [{"method": "dense", "target": 1.0, "detail": "the causal mask", "hits": [], "kinds": [], "depths": [], "density": []}]
+    rows += [{"method": m.name, "target": m.target, "detail": m.detail, "hits": [], "kinds": [], "depths": [], "density": []} for m in methods]
+    t0 = time.perf_counter()
+    for first in range(0, test_inputs, batch):
+        count = min(batch, test_inputs - first)
+        data = lab.task_batch(teacher.task, "test", first, count, n=n)
+        tokens = torch.from_numpy(data["tokens"])
+        for row, method in zip(rows, [None] + methods):
+            logits, density = runner.logits(tokens, method)
+            hit, kind, depth = _score(logits, data)
+            row["hits"].append(hit)
+            row["kinds"].append(kind)
+            row["depths"].append(depth)
+            row["density"].append(density * count)
+        if progress and ((first + count) % max(batch, 100 // batch * batch) == 0 or first + count == test_inputs):
+            say(f"{first + count} of {test_inputs} test sequences through {len(rows)} rows ({time.perf_counter() - t0:.0f} s)")
+    kinds = sparsa.learn.task_kinds()
+    for row in rows:
+        hit, kind, depth = (np.concatenate(row.pop(key)) for key in ("hits", "kinds", "depths"))
+        row["answers"] = int(hit.size)
+        row["accuracy"] = float(hit.mean()) if hit.size else 0.0
+        row["by_kind"] = {kinds[k]: {"accuracy": float(hit[kind == k].mean()), "answers": int((kind == k).sum())}
+                          for k in np.unique(kind)}
+        row["by_depth"] = {}
+        for k in np.unique(kind):
+            if kinds[k] == "mqar":
+                continue
+            at = kind == k
+            row["by_depth"][kinds[k]] = [float(hit[at & (depth == b)].mean()) if (at & (depth == b)).any() else None for b in range(10)]
+        row["density"] = sum(row["density"]) / test_inputs
+    timing = _timings(runner, methods, rows, time_repeats)
+    return {"n": n, "block": block, "blocks": blocks, "test_inputs": test_inputs, "validation_inputs": validation_inputs,
+            "dtype": dtype, "device": str(device), "rows": rows, "notes": notes, "timing": timing,
+            "seconds": time.perf_counter() - started}
+
+
+def _timings(runner, methods, rows, repeats):
+    """One layer (layer 0) of the first test sequence: the dense attention (the teacher's, and on
+    CUDA SDPA's cuDNN backend where torch has it), each selector's selection (scores and top-k on the
+    device; then the grid to a MaskSet on the host, shown apart), and the sparse attention under its
+    chosen blocks (masks already on the device)."""
+    t, device = runner.t, runner.device
+    data = lab.task_batch(t.task, "test", 0, 1, n=runner.n)
+    captured = {}
+
+    def capture(layer, q, k, v):
+        if layer == 0:
+            captured.update(q=q, k=k, v=v)
+        return t._attend(q, k, v)
+
+    with torch.no_grad(), lab._autocast(device, runner.dtype):
+        t(torch.from_numpy(data["tokens"]).to(device), attend=capture)
+    q, k, v = captured["q"], captured["k"], captured["v"]
+    heads = q.shape[1]
+    kq = _kv_per_query_head(k, heads)
+    out = {"shape": list(q.shape), "kv_heads": int(k.shape[1])}
+    causal = t.masks(runner.n)
+    with torch.no_grad():
+        out["dense_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, causal, 0), device, repeats)
+        if device.type == "cuda" and hasattr(torch.nn.attention, "SDPBackend"):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            try:
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    out["cudnn_ms"] = _time_ms(lambda: F.scaled_dot_product_attention(q, kq, _kv_per_query_head(v, heads), is_causal=True),
+                                               device, repeats)
+            except RuntimeError as e:
+                out["cudnn_error"] = str(e).splitlines()[0][:200]
+        per = {}
+        for m, row in zip(methods, rows[1:]):
+            key = f"{m.name} {m.target}"
+            if m.fixed is not None:
+                per[key] = {"select_ms": 0.0, "masks_ms": 0.0,
+                            "attention_ms": _time_ms(lambda m=m: sparsa_torch.attention(q, k, v, m.fixed, 0), device, repeats)}
+                continue
+            select = lambda m=m: m.select(0, q, kq)   # noqa: E731
+            grid = select()
+            to_masks = lambda: sparsa.learn.block_masks(grid.reshape(-1, runner.blocks, runner.blocks).cpu().numpy(), runner.n, runner.block, True)  # noqa: E731
+            masks = to_masks()
+            per[key] = {"select_ms": _time_ms(select, device, repeats), "masks_ms": _time_ms(to_masks, device, repeats),
+                        "attention_ms": _time_ms(lambda: sparsa_torch.attention(q, k, v, masks, 0), device, repeats)}
+        out["methods"] = per
+    return out
+
+
+def evaluate(teachers, n, labels=None, progress=print, **options):
+    """evaluate_teacher for each teacher (their shapes must agree); returns {"n", "block", ...,
+    "teachers": [labels], "evals": [one dict per teacher]}."""
+    labels = labels or [f"teacher {i + 1}" for i in range(len(teachers))]
+    evals = []
+    for label, t in zip(labels, teachers):
+        say = (lambda line, label=label: progress(f"{label}: {line}")) if progress else None
+        evals.append(evaluate_teacher(t, n, progress=say, **options))
+    return {"n": n, "teachers": labels, "evals": evals}
+
+
+# [SECTION] report
+
+
+def _mean_std(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def _pm(values, scale=100.0, digits=2):
+    m, s = _mean_std(values)
+    return "n/a" if m is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def summary(report):
+    """Rows over the teachers: method, target, accuracy mean/std, per kind, density, answers, times."""
+    evals = report["evals"]
+    out = []
+    for i, row in enumerate(evals[0]["rows"]):
+        per = [e["rows"][i] for e in evals]
+        key = f"{row['method']} {row['target']}"
+        timing = [e["timing"]["methods"].get(key) for e in evals]
+        kinds = sorted(row["by_kind"])
+        out.append({"method": row["method"], "target": row["target"], "detail": row["detail"],
+                    "accuracy": [p["accuracy"] for p in per], "density": [p["density"] for p in per],
+                    "answers": sum(p["answers"] for p in per),
+                    "by_kind": {k: [p["by_kind"][k]["accuracy"] for p in per] for k in kinds},
+                    "answers_by_kind": {k: sum(p["by_kind"][k]["answers"] for p in per) for k in kinds},
+                    "select_ms": [t["select_ms"] for t in timing if t], "masks_ms": [t["masks_ms"] for t in timing if t],
+                    "attention_ms": [t["attention_ms"] for t in timing if t]})
+    return out
+
+
+def report_write(report, directory, command=""):
+    """report.json (everything) and report.md (the table over teachers) in `directory`, each written
+    to a temporary file and renamed."""
+    os.makedirs(directory, exist_ok=True)
+    e0 = report["evals"][0]
+    rows = summary(report)
+    dense_ms = [e["timing"]["dense_ms"] for e in report["evals"]]
+    cudnn_ms = [e["timing"].get("cudnn_ms") for e in report["evals"] if e["timing"].get("cudnn_ms") is not None]
+    lines = ["# Learned sparsity in PyTorch: RULER-style tasks at n = {:,} ({})".format(report["n"], e0["device"]), ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [f"Teachers: {', '.join(report['teachers'])}. Test stream: the first {e0['test_inputs']} sequences per teacher "
+              f"(the same for every teacher); every choice on the first {e0['validation_inputs']} validation-stream sequences. "
+              f"Blocks of {e0['block']} ({e0['blocks']} a row), {e0['dtype']}, attention through sparsa.torch. "
+              "Accuracy over all answers, mean ± standard deviation over the teachers; density: kept share of the causal "
+              "blocks; times: one layer of one sequence (shape {}), median, selection on the device then the grid made a "
+              "MaskSet on the host.".format(e0["timing"]["shape"]), ""]
+    dense = " / ".join(f"{x:.3f}" for x in dense_ms)
+    lines.append(f"Dense attention of one layer: sparsa {dense} ms" +
+                 (f"; SDPA cuDNN {' / '.join(f'{x:.3f}' for x in cudnn_ms)} ms" if cudnn_ms else "") + " (per teacher).")
+    lines += ["", "| method | target | density | accuracy | answers | select ms | MaskSet ms | sparse attention ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        med = lambda v: f"{statistics.median(v):.3f}" if v else ""   # noqa: E731
+        target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
+        lines.append(f"| {r['method']} | {target} | {_pm(r['density'])}% | {_pm(r['accuracy'])}% | {r['answers']:,} | "
+                     f"{med(r['select_ms'])} | {med(r['masks_ms'])} | {med(r['attention_ms'])} |")
+    kinds = sorted(rows[0]["by_kind"])
+    lines += ["", "Per task (accuracy %, mean ± deviation over teachers; answers over all teachers in the header):", "",
+              "| method | target | " + " | ".join(f"{k} ({rows[0]['answers_by_kind'][k]:,})" for k in kinds) + " |",
+              "|---|---:|" + "---:|" * len(kinds)]
+    for r in rows:
+        target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
+        lines.append(f"| {r['method']} | {target} | " + " | ".join(_pm(r["by_kind"][k]) for k in kinds) + " |")
+    lines += ["", "Rows:", ""] + [f"- {r['method']} ({100 * r['target']:.2f}%): {r['detail']}" for r in rows[1:]]
+    for label, e in zip(report["teachers"], report["evals"]):
+        lines += [""] + [f"- {label}: {note}" for note in e["notes"]]
+        lines.append(f"- {label}: evaluated in {e['seconds']:.0f} s")
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", "\n".join(lines) + "\n")):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(directory, name))
+    return rows
+
+
+def main(argv=None):
+    """python3 -m sparsa.ruler --teachers A.bin,B.bin --n N [options] -o DIR"""
+    import argparse
+    import shlex
+    import sys
+    ap = argparse.ArgumentParser(prog="python3 -m sparsa.ruler", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teachers", required=True, help="teacher checkpoints, comma-separated (sparsa learn teacher or sparsa.lab)")
+    ap.add_argument("--n", type=int, required=True, help="the length to measure at (any; the teachers' own need not be it)")
+    ap.add_argument("--densities", default="0.125", help="block densities, comma-separated (0.125)")
+    ap.add_argument("--block", type=int, default=64, help="block size (64: the CUDA kernels' tiles; the C++ evaluation uses 16)")
+    ap.add_argument("--test-inputs", type=int, default=100)
+    ap.add_argument("--validation-inputs", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8, help="test sequences per forward")
+    ap.add_argument("--pooled-gate-inputs", type=int, default=64, help="training-stream sequences the pooled gate learns from (0: none)")
+    ap.add_argument("--pooled-gate-width", type=int, default=32)
+    ap.add_argument("--pooled-gate-steps", type=int, default=400)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
+    ap.add_argument("-o", "--out", required=True, help="the folder for report.md and report.json")
+    a = ap.parse_args(argv)
+    try:
+        densities = [float(x) for x in a.densities.split(",") if x]
+    except ValueError:
+        ap.error(f"--densities {a.densities!r}: expected numbers in (0, 1] separated by commas")
+    if not densities or any(not 0 < x <= 1 for x in densities):
+        ap.error(f"--densities {a.densities!r}: expected numbers in (0, 1] separated by commas")
+    paths = [p for p in a.teachers.split(",") if p]
+    teachers = []
+    for p in paths:
+        try:
+            teachers.append(lab.LabTeacher.load(p, attention="sparsa").to(a.device))
+        except (OSError, sparsa.Error, ValueError) as e:
+            sys.exit(f"sparsa.ruler: {e}")
+    shapes = {(t.model["layers"], t.model["heads"], t.model["head_width"]) for t in teachers}
+    if len(shapes) > 1:
+        sys.exit(f"sparsa.ruler: the teachers differ in shape (layers, heads, head width): {sorted(shapes)}")
+    seeds = []
+    for p in paths:   # a teacher's training seed: the pooled gate learns from that seed's training stream
+        digits = "".join(ch if ch.isdigit() else " " for ch in os.path.basename(p)).split()
+        seeds.append(int(digits[-1]) if digits else 1)
+    started = time.perf_counter()
+    evals = []
+    for p, t, s in zip(paths, teachers, seeds):
+        label = os.path.basename(p)
+        print(f"{label}: trained at n = {t.task['n']}, measured at n = {a.n}", flush=True)
+        evals.append(evaluate_teacher(t, a.n, densities=densities, block=a.block, test_inputs=a.test_inputs,
+                                      validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
+                                      pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps, seed=s,
+                                      dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))
+    report = {"n": a.n, "teachers": [os.path.basename(p) for p in paths], "evals": evals}
+    command = "python3 -m sparsa.ruler " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    rows = report_write(report, a.out, command)
+    for r in rows:
+        print(f"{r['method']:>14} {100 * r['target']:6.2f}%  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
+    print(f"wrote {a.out}/report.md and report.json ({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""sparsa.ruler (python/sparsa/ruler.py): the block scores against brute force, the top-k rule, the
+pooled gate on a planted pattern it must recover, and the evaluation end to end on a tiny teacher
+(CPU torch here; the same code runs on the GPU machine)."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import sparsa  # noqa: E402
+
+if not sparsa.learn_built:
+    pytest.skip("sparsa.ruler needs sparsa.learn", allow_module_level=True)
+
+import sparsa.lab as lab  # noqa: E402
+import sparsa.ruler as ruler  # noqa: E402
+
+
+def random_qk(n=50, heads=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, heads, n, d, generator=g), torch.randn(1, heads, n, d, generator=g)
+
+
+def block_of(i, block):
+    return i // block
+
+
+def test_blocks_per_row_matches_the_causal_share():
+    assert ruler.blocks_per_row(1.0, 16) == 16
+    assert ruler.blocks_per_row(1e-6, 16) == 1
+    # n = 4,096 with 16-token blocks: 12.5% is 17 blocks a row, 6.25% is 8 (docs/learn.md, "At n = 4,096")
+    assert ruler.blocks_per_row(0.125, 256) == 17
+    assert ruler.blocks_per_row(0.0625, 256) == 8
+
+
+@pytest.mark.parametrize("n, block", [(50, 16), (64, 16), (33, 32)])
+def test_block_scores_match_brute_force(n, block):
+    q, k = random_qk(n)
+    blocks = (n + block - 1) // block
+    qn, kn = q[0].double().numpy(), k[0].double().numpy()
+    moba = ruler.moba_scores(q, k, block)[0].double().numpy()
+    quest = ruler.quest_scores(q, k, block)[0].double().numpy()
+    exact = ruler.exact_scores(q, k, block, chunk_rows=block)[0].double().numpy()
+    target = ruler.pooled_target(q, k, block, causal=True, chunk_rows=block)[0].double().numpy()
+    for h in range(q.shape[1]):
+        s = qn[h] @ kn[h].T / math.sqrt(q.shape[-1])
+        p_all = np.exp(s - s.max(1, keepdims=True))
+        p_all /= p_all.sum(1, keepdims=True)
+        causal = np.where(np.arange(n)[None, :] <= np.arange(n)[:, None], s, -np.inf)
+        p_causal = np.exp(causal - causal.max(1, keepdims=True))
+        p_causal /= p_causal.sum(1, keepdims=True)
+        for r in range(blocks):
+            rows = slice(r * block, min(n, (r + 1) * block))
+            for c in range(blocks):
+                cols = slice(c * block, min(n, (c + 1) * block))
+                assert moba[h, r, c] == pytest.approx(qn[h, rows].mean(0) @ kn[h, cols].mean(0), abs=1e-4)
+                bound = max(sum(max(qe * kn[h, cols, e].min(), qe * kn[h, cols, e].max()) for e, qe in enumerate(qn[h, i]))
+                            for i in range(rows.start, rows.stop))
+                assert quest[h, r, c] == pytest.approx(bound, abs=1e-4)
+                assert bound >= (qn[h, rows] @ kn[h, cols].T).max() - 1e-6   # a bound of every pair
+                assert exact[h, r, c] == pytest.approx(p_all[rows, cols].sum(1).max(), abs=1e-5)
+                assert target[h, r, c] == pytest.approx(p_causal[rows, cols].sum() / (rows.stop - rows.start), abs=1e-5)
+        assert np.allclose(target[h].sum(1), 1.0)
+
+
+def test_top_k_keeps_the_diagonal_then_the_best_earlier_blocks_ties_to_the_lower():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 9, 9, generator=g)
+    scores[0, 0, 8] = 1.0    # a row of ties: the lowest blocks win
+    grid = ruler.top_k_grid(scores, keep=4)
+    for b in range(2):
+        for h in range(3):
+            for r in range(9):
+                kept = set(torch.nonzero(grid[b, h, r]).flatten().tolist())
+                assert r in kept and len(kept) == min(4, r + 1) and max(kept) <= r
+                others = sorted(range(r), key=lambda c: (-float(scores[b, h, r, c]), c))[:3]
+                assert kept == {r, *others}
+    assert set(torch.nonzero(grid[0, 0, 8]).flatten().tolist()) == {0, 1, 2, 8}
+    both = ruler.top_k_grid(scores, keep=3, causal=False)
+    assert int(both[0, 0, 0].sum()) == 3
+
+
+def planted(inputs, seed, n=128, block=16, d=8, noise=0.3):
+    """q, k [inputs, 1, n, d] where query block r >= 1 looks for key block r // 2: the keys of block c
+    carry direction c, the queries of block r direction r // 2 (one orthonormal basis, times 3, for
+    every seed; the seed draws the noise)."""
+    blocks = n // block
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1234)))[0] * 3.0
+    g = torch.Generator().manual_seed(seed)
+    key_dir = torch.stack([basis[c % d] for c in range(blocks)])
+    query_dir = torch.stack([basis[(r // 2) % d] for r in range(blocks)])
+    k = key_dir.repeat_interleave(block, 0)[None, None] + noise * torch.randn(inputs, 1, n, d, generator=g)
+    q = query_dir.repeat_interleave(block, 0)[None, None] + noise * torch.randn(inputs, 1, n, d, generator=g)
+    return q, k
+
+
+def test_every_selector_recovers_a_planted_pattern_and_the_diagonal_does_not():
+    block, blocks = 16, 8
+    q, k = planted(1, seed=11)
+    want = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for r in range(blocks):
+        want[r, r] = want[r, r // 2] = True
+    for name, scores in (("moba", ruler.moba_scores(q, k, block)), ("quest", ruler.quest_scores(q, k, block)),
+                         ("exact", ruler.exact_scores(q, k, block))):
+        assert torch.equal(ruler.top_k_grid(scores, keep=2)[0, 0], want), name
+    # the pooled gate, untrained, does not find it; trained on planted inputs, it does on new ones
+    examples = lambda qq, kk: (ruler._block_means(qq, block)[:, None].double(), ruler._block_means(kk, block)[:, None].double(),  # noqa: E731
+                               ruler.pooled_target(qq, kk, block)[:, None].double())
+    gate = ruler.PooledGate(1, 1, 8, width=8, block=block, seed=5)
+    fresh_q, fresh_k = planted(1, seed=99)
+    untrained = gate.select(0, fresh_q, fresh_k, 2)[0, 0]
+    assert not torch.equal(untrained, want)
+    r = gate.train(examples(*planted(16, seed=1)), examples(*planted(4, seed=2)), steps=300, lr=0.05, eval_every=10)
+    assert r["best_validation"] < 0.5 * r["first_validation"]
+    assert torch.equal(gate.select(0, fresh_q, fresh_k, 2)[0, 0], want)
+    diagonal = torch.eye(blocks, dtype=torch.bool)
+    assert int((diagonal & want).sum()) == blocks and int((want & ~diagonal).sum()) == blocks - 1   # what the diagonal misses
+
+
+def test_the_pooled_gate_keeps_a_stopped_heads_best_parameters():
+    block = 16
+    q, k = planted(8, seed=3)
+    ex = (ruler._block_means(q, block)[:, None].double(), ruler._block_means(k, block)[:, None].double(),
+          ruler.pooled_target(q, k, block)[:, None].double())
+    gate = ruler.PooledGate(1, 1, 8, width=8, block=block, seed=2)
+    r = gate.train(ex, ex, steps=50, lr=0.05, eval_every=5, patience=2)
+    assert r["best_validation"] == pytest.approx(float(gate._kl(gate.wq, gate.wk, *ex).mean()), rel=1e-9)
+
+
+TINY = dict(task="ruler", n=128, needles=2, pairs=4, queries=4, d=16, heads=2, kv_heads=1, layers=1, mlp=16)
+
+
+def test_identity_gate_keeping_every_block_is_the_dense_teacher():
+    t = lab.LabTeacher.new(**TINY, seed=2)
+    runner = ruler._Runner(t, 128, 16, "float32")
+    data = lab.task_batch(t.task, "test", 0, 3)
+    tokens = torch.from_numpy(data["tokens"])
+    dense, density = runner.logits(tokens, None)
+    everything = ruler._Method("identity gate", 1.0, "", select=lambda l, q, k: ruler.top_k_grid(ruler.exact_scores(q, k, 16), 8))
+    full, kept = runner.logits(tokens, everything)
+    assert kept == pytest.approx(1.0) and density == 1.0
+    assert torch.allclose(dense, full, atol=1e-4)
+    diagonal = ruler._Method("diagonal", 1 / 8, "", select=lambda l, q, k: torch.eye(8, dtype=torch.bool).expand(q.shape[0], q.shape[1], 8, 8))
+    own, kept = runner.logits(tokens, diagonal)
+    assert kept == pytest.approx(8 / 36)
+    assert not torch.allclose(dense, own, atol=1e-3)
+
+
+def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
+    teachers = [lab.LabTeacher.new(**TINY, seed=s) for s in (2, 3)]
+    report = ruler.evaluate(teachers, n=128, labels=["a", "b"], progress=None, densities=[0.25], block=16, test_inputs=6,
+                            validation_inputs=3, batch=4, pooled_gate_inputs=4, pooled_gate_steps=5, time_repeats=1)
+    names = [r["method"] for r in report["evals"][0]["rows"]]
+    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "pooled gate"]
+    for e in report["evals"]:
+        assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
+        for r in e["rows"][2:]:
+            assert r["density"] <= 0.25 + 0.2   # blocks_per_row's nearest share, cut to causal
+        assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
+    rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| pooled gate | 25.00% |" in text and " ± " in text
+    assert len(rows) == 7 and (tmp_path / "out" / "report.json").exists()
