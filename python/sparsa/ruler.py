@@ -122,37 +122,13 @@ def _key_block_sums(p, block):
     return p.reshape(*p.shape[:-1], blocks, block).sum(-1)
 
 
-def exact_scores(q, k, block, chunk_rows=2048):
-    """The identity gate's scores (learn/selectors.cpp, select_exact): each query row's share of its
-    softmax(q k^T / sqrt(d)) over every key (later keys count in a causal row's total; their blocks
-    are never kept), per key block; a block row's score the largest share among its rows. A dense
-    q k^T in float32, chunk_rows query rows at a time."""
-    batch, heads, n, d = q.shape
-    blocks = (n + block - 1) // block
+def _row_shares(q, k, block, causal, chunk_rows):
+    """Yields, chunk_rows query rows at a time: (the chunk's query blocks as a slice, each row's share of
+    softmax(q k^T / sqrt(d)) per key block [batch, heads, row blocks, block, key blocks], the rows of
+    its last query block that exist). Later keys are left out of a row when causal; rows past n are
+    zeros. A dense q k^T in float32."""
+    n, d = q.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(d)
-    out = torch.empty(batch, heads, blocks, blocks, dtype=torch.float32, device=q.device)
-    chunk = max(block, chunk_rows // block * block)
-    kf = k.float()
-    for first in range(0, n, chunk):
-        last = min(n, first + chunk)
-        s = (q[:, :, first:last].float() @ kf.transpose(-1, -2)) * scale
-        share = _key_block_sums(torch.softmax(s, dim=-1), block)        # [batch, heads, rows, blocks]
-        rb, _ = _blocked(share, block)                                   # rows of this chunk by query block
-        if (last - first) % block:
-            rb[:, :, -1, (last - first) % block:] = -math.inf
-        out[:, :, first // block:(last + block - 1) // block] = rb.amax(3)
-    return out
-
-
-def pooled_target(q, k, block, causal=True, chunk_rows=2048):
-    """The teacher's attention pooled per block (learn/pool.cpp, row_share, each row normalised):
-    softmax(q k^T / sqrt(d)) with later keys left out when causal, summed over the rows of query
-    block r and the keys of key block c, over r's rows, then each row divided by its sum. [batch,
-    heads, blocks, blocks] float32."""
-    batch, heads, n, d = q.shape
-    blocks = (n + block - 1) // block
-    scale = 1.0 / math.sqrt(d)
-    out = torch.zeros(batch, heads, blocks, blocks, dtype=torch.float32, device=q.device)
     chunk = max(block, chunk_rows // block * block)
     kf = k.float()
     for first in range(0, n, chunk):
@@ -161,9 +137,31 @@ def pooled_target(q, k, block, causal=True, chunk_rows=2048):
         if causal:
             rows = torch.arange(first, last, device=q.device)[:, None]
             s = s.masked_fill(torch.arange(n, device=q.device)[None, :] > rows, -math.inf)
-        sums = _key_block_sums(torch.softmax(s, dim=-1), block)
-        rb, _ = _blocked(sums, block)
-        out[:, :, first // block:(last + block - 1) // block] = rb.sum(3)
+        shares, _ = _blocked(_key_block_sums(torch.softmax(s, dim=-1), block), block)
+        yield slice(first // block, (last + block - 1) // block), shares, (last - first - 1) % block + 1
+
+
+def exact_scores(q, k, block, chunk_rows=2048):
+    """The identity gate's scores (learn/selectors.cpp, select_exact): each query row's share of its
+    softmax(q k^T / sqrt(d)) over every key (later keys count in a causal row's total; their blocks
+    are never kept), per key block; a block row's score the largest share among its rows."""
+    blocks = (q.shape[2] + block - 1) // block
+    out = torch.empty(q.shape[0], q.shape[1], blocks, blocks, dtype=torch.float32, device=q.device)
+    for rows, shares, valid in _row_shares(q, k, block, False, chunk_rows):
+        shares[:, :, -1, valid:] = -math.inf   # rows past n are no rows
+        out[:, :, rows] = shares.amax(3)
+    return out
+
+
+def pooled_target(q, k, block, causal=True, chunk_rows=2048):
+    """The teacher's attention pooled per block (learn/pool.cpp, row_share, each row normalised):
+    softmax(q k^T / sqrt(d)) with later keys left out when causal, summed over the rows of query
+    block r and the keys of key block c, then each block row divided by its sum. [batch, heads,
+    blocks, blocks] float32."""
+    blocks = (q.shape[2] + block - 1) // block
+    out = torch.zeros(q.shape[0], q.shape[1], blocks, blocks, dtype=torch.float32, device=q.device)
+    for rows, shares, _ in _row_shares(q, k, block, causal, chunk_rows):
+        out[:, :, rows] = shares.sum(3)
     return out / out.sum(-1, keepdim=True)
 
 
