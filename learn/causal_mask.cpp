@@ -31,6 +31,7 @@ std::shared_ptr<const BlockMask> block_mask_causal(int64_t n, int32_t block) {
     mask->n = n;
     mask->block = block;
     const int64_t nb = mask->q_blocks();
+    const std::vector<uint64_t> whole = triangle_bits(block, block);   // every diagonal block but a short last one
     mask->row_ptr.push_back(0);
     for (int64_t r = 0; r < nb; ++r) {
         for (int64_t c = 0; c < r; ++c) {
@@ -43,7 +44,7 @@ std::shared_ptr<const BlockMask> block_mask_causal(int64_t n, int32_t block) {
             mask->partial_idx.push_back(-1);   // one valid pair, allowed: a full block
         } else {
             mask->partial_idx.push_back(static_cast<int32_t>(mask->partial_blocks()));
-            const auto bits = triangle_bits(block, rows);
+            const auto bits = rows == block ? whole : triangle_bits(block, rows);
             mask->bits.insert(mask->bits.end(), bits.begin(), bits.end());
         }
         mask->row_ptr.push_back(static_cast<int64_t>(mask->col_idx.size()));
@@ -62,6 +63,7 @@ BlockMask block_mask_restrict_causal(const BlockMask& mask) {
     out.block = mask.block;
     out.row_ptr.push_back(0);
     const int64_t words = mask.words_per_block();
+    const std::vector<uint64_t> whole = triangle_bits(mask.block, mask.block);   // every diagonal block but a short last one
     for (int64_t r = 0; r < mask.q_blocks(); ++r) {
         for (int64_t e = mask.row_ptr[r]; e < mask.row_ptr[r + 1]; ++e) {
             const int32_t c = mask.col_idx[e];
@@ -77,7 +79,7 @@ BlockMask block_mask_restrict_causal(const BlockMask& mask) {
                 continue;
             }
             const int64_t rows = std::min<int64_t>(mask.block, mask.n - r * int64_t{mask.block});
-            std::vector<uint64_t> bits = triangle_bits(mask.block, rows);
+            std::vector<uint64_t> bits = rows == mask.block ? whole : triangle_bits(mask.block, rows);
             if (p >= 0)
                 for (int64_t w = 0; w < words; ++w) bits[static_cast<size_t>(w)] &= mask.partial_bits(p)[w];
             const bool any = std::any_of(bits.begin(), bits.end(), [](uint64_t w) { return w != 0; });
