@@ -14,7 +14,8 @@
 # without positions learns fastest; docs/learn.md, "Rotary or no positions across lengths"),
 # TRAIN_MINUTES (1.5 a seed at most; training stops earlier at --stop-accuracy 0.98), TRAIN_ARGS (more
 # options for train_lab_teacher.py), STEPS (which of build train ruler to run, default all three),
-# TEACHERS (checkpoints to measure instead of training: comma-separated), BUILD (build-torch-gpu),
+# TEACHERS (checkpoints to measure instead of training: comma-separated, or a .tgz of teacher-seed*.bin
+# such as bench/results/ruler-gpu-teachers-nvidia-h100.tgz, with STEPS="build ruler"), BUILD (build-torch-gpu),
 # PYTHON, DEVICE (cuda; cpu tries the steps here without a GPU, e.g. STEPS="train ruler" BUILD=build). Results go to $OUT (or $BUILD/out), flat (the GPU machine returns 8 files): ruler-gpu.log
 # (everything printed), build.log, teacher-seedS.bin, report.md, report.json.
 set -euo pipefail
@@ -60,6 +61,11 @@ step_train() {
 
 step_ruler() {
     local teachers=${TEACHERS:-}
+    if [[ $teachers == *.tgz ]]; then   # an archive of teacher-seed*.bin (bench/results/ruler-gpu-teachers-*.tgz)
+        mkdir -p /tmp/ruler-teachers && tar xzf "$teachers" -C /tmp/ruler-teachers || fail "cannot unpack $teachers"
+        teachers=$(find /tmp/ruler-teachers -name 'teacher-seed*.bin' | sort | paste -sd,)
+        [[ -n $teachers ]] || fail "$TEACHERS holds no teacher-seed*.bin"
+    fi
     if [[ -z $teachers ]]; then
         local seed
         for seed in ${SEEDS//,/ }; do teachers+=${teachers:+,}$RESULTS/teacher-seed$seed.bin; done

@@ -213,7 +213,9 @@ class PooledGate:
         return s
 
     def select(self, layer, q, k, keep):
-        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_means(k, self.block)), keep, self.causal)
+        """The top `keep` blocks a row by the gate's scores (float32 maps: what selection costs at inference)."""
+        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_means(k, self.block),
+                                      self.wq[layer].float(), self.wk[layer].float()), keep, self.causal)
 
     def _kl(self, wq, wk, q_mean, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
@@ -486,6 +488,39 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             "seconds": time.perf_counter() - started}
 
 
+def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, device="cuda", repeats=11, seed=0):
+    """The cost side at a model's shape rather than the lab teacher's: random bfloat16 (CUDA) or
+    float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape (its cost does not
+    depend on its weights) choosing blocks_per_row(density) blocks a row; median ms of its selection
+    on the device, of making its grid a MaskSet on the host, of sparsa's attention under those
+    masks, of sparsa's dense causal attention and, on CUDA, of SDPA's cuDNN backend (causal)."""
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(1, heads, n, head_dim, device=device, dtype=dtype, generator=g) for _ in range(3))
+    blocks = (n + block - 1) // block
+    keep = blocks_per_row(density, blocks)
+    gate = PooledGate(1, heads, head_dim, width, block, True, seed, device)
+    out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep}
+    with torch.no_grad():
+        grid = gate.select(0, q, k, keep)
+        out["select_ms"] = _time_ms(lambda: gate.select(0, q, k, keep), device, repeats)
+        to_masks = lambda: sparsa.learn.block_masks(grid.reshape(heads, blocks, blocks).cpu().numpy(), n, block, True)  # noqa: E731
+        masks = to_masks()
+        out["masks_ms"] = _time_ms(to_masks, device, repeats)
+        out["sparse_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, masks, 0), device, repeats)
+        causal = sparsa.learn.causal_masks(n, heads, block)
+        out["dense_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, causal, 0), device, repeats)
+        if device.type == "cuda" and hasattr(torch.nn, "attention") and hasattr(torch.nn.attention, "SDPBackend"):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            try:
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    out["cudnn_ms"] = _time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, repeats)
+            except RuntimeError as e:
+                out["cudnn_error"] = str(e).splitlines()[0][:200]
+    return out
+
+
 def _timings(runner, methods, rows, repeats):
     """One layer (layer 0) of the first test sequence: the dense attention (the teacher's, and on
     CUDA SDPA's cuDNN backend where torch has it), each selector's selection (scores and top-k on the
@@ -531,6 +566,9 @@ def _timings(runner, methods, rows, repeats):
             per[key] = {"select_ms": _time_ms(select, device, repeats), "masks_ms": _time_ms(to_masks, device, repeats),
                         "attention_ms": _time_ms(lambda: sparsa_torch.attention(q, k, v, masks, 0), device, repeats)}
         out["methods"] = per
+    if device.type == "cuda":   # the same selection at a model's shape (16 heads of width 128)
+        out["at_shape"] = time_at_shape(runner.n, block=runner.block, density=max((m.target for m in methods), default=0.125),
+                                        device=device, repeats=repeats)
     return out
 
 
@@ -599,6 +637,14 @@ def report_write(report, directory, command=""):
     dense = " / ".join(f"{x:.3f}" for x in dense_ms)
     lines.append(f"Dense attention of one layer: sparsa {dense} ms" +
                  (f"; SDPA cuDNN {' / '.join(f'{x:.3f}' for x in cudnn_ms)} ms" if cudnn_ms else "") + " (per teacher).")
+    shape = e0["timing"].get("at_shape")
+    if shape:
+        ratio = f", {shape['cudnn_ms'] / (shape['select_ms'] + shape['sparse_ms']):.2f}x cuDNN's time" if "cudnn_ms" in shape else ""
+        lines.append(f"At a model's shape {shape['shape']} (random inputs, an untrained pooled gate keeping {shape['keep']} "
+                     f"blocks a row; teacher 1's run): the gate's selection {shape['select_ms']:.3f} ms + sparse attention "
+                     f"{shape['sparse_ms']:.3f} ms = {shape['select_ms'] + shape['sparse_ms']:.3f} ms{ratio} (the MaskSet on the "
+                     f"host {shape['masks_ms']:.3f} ms more); dense: sparsa {shape['dense_ms']:.3f} ms" +
+                     (f", cuDNN {shape['cudnn_ms']:.3f} ms." if "cudnn_ms" in shape else "."))
     lines += ["", "| method | target | density | accuracy | answers | select ms | MaskSet ms | sparse attention ms |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

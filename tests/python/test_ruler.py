@@ -162,3 +162,10 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text
     assert len(rows) == 7 and (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
+    t = ruler.time_at_shape(256, heads=2, head_dim=16, block=16, density=0.25, device="cpu", repeats=1)
+    assert t["keep"] == ruler.blocks_per_row(0.25, 16) and t["shape"] == [1, 2, 256, 16]
+    assert all(t[key] > 0 for key in ("select_ms", "masks_ms", "sparse_ms", "dense_ms"))
+    assert "cudnn_ms" not in t
