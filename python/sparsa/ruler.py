@@ -481,6 +481,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                 continue
             at = kind == k
             row["by_depth"][kinds[k]] = [float(hit[at & (depth == b)].mean()) if (at & (depth == b)).any() else None for b in range(10)]
+        needle = np.isin(kind, [i for i, name in enumerate(kinds) if name != "mqar"])
+        row["needle_by_depth"] = [float(hit[needle & (depth == b)].mean()) if (needle & (depth == b)).any() else None for b in range(10)]
         row["density"] = sum(row["density"]) / test_inputs
     timing = _timings(runner, methods, rows, time_repeats)
     return {"n": n, "block": block, "blocks": blocks, "test_inputs": test_inputs, "validation_inputs": validation_inputs,
@@ -610,6 +612,7 @@ def summary(report):
         out.append({"method": row["method"], "target": row["target"], "detail": row["detail"],
                     "accuracy": [p["accuracy"] for p in per], "density": [p["density"] for p in per],
                     "answers": sum(p["answers"] for p in per),
+                    "needle_by_depth": [[p["needle_by_depth"][b] for p in per] for b in range(10)],
                     "by_kind": {k: [p["by_kind"][k]["accuracy"] for p in per] for k in kinds},
                     "answers_by_kind": {k: sum(p["by_kind"][k]["answers"] for p in per) for k in kinds},
                     "select_ms": [t["select_ms"] for t in timing if t], "masks_ms": [t["masks_ms"] for t in timing if t],
@@ -659,6 +662,13 @@ def report_write(report, directory, command=""):
     for r in rows:
         target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
         lines.append(f"| {r['method']} | {target} | " + " | ".join(_pm(r["by_kind"][k]) for k in kinds) + " |")
+    lines += ["", "Needle tasks (single, multikey, multivalue, multiquery) by the depth of the asked needle, 0 (start of the "
+              "haystack) to 9 (its end): accuracy %, mean over teachers:", "",
+              "| method | target | " + " | ".join(str(b) for b in range(10)) + " |", "|---|---:|" + "---:|" * 10]
+    for r in rows:
+        target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
+        cells = [_mean_std(v)[0] for v in r["needle_by_depth"]]
+        lines.append(f"| {r['method']} | {target} | " + " | ".join("" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
     lines += ["", "Rows:", ""] + [f"- {r['method']} ({100 * r['target']:.2f}%): {r['detail']}" for r in rows[1:]]
     for label, e in zip(report["teachers"], report["evals"]):
         lines += [""] + [f"- {label}: {note}" for note in e["notes"]]

@@ -160,7 +160,8 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
         assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| pooled gate | 25.00% |" in text and " ± " in text
+    assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
+    assert len(rows[0]["needle_by_depth"]) == 10
     assert len(rows) == 7 and (tmp_path / "out" / "report.json").exists()
 
 
