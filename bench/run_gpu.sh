@@ -17,6 +17,8 @@
 #                                       # Nsight Compute (--set full, clocks as found) on one timed
 #                                       #   launch of each kernel:mask; reports, the details page and
 #                                       #   the per-SASS-line stall samples (CSV) in $LOGS/profile
+#   PROFILE_BWD="6:dense-16384 6:bigbird64-65536" BUILD=build-cuda bench/run_gpu.sh profile_bwd
+#                                       # the same for backward kernels (dK / dV pass, dQ pass, merges)
 #   BUILD=build-D bench/run_gpu.sh content_sanitize content
 #                                       # the content-based heads (lsh, anchors, FAVOR+:
 #                                       #   engine/cuda/content_cuda.hpp) with carried binaries
@@ -184,21 +186,37 @@ step_compare_d64() {
         | tee "$LOGS/compare-d64.log"
 }
 
+# Nsight Compute (--set full, clocks as found) on one launch of a kernel on a mask: pass fwd (forward
+# kernel N; bench_cuda launches a warm-up, one sizing run, then --runs timed runs, each the kernel
+# and, when the mask has split rows, attn_combine: skip four launches, profile the next two) or bwd
+# (backward kernel N, no forward timed: its dK / dV pass, its dQ pass and any merge of split rows).
+profile_run() {
+    local pass=$1 kernel=$2 mask=$3 out regex skip count args
+    if [[ $pass == fwd ]]; then
+        out=$LOGS/profile/k$kernel-$mask regex="attn_fwd_kernel${kernel}([^0-9]|$)|attn_combine" skip=4 count=2
+        args=(--kernels "$kernel")
+    else
+        out=$LOGS/profile/bwd$kernel-$mask regex="attn_bwd_kernel${kernel}_|attn_bwd_combine" skip=0 count=4
+        args=(--kernels "" --bwd-kernels "$kernel" --budget-ms 1)
+    fi
+    ncu --clock-control none --set full --import-source no -k "regex:$regex" --launch-skip $skip --launch-count $count -f -o "$out" \
+        "$BUILD/bench/bench_cuda" "$MASKS/bench/$mask.npz" --heads 16 --d 128 --dtype bf16 "${args[@]}" --runs 3 \
+        >"$out.log" 2>&1 || { tail -20 "$out.log"; exit 1; }
+    ncu -i "$out.ncu-rep" --page details >"$out.txt"
+    ncu -i "$out.ncu-rep" --page source --print-source sass --csv >"$out-sass.csv"
+    echo "profile $pass$kernel $mask: $(grep -E '^  [a-z_]+.*\(|^ +Duration' "$out.txt" | sed -E 's/^ +//; s/\(.*//' | tr -s ' ' | paste -sd ' ')"
+}
+
 step_profile() {
-    local item kernel mask out
+    local item
     mkdir -p "$LOGS/profile"
-    for item in ${PROFILE:?PROFILE=\"kernel:mask ...\" names what to profile}; do
-        kernel=${item%%:*} mask=${item#*:} out=$LOGS/profile/k$kernel-$mask
-        # bench_cuda launches a warm-up, one sizing run, then --runs timed runs, each the kernel and,
-        # when the mask has split rows, attn_combine: skip four launches, profile the next two
-        ncu --clock-control none --set full --import-source no -k "regex:attn_fwd_kernel${kernel}([^0-9]|$)|attn_combine" \
-            --launch-skip 4 --launch-count 2 -f -o "$out" \
-            "$BUILD/bench/bench_cuda" "$MASKS/bench/$mask.npz" --heads 16 --d 128 --dtype bf16 --kernels "$kernel" \
-            --runs 3 >"$out.log" 2>&1 || { tail -20 "$out.log"; exit 1; }
-        ncu -i "$out.ncu-rep" --page details >"$out.txt"
-        ncu -i "$out.ncu-rep" --page source --print-source sass --csv >"$out-sass.csv"
-        echo "profile k$kernel $mask: $(grep -E '^  [a-z_]+.*\(|^ +Duration' "$out.txt" | sed -E 's/^ +//; s/\(.*//' | tr -s ' ' | paste -sd ' ')"
-    done
+    for item in ${PROFILE:?PROFILE=\"kernel:mask ...\" names what to profile}; do profile_run fwd "${item%%:*}" "${item#*:}"; done
+}
+
+step_profile_bwd() {
+    local item
+    mkdir -p "$LOGS/profile"
+    for item in ${PROFILE_BWD:?PROFILE_BWD=\"kernel:mask ...\" names what to profile}; do profile_run bwd "${item%%:*}" "${item#*:}"; done
 }
 
 if [[ ${1:-} == masks ]]; then make_masks; exit 0; fi
