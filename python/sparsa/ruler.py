@@ -94,17 +94,24 @@ def moba_scores(q, k, block):
     return _block_means(q, block) @ _block_means(k, block).transpose(-1, -2)
 
 
-def quest_scores(q, k, block):
-    """Quest's bound u_ic = q+ . hi_c + q- . lo_c (the largest and smallest key of block c per channel),
-    a query block's score the largest u_ic over its rows (learn/selectors.cpp, quest_scores)."""
+def _block_bounds(k, block):
+    """The largest and smallest key of each block per channel: ([batch, heads, blocks, d] twice)."""
     kb, _ = _blocked(k.float(), block)
-    n = k.shape[2]
-    last = n - (kb.shape[2] - 1) * block   # rows of the last block: its padding must not be a key
+    last = k.shape[2] - (kb.shape[2] - 1) * block   # rows of the last block: its padding must not be a key
     hi = kb.amax(3)
     lo = kb.amin(3)
     if last < block:
         hi[:, :, -1] = kb[:, :, -1, :last].amax(2)
         lo[:, :, -1] = kb[:, :, -1, :last].amin(2)
+    return hi, lo
+
+
+def quest_scores(q, k, block):
+    """Quest's bound u_ic = q+ . hi_c + q- . lo_c (the largest and smallest key of block c per channel),
+    a query block's score the largest u_ic over its rows (learn/selectors.cpp, quest_scores)."""
+    hi, lo = _block_bounds(k, block)
+    n = k.shape[2]
+    last = n - (hi.shape[2] - 1) * block
     qf = q.float()
     u = qf.clamp(min=0) @ hi.transpose(-1, -2) + qf.clamp(max=0) @ lo.transpose(-1, -2)   # [batch, heads, n, blocks]
     ub, _ = _blocked(u, block)
@@ -187,18 +194,34 @@ def top_k_grid(scores, keep, causal=True):
 # [SECTION] pooled gate
 
 
+KEY_POOLS = ("mean", "mean+max+min")
+
+
+def _block_keys(k, block, key_pool):
+    """What the pooled gate reads of each key block: its mean key ("mean", learn/pooled_gate.hpp's),
+    or the mean, the largest and the smallest key per channel side by side ("mean+max+min", as
+    SeerAttention pools K): [batch, heads, blocks, d or 3 d]."""
+    mean = _block_means(k, block)
+    if key_pool == "mean":
+        return mean
+    return torch.cat([mean, *_block_bounds(k, block)], -1)
+
+
 class PooledGate:
     """SeerAttention's pooled gate (learn/pooled_gate.hpp), per (layer, head): a = mean(Q_r) wq,
-    b = mean(K_c) wk ([head_dim, width] each), scores a_r . b_c / sqrt(width), -inf above the
-    diagonal when causal. wq, wk start as normal noise of deviation 1 / sqrt(head_dim) from torch's
-    generator seeded with `seed` (the C++ gate draws its own noise: the two start apart)."""
+    b = keys(K_c) wk ([head_dim, width] and [head_dim or 3 head_dim, width]: _block_keys), scores
+    a_r . b_c / sqrt(width), -inf above the diagonal when causal. wq, wk start as normal noise of
+    deviation 1 / sqrt(their input width) from torch's generator seeded with `seed` (the C++ gate
+    draws its own noise: the two start apart)."""
 
-    def __init__(self, layers, heads, head_dim, width=32, block=16, causal=True, seed=1, device="cpu"):
+    def __init__(self, layers, heads, head_dim, width=32, block=16, causal=True, seed=1, device="cpu", key_pool="mean"):
+        if key_pool not in KEY_POOLS:
+            raise ValueError(f"PooledGate: key_pool must be one of {', '.join(KEY_POOLS)}, not {key_pool!r}")
         g = torch.Generator().manual_seed(seed)
-        scale = 1.0 / math.sqrt(head_dim)
-        self.width, self.block, self.causal = width, block, causal
-        self.wq = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) * scale).to(device)
-        self.wk = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) * scale).to(device)
+        key_dim = head_dim * (1 if key_pool == "mean" else 3)
+        self.width, self.block, self.causal, self.key_pool = width, block, causal, key_pool
+        self.wq = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) / math.sqrt(head_dim)).to(device)
+        self.wk = (torch.randn(layers, heads, key_dim, width, generator=g, dtype=torch.float64) / math.sqrt(key_dim)).to(device)
 
     def scores(self, layer, q_mean, k_mean, wq=None, wk=None):
         """q_mean, k_mean [batch, heads, blocks, head_dim] -> logits [batch, heads, blocks, blocks]."""
@@ -214,13 +237,14 @@ class PooledGate:
 
     def select(self, layer, q, k, keep):
         """The top `keep` blocks a row by the gate's scores (float32 maps: what selection costs at inference)."""
-        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_means(k, self.block),
+        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool),
                                       self.wq[layer].float(), self.wk[layer].float()), keep, self.causal)
 
     def _kl(self, wq, wk, q_mean, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
-        over inputs: [layers, heads]. q_mean, k_mean: [inputs, layers, heads, blocks, d]; target
-        [inputs, layers, heads, blocks, blocks]."""
+        over inputs: [layers, heads]. q_mean: [inputs, layers, heads, blocks, d]; k_mean: the keys as
+        _block_keys gives them, [inputs, layers, heads, blocks, d or 3 d]; target [inputs, layers,
+        heads, blocks, blocks]."""
         a = q_mean.to(wq.dtype) @ wq[None]
         b = k_mean.to(wk.dtype) @ wk[None]
         s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
@@ -354,8 +378,9 @@ def _accuracy(runner, method, data, batch):
 
 
 def _gate_examples(runner, data, batch):
-    """(q_mean, k_mean, target) of every layer of each sequence, from the dense teacher: [inputs, layers,
-    heads, blocks, d] and [inputs, layers, heads, blocks, blocks] (float64)."""
+    """(q_mean, k_keys, target) of every layer of each sequence, from the dense teacher: [inputs, layers,
+    heads, blocks, d], [inputs, layers, heads, blocks, 3 d] (_block_keys "mean+max+min": the first d
+    columns are "mean"'s) and [inputs, layers, heads, blocks, blocks] (float64)."""
     qs, ks, ts = [], [], []
     tokens = torch.from_numpy(data["tokens"])
     for b in range(0, tokens.shape[0], batch):
@@ -363,7 +388,7 @@ def _gate_examples(runner, data, batch):
 
         def capture(layer, q, k, v):
             kq = _kv_per_query_head(k, q.shape[1])
-            per_layer.append((_block_means(q, runner.block), _block_means(kq, runner.block),
+            per_layer.append((_block_means(q, runner.block), _block_keys(kq, runner.block, "mean+max+min"),
                               pooled_target(q, kq, runner.block, True)))
             return runner.t._attend(q, k, v)
 
@@ -389,14 +414,16 @@ def _time_ms(fn, device, repeats):
 
 
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
-                     pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, seed=1, dtype=None,
-                     time_repeats=11, progress=print):
+                     pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
+                     dtype=None, time_repeats=11, progress=print):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
     (the best fixed pattern, the pooled gate's early stopping) is made on the validation stream;
     the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
-    calibration inputs). dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
+    calibration inputs). pooled_gate_configs: (width, key pool) pairs to train, the most accurate
+    on validation at the first density kept (None: width pooled_gate_width, mean keys, as the C++
+    gate). dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
     if not teacher.model["causal"]:
         raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
     device = next(teacher.parameters()).device
@@ -413,17 +440,37 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     diagonal_grid = torch.eye(blocks, dtype=torch.bool, device=device)
     methods.append(_Method("diagonal", 1.0 / blocks, "the own block alone (band(0))",
                            select=lambda l, q, k: diagonal_grid.expand(q.shape[0], q.shape[1], blocks, blocks)))
-    gate = None
+    gate, gate_label = None, ""
     if pooled_gate_inputs > 0:
         t0 = time.perf_counter()
         train = lab.task_batch(teacher.task, "train", 2 ** 40, pooled_gate_inputs, seed=seed, n=n)
-        gate = PooledGate(layers, heads, teacher.model["head_width"], pooled_gate_width, block, True, seed, device)
-        r = gate.train(_gate_examples(runner, train, batch), _gate_examples(runner, validation, batch), steps=pooled_gate_steps)
-        notes.append(f"pooled gate: width {pooled_gate_width}, trained on {pooled_gate_inputs} training-stream sequences "
-                     f"(seed {seed}, from index 2^40) for at most {pooled_gate_steps} steps (the longest head ran {r['steps']}): "
-                     f"KL on them {r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
-                     f"{r['best_validation']:.4f} (best, kept) in {time.perf_counter() - t0:.1f} s")
-        say(notes[-1])
+        train_ex, validation_ex = _gate_examples(runner, train, batch), _gate_examples(runner, validation, batch)
+        configs = list(pooled_gate_configs or [(pooled_gate_width, "mean")])
+        keep0 = blocks_per_row(densities[0], blocks) if densities else blocks
+        best = None
+        for width, key_pool in configs:
+            g = PooledGate(layers, heads, teacher.model["head_width"], width, block, True, seed, device, key_pool)
+            d = teacher.model["head_width"] * (1 if key_pool == "mean" else 3)
+            keys = lambda ex: (ex[0], ex[1][..., :d], ex[2])   # noqa: E731  ("mean" reads the first d columns)
+            r = g.train(keys(train_ex), keys(validation_ex), steps=pooled_gate_steps)
+            label = f"width {width}, keys {key_pool}"
+            line = (f"pooled gate ({label}): trained on {pooled_gate_inputs} training-stream sequences (seed {seed}, from index "
+                    f"2^40) for at most {pooled_gate_steps} steps (the longest head ran {r['steps']}): KL on them "
+                    f"{r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
+                    f"{r['best_validation']:.4f} (best, kept)")
+            if len(configs) > 1:   # the configuration: the most accurate on validation at the first density
+                acc = _accuracy(runner, _Method("pooled gate", densities[0] if densities else 1.0, "",
+                                                select=lambda l, q, k, g=g: g.select(l, q, k, keep0)), validation, batch)
+                line += f"; validation accuracy at {100 * (densities[0] if densities else 1.0):.2f}% {100 * acc:.2f}%"
+                if best is None or acc > best[0]:
+                    best = (acc, g, label)
+            else:
+                best = (None, g, label)
+            notes.append(line)
+            say(line)
+        gate, gate_label = best[1], best[2]
+        notes.append(f"pooled gate: {gate_label}" + (" (chosen on validation)" if len(configs) > 1 else "") +
+                     f"; training {time.perf_counter() - t0:.1f} s in all")
     for target in densities:
         keep = blocks_per_row(target, blocks)
         per_row = f"{keep} block{'s' if keep != 1 else ''} per row"
@@ -448,7 +495,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                                "(the largest over the block's queries)", select=lambda l, q, k, keep=keep: top_k_grid(quest_scores(q, k, block), keep)))
         if gate is not None:
             methods.append(_Method("pooled gate", target, per_row + f", the diagonal then the top blocks by the trained pooled "
-                                   f"gate (width {pooled_gate_width}; its training above)",
+                                   f"gate ({gate_label}; its training below)",
                                    select=lambda l, q, k, keep=keep: gate.select(l, q, k, keep)))
     say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
 
@@ -697,6 +744,9 @@ def main(argv=None):
     ap.add_argument("--pooled-gate-inputs", type=int, default=64, help="training-stream sequences the pooled gate learns from (0: none)")
     ap.add_argument("--pooled-gate-width", type=int, default=32)
     ap.add_argument("--pooled-gate-steps", type=int, default=400)
+    ap.add_argument("--pooled-gate-configs", default="",
+                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min (width:keys; "
+                         "default: --pooled-gate-width with mean keys, as the C++ gate)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
     ap.add_argument("-o", "--out", required=True, help="the folder for report.md and report.json")
@@ -707,6 +757,14 @@ def main(argv=None):
         ap.error(f"--densities {a.densities!r}: expected numbers in (0, 1] separated by commas")
     if not densities or any(not 0 < x <= 1 for x in densities):
         ap.error(f"--densities {a.densities!r}: expected numbers in (0, 1] separated by commas")
+    configs = None
+    if a.pooled_gate_configs:
+        configs = []
+        for item in a.pooled_gate_configs.split(","):
+            width, _, pool = item.partition(":")
+            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS:
+                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS with KEYS one of {', '.join(KEY_POOLS)}")
+            configs.append((int(width), pool))
     paths = [p for p in a.teachers.split(",") if p]
     teachers = []
     for p in paths:
@@ -728,7 +786,8 @@ def main(argv=None):
         print(f"{label}: trained at n = {t.task['n']}, measured at n = {a.n}", flush=True)
         evals.append(evaluate_teacher(t, a.n, densities=densities, block=a.block, test_inputs=a.test_inputs,
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
-                                      pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps, seed=s,
+                                      pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
+                                      pooled_gate_configs=configs, seed=s,
                                       dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))
     report = {"n": a.n, "teachers": [os.path.basename(p) for p in paths], "evals": evals}
     command = "python3 -m sparsa.ruler " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

@@ -118,6 +118,30 @@ def test_every_selector_recovers_a_planted_pattern_and_the_diagonal_does_not():
     assert int((diagonal & want).sum()) == blocks and int((want & ~diagonal).sum()) == blocks - 1   # what the diagonal misses
 
 
+def test_the_gate_reading_mean_max_and_min_keys_recovers_the_planted_pattern_too():
+    block, blocks = 16, 8
+    examples = lambda qq, kk: (ruler._block_means(qq, block)[:, None].double(),  # noqa: E731
+                               ruler._block_keys(kk, block, "mean+max+min")[:, None].double(),
+                               ruler.pooled_target(qq, kk, block)[:, None].double())
+    gate = ruler.PooledGate(1, 1, 8, width=8, block=block, seed=5, key_pool="mean+max+min")
+    assert gate.wk.shape == (1, 1, 24, 8)
+    gate.train(examples(*planted(16, seed=1)), examples(*planted(4, seed=2)), steps=300, lr=0.05, eval_every=10)
+    want = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for r in range(blocks):
+        want[r, r] = want[r, r // 2] = True
+    assert torch.equal(gate.select(0, *planted(1, seed=99), 2)[0, 0], want)
+    with pytest.raises(ValueError, match="key_pool must be one of"):
+        ruler.PooledGate(1, 1, 8, key_pool="max")
+
+
+def test_block_keys_bounds_ignore_the_padding_of_a_short_last_block():
+    k = -torch.ones(1, 1, 20, 4) - torch.arange(20.0)[None, None, :, None]   # every key negative: padding zeros would win max
+    feats = ruler._block_keys(k, 16, "mean+max+min")
+    assert feats.shape == (1, 1, 2, 12)
+    assert torch.allclose(feats[0, 0, 1, 4:8], torch.full((4,), -17.0))   # the largest of keys 16..19
+    assert torch.allclose(feats[0, 0, 1, 8:], torch.full((4,), -20.0))
+
+
 def test_the_pooled_gate_keeps_a_stopped_heads_best_parameters():
     block = 16
     q, k = planted(8, seed=3)
@@ -159,6 +183,12 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
             assert r["density"] <= 0.25 + 0.2   # blocks_per_row's nearest share, cut to causal
         assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
+    # several gates: the one kept is named, each with its validation accuracy
+    one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4,
+                                 pooled_gate_inputs=4, pooled_gate_steps=3, pooled_gate_configs=[(8, "mean"), (8, "mean+max+min")],
+                                 time_repeats=1, progress=None)
+    assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 2
+    assert any("(chosen on validation)" in note for note in one["notes"])
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert len(rows[0]["needle_by_depth"]) == 10
