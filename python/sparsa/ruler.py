@@ -332,7 +332,6 @@ class _Runner:
         self.t, self.n, self.block, self.dtype = teacher, n, block, dtype
         self.device = next(teacher.parameters()).device
         self.blocks = (n + block - 1) // block
-        self.heads = teacher.model["heads"]
 
     def logits(self, tokens, method):
         kept = []
