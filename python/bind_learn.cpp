@@ -391,6 +391,23 @@ void bind_learn(py::module_& parent) {
           "The search's fixed candidates (window, sinks + window, dilated, strided, global + band, chunk, band, dense at a ladder of "
           "sizes) as the ruler evaluation's best fixed pattern draws them: a list of (expression, MaskSet [1, heads] cut to causal, "
           "density after the cut). With baseline_expression's Longformer and BigBird (fixed_set) they are its pool.");
+    m.def("fixed_families", [](int64_t n, int64_t heads, double target, int32_t block, bool causal) {
+              if (!block_size_valid(block)) value_error("fixed_families: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              if (n < 1 || heads < 1) value_error("fixed_families: n and heads must be >= 1");
+              if (!(target > 0 && target <= 1)) value_error("fixed_families: target density must be in (0, 1], got " + std::to_string(target));
+              const double blocks = causal ? static_cast<double>(learn::causal_block_count(n, block))
+                                           : static_cast<double>(((n + block - 1) / block) * ((n + block - 1) / block));
+              py::list out;
+              for (const learn::RulerMethod& m : learn::ruler_fixed_families(n, block, heads, target, causal)) {
+                  MaskSet set = m.masks(0, Tensor{}, Tensor{});
+                  const double density = static_cast<double>(set.at(0, 0).kept_blocks()) / blocks;
+                  out.append(py::make_tuple(m.name, m.detail, mask_set_wrap(std::move(set)), density));
+              }
+              return out;
+          }, py::arg("n"), py::arg("heads"), py::arg("target"), py::arg("block") = 16, py::arg("causal") = true,
+          "The ruler evaluation's fixed families at a density (learn/ruler_families.hpp): window, Longformer and BigBird, each the "
+          "largest of its ladder whose density after the causal cut is at most target: a list of (name, detail, MaskSet [1, heads], "
+          "density).");
     m.def("fixed_set", [](const std::string& expression, int64_t n, int64_t heads, int32_t block, bool causal) {
               auto [set, density] = learn::ruler_fixed_set(learn::expression_compile(expression, n, block), heads, causal);
               return py::make_tuple(mask_set_wrap(std::move(set)), density);

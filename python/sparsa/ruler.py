@@ -20,13 +20,14 @@ Rows (each per density but dense and the diagonal), as the C++ evaluation names 
                    not above the target, the most accurate on the validation stream
   moba             mean query . mean key per block pair (select_moba)
   quest            Quest's bound, the largest over the block's queries (select_quest)
+  window, longformer, bigbird   each family's largest pattern within the density (ruler_fixed_families)
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
 a row in all (blocks_per_row), ties to the lower block; the chosen blocks are cut to the causal
 mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: vertical-slash,
-DuoAttention, the indexer and the other families (the C++ evaluation has them).
+DuoAttention, the indexer, the search script, LSH, anchors and FAVOR+ (the C++ evaluation has them).
 
 Index
   [SECTION] block scores   moba, quest, exact, the pooled target; top-k per row
@@ -414,7 +415,7 @@ def _time_ms(fn, device, repeats):
 
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
                      pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
-                     dtype=None, time_repeats=11, progress=print):
+                     families=True, dtype=None, time_repeats=11, progress=print):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
@@ -422,7 +423,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
     calibration inputs). pooled_gate_configs: (width, key pool) pairs to train, the most accurate
     on validation at the first density kept (None: width pooled_gate_width, mean keys, as the C++
-    gate). dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
+    gate). families: also window, Longformer and BigBird at each density (fixed_families).
+    dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
     if not teacher.model["causal"]:
         raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
     device = next(teacher.parameters()).device
@@ -492,6 +494,9 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                                select=lambda l, q, k, keep=keep: top_k_grid(moba_scores(q, k, block), keep)))
         methods.append(_Method("quest", target, per_row + ", the diagonal then the top blocks by Quest's bound "
                                "(the largest over the block's queries)", select=lambda l, q, k, keep=keep: top_k_grid(quest_scores(q, k, block), keep)))
+        if families:   # window, Longformer, BigBird: the largest of each family within the density
+            for name, detail, masks, density in sparsa.learn.fixed_families(n, heads, target, block, True):
+                methods.append(_Method(name, target, detail, fixed=masks, density=density))
         if gate is not None:
             methods.append(_Method("pooled gate", target, per_row + f", the diagonal then the top blocks by the trained pooled "
                                    f"gate ({gate_label}; its training below)",
@@ -746,6 +751,8 @@ def main(argv=None):
     ap.add_argument("--pooled-gate-configs", default="",
                     help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min (width:keys; "
                          "default: --pooled-gate-width with mean keys, as the C++ gate)")
+    ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
+                    help="fixed: window, Longformer and BigBird rows at each density too (default); none: the selectors only")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
     ap.add_argument("-o", "--out", required=True, help="the folder for report.md and report.json")
@@ -786,7 +793,7 @@ def main(argv=None):
         evals.append(evaluate_teacher(t, a.n, densities=densities, block=a.block, test_inputs=a.test_inputs,
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
                                       pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
-                                      pooled_gate_configs=configs, seed=s,
+                                      pooled_gate_configs=configs, seed=s, families=a.families == "fixed",
                                       dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))
     report = {"n": a.n, "teachers": [os.path.basename(p) for p in paths], "evals": evals}
     command = "python3 -m sparsa.ruler " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

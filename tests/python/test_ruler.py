@@ -176,7 +176,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     report = ruler.evaluate(teachers, n=128, labels=["a", "b"], progress=None, densities=[0.25], block=16, test_inputs=6,
                             validation_inputs=3, batch=4, pooled_gate_inputs=4, pooled_gate_steps=5, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
-    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "pooled gate"]
+    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "window", "longformer", "bigbird", "pooled gate"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:]:
@@ -184,7 +184,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
         assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
-    one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4,
+    one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
                                  pooled_gate_inputs=4, pooled_gate_steps=3, pooled_gate_configs=[(8, "mean"), (8, "mean+max+min")],
                                  time_repeats=1, progress=None)
     assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 2
@@ -192,7 +192,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 7 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 10 and (tmp_path / "out" / "report.json").exists()
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
@@ -200,3 +200,13 @@ def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
     assert t["keep"] == ruler.blocks_per_row(0.25, 16) and t["shape"] == [1, 2, 256, 16]
     assert all(t[key] > 0 for key in ("select_ms", "masks_ms", "sparse_ms", "dense_ms"))
     assert "cudnn_ms" not in t
+
+
+def test_the_fixed_families_fit_the_density_after_the_causal_cut():
+    families = sparsa.learn.fixed_families(1024, 2, 0.125, 16, True)
+    assert [f[0] for f in families] == ["window", "longformer", "bigbird"]
+    for name, detail, masks, density in families:
+        assert 0 < density <= 0.125 + 1e-9 and "within the density" in detail
+        assert masks.heads == 2
+    with pytest.raises(ValueError, match="target density"):
+        sparsa.learn.fixed_families(1024, 2, 0.0)
