@@ -20,14 +20,15 @@ Rows (each per density but dense and the diagonal), as the C++ evaluation names 
                    not above the target, the most accurate on the validation stream
   moba             mean query . mean key per block pair (select_moba)
   quest            Quest's bound, the largest over the block's queries (select_quest)
+  vertical-slash   MInference's estimate from the last 64 queries (select_vertical_slash)
   window, longformer, bigbird   each family's largest pattern within the density (ruler_fixed_families)
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
 a row in all (blocks_per_row), ties to the lower block; the chosen blocks are cut to the causal
-mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: vertical-slash,
-DuoAttention, the indexer, the search script, LSH, anchors and FAVOR+ (the C++ evaluation has them).
+mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: DuoAttention, the
+indexer, the search script, LSH, anchors and FAVOR+ (the C++ evaluation has them).
 
 Index
   [SECTION] block scores   moba, quest, exact, the pooled target; top-k per row
@@ -51,7 +52,7 @@ import sparsa
 import sparsa.lab as lab
 import sparsa.torch as sparsa_torch
 
-__all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "pooled_target", "top_k_grid",
+__all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target", "top_k_grid",
            "PooledGate", "evaluate", "report_write"]
 
 
@@ -119,6 +120,39 @@ def quest_scores(q, k, block):
     if last < block:
         ub[:, :, -1, last:] = -math.inf
     return ub.amax(3)
+
+
+def vertical_slash_scores(q, k, block, last_queries=64):
+    """MInference's vertical-and-slash estimate as block scores (learn/selectors.cpp,
+    select_vertical_slash; causal): the last `last_queries` queries' softmax over the keys they see,
+    summed per key (vertical) and per offset i - j (slash); column c scores its keys' vertical mass,
+    block diagonal D = r - c the slash mass of the offsets crossing it (offset o weighs
+    (B - |o - D B|) / B). The C++ walks one ranking of columns and diagonals and gives each row the
+    blocks they name in turn; a block is reached at its column's or its diagonal's place, whichever
+    ranks first, so block (r, c) scores max(column c, diagonal r - c) and the top-k rule gives the
+    same blocks but where two candidates tie exactly. [batch, heads, blocks, blocks]."""
+    batch, heads, n, d = q.shape
+    m = min(max(last_queries, 1), n)
+    first = n - m
+    s = (q[:, :, first:].float() @ k.float().transpose(-1, -2)) / math.sqrt(d)          # [batch, heads, m, n]
+    i = torch.arange(first, n, device=q.device)[:, None]
+    j = torch.arange(n, device=q.device)[None, :]
+    p = torch.softmax(s.masked_fill(j > i, -math.inf), dim=-1)
+    vertical = p.sum(2)                                                                    # [batch, heads, n]
+    offset = (i - j).clamp(min=0).expand(batch, heads, m, n)
+    slash = torch.zeros(batch, heads, n, device=q.device).scatter_add_(-1, offset.reshape(batch, heads, -1),
+                                                                       p.reshape(batch, heads, -1))   # p = 0 where j > i
+    blocks = (n + block - 1) // block
+    column = _key_block_sums(vertical, block)                                              # [batch, heads, blocks]
+    o = torch.arange(n, device=q.device)
+    low, frac = o // block, (o % block).float() / block                                   # offset o: diagonals low and low + 1
+    diagonal = torch.zeros(batch, heads, blocks + 1, device=q.device)
+    diagonal.scatter_add_(-1, low.expand(batch, heads, n), slash * (1 - frac))
+    diagonal.scatter_add_(-1, (low + 1).expand(batch, heads, n), slash * frac)
+    r = torch.arange(blocks, device=q.device)
+    d_index = (r[:, None] - r[None, :]).clamp(min=0)                                      # r - c, 0 above the diagonal
+    by_diagonal = diagonal[..., :blocks][..., d_index]                                     # [batch, heads, blocks, blocks]
+    return torch.maximum(column[..., None, :].expand_as(by_diagonal), by_diagonal)
 
 
 def _key_block_sums(p, block):
@@ -494,6 +528,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                                select=lambda l, q, k, keep=keep: top_k_grid(moba_scores(q, k, block), keep)))
         methods.append(_Method("quest", target, per_row + ", the diagonal then the top blocks by Quest's bound "
                                "(the largest over the block's queries)", select=lambda l, q, k, keep=keep: top_k_grid(quest_scores(q, k, block), keep)))
+        methods.append(_Method("vertical-slash", target, per_row + ", the diagonal then the top columns and diagonals of the last "
+                               "64 queries' attention", select=lambda l, q, k, keep=keep: top_k_grid(vertical_slash_scores(q, k, block), keep)))
         if families:   # window, Longformer, BigBird: the largest of each family within the density
             for name, detail, masks, density in sparsa.learn.fixed_families(n, heads, target, block, True):
                 methods.append(_Method(name, target, detail, fixed=masks, density=density))

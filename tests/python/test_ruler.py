@@ -176,7 +176,8 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     report = ruler.evaluate(teachers, n=128, labels=["a", "b"], progress=None, densities=[0.25], block=16, test_inputs=6,
                             validation_inputs=3, batch=4, pooled_gate_inputs=4, pooled_gate_steps=5, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
-    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "window", "longformer", "bigbird", "pooled gate"]
+    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "window", "longformer",
+                     "bigbird", "pooled gate"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:]:
@@ -192,7 +193,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 10 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 11 and (tmp_path / "out" / "report.json").exists()
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
@@ -210,3 +211,49 @@ def test_the_fixed_families_fit_the_density_after_the_causal_cut():
         assert masks.heads == 2
     with pytest.raises(ValueError, match="target density"):
         sparsa.learn.fixed_families(1024, 2, 0.0)
+
+
+def vertical_slash_walk(q, k, block, keep, last_queries):
+    """learn/selectors.cpp's select_vertical_slash, causal, in numpy loops: one ranking of columns and
+    diagonals walked per row. Returns bool [heads, blocks, blocks]."""
+    heads, n, d = q.shape
+    m = min(last_queries, n)
+    blocks = (n + block - 1) // block
+    out = np.zeros((heads, blocks, blocks), dtype=bool)
+    for h in range(heads):
+        vertical, slash = np.zeros(n), np.zeros(n)
+        for i in range(n - m, n):
+            s = q[h, i] @ k[h, :i + 1].T / math.sqrt(d)
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            vertical[:i + 1] += p
+            slash[:i + 1] += p[::-1]   # offset i - j for j = i .. 0
+        score = np.zeros(blocks + 2 * blocks - 1)
+        for j in range(n):
+            score[j // block] += vertical[j]
+        for o in range(n):
+            for D in (o // block, o // block + 1):
+                w = (block - abs(o - D * block)) / block
+                if w > 0 and -blocks < D < blocks:
+                    score[blocks + D + blocks - 1] += w * slash[o]
+        order = sorted(range(len(score)), key=lambda a: -score[a])   # stable: ties keep index order
+        for r in range(blocks):
+            out[h, r, r] = True
+            taken = 1
+            for cand in order:
+                if taken >= min(keep, r + 1):
+                    break
+                c = cand if cand < blocks else r - (cand - blocks - (blocks - 1))
+                if c < 0 or c >= blocks or c > r or out[h, r, c]:
+                    continue
+                out[h, r, c] = True
+                taken += 1
+    return out
+
+
+@pytest.mark.parametrize("n, block, keep, last", [(96, 16, 3, 20), (100, 16, 4, 64), (64, 32, 2, 10)])
+def test_vertical_slash_keeps_the_blocks_of_the_cpp_walk(n, block, keep, last):
+    q, k = random_qk(n, heads=3, d=8, seed=n + keep)
+    grid = ruler.top_k_grid(ruler.vertical_slash_scores(q, k, block, last_queries=last), keep)[0].numpy()
+    want = vertical_slash_walk(q[0].double().numpy(), k[0].double().numpy(), block, keep, last)
+    assert np.array_equal(grid, want)
