@@ -10,6 +10,7 @@
 #include "learn/causal_mask.hpp"
 #include "learn/pool.hpp"
 #include "learn/ruler_families.hpp"
+#include "learn/selectors.hpp"
 #include "learn/tasks.hpp"
 #include "learn/teacher.hpp"
 
@@ -408,6 +409,32 @@ void bind_learn(py::module_& parent) {
           "The ruler evaluation's fixed families at a density (learn/ruler_families.hpp): window, Longformer and BigBird, each the "
           "largest of its ladder whose density after the causal cut is at most target: a list of (name, detail, MaskSet [1, heads], "
           "density).");
+    m.def("duo_masks", [](int64_t n, int64_t layers, int64_t heads, double density, const std::vector<bool>& retrieval, int32_t block,
+                          bool causal) {
+              if (!block_size_valid(block)) value_error("duo_masks: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              if (n < 1 || layers < 1 || heads < 1) value_error("duo_masks: n, layers and heads must be >= 1");
+              if (!(density > 0 && density <= 1)) value_error("duo_masks: density must be in (0, 1], got " + std::to_string(density));
+              const learn::DuoBudget budget = learn::duo_budget(n, block, layers * heads, density, causal);
+              std::vector<bool> dense = retrieval;
+              if (dense.empty()) dense.assign(static_cast<size_t>(layers * heads), false);
+              if (static_cast<int64_t>(dense.size()) != layers * heads)
+                  value_error("duo_masks: retrieval has " + std::to_string(dense.size()) + " entries, want layers x heads = " +
+                              std::to_string(layers * heads));
+              py::list per_layer;
+              for (int64_t l = 0; l < layers; ++l)
+                  per_layer.append(mask_set_wrap(learn::duo_masks(n, block, std::vector<bool>(dense.begin() + l * heads, dense.begin() + (l + 1) * heads),
+                                                                  budget, causal)));
+              py::dict b;
+              b["retrieval"] = budget.retrieval;
+              b["sink_blocks"] = budget.sink_blocks;
+              b["window_blocks"] = budget.window_blocks;
+              b["density"] = budget.density;
+              return py::make_tuple(b, per_layer);
+          }, py::arg("n"), py::arg("layers"), py::arg("heads"), py::arg("density"), py::arg("retrieval") = std::vector<bool>{},
+          py::arg("block") = 16, py::arg("causal") = true,
+          "DuoAttention's split at a density (learn/selectors.hpp, duo_budget and duo_masks): (budget {retrieval: the dense heads the "
+          "density affords, sink_blocks, window_blocks, density}, a MaskSet [1, heads] per layer) with the heads marked in retrieval "
+          "([layers x heads] bools, layer-major; empty: none) dense and the rest sink + window.");
     m.def("fixed_set", [](const std::string& expression, int64_t n, int64_t heads, int32_t block, bool causal) {
               auto [set, density] = learn::ruler_fixed_set(learn::expression_compile(expression, n, block), heads, causal);
               return py::make_tuple(mask_set_wrap(std::move(set)), density);

@@ -21,14 +21,16 @@ Rows (each per density but dense and the diagonal), as the C++ evaluation names 
   moba             mean query . mean key per block pair (select_moba)
   quest            Quest's bound, the largest over the block's queries (select_quest)
   vertical-slash   MInference's estimate from the last 64 queries (select_vertical_slash)
+  duo              DuoAttention's split (duo_budget): the dense heads the density affords, ranked on
+                   validation, the rest one sink block and a window
   window, longformer, bigbird   each family's largest pattern within the density (ruler_fixed_families)
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
 a row in all (blocks_per_row), ties to the lower block; the chosen blocks are cut to the causal
-mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: DuoAttention, the
-indexer, the search script, LSH, anchors and FAVOR+ (the C++ evaluation has them).
+mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: the indexer, the
+search script, LSH, anchors and FAVOR+ (the C++ evaluation has them).
 
 Index
   [SECTION] block scores   moba, quest, exact, the pooled target; top-k per row
@@ -373,9 +375,10 @@ class _Runner:
 
         def attend(layer, q, k, v):
             batch, heads, n, hw = q.shape
-            if method.fixed is not None:
+            if method.fixed is not None:   # one MaskSet for every layer, or a list of one per layer
                 kept.append(method.fixed_density)
-                return sparsa_torch.attention(q, k, v, method.fixed, 0)
+                fixed = method.fixed[layer] if isinstance(method.fixed, list) else method.fixed
+                return sparsa_torch.attention(q, k, v, fixed, 0)
             grid = method.select(layer, q, _kv_per_query_head(k, heads))
             tril = torch.ones(self.blocks, self.blocks, dtype=torch.bool, device=grid.device).tril()
             kept.append(float((grid & tril).sum()) / (batch * heads * self.blocks * (self.blocks + 1) / 2))
@@ -530,6 +533,29 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                                "(the largest over the block's queries)", select=lambda l, q, k, keep=keep: top_k_grid(quest_scores(q, k, block), keep)))
         methods.append(_Method("vertical-slash", target, per_row + ", the diagonal then the top columns and diagonals of the last "
                                "64 queries' attention", select=lambda l, q, k, keep=keep: top_k_grid(vertical_slash_scores(q, k, block), keep)))
+        # DuoAttention: as many dense (retrieval) heads as the budget holds, ranked on validation by the
+        # accuracy lost when each head alone streams; the rest sink + window
+        budget, streaming = sparsa.learn.duo_masks(n, layers, heads, target, [], block, True)
+        retrieval, ranking = [False] * (layers * heads), ""
+        if budget["retrieval"] > 0:
+            loss = []
+            for lh in range(layers * heads):
+                one = [True] * (layers * heads)
+                one[lh] = False
+                _, sets = sparsa.learn.duo_masks(n, layers, heads, target, one, block, True)
+                loss.append((_accuracy(runner, _Method("duo", target, "", fixed=sets, density=1.0), validation, batch), lh))
+            loss.sort(key=lambda x: x[0])   # stable: ties keep the head order, as the C++ stable_sort
+            for _, lh in loss[:budget["retrieval"]]:
+                retrieval[lh] = True
+            ranking = "; validation accuracy with each head alone streaming: " + ", ".join(
+                f"L{lh // heads}H{lh % heads} {100 * acc:.1f}%" for acc, lh in loss)
+        _, sets = sparsa.learn.duo_masks(n, layers, heads, target, retrieval, block, True)
+        dense_heads = ", ".join(f"L{lh // heads}H{lh % heads}" for lh in range(layers * heads) if retrieval[lh])
+        methods.append(_Method("duo", target, f"{budget['retrieval']} of {layers * heads} heads dense" +
+                               (f" ({dense_heads})" if dense_heads else "") + f", the rest 1 sink block + a window of "
+                               f"{budget['window_blocks']} blocks" + (ranking or (" (one dense head is over the budget)"
+                                                                                 if budget["retrieval"] == 0 else "")),
+                               fixed=sets, density=budget["density"]))
         if families:   # window, Longformer, BigBird: the largest of each family within the density
             for name, detail, masks, density in sparsa.learn.fixed_families(n, heads, target, block, True):
                 methods.append(_Method(name, target, detail, fixed=masks, density=density))
@@ -645,8 +671,9 @@ def _timings(runner, methods, rows, repeats):
         for m, row in zip(methods, rows[1:]):
             key = f"{m.name} {m.target}"
             if m.fixed is not None:
+                fixed = m.fixed[0] if isinstance(m.fixed, list) else m.fixed   # layer 0's
                 per[key] = {"select_ms": 0.0, "masks_ms": 0.0,
-                            "attention_ms": _time_ms(lambda m=m: sparsa_torch.attention(q, k, v, m.fixed, 0), device, repeats)}
+                            "attention_ms": _time_ms(lambda fixed=fixed: sparsa_torch.attention(q, k, v, fixed, 0), device, repeats)}
                 continue
             select = lambda m=m: m.select(0, q, kq)   # noqa: E731
             grid = select()

@@ -176,8 +176,8 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     report = ruler.evaluate(teachers, n=128, labels=["a", "b"], progress=None, densities=[0.25], block=16, test_inputs=6,
                             validation_inputs=3, batch=4, pooled_gate_inputs=4, pooled_gate_steps=5, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
-    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "window", "longformer",
-                     "bigbird", "pooled gate"]
+    assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "duo", "window",
+                     "longformer", "bigbird", "pooled gate"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:]:
@@ -190,10 +190,15 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
                                  time_repeats=1, progress=None)
     assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 2
     assert any("(chosen on validation)" in note for note in one["notes"])
+    # a density that affords a dense head: DuoAttention ranks the heads on validation
+    wide = ruler.evaluate_teacher(teachers[0], 128, densities=[0.8], block=16, test_inputs=2, validation_inputs=3, batch=4,
+                                  families=False, pooled_gate_inputs=0, time_repeats=1, progress=None)
+    duo = [r for r in wide["rows"] if r["method"] == "duo"][0]
+    assert "1 of 2 heads dense" in duo["detail"] and "each head alone streaming" in duo["detail"]
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 11 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 12 and (tmp_path / "out" / "report.json").exists()
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
@@ -257,3 +262,15 @@ def test_vertical_slash_keeps_the_blocks_of_the_cpp_walk(n, block, keep, last):
     grid = ruler.top_k_grid(ruler.vertical_slash_scores(q, k, block, last_queries=last), keep)[0].numpy()
     want = vertical_slash_walk(q[0].double().numpy(), k[0].double().numpy(), block, keep, last)
     assert np.array_equal(grid, want)
+
+
+def test_duo_masks_give_the_budgets_dense_heads_and_stream_the_rest():
+    budget, sets = sparsa.learn.duo_masks(1024, 2, 4, 0.30, [True, False, False, False, False, False, False, False], 16, True)
+    assert budget["retrieval"] >= 1 and len(sets) == 2
+    causal = sparsa.learn.causal_masks(1024, 4, 16)
+    assert sets[0].stats(0, 0).kept_blocks == causal.stats(0, 0).kept_blocks            # the retrieval head: dense causal
+    assert sets[0].stats(0, 1).kept_blocks < causal.stats(0, 1).kept_blocks             # a streaming head
+    none, _ = sparsa.learn.duo_masks(1024, 2, 2, 0.125)
+    assert none["retrieval"] == 0   # with 4 heads in all, one dense head is over 12.5%
+    with pytest.raises(ValueError, match="retrieval has 3 entries"):
+        sparsa.learn.duo_masks(1024, 2, 2, 0.125, [True, False, True])
