@@ -23,14 +23,16 @@ Rows (each per density but dense and the diagonal), as the C++ evaluation names 
   vertical-slash   MInference's estimate from the last 64 queries (select_vertical_slash)
   duo              DuoAttention's split (duo_budget): the dense heads the density affords, ranked on
                    validation, the rest one sink block and a window
+  indexer          DeepSeek's lightning indexer (learn/indexer.hpp), trained by KL to the head-summed
+                   attention on sampled rows, early stopping per layer on validation
   window, longformer, bigbird   each family's largest pattern within the density (ruler_fixed_families)
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
 a row in all (blocks_per_row), ties to the lower block; the chosen blocks are cut to the causal
-mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: the indexer, the
-search script, LSH, anchors and FAVOR+ (the C++ evaluation has them).
+mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: the search script,
+LSH, anchors and FAVOR+ (the C++ evaluation has them).
 
 Index
   [SECTION] block scores   moba, quest, exact, the pooled target; top-k per row
@@ -338,6 +340,120 @@ class PooledGate:
                 "first_validation": float(first_v.mean()), "best_validation": float(best_v.mean()), "steps": ran}
 
 
+# [SECTION] lightning indexer
+
+
+def _concat_heads(x):
+    """[batch, heads, n, d] -> [batch, n, heads d]: every head's row side by side."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
+
+
+class Indexer:
+    """DeepSeek's lightning indexer (learn/indexer.hpp), per layer: index scores I_ts = sum_j w_tj
+    ReLU(a_tj . b_s) with a_tj = Wq_j x_t, b_s = Wk y_s, w_tj = ww_j . x_t, x and y a token's query and
+    key rows of every head side by side; trained by KL to the layer's attention summed over heads on
+    sampled query rows, each weighted by 1 - its share on its own block. A query block keeps the key
+    blocks of most predicted mass (each row's softmax of its scores per key block, the largest over
+    the block's rows), the same blocks in every head. Noise of deviation 0.1 / sqrt(in) from torch's
+    generator (the C++ indexer draws its own)."""
+
+    def __init__(self, layers, heads, head_dim, index_heads=2, width=8, block=16, causal=True, seed=1, device="cpu"):
+        g = torch.Generator().manual_seed(seed)
+        d_in = heads * head_dim
+        noise = lambda *shape: (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.1 / math.sqrt(d_in)).to(device)  # noqa: E731
+        self.index_heads, self.width, self.block, self.causal = index_heads, width, block, causal
+        self.wq, self.wk, self.ww = noise(layers, index_heads * width, d_in), noise(layers, width, d_in), noise(layers, index_heads, d_in)
+
+    def _scores(self, x, y, wq, wk, ww, positions):
+        """Index scores of query rows x [batch, rows, in] at sequence positions `positions` [rows]
+        against the keys y [batch, n, in]: [batch, rows, n], -inf after each row's position when causal."""
+        a = (x @ wq.transpose(-1, -2)).unflatten(-1, (self.index_heads, self.width))    # [batch, rows, J, w]
+        b = y @ wk.transpose(-1, -2)                                                      # [batch, n, w]
+        w = x @ ww.transpose(-1, -2)                                                      # [batch, rows, J]
+        s = (w[..., None] * torch.relu(torch.einsum("brjw,bnw->brjn", a, b))).sum(2)
+        if self.causal:
+            s = s.masked_fill(torch.arange(y.shape[1], device=x.device)[None, :] > positions[:, None], -math.inf)
+        return s
+
+    def select(self, layer, q, k, keep, chunk_rows=2048):
+        """The top `keep` blocks a row by predicted mass, every head alike: bool [batch, heads, blocks, blocks]."""
+        x, y = _concat_heads(q.float()), _concat_heads(k.float())
+        wq, wk, ww = self.wq[layer].float(), self.wk[layer].float(), self.ww[layer].float()
+        n, block = q.shape[2], self.block
+        blocks = (n + block - 1) // block
+        score = torch.empty(q.shape[0], blocks, blocks, device=q.device)
+        chunk = max(block, chunk_rows // block * block)
+        for first in range(0, n, chunk):
+            last = min(n, first + chunk)
+            positions = torch.arange(first, last, device=q.device)
+            mass, _ = _blocked(_key_block_sums(torch.softmax(self._scores(x[:, first:last], y, wq, wk, ww, positions), -1), block)[:, None],
+                               block)
+            if (last - first) % block:
+                mass[:, :, -1, (last - first) % block:] = -math.inf
+            score[:, first // block:(last + block - 1) // block] = mass.amax(3)[:, 0]
+        return top_k_grid(score[:, None].expand(q.shape[0], q.shape[1], blocks, blocks), keep, self.causal)
+
+    @staticmethod
+    def examples(q, k, block, rows, seed, causal=True):
+        """Training rows of one layer of a batch: (x [batch, n, in], y, row indices [R], targets [batch, R, n]
+        (the attention summed over heads / heads), weights [batch, R])."""
+        n = q.shape[2]
+        g = torch.Generator().manual_seed(seed)
+        picked = torch.sort(torch.randperm(n, generator=g)[:rows]).values.to(q.device) if rows < n else torch.arange(n, device=q.device)
+        s = (q[:, :, picked].float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[3])   # [batch, heads, R, n]
+        if causal:
+            s = s.masked_fill(torch.arange(n, device=q.device)[None, :] > picked[:, None], -math.inf)
+        target = torch.softmax(s, -1).mean(1)                                                  # [batch, R, n]
+        own = torch.stack([target[:, i, (t // block) * block:min(n, (t // block + 1) * block)].sum(-1)
+                           for i, t in enumerate(picked.tolist())], 1)
+        return _concat_heads(q.float()), _concat_heads(k.float()), picked, target, (1 - own).clamp(min=1e-3)
+
+    def _loss(self, layer, wq, wk, ww, ex):
+        """sum weight KL(target || softmax(scores)) / sum weight, averaged over the examples' inputs."""
+        total = 0.0
+        for x, y, picked, target, weight in ex:
+            logp = torch.log_softmax(self._scores(x[:, picked].double(), y.double(), wq, wk, ww, picked), -1)
+            t, wt = target.double(), weight.double()
+            kl = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-300)) - logp.clamp(min=-1e300)), torch.zeros_like(t)).sum(-1)
+            total = total + ((wt * kl).sum(-1) / wt.sum(-1)).mean()
+        return total / len(ex)
+
+    def train(self, train, validation, steps=300, lr=1e-2, eval_every=20, patience=4):
+        """Adam (0.9, 0.999, 1e-8) per layer on the examples ([layer] -> list of Indexer.examples), the
+        validation loss every eval_every steps, each layer keeping its best (learn/early_stopped_adam.hpp).
+        Returns {first_train, last_train, first_validation, best_validation, steps} (means over layers)."""
+        reports = []
+        for layer in range(self.wq.shape[0]):
+            w = [p[layer].clone().requires_grad_(True) for p in (self.wq, self.wk, self.ww)]
+            opt = torch.optim.Adam(w, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+            with torch.no_grad():
+                best_v = first_v = float(self._loss(layer, *w, validation[layer]))
+            best, since, first_t, last_t, ran = [p.detach().clone() for p in w], 0, None, None, 0
+            for step in range(steps):
+                opt.zero_grad()
+                loss = self._loss(layer, *w, train[layer])
+                loss.backward()
+                opt.step()
+                ran, last_t = step + 1, float(loss)
+                first_t = last_t if first_t is None else first_t
+                if (step + 1) % eval_every and step + 1 != steps:
+                    continue
+                with torch.no_grad():
+                    v = float(self._loss(layer, *w, validation[layer]))
+                if v < best_v:
+                    best_v, best, since = v, [p.detach().clone() for p in w], 0
+                else:
+                    since += 1
+                    if since >= patience:
+                        break
+            for p, b in zip((self.wq, self.wk, self.ww), best):
+                p[layer] = b
+            reports.append((first_t, last_t, first_v, best_v, ran))
+        mean = lambda i: statistics.fmean(r[i] for r in reports)  # noqa: E731
+        return {"first_train": mean(0), "last_train": mean(1), "first_validation": mean(2), "best_validation": mean(3),
+                "steps": max(r[4] for r in reports)}
+
+
 # [SECTION] evaluation
 
 
@@ -437,6 +553,21 @@ def _gate_examples(runner, data, batch):
     return torch.cat(qs).double(), torch.cat(ks).double(), torch.cat(ts).double()
 
 
+def _indexer_examples(runner, data, batch, rows):
+    """[layer] -> a list of Indexer.examples, one per batch of sequences, from the dense teacher's q, k."""
+    per_layer = [[] for _ in runner.t.layers]
+    tokens = torch.from_numpy(data["tokens"])
+    for b in range(0, tokens.shape[0], batch):
+        def capture(layer, q, k, v, b=b):
+            kq = _kv_per_query_head(k, q.shape[1])
+            per_layer[layer].append(Indexer.examples(q, kq, runner.block, rows, seed=b * len(per_layer) + layer))
+            return runner.t._attend(q, k, v)
+
+        with torch.no_grad(), lab._autocast(runner.device, runner.dtype):
+            runner.t(tokens[b:b + batch].to(runner.device), attend=capture)
+    return per_layer
+
+
 def _time_ms(fn, device, repeats):
     """Median wall-clock ms of fn() (synchronised on CUDA) over `repeats` calls after one warm-up."""
     fn()
@@ -452,6 +583,7 @@ def _time_ms(fn, device, repeats):
 
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
                      pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
+                     indexer_inputs=64, indexer_heads=2, indexer_width=8, indexer_steps=300, indexer_rows=128,
                      families=True, dtype=None, time_repeats=11, progress=print):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
@@ -460,7 +592,9 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
     calibration inputs). pooled_gate_configs: (width, key pool) pairs to train, the most accurate
     on validation at the first density kept (None: width pooled_gate_width, mean keys, as the C++
-    gate). families: also window, Longformer and BigBird at each density (fixed_families).
+    gate). indexer_inputs: training-stream sequences the lightning indexer learns from (0: no indexer
+    row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
+    density (fixed_families).
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
     if not teacher.model["causal"]:
         raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
@@ -509,6 +643,18 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         gate, gate_label = best[1], best[2]
         notes.append(f"pooled gate: {gate_label}" + (" (chosen on validation)" if len(configs) > 1 else "") +
                      f"; training {time.perf_counter() - t0:.1f} s in all")
+    indexer = None
+    if indexer_inputs > 0:
+        t0 = time.perf_counter()
+        indexer = Indexer(layers, heads, teacher.model["head_width"], indexer_heads, indexer_width, block, True, seed, device)
+        train = lab.task_batch(teacher.task, "train", 2 ** 40, indexer_inputs, seed=seed, n=n)
+        r = indexer.train(_indexer_examples(runner, train, batch, indexer_rows), _indexer_examples(runner, validation, batch, indexer_rows),
+                          steps=indexer_steps)
+        notes.append(f"indexer: {indexer_heads} index heads of width {indexer_width}, trained on {indexer_rows} query rows of each of "
+                     f"{indexer_inputs} training-stream sequences (seed {seed}, from index 2^40) for at most {indexer_steps} steps (the "
+                     f"longest layer ran {r['steps']}): KL on them {r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL "
+                     f"{r['first_validation']:.4f} -> {r['best_validation']:.4f} (best, kept) in {time.perf_counter() - t0:.1f} s")
+        say(notes[-1])
     for target in densities:
         keep = blocks_per_row(target, blocks)
         per_row = f"{keep} block{'s' if keep != 1 else ''} per row"
@@ -563,6 +709,10 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             methods.append(_Method("pooled gate", target, per_row + f", the diagonal then the top blocks by the trained pooled "
                                    f"gate ({gate_label}; its training below)",
                                    select=lambda l, q, k, keep=keep: gate.select(l, q, k, keep)))
+        if indexer is not None:
+            methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
+                                   f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
+                                   f"{indexer_width}; its training below)", select=lambda l, q, k, keep=keep: indexer.select(l, q, k, keep)))
     say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
 
     rows = [{"method": "dense", "target": 1.0, "detail": "the causal mask", "hits": [], "kinds": [], "depths": [], "density": []}]
@@ -814,6 +964,10 @@ def main(argv=None):
     ap.add_argument("--pooled-gate-configs", default="",
                     help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min (width:keys; "
                          "default: --pooled-gate-width with mean keys, as the C++ gate)")
+    ap.add_argument("--indexer-inputs", type=int, default=64, help="training-stream sequences the lightning indexer learns from (0: none)")
+    ap.add_argument("--indexer-heads", type=int, default=2)
+    ap.add_argument("--indexer-width", type=int, default=8)
+    ap.add_argument("--indexer-steps", type=int, default=300)
     ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
                     help="fixed: window, Longformer and BigBird rows at each density too (default); none: the selectors only")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -857,6 +1011,8 @@ def main(argv=None):
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
                                       pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
                                       pooled_gate_configs=configs, seed=s, families=a.families == "fixed",
+                                      indexer_inputs=a.indexer_inputs, indexer_heads=a.indexer_heads, indexer_width=a.indexer_width,
+                                      indexer_steps=a.indexer_steps,
                                       dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))
     report = {"n": a.n, "teachers": [os.path.basename(p) for p in paths], "evals": evals}
     command = "python3 -m sparsa.ruler " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

@@ -174,10 +174,11 @@ def test_identity_gate_keeping_every_block_is_the_dense_teacher():
 def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     teachers = [lab.LabTeacher.new(**TINY, seed=s) for s in (2, 3)]
     report = ruler.evaluate(teachers, n=128, labels=["a", "b"], progress=None, densities=[0.25], block=16, test_inputs=6,
-                            validation_inputs=3, batch=4, pooled_gate_inputs=4, pooled_gate_steps=5, time_repeats=1)
+                            validation_inputs=3, batch=4, pooled_gate_inputs=4, pooled_gate_steps=5, indexer_inputs=4, indexer_steps=3,
+                            indexer_rows=16, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
     assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "duo", "window",
-                     "longformer", "bigbird", "pooled gate"]
+                     "longformer", "bigbird", "pooled gate", "indexer"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:]:
@@ -186,19 +187,19 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
     one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
-                                 pooled_gate_inputs=4, pooled_gate_steps=3, pooled_gate_configs=[(8, "mean"), (8, "mean+max+min")],
+                                 pooled_gate_inputs=4, pooled_gate_steps=3, pooled_gate_configs=[(8, "mean"), (8, "mean+max+min")], indexer_inputs=0,
                                  time_repeats=1, progress=None)
     assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 2
     assert any("(chosen on validation)" in note for note in one["notes"])
     # a density that affords a dense head: DuoAttention ranks the heads on validation
     wide = ruler.evaluate_teacher(teachers[0], 128, densities=[0.8], block=16, test_inputs=2, validation_inputs=3, batch=4,
-                                  families=False, pooled_gate_inputs=0, time_repeats=1, progress=None)
+                                  families=False, pooled_gate_inputs=0, indexer_inputs=0, time_repeats=1, progress=None)
     duo = [r for r in wide["rows"] if r["method"] == "duo"][0]
     assert "1 of 2 heads dense" in duo["detail"] and "each head alone streaming" in duo["detail"]
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 12 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 13 and (tmp_path / "out" / "report.json").exists()
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
@@ -274,3 +275,19 @@ def test_duo_masks_give_the_budgets_dense_heads_and_stream_the_rest():
     assert none["retrieval"] == 0   # with 4 heads in all, one dense head is over 12.5%
     with pytest.raises(ValueError, match="retrieval has 3 entries"):
         sparsa.learn.duo_masks(1024, 2, 2, 0.125, [True, False, True])
+
+
+def test_the_indexer_recovers_a_planted_pattern():
+    """Query block r looks for key block r // 2 (planted): the trained indexer keeps it, the untrained one does not."""
+    block, blocks = 16, 8
+    want = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for r in range(blocks):
+        want[r, r] = want[r, r // 2] = True
+    ex = lambda seed, count: [[ruler.Indexer.examples(*planted(count, seed=seed), block, rows=64, seed=seed)]]  # noqa: E731
+    ix = ruler.Indexer(1, 1, 8, index_heads=2, width=8, block=block, seed=3)
+    fresh = planted(1, seed=99)
+    assert not torch.equal(ix.select(0, *fresh, 2)[0, 0], want)
+    r = ix.train(ex(1, 16), ex(2, 4), steps=300, lr=0.05, eval_every=10, patience=10)
+    assert r["best_validation"] < 0.5 * r["first_validation"]
+    grid = ix.select(0, *fresh, 2)
+    assert grid.shape == (1, 1, blocks, blocks) and torch.equal(grid[0, 0], want)
