@@ -884,9 +884,67 @@ def summary(report):
     return out
 
 
+def _pictures(rows, report, directory):
+    """depth.png (needle accuracy by depth, every row) and cost.png (accuracy against one layer's
+    selection + sparse attention time, dense at its own) in `directory`, written through temporary
+    files; nothing where matplotlib is missing (the report says so)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    wrote = []
+    label = lambda r: r["method"] + ("" if r["method"] == "dense" else f" {100 * r['target']:.1f}%")  # noqa: E731
+    # one colour and marker per row, the same in both pictures
+    style = {id(r): (plt.get_cmap("tab20")(i % 20), "osD^v<>ph*P"[i % 11]) for i, r in enumerate(rows)}
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for r in rows:
+        means = [_mean_std(v)[0] for v in r["needle_by_depth"]]
+        ax.plot(range(10), [np.nan if m is None else 100 * m for m in means], marker=style[id(r)][1], color=style[id(r)][0],
+                label=label(r), linewidth=2.5 if r["method"] in ("dense", "pooled gate") else 1.2)
+    ax.set_xlabel("depth of the asked needle (0: start of the haystack, 9: end)")
+    ax.set_ylabel("needle accuracy %, mean over teachers")
+    ax.set_title(f"Needle accuracy by depth, n = {report['n']:,}")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    figures = [("depth.png", fig)]
+    e0 = report["evals"][0]
+    dense_ms = statistics.median(e["timing"]["dense_ms"] for e in report["evals"])
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for r in rows:
+        if r["method"] == "dense":
+            x = dense_ms
+        elif r["attention_ms"]:
+            x = statistics.median(r["attention_ms"]) + (statistics.median(r["select_ms"]) if r["select_ms"] else 0)
+        else:
+            continue
+        m, sd = _mean_std(r["accuracy"])
+        ax.errorbar([x], [100 * m], yerr=[100 * sd], fmt=style[id(r)][1], color=style[id(r)][0], capsize=3, label=label(r))
+    cudnn = [e["timing"]["cudnn_ms"] for e in report["evals"] if "cudnn_ms" in e["timing"]]
+    if cudnn:
+        ax.axvline(statistics.median(cudnn), color="grey", linestyle="--", label="cuDNN dense (time only)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms for one layer of one sequence {e0['timing']['shape']}: selection + sparse attention (masks on the device)")
+    ax.set_ylabel("accuracy %, mean ± deviation over teachers")
+    ax.set_title(f"Accuracy against cost, n = {report['n']:,}, block {e0['block']}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    figures.append(("cost.png", fig))
+    for name, f in figures:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".png")
+        os.close(fd)
+        f.savefig(tmp, dpi=110)
+        plt.close(f)
+        os.replace(tmp, os.path.join(directory, name))
+        wrote.append(name)
+    return wrote
+
+
 def report_write(report, directory, command=""):
-    """report.json (everything) and report.md (the table over teachers) in `directory`, each written
-    to a temporary file and renamed."""
+    """report.json (everything), report.md (the tables over teachers), depth.png and cost.png (where
+    matplotlib is) in `directory`, each written to a temporary file and renamed."""
     os.makedirs(directory, exist_ok=True)
     e0 = report["evals"][0]
     rows = summary(report)
@@ -937,6 +995,9 @@ def report_write(report, directory, command=""):
     for label, e in zip(report["teachers"], report["evals"]):
         lines += [""] + [f"- {label}: {note}" for note in e["notes"]]
         lines.append(f"- {label}: evaluated in {e['seconds']:.0f} s")
+    pictures = _pictures(rows, report, directory)
+    lines += ["", ("Pictures: " + ", ".join(pictures) + " (needle accuracy by depth; accuracy against one layer's cost).")
+              if pictures else "No pictures: matplotlib is not installed here."]
     for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", "\n".join(lines) + "\n")):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
         with os.fdopen(fd, "w") as f:

@@ -200,6 +200,10 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert len(rows[0]["needle_by_depth"]) == 10
     assert len(rows) == 13 and (tmp_path / "out" / "report.json").exists()
+    pytest.importorskip("matplotlib")
+    for picture in ("depth.png", "cost.png"):
+        assert (tmp_path / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Pictures: depth.png, cost.png" in text
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
