@@ -1,0 +1,417 @@
+"""sparsa.selectors: block selectors in PyTorch, the ones learn/ has in C++, for sparsa.ruler's
+evaluation on the GPU (docs/learn.md, "The evaluation in PyTorch"). Every function takes one layer's
+q and k, [batch, heads, n, d] (k per query head), and gives block scores [batch, heads, blocks,
+blocks]; top_k_grid turns scores into the kept blocks, each row's diagonal first, ties to the lower
+block, as learn/distill.cpp's block_mask_top_k.
+
+    import sparsa.selectors as sel
+    grid = sel.top_k_grid(sel.quest_scores(q, k, 64), keep=17)        # bool [batch, heads, blocks, blocks]
+
+Index
+  [SECTION] block scores   MoBA, Quest, vertical-slash, exact scores, the pooled target; top-k per row
+  [SECTION] pooled gate    SeerAttention's gate, trained with early stopping per head
+  [SECTION] lightning indexer  DeepSeek's indexer, trained with early stopping per layer
+"""
+
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
+           "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer"]
+
+
+def blocks_per_row(density, blocks, causal=True):
+    """Key blocks a row keeps at a block density (learn/ruler_eval.cpp, ruler_blocks_per_row): causal,
+    the k whose causal kept share, sum over rows of min(k, r + 1) over blocks (blocks + 1) / 2, is
+    nearest the density (ties to the smaller k)."""
+    if not causal:
+        return max(1, min(blocks, int(round(density * blocks))))
+    total = blocks * (blocks + 1) / 2
+    best, best_gap = 1, math.inf
+    for k in range(1, blocks + 1):
+        gap = abs((k * (k + 1) / 2 + (blocks - k) * k) / total - density)
+        if gap < best_gap:
+            best, best_gap = k, gap
+    return best
+
+
+# [SECTION] block scores: q, k [batch, heads, n, d] (k per query head) -> [batch, heads, blocks, blocks]
+
+
+def _blocked(x, block):
+    """x [batch, heads, n, d] -> ([batch, heads, blocks, block, d] zero-padded, rows per block [blocks])."""
+    n = x.shape[2]
+    blocks = (n + block - 1) // block
+    pad = blocks * block - n
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+    counts = torch.full((blocks,), block, dtype=x.dtype, device=x.device)
+    counts[-1] = n - (blocks - 1) * block
+    return x.reshape(x.shape[0], x.shape[1], blocks, block, x.shape[3]), counts
+
+
+def _block_means(x, block):
+    xb, counts = _blocked(x.float(), block)
+    return xb.sum(3) / counts[:, None]
+
+
+def moba_scores(q, k, block):
+    """Mean of query block r . mean of key block c (learn/selectors.cpp, moba_scores)."""
+    return _block_means(q, block) @ _block_means(k, block).transpose(-1, -2)
+
+
+def _block_bounds(k, block):
+    """The largest and smallest key of each block per channel: ([batch, heads, blocks, d] twice)."""
+    kb, _ = _blocked(k.float(), block)
+    last = k.shape[2] - (kb.shape[2] - 1) * block   # rows of the last block: its padding must not be a key
+    hi = kb.amax(3)
+    lo = kb.amin(3)
+    if last < block:
+        hi[:, :, -1] = kb[:, :, -1, :last].amax(2)
+        lo[:, :, -1] = kb[:, :, -1, :last].amin(2)
+    return hi, lo
+
+
+def quest_scores(q, k, block):
+    """Quest's bound u_ic = q+ . hi_c + q- . lo_c (the largest and smallest key of block c per channel),
+    a query block's score the largest u_ic over its rows (learn/selectors.cpp, quest_scores)."""
+    hi, lo = _block_bounds(k, block)
+    n = k.shape[2]
+    last = n - (hi.shape[2] - 1) * block
+    qf = q.float()
+    u = qf.clamp(min=0) @ hi.transpose(-1, -2) + qf.clamp(max=0) @ lo.transpose(-1, -2)   # [batch, heads, n, blocks]
+    ub, _ = _blocked(u, block)
+    if last < block:
+        ub[:, :, -1, last:] = -math.inf
+    return ub.amax(3)
+
+
+def vertical_slash_scores(q, k, block, last_queries=64):
+    """MInference's vertical-and-slash estimate as block scores (learn/selectors.cpp,
+    select_vertical_slash; causal): the last `last_queries` queries' softmax over the keys they see,
+    summed per key (vertical) and per offset i - j (slash); column c scores its keys' vertical mass,
+    block diagonal D = r - c the slash mass of the offsets crossing it (offset o weighs
+    (B - |o - D B|) / B). The C++ walks one ranking of columns and diagonals and gives each row the
+    blocks they name in turn; a block is reached at its column's or its diagonal's place, whichever
+    ranks first, so block (r, c) scores max(column c, diagonal r - c) and the top-k rule gives the
+    same blocks but where two candidates tie exactly. [batch, heads, blocks, blocks]."""
+    batch, heads, n, d = q.shape
+    m = min(max(last_queries, 1), n)
+    first = n - m
+    s = (q[:, :, first:].float() @ k.float().transpose(-1, -2)) / math.sqrt(d)          # [batch, heads, m, n]
+    i = torch.arange(first, n, device=q.device)[:, None]
+    j = torch.arange(n, device=q.device)[None, :]
+    p = torch.softmax(s.masked_fill(j > i, -math.inf), dim=-1)
+    vertical = p.sum(2)                                                                    # [batch, heads, n]
+    offset = (i - j).clamp(min=0).expand(batch, heads, m, n)
+    slash = torch.zeros(batch, heads, n, device=q.device).scatter_add_(-1, offset.reshape(batch, heads, -1),
+                                                                       p.reshape(batch, heads, -1))   # p = 0 where j > i
+    blocks = (n + block - 1) // block
+    column = _key_block_sums(vertical, block)                                              # [batch, heads, blocks]
+    o = torch.arange(n, device=q.device)
+    low, frac = o // block, (o % block).float() / block                                   # offset o: diagonals low and low + 1
+    diagonal = torch.zeros(batch, heads, blocks + 1, device=q.device)
+    diagonal.scatter_add_(-1, low.expand(batch, heads, n), slash * (1 - frac))
+    diagonal.scatter_add_(-1, (low + 1).expand(batch, heads, n), slash * frac)
+    r = torch.arange(blocks, device=q.device)
+    d_index = (r[:, None] - r[None, :]).clamp(min=0)                                      # r - c, 0 above the diagonal
+    by_diagonal = diagonal[..., :blocks][..., d_index]                                     # [batch, heads, blocks, blocks]
+    return torch.maximum(column[..., None, :].expand_as(by_diagonal), by_diagonal)
+
+
+def _key_block_sums(p, block):
+    """p [..., rows, n] -> per key block sums [..., rows, blocks]."""
+    n = p.shape[-1]
+    blocks = (n + block - 1) // block
+    if blocks * block != n:
+        p = F.pad(p, (0, blocks * block - n))
+    return p.reshape(*p.shape[:-1], blocks, block).sum(-1)
+
+
+def _row_shares(q, k, block, causal, chunk_rows):
+    """Yields, chunk_rows query rows at a time: (the chunk's query blocks as a slice, each row's share of
+    softmax(q k^T / sqrt(d)) per key block [batch, heads, row blocks, block, key blocks], the rows of
+    its last query block that exist). Later keys are left out of a row when causal; rows past n are
+    zeros. A dense q k^T in float32."""
+    n, d = q.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(d)
+    chunk = max(block, chunk_rows // block * block)
+    kf = k.float()
+    for first in range(0, n, chunk):
+        last = min(n, first + chunk)
+        s = (q[:, :, first:last].float() @ kf.transpose(-1, -2)) * scale
+        if causal:
+            rows = torch.arange(first, last, device=q.device)[:, None]
+            s = s.masked_fill(torch.arange(n, device=q.device)[None, :] > rows, -math.inf)
+        shares, _ = _blocked(_key_block_sums(torch.softmax(s, dim=-1), block), block)
+        yield slice(first // block, (last + block - 1) // block), shares, (last - first - 1) % block + 1
+
+
+def exact_scores(q, k, block, chunk_rows=2048):
+    """The identity gate's scores (learn/selectors.cpp, select_exact): each query row's share of its
+    softmax(q k^T / sqrt(d)) over every key (later keys count in a causal row's total; their blocks
+    are never kept), per key block; a block row's score the largest share among its rows."""
+    blocks = (q.shape[2] + block - 1) // block
+    out = torch.empty(q.shape[0], q.shape[1], blocks, blocks, dtype=torch.float32, device=q.device)
+    for rows, shares, valid in _row_shares(q, k, block, False, chunk_rows):
+        shares[:, :, -1, valid:] = -math.inf   # rows past n are no rows
+        out[:, :, rows] = shares.amax(3)
+    return out
+
+
+def pooled_target(q, k, block, causal=True, chunk_rows=2048):
+    """The teacher's attention pooled per block (learn/pool.cpp, row_share, each row normalised):
+    softmax(q k^T / sqrt(d)) with later keys left out when causal, summed over the rows of query
+    block r and the keys of key block c, then each block row divided by its sum. [batch, heads,
+    blocks, blocks] float32."""
+    blocks = (q.shape[2] + block - 1) // block
+    out = torch.zeros(q.shape[0], q.shape[1], blocks, blocks, dtype=torch.float32, device=q.device)
+    for rows, shares, _ in _row_shares(q, k, block, causal, chunk_rows):
+        out[:, :, rows] = shares.sum(3)
+    return out / out.sum(-1, keepdim=True)
+
+
+def top_k_grid(scores, keep, causal=True):
+    """bool [batch, heads, blocks, blocks]: each row's diagonal block, then its highest-scoring key
+    blocks (c <= r when causal) until it keeps `keep` (learn/distill.cpp, block_mask_top_k with
+    keep_diagonal; ties to the lower block: a stable sort)."""
+    blocks = scores.shape[-1]
+    s = scores.float().clone()
+    eye = torch.eye(blocks, dtype=torch.bool, device=s.device)
+    s.masked_fill_(eye, math.inf)
+    later = torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1)
+    if causal:
+        s.masked_fill_(later, -math.inf)
+    keep = min(keep, blocks)
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :keep]
+    grid = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, order, True)
+    if causal:
+        grid &= ~later
+    return grid
+
+
+# [SECTION] pooled gate
+
+
+KEY_POOLS = ("mean", "mean+max+min")
+
+
+def _block_keys(k, block, key_pool):
+    """What the pooled gate reads of each key block: its mean key ("mean", learn/pooled_gate.hpp's),
+    or the mean, the largest and the smallest key per channel side by side ("mean+max+min", as
+    SeerAttention pools K): [batch, heads, blocks, d or 3 d]."""
+    mean = _block_means(k, block)
+    if key_pool == "mean":
+        return mean
+    return torch.cat([mean, *_block_bounds(k, block)], -1)
+
+
+class PooledGate:
+    """SeerAttention's pooled gate (learn/pooled_gate.hpp), per (layer, head): a = mean(Q_r) wq,
+    b = keys(K_c) wk ([head_dim, width] and [head_dim or 3 head_dim, width]: _block_keys), scores
+    a_r . b_c / sqrt(width), -inf above the diagonal when causal. wq, wk start as normal noise of
+    deviation 1 / sqrt(their input width) from torch's generator seeded with `seed` (the C++ gate
+    draws its own noise: the two start apart)."""
+
+    def __init__(self, layers, heads, head_dim, width=32, block=16, causal=True, seed=1, device="cpu", key_pool="mean"):
+        if key_pool not in KEY_POOLS:
+            raise ValueError(f"PooledGate: key_pool must be one of {', '.join(KEY_POOLS)}, not {key_pool!r}")
+        g = torch.Generator().manual_seed(seed)
+        key_dim = head_dim * (1 if key_pool == "mean" else 3)
+        self.width, self.block, self.causal, self.key_pool = width, block, causal, key_pool
+        self.wq = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) / math.sqrt(head_dim)).to(device)
+        self.wk = (torch.randn(layers, heads, key_dim, width, generator=g, dtype=torch.float64) / math.sqrt(key_dim)).to(device)
+
+    def scores(self, layer, q_mean, k_mean, wq=None, wk=None):
+        """q_mean, k_mean [batch, heads, blocks, head_dim] -> logits [batch, heads, blocks, blocks]."""
+        wq = self.wq[layer] if wq is None else wq
+        wk = self.wk[layer] if wk is None else wk
+        a = q_mean.to(wq.dtype) @ wq
+        b = k_mean.to(wk.dtype) @ wk
+        s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
+        if self.causal:
+            blocks = s.shape[-1]
+            s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+        return s
+
+    def select(self, layer, q, k, keep):
+        """The top `keep` blocks a row by the gate's scores (float32 maps: what selection costs at inference)."""
+        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool),
+                                      self.wq[layer].float(), self.wk[layer].float()), keep, self.causal)
+
+    def _kl(self, wq, wk, q_mean, k_mean, target):
+        """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
+        over inputs: [layers, heads]. q_mean: [inputs, layers, heads, blocks, d]; k_mean: the keys as
+        _block_keys gives them, [inputs, layers, heads, blocks, d or 3 d]; target [inputs, layers,
+        heads, blocks, blocks]."""
+        a = q_mean.to(wq.dtype) @ wq[None]
+        b = k_mean.to(wk.dtype) @ wk[None]
+        s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
+        blocks = s.shape[-1]
+        if self.causal:
+            s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+        logp = torch.log_softmax(s, dim=-1)
+        t = target.to(s.dtype)
+        terms = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-300)) - logp.clamp(min=-1e300)), torch.zeros_like(t))
+        return terms.sum((-1, -2)).mean(0) / blocks
+
+    def train(self, train, validation, steps=400, lr=1e-2, eval_every=20, patience=5):
+        """Adam (0.9, 0.999, 1e-8) per (layer, head) on the mean KL of `train`, the validation KL every
+        `eval_every` steps; a head stops after `patience` measurements without a better one and keeps
+        its best parameters (learn/early_stopped_adam.hpp). train, validation: (q_mean, k_mean,
+        target) as _kl takes them. Returns {first_train, last_train, first_validation, best_validation,
+        steps} (means over heads; steps: the longest head's)."""
+        wq = self.wq.clone().requires_grad_(True)
+        wk = self.wk.clone().requires_grad_(True)
+        opt = torch.optim.Adam([wq, wk], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        with torch.no_grad():
+            best_v = self._kl(wq, wk, *validation)
+        first_v = best_v.clone()
+        best_q, best_k = wq.detach().clone(), wk.detach().clone()
+        active = torch.ones_like(best_v, dtype=torch.bool)
+        since = torch.zeros_like(best_v, dtype=torch.long)
+        first_t = last_t = None
+        ran = 0
+        for step in range(steps):
+            opt.zero_grad()
+            loss = self._kl(wq, wk, *train)
+            (loss * active).sum().backward()   # heads that stopped take no gradient
+            opt.step()
+            ran = step + 1
+            if first_t is None:
+                first_t = loss.detach().clone()
+            last_t = torch.where(active, loss.detach(), last_t if last_t is not None else loss.detach())
+            with torch.no_grad():
+                # a stopped head keeps its best parameters (Adam's moments may still move them)
+                wq[~active] = best_q[~active]
+                wk[~active] = best_k[~active]
+                if (step + 1) % eval_every and step + 1 != steps:
+                    continue
+                v = self._kl(wq, wk, *validation)
+                better = active & (v < best_v)
+                best_v = torch.where(better, v, best_v)
+                best_q[better], best_k[better] = wq[better], wk[better]
+                since = torch.where(better, torch.zeros_like(since), since + active.long())
+                active &= since < patience
+                if not bool(active.any()):
+                    break
+        self.wq, self.wk = best_q, best_k
+        return {"first_train": float(first_t.mean()), "last_train": float(last_t.mean()),
+                "first_validation": float(first_v.mean()), "best_validation": float(best_v.mean()), "steps": ran}
+
+
+# [SECTION] lightning indexer
+
+
+def _concat_heads(x):
+    """[batch, heads, n, d] -> [batch, n, heads d]: every head's row side by side."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
+
+
+class Indexer:
+    """DeepSeek's lightning indexer (learn/indexer.hpp), per layer: index scores I_ts = sum_j w_tj
+    ReLU(a_tj . b_s) with a_tj = Wq_j x_t, b_s = Wk y_s, w_tj = ww_j . x_t, x and y a token's query and
+    key rows of every head side by side; trained by KL to the layer's attention summed over heads on
+    sampled query rows, each weighted by 1 - its share on its own block. A query block keeps the key
+    blocks of most predicted mass (each row's softmax of its scores per key block, the largest over
+    the block's rows), the same blocks in every head. Noise of deviation 0.1 / sqrt(in) from torch's
+    generator (the C++ indexer draws its own)."""
+
+    def __init__(self, layers, heads, head_dim, index_heads=2, width=8, block=16, causal=True, seed=1, device="cpu"):
+        g = torch.Generator().manual_seed(seed)
+        d_in = heads * head_dim
+        noise = lambda *shape: (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.1 / math.sqrt(d_in)).to(device)  # noqa: E731
+        self.index_heads, self.width, self.block, self.causal = index_heads, width, block, causal
+        self.wq, self.wk, self.ww = noise(layers, index_heads * width, d_in), noise(layers, width, d_in), noise(layers, index_heads, d_in)
+
+    def _scores(self, x, y, wq, wk, ww, positions):
+        """Index scores of query rows x [batch, rows, in] at sequence positions `positions` [rows]
+        against the keys y [batch, n, in]: [batch, rows, n], -inf after each row's position when causal."""
+        a = (x @ wq.transpose(-1, -2)).unflatten(-1, (self.index_heads, self.width))    # [batch, rows, J, w]
+        b = y @ wk.transpose(-1, -2)                                                      # [batch, n, w]
+        w = x @ ww.transpose(-1, -2)                                                      # [batch, rows, J]
+        s = (w[..., None] * torch.relu(torch.einsum("brjw,bnw->brjn", a, b))).sum(2)
+        if self.causal:
+            s = s.masked_fill(torch.arange(y.shape[1], device=x.device)[None, :] > positions[:, None], -math.inf)
+        return s
+
+    def select(self, layer, q, k, keep, chunk_rows=2048):
+        """The top `keep` blocks a row by predicted mass, every head alike: bool [batch, heads, blocks, blocks]."""
+        x, y = _concat_heads(q.float()), _concat_heads(k.float())
+        wq, wk, ww = self.wq[layer].float(), self.wk[layer].float(), self.ww[layer].float()
+        n, block = q.shape[2], self.block
+        blocks = (n + block - 1) // block
+        score = torch.empty(q.shape[0], blocks, blocks, device=q.device)
+        chunk = max(block, chunk_rows // block * block)
+        for first in range(0, n, chunk):
+            last = min(n, first + chunk)
+            positions = torch.arange(first, last, device=q.device)
+            mass, _ = _blocked(_key_block_sums(torch.softmax(self._scores(x[:, first:last], y, wq, wk, ww, positions), -1), block)[:, None],
+                               block)
+            if (last - first) % block:
+                mass[:, :, -1, (last - first) % block:] = -math.inf
+            score[:, first // block:(last + block - 1) // block] = mass.amax(3)[:, 0]
+        return top_k_grid(score[:, None].expand(q.shape[0], q.shape[1], blocks, blocks), keep, self.causal)
+
+    @staticmethod
+    def examples(q, k, block, rows, seed, causal=True):
+        """Training rows of one layer of a batch: (x [batch, n, in], y, row indices [R], targets [batch, R, n]
+        (the attention summed over heads / heads), weights [batch, R])."""
+        n = q.shape[2]
+        g = torch.Generator().manual_seed(seed)
+        picked = torch.sort(torch.randperm(n, generator=g)[:rows]).values.to(q.device) if rows < n else torch.arange(n, device=q.device)
+        s = (q[:, :, picked].float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[3])   # [batch, heads, R, n]
+        if causal:
+            s = s.masked_fill(torch.arange(n, device=q.device)[None, :] > picked[:, None], -math.inf)
+        target = torch.softmax(s, -1).mean(1)                                                  # [batch, R, n]
+        own = torch.stack([target[:, i, (t // block) * block:min(n, (t // block + 1) * block)].sum(-1)
+                           for i, t in enumerate(picked.tolist())], 1)
+        return _concat_heads(q.float()), _concat_heads(k.float()), picked, target, (1 - own).clamp(min=1e-3)
+
+    def _loss(self, layer, wq, wk, ww, ex):
+        """sum weight KL(target || softmax(scores)) / sum weight, averaged over the examples' inputs."""
+        total = 0.0
+        for x, y, picked, target, weight in ex:
+            logp = torch.log_softmax(self._scores(x[:, picked].double(), y.double(), wq, wk, ww, picked), -1)
+            t, wt = target.double(), weight.double()
+            kl = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-300)) - logp.clamp(min=-1e300)), torch.zeros_like(t)).sum(-1)
+            total = total + ((wt * kl).sum(-1) / wt.sum(-1)).mean()
+        return total / len(ex)
+
+    def train(self, train, validation, steps=300, lr=1e-2, eval_every=20, patience=4):
+        """Adam (0.9, 0.999, 1e-8) per layer on the examples ([layer] -> list of Indexer.examples), the
+        validation loss every eval_every steps, each layer keeping its best (learn/early_stopped_adam.hpp).
+        Returns {first_train, last_train, first_validation, best_validation, steps} (means over layers)."""
+        reports = []
+        for layer in range(self.wq.shape[0]):
+            w = [p[layer].clone().requires_grad_(True) for p in (self.wq, self.wk, self.ww)]
+            opt = torch.optim.Adam(w, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+            with torch.no_grad():
+                best_v = first_v = float(self._loss(layer, *w, validation[layer]))
+            best, since, first_t, last_t, ran = [p.detach().clone() for p in w], 0, None, None, 0
+            for step in range(steps):
+                opt.zero_grad()
+                loss = self._loss(layer, *w, train[layer])
+                loss.backward()
+                opt.step()
+                ran, last_t = step + 1, float(loss)
+                first_t = last_t if first_t is None else first_t
+                if (step + 1) % eval_every and step + 1 != steps:
+                    continue
+                with torch.no_grad():
+                    v = float(self._loss(layer, *w, validation[layer]))
+                if v < best_v:
+                    best_v, best, since = v, [p.detach().clone() for p in w], 0
+                else:
+                    since += 1
+                    if since >= patience:
+                        break
+            for p, b in zip((self.wq, self.wk, self.ww), best):
+                p[layer] = b
+            reports.append((first_t, last_t, first_v, best_v, ran))
+        mean = lambda i: statistics.fmean(r[i] for r in reports)  # noqa: E731
+        return {"first_train": mean(0), "last_train": mean(1), "first_validation": mean(2), "best_validation": mean(3),
+                "steps": max(r[4] for r in reports)}

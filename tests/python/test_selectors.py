@@ -1,0 +1,213 @@
+"""sparsa.selectors (python/sparsa/selectors.py): the block scores against brute force, the top-k
+rule, vertical-slash against a port of the C++ walk, and planted patterns that the selectors, the
+trained pooled gate and the trained indexer must recover (the diagonal and untrained ones miss)."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import sparsa  # noqa: E402
+
+if not sparsa.learn_built:
+    pytest.skip("sparsa.selectors is tested with sparsa.learn", allow_module_level=True)
+
+import sparsa.selectors as sel  # noqa: E402
+
+
+def random_qk(n=50, heads=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, heads, n, d, generator=g), torch.randn(1, heads, n, d, generator=g)
+
+
+def block_of(i, block):
+    return i // block
+
+
+def test_blocks_per_row_matches_the_causal_share():
+    assert sel.blocks_per_row(1.0, 16) == 16
+    assert sel.blocks_per_row(1e-6, 16) == 1
+    # n = 4,096 with 16-token blocks: 12.5% is 17 blocks a row, 6.25% is 8 (docs/learn.md, "At n = 4,096")
+    assert sel.blocks_per_row(0.125, 256) == 17
+    assert sel.blocks_per_row(0.0625, 256) == 8
+
+
+@pytest.mark.parametrize("n, block", [(50, 16), (64, 16), (33, 32)])
+def test_block_scores_match_brute_force(n, block):
+    q, k = random_qk(n)
+    blocks = (n + block - 1) // block
+    qn, kn = q[0].double().numpy(), k[0].double().numpy()
+    moba = sel.moba_scores(q, k, block)[0].double().numpy()
+    quest = sel.quest_scores(q, k, block)[0].double().numpy()
+    exact = sel.exact_scores(q, k, block, chunk_rows=block)[0].double().numpy()
+    target = sel.pooled_target(q, k, block, causal=True, chunk_rows=block)[0].double().numpy()
+    for h in range(q.shape[1]):
+        s = qn[h] @ kn[h].T / math.sqrt(q.shape[-1])
+        p_all = np.exp(s - s.max(1, keepdims=True))
+        p_all /= p_all.sum(1, keepdims=True)
+        causal = np.where(np.arange(n)[None, :] <= np.arange(n)[:, None], s, -np.inf)
+        p_causal = np.exp(causal - causal.max(1, keepdims=True))
+        p_causal /= p_causal.sum(1, keepdims=True)
+        for r in range(blocks):
+            rows = slice(r * block, min(n, (r + 1) * block))
+            for c in range(blocks):
+                cols = slice(c * block, min(n, (c + 1) * block))
+                assert moba[h, r, c] == pytest.approx(qn[h, rows].mean(0) @ kn[h, cols].mean(0), abs=1e-4)
+                bound = max(sum(max(qe * kn[h, cols, e].min(), qe * kn[h, cols, e].max()) for e, qe in enumerate(qn[h, i]))
+                            for i in range(rows.start, rows.stop))
+                assert quest[h, r, c] == pytest.approx(bound, abs=1e-4)
+                assert bound >= (qn[h, rows] @ kn[h, cols].T).max() - 1e-6   # a bound of every pair
+                assert exact[h, r, c] == pytest.approx(p_all[rows, cols].sum(1).max(), abs=1e-5)
+                assert target[h, r, c] == pytest.approx(p_causal[rows, cols].sum() / (rows.stop - rows.start), abs=1e-5)
+        assert np.allclose(target[h].sum(1), 1.0)
+
+
+def test_top_k_keeps_the_diagonal_then_the_best_earlier_blocks_ties_to_the_lower():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 9, 9, generator=g)
+    scores[0, 0, 8] = 1.0    # a row of ties: the lowest blocks win
+    grid = sel.top_k_grid(scores, keep=4)
+    for b in range(2):
+        for h in range(3):
+            for r in range(9):
+                kept = set(torch.nonzero(grid[b, h, r]).flatten().tolist())
+                assert r in kept and len(kept) == min(4, r + 1) and max(kept) <= r
+                others = sorted(range(r), key=lambda c: (-float(scores[b, h, r, c]), c))[:3]
+                assert kept == {r, *others}
+    assert set(torch.nonzero(grid[0, 0, 8]).flatten().tolist()) == {0, 1, 2, 8}
+    both = sel.top_k_grid(scores, keep=3, causal=False)
+    assert int(both[0, 0, 0].sum()) == 3
+
+
+def planted(inputs, seed, n=128, block=16, d=8, noise=0.3):
+    """q, k [inputs, 1, n, d] where query block r >= 1 looks for key block r // 2: the keys of block c
+    carry direction c, the queries of block r direction r // 2 (one orthonormal basis, times 3, for
+    every seed; the seed draws the noise)."""
+    blocks = n // block
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1234)))[0] * 3.0
+    g = torch.Generator().manual_seed(seed)
+    key_dir = torch.stack([basis[c % d] for c in range(blocks)])
+    query_dir = torch.stack([basis[(r // 2) % d] for r in range(blocks)])
+    k = key_dir.repeat_interleave(block, 0)[None, None] + noise * torch.randn(inputs, 1, n, d, generator=g)
+    q = query_dir.repeat_interleave(block, 0)[None, None] + noise * torch.randn(inputs, 1, n, d, generator=g)
+    return q, k
+
+
+def test_every_selector_recovers_a_planted_pattern_and_the_diagonal_does_not():
+    block, blocks = 16, 8
+    q, k = planted(1, seed=11)
+    want = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for r in range(blocks):
+        want[r, r] = want[r, r // 2] = True
+    for name, scores in (("moba", sel.moba_scores(q, k, block)), ("quest", sel.quest_scores(q, k, block)),
+                         ("exact", sel.exact_scores(q, k, block))):
+        assert torch.equal(sel.top_k_grid(scores, keep=2)[0, 0], want), name
+    # the pooled gate, untrained, does not find it; trained on planted inputs, it does on new ones
+    examples = lambda qq, kk: (sel._block_means(qq, block)[:, None].double(), sel._block_means(kk, block)[:, None].double(),  # noqa: E731
+                               sel.pooled_target(qq, kk, block)[:, None].double())
+    gate = sel.PooledGate(1, 1, 8, width=8, block=block, seed=5)
+    fresh_q, fresh_k = planted(1, seed=99)
+    untrained = gate.select(0, fresh_q, fresh_k, 2)[0, 0]
+    assert not torch.equal(untrained, want)
+    r = gate.train(examples(*planted(16, seed=1)), examples(*planted(4, seed=2)), steps=300, lr=0.05, eval_every=10)
+    assert r["best_validation"] < 0.5 * r["first_validation"]
+    assert torch.equal(gate.select(0, fresh_q, fresh_k, 2)[0, 0], want)
+    diagonal = torch.eye(blocks, dtype=torch.bool)
+    assert int((diagonal & want).sum()) == blocks and int((want & ~diagonal).sum()) == blocks - 1   # what the diagonal misses
+
+
+def test_the_gate_reading_mean_max_and_min_keys_recovers_the_planted_pattern_too():
+    block, blocks = 16, 8
+    examples = lambda qq, kk: (sel._block_means(qq, block)[:, None].double(),  # noqa: E731
+                               sel._block_keys(kk, block, "mean+max+min")[:, None].double(),
+                               sel.pooled_target(qq, kk, block)[:, None].double())
+    gate = sel.PooledGate(1, 1, 8, width=8, block=block, seed=5, key_pool="mean+max+min")
+    assert gate.wk.shape == (1, 1, 24, 8)
+    gate.train(examples(*planted(16, seed=1)), examples(*planted(4, seed=2)), steps=300, lr=0.05, eval_every=10)
+    want = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for r in range(blocks):
+        want[r, r] = want[r, r // 2] = True
+    assert torch.equal(gate.select(0, *planted(1, seed=99), 2)[0, 0], want)
+    with pytest.raises(ValueError, match="key_pool must be one of"):
+        sel.PooledGate(1, 1, 8, key_pool="max")
+
+
+def test_block_keys_bounds_ignore_the_padding_of_a_short_last_block():
+    k = -torch.ones(1, 1, 20, 4) - torch.arange(20.0)[None, None, :, None]   # every key negative: padding zeros would win max
+    feats = sel._block_keys(k, 16, "mean+max+min")
+    assert feats.shape == (1, 1, 2, 12)
+    assert torch.allclose(feats[0, 0, 1, 4:8], torch.full((4,), -17.0))   # the largest of keys 16..19
+    assert torch.allclose(feats[0, 0, 1, 8:], torch.full((4,), -20.0))
+
+
+def test_the_pooled_gate_keeps_a_stopped_heads_best_parameters():
+    block = 16
+    q, k = planted(8, seed=3)
+    ex = (sel._block_means(q, block)[:, None].double(), sel._block_means(k, block)[:, None].double(),
+          sel.pooled_target(q, k, block)[:, None].double())
+    gate = sel.PooledGate(1, 1, 8, width=8, block=block, seed=2)
+    r = gate.train(ex, ex, steps=50, lr=0.05, eval_every=5, patience=2)
+    assert r["best_validation"] == pytest.approx(float(gate._kl(gate.wq, gate.wk, *ex).mean()), rel=1e-9)
+
+
+def vertical_slash_walk(q, k, block, keep, last_queries):
+    """learn/selectors.cpp's select_vertical_slash, causal, in numpy loops: one ranking of columns and
+    diagonals walked per row. Returns bool [heads, blocks, blocks]."""
+    heads, n, d = q.shape
+    m = min(last_queries, n)
+    blocks = (n + block - 1) // block
+    out = np.zeros((heads, blocks, blocks), dtype=bool)
+    for h in range(heads):
+        vertical, slash = np.zeros(n), np.zeros(n)
+        for i in range(n - m, n):
+            s = q[h, i] @ k[h, :i + 1].T / math.sqrt(d)
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            vertical[:i + 1] += p
+            slash[:i + 1] += p[::-1]   # offset i - j for j = i .. 0
+        score = np.zeros(blocks + 2 * blocks - 1)
+        for j in range(n):
+            score[j // block] += vertical[j]
+        for o in range(n):
+            for D in (o // block, o // block + 1):
+                w = (block - abs(o - D * block)) / block
+                if w > 0 and -blocks < D < blocks:
+                    score[blocks + D + blocks - 1] += w * slash[o]
+        order = sorted(range(len(score)), key=lambda a: -score[a])   # stable: ties keep index order
+        for r in range(blocks):
+            out[h, r, r] = True
+            taken = 1
+            for cand in order:
+                if taken >= min(keep, r + 1):
+                    break
+                c = cand if cand < blocks else r - (cand - blocks - (blocks - 1))
+                if c < 0 or c >= blocks or c > r or out[h, r, c]:
+                    continue
+                out[h, r, c] = True
+                taken += 1
+    return out
+
+
+@pytest.mark.parametrize("n, block, keep, last", [(96, 16, 3, 20), (100, 16, 4, 64), (64, 32, 2, 10)])
+def test_vertical_slash_keeps_the_blocks_of_the_cpp_walk(n, block, keep, last):
+    q, k = random_qk(n, heads=3, d=8, seed=n + keep)
+    grid = sel.top_k_grid(sel.vertical_slash_scores(q, k, block, last_queries=last), keep)[0].numpy()
+    want = vertical_slash_walk(q[0].double().numpy(), k[0].double().numpy(), block, keep, last)
+    assert np.array_equal(grid, want)
+
+
+def test_the_indexer_recovers_a_planted_pattern():
+    """Query block r looks for key block r // 2 (planted): the trained indexer keeps it, the untrained one does not."""
+    block, blocks = 16, 8
+    want = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for r in range(blocks):
+        want[r, r] = want[r, r // 2] = True
+    ex = lambda seed, count: [[sel.Indexer.examples(*planted(count, seed=seed), block, rows=64, seed=seed)]]  # noqa: E731
+    ix = sel.Indexer(1, 1, 8, index_heads=2, width=8, block=block, seed=3)
+    fresh = planted(1, seed=99)
+    assert not torch.equal(ix.select(0, *fresh, 2)[0, 0], want)
+    r = ix.train(ex(1, 16), ex(2, 4), steps=300, lr=0.05, eval_every=10, patience=10)
+    assert r["best_validation"] < 0.5 * r["first_validation"]
+    grid = ix.select(0, *fresh, 2)
+    assert grid.shape == (1, 1, blocks, blocks) and torch.equal(grid[0, 0], want)
