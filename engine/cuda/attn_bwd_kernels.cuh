@@ -111,6 +111,21 @@ __device__ inline void mask_row(const DeviceMasks& m, int64_t h, int64_t r, int6
 
 // 1, dK and dV: one warp per key row j; lane l holds elements l, l + 32, ... of k_j, v_j and of
 // the gradients. grid: (ceil(n / 4), heads, batch), block: 128 threads.
+// A lane's two rows in the tensor-core dQ passes (group and group + 8 of its warp's 16, from row0):
+// the log-sum-exp in log2 units (+inf for a row past n or with no allowed key, so its P is 0) and
+// D = rowsum(dO * O) (0 past n).
+template <typename T>
+__device__ inline void lane_row_stats(const BwdParams<T>& p, int64_t head, int64_t row0, int64_t n, float (&lse_log2)[2],
+                                      float (&delta)[2]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = row0 + 8 * half;
+        const float l = r < n ? p.lse[head + r] : -INFINITY;
+        lse_log2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
+        delta[half] = r < n ? p.delta[head + r] : 0.f;
+    }
+}
+
 template <typename T> __global__ void __launch_bounds__(32 * kBwd1Warps) attn_bwd_kernel1_dkdv(BwdParams<T> p) {
     const int lane = threadIdx.x % 32;
     const int64_t j = int64_t{blockIdx.x} * kBwd1Warps + threadIdx.x / 32;
@@ -531,13 +546,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel2_dq(BwdParams<T> p) {
 
     // this lane's rows: group and group + 8 of the warp's 16
     float lse_log2[2], delta[2], p_sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int64_t r = q0 + warp * 16 + group + 8 * half;
-        const float l = r < n ? p.lse[head + r] : -INFINITY;
-        lse_log2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
-        delta[half] = r < n ? p.delta[head + r] : 0.f;
-    }
+    lane_row_stats(p, head, q0 + warp * 16 + group, n, lse_log2, delta);
     float dq[D / 8][4];
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) {

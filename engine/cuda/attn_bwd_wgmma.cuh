@@ -163,13 +163,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
     cp_async_commit();
 
     float lse_log2[2], delta[2], p_sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int64_t r = q0 + warp * 16 + group + 8 * half;
-        const float l = r < n ? p.lse[head + r] : -INFINITY;
-        lse_log2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
-        delta[half] = r < n ? p.delta[head + r] : 0.f;
-    }
+    lane_row_stats(p, head, q0 + warp * 16 + group, n, lse_log2, delta);
     float dq[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
@@ -413,13 +407,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     cp_async_commit();
 
     float lse_log2[2], delta[2], p_sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int64_t r = q0 + warp * 16 + group + 8 * half;
-        const float l = r < n ? p.lse[head + r] : -INFINITY;
-        lse_log2[half] = l == -INFINITY ? INFINITY : l * kLog2e;
-        delta[half] = r < n ? p.delta[head + r] : 0.f;
-    }
+    lane_row_stats(p, head, q0 + warp * 16 + group, n, lse_log2, delta);
     float dq[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
