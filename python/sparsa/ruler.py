@@ -136,41 +136,35 @@ def _accuracy(runner, method, data, batch):
     return float(h.mean()) if h.size else 0.0
 
 
+def _dense_layers(runner, data, batch, each):
+    """Runs the dense teacher over `data`, `batch` sequences at a time, calling each(first, layer, q, k)
+    with every layer's q and k (k per query head) of sequences first .. first + batch - 1."""
+    tokens = torch.from_numpy(data["tokens"])
+    for first in range(0, tokens.shape[0], batch):
+        def capture(layer, q, k, v, first=first):
+            each(first, layer, q, _kv_per_query_head(k, q.shape[1]))
+            return runner.t._attend(q, k, v)
+
+        with torch.no_grad(), lab._autocast(runner.device, runner.dtype):
+            runner.t(tokens[first:first + batch].to(runner.device), attend=capture)
+
+
 def _gate_examples(runner, data, batch):
     """(q_mean, k_keys, target) of every layer of each sequence, from the dense teacher: [inputs, layers,
     heads, blocks, d], [inputs, layers, heads, blocks, 3 d] (_block_keys "mean+max+min": the first d
     columns are "mean"'s) and [inputs, layers, heads, blocks, blocks] (float64)."""
-    qs, ks, ts = [], [], []
-    tokens = torch.from_numpy(data["tokens"])
-    for b in range(0, tokens.shape[0], batch):
-        per_layer = []
-
-        def capture(layer, q, k, v):
-            kq = _kv_per_query_head(k, q.shape[1])
-            per_layer.append((_block_means(q, runner.block), _block_keys(kq, runner.block, "mean+max+min"),
-                              pooled_target(q, kq, runner.block, True)))
-            return runner.t._attend(q, k, v)
-
-        with torch.no_grad(), lab._autocast(runner.device, runner.dtype):
-            runner.t(tokens[b:b + batch].to(runner.device), attend=capture)
-        qs.append(torch.stack([p[0] for p in per_layer], 1))
-        ks.append(torch.stack([p[1] for p in per_layer], 1))
-        ts.append(torch.stack([p[2] for p in per_layer], 1))
-    return torch.cat(qs).double(), torch.cat(ks).double(), torch.cat(ts).double()
+    parts = {}   # first -> [layer] -> (q_mean, k_keys, target)
+    _dense_layers(runner, data, batch, lambda first, layer, q, k: parts.setdefault(first, []).append(
+        (_block_means(q, runner.block), _block_keys(k, runner.block, "mean+max+min"), pooled_target(q, k, runner.block, True))))
+    return tuple(torch.cat([torch.stack([per[i] for per in parts[first]], 1) for first in sorted(parts)]).double() for i in range(3))
 
 
 def _indexer_examples(runner, data, batch, rows):
     """[layer] -> a list of Indexer.examples, one per batch of sequences, from the dense teacher's q, k."""
-    per_layer = [[] for _ in runner.t.layers]
-    tokens = torch.from_numpy(data["tokens"])
-    for b in range(0, tokens.shape[0], batch):
-        def capture(layer, q, k, v, b=b):
-            kq = _kv_per_query_head(k, q.shape[1])
-            per_layer[layer].append(Indexer.examples(q, kq, runner.block, rows, seed=b * len(per_layer) + layer))
-            return runner.t._attend(q, k, v)
-
-        with torch.no_grad(), lab._autocast(runner.device, runner.dtype):
-            runner.t(tokens[b:b + batch].to(runner.device), attend=capture)
+    layers = len(runner.t.layers)
+    per_layer = [[] for _ in range(layers)]
+    _dense_layers(runner, data, batch, lambda first, layer, q, k: per_layer[layer].append(
+        Indexer.examples(q, k, runner.block, rows, seed=first * layers + layer)))
     return per_layer
 
 
