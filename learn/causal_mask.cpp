@@ -4,6 +4,7 @@
 #include "engine/error.hpp"
 
 #include <algorithm>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -112,6 +113,43 @@ MaskSet mask_set_restrict_causal(const MaskSet& set) {
     out.script_text = set.script_text;
     out.params = set.params;
     return out;
+}
+
+MaskSet mask_set_top_k_layout(int64_t n, int32_t block, int64_t heads, int64_t keep) {
+    const int64_t blocks = (n + block - 1) / block;
+    if (heads < 1) throw Error("top-k layout: heads is " + std::to_string(heads) + " (need at least 1)");
+    if (keep < 1 || keep > blocks) {
+        throw Error("top-k layout: keep is " + std::to_string(keep) + " blocks a row; at n = " + std::to_string(n) +
+                    " with blocks of " + std::to_string(block) + " it must be 1 to " + std::to_string(blocks));
+    }
+    const auto causal = block_mask_causal(n, block);   // validates n and block
+    BlockMask window;   // the last min(keep, r + 1) entries of each causal row: its diagonal last
+    window.n = n;
+    window.block = block;
+    window.bits = causal->bits;
+    window.row_ptr.push_back(0);
+    for (int64_t r = 0; r < blocks; ++r) {
+        const int64_t end = causal->row_ptr[static_cast<size_t>(r + 1)], first = std::max(causal->row_ptr[static_cast<size_t>(r)], end - keep);
+        for (int64_t e = first; e < end; ++e) {
+            window.col_idx.push_back(causal->col_idx[static_cast<size_t>(e)]);
+            window.partial_idx.push_back(causal->partial_idx[static_cast<size_t>(e)]);
+        }
+        window.row_ptr.push_back(static_cast<int64_t>(window.col_idx.size()));
+    }
+    MaskSet set;
+    set.n = n;
+    set.block = block;
+    set.layers = 1;
+    set.heads = heads;
+    for (int64_t h = 0; h < heads; ++h) set.masks.push_back(std::make_shared<const BlockMask>(window));
+    return set;
+}
+
+int64_t top_k_layout_entries(int64_t n, int32_t block, int64_t keep) {
+    const int64_t blocks = (n + block - 1) / block, full = std::max<int64_t>(0, blocks - keep);
+    // rows 0 .. keep - 1 (or all) keep r + 1, the rest keep
+    const int64_t short_rows = blocks - full;
+    return short_rows * (short_rows + 1) / 2 + full * keep;
 }
 
 int64_t causal_block_count(int64_t n, int32_t block) {

@@ -86,20 +86,24 @@ void bind_cuda(py::module_& m) {
         .def_property_readonly("n", [](const PyCudaLayerMasks& m) { return m.masks->n(); })
         .def_property_readonly("heads", [](const PyCudaLayerMasks& m) { return m.masks->heads(); })
         .def_property_readonly("block", [](const PyCudaLayerMasks& m) { return m.masks->block(); })
+        .def_property_readonly("entries", [](const PyCudaLayerMasks& m) { return m.masks->entries(); },
+                               "Kept blocks of the layer's distinct masks: the length of forward's columns.")
         .def("forward",
              [](PyCudaLayerMasks& m, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o,
                 std::uintptr_t lse, int64_t batch, int64_t heads, int64_t n, int64_t d, const std::string& dtype,
-                float scale, std::uintptr_t stream) {
+                float scale, std::uintptr_t stream, std::uintptr_t columns) {
                  const CudaDeviceCall call = call_make(q, k, v, batch, heads, n, d, dtype, scale, stream);
                  void* o_ptr = pointer_mut(o, "o");
                  auto* lse_ptr = static_cast<float*>(pointer_mut(lse, "lse"));
                  py::gil_scoped_release release;
-                 m.masks->forward(call, o_ptr, lse_ptr);
+                 m.masks->forward(call, o_ptr, lse_ptr, reinterpret_cast<const int32_t*>(columns));
              },
              py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("batch"), py::arg("heads"),
-             py::arg("n"), py::arg("d"), py::arg("dtype"), py::arg("scale"), py::arg("stream"),
+             py::arg("n"), py::arg("d"), py::arg("dtype"), py::arg("scale"), py::arg("stream"), py::arg("columns") = 0,
              "Launches the forward on `stream`: o [batch, heads, n, d] (dtype) and lse [batch, heads, n] (float32) "
-             "from contiguous q, k, v [batch, heads, n, d]. Pointers are data_ptr() integers; scale 0: 1 / sqrt(d).")
+             "from contiguous q, k, v [batch, heads, n, d]. Pointers are data_ptr() integers; scale 0: 1 / sqrt(d). "
+             "columns: 0, or an int32 device array of `entries` key blocks replacing the masks' (a top-k layout; "
+             "CudaLayerMasks::forward with columns).")
         .def("backward",
              [](PyCudaLayerMasks& m, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o,
                 std::uintptr_t lse, std::uintptr_t d_o, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,

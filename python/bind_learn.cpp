@@ -352,6 +352,16 @@ void bind_learn(py::module_& parent) {
           }, py::arg("n"), py::arg("heads"), py::arg("block") = 64, py::arg("layers") = 1,
           "The causal teacher's dense mask (key <= query) as a MaskSet [layers, heads] (learn/causal_mask.hpp); the teacher's own "
           "has block 64 from n = 64.");
+    m.def("top_k_layout", [](int64_t n, int64_t heads, int32_t block, int64_t keep) {
+              if (!block_size_valid(block)) value_error("top_k_layout: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              if (n < 1 || heads < 1) value_error("top_k_layout: n and heads must be >= 1");
+              const int64_t blocks = (n + block - 1) / block;
+              if (keep < 1 || keep > blocks) value_error("top_k_layout: keep must be 1 to ceil(n / block) = " + std::to_string(blocks) + ", got " + std::to_string(keep));
+              return mask_set_wrap(learn::mask_set_top_k_layout(n, block, heads, keep));
+          }, py::arg("n"), py::arg("heads"), py::arg("block"), py::arg("keep"),
+          "The masks a causal top-k selection runs on, uploaded once (learn/causal_mask.hpp): [1, heads], one distinct mask per "
+          "head whose query block r keeps min(keep, r + 1) key blocks ending at its diagonal (as built, a causal window); "
+          "sparsa.torch.attention_top_k puts each input's chosen blocks in their place on the GPU.");
     m.def("block_masks", [](const py::array& grid_obj, int64_t n, int32_t block, bool causal) {
               if (!block_size_valid(block)) value_error("block_masks: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
               if (n < 1) value_error("block_masks: n must be >= 1, got " + std::to_string(n));

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -125,6 +126,7 @@ struct CudaAttention::Impl {
     // CudaLayerMasks (attention_cuda_device.hpp): the caller's tensors and stream instead of the
     // buffers above; nullptr: the buffers, the default stream
     const void *q_ptr = nullptr, *k_ptr = nullptr, *v_ptr = nullptr;
+    const int32_t* col_idx_ptr = nullptr;   // CudaLayerMasks::forward with columns: the caller's col_idx
     void* o_ptr = nullptr;
     float* lse_ptr = nullptr;
     cudaStream_t stream = nullptr;
@@ -142,7 +144,8 @@ struct CudaAttention::Impl {
         p.n = shape.n;
         p.d = static_cast<int32_t>(shape.d);
         p.scale_log2 = scale_log2;
-        p.masks = {static_cast<const int64_t*>(row_ptr.get()), static_cast<const int32_t*>(col_idx.get()),
+        p.masks = {static_cast<const int64_t*>(row_ptr.get()),
+                   col_idx_ptr != nullptr ? col_idx_ptr : static_cast<const int32_t*>(col_idx.get()),
                    static_cast<const int32_t*>(partial_idx.get()), static_cast<const uint64_t*>(bits.get()),
                    static_cast<const int32_t*>(head_mask.get()), static_cast<const int32_t*>(tile_order.get()),
                    block, q_blocks, static_cast<const cuda::WorkItem*>(work.get()),
@@ -587,18 +590,38 @@ std::vector<float> CudaAttention::time_runs(int warmup, int runs) {
 int CudaAttention::kernel() const { return impl_->kernel; }
 
 // [CudaLayerMasks] the forward on the caller's tensors (attention_cuda_device.hpp)
-void CudaLayerMasks::forward(const CudaDeviceCall& call, void* o, float* lse) {
+void CudaLayerMasks::forward(const CudaDeviceCall& call, void* o, float* lse) { forward(call, o, lse, nullptr); }
+
+void CudaLayerMasks::forward(const CudaDeviceCall& call, void* o, float* lse, const int32_t* columns) {
     Impl& s = *impl_;
-    const Impl::Config config = s.check("CudaLayerMasks::forward", call);
+    Impl::Config config = s.check("CudaLayerMasks::forward", call);
     if (o == nullptr || lse == nullptr) throw Error("CudaLayerMasks::forward: o or lse is a null pointer (pass the outputs' device addresses)");
+    config.columns = columns != nullptr;
+    if (config.columns) {
+        std::set<const BlockMask*> distinct;
+        for (int64_t h = 0; h < s.masks.heads; ++h) distinct.insert(&s.masks.at(s.layer, h));
+        if (static_cast<int64_t>(distinct.size()) != s.masks.heads) {
+            throw Error("CudaLayerMasks::forward: columns need one distinct mask per head (learn::mask_set_top_k_layout); "
+                        "this layer's " + std::to_string(s.masks.heads) + " heads share " + std::to_string(distinct.size()));
+        }
+    }
     CudaAttention::Impl& f = *s.forward.impl_;
     if (!(config == s.forward_config)) {
         CudaAttentionOptions options;
         options.dtype = call.dtype;
         options.scale = config.scale;
+        if (config.columns) {   // a kernel of 64-query tiles: its steps are the layout's row lengths
+            for (const int k : {15, 9, 1}) {
+                if (cuda_kernel_supports(k, call.dtype, call.d, s.masks.block)) {
+                    options.kernel = k;
+                    break;
+                }
+            }
+        }
         f.configure(s.masks, s.layer, {call.batch, call.heads, call.n, call.d}, options);
         s.forward_config = config;
     }
+    f.col_idx_ptr = columns;
     f.q_ptr = call.q;
     f.k_ptr = call.k;
     f.v_ptr = call.v;

@@ -8,6 +8,7 @@
 #include "engine/cuda/layer_masks_impl.hpp"
 
 #include <cmath>
+#include <set>
 #include <string>
 
 namespace sparsa {
@@ -35,5 +36,15 @@ CudaLayerMasks::~CudaLayerMasks() = default;
 int64_t CudaLayerMasks::n() const { return impl_->masks.n; }
 int64_t CudaLayerMasks::heads() const { return impl_->masks.heads; }
 int32_t CudaLayerMasks::block() const { return impl_->masks.block; }
+
+int64_t CudaLayerMasks::entries() const {
+    std::set<const BlockMask*> distinct;
+    int64_t total = 0;
+    for (int64_t h = 0; h < impl_->masks.heads; ++h) {
+        const BlockMask& m = impl_->masks.at(impl_->layer, h);
+        if (distinct.insert(&m).second) total += m.kept_blocks();
+    }
+    return total;
+}
 
 } // namespace sparsa

@@ -47,6 +47,20 @@ public:
     // row), as CudaAttention::forward computes them with kernel 0's choice.
     void forward(const CudaDeviceCall& call, void* o, float* lse);
 
+    // The same with the key blocks of every row replaced by `columns` (device int32, entries()
+    // of them, as col_idx of the layer's masks concatenated head by head): the masks must be a
+    // layout with one distinct mask per head, as learn::mask_set_top_k_layout gives, and each
+    // row's columns distinct, ascending and below the row, but for its last, which must be the
+    // row's own block (the layout's partial diagonal stays as it is). The row lengths, the work
+    // plan and the partial blocks are the layout's, so a new selection costs no upload: only
+    // 64-query-tile kernels run here (15 with wgmma, else 9, else 1), whose steps do not depend on
+    // the columns. Nothing checks the columns on the device (sparsa.torch.attention_top_k makes
+    // them from a top-k and can check them); a column out of range reads out of bounds.
+    void forward(const CudaDeviceCall& call, void* o, float* lse, const int32_t* columns);
+
+    // Kept blocks of the layer's distinct masks together: the length of forward's columns.
+    int64_t entries() const;
+
     // dQ, dK, dV (dtype) from the forward's o and lse and the gradient d_o, as
     // CudaAttentionBackward::backward computes them with kernel 0's choice; `delta` is the
     // caller's float32 workspace of batch * heads * n (D = rowsum(dO * O)).

@@ -24,6 +24,7 @@ struct CudaLayerMasks::Impl {
         int64_t batch = -1, d = -1;
         CudaDtype dtype = CudaDtype::bfloat16;
         float scale = 0;
+        bool columns = false;   // forward with columns: a 64-query-tile kernel
         bool operator==(const Config&) const = default;
     };
     Config forward_config, backward_config;

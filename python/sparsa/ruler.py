@@ -30,8 +30,10 @@ Rows (each per density but dense and the diagonal), as the C++ evaluation names 
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
-a row in all (blocks_per_row), ties to the lower block; the chosen blocks are cut to the causal
-mask (sparsa.learn.block_masks), as the C++ evaluation cuts them. Not here yet: the search script,
+a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_blocks); the chosen
+blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they go to
+sparsa.torch.attention_top_k (masks uploaded once, each input's blocks written on the device: no
+host step); elsewhere to sparsa.learn.block_masks and sparsa.torch.attention. Not here yet: the search script,
 LSH, anchors and FAVOR+ (the C++ evaluation has them).
 
 The selectors themselves (scores, top-k, the pooled gate, the indexer) are in sparsa.selectors.
@@ -55,7 +57,7 @@ import sparsa
 import sparsa.lab as lab
 import sparsa.torch as sparsa_torch
 from sparsa.selectors import (KEY_POOLS, Indexer, PooledGate, _block_keys, _block_means, blocks_per_row, exact_scores,
-                              moba_scores, pooled_target, quest_scores, top_k_grid, vertical_slash_scores)
+                              moba_scores, pooled_target, quest_scores, top_k_blocks, vertical_slash_scores)
 
 __all__ = ["evaluate", "evaluate_teacher", "report_write", "summary", "time_at_shape"]
 
@@ -75,11 +77,16 @@ def _sync(device):
 
 class _Method:
     """A row: name, target density, detail, and how it chooses: fixed (a MaskSet for every input and
-    head, with its density) or select(layer, q, k) -> bool grid [batch, heads, blocks, blocks]."""
+    head, with its density) or scores(layer, q, k) -> block scores [batch, heads, blocks, blocks] of
+    which each row keeps its diagonal and the best others, `keep` in all (top_k_blocks)."""
 
-    def __init__(self, name, target, detail, fixed=None, density=None, select=None):
+    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None):
         self.name, self.target, self.detail = name, target, detail
-        self.fixed, self.fixed_density, self.select = fixed, density, select
+        self.fixed, self.fixed_density, self.scores, self.keep = fixed, density, scores, keep
+
+    def top(self, layer, q, k):
+        """The chosen key blocks, int64 [batch, heads, blocks, keep], on q's device."""
+        return top_k_blocks(self.scores(layer, q, k), self.keep)
 
 
 class _Runner:
@@ -101,18 +108,30 @@ class _Runner:
                 kept.append(method.fixed_density)
                 fixed = method.fixed[layer] if isinstance(method.fixed, list) else method.fixed
                 return sparsa_torch.attention(q, k, v, fixed, 0)
-            grid = method.select(layer, q, _kv_per_query_head(k, heads))
-            tril = torch.ones(self.blocks, self.blocks, dtype=torch.bool, device=grid.device).tril()
-            kept.append(float((grid & tril).sum()) / (batch * heads * self.blocks * (self.blocks + 1) / 2))
-            masks = sparsa.learn.block_masks(grid.reshape(batch * heads, self.blocks, self.blocks).cpu().numpy(), n, self.block, True)
-            kv = k.shape[1]
-            o = sparsa_torch.attention(q.reshape(1, batch * heads, n, hw), k.reshape(1, batch * kv, n, hw),
-                                       v.reshape(1, batch * kv, n, hw), masks, 0)
-            return o.reshape(batch, heads, n, hw)
+            kept.append(self.kept_share(method.keep))
+            return self.attend_top(q, k, v, method.top(layer, q, _kv_per_query_head(k, heads)))
 
         with torch.no_grad(), lab._autocast(self.device, self.dtype):
             out = self.t(tokens.to(self.device), attend=None if method is None else attend).float()
         return out, (sum(kept) / len(kept) if kept else 1.0)
+
+    def kept_share(self, keep):
+        """The share of the causal blocks a top-`keep` selection keeps: every row min(keep, r + 1)."""
+        b = self.blocks
+        return sum(min(keep, r + 1) for r in range(b)) / (b * (b + 1) / 2)
+
+    def attend_top(self, q, k, v, top):
+        """Attention under the chosen blocks (batch x heads folded into one call): on CUDA the device
+        path (attention_top_k: no host step), elsewhere masks made on the host."""
+        batch, heads, n, hw = q.shape
+        if q.device.type == "cuda":
+            return sparsa_torch.attention_top_k(q, k, v, top, self.block)
+        grid = torch.zeros(batch * heads, self.blocks, self.blocks, dtype=torch.bool).scatter_(
+            -1, top.reshape(batch * heads, self.blocks, -1).cpu(), True)
+        masks = sparsa.learn.block_masks(grid.numpy(), n, self.block, True)
+        k, v = _kv_per_query_head(k, heads), _kv_per_query_head(v, heads)
+        o = sparsa_torch.attention(*(t.reshape(1, batch * heads, n, hw) for t in (q, k, v)), masks, 0)
+        return o.reshape(batch, heads, n, hw)
 
 
 def _score(logits, data):
@@ -209,9 +228,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     notes = []
 
     methods = []
-    diagonal_grid = torch.eye(blocks, dtype=torch.bool, device=device)
-    methods.append(_Method("diagonal", 1.0 / blocks, "the own block alone (band(0))",
-                           select=lambda l, q, k: diagonal_grid.expand(q.shape[0], q.shape[1], blocks, blocks)))
+    methods.append(_Method("diagonal", 1.0 / blocks, "the own block alone (band(0))", keep=1,
+                           scores=lambda l, q, k: torch.zeros(q.shape[0], q.shape[1], blocks, blocks, device=q.device)))
     gate, gate_label = None, ""
     if pooled_gate_inputs > 0:
         t0 = time.perf_counter()
@@ -231,8 +249,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                     f"{r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
                     f"{r['best_validation']:.4f} (best, kept)")
             if len(configs) > 1:   # the configuration: the most accurate on validation at the first density
-                acc = _accuracy(runner, _Method("pooled gate", densities[0] if densities else 1.0, "",
-                                                select=lambda l, q, k, g=g: g.select(l, q, k, keep0)), validation, batch)
+                acc = _accuracy(runner, _Method("pooled gate", densities[0] if densities else 1.0, "", keep=keep0,
+                                                scores=g.block_scores), validation, batch)
                 line += f"; validation accuracy at {100 * (densities[0] if densities else 1.0):.2f}% {100 * acc:.2f}%"
                 if best is None or acc > best[0]:
                     best = (acc, g, label)
@@ -259,7 +277,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         keep = blocks_per_row(target, blocks)
         per_row = f"{keep} block{'s' if keep != 1 else ''} per row"
         methods.append(_Method("identity gate", target, per_row + ", the diagonal then the top blocks by exact q.k scores "
-                               "(untrained, costs a dense q k^T)", select=lambda l, q, k, keep=keep: top_k_grid(exact_scores(q, k, block), keep)))
+                               "(untrained, costs a dense q k^T)", keep=keep, scores=lambda l, q, k: exact_scores(q, k, block)))
         # the best fixed pattern: the most accurate on validation among the candidates that fit
         pool = [(e, m, d) for e, m, d in sparsa.learn.fixed_candidates(n, heads, block, True)]
         for name in ("longformer", "bigbird"):
@@ -274,11 +292,11 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         methods.append(_Method("best fixed", target, f"{best[1]} (validation accuracy {100 * best[0]:.2f}%)",
                                fixed=best[2], density=best[3]))
         methods.append(_Method("moba", target, per_row + ", the diagonal then the top blocks by mean query . mean key",
-                               select=lambda l, q, k, keep=keep: top_k_grid(moba_scores(q, k, block), keep)))
+                               keep=keep, scores=lambda l, q, k: moba_scores(q, k, block)))
         methods.append(_Method("quest", target, per_row + ", the diagonal then the top blocks by Quest's bound "
-                               "(the largest over the block's queries)", select=lambda l, q, k, keep=keep: top_k_grid(quest_scores(q, k, block), keep)))
+                               "(the largest over the block's queries)", keep=keep, scores=lambda l, q, k: quest_scores(q, k, block)))
         methods.append(_Method("vertical-slash", target, per_row + ", the diagonal then the top columns and diagonals of the last "
-                               "64 queries' attention", select=lambda l, q, k, keep=keep: top_k_grid(vertical_slash_scores(q, k, block), keep)))
+                               "64 queries' attention", keep=keep, scores=lambda l, q, k: vertical_slash_scores(q, k, block)))
         # DuoAttention: as many dense (retrieval) heads as the budget holds, ranked on validation by the
         # accuracy lost when each head alone streams; the rest sink + window
         budget, streaming = sparsa.learn.duo_masks(n, layers, heads, target, [], block, True)
@@ -308,11 +326,11 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         if gate is not None:
             methods.append(_Method("pooled gate", target, per_row + f", the diagonal then the top blocks by the trained pooled "
                                    f"gate ({gate_label}; its training below)",
-                                   select=lambda l, q, k, keep=keep: gate.select(l, q, k, keep)))
+                                   keep=keep, scores=gate.block_scores))
         if indexer is not None:
             methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
                                    f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
-                                   f"{indexer_width}; its training below)", select=lambda l, q, k, keep=keep: indexer.select(l, q, k, keep)))
+                                   f"{indexer_width}; its training below)", keep=keep, scores=indexer.block_scores))
     say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
 
     rows = [{"method": "dense", "target": 1.0, "detail": "the causal mask", "hits": [], "kinds": [], "depths": [], "density": []}]
@@ -353,12 +371,49 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             "seconds": time.perf_counter() - started}
 
 
+def _graph_ms(fn, device, repeats):
+    """Median ms of fn() replayed as one CUDA graph (captured after two warm-up calls on a side
+    stream, as torch.cuda.graphs asks): what a serving loop pays for it with no Python or launch
+    overhead. (None, why) where the capture fails."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return _time_ms(graph.replay, device, repeats), None
+    except RuntimeError as e:
+        return None, str(e).splitlines()[0][:200]
+
+
+def _selection_times(select, attend, device, repeats, host_masks=None):
+    """select() -> top; attend(top) -> o. Median ms of the selection (scores and top-k on the device),
+    of the sparse attention under its blocks (on CUDA with the blocks written on the device: no host
+    step; elsewhere masks made on the host, host_masks(top) -> MaskSet, timed apart) and, on CUDA,
+    of both together as one CUDA graph."""
+    top = select()
+    out = {"select_ms": _time_ms(select, device, repeats), "masks_ms": 0.0}
+    if host_masks is not None:
+        out["masks_ms"] = _time_ms(lambda: host_masks(top), device, repeats)
+    out["attention_ms"] = _time_ms(lambda: attend(top), device, repeats)
+    if torch.device(device).type == "cuda":
+        out["graph_ms"], error = _graph_ms(lambda: attend(select()), device, repeats)
+        if error:
+            out["graph_error"] = error
+    return out
+
+
 def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, device="cuda", repeats=11, seed=0):
     """The cost side at a model's shape rather than the lab teacher's: random bfloat16 (CUDA) or
     float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape (its cost does not
     depend on its weights) choosing blocks_per_row(density) blocks a row; median ms of its selection
-    on the device, of making its grid a MaskSet on the host, of sparsa's attention under those
-    masks, of sparsa's dense causal attention and, on CUDA, of SDPA's cuDNN backend (causal)."""
+    on the device, of sparsa's attention under its blocks (sparsa.torch.attention_top_k on CUDA), of
+    both as one CUDA graph, of sparsa's dense causal attention and, on CUDA, of SDPA's cuDNN backend
+    (causal)."""
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(seed)
@@ -368,12 +423,8 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
     gate = PooledGate(1, heads, head_dim, width, block, True, seed, device)
     out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep}
     with torch.no_grad():
-        grid = gate.select(0, q, k, keep)
-        out["select_ms"] = _time_ms(lambda: gate.select(0, q, k, keep), device, repeats)
-        to_masks = lambda: sparsa.learn.block_masks(grid.reshape(heads, blocks, blocks).cpu().numpy(), n, block, True)  # noqa: E731
-        masks = to_masks()
-        out["masks_ms"] = _time_ms(to_masks, device, repeats)
-        out["sparse_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, masks, 0), device, repeats)
+        out.update(_selection_times(lambda: top_k_blocks(gate.block_scores(0, q, k), keep),
+                                    lambda top: sparsa_torch.attention_top_k(q, k, v, top, block), device, repeats))
         causal = sparsa.learn.causal_masks(n, heads, block)
         out["dense_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, causal, 0), device, repeats)
         if device.type == "cuda" and hasattr(torch.nn, "attention") and hasattr(torch.nn.attention, "SDPBackend"):
@@ -388,9 +439,8 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
 
 def _timings(runner, methods, rows, repeats):
     """One layer (layer 0) of the first test sequence: the dense attention (the teacher's, and on
-    CUDA SDPA's cuDNN backend where torch has it), each selector's selection (scores and top-k on the
-    device; then the grid to a MaskSet on the host, shown apart), and the sparse attention under its
-    chosen blocks (masks already on the device)."""
+    CUDA SDPA's cuDNN backend where torch has it), and for each row its selection, its sparse
+    attention and both as one CUDA graph (_selection_times), or a fixed row's attention."""
     t, device = runner.t, runner.device
     data = lab.task_batch(t.task, "test", 0, 1, n=runner.n)
     captured = {}
@@ -405,7 +455,7 @@ def _timings(runner, methods, rows, repeats):
     q, k, v = captured["q"], captured["k"], captured["v"]
     heads = q.shape[1]
     kq = _kv_per_query_head(k, heads)
-    out = {"shape": list(q.shape), "kv_heads": int(k.shape[1])}
+    out = {"shape": list(q.shape), "kv_heads": int(k.shape[1]), "repeats": repeats}
     causal = t.masks(runner.n)
     with torch.no_grad():
         out["dense_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, causal, 0), device, repeats)
@@ -418,19 +468,19 @@ def _timings(runner, methods, rows, repeats):
             except RuntimeError as e:
                 out["cudnn_error"] = str(e).splitlines()[0][:200]
         per = {}
-        for m, row in zip(methods, rows[1:]):
+        for m in methods:
             key = f"{m.name} {m.target}"
             if m.fixed is not None:
                 fixed = m.fixed[0] if isinstance(m.fixed, list) else m.fixed   # layer 0's
                 per[key] = {"select_ms": 0.0, "masks_ms": 0.0,
                             "attention_ms": _time_ms(lambda fixed=fixed: sparsa_torch.attention(q, k, v, fixed, 0), device, repeats)}
                 continue
-            select = lambda m=m: m.select(0, q, kq)   # noqa: E731
-            grid = select()
-            to_masks = lambda: sparsa.learn.block_masks(grid.reshape(-1, runner.blocks, runner.blocks).cpu().numpy(), runner.n, runner.block, True)  # noqa: E731
-            masks = to_masks()
-            per[key] = {"select_ms": _time_ms(select, device, repeats), "masks_ms": _time_ms(to_masks, device, repeats),
-                        "attention_ms": _time_ms(lambda: sparsa_torch.attention(q, k, v, masks, 0), device, repeats)}
+            host = None
+            if device.type != "cuda":
+                host = lambda top: sparsa.learn.block_masks(   # noqa: E731
+                    torch.zeros(top.shape[0] * heads, runner.blocks, runner.blocks, dtype=torch.bool).scatter_(
+                        -1, top.reshape(-1, runner.blocks, top.shape[-1]).cpu(), True).numpy(), runner.n, runner.block, True)
+            per[key] = _selection_times(lambda m=m: m.top(0, q, kq), lambda top: runner.attend_top(q, k, v, top), device, repeats, host)
         out["methods"] = per
     if device.type == "cuda":   # the same selection at a model's shape (16 heads of width 128)
         out["at_shape"] = time_at_shape(runner.n, block=runner.block, density=max((m.target for m in methods), default=0.125),
@@ -480,7 +530,8 @@ def summary(report):
                     "by_kind": {k: [p["by_kind"][k]["accuracy"] for p in per] for k in kinds},
                     "answers_by_kind": {k: sum(p["by_kind"][k]["answers"] for p in per) for k in kinds},
                     "select_ms": [t["select_ms"] for t in timing if t], "masks_ms": [t["masks_ms"] for t in timing if t],
-                    "attention_ms": [t["attention_ms"] for t in timing if t]})
+                    "attention_ms": [t["attention_ms"] for t in timing if t],
+                    "graph_ms": [t["graph_ms"] for t in timing if t and t.get("graph_ms") is not None]})
     return out
 
 
@@ -516,6 +567,8 @@ def _pictures(rows, report, directory):
     for r in rows:
         if r["method"] == "dense":
             x = dense_ms
+        elif r["graph_ms"]:   # selection + sparse attention as one CUDA graph
+            x = statistics.median(r["graph_ms"])
         elif r["attention_ms"]:
             x = statistics.median(r["attention_ms"]) + (statistics.median(r["select_ms"]) if r["select_ms"] else 0)
         else:
@@ -526,7 +579,8 @@ def _pictures(rows, report, directory):
     if cudnn:
         ax.axvline(statistics.median(cudnn), color="grey", linestyle="--", label="cuDNN dense (time only)")
     ax.set_xscale("log")
-    ax.set_xlabel(f"ms for one layer of one sequence {e0['timing']['shape']}: selection + sparse attention (masks on the device)")
+    ax.set_xlabel(f"ms for one layer of one sequence {e0['timing']['shape']}: selection + sparse attention"
+                  + (" (one CUDA graph)" if any(r["graph_ms"] for r in rows) else ""))
     ax.set_ylabel("accuracy %, mean ± deviation over teachers")
     ax.set_title(f"Accuracy against cost, n = {report['n']:,}, block {e0['block']}")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -557,26 +611,39 @@ def report_write(report, directory, command=""):
               f"(the same for every teacher); every choice on the first {e0['validation_inputs']} validation-stream sequences. "
               f"Blocks of {e0['block']} ({e0['blocks']} a row), {e0['dtype']}, attention through sparsa.torch. "
               "Accuracy over all answers, mean ± standard deviation over the teachers; density: kept share of the causal "
-              "blocks; times: one layer of one sequence (shape {}), median, selection on the device then the grid made a "
-              "MaskSet on the host.".format(e0["timing"]["shape"]), ""]
+              "blocks; times: one layer of one sequence (shape {}), median of {}: the selection (scores and top-k on the "
+              "device), the sparse attention under its blocks ({}), and on CUDA both as one CUDA graph (no Python or "
+              "launch overhead: what a serving loop pays).".format(
+                  e0["timing"]["shape"], e0["timing"].get("repeats", 11),
+                  "written on the device: sparsa.torch.attention_top_k" if e0["device"].startswith("cuda") else
+                  "made a MaskSet on the host first, timed apart"), ""]
     dense = " / ".join(f"{x:.3f}" for x in dense_ms)
     lines.append(f"Dense attention of one layer: sparsa {dense} ms" +
                  (f"; SDPA cuDNN {' / '.join(f'{x:.3f}' for x in cudnn_ms)} ms" if cudnn_ms else "") + " (per teacher).")
     shape = e0["timing"].get("at_shape")
     if shape:
-        ratio = f", {shape['cudnn_ms'] / (shape['select_ms'] + shape['sparse_ms']):.2f}x cuDNN's time" if "cudnn_ms" in shape else ""
-        lines.append(f"At a model's shape {shape['shape']} (random inputs, an untrained pooled gate keeping {shape['keep']} "
-                     f"blocks a row; teacher 1's run): the gate's selection {shape['select_ms']:.3f} ms + sparse attention "
-                     f"{shape['sparse_ms']:.3f} ms = {shape['select_ms'] + shape['sparse_ms']:.3f} ms{ratio} (the MaskSet on the "
-                     f"host {shape['masks_ms']:.3f} ms more); dense: sparsa {shape['dense_ms']:.3f} ms" +
-                     (f", cuDNN {shape['cudnn_ms']:.3f} ms." if "cudnn_ms" in shape else "."))
-    lines += ["", "| method | target | density | accuracy | answers | select ms | MaskSet ms | sparse attention ms |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        both = shape.get("graph_ms")
+        eager = shape["select_ms"] + shape["attention_ms"]
+        line = (f"At a model's shape {shape['shape']} (random inputs, an untrained pooled gate keeping {shape['keep']} "
+                f"blocks a row; teacher 1's run): the gate's selection {shape['select_ms']:.3f} ms + sparse attention "
+                f"{shape['attention_ms']:.3f} ms = {eager:.3f} ms eager")
+        if both is not None:
+            line += f", {both:.3f} ms as one CUDA graph"
+        if "cudnn_ms" in shape:
+            line += (f"; dense: sparsa {shape['dense_ms']:.3f} ms, cuDNN {shape['cudnn_ms']:.3f} ms: selection + sparse attention "
+                     f"is {shape['cudnn_ms'] / eager:.2f}x faster than cuDNN eager" +
+                     (f", {shape['cudnn_ms'] / both:.2f}x as a graph" if both is not None else "") +
+                     f"; the selection alone is {100 * shape['select_ms'] / shape['cudnn_ms']:.1f}% of cuDNN's dense time.")
+        else:
+            line += f"; dense: sparsa {shape['dense_ms']:.3f} ms."
+        lines.append(line)
+    lines += ["", "| method | target | density | accuracy | answers | select ms | MaskSet ms (host) | sparse attention ms "
+              "| select + attention, one graph, ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         med = lambda v: f"{statistics.median(v):.3f}" if v else ""   # noqa: E731
         target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
         lines.append(f"| {r['method']} | {target} | {_pm(r['density'])}% | {_pm(r['accuracy'])}% | {r['answers']:,} | "
-                     f"{med(r['select_ms'])} | {med(r['masks_ms'])} | {med(r['attention_ms'])} |")
+                     f"{med(r['select_ms'])} | {med(r['masks_ms'])} | {med(r['attention_ms'])} | {med(r['graph_ms'])} |")
     kinds = sorted(rows[0]["by_kind"])
     lines += ["", "Per task (accuracy %, mean ± deviation over teachers; answers over all teachers in the header):", "",
               "| method | target | " + " | ".join(f"{k} ({rows[0]['answers_by_kind'][k]:,})" for k in kinds) + " |",

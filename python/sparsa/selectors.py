@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
-           "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer"]
+           "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer"]
 
 
 def blocks_per_row(density, blocks, causal=True):
@@ -174,22 +174,28 @@ def pooled_target(q, k, block, causal=True, chunk_rows=2048):
     return out / out.sum(-1, keepdim=True)
 
 
-def top_k_grid(scores, keep, causal=True):
-    """bool [batch, heads, blocks, blocks]: each row's diagonal block, then its highest-scoring key
+def top_k_blocks(scores, keep, causal=True):
+    """int64 [batch, heads, blocks, keep]: each row's diagonal block, then its highest-scoring key
     blocks (c <= r when causal) until it keeps `keep` (learn/distill.cpp, block_mask_top_k with
-    keep_diagonal; ties to the lower block: a stable sort)."""
+    keep_diagonal; ties to the lower block: a stable sort), in that order. A causal row r < keep - 1
+    has only r + 1 blocks to keep: its entries past them are blocks above r (to be ignored, as
+    top_k_grid and sparsa.torch.attention_top_k do). All on the scores' device, no host step."""
     blocks = scores.shape[-1]
     s = scores.float().clone()
     eye = torch.eye(blocks, dtype=torch.bool, device=s.device)
     s.masked_fill_(eye, math.inf)
-    later = torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1)
     if causal:
-        s.masked_fill_(later, -math.inf)
-    keep = min(keep, blocks)
-    order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :keep]
-    grid = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, order, True)
+        s.masked_fill_(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+    return torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :min(keep, blocks)]
+
+
+def top_k_grid(scores, keep, causal=True):
+    """bool [batch, heads, blocks, blocks]: top_k_blocks as a grid (blocks above the diagonal dropped
+    when causal)."""
+    blocks = scores.shape[-1]
+    grid = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, top_k_blocks(scores, keep, causal), True)
     if causal:
-        grid &= ~later
+        grid &= ~torch.ones(blocks, blocks, dtype=torch.bool, device=scores.device).triu(1)
     return grid
 
 
@@ -237,10 +243,15 @@ class PooledGate:
             s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
         return s
 
+    def block_scores(self, layer, q, k):
+        """The gate's scores of every (query block, key block) from q, k [batch, heads, n, head_dim] (float32
+        maps: what selection costs at inference): [batch, heads, blocks, blocks]."""
+        return self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool),
+                           self.wq[layer].float(), self.wk[layer].float())
+
     def select(self, layer, q, k, keep):
-        """The top `keep` blocks a row by the gate's scores (float32 maps: what selection costs at inference)."""
-        return top_k_grid(self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool),
-                                      self.wq[layer].float(), self.wk[layer].float()), keep, self.causal)
+        """The top `keep` blocks a row by the gate's scores, as a grid."""
+        return top_k_grid(self.block_scores(layer, q, k), keep, self.causal)
 
     def _kl(self, wq, wk, q_mean, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
@@ -340,6 +351,11 @@ class Indexer:
 
     def select(self, layer, q, k, keep, chunk_rows=2048):
         """The top `keep` blocks a row by predicted mass, every head alike: bool [batch, heads, blocks, blocks]."""
+        return top_k_grid(self.block_scores(layer, q, k, chunk_rows), keep, self.causal)
+
+    def block_scores(self, layer, q, k, chunk_rows=2048):
+        """Each (query block, key block)'s predicted mass (the largest over the block's rows), the same in
+        every head: [batch, heads, blocks, blocks] (an expanded view)."""
         x, y = _concat_heads(q.float()), _concat_heads(k.float())
         wq, wk, ww = self.wq[layer].float(), self.wk[layer].float(), self.ww[layer].float()
         n, block = q.shape[2], self.block
@@ -354,7 +370,7 @@ class Indexer:
             if (last - first) % block:
                 mass[:, :, -1, (last - first) % block:] = -math.inf
             score[:, first // block:(last + block - 1) // block] = mass.amax(3)[:, 0]
-        return top_k_grid(score[:, None].expand(q.shape[0], q.shape[1], blocks, blocks), keep, self.causal)
+        return score[:, None].expand(q.shape[0], q.shape[1], blocks, blocks)
 
     @staticmethod
     def examples(q, k, block, rows, seed, causal=True):

@@ -30,6 +30,7 @@ Index
                           current stream, GQA as on the CPU
   [SECTION] autograd      torch.autograd.Function (every torch) and the custom op (torch 2.4+)
   [SECTION] attention     the public function
+  [SECTION] top-k         attention_top_k: per-input block selections on masks uploaded once (forward only)
 """
 
 try:
@@ -50,7 +51,7 @@ import numpy as np
 import sparsa as _sparsa
 from sparsa._arguments import describe as _describe
 
-__all__ = ["attention", "custom_op_registered"]
+__all__ = ["attention", "attention_top_k", "custom_op_registered"]
 
 _WHERE = "sparsa.torch.attention()"
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -457,3 +458,122 @@ def attention(q, k, v, masks, layer=0, scale=None, *, threads=0):
     if _attention_op is not None:
         return _attention_op(q, k, v, key, layer, scale, int(threads))[0]
     return _AttentionFunction.apply(q, k, v, masks, layer, scale, int(threads))
+
+
+# [SECTION] top-k
+
+# (n, batch * heads, block, keep, device index) -> (layout MaskSet, _CudaLayerMasks, gather index)
+_top_k_layouts = {}
+
+
+def _top_k_gather(blocks, keep, device):
+    """Where each row's kept entries sit in top [.., blocks * keep] once sorted: row r's first min(keep, r + 1)."""
+    r = torch.arange(blocks, device=device)[:, None]
+    j = torch.arange(keep, device=device)[None, :]
+    return (r * keep + j)[j < torch.clamp(r + 1, max=keep)]
+
+
+def _top_k_columns(top, gather):
+    """The layout's col_idx from a selection: each row's blocks ascending (its diagonal last: every
+    kept block is at most r, the ignored ones above it), concatenated row by row, head by head (int32)."""
+    blocks, keep = top.shape[-2], top.shape[-1]
+    ordered = torch.sort(top.reshape(-1, blocks, keep).to(torch.int32), dim=-1).values
+    return ordered.reshape(-1, blocks * keep)[:, gather].reshape(-1).contiguous()
+
+
+def _top_k_check(top, blocks):
+    """ValueError unless every row r of top holds r, and its other blocks are distinct and below r
+    (rows r < keep - 1: the entries above r are ignored). Reads top back: for tests."""
+    keep = top.shape[-1]
+    t = top.reshape(-1, blocks, keep).long()
+    r = torch.arange(blocks, device=t.device)[None, :, None]
+    valid = t <= r
+    if bool((t < 0).any()):
+        raise ValueError("sparsa.torch.attention_top_k(): top holds a negative block")
+    if not bool((t == r).any(-1).all()):
+        raise ValueError("sparsa.torch.attention_top_k(): a row of top lacks its own (diagonal) block")
+    counts = valid.sum(-1)
+    if not bool((counts == torch.clamp(r[..., 0] + 1, max=keep)).all()):
+        raise ValueError("sparsa.torch.attention_top_k(): a row of top keeps a block twice or too few causal blocks")
+    ordered = torch.sort(torch.where(valid, t, torch.full_like(t, blocks)), dim=-1).values
+    if bool(((ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] < blocks)).any()):
+        raise ValueError("sparsa.torch.attention_top_k(): a row of top keeps a block twice")
+
+
+def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
+    """Causal attention where query block r reads the key blocks listed in top[.., r, :]: forward only.
+
+    q: [batch, heads, n, d]; k, v: [batch, kv_heads, n, d] (grouped-query attention as attention()).
+    top: an integer tensor [batch, heads, ceil(n / block), keep] on q's device, as
+    sparsa.selectors.top_k_blocks returns it: row r lists r itself and keep - 1 distinct blocks below
+    r, in any order; a row r < keep - 1 has only r + 1 causal blocks, and its entries above r are
+    ignored. The diagonal block is cut to key <= query. The result is attention() under
+    sparsa.learn.block_masks of the same grid (causal), o [batch, heads, n, d] in q's dtype.
+
+    On a CUDA device no mask is built per call: the masks are a top-k layout
+    (sparsa.learn.top_k_layout: every row's length known from keep alone), uploaded once per
+    (n, batch * heads, block, keep), and each call only sorts top and writes it over the layout's
+    key blocks on the device (a 64-query-tile kernel: 15 on Hopper, else 9, else the simple kernel
+    1 for float32 or blocks under 64), so it can run inside a CUDA graph. On the CPU the grid
+    becomes a MaskSet on the host. Not differentiable (no backward: the transposed masks would
+    depend on the selection). check=True verifies top first (reads it back; for tests): a row
+    without its diagonal, a repeated or a later block is a ValueError; unchecked, such a row
+    gives wrong results, and a block out of range reads out of bounds on the GPU."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("sparsa.torch.attention_top_k(): forward only (no backward for per-input selections); "
+                         "call it under torch.no_grad(), or use sparsa.torch.attention with a MaskSet")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("sparsa.torch.attention_top_k(): q, k and v must be [batch, heads, n, d]")
+    batch, heads, n, d = q.shape
+    kv_heads = k.shape[1]
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != n or k.shape[3] != d or heads % kv_heads:
+        raise ValueError(f"sparsa.torch.attention_top_k(): k and v must be [batch, kv_heads, n, d] with kv_heads dividing "
+                         f"q's {heads} heads; q is {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+    blocks = -(-n // block)
+    if top.dim() != 4 or tuple(top.shape[:3]) != (batch, heads, blocks) or top.shape[3] < 1 or top.shape[3] > blocks:
+        raise ValueError(f"sparsa.torch.attention_top_k(): top must be [batch, heads, ceil(n / block), keep] = "
+                         f"[{batch}, {heads}, {blocks}, 1 to {blocks}], got {list(top.shape)}")
+    if top.dtype.is_floating_point or top.dtype == torch.bool or top.device != q.device:
+        raise ValueError(f"sparsa.torch.attention_top_k(): top must be an integer tensor on {q.device}, "
+                         f"got {top.dtype} on {top.device}")
+    keep = top.shape[3]
+    if check:
+        _top_k_check(top, blocks)
+    group = heads // kv_heads
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    flat = lambda t: t.reshape(1, batch * heads, n, d)  # noqa: E731
+    if q.device.type != "cuda":
+        grid = torch.zeros(batch * heads, blocks, blocks, dtype=torch.bool).scatter_(-1, top.reshape(-1, blocks, keep).long().cpu(), True)
+        masks = _sparsa.learn.block_masks(grid.numpy(), n, block, True)
+        with torch.no_grad():
+            return attention(flat(q), flat(k), flat(v), masks, 0, scale).reshape(batch, heads, n, d)
+    _cuda_check(q)
+    if q.dtype not in _CUDA_DTYPE_NAMES:
+        raise ValueError(f"sparsa.torch.attention_top_k(): q is {q.dtype}; on the GPU: bfloat16, float16 or float32")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"sparsa.torch.attention_top_k(): q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    key = (n, batch * heads, block, keep, index)
+    entry = _top_k_layouts.get(key)
+    if entry is None:
+        layout = _sparsa.learn.top_k_layout(n, batch * heads, block, keep)
+        with torch.cuda.device(index):
+            on_device = _sparsa._sparsa._CudaLayerMasks(layout, 0)
+        entry = (layout, on_device, _top_k_gather(blocks, keep, q.device))
+        _top_k_layouts[key] = entry
+    _, on_device, gather = entry
+    columns = _top_k_columns(top, gather)
+    if columns.numel() != on_device.entries:
+        raise RuntimeError(f"sparsa.torch.attention_top_k(): {columns.numel()} columns for a layout of {on_device.entries}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale == 0):
+        raise ValueError(f"sparsa.torch.attention_top_k(): scale = {scale!r} is not usable (a finite, non-zero number, or None "
+                         "for 1 / sqrt(d))")
+    scale = 0.0 if scale is None else float(scale)   # 0: 1 / sqrt(d), as attention() passes it
+    qc, kc, vc, scale = _cuda_inputs(flat(q), flat(k), flat(v), scale)
+    o = torch.empty((1, batch * heads, n, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((1, batch * heads, n), dtype=torch.float32, device=q.device)
+    with torch.cuda.device(q.device):
+        on_device.forward(qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), o.data_ptr(), lse.data_ptr(), 1, batch * heads, n, d,
+                          _CUDA_DTYPE_NAMES[q.dtype], scale, torch.cuda.current_stream().cuda_stream, columns.data_ptr())
+    return o.reshape(batch, heads, n, d)

@@ -265,6 +265,36 @@ TEST_CASE("causal mask: equals the lower triangle, and the causal cut of any mas
         }
 }
 
+TEST_CASE("top-k layout: any causal top-k selection's blocks, written over the layout's, give the selection's mask", "[learn]") {
+    // What CudaLayerMasks::forward with columns does on the device: the layout's row lengths,
+    // partial diagonals and bits stay; only col_idx changes (each row ascending, diagonal last).
+    for (int32_t block : {16, 64})
+        for (int64_t n : {1, 16, 17, 100, 200, 1000})
+            for (int64_t keep : {1, 2, 3, 7}) {
+                const int64_t blocks = (n + block - 1) / block;
+                if (keep > blocks) continue;
+                INFO("n = " << n << ", block " << block << ", keep " << keep);
+                const MaskSet layout = mask_set_top_k_layout(n, block, 3, keep);
+                REQUIRE(layout.heads == 3);
+                CHECK(&layout.at(0, 0) != &layout.at(0, 1));   // one object per head: each its own columns on the device
+                for (int64_t h = 0; h < 3; ++h) {
+                    const BlockMask& m = layout.at(0, h);
+                    block_mask_validate(m, "layout");
+                    CHECK(m.kept_blocks() == top_k_layout_entries(n, block, keep));
+                    std::vector<double> scores(static_cast<size_t>(blocks * blocks));
+                    for (size_t i = 0; i < scores.size(); ++i) scores[i] = static_cast<double>((i * 7919 + 13 * h) % 101);
+                    const BlockMask chosen = block_mask_restrict_causal(block_mask_top_k(n, block, scores, keep, true, true));
+                    BlockMask written = m;
+                    REQUIRE(chosen.row_ptr == m.row_ptr);
+                    written.col_idx = chosen.col_idx;
+                    block_mask_validate(written, "written");
+                    CHECK(written == chosen);
+                }
+            }
+    CHECK_THROWS_WITH(mask_set_top_k_layout(100, 16, 2, 8), Catch::Contains("keep is 8") && Catch::Contains("1 to 7"));
+    CHECK_THROWS_WITH(mask_set_top_k_layout(100, 16, 0, 2), Catch::Contains("heads"));
+}
+
 TEST_CASE("causal selection: top-k keeps no key block after the query block; blocks per row fit the causal density", "[learn]") {
     const int64_t blocks = 8, n = blocks * 16;
     std::vector<double> scores(static_cast<size_t>(blocks * blocks));

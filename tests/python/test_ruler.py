@@ -23,11 +23,11 @@ def test_identity_gate_keeping_every_block_is_the_dense_teacher():
     data = lab.task_batch(t.task, "test", 0, 3)
     tokens = torch.from_numpy(data["tokens"])
     dense, density = runner.logits(tokens, None)
-    everything = ruler._Method("identity gate", 1.0, "", select=lambda l, q, k: ruler.top_k_grid(ruler.exact_scores(q, k, 16), 8))
+    everything = ruler._Method("identity gate", 1.0, "", keep=8, scores=lambda l, q, k: ruler.exact_scores(q, k, 16))
     full, kept = runner.logits(tokens, everything)
     assert kept == pytest.approx(1.0) and density == 1.0
     assert torch.allclose(dense, full, atol=1e-4)
-    diagonal = ruler._Method("diagonal", 1 / 8, "", select=lambda l, q, k: torch.eye(8, dtype=torch.bool).expand(q.shape[0], q.shape[1], 8, 8))
+    diagonal = ruler._Method("diagonal", 1 / 8, "", keep=1, scores=lambda l, q, k: torch.zeros(q.shape[0], q.shape[1], 8, 8))
     own, kept = runner.logits(tokens, diagonal)
     assert kept == pytest.approx(8 / 36)
     assert not torch.allclose(dense, own, atol=1e-3)
@@ -71,8 +71,8 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
     t = ruler.time_at_shape(256, heads=2, head_dim=16, block=16, density=0.25, device="cpu", repeats=1)
     assert t["keep"] == ruler.blocks_per_row(0.25, 16) and t["shape"] == [1, 2, 256, 16]
-    assert all(t[key] > 0 for key in ("select_ms", "masks_ms", "sparse_ms", "dense_ms"))
-    assert "cudnn_ms" not in t
+    assert all(t[key] > 0 for key in ("select_ms", "attention_ms", "dense_ms"))
+    assert "cudnn_ms" not in t and "graph_ms" not in t   # CUDA only
 
 
 def test_the_fixed_families_fit_the_density_after_the_causal_cut():
