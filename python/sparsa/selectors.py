@@ -48,8 +48,8 @@ def _blocked(x, block):
     pad = blocks * block - n
     if pad:
         x = F.pad(x, (0, 0, 0, pad))
-    counts = torch.full((blocks,), block, dtype=x.dtype, device=x.device)
-    counts[-1] = n - (blocks - 1) * block
+    # made on the device (no host scalar written into it), so a selection can be captured in a CUDA graph
+    counts = (n - torch.arange(blocks, device=x.device) * block).clamp(max=block).to(x.dtype)
     return x.reshape(x.shape[0], x.shape[1], blocks, block, x.shape[3]), counts
 
 
