@@ -59,7 +59,7 @@ import sparsa.torch as sparsa_torch
 from sparsa.selectors import (KEY_POOLS, Indexer, PooledGate, _block_keys, _block_means, blocks_per_row, exact_scores,
                               moba_scores, pooled_target, quest_scores, top_k_blocks, vertical_slash_scores)
 
-__all__ = ["evaluate", "evaluate_teacher", "report_write", "summary", "time_at_shape"]
+__all__ = ["evaluate", "evaluate_teacher", "merge", "report_write", "summary", "time_at_shape"]
 
 
 # [SECTION] evaluation
@@ -605,8 +605,14 @@ def report_write(report, directory, command=""):
     dense_ms = [e["timing"]["dense_ms"] for e in report["evals"]]
     cudnn_ms = [e["timing"].get("cudnn_ms") for e in report["evals"] if e["timing"].get("cudnn_ms") is not None]
     lines = ["# Learned sparsity in PyTorch: RULER-style tasks at n = {:,} ({})".format(report["n"], e0["device"]), ""]
-    if command:
-        lines += [f"Command: `{command}`", ""]
+    commands = report.get("commands") or ([command] if command else [])
+    if len(commands) == 1:
+        lines += [f"Command: `{commands[0]}`", ""]
+    elif commands:   # --merge
+        lines += ["Merged (`python3 -m sparsa.ruler --merge`) from the runs of:", ""] + [f"- `{c}`" for c in commands] + [""]
+    if report.get("pending"):
+        lines += [f"**Partial:** {len(report['evals'])} of {len(report['evals']) + len(report['pending'])} teachers measured so far "
+                  f"(still to come: {', '.join(report['pending'])}); the run rewrites this report after each teacher.", ""]
     lines += [f"Teachers: {', '.join(report['teachers'])}. Test stream: the first {e0['test_inputs']} sequences per teacher "
               f"(the same for every teacher); every choice on the first {e0['validation_inputs']} validation-stream sequences. "
               f"Blocks of {e0['block']} ({e0['blocks']} a row), {e0['dtype']}, attention through sparsa.torch. "
@@ -673,14 +679,46 @@ def report_write(report, directory, command=""):
     return rows
 
 
+def merge(reports):
+    """One report from the reports of runs that measured different teachers the same way (report.json
+    of each, as dicts): the same n, block, test and validation counts, dtype and rows. Raises
+    ValueError naming the first difference."""
+    if not reports:
+        raise ValueError("sparsa.ruler: nothing to merge")
+    first = reports[0]
+    same = ("n", "block", "test_inputs", "validation_inputs", "dtype")
+    rows = lambda e: [(r["method"], r["target"]) for r in e["rows"]]  # noqa: E731
+    teachers, evals, commands = [], [], []
+    for i, r in enumerate(reports):
+        if r.get("pending"):
+            raise ValueError(f"sparsa.ruler: report {i + 1} is partial (teachers {', '.join(r['pending'])} were not measured)")
+        for e in r["evals"]:
+            for key in same:
+                if e[key] != first["evals"][0][key]:
+                    raise ValueError(f"sparsa.ruler: report {i + 1} has {key} = {e[key]}, report 1 {first['evals'][0][key]}: "
+                                     "only runs made the same way merge")
+            if rows(e) != rows(first["evals"][0]):
+                raise ValueError(f"sparsa.ruler: report {i + 1} has other rows than report 1 (its options differ)")
+        for t in r["teachers"]:
+            if t in teachers:
+                raise ValueError(f"sparsa.ruler: teacher {t} is in two of the reports")
+        teachers += r["teachers"]
+        evals += r["evals"]
+        commands += r.get("commands", [])
+    return {"n": first["n"], "teachers": teachers, "evals": evals, "commands": commands}
+
+
 def main(argv=None):
-    """python3 -m sparsa.ruler --teachers A.bin,B.bin --n N [options] -o DIR"""
+    """python3 -m sparsa.ruler --teachers A.bin,B.bin --n N [options] -o DIR
+    python3 -m sparsa.ruler --merge DIR1,DIR2 -o DIR"""
     import argparse
     import shlex
     import sys
     ap = argparse.ArgumentParser(prog="python3 -m sparsa.ruler", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teachers", required=True, help="teacher checkpoints, comma-separated (sparsa learn teacher or sparsa.lab)")
-    ap.add_argument("--n", type=int, required=True, help="the length to measure at (any; the teachers' own need not be it)")
+    ap.add_argument("--teachers", help="teacher checkpoints, comma-separated (sparsa learn teacher or sparsa.lab)")
+    ap.add_argument("--n", type=int, help="the length to measure at (any; the teachers' own need not be it)")
+    ap.add_argument("--merge", help="instead of measuring: folders of earlier runs (report.json each), comma-separated, made the "
+                                    "same way on different teachers, written as one report to -o (a long run split over calls)")
     ap.add_argument("--densities", default="0.125", help="block densities, comma-separated (0.125)")
     ap.add_argument("--block", type=int, default=64, help="block size (64: the CUDA kernels' tiles; the C++ evaluation uses 16)")
     ap.add_argument("--test-inputs", type=int, default=100)
@@ -702,6 +740,26 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
     ap.add_argument("-o", "--out", required=True, help="the folder for report.md and report.json")
     a = ap.parse_args(argv)
+    if a.merge:
+        if a.teachers:
+            ap.error("--merge takes the teachers from the reports: give no --teachers")
+        parts = []
+        for folder in [x for x in a.merge.split(",") if x]:
+            try:
+                with open(os.path.join(folder, "report.json")) as f:
+                    parts.append(json.load(f))
+            except (OSError, ValueError) as e:
+                sys.exit(f"sparsa.ruler: --merge {folder}: cannot read its report.json ({e})")
+        try:
+            report = merge(parts)
+        except ValueError as e:
+            sys.exit(str(e))
+        for r in report_write(report, a.out):
+            print(f"{r['method']:>14} {100 * r['target']:6.2f}%  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
+        print(f"wrote {a.out}/report.md and report.json ({len(report['teachers'])} teachers from {len(parts)} runs)")
+        return
+    if not a.teachers or a.n is None:
+        ap.error("--teachers and --n are required (or --merge)")
     try:
         densities = [float(x) for x in a.densities.split(",") if x]
     except ValueError:
@@ -731,9 +789,11 @@ def main(argv=None):
         digits = "".join(ch if ch.isdigit() else " " for ch in os.path.basename(p)).split()
         seeds.append(int(digits[-1]) if digits else 1)
     started = time.perf_counter()
+    command = "python3 -m sparsa.ruler " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    labels = [os.path.basename(p) for p in paths]
     evals = []
-    for p, t, s in zip(paths, teachers, seeds):
-        label = os.path.basename(p)
+    for i, (p, t, s) in enumerate(zip(paths, teachers, seeds)):
+        label = labels[i]
         print(f"{label}: trained at n = {t.task['n']}, measured at n = {a.n}", flush=True)
         evals.append(evaluate_teacher(t, a.n, densities=densities, block=a.block, test_inputs=a.test_inputs,
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
@@ -742,9 +802,9 @@ def main(argv=None):
                                       indexer_inputs=a.indexer_inputs, indexer_heads=a.indexer_heads, indexer_width=a.indexer_width,
                                       indexer_steps=a.indexer_steps,
                                       dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))
-    report = {"n": a.n, "teachers": [os.path.basename(p) for p in paths], "evals": evals}
-    command = "python3 -m sparsa.ruler " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    rows = report_write(report, a.out, command)
+        # after every teacher, so that a run cut short keeps the teachers it finished
+        report = {"n": a.n, "teachers": labels[:i + 1], "evals": evals, "commands": [command], "pending": labels[i + 1:]}
+        rows = report_write(report, a.out)
     for r in rows:
         print(f"{r['method']:>14} {100 * r['target']:6.2f}%  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
     print(f"wrote {a.out}/report.md and report.json ({time.perf_counter() - started:.0f} s)")

@@ -95,3 +95,36 @@ def test_duo_masks_give_the_budgets_dense_heads_and_stream_the_rest():
     assert none["retrieval"] == 0   # with 4 heads in all, one dense head is over 12.5%
     with pytest.raises(ValueError, match="retrieval has 3 entries"):
         sparsa.learn.duo_masks(1024, 2, 2, 0.125, [True, False, True])
+
+
+def test_a_run_split_over_calls_merges_into_one_report_and_a_cut_run_keeps_its_finished_teachers(tmp_path, capsys):
+    paths = []
+    for s in (2, 3):
+        paths.append(str(tmp_path / f"teacher-seed{s}.bin"))
+        lab.LabTeacher.new(**TINY, seed=s).save(paths[-1])
+    common = ["--n", "128", "--block", "16", "--densities", "0.25", "--test-inputs", "4", "--validation-inputs", "2", "--batch", "4",
+              "--pooled-gate-inputs", "2", "--pooled-gate-steps", "2", "--indexer-inputs", "0", "--families", "none", "--device", "cpu"]
+    for i, p in enumerate(paths):
+        ruler.main(["--teachers", p, *common, "-o", str(tmp_path / f"part{i}")])
+    both = tmp_path / "both"
+    ruler.main(["--merge", f"{tmp_path / 'part0'},{tmp_path / 'part1'}", "-o", str(both)])
+    import json
+    merged = json.loads((both / "report.json").read_text())
+    assert merged["teachers"] == ["teacher-seed2.bin", "teacher-seed3.bin"] and len(merged["commands"]) == 2
+    one = json.loads((tmp_path / "part0" / "report.json").read_text())
+    assert merged["evals"][0] == one["evals"][0]
+    text = (both / "report.md").read_text()
+    assert "Merged (`python3 -m sparsa.ruler --merge`)" in text and " ± " in text and "Partial" not in text
+    # runs made another way, or the same teacher twice, do not merge
+    ruler.main(["--teachers", paths[1], *[("8" if x == "4" and common[i - 1] == "--test-inputs" else x) for i, x in enumerate(common)],
+                "-o", str(tmp_path / "other")])
+    for parts, words in (((tmp_path / "part0", tmp_path / "other"), "test_inputs"), ((tmp_path / "part0", tmp_path / "part0"), "two of")):
+        with pytest.raises(SystemExit, match=words):
+            ruler.main(["--merge", ",".join(str(x) for x in parts), "-o", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+    # a report written after the first of two teachers says which are still to come, and does not merge
+    partial = dict(one, teachers=one["teachers"], pending=["teacher-seed3.bin"])
+    ruler.report_write(partial, str(tmp_path / "cut"))
+    assert "**Partial:** 1 of 2 teachers" in (tmp_path / "cut" / "report.md").read_text()
+    with pytest.raises(ValueError, match="partial"):
+        ruler.merge([partial])
