@@ -12,6 +12,21 @@ SOURCE_DIR = pathlib.Path(os.environ.get("SPARSA_SOURCE_DIR", pathlib.Path(__fil
 PATTERNS = SOURCE_DIR / "examples" / "patterns"
 
 
+def cuda_skip_reason():
+    """Why sparsa.torch's GPU path cannot be tested here (None where it can): no torch, no CUDA
+    device, a build without the CUDA engine, or an engine that cannot run."""
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed for this Python"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device"
+    if not sparsa.cuda_built:
+        return "this sparsa was built without the CUDA engine (configure with nvcc present)"
+    ok, why = sparsa.cuda_available()
+    return None if ok else f"the CUDA engine cannot run here: {why}"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import sparsa
-from conftest import PATTERNS
+from conftest import PATTERNS, cuda_skip_reason
 
 try:
     import torch
@@ -25,18 +25,7 @@ except ImportError:  # only torch can be missing: sparsa itself comes from the b
     torch = None
 
 
-def _skip_reason():
-    if torch is None:
-        return "PyTorch is not installed for this Python"
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} sees no CUDA device"
-    if not sparsa.cuda_built:
-        return "this sparsa was built without the CUDA engine (configure with nvcc present)"
-    ok, why = sparsa.cuda_available()
-    return None if ok else f"the CUDA engine cannot run here: {why}"
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+pytestmark = pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
 
 HALF_TOLERANCE = 2e-2      # bf16 / fp16: |error| <= 2e-2 * max |reference| (issue 15)
 FLOAT32_TOLERANCE = 1e-4

@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import sparsa  # noqa: E402
+from conftest import cuda_skip_reason  # noqa: E402
 
 if not sparsa.learn_built:
     pytest.skip("attention_top_k's layout comes from sparsa.learn", allow_module_level=True)
@@ -95,16 +96,7 @@ def test_bad_selections_and_arguments_are_refused():
         sparsa.learn.top_k_layout(64, 2, 16, 5)
 
 
-def _gpu_skip_reason():
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} sees no CUDA device"
-    if not sparsa.cuda_built:
-        return "this sparsa was built without the CUDA engine"
-    ok, why = sparsa.cuda_available()
-    return None if ok else f"the CUDA engine cannot run here: {why}"
-
-
-needs_gpu = pytest.mark.skipif(_gpu_skip_reason() is not None, reason=str(_gpu_skip_reason()))
+needs_gpu = pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
 
 
 @needs_gpu
