@@ -1,5 +1,6 @@
 // The Python side of content-based heads (lsh, anchors, favor) beyond attention itself: what each
-// head did on an input, the pairs it attended to, and FAVOR+'s error as features grow.
+// head did on an input, the pairs it attended to, FAVOR+'s error as features grow, and FAVOR+'s
+// features themselves (for sparsa.selectors.favor_attention, which must use the engine's).
 #include "python/module.hpp"
 
 #include "engine/content/favor.hpp"
@@ -142,6 +143,23 @@ py::list favor_error_curve_py(const py::handle& q_obj, const py::handle& k_obj, 
     return out;
 }
 
+// omega [m, d] of favor_features_draw as float32 numpy. The engine's own checks name
+// favor_features_draw; these name the Python argument.
+py::array favor_features_py(int64_t seed, int64_t layer, int64_t head, int64_t m, int64_t d, int64_t draw) {
+    if (seed < 0) value_error("favor_features: seed = " + std::to_string(seed) + " (give seed >= 0, as favor(seed = ...) takes)");
+    if (m < 1) value_error("favor_features: m = " + std::to_string(m) + " (give m >= 1 features)");
+    if (d < 1) value_error("favor_features: d = " + std::to_string(d) + " (give the head width d >= 1)");
+    if (draw < 0) value_error("favor_features: draw = " + std::to_string(draw) + " (give draw >= 0: 0 is the first draw)");
+    FavorFeatures f;
+    {
+        py::gil_scoped_release release;
+        f = favor_features_draw(static_cast<uint64_t>(seed), layer, head, draw, m, d);
+    }
+    py::array_t<float> out({m, d});
+    std::copy(f.omega.begin(), f.omega.end(), out.mutable_data());
+    return out;
+}
+
 } // namespace
 
 void bind_content(py::module_& m) {
@@ -170,6 +188,14 @@ features, error (||O - O_exact|| / ||O_exact|| over every element), predicted_er
 warning. features: the counts (default 16, 32, ..., 1024); each head h draws them from (seed, layer, h,
 draw) as favor(features, seed) does in a script. Exact attention is computed once, O(n^2 d) a head.
 q, k, v: [batch, heads, n, d].)");
+    m.def("favor_features", &favor_features_py, py::arg("seed"), py::arg("layer"), py::arg("head"), py::arg("m"), py::arg("d"),
+          py::arg("draw") = 0,
+          R"(FAVOR+'s random features omega of one head, float32 [m, d]: the ones favor(features = m, seed = seed)
+draws for (layer, head) on its draw `draw` (0 unless redraw), in the engine's order (Performer's positive
+orthogonal features: blocks of d orthonormal rows, each row scaled to the norm of a Gaussian row;
+engine/content/favor.hpp, favor_features_draw). Identical on every machine. For
+sparsa.selectors.favor_attention, which then matches the engine's favor heads. Raises ValueError for
+seed < 0, m < 1, d < 1 or draw < 0.)");
 }
 
 } // namespace sparsa::python

@@ -99,7 +99,7 @@ ContentArrays content_arrays_of(const MaskSet& set);
 py::bytes mask_set_png_py(const PyMaskSet& m, const py::object& layer_obj, const py::object& head_obj, int width);
 py::bytes mask_set_repr_png(const PyMaskSet& m);
 
-// Adds content_report, content_allowed and favor_error_curve (bind_content.cpp).
+// Adds content_report, content_allowed, favor_error_curve and favor_features (bind_content.cpp).
 void bind_content(py::module_& m);
 
 #ifdef SPARSA_HAVE_LEARN

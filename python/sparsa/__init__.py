@@ -31,6 +31,7 @@ from ._sparsa import (  # noqa: F401  (re-exported)
     cuda_available,
     cuda_built,
     favor_error_curve,
+    favor_features,
     load_script,
     mask_set_from_dense,
     parse,
@@ -94,7 +95,7 @@ if learn_built:
 __all__ = [
     "Diagnostic", "Error", "learn_built", "MaskSet", "MaskStats", "ReachCoverage", "Script", "ScriptError", "TokenReach",
     "attention", "attention_backward", "attention_cuda", "compile_file", "content_allowed", "content_report",
-    "cuda_available", "cuda_built", "favor_error_curve", "flex_arrays", "load", "plot", "load_script",
+    "cuda_available", "cuda_built", "favor_error_curve", "favor_features", "flex_arrays", "load", "plot", "load_script",
     "mask_set_from_dense", "parse", "reach_coverage", "reach_dense", "reach_token", "reach_warning", "reference",
     "reference_backward", "thread_count", "to_flex_block_mask",
 ]

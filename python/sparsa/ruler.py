@@ -10,7 +10,7 @@ engine elsewhere), so that the GPU machine measures thousands of answers at n = 
     report = ruler.evaluate(teachers, n=16384, densities=[0.125], block=64, test_inputs=400)
     ruler.report_write(report, "learn-ruler-16384")     # report.md, report.json
 
-Rows (each per density but dense and the diagonal), as the C++ evaluation names them:
+Rows (each per density but dense, the diagonal and favor+), as the C++ evaluation names them:
   dense            the teacher's own causal attention
   diagonal         every query block its own block alone
   identity gate    the exact-score selector: per query row its share of softmax(q k^T / sqrt(d)) over
@@ -29,14 +29,18 @@ Rows (each per density but dense and the diagonal), as the C++ evaluation names 
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
+  favor+           Performer's FAVOR+ (sparsa.selectors.favor_attention): 256 positive orthogonal random
+                   features per head (favor_features), drawn as the script's favor(256) draws them (seed
+                   0), causal prefix sums; no mask: its estimate in place of every layer's attention
+                   (ruler_favor). Once, with the families; no density (the report shows "-", as the C++ one)
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
 a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_blocks); the chosen
 blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they go to
 sparsa.torch.attention_top_k (masks uploaded once, each input's blocks written on the device: no
 host step); elsewhere to sparsa.learn.block_masks and sparsa.torch.attention. Not here yet: the search script,
-LSH, anchors and FAVOR+ (the C++ evaluation has them).
+LSH and anchors (the C++ evaluation has them).
 
-The selectors themselves (scores, top-k, the pooled gate, the indexer) are in sparsa.selectors.
+The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
 
 Index
   [SECTION] evaluation     the methods, the test stream, accuracy per task and depth, timings
@@ -57,7 +61,7 @@ import sparsa
 import sparsa.lab as lab
 import sparsa.torch as sparsa_torch
 from sparsa.selectors import (KEY_POOLS, Indexer, PooledGate, _block_keys, _block_means, blocks_per_row, exact_scores,
-                              moba_scores, pooled_target, quest_scores, top_k_blocks, vertical_slash_scores)
+                              favor_attention, moba_scores, pooled_target, quest_scores, top_k_blocks, vertical_slash_scores)
 
 __all__ = ["evaluate", "evaluate_teacher", "merge", "report_write", "summary", "time_at_shape"]
 
@@ -77,12 +81,15 @@ def _sync(device):
 
 class _Method:
     """A row: name, target density, detail, and how it chooses: fixed (a MaskSet for every input and
-    head, with its density) or scores(layer, q, k) -> block scores [batch, heads, blocks, blocks] of
-    which each row keeps its diagonal and the best others, `keep` in all (top_k_blocks)."""
+    head, with its density), scores(layer, q, k) -> block scores [batch, heads, blocks, blocks] of
+    which each row keeps its diagonal and the best others, `keep` in all (top_k_blocks), or no mask:
+    attention(layer, q, k, v) -> o in place of the layer's attention (FAVOR+; k, v per query head),
+    whose density means nothing (None)."""
 
-    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None):
+    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None, attention=None):
         self.name, self.target, self.detail = name, target, detail
         self.fixed, self.fixed_density, self.scores, self.keep = fixed, density, scores, keep
+        self.attention = attention
 
     def top(self, layer, q, k):
         """The chosen key blocks, int64 [batch, heads, blocks, keep], on q's device."""
@@ -92,7 +99,8 @@ class _Method:
 class _Runner:
     """Runs one teacher under a method: the attention of every layer through sparsa.torch.attention
     with the method's blocks (a batch of inputs and heads folded into one MaskSet of batch x heads
-    masks, key/value heads folded alike), and keeps the kept share of the causal blocks."""
+    masks, key/value heads folded alike), and keeps the kept share of the causal blocks; or, for a
+    method without a mask, its attention in place of every layer's (kept share None)."""
 
     def __init__(self, teacher, n, block, dtype):
         self.t, self.n, self.block, self.dtype = teacher, n, block, dtype
@@ -104,6 +112,9 @@ class _Runner:
 
         def attend(layer, q, k, v):
             batch, heads, n, hw = q.shape
+            if method.attention is not None:   # no mask: no kept share
+                kept.append(None)
+                return method.attention(layer, q, _kv_per_query_head(k, heads), _kv_per_query_head(v, heads))
             if method.fixed is not None:   # one MaskSet for every layer, or a list of one per layer
                 kept.append(method.fixed_density)
                 fixed = method.fixed[layer] if isinstance(method.fixed, list) else method.fixed
@@ -113,6 +124,8 @@ class _Runner:
 
         with torch.no_grad(), lab._autocast(self.device, self.dtype):
             out = self.t(tokens.to(self.device), attend=None if method is None else attend).float()
+        if any(x is None for x in kept):
+            return out, None
         return out, (sum(kept) / len(kept) if kept else 1.0)
 
     def kept_share(self, keep):
@@ -132,6 +145,18 @@ class _Runner:
         k, v = _kv_per_query_head(k, heads), _kv_per_query_head(v, heads)
         o = sparsa_torch.attention(*(t.reshape(1, batch * heads, n, hw) for t in (q, k, v)), masks, 0)
         return o.reshape(batch, heads, n, hw)
+
+
+def _favor_method(layers, heads, head_width, features, device):
+    """FAVOR+ as a row (learn/ruler_families.cpp, ruler_favor): every (layer, head) its `features`
+    random features, drawn once as favor(features) draws them (seed 0, draw 0), causal prefix sums,
+    in place of each layer's attention."""
+    draw = lambda layer: np.stack([sparsa.favor_features(0, layer, h, features, head_width) for h in range(heads)])  # noqa: E731
+    omega = [torch.from_numpy(draw(layer)).to(device) for layer in range(layers)]   # [heads, features, head_width] per layer
+    detail = (f"Performer's FAVOR+, {features} positive orthogonal random features per head (seed 0, as the script's "
+              f"favor({features}) draws them), causal prefix sums: no mask, its estimate in place of every layer's attention "
+              "(timed: its whole pass, as sparse attention)")
+    return _Method("favor+", 1.0, detail, attention=lambda layer, q, k, v: favor_attention(q, k, v, omega[layer]))
 
 
 def _score(logits, data):
@@ -203,7 +228,7 @@ def _time_ms(fn, device, repeats):
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
                      pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
                      indexer_inputs=64, indexer_heads=2, indexer_width=8, indexer_steps=300, indexer_rows=128,
-                     families=True, dtype=None, time_repeats=11, progress=print):
+                     families=True, favor_features=256, dtype=None, time_repeats=11, progress=print):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
@@ -213,7 +238,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     on validation at the first density kept (None: width pooled_gate_width, mean keys, as the C++
     gate). indexer_inputs: training-stream sequences the lightning indexer learns from (0: no indexer
     row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
-    density (fixed_families).
+    density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
+    no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
     if not teacher.model["causal"]:
         raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
@@ -331,6 +357,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
                                    f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
                                    f"{indexer_width}; its training below)", keep=keep, scores=indexer.block_scores))
+    if families and densities:   # once, after the rows per density, as the C++ evaluation adds ruler_favor
+        methods.append(_favor_method(layers, heads, teacher.model["head_width"], favor_features, device))
     say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
 
     rows = [{"method": "dense", "target": 1.0, "detail": "the causal mask", "hits": [], "kinds": [], "depths": [], "density": []}]
@@ -346,7 +374,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             row["hits"].append(hit)
             row["kinds"].append(kind)
             row["depths"].append(depth)
-            row["density"].append(density * count)
+            row["density"].append(None if density is None else density * count)
         if progress and ((first + count) % max(batch, 100 // batch * batch) == 0 or first + count == test_inputs):
             say(f"{first + count} of {test_inputs} test sequences through {len(rows)} rows ({time.perf_counter() - t0:.0f} s)")
     kinds = sparsa.learn.task_kinds()
@@ -364,7 +392,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             row["by_depth"][kinds[k]] = [float(hit[at & (depth == b)].mean()) if (at & (depth == b)).any() else None for b in range(10)]
         needle = np.isin(kind, [i for i, name in enumerate(kinds) if name != "mqar"])
         row["needle_by_depth"] = [float(hit[needle & (depth == b)].mean()) if (needle & (depth == b)).any() else None for b in range(10)]
-        row["density"] = sum(row["density"]) / test_inputs
+        row["density"] = None if None in row["density"] else sum(row["density"]) / test_inputs
     timing = _timings(runner, methods, rows, time_repeats)
     return {"n": n, "block": block, "blocks": blocks, "test_inputs": test_inputs, "validation_inputs": validation_inputs,
             "dtype": dtype, "device": str(device), "rows": rows, "notes": notes, "timing": timing,
@@ -440,7 +468,8 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
 def _timings(runner, methods, rows, repeats):
     """One layer (layer 0) of the first test sequence: the dense attention (the teacher's, and on
     CUDA SDPA's cuDNN backend where torch has it), and for each row its selection, its sparse
-    attention and both as one CUDA graph (_selection_times), or a fixed row's attention."""
+    attention and both as one CUDA graph (_selection_times), or a fixed row's attention, or a row
+    without a mask its attention (and on CUDA as one CUDA graph)."""
     t, device = runner.t, runner.device
     data = lab.task_batch(t.task, "test", 0, 1, n=runner.n)
     captured = {}
@@ -468,8 +497,17 @@ def _timings(runner, methods, rows, repeats):
             except RuntimeError as e:
                 out["cudnn_error"] = str(e).splitlines()[0][:200]
         per = {}
+        vq = _kv_per_query_head(v, heads)
         for m in methods:
             key = f"{m.name} {m.target}"
+            if m.attention is not None:   # no mask: its pass alone (the C++ times favor_forward so, select 0)
+                per[key] = {"select_ms": 0.0, "masks_ms": 0.0,
+                            "attention_ms": _time_ms(lambda m=m: m.attention(0, q, kq, vq), device, repeats)}
+                if device.type == "cuda":
+                    per[key]["graph_ms"], error = _graph_ms(lambda m=m: m.attention(0, q, kq, vq), device, repeats)
+                    if error:
+                        per[key]["graph_error"] = error
+                continue
             if m.fixed is not None:
                 fixed = m.fixed[0] if isinstance(m.fixed, list) else m.fixed   # layer 0's
                 per[key] = {"select_ms": 0.0, "masks_ms": 0.0,
@@ -483,8 +521,9 @@ def _timings(runner, methods, rows, repeats):
             per[key] = _selection_times(lambda m=m: m.top(0, q, kq), lambda top: runner.attend_top(q, k, v, top), device, repeats, host)
         out["methods"] = per
     if device.type == "cuda":   # the same selection at a model's shape (16 heads of width 128)
-        out["at_shape"] = time_at_shape(runner.n, block=runner.block, density=max((m.target for m in methods), default=0.125),
-                                        device=device, repeats=repeats)
+        masked = [m.target for m in methods if m.attention is None]   # FAVOR+'s target is no density
+        out["at_shape"] = time_at_shape(runner.n, block=runner.block, density=max(masked, default=0.125), device=device,
+                                        repeats=repeats)
     return out
 
 
@@ -512,6 +551,21 @@ def _mean_std(values):
 def _pm(values, scale=100.0, digits=2):
     m, s = _mean_std(values)
     return "n/a" if m is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def _no_mask(r):
+    """A summary row without a mask (FAVOR+): no density, so no target either ("-" as in the C++ report)."""
+    return r["method"] != "dense" and all(x is None for x in r["density"])
+
+
+def _target_text(r):
+    """A summary row's target density as the tables show it: "" for dense, "-" without a mask."""
+    return "" if r["method"] == "dense" else "-" if _no_mask(r) else f"{100 * r['target']:.2f}%"
+
+
+def _target_line(r):
+    """A summary row's target as the console lines print it, 7 characters wide."""
+    return f"{'-':>7}" if _no_mask(r) else f"{100 * r['target']:6.2f}%"
 
 
 def summary(report):
@@ -546,7 +600,7 @@ def _pictures(rows, report, directory):
     except ImportError:
         return []
     wrote = []
-    label = lambda r: r["method"] + ("" if r["method"] == "dense" else f" {100 * r['target']:.1f}%")  # noqa: E731
+    label = lambda r: r["method"] + ("" if r["method"] == "dense" or _no_mask(r) else f" {100 * r['target']:.1f}%")  # noqa: E731
     # one colour and marker per row, the same in both pictures
     style = {id(r): (plt.get_cmap("tab20")(i % 20), "osD^v<>ph*P"[i % 11]) for i, r in enumerate(rows)}
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -647,24 +701,26 @@ def report_write(report, directory, command=""):
               "| select + attention, one graph, ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         med = lambda v: f"{statistics.median(v):.3f}" if v else ""   # noqa: E731
-        target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
-        lines.append(f"| {r['method']} | {target} | {_pm(r['density'])}% | {_pm(r['accuracy'])}% | {r['answers']:,} | "
+        target = _target_text(r)
+        density = "-" if _no_mask(r) else f"{_pm(r['density'])}%"
+        lines.append(f"| {r['method']} | {target} | {density} | {_pm(r['accuracy'])}% | {r['answers']:,} | "
                      f"{med(r['select_ms'])} | {med(r['masks_ms'])} | {med(r['attention_ms'])} | {med(r['graph_ms'])} |")
     kinds = sorted(rows[0]["by_kind"])
     lines += ["", "Per task (accuracy %, mean ± deviation over teachers; answers over all teachers in the header):", "",
               "| method | target | " + " | ".join(f"{k} ({rows[0]['answers_by_kind'][k]:,})" for k in kinds) + " |",
               "|---|---:|" + "---:|" * len(kinds)]
     for r in rows:
-        target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
+        target = _target_text(r)
         lines.append(f"| {r['method']} | {target} | " + " | ".join(_pm(r["by_kind"][k]) for k in kinds) + " |")
     lines += ["", "Needle tasks (single, multikey, multivalue, multiquery) by the depth of the asked needle, 0 (start of the "
               "haystack) to 9 (its end): accuracy %, mean over teachers:", "",
               "| method | target | " + " | ".join(str(b) for b in range(10)) + " |", "|---|---:|" + "---:|" * 10]
     for r in rows:
-        target = "" if r["method"] == "dense" else f"{100 * r['target']:.2f}%"
+        target = _target_text(r)
         cells = [_mean_std(v)[0] for v in r["needle_by_depth"]]
         lines.append(f"| {r['method']} | {target} | " + " | ".join("" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
-    lines += ["", "Rows:", ""] + [f"- {r['method']} ({100 * r['target']:.2f}%): {r['detail']}" for r in rows[1:]]
+    lines += ["", "Rows:", ""] + [f"- {r['method']}" + ("" if _no_mask(r) else f" ({100 * r['target']:.2f}%)") +
+                                  f": {r['detail']}" for r in rows[1:]]
     for label, e in zip(report["teachers"], report["evals"]):
         lines += [""] + [f"- {label}: {note}" for note in e["notes"]]
         lines.append(f"- {label}: evaluated in {e['seconds']:.0f} s")
@@ -735,7 +791,9 @@ def main(argv=None):
     ap.add_argument("--indexer-width", type=int, default=8)
     ap.add_argument("--indexer-steps", type=int, default=300)
     ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
-                    help="fixed: window, Longformer and BigBird rows at each density too (default); none: the selectors only")
+                    help="fixed: window, Longformer and BigBird rows at each density too, and FAVOR+ once (default); none: the "
+                         "selectors only")
+    ap.add_argument("--favor-features", type=int, default=256, help="FAVOR+'s random features per head (256, seed 0)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
     ap.add_argument("-o", "--out", required=True, help="the folder for report.md and report.json")
@@ -755,11 +813,13 @@ def main(argv=None):
         except ValueError as e:
             sys.exit(str(e))
         for r in report_write(report, a.out):
-            print(f"{r['method']:>14} {100 * r['target']:6.2f}%  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
+            print(f"{r['method']:>14} {_target_line(r)}  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
         print(f"wrote {a.out}/report.md and report.json ({len(report['teachers'])} teachers from {len(parts)} runs)")
         return
     if not a.teachers or a.n is None:
         ap.error("--teachers and --n are required (or --merge)")
+    if a.favor_features < 1:
+        ap.error(f"--favor-features {a.favor_features}: give at least 1 feature per head")
     try:
         densities = [float(x) for x in a.densities.split(",") if x]
     except ValueError:
@@ -799,6 +859,7 @@ def main(argv=None):
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
                                       pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
                                       pooled_gate_configs=configs, seed=s, families=a.families == "fixed",
+                                      favor_features=a.favor_features,
                                       indexer_inputs=a.indexer_inputs, indexer_heads=a.indexer_heads, indexer_width=a.indexer_width,
                                       indexer_steps=a.indexer_steps,
                                       dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))
@@ -806,7 +867,7 @@ def main(argv=None):
         report = {"n": a.n, "teachers": labels[:i + 1], "evals": evals, "commands": [command], "pending": labels[i + 1:]}
         rows = report_write(report, a.out)
     for r in rows:
-        print(f"{r['method']:>14} {100 * r['target']:6.2f}%  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
+        print(f"{r['method']:>14} {_target_line(r)}  accuracy {_pm(r['accuracy'])}%  answers {r['answers']}")
     print(f"wrote {a.out}/report.md and report.json ({time.perf_counter() - started:.0f} s)")
 
 

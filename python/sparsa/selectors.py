@@ -7,12 +7,17 @@ block, as learn/distill.cpp's block_mask_top_k.
     import sparsa.selectors as sel
     grid = sel.top_k_grid(sel.quest_scores(q, k, 64), keep=17)        # bool [batch, heads, blocks, blocks]
 
+favor_attention is not a selector: Performer's FAVOR+ replaces the softmax itself (no blocks), as
+the engine's favor heads do, for sparsa.ruler's FAVOR+ row.
+
 Index
   [SECTION] block scores   MoBA, Quest, vertical-slash, exact scores, the pooled target; top-k per row
   [SECTION] pooled gate    SeerAttention's gate, trained with early stopping per head
   [SECTION] lightning indexer  DeepSeek's indexer, trained with early stopping per layer
+  [SECTION] FAVOR+         Performer's random-feature attention, chunked, as engine/content/favor.cpp
 """
 
+import contextlib
 import math
 import statistics
 
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
-           "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer"]
+           "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer", "favor_attention"]
 
 
 def blocks_per_row(density, blocks, causal=True):
@@ -434,3 +439,121 @@ class Indexer:
         mean = lambda i: statistics.fmean(r[i] for r in reports)  # noqa: E731
         return {"first_train": mean(0), "last_train": mean(1), "first_validation": mean(2), "best_validation": mean(3),
                 "steps": max(r[4] for r in reports)}
+
+
+# [SECTION] FAVOR+
+#
+# engine/content/favor.hpp's definition, step for step, so that the CPU engine's favor heads and this
+# agree to float32 rounding: x' = x sqrt(s); phi(x')_r = exp(omega_r x' - |x'|^2 / 2 - c) / sqrt(m);
+# O = phi(Q') (phi(K')^T V) / (phi(Q') phi(K')^T 1), causal: sums over keys j <= i. The stabilisers
+# are the engine's: a query row's largest feature is 1 (|q'|^2 / 2 and 1 / sqrt(m) cancel in the
+# ratio and are left out), the head's largest key feature is 1 (c = the max over all its keys j and
+# features r of omega_r k'_j - |k'_j|^2 / 2), and exponents below -87 give 0, not a subnormal.
+
+
+# exp(-87) = 1.6e-38, float32's smallest normal range: the engine's kFavorMinExponent.
+_FAVOR_MIN_EXPONENT = -87.0
+
+
+def _autocast_off(device):
+    """Autocast off on device's type: under CUDA's bfloat16 autocast (sparsa.lab._autocast) the float32
+    feature products would otherwise run in bfloat16."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _favor_exponents(x, omega_t, root_scale, sign):
+    """The engine's phi_compute up to the key shift, for rows x [batch, heads, rows, d] float32 and
+    omega_t [heads, d, m]: (omega_r x^ - max_r omega_r x^) |x'| as float32 [batch, heads, rows, m],
+    |x'| and max_r omega_r x^ (float64 [batch, heads, rows]), x^ the unit row (0 for a zero row),
+    |x'| = |x| root_scale. The largest entry is subtracted in float before |x'| multiplies, in
+    double: the exponent's rounding is that of its spread, whatever the norms."""
+    length = x.double().square().sum(-1).sqrt()
+    inverse = (1.0 / length).masked_fill(length == 0, 0.0)
+    x_hat = ((sign * x).double() * inverse[..., None]).float()
+    p = x_hat @ omega_t                                             # omega x^ [batch, heads, rows, m]
+    top = p.amax(-1, keepdim=True)
+    length = length * root_scale
+    return ((p - top).double() * length[..., None]).float(), length, top[..., 0].double()
+
+
+def _favor_phi(e):
+    """exp(e), or 0 where e < -87 (the engine stores those features as 0)."""
+    return e.exp().masked_fill(e < _FAVOR_MIN_EXPONENT, 0.0)
+
+
+def favor_attention(q, k, v, omega, causal=True, scale=None, chunk=256):
+    """Performer's FAVOR+ attention, as the CPU engine's favor heads (engine/content/favor.cpp,
+    favor_forward) compute it: o [batch, heads, n, d] in q's dtype.
+
+    q, k, v: [batch, heads, n, d], any float dtype (k and v per query head); omega: the features, one
+    set per head, [heads, m, d] (e.g. sparsa.favor_features(seed, layer, h, m, d) stacked over h: the
+    ones a script's favor(m, seed) draws); causal: query i sums over keys j <= i (prefix sums);
+    scale: the softmax scale (None or 0: 1 / sqrt(d); negative: q' = q sqrt|s|, k' = -k sqrt|s|).
+    As in the engine, the features and their products are float32 and the states phi(K)^T V,
+    phi(K)^T 1 are summed in float64, each query's denominator a float64 dot product; a row whose
+    denominator is 0, or whose N / D leaves float32, gives o = 0. Keys go `chunk` at a time (the
+    chunk's own pairs through a masked [chunk, chunk] product, earlier keys through the state):
+    memory O(batch heads (chunk (chunk + m + d) + m d)) besides q, k, v and o, work O(batch heads n m d).
+    Two passes over the keys: the first finds the head's key stabiliser. Nothing is read back to the
+    host (no synchronisation on CUDA), so nothing is checked for NaN or Inf: where the engine raises
+    for them, the rows they reach come out 0 here (with 0 NaN = NaN in a chunk's masked product, its
+    earlier rows too)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(f"favor_attention: {name} must be a float tensor [batch, heads, n, d], not "
+                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"favor_attention: q is {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} (all three "
+                         "[batch, heads, n, d] of one shape: repeat key/value heads per query head)")
+    batch, heads, n, d = q.shape
+    omega = torch.as_tensor(omega)
+    if omega.dim() != 3 or omega.shape[0] != heads or omega.shape[2] != d or omega.shape[1] < 1:
+        raise ValueError(f"favor_attention: omega is {tuple(omega.shape)} but q has {heads} heads of d = {d} (give "
+                         f"[{heads}, m, {d}]: sparsa.favor_features(seed, layer, h, m, {d}) for each head h, stacked)")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"favor_attention: chunk = {chunk!r} (give an integer >= 1 of keys per step)")
+    scale = 1.0 / math.sqrt(d) if scale is None or scale == 0 else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"favor_attention: scale = {scale} (give a finite scale, or None for 1 / sqrt(d))")
+    root_scale, key_sign = math.sqrt(abs(scale)), (-1.0 if scale < 0 else 1.0)
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    with _autocast_off(q.device):
+        omega_t = omega.to(device=q.device, dtype=torch.float32).transpose(-1, -2)   # [heads, d, m]
+        m = omega_t.shape[-1]
+        part = lambda x, c0: x[:, :, c0:c0 + chunk].float()   # noqa: E731
+        # The key stabiliser C: the max over the head's keys j and features r of omega_r k'_j - |k'_j|^2 / 2.
+        key_max = torch.full((batch, heads, 1), -math.inf, dtype=torch.float64, device=q.device)
+        for c0 in range(0, n, chunk):
+            _, length, top = _favor_exponents(part(k, c0), omega_t, root_scale, key_sign)
+            key_max = torch.maximum(key_max, (length * top - 0.5 * length * length).amax(-1, keepdim=True))
+
+        def key_features(c0):
+            e, length, top = _favor_exponents(part(k, c0), omega_t, root_scale, key_sign)
+            return _favor_phi(e + (length * top - 0.5 * length * length - key_max).float()[..., None])
+
+        state = torch.zeros(batch, heads, m, d, dtype=torch.float64, device=q.device)   # S = phi_k^T V
+        z = torch.zeros(batch, heads, m, 1, dtype=torch.float64, device=q.device)       # z = phi_k^T 1
+        if not causal:
+            for c0 in range(0, n, chunk):
+                phi_k = key_features(c0)
+                state += (phi_k.transpose(-1, -2) @ part(v, c0)).double()
+                z += phi_k.double().sum(-2)[..., None]
+        for c0 in range(0, n, chunk):
+            phi_q = _favor_phi(_favor_exponents(part(q, c0), omega_t, root_scale, 1.0)[0])   # [batch, heads, c, m]
+            num = phi_q @ state.float()                     # N = phi_q S (earlier chunks, or every key)
+            den = (phi_q.double() @ z)[..., 0]              # D = phi_q z
+            if causal:
+                phi_k, v_c = key_features(c0), part(v, c0)
+                pairs = (phi_q @ phi_k.transpose(-1, -2)).tril()   # the chunk's own pairs, j <= i
+                num = num + pairs @ v_c
+                den = den + pairs.double().sum(-1)
+                state += (phi_k.transpose(-1, -2) @ v_c).double()
+                z += phi_k.double().sum(-2)[..., None]
+            positive = den > 0
+            out = (num.double() / den.masked_fill(~positive, 1.0)[..., None]).float()
+            # D = 0, or a D so small that N / D leaves float32 (degraded rows): o = 0, as the engine gives
+            keep = positive & torch.isfinite(out).all(-1)
+            o[:, :, c0:c0 + chunk] = out.masked_fill(~keep[..., None], 0.0).to(q.dtype)
+    return o

@@ -31,6 +31,15 @@ def test_identity_gate_keeping_every_block_is_the_dense_teacher():
     own, kept = runner.logits(tokens, diagonal)
     assert kept == pytest.approx(8 / 36)
     assert not torch.allclose(dense, own, atol=1e-3)
+    # a row without a mask runs its attention in place of each layer's, k and v per query head; no kept share
+    seen = []
+    exact = ruler._Method("exact", 1.0, "", attention=lambda l, q, k, v: seen.append(k.shape[1]) or t._attend(q, k, v))
+    same, kept = runner.logits(tokens, exact)
+    assert kept is None and seen == [TINY["heads"]] * TINY["layers"]
+    assert torch.allclose(dense, same, atol=1e-4)
+    favor = ruler._favor_method(TINY["layers"], TINY["heads"], t.model["head_width"], 64, "cpu")
+    estimate, kept = runner.logits(tokens, favor)
+    assert kept is None and torch.isfinite(estimate).all() and not torch.allclose(dense, estimate, atol=1e-3)
 
 
 def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
@@ -40,12 +49,15 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
                             indexer_rows=16, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
     assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "duo", "window",
-                     "longformer", "bigbird", "pooled gate", "indexer"]
+                     "longformer", "bigbird", "pooled gate", "indexer", "favor+"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
-        for r in e["rows"][2:]:
+        for r in e["rows"][2:-1]:
             assert r["density"] <= 0.25 + 0.2   # blocks_per_row's nearest share, cut to causal
+        favor = e["rows"][-1]
+        assert favor["density"] is None and "256 positive orthogonal random features" in favor["detail"]
         assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
+        assert e["timing"]["methods"]["favor+ 1.0"]["attention_ms"] > 0
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
     one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
@@ -60,8 +72,9 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert "1 of 2 heads dense" in duo["detail"] and "each head alone streaming" in duo["detail"]
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
+    assert "| favor+ | - | - | " in text and "- favor+: Performer's FAVOR+" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 13 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 14 and (tmp_path / "out" / "report.json").exists()
     pytest.importorskip("matplotlib")
     for picture in ("depth.png", "cost.png"):
         assert (tmp_path / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

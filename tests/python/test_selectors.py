@@ -211,3 +211,69 @@ def test_the_indexer_recovers_a_planted_pattern():
     assert r["best_validation"] < 0.5 * r["first_validation"]
     grid = ix.select(0, *fresh, 2)
     assert grid.shape == (1, 1, blocks, blocks) and torch.equal(grid[0, 0], want)
+
+
+# FAVOR+: sparsa.selectors.favor_attention against the CPU engine's favor heads (engine/content/favor.cpp)
+
+
+def favor_inputs(n, d, seed, k_norm=1.0):
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((2, 2, n, d)).astype(np.float32) for _ in range(3))
+    return q, k * np.float32(k_norm), v
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("n, d, m, seed, scale, chunk, k_norm", [
+    (200, 16, 64, 3, None, 64, 1.0),    # chunks of 64 over n = 200: a short last chunk
+    (130, 8, 20, 0, -0.3, 37, 1.0),     # m = 20 features of d = 8: a truncated orthogonal block; a negative scale
+    (150, 16, 64, 1, None, 256, 12.0),  # keys of norm 48: features below exp(-87) stored as 0, rows with D = 0
+])
+def test_favor_attention_matches_the_engines_favor_heads(causal, n, d, m, seed, scale, chunk, k_norm):
+    script = f"heads 2\n{'causal' if causal else ''}\nattend = favor(features = {m}, seed = {seed})"
+    masks = sparsa.compile(script, n=n)
+    q, k, v = favor_inputs(n, d, seed + n, k_norm)
+    scale = None if scale is None else float(np.float32(scale))   # the engine takes a float32 scale
+    want, lse = sparsa.attention(q, k, v, masks, scale=scale or 0.0)
+    assert np.isnan(lse).all()   # a favor head has no softmax normaliser
+    omega = np.stack([sparsa.favor_features(seed, 0, h, m, d) for h in range(2)])
+    got = sel.favor_attention(*(torch.from_numpy(x) for x in (q, k, v)), torch.from_numpy(omega), causal=causal, scale=scale,
+                              chunk=chunk)
+    assert got.dtype == torch.float32 and got.shape == q.shape
+    got = got.numpy()
+    # measured: at most 3e-6 of max |o| in these cases (float32 products summed in another order)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    zero = lambda o: (o == 0).all(-1)   # noqa: E731  (rows whose denominator is 0: o = 0 in both)
+    assert np.array_equal(zero(got), zero(want))
+    if k_norm > 1 and causal:
+        assert zero(want).any()   # the case reaches the engine's D = 0 rows
+
+
+def test_favor_attention_keeps_the_inputs_dtype_and_checks_its_arguments():
+    q, k, v = (torch.from_numpy(x) for x in favor_inputs(70, 8, 5))
+    omega = torch.from_numpy(np.stack([sparsa.favor_features(0, 0, h, 16, 8) for h in range(2)]))
+    o32 = sel.favor_attention(q, k, v, omega)
+    assert torch.equal(sel.favor_attention(q.double(), k.double(), v.double(), omega).float(), o32)
+    half = sel.favor_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), omega)
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - o32).abs().max() <= 0.1 * o32.abs().max()
+    with pytest.raises(ValueError, match=r"omega is \(2, 16, 4\) but q has 2 heads of d = 8"):
+        sel.favor_attention(q, k, v, omega[..., :4])
+    with pytest.raises(ValueError, match="all three"):
+        sel.favor_attention(q, k[:, :1], v, omega)
+
+
+def test_favor_features_are_the_scripts_orthogonal_rows():
+    omega = sparsa.favor_features(7, 2, 1, 20, 8)
+    assert omega.shape == (20, 8) and omega.dtype == np.float32
+    assert np.array_equal(omega, sparsa.favor_features(7, 2, 1, 20, 8, draw=0))
+    assert not np.array_equal(omega, sparsa.favor_features(7, 2, 0, 20, 8))           # another head
+    assert not np.array_equal(omega, sparsa.favor_features(7, 2, 1, 20, 8, draw=1))   # another draw
+    for first in (0, 8, 16):   # blocks of d rows, orthogonal within a block
+        rows = omega[first:first + 8].astype(np.float64)
+        gram = rows @ rows.T
+        assert np.abs(gram - np.diag(np.diag(gram))).max() <= 1e-5 * np.diag(gram).max()
+    for arguments, name in (((0, 0, 0, 0, 8), "m = 0"), ((0, 0, 0, 4, 0), "d = 0"), ((-1, 0, 0, 4, 8), "seed = -1")):
+        with pytest.raises(ValueError, match=name):
+            sparsa.favor_features(*arguments)
+    with pytest.raises(ValueError, match="draw = -1"):
+        sparsa.favor_features(0, 0, 0, 4, 8, draw=-1)
