@@ -640,10 +640,13 @@ def _pictures(rows, report, directory):
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     figures.append(("cost.png", fig))
+    # the picture's rows in words too (a PNG text chunk), so that what it compares, the trivial
+    # baselines (the diagonal, the identity gate, the best fixed pattern) included, can be found without viewing it
+    described = f"sparsa.ruler at n = {report['n']}, teachers {', '.join(report['teachers'])}; rows: " + ", ".join(label(r) for r in rows)
     for name, f in figures:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".png")
         os.close(fd)
-        f.savefig(tmp, dpi=110)
+        f.savefig(tmp, dpi=110, metadata={"Description": described})
         plt.close(f)
         os.replace(tmp, os.path.join(directory, name))
         wrote.append(name)

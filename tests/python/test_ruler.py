@@ -77,7 +77,8 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert len(rows) == 14 and (tmp_path / "out" / "report.json").exists()
     pytest.importorskip("matplotlib")
     for picture in ("depth.png", "cost.png"):
-        assert (tmp_path / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        data = (tmp_path / "out" / picture).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"diagonal" in data and b"identity gate" in data and b"best fixed" in data
     assert "Pictures: depth.png, cost.png" in text
 
 
