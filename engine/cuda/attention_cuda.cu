@@ -597,16 +597,16 @@ void CudaLayerMasks::forward(const CudaDeviceCall& call, void* o, float* lse, co
     Impl::Config config = s.check("CudaLayerMasks::forward", call);
     if (o == nullptr || lse == nullptr) throw Error("CudaLayerMasks::forward: o or lse is a null pointer (pass the outputs' device addresses)");
     config.columns = columns != nullptr;
-    if (config.columns) {
-        std::set<const BlockMask*> distinct;
-        for (int64_t h = 0; h < s.masks.heads; ++h) distinct.insert(&s.masks.at(s.layer, h));
-        if (static_cast<int64_t>(distinct.size()) != s.masks.heads) {
-            throw Error("CudaLayerMasks::forward: columns need one distinct mask per head (learn::mask_set_top_k_layout); "
-                        "this layer's " + std::to_string(s.masks.heads) + " heads share " + std::to_string(distinct.size()));
-        }
-    }
     CudaAttention::Impl& f = *s.forward.impl_;
-    if (!(config == s.forward_config)) {
+    if (!(config == s.forward_config)) {   // checked and planned once per configuration, not per call
+        if (config.columns) {
+            std::set<const BlockMask*> distinct;
+            for (int64_t h = 0; h < s.masks.heads; ++h) distinct.insert(&s.masks.at(s.layer, h));
+            if (static_cast<int64_t>(distinct.size()) != s.masks.heads) {
+                throw Error("CudaLayerMasks::forward: columns need one distinct mask per head (learn::mask_set_top_k_layout); "
+                            "this layer's " + std::to_string(s.masks.heads) + " heads share " + std::to_string(distinct.size()));
+            }
+        }
         CudaAttentionOptions options;
         options.dtype = call.dtype;
         options.scale = config.scale;

@@ -560,12 +560,14 @@ def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
         layout = _sparsa.learn.top_k_layout(n, batch * heads, block, keep)
         with torch.cuda.device(index):
             on_device = _sparsa._sparsa._CudaLayerMasks(layout, 0)
-        entry = (layout, on_device, _top_k_gather(blocks, keep, q.device))
+        gather = _top_k_gather(blocks, keep, q.device)
+        if gather.numel() * batch * heads != on_device.entries:   # the layout and the gather must agree (once per layout)
+            raise RuntimeError(f"sparsa.torch.attention_top_k(): {gather.numel() * batch * heads} columns for a layout of "
+                               f"{on_device.entries}")
+        entry = (layout, on_device, gather)
         _top_k_layouts[key] = entry
     _, on_device, gather = entry
     columns = _top_k_columns(top, gather)
-    if columns.numel() != on_device.entries:
-        raise RuntimeError(f"sparsa.torch.attention_top_k(): {columns.numel()} columns for a layout of {on_device.entries}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale == 0):
         raise ValueError(f"sparsa.torch.attention_top_k(): scale = {scale!r} is not usable (a finite, non-zero number, or None "
                          "for 1 / sqrt(d))")
