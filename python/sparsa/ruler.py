@@ -111,7 +111,7 @@ class _Runner:
         kept = []
 
         def attend(layer, q, k, v):
-            batch, heads, n, hw = q.shape
+            heads = q.shape[1]
             if method.attention is not None:   # no mask: no kept share
                 kept.append(None)
                 return method.attention(layer, q, _kv_per_query_head(k, heads), _kv_per_query_head(v, heads))
@@ -134,17 +134,9 @@ class _Runner:
         return sum(min(keep, r + 1) for r in range(b)) / (b * (b + 1) / 2)
 
     def attend_top(self, q, k, v, top):
-        """Attention under the chosen blocks (batch x heads folded into one call): on CUDA the device
-        path (attention_top_k: no host step), elsewhere masks made on the host."""
-        batch, heads, n, hw = q.shape
-        if q.device.type == "cuda":
-            return sparsa_torch.attention_top_k(q, k, v, top, self.block)
-        grid = torch.zeros(batch * heads, self.blocks, self.blocks, dtype=torch.bool).scatter_(
-            -1, top.reshape(batch * heads, self.blocks, -1).cpu(), True)
-        masks = sparsa.learn.block_masks(grid.numpy(), n, self.block, True)
-        k, v = _kv_per_query_head(k, heads), _kv_per_query_head(v, heads)
-        o = sparsa_torch.attention(*(t.reshape(1, batch * heads, n, hw) for t in (q, k, v)), masks, 0)
-        return o.reshape(batch, heads, n, hw)
+        """Attention under the chosen blocks (batch x heads folded into one call): attention_top_k, on
+        CUDA with no host step, elsewhere with the masks made on the host."""
+        return sparsa_torch.attention_top_k(q, k, v, top, self.block)
 
 
 def _favor_method(layers, heads, head_width, features, device):
@@ -515,9 +507,7 @@ def _timings(runner, methods, rows, repeats):
                 continue
             host = None
             if device.type != "cuda":
-                host = lambda top: sparsa.learn.block_masks(   # noqa: E731
-                    torch.zeros(top.shape[0] * heads, runner.blocks, runner.blocks, dtype=torch.bool).scatter_(
-                        -1, top.reshape(-1, runner.blocks, top.shape[-1]).cpu(), True).numpy(), runner.n, runner.block, True)
+                host = lambda top: sparsa_torch.top_k_masks(top, runner.n, runner.block)   # noqa: E731
             per[key] = _selection_times(lambda m=m: m.top(0, q, kq), lambda top: runner.attend_top(q, k, v, top), device, repeats, host)
         out["methods"] = per
     if device.type == "cuda":   # the same selection at a model's shape (16 heads of width 128)

@@ -51,7 +51,7 @@ import numpy as np
 import sparsa as _sparsa
 from sparsa._arguments import describe as _describe
 
-__all__ = ["attention", "attention_top_k", "custom_op_registered"]
+__all__ = ["attention", "attention_top_k", "top_k_masks", "custom_op_registered"]
 
 _WHERE = "sparsa.torch.attention()"
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -500,6 +500,16 @@ def _top_k_check(top, blocks):
         raise ValueError("sparsa.torch.attention_top_k(): a row of top keeps a block twice")
 
 
+def top_k_masks(top, n, block):
+    """The MaskSet of a selection on the host: top [.., blocks, keep] (as attention_top_k takes it)
+    as a grid, one mask per leading index (batch x heads), cut to causal (sparsa.learn.block_masks).
+    What attention_top_k does on the CPU; on the GPU it is the host step that path avoids."""
+    blocks, keep = top.shape[-2], top.shape[-1]
+    grid = torch.zeros(top.numel() // (blocks * keep), blocks, blocks, dtype=torch.bool)
+    grid.scatter_(-1, top.reshape(-1, blocks, keep).long().cpu(), True)
+    return _sparsa.learn.block_masks(grid.numpy(), n, block, True)
+
+
 def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
     """Causal attention where query block r reads the key blocks listed in top[.., r, :]: forward only.
 
@@ -544,8 +554,7 @@ def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     flat = lambda t: t.reshape(1, batch * heads, n, d)  # noqa: E731
     if q.device.type != "cuda":
-        grid = torch.zeros(batch * heads, blocks, blocks, dtype=torch.bool).scatter_(-1, top.reshape(-1, blocks, keep).long().cpu(), True)
-        masks = _sparsa.learn.block_masks(grid.numpy(), n, block, True)
+        masks = top_k_masks(top, n, block)
         with torch.no_grad():
             return attention(flat(q), flat(k), flat(v), masks, 0, scale).reshape(batch, heads, n, d)
     _cuda_check(q)
