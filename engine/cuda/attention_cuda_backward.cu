@@ -139,7 +139,7 @@ struct DeviceMaskBuffers {
 
 } // namespace
 
-int cuda_backward_kernel_count() { return 7; }
+int cuda_backward_kernel_count() { return 8; }
 
 int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel != 0) return kernel;
@@ -154,7 +154,7 @@ bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32
     if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
     const bool tensor_core_shape = dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 4) return tensor_core_shape;
-    if (kernel >= 5 && kernel <= 7) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 5 && kernel <= 8) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -413,7 +413,7 @@ void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tens
     if (!cuda_backward_kernel_supports(kernel, options.dtype, shape.d, masks.block)) {
         throw Error(what + ": kernel " + std::to_string(kernel) + " does not run dtype " + cuda_dtype_name(options.dtype) +
                     " with d = " + std::to_string(shape.d) + " and mask block " + std::to_string(masks.block) +
-                    " (kernels 2 to 7: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 5 to 7 a GPU of compute"
+                    " (kernels 2 to 8: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 5 to 8 a GPU of compute"
                     " capability 9.0; kernel 1 runs any d up to 256;"
                     " kernel 0 picks one)");
     }

@@ -36,6 +36,9 @@
 //      while dP^T is in flight, then dV += P^T dO and dK += dS^T Q together with one wait.
 //   7: as 6 with two stages of the walked tiles: the next step's Q and dO (K and V in the dQ
 //      pass) are copied during this step (six tiles of shared memory a block).
+//   8: as 6 with its results stored through shared memory: dK, dV (dQ) written as T to the
+//      block's free tiles, then to global memory 16 bytes a thread, whole rows a warp (6 stores
+//      4 bytes a thread, half of each 32-byte sector); split chunks' float32 sums in pairs.
 //
 // Index: [SECTION] parameters, [SECTION] D = rowsum(dO * O), [SECTION] kernel 1,
 // [SECTION] kernels 2 and 3

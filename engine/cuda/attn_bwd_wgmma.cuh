@@ -40,15 +40,72 @@ __device__ inline void wg_store_rows(T* out, int64_t row0, int64_t limit, const 
     }
 }
 
-// The dQ pass's end (kernels 5 to 7): dQ (times the scale) and the rows' sums of P of the tile at
-// q0, or for a chunk of a split tile (slot >= 0) its float32 sums to the workspace.
+// Kernel 8's stores. wg_store_rows writes 2 elements (4 bytes of bf16) a thread at a time: a
+// warp's store covers 8 rows x 16 bytes, half of each 32-byte sector, and the dK / dV pass of a
+// short column spends a large share of its time there (bench/cuda-notes.md, "The profile of
+// backward kernel 6"). wg_store_rows_pairs writes float pairs (8 bytes: a warp fills whole
+// sectors); wg_store_rows_staged writes the tile as T to shared memory first (rows of D + 8
+// elements, so that the 4-byte writes of a warp fall in 32 different banks), then 16 bytes a
+// thread, a warp two whole rows, to rows [row0, row0 + 64) of out (16-byte aligned, as the tile
+// loads ask). `staging` holds 64 * (D + 8) elements of T and is free (every warp is past its last
+// use); the caller waits for the block before reusing it.
+template <int D>
+__device__ inline void wg_store_rows_pairs(float* out, int64_t row0, int64_t limit, const float (&acc)[D / 2]) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = row0 + warp * 16 + group + 8 * half;
+        if (r >= limit) continue;
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t)
+            *reinterpret_cast<float2*>(out + r * D + t * 8 + 2 * quad) = make_float2(acc[4 * t + 2 * half], acc[4 * t + 2 * half + 1]);
+    }
+}
+
+template <typename T, int D> struct StagedRows {
+    static constexpr int kStride = D + 8;                                   // elements a staged row
+    static constexpr int kBytes = 64 * kStride * static_cast<int>(sizeof(T));
+    static constexpr int kChunks = D * static_cast<int>(sizeof(T)) / 16;   // 16-byte pieces a row
+};
+
 template <typename T, int D>
+__device__ inline void wg_store_rows_staged(T* out, int64_t row0, int64_t limit, const float (&acc)[D / 2], float factor, T* staging) {
+    static_assert(sizeof(T) == 2, "staged stores pack 16-bit pairs");
+    using Rows = StagedRows<T, D>;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        T* row = staging + (warp * 16 + group + 8 * half) * Rows::kStride;
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+            T pair[2] = {from_float<T>(acc[4 * t + 2 * half] * factor), from_float<T>(acc[4 * t + 2 * half + 1] * factor)};
+            *reinterpret_cast<uint32_t*>(row + t * 8 + 2 * quad) = *reinterpret_cast<const uint32_t*>(pair);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = threadIdx.x; i < 64 * Rows::kChunks; i += 128) {
+        const int r = i / Rows::kChunks, c = i % Rows::kChunks;
+        if (row0 + r >= limit) continue;
+        *reinterpret_cast<uint4*>(out + (row0 + r) * D + c * 8) = *reinterpret_cast<const uint4*>(staging + r * Rows::kStride + c * 8);
+    }
+}
+
+// The dQ pass's end (kernels 5 to 8): dQ (times the scale) and the rows' sums of P of the tile at
+// q0, or for a chunk of a split tile (slot >= 0) its float32 sums to the workspace. Kernel 8
+// (Staged) stores through `staging` (wg_store_rows_staged) and in float pairs.
+template <typename T, int D, bool Staged = false>
 __device__ inline void wg_dq_write(const BwdParams<T>& p, int32_t slot, int64_t b, int64_t head, int64_t q0, const float (&dq)[D / 2],
-                                   const float (&p_sum)[2]) {
+                                   const float (&p_sum)[2], T* staging = nullptr) {
     constexpr int kTile = 64;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
-    if (slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq, 1.f);
-    else wg_store_rows<T, D>(p.dq + head * D, q0, p.n, dq, p.scale);
+    if constexpr (Staged) {
+        if (slot >= 0) wg_store_rows_pairs<D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq);
+        else wg_store_rows_staged<T, D>(p.dq + head * D, q0, p.n, dq, p.scale, staging);
+    } else {
+        if (slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq, 1.f);
+        else wg_store_rows<T, D>(p.dq + head * D, q0, p.n, dq, p.scale);
+    }
     if (p.p_sum == nullptr && slot < 0) return;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -205,8 +262,9 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
     wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);
 }
 
-// [SECTION] kernels 6 and 7: kernel 5 with its products issued in pairs (kernel 6), and with two
-// stages of the walked tiles (kernel 7)
+// [SECTION] kernels 6, 7 and 8: kernel 5 with its products issued in pairs (kernel 6), with two
+// stages of the walked tiles (kernel 7), and kernel 6 with its results stored through shared
+// memory, 16 bytes a thread (kernel 8)
 //
 // Kernel 5 waits for each of its four wgmma batches a step before going on (S^T, dP^T, then
 // dV, then dK), so the warpgroup's exponentials, its dS and the next issue each wait for the
@@ -214,7 +272,8 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
 // step before is done. Kernel 6 issues S^T and dP^T together, computes P^T while dP^T is still
 // in flight, and issues dV += P^T dO and dK += dS^T Q together (one wait for both). Kernel 7
 // adds a second stage: the next step's tiles (and its lse and D rows) are copied during this
-// step. The shared memory per block: kernel 6 as kernel 5 (four tiles), kernel 7 six tiles.
+// step. Kernel 8 is kernel 6 with its epilogue through shared memory (wg_store_rows_staged). The
+// shared memory per block: kernels 6 and 8 as kernel 5 (four tiles), kernel 7 six tiles.
 
 template <int D, int Stages> struct BwdPairTraits {
     static constexpr int kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
@@ -262,7 +321,7 @@ __device__ inline int pair_step_copies(const DeviceMasks& m, int64_t e_begin, in
 }
 
 // 6 and 7, dK and dV: grid (work items of the transposed mask, 1, batch), block 128.
-template <typename T, int D, int MaskBlock, int Stages>
+template <typename T, int D, int MaskBlock, int Stages, bool Staged>
 __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     static_assert(Stages == 1 || Stages == 2);
     constexpr int kTile = 64, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
@@ -362,6 +421,20 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
         if constexpr (Stages == 2) cur = next;
     }
     if (steps == 0) cp_async_wait<0>();
+    if constexpr (Staged) {
+        if (item.slot >= 0) {
+            const int64_t row = (b * p.slots_k + item.slot) * kTile;
+            wg_store_rows_pairs<D>(p.part_a + row * D, 0, kTile, dk);
+            wg_store_rows_pairs<D>(p.part_b + row * D, 0, kTile, dv);
+            return;
+        }
+        // the tiles are free: every warp passed the last step's barrier (or, with no step, this one)
+        if (steps == 0) __syncthreads();
+        T* staging = reinterpret_cast<T*>(smem_raw + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));
+        wg_store_rows_staged<T, D>(p.dk + head * D, k0, n, dk, p.scale, staging);
+        wg_store_rows_staged<T, D>(p.dv + head * D, k0, n, dv, 1.f, staging + 64 * StagedRows<T, D>::kStride);
+        return;
+    }
     if (item.slot >= 0) {
         const int64_t row = (b * p.slots_k + item.slot) * kTile;
         wg_store_rows<float, D>(p.part_a + row * D, 0, kTile, dk, 1.f);
@@ -373,7 +446,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
 }
 
 // 6 and 7, dQ: grid (work items of the mask, 1, batch), block 128.
-template <typename T, int D, int MaskBlock, int Stages>
+template <typename T, int D, int MaskBlock, int Stages, bool Staged>
 __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     static_assert(Stages == 1 || Stages == 2);
     constexpr int kTile = 64, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
@@ -459,17 +532,25 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
         if constexpr (Stages == 2) cur = next;
     }
     if (steps == 0) cp_async_wait<0>();
-    wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);
+    if constexpr (Staged) {
+        if (steps == 0) __syncthreads();   // as in the dK / dV pass: the tiles are free once every warp is here
+        T* staging = reinterpret_cast<T*>(smem_raw + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));
+        wg_dq_write<T, D, true>(p, item.slot, b, head, q0, dq, p_sum, staging);
+    } else {
+        wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);
+    }
 }
 
 template <typename T, int D, int MaskBlock>
 cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, int kernel, cudaStream_t stream) {
+    static_assert(2 * StagedRows<T, D>::kBytes <= 4 * BwdWgmmaTraits<D>::kTileBytes, "kernel 8 stages dK and dV in its four tiles");
     const int smem = kernel == 5 ? BwdWgmmaTraits<D>::kSmemBytes
-                     : kernel == 6 ? BwdPairTraits<D, 1>::kSmemBytes
-                                   : BwdPairTraits<D, 2>::kSmemBytes;
+                     : kernel == 7 ? BwdPairTraits<D, 2>::kSmemBytes
+                                   : BwdPairTraits<D, 1>::kSmemBytes;
     auto* kernel_fn = kernel == 5   ? (dq_pass ? attn_bwd_kernel5_dq<T, D, MaskBlock> : attn_bwd_kernel5_dkdv<T, D, MaskBlock>)
-                      : kernel == 6 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1>)
-                                    : (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 2> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2>);
+                      : kernel == 6 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, false>)
+                      : kernel == 7 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 2, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, false>)
+                                    : (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, true>);
     const int64_t items = dq_pass ? p.items_q : p.items_k;
     cudaError_t err = cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess || items == 0) return err;
