@@ -217,10 +217,40 @@ def _time_ms(fn, device, repeats):
     return statistics.median(times)
 
 
+# Rows a run may leave out (evaluate_teacher's skip, --skip): "families" is window, Longformer, BigBird
+# and FAVOR+ together, as families=False.
+SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "families")
+
+
+def _duo_method(runner, validation, batch, n, layers, heads, target, block):
+    """DuoAttention's row at `target`: as many dense (retrieval) heads as the budget holds, ranked on
+    validation by the accuracy lost when each head alone streams; the rest sink + window."""
+    budget, streaming = sparsa.learn.duo_masks(n, layers, heads, target, [], block, True)
+    retrieval, ranking = [False] * (layers * heads), ""
+    if budget["retrieval"] > 0:
+        loss = []
+        for lh in range(layers * heads):
+            one = [True] * (layers * heads)
+            one[lh] = False
+            _, sets = sparsa.learn.duo_masks(n, layers, heads, target, one, block, True)
+            loss.append((_accuracy(runner, _Method("duo", target, "", fixed=sets, density=1.0), validation, batch), lh))
+        loss.sort(key=lambda x: x[0])   # stable: ties keep the head order, as the C++ stable_sort
+        for _, lh in loss[:budget["retrieval"]]:
+            retrieval[lh] = True
+        ranking = "; validation accuracy with each head alone streaming: " + ", ".join(
+            f"L{lh // heads}H{lh % heads} {100 * acc:.1f}%" for acc, lh in loss)
+    _, sets = sparsa.learn.duo_masks(n, layers, heads, target, retrieval, block, True)
+    dense_heads = ", ".join(f"L{lh // heads}H{lh % heads}" for lh in range(layers * heads) if retrieval[lh])
+    over = " (one dense head is over the budget)" if budget["retrieval"] == 0 else ""
+    return _Method("duo", target, f"{budget['retrieval']} of {layers * heads} heads dense" + (f" ({dense_heads})" if dense_heads else "") +
+                   f", the rest 1 sink block + a window of {budget['window_blocks']} blocks" + (ranking or over),
+                   fixed=sets, density=budget["density"])
+
+
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
                      pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
                      indexer_inputs=64, indexer_heads=2, indexer_width=8, indexer_steps=300, indexer_rows=128,
-                     families=True, favor_features=256, dtype=None, time_repeats=11, progress=print):
+                     families=True, favor_features=256, dtype=None, time_repeats=11, skip=(), progress=print):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
@@ -232,7 +262,13 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
     density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
-    dtype: "bfloat16" (autocast; the default on CUDA) or "float32"."""
+    dtype: "bfloat16" (autocast; the default on CUDA) or "float32". skip: rows of SKIPPABLE to leave out
+    (a long run of the bar's rows alone; dense and the trivial baselines always run)."""
+    unknown = set(skip) - set(SKIPPABLE)
+    if unknown:
+        raise ValueError(f"sparsa.ruler: cannot skip {', '.join(sorted(unknown))} (only {', '.join(SKIPPABLE)})")
+    families = families and "families" not in skip
+    indexer_inputs = 0 if "indexer" in skip else indexer_inputs
     if not teacher.model["causal"]:
         raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
     device = next(teacher.parameters()).device
@@ -309,35 +345,17 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                 best = (acc, e, m, d)
         methods.append(_Method("best fixed", target, f"{best[1]} (validation accuracy {100 * best[0]:.2f}%)",
                                fixed=best[2], density=best[3]))
-        methods.append(_Method("moba", target, per_row + ", the diagonal then the top blocks by mean query . mean key",
-                               keep=keep, scores=lambda l, q, k: moba_scores(q, k, block)))
-        methods.append(_Method("quest", target, per_row + ", the diagonal then the top blocks by Quest's bound "
-                               "(the largest over the block's queries)", keep=keep, scores=lambda l, q, k: quest_scores(q, k, block)))
-        methods.append(_Method("vertical-slash", target, per_row + ", the diagonal then the top columns and diagonals of the last "
-                               "64 queries' attention", keep=keep, scores=lambda l, q, k: vertical_slash_scores(q, k, block)))
-        # DuoAttention: as many dense (retrieval) heads as the budget holds, ranked on validation by the
-        # accuracy lost when each head alone streams; the rest sink + window
-        budget, streaming = sparsa.learn.duo_masks(n, layers, heads, target, [], block, True)
-        retrieval, ranking = [False] * (layers * heads), ""
-        if budget["retrieval"] > 0:
-            loss = []
-            for lh in range(layers * heads):
-                one = [True] * (layers * heads)
-                one[lh] = False
-                _, sets = sparsa.learn.duo_masks(n, layers, heads, target, one, block, True)
-                loss.append((_accuracy(runner, _Method("duo", target, "", fixed=sets, density=1.0), validation, batch), lh))
-            loss.sort(key=lambda x: x[0])   # stable: ties keep the head order, as the C++ stable_sort
-            for _, lh in loss[:budget["retrieval"]]:
-                retrieval[lh] = True
-            ranking = "; validation accuracy with each head alone streaming: " + ", ".join(
-                f"L{lh // heads}H{lh % heads} {100 * acc:.1f}%" for acc, lh in loss)
-        _, sets = sparsa.learn.duo_masks(n, layers, heads, target, retrieval, block, True)
-        dense_heads = ", ".join(f"L{lh // heads}H{lh % heads}" for lh in range(layers * heads) if retrieval[lh])
-        methods.append(_Method("duo", target, f"{budget['retrieval']} of {layers * heads} heads dense" +
-                               (f" ({dense_heads})" if dense_heads else "") + f", the rest 1 sink block + a window of "
-                               f"{budget['window_blocks']} blocks" + (ranking or (" (one dense head is over the budget)"
-                                                                                 if budget["retrieval"] == 0 else "")),
-                               fixed=sets, density=budget["density"]))
+        if "moba" not in skip:
+            methods.append(_Method("moba", target, per_row + ", the diagonal then the top blocks by mean query . mean key",
+                                   keep=keep, scores=lambda l, q, k: moba_scores(q, k, block)))
+        if "quest" not in skip:
+            methods.append(_Method("quest", target, per_row + ", the diagonal then the top blocks by Quest's bound "
+                                   "(the largest over the block's queries)", keep=keep, scores=lambda l, q, k: quest_scores(q, k, block)))
+        if "vertical-slash" not in skip:
+            methods.append(_Method("vertical-slash", target, per_row + ", the diagonal then the top columns and diagonals of the last "
+                                   "64 queries' attention", keep=keep, scores=lambda l, q, k: vertical_slash_scores(q, k, block)))
+        if "duo" not in skip:
+            methods.append(_duo_method(runner, validation, batch, n, layers, heads, target, block))
         if families:   # window, Longformer, BigBird: the largest of each family within the density
             for name, detail, masks, density in sparsa.learn.fixed_families(n, heads, target, block, True):
                 methods.append(_Method(name, target, detail, fixed=masks, density=density))
@@ -790,6 +808,9 @@ def main(argv=None):
     ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
                     help="fixed: window, Longformer and BigBird rows at each density too, and FAVOR+ once (default); none: the "
                          "selectors only")
+    ap.add_argument("--skip", default="", help="rows to leave out, comma-separated, of " + ", ".join(SKIPPABLE) +
+                    " (families: window, Longformer, BigBird and FAVOR+); dense, the diagonal, the identity gate, the best fixed "
+                    "pattern always run (and the pooled gate, unless --pooled-gate-inputs 0)")
     ap.add_argument("--favor-features", type=int, default=256, help="FAVOR+'s random features per head (256, seed 0)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
@@ -823,6 +844,9 @@ def main(argv=None):
         ap.error(f"--densities {a.densities!r}: expected numbers in (0, 1] separated by commas")
     if not densities or any(not 0 < x <= 1 for x in densities):
         ap.error(f"--densities {a.densities!r}: expected numbers in (0, 1] separated by commas")
+    skip = [x for x in a.skip.split(",") if x]
+    if set(skip) - set(SKIPPABLE):
+        ap.error(f"--skip {a.skip!r}: rows that can be left out are {', '.join(SKIPPABLE)}")
     configs = None
     if a.pooled_gate_configs:
         configs = []
@@ -856,7 +880,7 @@ def main(argv=None):
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
                                       pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
                                       pooled_gate_configs=configs, seed=s, families=a.families == "fixed",
-                                      favor_features=a.favor_features,
+                                      favor_features=a.favor_features, skip=skip,
                                       indexer_inputs=a.indexer_inputs, indexer_heads=a.indexer_heads, indexer_width=a.indexer_width,
                                       indexer_steps=a.indexer_steps,
                                       dtype=a.dtype, progress=lambda line, label=label: print(f"{label}: {line}", flush=True)))

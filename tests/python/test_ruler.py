@@ -65,6 +65,12 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
                                  time_repeats=1, progress=None)
     assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 2
     assert any("(chosen on validation)" in note for note in one["notes"])
+    # a long run of the bar's rows alone: the skipped rows are left out, the trivial baselines stay
+    bar = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4,
+                                 pooled_gate_inputs=4, pooled_gate_steps=3, skip=ruler.SKIPPABLE, time_repeats=1, progress=None)
+    assert [r["method"] for r in bar["rows"]] == ["dense", "diagonal", "identity gate", "best fixed", "pooled gate"]
+    with pytest.raises(ValueError, match="cannot skip dense"):
+        ruler.evaluate_teacher(teachers[0], 128, skip=["dense"], progress=None)
     # a density that affords a dense head: DuoAttention ranks the heads on validation
     wide = ruler.evaluate_teacher(teachers[0], 128, densities=[0.8], block=16, test_inputs=2, validation_inputs=3, batch=4,
                                   families=False, pooled_gate_inputs=0, indexer_inputs=0, time_repeats=1, progress=None)
@@ -136,6 +142,9 @@ def test_a_run_split_over_calls_merges_into_one_report_and_a_cut_run_keeps_its_f
         with pytest.raises(SystemExit, match=words):
             ruler.main(["--merge", ",".join(str(x) for x in parts), "-o", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        ruler.main(["--teachers", paths[0], *common, "--skip", "moba,identity gate", "-o", str(tmp_path / "bad")])
+    assert "rows that can be left out are moba" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     # a report written after the first of two teachers says which are still to come, and does not merge
     partial = dict(one, teachers=one["teachers"], pending=["teacher-seed3.bin"])
     ruler.report_write(partial, str(tmp_path / "cut"))
