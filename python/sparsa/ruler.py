@@ -432,7 +432,7 @@ def _selection_times(select, attend, device, repeats, host_masks=None):
     """select() -> top; attend(top) -> o. Median ms of the selection (scores and top-k on the device),
     of the sparse attention under its blocks (on CUDA with the blocks written on the device: no host
     step; elsewhere masks made on the host, host_masks(top) -> MaskSet, timed apart) and, on CUDA,
-    of both together as one CUDA graph."""
+    of both together as one CUDA graph, and of the selection alone as one (select_graph_ms)."""
     top = select()
     out = {"select_ms": _time_ms(select, device, repeats), "masks_ms": 0.0}
     if host_masks is not None:
@@ -442,6 +442,8 @@ def _selection_times(select, attend, device, repeats, host_masks=None):
         out["graph_ms"], error = _graph_ms(lambda: attend(select()), device, repeats)
         if error:
             out["graph_error"] = error
+        else:   # the selection alone as a graph: its share of the dense time without Python's launches
+            out["select_graph_ms"], _ = _graph_ms(select, device, repeats)
     return out
 
 
@@ -708,7 +710,9 @@ def report_write(report, directory, command=""):
             line += (f"; dense: sparsa {shape['dense_ms']:.3f} ms, cuDNN {shape['cudnn_ms']:.3f} ms: selection + sparse attention "
                      f"is {shape['cudnn_ms'] / eager:.2f}x faster than cuDNN eager" +
                      (f", {shape['cudnn_ms'] / both:.2f}x as a graph" if both is not None else "") +
-                     f"; the selection alone is {100 * shape['select_ms'] / shape['cudnn_ms']:.1f}% of cuDNN's dense time.")
+                     f"; the selection alone is {100 * shape['select_ms'] / shape['cudnn_ms']:.1f}% of cuDNN's dense time" +
+                     (f" eager, {100 * shape['select_graph_ms'] / shape['cudnn_ms']:.1f}% as a graph ({shape['select_graph_ms']:.3f} ms)."
+                      if shape.get("select_graph_ms") is not None else "."))
         else:
             line += f"; dense: sparsa {shape['dense_ms']:.3f} ms."
         lines.append(line)

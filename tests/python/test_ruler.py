@@ -92,7 +92,14 @@ def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
     t = ruler.time_at_shape(256, heads=2, head_dim=16, block=16, density=0.25, device="cpu", repeats=1)
     assert t["keep"] == ruler.blocks_per_row(0.25, 16) and t["shape"] == [1, 2, 256, 16]
     assert all(t[key] > 0 for key in ("select_ms", "attention_ms", "dense_ms"))
-    assert "cudnn_ms" not in t and "graph_ms" not in t   # CUDA only
+    assert not {"cudnn_ms", "graph_ms", "select_graph_ms"} & set(t)   # CUDA only
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and sparsa.cuda_built), reason="needs a CUDA GPU and the CUDA engine")
+def test_the_cost_at_a_models_shape_on_the_gpu_has_graph_times():
+    t = ruler.time_at_shape(1024, heads=2, head_dim=64, block=64, density=0.25, device="cuda", repeats=3)
+    assert t.get("graph_error") is None and t["graph_ms"] > 0 and t["select_graph_ms"] > 0
+    assert t["select_graph_ms"] < t["graph_ms"] * 2   # the selection alone, not a second copy of both
 
 
 def test_the_fixed_families_fit_the_density_after_the_causal_cut():
