@@ -143,10 +143,11 @@ int cuda_backward_kernel_count() { return 8; }
 
 int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel != 0) return kernel;
-    // 6 on compute capability 9.0 (on the H100 1.2-4.1% faster than kernel 5 on the five masks
-    // timed, 5 1.6-1.8x kernel 3's rate on every benchmark mask: bench/cuda-notes.md), else 3
-    // (kernel 2 with long rows split), else the simple kernel 1
-    if (cuda_backward_kernel_supports(6, dtype, d, block)) return 6;
+    // 8 on compute capability 9.0 (on the H100 14-17% faster than kernel 6 on window, Longformer
+    // and BigBird, 0.9-1.2% slower on dense and causal; 6 1.2-4.1% faster than 5, 5 1.6-1.8x
+    // kernel 3's rate: bench/cuda-notes.md), else 3 (kernel 2 with long rows split), else the
+    // simple kernel 1
+    if (cuda_backward_kernel_supports(8, dtype, d, block)) return 8;
     return cuda_backward_kernel_supports(3, dtype, d, block) ? 3 : 1;
 }
 
