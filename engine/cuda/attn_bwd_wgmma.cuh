@@ -23,9 +23,11 @@ template <int D> struct BwdWgmmaTraits {
 
 // The warpgroup's [64, D] accumulator in wgmma's layout (acc[4 t + 2 half + c]: row 16 warp +
 // group + 8 half, column 8 t + 2 quad + c), times `factor`, to rows [row0, row0 + 64) of a
-// [rows, D] matrix (rows at or past `limit` left out).
-template <typename T, int D>
+// [rows, D] matrix (rows at or past `limit` left out): a thread's two adjacent columns as two
+// stores (kernels 5 to 7), or with Pairs (kernel 8, float32) as one 8-byte store.
+template <typename T, int D, bool Pairs = false>
 __device__ inline void wg_store_rows(T* out, int64_t row0, int64_t limit, const float (&acc)[D / 2], float factor) {
+    static_assert(!Pairs || sizeof(T) == 4, "paired stores are float2");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -34,34 +36,24 @@ __device__ inline void wg_store_rows(T* out, int64_t row0, int64_t limit, const 
 #pragma unroll
         for (int t = 0; t < D / 8; ++t) {
             T* o = out + r * D + t * 8 + 2 * quad;
-            o[0] = from_float<T>(acc[4 * t + 2 * half] * factor);
-            o[1] = from_float<T>(acc[4 * t + 2 * half + 1] * factor);
+            if constexpr (Pairs) {
+                *reinterpret_cast<float2*>(o) = make_float2(acc[4 * t + 2 * half] * factor, acc[4 * t + 2 * half + 1] * factor);
+            } else {
+                o[0] = from_float<T>(acc[4 * t + 2 * half] * factor);
+                o[1] = from_float<T>(acc[4 * t + 2 * half + 1] * factor);
+            }
         }
     }
 }
 
-// Kernel 8's stores. wg_store_rows writes 2 elements (4 bytes of bf16) a thread at a time: a
+// Kernel 8's stores of T. wg_store_rows writes 2 elements (4 bytes of bf16) a thread at a time: a
 // warp's store covers 8 rows x 16 bytes, half of each 32-byte sector, and the dK / dV pass of a
 // short column spends a large share of its time there (bench/cuda-notes.md, "The profile of
-// backward kernel 6"). wg_store_rows_pairs writes float pairs (8 bytes: a warp fills whole
-// sectors); wg_store_rows_staged writes the tile as T to shared memory first (rows of D + 8
-// elements, so that the 4-byte writes of a warp fall in 32 different banks), then 16 bytes a
+// backward kernel 6"). wg_store_rows_staged writes the tile as T to shared memory first (rows of
+// D + 8 elements, so that the 4-byte writes of a warp fall in 32 different banks), then 16 bytes a
 // thread, a warp two whole rows, to rows [row0, row0 + 64) of out (16-byte aligned, as the tile
 // loads ask). `staging` holds 64 * (D + 8) elements of T and is free (every warp is past its last
 // use); the caller waits for the block before reusing it.
-template <int D>
-__device__ inline void wg_store_rows_pairs(float* out, int64_t row0, int64_t limit, const float (&acc)[D / 2]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int64_t r = row0 + warp * 16 + group + 8 * half;
-        if (r >= limit) continue;
-#pragma unroll
-        for (int t = 0; t < D / 8; ++t)
-            *reinterpret_cast<float2*>(out + r * D + t * 8 + 2 * quad) = make_float2(acc[4 * t + 2 * half], acc[4 * t + 2 * half + 1]);
-    }
-}
-
 template <typename T, int D> struct StagedRows {
     static constexpr int kStride = D + 8;                                   // elements a staged row
     static constexpr int kBytes = 64 * kStride * static_cast<int>(sizeof(T));
@@ -93,14 +85,14 @@ __device__ inline void wg_store_rows_staged(T* out, int64_t row0, int64_t limit,
 
 // The dQ pass's end (kernels 5 to 8): dQ (times the scale) and the rows' sums of P of the tile at
 // q0, or for a chunk of a split tile (slot >= 0) its float32 sums to the workspace. Kernel 8
-// (Staged) stores through `staging` (wg_store_rows_staged) and in float pairs.
+// (Staged) stores through `staging` (wg_store_rows_staged) and in float pairs (wg_store_rows' Pairs).
 template <typename T, int D, bool Staged = false>
 __device__ inline void wg_dq_write(const BwdParams<T>& p, int32_t slot, int64_t b, int64_t head, int64_t q0, const float (&dq)[D / 2],
                                    const float (&p_sum)[2], T* staging = nullptr) {
     constexpr int kTile = 64;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
     if constexpr (Staged) {
-        if (slot >= 0) wg_store_rows_pairs<D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq);
+        if (slot >= 0) wg_store_rows<float, D, true>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq, 1.f);
         else wg_store_rows_staged<T, D>(p.dq + head * D, q0, p.n, dq, p.scale, staging);
     } else {
         if (slot >= 0) wg_store_rows<float, D>(p.part_a + (b * p.slots_q + slot) * kTile * D, 0, kTile, dq, 1.f);
@@ -424,8 +416,8 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     if constexpr (Staged) {
         if (item.slot >= 0) {
             const int64_t row = (b * p.slots_k + item.slot) * kTile;
-            wg_store_rows_pairs<D>(p.part_a + row * D, 0, kTile, dk);
-            wg_store_rows_pairs<D>(p.part_b + row * D, 0, kTile, dv);
+            wg_store_rows<float, D, true>(p.part_a + row * D, 0, kTile, dk, 1.f);
+            wg_store_rows<float, D, true>(p.part_b + row * D, 0, kTile, dv, 1.f);
             return;
         }
         // the tiles are free: every warp passed the last step's barrier (or, with no step, this one)
