@@ -59,7 +59,7 @@ std::string cuda_device_name() {
     return prop.name;
 }
 
-int cuda_kernel_count() { return 15; }
+int cuda_kernel_count() { return 16; }
 
 bool cuda_device_has_wgmma() {   // cached: the device does not change while the program runs
     static const bool has = [] {
@@ -76,7 +76,7 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
     const bool tensor_core_shape =
         dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 9) return tensor_core_shape;
-    if (kernel >= 10 && kernel <= 15) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 10 && kernel <= 16) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -108,7 +108,7 @@ Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
 
 struct CudaAttention::Impl {
     DeviceBuffer q, k, v, o, lse, row_ptr, col_idx, partial_idx, bits, head_mask, tile_order;
-    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 15
+    DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 16
     DeviceBuffer work_counter;                           // kernel 13: one int
     int64_t work_items = 0, split_tiles = 0;
     int32_t slots = 0;
@@ -209,7 +209,7 @@ struct CudaAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // Kernels 7 to 15: the work items, then attn_combine over the split tiles.
+    // Kernels 7 to 16: the work items, then attn_combine over the split tiles.
     template <typename T, int D, int B> void launch_split() const {
         const cuda::AttnParams<T> p = params<T>();
         const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(shape.batch));
@@ -218,11 +218,12 @@ struct CudaAttention::Impl {
             return dim3(static_cast<unsigned>(split_tiles), static_cast<unsigned>(tile_q / (128 / D)),
                         static_cast<unsigned>(shape.batch));
         };
-        if (kernel == 10 || kernel == 13 || kernel == 14 || kernel == 15) {
+        if (kernel == 10 || kernel == 13 || kernel == 14 || kernel == 15 || kernel == 16) {
             if (kernel == 10) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 10>(p, work_items, shape.batch)));
             else if (kernel == 13) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 13>(p, work_items, shape.batch, persistent_blocks)));
             else if (kernel == 14) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 14>(p, work_items, shape.batch)));
-            else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 15>(p, work_items, shape.batch)));
+            else if (kernel == 15) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 15>(p, work_items, shape.batch)));
+            else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 16>(p, work_items, shape.batch)));
             if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128, 0, p.stream>>>(p);
         } else if (kernel == 11 || kernel == 12) {
             if (kernel == 11) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 11>(p, work_items, shape.batch)));
@@ -301,7 +302,7 @@ struct CudaAttention::Impl {
         with_dtype(dtype, with_type);
     }
 
-    // Kernels 7 to 15's work items: every (head, query tile) with the number of key tiles it visits
+    // Kernels 7 to 16's work items: every (head, query tile) with the number of key tiles it visits
     // (the union of its mask rows' kept blocks, as the kernel's KeyCursor walks them); a tile
     // that visits more than `cap` is cut into chunks of at most cap, each a work item with the
     // cursor state it starts from and a workspace slot. cap: a quarter of the average work of a
@@ -458,7 +459,7 @@ void CudaAttention::Impl::configure(const MaskSet& masks, int64_t layer, const T
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
                     cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +
                     std::to_string(masks.block) +
-                    " (kernels 2 to 15: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 15 a GPU"
+                    " (kernels 2 to 16: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 16 a GPU"
                     " of compute capability 9.0 (" + (cuda_device_has_wgmma() ? "this one is" : "this one is not") +
                     "); kernel 1 runs any; kernel 0 picks one)");
     }

@@ -17,7 +17,7 @@
 //      accumulate): 64 x 64 tiles, 4 warps of 16 rows; a warp's P^T and dS^T feed dV and dK
 //      straight from the accumulators; Q, K, V, dO tiles read with ldmatrix from shared memory
 //      filled by cp.async, one stage. d = 64 or 128, mask blocks 64, 128, 256.
-//   3: as 2, with long rows and columns split (as forward kernels 7 to 15 split theirs): a tile
+//   3: as 2, with long rows and columns split (as forward kernels 7 to 16 split theirs): a tile
 //      that walks many more steps than the average (the query rows and key columns of global
 //      tokens) is cut into chunks of at most a host-chosen number of steps, each chunk its own
 //      thread block writing float32 partial sums (dK and dV, or dQ and the sums of P) to a slot

@@ -41,12 +41,14 @@
 //  13: 10 made persistent (as many blocks as fit, each taking work items from a counter; the
 //      next tile's Q and first K copied during a tile's last step).
 //  14: 10 with later steps' K and V tiles prefetched into L2.
-//  15: 10 with the mask metadata of each step read a step ahead. 10 to 15 are in
-//      attn_fwd_wgmma.cuh, built in their own translation unit (attn_fwd_wgmma.cu) for sm_90a;
-//      declared at the end of this file.
+//  15: 10 with the mask metadata of each step read a step ahead.
+//  16: 15 with the next step's S = Q K^T in flight during this step's softmax (two K and two V
+//      buffers, one barrier a step, two blocks an SM). 10 to 16 are in attn_fwd_wgmma.cuh,
+//      built in their own translation unit (attn_fwd_wgmma.cu) for sm_90a; declared at the end
+//      of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 15.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 16.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -115,8 +117,8 @@ template <typename T> struct AttnParams {
     int32_t d;
     float scale_log2;   // softmax scale * log2(e): scores are taken in base 2
     DeviceMasks masks;
-    float* partial_o;    // kernels 7 to 15: [batch, slots, query tile, d] unnormalised O of each chunk
-    float* partial_ml;   // kernels 7 to 15: [batch, slots, query tile, 2] each row's max (base 2) and sum
+    float* partial_o;    // kernels 7 to 16: [batch, slots, query tile, d] unnormalised O of each chunk
+    float* partial_ml;   // kernels 7 to 16: [batch, slots, query tile, 2] each row's max (base 2) and sum
     int32_t slots;       // kernels 7 to 15: chunks of split tiles, per batch
     int64_t work_items;  // kernels 7 to 15: entries of masks.work (per batch)
     int* work_counter;   // kernel 13: work items claimed so far past the first of each block (zeroed at launch)
@@ -872,9 +874,9 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     }
 }
 
-// [SECTION] kernels 10 to 15
+// [SECTION] kernels 10 to 16
 
-// Kernel 10, 13, 14 or 15 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
+// Kernel 10, 13, 14, 15 or 16 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
 // 7's), in attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
 // attn_combine<T, D, 64 or 128> is the caller's to launch. max_blocks: kernel 13's most thread
 // blocks (0: as many as fit). Returns the first failed call's error.

@@ -1,4 +1,4 @@
-// Kernels 10 to 15 (attn_fwd_wgmma.cuh) compiled for sm_90a alone, in their own translation
+// Kernels 10 to 16 (attn_fwd_wgmma.cuh) compiled for sm_90a alone, in their own translation
 // unit: wgmma exists only on that target (engine/cuda/CMakeLists.txt builds this file with
 // -gencode=arch=compute_90a,code=sm_90a), and attention_cuda.cu calls them through the launch
 // functions instantiated here for every dtype, head dim and mask block they run.
@@ -34,6 +34,10 @@ SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 64, 15)
 SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 128, 15)
 SPARSA_WGMMA_INSTANCES(__half, 64, 15)
 SPARSA_WGMMA_INSTANCES(__half, 128, 15)
+SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 64, 16)
+SPARSA_WGMMA_INSTANCES(__nv_bfloat16, 128, 16)
+SPARSA_WGMMA_INSTANCES(__half, 64, 16)
+SPARSA_WGMMA_INSTANCES(__half, 128, 16)
 #undef SPARSA_WGMMA_INSTANCES
 
 } // namespace sparsa::cuda

@@ -566,9 +566,123 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel15(AttnParams<T> p) {
 #endif
 }
 
+// 16: 15 with O += P V of one step in flight during the next step's softmax (FlashAttention-3's
+// pipelining inside a warpgroup). Kernel 15's warpgroup waits for its own S before the softmax
+// and for O += P V before the next step, its tensor cores idle meanwhile unless the SM's other
+// blocks fill them (Nsight Compute on 15, dense: the two waits for wgmma 20% of the stall
+// samples). Here step j issues S_j = Q K_j and O += P_{j-1} V_{j-1} together, waits for S_j alone,
+// runs its softmax while the tensor cores still add P_{j-1} V_{j-1}, then waits for that and
+// rescales O (softmax_scores_part leaves O alone: ptxas serializes every wgmma of a function
+// where O, an accumulator in flight, is written between the issue and the wait). Two K and two
+// V buffers, one copy group a step: at step j, once the barrier says every warp is done with
+// step j - 1's products, K_{j+1} goes to K_{j-1}'s buffer and V_j to V_{j-2}'s, so each copy has
+// a whole step to land, and a step needs one barrier (15: two). Five tiles of shared memory
+// (80 KB at d = 128) leave two blocks an SM (15: three).
+// grid: (work items, 1, batch), block: 128 threads, dynamic shared memory Kernel16Traits<D>::kSmemBytes.
+template <int D> struct Kernel16Traits {
+    static constexpr int kTileBytes = WgmmaTraits<D, 64, 1>::kTileBytes;
+    static constexpr int kSmemBytes = 5 * kTileBytes + 1024;   // Q, K and V of even steps, K and V of odd steps
+};
+
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(128, 2) attn_fwd_kernel16(AttnParams<T> p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kTileK = 64, kSubTiles = MaskBlock / kTileK, kTileBytes = Kernel16Traits<D>::kTileBytes;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const WorkItem item = p.masks.work[blockIdx.x];
+    const Tile64<T, D, MaskBlock> t(p, item, smem_raw);   // its k_tile and v_tile: the even steps' buffers
+    const uint32_t k_odd = t.v_tile + kTileBytes, v_odd = t.v_tile + 2 * kTileBytes;
+    const auto k_buf = [&](int64_t j) { return (j & 1) != 0 ? k_odd : t.k_tile; };
+    const auto v_buf = [&](int64_t j) { return (j & 1) != 0 ? v_odd : t.v_tile; };
+    const DeviceMasks& m = p.masks;
+    const int64_t n = p.n, steps = item.steps;
+
+    // a step's mask entry e, key tile `sub` within the block, first key k0 and partial index
+    struct Step {
+        int64_t e, k0;
+        int32_t sub, part;
+    };
+    const auto step_at = [&](int64_t e, int32_t sub) {
+        return Step{e, int64_t{m.col_idx[e]} * MaskBlock + sub * kTileK, sub, m.partial_idx[e]};
+    };
+    const auto after = [&](const Step& s) {
+        const bool block_done = s.sub + 1 == kSubTiles;
+        return step_at(block_done ? s.e + 1 : s.e, block_done ? 0 : s.sub + 1);
+    };
+
+    float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
+    float row_max[2], row_sum[2], scale_old[2];
+    online_softmax_start<D>(o_acc, row_max, row_sum);
+    float s[32];          // S of the step, then its P
+    uint32_t pf[4][4];    // P of the step before, rounded to T: the A operand of its O += P V
+
+    // Q and K_0, then V_0 and K_1 (the copy group of step 0); S_0 and its softmax
+    tile_load_swizzled<D, 128>(t.q_tile, t.q_head, t.q0, n);
+    Step first{}, cur{};   // step 0; in the loop, step j
+    if (steps > 0) {
+        first = step_at(item.ea, item.sub);
+        tile_load_swizzled<D, 128>(t.k_tile, t.k_head, first.k0, n);
+    }
+    cp_async_commit();
+    if (steps > 0) {
+        tile_load_swizzled<D, 128>(t.v_tile, t.v_head, first.k0, n);
+        if (steps > 1) {
+            cur = after(first);
+            tile_load_swizzled<D, 128>(k_odd, t.k_head, cur.k0, n);
+        }
+    }
+    cp_async_commit();
+    if (steps > 0) {
+        cp_async_wait<1>();   // Q and K_0
+        fence_proxy_async();
+        __syncthreads();
+        wgmma_scores<T, D>(s, t.q_tile, t.k_tile);
+        softmax_scores_part<MaskBlock>(s, row_max, row_sum, scale_old, m, first.part, first.k0, n, t.i_warp, p.scale_log2);
+        pack_p<T>(s, pf);   // O is still 0: no rescale
+    }
+
+    // step j >= 1: pf holds P of step j - 1, cur is step j
+    for (int64_t j = 1; j < steps; ++j) {
+        cp_async_wait<0>();    // K_j and V_{j-1} landed ...
+        fence_proxy_async();   // ... are visible to the tensor cores ...
+        __syncthreads();       // ... for every thread, and every warp is done with step j - 1's products
+        Step next{};
+        if (j + 1 < steps) {   // K_{j+1} into K_{j-1}'s buffer
+            next = after(cur);
+            tile_load_swizzled<D, 128>(k_buf(j + 1), t.k_head, next.k0, n);
+        }
+        tile_load_swizzled<D, 128>(v_buf(j), t.v_head, cur.k0, n);   // V_j into V_{j-2}'s
+        cp_async_commit();
+
+        wgmma_fence();
+        wgmma_scores_async<T, D>(s, t.q_tile, k_buf(j));   // S_j = Q K_j
+        wgmma_pv_async<T, D>(o_acc, pf, v_buf(j - 1));     // O += P_{j-1} V_{j-1}
+        wgmma_wait<1>();                                    // S_j (O += P V still in flight)
+        wgmma_fence_operands(s);
+        softmax_scores_part<MaskBlock>(s, row_max, row_sum, scale_old, m, cur.part, cur.k0, n, t.i_warp, p.scale_log2);
+        wgmma_wait<0>();                                    // O += P_{j-1} V_{j-1}
+        wgmma_fence_operands(o_acc);
+        rescale_rows<D>(o_acc, scale_old);
+        pack_p<T>(s, pf);
+        cur = next;
+    }
+    if (steps > 0) {   // the last step's O += P V
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        wgmma_fence();
+        wgmma_pv_async<T, D>(o_acc, pf, v_buf(steps - 1));
+        wgmma_wait<0>();
+        wgmma_fence_operands(o_acc);
+    }
+    cp_async_wait<0>();   // no copy left in flight (a tile with no kept block still loaded Q)
+    output_write<T, D, 64>(p, o_acc, row_max, row_sum, t.b, t.h, t.q0, t.q0 + 16 * t.warp, item.slot);
+#endif
+}
+
 // [SECTION] launch
 
-// Kernel 10 to 15 over `work_items` work items (the plan of kernel 8, for 10, 13, 14 and 15, or
+// Kernel 10 to 16 over `work_items` work items (the plan of kernel 8, for 10, 13, 14, 15 and 16, or
 // 7: 64- or 128-query tiles, batch `batch`); returns the first failed call's error (cudaSuccess
 // when none). Kernel 13 runs min(work items * batch, max_blocks) thread blocks, max_blocks 0:
 // as many as fit on the GPU at once, and zeroes p.work_counter first. attention_cuda.cu launches
@@ -576,10 +690,11 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel15(AttnParams<T> p) {
 // for sm_90).
 template <typename T, int D, int MaskBlock, int Kernel>
 cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks) {
-    static_assert(Kernel >= 10 && Kernel <= 15, "the wgmma kernels are 10 to 15");
-    constexpr bool kOneGroup = Kernel == 10 || Kernel == 13 || Kernel == 14 || Kernel == 15;
+    static_assert(Kernel >= 10 && Kernel <= 16, "the wgmma kernels are 10 to 16");
+    constexpr bool kOneGroup = Kernel == 10 || Kernel == 13 || Kernel == 14 || Kernel == 15 || Kernel == 16;
     constexpr int threads = kOneGroup ? 128 : Kernel == 11 ? 256 : Wgmma12Traits<D>::kThreads;
-    constexpr int smem = kOneGroup              ? WgmmaTraits<D, MaskBlock, 1>::kSmemBytes
+    constexpr int smem = Kernel == 16               ? Kernel16Traits<D>::kSmemBytes
+                         : kOneGroup                ? WgmmaTraits<D, MaskBlock, 1>::kSmemBytes
                          : Kernel == 11             ? WgmmaTraits<D, MaskBlock, 2>::kSmemBytes
                                                     : Wgmma12Traits<D>::kSmemBytes;
     auto* kernel = [] {
@@ -588,7 +703,8 @@ cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, in
         else if constexpr (Kernel == 12) return attn_fwd_kernel12<T, D, MaskBlock>;
         else if constexpr (Kernel == 13) return attn_fwd_kernel13<T, D, MaskBlock>;
         else if constexpr (Kernel == 14) return attn_fwd_kernel14<T, D, MaskBlock>;
-        else return attn_fwd_kernel15<T, D, MaskBlock>;
+        else if constexpr (Kernel == 15) return attn_fwd_kernel15<T, D, MaskBlock>;
+        else return attn_fwd_kernel16<T, D, MaskBlock>;
     }();
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;

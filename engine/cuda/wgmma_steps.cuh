@@ -193,14 +193,15 @@ template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32],
 }
 
 // Mask and online softmax of one key tile for this warp's rows (this lane: rows group and
-// group + 8, i_warp + group (+ 8) within their mask block): s becomes P (unnormalised), O and
-// the running sums are rescaled to the new max. k0: the tile's first key; part: its mask
-// entry's partial-block index (m.partial_idx[e], -1 for a full block), which softmax_step reads
-// from the entry e itself and kernel 15 a step ahead.
-template <int D, int MaskBlock>
-__device__ inline void softmax_step_part(float (&s)[32], float (&o_acc)[D / 2], float (&row_max)[2],
-                                         float (&row_sum)[2], const DeviceMasks& m, int32_t part, int64_t k0,
-                                         int64_t n, int i_warp, float scale_log2) {
+// group + 8, i_warp + group (+ 8) within their mask block): s becomes P (unnormalised), the
+// running sums are rescaled to the new max, and scale_old[half] is the factor O must be
+// rescaled by (softmax_step_part does it at once; kernel 16 once its O += P V in flight is
+// done). k0: the tile's first key; part: its mask entry's partial-block index (m.partial_idx[e],
+// -1 for a full block), which softmax_step reads from the entry e itself and kernel 15 a step ahead.
+template <int MaskBlock>
+__device__ inline void softmax_scores_part(float (&s)[32], float (&row_max)[2], float (&row_sum)[2], float (&scale_old)[2],
+                                           const DeviceMasks& m, int32_t part, int64_t k0, int64_t n, int i_warp,
+                                           float scale_log2) {
     constexpr int kTileK = 64;
     const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
     // mask: partial blocks by their bitmask, full blocks only where the tile runs past n
@@ -231,7 +232,7 @@ __device__ inline void softmax_step_part(float (&s)[32], float (&o_acc)[D / 2], 
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float new_max = fmaxf(row_max[half], mx * scale_log2);
         const float base = new_max == -INFINITY ? 0.f : new_max;   // nothing allowed yet: no NaN
-        const float scale_old = exp2_fast(row_max[half] - base);
+        scale_old[half] = exp2_fast(row_max[half] - base);
         row_max[half] = new_max;
         float sum = 0.f;
 #pragma unroll
@@ -243,13 +244,27 @@ __device__ inline void softmax_step_part(float (&s)[32], float (&o_acc)[D / 2], 
                 sum += x;
             }
         }
-        row_sum[half] = row_sum[half] * scale_old + sum;
+        row_sum[half] = row_sum[half] * scale_old[half] + sum;
+    }
+}
+// O's rows times the softmax's scale_old (half 0: rows group, 1: group + 8).
+template <int D> __device__ inline void rescale_rows(float (&o_acc)[D / 2], const float (&scale_old)[2]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
 #pragma unroll
         for (int t = 0; t < D / 8; ++t) {
-            o_acc[4 * t + 2 * half] *= scale_old;
-            o_acc[4 * t + 2 * half + 1] *= scale_old;
+            o_acc[4 * t + 2 * half] *= scale_old[half];
+            o_acc[4 * t + 2 * half + 1] *= scale_old[half];
         }
     }
+}
+template <int D, int MaskBlock>
+__device__ inline void softmax_step_part(float (&s)[32], float (&o_acc)[D / 2], float (&row_max)[2],
+                                         float (&row_sum)[2], const DeviceMasks& m, int32_t part, int64_t k0,
+                                         int64_t n, int i_warp, float scale_log2) {
+    float scale_old[2];
+    softmax_scores_part<MaskBlock>(s, row_max, row_sum, scale_old, m, part, k0, n, i_warp, scale_log2);
+    rescale_rows<D>(o_acc, scale_old);
 }
 template <int D, int MaskBlock>
 __device__ inline void softmax_step(float (&s)[32], float (&o_acc)[D / 2], float (&row_max)[2], float (&row_sum)[2],
