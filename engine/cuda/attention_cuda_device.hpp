@@ -18,7 +18,9 @@
 namespace sparsa {
 
 // One call's tensors on the GPU: q, k, v (and o, d_o, the gradients) are contiguous
-// [batch, heads, n, d] arrays of `dtype`; lse and delta [batch, heads, n] float32.
+// [batch, heads, n, d] arrays of `dtype`, each starting on a 16-byte boundary (the kernels copy
+// and store 16 bytes at a time; cudaMalloc and PyTorch's allocations are); lse and delta
+// [batch, heads, n] float32.
 struct CudaDeviceCall {
     const void* q = nullptr;
     const void* k = nullptr;
