@@ -46,6 +46,29 @@ def blocks_per_row(density, blocks, causal=True):
 # [SECTION] block scores: q, k [batch, heads, n, d] (k per query head) -> [batch, heads, blocks, blocks]
 
 
+_CONSTANTS = {}
+
+
+def _constant(key, make):
+    """make(), a tensor that depends on key alone (a mask of the block grid, row counts), kept per key
+    so that a selection launches no kernel to rebuild it (at 16,384 and blocks of 64 the selection is
+    tens of kernels, a few microseconds each even in a CUDA graph). Not kept when made while a CUDA
+    graph is being captured: that memory is the graph's."""
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = make()
+        if not (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _CONSTANTS[key] = t
+    return t
+
+
+def _grid_masks(blocks, device):
+    """(the diagonal, the blocks above it) of a blocks x blocks grid: bool, on device, kept."""
+    return (_constant(("eye", blocks, str(device)), lambda: torch.eye(blocks, dtype=torch.bool, device=device)),
+            _constant(("upper", blocks, str(device)),
+                      lambda: torch.ones(blocks, blocks, dtype=torch.bool, device=device).triu(1)))
+
+
 def _blocked(x, block):
     """x [batch, heads, n, d] -> ([batch, heads, blocks, block, d] zero-padded, float32 rows per block [blocks])."""
     n = x.shape[2]
@@ -54,7 +77,8 @@ def _blocked(x, block):
     if pad:
         x = F.pad(x, (0, 0, 0, pad))
     # made on the device (no host scalar written into it), so a selection can be captured in a CUDA graph
-    counts = (n - torch.arange(blocks, device=x.device) * block).clamp(max=block).to(torch.float32)
+    counts = _constant(("counts", n, block, str(x.device)),
+                       lambda: (n - torch.arange(blocks, device=x.device) * block).clamp(max=block).to(torch.float32))
     return x.reshape(x.shape[0], x.shape[1], blocks, block, x.shape[3]), counts
 
 
@@ -189,11 +213,10 @@ def top_k_blocks(scores, keep, causal=True):
     has only r + 1 blocks to keep: its entries past them are blocks above r (to be ignored, as
     top_k_grid and sparsa.torch.attention_top_k do). All on the scores' device, no host step."""
     blocks = scores.shape[-1]
-    s = scores.float().clone()
-    eye = torch.eye(blocks, dtype=torch.bool, device=s.device)
-    s.masked_fill_(eye, math.inf)
+    eye, upper = _grid_masks(blocks, scores.device)
+    s = scores.float().masked_fill(eye, math.inf)   # a new tensor: scores stay as they are
     if causal:
-        s.masked_fill_(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+        s.masked_fill_(upper, -math.inf)
     return torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :min(keep, blocks)]
 
 
@@ -203,7 +226,7 @@ def top_k_grid(scores, keep, causal=True):
     blocks = scores.shape[-1]
     grid = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, top_k_blocks(scores, keep, causal), True)
     if causal:
-        grid &= ~torch.ones(blocks, blocks, dtype=torch.bool, device=scores.device).triu(1)
+        grid &= ~_grid_masks(blocks, scores.device)[1]
     return grid
 
 
@@ -247,15 +270,22 @@ class PooledGate:
         b = k_mean.to(wk.dtype) @ wk
         s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
         if self.causal:
-            blocks = s.shape[-1]
-            s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+            s = s.masked_fill(_grid_masks(s.shape[-1], s.device)[1], -math.inf)
         return s
 
     def block_scores(self, layer, q, k):
         """The gate's scores of every (query block, key block) from q, k [batch, heads, n, head_dim] (float32
         maps: what selection costs at inference): [batch, heads, blocks, blocks]."""
-        return self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool),
-                           self.wq[layer].float(), self.wk[layer].float())
+        return self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool), *self._maps32(layer))
+
+    def _maps32(self, layer):
+        """Layer `layer`'s wq and wk in float32, converted once per state of the maps (a new tensor, as
+        train() sets, or one changed in place: its version counter moves)."""
+        state = (id(self.wq), self.wq._version, id(self.wk), self.wk._version)
+        kept = getattr(self, "_float32", None)
+        if kept is None or kept[0] != state or kept[1] is not self.wq:
+            kept = self._float32 = (state, self.wq, self.wq.float(), self.wk.float())
+        return kept[2][layer], kept[3][layer]
 
     def select(self, layer, q, k, keep):
         """The top `keep` blocks a row by the gate's scores, as a grid."""
@@ -271,7 +301,7 @@ class PooledGate:
         s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
         blocks = s.shape[-1]
         if self.causal:
-            s = s.masked_fill(torch.ones(blocks, blocks, dtype=torch.bool, device=s.device).triu(1), -math.inf)
+            s = s.masked_fill(_grid_masks(blocks, s.device)[1], -math.inf)
         logp = torch.log_softmax(s, dim=-1)
         t = target.to(s.dtype)
         terms = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-300)) - logp.clamp(min=-1e300)), torch.zeros_like(t))

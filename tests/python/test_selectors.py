@@ -78,6 +78,23 @@ def test_top_k_keeps_the_diagonal_then_the_best_earlier_blocks_ties_to_the_lower
     assert set(torch.nonzero(grid[0, 0, 8]).flatten().tolist()) == {0, 1, 2, 8}
     both = sel.top_k_grid(scores, keep=3, causal=False)
     assert int(both[0, 0, 0].sum()) == 3
+    # the grid's masks are kept between calls: the scores given are never written
+    before = scores.clone()
+    sel.top_k_blocks(scores, keep=4)
+    assert torch.equal(scores, before)
+
+
+def test_the_gates_float32_maps_follow_its_parameters():
+    gate = sel.PooledGate(1, 2, 8, width=4, block=16, seed=5)
+    q, k = (torch.randn(1, 2, 64, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+
+    def explicit():
+        return gate.scores(0, sel._block_means(q, 16), sel._block_keys(k, 16, "mean"), gate.wq[0].float(), gate.wk[0].float())
+    assert torch.equal(gate.block_scores(0, q, k), explicit())
+    gate.wq.mul_(2.0)                        # changed in place
+    assert torch.equal(gate.block_scores(0, q, k), explicit())
+    gate.wk = gate.wk + 1.0                  # replaced, as train() does
+    assert torch.equal(gate.block_scores(0, q, k), explicit())
 
 
 def planted(inputs, seed, n=128, block=16, d=8, noise=0.3):
