@@ -216,24 +216,18 @@ struct CudaContentAttention::Impl {
     // The log-sum-exp merge; parts_o16: the parts' O in T (version 2's rounds), else parts_o.
     template <typename T> void merge(const float* parts_o, const float* parts_lse, int64_t parts, bool with_fixed,
                                      int64_t rows, cuda::content::SelfRule self, T* out, float* out_lse, const T* parts_o16 = nullptr) {
-        if (parts_o16 != nullptr) {
+        // version 2's merge, from the parts' O in T or in float32
+        const auto merge2 = [&](const auto* part_o) {
+            using Part = std::remove_cv_t<std::remove_pointer_t<decltype(part_o)>>;
             const unsigned blocks = static_cast<unsigned>((rows * (shape.d / 4) + 127) / 128);
-            cuda::content::content_merge2<T, T><<<blocks, 128>>>(
-                parts_o16, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
+            cuda::content::content_merge2<T, Part><<<blocks, 128>>>(
+                part_o, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
                 with_fixed ? fixed_lse.as<float>() : nullptr, rows, static_cast<int32_t>(shape.d), self, q.as<T>(), k.as<T>(),
                 v.as<T>(), out, out_lse);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            return;
-        }
-        if (version >= 2 && shape.d % 4 == 0) {
-            const unsigned blocks = static_cast<unsigned>((rows * (shape.d / 4) + 127) / 128);
-            cuda::content::content_merge2<T, float><<<blocks, 128>>>(
-                parts_o, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,
-                with_fixed ? fixed_lse.as<float>() : nullptr, rows, static_cast<int32_t>(shape.d), self, q.as<T>(), k.as<T>(),
-                v.as<T>(), out, out_lse);
-            SPARSA_CUDA_CHECK(cudaGetLastError());
-            return;
-        }
+        };
+        if (parts_o16 != nullptr) return merge2(parts_o16);
+        if (version >= 2 && shape.d % 4 == 0) return merge2(parts_o);
         const unsigned threads = static_cast<unsigned>((shape.d + 31) / 32 * 32);
         cuda::content::content_merge<T><<<static_cast<unsigned>(rows), threads>>>(
             parts_o, parts_lse, static_cast<int32_t>(parts), with_fixed ? fixed_o.as<float>() : nullptr,

@@ -228,7 +228,7 @@ SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "families")
 def _duo_method(runner, validation, batch, n, layers, heads, target, block):
     """DuoAttention's row at `target`: as many dense (retrieval) heads as the budget holds, ranked on
     validation by the accuracy lost when each head alone streams; the rest sink + window."""
-    budget, streaming = sparsa.learn.duo_masks(n, layers, heads, target, [], block, True)
+    budget, _ = sparsa.learn.duo_masks(n, layers, heads, target, [], block, True)
     retrieval, ranking = [False] * (layers * heads), ""
     if budget["retrieval"] > 0:
         loss = []

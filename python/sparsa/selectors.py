@@ -281,11 +281,11 @@ class PooledGate:
     def _maps32(self, layer):
         """Layer `layer`'s wq and wk in float32, converted once per state of the maps (a new tensor, as
         train() sets, or one changed in place: its version counter moves)."""
-        state = (id(self.wq), self.wq._version, id(self.wk), self.wk._version)
+        versions = (self.wq._version, self.wk._version)
         kept = getattr(self, "_float32", None)
-        if kept is None or kept[0] != state or kept[1] is not self.wq:
-            kept = self._float32 = (state, self.wq, self.wq.float(), self.wk.float())
-        return kept[2][layer], kept[3][layer]
+        if kept is None or kept[0] is not self.wq or kept[1] is not self.wk or kept[2] != versions:
+            kept = self._float32 = (self.wq, self.wk, versions, self.wq.float(), self.wk.float())
+        return kept[3][layer], kept[4][layer]
 
     def select(self, layer, q, k, keep):
         """The top `keep` blocks a row by the gate's scores, as a grid."""
