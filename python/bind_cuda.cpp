@@ -1,9 +1,10 @@
 // The CUDA engine on memory someone else owns (sparsa.torch's GPU path): the private class
-// _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once, whose forward and backward
-// take device pointers as integers (torch.Tensor.data_ptr()) and a cudaStream_t as an integer
+// _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once, and _cuda_top_k_columns, a
+// per-input selection written as a top-k layout's columns. Their calls take device pointers as
+// integers (torch.Tensor.data_ptr()) and a cudaStream_t as an integer
 // (torch.cuda.current_stream().cuda_stream), so this file needs no torch header. Built only where
 // the CUDA engine is (python/CMakeLists.txt: target sparsa_cuda); the calls are
-// engine/cuda/attention_cuda_device.hpp's.
+// engine/cuda/attention_cuda_device.hpp's and engine/cuda/top_k_columns.hpp's.
 //
 // Why integers: the caller (python/sparsa/torch.py) has checked the tensors (device, dtype,
 // contiguous [batch, heads, n, d], alignment) and allocated the outputs; what is left to check
@@ -13,6 +14,7 @@
 #include "python/module.hpp"
 
 #include "engine/cuda/attention_cuda_device.hpp"
+#include "engine/cuda/top_k_columns.hpp"
 #include "engine/error.hpp"
 
 #include <pybind11/pybind11.h>
@@ -49,7 +51,7 @@ CudaDtype device_dtype_parse(const std::string& text) {
 
 // A device pointer from Python: an integer, non-zero.
 const void* pointer(std::uintptr_t address, const char* name) {
-    if (address == 0) value_error(std::string("_CudaLayerMasks: ") + name + " is a null pointer (pass tensor.data_ptr())");
+    if (address == 0) value_error(std::string("sparsa CUDA call: ") + name + " is a null pointer (pass tensor.data_ptr())");
     return reinterpret_cast<const void*>(address);
 }
 void* pointer_mut(std::uintptr_t address, const char* name) { return const_cast<void*>(pointer(address, name)); }
@@ -125,6 +127,18 @@ void bind_cuda(py::module_& m) {
              py::arg("d"), py::arg("dtype"), py::arg("scale"), py::arg("stream"),
              "Launches the backward on `stream`: dq, dk, dv (dtype, [batch, heads, n, d]) from the forward's o and "
              "lse and the gradient d_o; delta is a float32 workspace of batch * heads * n.");
+    m.def("_cuda_top_k_columns",
+          [](std::uintptr_t scores, int64_t grids, int64_t blocks, int64_t keep, std::uintptr_t columns, std::uintptr_t stream) {
+              const auto* scores_ptr = static_cast<const float*>(pointer(scores, "scores"));
+              auto* columns_ptr = static_cast<int32_t*>(pointer_mut(columns, "columns"));
+              py::gil_scoped_release release;
+              cuda_top_k_columns(scores_ptr, grids, blocks, keep, columns_ptr, reinterpret_cast<void*>(stream));
+          },
+          py::arg("scores"), py::arg("grids"), py::arg("blocks"), py::arg("keep"), py::arg("columns"), py::arg("stream"),
+          "Launches engine/cuda/top_k_columns.hpp's selection on `stream`: from float32 scores [grids, blocks, blocks] "
+          "to the causal top-k layout's int32 columns (grids x top_k_columns_per_head). Private: use "
+          "sparsa.torch.select_top_k.");
+    m.attr("_cuda_top_k_max_blocks") = kTopKColumnsMaxBlocks;
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
 }

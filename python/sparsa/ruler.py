@@ -35,9 +35,9 @@ Rows (each per density but dense, the diagonal and favor+), as the C++ evaluatio
                    (ruler_favor). Once, with the families; no density (the report shows "-", as the C++ one)
 Every selector keeps each row's diagonal block and the top others (key blocks c <= r), keep blocks
 a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_blocks); the chosen
-blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they go to
-sparsa.torch.attention_top_k (masks uploaded once, each input's blocks written on the device: no
-host step); elsewhere to sparsa.learn.block_masks and sparsa.torch.attention. Not here yet: the search script,
+blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they are ranked and
+written as a top-k layout's columns by one kernel (sparsa.torch.select_top_k) for
+sparsa.torch.attention_top_k (masks uploaded once: no host step); elsewhere to sparsa.learn.block_masks and sparsa.torch.attention. Not here yet: the search script,
 LSH and anchors (the C++ evaluation has them).
 
 The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
@@ -61,7 +61,7 @@ import sparsa
 import sparsa.lab as lab
 import sparsa.torch as sparsa_torch
 from sparsa.selectors import (KEY_POOLS, Indexer, PooledGate, _block_keys, _block_means, blocks_per_row, exact_scores,
-                              favor_attention, moba_scores, pooled_target, quest_scores, top_k_blocks, vertical_slash_scores)
+                              favor_attention, moba_scores, pooled_target, quest_scores, vertical_slash_scores)
 
 __all__ = ["evaluate", "evaluate_teacher", "merge", "report_write", "summary", "time_at_shape"]
 
@@ -95,8 +95,9 @@ class _Method:
         self.attention = attention
 
     def top(self, layer, q, k):
-        """The chosen key blocks, int64 [batch, heads, blocks, keep], on q's device."""
-        return top_k_blocks(self.scores(layer, q, k), self.keep)
+        """The chosen key blocks as sparsa.torch.attention_top_k takes them (sparsa.torch.select_top_k:
+        on CUDA one kernel writes them as the layout's columns; elsewhere top_k_blocks's indices)."""
+        return sparsa_torch.select_top_k(self.scores(layer, q, k), self.keep)
 
 
 class _Runner:
@@ -259,9 +260,10 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
     (the best fixed pattern, the pooled gate's early stopping) is made on the validation stream;
     the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
-    calibration inputs). pooled_gate_configs: (width, key pool) pairs to train, the most accurate
-    on validation at the first density kept (None: width pooled_gate_width, mean keys, as the C++
-    gate). indexer_inputs: training-stream sequences the lightning indexer learns from (0: no indexer
+    calibration inputs). pooled_gate_configs: (width, key pool) or (width, key pool, training
+    sequences) to train, the most accurate on validation at the first density kept (None: width
+    pooled_gate_width, mean keys, as the C++ gate; training sequences: pooled_gate_inputs unless
+    given, the first ones of one training set). indexer_inputs: training-stream sequences the lightning indexer learns from (0: no indexer
     row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
     density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
@@ -290,18 +292,20 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     gate, gate_label = None, ""
     if pooled_gate_inputs > 0:
         t0 = time.perf_counter()
-        train = lab.task_batch(teacher.task, "train", 2 ** 40, pooled_gate_inputs, seed=seed, n=n)
+        configs = [(c + (None,))[:3] for c in (pooled_gate_configs or [(pooled_gate_width, "mean")])]
+        configs = [(width, key_pool, inputs or pooled_gate_inputs) for width, key_pool, inputs in configs]
+        most = max(inputs for _, _, inputs in configs)   # one training set; a config with fewer takes its first ones
+        train = lab.task_batch(teacher.task, "train", 2 ** 40, most, seed=seed, n=n)
         train_ex, validation_ex = _gate_examples(runner, train, batch), _gate_examples(runner, validation, batch)
-        configs = list(pooled_gate_configs or [(pooled_gate_width, "mean")])
         keep0 = blocks_per_row(densities[0], blocks) if densities else blocks
         best = None
-        for width, key_pool in configs:
+        for width, key_pool, inputs in configs:
             g = PooledGate(layers, heads, teacher.model["head_width"], width, block, True, seed, device, key_pool)
             d = teacher.model["head_width"] * (1 if key_pool == "mean" else 3)
-            keys = lambda ex: (ex[0], ex[1][..., :d], ex[2])   # noqa: E731  ("mean" reads the first d columns)
-            r = g.train(keys(train_ex), keys(validation_ex), steps=pooled_gate_steps)
-            label = f"width {width}, keys {key_pool}"
-            line = (f"pooled gate ({label}): trained on {pooled_gate_inputs} training-stream sequences (seed {seed}, from index "
+            keys = lambda ex, m=None: (ex[0][:m], ex[1][:m, ..., :d], ex[2][:m])   # noqa: E731  ("mean" reads the first d columns)
+            r = g.train(keys(train_ex, inputs), keys(validation_ex), steps=pooled_gate_steps)
+            label = f"width {width}, keys {key_pool}" + (f", {inputs} training sequences" if inputs != pooled_gate_inputs else "")
+            line = (f"pooled gate ({label}): trained on {inputs} training-stream sequences (seed {seed}, from index "
                     f"2^40) for at most {pooled_gate_steps} steps (the longest head ran {r['steps']}): KL on them "
                     f"{r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
                     f"{r['best_validation']:.4f} (best, kept)")
@@ -406,7 +410,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         needle = np.isin(kind, [i for i, name in enumerate(kinds) if name != "mqar"])
         row["needle_by_depth"] = [float(hit[needle & (depth == b)].mean()) if (needle & (depth == b)).any() else None for b in range(10)]
         row["density"] = None if None in row["density"] else sum(row["density"]) / test_inputs
-    timing = _timings(runner, methods, rows, time_repeats)
+    timing = _timings(runner, methods, rows, time_repeats, gate)
     return {"n": n, "block": block, "blocks": blocks, "test_inputs": test_inputs, "validation_inputs": validation_inputs,
             "dtype": dtype, "device": str(device), "rows": rows, "notes": notes, "timing": timing,
             "seconds": time.perf_counter() - started}
@@ -450,23 +454,24 @@ def _selection_times(select, attend, device, repeats, host_masks=None):
     return out
 
 
-def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, device="cuda", repeats=11, seed=0):
+def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, device="cuda", repeats=11, seed=0,
+                  key_pool="mean"):
     """The cost side at a model's shape rather than the lab teacher's: random bfloat16 (CUDA) or
-    float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape (its cost does not
-    depend on its weights) choosing blocks_per_row(density) blocks a row; median ms of its selection
-    on the device, of sparsa's attention under its blocks (sparsa.torch.attention_top_k on CUDA), of
-    both as one CUDA graph, of sparsa's dense causal attention and, on CUDA, of SDPA's cuDNN backend
-    (causal)."""
+    float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape and key pool (its
+    cost does not depend on its weights) choosing blocks_per_row(density) blocks a row
+    (sparsa.torch.select_top_k); median ms of its selection on the device, of sparsa's attention
+    under its blocks (sparsa.torch.attention_top_k on CUDA), of both as one CUDA graph, of sparsa's
+    dense causal attention and, on CUDA, of SDPA's cuDNN backend (causal)."""
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(seed)
     q, k, v = (torch.randn(1, heads, n, head_dim, device=device, dtype=dtype, generator=g) for _ in range(3))
     blocks = (n + block - 1) // block
     keep = blocks_per_row(density, blocks)
-    gate = PooledGate(1, heads, head_dim, width, block, True, seed, device)
-    out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep}
+    gate = PooledGate(1, heads, head_dim, width, block, True, seed, device, key_pool)
+    out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep, "width": width, "key_pool": key_pool}
     with torch.no_grad():
-        out.update(_selection_times(lambda: top_k_blocks(gate.block_scores(0, q, k), keep),
+        out.update(_selection_times(lambda: sparsa_torch.select_top_k(gate.block_scores(0, q, k), keep),
                                     lambda top: sparsa_torch.attention_top_k(q, k, v, top, block), device, repeats))
         causal = sparsa.learn.causal_masks(n, heads, block)
         out["dense_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, causal, 0), device, repeats)
@@ -480,11 +485,12 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
     return out
 
 
-def _timings(runner, methods, rows, repeats):
+def _timings(runner, methods, rows, repeats, gate=None):
     """One layer (layer 0) of the first test sequence: the dense attention (the teacher's, and on
     CUDA SDPA's cuDNN backend where torch has it), and for each row its selection, its sparse
     attention and both as one CUDA graph (_selection_times), or a fixed row's attention, or a row
-    without a mask its attention (and on CUDA as one CUDA graph)."""
+    without a mask its attention (and on CUDA as one CUDA graph). On CUDA also time_at_shape, with the
+    trained gate's width and key pool when there is one."""
     t, device = runner.t, runner.device
     data = lab.task_batch(t.task, "test", 0, 1, n=runner.n)
     captured = {}
@@ -530,13 +536,14 @@ def _timings(runner, methods, rows, repeats):
                 continue
             host = None
             if device.type != "cuda":
-                host = lambda top: sparsa_torch.top_k_masks(top, runner.n, runner.block)   # noqa: E731
+                host = lambda top: sparsa_torch.top_k_masks(top.top, runner.n, runner.block)   # noqa: E731  (a TopK)
             per[key] = _selection_times(lambda m=m: m.top(0, q, kq), lambda top: runner.attend_top(q, k, v, top), device, repeats, host)
         out["methods"] = per
     if device.type == "cuda":   # the same selection at a model's shape (16 heads of width 128)
         masked = [m.target for m in methods if m.attention is None]   # FAVOR+'s target is no density
+        shaped = {"width": gate.width, "key_pool": gate.key_pool} if gate is not None else {}
         out["at_shape"] = time_at_shape(runner.n, block=runner.block, density=max(masked, default=0.125), device=device,
-                                        repeats=repeats)
+                                        repeats=repeats, **shaped)
     return out
 
 
@@ -571,8 +578,9 @@ def main(argv=None):
     ap.add_argument("--pooled-gate-width", type=int, default=32)
     ap.add_argument("--pooled-gate-steps", type=int, default=400)
     ap.add_argument("--pooled-gate-configs", default="",
-                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min (width:keys; "
-                         "default: --pooled-gate-width with mean keys, as the C++ gate)")
+                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min:256 "
+                         "(width:keys[:training sequences, default --pooled-gate-inputs]; default: --pooled-gate-width "
+                         "with mean keys, as the C++ gate)")
     ap.add_argument("--indexer-inputs", type=int, default=64, help="training-stream sequences the lightning indexer learns from (0: none)")
     ap.add_argument("--indexer-heads", type=int, default=2)
     ap.add_argument("--indexer-width", type=int, default=8)
@@ -623,10 +631,12 @@ def main(argv=None):
     if a.pooled_gate_configs:
         configs = []
         for item in a.pooled_gate_configs.split(","):
-            width, _, pool = item.partition(":")
-            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS:
-                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS with KEYS one of {', '.join(KEY_POOLS)}")
-            configs.append((int(width), pool))
+            width, _, rest = item.partition(":")
+            pool, _, inputs = rest.partition(":")
+            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS or (inputs and (not inputs.isdigit() or int(inputs) < 1)):
+                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS[:SEQUENCES] with KEYS one of {', '.join(KEY_POOLS)} "
+                         "and SEQUENCES at least 1")
+            configs.append((int(width), pool, int(inputs) if inputs else None))
     paths = [p for p in a.teachers.split(",") if p]
     teachers = []
     for p in paths:

@@ -30,7 +30,8 @@ Index
                           current stream, GQA as on the CPU
   [SECTION] autograd      torch.autograd.Function (every torch) and the custom op (torch 2.4+)
   [SECTION] attention     the public function
-  [SECTION] top-k         attention_top_k: per-input block selections on masks uploaded once (forward only)
+  [SECTION] top-k         select_top_k and attention_top_k: per-input block selections on masks uploaded once
+                          (forward only)
 """
 
 try:
@@ -51,7 +52,7 @@ import numpy as np
 import sparsa as _sparsa
 from sparsa._arguments import describe as _describe
 
-__all__ = ["attention", "attention_top_k", "top_k_masks", "custom_op_registered"]
+__all__ = ["attention", "attention_top_k", "select_top_k", "TopK", "top_k_masks", "custom_op_registered"]
 
 _WHERE = "sparsa.torch.attention()"
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -500,6 +501,55 @@ def _top_k_check(top, blocks):
         raise ValueError("sparsa.torch.attention_top_k(): a row of top keeps a block twice")
 
 
+class TopK:
+    """A selection as select_top_k makes it, for attention_top_k: shape (batch, heads, blocks) and keep;
+    on CUDA `columns`, the top-k layout's key blocks written on the device (int32, each row's kept
+    blocks ascending, its own last, row by row, head by head), else `top`, the blocks as
+    sparsa.selectors.top_k_blocks gives them (int64 [batch, heads, blocks, keep])."""
+
+    __slots__ = ("shape", "keep", "columns", "top")
+
+    def __init__(self, shape, keep, columns=None, top=None):
+        self.shape, self.keep, self.columns, self.top = tuple(shape), int(keep), columns, top
+
+    def __repr__(self):
+        where = "columns" if self.columns is not None else "top"
+        return f"sparsa.torch.TopK(shape={list(self.shape)}, keep={self.keep}, as {where})"
+
+
+def select_top_k(scores, keep):
+    """Each causal row's own block and its keep - 1 best-scoring blocks below it, from block scores
+    [batch, heads, blocks, blocks] (entries above the diagonal are not read), as attention_top_k takes
+    them: a TopK. The kept blocks are sparsa.selectors.top_k_blocks(scores, keep)'s: by score, equal
+    scores to the lower block, a NaN above every number (with keep or more NaNs in a row that function
+    drops the row's own block; this one never does).
+
+    On a CUDA device (blocks up to 4,096) one kernel ranks every row and writes the kept blocks
+    straight into the top-k layout's columns (engine/cuda/top_k_columns.hpp): top_k_blocks and
+    attention_top_k's reordering of its result take about ten launches for the same. Elsewhere, and
+    for more blocks, it is top_k_blocks. No host step either way: it can run in a CUDA graph."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 4 or scores.shape[-1] != scores.shape[-2]:
+        raise ValueError("sparsa.torch.select_top_k(): scores must be a tensor [batch, heads, blocks, blocks], got "
+                         f"{list(scores.shape) if isinstance(scores, torch.Tensor) else _describe(scores)}")
+    batch, heads, blocks = scores.shape[:3]
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or not 1 <= keep <= blocks:
+        raise ValueError(f"sparsa.torch.select_top_k(): keep must be an integer from 1 to blocks = {blocks}, got {keep!r}")
+    if batch * heads < 1:
+        raise ValueError(f"sparsa.torch.select_top_k(): scores {list(scores.shape)} hold no grid")
+    keep = int(keep)
+    if scores.device.type == "cuda" and hasattr(_sparsa._sparsa, "_cuda_top_k_columns") \
+            and blocks <= _sparsa._sparsa._cuda_top_k_max_blocks:
+        s = scores.float().contiguous()   # no copy for float32 contiguous scores
+        per_head = blocks * (blocks + 1) // 2 if blocks <= keep else keep * (keep + 1) // 2 + (blocks - keep) * keep
+        columns = torch.empty(batch * heads * per_head, dtype=torch.int32, device=scores.device)
+        with torch.cuda.device(scores.device):
+            _sparsa._sparsa._cuda_top_k_columns(s.data_ptr(), batch * heads, blocks, keep, columns.data_ptr(),
+                                                torch.cuda.current_stream().cuda_stream)
+        return TopK((batch, heads, blocks), keep, columns=columns)
+    from sparsa.selectors import top_k_blocks
+    return TopK((batch, heads, blocks), keep, top=top_k_blocks(scores, keep))
+
+
 def top_k_masks(top, n, block):
     """The MaskSet of a selection on the host: top [.., blocks, keep] (as attention_top_k takes it)
     as a grid, one mask per leading index (batch x heads), cut to causal (sparsa.learn.block_masks).
@@ -517,7 +567,7 @@ def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
     top: an integer tensor [batch, heads, ceil(n / block), keep] on q's device, as
     sparsa.selectors.top_k_blocks returns it: row r lists r itself and keep - 1 distinct blocks below
     r, in any order; a row r < keep - 1 has only r + 1 causal blocks, and its entries above r are
-    ignored. The diagonal block is cut to key <= query. The result is attention() under
+    ignored. Or a TopK from select_top_k (on CUDA: its columns are used as they are, no reordering). The diagonal block is cut to key <= query. The result is attention() under
     sparsa.learn.block_masks of the same grid (causal), o [batch, heads, n, d] in q's dtype.
 
     On a CUDA device no mask is built per call: the masks are a top-k layout
@@ -526,7 +576,7 @@ def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
     key blocks on the device (a 64-query-tile kernel: 15 on Hopper, else 9, else the simple kernel
     1 for float32 or blocks under 64), so it can run inside a CUDA graph. On the CPU the grid
     becomes a MaskSet on the host. Not differentiable (no backward: the transposed masks would
-    depend on the selection). check=True verifies top first (reads it back; for tests): a row
+    depend on the selection). check=True verifies an index tensor top first (reads it back; for tests): a row
     without its diagonal, a repeated or a later block is a ValueError; unchecked, such a row
     gives wrong results, and a block out of range reads out of bounds on the GPU."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
@@ -540,15 +590,29 @@ def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
         raise ValueError(f"sparsa.torch.attention_top_k(): k and v must be [batch, kv_heads, n, d] with kv_heads dividing "
                          f"q's {heads} heads; q is {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
     blocks = -(-n // block)
-    if top.dim() != 4 or tuple(top.shape[:3]) != (batch, heads, blocks) or top.shape[3] < 1 or top.shape[3] > blocks:
-        raise ValueError(f"sparsa.torch.attention_top_k(): top must be [batch, heads, ceil(n / block), keep] = "
-                         f"[{batch}, {heads}, {blocks}, 1 to {blocks}], got {list(top.shape)}")
-    if top.dtype.is_floating_point or top.dtype == torch.bool or top.device != q.device:
-        raise ValueError(f"sparsa.torch.attention_top_k(): top must be an integer tensor on {q.device}, "
-                         f"got {top.dtype} on {top.device}")
-    keep = top.shape[3]
-    if check:
-        _top_k_check(top, blocks)
+    columns = None
+    if isinstance(top, TopK):
+        if top.shape != (batch, heads, blocks):
+            raise ValueError(f"sparsa.torch.attention_top_k(): the selection is for [batch, heads, blocks] = {list(top.shape)}, "
+                             f"q needs [{batch}, {heads}, {blocks}] (blocks of {block})")
+        if top.columns is None:
+            top = top.top
+        elif top.columns.device != q.device:
+            raise ValueError(f"sparsa.torch.attention_top_k(): the selection's columns are on {top.columns.device}, q on {q.device}")
+        else:
+            columns, keep = top.columns, top.keep
+    if columns is None:
+        if not isinstance(top, torch.Tensor) or top.dim() != 4 or tuple(top.shape[:3]) != (batch, heads, blocks) \
+                or top.shape[3] < 1 or top.shape[3] > blocks:
+            got = list(top.shape) if isinstance(top, torch.Tensor) else _describe(top)
+            raise ValueError(f"sparsa.torch.attention_top_k(): top must be [batch, heads, ceil(n / block), keep] = "
+                             f"[{batch}, {heads}, {blocks}, 1 to {blocks}] or a TopK from select_top_k, got {got}")
+        if top.dtype.is_floating_point or top.dtype == torch.bool or top.device != q.device:
+            raise ValueError(f"sparsa.torch.attention_top_k(): top must be an integer tensor on {q.device}, "
+                             f"got {top.dtype} on {top.device}")
+        keep = top.shape[3]
+        if check:
+            _top_k_check(top, blocks)
     group = heads // kv_heads
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -576,7 +640,11 @@ def attention_top_k(q, k, v, top, block, scale=None, *, check=False):
         entry = (layout, on_device, gather)
         _top_k_layouts[key] = entry
     _, on_device, gather = entry
-    columns = _top_k_columns(top, gather)
+    if columns is None:
+        columns = _top_k_columns(top, gather)
+    elif columns.numel() != on_device.entries or columns.dtype != torch.int32:
+        raise ValueError(f"sparsa.torch.attention_top_k(): the selection holds {columns.numel()} {columns.dtype} columns, "
+                         f"the layout {on_device.entries} int32")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale == 0):
         raise ValueError(f"sparsa.torch.attention_top_k(): scale = {scale!r} is not usable (a finite, non-zero number, or None "
                          "for 1 / sqrt(d))")

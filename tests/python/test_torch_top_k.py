@@ -96,6 +96,40 @@ def test_bad_selections_and_arguments_are_refused():
         sparsa.learn.top_k_layout(64, 2, 16, 5)
 
 
+def tied_scores(batch, heads, blocks, seed, device="cpu", nans=True):
+    """Scores from few levels (ties everywhere), some -inf, -0.0 and, with `nans`, NaNs in column 0
+    (at most one a row: with keep or more, top_k_blocks drops the row's own block and select_top_k
+    does not, so keep 1 takes none)."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randint(-6, 7, (batch, heads, blocks, blocks), generator=g) * 0.25).float()
+    special = torch.randint(0, 300, s.shape, generator=g)
+    s[special == 0] = float("-inf")
+    s[special == 1] = -0.0
+    if nans:
+        s[(special == 2) & (torch.arange(blocks) < 1)] = float("nan")   # column 0 only
+    return s.to(device)
+
+
+def test_select_top_k_on_the_cpu_is_top_k_blocks_and_attention_takes_it():
+    q, k, v = qkv(2, 2, 1, 300, 8)
+    scores = tied_scores(2, 2, 19, seed=3)
+    chosen = st.select_top_k(scores, 4)
+    assert isinstance(chosen, st.TopK) and chosen.shape == (2, 2, 19) and chosen.keep == 4 and chosen.columns is None
+    assert torch.equal(chosen.top, sel.top_k_blocks(scores, 4))
+    with torch.no_grad():
+        assert torch.equal(st.attention_top_k(q, k, v, chosen, 16), st.attention_top_k(q, k, v, chosen.top, 16))
+        with pytest.raises(ValueError, match=r"the selection is for \[batch, heads, blocks\] = \[2, 2, 19\]"):
+            st.attention_top_k(q[:, :, :200], k[:, :, :200], v[:, :, :200], chosen, 16)
+    with pytest.raises(ValueError, match="keep must be an integer from 1 to blocks = 19"):
+        st.select_top_k(scores, 0)
+    with pytest.raises(ValueError, match="keep must be an integer from 1 to blocks = 19"):
+        st.select_top_k(scores, 20)
+    with pytest.raises(ValueError, match=r"\[batch, heads, blocks, blocks\]"):
+        st.select_top_k(scores[..., :5], 2)
+    with pytest.raises(ValueError, match="or a TopK from select_top_k"):
+        st.attention_top_k(q, k, v, [1, 2], 16)
+
+
 needs_gpu = pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
 
 
@@ -116,3 +150,40 @@ def test_on_the_gpu_the_device_columns_give_attentions_result(dtype, n, block, k
         scale = float(want.float().abs().max())
         print(f"attention_top_k {dtype} n={n} block={block} keep={keep} seed={seed}: max |error| {err:.3g} of {scale:.3g}")
         assert err <= (1e-5 if dtype == torch.float32 else 2e-2) * scale
+
+
+@needs_gpu
+@pytest.mark.parametrize("blocks,keep", [(1, 1), (7, 1), (7, 3), (7, 7), (256, 17), (300, 66), (1024, 66), (4096, 257)])
+def test_on_the_gpu_select_top_k_writes_the_columns_the_sort_gives(blocks, keep):
+    """One kernel (engine/cuda/top_k_columns.hpp) against top_k_blocks and the reordering attention_top_k
+    does to its result: the same columns, entry for entry, ties, -0.0, -inf and NaNs included."""
+    batch, heads = (1, 1) if blocks == 4096 else (2, 3)
+    scores = tied_scores(batch, heads, blocks, seed=blocks + keep, device="cuda", nans=keep > 1)
+    chosen = st.select_top_k(scores, keep)
+    assert chosen.top is None and chosen.columns.dtype == torch.int32 and chosen.columns.is_cuda
+    want = st._top_k_columns(sel.top_k_blocks(scores, keep), st._top_k_gather(blocks, keep, scores.device))
+    assert torch.equal(chosen.columns, want)
+    assert torch.equal(st.select_top_k(scores.to(torch.bfloat16), keep).columns,
+                       st._top_k_columns(sel.top_k_blocks(scores.to(torch.bfloat16), keep), st._top_k_gather(blocks, keep, scores.device)))
+
+
+@needs_gpu
+def test_on_the_gpu_attention_under_select_top_k_is_attention_under_the_grid_and_runs_in_a_graph():
+    n, block, keep = 4096, 64, 9
+    q, k, v = qkv(2, 4, 2, n, 64, torch.bfloat16, "cuda", seed=7)
+    scores = tied_scores(2, 4, n // block, seed=8, device="cuda")
+    with torch.no_grad():
+        got = st.attention_top_k(q, k, v, st.select_top_k(scores, keep), block)
+        want = st.attention_top_k(q, k, v, sel.top_k_blocks(scores, keep), block)
+        assert torch.equal(got, want)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            st.attention_top_k(q, k, v, st.select_top_k(scores, keep), block)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = st.attention_top_k(q, k, v, st.select_top_k(scores, keep), block)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want)

@@ -1,0 +1,120 @@
+// cuda_top_k_columns (top_k_columns.hpp): one thread block per (grid, row). A row r that keeps
+// every block c <= r writes 0..r. Otherwise each candidate c < r gets a 48-bit key, its score's
+// order-preserving 32 bits above 16 bits of (65,535 - c), so that keys are distinct and order the
+// candidates as a stable descending sort does; the (keep - 1)-th largest key is found bit by bit
+// from the top (48 block-wide counts of keys at or above a trial value, no sort); the candidates at
+// or above it are exactly the kept ones, written in ascending order by a ballot and a prefix over
+// the block's warps, then the row's own block.
+#include "engine/cuda/top_k_columns.hpp"
+
+#include "engine/cuda/cuda_host.hpp"
+#include "engine/error.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+namespace sparsa {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kIndexBits = 16;   // kTopKColumnsMaxBlocks <= 65,536
+static_assert(kTopKColumnsMaxBlocks <= (int64_t{1} << kIndexBits));
+
+// Ascending in the score: NaN above +inf (one key for every NaN), -0 and +0 equal.
+__device__ uint32_t score_order(float x) {
+    if (isnan(x)) return 0xffffffffu;
+    if (x == 0.0f) x = 0.0f;
+    const uint32_t u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Row r's first entry among its grid's columns: rows before it keep min(keep, r' + 1) each.
+__device__ int64_t row_offset(int64_t r, int64_t keep) {
+    return r < keep ? r * (r + 1) / 2 : keep * (keep + 1) / 2 + (r - keep) * keep;
+}
+
+// The sum of every thread's `value` (all threads call it; it synchronises twice).
+__device__ int block_sum(int value, int* warp_sums) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
+    __syncthreads();
+    int total = 0;
+    for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
+    __syncthreads();   // warp_sums is written again by the next call
+    return total;
+}
+
+__global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __restrict__ scores, int32_t blocks, int32_t keep,
+                                                                 int64_t per_grid, int32_t* __restrict__ columns) {
+    extern __shared__ uint64_t keys[];   // [blocks]
+    __shared__ int warp_sums[kWarps];
+    const int64_t item = blockIdx.x;
+    const int32_t r = static_cast<int32_t>(item % blocks);
+    const int64_t grid = item / blocks;
+    int32_t* out = columns + grid * per_grid + row_offset(r, keep);
+    const int32_t take = keep - 1;   // blocks kept besides r, when the row has more candidates than that
+    if (take >= r) {                  // the row keeps every causal block
+        for (int32_t c = threadIdx.x; c <= r; c += kThreads) out[c] = c;
+        return;
+    }
+    if (take == 0) {
+        if (threadIdx.x == 0) out[0] = r;
+        return;
+    }
+    const float* row = scores + (grid * blocks + r) * static_cast<int64_t>(blocks);
+    for (int32_t c = threadIdx.x; c < r; c += kThreads)
+        keys[c] = (uint64_t{score_order(row[c])} << kIndexBits) | static_cast<uint64_t>((1 << kIndexBits) - 1 - c);
+    __syncthreads();
+
+    // The take-th largest key: the largest value with at least `take` keys at or above it.
+    uint64_t threshold = 0;
+    for (int bit = 32 + kIndexBits - 1; bit >= 0; --bit) {
+        const uint64_t trial = threshold | (uint64_t{1} << bit);
+        int count = 0;
+        for (int32_t c = threadIdx.x; c < r; c += kThreads) count += keys[c] >= trial;
+        if (block_sum(count, warp_sums) >= take) threshold = trial;
+    }
+
+    // The kept candidates (exactly `take`: keys are distinct) in ascending order, then r.
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int written = 0;
+    for (int32_t base = 0; base < r; base += kThreads) {
+        const int32_t c = base + threadIdx.x;
+        const bool kept = c < r && keys[c] >= threshold;
+        const uint32_t ballot = __ballot_sync(0xffffffffu, kept);
+        if (lane == 0) warp_sums[warp] = __popc(ballot);
+        __syncthreads();
+        int before = written, round = 0;
+        for (int w = 0; w < kWarps; ++w) {
+            if (w < warp) before += warp_sums[w];
+            round += warp_sums[w];
+        }
+        if (kept) out[before + __popc(ballot & ((1u << lane) - 1u))] = c;
+        written += round;
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[take] = r;
+}
+
+} // namespace
+
+void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream) {
+    if (grids < 1) throw Error("cuda_top_k_columns: grids must be >= 1, got " + std::to_string(grids));
+    if (blocks < 1 || blocks > kTopKColumnsMaxBlocks)
+        throw Error("cuda_top_k_columns: blocks must be 1 to " + std::to_string(kTopKColumnsMaxBlocks) + ", got " +
+                    std::to_string(blocks));
+    if (keep < 1 || keep > blocks)
+        throw Error("cuda_top_k_columns: keep must be 1 to blocks = " + std::to_string(blocks) + ", got " + std::to_string(keep));
+    if (scores == nullptr || columns == nullptr) throw Error("cuda_top_k_columns: scores and columns must not be null");
+    if (grids * blocks > int64_t{0x7fffffff}) throw Error("cuda_top_k_columns: grids x blocks is over 2^31 - 1 thread blocks");
+    const size_t smem = static_cast<size_t>(blocks) * sizeof(uint64_t);
+    top_k_columns_kernel<<<static_cast<unsigned>(grids * blocks), kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
+        scores, static_cast<int32_t>(blocks), static_cast<int32_t>(keep), top_k_columns_per_head(blocks, keep), columns);
+    cuda_host::cuda_check(cudaGetLastError(), "top_k_columns_kernel launch");
+}
+
+} // namespace sparsa

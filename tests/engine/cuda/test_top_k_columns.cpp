@@ -1,0 +1,129 @@
+// cuda_top_k_columns (engine/cuda/top_k_columns.hpp) against a stable sort on the host: random
+// score grids with ties, -0 and +0, infinities and NaNs, rows shorter and longer than `keep`, keep
+// 1 and keep = blocks, up to the largest grid it ranks. Bad arguments are refused (checked with or
+// without a GPU); without one, the other cases print that they skipped and pass.
+#include "engine/cuda/top_k_columns.hpp"
+
+#include "engine/error.hpp"
+#include "tests/engine/cuda/cuda_testing.hpp"
+
+#include <catch2/catch.hpp>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+using namespace sparsa;
+using Catch::Matchers::Contains;
+
+namespace {
+
+bool gpu_ready(const char* test) { return testing::gpu_ready("test_top_k_columns", test); }
+
+// Row r's kept blocks as the layout lists them: r and the keep - 1 best c < r by a stable
+// descending sort (NaN first, -0 == +0, ties to the lower block), ascending.
+std::vector<int32_t> reference(const std::vector<float>& scores, int64_t grids, int64_t blocks, int64_t keep) {
+    std::vector<int32_t> out;
+    for (int64_t g = 0; g < grids; ++g) {
+        for (int64_t r = 0; r < blocks; ++r) {
+            const float* row = scores.data() + (g * blocks + r) * blocks;
+            std::vector<int32_t> c(static_cast<size_t>(r));
+            std::iota(c.begin(), c.end(), 0);
+            std::stable_sort(c.begin(), c.end(), [&](int32_t a, int32_t b) {
+                const bool na = std::isnan(row[a]), nb = std::isnan(row[b]);
+                if (na || nb) return na && !nb;
+                return row[a] > row[b];
+            });
+            c.resize(static_cast<size_t>(std::min<int64_t>(keep, r + 1) - 1));
+            std::sort(c.begin(), c.end());
+            c.push_back(static_cast<int32_t>(r));
+            out.insert(out.end(), c.begin(), c.end());
+        }
+    }
+    return out;
+}
+
+// Scores drawn from few values (ties are common), with specials sprinkled in.
+std::vector<float> scores_of(int64_t grids, int64_t blocks, uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::uniform_int_distribution<int> level(-6, 6), special(0, 199);
+    std::vector<float> s(static_cast<size_t>(grids * blocks * blocks));
+    for (float& x : s) {
+        x = 0.25f * static_cast<float>(level(gen));
+        switch (special(gen)) {
+            case 0: x = std::numeric_limits<float>::quiet_NaN(); break;
+            case 1: x = std::numeric_limits<float>::infinity(); break;
+            case 2: x = -std::numeric_limits<float>::infinity(); break;
+            case 3: x = -0.0f; break;
+            default: break;
+        }
+    }
+    return s;
+}
+
+std::vector<int32_t> on_gpu(const std::vector<float>& scores, int64_t grids, int64_t blocks, int64_t keep) {
+    const int64_t entries = grids * top_k_columns_per_head(blocks, keep);
+    float* d_scores = nullptr;
+    int32_t* d_columns = nullptr;
+    REQUIRE(cudaMalloc(&d_scores, scores.size() * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMalloc(&d_columns, static_cast<size_t>(entries) * sizeof(int32_t)) == cudaSuccess);
+    REQUIRE(cudaMemcpy(d_scores, scores.data(), scores.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemset(d_columns, 0xff, static_cast<size_t>(entries) * sizeof(int32_t)) == cudaSuccess);
+    cuda_top_k_columns(d_scores, grids, blocks, keep, d_columns, nullptr);
+    std::vector<int32_t> out(static_cast<size_t>(entries));
+    REQUIRE(cudaMemcpy(out.data(), d_columns, out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost) == cudaSuccess);
+    cudaFree(d_scores);
+    cudaFree(d_columns);
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("cuda_top_k_columns: the layout's columns of a stable descending sort", "[cuda][top_k][small]") {
+    if (!gpu_ready("top-k columns")) return;
+    struct Case {
+        int64_t grids, blocks, keep;
+    };
+    const std::vector<Case> cases = {{1, 1, 1}, {3, 5, 1}, {3, 5, 2}, {3, 5, 5}, {2, 64, 17}, {4, 256, 17}, {2, 256, 256},
+                                     {2, 300, 129}, {1, 1000, 66}, {2, 129, 128}};
+    uint32_t seed = 1;
+    for (const Case& c : cases) {
+        INFO("grids " << c.grids << ", blocks " << c.blocks << ", keep " << c.keep);
+        const std::vector<float> s = scores_of(c.grids, c.blocks, seed++);
+        CHECK(on_gpu(s, c.grids, c.blocks, c.keep) == reference(s, c.grids, c.blocks, c.keep));
+    }
+}
+
+TEST_CASE("cuda_top_k_columns: the largest grid it ranks", "[cuda][top_k]") {
+    if (!gpu_ready("top-k columns, 4,096 blocks")) return;
+    const int64_t blocks = kTopKColumnsMaxBlocks, keep = 257;
+    const std::vector<float> s = scores_of(1, blocks, 99);
+    CHECK(on_gpu(s, 1, blocks, keep) == reference(s, 1, blocks, keep));
+}
+
+TEST_CASE("cuda_top_k_columns: bad arguments are refused before any launch", "[cuda][top_k][small]") {
+    // Needs no GPU: the arguments are checked before the runtime is touched.
+    float* scores = reinterpret_cast<float*>(uintptr_t{256});   // never read: every call below throws first
+    int32_t* columns = reinterpret_cast<int32_t*>(uintptr_t{256});
+    CHECK_THROWS_WITH(cuda_top_k_columns(scores, 0, 4, 2, columns, nullptr), Contains("grids must be >= 1"));
+    CHECK_THROWS_WITH(cuda_top_k_columns(scores, 1, kTopKColumnsMaxBlocks + 1, 2, columns, nullptr), Contains("blocks must be 1 to 4096"));
+    CHECK_THROWS_WITH(cuda_top_k_columns(scores, 1, 4, 0, columns, nullptr), Contains("keep must be 1 to blocks = 4"));
+    CHECK_THROWS_WITH(cuda_top_k_columns(scores, 1, 4, 5, columns, nullptr), Contains("keep must be 1 to blocks = 4"));
+    CHECK_THROWS_WITH(cuda_top_k_columns(nullptr, 1, 4, 2, columns, nullptr), Contains("must not be null"));
+}
+
+TEST_CASE("cuda_top_k_columns: entries a head", "[top_k]") {
+    // Needs no GPU: the count the layout and the kernel share.
+    for (int64_t blocks : {1, 2, 7, 256}) {
+        for (int64_t keep = 1; keep <= blocks; ++keep) {
+            int64_t sum = 0;
+            for (int64_t r = 0; r < blocks; ++r) sum += std::min(keep, r + 1);
+            CHECK(top_k_columns_per_head(blocks, keep) == sum);
+        }
+    }
+}
