@@ -1,10 +1,11 @@
 // The CUDA engine on memory someone else owns (sparsa.torch's GPU path): the private class
-// _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once, and _cuda_top_k_columns, a
-// per-input selection written as a top-k layout's columns. Their calls take device pointers as
+// _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once; _cuda_top_k_columns, a
+// per-input selection written as a top-k layout's columns; _cuda_block_pool, the pooled gate's
+// block means and bounds. Their calls take device pointers as
 // integers (torch.Tensor.data_ptr()) and a cudaStream_t as an integer
 // (torch.cuda.current_stream().cuda_stream), so this file needs no torch header. Built only where
 // the CUDA engine is (python/CMakeLists.txt: target sparsa_cuda); the calls are
-// engine/cuda/attention_cuda_device.hpp's and engine/cuda/top_k_columns.hpp's.
+// engine/cuda/attention_cuda_device.hpp's, top_k_columns.hpp's and block_pool.hpp's.
 //
 // Why integers: the caller (python/sparsa/torch.py) has checked the tensors (device, dtype,
 // contiguous [batch, heads, n, d], alignment) and allocated the outputs; what is left to check
@@ -14,6 +15,7 @@
 #include "python/module.hpp"
 
 #include "engine/cuda/attention_cuda_device.hpp"
+#include "engine/cuda/block_pool.hpp"
 #include "engine/cuda/top_k_columns.hpp"
 #include "engine/error.hpp"
 
@@ -139,6 +141,31 @@ void bind_cuda(py::module_& m) {
           "to the causal top-k layout's int32 columns (grids x top_k_columns_per_head). Private: use "
           "sparsa.torch.select_top_k.");
     m.attr("_cuda_top_k_max_blocks") = kTopKColumnsMaxBlocks;
+    m.def("_cuda_block_pool",
+          [](std::uintptr_t x, const std::string& dtype, int64_t batch, int64_t heads, int64_t n, int64_t d, int64_t stride_batch,
+             int64_t stride_head, int64_t stride_row, int64_t block, bool bounds, std::uintptr_t out, std::uintptr_t stream) {
+              CudaBlockPoolCall call;
+              call.x = pointer(x, "x");
+              call.dtype = device_dtype_parse(dtype);
+              call.batch = batch;
+              call.heads = heads;
+              call.n = n;
+              call.d = d;
+              call.stride_batch = stride_batch;
+              call.stride_head = stride_head;
+              call.stride_row = stride_row;
+              call.block = block;
+              call.bounds = bounds;
+              call.out = static_cast<float*>(pointer_mut(out, "out"));
+              call.stream = reinterpret_cast<void*>(stream);
+              py::gil_scoped_release release;
+              cuda_block_pool(call);
+          },
+          py::arg("x"), py::arg("dtype"), py::arg("batch"), py::arg("heads"), py::arg("n"), py::arg("d"), py::arg("stride_batch"),
+          py::arg("stride_head"), py::arg("stride_row"), py::arg("block"), py::arg("bounds"), py::arg("out"), py::arg("stream"),
+          "Launches engine/cuda/block_pool.hpp's pooling on `stream`: x [batch, heads, n, d] (channel stride 1, the other "
+          "strides in elements) to float32 out [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min). "
+          "Private: sparsa.selectors uses it for CUDA tensors.");
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
 }

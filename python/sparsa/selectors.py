@@ -82,10 +82,37 @@ def _blocked(x, block):
     return x.reshape(x.shape[0], x.shape[1], blocks, block, x.shape[3]), counts
 
 
+_POOL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def _pool_cuda(x, block, bounds):
+    """engine/cuda/block_pool.hpp on a CUDA x [batch, heads, n, d] with channel stride 1 (any other
+    strides): float32 [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), x
+    read once in one launch. None where it does not apply: another device or dtype, a build without
+    the CUDA engine, or an x whose gradient is wanted (the kernel has no backward)."""
+    if not x.is_cuda or x.dtype not in _POOL_DTYPES or x.dim() != 4 or x.numel() == 0 or x.stride(3) != 1 \
+            or x.shape[3] > 1024 or (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    import sparsa
+    pool = getattr(sparsa._sparsa, "_cuda_block_pool", None)
+    if pool is None:
+        return None
+    batch, heads, n, d = x.shape
+    out = torch.empty(batch, heads, -(-n // block), (3 if bounds else 1) * d, dtype=torch.float32, device=x.device)
+    with torch.cuda.device(x.device):
+        pool(x.data_ptr(), _POOL_DTYPES[x.dtype], batch, heads, n, d, x.stride(0), x.stride(1), x.stride(2), block, bounds,
+             out.data_ptr(), torch.cuda.current_stream().cuda_stream)
+    return out
+
+
 def _block_means(x, block):
     """Each block's mean row, float32 [batch, heads, blocks, d]: summed in float32 straight from x's
     dtype (no float32 copy of all of x: at 16 heads x 16,384 x 128 in bf16 that copy alone is 128 MB
-    written and read again)."""
+    written and read again); on CUDA by one kernel (_pool_cuda: the same means up to float32's
+    rounding of the sum's order)."""
+    pooled = _pool_cuda(x, block, False)
+    if pooled is not None:
+        return pooled
     xb, counts = _blocked(x, block)
     return xb.sum(3, dtype=torch.float32) / counts[:, None]
 
@@ -239,7 +266,12 @@ KEY_POOLS = ("mean", "mean+max+min")
 def _block_keys(k, block, key_pool):
     """What the pooled gate reads of each key block: its mean key ("mean", learn/pooled_gate.hpp's),
     or the mean, the largest and the smallest key per channel side by side ("mean+max+min", as
-    SeerAttention pools K): [batch, heads, blocks, d or 3 d]."""
+    SeerAttention pools K): [batch, heads, blocks, d or 3 d]. On CUDA the three come from one read of
+    k (_pool_cuda)."""
+    if key_pool != "mean":
+        pooled = _pool_cuda(k, block, True)
+        if pooled is not None:
+            return pooled
     mean = _block_means(k, block)
     if key_pool == "mean":
         return mean

@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import sparsa  # noqa: E402
+from conftest import cuda_skip_reason  # noqa: E402
 
 if not sparsa.learn_built:
     pytest.skip("sparsa.selectors is tested with sparsa.learn", allow_module_level=True)
@@ -148,6 +149,39 @@ def test_the_gate_reading_mean_max_and_min_keys_recovers_the_planted_pattern_too
     assert torch.equal(gate.select(0, *planted(1, seed=99), 2)[0, 0], want)
     with pytest.raises(ValueError, match="key_pool must be one of"):
         sel.PooledGate(1, 1, 8, key_pool="max")
+
+
+@pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_on_the_gpu_one_kernel_pools_as_torch_does(dtype):
+    """_pool_cuda (engine/cuda/block_pool.hpp) against the torch path it replaces, on a strided view
+    (heads and rows of a [batch, n, heads, d] projection) with a short last block: the bounds bit for
+    bit, the means up to float32's rounding of another summation order; and the gate's scores."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1000, 4, 64, generator=g).to(device="cuda", dtype=dtype).transpose(1, 2)   # [2, 4, 1000, 64], not contiguous
+    assert not x.is_contiguous() and sel._pool_cuda(x, 64, True) is not None
+    for block in (16, 64):
+        xb, counts = sel._blocked(x, block)
+        means = xb.sum(3, dtype=torch.float32) / counts[:, None]
+        hi, lo = sel._block_bounds(x, block)
+        got = sel._pool_cuda(x, block, True)
+        assert got.shape == (2, 4, -(-1000 // block), 192) and got.dtype == torch.float32
+        assert torch.allclose(got[..., :64], means, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got[..., 64:128], hi) and torch.equal(got[..., 128:], lo)
+        assert torch.equal(sel._block_means(x, block), sel._pool_cuda(x, block, False))
+        assert torch.equal(sel._block_keys(x, block, "mean+max+min"), got)
+    gate = sel.PooledGate(1, 4, 64, 32, 64, True, 1, "cuda", "mean+max+min")
+    q = torch.randn(2, 4, 1000, 64, generator=g).to(device="cuda", dtype=dtype)
+    with torch.no_grad():
+        scores = gate.block_scores(0, q, x)
+        a, b = gate._maps32(0)
+        want = gate.scores(0, sel._blocked(q, 64)[0].sum(3, dtype=torch.float32) / sel._blocked(q, 64)[1][:, None],
+                           torch.cat([sel._blocked(x, 64)[0].sum(3, dtype=torch.float32) / sel._blocked(x, 64)[1][:, None],
+                                      *sel._block_bounds(x, 64)], -1), a, b)
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(scores)) and torch.allclose(scores[finite], want[finite], rtol=1e-4, atol=1e-4)
+    with torch.enable_grad():   # a gradient wanted: the torch path, which has one
+        assert sel._pool_cuda(x.float().requires_grad_(), 64, False) is None
 
 
 def test_block_keys_bounds_ignore_the_padding_of_a_short_last_block():
