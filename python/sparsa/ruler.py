@@ -37,8 +37,9 @@ Every selector keeps each row's diagonal block and the top others (key blocks c 
 a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_blocks); the chosen
 blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they are ranked and
 written as a top-k layout's columns by one kernel (sparsa.torch.select_top_k) for
-sparsa.torch.attention_top_k (masks uploaded once: no host step); elsewhere to sparsa.learn.block_masks and sparsa.torch.attention. Not here yet: the search script,
-LSH and anchors (the C++ evaluation has them).
+sparsa.torch.attention_top_k (masks uploaded once: no host step); elsewhere they become
+sparsa.learn.block_masks for sparsa.torch.attention. Not here yet: the search script, LSH and
+anchors (the C++ evaluation has them).
 
 The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
 
@@ -263,8 +264,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     calibration inputs). pooled_gate_configs: (width, key pool) or (width, key pool, training
     sequences) to train, the most accurate on validation at the first density kept (None: width
     pooled_gate_width, mean keys, as the C++ gate; training sequences: pooled_gate_inputs unless
-    given, the first ones of one training set). indexer_inputs: training-stream sequences the lightning indexer learns from (0: no indexer
-    row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
+    given, the first ones of one training set). indexer_inputs: training-stream sequences the
+    lightning indexer learns from (0: no indexer row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
     density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32". skip: rows of SKIPPABLE to leave out

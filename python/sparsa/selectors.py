@@ -24,6 +24,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
+import sparsa
+
 __all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
            "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer", "favor_attention"]
 
@@ -93,8 +95,7 @@ def _pool_cuda(x, block, bounds):
     if not x.is_cuda or x.dtype not in _POOL_DTYPES or x.dim() != 4 or x.numel() == 0 or x.stride(3) != 1 \
             or x.shape[3] > 1024 or (torch.is_grad_enabled() and x.requires_grad):
         return None
-    import sparsa
-    pool = getattr(sparsa._sparsa, "_cuda_block_pool", None)
+    pool = getattr(sparsa._sparsa, "_cuda_block_pool", None)   # only in a build with the CUDA engine
     if pool is None:
         return None
     batch, heads, n, d = x.shape
