@@ -143,7 +143,8 @@ void bind_cuda(py::module_& m) {
     m.attr("_cuda_top_k_max_blocks") = kTopKColumnsMaxBlocks;
     m.def("_cuda_block_pool",
           [](std::uintptr_t x, const std::string& dtype, int64_t batch, int64_t heads, int64_t n, int64_t d, int64_t stride_batch,
-             int64_t stride_head, int64_t stride_row, int64_t block, bool bounds, std::uintptr_t out, std::uintptr_t stream) {
+             int64_t stride_head, int64_t stride_row, int64_t block, bool bounds, std::uintptr_t out, std::uintptr_t stream,
+             std::uintptr_t projection, int64_t width) {
               CudaBlockPoolCall call;
               call.x = pointer(x, "x");
               call.dtype = device_dtype_parse(dtype);
@@ -156,6 +157,8 @@ void bind_cuda(py::module_& m) {
               call.stride_row = stride_row;
               call.block = block;
               call.bounds = bounds;
+              call.projection = reinterpret_cast<const float*>(projection);   // 0: none
+              call.width = width;
               call.out = static_cast<float*>(pointer_mut(out, "out"));
               call.stream = reinterpret_cast<void*>(stream);
               py::gil_scoped_release release;
@@ -163,9 +166,24 @@ void bind_cuda(py::module_& m) {
           },
           py::arg("x"), py::arg("dtype"), py::arg("batch"), py::arg("heads"), py::arg("n"), py::arg("d"), py::arg("stride_batch"),
           py::arg("stride_head"), py::arg("stride_row"), py::arg("block"), py::arg("bounds"), py::arg("out"), py::arg("stream"),
+          py::arg("projection") = 0, py::arg("width") = 0,
           "Launches engine/cuda/block_pool.hpp's pooling on `stream`: x [batch, heads, n, d] (channel stride 1, the other "
-          "strides in elements) to float32 out [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min). "
+          "strides in elements) to float32 out [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), "
+          "or with projection (float32 [heads, d or 3 d, width]) those rows through each head's map: [.., width]. "
           "Private: sparsa.selectors uses it for CUDA tensors.");
+    m.def("_cuda_top_k_columns_scored",
+          [](std::uintptr_t a, std::uintptr_t b, int64_t width, float divisor, int64_t grids, int64_t blocks, int64_t keep,
+             std::uintptr_t columns, std::uintptr_t stream) {
+              const auto* a_ptr = static_cast<const float*>(pointer(a, "a"));
+              const auto* b_ptr = static_cast<const float*>(pointer(b, "b"));
+              auto* columns_ptr = static_cast<int32_t*>(pointer_mut(columns, "columns"));
+              py::gil_scoped_release release;
+              cuda_top_k_columns_scored(a_ptr, b_ptr, width, divisor, grids, blocks, keep, columns_ptr, reinterpret_cast<void*>(stream));
+          },
+          py::arg("a"), py::arg("b"), py::arg("width"), py::arg("divisor"), py::arg("grids"), py::arg("blocks"), py::arg("keep"),
+          py::arg("columns"), py::arg("stream"),
+          "_cuda_top_k_columns with the scores a[g, r] . b[g, c] / divisor computed in the kernel (a, b float32 "
+          "[grids, blocks, width]). Private: sparsa.selectors.PooledGate.top_k uses it.");
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
 }

@@ -17,9 +17,13 @@ namespace sparsa {
 // [batch, heads, blocks, 3 d] (bounds true: its mean, then its largest, then its smallest element
 // per channel), blocks = ceil(n / block); the last block's mean and bounds are over its n - (blocks
 // - 1) block rows alone. The mean is summed in float32 in row order, then divided by the rows.
+// With `projection` (device float32 [heads, d or 3 d, width], contiguous), each block's pooled
+// row goes through its head's map instead: out [batch, heads, blocks, width] = pooled @
+// projection[head], summed in float32 in input order (the pooled gate's a = mean(Q) wq and
+// b = keys(K) wk in the same launch as the pooling).
 // Launched on `stream` (a cudaStream_t; nullptr: the legacy default stream) without waiting.
-// Throws sparsa::Error for sizes out of range (batch, heads, n, block >= 1; d 1 to 1,024), a null
-// pointer, or a failed launch.
+// Throws sparsa::Error for sizes out of range (batch, heads, n, block >= 1; d 1 to 1,024; width 1
+// to 1,024 with a projection), a null pointer, or a failed launch.
 struct CudaBlockPoolCall {
     const void* x = nullptr;
     CudaDtype dtype = CudaDtype::bfloat16;
@@ -27,6 +31,8 @@ struct CudaBlockPoolCall {
     int64_t stride_batch = 0, stride_head = 0, stride_row = 0;   // in elements
     int64_t block = 64;
     bool bounds = false;
+    const float* projection = nullptr;   // optional [heads, d or 3 d, width]
+    int64_t width = 0;                   // the projection's outputs
     float* out = nullptr;
     void* stream = nullptr;
 };

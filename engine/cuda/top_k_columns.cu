@@ -4,7 +4,8 @@
 // candidates as a stable descending sort does; the (keep - 1)-th largest key is found bit by bit
 // from the top (48 block-wide counts of keys at or above a trial value, no sort); the candidates at
 // or above it are exactly the kept ones, written in ascending order by a ballot and a prefix over
-// the block's warps, then the row's own block.
+// the block's warps, then the row's own block. The scored entry computes each candidate's score
+// from the pooled gate's two sides where the row is ranked instead of reading a score grid.
 #include "engine/cuda/top_k_columns.hpp"
 
 #include "engine/cuda/cuda_host.hpp"
@@ -12,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -48,9 +50,12 @@ __device__ int block_sum(int value, int* warp_sums) {
     return total;
 }
 
-__global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __restrict__ scores, int32_t blocks, int32_t keep,
-                                                                 int64_t per_grid, int32_t* __restrict__ columns) {
-    extern __shared__ uint64_t keys[];   // [blocks]
+// scores, or (a, b, width, divisor) when scores is null: see the two entry points.
+__global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __restrict__ scores, const float* __restrict__ a,
+                                                                 const float* __restrict__ b, int32_t width, float divisor,
+                                                                 int32_t blocks, int32_t keep, int64_t per_grid,
+                                                                 int32_t* __restrict__ columns) {
+    extern __shared__ uint64_t keys[];   // [blocks], then (scored) a's row r: [width] floats
     __shared__ int warp_sums[kWarps];
     const int64_t item = blockIdx.x;
     const int32_t r = static_cast<int32_t>(item % blocks);
@@ -65,9 +70,23 @@ __global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __
         if (threadIdx.x == 0) out[0] = r;
         return;
     }
-    const float* row = scores + (grid * blocks + r) * static_cast<int64_t>(blocks);
-    for (int32_t c = threadIdx.x; c < r; c += kThreads)
-        keys[c] = (uint64_t{score_order(row[c])} << kIndexBits) | static_cast<uint64_t>((1 << kIndexBits) - 1 - c);
+    const auto key = [](float score, int32_t c) {
+        return (uint64_t{score_order(score)} << kIndexBits) | static_cast<uint64_t>((1 << kIndexBits) - 1 - c);
+    };
+    if (scores != nullptr) {
+        const float* row = scores + (grid * blocks + r) * static_cast<int64_t>(blocks);
+        for (int32_t c = threadIdx.x; c < r; c += kThreads) keys[c] = key(row[c], c);
+    } else {
+        auto* a_row = reinterpret_cast<float*>(keys + blocks);
+        for (int32_t j = threadIdx.x; j < width; j += kThreads) a_row[j] = a[(grid * blocks + r) * width + j];
+        __syncthreads();
+        for (int32_t c = threadIdx.x; c < r; c += kThreads) {
+            const float* b_row = b + (grid * blocks + c) * width;
+            float dot = 0.0f;
+            for (int32_t j = 0; j < width; ++j) dot += a_row[j] * b_row[j];
+            keys[c] = key(dot / divisor, c);
+        }
+    }
     __syncthreads();
 
     // The take-th largest key: the largest value with at least `take` keys at or above it.
@@ -100,21 +119,39 @@ __global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __
     if (threadIdx.x == 0) out[take] = r;
 }
 
-} // namespace
-
-void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream) {
+void launch(const float* scores, const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
+            int64_t keep, int32_t* columns, void* stream) {
     if (grids < 1) throw Error("cuda_top_k_columns: grids must be >= 1, got " + std::to_string(grids));
     if (blocks < 1 || blocks > kTopKColumnsMaxBlocks)
         throw Error("cuda_top_k_columns: blocks must be 1 to " + std::to_string(kTopKColumnsMaxBlocks) + ", got " +
                     std::to_string(blocks));
     if (keep < 1 || keep > blocks)
         throw Error("cuda_top_k_columns: keep must be 1 to blocks = " + std::to_string(blocks) + ", got " + std::to_string(keep));
-    if (scores == nullptr || columns == nullptr) throw Error("cuda_top_k_columns: scores and columns must not be null");
+    if ((scores == nullptr && (a == nullptr || b == nullptr)) || columns == nullptr)
+        throw Error("cuda_top_k_columns: the scores (or a and b) and columns must not be null");
+    if (scores == nullptr && (width < 1 || width > 1024))
+        throw Error("cuda_top_k_columns: width must be 1 to 1024, got " + std::to_string(width));
+    if (scores == nullptr && !(divisor > 0.0f && divisor < INFINITY))
+        throw Error("cuda_top_k_columns: the divisor must be finite and positive, got " + std::to_string(divisor));
     if (grids * blocks > int64_t{0x7fffffff}) throw Error("cuda_top_k_columns: grids x blocks is over 2^31 - 1 thread blocks");
-    const size_t smem = static_cast<size_t>(blocks) * sizeof(uint64_t);
+    const size_t smem = static_cast<size_t>(blocks) * sizeof(uint64_t) + (scores == nullptr ? static_cast<size_t>(width) * sizeof(float) : 0);
     top_k_columns_kernel<<<static_cast<unsigned>(grids * blocks), kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
-        scores, static_cast<int32_t>(blocks), static_cast<int32_t>(keep), top_k_columns_per_head(blocks, keep), columns);
+        scores, a, b, static_cast<int32_t>(width), divisor, static_cast<int32_t>(blocks), static_cast<int32_t>(keep),
+        top_k_columns_per_head(blocks, keep), columns);
     cuda_host::cuda_check(cudaGetLastError(), "top_k_columns_kernel launch");
+}
+
+} // namespace
+
+void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream) {
+    if (scores == nullptr) throw Error("cuda_top_k_columns: the scores (or a and b) and columns must not be null");
+    launch(scores, nullptr, nullptr, 0, 1.0f, grids, blocks, keep, columns, stream);
+}
+
+void cuda_top_k_columns_scored(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
+                               int64_t keep, int32_t* columns, void* stream) {
+    if (a == nullptr || b == nullptr) throw Error("cuda_top_k_columns: the scores (or a and b) and columns must not be null");
+    launch(nullptr, a, b, width, divisor, grids, blocks, keep, columns, stream);
 }
 
 } // namespace sparsa

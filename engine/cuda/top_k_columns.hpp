@@ -34,4 +34,12 @@ inline int64_t top_k_columns_per_head(int64_t blocks, int64_t keep) {
 // outside 1 to blocks, a null pointer, or a failed launch.
 void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream);
 
+// The same from the pooled gate's two sides instead of a score grid: the score of (r, c) is
+// a[grid, r] . b[grid, c] / divisor (a, b: device float32 [grids, blocks, width], contiguous; the
+// products summed in float32 in order), computed where it is ranked, so no [grids, blocks, blocks]
+// grid is written or read. Throws as above, and for width outside 1 to 1,024 or a divisor that is
+// not finite and positive.
+void cuda_top_k_columns_scored(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
+                               int64_t keep, int32_t* columns, void* stream);
+
 } // namespace sparsa

@@ -90,14 +90,18 @@ class _Method:
     attention(layer, q, k, v) -> o in place of the layer's attention (FAVOR+; k, v per query head),
     whose density means nothing (None)."""
 
-    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None, attention=None):
+    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None, attention=None, select=None):
         self.name, self.target, self.detail = name, target, detail
         self.fixed, self.fixed_density, self.scores, self.keep = fixed, density, scores, keep
-        self.attention = attention
+        self.attention, self.select = attention, select
 
     def top(self, layer, q, k):
-        """The chosen key blocks as sparsa.torch.attention_top_k takes them (sparsa.torch.select_top_k:
-        on CUDA one kernel writes them as the layout's columns; elsewhere top_k_blocks's indices)."""
+        """The chosen key blocks as sparsa.torch.attention_top_k takes them: select(layer, q, k, keep)
+        where the row has its own (the pooled gate's PooledGate.top_k), else
+        sparsa.torch.select_top_k of its scores (on CUDA one kernel writes them as the layout's
+        columns; elsewhere top_k_blocks's indices)."""
+        if self.select is not None:
+            return self.select(layer, q, k, self.keep)
         return sparsa_torch.select_top_k(self.scores(layer, q, k), self.keep)
 
 
@@ -312,7 +316,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
                     f"{r['best_validation']:.4f} (best, kept)")
             if len(configs) > 1:   # the configuration: the most accurate on validation at the first density
                 acc = _accuracy(runner, _Method("pooled gate", densities[0] if densities else 1.0, "", keep=keep0,
-                                                scores=g.block_scores), validation, batch)
+                                                scores=g.block_scores, select=g.top_k), validation, batch)
                 line += f"; validation accuracy at {100 * (densities[0] if densities else 1.0):.2f}% {100 * acc:.2f}%"
                 if best is None or acc > best[0]:
                     best = (acc, g, label)
@@ -370,7 +374,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         if gate is not None:
             methods.append(_Method("pooled gate", target, per_row + f", the diagonal then the top blocks by the trained pooled "
                                    f"gate ({gate_label}; its training below)",
-                                   keep=keep, scores=gate.block_scores))
+                                   keep=keep, scores=gate.block_scores, select=gate.top_k))
         if indexer is not None:
             methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
                                    f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
@@ -460,7 +464,7 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
     """The cost side at a model's shape rather than the lab teacher's: random bfloat16 (CUDA) or
     float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape and key pool (its
     cost does not depend on its weights) choosing blocks_per_row(density) blocks a row
-    (sparsa.torch.select_top_k); median ms of its selection on the device, of sparsa's attention
+    (PooledGate.top_k); median ms of its selection on the device, of sparsa's attention
     under its blocks (sparsa.torch.attention_top_k on CUDA), of both as one CUDA graph, of sparsa's
     dense causal attention and, on CUDA, of SDPA's cuDNN backend (causal)."""
     device = torch.device(device)
@@ -472,7 +476,7 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
     gate = PooledGate(1, heads, head_dim, width, block, True, seed, device, key_pool)
     out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep, "width": width, "key_pool": key_pool}
     with torch.no_grad():
-        out.update(_selection_times(lambda: sparsa_torch.select_top_k(gate.block_scores(0, q, k), keep),
+        out.update(_selection_times(lambda: gate.top_k(0, q, k, keep),
                                     lambda top: sparsa_torch.attention_top_k(q, k, v, top, block), device, repeats))
         causal = sparsa.learn.causal_masks(n, heads, block)
         out["dense_ms"] = _time_ms(lambda: sparsa_torch.attention(q, k, v, causal, 0), device, repeats)

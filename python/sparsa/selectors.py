@@ -87,11 +87,13 @@ def _blocked(x, block):
 _POOL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def _pool_cuda(x, block, bounds):
+def _pool_cuda(x, block, bounds, projection=None):
     """engine/cuda/block_pool.hpp on a CUDA x [batch, heads, n, d] with channel stride 1 (any other
     strides): float32 [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), x
-    read once in one launch. None where it does not apply: another device or dtype, a build without
-    the CUDA engine, or an x whose gradient is wanted (the kernel has no backward)."""
+    read once in one launch; with projection (float32 [heads, d or 3 d, width] on x's device) those
+    rows through each head's map, [.., width], in the same launch. None where it does not apply:
+    another device or dtype, a build without the CUDA engine, or an x whose gradient is wanted (the
+    kernel has no backward)."""
     if not x.is_cuda or x.dtype not in _POOL_DTYPES or x.dim() != 4 or x.numel() == 0 or x.stride(3) != 1 \
             or x.shape[3] > 1024 or (torch.is_grad_enabled() and x.requires_grad):
         return None
@@ -99,10 +101,17 @@ def _pool_cuda(x, block, bounds):
     if pool is None:
         return None
     batch, heads, n, d = x.shape
-    out = torch.empty(batch, heads, -(-n // block), (3 if bounds else 1) * d, dtype=torch.float32, device=x.device)
+    width = (3 if bounds else 1) * d
+    if projection is not None:
+        if projection.shape != (heads, width, projection.shape[2]) or projection.dtype != torch.float32 \
+                or projection.device != x.device or not projection.is_contiguous() or projection.shape[2] > 1024:
+            return None
+        width = projection.shape[2]
+    out = torch.empty(batch, heads, -(-n // block), width, dtype=torch.float32, device=x.device)
     with torch.cuda.device(x.device):
         pool(x.data_ptr(), _POOL_DTYPES[x.dtype], batch, heads, n, d, x.stride(0), x.stride(1), x.stride(2), block, bounds,
-             out.data_ptr(), torch.cuda.current_stream().cuda_stream)
+             out.data_ptr(), torch.cuda.current_stream().cuda_stream,
+             0 if projection is None else projection.data_ptr(), 0 if projection is None else width)
     return out
 
 
@@ -323,6 +332,33 @@ class PooledGate:
     def select(self, layer, q, k, keep):
         """The top `keep` blocks a row by the gate's scores, as a grid."""
         return top_k_grid(self.block_scores(layer, q, k), keep, self.causal)
+
+    def top_k(self, layer, q, k, keep):
+        """The top `keep` blocks a row by the gate's scores as sparsa.torch.attention_top_k takes them (a
+        sparsa.torch.TopK; causal gates). On CUDA in three launches and no score grid: q's block means
+        through wq and k's pooled keys through wk, each in the pooling kernel (_pool_cuda with a
+        projection), then the top-k kernel computing each score a_r . b_c / sqrt(width) where it
+        ranks the row (engine/cuda/top_k_columns.hpp, cuda_top_k_columns_scored): the blocks of
+        sparsa.torch.select_top_k(block_scores(...)) up to float32's rounding of other summation
+        orders. Elsewhere (or where those kernels do not apply) it is that."""
+        import sparsa.torch as st
+        if not self.causal:
+            raise ValueError("PooledGate.top_k: a top-k layout is causal; use select() for a bidirectional gate")
+        batch, heads, n = q.shape[:3]
+        blocks = -(-n // self.block)
+        scored = getattr(sparsa._sparsa, "_cuda_top_k_columns_scored", None)
+        if scored is not None and q.is_cuda and k.shape[:3] == q.shape[:3] and 1 <= keep <= blocks \
+                and blocks <= sparsa._sparsa._cuda_top_k_max_blocks and batch * heads >= 1:
+            wq, wk = self._maps32(layer)
+            a = _pool_cuda(q, self.block, False, wq)
+            b = _pool_cuda(k, self.block, self.key_pool != "mean", wk) if a is not None else None
+            if a is not None and b is not None:
+                columns = torch.empty(batch * heads * st._top_k_entries(blocks, keep), dtype=torch.int32, device=q.device)
+                with torch.cuda.device(q.device):
+                    scored(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, blocks, keep,
+                           columns.data_ptr(), torch.cuda.current_stream().cuda_stream)
+                return st.TopK((batch, heads, blocks), keep, columns=columns)
+        return st.select_top_k(self.block_scores(layer, q, k), keep)
 
     def _kl(self, wq, wk, q_mean, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged

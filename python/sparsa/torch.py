@@ -517,6 +517,12 @@ class TopK:
         return f"sparsa.torch.TopK(shape={list(self.shape)}, keep={self.keep}, as {where})"
 
 
+def _top_k_entries(blocks, keep):
+    """Kept blocks of one head's causal top-k layout: row r keeps min(keep, r + 1)
+    (engine/cuda/top_k_columns.hpp, top_k_columns_per_head)."""
+    return blocks * (blocks + 1) // 2 if blocks <= keep else keep * (keep + 1) // 2 + (blocks - keep) * keep
+
+
 def select_top_k(scores, keep):
     """Each causal row's own block and its keep - 1 best-scoring blocks below it, from block scores
     [batch, heads, blocks, blocks] (entries above the diagonal are not read), as attention_top_k takes
@@ -540,8 +546,7 @@ def select_top_k(scores, keep):
     if scores.device.type == "cuda" and hasattr(_sparsa._sparsa, "_cuda_top_k_columns") \
             and blocks <= _sparsa._sparsa._cuda_top_k_max_blocks:
         s = scores.float().contiguous()   # no copy for float32 contiguous scores
-        per_head = blocks * (blocks + 1) // 2 if blocks <= keep else keep * (keep + 1) // 2 + (blocks - keep) * keep
-        columns = torch.empty(batch * heads * per_head, dtype=torch.int32, device=scores.device)
+        columns = torch.empty(batch * heads * _top_k_entries(blocks, keep), dtype=torch.int32, device=scores.device)
         with torch.cuda.device(scores.device):
             _sparsa._sparsa._cuda_top_k_columns(s.data_ptr(), batch * heads, blocks, keep, columns.data_ptr(),
                                                 torch.cuda.current_stream().cuda_stream)

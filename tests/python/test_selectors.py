@@ -184,6 +184,69 @@ def test_on_the_gpu_one_kernel_pools_as_torch_does(dtype):
         assert sel._pool_cuda(x.float().requires_grad_(), 64, False) is None
 
 
+def test_the_gates_top_k_on_the_cpu_is_select_top_k_of_its_scores():
+    import sparsa.torch as st
+    q, k = random_qk(n=300, heads=2, d=8, seed=3)
+    for pool in sel.KEY_POOLS:
+        gate = sel.PooledGate(1, 2, 8, 4, 16, True, 2, "cpu", pool)
+        with torch.no_grad():
+            chosen = gate.top_k(0, q, k, 5)
+        assert isinstance(chosen, st.TopK) and torch.equal(chosen.top, sel.top_k_blocks(gate.block_scores(0, q, k), 5))
+    with pytest.raises(ValueError, match="a top-k layout is causal"):
+        sel.PooledGate(1, 2, 8, 4, 16, False, 2, "cpu").top_k(0, q, k, 5)
+
+
+def _rows_of(columns, grids, blocks, keep):
+    """A TopK's columns as one list of kept blocks per (grid, row)."""
+    flat, out, i = columns.tolist(), [], 0
+    for _ in range(grids):
+        for r in range(blocks):
+            out.append(flat[i:i + min(keep, r + 1)])
+            i += min(keep, r + 1)
+    return out
+
+
+@pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
+@pytest.mark.parametrize("pool", sel.KEY_POOLS)
+def test_on_the_gpu_the_gates_fused_top_k_keeps_its_scores_blocks(pool):
+    """PooledGate.top_k on CUDA (the pooling kernel with the maps, the top-k kernel scoring a . b
+    itself) against select_top_k of block_scores: the same kept blocks but where two blocks' scores
+    tie at the cut to float32's rounding (other summation orders); and the same inside a CUDA graph."""
+    import sparsa.torch as st
+    g = torch.Generator().manual_seed(9)
+    batch, heads, n, d, block, keep = 2, 4, 4000, 64, 64, 9
+    q = torch.randn(batch, n, heads, d, generator=g).to("cuda", torch.bfloat16).transpose(1, 2)   # strided, as a projection's view
+    k = torch.randn(batch, heads, n, d, generator=g).to("cuda", torch.bfloat16)
+    gate = sel.PooledGate(1, heads, d, 32, block, True, 3, "cuda", pool)
+    blocks = -(-n // block)
+    with torch.no_grad():
+        fused = gate.top_k(0, q, k, keep)
+        scores = gate.block_scores(0, q, k)
+        plain = st.select_top_k(scores, keep)
+    assert fused.columns is not None and fused.columns.shape == plain.columns.shape
+    got, want = _rows_of(fused.columns, batch * heads, blocks, keep), _rows_of(plain.columns, batch * heads, blocks, keep)
+    s = scores.reshape(batch * heads, blocks, blocks).cpu()
+    differ = [i for i in range(len(got)) if got[i] != want[i]]
+    assert len(differ) <= len(got) // 100, f"{len(differ)} of {len(got)} rows differ"
+    for i in differ:
+        row = s[i // blocks, i % blocks]
+        odd = sorted(set(got[i]) ^ set(want[i]))
+        spread = float(row[odd].max() - row[odd].min())
+        assert spread <= 1e-4 * max(1.0, float(row[odd].abs().max())), (i, odd, row[odd])
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            gate.top_k(0, q, k, keep)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = gate.top_k(0, q, k, keep)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(captured.columns, fused.columns)
+
+
 def test_block_keys_bounds_ignore_the_padding_of_a_short_last_block():
     k = -torch.ones(1, 1, 20, 4) - torch.arange(20.0)[None, None, :, None]   # every key negative: padding zeros would win max
     feats = sel._block_keys(k, 16, "mean+max+min")

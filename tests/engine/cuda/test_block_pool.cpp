@@ -1,8 +1,8 @@
 // cuda_block_pool (engine/cuda/block_pool.hpp) against the same pooling on the host: float32 and
 // bf16 inputs whose sums are exact (multiples of 1/8), so the means must match to the bit; a
 // strided view (rows further apart than d, heads before rows), n not a multiple of the block, d
-// under a warp and over the thread count, the means alone and with the bounds; a NaN is kept by the
-// bounds. Bad calls are refused (checked with or without a GPU); without one, the other cases print
+// under a warp and over the thread count, the means alone and with the bounds, and both through a
+// per-head projection; a NaN is kept by the bounds. Bad calls are refused (checked with or without a GPU); without one, the other cases print
 // that they skipped and pass. (fp16 and PyTorch's own pooling: tests/python/test_selectors.py.)
 #include "engine/cuda/block_pool.hpp"
 
@@ -62,7 +62,25 @@ std::vector<float> host_pool(const std::vector<float>& x, const Layout& l, bool 
     return out;
 }
 
-std::vector<float> device_pool(const std::vector<float>& x, const Layout& l, CudaDtype dtype, bool bounds) {
+// host_pool's rows through each head's map [in_dim, width].
+std::vector<float> host_project(const std::vector<float>& pooled, const std::vector<float>& map, const Layout& l, bool bounds,
+                                int64_t width) {
+    const int64_t blocks = (l.n + l.block - 1) / l.block, in_dim = bounds ? 3 * l.d : l.d;
+    std::vector<float> out(static_cast<size_t>(l.batch * l.heads * blocks * width));
+    for (int64_t item = 0; item < l.batch * l.heads * blocks; ++item) {
+        const int64_t h = item / blocks % l.heads;
+        for (int64_t j = 0; j < width; ++j) {
+            float acc = 0;
+            for (int64_t i = 0; i < in_dim; ++i)
+                acc += pooled[static_cast<size_t>(item * in_dim + i)] * map[static_cast<size_t>((h * in_dim + i) * width + j)];
+            out[static_cast<size_t>(item * width + j)] = acc;
+        }
+    }
+    return out;
+}
+
+std::vector<float> device_pool(const std::vector<float>& x, const Layout& l, CudaDtype dtype, bool bounds,
+                               const std::vector<float>* map = nullptr, int64_t width = 0) {
     std::vector<uint8_t> bytes;
     if (dtype == CudaDtype::float32) {
         bytes.resize(x.size() * 4);
@@ -77,9 +95,14 @@ std::vector<float> device_pool(const std::vector<float>& x, const Layout& l, Cud
         }
     }
     const int64_t blocks = (l.n + l.block - 1) / l.block;
-    const size_t out_count = static_cast<size_t>(l.batch * l.heads * blocks * (bounds ? 3 : 1) * l.d);
+    const size_t out_count = static_cast<size_t>(l.batch * l.heads * blocks * (map != nullptr ? width : (bounds ? 3 : 1) * l.d));
     void* d_x = nullptr;
     float* d_out = nullptr;
+    float* d_map = nullptr;
+    if (map != nullptr) {
+        REQUIRE(cudaMalloc(&d_map, map->size() * sizeof(float)) == cudaSuccess);
+        REQUIRE(cudaMemcpy(d_map, map->data(), map->size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+    }
     REQUIRE(cudaMalloc(&d_x, bytes.size()) == cudaSuccess);
     REQUIRE(cudaMalloc(&d_out, out_count * sizeof(float)) == cudaSuccess);
     REQUIRE(cudaMemcpy(d_x, bytes.data(), bytes.size(), cudaMemcpyHostToDevice) == cudaSuccess);
@@ -95,12 +118,15 @@ std::vector<float> device_pool(const std::vector<float>& x, const Layout& l, Cud
     call.stride_row = l.stride_row;
     call.block = l.block;
     call.bounds = bounds;
+    call.projection = d_map;
+    call.width = width;
     call.out = d_out;
     cuda_block_pool(call);
     std::vector<float> out(out_count);
     REQUIRE(cudaMemcpy(out.data(), d_out, out_count * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
     cudaFree(d_x);
     cudaFree(d_out);
+    cudaFree(d_map);
     return out;
 }
 
@@ -145,6 +171,29 @@ TEST_CASE("cuda_block_pool: each block's mean, largest and smallest element, as 
     }
 }
 
+TEST_CASE("cuda_block_pool: with a projection, each pooled row through its head's map", "[cuda][block_pool][small]") {
+    if (!gpu_ready("block pool with a projection")) return;
+    // Blocks of a power-of-two rows (the last ones too) and maps of multiples of 1/8: every mean,
+    // product and sum is exact, so the host's order and the kernel's give the same bits.
+    const std::vector<Layout> layouts = {
+        {2, 3, 200, 128, 64, 3 * 200 * 128, 200 * 128, 128},   // the last block 8 rows
+        {1, 4, 130, 64, 16, 0, 64, 4 * 64},                     // strided, the last block 2 rows
+    };
+    uint32_t seed = 21;
+    for (const Layout& l : layouts) {
+        const std::vector<float> x = values(static_cast<size_t>(l.elements()), seed++);
+        for (bool bounds : {false, true}) {
+            for (int64_t width : {32, 5}) {
+                std::vector<float> map = values(static_cast<size_t>(l.heads * (bounds ? 3 : 1) * l.d * width), seed++);
+                for (float& m : map) m /= 8.0f;
+                INFO("n " << l.n << ", d " << l.d << ", bounds " << bounds << ", width " << width);
+                CHECK(same_bits(device_pool(x, l, CudaDtype::bfloat16, bounds, &map, width),
+                                host_project(host_pool(x, l, bounds), map, l, bounds, width)));
+            }
+        }
+    }
+}
+
 TEST_CASE("cuda_block_pool: a NaN in a block is its largest and smallest element", "[cuda][block_pool][small]") {
     if (!gpu_ready("block pool, NaN")) return;
     const Layout l{1, 1, 100, 32, 64, 0, 0, 32};
@@ -171,4 +220,8 @@ TEST_CASE("cuda_block_pool: bad calls are refused before any launch", "[cuda][bl
     call.block = 64;
     call.x = nullptr;
     CHECK_THROWS_WITH(cuda_block_pool(call), Contains("must not be null"));
+    call.x = reinterpret_cast<const void*>(uintptr_t{256});
+    call.projection = reinterpret_cast<const float*>(uintptr_t{256});
+    call.width = 0;
+    CHECK_THROWS_WITH(cuda_block_pool(call), Contains("a projection's width must be 1 to 1024, got 0"));
 }
