@@ -13,11 +13,12 @@
 # --test-inputs 100 --validation-inputs 20). Environment: SEEDS (1,2,3), TRAIN_N (256: where a teacher
 # without positions learns fastest; docs/learn.md, "Rotary or no positions across lengths"),
 # TRAIN_MINUTES (1.5 a seed at most; training stops earlier at --stop-accuracy 0.98), TRAIN_ARGS (more
-# options for train_lab_teacher.py), STEPS (which of build train ruler to run, default all three),
+# options for train_lab_teacher.py), PARALLEL_TRAIN (1 on cuda: the seeds train side by side, each
+# logging to train-seedS.log; 0 elsewhere: one after another), STEPS (which of build train ruler to run, default all three),
 # TEACHERS (checkpoints to measure instead of training: comma-separated, or a .tgz of teacher-seed*.bin
 # such as bench/results/ruler-gpu-teachers-nvidia-h100.tgz, with STEPS="build ruler"), BUILD (build-torch-gpu),
-# PYTHON, DEVICE (cuda; cpu tries the steps here without a GPU, e.g. STEPS="train ruler" BUILD=build). Results go to $OUT (or $BUILD/out), flat (the GPU machine returns 8 files): ruler-gpu.log
-# (everything printed), build.log, teacher-seedS.bin, report.md, report.json.
+# PYTHON, DEVICE (cuda; cpu tries the steps here without a GPU, e.g. STEPS="train ruler" BUILD=build). Results go to $OUT (or $BUILD/out), flat (tar them: the lent GPU machine returns 8 files a call): ruler-gpu.log
+# (everything printed), build.log, teacher-seedS.bin and train-seedS.log, report.md, report.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,6 +33,7 @@ SEEDS=${SEEDS:-1,2,3}
 TRAIN_N=${TRAIN_N:-256}
 TRAIN_MINUTES=${TRAIN_MINUTES:-1.5}
 DEVICE=${DEVICE:-cuda}
+PARALLEL_TRAIN=${PARALLEL_TRAIN:-$([[ $DEVICE == cuda ]] && echo 1 || echo 0)}
 mkdir -p "$RESULTS"
 exec > >(tee -a "$RESULTS/ruler-gpu.log") 2>&1
 
@@ -48,13 +50,21 @@ step_build() {
 }
 
 step_train() {
-    local seed
+    local seed pids=()
     # shellcheck disable=SC2206
     local extra=(${TRAIN_ARGS:-})
+    train_one() {
+        "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$TRAIN_N" --seed "$1" --max-minutes "$TRAIN_MINUTES" \
+            "${extra[@]}" -o "$RESULTS/teacher-seed$1.bin" > "$RESULTS/train-seed$1.log" 2>&1
+    }
+    if [[ $PARALLEL_TRAIN == 1 ]]; then   # the seeds side by side: a lab teacher's steps leave the GPU mostly idle
+        for seed in ${SEEDS//,/ }; do train_one "$seed" & pids+=($!); done
+        for pid in "${pids[@]}"; do wait "$pid" || true; done
+    fi
     for seed in ${SEEDS//,/ }; do
-        "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$TRAIN_N" --seed "$seed" --max-minutes "$TRAIN_MINUTES" \
-            "${extra[@]}" -o "$RESULTS/teacher-seed$seed.bin" | grep -E "teacher:|validation acc|stage|trained|wrote" || true
-        [[ -f $RESULTS/teacher-seed$seed.bin ]] || fail "seed $seed: no checkpoint written"
+        [[ $PARALLEL_TRAIN == 1 ]] || train_one "$seed" || true
+        grep -E "teacher:|validation acc|stage|trained|wrote|rror" "$RESULTS/train-seed$seed.log" || true
+        [[ -f $RESULTS/teacher-seed$seed.bin ]] || fail "seed $seed: no checkpoint written (train-seed$seed.log)"
         elapsed "train: seed $seed"
     done
 }
