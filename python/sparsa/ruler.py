@@ -62,7 +62,7 @@ import sparsa
 import sparsa.lab as lab
 import sparsa.torch as sparsa_torch
 from sparsa.selectors import (KEY_POOLS, Indexer, PooledGate, _block_keys, _block_means, blocks_per_row, exact_scores,
-                              favor_attention, moba_scores, pooled_target, quest_scores, vertical_slash_scores)
+                              favor_attention, moba_scores, pooled_targets, quest_scores, vertical_slash_scores, TARGETS)
 
 __all__ = ["evaluate", "evaluate_teacher", "merge", "report_write", "summary", "time_at_shape"]
 
@@ -194,14 +194,18 @@ def _dense_layers(runner, data, batch, each):
             runner.t(tokens[first:first + batch].to(runner.device), attend=capture)
 
 
-def _gate_examples(runner, data, batch):
-    """(q_mean, k_keys, target) of every layer of each sequence, from the dense teacher: [inputs, layers,
-    heads, blocks, d], [inputs, layers, heads, blocks, 3 d] (_block_keys "mean+max+min": the first d
-    columns are "mean"'s) and [inputs, layers, heads, blocks, blocks] (float64)."""
-    parts = {}   # first -> [layer] -> (q_mean, k_keys, target)
+def _gate_examples(runner, data, batch, targets=("sum",)):
+    """(q_mean, k_keys, {target: pooled}) of every layer of each sequence, from the dense teacher:
+    [inputs, layers, heads, blocks, d], [inputs, layers, heads, blocks, 3 d] (_block_keys
+    "mean+max+min": the first d columns are "mean"'s) and for each of `targets` (pooled_targets'
+    pools) [inputs, layers, heads, blocks, blocks], all float64."""
+    parts = {}   # first -> [layer] -> (q_mean, k_keys, target, target, ...)
     _dense_layers(runner, data, batch, lambda first, layer, q, k: parts.setdefault(first, []).append(
-        (_block_means(q, runner.block), _block_keys(k, runner.block, "mean+max+min"), pooled_target(q, k, runner.block, True))))
-    return tuple(torch.cat([torch.stack([per[i] for per in parts[first]], 1) for first in sorted(parts)]).double() for i in range(3))
+        (_block_means(q, runner.block), _block_keys(k, runner.block, "mean+max+min"),
+         *pooled_targets(q, k, runner.block, True, pools=targets).values())))
+    cat = [torch.cat([torch.stack([per[i] for per in parts[first]], 1) for first in sorted(parts)]).double()
+           for i in range(2 + len(targets))]
+    return cat[0], cat[1], dict(zip(targets, cat[2:]))
 
 
 def _indexer_examples(runner, data, batch, rows):
@@ -265,10 +269,11 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
     (the best fixed pattern, the pooled gate's early stopping) is made on the validation stream;
     the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
-    calibration inputs). pooled_gate_configs: (width, key pool) or (width, key pool, training
-    sequences) to train, the most accurate on validation at the first density kept (None: width
-    pooled_gate_width, mean keys, as the C++ gate; training sequences: pooled_gate_inputs unless
-    given, the first ones of one training set). indexer_inputs: training-stream sequences the
+    calibration inputs). pooled_gate_configs: (width, key pool[, training sequences[, target]])
+    to train, the most accurate on validation at the first density kept (None: width
+    pooled_gate_width, mean keys, as the C++ gate; training sequences: pooled_gate_inputs when
+    missing or None, the first ones of one training set; target: pooled_targets' "sum", the C++
+    gate's, or "max"). indexer_inputs: training-stream sequences the
     lightning indexer learns from (0: no indexer row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
     density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
@@ -297,19 +302,21 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     gate, gate_label = None, ""
     if pooled_gate_inputs > 0:
         t0 = time.perf_counter()
-        configs = [(c + (None,))[:3] for c in (pooled_gate_configs or [(pooled_gate_width, "mean")])]
-        configs = [(width, key_pool, inputs or pooled_gate_inputs) for width, key_pool, inputs in configs]
-        most = max(inputs for _, _, inputs in configs)   # one training set; a config with fewer takes its first ones
+        configs = [(c + (None, None))[:4] for c in (pooled_gate_configs or [(pooled_gate_width, "mean")])]
+        configs = [(width, key_pool, inputs or pooled_gate_inputs, target or "sum") for width, key_pool, inputs, target in configs]
+        most = max(inputs for _, _, inputs, _ in configs)   # one training set; a config with fewer takes its first ones
+        targets = tuple(sorted({target for *_, target in configs}))
         train = lab.task_batch(teacher.task, "train", 2 ** 40, most, seed=seed, n=n)
-        train_ex, validation_ex = _gate_examples(runner, train, batch), _gate_examples(runner, validation, batch)
+        train_ex, validation_ex = _gate_examples(runner, train, batch, targets), _gate_examples(runner, validation, batch, targets)
         keep0 = blocks_per_row(densities[0], blocks) if densities else blocks
         best = None
-        for width, key_pool, inputs in configs:
+        for width, key_pool, inputs, target in configs:
             g = PooledGate(layers, heads, teacher.model["head_width"], width, block, True, seed, device, key_pool)
             d = teacher.model["head_width"] * (1 if key_pool == "mean" else 3)
-            keys = lambda ex, m=None: (ex[0][:m], ex[1][:m, ..., :d], ex[2][:m])   # noqa: E731  ("mean" reads the first d columns)
+            keys = lambda ex, m=None: (ex[0][:m], ex[1][:m, ..., :d], ex[2][target][:m])   # noqa: E731  ("mean" reads the first d columns)
             r = g.train(keys(train_ex, inputs), keys(validation_ex), steps=pooled_gate_steps)
-            label = f"width {width}, keys {key_pool}" + (f", {inputs} training sequences" if inputs != pooled_gate_inputs else "")
+            label = (f"width {width}, keys {key_pool}" + (f", {inputs} training sequences" if inputs != pooled_gate_inputs else "") +
+                     (f", target {target}" if target != "sum" else ""))
             line = (f"pooled gate ({label}): trained on {inputs} training-stream sequences (seed {seed}, from index "
                     f"2^40) for at most {pooled_gate_steps} steps (the longest head ran {r['steps']}): KL on them "
                     f"{r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
@@ -583,9 +590,10 @@ def main(argv=None):
     ap.add_argument("--pooled-gate-width", type=int, default=32)
     ap.add_argument("--pooled-gate-steps", type=int, default=400)
     ap.add_argument("--pooled-gate-configs", default="",
-                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min:256 "
-                         "(width:keys[:training sequences, default --pooled-gate-inputs]; default: --pooled-gate-width "
-                         "with mean keys, as the C++ gate)")
+                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min:256:max "
+                         "(WIDTH:KEYS[:SEQUENCES][:TARGET]: the gate's training sequences, default --pooled-gate-inputs, "
+                         "and its KL target, sum (each block's attention mass, default) or max (its largest row share, "
+                         "the exact selector's rule); default: --pooled-gate-width with mean keys, as the C++ gate)")
     ap.add_argument("--indexer-inputs", type=int, default=64, help="training-stream sequences the lightning indexer learns from (0: none)")
     ap.add_argument("--indexer-heads", type=int, default=2)
     ap.add_argument("--indexer-width", type=int, default=8)
@@ -636,12 +644,15 @@ def main(argv=None):
     if a.pooled_gate_configs:
         configs = []
         for item in a.pooled_gate_configs.split(","):
-            width, _, rest = item.partition(":")
-            pool, _, inputs = rest.partition(":")
-            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS or (inputs and (not inputs.isdigit() or int(inputs) < 1)):
-                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS[:SEQUENCES] with KEYS one of {', '.join(KEY_POOLS)} "
-                         "and SEQUENCES at least 1")
-            configs.append((int(width), pool, int(inputs) if inputs else None))
+            parts = item.split(":")
+            width, pool, rest = parts[0], parts[1] if len(parts) > 1 else "", parts[2:]
+            inputs = [x for x in rest if x.isdigit()]
+            target = [x for x in rest if x in TARGETS]
+            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS or len(inputs) + len(target) != len(rest) \
+                    or len(inputs) > 1 or len(target) > 1 or (inputs and int(inputs[0]) < 1) or (inputs and target and rest[0] != inputs[0]):
+                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS[:SEQUENCES][:TARGET] with KEYS one of "
+                         f"{', '.join(KEY_POOLS)}, SEQUENCES at least 1 and TARGET one of {', '.join(TARGETS)}")
+            configs.append((int(width), pool, int(inputs[0]) if inputs else None, target[0] if target else None))
     paths = [p for p in a.teachers.split(",") if p]
     teachers = []
     for p in paths:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import sparsa
 
 __all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
-           "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer", "favor_attention"]
+           "pooled_targets", "TARGETS", "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer", "favor_attention"]
 
 
 def blocks_per_row(density, blocks, causal=True):
@@ -231,16 +231,34 @@ def exact_scores(q, k, block, chunk_rows=2048):
     return out
 
 
-def pooled_target(q, k, block, causal=True, chunk_rows=2048):
-    """The teacher's attention pooled per block (learn/pool.cpp, row_share, each row normalised):
-    softmax(q k^T / sqrt(d)) with later keys left out when causal, summed over the rows of query
-    block r and the keys of key block c, then each block row divided by its sum. [batch, heads,
-    blocks, blocks] float32."""
+TARGETS = ("sum", "max")
+
+
+def pooled_targets(q, k, block, causal=True, chunk_rows=2048, pools=("sum",)):
+    """The teacher's attention pooled per block, each block row then divided by its sum: {pool:
+    [batch, heads, blocks, blocks] float32} for each of `pools`, from one pass over
+    softmax(q k^T / sqrt(d)) with later keys left out when causal. "sum" (learn/pool.cpp,
+    row_share): the shares of query block r's rows in key block c summed, the block's mass. "max":
+    the largest of those rows' shares, the exact-score selector's rule (exact_scores), so that a
+    block one row attends to (an answer row's needle) weighs as much as one every row attends to."""
+    unknown = set(pools) - set(TARGETS)
+    if unknown:
+        raise ValueError(f"pooled_targets: pools must be of {', '.join(TARGETS)}, not {', '.join(sorted(unknown))}")
     blocks = (q.shape[2] + block - 1) // block
-    out = torch.zeros(q.shape[0], q.shape[1], blocks, blocks, dtype=torch.float32, device=q.device)
-    for rows, shares, _ in _row_shares(q, k, block, causal, chunk_rows):
-        out[:, :, rows] = shares.sum(3)
-    return out / out.sum(-1, keepdim=True)
+    out = {p: torch.zeros(q.shape[0], q.shape[1], blocks, blocks, dtype=torch.float32, device=q.device) for p in pools}
+    for rows, shares, valid in _row_shares(q, k, block, causal, chunk_rows):
+        if "sum" in out:
+            out["sum"][:, :, rows] = shares.sum(3)   # rows past n are zeros
+        if "max" in out:
+            shares[:, :, -1, valid:] = 0.0   # rows past n are no rows (shares are >= 0)
+            out["max"][:, :, rows] = shares.amax(3)
+    return {p: t / t.sum(-1, keepdim=True) for p, t in out.items()}
+
+
+def pooled_target(q, k, block, causal=True, chunk_rows=2048):
+    """pooled_targets' "sum": the teacher's attention summed per (query block, key block), each block
+    row normalised (learn/pool.cpp, row_share). [batch, heads, blocks, blocks] float32."""
+    return pooled_targets(q, k, block, causal, chunk_rows)["sum"]
 
 
 def top_k_blocks(scores, keep, causal=True):

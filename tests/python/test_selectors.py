@@ -43,6 +43,9 @@ def test_block_scores_match_brute_force(n, block):
     quest = sel.quest_scores(q, k, block)[0].double().numpy()
     exact = sel.exact_scores(q, k, block, chunk_rows=block)[0].double().numpy()
     target = sel.pooled_target(q, k, block, causal=True, chunk_rows=block)[0].double().numpy()
+    both = sel.pooled_targets(q, k, block, causal=True, chunk_rows=block, pools=("sum", "max"))
+    assert torch.equal(both["sum"][0], torch.from_numpy(target).float())
+    target_max = both["max"][0].double().numpy()
     for h in range(q.shape[1]):
         s = qn[h] @ kn[h].T / math.sqrt(q.shape[-1])
         p_all = np.exp(s - s.max(1, keepdims=True))
@@ -61,7 +64,11 @@ def test_block_scores_match_brute_force(n, block):
                 assert bound >= (qn[h, rows] @ kn[h, cols].T).max() - 1e-6   # a bound of every pair
                 assert exact[h, r, c] == pytest.approx(p_all[rows, cols].sum(1).max(), abs=1e-5)
                 assert target[h, r, c] == pytest.approx(p_causal[rows, cols].sum() / (rows.stop - rows.start), abs=1e-5)
+            largest = [p_causal[rows, c * block:min(n, (c + 1) * block)].sum(1).max() for c in range(blocks)]
+            assert target_max[h, r] == pytest.approx(np.array(largest) / sum(largest), abs=1e-5)
         assert np.allclose(target[h].sum(1), 1.0)
+    with pytest.raises(ValueError, match="pools must be of sum, max"):
+        sel.pooled_targets(q, k, block, pools=("mean",))
 
 
 def test_top_k_keeps_the_diagonal_then_the_best_earlier_blocks_ties_to_the_lower():
