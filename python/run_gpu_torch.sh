@@ -7,7 +7,11 @@
 #
 #   python/gpu_deps.sh                       # here, once: fills .deps (git-ignored; carry it)
 #   python/run_gpu_torch.sh [STEP...]        # there; steps: build test train (the default, in
-#                                            #   that order); `torch` is all three
+#                                            #   that order); `torch` is all three; `seeds`: the
+#                                            #   train step's SDPA and dense-script runs over SEEDS
+#                                            #   (1,2,3,4,5), one after another, then
+#                                            #   examples/torch/seeds_summary.py: seeds.md, seeds.json,
+#                                            #   seeds.png and seeds.tgz (every run's CSV)
 #
 # Results go to $OUT (or $BUILD/out), flat, at most 8 files: torch-gpu.log (what every step
 # printed), build.log, test.log, loss-sdpa.csv, loss-dense.csv, loss-sparse.csv, loss_cuda.png
@@ -85,6 +89,30 @@ step_train() {
     fi
 }
 
+# [SECTION] seeds: SDPA against sparsa under the dense script over several seeds, the spread between
+# seeds beside the difference between the two (examples/torch/README.md, "Over seeds")
+step_seeds() {
+    local common=(--device cuda --dim 256 --heads 4 --layers 2 --keys 16 --pairs 8 --queries 8 --filler 480
+                  --block 64 --batch 64 --steps 1500 --lr 1e-3)
+    # shellcheck disable=SC2206
+    local extra=(${TRAIN_ARGS:-}) seed sdpa=() dense=()
+    export PYTHONPATH=$ROOT/$BUILD/python PYTHONUNBUFFERED=1
+    mkdir -p "$RESULTS/seeds"
+    local seeds=${SEEDS:-1,2,3,4,5}
+    for seed in ${seeds//,/ }; do
+        "$PY" examples/torch/train_tiny_lm.py --attention sdpa "${common[@]}" --seed "$seed" "${extra[@]}" \
+            --csv "$RESULTS/seeds/sdpa-seed$seed.csv" | tail -1
+        "$PY" examples/torch/train_tiny_lm.py --pattern examples/torch/dense_causal.pat "${common[@]}" --seed "$seed" "${extra[@]}" \
+            --csv "$RESULTS/seeds/dense-seed$seed.csv" | tail -1
+        sdpa+=("$RESULTS/seeds/sdpa-seed$seed.csv")
+        dense+=("$RESULTS/seeds/dense-seed$seed.csv")
+        elapsed "seeds: seed $seed"
+    done
+    "$PY" examples/torch/seeds_summary.py --group "SDPA dense" "${sdpa[@]}" --group "sparsa, dense_causal.pat" "${dense[@]}" \
+        -o "$RESULTS/seeds"
+    (cd "$RESULTS" && tar czf seeds.tgz seeds/*.csv && rm -r seeds)
+}
+
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(build test train)
 for s in "${steps[@]}"; do
@@ -93,6 +121,7 @@ for s in "${steps[@]}"; do
         test) step_test ;;
         train) step_train ;;
         torch) step_build; step_test; step_train ;;
-        *) fail "unknown step '$s' (steps: build test train torch)" ;;
+        seeds) step_seeds ;;
+        *) fail "unknown step '$s' (steps: build test train torch seeds)" ;;
     esac
 done

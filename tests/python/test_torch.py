@@ -343,3 +343,36 @@ def test_training_example_refuses_a_pattern_that_sees_the_future(tmp_path):
     out, csv_path = example_run(tmp_path, "bad", "--pattern", "heads 4\\nattend = window(2)")
     assert out.returncode != 0 and not csv_path.exists()
     assert "--pattern: layer 0, head 0 lets a query see later tokens (a causal language model needs `causal`" in out.stderr
+
+
+@needs_torch
+def test_seeds_summary_groups_runs_by_attention_and_refuses_mixed_runs(tmp_path):
+    summary = EXAMPLE.parent / "seeds_summary.py"
+    paths = {}
+    for name, args in (("sdpa", ["--attention", "sdpa"]), ("dense", ["--pattern", str(EXAMPLE.parent / "dense_causal.pat")])):
+        for seed in (1, 2):
+            out, csv_path = example_run(tmp_path, f"{name}-seed{seed}", "--seed", str(seed), *args)
+            assert out.returncode == 0, out.stderr
+            paths.setdefault(name, []).append(str(csv_path))
+    run = lambda *args: subprocess.run([sys.executable, str(summary), *args], capture_output=True, text=True, timeout=120)  # noqa: E731
+    out = run("--group", "SDPA dense", *paths["sdpa"], "--group", "sparsa dense", *paths["dense"], "--learned", "100",
+              "--at", "2,4", "-o", str(tmp_path / "s"))
+    assert out.returncode == 0, out.stderr
+    import json
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert [g["label"] for g in report["groups"]] == ["SDPA dense", "sparsa dense"]
+    assert all(r["learned_at"] == 1 for g in report["groups"] for r in g["runs"])   # every loss is below 100
+    # the same function on the same seeds: the two groups' losses agree run by run (float32 rounding)
+    for a, b in zip(*(g["runs"] for g in report["groups"])):
+        assert np.abs(np.array(a["loss"]) - np.array(b["loss"])).max() <= 1e-4
+    text = (tmp_path / "s.md").read_text()
+    assert "| SDPA dense | 2 | 2 of 2 | 1 (1 to 1) |" in text and "loss at 4: median (range)" in text
+    # a run of other steps in a group, a file that is no log, a label without files: refused, nothing written
+    other = tmp_path / "other.csv"
+    other.write_text("\n".join(open(paths["sdpa"][0]).read().splitlines()[:3]) + "\n")
+    for args, words in (((*paths["sdpa"], str(other)), "do not have the same steps"),
+                        ((str(tmp_path / "sdpa-seed1.csv"), str(EXAMPLE)), "is not a train_tiny_lm.py log")):
+        out = run("--group", "x", *args, "-o", str(tmp_path / "bad"))
+        assert out.returncode != 0 and words in out.stderr and not (tmp_path / "bad.md").exists()
+    out = run("--group", "lonely", "-o", str(tmp_path / "bad"))
+    assert out.returncode != 0 and "give the label, then at least one CSV" in out.stderr
