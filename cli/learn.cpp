@@ -78,7 +78,9 @@ ruler     for each of --seeds (1,2,3) train a teacher (the teacher options above
           MoBA, Quest, vertical-slash, DuoAttention with its heads chosen on validation) and
           the pooled gate (trained per teacher on --pooled-gate-inputs N (64; 0: none)
           training-stream sequences of --seed, width --pooled-gate-width W (32), at most
-          --pooled-gate-steps S (400) steps, early stopping on validation), the lightning
+          --pooled-gate-steps S (400) steps, early stopping on validation; --pooled-gate-target
+          sum|max (sum): KL to each key block's attention mass, or to its largest row share,
+          the exact-score selector's rule), the lightning
           indexer (--indexer-inputs N (64; 0: none) sequences of the same stream, 128 query
           rows each, --indexer-heads J (2) of --indexer-width W (8), at most --indexer-steps
           S (300)), each with its selection time, and the other families (--families
@@ -136,7 +138,7 @@ const std::set<std::string> kValues = {"--task", "--n", "--d", "--heads", "--lay
                                        "--k", "--search-inputs", "--qk-identity", "--gate-target", "--gate-query", "--gate-key", "--sharpness",
                                        "--own-block", "--shape-steps", "--head-dim", "--kv-heads", "--positions", "--needles", "--pairs",
                                        "--queries", "--seeds", "--test-inputs", "--validation-inputs", "--densities", "--teachers", "--from",
-                                       "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps",
+                                       "--selectors", "--pooled-gate-inputs", "--pooled-gate-width", "--pooled-gate-steps", "--pooled-gate-target",
                                        "--indexer-inputs", "--indexer-heads", "--indexer-width", "--indexer-steps", "--replot",
                                        "--families", "--anchor-inputs", "--favor-features", "--train-n"};
 const std::set<std::string> kSwitches = {"--help", "--quiet", "--bidirectional"};
@@ -518,6 +520,11 @@ int learn_ruler(const Args& args, const std::vector<std::string>& argv, OutputSe
     o.pooled_gate_inputs = args.integer("--pooled-gate-inputs", 64, 0, 100000);
     o.pooled_gate_width = args.integer("--pooled-gate-width", 32, 1, 1024);
     o.pooled_gate_train.steps = args.integer("--pooled-gate-steps", 400, 1, 1000000);
+    const std::string gate_target = args.value("--pooled-gate-target").value_or("sum");
+    if (gate_target != "sum" && gate_target != "max")
+        throw Error("learn ruler: --pooled-gate-target expects sum (each key block's attention mass) or max (its largest row share); got '" +
+                    gate_target + "'");
+    o.pooled_gate_max_target = gate_target == "max";
     o.indexer_inputs = args.integer("--indexer-inputs", 64, 0, 100000);
     o.indexer_heads = args.integer("--indexer-heads", 2, 1, 64);
     o.indexer_width = args.integer("--indexer-width", 8, 1, 1024);

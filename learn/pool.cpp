@@ -19,12 +19,19 @@ PooledAttention pooled_zeros(int64_t layers, int64_t heads, int64_t n, int32_t b
     const size_t size = static_cast<size_t>(layers * heads * p.blocks() * p.blocks());
     p.sum.assign(size, 0.0);
     p.max.assign(size, 0.0);
+    p.row_max.assign(size, 0.0);
     return p;
 }
 
 double PooledAttention::row_share(int64_t l, int64_t h, int64_t qb, int64_t kb) const {
     const int64_t rows = std::min<int64_t>(block, n - qb * block);
     return sum[index(l, h, qb, kb)] / static_cast<double>(rows);
+}
+
+double PooledAttention::row_max_share(int64_t l, int64_t h, int64_t qb, int64_t kb) const {
+    double total = 0;
+    for (int64_t c = 0; c < blocks(); ++c) total += row_max[index(l, h, qb, c)];
+    return total > 0 ? row_max[index(l, h, qb, kb)] / total : 0.0;
 }
 
 void pooled_add_layer(PooledAttention& pooled, int64_t layer, const Tensor& q, const Tensor& k, bool causal, double scale) {
@@ -34,7 +41,7 @@ void pooled_add_layer(PooledAttention& pooled, int64_t layer, const Tensor& q, c
                     std::to_string(pooled.heads) + ", " + std::to_string(pooled.n) + ", d] at layer " + std::to_string(layer));
     if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(s.d));
     const int64_t n = s.n, B = pooled.block;
-    std::vector<double> row(static_cast<size_t>(n));
+    std::vector<double> row(static_cast<size_t>(n)), share(static_cast<size_t>(pooled.blocks()));
     for (int64_t h = 0; h < s.heads; ++h) {
         for (int64_t i = 0; i < n; ++i) {
             const float* qi = q.row(0, h, i);
@@ -49,11 +56,17 @@ void pooled_add_layer(PooledAttention& pooled, int64_t layer, const Tensor& q, c
             }
             double total = 0;
             for (int64_t j = 0; j < keys; ++j) total += (row[j] = std::exp(row[j] - top));
+            std::fill(share.begin(), share.end(), 0.0);
             for (int64_t j = 0; j < keys; ++j) {
                 const double p = row[j] / total;
                 const int64_t at = pooled.index(layer, h, i / B, j / B);
                 pooled.sum[at] += p;
                 pooled.max[at] = std::max(pooled.max[at], p);
+                share[static_cast<size_t>(j / B)] += p;
+            }
+            for (int64_t c = 0; c <= (keys - 1) / B; ++c) {
+                double& m = pooled.row_max[pooled.index(layer, h, i / B, c)];
+                m = std::max(m, share[static_cast<size_t>(c)]);
             }
         }
     }
@@ -64,6 +77,7 @@ void pooled_finish(PooledAttention& pooled, int64_t inputs) {
     if (inputs <= 1) return;
     for (double& v : pooled.sum) v /= static_cast<double>(inputs);
     for (double& v : pooled.max) v /= static_cast<double>(inputs);
+    for (double& v : pooled.row_max) v /= static_cast<double>(inputs);
 }
 
 double pooled_recall(const PooledAttention& pooled, int64_t layer, int64_t head, const BlockMask& mask) {

@@ -19,6 +19,9 @@ struct PooledAttention {
     int64_t inputs = 0;          // inputs averaged
     std::vector<double> sum;     // [layers, heads, blocks, blocks]: sum of P over the block's pairs
     std::vector<double> max;     // [layers, heads, blocks, blocks]: largest P in the block (mean over inputs)
+    std::vector<double> row_max; // [layers, heads, blocks, blocks]: the largest share one query row of the
+                                 //   block puts in the key block (mean over inputs): the exact-score
+                                 //   selector's rule (select_exact)
 
     int64_t blocks() const { return (n + block - 1) / block; }
     int64_t index(int64_t l, int64_t h, int64_t qb, int64_t kb) const {
@@ -27,6 +30,9 @@ struct PooledAttention {
     // Share of the attention of query block qb that falls in key block kb (rows of the block sum
     // to 1 over kb): the gate's target distribution.
     double row_share(int64_t l, int64_t h, int64_t qb, int64_t kb) const;
+    // row_max of (qb, kb) over its sum for every kb of the block row: a distribution over kb in
+    // which a key block that one row attends to weighs as much as one every row attends to.
+    double row_max_share(int64_t l, int64_t h, int64_t qb, int64_t kb) const;
 };
 
 PooledAttention pooled_zeros(int64_t layers, int64_t heads, int64_t n, int32_t block);

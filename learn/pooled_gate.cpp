@@ -84,7 +84,8 @@ PooledGate pooled_gate_init(int64_t layers, int64_t heads, int64_t head_dim, int
 
 // [SECTION] examples and loss
 
-PooledGateExample pooled_gate_example(const Tensor& q, const Tensor& k, int32_t block, bool causal, bool with_target) {
+PooledGateExample pooled_gate_example(const Tensor& q, const Tensor& k, int32_t block, bool causal, bool with_target,
+                                      bool max_target) {
     if (!(q.shape == k.shape) || q.shape.batch != 1)
         throw Error("pooled gate: q " + tensor_shape_text(q.shape) + " and k " + tensor_shape_text(k.shape) + " must both be [1, heads, n, d]");
     const int64_t H = q.shape.heads, n = q.shape.n, d = q.shape.d, B = (n + block - 1) / block;
@@ -110,7 +111,8 @@ PooledGateExample pooled_gate_example(const Tensor& q, const Tensor& k, int32_t 
     for (int64_t h = 0; h < H; ++h)
         for (int64_t r = 0; r < B; ++r) {
             double total = 0;
-            for (int64_t c = 0; c < B; ++c) total += (e.target[(h * B + r) * B + c] = pooled.row_share(0, h, r, c));
+            for (int64_t c = 0; c < B; ++c)
+                total += (e.target[(h * B + r) * B + c] = max_target ? pooled.row_max_share(0, h, r, c) : pooled.row_share(0, h, r, c));
             for (int64_t c = 0; c < B; ++c) e.target[(h * B + r) * B + c] /= total;
         }
     return e;

@@ -44,8 +44,11 @@ struct PooledGateExample {
 };
 
 // q, k: [1, heads, n, head_dim] (one input, one layer). with_target: the dense softmax(q k^T /
-// sqrt(d)) pooled per block (keys after the query left out when causal): n^2 head_dim per head.
-PooledGateExample pooled_gate_example(const Tensor& q, const Tensor& k, int32_t block, bool causal, bool with_target);
+// sqrt(d)) pooled per block (keys after the query left out when causal): n^2 head_dim per head;
+// max_target: each key block's largest row share (PooledAttention::row_max_share, the exact
+// selector's rule) instead of its mass.
+PooledGateExample pooled_gate_example(const Tensor& q, const Tensor& k, int32_t block, bool causal, bool with_target,
+                                      bool max_target = false);
 
 // The gate's block scores of one (layer, head): [blocks, blocks] logits a_r . b_c / sqrt(width)
 // (a = mean(Q_r) wq, b = mean(K_c) wk); -infinity above the diagonal when causal.

@@ -71,11 +71,13 @@ namespace {
 using Method = RulerMethod;
 
 // The pooled gate's examples of a captured batch (dense targets: n^2 head_dim per head, in parallel).
-std::vector<std::vector<PooledGateExample>> gate_examples(const TeacherCapture& c, int32_t block, bool causal, int threads) {
+std::vector<std::vector<PooledGateExample>> gate_examples(const TeacherCapture& c, int32_t block, bool causal, int threads,
+                                                         bool max_target) {
     std::vector<std::vector<PooledGateExample>> out(c.q.size());
     parallel_for(static_cast<int64_t>(c.q.size()), threads, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b)
-            for (size_t l = 0; l < c.q[b].size(); ++l) out[b].push_back(pooled_gate_example(c.q[b][l], c.k[b][l], block, causal, true));
+            for (size_t l = 0; l < c.q[b].size(); ++l)
+                out[b].push_back(pooled_gate_example(c.q[b][l], c.k[b][l], block, causal, true, max_target));
     });
     return out;
 }
@@ -128,15 +130,18 @@ RulerEval ruler_evaluate(const Teacher& teacher, const RulerEvalOptions& o) {
     if (o.pooled_gate_inputs > 0) {
         const auto t0 = std::chrono::steady_clock::now();
         const TaskBatch train = task_batch(teacher.task, task_stream_seed(TaskStream::train, o.train_seed), kCalibrationFirst, o.pooled_gate_inputs);
-        const auto train_examples = gate_examples(teacher_capture(teacher, train, o.block, o.threads), o.block, causal, o.threads);
-        const auto validation_examples = gate_examples(teacher_capture(teacher, validation, o.block, o.threads), o.block, causal, o.threads);
+        const auto train_examples = gate_examples(teacher_capture(teacher, train, o.block, o.threads), o.block, causal, o.threads,
+                                                  o.pooled_gate_max_target);
+        const auto validation_examples = gate_examples(teacher_capture(teacher, validation, o.block, o.threads), o.block, causal,
+                                                       o.threads, o.pooled_gate_max_target);
         *pooled = pooled_gate_init(L, H, hd, o.pooled_gate_width, o.block, causal, o.train_seed);
         const PooledGateTrainReport r = pooled_gate_train(*pooled, train_examples, validation_examples, o.pooled_gate_train);
         char line[512];
         std::snprintf(line, sizeof line,
-                      "pooled gate: width %lld, trained on %lld training-stream sequences (seed %llu, from index 2^40) for at most %lld "
-                      "steps (the longest head ran %lld): KL on them %.4f -> %.4f; validation KL %.4f -> %.4f (best, kept) in %.1f s",
-                      static_cast<long long>(o.pooled_gate_width), static_cast<long long>(o.pooled_gate_inputs),
+                      "pooled gate: width %lld, target %s, trained on %lld training-stream sequences (seed %llu, from index 2^40) for at "
+                      "most %lld steps (the longest head ran %lld): KL on them %.4f -> %.4f; validation KL %.4f -> %.4f (best, kept) in %.1f s",
+                      static_cast<long long>(o.pooled_gate_width), o.pooled_gate_max_target ? "max (largest row share)" : "sum (mass)",
+                      static_cast<long long>(o.pooled_gate_inputs),
                       static_cast<unsigned long long>(o.train_seed), static_cast<long long>(o.pooled_gate_train.steps),
                       static_cast<long long>(r.steps), r.first_train, r.last_train, r.first_validation, r.best_validation,
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

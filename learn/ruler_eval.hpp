@@ -40,6 +40,7 @@ struct RulerEvalOptions {
     // 0: none.
     int64_t pooled_gate_inputs = 0;
     int64_t pooled_gate_width = 32;
+    bool pooled_gate_max_target = false;   // KL to each key block's largest row share instead of its mass
     PooledGateTrainOptions pooled_gate_train;
     // The lightning indexer: trained on this many training-stream sequences (the pooled gate's
     // stream; indexer_rows query rows of each), early stopping on validation; 0: none.

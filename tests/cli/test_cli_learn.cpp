@@ -113,6 +113,10 @@ TEST_CASE("sparsa learn ruler: teachers per seed, the trivial baselines, mean an
     r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + " --families some -o " + quote(scratch("learn_ruler_bad")));
     CHECK(r.code == 1);
     CHECK(r.out.find("--families expects all") != std::string::npos);
+    r = run("learn ruler --teachers " + quote(report / "teacher-seed4.bin") + " --pooled-gate-target mean -o " + quote(scratch("learn_ruler_bad")));
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--pooled-gate-target expects sum") != std::string::npos);
+    CHECK_FALSE(fs::exists(scratch("learn_ruler_bad") / "report.json"));
     // Measured at another length: dense and the diagonal only, the report saying both lengths.
     const fs::path longer = scratch("learn_ruler_longer");
     fs::remove_all(longer);

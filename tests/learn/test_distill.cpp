@@ -4,6 +4,7 @@
 // recall agrees with the engine's; baselines stay within their density.
 #include "learn/distill.hpp"
 #include "learn/pool.hpp"
+#include "learn/pooled_gate.hpp"
 #include "learn/causal_mask.hpp"
 #include "learn/ruler_eval.hpp"
 #include "learn/teacher.hpp"
@@ -14,6 +15,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -208,6 +210,52 @@ TEST_CASE("oracle and pooling: pooled recall equals the engine's for full-block 
     double row = 0;
     for (int64_t c = 0; c < pooled.blocks(); ++c) row += pooled.row_share(0, 1, 6, c);
     CHECK(row == Approx(1.0).epsilon(1e-9));
+}
+
+TEST_CASE("pooling: each key block's largest row share, as the exact-score selector ranks blocks", "[learn]") {
+    const int64_t n = 100, d = 8, B = 16, blocks = 7;
+    const Tensor q = tensor_random({1, 2, n, d}, 3), k = tensor_random({1, 2, n, d}, 4);
+    for (bool causal : {false, true}) {
+        PooledAttention pooled = pooled_zeros(1, 2, n, static_cast<int32_t>(B));
+        pooled_add_layer(pooled, 0, q, k, causal);
+        for (int64_t h = 0; h < 2; ++h) {
+            std::vector<double> largest(static_cast<size_t>(blocks * blocks), 0.0);   // brute force
+            for (int64_t i = 0; i < n; ++i) {
+                std::vector<double> p;
+                for (int64_t j = 0; j < (causal ? i + 1 : n); ++j) {
+                    double dot = 0;
+                    for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(q.at(0, h, i, c)) * k.at(0, h, j, c);
+                    p.push_back(dot / std::sqrt(static_cast<double>(d)));
+                }
+                const double top = *std::max_element(p.begin(), p.end());
+                double total = 0;
+                for (double& x : p) total += (x = std::exp(x - top));
+                std::vector<double> share(static_cast<size_t>(blocks), 0.0);
+                for (size_t j = 0; j < p.size(); ++j) share[j / B] += p[j] / total;
+                for (int64_t c = 0; c < blocks; ++c)
+                    largest[static_cast<size_t>(i / B * blocks + c)] = std::max(largest[static_cast<size_t>(i / B * blocks + c)], share[c]);
+            }
+            for (int64_t r = 0; r < blocks; ++r) {
+                double total = 0, sum = 0;
+                for (int64_t c = 0; c < blocks; ++c) total += largest[static_cast<size_t>(r * blocks + c)];
+                for (int64_t c = 0; c < blocks; ++c) {
+                    CHECK(pooled.row_max_share(0, h, r, c) == Approx(largest[static_cast<size_t>(r * blocks + c)] / total).epsilon(1e-9));
+                    sum += pooled.row_max_share(0, h, r, c);
+                    if (causal && c > r) CHECK(pooled.row_max_share(0, h, r, c) == 0.0);
+                }
+                CHECK(sum == Approx(1.0).epsilon(1e-12));
+            }
+        }
+    }
+    // The gate's examples take it as their target when asked.
+    const PooledGateExample mass = pooled_gate_example(q, k, static_cast<int32_t>(B), true, true, false);
+    const PooledGateExample rows = pooled_gate_example(q, k, static_cast<int32_t>(B), true, true, true);
+    PooledAttention pooled = pooled_zeros(1, 2, n, static_cast<int32_t>(B));
+    pooled_add_layer(pooled, 0, q, k, true);
+    CHECK(rows.target[(1 * blocks + 5) * blocks + 2] == Approx(pooled.row_max_share(0, 1, 5, 2)).epsilon(1e-12));
+    CHECK(mass.target[(1 * blocks + 5) * blocks + 2] == Approx(pooled.row_share(0, 1, 5, 2) /
+                                                               [&] { double t = 0; for (int64_t c = 0; c < blocks; ++c) t += pooled.row_share(0, 1, 5, c); return t; }())
+                                                            .epsilon(1e-12));
 }
 
 TEST_CASE("baselines: Longformer and BigBird stay within the density", "[learn]") {
