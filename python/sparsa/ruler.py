@@ -194,18 +194,19 @@ def _dense_layers(runner, data, batch, each):
             runner.t(tokens[first:first + batch].to(runner.device), attend=capture)
 
 
-def _gate_examples(runner, data, batch, targets=("sum",)):
-    """(q_mean, k_keys, {target: pooled}) of every layer of each sequence, from the dense teacher:
-    [inputs, layers, heads, blocks, d], [inputs, layers, heads, blocks, 3 d] (_block_keys
-    "mean+max+min": the first d columns are "mean"'s) and for each of `targets` (pooled_targets'
-    pools) [inputs, layers, heads, blocks, blocks], all float64."""
-    parts = {}   # first -> [layer] -> (q_mean, k_keys, target, target, ...)
+def _gate_examples(runner, data, batch, targets=("sum",), rows=False):
+    """(q_mean, k_keys, {target: pooled}, q_rows) of every layer of each sequence, from the dense
+    teacher: [inputs, layers, heads, blocks, d], [inputs, layers, heads, blocks, 3 d] (_block_keys
+    "mean+max+min": the first d columns are "mean"'s), for each of `targets` (pooled_targets' pools)
+    [inputs, layers, heads, blocks, blocks], all float64; and with `rows` the queries themselves
+    [inputs, layers, heads, n, d] in float32 (a query_pool "rows" gate's input), else None."""
+    parts = {}   # first -> [layer] -> (q_mean, k_keys, target, target, ..., q rows)
     _dense_layers(runner, data, batch, lambda first, layer, q, k: parts.setdefault(first, []).append(
         (_block_means(q, runner.block), _block_keys(k, runner.block, "mean+max+min"),
-         *pooled_targets(q, k, runner.block, True, pools=targets).values())))
-    cat = [torch.cat([torch.stack([per[i] for per in parts[first]], 1) for first in sorted(parts)]).double()
-           for i in range(2 + len(targets))]
-    return cat[0], cat[1], dict(zip(targets, cat[2:]))
+         *pooled_targets(q, k, runner.block, True, pools=targets).values(), q.float() if rows else q.new_zeros(0))))
+    cat = [torch.cat([torch.stack([per[i] for per in parts[first]], 1) for first in sorted(parts)])
+           for i in range(3 + len(targets))]
+    return cat[0].double(), cat[1].double(), {t: x.double() for t, x in zip(targets, cat[2:-1])}, cat[-1] if rows else None
 
 
 def _indexer_examples(runner, data, batch, rows):
@@ -269,11 +270,11 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
     (the best fixed pattern, the pooled gate's early stopping) is made on the validation stream;
     the pooled gate learns from training-stream sequences of `seed` (from index 2^40, as the C++
-    calibration inputs). pooled_gate_configs: (width, key pool[, training sequences[, target]])
-    to train, the most accurate on validation at the first density kept (None: width
+    calibration inputs). pooled_gate_configs: (width, key pool[, training sequences[, target[,
+    query pool]]]) to train, the most accurate on validation at the first density kept (None: width
     pooled_gate_width, mean keys, as the C++ gate; training sequences: pooled_gate_inputs when
     missing or None, the first ones of one training set; target: pooled_targets' "sum", the C++
-    gate's, or "max"). indexer_inputs: training-stream sequences the
+    gate's, or "max"; query pool: "mean" or "rows", PooledGate's). indexer_inputs: training-stream sequences the
     lightning indexer learns from (0: no indexer row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
     density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
@@ -302,21 +303,23 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     gate, gate_label = None, ""
     if pooled_gate_inputs > 0:
         t0 = time.perf_counter()
-        configs = [(c + (None, None))[:4] for c in (pooled_gate_configs or [(pooled_gate_width, "mean")])]
-        configs = [(width, key_pool, inputs or pooled_gate_inputs, target or "sum") for width, key_pool, inputs, target in configs]
-        most = max(inputs for _, _, inputs, _ in configs)   # one training set; a config with fewer takes its first ones
-        targets = tuple(sorted({target for *_, target in configs}))
+        configs = [(c + (None, None, None))[:5] for c in (pooled_gate_configs or [(pooled_gate_width, "mean")])]
+        configs = [(width, key_pool, inputs or pooled_gate_inputs, target or "sum", query or "mean")
+                   for width, key_pool, inputs, target, query in configs]
+        most = max(c[2] for c in configs)   # one training set; a config with fewer takes its first ones
+        targets = tuple(sorted({c[3] for c in configs}))
+        rows = any(c[4] == "rows" for c in configs)
         train = lab.task_batch(teacher.task, "train", 2 ** 40, most, seed=seed, n=n)
-        train_ex, validation_ex = _gate_examples(runner, train, batch, targets), _gate_examples(runner, validation, batch, targets)
+        train_ex, validation_ex = (_gate_examples(runner, x, batch, targets, rows) for x in (train, validation))
         keep0 = blocks_per_row(densities[0], blocks) if densities else blocks
         best = None
-        for width, key_pool, inputs, target in configs:
-            g = PooledGate(layers, heads, teacher.model["head_width"], width, block, True, seed, device, key_pool)
+        for width, key_pool, inputs, target, query in configs:
+            g = PooledGate(layers, heads, teacher.model["head_width"], width, block, True, seed, device, key_pool, query)
             d = teacher.model["head_width"] * (1 if key_pool == "mean" else 3)
-            keys = lambda ex, m=None: (ex[0][:m], ex[1][:m, ..., :d], ex[2][target][:m])   # noqa: E731  ("mean" reads the first d columns)
+            keys = lambda ex, m=None: (ex[3 if query == "rows" else 0][:m], ex[1][:m, ..., :d], ex[2][target][:m])   # noqa: E731  ("mean" reads the first d columns)
             r = g.train(keys(train_ex, inputs), keys(validation_ex), steps=pooled_gate_steps)
             label = (f"width {width}, keys {key_pool}" + (f", {inputs} training sequences" if inputs != pooled_gate_inputs else "") +
-                     (f", target {target}" if target != "sum" else ""))
+                     (f", target {target}" if target != "sum" else "") + (", queries row by row" if query == "rows" else ""))
             line = (f"pooled gate ({label}): trained on {inputs} training-stream sequences (seed {seed}, from index "
                     f"2^40) for at most {pooled_gate_steps} steps (the longest head ran {r['steps']}): KL on them "
                     f"{r['first_train']:.4f} -> {r['last_train']:.4f}; validation KL {r['first_validation']:.4f} -> "
@@ -467,9 +470,9 @@ def _selection_times(select, attend, device, repeats, host_masks=None):
 
 
 def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, device="cuda", repeats=11, seed=0,
-                  key_pool="mean"):
+                  key_pool="mean", query_pool="mean"):
     """The cost side at a model's shape rather than the lab teacher's: random bfloat16 (CUDA) or
-    float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape and key pool (its
+    float32 q, k, v [1, heads, n, head_dim], an untrained pooled gate of that shape and key and query pools (its
     cost does not depend on its weights) choosing blocks_per_row(density) blocks a row
     (PooledGate.top_k); median ms of its selection on the device, of sparsa's attention
     under its blocks (sparsa.torch.attention_top_k on CUDA), of both as one CUDA graph, of sparsa's
@@ -480,8 +483,9 @@ def time_at_shape(n, heads=16, head_dim=128, block=64, density=0.125, width=32, 
     q, k, v = (torch.randn(1, heads, n, head_dim, device=device, dtype=dtype, generator=g) for _ in range(3))
     blocks = (n + block - 1) // block
     keep = blocks_per_row(density, blocks)
-    gate = PooledGate(1, heads, head_dim, width, block, True, seed, device, key_pool)
-    out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep, "width": width, "key_pool": key_pool}
+    gate = PooledGate(1, heads, head_dim, width, block, True, seed, device, key_pool, query_pool)
+    out = {"shape": [1, heads, n, head_dim], "block": block, "keep": keep, "width": width, "key_pool": key_pool,
+           "query_pool": query_pool}
     with torch.no_grad():
         out.update(_selection_times(lambda: gate.top_k(0, q, k, keep),
                                     lambda top: sparsa_torch.attention_top_k(q, k, v, top, block), device, repeats))
@@ -553,7 +557,7 @@ def _timings(runner, methods, rows, repeats, gate=None):
         out["methods"] = per
     if device.type == "cuda":   # the same selection at a model's shape (16 heads of width 128)
         masked = [m.target for m in methods if m.attention is None]   # FAVOR+'s target is no density
-        shaped = {"width": gate.width, "key_pool": gate.key_pool} if gate is not None else {}
+        shaped = {"width": gate.width, "key_pool": gate.key_pool, "query_pool": gate.query_pool} if gate is not None else {}
         out["at_shape"] = time_at_shape(runner.n, block=runner.block, density=max(masked, default=0.125), device=device,
                                         repeats=repeats, **shaped)
     return out
@@ -590,10 +594,11 @@ def main(argv=None):
     ap.add_argument("--pooled-gate-width", type=int, default=32)
     ap.add_argument("--pooled-gate-steps", type=int, default=400)
     ap.add_argument("--pooled-gate-configs", default="",
-                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min:256:max "
-                         "(WIDTH:KEYS[:SEQUENCES][:TARGET]: the gate's training sequences, default --pooled-gate-inputs, "
-                         "and its KL target, sum (each block's attention mass, default) or max (its largest row share, "
-                         "the exact selector's rule); default: --pooled-gate-width with mean keys, as the C++ gate)")
+                    help="several gates to choose from on validation, e.g. 32:mean,64:mean,32:mean+max+min:256:max:rows "
+                         "(WIDTH:KEYS[:SEQUENCES][:TARGET][:rows]: the gate's training sequences, default --pooled-gate-inputs, "
+                         "its KL target, sum (each block's attention mass, default) or max (its largest row share, "
+                         "the exact selector's rule), and rows: each query row scored, not the block's mean; default: "
+                         "--pooled-gate-width with mean keys, as the C++ gate)")
     ap.add_argument("--indexer-inputs", type=int, default=64, help="training-stream sequences the lightning indexer learns from (0: none)")
     ap.add_argument("--indexer-heads", type=int, default=2)
     ap.add_argument("--indexer-width", type=int, default=8)
@@ -648,11 +653,14 @@ def main(argv=None):
             width, pool, rest = parts[0], parts[1] if len(parts) > 1 else "", parts[2:]
             inputs = [x for x in rest if x.isdigit()]
             target = [x for x in rest if x in TARGETS]
-            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS or len(inputs) + len(target) != len(rest) \
-                    or len(inputs) > 1 or len(target) > 1 or (inputs and int(inputs[0]) < 1) or (inputs and target and rest[0] != inputs[0]):
-                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS[:SEQUENCES][:TARGET] with KEYS one of "
+            query = [x for x in rest if x == "rows"]
+            kinds = [0 if x.isdigit() else 1 if x in TARGETS else 2 if x == "rows" else 3 for x in rest]
+            if not width.isdigit() or int(width) < 1 or pool not in KEY_POOLS or 3 in kinds or kinds != sorted(set(kinds)) \
+                    or (inputs and int(inputs[0]) < 1):
+                ap.error(f"--pooled-gate-configs: {item!r} is not WIDTH:KEYS[:SEQUENCES][:TARGET][:rows] with KEYS one of "
                          f"{', '.join(KEY_POOLS)}, SEQUENCES at least 1 and TARGET one of {', '.join(TARGETS)}")
-            configs.append((int(width), pool, int(inputs[0]) if inputs else None, target[0] if target else None))
+            configs.append((int(width), pool, int(inputs[0]) if inputs else None, target[0] if target else None,
+                            query[0] if query else None))
     paths = [p for p in a.teachers.split(",") if p]
     teachers = []
     for p in paths:

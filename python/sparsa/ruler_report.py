@@ -163,7 +163,8 @@ def report_write(report, directory, command=""):
     if shape:
         both = shape.get("graph_ms")
         eager = shape["select_ms"] + shape["attention_ms"]
-        gate = f" (width {shape['width']}, keys {shape['key_pool']})" if "key_pool" in shape else ""
+        gate = (f" (width {shape['width']}, keys {shape['key_pool']}" + (", queries row by row" if shape.get("query_pool") == "rows" else "")
+                + ")") if "key_pool" in shape else ""
         line = (f"At a model's shape {shape['shape']} (random inputs, an untrained pooled gate{gate} keeping {shape['keep']} "
                 f"blocks a row; teacher 1's run): the gate's selection {shape['select_ms']:.3f} ms + sparse attention "
                 f"{shape['attention_ms']:.3f} ms = {eager:.3f} ms eager")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import sparsa
 
 __all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
-           "pooled_targets", "TARGETS", "top_k_blocks", "top_k_grid", "KEY_POOLS", "PooledGate", "Indexer", "favor_attention"]
+           "pooled_targets", "TARGETS", "top_k_blocks", "top_k_grid", "KEY_POOLS", "QUERY_POOLS", "PooledGate", "Indexer", "favor_attention"]
 
 
 def blocks_per_row(density, blocks, causal=True):
@@ -289,6 +289,17 @@ def top_k_grid(scores, keep, causal=True):
 
 
 KEY_POOLS = ("mean", "mean+max+min")
+QUERY_POOLS = ("mean", "rows")
+
+
+def _rows_to_blocks(s_rows, block):
+    """Row scores [..., n, key blocks] -> block scores [..., blocks, key blocks]: each query block's
+    rows pooled by log-sum-exp (a smooth largest; rows past n left out)."""
+    n = s_rows.shape[-2]
+    blocks = (n + block - 1) // block
+    if blocks * block != n:
+        s_rows = F.pad(s_rows, (0, 0, 0, blocks * block - n), value=-math.inf)
+    return torch.logsumexp(s_rows.reshape(*s_rows.shape[:-2], blocks, block, s_rows.shape[-1]), dim=-2)
 
 
 def _block_keys(k, block, key_pool):
@@ -311,24 +322,37 @@ class PooledGate:
     b = keys(K_c) wk ([head_dim, width] and [head_dim or 3 head_dim, width]: _block_keys), scores
     a_r . b_c / sqrt(width), -inf above the diagonal when causal. wq, wk start as normal noise of
     deviation 1 / sqrt(their input width) from torch's generator seeded with `seed` (the C++ gate
-    draws its own noise: the two start apart)."""
+    draws its own noise: the two start apart). query_pool "rows" scores each query row's
+    q_i wq against b_c instead of the block's mean and pools the rows of a block by log-sum-exp (as
+    the C++ BlockGate's --gate-query rows): n x blocks x width products a head instead of blocks^2 x
+    width, for query blocks whose rows look for different key blocks (an answer row among others)."""
 
-    def __init__(self, layers, heads, head_dim, width=32, block=16, causal=True, seed=1, device="cpu", key_pool="mean"):
+    def __init__(self, layers, heads, head_dim, width=32, block=16, causal=True, seed=1, device="cpu", key_pool="mean",
+                 query_pool="mean"):
         if key_pool not in KEY_POOLS:
             raise ValueError(f"PooledGate: key_pool must be one of {', '.join(KEY_POOLS)}, not {key_pool!r}")
+        if query_pool not in QUERY_POOLS:
+            raise ValueError(f"PooledGate: query_pool must be one of {', '.join(QUERY_POOLS)}, not {query_pool!r}")
         g = torch.Generator().manual_seed(seed)
         key_dim = head_dim * (1 if key_pool == "mean" else 3)
-        self.width, self.block, self.causal, self.key_pool = width, block, causal, key_pool
+        self.width, self.block, self.causal, self.key_pool, self.query_pool = width, block, causal, key_pool, query_pool
         self.wq = (torch.randn(layers, heads, head_dim, width, generator=g, dtype=torch.float64) / math.sqrt(head_dim)).to(device)
         self.wk = (torch.randn(layers, heads, key_dim, width, generator=g, dtype=torch.float64) / math.sqrt(key_dim)).to(device)
 
-    def scores(self, layer, q_mean, k_mean, wq=None, wk=None):
-        """q_mean, k_mean [batch, heads, blocks, head_dim] -> logits [batch, heads, blocks, blocks]."""
+    def scores(self, layer, q_side, k_mean, wq=None, wk=None):
+        """q_side [batch, heads, blocks, head_dim] (the block means; query_pool "rows": the rows,
+        [batch, heads, n, head_dim]), k_mean [batch, heads, blocks, head_dim or 3 head_dim] -> logits
+        [batch, heads, blocks, blocks]."""
         wq = self.wq[layer] if wq is None else wq
         wk = self.wk[layer] if wk is None else wk
-        a = q_mean.to(wq.dtype) @ wq
-        b = k_mean.to(wk.dtype) @ wk
+        return self._logits(q_side.to(wq.dtype) @ wq, k_mean.to(wk.dtype) @ wk)
+
+    def _logits(self, a, b):
+        """a: the query side through wq ([.., blocks, width], or [.., n, width] for rows), b: the keys
+        through wk [.., blocks, width] -> block logits, -inf above the diagonal when causal."""
         s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
+        if self.query_pool == "rows":
+            s = _rows_to_blocks(s, self.block)
         if self.causal:
             s = s.masked_fill(_grid_masks(s.shape[-1], s.device)[1], -math.inf)
         return s
@@ -336,7 +360,8 @@ class PooledGate:
     def block_scores(self, layer, q, k):
         """The gate's scores of every (query block, key block) from q, k [batch, heads, n, head_dim] (float32
         maps: what selection costs at inference): [batch, heads, blocks, blocks]."""
-        return self.scores(layer, _block_means(q, self.block), _block_keys(k, self.block, self.key_pool), *self._maps32(layer))
+        q_side = q if self.query_pool == "rows" else _block_means(q, self.block)
+        return self.scores(layer, q_side, _block_keys(k, self.block, self.key_pool), *self._maps32(layer))
 
     def _maps32(self, layer):
         """Layer `layer`'s wq and wk in float32, converted once per state of the maps (a new tensor, as
@@ -365,7 +390,7 @@ class PooledGate:
         batch, heads, n = q.shape[:3]
         blocks = -(-n // self.block)
         scored = getattr(sparsa._sparsa, "_cuda_top_k_columns_scored", None)
-        if scored is not None and q.is_cuda and k.shape[:3] == q.shape[:3] and 1 <= keep <= blocks \
+        if scored is not None and self.query_pool == "mean" and q.is_cuda and k.shape[:3] == q.shape[:3] and 1 <= keep <= blocks \
                 and blocks <= sparsa._sparsa._cuda_top_k_max_blocks and batch * heads >= 1:
             wq, wk = self._maps32(layer)
             a = _pool_cuda(q, self.block, False, wq)
@@ -378,17 +403,13 @@ class PooledGate:
                 return st.TopK((batch, heads, blocks), keep, columns=columns)
         return st.select_top_k(self.block_scores(layer, q, k), keep)
 
-    def _kl(self, wq, wk, q_mean, k_mean, target):
+    def _kl(self, wq, wk, q_side, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
-        over inputs: [layers, heads]. q_mean: [inputs, layers, heads, blocks, d]; k_mean: the keys as
-        _block_keys gives them, [inputs, layers, heads, blocks, d or 3 d]; target [inputs, layers,
-        heads, blocks, blocks]."""
-        a = q_mean.to(wq.dtype) @ wq[None]
-        b = k_mean.to(wk.dtype) @ wk[None]
-        s = a @ b.transpose(-1, -2) / math.sqrt(self.width)
+        over inputs: [layers, heads]. q_side: [inputs, layers, heads, blocks, d] (query_pool "rows":
+        the rows, [inputs, layers, heads, n, d]); k_mean: the keys as _block_keys gives them,
+        [inputs, layers, heads, blocks, d or 3 d]; target [inputs, layers, heads, blocks, blocks]."""
+        s = self._logits(q_side.to(wq.dtype) @ wq[None], k_mean.to(wk.dtype) @ wk[None])
         blocks = s.shape[-1]
-        if self.causal:
-            s = s.masked_fill(_grid_masks(blocks, s.device)[1], -math.inf)
         logp = torch.log_softmax(s, dim=-1)
         t = target.to(s.dtype)
         terms = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-300)) - logp.clamp(min=-1e300)), torch.zeros_like(t))
@@ -403,8 +424,25 @@ class PooledGate:
         wq = self.wq.clone().requires_grad_(True)
         wk = self.wk.clone().requires_grad_(True)
         opt = torch.optim.Adam([wq, wk], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        # Row queries hold every row of every input: their logits are taken as many inputs at a time
+        # as keep each chunk's row logits near 1 GB (each chunk's gradient summed before the step),
+        # so memory follows the chunk, not the set.
+        def kl_of(examples, backward=None):
+            inputs = examples[0].shape[0]
+            size = inputs
+            if self.query_pool == "rows":
+                row_logits = examples[0][0].numel() // examples[0].shape[-1] * examples[1].shape[-2] * 8   # [layers, heads, n, blocks]
+                size = max(1, min(inputs, (1 << 30) // max(1, row_logits)))
+            total = 0
+            for first in range(0, inputs, size):
+                part = self._kl(wq, wk, *(x[first:first + size] for x in examples)) * (min(size, inputs - first) / inputs)
+                if backward is not None:
+                    (part * backward).sum().backward()   # heads that stopped take no gradient
+                total = total + part.detach()
+            return total
+
         with torch.no_grad():
-            best_v = self._kl(wq, wk, *validation)
+            best_v = kl_of(validation)
         first_v = best_v.clone()
         best_q, best_k = wq.detach().clone(), wk.detach().clone()
         active = torch.ones_like(best_v, dtype=torch.bool)
@@ -413,8 +451,7 @@ class PooledGate:
         ran = 0
         for step in range(steps):
             opt.zero_grad()
-            loss = self._kl(wq, wk, *train)
-            (loss * active).sum().backward()   # heads that stopped take no gradient
+            loss = kl_of(train, backward=active)
             opt.step()
             ran = step + 1
             if first_t is None:
@@ -426,7 +463,7 @@ class PooledGate:
                 wk[~active] = best_k[~active]
                 if (step + 1) % eval_every and step + 1 != steps:
                     continue
-                v = self._kl(wq, wk, *validation)
+                v = kl_of(validation)
                 better = active & (v < best_v)
                 best_v = torch.where(better, v, best_v)
                 best_q[better], best_k[better] = wq[better], wk[better]

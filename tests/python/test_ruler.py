@@ -61,10 +61,12 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
     one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
-                                 pooled_gate_inputs=4, pooled_gate_steps=3, pooled_gate_configs=[(8, "mean"), (8, "mean+max+min"), (8, "mean", 6), (8, "mean", None, "max")],
+                                 pooled_gate_inputs=4, pooled_gate_steps=3, pooled_gate_configs=[(8, "mean"), (8, "mean+max+min"), (8, "mean", 6), (8, "mean", None, "max"),
+                                                                          (8, "mean+max+min", None, None, "rows")],
                                  indexer_inputs=0, time_repeats=1, progress=None)
-    assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 4
-    assert sum("trained on 4 training-stream sequences" in note for note in one["notes"]) == 3
+    assert sum("validation accuracy at 25.00%" in note for note in one["notes"]) == 5
+    assert sum("trained on 4 training-stream sequences" in note for note in one["notes"]) == 4
+    assert any(note.startswith("pooled gate (width 8, keys mean+max+min, queries row by row): trained on 4") for note in one["notes"])
     assert any(note.startswith("pooled gate (width 8, keys mean, target max): trained on 4") for note in one["notes"])
     assert any(note.startswith("pooled gate (width 8, keys mean, 6 training sequences): trained on 6 training-stream") for note in one["notes"])
     assert any("(chosen on validation)" in note for note in one["notes"])
@@ -155,13 +157,15 @@ def test_a_run_split_over_calls_merges_into_one_report_and_a_cut_run_keeps_its_f
     with pytest.raises(SystemExit):
         ruler.main(["--teachers", paths[0], *common, "--skip", "moba,identity gate", "-o", str(tmp_path / "bad")])
     assert "rows that can be left out are moba" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-    for bad in ("8:mean:0", "8:mean:x", "8:max", "mean", "8:mean:max:6", "8:mean:6:6", "8:mean:max:sum"):
+    for bad in ("8:mean:0", "8:mean:x", "8:max", "mean", "8:mean:max:6", "8:mean:6:6", "8:mean:max:sum", "8:mean:rows:max",
+                "8:mean:rows:rows"):
         with pytest.raises(SystemExit):
             ruler.main(["--teachers", paths[0], *common, "--pooled-gate-configs", f"8:mean,{bad}", "-o", str(tmp_path / "bad")])
-        assert "is not WIDTH:KEYS[:SEQUENCES][:TARGET]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-    ruler.main(["--teachers", paths[0], *common, "--pooled-gate-configs", "8:mean:3:max,8:mean+max+min:max", "-o", str(tmp_path / "t")])
+        assert "is not WIDTH:KEYS[:SEQUENCES][:TARGET][:rows]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    ruler.main(["--teachers", paths[0], *common, "--pooled-gate-configs", "8:mean:3:max,8:mean+max+min:max:rows", "-o", str(tmp_path / "t")])
     notes = (tmp_path / "t" / "report.md").read_text()
-    assert "pooled gate (width 8, keys mean, 3 training sequences, target max)" in notes and "keys mean+max+min, target max" in notes
+    assert "pooled gate (width 8, keys mean, 3 training sequences, target max)" in notes
+    assert "keys mean+max+min, target max, queries row by row" in notes
     # a report written after the first of two teachers says which are still to come, and does not merge
     partial = dict(one, teachers=one["teachers"], pending=["teacher-seed3.bin"])
     ruler.report_write(partial, str(tmp_path / "cut"))

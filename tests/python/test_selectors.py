@@ -191,6 +191,32 @@ def test_on_the_gpu_one_kernel_pools_as_torch_does(dtype):
         assert sel._pool_cuda(x.float().requires_grad_(), 64, False) is None
 
 
+def test_a_gate_with_row_queries_pools_each_blocks_row_scores_by_log_sum_exp():
+    n, heads, d, block, width = 70, 2, 8, 16, 4
+    q, k = random_qk(n=n, heads=heads, d=d, seed=5)
+    gate = sel.PooledGate(1, heads, d, width, block, True, 3, "cpu", "mean+max+min", "rows")
+    with torch.no_grad():
+        got = gate.block_scores(0, q, k).double()
+        wq, wk = gate._maps32(0)
+        b = sel._block_keys(k, block, "mean+max+min").float() @ wk   # [1, heads, blocks, width]
+        blocks = -(-n // block)
+        for h in range(heads):
+            a = q[0, h].float() @ wq[h]   # [n, width]
+            for r in range(blocks):
+                rows = a[r * block:min(n, (r + 1) * block)]
+                for c in range(blocks):
+                    want = torch.logsumexp(rows @ b[0, h, c] / math.sqrt(width), 0) if c <= r else -math.inf
+                    assert float(got[0, h, r, c]) == pytest.approx(float(want), abs=1e-4)
+    # it trains (its examples are the rows), and its KL falls
+    tq, tk = random_qk(n=n, heads=heads, d=d, seed=6)
+    examples = lambda q, k: (q[:, None].double(), sel._block_keys(k, block, "mean+max+min")[:, None].double(),   # noqa: E731
+                             sel.pooled_target(q, k, block)[:, None].double())
+    r = gate.train(examples(tq, tk), examples(q, k), steps=30, eval_every=5)
+    assert r["last_train"] < r["first_train"] and r["best_validation"] <= r["first_validation"]
+    with pytest.raises(ValueError, match="query_pool must be one of mean, rows"):
+        sel.PooledGate(1, 1, 8, query_pool="max")
+
+
 def test_the_gates_top_k_on_the_cpu_is_select_top_k_of_its_scores():
     import sparsa.torch as st
     q, k = random_qk(n=300, heads=2, d=8, seed=3)
