@@ -141,6 +141,21 @@ void bind_cuda(py::module_& m) {
           "to the causal top-k layout's int32 columns (grids x top_k_columns_per_head). Private: use "
           "sparsa.torch.select_top_k.");
     m.attr("_cuda_top_k_max_blocks") = kTopKColumnsMaxBlocks;
+    m.attr("_cuda_top_k_rows_max_floats") = kTopKRowsMaxFloats;
+    m.def("_cuda_top_k_columns_rows",
+          [](std::uintptr_t a, std::uintptr_t b, int64_t width, float divisor, int64_t grids, int64_t n, int64_t block, int64_t keep,
+             std::uintptr_t columns, std::uintptr_t stream) {
+              const auto* a_ptr = static_cast<const float*>(pointer(a, "a"));
+              const auto* b_ptr = static_cast<const float*>(pointer(b, "b"));
+              auto* columns_ptr = static_cast<int32_t*>(pointer_mut(columns, "columns"));
+              py::gil_scoped_release release;
+              cuda_top_k_columns_rows(a_ptr, b_ptr, width, divisor, grids, n, block, keep, columns_ptr, reinterpret_cast<void*>(stream));
+          },
+          py::arg("a"), py::arg("b"), py::arg("width"), py::arg("divisor"), py::arg("grids"), py::arg("n"), py::arg("block"),
+          py::arg("keep"), py::arg("columns"), py::arg("stream"),
+          "_cuda_top_k_columns with each query row of a (float32 [grids, n, width]) scored against b (float32 "
+          "[grids, blocks, width]) and a block's rows pooled by log-sum-exp in the kernel. Private: "
+          "sparsa.selectors.PooledGate.top_k uses it for row queries.");
     m.def("_cuda_block_pool",
           [](std::uintptr_t x, const std::string& dtype, int64_t batch, int64_t heads, int64_t n, int64_t d, int64_t stride_batch,
              int64_t stride_head, int64_t stride_row, int64_t block, bool bounds, std::uintptr_t out, std::uintptr_t stream,

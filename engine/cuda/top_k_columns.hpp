@@ -42,4 +42,15 @@ void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int6
 void cuda_top_k_columns_scored(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
                                int64_t keep, int32_t* columns, void* stream);
 
+// The most floats of one query block's rows the rows entry holds in shared memory (block x width).
+inline constexpr int64_t kTopKRowsMaxFloats = 8192;
+
+// The same with every query row instead of one a block (the pooled gate with row queries): a is
+// [grids, n, width], the rows of query block r are r row_block .. (the last block's fewer), and the
+// score of (r, c) is the log-sum-exp over those rows of a[grid, i] . b[grid, c] / divisor (an online
+// log-sum-exp in float32, as torch.logsumexp up to rounding). blocks = ceil(n / row_block). Throws
+// as above, and for row_block x width above kTopKRowsMaxFloats.
+void cuda_top_k_columns_rows(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t n,
+                             int64_t row_block, int64_t keep, int32_t* columns, void* stream);
+
 } // namespace sparsa

@@ -383,23 +383,32 @@ class PooledGate:
         projection), then the top-k kernel computing each score a_r . b_c / sqrt(width) where it
         ranks the row (engine/cuda/top_k_columns.hpp, cuda_top_k_columns_scored): the blocks of
         sparsa.torch.select_top_k(block_scores(...)) up to float32's rounding of other summation
-        orders. Elsewhere (or where those kernels do not apply) it is that."""
+        orders. With row queries the same with q's rows through wq (one matmul) and the top-k kernel
+        pooling each block's row scores by log-sum-exp (cuda_top_k_columns_rows). Elsewhere (or where
+        those kernels do not apply) it is that."""
         import sparsa.torch as st
         if not self.causal:
             raise ValueError("PooledGate.top_k: a top-k layout is causal; use select() for a bidirectional gate")
         batch, heads, n = q.shape[:3]
         blocks = -(-n // self.block)
-        scored = getattr(sparsa._sparsa, "_cuda_top_k_columns_scored", None)
-        if scored is not None and self.query_pool == "mean" and q.is_cuda and k.shape[:3] == q.shape[:3] and 1 <= keep <= blocks \
-                and blocks <= sparsa._sparsa._cuda_top_k_max_blocks and batch * heads >= 1:
+        rows = self.query_pool == "rows"
+        kernel = getattr(sparsa._sparsa, "_cuda_top_k_columns_rows" if rows else "_cuda_top_k_columns_scored", None)
+        if kernel is not None and q.is_cuda and k.shape[:3] == q.shape[:3] and 1 <= keep <= blocks \
+                and blocks <= sparsa._sparsa._cuda_top_k_max_blocks and batch * heads >= 1 \
+                and (not rows or self.block * self.width <= sparsa._sparsa._cuda_top_k_rows_max_floats):
             wq, wk = self._maps32(layer)
-            a = _pool_cuda(q, self.block, False, wq)
+            a = (q.float() @ wq).contiguous() if rows else _pool_cuda(q, self.block, False, wq)   # [.., n or blocks, width]
             b = _pool_cuda(k, self.block, self.key_pool != "mean", wk) if a is not None else None
             if a is not None and b is not None:
                 columns = torch.empty(batch * heads * st._top_k_entries(blocks, keep), dtype=torch.int32, device=q.device)
+                stream = torch.cuda.current_stream().cuda_stream
                 with torch.cuda.device(q.device):
-                    scored(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, blocks, keep,
-                           columns.data_ptr(), torch.cuda.current_stream().cuda_stream)
+                    if rows:
+                        kernel(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, n, self.block, keep,
+                               columns.data_ptr(), stream)
+                    else:
+                        kernel(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, blocks, keep,
+                               columns.data_ptr(), stream)
                 return st.TopK((batch, heads, blocks), keep, columns=columns)
         return st.select_top_k(self.block_scores(layer, q, k), keep)
 

@@ -240,17 +240,18 @@ def _rows_of(columns, grids, blocks, keep):
 
 
 @pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
-@pytest.mark.parametrize("pool", sel.KEY_POOLS)
-def test_on_the_gpu_the_gates_fused_top_k_keeps_its_scores_blocks(pool):
+@pytest.mark.parametrize("pool,query", [(p, qp) for p in sel.KEY_POOLS for qp in sel.QUERY_POOLS])
+def test_on_the_gpu_the_gates_fused_top_k_keeps_its_scores_blocks(pool, query):
     """PooledGate.top_k on CUDA (the pooling kernel with the maps, the top-k kernel scoring a . b
-    itself) against select_top_k of block_scores: the same kept blocks but where two blocks' scores
-    tie at the cut to float32's rounding (other summation orders); and the same inside a CUDA graph."""
+    itself, or each row's a_i . b pooled by log-sum-exp) against select_top_k of block_scores: the
+    same kept blocks but where two blocks' scores tie at the cut to float32's rounding (other
+    summation orders); and the same inside a CUDA graph."""
     import sparsa.torch as st
     g = torch.Generator().manual_seed(9)
     batch, heads, n, d, block, keep = 2, 4, 4000, 64, 64, 9
     q = torch.randn(batch, n, heads, d, generator=g).to("cuda", torch.bfloat16).transpose(1, 2)   # strided, as a projection's view
     k = torch.randn(batch, heads, n, d, generator=g).to("cuda", torch.bfloat16)
-    gate = sel.PooledGate(1, heads, d, 32, block, True, 3, "cuda", pool)
+    gate = sel.PooledGate(1, heads, d, 32, block, True, 3, "cuda", pool, query)
     blocks = -(-n // block)
     with torch.no_grad():
         fused = gate.top_k(0, q, k, keep)

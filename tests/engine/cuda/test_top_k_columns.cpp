@@ -1,8 +1,9 @@
 // cuda_top_k_columns (engine/cuda/top_k_columns.hpp) against a stable sort on the host: random
 // score grids with ties, -0 and +0, infinities and NaNs, rows shorter and longer than `keep`, keep
 // 1 and keep = blocks, up to the largest grid it ranks; the scored entry (a . b / divisor computed
-// in the kernel) against the same on the host. Bad arguments are refused (checked with or
-// without a GPU); without one, the other cases print that they skipped and pass.
+// in the kernel) and the rows entry (each query row, log-sum-exp pooled) against the same on the
+// host. Bad arguments are refused (checked with or without a GPU); without one, the other cases
+// print that they skipped and pass.
 #include "engine/cuda/top_k_columns.hpp"
 
 #include "engine/error.hpp"
@@ -12,6 +13,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <iterator>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -139,6 +142,80 @@ TEST_CASE("cuda_top_k_columns_scored: the scores a . b / divisor, ranked the sam
         CHECK(got == reference(scores, grids, blocks, keep));
         CHECK(on_gpu(scores, grids, blocks, keep) == got);   // the score grid's entry point agrees
     }
+}
+
+TEST_CASE("cuda_top_k_columns_rows: each block's rows against a key block, pooled by log-sum-exp", "[cuda][top_k][small]") {
+    if (!gpu_ready("top-k columns from query rows")) return;
+    // Random rows and keys; the host pools in double. The kernel's float32 log-sum-exp may order two
+    // blocks whose scores agree to about 1e-5 otherwise: such a row may differ, no other.
+    for (const auto& [n, row_block, width, keep] : std::vector<std::array<int64_t, 4>>{{200, 16, 8, 4}, {1000, 64, 32, 9}, {4096, 64, 32, 17}}) {
+        const int64_t grids = 2, blocks = (n + row_block - 1) / row_block;
+        INFO("n " << n << ", block " << row_block << ", width " << width << ", keep " << keep);
+        std::mt19937 gen(static_cast<uint32_t>(n));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> a(static_cast<size_t>(grids * n * width)), b(static_cast<size_t>(grids * blocks * width));
+        for (float& x : a) x = normal(gen);
+        for (float& x : b) x = normal(gen);
+        const double divisor = std::sqrt(static_cast<double>(width));
+        std::vector<float> scores(static_cast<size_t>(grids * blocks * blocks), 0.0f);
+        std::vector<double> exact(scores.size(), 0.0);
+        for (int64_t g = 0; g < grids; ++g)
+            for (int64_t r = 0; r < blocks; ++r)
+                for (int64_t c = 0; c < blocks; ++c) {
+                    std::vector<double> x;
+                    for (int64_t i = r * row_block; i < std::min(n, (r + 1) * row_block); ++i) {
+                        double dot = 0;
+                        for (int64_t j = 0; j < width; ++j)
+                            dot += static_cast<double>(a[static_cast<size_t>((g * n + i) * width + j)]) * b[static_cast<size_t>((g * blocks + c) * width + j)];
+                        x.push_back(dot / divisor);
+                    }
+                    const double top = *std::max_element(x.begin(), x.end());
+                    double sum = 0;
+                    for (double v : x) sum += std::exp(v - top);
+                    const size_t at = static_cast<size_t>((g * blocks + r) * blocks + c);
+                    exact[at] = top + std::log(sum);
+                    scores[at] = static_cast<float>(exact[at]);
+                }
+        const int64_t entries = grids * top_k_columns_per_head(blocks, keep);
+        float *d_a = nullptr, *d_b = nullptr;
+        int32_t* d_columns = nullptr;
+        REQUIRE(cudaMalloc(&d_a, a.size() * sizeof(float)) == cudaSuccess);
+        REQUIRE(cudaMalloc(&d_b, b.size() * sizeof(float)) == cudaSuccess);
+        REQUIRE(cudaMalloc(&d_columns, static_cast<size_t>(entries) * sizeof(int32_t)) == cudaSuccess);
+        REQUIRE(cudaMemcpy(d_a, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+        REQUIRE(cudaMemcpy(d_b, b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+        cuda_top_k_columns_rows(d_a, d_b, width, static_cast<float>(divisor), grids, n, row_block, keep, d_columns, nullptr);
+        std::vector<int32_t> got(static_cast<size_t>(entries));
+        REQUIRE(cudaMemcpy(got.data(), d_columns, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost) == cudaSuccess);
+        cudaFree(d_a);
+        cudaFree(d_b);
+        cudaFree(d_columns);
+        const std::vector<int32_t> want = reference(scores, grids, blocks, keep);
+        REQUIRE(got.size() == want.size());
+        size_t at = 0;
+        int64_t differ = 0;
+        for (int64_t g = 0; g < grids; ++g)
+            for (int64_t r = 0; r < blocks; ++r) {
+                const size_t len = static_cast<size_t>(std::min(keep, r + 1));
+                std::vector<int32_t> x(got.begin() + static_cast<long>(at), got.begin() + static_cast<long>(at + len)),
+                    y(want.begin() + static_cast<long>(at), want.begin() + static_cast<long>(at + len));
+                at += len;
+                if (x == y) continue;
+                ++differ;
+                std::vector<int32_t> odd;
+                std::set_symmetric_difference(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(odd));
+                double lo = INFINITY, hi = -INFINITY;
+                for (int32_t c : odd) {
+                    lo = std::min(lo, exact[static_cast<size_t>((g * blocks + r) * blocks + c)]);
+                    hi = std::max(hi, exact[static_cast<size_t>((g * blocks + r) * blocks + c)]);
+                }
+                CHECK(hi - lo <= 1e-4 * std::max(1.0, std::abs(hi)));
+            }
+        CHECK(differ <= grids * blocks / 100 + 1);
+    }
+    int32_t* columns = reinterpret_cast<int32_t*>(uintptr_t{256});
+    const float* p = reinterpret_cast<const float*>(uintptr_t{256});
+    CHECK_THROWS_WITH(cuda_top_k_columns_rows(p, p, 256, 1.0f, 1, 1000, 64, 4, columns, nullptr), Contains("block x width at most 8192"));
 }
 
 TEST_CASE("cuda_top_k_columns: the largest grid it ranks", "[cuda][top_k]") {
