@@ -87,6 +87,25 @@ std::vector<int32_t> on_gpu(const std::vector<float>& scores, int64_t grids, int
     return out;
 }
 
+// a and b uploaded, run(a, b, columns) launched, `entries` columns read back.
+template <typename Run>
+std::vector<int32_t> on_gpu_from(const std::vector<float>& a, const std::vector<float>& b, int64_t entries, Run run) {
+    float *d_a = nullptr, *d_b = nullptr;
+    int32_t* d_columns = nullptr;
+    REQUIRE(cudaMalloc(&d_a, a.size() * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMalloc(&d_b, b.size() * sizeof(float)) == cudaSuccess);
+    REQUIRE(cudaMalloc(&d_columns, static_cast<size_t>(entries) * sizeof(int32_t)) == cudaSuccess);
+    REQUIRE(cudaMemcpy(d_a, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(d_b, b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+    run(static_cast<const float*>(d_a), static_cast<const float*>(d_b), d_columns);
+    std::vector<int32_t> out(static_cast<size_t>(entries));
+    REQUIRE(cudaMemcpy(out.data(), d_columns, out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost) == cudaSuccess);
+    cudaFree(d_a);
+    cudaFree(d_b);
+    cudaFree(d_columns);
+    return out;
+}
+
 } // namespace
 
 TEST_CASE("cuda_top_k_columns: the layout's columns of a stable descending sort", "[cuda][top_k][small]") {
@@ -125,20 +144,9 @@ TEST_CASE("cuda_top_k_columns_scored: the scores a . b / divisor, ranked the sam
                         dot += a[static_cast<size_t>((g * blocks + r) * width + j)] * b[static_cast<size_t>((g * blocks + c) * width + j)];
                     scores[static_cast<size_t>((g * blocks + r) * blocks + c)] = dot / 2.0f;
                 }
-        const int64_t entries = grids * top_k_columns_per_head(blocks, keep);
-        float *d_a = nullptr, *d_b = nullptr;
-        int32_t* d_columns = nullptr;
-        REQUIRE(cudaMalloc(&d_a, a.size() * sizeof(float)) == cudaSuccess);
-        REQUIRE(cudaMalloc(&d_b, b.size() * sizeof(float)) == cudaSuccess);
-        REQUIRE(cudaMalloc(&d_columns, static_cast<size_t>(entries) * sizeof(int32_t)) == cudaSuccess);
-        REQUIRE(cudaMemcpy(d_a, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
-        REQUIRE(cudaMemcpy(d_b, b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
-        cuda_top_k_columns_scored(d_a, d_b, width, 2.0f, grids, blocks, keep, d_columns, nullptr);
-        std::vector<int32_t> got(static_cast<size_t>(entries));
-        REQUIRE(cudaMemcpy(got.data(), d_columns, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost) == cudaSuccess);
-        cudaFree(d_a);
-        cudaFree(d_b);
-        cudaFree(d_columns);
+        const std::vector<int32_t> got = on_gpu_from(a, b, grids * top_k_columns_per_head(blocks, keep), [&](auto da, auto db, auto dc) {
+            cuda_top_k_columns_scored(da, db, width, 2.0f, grids, blocks, keep, dc, nullptr);
+        });
         CHECK(got == reference(scores, grids, blocks, keep));
         CHECK(on_gpu(scores, grids, blocks, keep) == got);   // the score grid's entry point agrees
     }
@@ -176,20 +184,9 @@ TEST_CASE("cuda_top_k_columns_rows: each block's rows against a key block, poole
                     exact[at] = top + std::log(sum);
                     scores[at] = static_cast<float>(exact[at]);
                 }
-        const int64_t entries = grids * top_k_columns_per_head(blocks, keep);
-        float *d_a = nullptr, *d_b = nullptr;
-        int32_t* d_columns = nullptr;
-        REQUIRE(cudaMalloc(&d_a, a.size() * sizeof(float)) == cudaSuccess);
-        REQUIRE(cudaMalloc(&d_b, b.size() * sizeof(float)) == cudaSuccess);
-        REQUIRE(cudaMalloc(&d_columns, static_cast<size_t>(entries) * sizeof(int32_t)) == cudaSuccess);
-        REQUIRE(cudaMemcpy(d_a, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
-        REQUIRE(cudaMemcpy(d_b, b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
-        cuda_top_k_columns_rows(d_a, d_b, width, static_cast<float>(divisor), grids, n, row_block, keep, d_columns, nullptr);
-        std::vector<int32_t> got(static_cast<size_t>(entries));
-        REQUIRE(cudaMemcpy(got.data(), d_columns, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost) == cudaSuccess);
-        cudaFree(d_a);
-        cudaFree(d_b);
-        cudaFree(d_columns);
+        const std::vector<int32_t> got = on_gpu_from(a, b, grids * top_k_columns_per_head(blocks, keep), [&](auto da, auto db, auto dc) {
+            cuda_top_k_columns_rows(da, db, width, static_cast<float>(divisor), grids, n, row_block, keep, dc, nullptr);
+        });
         const std::vector<int32_t> want = reference(scores, grids, blocks, keep);
         REQUIRE(got.size() == want.size());
         size_t at = 0;
