@@ -112,7 +112,7 @@ PooledGateExample pooled_gate_example(const Tensor& q, const Tensor& k, int32_t 
         for (int64_t r = 0; r < B; ++r) {
             double total = 0;
             for (int64_t c = 0; c < B; ++c)
-                total += (e.target[(h * B + r) * B + c] = max_target ? pooled.row_max_share(0, h, r, c) : pooled.row_share(0, h, r, c));
+                total += (e.target[(h * B + r) * B + c] = max_target ? pooled.row_max[pooled.index(0, h, r, c)] : pooled.row_share(0, h, r, c));
             for (int64_t c = 0; c < B; ++c) e.target[(h * B + r) * B + c] /= total;
         }
     return e;

@@ -66,9 +66,12 @@ step_test() {
 }
 
 # [SECTION] train: the example's loss curves on the GPU, the same seed (weights, batches) for all three
+# train_tiny_lm.py's run on the GPU (examples/torch/README.md, "On a GPU"), but for its seed.
+TRAIN_COMMON=(--device cuda --dim 256 --heads 4 --layers 2 --keys 16 --pairs 8 --queries 8 --filler 480
+              --block 64 --batch 64 --steps 1500 --lr 1e-3)
+
 step_train() {
-    local common=(--device cuda --dim 256 --heads 4 --layers 2 --keys 16 --pairs 8 --queries 8 --filler 480
-                  --block 64 --batch 64 --steps 1500 --lr 1e-3 --seed 1)
+    local common=("${TRAIN_COMMON[@]}" --seed 1)
     # shellcheck disable=SC2206
     local extra=(${TRAIN_ARGS:-})
     export PYTHONPATH=$ROOT/$BUILD/python PYTHONUNBUFFERED=1
@@ -92,8 +95,7 @@ step_train() {
 # [SECTION] seeds: SDPA against sparsa under the dense script over several seeds, the spread between
 # seeds beside the difference between the two (examples/torch/README.md, "Over seeds")
 step_seeds() {
-    local common=(--device cuda --dim 256 --heads 4 --layers 2 --keys 16 --pairs 8 --queries 8 --filler 480
-                  --block 64 --batch 64 --steps 1500 --lr 1e-3)
+    local common=("${TRAIN_COMMON[@]}")
     # shellcheck disable=SC2206
     local extra=(${TRAIN_ARGS:-}) seed sdpa=() dense=()
     export PYTHONPATH=$ROOT/$BUILD/python PYTHONUNBUFFERED=1

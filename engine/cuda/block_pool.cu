@@ -87,22 +87,15 @@ void cuda_block_pool(const CudaBlockPoolCall& call) {
     const auto grid = static_cast<unsigned>(call.batch * call.heads * blocks);
     auto* stream = static_cast<cudaStream_t>(call.stream);
     const size_t smem = call.projection != nullptr ? static_cast<size_t>(call.bounds ? 3 * call.d : call.d) * sizeof(float) : 0;
+    const auto launch = [&](const auto* x) {
+        block_pool_kernel<<<grid, threads, smem, stream>>>(x, call.heads, call.n, call.d, call.stride_batch, call.stride_head,
+                                                        call.stride_row, call.block, blocks, call.bounds, call.projection,
+                                                        call.width, call.out);
+    };
     switch (call.dtype) {
-        case CudaDtype::bfloat16:
-            block_pool_kernel<<<grid, threads, smem, stream>>>(static_cast<const __nv_bfloat16*>(call.x), call.heads, call.n, call.d,
-                                                            call.stride_batch, call.stride_head, call.stride_row, call.block,
-                                                            blocks, call.bounds, call.projection, call.width, call.out);
-            break;
-        case CudaDtype::float16:
-            block_pool_kernel<<<grid, threads, smem, stream>>>(static_cast<const __half*>(call.x), call.heads, call.n, call.d,
-                                                            call.stride_batch, call.stride_head, call.stride_row, call.block,
-                                                            blocks, call.bounds, call.projection, call.width, call.out);
-            break;
-        case CudaDtype::float32:
-            block_pool_kernel<<<grid, threads, smem, stream>>>(static_cast<const float*>(call.x), call.heads, call.n, call.d,
-                                                            call.stride_batch, call.stride_head, call.stride_row, call.block,
-                                                            blocks, call.bounds, call.projection, call.width, call.out);
-            break;
+        case CudaDtype::bfloat16: launch(static_cast<const __nv_bfloat16*>(call.x)); break;
+        case CudaDtype::float16: launch(static_cast<const __half*>(call.x)); break;
+        case CudaDtype::float32: launch(static_cast<const float*>(call.x)); break;
     }
     cuda_host::cuda_check(cudaGetLastError(), "block_pool_kernel launch");
 }

@@ -171,19 +171,16 @@ void launch(const float* scores, const float* a, const float* b, int64_t width, 
 } // namespace
 
 void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream) {
-    if (scores == nullptr) throw Error("cuda_top_k_columns: the scores (or a and b) and columns must not be null");
     launch(scores, nullptr, nullptr, 0, 1.0f, 0, 0, grids, blocks, keep, columns, stream);
 }
 
 void cuda_top_k_columns_scored(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
                                int64_t keep, int32_t* columns, void* stream) {
-    if (a == nullptr || b == nullptr) throw Error("cuda_top_k_columns: the scores (or a and b) and columns must not be null");
     launch(nullptr, a, b, width, divisor, 0, 0, grids, blocks, keep, columns, stream);
 }
 
 void cuda_top_k_columns_rows(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t n,
                              int64_t row_block, int64_t keep, int32_t* columns, void* stream) {
-    if (a == nullptr || b == nullptr) throw Error("cuda_top_k_columns: the scores (or a and b) and columns must not be null");
     if (n < 1 || row_block < 1 || row_block * width > kTopKRowsMaxFloats)
         throw Error("cuda_top_k_columns_rows: n and the block must be >= 1 and block x width at most " +
                     std::to_string(kTopKRowsMaxFloats) + "; got n " + std::to_string(n) + ", block " + std::to_string(row_block) +

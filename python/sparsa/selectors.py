@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import sparsa
+import sparsa.torch as _st
 
 __all__ = ["blocks_per_row", "moba_scores", "quest_scores", "exact_scores", "vertical_slash_scores", "pooled_target",
            "pooled_targets", "TARGETS", "top_k_blocks", "top_k_grid", "KEY_POOLS", "QUERY_POOLS", "PooledGate", "Indexer", "favor_attention"]
@@ -84,9 +85,6 @@ def _blocked(x, block):
     return x.reshape(x.shape[0], x.shape[1], blocks, block, x.shape[3]), counts
 
 
-_POOL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
-
-
 def _pool_cuda(x, block, bounds, projection=None):
     """engine/cuda/block_pool.hpp on a CUDA x [batch, heads, n, d] with channel stride 1 (any other
     strides): float32 [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), x
@@ -94,7 +92,7 @@ def _pool_cuda(x, block, bounds, projection=None):
     rows through each head's map, [.., width], in the same launch. None where it does not apply:
     another device or dtype, a build without the CUDA engine, or an x whose gradient is wanted (the
     kernel has no backward)."""
-    if not x.is_cuda or x.dtype not in _POOL_DTYPES or x.dim() != 4 or x.numel() == 0 or x.stride(3) != 1 \
+    if not x.is_cuda or x.dtype not in _st._CUDA_DTYPE_NAMES or x.dim() != 4 or x.numel() == 0 or x.stride(3) != 1 \
             or x.shape[3] > 1024 or (torch.is_grad_enabled() and x.requires_grad):
         return None
     pool = getattr(sparsa._sparsa, "_cuda_block_pool", None)   # only in a build with the CUDA engine
@@ -109,7 +107,7 @@ def _pool_cuda(x, block, bounds, projection=None):
         width = projection.shape[2]
     out = torch.empty(batch, heads, -(-n // block), width, dtype=torch.float32, device=x.device)
     with torch.cuda.device(x.device):
-        pool(x.data_ptr(), _POOL_DTYPES[x.dtype], batch, heads, n, d, x.stride(0), x.stride(1), x.stride(2), block, bounds,
+        pool(x.data_ptr(), _st._CUDA_DTYPE_NAMES[x.dtype], batch, heads, n, d, x.stride(0), x.stride(1), x.stride(2), block, bounds,
              out.data_ptr(), torch.cuda.current_stream().cuda_stream,
              0 if projection is None else projection.data_ptr(), 0 if projection is None else width)
     return out
@@ -386,7 +384,6 @@ class PooledGate:
         orders. With row queries the same with q's rows through wq (one matmul) and the top-k kernel
         pooling each block's row scores by log-sum-exp (cuda_top_k_columns_rows). Elsewhere (or where
         those kernels do not apply) it is that."""
-        import sparsa.torch as st
         if not self.causal:
             raise ValueError("PooledGate.top_k: a top-k layout is causal; use select() for a bidirectional gate")
         batch, heads, n = q.shape[:3]
@@ -400,7 +397,7 @@ class PooledGate:
             a = (q.float() @ wq).contiguous() if rows else _pool_cuda(q, self.block, False, wq)   # [.., n or blocks, width]
             b = _pool_cuda(k, self.block, self.key_pool != "mean", wk) if a is not None else None
             if a is not None and b is not None:
-                columns = torch.empty(batch * heads * st._top_k_entries(blocks, keep), dtype=torch.int32, device=q.device)
+                columns = torch.empty(batch * heads * _st._top_k_entries(blocks, keep), dtype=torch.int32, device=q.device)
                 stream = torch.cuda.current_stream().cuda_stream
                 with torch.cuda.device(q.device):
                     if rows:
@@ -409,8 +406,8 @@ class PooledGate:
                     else:
                         kernel(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, blocks, keep,
                                columns.data_ptr(), stream)
-                return st.TopK((batch, heads, blocks), keep, columns=columns)
-        return st.select_top_k(self.block_scores(layer, q, k), keep)
+                return _st.TopK((batch, heads, blocks), keep, columns=columns)
+        return _st.select_top_k(self.block_scores(layer, q, k), keep)
 
     def _kl(self, wq, wk, q_side, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged
