@@ -186,19 +186,6 @@ void bind_cuda(py::module_& m) {
           "strides in elements) to float32 out [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), "
           "or with projection (float32 [heads, d or 3 d, width]) those rows through each head's map: [.., width]. "
           "Private: sparsa.selectors uses it for CUDA tensors.");
-    m.def("_cuda_top_k_columns_scored",
-          [](std::uintptr_t a, std::uintptr_t b, int64_t width, float divisor, int64_t grids, int64_t blocks, int64_t keep,
-             std::uintptr_t columns, std::uintptr_t stream) {
-              const auto* a_ptr = static_cast<const float*>(pointer(a, "a"));
-              const auto* b_ptr = static_cast<const float*>(pointer(b, "b"));
-              auto* columns_ptr = static_cast<int32_t*>(pointer_mut(columns, "columns"));
-              py::gil_scoped_release release;
-              cuda_top_k_columns_scored(a_ptr, b_ptr, width, divisor, grids, blocks, keep, columns_ptr, reinterpret_cast<void*>(stream));
-          },
-          py::arg("a"), py::arg("b"), py::arg("width"), py::arg("divisor"), py::arg("grids"), py::arg("blocks"), py::arg("keep"),
-          py::arg("columns"), py::arg("stream"),
-          "_cuda_top_k_columns with the scores a[g, r] . b[g, c] / divisor computed in the kernel (a, b float32 "
-          "[grids, blocks, width]). Private: sparsa.selectors.PooledGate.top_k uses it.");
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
 }

@@ -4,9 +4,10 @@
 // candidates as a stable descending sort does; the (keep - 1)-th largest key is found bit by bit
 // from the top (48 block-wide counts of keys at or above a trial value, no sort); the candidates at
 // or above it are exactly the kept ones, written in ascending order by a ballot and a prefix over
-// the block's warps, then the row's own block. The scored entries compute each candidate's score
-// from the pooled gate's two sides where the row is ranked instead of reading a score grid (the
-// rows entry: each query row of the block against the key block, pooled by log-sum-exp).
+// the block's warps, then the row's own block. The rows entry computes each candidate's score from
+// the pooled gate's two sides where the row is ranked instead of reading a score grid: each query
+// row of the block against the key block, pooled by log-sum-exp. (An entry scoring one pooled
+// query a block the same way was slower on an H100 than a matmul and the grid: removed.)
 #include "engine/cuda/top_k_columns.hpp"
 
 #include "engine/cuda/cuda_host.hpp"
@@ -51,14 +52,12 @@ __device__ int block_sum(int value, int* warp_sums) {
     return total;
 }
 
-// scores, or (a, b, width, divisor) when scores is null: see the entry points. row_block 0: a is
-// [grids, blocks, width], one row a block; else a is [grids, n, width], row_block rows a block,
-// whose scores against key block c are pooled by log-sum-exp.
+// scores, or (a, b, width, divisor, n, row_block) when scores is null: see the entry points.
 __global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __restrict__ scores, const float* __restrict__ a,
                                                                  const float* __restrict__ b, int32_t width, float divisor,
                                                                  int64_t n, int32_t row_block, int32_t blocks, int32_t keep,
                                                                  int64_t per_grid, int32_t* __restrict__ columns) {
-    extern __shared__ uint64_t keys[];   // [blocks], then (scored) a's rows of block r: [rows, width] floats
+    extern __shared__ uint64_t keys[];   // [blocks], then (rows) a's rows of block r: [rows, width] floats
     __shared__ int warp_sums[kWarps];
     const int64_t item = blockIdx.x;
     const int32_t r = static_cast<int32_t>(item % blocks);
@@ -79,16 +78,6 @@ __global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __
     if (scores != nullptr) {
         const float* row = scores + (grid * blocks + r) * static_cast<int64_t>(blocks);
         for (int32_t c = threadIdx.x; c < r; c += kThreads) keys[c] = key(row[c], c);
-    } else if (row_block == 0) {
-        auto* a_row = reinterpret_cast<float*>(keys + blocks);
-        for (int32_t j = threadIdx.x; j < width; j += kThreads) a_row[j] = a[(grid * blocks + r) * width + j];
-        __syncthreads();
-        for (int32_t c = threadIdx.x; c < r; c += kThreads) {
-            const float* b_row = b + (grid * blocks + c) * width;
-            float dot = 0.0f;
-            for (int32_t j = 0; j < width; ++j) dot += a_row[j] * b_row[j];
-            keys[c] = key(dot / divisor, c);
-        }
     } else {   // the block's rows, each scored against c, pooled by an online log-sum-exp
         auto* a_rows = reinterpret_cast<float*>(keys + blocks);
         const int64_t first = static_cast<int64_t>(r) * row_block;
@@ -160,7 +149,7 @@ void launch(const float* scores, const float* a, const float* b, int64_t width, 
     if (scores == nullptr && !(divisor > 0.0f && divisor < INFINITY))
         throw Error("cuda_top_k_columns: the divisor must be finite and positive, got " + std::to_string(divisor));
     if (grids * blocks > int64_t{0x7fffffff}) throw Error("cuda_top_k_columns: grids x blocks is over 2^31 - 1 thread blocks");
-    const size_t a_floats = scores != nullptr ? 0 : static_cast<size_t>(width) * static_cast<size_t>(row_block > 0 ? row_block : 1);
+    const size_t a_floats = scores != nullptr ? 0 : static_cast<size_t>(width) * static_cast<size_t>(row_block);
     const size_t smem = static_cast<size_t>(blocks) * sizeof(uint64_t) + a_floats * sizeof(float);
     top_k_columns_kernel<<<static_cast<unsigned>(grids * blocks), kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
         scores, a, b, static_cast<int32_t>(width), divisor, n, static_cast<int32_t>(row_block), static_cast<int32_t>(blocks),
@@ -172,11 +161,6 @@ void launch(const float* scores, const float* a, const float* b, int64_t width, 
 
 void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream) {
     launch(scores, nullptr, nullptr, 0, 1.0f, 0, 0, grids, blocks, keep, columns, stream);
-}
-
-void cuda_top_k_columns_scored(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
-                               int64_t keep, int32_t* columns, void* stream) {
-    launch(nullptr, a, b, width, divisor, 0, 0, grids, blocks, keep, columns, stream);
 }
 
 void cuda_top_k_columns_rows(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t n,

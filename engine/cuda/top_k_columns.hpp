@@ -34,22 +34,17 @@ inline int64_t top_k_columns_per_head(int64_t blocks, int64_t keep) {
 // outside 1 to blocks, a null pointer, or a failed launch.
 void cuda_top_k_columns(const float* scores, int64_t grids, int64_t blocks, int64_t keep, int32_t* columns, void* stream);
 
-// The same from the pooled gate's two sides instead of a score grid: the score of (r, c) is
-// a[grid, r] . b[grid, c] / divisor (a, b: device float32 [grids, blocks, width], contiguous; the
-// products summed in float32 in order), computed where it is ranked, so no [grids, blocks, blocks]
-// grid is written or read. Throws as above, and for width outside 1 to 1,024 or a divisor that is
-// not finite and positive.
-void cuda_top_k_columns_scored(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t blocks,
-                               int64_t keep, int32_t* columns, void* stream);
-
 // The most floats of one query block's rows the rows entry holds in shared memory (block x width).
 inline constexpr int64_t kTopKRowsMaxFloats = 8192;
 
-// The same with every query row instead of one a block (the pooled gate with row queries): a is
-// [grids, n, width], the rows of query block r are r row_block .. (the last block's fewer), and the
-// score of (r, c) is the log-sum-exp over those rows of a[grid, i] . b[grid, c] / divisor (an online
-// log-sum-exp in float32, as torch.logsumexp up to rounding). blocks = ceil(n / row_block). Throws
-// as above, and for row_block x width above kTopKRowsMaxFloats.
+// The same from the pooled gate's two sides with row queries instead of a score grid: a is
+// [grids, n, width], b [grids, blocks, width] (device float32, contiguous), the rows of query block
+// r are r row_block .. (the last block's fewer), and the score of (r, c) is the log-sum-exp over
+// those rows of a[grid, i] . b[grid, c] / divisor (the products summed in float32 in order, an
+// online log-sum-exp in float32, as torch.logsumexp up to rounding), computed where it is ranked,
+// so no [grids, n, blocks] grid is written or read. blocks = ceil(n / row_block). Throws as above,
+// and for width outside 1 to 1,024, a divisor that is not finite and positive, or row_block x width
+// above kTopKRowsMaxFloats.
 void cuda_top_k_columns_rows(const float* a, const float* b, int64_t width, float divisor, int64_t grids, int64_t n,
                              int64_t row_block, int64_t keep, int32_t* columns, void* stream);
 

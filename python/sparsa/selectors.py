@@ -113,6 +113,13 @@ def _pool_cuda(x, block, bounds, projection=None):
     return out
 
 
+def _float32_products(device):
+    """No autocast for the selectors' own products: inside a model's bfloat16 autocast region a matmul
+    of float32 maps would run in bfloat16, rounding the gate's scores to 8 bits (ties at the cut) and
+    handing the CUDA kernels, which read float32, a bfloat16 tensor."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def _block_means(x, block):
     """Each block's mean row, float32 [batch, heads, blocks, d]: summed in float32 straight from x's
     dtype (no float32 copy of all of x: at 16 heads x 16,384 x 128 in bf16 that copy alone is 128 MB
@@ -357,9 +364,11 @@ class PooledGate:
 
     def block_scores(self, layer, q, k):
         """The gate's scores of every (query block, key block) from q, k [batch, heads, n, head_dim] (float32
-        maps: what selection costs at inference): [batch, heads, blocks, blocks]."""
-        q_side = q if self.query_pool == "rows" else _block_means(q, self.block)
-        return self.scores(layer, q_side, _block_keys(k, self.block, self.key_pool), *self._maps32(layer))
+        maps: what selection costs at inference): [batch, heads, blocks, blocks]. The products stay in
+        float32 inside an autocast region too (_float32_products)."""
+        with _float32_products(q.device):
+            q_side = q if self.query_pool == "rows" else _block_means(q, self.block)
+            return self.scores(layer, q_side, _block_keys(k, self.block, self.key_pool), *self._maps32(layer))
 
     def _maps32(self, layer):
         """Layer `layer`'s wq and wk in float32, converted once per state of the maps (a new tensor, as
@@ -376,38 +385,39 @@ class PooledGate:
 
     def top_k(self, layer, q, k, keep):
         """The top `keep` blocks a row by the gate's scores as sparsa.torch.attention_top_k takes them (a
-        sparsa.torch.TopK; causal gates). On CUDA in three launches and no score grid: q's block means
-        through wq and k's pooled keys through wk, each in the pooling kernel (_pool_cuda with a
-        projection), then the top-k kernel computing each score a_r . b_c / sqrt(width) where it
-        ranks the row (engine/cuda/top_k_columns.hpp, cuda_top_k_columns_scored): the blocks of
-        sparsa.torch.select_top_k(block_scores(...)) up to float32's rounding of other summation
-        orders. With row queries the same with q's rows through wq (one matmul) and the top-k kernel
-        pooling each block's row scores by log-sum-exp (cuda_top_k_columns_rows). Elsewhere (or where
-        those kernels do not apply) it is that."""
+        sparsa.torch.TopK; causal gates): sparsa.torch.select_top_k(block_scores(...)), on CUDA in four
+        launches: q's block means through wq and k's pooled keys through wk, each in the pooling kernel
+        (_pool_cuda with a projection), their product (one matmul, float32) and the top-k kernel. With
+        row queries q's rows through wq (one matmul) and the top-k kernel scoring each row against the
+        pooled keys and pooling a block's rows by log-sum-exp (engine/cuda/top_k_columns.hpp,
+        cuda_top_k_columns_rows), so no [n, blocks] grid is written. The blocks are block_scores's up
+        to float32's rounding of other summation orders. (Scoring a . b inside the top-k kernel as
+        well, with no grid at all, was measured slower on an H100: each thread's dot products read b
+        from memory where the matmul's tensor cores do not; bench/results/learn-ruler-gpu-nvidia-h100,
+        "Fifth run".)"""
         if not self.causal:
             raise ValueError("PooledGate.top_k: a top-k layout is causal; use select() for a bidirectional gate")
         batch, heads, n = q.shape[:3]
         blocks = -(-n // self.block)
-        rows = self.query_pool == "rows"
-        kernel = getattr(sparsa._sparsa, "_cuda_top_k_columns_rows" if rows else "_cuda_top_k_columns_scored", None)
-        if kernel is not None and q.is_cuda and k.shape[:3] == q.shape[:3] and 1 <= keep <= blocks \
-                and blocks <= sparsa._sparsa._cuda_top_k_max_blocks and batch * heads >= 1 \
-                and (not rows or self.block * self.width <= sparsa._sparsa._cuda_top_k_rows_max_floats):
-            wq, wk = self._maps32(layer)
-            a = (q.float() @ wq).contiguous() if rows else _pool_cuda(q, self.block, False, wq)   # [.., n or blocks, width]
-            b = _pool_cuda(k, self.block, self.key_pool != "mean", wk) if a is not None else None
-            if a is not None and b is not None:
-                columns = torch.empty(batch * heads * _st._top_k_entries(blocks, keep), dtype=torch.int32, device=q.device)
-                stream = torch.cuda.current_stream().cuda_stream
-                with torch.cuda.device(q.device):
-                    if rows:
-                        kernel(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, n, self.block, keep,
-                               columns.data_ptr(), stream)
-                    else:
-                        kernel(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, blocks, keep,
-                               columns.data_ptr(), stream)
-                return _st.TopK((batch, heads, blocks), keep, columns=columns)
-        return _st.select_top_k(self.block_scores(layer, q, k), keep)
+        rows_kernel = getattr(sparsa._sparsa, "_cuda_top_k_columns_rows", None)
+        with _float32_products(q.device):
+            if q.is_cuda and k.shape[:3] == q.shape[:3]:
+                wq, wk = self._maps32(layer)
+                b = _pool_cuda(k, self.block, self.key_pool != "mean", wk)   # [.., blocks, width]
+                if b is not None and self.query_pool == "mean":
+                    a = _pool_cuda(q, self.block, False, wq)
+                    if a is not None:
+                        return _st.select_top_k((a @ b.transpose(-1, -2)).div_(math.sqrt(self.width)), keep)
+                elif b is not None and rows_kernel is not None and 1 <= keep <= blocks \
+                        and blocks <= sparsa._sparsa._cuda_top_k_max_blocks \
+                        and self.block * self.width <= sparsa._sparsa._cuda_top_k_rows_max_floats:
+                    a = (q.float() @ wq).contiguous()   # [.., n, width]
+                    columns = torch.empty(batch * heads * _st._top_k_entries(blocks, keep), dtype=torch.int32, device=q.device)
+                    with torch.cuda.device(q.device):
+                        rows_kernel(a.data_ptr(), b.data_ptr(), self.width, math.sqrt(self.width), batch * heads, n, self.block,
+                                    keep, columns.data_ptr(), torch.cuda.current_stream().cuda_stream)
+                    return _st.TopK((batch, heads, blocks), keep, columns=columns)
+            return _st.select_top_k(self.block_scores(layer, q, k), keep)
 
     def _kl(self, wq, wk, q_side, k_mean, target):
         """KL(target || softmax(scores)) per (layer, head), summed over block rows / blocks, averaged

@@ -239,13 +239,31 @@ def _rows_of(columns, grids, blocks, keep):
     return out
 
 
+@pytest.mark.parametrize("query", sel.QUERY_POOLS)
+def test_the_gates_scores_stay_float32_inside_a_models_autocast(query):
+    """A model's bfloat16 autocast region (sparsa.lab's on CUDA) must not turn the gate's products
+    into bfloat16: its scores would round to 8 bits and tie at the cut, and the CUDA kernels read
+    float32 (a bfloat16 tensor there read past its end). On the CPU the same autocast rule applies."""
+    g = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(2, 3, 100, 16, generator=g) for _ in range(2))
+    gate = sel.PooledGate(1, 3, 16, 8, 16, True, 2, "cpu", "mean+max+min", query)
+    plain = gate.block_scores(0, q, k)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = gate.block_scores(0, q, k)
+        chosen = gate.top_k(0, q, k, 3)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+    assert torch.equal(chosen.top, sel.top_k_blocks(plain, 3))
+
+
 @pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
-@pytest.mark.parametrize("pool,query", [(p, qp) for p in sel.KEY_POOLS for qp in sel.QUERY_POOLS])
-def test_on_the_gpu_the_gates_fused_top_k_keeps_its_scores_blocks(pool, query):
-    """PooledGate.top_k on CUDA (the pooling kernel with the maps, the top-k kernel scoring a . b
-    itself, or each row's a_i . b pooled by log-sum-exp) against select_top_k of block_scores: the
-    same kept blocks but where two blocks' scores tie at the cut to float32's rounding (other
-    summation orders); and the same inside a CUDA graph."""
+@pytest.mark.parametrize("pool,query,autocast", [(p, qp, a) for p in sel.KEY_POOLS for qp in sel.QUERY_POOLS for a in (False, True)])
+def test_on_the_gpu_the_gates_fused_top_k_keeps_its_scores_blocks(pool, query, autocast):
+    """PooledGate.top_k on CUDA (the pooling kernel with the maps, then a matmul and the top-k
+    kernel, or each row's a_i . b scored and pooled by log-sum-exp in the top-k kernel) against
+    select_top_k of block_scores: the same kept blocks but where two blocks' scores tie at the cut
+    to float32's rounding (other summation orders), also inside a model's bfloat16 autocast region
+    (sparsa.ruler's teacher runs there); and the same inside a CUDA graph."""
+    import contextlib
     import sparsa.torch as st
     g = torch.Generator().manual_seed(9)
     batch, heads, n, d, block, keep = 2, 4, 4000, 64, 64, 9
@@ -254,7 +272,8 @@ def test_on_the_gpu_the_gates_fused_top_k_keeps_its_scores_blocks(pool, query):
     gate = sel.PooledGate(1, heads, d, 32, block, True, 3, "cuda", pool, query)
     blocks = -(-n // block)
     with torch.no_grad():
-        fused = gate.top_k(0, q, k, keep)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            fused = gate.top_k(0, q, k, keep)
         scores = gate.block_scores(0, q, k)
         plain = st.select_top_k(scores, keep)
     assert fused.columns is not None and fused.columns.shape == plain.columns.shape

@@ -1,8 +1,7 @@
 // cuda_top_k_columns (engine/cuda/top_k_columns.hpp) against a stable sort on the host: random
 // score grids with ties, -0 and +0, infinities and NaNs, rows shorter and longer than `keep`, keep
-// 1 and keep = blocks, up to the largest grid it ranks; the scored entry (a . b / divisor computed
-// in the kernel) and the rows entry (each query row, log-sum-exp pooled) against the same on the
-// host. Bad arguments are refused (checked with or without a GPU); without one, the other cases
+// 1 and keep = blocks, up to the largest grid it ranks; the rows entry (each query row scored
+// against the key blocks in the kernel, log-sum-exp pooled) against the same on the host. Bad arguments are refused (checked with or without a GPU); without one, the other cases
 // print that they skipped and pass.
 #include "engine/cuda/top_k_columns.hpp"
 
@@ -123,35 +122,6 @@ TEST_CASE("cuda_top_k_columns: the layout's columns of a stable descending sort"
     }
 }
 
-TEST_CASE("cuda_top_k_columns_scored: the scores a . b / divisor, ranked the same way", "[cuda][top_k][small]") {
-    if (!gpu_ready("top-k columns from a and b")) return;
-    // a, b multiples of 1/4 from few values and width 6: every dot is exact, ties are common, and
-    // dividing by 2 is exact, so the host's score grid is the kernel's to the bit.
-    const int64_t grids = 3, width = 6;
-    for (const auto& [blocks, keep] : std::vector<std::pair<int64_t, int64_t>>{{5, 2}, {64, 17}, {300, 66}, {256, 1}}) {
-        INFO("blocks " << blocks << ", keep " << keep);
-        std::mt19937 gen(static_cast<uint32_t>(blocks + keep));
-        std::uniform_int_distribution<int> level(-3, 3);
-        std::vector<float> a(static_cast<size_t>(grids * blocks * width)), b(a.size());
-        for (float& x : a) x = 0.25f * static_cast<float>(level(gen));
-        for (float& x : b) x = 0.25f * static_cast<float>(level(gen));
-        std::vector<float> scores(static_cast<size_t>(grids * blocks * blocks), 0.0f);
-        for (int64_t g = 0; g < grids; ++g)
-            for (int64_t r = 0; r < blocks; ++r)
-                for (int64_t c = 0; c < blocks; ++c) {
-                    float dot = 0;
-                    for (int64_t j = 0; j < width; ++j)
-                        dot += a[static_cast<size_t>((g * blocks + r) * width + j)] * b[static_cast<size_t>((g * blocks + c) * width + j)];
-                    scores[static_cast<size_t>((g * blocks + r) * blocks + c)] = dot / 2.0f;
-                }
-        const std::vector<int32_t> got = on_gpu_from(a, b, grids * top_k_columns_per_head(blocks, keep), [&](auto da, auto db, auto dc) {
-            cuda_top_k_columns_scored(da, db, width, 2.0f, grids, blocks, keep, dc, nullptr);
-        });
-        CHECK(got == reference(scores, grids, blocks, keep));
-        CHECK(on_gpu(scores, grids, blocks, keep) == got);   // the score grid's entry point agrees
-    }
-}
-
 TEST_CASE("cuda_top_k_columns_rows: each block's rows against a key block, pooled by log-sum-exp", "[cuda][top_k][small]") {
     if (!gpu_ready("top-k columns from query rows")) return;
     // Random rows and keys; the host pools in double. The kernel's float32 log-sum-exp may order two
@@ -231,9 +201,9 @@ TEST_CASE("cuda_top_k_columns: bad arguments are refused before any launch", "[c
     CHECK_THROWS_WITH(cuda_top_k_columns(scores, 1, 4, 0, columns, nullptr), Contains("keep must be 1 to blocks = 4"));
     CHECK_THROWS_WITH(cuda_top_k_columns(scores, 1, 4, 5, columns, nullptr), Contains("keep must be 1 to blocks = 4"));
     CHECK_THROWS_WITH(cuda_top_k_columns(nullptr, 1, 4, 2, columns, nullptr), Contains("must not be null"));
-    CHECK_THROWS_WITH(cuda_top_k_columns_scored(scores, nullptr, 8, 1.0f, 1, 4, 2, columns, nullptr), Contains("must not be null"));
-    CHECK_THROWS_WITH(cuda_top_k_columns_scored(scores, scores, 0, 1.0f, 1, 4, 2, columns, nullptr), Contains("width must be 1 to 1024"));
-    CHECK_THROWS_WITH(cuda_top_k_columns_scored(scores, scores, 8, 0.0f, 1, 4, 2, columns, nullptr),
+    CHECK_THROWS_WITH(cuda_top_k_columns_rows(scores, nullptr, 8, 1.0f, 1, 64, 16, 2, columns, nullptr), Contains("must not be null"));
+    CHECK_THROWS_WITH(cuda_top_k_columns_rows(scores, scores, 0, 1.0f, 1, 64, 16, 2, columns, nullptr), Contains("width must be 1 to 1024"));
+    CHECK_THROWS_WITH(cuda_top_k_columns_rows(scores, scores, 8, 0.0f, 1, 64, 16, 2, columns, nullptr),
                       Contains("divisor must be finite and positive"));
 }
 
