@@ -1,7 +1,8 @@
 // The CUDA engine on memory someone else owns (sparsa.torch's GPU path): the private class
 // _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once; _cuda_top_k_columns, a
 // per-input selection written as a top-k layout's columns; _cuda_block_pool, the pooled gate's
-// block means and bounds. Their calls take device pointers as
+// block means and bounds; and content_attention_cuda, the CUDA content engine (lsh, anchors,
+// favor: engine/cuda/content_cuda.hpp) on host arrays. The device calls take device pointers as
 // integers (torch.Tensor.data_ptr()) and a cudaStream_t as an integer
 // (torch.cuda.current_stream().cuda_stream), so this file needs no torch header. Built only where
 // the CUDA engine is (python/CMakeLists.txt: target sparsa_cuda); the calls are
@@ -16,14 +17,18 @@
 
 #include "engine/cuda/attention_cuda_device.hpp"
 #include "engine/cuda/block_pool.hpp"
+#include "engine/cuda/content_cuda.hpp"
 #include "engine/cuda/top_k_columns.hpp"
 #include "engine/error.hpp"
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 namespace sparsa::python {
 
@@ -74,7 +79,66 @@ CudaDeviceCall call_make(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, i
     return call;
 }
 
+// One content engine for the process, created on first use and never destroyed (as
+// sparsa_module.cpp's cuda_engine: its device buffers are reused; freeing them during interpreter
+// exit would race the CUDA runtime's teardown). The mutex: the GIL is released while it runs.
+CudaContentAttention& cuda_content_engine() {
+    static CudaContentAttention* engine = new CudaContentAttention();
+    return *engine;
+}
+std::mutex g_content_mutex;
+
+float median(std::vector<float> x) {
+    std::sort(x.begin(), x.end());
+    return x.empty() ? 0.0f : x[x.size() / 2];
+}
+
 } // namespace
+
+py::tuple content_attention_cuda_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
+                                    int64_t layer, const std::string& dtype, float scale, int repeats) {
+    auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
+    attention_args_check(args, s.set, layer);
+    if (!layer_has_content(s.set, layer)) {
+        value_error("content_attention_cuda: layer " + std::to_string(layer) +
+                    " has no content-based head (lsh, anchors, favor): run it with attention_cuda");
+    }
+    if (repeats < 1) value_error("content_attention_cuda: repeats must be >= 1, got " + std::to_string(repeats));
+    Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
+    const ContentArrays arrays = content_arrays_of(s.set);
+    CudaContentOptions options;
+    options.dtype = device_dtype_parse(dtype);
+    options.scale = scale;
+    std::string why;
+    if (!cuda_device_available(&why)) value_error("content_attention_cuda: no usable GPU here: " + why);
+    AttentionOutput out;
+    std::vector<float> fixed, bucketing, attention, merge, total;
+    {
+        py::gil_scoped_release release;
+        const std::lock_guard<std::mutex> lock(g_content_mutex);
+        const CudaContentNumbers numbers = cuda_content_numbers(s.set, layer, q.shape.d, &arrays);
+        CudaContentAttention& engine = cuda_content_engine();
+        engine.prepare(q, k, v, s.set, layer, numbers, options);
+        for (int r = 0; r < repeats; ++r) {
+            engine.run();
+            const CudaContentTimes t = engine.times();
+            fixed.push_back(t.fixed_ms);
+            bucketing.push_back(t.bucketing_ms);
+            attention.push_back(t.attention_ms);
+            merge.push_back(t.merge_ms);
+            total.push_back(t.total_ms);
+        }
+        out = engine.download();
+    }
+    py::dict times;
+    times["fixed_ms"] = median(fixed);
+    times["bucketing_ms"] = median(bucketing);
+    times["attention_ms"] = median(attention);
+    times["merge_ms"] = median(merge);
+    times["total_ms"] = median(total);
+    times["repeats"] = repeats;
+    return py::make_tuple(array_from(std::move(out.o)), array_from(std::move(out.lse), true), times);
+}
 
 void bind_cuda(py::module_& m) {
     py::class_<PyCudaLayerMasks>(m, "_CudaLayerMasks",
@@ -186,6 +250,14 @@ void bind_cuda(py::module_& m) {
           "strides in elements) to float32 out [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), "
           "or with projection (float32 [heads, d or 3 d, width]) those rows through each head's map: [.., width]. "
           "Private: sparsa.selectors uses it for CUDA tensors.");
+    m.def("content_attention_cuda", &content_attention_cuda_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("masks"),
+          py::arg("layer") = 0, py::arg("dtype") = "bf16", py::arg("scale") = 0.0F, py::arg("repeats") = 1,
+          "A layer of content-based heads (lsh, anchors, favor) on the CUDA content engine (engine/cuda/content_cuda.hpp): "
+          "returns (o, lse, times). q, k, v as for attention() (host arrays, rounded to dtype on the GPU); every head of the "
+          "layer must carry the same kind of spec with the same parameters (seed and file may differ). times: the engine's "
+          "device times in ms (CUDA events; medians of `repeats` runs of the same inputs): fixed_ms (the fixed pass), "
+          "bucketing_ms (hashing or the anchors' assignment, the sort, chunk ids), attention_ms (the rounds' passes), "
+          "merge_ms, total_ms; no host copies counted. attention_cuda runs such layers the same way.");
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
 }

@@ -89,6 +89,9 @@ void attention_args_check(const std::vector<std::pair<std::string, py::array>>& 
 // ValueError unless (layer, head) is in the set.
 void mask_index_check(const MaskSet& set, int64_t layer, int64_t head);
 
+// Whether layer `layer` has a content-based head (lsh, anchors, favor).
+bool layer_has_content(const MaskSet& set, int64_t layer);
+
 // The files the set's specs name (rotations, anchors, features), read on each call: small, and
 // a file changed between calls is then seen (the mask file's CRC check refuses a changed one).
 ContentArrays content_arrays_of(const MaskSet& set);

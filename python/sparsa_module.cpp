@@ -534,8 +534,10 @@ CudaAttention& cuda_engine() {
     return *engine;
 }
 
-// Adds _CudaLayerMasks and _cuda_shutdown, sparsa.torch's GPU path (bind_cuda.cpp).
+// Adds _CudaLayerMasks and _cuda_shutdown, sparsa.torch's GPU path, and content_attention_cuda (bind_cuda.cpp).
 void bind_cuda(py::module_& m);
+py::tuple content_attention_cuda_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
+                                    int64_t layer, const std::string& dtype, float scale, int repeats);
 #endif
 
 #ifndef SPARSA_HAVE_CUDA
@@ -839,6 +841,10 @@ Slow on purpose: the oracle the engines are tested against.)");
     m.def("cuda_device_name", &cuda_device_name);
     m.def("attention_cuda", [](const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
                                int64_t layer, const std::string& dtype, int kernel, float scale) {
+              if (layer >= 0 && layer < s.set.layers && layer_has_content(s.set, layer)) {   // the content engine
+                  const py::tuple out = content_attention_cuda_py(q_obj, k_obj, v_obj, s, layer, dtype, scale, 1);
+                  return py::make_tuple(out[0], out[1]);
+              }
               auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
               attention_args_check(args, s.set, layer);
               Tensor q = tensor_from<float>(args[0].second), k = tensor_from<float>(args[1].second), v = tensor_from<float>(args[2].second);
@@ -858,7 +864,8 @@ Slow on purpose: the oracle the engines are tested against.)");
           py::arg("kernel") = 0, py::arg("scale") = 0.0F,
           "Forward attention with the CUDA engine: returns (o, lse) as float32. q, k, v as for attention(), rounded to dtype "
           "('bf16', 'fp16' or 'float32') on the GPU. kernel: attn_fwd_kernel<N> (1 to 16); 0: the engine's choice "
-          "(1 for float32; for bf16 / fp16 15 on compute capability 9.0, else 7 or 9 by the masks' step counts).");
+          "(1 for float32; for bf16 / fp16 15 on compute capability 9.0, else 7 or 9 by the masks' step counts). A layer "
+          "with content-based heads runs on the CUDA content engine (content_attention_cuda; kernel is then ignored).");
     m.def("round_to", [](const py::handle& x_obj, const std::string& dtype) {
               py::array a = array_checked(x_obj, "x", 4, "[batch, heads, n, d]");
               return array_from(tensor_round_to(tensor_from<float>(a), cuda_dtype_parse(dtype)));
@@ -870,6 +877,8 @@ Slow on purpose: the oracle the engines are tested against.)");
     m.def("cuda_available", []() { return py::make_tuple(false, std::string(kNoCuda)); },
           "(True, '') when a GPU can run the CUDA engine, else (False, why).");
     m.def("attention_cuda", [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCuda); },
+          "Unavailable: this build has no CUDA engine (raises RuntimeError saying so).");
+    m.def("content_attention_cuda", [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCuda); },
           "Unavailable: this build has no CUDA engine (raises RuntimeError saying so).");
 #endif
 

@@ -29,6 +29,12 @@ Rows (each per density but dense, the diagonal and favor+), as the C++ evaluatio
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
+  lsh              Reformer's LSH as the C++ evaluation's content family (learn/ruler_families.cpp):
+                   lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, rotations from seed 0,
+                   for chunk 8 to 128 (at most 512 buckets) and 1, 2 or 4 rounds; at each density the most accurate on validation
+                   among those whose pairs kept / causal pairs there is within it (_lsh_methods). Its density
+                   is that validation figure; on CUDA it runs on the CUDA content engine (through host copies,
+                   sparsa.torch), and is timed by that engine's device times
   favor+           Performer's FAVOR+ (sparsa.selectors.favor_attention): 256 positive orthogonal random
                    features per head (favor_features), drawn as the script's favor(256) draws them (seed
                    0), causal prefix sums; no mask: its estimate in place of every layer's attention
@@ -38,8 +44,8 @@ a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_b
 blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they are ranked and
 written as a top-k layout's columns by one kernel (sparsa.torch.select_top_k) for
 sparsa.torch.attention_top_k (masks uploaded once: no host step); elsewhere they become
-sparsa.learn.block_masks for sparsa.torch.attention. Not here yet: the search script, LSH and
-anchors (the C++ evaluation has them).
+sparsa.learn.block_masks for sparsa.torch.attention. Not here yet: the search script and anchors
+(the C++ evaluation has them).
 
 The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
 
@@ -86,14 +92,16 @@ def _sync(device):
 class _Method:
     """A row: name, target density, detail, and how it chooses: fixed (a MaskSet for every input and
     head, with its density), scores(layer, q, k) -> block scores [batch, heads, blocks, blocks] of
-    which each row keeps its diagonal and the best others, `keep` in all (top_k_blocks), or no mask:
-    attention(layer, q, k, v) -> o in place of the layer's attention (FAVOR+; k, v per query head),
-    whose density means nothing (None)."""
+    which each row keeps its diagonal and the best others, `keep` in all (top_k_blocks), or no block
+    mask: attention(layer, q, k, v) -> o in place of the layer's attention (k, v per query head), with
+    a density where it has one (LSH: pairs kept / causal pairs) or None (FAVOR+). times(q, k, v,
+    repeats), where given, times such a row itself (a dict as _timings's)."""
 
-    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None, attention=None, select=None):
+    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None, attention=None, select=None,
+                 times=None):
         self.name, self.target, self.detail = name, target, detail
         self.fixed, self.fixed_density, self.scores, self.keep = fixed, density, scores, keep
-        self.attention, self.select = attention, select
+        self.attention, self.select, self.times = attention, select, times
 
     def top(self, layer, q, k):
         """The chosen key blocks as sparsa.torch.attention_top_k takes them: select(layer, q, k, keep)
@@ -121,8 +129,8 @@ class _Runner:
 
         def attend(layer, q, k, v):
             heads = q.shape[1]
-            if method.attention is not None:   # no mask: no kept share
-                kept.append(None)
+            if method.attention is not None:   # no block mask: its own density, or none
+                kept.append(method.fixed_density)
                 return method.attention(layer, q, _kv_per_query_head(k, heads), _kv_per_query_head(v, heads))
             if method.fixed is not None:   # one MaskSet for every layer, or a list of one per layer
                 kept.append(method.fixed_density)
@@ -231,9 +239,86 @@ def _time_ms(fn, device, repeats):
     return statistics.median(times)
 
 
-# Rows a run may leave out (evaluate_teacher's skip, --skip): "families" is window, Longformer, BigBird
-# and FAVOR+ together, as families=False.
-SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "families")
+# Rows a run may leave out (evaluate_teacher's skip, --skip): "families" is window, Longformer, BigBird,
+# LSH and FAVOR+ together, as families=False.
+SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "lsh", "families")
+
+# LSH's grid, as learn/ruler_families.cpp's: chunks, and rounds for each; chunks that would give
+# more than LSH_MAX_BUCKETS buckets are left out (at 16,384 chunks of 8 and 16: 2,048 and 1,024
+# buckets, hashing's n x d x buckets / 2 products a round and head, at densities under 1%).
+LSH_CHUNKS, LSH_ROUNDS, LSH_MAX_BUCKETS = (8, 16, 32, 64, 128), (1, 2, 4), 512
+
+
+def _lsh_masks(n, layers, heads, block, chunk, rounds):
+    """(expression, MaskSet) of lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, in
+    every layer and head (rotations from seed 0, per layer and head as the engines draw them)."""
+    buckets = max(2, n // chunk // 2 * 2)
+    expression = f"lsh({buckets}, rounds = {rounds}, chunk = {chunk}, shared_qk = false)"
+    return expression, sparsa.compile(f"layers {layers}\nheads {heads}\ncausal\nattend = {expression}", n=n, block=block)
+
+
+def _lsh_attention(masks):
+    """The row's attention of layer `layer`: sparsa.torch.attention on the content engines (on CUDA the
+    CUDA content engine, through host copies)."""
+    return lambda layer, q, k, v: sparsa_torch.attention(q, k, v, masks, layer)
+
+
+def _lsh_times(masks, device):
+    """Times one layer (layer 0) as the C++ evaluation times a content family: its hashing, sort and
+    chunk ids as the selection, its passes and merge as the attention. On CUDA the CUDA content
+    engine's own device times (sparsa.content_attention_cuda, CUDA events: no host copies); on the
+    CPU the whole call as attention (the CPU engine's split is not exposed here; select 0)."""
+    def times(q, k, v, repeats):
+        arrays = [t.detach().float().cpu().numpy() for t in (q, k, v)]
+        if device.type == "cuda":
+            dtype = sparsa_torch._CUDA_DTYPE_NAMES.get(q.dtype, "bfloat16")
+            _, _, t = sparsa.content_attention_cuda(*arrays, masks, 0, dtype=dtype, repeats=repeats)
+            return {"select_ms": t["bucketing_ms"], "masks_ms": 0.0, "attention_ms": t["attention_ms"] + t["merge_ms"],
+                    "engine": "CUDA content engine, device times"}
+        return {"select_ms": 0.0, "masks_ms": 0.0,
+                "attention_ms": _time_ms(lambda: sparsa.attention(*arrays, masks, 0), device, repeats),
+                "engine": "CPU content engine, the whole call"}
+    return times
+
+
+def _lsh_methods(runner, validation, batch, n, layers, heads, targets, block, notes):
+    """LSH at each target (learn/ruler_families.cpp's ruler_content_families, its lsh half): every
+    candidate of the grid (LSH_CHUNKS x LSH_ROUNDS, n / chunk buckets, at most LSH_MAX_BUCKETS) gets its density on the
+    validation stream (pairs the content engine allows / causal pairs, mean over sequences, layers
+    and heads: sparsa.content_report on the dense teacher's q and k); at each target the most
+    accurate on validation among those within it (ties to the denser), or the least dense where
+    none is. One note per target with every candidate's density and accuracy."""
+    grid = [_lsh_masks(n, layers, heads, block, chunk, rounds) for chunk in LSH_CHUNKS for rounds in LSH_ROUNDS
+            if chunk <= n // 2 and n // chunk <= LSH_MAX_BUCKETS]
+    pairs = [0.0] * len(grid)
+    causal_pairs = n * (n + 1) / 2
+
+    def count(first, layer, q, k):
+        qa, ka = q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy()
+        for i, (_, masks) in enumerate(grid):
+            pairs[i] += sum(r["pairs"] for r in sparsa.content_report(qa, ka, masks, layer)) / causal_pairs
+
+    _dense_layers(runner, validation, batch, count)
+    seen = validation["tokens"].shape[0] * layers * heads
+    density = [p / seen for p in pairs]
+    accuracy = {}
+    methods = []
+    for target in targets:
+        fitting = [i for i in range(len(grid)) if density[i] <= target + 1e-9]
+        for i in fitting:
+            if i not in accuracy:
+                accuracy[i] = _accuracy(runner, _Method("lsh", target, grid[i][0], attention=_lsh_attention(grid[i][1]),
+                                                        density=density[i]), validation, batch)
+        best = max(fitting, key=lambda i: (accuracy[i], density[i])) if fitting else min(range(len(grid)), key=density.__getitem__)
+        tried = ", ".join(f"{grid[i][0]} {density[i]:.4f} {100 * accuracy[i]:.2f}%" for i in fitting)
+        notes.append(f"lsh at {100 * target:g}%: " + (f"validation density and accuracy of each candidate within it: {tried}; chosen "
+                                                       if fitting else "no candidate within the density on validation; the least "
+                                                       "dense, ") + grid[best][0])
+        methods.append(_Method("lsh", target, f"{grid[best][0]}, causal, chosen on validation (rotations from seed 0; density: pairs "
+                               f"kept / causal pairs on the validation stream, {100 * density[best]:.2f}%)",
+                               attention=_lsh_attention(grid[best][1]), density=density[best],
+                               times=_lsh_times(grid[best][1], runner.device)))
+    return methods
 
 
 def _duo_method(runner, validation, batch, n, layers, heads, target, block):
@@ -276,7 +361,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     missing or None, the first ones of one training set; target: pooled_targets' "sum", the C++
     gate's, or "max"; query pool: "mean" or "rows", PooledGate's). indexer_inputs: training-stream sequences the
     lightning indexer learns from (0: no indexer row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
-    density (fixed_families), and once FAVOR+ with favor_features features per head (seed 0, causal;
+    density (fixed_families), LSH at each density (_lsh_methods), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32". skip: rows of SKIPPABLE to leave out
     (a long run of the bar's rows alone; dense and the trivial baselines always run)."""
@@ -389,6 +474,10 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
                                    f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
                                    f"{indexer_width}; its training below)", keep=keep, scores=indexer.block_scores))
+    if families and "lsh" not in skip and densities:   # LSH at every density, chosen on validation
+        t0 = time.perf_counter()
+        methods += _lsh_methods(runner, validation, batch, n, layers, heads, densities, block, notes)
+        say(f"lsh: {len(densities)} row{'s' if len(densities) != 1 else ''} chosen on validation in {time.perf_counter() - t0:.1f} s")
     if families and densities:   # once, after the rows per density, as the C++ evaluation adds ruler_favor
         methods.append(_favor_method(layers, heads, teacher.model["head_width"], favor_features, device))
     say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
@@ -537,6 +626,9 @@ def _timings(runner, methods, rows, repeats, gate=None):
         vq = _kv_per_query_head(v, heads)
         for m in methods:
             key = f"{m.name} {m.target}"
+            if m.times is not None:   # a row that times itself (LSH: its engine's own split)
+                per[key] = m.times(q, kq, vq, repeats)
+                continue
             if m.attention is not None:   # no mask: its pass alone (the C++ times favor_forward so, select 0)
                 per[key] = {"select_ms": 0.0, "masks_ms": 0.0,
                             "attention_ms": _time_ms(lambda m=m: m.attention(0, q, kq, vq), device, repeats)}
@@ -604,10 +696,10 @@ def main(argv=None):
     ap.add_argument("--indexer-width", type=int, default=8)
     ap.add_argument("--indexer-steps", type=int, default=300)
     ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
-                    help="fixed: window, Longformer and BigBird rows at each density too, and FAVOR+ once (default); none: the "
-                         "selectors only")
+                    help="fixed: window, Longformer, BigBird and LSH rows at each density too, and FAVOR+ once (default); "
+                         "none: the selectors only")
     ap.add_argument("--skip", default="", help="rows to leave out, comma-separated, of " + ", ".join(SKIPPABLE) +
-                    " (families: window, Longformer, BigBird and FAVOR+); dense, the diagonal, the identity gate, the best fixed "
+                    " (families: window, Longformer, BigBird, LSH and FAVOR+); dense, the diagonal, the identity gate, the best fixed "
                     "pattern always run (and the pooled gate, unless --pooled-gate-inputs 0)")
     ap.add_argument("--favor-features", type=int, default=256, help="FAVOR+'s random features per head (256, seed 0)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

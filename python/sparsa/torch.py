@@ -218,6 +218,8 @@ class _MasksEntry:
         self.ref = weakref.ref(masks, lambda _, key=key: _masks_by_key.pop(key, None))
         self.heads, self.n, self.layers = masks.heads, masks.n, masks.layers
         self.on_device = {}
+        # layers with a content-based head (lsh, anchors, favor): on CUDA the content engine runs them
+        self.content_layers = {l for l, heads in enumerate(masks.content) if any(h is not None for h in heads)}
 
 
 def _compile_disable(fn):
@@ -287,9 +289,24 @@ def _cuda_inputs(q, k, v, scale):
 _CUDA_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
+def _forward_content_cuda(q, k, v, masks, layer, scale):
+    """(o, lse) of a layer with content-based heads on the CUDA content engine (engine/cuda/content_cuda.hpp),
+    through host copies: that engine takes host tensors (sparsa.content_attention_cuda), so q, k, v
+    go to the host as float32 and o comes back (a synchronising round trip; forward only)."""
+    group = q.shape[1] // k.shape[1]
+    qa, ka, va = (_array(t, torch.float32) for t in (q, k, v))
+    if group > 1:
+        ka, va = np.repeat(ka, group, axis=1), np.repeat(va, group, axis=1)
+    o, lse = _sparsa.attention_cuda(qa, ka, va, masks, layer=layer, dtype=_CUDA_DTYPE_NAMES[q.dtype], scale=scale)
+    return torch.from_numpy(o).to(q.device, q.dtype), torch.from_numpy(np.ascontiguousarray(lse)).to(q.device)
+
+
 def _forward_cuda(q, k, v, masks, layer, scale):
     """(o, lse): o [batch, heads, n, d] in q's dtype, lse [batch, heads, n] float32 (-inf on rows
-    with no allowed key), launched on the current stream of q's device."""
+    with no allowed key), launched on the current stream of q's device; a layer with content-based
+    heads through _forward_content_cuda."""
+    if layer in _masks_entry(masks)[1].content_layers:
+        return _forward_content_cuda(q, k, v, masks, layer, scale)
     batch, heads, n, d = q.shape
     qc, kc, vc, scale = _cuda_inputs(q, k, v, scale)
     o = torch.empty((batch, heads, n, d), dtype=q.dtype, device=q.device)
@@ -305,6 +322,10 @@ def _backward_cuda(q, k, v, o, lse, d_o, masks, layer, scale):
     """(dq, dk, dv) in q's dtype: dq [batch, heads, n, d]; dk, dv [batch, kv_heads, n, d], each
     the sum over its group of query heads. A float32 workspace of batch * heads * n holds
     D = rowsum(dO * O)."""
+    if layer in _masks_entry(masks)[1].content_layers:
+        raise NotImplementedError(f"{_WHERE}: layer {layer} has content-based heads (lsh, anchors, favor), which run forward "
+                                  "only on the GPU (the CUDA content engine has no backward): train through them on the CPU "
+                                  "(float32 or float64 tensors), or wrap the call in torch.no_grad()")
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     qc, kc, vc, device_scale = _cuda_inputs(q, k, v, scale)

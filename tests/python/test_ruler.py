@@ -49,7 +49,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
                             indexer_rows=16, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
     assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "duo", "window",
-                     "longformer", "bigbird", "pooled gate", "indexer", "favor+"]
+                     "longformer", "bigbird", "pooled gate", "indexer", "lsh", "favor+"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:-1]:
@@ -58,6 +58,10 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
         assert favor["density"] is None and "256 positive orthogonal random features" in favor["detail"]
         assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
         assert e["timing"]["methods"]["favor+ 1.0"]["attention_ms"] > 0
+        lsh = e["rows"][-2]
+        assert "chosen on validation" in lsh["detail"] and "shared_qk = false" in lsh["detail"]
+        assert any(note.startswith("lsh at 25%: ") for note in e["notes"])
+        assert e["timing"]["methods"]["lsh 0.25"]["engine"] == "CPU content engine, the whole call"
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
     one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
@@ -85,12 +89,42 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert "| favor+ | - | - | " in text and "- favor+: Performer's FAVOR+" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 14 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 15 and (tmp_path / "out" / "report.json").exists()
     pytest.importorskip("matplotlib")
     for picture in ("depth.png", "cost.png"):
         data = (tmp_path / "out" / picture).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"diagonal" in data and b"identity gate" in data and b"best fixed" in data
     assert "Pictures: depth.png, cost.png" in text
+
+
+def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
+    """The LSH row (learn/ruler_families.cpp's grid): each candidate's density is the pairs the
+    content engine allows over the causal pairs, on the validation stream; the row is the most
+    accurate candidate within the target, or the least dense where none fits."""
+    t = lab.LabTeacher.new(**TINY, seed=2)
+    n, block = 128, 16
+    runner = ruler._Runner(t, n, block, "float32")
+    validation = lab.task_batch(t.task, "validation", 0, 3, n=n)
+    notes = []
+    roomy, tight = ruler._lsh_methods(runner, validation, 4, n, TINY["layers"], TINY["heads"], [1.0, 1e-4], block, notes)
+    within, chosen = notes[0].split("each candidate within it: ")[1].split("; chosen ")
+    tried = [e if e.startswith("lsh(") else "lsh(" + e for e in within.split(", lsh(")]
+    assert len(tried) == 4 * len(ruler.LSH_ROUNDS)   # chunks 8 to 64 at n = 128, every one within 100%
+    parsed = [(e.rsplit(" ", 2)[0], float(e.rsplit(" ", 2)[1]), float(e.rsplit(" ", 2)[2].rstrip("%"))) for e in tried]
+    best = max(parsed, key=lambda p: (p[2], p[1]))   # the most accurate, ties to the denser
+    assert chosen == best[0] and roomy.detail.startswith(best[0])
+    assert notes[1].startswith("lsh at 0.01%: no candidate within the density") and tight.fixed_density > 1e-4
+    # the density is the engine's pair count over the causal pairs, on the validation stream's q and k
+    expression, masks = ruler._lsh_masks(n, TINY["layers"], TINY["heads"], block, 8, 1)
+    counted = []
+    ruler._dense_layers(runner, validation, 4, lambda first, layer, q, k: counted.extend(
+        r["pairs"] / (n * (n + 1) / 2) for r in sparsa.content_report(q.float().numpy(), k.float().numpy(), masks, layer)))
+    assert tight.detail.startswith("lsh(16, rounds = 1, chunk = 8")   # the least dense: the smallest chunk, one round
+    assert tight.fixed_density == pytest.approx(sum(counted) / len(counted), rel=1e-12)
+    # its rows run the content engine: the runner's logits under it are the teacher's with lsh attention
+    tokens = torch.from_numpy(validation["tokens"][:2])
+    logits, kept = runner.logits(tokens, tight)
+    assert kept == pytest.approx(tight.fixed_density) and torch.isfinite(logits).all()
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():

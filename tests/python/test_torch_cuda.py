@@ -281,7 +281,29 @@ def test_errors_name_the_argument(change, error, words):
         st.attention(**cuda_args(**change()))
 
 
-def test_content_based_heads_are_refused_on_the_gpu():
-    masks = sparsa.compile("heads 4\nattend = lsh(buckets = 4, rounds = 1, seed = 3)", n=64)
-    with pytest.raises(sparsa.Error, match="content-based"):
-        st.attention(**cuda_args(masks=masks))
+def test_content_based_heads_run_forward_on_the_cuda_content_engine():
+    """A layer of lsh heads on CUDA tensors: the CUDA content engine through host copies, o exactly
+    what sparsa.attention_cuda gives on the same (already bf16) values, lse finite where a row has
+    keys; content_attention_cuda's device times; the backward refused by name; a layer mixing specs
+    refused by the engine."""
+    masks = sparsa.compile("heads 4\ncausal\nattend = lsh(4, rounds = 2, chunk = 16, shared_qk = false)", n=256, block=16)
+    (q, k, v), _ = inputs(2, 4, 2, 256, 64, torch.bfloat16, seed=5)   # grouped-query: 2 key/value heads
+    o = st.attention(q, k, v, masks)
+    assert o.shape == q.shape and o.dtype == torch.bfloat16 and o.device == q.device
+    qa, ka, va = (t.detach().float().cpu().numpy() for t in (q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)))
+    want, lse = sparsa.attention_cuda(qa, ka, va, masks, dtype="bfloat16")
+    assert torch.equal(o.cpu(), torch.from_numpy(want).to(torch.bfloat16))
+    o2, lse2, times = sparsa.content_attention_cuda(qa, ka, va, masks, dtype="bfloat16", repeats=3)
+    assert np.array_equal(o2, want) and np.array_equal(lse2, lse)
+    assert times["repeats"] == 3 and times["bucketing_ms"] > 0 and times["attention_ms"] > 0
+    assert times["total_ms"] == pytest.approx(times["fixed_ms"] + times["bucketing_ms"] + times["attention_ms"] + times["merge_ms"],
+                                              rel=0.5)   # medians of each part: near, not equal, to the total's
+    with pytest.raises(ValueError, match="has no content-based head"):
+        sparsa.content_attention_cuda(qa, ka, va, sparsa.compile("heads 4\nattend = window(3)", n=256))
+    grad = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    with pytest.raises(NotImplementedError, match="run forward only on the GPU"):
+        st.attention(*grad, masks).float().sum().backward()
+    mixed = sparsa.compile("heads 4\ncausal\nattend = lsh(4, chunk = 16, shared_qk = false)\n"
+                           "attend[head 2..4] = lsh(8, chunk = 16, shared_qk = false)", n=256, block=16)
+    with pytest.raises(sparsa.Error, match="differs from head 0"):
+        st.attention(q, k, v, mixed)
