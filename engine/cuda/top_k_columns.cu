@@ -85,18 +85,36 @@ __global__ void __launch_bounds__(kThreads) top_k_columns_kernel(const float* __
         const float* src = a + (grid * n + first) * width;
         for (int32_t e = threadIdx.x; e < rows * width; e += kThreads) a_rows[e] = src[e];
         __syncthreads();
+        // kRowGroup rows at a time, their dot products in registers: each b value is read once a
+        // group (not once a row: the first version read b[c] from memory for every row, 64 times a
+        // candidate at 64-token blocks, and took 11 ms at 16 heads x 16,384 on an H100). Each
+        // row's dot is still summed over j in order, as before.
+        constexpr int kRowGroup = 32;
         for (int32_t c = threadIdx.x; c < r; c += kThreads) {
             const float* b_row = b + (grid * blocks + c) * width;
             float top = -INFINITY, sum = 0.0f;
-            for (int32_t i = 0; i < rows; ++i) {
-                float dot = 0.0f;
-                for (int32_t j = 0; j < width; ++j) dot += a_rows[i * width + j] * b_row[j];
-                const float x = dot / divisor;
-                if (x > top) {
-                    sum = sum * expf(top - x) + 1.0f;
-                    top = x;
-                } else {
-                    sum += expf(x - top);
+            for (int32_t g = 0; g < rows; g += kRowGroup) {
+                const int32_t in_group = min(kRowGroup, rows - g);
+                float dot[kRowGroup];
+#pragma unroll
+                for (int i = 0; i < kRowGroup; ++i) dot[i] = 0.0f;
+                for (int32_t j = 0; j < width; ++j) {
+                    const float bj = b_row[j];
+                    const float* a_col = a_rows + g * width + j;
+#pragma unroll
+                    for (int i = 0; i < kRowGroup; ++i)
+                        if (i < in_group) dot[i] += a_col[i * width] * bj;
+                }
+#pragma unroll
+                for (int i = 0; i < kRowGroup; ++i) {
+                    if (i >= in_group) continue;
+                    const float x = dot[i] / divisor;
+                    if (x > top) {
+                        sum = sum * expf(top - x) + 1.0f;
+                        top = x;
+                    } else {
+                        sum += expf(x - top);
+                    }
                 }
             }
             keys[c] = key(top + logf(sum), c);
