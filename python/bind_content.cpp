@@ -1,12 +1,15 @@
 // The Python side of content-based heads (lsh, anchors, favor) beyond attention itself: what each
-// head did on an input, the pairs it attended to, FAVOR+'s error as features grow, and FAVOR+'s
-// features themselves (for sparsa.selectors.favor_attention, which must use the engine's).
+// head did on an input, the pairs it attended to, FAVOR+'s error as features grow, FAVOR+'s
+// features themselves (for sparsa.selectors.favor_attention, which must use the engine's), and
+// an anchors file fitted from calibration rows (as `sparsa anchors fit`, for sparsa.ruler).
 #include "python/module.hpp"
 
+#include "engine/content/buckets.hpp"
 #include "engine/content/favor.hpp"
 #include "engine/content/layer_attention.hpp"
 #include "engine/error.hpp"
 #include "engine/tensor.hpp"
+#include "io/content_files.hpp"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -15,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -160,6 +164,44 @@ py::array favor_features_py(int64_t seed, int64_t layer, int64_t head, int64_t m
     return out;
 }
 
+// One round of anchors fitted on the nonzero rows of q then k (spherical k-means, anchors_fit)
+// and written to `path` with its header, as `sparsa anchors fit --rounds 1 --restarts 1` does.
+double anchors_fit_py(const py::handle& q_obj, const py::handle& k_obj, int64_t k, const std::string& path, int64_t seed,
+                      int64_t iterations, int threads) {
+    const py::array qa = array_checked(q_obj, "q", 2, "[rows, d]"), ka = array_checked(k_obj, "k", 2, "[rows, d]");
+    if (qa.shape(1) != ka.shape(1)) {
+        value_error("anchors_fit: q rows have d = " + std::to_string(qa.shape(1)) + " but k rows d = " + std::to_string(ka.shape(1)) +
+                    " (give queries and keys of the same heads)");
+    }
+    if (k < 1) value_error("anchors_fit: k must be >= 1, got " + std::to_string(k));
+    if (seed < 0 || iterations < 0) value_error("anchors_fit: seed and iterations must be >= 0");
+    const auto as_float = [](const py::array& a) { return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a); };
+    const auto q = as_float(qa), kr = as_float(ka);
+    const int64_t d = qa.shape(1), rows = qa.shape(0) + ka.shape(0);
+    std::vector<float> pooled(q.data(), q.data() + q.size());
+    pooled.insert(pooled.end(), kr.data(), kr.data() + kr.size());
+    ContentArray anchors;
+    anchors.path = path;
+    anchors.shape = {1, k, d};
+    AnchorsInfo info;
+    info.q_shape = {qa.shape(0), d};
+    info.k_shape = {ka.shape(0), d};
+    for (int64_t i = 0; i < rows; ++i)
+        info.rows += std::any_of(pooled.begin() + i * d, pooled.begin() + (i + 1) * d, [](float x) { return x != 0; });
+    info.seed = static_cast<uint64_t>(seed);
+    info.iterations = iterations;
+    info.start_seed = {info.seed};
+    double mean_cosine = std::numeric_limits<double>::quiet_NaN();
+    {
+        py::gil_scoped_release release;
+        anchors.values = anchors_fit(pooled.data(), rows, d, k, info.seed, iterations, threads,
+                                     [&](int64_t, double cosine) { mean_cosine = cosine; });
+        info.mean_cosine = {mean_cosine};
+        anchors_save(path, anchors, info);
+    }
+    return mean_cosine;
+}
+
 } // namespace
 
 void bind_content(py::module_& m) {
@@ -188,6 +230,15 @@ features, error (||O - O_exact|| / ||O_exact|| over every element), predicted_er
 warning. features: the counts (default 16, 32, ..., 1024); each head h draws them from (seed, layer, h,
 draw) as favor(features, seed) does in a script. Exact attention is computed once, O(n^2 d) a head.
 q, k, v: [batch, heads, n, d].)");
+    m.def("anchors_fit", &anchors_fit_py, py::arg("q"), py::arg("k"), py::arg("anchors"), py::arg("path"), py::arg("seed") = 0,
+          py::arg("iterations") = 20, py::arg("threads") = 0,
+          R"(Fits one round of `anchors` anchor vectors by spherical k-means on the nonzero rows of q and then k
+(float arrays [rows, d] of one head: the calibration queries and keys) and writes them to `path`, an
+anchors file that anchors(anchors, fit = "path") reads (`anchors` float32 [1, anchors, d] and its header),
+as `sparsa anchors fit --q Q.npy --k K.npy --anchors K -o path` does with one round and one start.
+Returns the rows' mean cosine to their anchor after the last iteration (NaN with iterations 0). Raises
+ValueError for mismatched widths, anchors < 1, seed or iterations < 0; sparsa.Error when fewer rows than
+anchors are nonzero, or the file cannot be written.)");
     m.def("favor_features", &favor_features_py, py::arg("seed"), py::arg("layer"), py::arg("head"), py::arg("m"), py::arg("d"),
           py::arg("draw") = 0,
           R"(FAVOR+'s random features omega of one head, float32 [m, d]: the ones favor(features = m, seed = seed)

@@ -23,6 +23,7 @@ from ._sparsa import (  # noqa: F401  (re-exported)
     Script,
     ScriptError,
     TokenReach,
+    anchors_fit,
     attention,
     attention_backward,
     attention_cuda,
@@ -95,7 +96,7 @@ if learn_built:
 # compile() is left out of __all__: a star import must not hide Python's builtin compile.
 __all__ = [
     "Diagnostic", "Error", "learn_built", "MaskSet", "MaskStats", "ReachCoverage", "Script", "ScriptError", "TokenReach",
-    "attention", "attention_backward", "attention_cuda", "compile_file", "content_attention_cuda", "content_allowed", "content_report",
+    "anchors_fit", "attention", "attention_backward", "attention_cuda", "compile_file", "content_attention_cuda", "content_allowed", "content_report",
     "cuda_available", "cuda_built", "favor_error_curve", "favor_features", "flex_arrays", "load", "plot", "load_script",
     "mask_set_from_dense", "parse", "reach_coverage", "reach_dense", "reach_token", "reach_warning", "reference",
     "reference_backward", "thread_count", "to_flex_block_mask",

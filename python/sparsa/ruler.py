@@ -32,9 +32,13 @@ Rows (each per density but dense, the diagonal and favor+), as the C++ evaluatio
   lsh              Reformer's LSH as the C++ evaluation's content family (learn/ruler_families.cpp):
                    lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, rotations from seed 0,
                    for chunk 8 to 128 (at most 512 buckets) and 1, 2 or 4 rounds; at each density the most accurate on validation
-                   among those whose pairs kept / causal pairs there is within it (_lsh_methods). Its density
+                   among those whose pairs kept / causal pairs there is within it (_content_methods). Its density
                    is that validation figure; on CUDA it runs on the CUDA content engine (through host copies,
                    sparsa.torch), and is timed by that engine's device times
+  anchors          anchor buckets as the C++ evaluation's content family: anchors(n / chunk, 1, chunk,
+                   shared_qk = false), causal, each layer and head its own anchors fitted by spherical
+                   k-means on 8 training-stream sequences' q and k rows (sparsa.anchors_fit), for the same
+                   chunks; chosen on validation and timed as LSH
   favor+           Performer's FAVOR+ (sparsa.selectors.favor_attention): 256 positive orthogonal random
                    features per head (favor_features), drawn as the script's favor(256) draws them (seed
                    0), causal prefix sums; no mask: its estimate in place of every layer's attention
@@ -44,8 +48,8 @@ a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_b
 blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they are ranked and
 written as a top-k layout's columns by one kernel (sparsa.torch.select_top_k) for
 sparsa.torch.attention_top_k (masks uploaded once: no host step); elsewhere they become
-sparsa.learn.block_masks for sparsa.torch.attention. Not here yet: the search script and anchors
-(the C++ evaluation has them).
+sparsa.learn.block_masks for sparsa.torch.attention. Not here yet: the search script (the C++
+evaluation has it).
 
 The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
 
@@ -58,6 +62,7 @@ Index
 import json
 import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -240,13 +245,27 @@ def _time_ms(fn, device, repeats):
 
 
 # Rows a run may leave out (evaluate_teacher's skip, --skip): "families" is window, Longformer, BigBird,
-# LSH and FAVOR+ together, as families=False.
-SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "lsh", "families")
+# LSH, anchors and FAVOR+ together, as families=False.
+SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "lsh", "anchors", "families")
 
-# LSH's grid, as learn/ruler_families.cpp's: chunks, and rounds for each; chunks that would give
-# more than LSH_MAX_BUCKETS buckets are left out (at 16,384 chunks of 8 and 16: 2,048 and 1,024
-# buckets, hashing's n x d x buckets / 2 products a round and head, at densities under 1%).
-LSH_CHUNKS, LSH_ROUNDS, LSH_MAX_BUCKETS = (8, 16, 32, 64, 128), (1, 2, 4), 512
+# The content families' grids, as learn/ruler_families.cpp's: chunks (LSH: n / chunk buckets and 1, 2
+# or 4 rounds; anchors: n / chunk anchors, one round). Chunks that would give more than
+# CONTENT_MAX_BUCKETS buckets are left out (at 16,384 chunks of 8 and 16: 2,048 and 1,024 buckets,
+# hashing's n x d x buckets / 2 products a round and head, at densities under 1%).
+CONTENT_CHUNKS, LSH_ROUNDS, CONTENT_MAX_BUCKETS = (8, 16, 32, 64, 128), (1, 2, 4), 512
+ANCHOR_FIT_INPUTS, ANCHOR_ITERATIONS = 8, 10   # the C++ evaluation's ContentFamilyOptions
+
+
+def _content_chunks(n):
+    return [c for c in CONTENT_CHUNKS if c <= n // 2 and n // c <= CONTENT_MAX_BUCKETS]
+
+
+def _content_script(layers, heads, expression):
+    """A MaskSet's script: `expression` (a format string of l and h) in every layer and head, causal."""
+    lines = [f"layers {layers}", f"heads {heads}", "causal", "attend = " + expression.format(l=0, h=0)]
+    lines += [f"attend[layer {l}, head {h}] = " + expression.format(l=l, h=h)
+              for l in range(layers) for h in range(heads) if expression.format(l=l, h=h) != expression.format(l=0, h=0)]
+    return "\n".join(lines)
 
 
 def _lsh_masks(n, layers, heads, block, chunk, rounds):
@@ -254,20 +273,55 @@ def _lsh_masks(n, layers, heads, block, chunk, rounds):
     every layer and head (rotations from seed 0, per layer and head as the engines draw them)."""
     buckets = max(2, n // chunk // 2 * 2)
     expression = f"lsh({buckets}, rounds = {rounds}, chunk = {chunk}, shared_qk = false)"
-    return expression, sparsa.compile(f"layers {layers}\nheads {heads}\ncausal\nattend = {expression}", n=n, block=block)
+    return expression, sparsa.compile(_content_script(layers, heads, expression), n=n, block=block)
 
 
-def _lsh_attention(masks):
-    """The row's attention of layer `layer`: sparsa.torch.attention on the content engines (on CUDA the
-    CUDA content engine, through host copies)."""
+def _anchor_grid(runner, n, layers, heads, block, seed, folder):
+    """[(expression, MaskSet)] of anchors(n / chunk, 1, chunk, shared_qk = false), causal, for each
+    chunk: every (layer, head) its own anchors, fitted (sparsa.anchors_fit: spherical k-means,
+    ANCHOR_ITERATIONS rounds) on the q and k rows of that head over ANCHOR_FIT_INPUTS training-stream
+    sequences of `seed` (from index 2^40, as the C++ evaluation fits them), written to `folder` (the
+    MaskSets read them on each call: keep it). Returns (grid, note)."""
+    t0 = time.perf_counter()
+    train = lab.task_batch(runner.t.task, "train", 2 ** 40, ANCHOR_FIT_INPUTS, seed=seed, n=n)
+    rows = {}   # (layer, head) -> ([q rows], [k rows])
+
+    def collect(first, layer, q, k):
+        qa, ka = q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy()
+        for h in range(heads):
+            side = rows.setdefault((layer, h), ([], []))
+            side[0].append(qa[:, h].reshape(-1, qa.shape[-1]))
+            side[1].append(ka[:, h].reshape(-1, ka.shape[-1]))
+
+    _dense_layers(runner, train, ANCHOR_FIT_INPUTS, collect)
+    grid, cosines = [], []
+    for chunk in _content_chunks(n):
+        k = max(1, n // chunk)
+        for (l, h), (qs, ks) in sorted(rows.items()):
+            cosines.append(sparsa.anchors_fit(np.concatenate(qs), np.concatenate(ks), k, os.path.join(folder, f"L{l}H{h}-k{k}.npz"),
+                                              seed=seed, iterations=ANCHOR_ITERATIONS))
+        path = os.path.join(folder, "L{l}H{h}-k" + str(k) + ".npz")
+        expression = f"anchors({k}, 1, chunk = {chunk}, fit = \"{path}\", shared_qk = false)"
+        grid.append((f"anchors({k}, 1, {chunk}, shared_qk = false)", sparsa.compile(_content_script(layers, heads, expression), n=n,
+                                                                                     block=block)))
+    note = (f"anchors: k = n / chunk per layer and head, fitted (spherical k-means, {ANCHOR_ITERATIONS} iterations) on the q and k "
+            f"rows of {ANCHOR_FIT_INPUTS} training-stream sequences (seed {seed}, from index 2^40) in {time.perf_counter() - t0:.1f} s; "
+            f"mean cosine to the anchor {min(cosines):.3f} to {max(cosines):.3f}")
+    return grid, note
+
+
+def _content_attention(masks):
+    """A content row's attention of layer `layer`: sparsa.torch.attention on the content engines (on
+    CUDA the CUDA content engine, through host copies)."""
     return lambda layer, q, k, v: sparsa_torch.attention(q, k, v, masks, layer)
 
 
-def _lsh_times(masks, device):
-    """Times one layer (layer 0) as the C++ evaluation times a content family: its hashing, sort and
-    chunk ids as the selection, its passes and merge as the attention. On CUDA the CUDA content
-    engine's own device times (sparsa.content_attention_cuda, CUDA events: no host copies); on the
-    CPU the whole call as attention (the CPU engine's split is not exposed here; select 0)."""
+def _content_times(masks, device):
+    """Times one layer (layer 0) as the C++ evaluation times a content family: its hashing or anchor
+    assignment, sort and chunk ids as the selection, its passes and merge as the attention. On CUDA
+    the CUDA content engine's own device times (sparsa.content_attention_cuda, CUDA events: no host
+    copies); on the CPU the whole call as attention (the CPU engine's split is not exposed here;
+    select 0)."""
     def times(q, k, v, repeats):
         arrays = [t.detach().float().cpu().numpy() for t in (q, k, v)]
         if device.type == "cuda":
@@ -281,15 +335,15 @@ def _lsh_times(masks, device):
     return times
 
 
-def _lsh_methods(runner, validation, batch, n, layers, heads, targets, block, notes):
-    """LSH at each target (learn/ruler_families.cpp's ruler_content_families, its lsh half): every
-    candidate of the grid (LSH_CHUNKS x LSH_ROUNDS, n / chunk buckets, at most LSH_MAX_BUCKETS) gets its density on the
-    validation stream (pairs the content engine allows / causal pairs, mean over sequences, layers
-    and heads: sparsa.content_report on the dense teacher's q and k); at each target the most
-    accurate on validation among those within it (ties to the denser), or the least dense where
-    none is. One note per target with every candidate's density and accuracy."""
-    grid = [_lsh_masks(n, layers, heads, block, chunk, rounds) for chunk in LSH_CHUNKS for rounds in LSH_ROUNDS
-            if chunk <= n // 2 and n // chunk <= LSH_MAX_BUCKETS]
+def _content_methods(name, grid, source, runner, validation, batch, n, layers, heads, targets, notes, hold=None):
+    """A content family at each target (learn/ruler_families.cpp's ruler_content_families): every
+    candidate of `grid` ([(expression, MaskSet)]) gets its density on the validation stream (pairs
+    the content engine allows / causal pairs, mean over sequences, layers and heads:
+    sparsa.content_report on the dense teacher's q and k); at each target the most accurate on
+    validation among those within it (ties to the denser), or the least dense where none is. One
+    note per target with every candidate's density and accuracy. source: where its numbers come
+    from, for the row's detail; hold: what the rows keep alive (the anchors' folder: their MaskSets
+    read the files on each call)."""
     pairs = [0.0] * len(grid)
     causal_pairs = n * (n + 1) / 2
 
@@ -307,17 +361,18 @@ def _lsh_methods(runner, validation, batch, n, layers, heads, targets, block, no
         fitting = [i for i in range(len(grid)) if density[i] <= target + 1e-9]
         for i in fitting:
             if i not in accuracy:
-                accuracy[i] = _accuracy(runner, _Method("lsh", target, grid[i][0], attention=_lsh_attention(grid[i][1]),
+                accuracy[i] = _accuracy(runner, _Method(name, target, grid[i][0], attention=_content_attention(grid[i][1]),
                                                         density=density[i]), validation, batch)
         best = max(fitting, key=lambda i: (accuracy[i], density[i])) if fitting else min(range(len(grid)), key=density.__getitem__)
         tried = ", ".join(f"{grid[i][0]} {density[i]:.4f} {100 * accuracy[i]:.2f}%" for i in fitting)
-        notes.append(f"lsh at {100 * target:g}%: " + (f"validation density and accuracy of each candidate within it: {tried}; chosen "
-                                                       if fitting else "no candidate within the density on validation; the least "
-                                                       "dense, ") + grid[best][0])
-        methods.append(_Method("lsh", target, f"{grid[best][0]}, causal, chosen on validation (rotations from seed 0; density: pairs "
-                               f"kept / causal pairs on the validation stream, {100 * density[best]:.2f}%)",
-                               attention=_lsh_attention(grid[best][1]), density=density[best],
-                               times=_lsh_times(grid[best][1], runner.device)))
+        notes.append(f"{name} at {100 * target:g}%: " + (f"validation density and accuracy of each candidate within it: {tried}; chosen "
+                                                          if fitting else "no candidate within the density on validation; the least "
+                                                          "dense, ") + grid[best][0])
+        methods.append(_Method(name, target, f"{grid[best][0]}, causal, chosen on validation ({source}; density: pairs kept / causal "
+                               f"pairs on the validation stream, {100 * density[best]:.2f}%)",
+                               attention=_content_attention(grid[best][1]), density=density[best],
+                               times=_content_times(grid[best][1], runner.device)))
+        methods[-1].hold = hold
     return methods
 
 
@@ -361,7 +416,7 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     missing or None, the first ones of one training set; target: pooled_targets' "sum", the C++
     gate's, or "max"; query pool: "mean" or "rows", PooledGate's). indexer_inputs: training-stream sequences the
     lightning indexer learns from (0: no indexer row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
-    density (fixed_families), LSH at each density (_lsh_methods), and once FAVOR+ with favor_features features per head (seed 0, causal;
+    density (fixed_families), LSH and anchors at each density (_content_methods), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32". skip: rows of SKIPPABLE to leave out
     (a long run of the bar's rows alone; dense and the trivial baselines always run)."""
@@ -474,10 +529,24 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
                                    f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
                                    f"{indexer_width}; its training below)", keep=keep, scores=indexer.block_scores))
-    if families and "lsh" not in skip and densities:   # LSH at every density, chosen on validation
-        t0 = time.perf_counter()
-        methods += _lsh_methods(runner, validation, batch, n, layers, heads, densities, block, notes)
-        say(f"lsh: {len(densities)} row{'s' if len(densities) != 1 else ''} chosen on validation in {time.perf_counter() - t0:.1f} s")
+    if families and densities:   # the content families at every density, each chosen on validation
+        for family in ("lsh", "anchors"):
+            if family in skip:
+                continue
+            t0 = time.perf_counter()
+            folder = None
+            if family == "lsh":
+                grid = [_lsh_masks(n, layers, heads, block, chunk, rounds) for chunk in _content_chunks(n) for rounds in LSH_ROUNDS]
+                source = "rotations from seed 0"
+            else:
+                folder = tempfile.TemporaryDirectory(prefix="sparsa-ruler-anchors-")   # the anchors files, as long as the rows
+                grid, note = _anchor_grid(runner, n, layers, heads, block, seed, folder.name)
+                notes.append(note)
+                say(note)
+                source = "anchors fitted on the training stream"
+            methods += _content_methods(family, grid, source, runner, validation, batch, n, layers, heads, densities, notes, folder)
+            say(f"{family}: {len(densities)} row{'s' if len(densities) != 1 else ''} chosen on validation in "
+                f"{time.perf_counter() - t0:.1f} s")
     if families and densities:   # once, after the rows per density, as the C++ evaluation adds ruler_favor
         methods.append(_favor_method(layers, heads, teacher.model["head_width"], favor_features, device))
     say(f"{len(methods)} rows chosen and trained in {time.perf_counter() - started:.1f} s; the test stream next")
@@ -696,10 +765,10 @@ def main(argv=None):
     ap.add_argument("--indexer-width", type=int, default=8)
     ap.add_argument("--indexer-steps", type=int, default=300)
     ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
-                    help="fixed: window, Longformer, BigBird and LSH rows at each density too, and FAVOR+ once (default); "
+                    help="fixed: window, Longformer, BigBird, LSH and anchors rows at each density too, and FAVOR+ once (default); "
                          "none: the selectors only")
     ap.add_argument("--skip", default="", help="rows to leave out, comma-separated, of " + ", ".join(SKIPPABLE) +
-                    " (families: window, Longformer, BigBird, LSH and FAVOR+); dense, the diagonal, the identity gate, the best fixed "
+                    " (families: window, Longformer, BigBird, LSH, anchors and FAVOR+); dense, the diagonal, the identity gate, the best fixed "
                     "pattern always run (and the pooled gate, unless --pooled-gate-inputs 0)")
     ap.add_argument("--favor-features", type=int, default=256, help="FAVOR+'s random features per head (256, seed 0)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -133,6 +133,31 @@ def test_files_named_by_the_script_are_read_automatically(rng, tmp_path):
     assert sparsa.content_report(q, k, anchors)[0]["kind"] == "anchors"
 
 
+def test_anchors_fit_writes_a_file_that_anchors_read_and_refuses_bad_input(rng, tmp_path):
+    # Three tight clusters in q and k: three anchors find them (mean cosine near 1), each a unit row.
+    centres = rng.standard_normal((3, 8))
+    q = (np.repeat(centres, 40, axis=0) + 0.01 * rng.standard_normal((120, 8))).astype(np.float32)
+    k = (np.repeat(centres, 30, axis=0) + 0.01 * rng.standard_normal((90, 8))).astype(np.float32)
+    path = tmp_path / "fit.npz"
+    cosine = sparsa.anchors_fit(q, k, 3, str(path), seed=2, iterations=10)
+    assert cosine > 0.99
+    with np.load(path) as f:
+        anchors = f["anchors"]
+    assert anchors.shape == (1, 3, 8) and np.allclose(np.linalg.norm(anchors[0], axis=1), 1, atol=1e-5)
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    assert np.allclose(np.sort((anchors[0] @ unit.T).max(0)), 1, atol=1e-3)   # every centre has its anchor
+    masks = sparsa.compile(f'heads 1\ncausal\nattend = anchors(3, chunk = 16, fit = "{path}", shared_qk = false)', n=64)
+    x = randn(rng, (1, 1, 64, 8))
+    assert np.isfinite(sparsa.attention(x, x, x, masks)[0]).all()
+    with pytest.raises(ValueError, match="q rows have d = 8 but k rows d = 4"):
+        sparsa.anchors_fit(q, k[:, :4], 3, str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        sparsa.anchors_fit(q, k, 0, str(tmp_path / "bad.npz"))
+    with pytest.raises(sparsa.Error):   # fewer nonzero rows than anchors
+        sparsa.anchors_fit(np.zeros((5, 8), np.float32), np.zeros((5, 8), np.float32), 3, str(tmp_path / "bad.npz"))
+    assert not (tmp_path / "bad.npz").exists()
+
+
 def test_favor_error_curve_falls_with_features(rng):
     q, k, v = (randn(rng, (1, 2, 128, 16)) * s for s in (0.5, 0.5, 1.0))
     curve = sparsa.favor_error_curve(q, k, v, features=[16, 64, 256, 1024], seed=3)

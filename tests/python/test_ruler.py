@@ -3,6 +3,7 @@ the fixed families and DuoAttention's masks, the cost at a model's shape, and th
 end on tiny teachers with its report and pictures (CPU torch here; the same code runs on the GPU
 machine). The selectors themselves: test_selectors.py."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -49,7 +50,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
                             indexer_rows=16, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
     assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "duo", "window",
-                     "longformer", "bigbird", "pooled gate", "indexer", "lsh", "favor+"]
+                     "longformer", "bigbird", "pooled gate", "indexer", "lsh", "anchors", "favor+"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:-1]:
@@ -58,10 +59,11 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
         assert favor["density"] is None and "256 positive orthogonal random features" in favor["detail"]
         assert "dense_ms" in e["timing"] and "quest 0.25" in e["timing"]["methods"]
         assert e["timing"]["methods"]["favor+ 1.0"]["attention_ms"] > 0
-        lsh = e["rows"][-2]
-        assert "chosen on validation" in lsh["detail"] and "shared_qk = false" in lsh["detail"]
-        assert any(note.startswith("lsh at 25%: ") for note in e["notes"])
-        assert e["timing"]["methods"]["lsh 0.25"]["engine"] == "CPU content engine, the whole call"
+        for row in e["rows"][-3:-1]:
+            assert "chosen on validation" in row["detail"] and "shared_qk = false" in row["detail"]
+            assert any(note.startswith(row["method"] + " at 25%: ") for note in e["notes"])
+            assert e["timing"]["methods"][row["method"] + " 0.25"]["engine"] == "CPU content engine, the whole call"
+        assert any(note.startswith("anchors: k = n / chunk per layer and head, fitted") for note in e["notes"])
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
     one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
@@ -89,7 +91,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert "| favor+ | - | - | " in text and "- favor+: Performer's FAVOR+" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 15 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 16 and (tmp_path / "out" / "report.json").exists()
     pytest.importorskip("matplotlib")
     for picture in ("depth.png", "cost.png"):
         data = (tmp_path / "out" / picture).read_bytes()
@@ -106,7 +108,10 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
     runner = ruler._Runner(t, n, block, "float32")
     validation = lab.task_batch(t.task, "validation", 0, 3, n=n)
     notes = []
-    roomy, tight = ruler._lsh_methods(runner, validation, 4, n, TINY["layers"], TINY["heads"], [1.0, 1e-4], block, notes)
+    grid = [ruler._lsh_masks(n, TINY["layers"], TINY["heads"], block, chunk, rounds) for chunk in ruler._content_chunks(n)
+            for rounds in ruler.LSH_ROUNDS]
+    roomy, tight = ruler._content_methods("lsh", grid, "seed 0", runner, validation, 4, n, TINY["layers"], TINY["heads"], [1.0, 1e-4],
+                                          notes)
     within, chosen = notes[0].split("each candidate within it: ")[1].split("; chosen ")
     tried = [e if e.startswith("lsh(") else "lsh(" + e for e in within.split(", lsh(")]
     assert len(tried) == 4 * len(ruler.LSH_ROUNDS)   # chunks 8 to 64 at n = 128, every one within 100%
@@ -125,6 +130,32 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
     tokens = torch.from_numpy(validation["tokens"][:2])
     logits, kept = runner.logits(tokens, tight)
     assert kept == pytest.approx(tight.fixed_density) and torch.isfinite(logits).all()
+
+
+def test_anchors_are_fitted_per_head_on_the_training_stream_and_their_buckets_are_the_nearest_anchor(tmp_path):
+    """The anchors grid: one anchors file per (layer, head) and chunk, unit rows fitted on that head's
+    q and k; the MaskSet's heads read their own file; a token's bucket is its nearest anchor (the
+    engine's assignment, balanced: no bucket above its share)."""
+    t = lab.LabTeacher.new(**TINY, seed=3)
+    n, block = 128, 16
+    runner = ruler._Runner(t, n, block, "float32")
+    grid, note = ruler._anchor_grid(runner, n, TINY["layers"], TINY["heads"], block, 1, str(tmp_path))
+    assert [e for e, _ in grid] == [f"anchors({n // c}, 1, {c}, shared_qk = false)" for c in ruler._content_chunks(n)]
+    assert note.startswith(f"anchors: k = n / chunk per layer and head, fitted (spherical k-means, {ruler.ANCHOR_ITERATIONS} iterations)")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(f"L{l}H{h}-k{n // c}.npz" for c in ruler._content_chunks(n) for l in range(TINY["layers"])
+                           for h in range(TINY["heads"]))
+    _, masks = grid[0]
+    specs = masks.content
+    assert specs[0][1]["fit"].endswith(f"L0H1-k{n // 8}.npz") and specs[0][0]["fit"].endswith(f"L0H0-k{n // 8}.npz")
+    with np.load(specs[0][1]["fit"]) as f:
+        anchors = f["anchors"]
+    assert anchors.shape == (1, n // 8, TINY["d"] // TINY["heads"])
+    assert np.allclose(np.linalg.norm(anchors[0], axis=1), 1, atol=1e-4)
+    q, k = (torch.randn(1, TINY["heads"], n, TINY["d"] // TINY["heads"]) for _ in range(2))
+    report = sparsa.content_report(q.numpy(), k.numpy(), masks, 0)
+    assert [r["kind"] for r in report] == ["anchors"] * TINY["heads"]
+    assert all(r["bucket_max"] <= -(-n // (n // 8)) for r in report)   # balanced: at most ceil(n / k) a bucket
 
 
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
