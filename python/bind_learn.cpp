@@ -419,6 +419,28 @@ void bind_learn(py::module_& parent) {
           "The ruler evaluation's fixed families at a density (learn/ruler_families.hpp): window, Longformer and BigBird, each the "
           "largest of its ladder whose density after the causal cut is at most target: a list of (name, detail, MaskSet [1, heads], "
           "density).");
+    m.def("search_script", [](const PySearchTable& t, double target, bool causal) {
+              if (!(target > 0 && target <= 1)) value_error("search_script: target density must be in (0, 1], got " + std::to_string(target));
+              if (t.table.candidates.empty()) value_error("search_script: the table has no candidates");
+              const learn::RulerMethod m = learn::ruler_search_script(t.table, target, causal);
+              const MaskSet first = m.masks(0, Tensor{}, Tensor{});
+              const int64_t n = first.n;
+              const int32_t block = first.block;
+              const double blocks = causal ? static_cast<double>(learn::causal_block_count(n, block))
+                                           : static_cast<double>(((n + block - 1) / block) * ((n + block - 1) / block));
+              py::list per_layer;
+              double kept = 0;
+              for (int64_t l = 0; l < t.table.layers; ++l) {
+                  MaskSet set = m.masks(l, Tensor{}, Tensor{});
+                  for (int64_t h = 0; h < set.heads; ++h) kept += static_cast<double>(set.at(0, h).kept_blocks());
+                  per_layer.append(mask_set_wrap(std::move(set)));
+              }
+              return py::make_tuple(per_layer, kept / (blocks * static_cast<double>(t.table.layers * t.table.heads)), m.detail);
+          }, py::arg("table"), py::arg("target"), py::arg("causal") = true,
+          "The ruler evaluation's search script at a density (learn/ruler_families.hpp, ruler_search_script): per (layer, head) the "
+          "candidate of most recall in the table whose density after the causal cut is at most target: (a MaskSet [1, heads] per "
+          "layer, cut to causal; its density, kept blocks over the causal mask's, mean over layers and heads; detail: each head's "
+          "expression and training recall).");
     m.def("duo_masks", [](int64_t n, int64_t layers, int64_t heads, double density, const std::vector<bool>& retrieval, int32_t block,
                           bool causal) {
               if (!block_size_valid(block)) value_error("duo_masks: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");

@@ -29,6 +29,8 @@ Rows (each per density but dense, the diagonal and favor+), as the C++ evaluatio
   pooled gate      SeerAttention's gate (learn/pooled_gate.hpp): mean q and mean k of each block through
                    small maps, trained by KL to the teacher's block-pooled attention on training-stream
                    sequences, early stopping per head on validation-stream sequences
+  search script    the search's static script (ruler_search_script): per head the candidate pattern of most
+                   recall on 4 training-stream sequences' attention within the density (_search_methods)
   lsh              Reformer's LSH as the C++ evaluation's content family (learn/ruler_families.cpp):
                    lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, rotations from seed 0,
                    for chunk 8 to 128 (at most 512 buckets) and 1, 2 or 4 rounds; at each density the most accurate on validation
@@ -48,8 +50,7 @@ a row in all (blocks_per_row), ties to the lower block (sparsa.selectors.top_k_b
 blocks are cut to the causal mask, as the C++ evaluation cuts them. On CUDA they are ranked and
 written as a top-k layout's columns by one kernel (sparsa.torch.select_top_k) for
 sparsa.torch.attention_top_k (masks uploaded once: no host step); elsewhere they become
-sparsa.learn.block_masks for sparsa.torch.attention. Not here yet: the search script (the C++
-evaluation has it).
+sparsa.learn.block_masks for sparsa.torch.attention.
 
 The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
 
@@ -245,8 +246,8 @@ def _time_ms(fn, device, repeats):
 
 
 # Rows a run may leave out (evaluate_teacher's skip, --skip): "families" is window, Longformer, BigBird,
-# LSH, anchors and FAVOR+ together, as families=False.
-SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "lsh", "anchors", "families")
+# the search script, LSH, anchors and FAVOR+ together, as families=False.
+SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "search", "lsh", "anchors", "families")
 
 # The content families' grids, as learn/ruler_families.cpp's: chunks (LSH: n / chunk buckets and 1, 2
 # or 4 rounds; anchors: n / chunk anchors, one round). Chunks that would give more than
@@ -308,6 +309,29 @@ def _anchor_grid(runner, n, layers, heads, block, seed, folder):
             f"rows of {ANCHOR_FIT_INPUTS} training-stream sequences (seed {seed}, from index 2^40) in {time.perf_counter() - t0:.1f} s; "
             f"mean cosine to the anchor {min(cosines):.3f} to {max(cosines):.3f}")
     return grid, note
+
+
+def _search_methods(runner, n, layers, heads, block, seed, targets, inputs, notes):
+    """The search's static script at each target (learn/ruler_families.cpp, ruler_search_script):
+    every candidate of the language's families measured by its recall on each (layer, head) of the
+    dense teacher's attention over `inputs` training-stream sequences of `seed` (from index 2^40:
+    sparsa.learn.search_table), then per head the candidate of most recall whose density after the
+    causal cut is within the target (sparsa.learn.search_script). The same masks for every input."""
+    t0 = time.perf_counter()
+    train = lab.task_batch(runner.t.task, "train", 2 ** 40, inputs, seed=seed, n=n)
+    parts = {}   # first -> [layer] -> (q, k) as float32 numpy [batch, heads, n, d]
+    _dense_layers(runner, train, inputs, lambda first, layer, q, k: parts.setdefault(first, []).append(
+        (q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy())))
+    q = np.concatenate([np.stack([qk[0] for qk in parts[first]], 1) for first in sorted(parts)])   # [inputs, layers, heads, n, d]
+    k = np.concatenate([np.stack([qk[1] for qk in parts[first]], 1) for first in sorted(parts)])
+    table = sparsa.learn.search_table(sparsa.learn.attention_sample_from_qk(q, k, block))
+    notes.append(f"search script: each head's recall of the search's {len(table.expressions)} candidates measured on {inputs} "
+                 f"training-stream sequences (seed {seed}, from index 2^40) in {time.perf_counter() - t0:.1f} s")
+    methods = []
+    for target in targets:
+        per_layer, density, detail = sparsa.learn.search_script(table, target, True)
+        methods.append(_Method("search script", target, detail, fixed=list(per_layer), density=density))
+    return methods
 
 
 def _content_attention(masks):
@@ -404,7 +428,7 @@ def _duo_method(runner, validation, batch, n, layers, heads, target, block):
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
                      pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
                      indexer_inputs=64, indexer_heads=2, indexer_width=8, indexer_steps=300, indexer_rows=128,
-                     families=True, favor_features=256, dtype=None, time_repeats=11, skip=(), progress=print):
+                     families=True, favor_features=256, search_inputs=4, dtype=None, time_repeats=11, skip=(), progress=print):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
@@ -416,7 +440,8 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     missing or None, the first ones of one training set; target: pooled_targets' "sum", the C++
     gate's, or "max"; query pool: "mean" or "rows", PooledGate's). indexer_inputs: training-stream sequences the
     lightning indexer learns from (0: no indexer row), indexer_rows query rows of each. families: also window, Longformer and BigBird at each
-    density (fixed_families), LSH and anchors at each density (_content_methods), and once FAVOR+ with favor_features features per head (seed 0, causal;
+    density (fixed_families), the search's script from search_inputs training-stream sequences
+    (_search_methods), LSH and anchors at each density (_content_methods), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32". skip: rows of SKIPPABLE to leave out
     (a long run of the bar's rows alone; dense and the trivial baselines always run)."""
@@ -529,6 +554,9 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
             methods.append(_Method("indexer", target, per_row + f" (the same in every head of a layer), the diagonal then the blocks "
                                    f"of most mass in the trained indexer's prediction ({indexer_heads} index heads of width "
                                    f"{indexer_width}; its training below)", keep=keep, scores=indexer.block_scores))
+    if families and "search" not in skip and search_inputs > 0 and densities:   # the search's static script
+        methods += _search_methods(runner, n, layers, heads, block, seed, densities, search_inputs, notes)
+        say(notes[-1])
     if families and densities:   # the content families at every density, each chosen on validation
         for family in ("lsh", "anchors"):
             if family in skip:
@@ -765,12 +793,14 @@ def main(argv=None):
     ap.add_argument("--indexer-width", type=int, default=8)
     ap.add_argument("--indexer-steps", type=int, default=300)
     ap.add_argument("--families", choices=["fixed", "none"], default="fixed",
-                    help="fixed: window, Longformer, BigBird, LSH and anchors rows at each density too, and FAVOR+ once (default); "
-                         "none: the selectors only")
+                    help="fixed: window, Longformer, BigBird, the search script, LSH and anchors rows at each density too, and FAVOR+ "
+                         "once (default); none: the selectors only")
     ap.add_argument("--skip", default="", help="rows to leave out, comma-separated, of " + ", ".join(SKIPPABLE) +
-                    " (families: window, Longformer, BigBird, LSH, anchors and FAVOR+); dense, the diagonal, the identity gate, the best fixed "
-                    "pattern always run (and the pooled gate, unless --pooled-gate-inputs 0)")
+                    " (families: window, Longformer, BigBird, the search script, LSH, anchors and FAVOR+); dense, the diagonal, "
+                    "the identity gate, the best fixed pattern always run (and the pooled gate, unless --pooled-gate-inputs 0)")
     ap.add_argument("--favor-features", type=int, default=256, help="FAVOR+'s random features per head (256, seed 0)")
+    ap.add_argument("--search-inputs", type=int, default=4,
+                    help="training-stream sequences the search script's recall is measured on (0: no search script row)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="bfloat16 on CUDA by default, else float32")
     ap.add_argument("-o", "--out", required=True, help="the folder for report.md and report.json")
@@ -797,6 +827,8 @@ def main(argv=None):
         ap.error("--teachers and --n are required (or --merge)")
     if a.favor_features < 1:
         ap.error(f"--favor-features {a.favor_features}: give at least 1 feature per head")
+    if a.search_inputs < 0:
+        ap.error(f"--search-inputs {a.search_inputs}: give 0 (no search script) or more")
     try:
         densities = [float(x) for x in a.densities.split(",") if x]
     except ValueError:
@@ -846,7 +878,7 @@ def main(argv=None):
         evals.append(evaluate_teacher(t, a.n, densities=densities, block=a.block, test_inputs=a.test_inputs,
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
                                       pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
-                                      pooled_gate_configs=configs, seed=s, families=a.families == "fixed",
+                                      pooled_gate_configs=configs, seed=s, families=a.families == "fixed", search_inputs=a.search_inputs,
                                       favor_features=a.favor_features, skip=skip,
                                       indexer_inputs=a.indexer_inputs, indexer_heads=a.indexer_heads, indexer_width=a.indexer_width,
                                       indexer_steps=a.indexer_steps,

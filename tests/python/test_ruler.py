@@ -50,7 +50,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
                             indexer_rows=16, time_repeats=1)
     names = [r["method"] for r in report["evals"][0]["rows"]]
     assert names == ["dense", "diagonal", "identity gate", "best fixed", "moba", "quest", "vertical-slash", "duo", "window",
-                     "longformer", "bigbird", "pooled gate", "indexer", "lsh", "anchors", "favor+"]
+                     "longformer", "bigbird", "pooled gate", "indexer", "search script", "lsh", "anchors", "favor+"]
     for e in report["evals"]:
         assert e["rows"][0]["answers"] > 0 and all(r["answers"] == e["rows"][0]["answers"] for r in e["rows"])
         for r in e["rows"][2:-1]:
@@ -64,6 +64,10 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
             assert any(note.startswith(row["method"] + " at 25%: ") for note in e["notes"])
             assert e["timing"]["methods"][row["method"] + " 0.25"]["engine"] == "CPU content engine, the whole call"
         assert any(note.startswith("anchors: k = n / chunk per layer and head, fitted") for note in e["notes"])
+        search = e["rows"][-4]
+        assert search["method"] == "search script" and search["density"] <= 0.25 + 1e-9
+        assert "L0H1 " in search["detail"] and "(training recall " in search["detail"]
+        assert any(note.startswith("search script: each head's recall of the search's ") for note in e["notes"])
     rows = ruler.report_write(report, str(tmp_path / "out"), command="test")
     # several gates: the one kept is named, each with its validation accuracy
     one = ruler.evaluate_teacher(teachers[0], 128, densities=[0.25], block=16, test_inputs=2, validation_inputs=3, batch=4, families=False,
@@ -91,7 +95,7 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert "| pooled gate | 25.00% |" in text and " ± " in text and "by the depth of the asked needle" in text
     assert "| favor+ | - | - | " in text and "- favor+: Performer's FAVOR+" in text
     assert len(rows[0]["needle_by_depth"]) == 10
-    assert len(rows) == 16 and (tmp_path / "out" / "report.json").exists()
+    assert len(rows) == 17 and (tmp_path / "out" / "report.json").exists()
     pytest.importorskip("matplotlib")
     for picture in ("depth.png", "cost.png"):
         data = (tmp_path / "out" / picture).read_bytes()
@@ -130,6 +134,28 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
     tokens = torch.from_numpy(validation["tokens"][:2])
     logits, kept = runner.logits(tokens, tight)
     assert kept == pytest.approx(tight.fixed_density) and torch.isfinite(logits).all()
+
+
+def test_the_search_script_keeps_each_heads_best_candidate_within_the_density():
+    """sparsa.learn.search_script (the C++ ruler_search_script): per head the candidate of most
+    recall among those whose causal density is within the target, its masks cut to causal, its
+    density the kept blocks over the causal blocks."""
+    t = lab.LabTeacher.new(**TINY, seed=2)
+    n, block = 128, 16
+    runner = ruler._Runner(t, n, block, "float32")
+    notes = []
+    roomy, tight = ruler._search_methods(runner, n, TINY["layers"], TINY["heads"], block, 2, [1.0, 0.3], 2, notes)
+    assert notes[0].startswith("search script: each head's recall of the search's ") and "on 2 training-stream" in notes[0]
+    causal = (n // block) * (n // block + 1) / 2
+    for m, target in ((roomy, 1.0), (tight, 0.3)):
+        assert isinstance(m.fixed, list) and len(m.fixed) == TINY["layers"]
+        kept = [m.fixed[l].stats(0, h).kept_blocks for l in range(TINY["layers"]) for h in range(TINY["heads"])]
+        assert m.fixed_density == pytest.approx(sum(kept) / (causal * len(kept))) and m.fixed_density <= target + 1e-9
+        for l in range(TINY["layers"]):
+            for h in range(TINY["heads"]):
+                dense = m.fixed[l].to_dense(0, h)
+                assert not np.triu(dense, 1).any()   # cut to causal
+    assert "training recall 1.000" in roomy.detail   # with the whole budget some candidate keeps all of the attention
 
 
 def test_anchors_are_fitted_per_head_on_the_training_stream_and_their_buckets_are_the_nearest_anchor(tmp_path):
