@@ -400,6 +400,31 @@ def _content_methods(name, grid, source, runner, validation, batch, n, layers, h
     return methods
 
 
+def _selection_share(n, block, density, width, key_pool, query_pool, device, repeats):
+    """A gate configuration's selection time at a model's shape (time_at_shape: 16 heads of width
+    128, as one CUDA graph) over cuDNN's dense causal attention in the same call."""
+    t = time_at_shape(n, block=block, density=density, width=width, device=device, repeats=repeats, key_pool=key_pool,
+                      query_pool=query_pool)
+    if "cudnn_ms" not in t or t.get("select_graph_ms") is None:
+        raise RuntimeError(f"sparsa.ruler: selection budget: no cuDNN or graph time at the model's shape ({t.get('cudnn_error', '')})")
+    return t["select_graph_ms"] / t["cudnn_ms"]
+
+
+def _within_budget(configs, budget, share):
+    """The gate configurations whose selection share (share(config): selection time / dense time) is
+    at most `budget`, and one note per configuration saying its share and whether it stays; where
+    none does, the cheapest alone (said so)."""
+    shares = [share(c) for c in configs]
+    kept = [c for c, x in zip(configs, shares) if x <= budget]
+    lines = [f"selection budget {100 * budget:g}% of dense: width {c[0]}, keys {c[1]}, queries {c[4]}: selection "
+             f"{100 * x:.1f}% at the model's shape, " + ("kept" if x <= budget else "left out") for c, x in zip(configs, shares)]
+    if not kept:
+        cheapest = min(range(len(configs)), key=shares.__getitem__)
+        kept = [configs[cheapest]]
+        lines.append(f"selection budget {100 * budget:g}%: no configuration within it; the cheapest alone is tried")
+    return kept, lines
+
+
 def _duo_method(runner, validation, batch, n, layers, heads, target, block):
     """DuoAttention's row at `target`: as many dense (retrieval) heads as the budget holds, ranked on
     validation by the accuracy lost when each head alone streams; the rest sink + window."""
@@ -428,7 +453,8 @@ def _duo_method(runner, validation, batch, n, layers, heads, target, block):
 def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, validation_inputs=20, batch=8,
                      pooled_gate_inputs=64, pooled_gate_width=32, pooled_gate_steps=400, pooled_gate_configs=None, seed=1,
                      indexer_inputs=64, indexer_heads=2, indexer_width=8, indexer_steps=300, indexer_rows=128,
-                     families=True, favor_features=256, search_inputs=4, dtype=None, time_repeats=11, skip=(), progress=print):
+                     families=True, favor_features=256, search_inputs=4, dtype=None, time_repeats=11, skip=(), progress=print,
+                     selection_budget=None):
     """One teacher (a sparsa.lab.LabTeacher on its device) at length n: every row's accuracy on the test
     stream (its first test_inputs sequences), per task and per depth, its mean kept share of the
     causal blocks, and the selection and attention times of one layer on one sequence. Every choice
@@ -443,6 +469,10 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     density (fixed_families), the search's script from search_inputs training-stream sequences
     (_search_methods), LSH and anchors at each density (_content_methods), and once FAVOR+ with favor_features features per head (seed 0, causal;
     no density: None in the rows, "-" in the report), as the C++ evaluation's content families.
+    selection_budget: a fraction (CUDA only), or None: the gate configurations whose selection at a
+    model's shape (time_at_shape, one CUDA graph) takes more than that share of cuDNN's dense time in
+    the same call are left out before any is trained, so the one chosen on validation meets the
+    cost bar by construction (each configuration's share in the notes).
     dtype: "bfloat16" (autocast; the default on CUDA) or "float32". skip: rows of SKIPPABLE to leave out
     (a long run of the bar's rows alone; dense and the trivial baselines always run)."""
     unknown = set(skip) - set(SKIPPABLE)
@@ -453,6 +483,9 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
     if not teacher.model["causal"]:
         raise ValueError("sparsa.ruler: the teacher must be causal (a lab teacher of issue 16)")
     device = next(teacher.parameters()).device
+    if selection_budget is not None and (device.type != "cuda" or not 0 < selection_budget <= 1):
+        raise ValueError("sparsa.ruler: a selection budget is a fraction in (0, 1] measured against cuDNN at a model's shape: "
+                         f"CUDA only (got {selection_budget} on {device})")
     dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
     teacher.eval()
     runner = _Runner(teacher, n, block, dtype)
@@ -471,6 +504,13 @@ def evaluate_teacher(teacher, n, densities=(0.125,), block=16, test_inputs=100, 
         configs = [(c + (None, None, None))[:5] for c in (pooled_gate_configs or [(pooled_gate_width, "mean")])]
         configs = [(width, key_pool, inputs or pooled_gate_inputs, target or "sum", query or "mean")
                    for width, key_pool, inputs, target, query in configs]
+        if selection_budget is not None:   # the cost bar first: configurations whose selection costs too much are not chosen
+            density0 = densities[0] if densities else 1.0
+            configs, lines = _within_budget(configs, selection_budget, lambda c: _selection_share(n, block, density0, c[0], c[1], c[4],
+                                                                                                 device, time_repeats))
+            for line in lines:
+                notes.append(line)
+                say(line)
         most = max(c[2] for c in configs)   # one training set; a config with fewer takes its first ones
         targets = tuple(sorted({c[3] for c in configs}))
         rows = any(c[4] == "rows" for c in configs)
@@ -799,6 +839,9 @@ def main(argv=None):
                     " (families: window, Longformer, BigBird, the search script, LSH, anchors and FAVOR+); dense, the diagonal, "
                     "the identity gate, the best fixed pattern always run (and the pooled gate, unless --pooled-gate-inputs 0)")
     ap.add_argument("--favor-features", type=int, default=256, help="FAVOR+'s random features per head (256, seed 0)")
+    ap.add_argument("--selection-budget", type=float, default=None,
+                    help="CUDA: leave out the gate configurations whose selection at a model's shape (16 heads of width 128, one "
+                         "CUDA graph) takes more than this share of cuDNN's dense time, e.g. 0.2 (issue 16's bar)")
     ap.add_argument("--search-inputs", type=int, default=4,
                     help="training-stream sequences the search script's recall is measured on (0: no search script row)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -827,6 +870,9 @@ def main(argv=None):
         ap.error("--teachers and --n are required (or --merge)")
     if a.favor_features < 1:
         ap.error(f"--favor-features {a.favor_features}: give at least 1 feature per head")
+    if a.selection_budget is not None and (not a.device.startswith("cuda") or not 0 < a.selection_budget <= 1):
+        ap.error(f"--selection-budget {a.selection_budget}: a fraction in (0, 1], measured against cuDNN: CUDA only "
+                 f"(--device {a.device})")
     if a.search_inputs < 0:
         ap.error(f"--search-inputs {a.search_inputs}: give 0 (no search script) or more")
     try:
@@ -879,6 +925,7 @@ def main(argv=None):
                                       validation_inputs=a.validation_inputs, batch=a.batch, pooled_gate_inputs=a.pooled_gate_inputs,
                                       pooled_gate_width=a.pooled_gate_width, pooled_gate_steps=a.pooled_gate_steps,
                                       pooled_gate_configs=configs, seed=s, families=a.families == "fixed", search_inputs=a.search_inputs,
+                                      selection_budget=a.selection_budget,
                                       favor_features=a.favor_features, skip=skip,
                                       indexer_inputs=a.indexer_inputs, indexer_heads=a.indexer_heads, indexer_width=a.indexer_width,
                                       indexer_steps=a.indexer_steps,

@@ -184,6 +184,22 @@ def test_anchors_are_fitted_per_head_on_the_training_stream_and_their_buckets_ar
     assert all(r["bucket_max"] <= -(-n // (n // 8)) for r in report)   # balanced: at most ceil(n / k) a bucket
 
 
+def test_a_selection_budget_leaves_out_the_gates_that_cost_too_much():
+    configs = [(32, "mean", 64, "sum", "mean"), (32, "mean+max+min", 64, "sum", "rows"), (64, "mean+max+min", 64, "sum", "mean")]
+    share = {"mean": 0.1, "rows": 6.0}
+    kept, lines = ruler._within_budget(configs, 0.2, lambda c: share[c[4]] * (1.5 if c[0] == 64 else 1.0))
+    assert kept == [configs[0], configs[2]]
+    assert lines[1] == "selection budget 20% of dense: width 32, keys mean+max+min, queries rows: selection 600.0% at the model's shape, left out"
+    assert lines[0].endswith("10.0% at the model's shape, kept")
+    kept, lines = ruler._within_budget(configs, 0.01, lambda c: share[c[4]] * (1.5 if c[0] == 64 else 1.0))
+    assert kept == [configs[0]] and lines[-1].endswith("no configuration within it; the cheapest alone is tried")
+    t = lab.LabTeacher.new(**TINY, seed=2)
+    with pytest.raises(ValueError, match="selection budget is a fraction in \\(0, 1\\] measured against cuDNN"):
+        ruler.evaluate_teacher(t, 128, selection_budget=0.2, progress=None)
+    with pytest.raises(SystemExit):
+        ruler.main(["--teachers", "x.bin", "--n", "128", "--device", "cpu", "--selection-budget", "0.2", "-o", "out"])
+
+
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
     t = ruler.time_at_shape(256, heads=2, head_dim=16, block=16, density=0.25, device="cpu", repeats=1)
     assert t["keep"] == ruler.blocks_per_row(0.25, 16) and t["shape"] == [1, 2, 256, 16]
