@@ -293,16 +293,7 @@ int main(int argc, char** argv) {
                         engine.run();
                         warm += engine.times().total_ms;
                     }
-                    std::vector<float> fixed, bucketing, attention, merge, total;
-                    for (int r = 0; r < opt.runs; ++r) {
-                        engine.run();
-                        const CudaContentTimes t = engine.times();
-                        fixed.push_back(t.fixed_ms);
-                        bucketing.push_back(t.bucketing_ms);
-                        attention.push_back(t.attention_ms);
-                        merge.push_back(t.merge_ms);
-                        total.push_back(t.total_ms);
-                    }
+                    const CudaContentTimes median = engine.run_median(opt.runs);
                     if (family == "lsh" || family == "anchors") {   // the pairs its heads kept, from the GPU's buckets
                         const CudaContentWalk walk = engine.walk();
                         ContentBuckets given;
@@ -325,7 +316,7 @@ int main(int argc, char** argv) {
                         kept.emplace_back(family, pairs / (opt.batch * opt.heads));
                     }
                     Row row{opt.version == 0 ? family : family + " v" + std::to_string(opt.version), n, d, {}, opt.runs};
-                    row.median = {median_of(fixed), median_of(bucketing), median_of(attention), median_of(merge), median_of(total)};
+                    row.median = median;
                     rows.push_back(row);
                     std::printf("%s n=%lld d=%lld: bucketing %.3f ms, attention %.3f ms, merge %.3f ms, total %.3f ms\n", family.c_str(),
                                 static_cast<long long>(n), static_cast<long long>(d), row.median.bucketing_ms, row.median.attention_ms,

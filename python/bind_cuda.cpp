@@ -23,7 +23,6 @@
 
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -88,11 +87,6 @@ CudaContentAttention& cuda_content_engine() {
 }
 std::mutex g_content_mutex;
 
-float median(std::vector<float> x) {
-    std::sort(x.begin(), x.end());
-    return x.empty() ? 0.0f : x[x.size() / 2];
-}
-
 } // namespace
 
 py::tuple content_attention_cuda_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
@@ -112,30 +106,22 @@ py::tuple content_attention_cuda_py(const py::handle& q_obj, const py::handle& k
     std::string why;
     if (!cuda_device_available(&why)) value_error("content_attention_cuda: no usable GPU here: " + why);
     AttentionOutput out;
-    std::vector<float> fixed, bucketing, attention, merge, total;
+    CudaContentTimes t;
     {
         py::gil_scoped_release release;
         const std::lock_guard<std::mutex> lock(g_content_mutex);
         const CudaContentNumbers numbers = cuda_content_numbers(s.set, layer, q.shape.d, &arrays);
         CudaContentAttention& engine = cuda_content_engine();
         engine.prepare(q, k, v, s.set, layer, numbers, options);
-        for (int r = 0; r < repeats; ++r) {
-            engine.run();
-            const CudaContentTimes t = engine.times();
-            fixed.push_back(t.fixed_ms);
-            bucketing.push_back(t.bucketing_ms);
-            attention.push_back(t.attention_ms);
-            merge.push_back(t.merge_ms);
-            total.push_back(t.total_ms);
-        }
+        t = engine.run_median(repeats);
         out = engine.download();
     }
     py::dict times;
-    times["fixed_ms"] = median(fixed);
-    times["bucketing_ms"] = median(bucketing);
-    times["attention_ms"] = median(attention);
-    times["merge_ms"] = median(merge);
-    times["total_ms"] = median(total);
+    times["fixed_ms"] = t.fixed_ms;
+    times["bucketing_ms"] = t.bucketing_ms;
+    times["attention_ms"] = t.attention_ms;
+    times["merge_ms"] = t.merge_ms;
+    times["total_ms"] = t.total_ms;
     times["repeats"] = repeats;
     return py::make_tuple(array_from(std::move(out.o)), array_from(std::move(out.lse), true), times);
 }

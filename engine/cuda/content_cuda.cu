@@ -324,6 +324,24 @@ CudaContentTimes CudaContentAttention::times() {
     return t;
 }
 
+CudaContentTimes CudaContentAttention::run_median(int runs) {
+    std::vector<float> fixed, bucketing, attention, merge, total;
+    for (int r = 0; r < std::max(1, runs); ++r) {
+        run();
+        const CudaContentTimes t = times();
+        fixed.push_back(t.fixed_ms);
+        bucketing.push_back(t.bucketing_ms);
+        attention.push_back(t.attention_ms);
+        merge.push_back(t.merge_ms);
+        total.push_back(t.total_ms);
+    }
+    const auto median = [](std::vector<float> x) {
+        std::sort(x.begin(), x.end());
+        return x[x.size() / 2];
+    };
+    return {median(fixed), median(bucketing), median(attention), median(merge), median(total)};
+}
+
 CudaContentWalk CudaContentAttention::walk() {
     const Impl& s = *impl_;
     if (!s.ran || s.spec.kind == ContentKind::favor) throw Error("CudaContentAttention::walk: no lsh or anchors run");

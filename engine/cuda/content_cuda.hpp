@@ -108,6 +108,9 @@ public:
     void run();
     AttentionOutput download();
     CudaContentTimes times();     // of the last run (waits for it)
+    // Runs the prepared call `runs` times (at least once) and gives each part's median over them
+    // (the upper middle of an even count); the last run's output stays for download().
+    CudaContentTimes run_median(int runs);
     CudaContentWalk walk();       // of the last run (lsh, anchors)
 
 private:
