@@ -43,12 +43,14 @@
 //  14: 10 with later steps' K and V tiles prefetched into L2.
 //  15: 10 with the mask metadata of each step read a step ahead.
 //  16: 15 with the next step's S = Q K^T in flight during this step's softmax (two K and two V
-//      buffers, one barrier a step, two blocks an SM). 10 to 16 are in attn_fwd_wgmma.cuh,
-//      built in their own translation unit (attn_fwd_wgmma.cu) for sm_90a; declared at the end
-//      of this file.
+//      buffers, one barrier a step, two blocks an SM).
+//  17: 12's tiles with a producer warpgroup issuing every copy and two consumer warpgroups
+//      (setmaxnreg), each with 16's O += P V in flight during its softmax.
+//  10 to 16 are in attn_fwd_wgmma.cuh, 17 in attn_fwd_ws.cuh, built in their own translation
+//  unit (attn_fwd_wgmma.cu) for sm_90a; declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 16.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 17.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -874,7 +876,7 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     }
 }
 
-// [SECTION] kernels 10 to 16
+// [SECTION] kernels 10 to 17
 
 // Kernel 10, 13, 14, 15 or 16 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
 // 7's), in attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
@@ -883,5 +885,8 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
 // Declared here so the host code calls them without compiling wgmma.
 template <typename T, int D, int MaskBlock, int Kernel>
 cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks = 0);
+// Kernel 17 (attn_fwd_ws.cuh: a producer warpgroup and two consumers on kernel 12's tiles), the same way.
+template <typename T, int D, int MaskBlock>
+cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch);
 
 } // namespace sparsa::cuda
