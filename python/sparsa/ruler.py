@@ -55,14 +55,16 @@ sparsa.learn.block_masks for sparsa.torch.attention.
 The selectors themselves (scores, top-k, the pooled gate, the indexer) and FAVOR+ are in sparsa.selectors.
 
 Index
-  [SECTION] evaluation     the methods, the test stream, accuracy per task and depth, timings
-  then main(), the command; the report (mean and deviation over teachers, Markdown, JSON and
-  pictures, merged runs) is sparsa.ruler_report, whose names this module imports
+  [SECTION] evaluation     the selectors' rows, the test stream, accuracy per task and depth, timings
+  then main(), the command. Beside it: a teacher run under a row (the row, the runner, scoring,
+  the dense layers) is sparsa.ruler_run; the family rows (FAVOR+, the search script, LSH and
+  anchors chosen on validation) sparsa.ruler_families; the report (mean and deviation over
+  teachers, Markdown, JSON and pictures, merged runs) sparsa.ruler_report. This module imports
+  the names it uses of each.
 """
 
 import json
 import os
-import statistics
 import tempfile
 import time
 
@@ -74,138 +76,19 @@ import sparsa
 import sparsa.lab as lab
 import sparsa.torch as sparsa_torch
 from sparsa.selectors import (KEY_POOLS, Indexer, PooledGate, _block_keys, _block_means, blocks_per_row, exact_scores,
-                              favor_attention, moba_scores, pooled_targets, quest_scores, vertical_slash_scores, TARGETS)
+                              moba_scores, pooled_targets, quest_scores, vertical_slash_scores, TARGETS)
 
 __all__ = ["evaluate", "evaluate_teacher", "merge", "report_write", "summary", "time_at_shape"]
 
 
 # the report (sparsa.ruler_report), here as sparsa.ruler's own names
 from sparsa.ruler_report import _pm, _target_line, merge, report_write, summary  # noqa: F401
+# a teacher run under a row (sparsa.ruler_run) and the family rows (sparsa.ruler_families), likewise
+from sparsa.ruler_run import _Method, _Runner, _accuracy, _dense_layers, _kv_per_query_head, _score, _time_ms  # noqa: F401
+from sparsa.ruler_families import (LSH_ROUNDS, _anchor_grid, _content_chunks, _content_methods, _favor_method,  # noqa: F401
+                                   _lsh_masks, _search_methods)
 
 # [SECTION] evaluation
-
-
-def _kv_per_query_head(k, heads):
-    group = heads // k.shape[1]
-    return k.repeat_interleave(group, dim=1) if group > 1 else k
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Method:
-    """A row: name, target density, detail, and how it chooses: fixed (a MaskSet for every input and
-    head, with its density), scores(layer, q, k) -> block scores [batch, heads, blocks, blocks] of
-    which each row keeps its diagonal and the best others, `keep` in all (top_k_blocks), or no block
-    mask: attention(layer, q, k, v) -> o in place of the layer's attention (k, v per query head), with
-    a density where it has one (LSH: pairs kept / causal pairs) or None (FAVOR+). times(q, k, v,
-    repeats), where given, times such a row itself (a dict as _timings's)."""
-
-    def __init__(self, name, target, detail, fixed=None, density=None, scores=None, keep=None, attention=None, select=None,
-                 times=None):
-        self.name, self.target, self.detail = name, target, detail
-        self.fixed, self.fixed_density, self.scores, self.keep = fixed, density, scores, keep
-        self.attention, self.select, self.times = attention, select, times
-
-    def top(self, layer, q, k):
-        """The chosen key blocks as sparsa.torch.attention_top_k takes them: select(layer, q, k, keep)
-        where the row has its own (the pooled gate's PooledGate.top_k), else
-        sparsa.torch.select_top_k of its scores (on CUDA one kernel writes them as the layout's
-        columns; elsewhere top_k_blocks's indices)."""
-        if self.select is not None:
-            return self.select(layer, q, k, self.keep)
-        return sparsa_torch.select_top_k(self.scores(layer, q, k), self.keep)
-
-
-class _Runner:
-    """Runs one teacher under a method: the attention of every layer through sparsa.torch.attention
-    with the method's blocks (a batch of inputs and heads folded into one MaskSet of batch x heads
-    masks, key/value heads folded alike), and keeps the kept share of the causal blocks; or, for a
-    method without a mask, its attention in place of every layer's (kept share None)."""
-
-    def __init__(self, teacher, n, block, dtype):
-        self.t, self.n, self.block, self.dtype = teacher, n, block, dtype
-        self.device = next(teacher.parameters()).device
-        self.blocks = (n + block - 1) // block
-
-    def logits(self, tokens, method):
-        kept = []
-
-        def attend(layer, q, k, v):
-            heads = q.shape[1]
-            if method.attention is not None:   # no block mask: its own density, or none
-                kept.append(method.fixed_density)
-                return method.attention(layer, q, _kv_per_query_head(k, heads), _kv_per_query_head(v, heads))
-            if method.fixed is not None:   # one MaskSet for every layer, or a list of one per layer
-                kept.append(method.fixed_density)
-                fixed = method.fixed[layer] if isinstance(method.fixed, list) else method.fixed
-                return sparsa_torch.attention(q, k, v, fixed, 0)
-            kept.append(self.kept_share(method.keep))
-            return self.attend_top(q, k, v, method.top(layer, q, _kv_per_query_head(k, heads)))
-
-        with torch.no_grad(), lab._autocast(self.device, self.dtype):
-            out = self.t(tokens.to(self.device), attend=None if method is None else attend).float()
-        if any(x is None for x in kept):
-            return out, None
-        return out, (sum(kept) / len(kept) if kept else 1.0)
-
-    def kept_share(self, keep):
-        """The share of the causal blocks a top-`keep` selection keeps: every row min(keep, r + 1)."""
-        b = self.blocks
-        return sum(min(keep, r + 1) for r in range(b)) / (b * (b + 1) / 2)
-
-    def attend_top(self, q, k, v, top):
-        """Attention under the chosen blocks (batch x heads folded into one call): attention_top_k, on
-        CUDA with no host step, elsewhere with the masks made on the host."""
-        return sparsa_torch.attention_top_k(q, k, v, top, self.block)
-
-
-def _favor_method(layers, heads, head_width, features, device):
-    """FAVOR+ as a row (learn/ruler_families.cpp, ruler_favor): every (layer, head) its `features`
-    random features, drawn once as favor(features) draws them (seed 0, draw 0), causal prefix sums,
-    in place of each layer's attention."""
-    draw = lambda layer: np.stack([sparsa.favor_features(0, layer, h, features, head_width) for h in range(heads)])  # noqa: E731
-    omega = [torch.from_numpy(draw(layer)).to(device) for layer in range(layers)]   # [heads, features, head_width] per layer
-    detail = (f"Performer's FAVOR+, {features} positive orthogonal random features per head (seed 0, as the script's "
-              f"favor({features}) draws them), causal prefix sums: no mask, its estimate in place of every layer's attention "
-              "(timed: its whole pass, as sparse attention)")
-    return _Method("favor+", 1.0, detail, attention=lambda layer, q, k, v: favor_attention(q, k, v, omega[layer]))
-
-
-def _score(logits, data):
-    """Hits per answer with its kind and depth: (hit bool, kind int, depth int) numpy arrays."""
-    targets = torch.from_numpy(data["targets"]).long()
-    answer = targets >= 0
-    hit = (logits.argmax(-1).cpu() == targets)[answer].numpy()
-    kind = np.broadcast_to(data["kind"][:, None], targets.shape)[answer.numpy()]
-    depth = data["depth"][answer.numpy()]
-    return hit, kind, depth
-
-
-def _accuracy(runner, method, data, batch):
-    tokens = torch.from_numpy(data["tokens"])
-    hits = []
-    for b in range(0, tokens.shape[0], batch):
-        part = {k: (v[b:b + batch] if isinstance(v, np.ndarray) else v) for k, v in data.items()}
-        logits, _ = runner.logits(tokens[b:b + batch], method)
-        hits.append(_score(logits, part)[0])
-    h = np.concatenate(hits)
-    return float(h.mean()) if h.size else 0.0
-
-
-def _dense_layers(runner, data, batch, each):
-    """Runs the dense teacher over `data`, `batch` sequences at a time, calling each(first, layer, q, k)
-    with every layer's q and k (k per query head) of sequences first .. first + batch - 1."""
-    tokens = torch.from_numpy(data["tokens"])
-    for first in range(0, tokens.shape[0], batch):
-        def capture(layer, q, k, v, first=first):
-            each(first, layer, q, _kv_per_query_head(k, q.shape[1]))
-            return runner.t._attend(q, k, v)
-
-        with torch.no_grad(), lab._autocast(runner.device, runner.dtype):
-            runner.t(tokens[first:first + batch].to(runner.device), attend=capture)
 
 
 def _gate_examples(runner, data, batch, targets=("sum",), rows=False):
@@ -232,172 +115,9 @@ def _indexer_examples(runner, data, batch, rows):
     return per_layer
 
 
-def _time_ms(fn, device, repeats):
-    """Median wall-clock ms of fn() (synchronised on CUDA) over `repeats` calls after one warm-up."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 # Rows a run may leave out (evaluate_teacher's skip, --skip): "families" is window, Longformer, BigBird,
 # the search script, LSH, anchors and FAVOR+ together, as families=False.
 SKIPPABLE = ("moba", "quest", "vertical-slash", "duo", "indexer", "search", "lsh", "anchors", "families")
-
-# The content families' grids, as learn/ruler_families.cpp's: chunks (LSH: n / chunk buckets and 1, 2
-# or 4 rounds; anchors: n / chunk anchors, one round). Chunks that would give more than
-# CONTENT_MAX_BUCKETS buckets are left out (at 16,384 chunks of 8 and 16: 2,048 and 1,024 buckets,
-# hashing's n x d x buckets / 2 products a round and head, at densities under 1%).
-CONTENT_CHUNKS, LSH_ROUNDS, CONTENT_MAX_BUCKETS = (8, 16, 32, 64, 128), (1, 2, 4), 512
-ANCHOR_FIT_INPUTS, ANCHOR_ITERATIONS = 8, 10   # the C++ evaluation's ContentFamilyOptions
-
-
-def _content_chunks(n):
-    return [c for c in CONTENT_CHUNKS if c <= n // 2 and n // c <= CONTENT_MAX_BUCKETS]
-
-
-def _content_script(layers, heads, expression):
-    """A MaskSet's script: `expression` (a format string of l and h) in every layer and head, causal."""
-    lines = [f"layers {layers}", f"heads {heads}", "causal", "attend = " + expression.format(l=0, h=0)]
-    lines += [f"attend[layer {l}, head {h}] = " + expression.format(l=l, h=h)
-              for l in range(layers) for h in range(heads) if expression.format(l=l, h=h) != expression.format(l=0, h=0)]
-    return "\n".join(lines)
-
-
-def _lsh_masks(n, layers, heads, block, chunk, rounds):
-    """(expression, MaskSet) of lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, in
-    every layer and head (rotations from seed 0, per layer and head as the engines draw them)."""
-    buckets = max(2, n // chunk // 2 * 2)
-    expression = f"lsh({buckets}, rounds = {rounds}, chunk = {chunk}, shared_qk = false)"
-    return expression, sparsa.compile(_content_script(layers, heads, expression), n=n, block=block)
-
-
-def _anchor_grid(runner, n, layers, heads, block, seed, folder):
-    """[(expression, MaskSet)] of anchors(n / chunk, 1, chunk, shared_qk = false), causal, for each
-    chunk: every (layer, head) its own anchors, fitted (sparsa.anchors_fit: spherical k-means,
-    ANCHOR_ITERATIONS rounds) on the q and k rows of that head over ANCHOR_FIT_INPUTS training-stream
-    sequences of `seed` (from index 2^40, as the C++ evaluation fits them), written to `folder` (the
-    MaskSets read them on each call: keep it). Returns (grid, note)."""
-    t0 = time.perf_counter()
-    train = lab.task_batch(runner.t.task, "train", 2 ** 40, ANCHOR_FIT_INPUTS, seed=seed, n=n)
-    rows = {}   # (layer, head) -> ([q rows], [k rows])
-
-    def collect(first, layer, q, k):
-        qa, ka = q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy()
-        for h in range(heads):
-            side = rows.setdefault((layer, h), ([], []))
-            side[0].append(qa[:, h].reshape(-1, qa.shape[-1]))
-            side[1].append(ka[:, h].reshape(-1, ka.shape[-1]))
-
-    _dense_layers(runner, train, ANCHOR_FIT_INPUTS, collect)
-    grid, cosines = [], []
-    for chunk in _content_chunks(n):
-        k = max(1, n // chunk)
-        for (l, h), (qs, ks) in sorted(rows.items()):
-            cosines.append(sparsa.anchors_fit(np.concatenate(qs), np.concatenate(ks), k, os.path.join(folder, f"L{l}H{h}-k{k}.npz"),
-                                              seed=seed, iterations=ANCHOR_ITERATIONS))
-        path = os.path.join(folder, "L{l}H{h}-k" + str(k) + ".npz")
-        expression = f"anchors({k}, 1, chunk = {chunk}, fit = \"{path}\", shared_qk = false)"
-        grid.append((f"anchors({k}, 1, {chunk}, shared_qk = false)", sparsa.compile(_content_script(layers, heads, expression), n=n,
-                                                                                     block=block)))
-    note = (f"anchors: k = n / chunk per layer and head, fitted (spherical k-means, {ANCHOR_ITERATIONS} iterations) on the q and k "
-            f"rows of {ANCHOR_FIT_INPUTS} training-stream sequences (seed {seed}, from index 2^40) in {time.perf_counter() - t0:.1f} s; "
-            f"mean cosine to the anchor {min(cosines):.3f} to {max(cosines):.3f}")
-    return grid, note
-
-
-def _search_methods(runner, n, layers, heads, block, seed, targets, inputs, notes):
-    """The search's static script at each target (learn/ruler_families.cpp, ruler_search_script):
-    every candidate of the language's families measured by its recall on each (layer, head) of the
-    dense teacher's attention over `inputs` training-stream sequences of `seed` (from index 2^40:
-    sparsa.learn.search_table), then per head the candidate of most recall whose density after the
-    causal cut is within the target (sparsa.learn.search_script). The same masks for every input."""
-    t0 = time.perf_counter()
-    train = lab.task_batch(runner.t.task, "train", 2 ** 40, inputs, seed=seed, n=n)
-    parts = {}   # first -> [layer] -> (q, k) as float32 numpy [batch, heads, n, d]
-    _dense_layers(runner, train, inputs, lambda first, layer, q, k: parts.setdefault(first, []).append(
-        (q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy())))
-    q = np.concatenate([np.stack([qk[0] for qk in parts[first]], 1) for first in sorted(parts)])   # [inputs, layers, heads, n, d]
-    k = np.concatenate([np.stack([qk[1] for qk in parts[first]], 1) for first in sorted(parts)])
-    table = sparsa.learn.search_table(sparsa.learn.attention_sample_from_qk(q, k, block))
-    notes.append(f"search script: each head's recall of the search's {len(table.expressions)} candidates measured on {inputs} "
-                 f"training-stream sequences (seed {seed}, from index 2^40) in {time.perf_counter() - t0:.1f} s")
-    methods = []
-    for target in targets:
-        per_layer, density, detail = sparsa.learn.search_script(table, target, True)
-        methods.append(_Method("search script", target, detail, fixed=list(per_layer), density=density))
-    return methods
-
-
-def _content_attention(masks):
-    """A content row's attention of layer `layer`: sparsa.torch.attention on the content engines (on
-    CUDA the CUDA content engine, through host copies)."""
-    return lambda layer, q, k, v: sparsa_torch.attention(q, k, v, masks, layer)
-
-
-def _content_times(masks, device):
-    """Times one layer (layer 0) as the C++ evaluation times a content family: its hashing or anchor
-    assignment, sort and chunk ids as the selection, its passes and merge as the attention. On CUDA
-    the CUDA content engine's own device times (sparsa.content_attention_cuda, CUDA events: no host
-    copies); on the CPU the whole call as attention (the CPU engine's split is not exposed here;
-    select 0)."""
-    def times(q, k, v, repeats):
-        arrays = [t.detach().float().cpu().numpy() for t in (q, k, v)]
-        if device.type == "cuda":
-            dtype = sparsa_torch._CUDA_DTYPE_NAMES.get(q.dtype, "bfloat16")
-            _, _, t = sparsa.content_attention_cuda(*arrays, masks, 0, dtype=dtype, repeats=repeats)
-            return {"select_ms": t["bucketing_ms"], "masks_ms": 0.0, "attention_ms": t["attention_ms"] + t["merge_ms"],
-                    "engine": "CUDA content engine, device times"}
-        return {"select_ms": 0.0, "masks_ms": 0.0,
-                "attention_ms": _time_ms(lambda: sparsa.attention(*arrays, masks, 0), device, repeats),
-                "engine": "CPU content engine, the whole call"}
-    return times
-
-
-def _content_methods(name, grid, source, runner, validation, batch, n, layers, heads, targets, notes, hold=None):
-    """A content family at each target (learn/ruler_families.cpp's ruler_content_families): every
-    candidate of `grid` ([(expression, MaskSet)]) gets its density on the validation stream (pairs
-    the content engine allows / causal pairs, mean over sequences, layers and heads:
-    sparsa.content_report on the dense teacher's q and k); at each target the most accurate on
-    validation among those within it (ties to the denser), or the least dense where none is. One
-    note per target with every candidate's density and accuracy. source: where its numbers come
-    from, for the row's detail; hold: what the rows keep alive (the anchors' folder: their MaskSets
-    read the files on each call)."""
-    pairs = [0.0] * len(grid)
-    causal_pairs = n * (n + 1) / 2
-
-    def count(first, layer, q, k):
-        qa, ka = q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy()
-        for i, (_, masks) in enumerate(grid):
-            pairs[i] += sum(r["pairs"] for r in sparsa.content_report(qa, ka, masks, layer)) / causal_pairs
-
-    _dense_layers(runner, validation, batch, count)
-    seen = validation["tokens"].shape[0] * layers * heads
-    density = [p / seen for p in pairs]
-    accuracy = {}
-    methods = []
-    for target in targets:
-        fitting = [i for i in range(len(grid)) if density[i] <= target + 1e-9]
-        for i in fitting:
-            if i not in accuracy:
-                accuracy[i] = _accuracy(runner, _Method(name, target, grid[i][0], attention=_content_attention(grid[i][1]),
-                                                        density=density[i]), validation, batch)
-        best = max(fitting, key=lambda i: (accuracy[i], density[i])) if fitting else min(range(len(grid)), key=density.__getitem__)
-        tried = ", ".join(f"{grid[i][0]} {density[i]:.4f} {100 * accuracy[i]:.2f}%" for i in fitting)
-        notes.append(f"{name} at {100 * target:g}%: " + (f"validation density and accuracy of each candidate within it: {tried}; chosen "
-                                                          if fitting else "no candidate within the density on validation; the least "
-                                                          "dense, ") + grid[best][0])
-        methods.append(_Method(name, target, f"{grid[best][0]}, causal, chosen on validation ({source}; density: pairs kept / causal "
-                               f"pairs on the validation stream, {100 * density[best]:.2f}%)",
-                               attention=_content_attention(grid[best][1]), density=density[best],
-                               times=_content_times(grid[best][1], runner.device)))
-        methods[-1].hold = hold
-    return methods
 
 
 def _selection_share(n, block, density, width, key_pool, query_pool, device, repeats):

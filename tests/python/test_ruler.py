@@ -14,6 +14,7 @@ if not sparsa.learn_built:
 
 import sparsa.lab as lab  # noqa: E402
 import sparsa.ruler as ruler  # noqa: E402
+import sparsa.ruler_families as families  # noqa: E402
 
 TINY = dict(task="ruler", n=128, needles=2, pairs=4, queries=4, d=16, heads=2, kv_heads=1, layers=1, mlp=16)
 
@@ -38,7 +39,7 @@ def test_identity_gate_keeping_every_block_is_the_dense_teacher():
     same, kept = runner.logits(tokens, exact)
     assert kept is None and seen == [TINY["heads"]] * TINY["layers"]
     assert torch.allclose(dense, same, atol=1e-4)
-    favor = ruler._favor_method(TINY["layers"], TINY["heads"], t.model["head_width"], 64, "cpu")
+    favor = families._favor_method(TINY["layers"], TINY["heads"], t.model["head_width"], 64, "cpu")
     estimate, kept = runner.logits(tokens, favor)
     assert kept is None and torch.isfinite(estimate).all() and not torch.allclose(dense, estimate, atol=1e-3)
 
@@ -112,19 +113,19 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
     runner = ruler._Runner(t, n, block, "float32")
     validation = lab.task_batch(t.task, "validation", 0, 3, n=n)
     notes = []
-    grid = [ruler._lsh_masks(n, TINY["layers"], TINY["heads"], block, chunk, rounds) for chunk in ruler._content_chunks(n)
-            for rounds in ruler.LSH_ROUNDS]
-    roomy, tight = ruler._content_methods("lsh", grid, "seed 0", runner, validation, 4, n, TINY["layers"], TINY["heads"], [1.0, 1e-4],
+    grid = [families._lsh_masks(n, TINY["layers"], TINY["heads"], block, chunk, rounds) for chunk in families._content_chunks(n)
+            for rounds in families.LSH_ROUNDS]
+    roomy, tight = families._content_methods("lsh", grid, "seed 0", runner, validation, 4, n, TINY["layers"], TINY["heads"], [1.0, 1e-4],
                                           notes)
     within, chosen = notes[0].split("each candidate within it: ")[1].split("; chosen ")
     tried = [e if e.startswith("lsh(") else "lsh(" + e for e in within.split(", lsh(")]
-    assert len(tried) == 4 * len(ruler.LSH_ROUNDS)   # chunks 8 to 64 at n = 128, every one within 100%
+    assert len(tried) == 4 * len(families.LSH_ROUNDS)   # chunks 8 to 64 at n = 128, every one within 100%
     parsed = [(e.rsplit(" ", 2)[0], float(e.rsplit(" ", 2)[1]), float(e.rsplit(" ", 2)[2].rstrip("%"))) for e in tried]
     best = max(parsed, key=lambda p: (p[2], p[1]))   # the most accurate, ties to the denser
     assert chosen == best[0] and roomy.detail.startswith(best[0])
     assert notes[1].startswith("lsh at 0.01%: no candidate within the density") and tight.fixed_density > 1e-4
     # the density is the engine's pair count over the causal pairs, on the validation stream's q and k
-    expression, masks = ruler._lsh_masks(n, TINY["layers"], TINY["heads"], block, 8, 1)
+    expression, masks = families._lsh_masks(n, TINY["layers"], TINY["heads"], block, 8, 1)
     counted = []
     ruler._dense_layers(runner, validation, 4, lambda first, layer, q, k: counted.extend(
         r["pairs"] / (n * (n + 1) / 2) for r in sparsa.content_report(q.float().numpy(), k.float().numpy(), masks, layer)))
@@ -144,7 +145,7 @@ def test_the_search_script_keeps_each_heads_best_candidate_within_the_density():
     n, block = 128, 16
     runner = ruler._Runner(t, n, block, "float32")
     notes = []
-    roomy, tight = ruler._search_methods(runner, n, TINY["layers"], TINY["heads"], block, 2, [1.0, 0.3], 2, notes)
+    roomy, tight = families._search_methods(runner, n, TINY["layers"], TINY["heads"], block, 2, [1.0, 0.3], 2, notes)
     assert notes[0].startswith("search script: each head's recall of the search's ") and "on 2 training-stream" in notes[0]
     causal = (n // block) * (n // block + 1) / 2
     for m, target in ((roomy, 1.0), (tight, 0.3)):
@@ -165,11 +166,11 @@ def test_anchors_are_fitted_per_head_on_the_training_stream_and_their_buckets_ar
     t = lab.LabTeacher.new(**TINY, seed=3)
     n, block = 128, 16
     runner = ruler._Runner(t, n, block, "float32")
-    grid, note = ruler._anchor_grid(runner, n, TINY["layers"], TINY["heads"], block, 1, str(tmp_path))
-    assert [e for e, _ in grid] == [f"anchors({n // c}, 1, {c}, shared_qk = false)" for c in ruler._content_chunks(n)]
-    assert note.startswith(f"anchors: k = n / chunk per layer and head, fitted (spherical k-means, {ruler.ANCHOR_ITERATIONS} iterations)")
+    grid, note = families._anchor_grid(runner, n, TINY["layers"], TINY["heads"], block, 1, str(tmp_path))
+    assert [e for e, _ in grid] == [f"anchors({n // c}, 1, {c}, shared_qk = false)" for c in families._content_chunks(n)]
+    assert note.startswith(f"anchors: k = n / chunk per layer and head, fitted (spherical k-means, {families.ANCHOR_ITERATIONS} iterations)")
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == sorted(f"L{l}H{h}-k{n // c}.npz" for c in ruler._content_chunks(n) for l in range(TINY["layers"])
+    assert files == sorted(f"L{l}H{h}-k{n // c}.npz" for c in families._content_chunks(n) for l in range(TINY["layers"])
                            for h in range(TINY["heads"]))
     _, masks = grid[0]
     specs = masks.content
