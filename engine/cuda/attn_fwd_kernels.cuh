@@ -45,7 +45,8 @@
 //  16: 15 with the next step's S = Q K^T in flight during this step's softmax (two K and two V
 //      buffers, one barrier a step, two blocks an SM).
 //  17: 12's tiles with a producer warpgroup issuing every copy and two consumer warpgroups
-//      (setmaxnreg), each with 16's O += P V in flight during its softmax.
+//      (setmaxnreg), each with 16's O += P V in flight during its softmax, taking turns to issue
+//      their products (ping-pong).
 //  10 to 16 are in attn_fwd_wgmma.cuh, 17 in attn_fwd_ws.cuh, built in their own translation
 //  unit (attn_fwd_wgmma.cu) for sm_90a; declared at the end of this file.
 //

@@ -9,9 +9,10 @@
 //       the consumers (232), so that a consumer can hold S of step j and P of step j - 1 at once:
 //       O += P_{j-1} V_{j-1} runs on the tensor cores during step j's softmax (kernel 16's
 //       pipelining, which cost kernel 16 its third block an SM; here there is one block an SM by
-//       design and two consumers in it). Not yet here: the ping-pong of FlashAttention-3 (named
-//       barriers ordering one consumer's softmax against the other's products) and TMA copies.
-//       Written without a GPU (2026-12-07); its first run is bench/cuda-notes.md's next entry.
+//       design and two consumers in it), and the consumers take turns issuing their products
+//       (FlashAttention-3's ping-pong, on named barriers), so one's softmax runs beside the
+//       other's products. Not yet here: TMA copies. Written without a GPU (2026-12-07); its first
+//       run is bench/cuda-notes.md's next entry.
 //
 // Stage s of the ring holds one step's K and V. full(s) completes when the producer's copies into
 // it have landed (each producer thread's cp.async.mbarrier.arrive), empty(s) when each of the 8
@@ -37,7 +38,16 @@ template <int D> struct Kernel17Traits {
     static constexpr int kTileBytes = D / 64 * 8192;                           // one [64, D] tile
     static constexpr int kSmemBytes = (2 + 2 * kStages) * kTileBytes + 1024;   // Q [128, D], kStages x (K, V)
     static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;   // 128 x 40 + 256 x 232 <= 65,536
+    static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
 };
+
+// Named barriers (bar.sync / bar.arrive with a thread count): id 0 is __syncthreads'.
+__device__ inline void named_barrier_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ inline void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // The warpgroup's registers a thread, changed for the rest of the kernel (sm_90a, PTX setmaxnreg;
 // every thread of the warpgroup executes it).
@@ -155,11 +165,32 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         fence_proxy_async();
     };
 
+    // Ping-pong (FlashAttention-3): the two consumers take turns issuing their products, so that one's
+    // softmax runs while the other's products hold the tensor cores. Named barrier 1 + g is consumer
+    // g's turn: it syncs there (its 128 threads) before issuing, and the other consumer's arrive (128)
+    // completes it; having issued, it arrives at the other's. Each consumer issues steps + 1 times
+    // (S_0; S_j with O += P_{j-1} V_{j-1}; the last O += P V): consumer 1 opens with an arrive at
+    // consumer 0's barrier and leaves out its arrive after its last issue, so every arrive is met.
+    const auto turn_wait = [&]() {
+        if constexpr (Traits::kPingPong) named_barrier_sync(1 + wg, 256);
+    };
+    const auto turn_pass = [&](bool last) {
+        if constexpr (Traits::kPingPong) {
+            if (!(last && wg == 1)) named_barrier_arrive(2 - wg, 256);
+        }
+    };
+
     mbarrier_wait(q_full, 0);
+    if (Traits::kPingPong && wg == 1 && steps > 0) named_barrier_arrive(1, 256);
     if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
         const Step st = step_of(cur);
         stage_ready(0);
-        wgmma_scores<T, D>(s_acc, q_tile, kv);
+        turn_wait();
+        wgmma_fence();
+        wgmma_scores_async<T, D>(s_acc, q_tile, kv);
+        turn_pass(false);
+        wgmma_wait<0>();
+        wgmma_fence_operands(s_acc);
         scores_to_p(st);
         pack_p<T>(s_acc, pf);
     }
@@ -167,9 +198,11 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         const int64_t s = j % kStages, prev = (j - 1) % kStages;
         const Step st = step_of(cur);
         stage_ready(j);
+        turn_wait();
         wgmma_fence();
         wgmma_scores_async<T, D>(s_acc, q_tile, kv + 2 * s * kTile);            // S_j = Q K_j
         wgmma_pv_async<T, D>(o_acc, pf, kv + (2 * prev + 1) * kTile);           // O += P_{j-1} V_{j-1}
+        turn_pass(false);
         wgmma_wait<1>();                                                         // S_j (O += P V still in flight)
         wgmma_fence_operands(s_acc);
         scores_to_p(st);
@@ -181,8 +214,10 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     }
     if (steps > 0) {   // the last step's O += P V
         const int64_t last = (steps - 1) % kStages;
+        turn_wait();
         wgmma_fence();
         wgmma_pv_async<T, D>(o_acc, pf, kv + (2 * last + 1) * kTile);
+        turn_pass(true);
         wgmma_wait<0>();
         wgmma_fence_operands(o_acc);
         release(last);
