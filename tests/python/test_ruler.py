@@ -201,6 +201,20 @@ def test_a_selection_budget_leaves_out_the_gates_that_cost_too_much():
         ruler.main(["--teachers", "x.bin", "--n", "128", "--device", "cpu", "--selection-budget", "0.2", "-o", "out"])
 
 
+def test_the_reports_cost_sentence_reads_right_both_ways_and_flags_small_blocks():
+    from sparsa.ruler_report import _at_shape_line
+    shape = {"shape": [1, 16, 16384, 128], "block": 64, "keep": 17, "width": 32, "key_pool": "mean", "query_pool": "mean",
+             "select_ms": 0.3, "attention_ms": 0.4, "graph_ms": 0.5, "select_graph_ms": 0.2, "dense_ms": 2.3, "cudnn_ms": 1.5}
+    line = _at_shape_line(shape)
+    assert "is 2.14x faster than cuDNN eager, 3.00x faster than it as a graph" in line and "13.3% as a graph" in line
+    assert "simple kernel" not in line
+    slow = dict(shape, block=16, attention_ms=2.8, graph_ms=2.9, cudnn_ms=0.175)
+    line = _at_shape_line(slow)
+    assert "is 17.71x slower than cuDNN eager, 16.57x slower than it as a graph" in line
+    assert "(Blocks of 16: sparsa's tensor-core kernels take blocks of 64, 128 or 256" in line
+    assert "queries row by row" in _at_shape_line(dict(shape, query_pool="rows"))
+
+
 def test_the_cost_at_a_models_shape_is_timed_on_the_cpu_too():
     t = ruler.time_at_shape(256, heads=2, head_dim=16, block=16, density=0.25, device="cpu", repeats=1)
     assert t["keep"] == ruler.blocks_per_row(0.25, 16) and t["shape"] == [1, 2, 256, 16]
