@@ -245,6 +245,58 @@ __device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
                  "@!done bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
 
+// The shared memory of kernels 12 and 17: two Q tiles ([128, D]: the rows of warpgroup g at
+// q_tiles + g kTile), then a ring of Stages stages of one K and one V tile each, and mbarriers over
+// it: full(s) completes when the copies into stage s have landed, empty(s) when the 8 computing
+// warps are done with it, q_full when the Q tiles have landed. init (thread 0; the caller's
+// barrier follows): `copiers` threads arrive on full and q_full, lane 0 of each computing warp on empty.
+template <int D, int Stages> struct StageRing {
+    static constexpr int kTile = D / 64 * 8192;   // one [64, D] tile
+    uint32_t q_tiles, kv, bar0;
+    __device__ StageRing(const void* smem_raw, const uint64_t* bars)
+        : q_tiles(smem_aligned_1024(smem_raw)), kv(q_tiles + 2 * kTile),
+          bar0(static_cast<uint32_t>(__cvta_generic_to_shared(bars))) {}
+    __device__ uint32_t full(int64_t s) const { return bar0 + 8u * static_cast<uint32_t>(s); }
+    __device__ uint32_t empty(int64_t s) const { return bar0 + 8u * static_cast<uint32_t>(Stages + s); }
+    __device__ uint32_t q_full() const { return bar0 + 8u * (2 * Stages); }
+    __device__ uint32_t k_tile(int64_t s) const { return kv + 2 * static_cast<uint32_t>(s) * kTile; }
+    __device__ uint32_t v_tile(int64_t s) const { return k_tile(s) + kTile; }
+    __device__ void init(uint32_t copiers) const {
+        if (threadIdx.x != 0) return;
+        for (int s = 0; s < Stages; ++s) {
+            mbarrier_init(full(s), copiers);
+            mbarrier_init(empty(s), 8);
+        }
+        mbarrier_init(q_full(), copiers);
+    }
+};
+
+// A work item of kernel 7's plan for kernels 11, 12 and 17: a 128-query tile of head h, batch b from
+// row q0 (head_offset: the head's first element in Q, K, V and O), spanning one mask row or, with
+// 64-token masks, two (two_rows; the second is qb_2), and the cursor over them that its steps walk.
+template <typename T, int MaskBlock> struct Tile128 {
+    WorkItem item;
+    int64_t h, b, q0, head_offset, qb_2;
+    bool two_rows;
+    KeyCursor cur;
+    template <int D> __device__ static Tile128 of(const AttnParams<T>& p) {
+        Tile128 t;
+        const int64_t tiles = (p.n + 127) / 128;
+        t.item = p.masks.work[blockIdx.x];
+        t.h = t.item.pair / tiles;
+        t.b = blockIdx.z;
+        t.q0 = (t.item.pair % tiles) * 128;
+        t.head_offset = ((t.b * p.heads + t.h) * p.n) * D;
+        const DeviceMasks& m = p.masks;
+        const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[t.h]} * (m.q_blocks + 1);
+        const int64_t qa = t.q0 / MaskBlock;
+        t.qb_2 = (t.q0 + 64) / MaskBlock;
+        t.two_rows = t.qb_2 != qa && t.qb_2 < m.q_blocks;
+        t.cur = KeyCursor{t.item.ea, t.item.eb, row_ptr[qa + 1], t.two_rows ? row_ptr[t.qb_2 + 1] : 0, t.item.sub};
+        return t;
+    }
+};
+
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -253,37 +305,24 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
     constexpr int kTile = Traits::kTileBytes;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
-    const uint32_t q_tiles = smem_aligned_1024(smem_raw);   // [2][64, D]: warpgroup g's rows at q_tiles + g kTile
-    const uint32_t kv = q_tiles + 2 * kTile;                 // stage s: K at kv + 2s kTile, V at kv + (2s + 1) kTile
-    const uint32_t bar0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
-    auto full = [&](int64_t s) { return bar0 + 8u * static_cast<uint32_t>(s); };
-    auto empty = [&](int64_t s) { return bar0 + 8u * static_cast<uint32_t>(kStages + s); };
-    const uint32_t q_full = bar0 + 8u * (2 * kStages);
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < kStages; ++s) {
-            mbarrier_init(full(s), 256);   // every thread, once its copies landed
-            mbarrier_init(empty(s), 8);    // lane 0 of every warp, once the warp is done with the stage
-        }
-        mbarrier_init(q_full, 256);
-    }
+    const StageRing<D, kStages> ring(smem_raw, bars);
+    const uint32_t q_tiles = ring.q_tiles, kv = ring.kv, q_full = ring.q_full();
+    const auto full = [&](int64_t s) { return ring.full(s); };
+    const auto empty = [&](int64_t s) { return ring.empty(s); };
+    ring.init(256);   // every thread copies (its half of each stage), every warp computes
     __syncthreads();
 
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int wg_thread = threadIdx.x % 128;
-    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
-    const WorkItem item = p.masks.work[blockIdx.x];
-    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
-    const int64_t b = blockIdx.z, n = p.n;
-    const int64_t q0 = tile * kTileQ;
-    const int64_t head_offset = ((b * p.heads + h) * n) * D;
+    const auto t = Tile128<T, MaskBlock>::template of<D>(p);
+    const WorkItem item = t.item;
+    const int64_t h = t.h, b = t.b, q0 = t.q0, head_offset = t.head_offset, qb_2 = t.qb_2, n = p.n;
+    const bool two_rows = t.two_rows;
     const T* kv_head = (wg == 0 ? p.k : p.v) + head_offset;   // the tile this warpgroup copies
 
     // The mask rows as kernel 11; `ahead` walks the same list two steps in front (the copies).
     const DeviceMasks& m = p.masks;
-    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
-    const int64_t qa = q0 / MaskBlock, qb_2 = (q0 + 64) / MaskBlock;
-    const bool two_rows = qb_2 != qa && qb_2 < m.q_blocks;
-    KeyCursor cur{item.ea, item.eb, row_ptr[qa + 1], two_rows ? row_ptr[qb_2 + 1] : 0, item.sub};
+    KeyCursor cur = t.cur;
     KeyCursor ahead = cur;
     const int64_t steps = item.steps;
     const int64_t wg_row0 = q0 + 64 * wg;

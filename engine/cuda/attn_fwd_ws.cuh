@@ -67,36 +67,21 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     constexpr int kTile = Traits::kTileBytes;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
-    const uint32_t q_tiles = smem_aligned_1024(smem_raw);   // [2][64, D]: consumer g's rows at q_tiles + g kTile
-    const uint32_t kv = q_tiles + 2 * kTile;                 // stage s: K at kv + 2s kTile, V at kv + (2s + 1) kTile
-    const uint32_t bar0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
-    const auto full = [&](int64_t s) { return bar0 + 8u * static_cast<uint32_t>(s); };
-    const auto empty = [&](int64_t s) { return bar0 + 8u * static_cast<uint32_t>(kStages + s); };
-    const uint32_t q_full = bar0 + 8u * (2 * kStages);
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < kStages; ++s) {
-            mbarrier_init(full(s), 128);   // every producer thread, once its copies landed
-            mbarrier_init(empty(s), 8);    // lane 0 of every consumer warp, once the warp is done with the stage
-        }
-        mbarrier_init(q_full, 128);
-    }
+    const StageRing<D, kStages> ring(smem_raw, bars);
+    const uint32_t q_tiles = ring.q_tiles, kv = ring.kv, q_full = ring.q_full();
+    const auto full = [&](int64_t s) { return ring.full(s); };
+    const auto empty = [&](int64_t s) { return ring.empty(s); };
+    ring.init(128);   // the producer's threads copy, the consumers' 8 warps compute
     __syncthreads();
 
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int wg_thread = threadIdx.x % 128;
-    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
-    const WorkItem item = p.masks.work[blockIdx.x];
-    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
-    const int64_t b = blockIdx.z, n = p.n;
-    const int64_t q0 = tile * kTileQ;
-    const int64_t head_offset = ((b * p.heads + h) * n) * D;
-
-    // The mask rows as kernel 12 walks them.
+    const auto t = Tile128<T, MaskBlock>::template of<D>(p);   // the tile and its mask rows, as kernel 12's
+    const WorkItem item = t.item;
+    const int64_t h = t.h, b = t.b, q0 = t.q0, head_offset = t.head_offset, qb_2 = t.qb_2, n = p.n;
+    const bool two_rows = t.two_rows;
     const DeviceMasks& m = p.masks;
-    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
-    const int64_t qa = q0 / MaskBlock, qb_2 = (q0 + 64) / MaskBlock;
-    const bool two_rows = qb_2 != qa && qb_2 < m.q_blocks;
-    KeyCursor cur{item.ea, item.eb, row_ptr[qa + 1], two_rows ? row_ptr[qb_2 + 1] : 0, item.sub};
+    KeyCursor cur = t.cur;
     const int64_t steps = item.steps;
 
     if (wg == 2) {   // the producer: Q, then every step's K and V into the ring
