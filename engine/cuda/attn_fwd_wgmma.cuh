@@ -121,6 +121,32 @@ __global__ void __launch_bounds__(128, 3) attn_fwd_kernel10(AttnParams<T> p) {
 #endif
 }
 
+// A work item of kernel 7's plan for kernels 11, 12 and 17: a 128-query tile of head h, batch b from
+// row q0 (head_offset: the head's first element in Q, K, V and O), spanning one mask row or, with
+// 64-token masks, two (two_rows; the second is qb_2), and the cursor over them that its steps walk.
+template <typename T, int MaskBlock> struct Tile128 {
+    WorkItem item;
+    int64_t h, b, q0, head_offset, qb_2;
+    bool two_rows;
+    KeyCursor cur;
+    template <int D> __device__ static Tile128 of(const AttnParams<T>& p) {
+        Tile128 t;
+        const int64_t tiles = (p.n + 127) / 128;
+        t.item = p.masks.work[blockIdx.x];
+        t.h = t.item.pair / tiles;
+        t.b = blockIdx.z;
+        t.q0 = (t.item.pair % tiles) * 128;
+        t.head_offset = ((t.b * p.heads + t.h) * p.n) * D;
+        const DeviceMasks& m = p.masks;
+        const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[t.h]} * (m.q_blocks + 1);
+        const int64_t qa = t.q0 / MaskBlock;
+        t.qb_2 = (t.q0 + 64) / MaskBlock;
+        t.two_rows = t.qb_2 != qa && t.qb_2 < m.q_blocks;
+        t.cur = KeyCursor{t.item.ea, t.item.eb, row_ptr[qa + 1], t.two_rows ? row_ptr[t.qb_2 + 1] : 0, t.item.sub};
+        return t;
+    }
+};
+
 // 11: as 10 with 128-query tiles, two warpgroups of 64 rows sharing each K and V tile (half the
 // copies per product), and two K / V stages: the next step's K and V are copied during this
 // whole step. With 64-token masks a tile spans two mask rows and walks the union of their kept
@@ -137,22 +163,16 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_kernel11(AttnParams<T> p) {
     const uint32_t kv = q_tiles + 2 * kTile;                 // stage s: K at kv + 2s kTile, V at kv + (2s + 1) kTile
 
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
-    const int64_t tiles = (p.n + kTileQ - 1) / kTileQ;
-    const WorkItem item = p.masks.work[blockIdx.x];
-    const int64_t h = item.pair / tiles, tile = item.pair % tiles;
-    const int64_t b = blockIdx.z, n = p.n;
-    const int64_t q0 = tile * kTileQ;
-    const int64_t head_offset = ((b * p.heads + h) * n) * D;
+    // The tile and its mask rows (as kernel 7): the tile's first row, and qb_2 the row of its
+    // second 64 rows when that is another mask row (MaskBlock 64) that exists.
+    const auto t = Tile128<T, MaskBlock>::template of<D>(p);
+    const WorkItem item = t.item;
+    const int64_t h = t.h, b = t.b, q0 = t.q0, head_offset = t.head_offset, qb_2 = t.qb_2, n = p.n;
+    const bool two_rows = t.two_rows;
     const T* k_head = p.k + head_offset;
     const T* v_head = p.v + head_offset;
-
-    // The mask rows (as kernel 7): qa holds the tile's first row; qb_2 the row of its second 64
-    // rows when that is another mask row (MaskBlock 64) that exists.
     const DeviceMasks& m = p.masks;
-    const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[h]} * (m.q_blocks + 1);
-    const int64_t qa = q0 / MaskBlock, qb_2 = (q0 + 64) / MaskBlock;
-    const bool two_rows = qb_2 != qa && qb_2 < m.q_blocks;
-    KeyCursor cur{item.ea, item.eb, row_ptr[qa + 1], two_rows ? row_ptr[qb_2 + 1] : 0, item.sub};
+    KeyCursor cur = t.cur;
     int64_t left = item.steps;
     // This warpgroup's list: b when its rows are in the second mask row; none when past the last row.
     const int64_t wg_row0 = q0 + 64 * wg;
@@ -271,31 +291,6 @@ template <int D, int Stages> struct StageRing {
     }
 };
 
-// A work item of kernel 7's plan for kernels 11, 12 and 17: a 128-query tile of head h, batch b from
-// row q0 (head_offset: the head's first element in Q, K, V and O), spanning one mask row or, with
-// 64-token masks, two (two_rows; the second is qb_2), and the cursor over them that its steps walk.
-template <typename T, int MaskBlock> struct Tile128 {
-    WorkItem item;
-    int64_t h, b, q0, head_offset, qb_2;
-    bool two_rows;
-    KeyCursor cur;
-    template <int D> __device__ static Tile128 of(const AttnParams<T>& p) {
-        Tile128 t;
-        const int64_t tiles = (p.n + 127) / 128;
-        t.item = p.masks.work[blockIdx.x];
-        t.h = t.item.pair / tiles;
-        t.b = blockIdx.z;
-        t.q0 = (t.item.pair % tiles) * 128;
-        t.head_offset = ((t.b * p.heads + t.h) * p.n) * D;
-        const DeviceMasks& m = p.masks;
-        const int64_t* row_ptr = m.row_ptr + int64_t{m.head_mask[t.h]} * (m.q_blocks + 1);
-        const int64_t qa = t.q0 / MaskBlock;
-        t.qb_2 = (t.q0 + 64) / MaskBlock;
-        t.two_rows = t.qb_2 != qa && t.qb_2 < m.q_blocks;
-        t.cur = KeyCursor{t.item.ea, t.item.eb, row_ptr[qa + 1], t.two_rows ? row_ptr[t.qb_2 + 1] : 0, t.item.sub};
-        return t;
-    }
-};
 
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
