@@ -291,7 +291,6 @@ template <int D, int Stages> struct StageRing {
     }
 };
 
-
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
