@@ -294,7 +294,7 @@ def _forward_content_cuda(q, k, v, masks, layer, scale):
     through host copies: that engine takes host tensors (sparsa.content_attention_cuda), so q, k, v
     go to the host as float32 and o comes back (a synchronising round trip; forward only)."""
     group = q.shape[1] // k.shape[1]
-    qa, ka, va = (_array(t, torch.float32) for t in (q, k, v))
+    qa, ka, va = (t.detach().to(torch.float32).cpu().numpy() for t in (q, k, v))
     if group > 1:
         ka, va = np.repeat(ka, group, axis=1), np.repeat(va, group, axis=1)
     o, lse = _sparsa.attention_cuda(qa, ka, va, masks, layer=layer, dtype=_CUDA_DTYPE_NAMES[q.dtype], scale=scale)
