@@ -376,3 +376,26 @@ def test_seeds_summary_groups_runs_by_attention_and_refuses_mixed_runs(tmp_path)
         assert out.returncode != 0 and words in out.stderr and not (tmp_path / "bad.md").exists()
     out = run("--group", "lonely", "-o", str(tmp_path / "bad"))
     assert out.returncode != 0 and "give the label, then at least one CSV" in out.stderr
+
+
+@needs_torch
+def test_the_cuda_content_path_hands_the_engine_host_arrays_with_grouped_heads_repeated(monkeypatch):
+    """sparsa.torch on a content-based layer of CUDA tensors calls sparsa.attention_cuda (the CUDA
+    content engine) with float32 host arrays, k and v repeated to q's heads, the dtype's name, and
+    brings o back in q's dtype. Checked here with CPU tensors and the CPU engine in its place."""
+    masks = sparsa.compile("heads 4\ncausal\nattend = lsh(4, rounds = 2, chunk = 16, shared_qk = false)", n=96, block=16)
+    q = tensors((2, 4, 96, 8), 1, dtype=torch.bfloat16, seed=3)[0]
+    k, v = tensors((2, 2, 96, 8), 2, dtype=torch.bfloat16, seed=4)
+    calls = []
+
+    def fake(qa, ka, va, masks_, layer, dtype, scale):
+        calls.append((qa.dtype, qa.shape, ka.shape, dtype, layer, scale))
+        return sparsa.attention(qa, ka, va, masks_, layer=layer, scale=scale)
+
+    monkeypatch.setattr(st._sparsa, "attention_cuda", fake)
+    o, lse = st._forward_content_cuda(q, k, v, masks, 0, 0.0)
+    assert calls == [(np.float32, (2, 4, 96, 8), (2, 4, 96, 8), "bfloat16", 0, 0.0)]
+    want, want_lse = sparsa.attention(*(t.float().numpy() for t in (q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))), masks)
+    assert o.dtype == torch.bfloat16 and torch.equal(o, torch.from_numpy(want).to(torch.bfloat16))
+    assert lse.shape == (2, 4, 96) and torch.equal(lse, torch.from_numpy(want_lse))
+    assert 0 in st._masks_entry(masks)[1].content_layers
