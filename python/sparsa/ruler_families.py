@@ -128,15 +128,17 @@ def _content_times(masks, device):
     """Times one layer (layer 0) as the C++ evaluation times a content family: its hashing or anchor
     assignment, sort and chunk ids as the selection, its passes and merge as the attention. On CUDA
     the CUDA content engine's own device times (sparsa.content_attention_cuda, CUDA events: no host
-    copies); on the CPU the whole call as attention (the CPU engine's split is not exposed here;
-    select 0)."""
+    copies, no launch overhead, so also the row's one-graph columns); on the CPU the whole call as
+    attention (the CPU engine's split is not exposed here; select 0)."""
     def times(q, k, v, repeats):
         arrays = [t.detach().float().cpu().numpy() for t in (q, k, v)]
         if device.type == "cuda":
             dtype = sparsa_torch._CUDA_DTYPE_NAMES.get(q.dtype, "bfloat16")
             _, _, t = sparsa.content_attention_cuda(*arrays, masks, 0, dtype=dtype, repeats=repeats)
+            # device times (CUDA events) carry no launch overhead either: they stand beside the other
+            # rows' one-graph times (select_graph_ms, graph_ms) as well as their eager ones
             return {"select_ms": t["bucketing_ms"], "masks_ms": 0.0, "attention_ms": t["attention_ms"] + t["merge_ms"],
-                    "engine": "CUDA content engine, device times"}
+                    "select_graph_ms": t["bucketing_ms"], "graph_ms": t["total_ms"], "engine": "CUDA content engine, device times"}
         return {"select_ms": 0.0, "masks_ms": 0.0,
                 "attention_ms": _time_ms(lambda: sparsa.attention(*arrays, masks, 0), device, repeats),
                 "engine": "CPU content engine, the whole call"}
