@@ -5,8 +5,8 @@
 //   17: kernel 12's 128-query tiles, walk (kernel 7's plan: two mask rows a tile with 64-token
 //       masks) and ring of K / V stages on mbarriers, with a third warpgroup, the producer, that
 //       issues every copy (both Q tiles, then each step's K and V) while the two consumer
-//       warpgroups only compute. setmaxnreg moves registers from the producer (40 a thread) to
-//       the consumers (232), so that a consumer can hold S of step j and P of step j - 1 at once:
+//       warpgroups only compute. setmaxnreg moves registers from the producer (56 a thread) to
+//       the consumers (224), so that a consumer can hold S of step j and P of step j - 1 at once:
 //       O += P_{j-1} V_{j-1} runs on the tensor cores during step j's softmax (kernel 16's
 //       pipelining, which cost kernel 16 its third block an SM; here there is one block an SM by
 //       design and two consumers in it), and the consumers take turns issuing their products
@@ -37,7 +37,9 @@ template <int D> struct Kernel17Traits {
     static constexpr int kThreads = 384;                                       // consumers 0 and 1, producer 2
     static constexpr int kTileBytes = D / 64 * 8192;                           // one [64, D] tile
     static constexpr int kSmemBytes = (2 + 2 * kStages) * kTileBytes + 1024;   // Q [128, D], kStages x (K, V)
-    static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;   // 128 x 40 + 256 x 232 <= 65,536
+    // 128 x 56 + 256 x 224 = 64,512 <= 65,536. The producer keeps more than FlashAttention-3's 24 to
+    // 40: its cp.async copies compute addresses (TMA's would not); the consumers need 168 (ptxas).
+    static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
 };
 
