@@ -73,27 +73,42 @@ def _pictures(rows, report, directory):
         return []
     wrote = []
     label = lambda r: r["method"] + ("" if r["method"] == "dense" or _no_mask(r) else f" {100 * r['target']:.1f}%")  # noqa: E731
-    # one colour and marker per row, the same in both pictures
-    style = {id(r): (plt.get_cmap("tab20")(i % 20), "osD^v<>ph*P"[i % 11]) for i, r in enumerate(rows)}
-    fig, ax = plt.subplots(figsize=(11, 5))
-    for r in rows:
-        means = [_mean_std(v)[0] for v in r["needle_by_depth"]]
-        ax.plot(range(10), [np.nan if m is None else 100 * m for m in means], marker=style[id(r)][1], color=style[id(r)][0],
-                label=label(r), linewidth=2.5 if r["method"] in ("dense", "pooled gate") else 1.2)
-    ax.set_xlabel("depth of the asked needle (0: start of the haystack, 9: end)")
-    ax.set_ylabel("needle accuracy %, mean over teachers")
-    ax.set_title(f"Needle accuracy by depth, n = {report['n']:,}")
-    ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+    # one colour and marker per method, the same in both pictures and at every density
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    style = {name: (plt.get_cmap("tab20")(i % 20), "osD^v<>ph*P"[i % 11]) for i, name in enumerate(methods)}
+    bold = ("dense", "pooled gate")
+    everywhere = lambda r: r["method"] in ("dense", "diagonal") or _no_mask(r)   # noqa: E731  (in every density's panel)
+    densities = sorted({r["target"] for r in rows if not everywhere(r)})
+
+    # depth.png: one panel per density, each with dense, the diagonal and the rows without a mask (FAVOR+)
+    panels = densities or [None]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 1.2 + 3.3 * len(panels)), sharex=True, squeeze=False)
+    for ax, target in zip(axes[:, 0], panels):
+        for r in rows:
+            if target is not None and not (everywhere(r) or r["target"] == target):
+                continue
+            means = [_mean_std(v)[0] for v in r["needle_by_depth"]]
+            ax.plot(range(10), [np.nan if m is None else 100 * m for m in means], marker=style[r["method"]][1],
+                    color=style[r["method"]][0], label=r["method"], linewidth=2.5 if r["method"] in bold else 1.2)
+        ax.set_ylabel("needle accuracy %")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"n = {report['n']:,}" + (f", {100 * target:g}% density" if target is not None else ""), fontsize=9)
+    axes[-1, 0].set_xlabel("depth of the asked needle (0: start of the haystack, 9: end); mean over teachers")
+    handles = {h.get_label(): h for ax in axes[:, 0] for h in ax.get_lines()}
+    fig.legend(list(handles.values()), list(handles.keys()), fontsize=7, loc="center left", bbox_to_anchor=(0.86, 0.5))
+    fig.suptitle("Needle accuracy by depth", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
     figures = [("depth.png", fig)]
+
+    # cost.png: every row, a method's densities joined by a line (marker size grows with density)
     e0 = report["evals"][0]
     dense_ms = statistics.median(e["timing"]["dense_ms"] for e in report["evals"])
-    fig, ax = plt.subplots(figsize=(11, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     # selection + sparse attention as one CUDA graph only where every selecting row has it (one
     # measure for all of them), else the eager sum; fixed rows: their attention alone
     selecting = [r for r in rows if r["select_ms"] and statistics.median(r["select_ms"]) > 0]
     graphs = bool(selecting) and all(r["graph_ms"] for r in selecting)
+    points = {}   # method -> [(target, x, mean, sd)]
     for r in rows:
         if r["method"] == "dense":
             x = dense_ms
@@ -104,7 +119,20 @@ def _pictures(rows, report, directory):
         else:
             continue
         m, sd = _mean_std(r["accuracy"])
-        ax.errorbar([x], [100 * m], yerr=[100 * sd], fmt=style[id(r)][1], color=style[id(r)][0], capsize=3, label=label(r))
+        points.setdefault(r["method"], []).append((r["target"], x, 100 * m, 100 * sd))
+    top = max(densities, default=1.0)
+    for name, pts in points.items():
+        pts.sort()
+        colour, marker = style[name]
+        if len(pts) > 1:
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], color=colour, linewidth=0.8, alpha=0.6)
+        for k, (target, x, m, sd) in enumerate(pts):
+            graded = len(densities) > 1 and name not in ("dense", "diagonal") and target in densities
+            size = 4 + 6 * target / top if graded else 6
+            ax.errorbar([x], [m], yerr=[sd], fmt=marker, color=colour, markersize=size, capsize=3,
+                        label=name if k == 0 else None)
+            if graded:
+                ax.annotate(f"{100 * target:g}%", (x, m), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
     cudnn = [e["timing"]["cudnn_ms"] for e in report["evals"] if "cudnn_ms" in e["timing"]]
     if cudnn:
         ax.axvline(statistics.median(cudnn), color="grey", linestyle="--", label="cuDNN dense (time only)")
@@ -112,7 +140,8 @@ def _pictures(rows, report, directory):
     ax.set_xlabel(f"ms for one layer of one sequence {e0['timing']['shape']}: selection + sparse attention"
                   + (" (one CUDA graph)" if graphs else " (eager, summed)"))
     ax.set_ylabel("accuracy %, mean ± deviation over teachers")
-    ax.set_title(f"Accuracy against cost, n = {report['n']:,}, block {e0['block']}")
+    ax.set_title(f"Accuracy against cost, n = {report['n']:,}, block {e0['block']}"
+                 + (f"; densities {', '.join(f'{100 * d:g}%' for d in densities)} (larger markers: denser)" if len(densities) > 1 else ""))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     figures.append(("cost.png", fig))
