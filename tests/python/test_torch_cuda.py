@@ -300,7 +300,7 @@ def test_content_based_heads_run_forward_on_the_cuda_content_engine():
                                               rel=0.5)   # medians of each part: near, not equal, to the total's
     with pytest.raises(ValueError, match="has no content-based head"):
         sparsa.content_attention_cuda(qa, ka, va, sparsa.compile("heads 4\nattend = window(3)", n=256))
-    grad = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    grad = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
     with pytest.raises(NotImplementedError, match="run forward only on the GPU"):
         st.attention(*grad, masks).float().sum().backward()
     mixed = sparsa.compile("heads 4\ncausal\nattend = lsh(4, chunk = 16, shared_qk = false)\n"
