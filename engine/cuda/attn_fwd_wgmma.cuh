@@ -300,9 +300,7 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
     const StageRing<D, kStages> ring(smem_raw, bars);
-    const uint32_t q_tiles = ring.q_tiles, kv = ring.kv, q_full = ring.q_full();
-    const auto full = [&](int64_t s) { return ring.full(s); };
-    const auto empty = [&](int64_t s) { return ring.empty(s); };
+    const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full();
     ring.init(256);   // every thread copies (its half of each stage), every warp computes
     __syncthreads();
 
@@ -329,10 +327,10 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
     auto copy_next = [&]() {
         if (copied >= steps || !ahead.valid()) return;
         const int64_t s = copied % kStages;
-        if (copied >= kStages) mbarrier_wait(empty(s), static_cast<uint32_t>((copied / kStages - 1) & 1));
+        if (copied >= kStages) mbarrier_wait(ring.empty(s), static_cast<uint32_t>((copied / kStages - 1) & 1));
         const int64_t k0 = int64_t{min(ahead.col_a(m.col_idx), ahead.col_b(m.col_idx))} * MaskBlock + ahead.sub * kTileK;
-        tile_load_swizzled<D, 128>(kv + (2 * s + wg) * kTile, kv_head, k0, n, wg_thread);
-        mbarrier_arrive_on_copies(full(s));
+        tile_load_swizzled<D, 128>(wg == 0 ? ring.k_tile(s) : ring.v_tile(s), kv_head, k0, n, wg_thread);
+        mbarrier_arrive_on_copies(ring.full(s));
         ahead.template advance<kSubTiles>(m.col_idx);
         ++copied;
     };
@@ -356,16 +354,16 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_kernel12(AttnParams<T> p) {
         const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == c ? cur.eb : -1) : (ca == c ? cur.ea : -1);
         cur.template advance<kSubTiles>(m.col_idx);
 
-        mbarrier_wait(full(s), static_cast<uint32_t>((j / kStages) & 1));   // this step's K and V landed ...
+        mbarrier_wait(ring.full(s), static_cast<uint32_t>((j / kStages) & 1));   // this step's K and V landed ...
         fence_proxy_async();                                                  // ... visible to the tensor cores
         if (e >= 0) {
             float s_acc[32];
-            wgmma_scores<T, D>(s_acc, q_tiles + wg * kTile, kv + 2 * s * kTile);       // S = Q K^T
+            wgmma_scores<T, D>(s_acc, q_tiles + wg * kTile, ring.k_tile(s));   // S = Q K^T
             softmax_step<D, MaskBlock>(s_acc, o_acc, row_max, row_sum, m, e, k0, n, i_warp, p.scale_log2);
-            wgmma_pv<T, D>(o_acc, s_acc, kv + (2 * s + 1) * kTile);                   // O += P V
+            wgmma_pv<T, D>(o_acc, s_acc, ring.v_tile(s));                      // O += P V
         }
         __syncwarp();
-        if (lane == 0) mbarrier_arrive(empty(s));   // this warp is done with stage s
+        if (lane == 0) mbarrier_arrive(ring.empty(s));   // this warp is done with stage s
     }
     cp_async_wait<0>();   // no copy left in flight
     output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, wg_row0 + 16 * warp, item.slot);

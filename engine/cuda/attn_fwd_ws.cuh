@@ -70,9 +70,7 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
     const StageRing<D, kStages> ring(smem_raw, bars);
-    const uint32_t q_tiles = ring.q_tiles, kv = ring.kv, q_full = ring.q_full();
-    const auto full = [&](int64_t s) { return ring.full(s); };
-    const auto empty = [&](int64_t s) { return ring.empty(s); };
+    const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full();
     ring.init(128);   // the producer's threads copy, the consumers' 8 warps compute
     __syncthreads();
 
@@ -94,11 +92,11 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         KeyCursor ahead = cur;
         for (int64_t j = 0; j < steps; ++j) {
             const int64_t s = j % kStages;
-            if (j >= kStages) mbarrier_wait(empty(s), static_cast<uint32_t>((j / kStages - 1) & 1));
+            if (j >= kStages) mbarrier_wait(ring.empty(s), static_cast<uint32_t>((j / kStages - 1) & 1));
             const int64_t k0 = int64_t{min(ahead.col_a(m.col_idx), ahead.col_b(m.col_idx))} * MaskBlock + ahead.sub * kTileK;
-            tile_load_swizzled<D, 128>(kv + 2 * s * kTile, p.k + head_offset, k0, n, wg_thread);
-            tile_load_swizzled<D, 128>(kv + (2 * s + 1) * kTile, p.v + head_offset, k0, n, wg_thread);
-            mbarrier_arrive_on_copies(full(s));
+            tile_load_swizzled<D, 128>(ring.k_tile(s), p.k + head_offset, k0, n, wg_thread);
+            tile_load_swizzled<D, 128>(ring.v_tile(s), p.v + head_offset, k0, n, wg_thread);
+            mbarrier_arrive_on_copies(ring.full(s));
             ahead.template advance<kSubTiles>(m.col_idx);
         }
         cp_async_wait<0>();   // no copy left in flight when the producer leaves
@@ -114,7 +112,7 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     const uint32_t q_tile = q_tiles + wg * kTile;
     const auto release = [&](int64_t s) {   // this warp is done with stage s
         __syncwarp();
-        if (lane == 0) mbarrier_arrive(empty(s));
+        if (lane == 0) mbarrier_arrive(ring.empty(s));
     };
 
     float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
@@ -148,7 +146,7 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         softmax_scores_part<MaskBlock>(s_acc, row_max, row_sum, scale_old, m, st.part, st.k0, n, i_warp, p.scale_log2);
     };
     const auto stage_ready = [&](int64_t j) {   // step j's K and V landed and are visible to the tensor cores
-        mbarrier_wait(full(j % kStages), static_cast<uint32_t>((j / kStages) & 1));
+        mbarrier_wait(ring.full(j % kStages), static_cast<uint32_t>((j / kStages) & 1));
         fence_proxy_async();
     };
 
@@ -174,7 +172,7 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         stage_ready(0);
         turn_wait();
         wgmma_fence();
-        wgmma_scores_async<T, D>(s_acc, q_tile, kv);
+        wgmma_scores_async<T, D>(s_acc, q_tile, ring.k_tile(0));
         turn_pass(false);
         wgmma_wait<0>();
         wgmma_fence_operands(s_acc);
@@ -187,8 +185,8 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         stage_ready(j);
         turn_wait();
         wgmma_fence();
-        wgmma_scores_async<T, D>(s_acc, q_tile, kv + 2 * s * kTile);            // S_j = Q K_j
-        wgmma_pv_async<T, D>(o_acc, pf, kv + (2 * prev + 1) * kTile);           // O += P_{j-1} V_{j-1}
+        wgmma_scores_async<T, D>(s_acc, q_tile, ring.k_tile(s));                 // S_j = Q K_j
+        wgmma_pv_async<T, D>(o_acc, pf, ring.v_tile(prev));                      // O += P_{j-1} V_{j-1}
         turn_pass(false);
         wgmma_wait<1>();                                                         // S_j (O += P V still in flight)
         wgmma_fence_operands(s_acc);
@@ -203,7 +201,7 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         const int64_t last = (steps - 1) % kStages;
         turn_wait();
         wgmma_fence();
-        wgmma_pv_async<T, D>(o_acc, pf, kv + (2 * last + 1) * kTile);
+        wgmma_pv_async<T, D>(o_acc, pf, ring.v_tile(last));
         turn_pass(true);
         wgmma_wait<0>();
         wgmma_fence_operands(o_acc);
