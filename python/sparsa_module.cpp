@@ -840,10 +840,10 @@ Slow on purpose: the oracle the engines are tested against.)");
           }, "(True, '') when a GPU can run the CUDA engine, else (False, why).");
     m.def("cuda_device_name", &cuda_device_name);
     m.def("attention_cuda", [](const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
-                               int64_t layer, const std::string& dtype, int kernel, float scale) {
+                               int64_t layer, const std::string& dtype, int kernel, float scale) -> py::tuple {
               if (layer >= 0 && layer < s.set.layers && layer_has_content(s.set, layer)) {   // the content engine
                   const py::tuple out = content_attention_cuda_py(q_obj, k_obj, v_obj, s, layer, dtype, scale, 1);
-                  return py::make_tuple(out[0], out[1]);
+                  return out;
               }
               auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
               attention_args_check(args, s.set, layer);
