@@ -843,7 +843,7 @@ Slow on purpose: the oracle the engines are tested against.)");
                                int64_t layer, const std::string& dtype, int kernel, float scale) -> py::tuple {
               if (layer >= 0 && layer < s.set.layers && layer_has_content(s.set, layer)) {   // the content engine
                   const py::tuple out = content_attention_cuda_py(q_obj, k_obj, v_obj, s, layer, dtype, scale, 1);
-                  return out;
+                  return py::make_tuple(out[0], out[1]);   // (o, lse): the device times stay behind
               }
               auto args = std::vector{named("q", q_obj), named("k", k_obj), named("v", v_obj)};
               attention_args_check(args, s.set, layer);
