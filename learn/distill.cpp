@@ -193,8 +193,7 @@ SearchTable search_table_build(const AttentionSample& sample, int32_t block, int
     t.recall.assign(static_cast<size_t>(C * t.layers * t.heads), 0.0);
     parallel_for(C, threads, [&](int64_t begin, int64_t end) {
         for (int64_t c = begin; c < end; ++c) {
-            std::vector<std::shared_ptr<const BlockMask>> same(static_cast<size_t>(t.heads), t.candidates[c].mask);
-            const MaskSet set = t.causal ? mask_set_restrict_causal(mask_set_make(1, t.heads, same)) : mask_set_make(1, t.heads, same);
+            const MaskSet set = search_candidate_set(t, c);
             for (int64_t b = 0; b < sample.inputs(); ++b)
                 for (int64_t l = 0; l < t.layers; ++l) {
                     const auto r = mask_recall(sample.q[b][l], sample.k[b][l], sample.lse[b][l], set, 0);
@@ -203,6 +202,28 @@ SearchTable search_table_build(const AttentionSample& sample, int32_t block, int
                 }
         }
     });
+    return t;
+}
+
+MaskSet search_candidate_set(const SearchTable& t, int64_t c) {
+    std::vector<std::shared_ptr<const BlockMask>> same(static_cast<size_t>(t.heads), t.candidates[static_cast<size_t>(c)].mask);
+    return t.causal ? mask_set_restrict_causal(mask_set_make(1, t.heads, same)) : mask_set_make(1, t.heads, same);
+}
+
+SearchTable search_table_from_recall(int64_t n, int32_t block, int64_t layers, int64_t heads, bool causal, std::vector<double> recall) {
+    SearchTable t;
+    t.layers = layers;
+    t.heads = heads;
+    t.n = n;
+    t.block = block;
+    t.causal = causal;
+    t.candidates = search_candidates(n, block);
+    const int64_t want = static_cast<int64_t>(t.candidates.size()) * layers * heads;
+    if (static_cast<int64_t>(recall.size()) != want) {
+        throw Error("search: " + std::to_string(recall.size()) + " recall values given, but " + std::to_string(t.candidates.size()) +
+                    " candidates x " + std::to_string(layers) + " layers x " + std::to_string(heads) + " heads need " + std::to_string(want));
+    }
+    t.recall = std::move(recall);
     return t;
 }
 

@@ -85,6 +85,13 @@ struct SearchTable {
     double at(int64_t c, int64_t l, int64_t h) const { return recall[(c * layers + l) * heads + h]; }
 };
 SearchTable search_table_build(const AttentionSample& sample, int32_t block, int threads = 0);
+// The same table from recall measured elsewhere (sparsa.ruler measures it with the GPU engine):
+// search_candidates(n, block) with recall [candidates * layers * heads] as SearchTable::recall.
+// Throws Error when the count does not match.
+SearchTable search_table_from_recall(int64_t n, int32_t block, int64_t layers, int64_t heads, bool causal, std::vector<double> recall);
+// The masks candidate c is measured with: its mask in each of t.heads heads of one layer, cut to
+// causal when t.causal.
+MaskSet search_candidate_set(const SearchTable& t, int64_t c);
 
 // A choice of one candidate per (layer, head).
 struct SearchResult {

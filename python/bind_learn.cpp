@@ -492,7 +492,7 @@ void bind_learn(py::module_& parent) {
           }, py::arg("teacher"), py::arg("count") = 32, py::arg("seed") = 1, py::arg("block") = 16, py::arg("threads") = 0,
           "The teacher's attention inputs on `count` training-stream sequences set apart for calibration (as `sparsa learn` uses).");
 
-    m.def("attention_sample_from_qk", [](const py::handle& q_obj, const py::handle& k_obj, int32_t block) {
+    m.def("attention_sample_from_qk", [](const py::handle& q_obj, const py::handle& k_obj, int32_t block, bool causal) {
               if (!block_size_valid(block)) value_error("block: " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
               py::array q = py::isinstance<py::array>(q_obj) ? py::reinterpret_borrow<py::array>(q_obj) : py::array();
               py::array k = py::isinstance<py::array>(k_obj) ? py::reinterpret_borrow<py::array>(k_obj) : py::array();
@@ -511,6 +511,7 @@ void bind_learn(py::module_& parent) {
               const TensorShape shape{1, q.shape(2), q.shape(3), q.shape(4)};
               PySample s;
               s.block = block;
+              s.sample.causal = causal;
               for (int64_t i = 0; i < inputs; ++i) {
                   s.sample.q.emplace_back();
                   s.sample.k.emplace_back();
@@ -521,15 +522,18 @@ void bind_learn(py::module_& parent) {
                       Tensor kt{shape, std::vector<float>(kc.data() + offset, kc.data() + offset + shape.size())};
                       tensor_check_finite(qt, "q");
                       tensor_check_finite(kt, "k");
-                      s.sample.lse.back().push_back(learn::dense_lse(qt, kt, block));
+                      s.sample.lse.back().push_back(learn::dense_lse(qt, kt, block, causal));
                       s.sample.q.back().push_back(std::move(qt));
                       s.sample.k.back().push_back(std::move(kt));
                   }
               }
               return s;
-          }, py::arg("q"), py::arg("k"), py::arg("block") = 16,
+          }, py::arg("q"), py::arg("k"), py::arg("block") = 16, py::arg("causal") = false,
           "An AttentionSample from any model's queries and keys (numpy, [inputs, layers, heads, n, d] or one input "
-          "[layers, heads, n, d]), for search_table() and gate_train(); lse is the dense one (scale 1 / sqrt(d)).");
+          "[layers, heads, n, d]), for search_table() and gate_train(); lse is the dense one (scale 1 / sqrt(d)). causal: "
+          "the model is causal (keys after their query left out of the dense attention and of every candidate, as "
+          "attention_sample does for a causal teacher); a causal model's sample without it measures recall on pairs "
+          "the model never sees.");
 
     m.def("oracle_masks", [](const PyTeacher& t, int64_t index, double density, uint64_t seed, int32_t block) {
               if (!(density > 0 && density <= 1)) value_error("density: expected a fraction in (0, 1], got " + std::to_string(density));
@@ -573,6 +577,46 @@ void bind_learn(py::module_& parent) {
               t.table = learn::search_table_build(s.sample, s.block, threads);
               return t;
           }, py::arg("sample"), py::arg("threads") = 0, "Measures every candidate of the language's families on the sample.");
+    m.def("search_candidates", [](int64_t n, int32_t block, int64_t heads, bool causal) {
+              if (n < 1 || heads < 1) value_error("search_candidates: n and heads must be >= 1");
+              if (!block_size_valid(block)) value_error("search_candidates: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              learn::SearchTable t;
+              t.n = n;
+              t.block = block;
+              t.heads = heads;
+              t.layers = 1;
+              t.causal = causal;
+              {
+                  py::gil_scoped_release release;
+                  t.candidates = learn::search_candidates(n, block);
+              }
+              py::list out;
+              for (size_t c = 0; c < t.candidates.size(); ++c) {
+                  out.append(py::make_tuple(t.candidates[c].expression, mask_set_wrap(learn::search_candidate_set(t, static_cast<int64_t>(c))),
+                                            t.candidates[c].density));
+              }
+              return out;
+          }, py::arg("n"), py::arg("block"), py::arg("heads") = 1, py::arg("causal") = false,
+          "The search's candidates at (n, block): a list of (expression, MaskSet [1 layer, heads]: the candidate in every head, "
+          "cut to causal when causal, density: kept blocks / blocks^2 before the cut), in search_table()'s order. For "
+          "measuring recall elsewhere (sparsa.ruler does it on the GPU) and search_table_from_recall().");
+    m.def("search_table_from_recall", [](const py::handle& recall_obj, int64_t n, int32_t block, bool causal) {
+              if (!block_size_valid(block)) value_error("search_table_from_recall: block " + std::to_string(block) + " is not valid (use 16, 32, 64, 128 or 256)");
+              const py::array a = array_checked(recall_obj, "recall", 3, "[candidates, layers, heads]");
+              const auto r = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
+              std::vector<double> recall(r.data(), r.data() + r.size());
+              for (size_t i = 0; i < recall.size(); ++i) {
+                  if (!(recall[i] >= 0 && recall[i] <= 1 + 1e-6)) value_error("search_table_from_recall: recall must be in [0, 1], got " +
+                                                                          std::to_string(recall[i]) + " at flat index " + std::to_string(i));
+              }
+              PySearchTable t;
+              py::gil_scoped_release release;
+              t.table = learn::search_table_from_recall(n, block, a.shape(1), a.shape(2), causal, std::move(recall));
+              return t;
+          }, py::arg("recall"), py::arg("n"), py::arg("block"), py::arg("causal") = false,
+          "A SearchTable from recall measured elsewhere: recall [candidates, layers, heads] of search_candidates(n, block, "
+          "heads, causal) in their order (each candidate's share of the dense attention kept, mean over query rows and inputs). "
+          "sparsa.Error when the candidate count differs.");
     m.def("search", [](const PySearchTable& t, py::object share, py::object density) {
               if (share.is_none() == density.is_none()) value_error("search: give exactly one of share= (recall to reach) or density= (block density cap)");
               learn::SearchResult r = share.is_none() ? learn::search_by_density(t.table, density.cast<double>())

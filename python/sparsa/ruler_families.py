@@ -95,21 +95,51 @@ def _anchor_grid(runner, n, layers, heads, block, seed, folder):
     return grid, note
 
 
+def _search_recall(qs, ks, n, block):
+    """recall [candidates, layers, heads] of sparsa.learn.search_candidates(n, block, heads, causal)
+    on a causal model's q and k (qs[l], ks[l]: [inputs, heads, n, d] torch tensors of layer l, k per
+    query head): each candidate's share of the causal dense attention kept, mean over query rows and
+    inputs, as the C++ search table measures it (learn::mask_recall: exp(lse_mask - lse_dense) a row)
+    but with sparsa.torch's engine on the tensors' device: on CUDA the tensor-core kernels in
+    bfloat16 (float32 inputs rounded to it), a few seconds at 16,384 where the CPU table took
+    minutes; on the CPU the CPU engine in float32."""
+    heads = qs[0].shape[1]
+    candidates = sparsa.learn.search_candidates(n, block, heads, True)
+    dense = sparsa.compile(f"heads {heads}\ncausal\nattend = dense", n=n, block=block)
+    recall = np.zeros((len(candidates), len(qs), heads))
+    with torch.no_grad():
+        for l, (q, k) in enumerate(zip(qs, ks)):
+            if q.device.type == "cuda" and q.dtype == torch.float32:
+                q, k = q.to(torch.bfloat16), k.to(torch.bfloat16)
+            elif q.device.type == "cpu":
+                q, k = q.float(), k.float()
+
+            def lse(masks):
+                _, scale, _ = sparsa_torch._arguments_check(q, k, k, masks, 0, None, 0)
+                return sparsa_torch._forward(q, k, k, masks, 0, scale, 0)[1].double()   # [inputs, heads, n]
+
+            all_ = lse(dense)
+            for c, (_, masks, _) in enumerate(candidates):
+                recall[c, l] = torch.exp(lse(masks) - all_).clamp(max=1.0).mean(dim=(0, 2)).cpu().numpy()
+    return candidates, recall
+
+
 def _search_methods(runner, n, layers, heads, block, seed, targets, inputs, notes):
     """The search's static script at each target (learn/ruler_families.cpp, ruler_search_script):
     every candidate of the language's families measured by its recall on each (layer, head) of the
-    dense teacher's attention over `inputs` training-stream sequences of `seed` (from index 2^40:
-    sparsa.learn.search_table), then per head the candidate of most recall whose density after the
-    causal cut is within the target (sparsa.learn.search_script). The same masks for every input."""
+    dense teacher's causal attention over `inputs` training-stream sequences of `seed` (from index
+    2^40: _search_recall, on the runner's device), then per head the candidate of most recall whose
+    density after the causal cut is within the target (sparsa.learn.search_script). The same masks
+    for every input."""
     t0 = time.perf_counter()
     train = lab.task_batch(runner.t.task, "train", 2 ** 40, inputs, seed=seed, n=n)
-    parts = {}   # first -> [layer] -> (q, k) as float32 numpy [batch, heads, n, d]
-    _dense_layers(runner, train, inputs, lambda first, layer, q, k: parts.setdefault(first, []).append(
-        (q.detach().float().cpu().numpy(), k.detach().float().cpu().numpy())))
-    q = np.concatenate([np.stack([qk[0] for qk in parts[first]], 1) for first in sorted(parts)])   # [inputs, layers, heads, n, d]
-    k = np.concatenate([np.stack([qk[1] for qk in parts[first]], 1) for first in sorted(parts)])
-    table = sparsa.learn.search_table(sparsa.learn.attention_sample_from_qk(q, k, block))
-    notes.append(f"search script: each head's recall of the search's {len(table.expressions)} candidates measured on {inputs} "
+    parts = {}   # first -> [layer] -> (q, k) [batch, heads, n, d] on the runner's device
+    _dense_layers(runner, train, inputs, lambda first, layer, q, k: parts.setdefault(first, []).append((q.detach(), k.detach())))
+    qs = [torch.cat([parts[first][l][0] for first in sorted(parts)]) for l in range(layers)]
+    ks = [torch.cat([parts[first][l][1] for first in sorted(parts)]) for l in range(layers)]
+    candidates, recall = _search_recall(qs, ks, n, block)
+    table = sparsa.learn.search_table_from_recall(recall, n, block, True)
+    notes.append(f"search script: each head's recall of the search's {len(candidates)} candidates (causal) measured on {inputs} "
                  f"training-stream sequences (seed {seed}, from index 2^40) in {time.perf_counter() - t0:.1f} s")
     methods = []
     for target in targets:

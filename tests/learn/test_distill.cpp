@@ -79,6 +79,33 @@ TEST_CASE("planted attention: search recovers each head's pattern", "[learn][pla
     }
 }
 
+TEST_CASE("search: a table from recall measured elsewhere is the built one", "[learn][planted]") {
+    const AttentionSample sample = planted_sample(1, 2);
+    const SearchTable built = search_table_build(sample, kBlock, 2);
+    const SearchTable again = search_table_from_recall(kN, kBlock, built.layers, built.heads, built.causal, built.recall);
+    REQUIRE(again.candidates.size() == built.candidates.size());
+    for (size_t c = 0; c < built.candidates.size(); ++c) CHECK(again.candidates[c].expression == built.candidates[c].expression);
+    CHECK(search_by_share(again, 0.95).choice == search_by_share(built, 0.95).choice);
+    // the masks each candidate is measured with: its mask in every head, cut to causal for a causal table
+    SearchTable causal = again;
+    causal.causal = true;
+    for (int64_t c = 0; c < static_cast<int64_t>(causal.candidates.size()); ++c) {
+        const MaskSet set = search_candidate_set(causal, c);
+        REQUIRE(set.heads == kHeads);
+        for (int64_t h = 0; h < kHeads; ++h) {
+            const BlockMask& m = set.at(0, h);
+            int64_t after = 0;   // pairs allowed with the key after its query
+            for (int64_t i = 0; i < kN; ++i)
+                for (int64_t j = i + 1; j < kN; ++j) after += m.allowed(i, j);
+            INFO(causal.candidates[static_cast<size_t>(c)].expression << ", head " << h);
+            CHECK(after == 0);
+        }
+    }
+    std::vector<double> short_by_one(built.recall.begin(), built.recall.end() - 1);
+    CHECK_THROWS_WITH(search_table_from_recall(kN, kBlock, built.layers, built.heads, false, short_by_one),
+                      Catch::Contains("recall values given"));
+}
+
 TEST_CASE("search: the written script recompiles to the same masks and the same recall", "[learn][planted]") {
     const AttentionSample sample = planted_sample(1, 3);
     const SearchTable table = search_table_build(sample, kBlock, 2);

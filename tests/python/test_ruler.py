@@ -294,3 +294,38 @@ def test_a_run_split_over_calls_merges_into_one_report_and_a_cut_run_keeps_its_f
     assert "**Partial:** 1 of 2 teachers" in (tmp_path / "cut" / "report.md").read_text()
     with pytest.raises(ValueError, match="partial"):
         ruler.merge([partial])
+
+
+def test_the_search_recall_is_the_causal_attention_kept_as_the_cpp_table_measures_it():
+    """_search_recall (sparsa.ruler's search table, on the runner's device) against the C++ table on a
+    causal sample of the same q and k (learn::search_table_build, attention_sample_from_qk with
+    causal), and one candidate against the causal softmax itself: the diagonal block alone (band(0))
+    keeps the attention mass of each row's own block and the keys before it there."""
+    torch.manual_seed(4)
+    n, block, heads, d = 64, 16, 2, 16
+    qs = [torch.randn(2, heads, n, d) for _ in range(2)]
+    ks = [torch.randn(2, heads, n, d) for _ in range(2)]
+    candidates, recall = families._search_recall(qs, ks, n, block)
+    q = torch.stack(qs, 1).numpy()   # [inputs, layers, heads, n, d]
+    k = torch.stack(ks, 1).numpy()
+    table = sparsa.learn.search_table(sparsa.learn.attention_sample_from_qk(q, k, block, causal=True))
+    assert table.expressions == [e for e, _, _ in candidates]
+    np.testing.assert_allclose(recall, table.recall, atol=2e-6)
+    # band(0) by hand: softmax over the causal keys, the mass of the query's own block
+    c = [e for e, _, _ in candidates].index("band(0)")
+    for l in range(2):
+        s = (qs[l].double() @ ks[l].double().transpose(-1, -2)) / d ** 0.5
+        i = torch.arange(n)
+        s = s.masked_fill(i[None, :] > i[:, None], float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        own = (i[None, :] // block == i[:, None] // block)
+        expect = (p * own).sum(-1).mean(dim=(0, 2)).numpy()
+        np.testing.assert_allclose(recall[c, l], expect, atol=1e-6)
+    # a non-causal sample of the same q and k measures something else (the old sparsa.ruler table)
+    assert not np.allclose(sparsa.learn.search_table(sparsa.learn.attention_sample_from_qk(q, k, block)).recall, recall, atol=1e-3)
+    table = sparsa.learn.search_table_from_recall(recall, n, block, True)
+    assert table.recall == pytest.approx(recall)
+    with pytest.raises(sparsa.Error, match="recall values given"):
+        sparsa.learn.search_table_from_recall(recall[1:], n, block, True)
+    with pytest.raises(ValueError, match="recall must be in"):
+        sparsa.learn.search_table_from_recall(recall + 2, n, block, True)
