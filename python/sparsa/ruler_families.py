@@ -192,7 +192,9 @@ def _content_methods(name, grid, source, runner, validation, batch, n, layers, h
         for i, (_, masks) in enumerate(grid):
             pairs[i] += sum(r["pairs"] for r in sparsa.content_report(qa, ka, masks, layer)) / causal_pairs
 
+    t0 = time.perf_counter()
     _dense_layers(runner, validation, batch, count)
+    counted_s, t0 = time.perf_counter() - t0, time.perf_counter()
     seen = validation["tokens"].shape[0] * layers * heads
     density = [p / seen for p in pairs]
     accuracy = {}
@@ -213,4 +215,7 @@ def _content_methods(name, grid, source, runner, validation, batch, n, layers, h
                                attention=_content_attention(grid[best][1]), density=density[best],
                                times=_content_times(grid[best][1], runner.device)))
         methods[-1].hold = hold
+    notes.append(f"{name}: the pairs of {len(grid)} candidates counted on {validation['tokens'].shape[0]} validation sequences in "
+                 f"{counted_s:.1f} s (sparsa.content_report, CPU), the validation accuracy of {len(accuracy)} of them in "
+                 f"{time.perf_counter() - t0:.1f} s")
     return methods

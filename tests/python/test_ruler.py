@@ -124,6 +124,8 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
     best = max(parsed, key=lambda p: (p[2], p[1]))   # the most accurate, ties to the denser
     assert chosen == best[0] and roomy.detail.startswith(best[0])
     assert notes[1].startswith("lsh at 0.01%: no candidate within the density") and tight.fixed_density > 1e-4
+    assert notes[2].startswith(f"lsh: the pairs of {len(grid)} candidates counted on 3 validation sequences in ")
+    assert notes[2].endswith(" s") and f"the validation accuracy of {len(tried)} of them in " in notes[2]
     # the density is the engine's pair count over the causal pairs, on the validation stream's q and k
     expression, masks = families._lsh_masks(n, TINY["layers"], TINY["heads"], block, 8, 1)
     counted = []
