@@ -101,8 +101,8 @@ def _search_recall(qs, ks, n, block):
     query head): each candidate's share of the causal dense attention kept, mean over query rows and
     inputs, as the C++ search table measures it (learn::mask_recall: exp(lse_mask - lse_dense) a row)
     but with sparsa.torch's engine on the tensors' device: on CUDA the tensor-core kernels in
-    bfloat16 (float32 inputs rounded to it), a few seconds at 16,384 where the CPU table took
-    minutes; on the CPU the CPU engine in float32."""
+    bfloat16 (float32 inputs rounded to it; not yet timed there: the CPU table it replaces took
+    160.6 s at 16,384 on the H100 machine); on the CPU the CPU engine in float32."""
     heads = qs[0].shape[1]
     candidates = sparsa.learn.search_candidates(n, block, heads, True)
     dense = sparsa.compile(f"heads {heads}\ncausal\nattend = dense", n=n, block=block)
