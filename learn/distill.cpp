@@ -180,15 +180,25 @@ std::vector<SearchCandidate> search_candidates(int64_t n, int32_t block) {
     return out;
 }
 
+namespace {
+
+// A table of search_candidates(n, block) with no recall yet.
+SearchTable search_table_empty(int64_t n, int32_t block, int64_t layers, int64_t heads, bool causal) {
+    SearchTable t;
+    t.layers = layers;
+    t.heads = heads;
+    t.n = n;
+    t.block = block;
+    t.causal = causal;
+    t.candidates = search_candidates(n, block);
+    return t;
+}
+
+} // namespace
+
 SearchTable search_table_build(const AttentionSample& sample, int32_t block, int threads) {
     if (sample.inputs() < 1) throw Error("search: no inputs to measure recall on");
-    SearchTable t;
-    t.layers = sample.layers();
-    t.heads = sample.q[0][0].shape.heads;
-    t.n = sample.q[0][0].shape.n;
-    t.block = block;
-    t.candidates = search_candidates(t.n, block);
-    t.causal = sample.causal;
+    SearchTable t = search_table_empty(sample.q[0][0].shape.n, block, sample.layers(), sample.q[0][0].shape.heads, sample.causal);
     const int64_t C = static_cast<int64_t>(t.candidates.size());
     t.recall.assign(static_cast<size_t>(C * t.layers * t.heads), 0.0);
     parallel_for(C, threads, [&](int64_t begin, int64_t end) {
@@ -211,13 +221,7 @@ MaskSet search_candidate_set(const SearchTable& t, int64_t c) {
 }
 
 SearchTable search_table_from_recall(int64_t n, int32_t block, int64_t layers, int64_t heads, bool causal, std::vector<double> recall) {
-    SearchTable t;
-    t.layers = layers;
-    t.heads = heads;
-    t.n = n;
-    t.block = block;
-    t.causal = causal;
-    t.candidates = search_candidates(n, block);
+    SearchTable t = search_table_empty(n, block, layers, heads, causal);
     const int64_t want = static_cast<int64_t>(t.candidates.size()) * layers * heads;
     if (static_cast<int64_t>(recall.size()) != want) {
         throw Error("search: " + std::to_string(recall.size()) + " recall values given, but " + std::to_string(t.candidates.size()) +
