@@ -167,15 +167,22 @@ def _array(t, dtype):
     return t.detach().to(dtype).numpy()
 
 
+def _host_arrays(q, k, v, dtype):
+    """q, k, v as host numpy arrays of `dtype`, k and v repeated to q's heads (grouped-query
+    attention: head h reads kv head h // group), as the engines' array calls take them."""
+    group = q.shape[1] // k.shape[1]
+    qa, ka, va = (t.detach().to(dtype).cpu().numpy() for t in (q, k, v))
+    if group > 1:
+        ka, va = np.repeat(ka, group, axis=1), np.repeat(va, group, axis=1)
+    return qa, ka, va
+
+
 def _forward_arrays(q, k, v, masks, layer, scale, threads):
     """(o, lse): o [batch, heads, n, d] and lse [batch, heads, n] in the compute dtype (float32 for
     the engine, float64 for the reference); -inf lse and zero o on rows with no allowed key.
     k, v: [batch, kv_heads, n, d], repeated to q's heads (head h reads kv head h // group)."""
     compute = _compute_dtype(q.dtype)
-    group = q.shape[1] // k.shape[1]
-    qa, ka, va = (_array(t, compute) for t in (q, k, v))
-    if group > 1:
-        ka, va = np.repeat(ka, group, axis=1), np.repeat(va, group, axis=1)
+    qa, ka, va = _host_arrays(q, k, v, compute)
     run = _sparsa.reference if compute == torch.float64 else _sparsa.attention
     o, lse = run(qa, ka, va, masks, layer=layer, scale=scale, threads=threads)
     return torch.from_numpy(o), torch.from_numpy(lse)
@@ -293,10 +300,7 @@ def _forward_content_cuda(q, k, v, masks, layer, scale):
     """(o, lse) of a layer with content-based heads on the CUDA content engine (engine/cuda/content_cuda.hpp),
     through host copies: that engine takes host tensors (sparsa.content_attention_cuda), so q, k, v
     go to the host as float32 and o comes back (a synchronising round trip; forward only)."""
-    group = q.shape[1] // k.shape[1]
-    qa, ka, va = (t.detach().to(torch.float32).cpu().numpy() for t in (q, k, v))
-    if group > 1:
-        ka, va = np.repeat(ka, group, axis=1), np.repeat(va, group, axis=1)
+    qa, ka, va = _host_arrays(q, k, v, torch.float32)
     o, lse = _sparsa.attention_cuda(qa, ka, va, masks, layer=layer, dtype=_CUDA_DTYPE_NAMES[q.dtype], scale=scale)
     return torch.from_numpy(o).to(q.device, q.dtype), torch.from_numpy(np.ascontiguousarray(lse)).to(q.device)
 
