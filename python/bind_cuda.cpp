@@ -87,6 +87,17 @@ CudaContentAttention& cuda_content_engine() {
 }
 std::mutex g_content_mutex;
 
+// One MaskSet layer of content-based heads for the device path (sparsa.torch): the set (kept by
+// reference: the Python object holds the MaskSet) and the layer's numbers for head width d, drawn
+// or read from the specs' files once.
+struct PyCudaContentLayer {
+    const MaskSet* set = nullptr;
+    int64_t layer = 0, d = 0;
+    bool has_fixed = false;   // a head with fixed blocks beside its spec: forward_device refuses the layer
+    CudaContentNumbers numbers;
+    py::object keep;   // the PyMaskSet, alive as long as this
+};
+
 } // namespace
 
 py::tuple content_attention_cuda_py(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj, const PyMaskSet& s,
@@ -244,6 +255,59 @@ void bind_cuda(py::module_& m) {
           "device times in ms (CUDA events; medians of `repeats` runs of the same inputs): fixed_ms (the fixed pass), "
           "bucketing_ms (hashing or the anchors' assignment, the sort, chunk ids), attention_ms (the rounds' passes), "
           "merge_ms, total_ms; no host copies counted. attention_cuda runs such layers the same way.");
+    py::class_<PyCudaContentLayer>(m, "_CudaContentLayer",
+                                   "A layer of content-based heads (lsh, anchors, favor) for the CUDA content engine on device "
+                                   "pointers, its heads' numbers drawn or read once. Private: use sparsa.torch.attention.")
+        .def(py::init([](const py::object& masks, int64_t layer, int64_t d) {
+                 const PyMaskSet& s = masks.cast<const PyMaskSet&>();
+                 if (layer < 0 || layer >= s.set.layers) {
+                     value_error("_CudaContentLayer: layer " + std::to_string(layer) + " is outside 0.." +
+                                 std::to_string(s.set.layers - 1));
+                 }
+                 if (!layer_has_content(s.set, layer)) {
+                     value_error("_CudaContentLayer: layer " + std::to_string(layer) +
+                                 " has no content-based head (lsh, anchors, favor)");
+                 }
+                 auto out = std::make_unique<PyCudaContentLayer>();
+                 out->set = &s.set;
+                 out->layer = layer;
+                 out->d = d;
+                 out->keep = masks;
+                 for (int64_t h = 0; h < s.set.heads; ++h) out->has_fixed = out->has_fixed || s.set.at(layer, h).row_ptr.back() > 0;
+                 const ContentArrays arrays = content_arrays_of(s.set);
+                 py::gil_scoped_release release;
+                 out->numbers = cuda_content_numbers(s.set, layer, d, &arrays);
+                 return out;
+             }),
+             py::arg("masks"), py::arg("layer"), py::arg("d"))
+        .def_readonly("has_fixed", &PyCudaContentLayer::has_fixed,
+                      "Whether a head has fixed blocks beside its spec (forward refuses such a layer: run it on host arrays).")
+        .def("forward",
+             [](PyCudaContentLayer& c, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o, std::uintptr_t lse,
+                int64_t batch, int64_t heads, int64_t n, int64_t d, const std::string& dtype, float scale) {
+                 if (d != c.d) value_error("_CudaContentLayer: made for d = " + std::to_string(c.d) + ", called with d = " + std::to_string(d));
+                 CudaContentDeviceCall call;
+                 call.q = pointer(q, "q");
+                 call.k = pointer(k, "k");
+                 call.v = pointer(v, "v");
+                 call.o = pointer_mut(o, "o");
+                 call.lse = static_cast<float*>(pointer_mut(lse, "lse"));
+                 call.batch = batch;
+                 call.heads = heads;
+                 call.n = n;
+                 call.d = d;
+                 CudaContentOptions options;
+                 options.dtype = device_dtype_parse(dtype);
+                 options.scale = scale;
+                 py::gil_scoped_release release;
+                 const std::lock_guard<std::mutex> lock(g_content_mutex);
+                 cuda_content_engine().forward_device(call, *c.set, c.layer, c.numbers, options);
+             },
+             py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("batch"), py::arg("heads"),
+             py::arg("n"), py::arg("d"), py::arg("dtype"), py::arg("scale"),
+             "CudaContentAttention::forward_device on the legacy default stream: o [batch, heads, n, d] (dtype) and lse "
+             "[batch, heads, n] (float32) from contiguous q, k, v [batch, heads, n, d] (dtype). Pointers are data_ptr() "
+             "integers; scale 0: 1 / sqrt(d). A layer with fixed blocks beside its content heads is refused (ValueError).");
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");
 }

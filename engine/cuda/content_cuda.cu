@@ -33,6 +33,12 @@ std::vector<uint16_t> to_16bit(const std::vector<float>& x, CudaDtype dtype) {
     return out;
 }
 
+// x into buffer as the dtype's elements (float32 as they are, else rounded to 16 bits).
+void upload_as(DeviceBuffer& buffer, const std::vector<float>& x, CudaDtype dtype) {
+    if (dtype == CudaDtype::float32) buffer.upload(x);
+    else buffer.upload(to_16bit(x, dtype));
+}
+
 bool same_parameters(const ContentSpec& a, const ContentSpec& b) {
     return a.kind == b.kind && a.buckets == b.buckets && a.rounds == b.rounds && a.chunk == b.chunk &&
            a.shared_qk == b.shared_qk && a.features == b.features && a.causal == b.causal;
@@ -61,16 +67,62 @@ CudaContentAttention::~CudaContentAttention() {
 void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                                    const CudaContentNumbers& numbers, const CudaContentOptions& options) {
     Impl& s = *impl_;
-    const std::string what = "cuda content attention";
     s.prepared = s.ran = false;
     CudaAttentionOptions check;
     check.scale = options.scale;
     check.dtype = options.dtype;
     check.kernel = options.tensor_cores ? 0 : 1;
     cuda_attention_check(q, k, v, masks, layer, check);
-    const int64_t n = q.shape.n, d = q.shape.d, heads = q.shape.heads;
+    setup(q.shape, masks, layer, numbers, options);
+    upload_as(s.q, q.data, options.dtype);
+    upload_as(s.k, k.data, options.dtype);
+    upload_as(s.v, v.data, options.dtype);
+    if (s.has_fixed) {
+        if (!s.fixed_engine) s.fixed_engine = std::make_unique<CudaAttention>();
+        CudaAttentionOptions fixed_options;
+        fixed_options.scale = options.scale;
+        fixed_options.dtype = options.dtype;
+        fixed_options.kernel = options.tensor_cores ? 0 : 1;
+        s.fixed_engine->prepare(q, k, v, masks, layer, fixed_options);
+        s.upload_fixed(masks, layer);
+        s.fixed_o.reserve(q.data.size() * 4);
+        s.fixed_lse.reserve(static_cast<size_t>(s.bh * q.shape.n) * 4);
+    }
+    s.prepared = true;
+}
+
+void CudaContentAttention::forward_device(const CudaContentDeviceCall& call, const MaskSet& masks, int64_t layer,
+                                          const CudaContentNumbers& numbers, const CudaContentOptions& options) {
+    Impl& s = *impl_;
+    const std::string what = "cuda content attention (device)";
+    s.prepared = s.ran = false;
+    if (call.q == nullptr || call.k == nullptr || call.v == nullptr || call.o == nullptr || call.lse == nullptr) {
+        throw Error(what + ": a null pointer among q, k, v, o, lse");
+    }
+    const TensorShape shape{call.batch, call.heads, call.n, call.d};
+    attention_check_shapes(what, shape, shape, shape, masks, layer);
+    setup(shape, masks, layer, numbers, options);
+    if (s.has_fixed) {
+        throw Error(what + ": layer " + std::to_string(layer) + " has fixed blocks beside its content heads; their pass "
+                    "goes through the host: run the layer with forward");
+    }
+    const size_t bytes = static_cast<size_t>(shape.size()) * (options.dtype == CudaDtype::float32 ? 4 : 2);
+    for (auto [buffer, from] : {std::pair{&s.q, call.q}, std::pair{&s.k, call.k}, std::pair{&s.v, call.v}}) {
+        SPARSA_CUDA_CHECK(cudaMemcpy(buffer->reserve(bytes), from, bytes, cudaMemcpyDeviceToDevice));
+    }
+    s.prepared = true;
+    run();
+    SPARSA_CUDA_CHECK(cudaMemcpy(call.o, s.o.get(), bytes, cudaMemcpyDeviceToDevice));
+    SPARSA_CUDA_CHECK(cudaMemcpy(call.lse, s.lse.get(), static_cast<size_t>(s.bh * shape.n) * 4, cudaMemcpyDeviceToDevice));
+}
+
+void CudaContentAttention::setup(const TensorShape& shape, const MaskSet& masks, int64_t layer,
+                                 const CudaContentNumbers& numbers, const CudaContentOptions& options) {
+    Impl& s = *impl_;
+    const std::string what = "cuda content attention";
+    const int64_t n = shape.n, d = shape.d, heads = shape.heads;
     if (d > 256) throw Error(what + ": d = " + std::to_string(d) + " is above 256 (split the head dimension)");
-    if (q.shape.batch * heads > 65535) throw Error(what + ": batch * heads = " + std::to_string(q.shape.batch * heads) + " is above 65535 (split the call)");
+    if (shape.batch * heads > 65535) throw Error(what + ": batch * heads = " + std::to_string(shape.batch * heads) + " is above 65535 (split the call)");
     if (masks.content.size() != static_cast<size_t>(masks.layers * masks.heads) || masks.content[static_cast<size_t>(layer * heads)] == nullptr) {
         throw Error(what + ": head 0 of layer " + std::to_string(layer) + " has no content-based spec (run it with CudaAttention)");
     }
@@ -87,9 +139,9 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
         throw Error(what + ": numbers for " + std::to_string(numbers.size()) + " heads, the layer has " + std::to_string(heads));
     }
     s.spec = spec;
-    s.shape = q.shape;
+    s.shape = shape;
     s.dtype = options.dtype;
-    s.bh = q.shape.batch * heads;
+    s.bh = shape.batch * heads;
     s.scale = static_cast<float>(attention_scale(what, options.scale, d));
     s.tensor_cores = options.tensor_cores && options.dtype != CudaDtype::float32 && (d == 64 || d == 128);
     if (options.version < 0 || options.version > 4) {
@@ -136,14 +188,7 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
         }
     }
 
-    const size_t elems = q.data.size();
-    auto upload = [&](DeviceBuffer& buffer, const std::vector<float>& x) {
-        if (options.dtype == CudaDtype::float32) buffer.upload(x);
-        else buffer.upload(to_16bit(x, options.dtype));
-    };
-    upload(s.q, q.data);
-    upload(s.k, k.data);
-    upload(s.v, v.data);
+    const size_t elems = static_cast<size_t>(shape.size());
     const size_t elem_bytes = options.dtype == CudaDtype::float32 ? 4 : 2;
     s.o.reserve(elems * elem_bytes);
     s.lse.reserve(static_cast<size_t>(s.bh * n) * 4);
@@ -153,7 +198,7 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
     }
 
     if (spec.kind == ContentKind::favor) {
-        upload(s.omega, mats);
+        upload_as(s.omega, mats, options.dtype);
         const int64_t m = s.features, chunks = (n + 63) / 64;
         s.bias.reserve(static_cast<size_t>(s.bh * n) * 4);
         const int64_t splits = (n + s.favor_key_split() - 1) / s.favor_key_split();
@@ -172,7 +217,6 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
             s.c_k.reserve(static_cast<size_t>(s.bh * n) * 4);
         }
         s.has_fixed = false;
-        s.prepared = true;
         return;
     }
 
@@ -233,18 +277,6 @@ void CudaContentAttention::prepare(const Tensor& q, const Tensor& k, const Tenso
 
     s.has_fixed = false;
     for (int64_t h = 0; h < heads; ++h) s.has_fixed = s.has_fixed || masks.at(layer, h).row_ptr.back() > 0;
-    if (s.has_fixed) {
-        if (!s.fixed_engine) s.fixed_engine = std::make_unique<CudaAttention>();
-        CudaAttentionOptions fixed_options;
-        fixed_options.scale = options.scale;
-        fixed_options.dtype = options.dtype;
-        fixed_options.kernel = options.tensor_cores ? 0 : 1;
-        s.fixed_engine->prepare(q, k, v, masks, layer, fixed_options);
-        s.upload_fixed(masks, layer);
-        s.fixed_o.reserve(elems * 4);
-        s.fixed_lse.reserve(static_cast<size_t>(s.bh * n) * 4);
-    }
-    s.prepared = true;
 }
 
 void CudaContentAttention::run() {

@@ -82,6 +82,15 @@ struct CudaContentWalk {
                                                // content_hash3, content_project2, content_project or anchors
 };
 
+// forward_device's tensors: the caller's device memory on the current device, contiguous
+// [batch, heads, n, d] in the call's dtype (q, k, v, o) and lse [batch, heads, n] float32.
+struct CudaContentDeviceCall {
+    const void *q = nullptr, *k = nullptr, *v = nullptr;
+    void* o = nullptr;
+    float* lse = nullptr;
+    int64_t batch = 0, heads = 0, n = 0, d = 0;
+};
+
 class CudaContentAttention {
 public:
     CudaContentAttention();   // throws sparsa::Error when no GPU is usable
@@ -100,6 +109,16 @@ public:
     AttentionOutput forward(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                             const CudaContentNumbers& numbers, const CudaContentOptions& options = {});
 
+    // forward on the caller's device memory (sparsa.torch's GPU path: no host copies). The inputs
+    // are copied into the engine's buffers on the device, the outputs back into o and lse (o in
+    // options.dtype, lse as forward's). Runs on the legacy default stream and returns when it is
+    // queued; the caller orders its own stream against it. Checks the shapes against the masks
+    // (not the values: they stay on the GPU) and throws sparsa::Error as prepare, or for a layer
+    // with fixed blocks beside its content heads (whose fixed pass goes through the host: use
+    // forward).
+    void forward_device(const CudaContentDeviceCall& call, const MaskSet& masks, int64_t layer,
+                        const CudaContentNumbers& numbers, const CudaContentOptions& options = {});
+
     // The same in steps, for timing: prepare checks and uploads, run launches everything (it
     // waits only where the host must act: the fixed pass's output),
     // download waits and copies o and lse back.
@@ -116,6 +135,10 @@ public:
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
+    // prepare's work apart from the inputs: the spec's checks, the numbers and every buffer but
+    // q, k, v (and the fixed pass's engine)
+    void setup(const TensorShape& shape, const MaskSet& masks, int64_t layer, const CudaContentNumbers& numbers,
+               const CudaContentOptions& options);
 };
 
 } // namespace sparsa

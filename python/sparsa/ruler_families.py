@@ -39,6 +39,10 @@ def _favor_method(layers, heads, head_width, features, device):
 # hashing's n x d x buckets / 2 products a round and head, at densities under 1%).
 CONTENT_CHUNKS, LSH_ROUNDS, CONTENT_MAX_BUCKETS = (8, 16, 32, 64, 128), (1, 2, 4), 512
 ANCHOR_FIT_INPUTS, ANCHOR_ITERATIONS = 8, 10   # the C++ evaluation's ContentFamilyOptions
+# The validation sequences whose pairs give a content candidate's density (the first ones): counting
+# is on the CPU (sparsa.content_report), 0.6 s a sequence, layer and candidate at 16,384 on 2 cores,
+# and a candidate's density barely moves between sequences; the accuracy uses every one.
+CONTENT_COUNT_INPUTS = 8
 
 
 def _content_chunks(n):
@@ -150,7 +154,7 @@ def _search_methods(runner, n, layers, heads, block, seed, targets, inputs, note
 
 def _content_attention(masks):
     """A content row's attention of layer `layer`: sparsa.torch.attention on the content engines (on
-    CUDA the CUDA content engine, through host copies)."""
+    CUDA the CUDA content engine on the tensors' device memory)."""
     return lambda layer, q, k, v: sparsa_torch.attention(q, k, v, masks, layer)
 
 
@@ -177,8 +181,8 @@ def _content_times(masks, device):
 
 def _content_methods(name, grid, source, runner, validation, batch, n, layers, heads, targets, notes, hold=None):
     """A content family at each target (learn/ruler_families.cpp's ruler_content_families): every
-    candidate of `grid` ([(expression, MaskSet)]) gets its density on the validation stream (pairs
-    the content engine allows / causal pairs, mean over sequences, layers and heads:
+    candidate of `grid` ([(expression, MaskSet)]) gets its density on the first CONTENT_COUNT_INPUTS
+    validation sequences (pairs the content engine allows / causal pairs, mean over them, layers and heads:
     sparsa.content_report on the dense teacher's q and k); at each target the most accurate on
     validation among those within it (ties to the denser), or the least dense where none is. One
     note per target with every candidate's density and accuracy. source: where its numbers come
@@ -193,9 +197,10 @@ def _content_methods(name, grid, source, runner, validation, batch, n, layers, h
             pairs[i] += sum(r["pairs"] for r in sparsa.content_report(qa, ka, masks, layer)) / causal_pairs
 
     t0 = time.perf_counter()
-    _dense_layers(runner, validation, batch, count)
+    counted = min(CONTENT_COUNT_INPUTS, validation["tokens"].shape[0])
+    _dense_layers(runner, {"tokens": validation["tokens"][:counted]}, batch, count)
     counted_s, t0 = time.perf_counter() - t0, time.perf_counter()
-    seen = validation["tokens"].shape[0] * layers * heads
+    seen = counted * layers * heads
     density = [p / seen for p in pairs]
     accuracy = {}
     methods = []
@@ -211,11 +216,12 @@ def _content_methods(name, grid, source, runner, validation, batch, n, layers, h
                                                           if fitting else "no candidate within the density on validation; the least "
                                                           "dense, ") + grid[best][0])
         methods.append(_Method(name, target, f"{grid[best][0]}, causal, chosen on validation ({source}; density: pairs kept / causal "
-                               f"pairs on the validation stream, {100 * density[best]:.2f}%)",
+                               f"pairs on {counted} validation sequences, {100 * density[best]:.2f}%)",
                                attention=_content_attention(grid[best][1]), density=density[best],
                                times=_content_times(grid[best][1], runner.device)))
         methods[-1].hold = hold
-    notes.append(f"{name}: the pairs of {len(grid)} candidates counted on {validation['tokens'].shape[0]} validation sequences in "
-                 f"{counted_s:.1f} s (sparsa.content_report, CPU), the validation accuracy of {len(accuracy)} of them in "
+    notes.append(f"{name}: the pairs of {len(grid)} candidates counted on {counted} validation sequences in "
+                 f"{counted_s:.1f} s (sparsa.content_report, CPU), the validation accuracy of {len(accuracy)} of them on "
+                 f"{validation['tokens'].shape[0]} in "
                  f"{time.perf_counter() - t0:.1f} s")
     return methods

@@ -296,13 +296,45 @@ def _cuda_inputs(q, k, v, scale):
 _CUDA_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
+def _cuda_content_layer(masks, layer, d, device):
+    """Layer `layer` of `masks` for the CUDA content engine on device pointers (its heads' numbers
+    drawn or read from the specs' files once), cached beside the uploaded fixed layers."""
+    on_device = _masks_entry(masks)[1].on_device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    found = on_device.get(("content", layer, d, index))
+    if found is None:
+        found = _sparsa._sparsa._CudaContentLayer(masks, layer, d)
+        on_device[("content", layer, d, index)] = found
+    return found
+
+
 def _forward_content_cuda(q, k, v, masks, layer, scale):
     """(o, lse) of a layer with content-based heads on the CUDA content engine (engine/cuda/content_cuda.hpp),
-    through host copies: that engine takes host tensors (sparsa.content_attention_cuda), so q, k, v
-    go to the host as float32 and o comes back (a synchronising round trip; forward only)."""
-    qa, ka, va = _host_arrays(q, k, v, torch.float32)
-    o, lse = _sparsa.attention_cuda(qa, ka, va, masks, layer=layer, dtype=_CUDA_DTYPE_NAMES[q.dtype], scale=scale)
-    return torch.from_numpy(o).to(q.device, q.dtype), torch.from_numpy(np.ascontiguousarray(lse)).to(q.device)
+    forward only. On device pointers (CudaContentAttention::forward_device: the inputs copied on the
+    device, no host round trip), which that engine runs on the legacy default stream: another current
+    stream is synchronised before and after. A layer with fixed blocks beside its content heads goes
+    through host copies (sparsa.attention_cuda on float32 arrays: the engine's fixed pass needs them)."""
+    content = _cuda_content_layer(masks, layer, q.shape[-1], q.device)
+    if content.has_fixed:
+        qa, ka, va = _host_arrays(q, k, v, torch.float32)
+        o, lse = _sparsa.attention_cuda(qa, ka, va, masks, layer=layer, dtype=_CUDA_DTYPE_NAMES[q.dtype], scale=scale)
+        return torch.from_numpy(o).to(q.device, q.dtype), torch.from_numpy(np.ascontiguousarray(lse)).to(q.device)
+    batch, heads, n, d = q.shape
+    group = heads // k.shape[1]   # not _cuda_inputs: a negative scale must not flip k, whose rows lsh hashes
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    qc, kc, vc = _device_tensor(q), _device_tensor(k), _device_tensor(v)
+    o = torch.empty((batch, heads, n, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device)
+    stream = torch.cuda.current_stream(q.device)
+    with torch.cuda.device(q.device):
+        if stream.cuda_stream != 0:
+            stream.synchronize()
+        content.forward(qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), o.data_ptr(), lse.data_ptr(), batch, heads, n, d,
+                        _CUDA_DTYPE_NAMES[q.dtype], scale)
+        if stream.cuda_stream != 0:
+            torch.cuda.synchronize(q.device)
+    return o, lse
 
 
 def _forward_cuda(q, k, v, masks, layer, scale):

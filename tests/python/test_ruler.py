@@ -104,10 +104,12 @@ def test_the_evaluation_end_to_end_on_a_tiny_teacher(tmp_path):
     assert "Pictures: depth.png, cost.png" in text
 
 
-def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
+def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs(monkeypatch):
     """The LSH row (learn/ruler_families.cpp's grid): each candidate's density is the pairs the
-    content engine allows over the causal pairs, on the validation stream; the row is the most
-    accurate candidate within the target, or the least dense where none fits."""
+    content engine allows over the causal pairs, on the first CONTENT_COUNT_INPUTS validation
+    sequences (2 here, of 3); the row is the most accurate candidate within the target on all of
+    them, or the least dense where none fits."""
+    monkeypatch.setattr(families, "CONTENT_COUNT_INPUTS", 2)
     t = lab.LabTeacher.new(**TINY, seed=2)
     n, block = 128, 16
     runner = ruler._Runner(t, n, block, "float32")
@@ -124,12 +126,12 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs():
     best = max(parsed, key=lambda p: (p[2], p[1]))   # the most accurate, ties to the denser
     assert chosen == best[0] and roomy.detail.startswith(best[0])
     assert notes[1].startswith("lsh at 0.01%: no candidate within the density") and tight.fixed_density > 1e-4
-    assert notes[2].startswith(f"lsh: the pairs of {len(grid)} candidates counted on 3 validation sequences in ")
-    assert notes[2].endswith(" s") and f"the validation accuracy of {len(tried)} of them in " in notes[2]
-    # the density is the engine's pair count over the causal pairs, on the validation stream's q and k
+    assert notes[2].startswith(f"lsh: the pairs of {len(grid)} candidates counted on 2 validation sequences in ")
+    assert notes[2].endswith(" s") and f"the validation accuracy of {len(tried)} of them on 3 in " in notes[2]
+    # the density is the engine's pair count over the causal pairs, on the first 2 validation sequences' q and k
     expression, masks = families._lsh_masks(n, TINY["layers"], TINY["heads"], block, 8, 1)
     counted = []
-    ruler._dense_layers(runner, validation, 4, lambda first, layer, q, k: counted.extend(
+    ruler._dense_layers(runner, {"tokens": validation["tokens"][:2]}, 4, lambda first, layer, q, k: counted.extend(
         r["pairs"] / (n * (n + 1) / 2) for r in sparsa.content_report(q.float().numpy(), k.float().numpy(), masks, layer)))
     assert tight.detail.startswith("lsh(16, rounds = 1, chunk = 8")   # the least dense: the smallest chunk, one round
     assert tight.fixed_density == pytest.approx(sum(counted) / len(counted), rel=1e-12)

@@ -5,6 +5,7 @@ strides, requires_grad combinations, and an error naming the argument for every 
 Skipped only where PyTorch is missing (CI installs Debian's python3-torch)."""
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -380,10 +381,12 @@ def test_seeds_summary_groups_runs_by_attention_and_refuses_mixed_runs(tmp_path)
 
 @needs_torch
 def test_the_cuda_content_path_hands_the_engine_host_arrays_with_grouped_heads_repeated(monkeypatch):
-    """sparsa.torch on a content-based layer of CUDA tensors calls sparsa.attention_cuda (the CUDA
-    content engine) with float32 host arrays, k and v repeated to q's heads, the dtype's name, and
-    brings o back in q's dtype. Checked here with CPU tensors and the CPU engine in its place."""
-    masks = sparsa.compile("heads 4\ncausal\nattend = lsh(4, rounds = 2, chunk = 16, shared_qk = false)", n=96, block=16)
+    """sparsa.torch on a content-based layer with fixed blocks beside it (whose fixed pass the CUDA
+    content engine runs on host tensors) calls sparsa.attention_cuda with float32 host arrays, k and
+    v repeated to q's heads, the dtype's name, and brings o back in q's dtype. Checked here with CPU
+    tensors and the CPU engine in its place (the device path, for layers without fixed blocks, is
+    test_torch_cuda.py's)."""
+    masks = sparsa.compile("heads 4\ncausal\nattend = lsh(4, rounds = 2, chunk = 16, shared_qk = false) | window(2)", n=96, block=16)
     q = tensors((2, 4, 96, 8), 1, dtype=torch.bfloat16, seed=3)[0]
     k, v = tensors((2, 2, 96, 8), 2, dtype=torch.bfloat16, seed=4)
     calls = []
@@ -393,6 +396,7 @@ def test_the_cuda_content_path_hands_the_engine_host_arrays_with_grouped_heads_r
         return sparsa.attention(qa, ka, va, masks_, layer=layer, scale=scale)
 
     monkeypatch.setattr(st._sparsa, "attention_cuda", fake)
+    monkeypatch.setattr(st, "_cuda_content_layer", lambda masks_, layer, d, device: types.SimpleNamespace(has_fixed=True))
     o, lse = st._forward_content_cuda(q, k, v, masks, 0, 0.0)
     assert calls == [(np.float32, (2, 4, 96, 8), (2, 4, 96, 8), "bfloat16", 0, 0.0)]
     want, want_lse = sparsa.attention(*(t.float().numpy() for t in (q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))), masks)

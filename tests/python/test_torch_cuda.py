@@ -282,10 +282,11 @@ def test_errors_name_the_argument(change, error, words):
 
 
 def test_content_based_heads_run_forward_on_the_cuda_content_engine():
-    """A layer of lsh heads on CUDA tensors: the CUDA content engine through host copies, o exactly
-    what sparsa.attention_cuda gives on the same (already bf16) values, lse finite where a row has
-    keys; content_attention_cuda's device times; the backward refused by name; a layer mixing specs
-    refused by the engine."""
+    """A layer of lsh heads on CUDA tensors: the CUDA content engine on the tensors' device memory,
+    o and lse exactly what sparsa.attention_cuda gives on the same (already bf16) values through
+    host copies, also on a stream of its own; a layer with fixed blocks beside lsh (the host path)
+    the same; content_attention_cuda's device times; the backward refused by name; a layer mixing
+    specs refused by the engine."""
     masks = sparsa.compile("heads 4\ncausal\nattend = lsh(4, rounds = 2, chunk = 16, shared_qk = false)", n=256, block=16)
     (q, k, v), _ = inputs(2, 4, 2, 256, 64, torch.bfloat16, seed=5)   # grouped-query: 2 key/value heads
     o = st.attention(q, k, v, masks)
@@ -293,6 +294,17 @@ def test_content_based_heads_run_forward_on_the_cuda_content_engine():
     qa, ka, va = (t.detach().float().cpu().numpy() for t in (q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)))
     want, lse = sparsa.attention_cuda(qa, ka, va, masks, dtype="bfloat16")
     assert torch.equal(o.cpu(), torch.from_numpy(want).to(torch.bfloat16))
+    o_dev, lse_dev = st._forward_content_cuda(q, k, v, masks, 0, 0.0)
+    assert torch.equal(o_dev, o) and torch.equal(lse_dev.cpu(), torch.from_numpy(np.ascontiguousarray(lse)).reshape(lse_dev.shape))
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        o_side = st.attention(q, k, v, masks)
+    torch.cuda.synchronize()
+    assert torch.equal(o_side, o)
+    windowed = sparsa.compile("heads 4\ncausal\nattend = lsh(4, rounds = 2, chunk = 16, shared_qk = false) | window(2)", n=256,
+                              block=16)
+    want_w, _ = sparsa.attention_cuda(qa, ka, va, windowed, dtype="bfloat16")
+    assert torch.equal(st.attention(q, k, v, windowed).cpu(), torch.from_numpy(want_w).to(torch.bfloat16))
     o2, lse2, times = sparsa.content_attention_cuda(qa, ka, va, masks, dtype="bfloat16", repeats=3)
     assert np.array_equal(o2, want) and np.array_equal(lse2, lse)
     assert times["repeats"] == 3 and times["bucketing_ms"] > 0 and times["attention_ms"] > 0
