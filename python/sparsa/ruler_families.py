@@ -42,7 +42,7 @@ ANCHOR_FIT_INPUTS, ANCHOR_ITERATIONS = 8, 10   # the C++ evaluation's ContentFam
 # The validation sequences whose pairs give a content candidate's density (the first ones): counting
 # is on the CPU (sparsa.content_report), 0.6 s a sequence, layer and candidate at 16,384 on 2 cores,
 # and a candidate's density barely moves between sequences; the accuracy uses every one.
-CONTENT_COUNT_INPUTS = 8
+CONTENT_COUNT_INPUTS = 4
 
 
 def _content_chunks(n):
