@@ -35,7 +35,7 @@ Rows (each per density but dense, the diagonal and favor+), as the C++ evaluatio
                    lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, rotations from seed 0,
                    for chunk 8 to 128 (at most 512 buckets) and 1, 2 or 4 rounds; at each density the most accurate on validation
                    among those whose pairs kept / causal pairs there is within it (_content_methods). Its density
-                   is that validation figure; on CUDA it runs on the CUDA content engine (through host copies,
+                   is that figure on the first 4 validation sequences (ruler_families.CONTENT_COUNT_INPUTS); on CUDA it runs on the CUDA content engine (on device memory,
                    sparsa.torch), and is timed by that engine's device times
   anchors          anchor buckets as the C++ evaluation's content family: anchors(n / chunk, 1, chunk,
                    shared_qk = false), causal, each layer and head its own anchors fitted by spherical
