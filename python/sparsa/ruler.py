@@ -33,7 +33,8 @@ Rows (each per density but dense, the diagonal and favor+), as the C++ evaluatio
                    recall on 4 training-stream sequences' attention within the density (_search_methods)
   lsh              Reformer's LSH as the C++ evaluation's content family (learn/ruler_families.cpp):
                    lsh(n / chunk buckets, rounds, chunk, shared_qk = false), causal, rotations from seed 0,
-                   for chunk 8 to 128 (at most 512 buckets) and 1, 2 or 4 rounds; at each density the most accurate on validation
+                   for chunk 8 to 128 (at most 512 buckets) and, past the C++ grid, 256, 512, ... while n / chunk >= 16
+                   (ruler_families._content_chunks), and 1, 2 or 4 rounds; at each density the most accurate on validation
                    among those whose pairs kept / causal pairs there is within it (_content_methods). Its density
                    is that figure on the first 4 validation sequences (ruler_families.CONTENT_COUNT_INPUTS); on CUDA it runs on the CUDA content engine (on device memory,
                    sparsa.torch), and is timed by that engine's device times

@@ -38,6 +38,11 @@ def _favor_method(layers, heads, head_width, features, device):
 # CONTENT_MAX_BUCKETS buckets are left out (at 16,384 chunks of 8 and 16: 2,048 and 1,024 buckets,
 # hashing's n x d x buckets / 2 products a round and head, at densities under 1%).
 CONTENT_CHUNKS, LSH_ROUNDS, CONTENT_MAX_BUCKETS = (8, 16, 32, 64, 128), (1, 2, 4), 512
+# Beyond the C++ grid, which stops at 128 and so at 16,384 keeps at most 6% of the causal pairs (LSH,
+# 4 rounds; anchors, one round, 1.6%): larger chunks, doubling, while n / chunk leaves at least
+# CONTENT_MIN_BUCKETS_SCALED buckets (at 4,096: 256; at 16,384: 256 to 1,024), so that a long sequence's
+# grid reaches the densities a short one's does.
+CONTENT_MIN_BUCKETS_SCALED = 16
 ANCHOR_FIT_INPUTS, ANCHOR_ITERATIONS = 8, 10   # the C++ evaluation's ContentFamilyOptions
 # The validation sequences whose pairs give a content candidate's density (the first ones): counting
 # is on the CPU (sparsa.content_report), 0.6 s a sequence, layer and candidate at 16,384 on 2 cores,
@@ -46,7 +51,14 @@ CONTENT_COUNT_INPUTS = 4
 
 
 def _content_chunks(n):
-    return [c for c in CONTENT_CHUNKS if c <= n // 2 and n // c <= CONTENT_MAX_BUCKETS]
+    """The grid's chunks at length n: CONTENT_CHUNKS (at most CONTENT_MAX_BUCKETS buckets, at least 2),
+    then 256, 512, ... while n / chunk >= CONTENT_MIN_BUCKETS_SCALED."""
+    chunks = [c for c in CONTENT_CHUNKS if c <= n // 2 and n // c <= CONTENT_MAX_BUCKETS]
+    c = 2 * CONTENT_CHUNKS[-1]
+    while n // c >= CONTENT_MIN_BUCKETS_SCALED:
+        chunks.append(c)
+        c *= 2
+    return chunks
 
 
 def _content_script(layers, heads, expression):

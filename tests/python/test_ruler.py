@@ -141,6 +141,17 @@ def test_lsh_is_chosen_on_validation_within_the_density_by_its_pairs(monkeypatch
     assert kept == pytest.approx(tight.fixed_density) and torch.isfinite(logits).all()
 
 
+def test_the_content_grid_grows_with_n_so_its_densest_candidates_reach_the_densities_of_short_sequences():
+    """The C++ grid's chunks (8 to 128, 2 to 512 buckets), then larger chunks doubling while they
+    leave at least 16 buckets: at 16,384 chunks up to 1,024, so that LSH's densest candidate (4 rounds)
+    is not held at 6% of the causal pairs as with chunks up to 128."""
+    assert families._content_chunks(128) == [8, 16, 32, 64]
+    assert families._content_chunks(2048) == [8, 16, 32, 64, 128]
+    assert families._content_chunks(4096) == [8, 16, 32, 64, 128, 256]
+    assert families._content_chunks(16384) == [32, 64, 128, 256, 512, 1024]
+    assert families._content_chunks(65536) == [128, 256, 512, 1024, 2048, 4096]
+
+
 def test_the_search_script_keeps_each_heads_best_candidate_within_the_density():
     """sparsa.learn.search_script (the C++ ruler_search_script): per head the candidate of most
     recall among those whose causal density is within the target, its masks cut to causal, its
