@@ -265,12 +265,13 @@ __device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
                  "@!done bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
 
-// The shared memory of kernels 12 and 17: two Q tiles ([128, D]: the rows of warpgroup g at
-// q_tiles + g kTile), then a ring of Stages stages of one K and one V tile each, and mbarriers over
-// it: full(s) completes when the copies into stage s have landed, empty(s) when the 8 computing
-// warps are done with it, q_full when the Q tiles have landed. init (thread 0; the caller's
-// barrier follows): `copiers` threads arrive on full and q_full, lane 0 of each computing warp on empty.
-template <int D, int Stages> struct StageRing {
+// The shared memory of kernels 12, 17 and 18: two Q tiles ([128, D]: the rows of warpgroup g at
+// q_tiles + g kTile), then a ring of Stages stages of KeyTiles K tiles and KeyTiles V tiles each (12
+// and 17: one of each; 18: two), and mbarriers over it: full(s) completes when the copies into stage
+// s have landed, empty(s) when the 8 computing warps are done with it, q_full when the Q tiles have
+// landed. init (thread 0; the caller's barrier follows): `copiers` threads arrive on full and
+// q_full, lane 0 of each computing warp on empty.
+template <int D, int Stages, int KeyTiles = 1> struct StageRing {
     static constexpr int kTile = D / 64 * 8192;   // one [64, D] tile
     uint32_t q_tiles, kv, bar0;
     __device__ StageRing(const void* smem_raw, const uint64_t* bars)
@@ -279,8 +280,11 @@ template <int D, int Stages> struct StageRing {
     __device__ uint32_t full(int64_t s) const { return bar0 + 8u * static_cast<uint32_t>(s); }
     __device__ uint32_t empty(int64_t s) const { return bar0 + 8u * static_cast<uint32_t>(Stages + s); }
     __device__ uint32_t q_full() const { return bar0 + 8u * (2 * Stages); }
-    __device__ uint32_t k_tile(int64_t s) const { return kv + 2 * static_cast<uint32_t>(s) * kTile; }
-    __device__ uint32_t v_tile(int64_t s) const { return k_tile(s) + kTile; }
+    // tile i of stage s: [K_0 .. K_{KeyTiles-1}, V_0 .. V_{KeyTiles-1}]
+    __device__ uint32_t k_tile(int64_t s, int i = 0) const {
+        return kv + (2 * KeyTiles * static_cast<uint32_t>(s) + static_cast<uint32_t>(i)) * kTile;
+    }
+    __device__ uint32_t v_tile(int64_t s, int i = 0) const { return k_tile(s, i) + KeyTiles * kTile; }
     __device__ void init(uint32_t copiers) const {
         if (threadIdx.x != 0) return;
         for (int s = 0; s < Stages; ++s) {

@@ -1,5 +1,5 @@
-// Kernel 17 of the attention forward: FlashAttention-3's division of labour on kernel 12's tiles.
-// sm_90a only: included by attn_fwd_wgmma.cu alone (after attn_fwd_wgmma.cuh, whose mbarrier
+// Kernels 17 and 18 of the attention forward: FlashAttention-3's division of labour on kernel 12's
+// tiles. sm_90a only: included by attn_fwd_wgmma.cu alone (after attn_fwd_wgmma.cuh, whose mbarrier
 // helpers, steps and Wgmma12 tiling it uses).
 //
 //   17: kernel 12's 128-query tiles, walk (kernel 7's plan: two mask rows a tile with 64-token
@@ -11,10 +11,21 @@
 //       pipelining, which cost kernel 16 its third block an SM; here there is one block an SM by
 //       design and two consumers in it), and the consumers take turns issuing their products
 //       (FlashAttention-3's ping-pong, on named barriers), so one's softmax runs beside the
-//       other's products. Not yet here: TMA copies. Written without a GPU (2026-12-07); its first
-//       run is bench/cuda-notes.md's next entry.
+//       other's products. Not yet here: TMA copies. First run 2026-12-07: slower than 15 (4.861
+//       against 4.594 ms dense 16,384); Nsight Compute put the consumers' own instruction stream
+//       as the limit (bench/cuda-notes.md, "The profile of forward kernels 15 and 17").
+//   18: 17 with 128 keys a step: two 64-key tiles (two mask entries with 64-token masks, any two
+//       the walk gives, adjacent or not) in each stage, S of both in registers, one online
+//       softmax over the 128 scores a row (one max, one O rescale, one turn, one wait and one
+//       release per 128 keys instead of per 64: FlashAttention-3's 128 x 128 tile for d = 128).
+//       A tile with an odd step count pads its last step with a second tile of the same keys,
+//       every score masked. Two stages (164 KB at d = 128). Written without a GPU (2026-12-07).
 //
-// Stage s of the ring holds one step's K and V. full(s) completes when the producer's copies into
+// Both: a tile the warpgroup's mask row lacks is masked inside the mask branch that partial
+// blocks and the tile past n take (17's first run selected every score against -inf on every
+// step, 34 FSEL a step on dense).
+//
+// Stage s of the ring holds one step's K and V tiles (17: one of each, 18: two). full(s) completes when the producer's copies into
 // it have landed (each producer thread's cp.async.mbarrier.arrive), empty(s) when each of the 8
 // consumer warps is done with it: a warp releases step j's stage once O += P_j V_j, issued during
 // step j + 1, is done. A consumer waiting for step j's stage thus holds only step j - 1's, so the
@@ -32,13 +43,15 @@
 
 namespace sparsa::cuda {
 
-template <int D> struct Kernel17Traits {
-    static constexpr int kStages = 3;
+// Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2).
+template <int D, int KeyTiles> struct WarpSpecializedTraits {
+    static constexpr int kKeyTiles = KeyTiles;                                 // 64-key tiles a step
+    static constexpr int kStages = KeyTiles == 1 ? 3 : 2;
     static constexpr int kThreads = 384;                                       // consumers 0 and 1, producer 2
     static constexpr int kTileBytes = D / 64 * 8192;                           // one [64, D] tile
-    static constexpr int kSmemBytes = (2 + 2 * kStages) * kTileBytes + 1024;   // Q [128, D], kStages x (K, V)
+    static constexpr int kSmemBytes = (2 + 2 * KeyTiles * kStages) * kTileBytes + 1024;   // Q [128, D], kStages x (K, V) tiles
     // 128 x 56 + 256 x 224 = 64,512 <= 65,536. The producer keeps more than FlashAttention-3's 24 to
-    // 40: its cp.async copies compute addresses (TMA's would not); the consumers need 168 (ptxas).
+    // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
 };
@@ -60,16 +73,17 @@ template <int Registers> __device__ inline void setmaxnreg_inc() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Registers));
 }
 
-// grid: (work items, 1, batch), block: 384 threads, dynamic shared memory Kernel17Traits<D>::kSmemBytes.
-template <typename T, int D, int MaskBlock>
+// grid: (work items, 1, batch), block: 384 threads, dynamic shared memory
+// WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. Kernel 17: KeyTiles 1; 18: 2.
+template <typename T, int D, int MaskBlock, int KeyTiles>
 __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Traits = Kernel17Traits<D>;
+    using Traits = WarpSpecializedTraits<D, KeyTiles>;
     constexpr int kTileQ = 128, kTileK = 64, kSubTiles = MaskBlock / kTileK, kStages = Traits::kStages;
     constexpr int kTile = Traits::kTileBytes;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
-    const StageRing<D, kStages> ring(smem_raw, bars);
+    const StageRing<D, kStages, KeyTiles> ring(smem_raw, bars);
     const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full();
     ring.init(128);   // the producer's threads copy, the consumers' 8 warps compute
     __syncthreads();
@@ -82,7 +96,8 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     const bool two_rows = t.two_rows;
     const DeviceMasks& m = p.masks;
     KeyCursor cur = t.cur;
-    const int64_t steps = item.steps;
+    const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
+    const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;           // steps of KeyTiles tiles
 
     if (wg == 2) {   // the producer: Q, then every step's K and V into the ring
         setmaxnreg_dec<Traits::kProducerRegisters>();
@@ -90,14 +105,20 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
         tile_load_swizzled<D, 128>(q_tiles + kTile, p.q + head_offset, q0 + 64, n, wg_thread);
         mbarrier_arrive_on_copies(q_full);
         KeyCursor ahead = cur;
+        int64_t k0 = 0;
         for (int64_t j = 0; j < steps; ++j) {
             const int64_t s = j % kStages;
             if (j >= kStages) mbarrier_wait(ring.empty(s), static_cast<uint32_t>((j / kStages - 1) & 1));
-            const int64_t k0 = int64_t{min(ahead.col_a(m.col_idx), ahead.col_b(m.col_idx))} * MaskBlock + ahead.sub * kTileK;
-            tile_load_swizzled<D, 128>(ring.k_tile(s), p.k + head_offset, k0, n, wg_thread);
-            tile_load_swizzled<D, 128>(ring.v_tile(s), p.v + head_offset, k0, n, wg_thread);
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) {
+                if (j * KeyTiles + i < tiles_k) {   // else the padding tile: the keys before it again (finite values; masked)
+                    k0 = int64_t{min(ahead.col_a(m.col_idx), ahead.col_b(m.col_idx))} * MaskBlock + ahead.sub * kTileK;
+                    ahead.template advance<kSubTiles>(m.col_idx);
+                }
+                tile_load_swizzled<D, 128>(ring.k_tile(s, i), p.k + head_offset, k0, n, wg_thread);
+                tile_load_swizzled<D, 128>(ring.v_tile(s, i), p.v + head_offset, k0, n, wg_thread);
+            }
             mbarrier_arrive_on_copies(ring.full(s));
-            ahead.template advance<kSubTiles>(m.col_idx);
         }
         cp_async_wait<0>();   // no copy left in flight when the producer leaves
         return;
@@ -118,32 +139,47 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
     float row_max[2], row_sum[2], scale_old[2];   // rows group and group + 8, base 2; this lane's partial sums
     online_softmax_start<D>(o_acc, row_max, row_sum);
-    float s_acc[32];      // S of the step, then its P
-    uint32_t pf[4][4];    // P of the step before, rounded to T: the A operand of its O += P V
+    float s_acc[KeyTiles][32];      // S of the step's tiles, then their P
+    uint32_t pf[KeyTiles][4][4];    // P of the step before, rounded to T: the A operands of its O += P V
 
-    // Step j's key tile and this warpgroup's mask entry of it (part: its partial-block index, -1
-    // for a full block; keep: whether this warpgroup's mask row keeps the block at all). A step
-    // the row does not keep is still computed, every score masked (its P is 0): the products of
-    // every step then issue the same way, which ptxas needs to keep them in flight (a wgmma
-    // issued on one side of a branch is serialized: its C7520 warning).
-    struct Step {
-        int64_t k0;
-        int32_t part;
-        bool keep;
-    };
-    const auto step_of = [&](KeyCursor& c) {
-        const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
-        const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
-        const Step st{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
-        c.template advance<kSubTiles>(m.col_idx);
-        return st;
-    };
-    const auto scores_to_p = [&](const Step& st) {   // mask (all of it for a block the row lacks), online softmax
-        if (!st.keep) {
+    // Step j's key tiles and this warpgroup's mask entries of them (KeyTileMask: the tile's first key,
+    // its partial-block index, -1 for a full block, and whether this warpgroup's mask row keeps the
+    // block at all). A tile the row does not keep is still computed, every score masked (its P is
+    // 0): the products of every step then issue the same way, which ptxas needs to keep them in
+    // flight (a wgmma issued on one side of a branch is serialized: its C7520 warning). So is the
+    // padding tile of an odd tile count (the keys before it again, kept by no row).
+    KeyTileMask st[KeyTiles];
+    const auto step_of = [&](KeyCursor& c, int64_t j) {
 #pragma unroll
-            for (int i = 0; i < 32; ++i) s_acc[i] = -INFINITY;
+        for (int i = 0; i < KeyTiles; ++i) {
+            if (j * KeyTiles + i >= tiles_k) {
+                st[i] = KeyTileMask{st[i > 0 ? i - 1 : 0].k0, -1, false};
+                continue;
+            }
+            const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
+            const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
+            st[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
+            c.template advance<kSubTiles>(m.col_idx);
         }
-        softmax_scores_part<MaskBlock>(s_acc, row_max, row_sum, scale_old, m, st.part, st.k0, n, i_warp, p.scale_log2);
+    };
+    const auto scores_to_p = [&]() {   // mask (all of it for a block the row lacks), online softmax over the step's tiles
+        softmax_scores_tiles<MaskBlock, KeyTiles>(s_acc, row_max, row_sum, scale_old, m, st, n, i_warp, p.scale_log2);
+    };
+    const auto issue_scores = [&](int64_t s) {   // S = Q K^T of each tile of stage s: KeyTiles groups
+#pragma unroll
+        for (int i = 0; i < KeyTiles; ++i) wgmma_scores_async<T, D>(s_acc[i], q_tile, ring.k_tile(s, i));
+    };
+    const auto issue_pv = [&](int64_t s) {       // O += P V of each tile of stage s: KeyTiles groups
+#pragma unroll
+        for (int i = 0; i < KeyTiles; ++i) wgmma_pv_async<T, D>(o_acc, pf[i], ring.v_tile(s, i));
+    };
+    const auto fence_scores = [&]() {
+#pragma unroll
+        for (int i = 0; i < KeyTiles; ++i) wgmma_fence_operands(s_acc[i]);
+    };
+    const auto pack = [&]() {
+#pragma unroll
+        for (int i = 0; i < KeyTiles; ++i) pack_p<T>(s_acc[i], pf[i]);
     };
     const auto stage_ready = [&](int64_t j) {   // step j's K and V landed and are visible to the tensor cores
         mbarrier_wait(ring.full(j % kStages), static_cast<uint32_t>((j / kStages) & 1));
@@ -168,40 +204,40 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
     mbarrier_wait(q_full, 0);
     if (Traits::kPingPong && wg == 1 && steps > 0) named_barrier_arrive(1, 256);
     if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
-        const Step st = step_of(cur);
+        step_of(cur, 0);
         stage_ready(0);
         turn_wait();
         wgmma_fence();
-        wgmma_scores_async<T, D>(s_acc, q_tile, ring.k_tile(0));
+        issue_scores(0);
         turn_pass(false);
         wgmma_wait<0>();
-        wgmma_fence_operands(s_acc);
-        scores_to_p(st);
-        pack_p<T>(s_acc, pf);
+        fence_scores();
+        scores_to_p();
+        pack();
     }
     for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
         const int64_t s = j % kStages, prev = (j - 1) % kStages;
-        const Step st = step_of(cur);
+        step_of(cur, j);
         stage_ready(j);
         turn_wait();
         wgmma_fence();
-        wgmma_scores_async<T, D>(s_acc, q_tile, ring.k_tile(s));                 // S_j = Q K_j
-        wgmma_pv_async<T, D>(o_acc, pf, ring.v_tile(prev));                      // O += P_{j-1} V_{j-1}
+        issue_scores(s);                                                         // S_j = Q K_j
+        issue_pv(prev);                                                          // O += P_{j-1} V_{j-1}
         turn_pass(false);
-        wgmma_wait<1>();                                                         // S_j (O += P V still in flight)
-        wgmma_fence_operands(s_acc);
-        scores_to_p(st);
+        wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
+        fence_scores();
+        scores_to_p();
         wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
         wgmma_fence_operands(o_acc);
         release(prev);                                                           // step j - 1's K and V are done with
         rescale_rows<D>(o_acc, scale_old);                                       // O to step j's row maxima
-        pack_p<T>(s_acc, pf);
+        pack();
     }
     if (steps > 0) {   // the last step's O += P V
         const int64_t last = (steps - 1) % kStages;
         turn_wait();
         wgmma_fence();
-        wgmma_pv_async<T, D>(o_acc, pf, ring.v_tile(last));
+        issue_pv(last);
         turn_pass(true);
         wgmma_wait<0>();
         wgmma_fence_operands(o_acc);
@@ -211,13 +247,14 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
 #endif
 }
 
-// Kernel 17 over `work_items` work items (kernel 7's plan, 128-query tiles, batch `batch`);
-// returns the first failed call's error. attention_cuda.cu launches attn_combine after it for the
-// split tiles, as for 11 and 12.
-template <typename T, int D, int MaskBlock>
+// Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2) over `work_items` work items (kernel 7's plan,
+// 128-query tiles, batch `batch`); returns the first failed call's error. attention_cuda.cu launches
+// attn_combine after it for the split tiles, as for 11 and 12.
+template <typename T, int D, int MaskBlock, int KeyTiles>
 cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch) {
-    constexpr int threads = Kernel17Traits<D>::kThreads, smem = Kernel17Traits<D>::kSmemBytes;
-    auto* kernel = attn_fwd_kernel17<T, D, MaskBlock>;
+    using Traits = WarpSpecializedTraits<D, KeyTiles>;
+    constexpr int threads = Traits::kThreads, smem = Traits::kSmemBytes;
+    auto* kernel = attn_fwd_kernel17<T, D, MaskBlock, KeyTiles>;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(batch));

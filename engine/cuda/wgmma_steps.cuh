@@ -192,6 +192,78 @@ template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32],
     wgmma_fence_operands(s);
 }
 
+// A 64-key tile's mask for one warpgroup (kernels 17 and 18): its first key, its partial-block
+// index (-1: a full block), and whether the warpgroup's mask row keeps the block at all.
+struct KeyTileMask {
+    int64_t k0;
+    int32_t part;
+    bool keep;
+};
+
+// The mask of one key tile on s: partial blocks by their bitmask, full blocks only where the tile
+// runs past n, every score where the row does not keep the block (keep false). The common case (a
+// full, kept block inside n) takes no instruction past the test.
+template <int MaskBlock>
+__device__ inline void mask_scores(float (&s)[32], const DeviceMasks& m, const KeyTileMask& tile, int64_t n, int i_warp) {
+    constexpr int kTileK = 64;
+    const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const bool partial = tile.part >= 0, past_n = tile.k0 + kTileK > n;
+    if (!tile.keep || partial || past_n) {
+        const uint64_t valid_word = !tile.keep ? uint64_t{0} : past_n ? keys_before_n(tile.k0, n) : ~uint64_t{0};
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int i = i_warp + group + 8 * half;   // row within the mask block
+            uint64_t word = valid_word;
+            if (tile.keep && partial) word &= partial_bits<MaskBlock>(m, tile.part, i, tile.k0);
+#pragma unroll
+            for (int t = 0; t < kTileK / 8; ++t) {
+#pragma unroll
+                for (int cc = 0; cc < 2; ++cc) {
+                    if (((word >> (t * 8 + 2 * quad + cc)) & 1) == 0) s[4 * t + 2 * half + cc] = -INFINITY;
+                }
+            }
+        }
+    }
+}
+
+// The online softmax in base 2 over Tiles key tiles of masked scores at once, s[0 .. Tiles - 1]
+// (each this warp's [16, 64]): p = 2^(s * scale_log2 - max), one FMA and one ex2 a score, one
+// running max, sum and scale_old a row for all of them.
+template <int Tiles>
+__device__ inline void online_softmax_tiles(float (*s)[32], float (&row_max)[2], float (&row_sum)[2], float (&scale_old)[2],
+                                            float scale_log2) {
+    constexpr int kTileK = 64;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < Tiles; ++i) {
+#pragma unroll
+            for (int t = 0; t < kTileK / 8; ++t) mx = fmaxf(mx, fmaxf(s[i][4 * t + 2 * half], s[i][4 * t + 2 * half + 1]));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float new_max = fmaxf(row_max[half], mx * scale_log2);
+        const float base = new_max == -INFINITY ? 0.f : new_max;   // nothing allowed yet: no NaN
+        scale_old[half] = exp2_fast(row_max[half] - base);
+        row_max[half] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < Tiles; ++i) {
+#pragma unroll
+            for (int t = 0; t < kTileK / 8; ++t) {
+#pragma unroll
+                for (int cc = 0; cc < 2; ++cc) {
+                    float& x = s[i][4 * t + 2 * half + cc];
+                    x = exp2_fast(fmaf(x, scale_log2, -base));   // -inf -> 0
+                    sum += x;
+                }
+            }
+        }
+        row_sum[half] = row_sum[half] * scale_old[half] + sum;
+    }
+}
+
 // Mask and online softmax of one key tile for this warp's rows (this lane: rows group and
 // group + 8, i_warp + group (+ 8) within their mask block): s becomes P (unnormalised), the
 // running sums are rescaled to the new max, and scale_old[half] is the factor O must be
@@ -202,50 +274,18 @@ template <int MaskBlock>
 __device__ inline void softmax_scores_part(float (&s)[32], float (&row_max)[2], float (&row_sum)[2], float (&scale_old)[2],
                                            const DeviceMasks& m, int32_t part, int64_t k0, int64_t n, int i_warp,
                                            float scale_log2) {
-    constexpr int kTileK = 64;
-    const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
-    // mask: partial blocks by their bitmask, full blocks only where the tile runs past n
-    const bool partial = part >= 0, past_n = k0 + kTileK > n;
-    if (partial || past_n) {
-        const uint64_t valid_word = past_n ? keys_before_n(k0, n) : ~uint64_t{0};
+    mask_scores<MaskBlock>(s, m, KeyTileMask{k0, part, true}, n, i_warp);
+    online_softmax_tiles<1>(&s, row_max, row_sum, scale_old, scale_log2);
+}
+
+// Kernels 17 and 18: the masks and the online softmax of a step of Tiles key tiles (tiles[i]: s[i]'s).
+template <int MaskBlock, int Tiles>
+__device__ inline void softmax_scores_tiles(float (&s)[Tiles][32], float (&row_max)[2], float (&row_sum)[2], float (&scale_old)[2],
+                                            const DeviceMasks& m, const KeyTileMask (&tiles)[Tiles], int64_t n, int i_warp,
+                                            float scale_log2) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int i = i_warp + group + 8 * half;   // row within the mask block
-            uint64_t word = valid_word;
-            if (partial) word &= partial_bits<MaskBlock>(m, part, i, k0);
-#pragma unroll
-            for (int t = 0; t < kTileK / 8; ++t) {
-#pragma unroll
-                for (int cc = 0; cc < 2; ++cc) {
-                    if (((word >> (t * 8 + 2 * quad + cc)) & 1) == 0) s[4 * t + 2 * half + cc] = -INFINITY;
-                }
-            }
-        }
-    }
-    // online softmax in base 2: p = 2^(s * scale_log2 - max), one FMA and one ex2
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int t = 0; t < kTileK / 8; ++t) mx = fmaxf(mx, fmaxf(s[4 * t + 2 * half], s[4 * t + 2 * half + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float new_max = fmaxf(row_max[half], mx * scale_log2);
-        const float base = new_max == -INFINITY ? 0.f : new_max;   // nothing allowed yet: no NaN
-        scale_old[half] = exp2_fast(row_max[half] - base);
-        row_max[half] = new_max;
-        float sum = 0.f;
-#pragma unroll
-        for (int t = 0; t < kTileK / 8; ++t) {
-#pragma unroll
-            for (int cc = 0; cc < 2; ++cc) {
-                float& x = s[4 * t + 2 * half + cc];
-                x = exp2_fast(fmaf(x, scale_log2, -base));   // -inf -> 0
-                sum += x;
-            }
-        }
-        row_sum[half] = row_sum[half] * scale_old[half] + sum;
-    }
+    for (int i = 0; i < Tiles; ++i) mask_scores<MaskBlock>(s[i], m, tiles[i], n, i_warp);
+    online_softmax_tiles<Tiles>(s, row_max, row_sum, scale_old, scale_log2);
 }
 // O's rows times the softmax's scale_old (half 0: rows group, 1: group + 8).
 template <int D> __device__ inline void rescale_rows(float (&o_acc)[D / 2], const float (&scale_old)[2]) {

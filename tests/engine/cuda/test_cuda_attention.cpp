@@ -124,7 +124,7 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
 
 TEST_CASE("cuda: small sizes, every kernel (the sanitizer runs this)", "[cuda][small]") {
     if (!gpu_ready("small sizes")) return;
-    std::printf("test_cuda_attention: kernels 10 to 17 (wgmma) %s\n",
+    std::printf("test_cuda_attention: kernels 10 to 18 (wgmma) %s\n",
                 cuda_device_has_wgmma() ? "run here and are checked" : "skipped: this GPU is not compute capability 9.0");
     // n = 200 (B = 64, short last block), n = 300 with B = 128: the last 64-key tile lies past n.
     check_kernels(set_of({testing::mask_random(200, 64, 1), testing::mask_random(200, 64, 2)}), 0, 1, 64, 11);
@@ -295,8 +295,8 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
         CHECK(engine().kernel() == (wgmma ? 15 : 9));
     }
-    if (!wgmma) {   // kernels 10 to 17 (sm_90a) refuse other GPUs, saying so
-        for (int wgmma_kernel : {10, 11, 12, 13, 14, 15, 16, 17}) {
+    if (!wgmma) {   // kernels 10 to 18 (sm_90a) refuse other GPUs, saying so
+        for (int wgmma_kernel : {10, 11, 12, 13, 14, 15, 16, 17, 18}) {
             options.kernel = wgmma_kernel;
             CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
         }
@@ -358,7 +358,7 @@ TEST_CASE("cuda_attention_check (no GPU needed): values beyond fp16 or bf16, sco
     // kernel 0 in bf16 at d = 64, block 64 picks a tensor-core kernel: scores up to 2^29 (5.4e8)
     std::fill(big.data.begin(), big.data.end(), 1e4f);   // scores 64 * 1e8 / 8 = 8e8
     CHECK_THROWS_WITH(cuda_attention_check(big, big, x, masks, 0, bf16),
-                      Contains("scores up to 8e+08 are beyond the 5.36871e+08 that the tensor-core kernels (2 to 17) take") &&
+                      Contains("scores up to 8e+08 are beyond the 5.36871e+08 that the tensor-core kernels (2 to 18) take") &&
                           Contains("or use kernel 1"));
     CudaAttentionOptions kernel1 = bf16;
     kernel1.kernel = 1;
@@ -432,7 +432,7 @@ TEST_CASE("cuda: the checks run before the upload; a negative scale and scores n
                 check_output(engine().forward(over_tc, over_tc, v, masks, 0, run), want_over, tolerance_of(dtype));
             } else if (kernel >= 2 && k1_fits) {
                 CHECK_THROWS_WITH(engine().forward(over_tc, over_tc, v, masks, 0, run),
-                                  Contains("that the tensor-core kernels (2 to 17) take") && Contains("use kernel 1"));
+                                  Contains("that the tensor-core kernels (2 to 18) take") && Contains("use kernel 1"));
             }
         }
     }
