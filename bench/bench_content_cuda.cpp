@@ -1,4 +1,4 @@
-// Benchmark of the CUDA engine's content-based heads (engine/cuda/content_cuda.hpp): lsh, anchors
+// Benchmark of the CUDA engine's content-based heads (engine/cuda/content/content_cuda.hpp): lsh, anchors
 // and FAVOR+ (bidirectional and causal) at each n and d, with the bucketing (hashing or anchor
 // cosines and the host's balanced assignment, sorting, chunk ids) timed apart from the attention
 // passes and their merge, by CUDA events. Random inputs (never zeros), fresh per case. Prints a
@@ -25,7 +25,7 @@
 #include "engine/content/content_attention.hpp"
 #include "engine/content/random_numbers.hpp"
 #include "engine/cuda/attention_cuda.hpp"
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 #include "engine/error.hpp"
 
 #include <algorithm>

@@ -21,7 +21,7 @@
 #                                       # the same for backward kernels (dK / dV pass, dQ pass, merges)
 #   BUILD=build-D bench/run_gpu.sh content_sanitize content
 #                                       # the content-based heads (lsh, anchors, FAVOR+:
-#                                       #   engine/cuda/content_cuda.hpp) with carried binaries
+#                                       #   engine/cuda/content/content_cuda.hpp) with carried binaries
 #                                       #   tests/test_content_cuda and bench/bench_content_cuda:
 #                                       #   memcheck on the small cases; tests, the benchmark
 #                                       #   (CONTENT_ARGS for bench_content_cuda) and cuDNN dense /

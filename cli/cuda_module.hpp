@@ -9,7 +9,7 @@
 #include "engine/content/content_arrays.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/cuda/attention_cuda.hpp"
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 
 #include <string>
 #include <vector>
@@ -50,7 +50,7 @@ private:
 
 // A layer with content-based heads (lsh, anchors, favor, with fixed heads or not), living in the
 // module: the fixed heads through CudaAttention, the content heads through CudaContentAttention
-// (engine/cuda/content_cuda.hpp). options: dtype, kernel (1: the simple kernels), scale, poison.
+// (engine/cuda/content/content_cuda.hpp). options: dtype, kernel (1: the simple kernels), scale, poison.
 class Layer {
 public:
     Layer();   // throws sparsa::Error when no GPU is usable

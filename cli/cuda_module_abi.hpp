@@ -14,7 +14,7 @@
 #include "engine/content/content_arrays.hpp"
 #include "engine/cpu_attention.hpp"
 #include "engine/cuda/attention_cuda.hpp"
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 
 #include <cstdint>
 
@@ -62,7 +62,7 @@ struct SparsaCliCudaApi {
 
     // Version 2. A layer whatever its heads (lsh, anchors, favor and fixed, mixed): the fixed heads
     // through CudaAttention, each set of content heads of equal parameters through
-    // CudaContentAttention (engine/cuda/content_cuda.hpp), freed by layer_free (nullptr is fine).
+    // CudaContentAttention (engine/cuda/content/content_cuda.hpp), freed by layer_free (nullptr is fine).
     SparsaCliCudaStatus (*layer_new)(void** layer);
     void (*layer_free)(void* layer);
     // arrays: the files the layer's specs name (io/content_files.hpp), or nullptr. options: dtype,

@@ -9,7 +9,7 @@
 #include "cli/commands.hpp"
 #include "cli/outputs.hpp"
 #include "engine/content/layer_attention.hpp"
-#include "engine/cuda/content_cuda.hpp"   // plain C++: CudaContentTimes, whatever the build
+#include "engine/cuda/content/content_cuda.hpp"   // plain C++: CudaContentTimes, whatever the build
 #include "engine/cpu_attention.hpp"
 #include "io/content_files.hpp"
 #include "io/npy.hpp"
@@ -79,7 +79,7 @@ per head: bucket sizes (smallest, largest, imbalance = largest / mean), pairs ke
 recall (with --recall or --check), FAVOR+'s predicted error and degraded rows, and the time of
 each phase (hashing, sorting, gathering apart from attention). Files the script names (anchors,
 rotations, features) are read once, before the runs. With --engine cuda the content heads run on
-the GPU (engine/cuda/content_cuda.hpp; --kernel 1: its simple kernels), the report is counted on
+the GPU (engine/cuda/content/content_cuda.hpp; --kernel 1: its simple kernels), the report is counted on
 the host from the GPU's buckets (FAVOR+'s from the inputs as rounded to --dtype), and the phases
 are the GPU's: bucketing (hashing or the anchors' assignment, sorting, chunk ids), attention,
 merge and the fixed part.

@@ -2,7 +2,7 @@
 // _sparsa._CudaLayerMasks, one MaskSet layer's masks uploaded once; _cuda_top_k_columns, a
 // per-input selection written as a top-k layout's columns; _cuda_block_pool, the pooled gate's
 // block means and bounds; and content_attention_cuda, the CUDA content engine (lsh, anchors,
-// favor: engine/cuda/content_cuda.hpp) on host arrays. The device calls take device pointers as
+// favor: engine/cuda/content/content_cuda.hpp) on host arrays. The device calls take device pointers as
 // integers (torch.Tensor.data_ptr()) and a cudaStream_t as an integer
 // (torch.cuda.current_stream().cuda_stream), so this file needs no torch header. Built only where
 // the CUDA engine is (python/CMakeLists.txt: target sparsa_cuda); the calls are
@@ -17,7 +17,7 @@
 
 #include "engine/cuda/attention_cuda_device.hpp"
 #include "engine/cuda/block_pool.hpp"
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 #include "engine/cuda/top_k_columns.hpp"
 #include "engine/error.hpp"
 
@@ -249,7 +249,7 @@ void bind_cuda(py::module_& m) {
           "Private: sparsa.selectors uses it for CUDA tensors.");
     m.def("content_attention_cuda", &content_attention_cuda_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("masks"),
           py::arg("layer") = 0, py::arg("dtype") = "bf16", py::arg("scale") = 0.0F, py::arg("repeats") = 1,
-          "A layer of content-based heads (lsh, anchors, favor) on the CUDA content engine (engine/cuda/content_cuda.hpp): "
+          "A layer of content-based heads (lsh, anchors, favor) on the CUDA content engine (engine/cuda/content/content_cuda.hpp): "
           "returns (o, lse, times). q, k, v as for attention() (host arrays, rounded to dtype on the GPU); every head of the "
           "layer must carry the same kind of spec with the same parameters (seed and file may differ). times: the engine's "
           "device times in ms (CUDA events; medians of `repeats` runs of the same inputs): fixed_ms (the fixed pass), "

@@ -35,7 +35,7 @@ void lsh_hash(const float* x, int64_t n, int64_t d, const float* rotation, int64
 // rows are taken in decreasing order of their best cosine (over all anchors; ties by position)
 // and each goes to the anchor of highest cosine that still has room (ties to the lowest index).
 // cos(x, a) = x . a / |x| in double (anchors are unit rows); a zero row has cosine 0 everywhere.
-// Computed in a fixed order so that the GPU (engine/cuda/content_anchors.cuh) gives the identical
+// Computed in a fixed order so that the GPU (engine/cuda/content/content_anchors.cuh) gives the identical
 // assignment: |x| = sqrt(sum_i x_i^2) and x . a = sum_i x_i a_i, each a plain sum over
 // i = 0 .. d - 1 in double (a product of two floats is exact in double, so a fused multiply-add
 // changes no bit), then cos = (x . a) / |x|: IEEE double operations in the same order on both.
@@ -90,7 +90,7 @@ ContentWalk content_walk_hash(const ContentSpec& spec, const ContentArray* file,
                               const std::string& what);
 
 // Buckets another engine already drew for every (batch, head) of a layer (the GPU's walk,
-// engine/cuda/content_cuda.hpp), to use instead of hashing again, so that reports, allowed sets
+// engine/cuda/content/content_cuda.hpp), to use instead of hashing again, so that reports, allowed sets
 // and checks describe what that engine did. Batch-major [batch * heads] entries: q [rounds, n]
 // token -> bucket (each token's for both roles when shared_qk), k [rounds, n] the keys' when the
 // head's shared_qk is false (else empty); both empty for a head without an lsh or anchors spec.

@@ -23,7 +23,7 @@ CudaLayerMasks::CudaLayerMasks(const MaskSet& masks, int64_t layer) : impl_(std:
             if (masks.content[static_cast<size_t>(layer * masks.heads + h)] != nullptr) {
                 throw Error("CudaLayerMasks: head " + std::to_string(h) + " of layer " + std::to_string(layer) +
                             " is content-based (lsh, anchors, favor): its pairs depend on Q and K, and this path runs "
-                            "fixed masks only (use the CPU engine, or engine/cuda/content_cuda.hpp)");
+                            "fixed masks only (use the CPU engine, or engine/cuda/content/content_cuda.hpp)");
             }
         }
     }

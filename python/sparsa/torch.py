@@ -309,7 +309,7 @@ def _cuda_content_layer(masks, layer, d, device):
 
 
 def _forward_content_cuda(q, k, v, masks, layer, scale):
-    """(o, lse) of a layer with content-based heads on the CUDA content engine (engine/cuda/content_cuda.hpp),
+    """(o, lse) of a layer with content-based heads on the CUDA content engine (engine/cuda/content/content_cuda.hpp),
     forward only. On device pointers (CudaContentAttention::forward_device: the inputs copied on the
     device, no host round trip), which that engine runs on the legacy default stream: another current
     stream is synchronised before and after. A layer with fixed blocks beside its content heads goes

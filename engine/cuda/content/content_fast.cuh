@@ -20,7 +20,7 @@
 // Index: [SECTION] the pass, [SECTION] projections, [SECTION] FAVOR+'s phi on tensor cores, [SECTION] merge.
 #pragma once
 
-#include "engine/cuda/content_kernels.cuh"
+#include "engine/cuda/content/content_kernels.cuh"
 
 namespace sparsa::cuda::content {
 

@@ -19,7 +19,7 @@
 // columns of an 8-column tile are in one round.
 #pragma once
 
-#include "engine/cuda/content_fast.cuh"
+#include "engine/cuda/content/content_fast.cuh"
 
 namespace sparsa::cuda::content {
 

@@ -19,7 +19,7 @@
 // Index: [SECTION] the walk, [SECTION] the causal prefix.
 #pragma once
 
-#include "engine/cuda/content_fast.cuh"
+#include "engine/cuda/content/content_fast.cuh"
 
 namespace sparsa::cuda::content {
 

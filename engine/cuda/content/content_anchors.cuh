@@ -19,7 +19,7 @@
 //     n / 256 + k windows. One block a segment.
 #pragma once
 
-#include "engine/cuda/content_kernels.cuh"
+#include "engine/cuda/content/content_kernels.cuh"
 
 #include <cstdint>
 

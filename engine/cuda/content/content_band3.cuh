@@ -28,7 +28,7 @@
 // Index: [SECTION] sorted chunk ids, [SECTION] hashing with the rounds side by side, [SECTION] the pass.
 #pragma once
 
-#include "engine/cuda/content_fast.cuh"
+#include "engine/cuda/content/content_fast.cuh"
 
 namespace sparsa::cuda::content {
 

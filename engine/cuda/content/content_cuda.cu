@@ -2,9 +2,9 @@
 // (prepare's checks and uploads, run, download, times, walk). The state and the passes (the
 // bucketing: hash or anchor cosines, CUB's radix sort, chunk ids; the passes of
 // content_kernels.cuh and their merge; FAVOR+ as two or four passes) are in content_cuda_impl.hpp.
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 
-#include "engine/cuda/content_cuda_impl.hpp"   // CudaContentAttention::Impl: the buffers and the passes
+#include "engine/cuda/content/content_cuda_impl.hpp"   // CudaContentAttention::Impl: the buffers and the passes
 #include "engine/reference.hpp"
 
 #include <cuda_runtime.h>

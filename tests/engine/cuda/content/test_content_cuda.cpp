@@ -1,4 +1,4 @@
-// The CUDA engine's content-based heads (engine/cuda/content_cuda.hpp) against double-precision
+// The CUDA engine's content-based heads (engine/cuda/content/content_cuda.hpp) against double-precision
 // references written here from issue 14's spec:
 //   lsh, anchors: the buckets (the GPU's against the spec's in double: equal except where the
 //     double values nearly tie, lsh only), then the exact softmax over the spec's allowed set
@@ -14,7 +14,7 @@
 // round through float32 twice), bf16 / fp16 2e-2; lse 1e-5 / 2e-2 relative; every O finite
 // (outputs are poisoned with NaN before each run).
 // Without a GPU every case prints one line saying it skipped and why, and passes.
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 
 #include "engine/content/buckets.hpp"
 #include "engine/content/content_attention.hpp"

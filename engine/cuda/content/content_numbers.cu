@@ -2,11 +2,11 @@
 // features each head uses, drawn exactly as the CPU engines draw them (cuda_content_numbers,
 // content_cuda.hpp), and lsh's rotations split into 16-bit pieces for version 4's hashing on
 // tensor cores (content_numbers.hpp, content_hash4.cuh).
-#include "engine/cuda/content_numbers.hpp"
+#include "engine/cuda/content/content_numbers.hpp"
 
 #include "engine/content/buckets.hpp"
 #include "engine/content/favor.hpp"
-#include "engine/cuda/content_cuda.hpp"
+#include "engine/cuda/content/content_cuda.hpp"
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
 
