@@ -73,10 +73,11 @@ template <int Registers> __device__ inline void setmaxnreg_inc() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Registers));
 }
 
-// grid: (work items, 1, batch), block: 384 threads, dynamic shared memory
-// WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. Kernel 17: KeyTiles 1; 18: 2.
+// The body of kernels 17 (KeyTiles 1) and 18 (KeyTiles 2), each a __global__ of its own name below
+// (profiles and sanitizer reports name the kernel). grid: (work items, 1, batch), block: 384 threads,
+// dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes.
 template <typename T, int D, int MaskBlock, int KeyTiles>
-__global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
+__device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Traits = WarpSpecializedTraits<D, KeyTiles>;
     constexpr int kTileQ = 128, kTileK = 64, kSubTiles = MaskBlock / kTileK, kStages = Traits::kStages;
@@ -247,6 +248,15 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
 #endif
 }
 
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
+    attn_fwd_ws_body<T, D, MaskBlock, 1>(p);
+}
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(384, 1) attn_fwd_kernel18(AttnParams<T> p) {
+    attn_fwd_ws_body<T, D, MaskBlock, 2>(p);
+}
+
 // Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2) over `work_items` work items (kernel 7's plan,
 // 128-query tiles, batch `batch`); returns the first failed call's error. attention_cuda.cu launches
 // attn_combine after it for the split tiles, as for 11 and 12.
@@ -254,7 +264,7 @@ template <typename T, int D, int MaskBlock, int KeyTiles>
 cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch) {
     using Traits = WarpSpecializedTraits<D, KeyTiles>;
     constexpr int threads = Traits::kThreads, smem = Traits::kSmemBytes;
-    auto* kernel = attn_fwd_kernel17<T, D, MaskBlock, KeyTiles>;
+    auto* kernel = KeyTiles == 1 ? attn_fwd_kernel17<T, D, MaskBlock> : attn_fwd_kernel18<T, D, MaskBlock>;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(batch));
