@@ -6,7 +6,6 @@
 //     | a window (the fixed mask), shared_qk or not, n not divisible by the chunk, batch 2.
 //   favor: FAVOR+ as the spec writes it (phi with its stabilisers, in double, on the features
 //     rounded as the GPU sees them), bidirectional and causal, and with large norms.
-//   forward_device (sparsa.torch's path) against forward on the same inputs: the same bits.
 //   and against the CPU engines on the numbers cuda_content_numbers draws as they do:
 //     content_attention_forward (lsh, anchors) and favor_forward (FAVOR+), to 1e-4 in float32
 //     (two float32 engines) and 2e-2 in bf16.
@@ -22,15 +21,14 @@
 #include "engine/content/random_numbers.hpp"
 #include "engine/error.hpp"
 
+#include "tests/engine/cuda/content/content_cuda_testing.hpp"
 #include "tests/engine/cuda/cuda_testing.hpp"
 
 #include <catch2/catch.hpp>
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -42,28 +40,9 @@ using Catch::Matchers::Contains;
 namespace {
 
 bool gpu_ready(const char* test) { return testing::gpu_ready("test_content_cuda", test); }
-
-CudaContentAttention& engine() {
-    static CudaContentAttention cuda;
-    return cuda;
-}
-
-// One layer of `heads` heads, each with fixed mask `fixed` ([n, n] bytes, empty: no pairs) and spec.
-MaskSet content_set(int64_t n, int64_t heads, const std::vector<uint8_t>& fixed, const ContentSpec& spec) {
-    std::vector<uint8_t> none(static_cast<size_t>(n * n), 0);
-    const auto mask = std::make_shared<BlockMask>(block_mask_from_dense(n, 64, fixed.empty() ? none.data() : fixed.data()));
-    MaskSet set = mask_set_make(1, heads, std::vector<std::shared_ptr<const BlockMask>>(static_cast<size_t>(heads), mask));
-    for (int64_t h = 0; h < heads; ++h) set.content.push_back(std::make_shared<ContentSpec>(spec));
-    return set;
-}
-
-// |q - k| <= w (and k <= q when causal), as a dense [n, n] mask.
-std::vector<uint8_t> window_mask(int64_t n, int64_t w, bool causal) {
-    std::vector<uint8_t> m(static_cast<size_t>(n * n), 0);
-    for (int64_t q = 0; q < n; ++q)
-        for (int64_t k = std::max<int64_t>(0, q - w); k <= std::min(n - 1, q + w); ++k) m[static_cast<size_t>(q * n + k)] = !causal || k <= q;
-    return m;
-}
+using testing::content_set;
+using testing::window_mask;
+CudaContentAttention& engine() { return testing::content_engine(); }
 
 const float* row_of(const Tensor& x, int64_t b, int64_t h, int64_t t) { return &x.at(b, h, t, 0); }
 
@@ -832,96 +811,4 @@ TEST_CASE("cuda content: anchors' balanced assignment on the GPU is the CPU engi
         CHECK(differ == 0);
         if (std::string(c.input) == "clustered") CHECK(full >= 2);   // the capacity did bind: the greedy's second choices were taken
     }
-}
-
-namespace {
-
-// x's values (already rounded to dtype) as the dtype's words on the device; the words back as floats.
-struct DeviceWords {
-    void* ptr = nullptr;
-    size_t bytes = 0;
-    DeviceWords(const Tensor& x, CudaDtype dtype) : bytes(x.data.size() * (dtype == CudaDtype::float32 ? 4 : 2)) {
-        std::vector<uint8_t> words(bytes);
-        for (size_t e = 0; e < x.data.size(); ++e) {
-            uint32_t u;
-            std::memcpy(&u, &x.data[e], 4);
-            if (dtype == CudaDtype::float32) std::memcpy(words.data() + 4 * e, &u, 4);
-            else {
-                const auto w = static_cast<uint16_t>(u >> 16);   // exact: bf16 values only here
-                std::memcpy(words.data() + 2 * e, &w, 2);
-            }
-        }
-        REQUIRE(cudaMalloc(&ptr, bytes) == cudaSuccess);
-        REQUIRE(cudaMemcpy(ptr, words.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess);
-    }
-    explicit DeviceWords(size_t bytes_) : bytes(bytes_) { REQUIRE(cudaMalloc(&ptr, bytes) == cudaSuccess); }
-    ~DeviceWords() { cudaFree(ptr); }
-    std::vector<float> floats(CudaDtype dtype) const {
-        std::vector<uint8_t> words(bytes);
-        REQUIRE(cudaMemcpy(words.data(), ptr, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
-        std::vector<float> out(bytes / (dtype == CudaDtype::float32 ? 4 : 2));
-        for (size_t e = 0; e < out.size(); ++e) {
-            uint32_t u = 0;
-            if (dtype == CudaDtype::float32) std::memcpy(&u, words.data() + 4 * e, 4);
-            else {
-                uint16_t w;
-                std::memcpy(&w, words.data() + 2 * e, 2);
-                u = uint32_t{w} << 16;
-            }
-            std::memcpy(&out[e], &u, 4);
-        }
-        return out;
-    }
-};
-
-} // namespace
-
-TEST_CASE("cuda content: the device path gives forward's bits on the caller's memory", "[cuda][content][device][small]") {
-    if (!gpu_ready("device path")) return;
-    const int64_t n = 300, d = 64, heads = 2, batch = 2;
-    const TensorShape shape{batch, heads, n, d};
-    for (const CudaDtype dtype : {CudaDtype::bfloat16, CudaDtype::float32}) {
-        for (const ContentKind kind : {ContentKind::lsh, ContentKind::favor}) {
-            for (const bool causal : {false, true}) {
-                ContentSpec spec;
-                spec.kind = kind;
-                spec.buckets = 8;
-                spec.rounds = 2;
-                spec.chunk = 64;
-                spec.features = 32;
-                spec.seed = 4;
-                spec.causal = causal;
-                const MaskSet set = content_set(n, heads, {}, spec);
-                const CudaContentNumbers numbers = cuda_content_numbers(set, 0, d, nullptr);
-                INFO((kind == ContentKind::lsh ? "lsh" : "favor") << " causal " << causal << " " << cuda_dtype_name(dtype));
-                const Tensor q = tensor_round_to(tensor_random(shape, 31), dtype);
-                const Tensor k = tensor_round_to(tensor_random(shape, 32), dtype);
-                const Tensor v = tensor_round_to(tensor_random(shape, 33), dtype);
-                CudaContentOptions options;
-                options.dtype = dtype;
-                const AttentionOutput want = engine().forward(q, k, v, set, 0, numbers, options);
-                const DeviceWords dq(q, dtype), dk(k, dtype), dv(v, dtype), o(dq.bytes), lse(static_cast<size_t>(batch * heads * n) * 4);
-                CudaContentDeviceCall call{dq.ptr, dk.ptr, dv.ptr, o.ptr, static_cast<float*>(lse.ptr), batch, heads, n, d};
-                engine().forward_device(call, set, 0, numbers, options);
-                REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-                CHECK(o.floats(dtype) == want.o.data);   // forward's o is the dtype's values as floats
-                CHECK(lse.floats(CudaDtype::float32) == want.lse.data);
-            }
-        }
-    }
-    // refused: a fixed part beside the content heads (its pass needs host tensors), shapes the masks lack, null pointers
-    ContentSpec spec;
-    spec.buckets = 8;
-    spec.rounds = 1;
-    const MaskSet windowed = content_set(n, heads, window_mask(n, 16, false), spec);
-    const CudaContentNumbers numbers = cuda_content_numbers(windowed, 0, d, nullptr);
-    DeviceWords x(static_cast<size_t>(shape.size()) * 2), lse(static_cast<size_t>(batch * heads * n) * 4);
-    CudaContentDeviceCall call{x.ptr, x.ptr, x.ptr, x.ptr, static_cast<float*>(lse.ptr), batch, heads, n, d};
-    CHECK_THROWS_WITH(engine().forward_device(call, windowed, 0, numbers), Contains("fixed blocks"));
-    const MaskSet plain = content_set(n, heads, {}, spec);
-    call.n = n + 1;
-    CHECK_THROWS_WITH(engine().forward_device(call, plain, 0, numbers), Contains("n"));
-    call.n = n;
-    call.lse = nullptr;
-    CHECK_THROWS_WITH(engine().forward_device(call, plain, 0, numbers), Contains("null pointer"));
 }
