@@ -87,15 +87,14 @@ CudaContentAttention& cuda_content_engine() {
 }
 std::mutex g_content_mutex;
 
-// One MaskSet layer of content-based heads for the device path (sparsa.torch): the set (kept by
-// reference: the Python object holds the MaskSet) and the layer's numbers for head width d, drawn
-// or read from the specs' files once.
+// One MaskSet layer of content-based heads for the device path (sparsa.torch): the layer's numbers
+// for head width d, drawn or read from the specs' files once. It holds no reference to the MaskSet
+// (sparsa.torch caches it with the set's device copies and drops it with the set); forward takes
+// the set again.
 struct PyCudaContentLayer {
-    const MaskSet* set = nullptr;
     int64_t layer = 0, d = 0;
     bool has_fixed = false;   // a head with fixed blocks beside its spec: forward_device refuses the layer
     CudaContentNumbers numbers;
-    py::object keep;   // the PyMaskSet, alive as long as this
 };
 
 } // namespace
@@ -258,8 +257,7 @@ void bind_cuda(py::module_& m) {
     py::class_<PyCudaContentLayer>(m, "_CudaContentLayer",
                                    "A layer of content-based heads (lsh, anchors, favor) for the CUDA content engine on device "
                                    "pointers, its heads' numbers drawn or read once. Private: use sparsa.torch.attention.")
-        .def(py::init([](const py::object& masks, int64_t layer, int64_t d) {
-                 const PyMaskSet& s = masks.cast<const PyMaskSet&>();
+        .def(py::init([](const PyMaskSet& s, int64_t layer, int64_t d) {
                  if (layer < 0 || layer >= s.set.layers) {
                      value_error("_CudaContentLayer: layer " + std::to_string(layer) + " is outside 0.." +
                                  std::to_string(s.set.layers - 1));
@@ -269,10 +267,8 @@ void bind_cuda(py::module_& m) {
                                  " has no content-based head (lsh, anchors, favor)");
                  }
                  auto out = std::make_unique<PyCudaContentLayer>();
-                 out->set = &s.set;
                  out->layer = layer;
                  out->d = d;
-                 out->keep = masks;
                  for (int64_t h = 0; h < s.set.heads; ++h) out->has_fixed = out->has_fixed || s.set.at(layer, h).row_ptr.back() > 0;
                  const ContentArrays arrays = content_arrays_of(s.set);
                  py::gil_scoped_release release;
@@ -283,8 +279,8 @@ void bind_cuda(py::module_& m) {
         .def_readonly("has_fixed", &PyCudaContentLayer::has_fixed,
                       "Whether a head has fixed blocks beside its spec (forward refuses such a layer: run it on host arrays).")
         .def("forward",
-             [](PyCudaContentLayer& c, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o, std::uintptr_t lse,
-                int64_t batch, int64_t heads, int64_t n, int64_t d, const std::string& dtype, float scale) {
+             [](const PyCudaContentLayer& c, const PyMaskSet& s, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o,
+                std::uintptr_t lse, int64_t batch, int64_t heads, int64_t n, int64_t d, const std::string& dtype, float scale) {
                  if (d != c.d) value_error("_CudaContentLayer: made for d = " + std::to_string(c.d) + ", called with d = " + std::to_string(d));
                  CudaContentDeviceCall call;
                  call.q = pointer(q, "q");
@@ -301,12 +297,13 @@ void bind_cuda(py::module_& m) {
                  options.scale = scale;
                  py::gil_scoped_release release;
                  const std::lock_guard<std::mutex> lock(g_content_mutex);
-                 cuda_content_engine().forward_device(call, *c.set, c.layer, c.numbers, options);
+                 cuda_content_engine().forward_device(call, s.set, c.layer, c.numbers, options);
              },
-             py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("batch"), py::arg("heads"),
+             py::arg("masks"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("batch"), py::arg("heads"),
              py::arg("n"), py::arg("d"), py::arg("dtype"), py::arg("scale"),
              "CudaContentAttention::forward_device on the legacy default stream: o [batch, heads, n, d] (dtype) and lse "
-             "[batch, heads, n] (float32) from contiguous q, k, v [batch, heads, n, d] (dtype). Pointers are data_ptr() "
+             "[batch, heads, n] (float32) from contiguous q, k, v [batch, heads, n, d] (dtype), with `masks` the set this "
+             "layer was made from. Pointers are data_ptr() "
              "integers; scale 0: 1 / sqrt(d). A layer with fixed blocks beside its content heads is refused (ValueError).");
     m.def("_cuda_shutdown", []() { g_exiting = true; },
           "From now on _CudaLayerMasks objects leave their device memory to the process's end (called at exit).");

@@ -330,7 +330,7 @@ def _forward_content_cuda(q, k, v, masks, layer, scale):
     with torch.cuda.device(q.device):
         if stream.cuda_stream != 0:
             stream.synchronize()
-        content.forward(qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), o.data_ptr(), lse.data_ptr(), batch, heads, n, d,
+        content.forward(masks, qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), o.data_ptr(), lse.data_ptr(), batch, heads, n, d,
                         _CUDA_DTYPE_NAMES[q.dtype], scale)
         if stream.cuda_stream != 0:
             torch.cuda.synchronize(q.device)

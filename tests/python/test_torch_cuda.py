@@ -305,6 +305,11 @@ def test_content_based_heads_run_forward_on_the_cuda_content_engine():
                               block=16)
     want_w, _ = sparsa.attention_cuda(qa, ka, va, windowed, dtype="bfloat16")
     assert torch.equal(st.attention(q, k, v, windowed).cpu(), torch.from_numpy(want_w).to(torch.bfloat16))
+    key = id(windowed)   # the cached content layer holds no reference: the set and its entry go together
+    assert key in st._masks_by_key
+    del windowed
+    gc.collect()
+    assert key not in st._masks_by_key
     o2, lse2, times = sparsa.content_attention_cuda(qa, ka, va, masks, dtype="bfloat16", repeats=3)
     assert np.array_equal(o2, want) and np.array_equal(lse2, lse)
     assert times["repeats"] == 3 and times["bucketing_ms"] > 0 and times["attention_ms"] > 0
