@@ -19,7 +19,8 @@
 //       softmax over the 128 scores a row (one max, one O rescale, one turn, one wait and one
 //       release per 128 keys instead of per 64: FlashAttention-3's 128 x 128 tile for d = 128).
 //       A tile with an odd step count pads its last step with a second tile of the same keys,
-//       every score masked. Two stages (164 KB at d = 128). Written without a GPU (2026-12-07).
+//       every score masked. Three stages of 64 KB at d = 128 (225 KB with Q). Written without a GPU
+//       (2026-12-07).
 //
 // Both: a tile the warpgroup's mask row lacks is masked inside the mask branch that partial
 // blocks and the tile past n take (17's first run selected every score against -inf on every
@@ -46,10 +47,13 @@ namespace sparsa::cuda {
 // Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2).
 template <int D, int KeyTiles> struct WarpSpecializedTraits {
     static constexpr int kKeyTiles = KeyTiles;                                 // 64-key tiles a step
-    static constexpr int kStages = KeyTiles == 1 ? 3 : 2;
+    // Three stages for both: a consumer holds two (step j's K for S, step j - 1's V for the product in
+    // flight), so the third is what lets the producer run ahead. At d = 128, 18's three take 224 KB.
+    static constexpr int kStages = 3;
     static constexpr int kThreads = 384;                                       // consumers 0 and 1, producer 2
     static constexpr int kTileBytes = D / 64 * 8192;                           // one [64, D] tile
     static constexpr int kSmemBytes = (2 + 2 * KeyTiles * kStages) * kTileBytes + 1024;   // Q [128, D], kStages x (K, V) tiles
+    static_assert(kSmemBytes + 1024 <= 227 * 1024, "a block of Hopper has 227 KB of shared memory (the barriers: under 1 KB)");
     // 128 x 56 + 256 x 224 = 64,512 <= 65,536. The producer keeps more than FlashAttention-3's 24 to
     // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
