@@ -48,8 +48,8 @@
 //      (setmaxnreg), each with 16's O += P V in flight during its softmax, taking turns to issue
 //      their products (ping-pong).
 //  18: 17 with 128 keys a step (two 64-key tiles, one softmax, rescale and turn for both).
-//  10 to 16 are in attn_fwd_wgmma.cuh, 17 and 18 in attn_fwd_ws.cuh, built in their own translation
-//  unit (attn_fwd_wgmma.cu) for sm_90a; declared at the end of this file.
+//  10 to 16 are in attn_fwd_wgmma.cuh, 17 and 18 in attn_fwd_ws.cuh, built in translation units of
+//  their own (attn_fwd_wgmma.cu, attn_fwd_ws.cu) for sm_90a; declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
 // [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 18.

@@ -1,5 +1,5 @@
 // Kernels 17 and 18 of the attention forward: FlashAttention-3's division of labour on kernel 12's
-// tiles. sm_90a only: included by attn_fwd_wgmma.cu alone (after attn_fwd_wgmma.cuh, whose mbarrier
+// tiles. sm_90a only: included by attn_fwd_ws.cu alone (after attn_fwd_wgmma.cuh, whose mbarrier
 // helpers, steps and Wgmma12 tiling it uses).
 //
 //   17: kernel 12's 128-query tiles, walk (kernel 7's plan: two mask rows a tile with 64-token
