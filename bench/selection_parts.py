@@ -14,32 +14,14 @@ depend on the weights. Prints a table and writes it, with the command and the de
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import sparsa.torch as sparsa_torch
+from sparsa.ruler_run import _sync, _time_ms
 from sparsa.selectors import PooledGate, blocks_per_row
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(fn, device, runs):
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -67,13 +49,13 @@ def main(argv=None):
     select = lambda: gate.top_k(0, q, k, keep)  # noqa: E731
     with torch.no_grad():
         top = select()
-        select_ms = _median_ms(select, device, a.runs)
-        attention_ms = _median_ms(lambda: sparsa_torch.attention_top_k(q, k, v, top, a.block), device, a.runs)
+        select_ms = _time_ms(select, device, a.runs)
+        attention_ms = _time_ms(lambda: sparsa_torch.attention_top_k(q, k, v, top, a.block), device, a.runs)
         cudnn_ms = None
         if device.type == "cuda":
             from torch.nn.attention import SDPBackend, sdpa_kernel
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                cudnn_ms = _median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, a.runs)
+                cudnn_ms = _time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, a.runs)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)

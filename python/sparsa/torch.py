@@ -263,17 +263,23 @@ def _masks_get(key):
     return masks
 
 
-def _cuda_layer_masks(masks, layer, device):
-    """Layer `layer` of `masks` on `device` (a CUDA torch.device): uploaded on the first call, the
-    same object afterwards, freed with the MaskSet."""
+def _cached_on_device(masks, key, device, make):
+    """make() on `device` (a CUDA torch.device) the first time (key, device) is asked of `masks`, the
+    same object afterwards; kept in the MaskSet's entry, so freed with the MaskSet."""
     on_device = _masks_entry(masks)[1].on_device
     index = device.index if device.index is not None else torch.cuda.current_device()
-    found = on_device.get((layer, index))
+    found = on_device.get((*key, index))
     if found is None:
         with torch.cuda.device(index):
-            found = _sparsa._sparsa._CudaLayerMasks(masks, layer)
-        on_device[(layer, index)] = found
+            found = make()
+        on_device[(*key, index)] = found
     return found
+
+
+def _cuda_layer_masks(masks, layer, device):
+    """Layer `layer` of `masks` on `device`: uploaded on the first call, the same object afterwards,
+    freed with the MaskSet."""
+    return _cached_on_device(masks, (layer,), device, lambda: _sparsa._sparsa._CudaLayerMasks(masks, layer))
 
 
 def _device_tensor(t):
@@ -282,12 +288,19 @@ def _device_tensor(t):
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _cuda_inputs(q, k, v, scale):
-    """(q, k, v, scale) for the device call: k and v repeated to q's heads (grouped-query
-    attention), a negative scale moved into k (the kernels take scale > 0; 0 is 1 / sqrt(d))."""
+def _kv_to_query_heads(q, k, v):
+    """k and v repeated to q's heads on the device (grouped-query attention: head h reads kv head
+    h // group)."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return k, v
+
+
+def _cuda_inputs(q, k, v, scale):
+    """(q, k, v, scale) for the device call: k and v repeated to q's heads (grouped-query
+    attention), a negative scale moved into k (the kernels take scale > 0; 0 is 1 / sqrt(d))."""
+    k, v = _kv_to_query_heads(q, k, v)
     if scale < 0:
         k, scale = -k, -scale
     return _device_tensor(q), _device_tensor(k), _device_tensor(v), scale
@@ -299,13 +312,7 @@ _CUDA_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch
 def _cuda_content_layer(masks, layer, d, device):
     """Layer `layer` of `masks` for the CUDA content engine on device pointers (its heads' numbers
     drawn or read from the specs' files once), cached beside the uploaded fixed layers."""
-    on_device = _masks_entry(masks)[1].on_device
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    found = on_device.get(("content", layer, d, index))
-    if found is None:
-        found = _sparsa._sparsa._CudaContentLayer(masks, layer, d)
-        on_device[("content", layer, d, index)] = found
-    return found
+    return _cached_on_device(masks, ("content", layer, d), device, lambda: _sparsa._sparsa._CudaContentLayer(masks, layer, d))
 
 
 def _forward_content_cuda(q, k, v, masks, layer, scale):
@@ -320,9 +327,7 @@ def _forward_content_cuda(q, k, v, masks, layer, scale):
         o, lse = _sparsa.attention_cuda(qa, ka, va, masks, layer=layer, dtype=_CUDA_DTYPE_NAMES[q.dtype], scale=scale)
         return torch.from_numpy(o).to(q.device, q.dtype), torch.from_numpy(np.ascontiguousarray(lse)).to(q.device)
     batch, heads, n, d = q.shape
-    group = heads // k.shape[1]   # not _cuda_inputs: a negative scale must not flip k, whose rows lsh hashes
-    if group > 1:
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    k, v = _kv_to_query_heads(q, k, v)   # not _cuda_inputs: a negative scale must not flip k, whose rows lsh hashes
     qc, kc, vc = _device_tensor(q), _device_tensor(k), _device_tensor(v)
     o = torch.empty((batch, heads, n, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device)
