@@ -12,7 +12,9 @@
 # RULER ARGS go to python3 -m sparsa.ruler (its --help; defaults: --densities 0.125 --block 64
 # --test-inputs 100 --validation-inputs 20). Environment: SEEDS (1,2,3), TRAIN_N (256: where a teacher
 # without positions learns fastest; docs/learn.md, "Rotary or no positions across lengths"),
-# TRAIN_MINUTES (1.5 a seed at most; training stops earlier at --stop-accuracy 0.98), TRAIN_ARGS (more
+# TRAIN_MINUTES (1.5 a seed at most; training stops earlier at --stop-accuracy 0.98), TRAIN_STEPS (10000:
+# enough that the time, not the count, ends training on the H100; train_lab_teacher.py's own 3000 left
+# one seed in three at 41% validation accuracy twice: bench/results/learn-ruler-gpu-nvidia-h100), TRAIN_ARGS (more
 # options for train_lab_teacher.py), PARALLEL_TRAIN (1 on cuda: the seeds train side by side, each
 # logging to train-seedS.log; 0 elsewhere: one after another), STEPS (which of build train ruler to run, default all three),
 # TEACHERS (checkpoints to measure instead of training: comma-separated, or a .tgz of teacher-seed*.bin
@@ -32,6 +34,7 @@ PY=${PYTHON:-$(command -v python3)}
 SEEDS=${SEEDS:-1,2,3}
 TRAIN_N=${TRAIN_N:-256}
 TRAIN_MINUTES=${TRAIN_MINUTES:-1.5}
+TRAIN_STEPS=${TRAIN_STEPS:-10000}
 DEVICE=${DEVICE:-cuda}
 PARALLEL_TRAIN=${PARALLEL_TRAIN:-$([[ $DEVICE == cuda ]] && echo 1 || echo 0)}
 mkdir -p "$RESULTS"
@@ -54,7 +57,7 @@ step_train() {
     # shellcheck disable=SC2206
     local extra=(${TRAIN_ARGS:-})
     train_one() {
-        "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$TRAIN_N" --seed "$1" --max-minutes "$TRAIN_MINUTES" \
+        "$PY" examples/torch/train_lab_teacher.py --device "$DEVICE" --n "$TRAIN_N" --seed "$1" --max-minutes "$TRAIN_MINUTES" --steps "$TRAIN_STEPS" \
             "${extra[@]}" -o "$RESULTS/teacher-seed$1.bin" > "$RESULTS/train-seed$1.log" 2>&1
     }
     if [[ $PARALLEL_TRAIN == 1 ]]; then   # the seeds side by side: a lab teacher's steps leave the GPU mostly idle
