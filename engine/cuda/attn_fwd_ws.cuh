@@ -19,10 +19,13 @@
 //       softmax over the 128 scores a row (one max, one O rescale, one turn, one wait and one
 //       release per 128 keys instead of per 64: FlashAttention-3's 128 x 128 tile for d = 128).
 //       A tile with an odd step count pads its last step with a second tile of the same keys,
-//       every score masked. Three stages of 64 KB at d = 128 (225 KB with Q). Written without a GPU
-//       (2026-12-07).
+//       every score masked. Three stages of 64 KB at d = 128 (225 KB with Q). First run 2026-12-07:
+//       11% faster than 17, level with 15 (4.336 against 4.384 ms dense 16,384); its profile put the
+//       consumers' latency, not their issue, as the limit (bench/cuda-notes.md, "The profile of
+//       forward kernel 18").
 //
-// Both: a tile the warpgroup's mask row lacks is masked inside the mask branch that partial
+// Both: the consumers walk the mask a step ahead (since 18's profile; not yet run on a GPU). A
+// tile the warpgroup's mask row lacks is masked inside the mask branch that partial
 // blocks and the tile past n take (17's first run selected every score against -inf on every
 // step, 34 FSEL a step on dense).
 //
@@ -153,19 +156,30 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     // 0): the products of every step then issue the same way, which ptxas needs to keep them in
     // flight (a wgmma issued on one side of a branch is serialized: its C7520 warning). So is the
     // padding tile of an odd tile count (the keys before it again, kept by no row).
-    KeyTileMask st[KeyTiles];
-    const auto step_of = [&](KeyCursor& c, int64_t j) {
+    // The walk runs a step ahead: step j + 1's records are computed right after step j's products
+    // are issued, where the warp waits for S_j anyway, so the cursor's dependent loads (the two
+    // rows' column indices, then the partial-block index) are off the path to the next issue
+    // (kernel 18's profile: they stalled every step's start; bench/cuda-notes.md).
+    KeyTileMask st[KeyTiles], st_next[KeyTiles];
+    const auto step_of = [&](KeyCursor& c, int64_t j, KeyTileMask (&out)[KeyTiles]) {
 #pragma unroll
         for (int i = 0; i < KeyTiles; ++i) {
             if (j * KeyTiles + i >= tiles_k) {
-                st[i] = KeyTileMask{st[i > 0 ? i - 1 : 0].k0, -1, false};
+                out[i] = KeyTileMask{out[i > 0 ? i - 1 : 0].k0, -1, false};
                 continue;
             }
             const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
             const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
-            st[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
+            out[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
             c.template advance<kSubTiles>(m.col_idx);
         }
+    };
+    const auto walk_ahead = [&](int64_t j) {   // step j's records into st_next, if there is a step j
+        if (j < steps) step_of(cur, j, st_next);
+    };
+    const auto take_next = [&]() {
+#pragma unroll
+        for (int i = 0; i < KeyTiles; ++i) st[i] = st_next[i];
     };
     const auto scores_to_p = [&]() {   // mask (all of it for a block the row lacks), online softmax over the step's tiles
         softmax_scores_tiles<MaskBlock, KeyTiles>(s_acc, row_max, row_sum, scale_old, m, st, n, i_warp, p.scale_log2);
@@ -209,12 +223,13 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     mbarrier_wait(q_full, 0);
     if (Traits::kPingPong && wg == 1 && steps > 0) named_barrier_arrive(1, 256);
     if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
-        step_of(cur, 0);
+        step_of(cur, 0, st);
         stage_ready(0);
         turn_wait();
         wgmma_fence();
         issue_scores(0);
         turn_pass(false);
+        walk_ahead(1);
         wgmma_wait<0>();
         fence_scores();
         scores_to_p();
@@ -222,13 +237,14 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     }
     for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
         const int64_t s = j % kStages, prev = (j - 1) % kStages;
-        step_of(cur, j);
+        take_next();                                                             // step j's records
         stage_ready(j);
         turn_wait();
         wgmma_fence();
         issue_scores(s);                                                         // S_j = Q K_j
         issue_pv(prev);                                                          // O += P_{j-1} V_{j-1}
         turn_pass(false);
+        walk_ahead(j + 1);                                                       // while S_j runs
         wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
         fence_scores();
         scores_to_p();

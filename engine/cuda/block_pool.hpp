@@ -16,10 +16,12 @@ namespace sparsa {
 // contiguous [batch, heads, blocks, d] (bounds false: each block's mean row) or
 // [batch, heads, blocks, 3 d] (bounds true: its mean, then its largest, then its smallest element
 // per channel), blocks = ceil(n / block); the last block's mean and bounds are over its n - (blocks
-// - 1) block rows alone. The mean is summed in float32 in row order, then divided by the rows.
+// - 1) block rows alone. The mean is summed in float32, then divided by the rows: in row order, or
+// (where d and the strides allow 16-byte reads: block_pool.cu) in interleaved row groups added in
+// group order, so a sum may differ from the row order's by float32 rounding.
 // With `projection` (device float32 [heads, d or 3 d, width], contiguous), each block's pooled
 // row goes through its head's map instead: out [batch, heads, blocks, width] = pooled @
-// projection[head], summed in float32 in input order (the pooled gate's a = mean(Q) wq and
+// projection[head], summed in float32 in slices of the input added in order (the pooled gate's a = mean(Q) wq and
 // b = keys(K) wk in the same launch as the pooling).
 // Launched on `stream` (a cudaStream_t; nullptr: the legacy default stream) without waiting.
 // Throws sparsa::Error for sizes out of range (batch, heads, n, block >= 1; d 1 to 1,024; width 1

@@ -1,9 +1,13 @@
 // cuda_block_pool (engine/cuda/block_pool.hpp) against the same pooling on the host: float32 and
-// bf16 inputs whose sums are exact (multiples of 1/8), so the means must match to the bit; a
-// strided view (rows further apart than d, heads before rows), n not a multiple of the block, d
-// under a warp and over the thread count, the means alone and with the bounds, and both through a
-// per-head projection; a NaN is kept by the bounds. Bad calls are refused (checked with or without a GPU); without one, the other cases print
-// that they skipped and pass. (fp16 and PyTorch's own pooling: tests/python/test_selectors.py.)
+// bf16 inputs whose sums are exact (multiples of 1/8), so the means must match to the bit whatever
+// the kernel's order; both kernels (rows read in 16-byte pieces where d and the strides allow,
+// else channel by channel: a row stride that is not a multiple of 16 bytes, d = 5, d = 300), a
+// strided view (rows further apart than d, heads before rows), n not a multiple of the block and
+// blocks with fewer rows than the kernel's row groups, the means alone and with the bounds, and
+// both through a per-head projection (its products split over the threads or a thread a column);
+// a NaN is kept by the bounds. Bad calls are refused (checked with or without a GPU); without one,
+// the other cases print that they skipped and pass. (fp16 and PyTorch's own pooling:
+// tests/python/test_selectors.py.)
 #include "engine/cuda/block_pool.hpp"
 
 #include "engine/error.hpp"
@@ -158,6 +162,8 @@ TEST_CASE("cuda_block_pool: each block's mean, largest and smallest element, as 
         {2, 2, 37, 5, 16, 2 * 37 * 8, 8, 2 * 8},                // d under a warp, rows padded to 8, heads interleaved
         {1, 1, 64, 300, 64, 0, 0, 300},                         // d over the 128 threads
         {1, 2, 1, 16, 64, 0, 16, 16},                           // one row
+        {1, 2, 50, 64, 16, 0, 50 * 65, 65},                     // rows not 16-byte aligned: read channel by channel
+        {1, 1, 70, 1024, 64, 0, 0, 1024},                       // bf16: 128 pieces of 16 bytes, one row group
     };
     uint32_t seed = 5;
     for (const Layout& l : layouts) {
@@ -178,12 +184,13 @@ TEST_CASE("cuda_block_pool: with a projection, each pooled row through its head'
     const std::vector<Layout> layouts = {
         {2, 3, 200, 128, 64, 3 * 200 * 128, 200 * 128, 128},   // the last block 8 rows
         {1, 4, 130, 64, 16, 0, 64, 4 * 64},                     // strided, the last block 2 rows
+        {1, 2, 50, 64, 16, 0, 50 * 65, 65},                     // read channel by channel, the last block 2 rows
     };
     uint32_t seed = 21;
     for (const Layout& l : layouts) {
         const std::vector<float> x = values(static_cast<size_t>(l.elements()), seed++);
         for (bool bounds : {false, true}) {
-            for (int64_t width : {32, 5}) {
+            for (int64_t width : {32, 5, 130}) {   // slices of the input over 4 and 25 threads; a thread a column
                 std::vector<float> map = values(static_cast<size_t>(l.heads * (bounds ? 3 : 1) * l.d * width), seed++);
                 for (float& m : map) m /= 8.0f;
                 INFO("n " << l.n << ", d " << l.d << ", bounds " << bounds << ", width " << width);
