@@ -16,9 +16,9 @@
 #include "python/module.hpp"
 
 #include "engine/cuda/attention_cuda_device.hpp"
-#include "engine/cuda/block_pool.hpp"
+#include "engine/cuda/select/block_pool.hpp"
 #include "engine/cuda/content/content_cuda.hpp"
-#include "engine/cuda/top_k_columns.hpp"
+#include "engine/cuda/select/top_k_columns.hpp"
 #include "engine/error.hpp"
 
 #include <pybind11/pybind11.h>
@@ -197,7 +197,7 @@ void bind_cuda(py::module_& m) {
               cuda_top_k_columns(scores_ptr, grids, blocks, keep, columns_ptr, reinterpret_cast<void*>(stream));
           },
           py::arg("scores"), py::arg("grids"), py::arg("blocks"), py::arg("keep"), py::arg("columns"), py::arg("stream"),
-          "Launches engine/cuda/top_k_columns.hpp's selection on `stream`: from float32 scores [grids, blocks, blocks] "
+          "Launches engine/cuda/select/top_k_columns.hpp's selection on `stream`: from float32 scores [grids, blocks, blocks] "
           "to the causal top-k layout's int32 columns (grids x top_k_columns_per_head). Private: use "
           "sparsa.torch.select_top_k.");
     m.attr("_cuda_top_k_max_blocks") = kTopKColumnsMaxBlocks;
@@ -242,7 +242,7 @@ void bind_cuda(py::module_& m) {
           py::arg("x"), py::arg("dtype"), py::arg("batch"), py::arg("heads"), py::arg("n"), py::arg("d"), py::arg("stride_batch"),
           py::arg("stride_head"), py::arg("stride_row"), py::arg("block"), py::arg("bounds"), py::arg("out"), py::arg("stream"),
           py::arg("projection") = 0, py::arg("width") = 0,
-          "Launches engine/cuda/block_pool.hpp's pooling on `stream`: x [batch, heads, n, d] (channel stride 1, the other "
+          "Launches engine/cuda/select/block_pool.hpp's pooling on `stream`: x [batch, heads, n, d] (channel stride 1, the other "
           "strides in elements) to float32 out [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), "
           "or with projection (float32 [heads, d or 3 d, width]) those rows through each head's map: [.., width]. "
           "Private: sparsa.selectors uses it for CUDA tensors.");

@@ -86,7 +86,7 @@ def _blocked(x, block):
 
 
 def _pool_cuda(x, block, bounds, projection=None):
-    """engine/cuda/block_pool.hpp on a CUDA x [batch, heads, n, d] with channel stride 1 (any other
+    """engine/cuda/select/block_pool.hpp on a CUDA x [batch, heads, n, d] with channel stride 1 (any other
     strides): float32 [batch, heads, blocks, d] (each block's mean) or [.., 3 d] (mean, max, min), x
     read once in one launch; with projection (float32 [heads, d or 3 d, width] on x's device) those
     rows through each head's map, [.., width], in the same launch. None where it does not apply:
@@ -389,7 +389,7 @@ class PooledGate:
         launches: q's block means through wq and k's pooled keys through wk, each in the pooling kernel
         (_pool_cuda with a projection), their product (one matmul, float32) and the top-k kernel. With
         row queries q's rows through wq (one matmul) and the top-k kernel scoring each row against the
-        pooled keys and pooling a block's rows by log-sum-exp (engine/cuda/top_k_columns.hpp,
+        pooled keys and pooling a block's rows by log-sum-exp (engine/cuda/select/top_k_columns.hpp,
         cuda_top_k_columns_rows), so no [n, blocks] grid is written. The blocks are block_scores's up
         to float32's rounding of other summation orders. (Scoring a . b inside the top-k kernel as
         well, with no grid at all, was measured slower on an H100: each thread's dot products read b

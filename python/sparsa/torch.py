@@ -581,7 +581,7 @@ class TopK:
 
 def _top_k_entries(blocks, keep):
     """Kept blocks of one head's causal top-k layout: row r keeps min(keep, r + 1)
-    (engine/cuda/top_k_columns.hpp, top_k_columns_per_head)."""
+    (engine/cuda/select/top_k_columns.hpp, top_k_columns_per_head)."""
     return blocks * (blocks + 1) // 2 if blocks <= keep else keep * (keep + 1) // 2 + (blocks - keep) * keep
 
 
@@ -593,7 +593,7 @@ def select_top_k(scores, keep):
     drops the row's own block; this one never does).
 
     On a CUDA device (blocks up to 4,096) one kernel ranks every row and writes the kept blocks
-    straight into the top-k layout's columns (engine/cuda/top_k_columns.hpp): top_k_blocks and
+    straight into the top-k layout's columns (engine/cuda/select/top_k_columns.hpp): top_k_blocks and
     attention_top_k's reordering of its result take about ten launches for the same. Elsewhere, and
     for more blocks, it is top_k_blocks. No host step either way: it can run in a CUDA graph."""
     if not isinstance(scores, torch.Tensor) or scores.dim() != 4 or scores.shape[-1] != scores.shape[-2]:

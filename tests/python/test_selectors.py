@@ -161,7 +161,7 @@ def test_the_gate_reading_mean_max_and_min_keys_recovers_the_planted_pattern_too
 @pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_on_the_gpu_one_kernel_pools_as_torch_does(dtype):
-    """_pool_cuda (engine/cuda/block_pool.hpp) against the torch path it replaces, on a strided view
+    """_pool_cuda (engine/cuda/select/block_pool.hpp) against the torch path it replaces, on a strided view
     (heads and rows of a [batch, n, heads, d] projection) with a short last block: the bounds bit for
     bit, the means up to float32's rounding of another summation order; and the gate's scores."""
     g = torch.Generator().manual_seed(4)

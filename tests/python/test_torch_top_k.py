@@ -155,7 +155,7 @@ def test_on_the_gpu_the_device_columns_give_attentions_result(dtype, n, block, k
 @needs_gpu
 @pytest.mark.parametrize("blocks,keep", [(1, 1), (7, 1), (7, 3), (7, 7), (256, 17), (300, 66), (1024, 66), (4096, 257)])
 def test_on_the_gpu_select_top_k_writes_the_columns_the_sort_gives(blocks, keep):
-    """One kernel (engine/cuda/top_k_columns.hpp) against top_k_blocks and the reordering attention_top_k
+    """One kernel (engine/cuda/select/top_k_columns.hpp) against top_k_blocks and the reordering attention_top_k
     does to its result: the same columns, entry for entry, ties, -0.0, -inf and NaNs included."""
     batch, heads = (1, 1) if blocks == 4096 else (2, 3)
     scores = tied_scores(batch, heads, blocks, seed=blocks + keep, device="cuda", nans=keep > 1)

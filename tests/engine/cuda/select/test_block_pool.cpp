@@ -1,4 +1,4 @@
-// cuda_block_pool (engine/cuda/block_pool.hpp) against the same pooling on the host: float32 and
+// cuda_block_pool (engine/cuda/select/block_pool.hpp) against the same pooling on the host: float32 and
 // bf16 inputs whose sums are exact (multiples of 1/8), so the means must match to the bit whatever
 // the kernel's order; both kernels (rows read in 16-byte pieces where d and the strides allow,
 // else channel by channel: a row stride that is not a multiple of 16 bytes, d = 5, d = 300), a
@@ -8,7 +8,7 @@
 // a NaN is kept by the bounds. Bad calls are refused (checked with or without a GPU); without one,
 // the other cases print that they skipped and pass. (fp16 and PyTorch's own pooling:
 // tests/python/test_selectors.py.)
-#include "engine/cuda/block_pool.hpp"
+#include "engine/cuda/select/block_pool.hpp"
 
 #include "engine/error.hpp"
 #include "tests/engine/cuda/cuda_testing.hpp"

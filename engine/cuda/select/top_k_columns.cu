@@ -8,7 +8,7 @@
 // the pooled gate's two sides where the row is ranked instead of reading a score grid: each query
 // row of the block against the key block, pooled by log-sum-exp. (An entry scoring one pooled
 // query a block the same way was slower on an H100 than a matmul and the grid: removed.)
-#include "engine/cuda/top_k_columns.hpp"
+#include "engine/cuda/select/top_k_columns.hpp"
 
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"

@@ -1,9 +1,9 @@
-// cuda_top_k_columns (engine/cuda/top_k_columns.hpp) against a stable sort on the host: random
+// cuda_top_k_columns (engine/cuda/select/top_k_columns.hpp) against a stable sort on the host: random
 // score grids with ties, -0 and +0, infinities and NaNs, rows shorter and longer than `keep`, keep
 // 1 and keep = blocks, up to the largest grid it ranks; the rows entry (each query row scored
 // against the key blocks in the kernel, log-sum-exp pooled) against the same on the host. Bad arguments are refused (checked with or without a GPU); without one, the other cases
 // print that they skipped and pass.
-#include "engine/cuda/top_k_columns.hpp"
+#include "engine/cuda/select/top_k_columns.hpp"
 
 #include "engine/error.hpp"
 #include "tests/engine/cuda/cuda_testing.hpp"

@@ -12,7 +12,7 @@
 //
 // With a projection the pooled row is kept in shared memory and its products with each output
 // column are split over the block's threads in slices of the input, the slices added in order.
-#include "engine/cuda/block_pool.hpp"
+#include "engine/cuda/select/block_pool.hpp"
 
 #include "engine/cuda/cuda_host.hpp"
 #include "engine/error.hpp"
