@@ -24,9 +24,8 @@
 //       consumers' latency, not their issue, as the limit (bench/cuda-notes.md, "The profile of
 //       forward kernel 18").
 //
-// Both, since 18's profile (compiled, not yet run on a GPU): the consumers walk the mask a step
-// ahead, and pack a step's P into registers of its own (pn below), so that ptxas keeps the wait for
-// the product in flight after the softmax. A tile the warpgroup's mask row lacks is masked inside the mask branch that partial
+// Both: the consumers walk the mask a step ahead (since 18's profile; not yet run on a GPU). A
+// tile the warpgroup's mask row lacks is masked inside the mask branch that partial
 // blocks and the tile past n take (17's first run selected every score against -inf on every
 // step, 34 FSEL a step on dense).
 //
@@ -150,13 +149,6 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     online_softmax_start<D>(o_acc, row_max, row_sum);
     float s_acc[KeyTiles][32];      // S of the step's tiles, then their P
     uint32_t pf[KeyTiles][4][4];    // P of the step before, rounded to T: the A operands of its O += P V
-    // P of this step, packed during its softmax into registers of its own and moved into pf once the
-    // product reading pf is done. Packed straight into pf (as before 2026-12-07's profile of 18), the
-    // packing's writes to registers the product in flight still reads made ptxas place the wait for
-    // that product before the softmax (SASS: the WARPGROUP.DEPBAR for O += P V ahead of every
-    // MUFU.EX2, the F2FP packing interleaved with them), so the softmax never ran beside its own
-    // warpgroup's product.
-    uint32_t pn[KeyTiles][4][4];
 
     // Step j's key tiles and this warpgroup's mask entries of them (KeyTileMask: the tile's first key,
     // its partial-block index, -1 for a full block, and whether this warpgroup's mask row keeps the
@@ -204,17 +196,9 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 #pragma unroll
         for (int i = 0; i < KeyTiles; ++i) wgmma_fence_operands(s_acc[i]);
     };
-    const auto pack = [&](uint32_t (&out)[KeyTiles][4][4]) {
+    const auto pack = [&]() {
 #pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) pack_p<T>(s_acc[i], out[i]);
-    };
-    const auto take_packed = [&]() {   // pf = pn, once the product reading pf is done
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) pf[i][kk][r] = pn[i][kk][r];
+        for (int i = 0; i < KeyTiles; ++i) pack_p<T>(s_acc[i], pf[i]);
     };
     const auto stage_ready = [&](int64_t j) {   // step j's K and V landed and are visible to the tensor cores
         mbarrier_wait(ring.full(j % kStages), static_cast<uint32_t>((j / kStages) & 1));
@@ -249,7 +233,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         wgmma_wait<0>();
         fence_scores();
         scores_to_p();
-        pack(pf);   // no product in flight yet
+        pack();
     }
     for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
         const int64_t s = j % kStages, prev = (j - 1) % kStages;
@@ -264,12 +248,11 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
         fence_scores();
         scores_to_p();
-        pack(pn);                                                                // P_j beside P_{j-1}, still read
         wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
         wgmma_fence_operands(o_acc);
         release(prev);                                                           // step j - 1's K and V are done with
         rescale_rows<D>(o_acc, scale_old);                                       // O to step j's row maxima
-        take_packed();
+        pack();
     }
     if (steps > 0) {   // the last step's O += P V
         const int64_t last = (steps - 1) % kStages;
