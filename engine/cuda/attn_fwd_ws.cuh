@@ -248,6 +248,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
         fence_scores();
         scores_to_p();
+        if constexpr (KeyTiles == 1) end_block_after_sums(row_sum);             // keeps the wait below after the softmax
         wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
         wgmma_fence_operands(o_acc);
         release(prev);                                                           // step j - 1's K and V are done with
