@@ -80,6 +80,8 @@ def main(argv=None):
     rows.sort(reverse=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [f"# The pooled gate's selection, kernel by kernel ({name})", "",
+             "A cost breakdown, not a quality report: the gate's accuracy beside its trivial baselines (the diagonal "
+             "block alone, the identity gate, the best fixed pattern) is sparsa.ruler's report.", "",
              "Command: `python3 bench/selection_parts.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", "",
              f"Shape [1, {a.heads}, {a.n}, {a.d}] {str(dtype).replace('torch.', '')}, blocks of {a.block}, {keep} kept a row, gate "
              f"width {a.width}, keys {a.key_pool}; medians of {a.runs} calls (wall clock, synchronised):", "",
