@@ -93,7 +93,27 @@ __device__ inline void project_pooled(const float* pooled, int64_t in_dim, const
 struct PoolShape {
     int64_t heads, n, d, stride_batch, stride_head, stride_row, block, blocks;
     bool bounds;
+    __device__ int64_t in_dim() const { return bounds ? 3 * d : d; }   // a pooled row's floats
 };
+
+// Channel c's mean, and with the bounds its largest and smallest element, into the pooled row o.
+__device__ inline void store_channel(float* o, const PoolShape& s, int64_t c, float mean, float hi, float lo) {
+    o[c] = mean;
+    if (s.bounds) {
+        o[s.d + c] = hi;
+        o[2 * s.d + c] = lo;
+    }
+}
+
+// With a projection, block `item`'s pooled row o (in shared memory, scratch after it) through its
+// head's map into out, once every thread has stored its channels; without one, nothing.
+__device__ inline void project_block(const float* o, float* scratch, const PoolShape& s, int64_t item,
+                                     const float* __restrict__ projection, int64_t width, float* __restrict__ out) {
+    if (projection == nullptr) return;
+    __syncthreads();
+    const int64_t in_dim = s.in_dim(), head = item / s.blocks % s.heads;
+    project_pooled(o, in_dim, projection + head * in_dim * width, width, out + item * width, scratch);
+}
 
 // The block's first row and its rows (item: (batch, head, block) row-major).
 template <typename T>
@@ -114,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) block_pool_channels_kernel(const T* 
     const int64_t item = blockIdx.x;
     int64_t rows = 0;
     const T* base = block_rows(x, s, item, rows);
-    const int64_t d = s.d, in_dim = s.bounds ? 3 * d : d;
+    const int64_t d = s.d, in_dim = s.in_dim();
     float* o = projection != nullptr ? smem : out + item * in_dim;
     for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
         const T* p = base + c;
@@ -127,16 +147,9 @@ __global__ void __launch_bounds__(kThreads) block_pool_channels_kernel(const T* 
             hi = bound_hi(hi, v);
             lo = bound_lo(lo, v);
         }
-        o[c] = sum / static_cast<float>(rows);
-        if (s.bounds) {
-            o[d + c] = hi;
-            o[2 * d + c] = lo;
-        }
+        store_channel(o, s, c, sum / static_cast<float>(rows), hi, lo);
     }
-    if (projection == nullptr) return;
-    __syncthreads();
-    const int64_t h = item / s.blocks % s.heads;
-    project_pooled(smem, in_dim, projection + h * in_dim * width, width, out + item * width, smem + in_dim);
+    project_block(o, o + in_dim, s, item, projection, width, out);
 }
 
 // Dynamic shared memory: the row groups' partials ([groups, d or 3 d]), the pooled row ([d or 3 d],
@@ -151,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) block_pool_rows_kernel(const T* __re
     const int64_t item = blockIdx.x;
     int64_t rows = 0;
     const T* base = block_rows(x, s, item, rows);
-    const int64_t d = s.d, in_dim = s.bounds ? 3 * d : d;
+    const int64_t d = s.d, in_dim = s.in_dim();
     const int groups = kThreads / pieces, tid = static_cast<int>(threadIdx.x);
     const int piece = tid % pieces, group = tid / pieces;
 
@@ -197,16 +210,9 @@ __global__ void __launch_bounds__(kThreads) block_pool_rows_kernel(const T* __re
                 l = bound_lo(l, q[2 * d + c]);
             }
         }
-        o[c] = total / static_cast<float>(rows);
-        if (s.bounds) {
-            o[d + c] = h;
-            o[2 * d + c] = l;
-        }
+        store_channel(o, s, c, total / static_cast<float>(rows), h, l);
     }
-    if (projection == nullptr) return;
-    __syncthreads();
-    const int64_t head = item / s.blocks % s.heads;
-    project_pooled(o, in_dim, projection + head * in_dim * width, width, out + item * width, o + in_dim);
+    project_block(o, o + in_dim, s, item, projection, width, out);
 }
 
 // d's 16-byte pieces when block_pool_rows_kernel can read x: a power of two up to kThreads, every
