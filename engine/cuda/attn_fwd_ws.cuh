@@ -24,7 +24,8 @@
 //       consumers' latency, not their issue, as the limit (bench/cuda-notes.md, "The profile of
 //       forward kernel 18").
 //
-// Both: the consumers walk the mask a step ahead (since 18's profile; not yet run on a GPU). A
+// Both, since 18's profile (compiled, not yet run on a GPU): the consumers walk the mask a step
+// ahead, and the wait for O += P V stays after the softmax (end_block_after_sums). A
 // tile the warpgroup's mask row lacks is masked inside the mask branch that partial
 // blocks and the tile past n take (17's first run selected every score against -inf on every
 // step, 34 FSEL a step on dense).
@@ -248,7 +249,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
         fence_scores();
         scores_to_p();
-        if constexpr (KeyTiles == 1) end_block_after_sums(row_sum);             // keeps the wait below after the softmax
+        end_block_after_sums(row_sum);                                           // keeps the wait below after the softmax
         wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
         wgmma_fence_operands(o_acc);
         release(prev);                                                           // step j - 1's K and V are done with

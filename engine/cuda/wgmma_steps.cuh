@@ -68,13 +68,12 @@ template <int N> __device__ inline void wgmma_fence_operands(float (&d)[N]) {
 // out ahead of all its exponentials (the SASS of the Nsight profile of 18, and of this machine's
 // cubins: bench/sass_waits.py), so no softmax ever ran beside its own warpgroup's product. The
 // branch is never taken (a row's running sum is >= 0 or NaN, never -1), but the compiler cannot
-// know that, and the sums are the softmax's last results. Only where the registers allow the
-// product's operands and the softmax's to be live at once: in 18 (two S tiles) ptxas then spills
-// and serializes every wgmma (C7512), so 18 keeps the early wait.
+// know that, and the sums are the softmax's last results. Its body must be harmless and must not
+// end the thread: with `trap` there, ptxas spilled kernel 18 and serialized its wgmma (C7512);
+// with a nanosleep it does neither. The condition is warp-uniform (a vote): a wait ptxas must add
+// on one side of a divergent branch would serialize every wgmma (C7518, seen in kernel 16).
 __device__ inline void end_block_after_sums(const float (&row_sum)[2]) {
-    // warp-uniform (a vote), since a wait ptxas must add on one side of a divergent branch would
-    // serialize every wgmma (C7518, seen in kernel 16)
-    if (__any_sync(0xffffffffu, row_sum[0] == -1.0f || row_sum[1] == -1.0f)) asm volatile("trap;");
+    if (__any_sync(0xffffffffu, row_sum[0] == -1.0f || row_sum[1] == -1.0f)) asm volatile("nanosleep.u32 1;");
 }
 // Shared memory written by ordinary stores or cp.async, read next by wgmma (the async proxy).
 __device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
