@@ -65,3 +65,37 @@ def test_what_it_cannot_use_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sass_waits.main([str(tmp_path / "missing.cubin"), "--kernel", "k"])
     assert "missing.cubin" in str(e.value)
+
+
+# Kernels 16, 17 and 18 (bf16, d = 128, blocks of 64) alone, for their SASS order.
+FORWARD = r"""
+#include "engine/cuda/attn_fwd_wgmma.cuh"
+#include "engine/cuda/attn_fwd_ws.cuh"
+namespace sparsa::cuda {
+template __global__ void attn_fwd_kernel16<__nv_bfloat16, 128, 64>(AttnParams<__nv_bfloat16>);
+template __global__ void attn_fwd_kernel17<__nv_bfloat16, 128, 64>(AttnParams<__nv_bfloat16>);
+template __global__ void attn_fwd_kernel18<__nv_bfloat16, 128, 64>(AttnParams<__nv_bfloat16>);
+}
+"""
+
+
+@pytest.mark.skipif(NVCC is None, reason="no nvcc on this machine")
+def test_the_forward_kernels_wait_for_their_product_after_the_softmax(tmp_path):
+    """In 16, 17 and 18's main loop the wait for S (DEPBAR1 or 2, other groups left in flight) is
+    followed by the softmax's exponentials and only then by the wait for O += P V (DEPBAR0): the
+    order that lets the softmax run beside the product (wgmma_steps.cuh, end_block_after_sums).
+    ptxas moved that wait ahead of every exponential before it was there."""
+    src, cubin = tmp_path / "forward.cu", tmp_path / "forward.cubin"
+    src.write_text(FORWARD)
+    subprocess.run([NVCC, "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++20", f"-I{REPO}",
+                    "-isystem=/usr/include/eigen3", "-x", "cu", str(src), "-o", str(cubin)], check=True, capture_output=True)
+    sections = sass_waits.text_sections(str(cubin))
+    for kernel, exponentials in (("attn_fwd_kernel16", 32), ("attn_fwd_kernel17", 32), ("attn_fwd_kernel18", 64)):
+        (name,) = [n for n in sections if kernel in n]
+        runs = sass_waits.order(sections[name])
+        loop = [i for i, (k, _, _) in enumerate(runs) if k in ("DEPBAR1", "DEPBAR2")]
+        assert loop, f"{kernel}: no wait that leaves a group in flight: {sass_waits.render(runs)}"
+        i = loop[0]
+        j = next(j for j in range(i + 1, len(runs)) if runs[j][0].startswith("DEPBAR"))
+        between = sum(c for k, c, _ in runs[i + 1:j] if k == "MUFU")
+        assert runs[j][0] == "DEPBAR0" and between >= exponentials, f"{kernel}: {sass_waits.render(runs[i:j + 1])}"
