@@ -1,6 +1,8 @@
 """bench/sass_waits.py (the order of a kernel's tensor-core waits, exponentials and packs, read from a
 cubin): the encodings it relies on, checked on a small sm_90a kernel compiled with this machine's
-nvcc (skipped without one), and files or names it cannot use refused with what and where."""
+nvcc (skipped without one), and files or names it cannot use refused with what and where; and with
+it, forward kernels 16 to 18 keep the wait for O += P V after their softmax (a regression test of
+ptxas's scheduling, which had put that wait first; it fails on the code before 2026-12-07's fix)."""
 import pathlib
 import shutil
 import subprocess
