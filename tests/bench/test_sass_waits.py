@@ -33,13 +33,18 @@ __global__ void probe(float* x) {
 """
 
 
+def compiled_sections(tmp_path, name, source):
+    """source compiled for sm_90a with this repository on the include path: {kernel: code}."""
+    src, cubin = tmp_path / f"{name}.cu", tmp_path / f"{name}.cubin"
+    src.write_text(source)
+    subprocess.run([NVCC, "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++20", f"-I{REPO}",
+                    "-isystem=/usr/include/eigen3", "-x", "cu", str(src), "-o", str(cubin)], check=True, capture_output=True)
+    return cubin, sass_waits.text_sections(str(cubin))
+
+
 @pytest.mark.skipif(NVCC is None, reason="no nvcc on this machine")
 def test_the_encodings_name_every_kind_in_a_compiled_kernel(tmp_path, capsys):
-    src, cubin = tmp_path / "probe.cu", tmp_path / "probe.cubin"
-    src.write_text(KERNEL)
-    subprocess.run([NVCC, "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", str(src), "-o", str(cubin)],
-                   check=True, capture_output=True)
-    sections = sass_waits.text_sections(str(cubin))
+    cubin, sections = compiled_sections(tmp_path, "probe", KERNEL)
     (name,) = [n for n in sections if "probe" in n]
     kinds = [k for k, _, _ in sass_waits.order(sections[name])]
     assert {"ARRIVE", "MUFU", "F2FP", "DEPBAR1", "DEPBAR0"} <= set(kinds)
@@ -87,11 +92,7 @@ def test_the_forward_kernels_wait_for_their_product_after_the_softmax(tmp_path):
     followed by the softmax's exponentials and only then by the wait for O += P V (DEPBAR0): the
     order that lets the softmax run beside the product (wgmma_steps.cuh, end_block_after_sums).
     ptxas moved that wait ahead of every exponential before it was there."""
-    src, cubin = tmp_path / "forward.cu", tmp_path / "forward.cubin"
-    src.write_text(FORWARD)
-    subprocess.run([NVCC, "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++20", f"-I{REPO}",
-                    "-isystem=/usr/include/eigen3", "-x", "cu", str(src), "-o", str(cubin)], check=True, capture_output=True)
-    sections = sass_waits.text_sections(str(cubin))
+    _, sections = compiled_sections(tmp_path, "forward", FORWARD)
     for kernel, exponentials in (("attn_fwd_kernel16", 32), ("attn_fwd_kernel17", 32), ("attn_fwd_kernel18", 64)):
         (name,) = [n for n in sections if kernel in n]
         runs = sass_waits.order(sections[name])
