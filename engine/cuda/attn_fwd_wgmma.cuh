@@ -695,7 +695,6 @@ __global__ void __launch_bounds__(128, 2) attn_fwd_kernel16(AttnParams<T> p) {
         wgmma_wait<1>();                                    // S_j (O += P V still in flight)
         wgmma_fence_operands(s);
         softmax_scores_part<MaskBlock>(s, row_max, row_sum, scale_old, m, cur.part, cur.k0, n, t.i_warp, p.scale_log2);
-        end_block_after_sums(row_sum);                      // keeps the wait below after the softmax
         wgmma_wait<0>();                                    // O += P_{j-1} V_{j-1}
         wgmma_fence_operands(o_acc);
         rescale_rows<D>(o_acc, scale_old);

@@ -24,11 +24,17 @@
 //       consumers' latency, not their issue, as the limit (bench/cuda-notes.md, "The profile of
 //       forward kernel 18").
 //
-// Both, since 18's profile (compiled, not yet run on a GPU): the consumers walk the mask a step
-// ahead, and the wait for O += P V stays after the softmax (end_block_after_sums). A
-// tile the warpgroup's mask row lacks is masked inside the mask branch that partial
-// blocks and the tile past n take (17's first run selected every score against -inf on every
-// step, 34 FSEL a step on dense).
+// Both: the consumers walk the mask a step ahead, right after issuing a step's products, so the
+// cursor's dependent loads wait beside S instead of before the next issue (18's profile). Measured
+// on the H100 2026-12-07: 18 dense 16,384 4.30 -> 3.98 ms, 17 4.78 -> 4.47 (two rounds each); 18
+// 3.915 ms, 0.89 of cuDNN in the same run
+// (bench/results/cuda-nvidia-h100-80gb-hbm3-fwd18-walkahead.md). ptxas puts the wait for
+// O += P_{j-1} V_{j-1} (WARPGROUP.DEPBAR 0, written after the softmax) ahead of the softmax's
+// exponentials, so a softmax does not run beside its own product; keeping the wait after it (a
+// never-taken warp-uniform branch ending ptxas's basic block) measured slower in 17 and 18 (4.74
+// and 4.13 ms) and was withdrawn (bench/cuda-notes.md). A tile the warpgroup's mask row lacks is
+// masked inside the mask branch that partial blocks and the tile past n take (17's first run
+// selected every score against -inf on every step, 34 FSEL a step on dense).
 //
 // Stage s of the ring holds one step's K and V tiles (17: one of each, 18: two). full(s) completes when the producer's copies into
 // it have landed (each producer thread's cp.async.mbarrier.arrive), empty(s) when each of the 8
@@ -249,7 +255,6 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
         fence_scores();
         scores_to_p();
-        end_block_after_sums(row_sum);                                           // keeps the wait below after the softmax
         wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
         wgmma_fence_operands(o_acc);
         release(prev);                                                           // step j - 1's K and V are done with

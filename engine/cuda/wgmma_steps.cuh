@@ -62,19 +62,6 @@ template <int N> __device__ inline void wgmma_fence_operands(float (&d)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
-// Ends the basic block after a softmax, so that the wait for the product in flight written after
-// it stays after it. ptxas schedules WARPGROUP.DEPBAR as early as its basic block allows: in
-// kernels 16, 17 and 18 the wait for O += P_{j-1} V_{j-1}, written after step j's softmax, came
-// out ahead of all its exponentials (the SASS of the Nsight profile of 18, and of this machine's
-// cubins: bench/sass_waits.py), so no softmax ever ran beside its own warpgroup's product. The
-// branch is never taken (a row's running sum is >= 0 or NaN, never -1), but the compiler cannot
-// know that, and the sums are the softmax's last results. Its body must be harmless and must not
-// end the thread: with `trap` there, ptxas spilled kernel 18 and serialized its wgmma (C7512);
-// with a nanosleep it does neither. The condition is warp-uniform (a vote): a wait ptxas must add
-// on one side of a divergent branch would serialize every wgmma (C7518, seen in kernel 16).
-__device__ inline void end_block_after_sums(const float (&row_sum)[2]) {
-    if (__any_sync(0xffffffffu, row_sum[0] == -1.0f || row_sum[1] == -1.0f)) asm volatile("nanosleep.u32 1;");
-}
 // Shared memory written by ordinary stores or cp.async, read next by wgmma (the async proxy).
 __device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Starts bringing `bytes` (a multiple of 16) from global address `global` (16-byte aligned) into

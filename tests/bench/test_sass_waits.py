@@ -1,8 +1,6 @@
 """bench/sass_waits.py (the order of a kernel's tensor-core waits, exponentials and packs, read from a
 cubin): the encodings it relies on, checked on a small sm_90a kernel compiled with this machine's
-nvcc (skipped without one), and files or names it cannot use refused with what and where; and with
-it, forward kernels 16 to 18 keep the wait for O += P V after their softmax (a regression test of
-ptxas's scheduling, which had put that wait first; it fails on the code before 2026-12-07's fix)."""
+nvcc (skipped without one), and files or names it cannot use refused with what and where."""
 import pathlib
 import shutil
 import subprocess
@@ -72,33 +70,3 @@ def test_what_it_cannot_use_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sass_waits.main([str(tmp_path / "missing.cubin"), "--kernel", "k"])
     assert "missing.cubin" in str(e.value)
-
-
-# Kernels 16, 17 and 18 (bf16, d = 128, blocks of 64) alone, for their SASS order.
-FORWARD = r"""
-#include "engine/cuda/attn_fwd_wgmma.cuh"
-#include "engine/cuda/attn_fwd_ws.cuh"
-namespace sparsa::cuda {
-template __global__ void attn_fwd_kernel16<__nv_bfloat16, 128, 64>(AttnParams<__nv_bfloat16>);
-template __global__ void attn_fwd_kernel17<__nv_bfloat16, 128, 64>(AttnParams<__nv_bfloat16>);
-template __global__ void attn_fwd_kernel18<__nv_bfloat16, 128, 64>(AttnParams<__nv_bfloat16>);
-}
-"""
-
-
-@pytest.mark.skipif(NVCC is None, reason="no nvcc on this machine")
-def test_the_forward_kernels_wait_for_their_product_after_the_softmax(tmp_path):
-    """In 16, 17 and 18's main loop the wait for S (DEPBAR1 or 2, other groups left in flight) is
-    followed by the softmax's exponentials and only then by the wait for O += P V (DEPBAR0): the
-    order that lets the softmax run beside the product (wgmma_steps.cuh, end_block_after_sums).
-    ptxas moved that wait ahead of every exponential before it was there."""
-    _, sections = compiled_sections(tmp_path, "forward", FORWARD)
-    for kernel, exponentials in (("attn_fwd_kernel16", 32), ("attn_fwd_kernel17", 32), ("attn_fwd_kernel18", 64)):
-        (name,) = [n for n in sections if kernel in n]
-        runs = sass_waits.order(sections[name])
-        loop = [i for i, (k, _, _) in enumerate(runs) if k in ("DEPBAR1", "DEPBAR2")]
-        assert loop, f"{kernel}: no wait that leaves a group in flight: {sass_waits.render(runs)}"
-        i = loop[0]
-        j = next(j for j in range(i + 1, len(runs)) if runs[j][0].startswith("DEPBAR"))
-        between = sum(c for k, c, _ in runs[i + 1:j] if k == "MUFU")
-        assert runs[j][0] == "DEPBAR0" and between >= exponentials, f"{kernel}: {sass_waits.render(runs[i:j + 1])}"
