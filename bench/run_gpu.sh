@@ -12,7 +12,9 @@
 #                                       #   backward; BWD_KERNELS: the backward kernels bench times,
 #                                       #   default 3,5,0), carried, cli, bench_d64 and
 #                                       #   compare_d64 (d = 64 on dense 16,384 and window 65,536:
-#                                       #   bench/results/cuda-<gpu>-d64.md)
+#                                       #   bench/results/cuda-<gpu>-d64.md), crossover (kernels 15
+#                                       #   and 18 from short rows to long, for kernel 0's choice:
+#                                       #   bench/results/cuda-<gpu>-crossover.md)
 #   PROFILE="10:bigbird64-65536 10:dense-16384" bench/run_gpu.sh carried profile
 #                                       # Nsight Compute (--set full, clocks as found) on one timed
 #                                       #   launch of each kernel:mask; reports, the details page and
@@ -68,6 +70,14 @@ make_masks() {
     # the carried CLI, SPARSA=build-cuda/cli/sparsa, rather than carry them)
     for p in dense causal window256 bigbird64; do "$sparsa" compile "$tmp/$p.pat" --n 131072 -o "$MASKS/bench/$p-131072.npz"; done
     for f in examples/patterns/*.pat; do "$sparsa" compile "$f" --n 1000 -o "$MASKS/test/$(basename "$f" .pat).npz"; done
+    # the crossover step's masks: rows of 9 to 129 blocks at 65,536 (windows), and dense from 4,096
+    # (few thread blocks) to 32,768
+    mkdir -p "$MASKS/crossover"
+    for n in 4096 8192 32768; do "$sparsa" compile "$tmp/dense.pat" --n $n -o "$MASKS/crossover/dense-$n.npz"; done
+    for w in 256 512 1024 2048 4096; do
+        printf 'block 64\nattend = window(%d)\n' $w >"$tmp/w.pat"
+        "$sparsa" compile "$tmp/w.pat" --n 65536 -o "$MASKS/crossover/window$w-65536.npz"
+    done
     rm -rf "$tmp"
     du -sh "$MASKS"
 }
@@ -184,6 +194,30 @@ step_compare_d64() {
     PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(d64_files) --heads 16 --d 64 --sparsa-csv "$LOGS/sparsa-d64.csv" \
         --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --suffix=-d64 --copy-to "$LOGS" 2>&1 \
         | tee "$LOGS/compare-d64.log"
+}
+
+# Where kernel 18 (128-row tiles, 128 keys a step, warp-specialized) overtakes 15 (64-row tiles,
+# three blocks an SM), for kernel 0's choice: both on windows of 256 to 4,096 at 65,536 (rows of 9
+# to 129 kept blocks), dense from 4,096 (few thread blocks) to 32,768, and the bench step's dense
+# and causal 16,384. Writes bench/results/cuda-<gpu>-crossover.md (the command, the date, the
+# table) and $LOGS/crossover.csv.
+step_crossover() {
+    local gpu out files
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+    out=bench/results/cuda-$(echo "$gpu" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')-crossover.md
+    files=$(ls "$MASKS"/crossover/*.npz "$MASKS"/bench/dense-16384.npz "$MASKS"/bench/causal-16384.npz | sort -t- -k2 -n)
+    # shellcheck disable=SC2086
+    "$BUILD/bench/bench_cuda" $files --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS_CROSSOVER:-15,18,0} --runs 10 \
+        --csv "$LOGS/crossover.csv" >"$LOGS/crossover.log" 2>&1 || { tail -20 "$LOGS/crossover.log"; exit 1; }
+    { echo "# Kernels 15 and 18 from short rows to long on $gpu"
+      echo
+      echo "Command: \`bench/run_gpu.sh crossover\` ($(date -u '+%Y-%m-%d %H:%M UTC'), driver" \
+           "$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1), binary $BUILD/bench/bench_cuda):" \
+           "masks from \`bench/run_gpu.sh masks\`, bf16, d = 128, 16 heads, batch 1; medians of 10 runs;" \
+           "a kernel marked (auto) is kernel 0's choice."
+      echo
+      cat "$LOGS/crossover.log"; } >"$out"
+    cat "$out"
 }
 
 # Nsight Compute (--set full, clocks as found) on one launch of a kernel on a mask: pass fwd (forward
