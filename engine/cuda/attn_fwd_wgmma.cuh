@@ -285,10 +285,12 @@ template <int D, int Stages, int KeyTiles = 1> struct StageRing {
         return kv + (2 * KeyTiles * static_cast<uint32_t>(s) + static_cast<uint32_t>(i)) * kTile;
     }
     __device__ uint32_t v_tile(int64_t s, int i = 0) const { return k_tile(s, i) + KeyTiles * kTile; }
-    __device__ void init(uint32_t copiers) const {
+    // full(s) completes on `copiers` arrivals of cp.async copies plus `full_extra` plain arrivals
+    // (kernels 17 and 18: the producer thread that writes the stage's mask records).
+    __device__ void init(uint32_t copiers, uint32_t full_extra = 0) const {
         if (threadIdx.x != 0) return;
         for (int s = 0; s < Stages; ++s) {
-            mbarrier_init(full(s), copiers);
+            mbarrier_init(full(s), copiers + full_extra);
             mbarrier_init(empty(s), 8);
         }
         mbarrier_init(q_full(), copiers);

@@ -32,12 +32,18 @@
 // O += P_{j-1} V_{j-1} (WARPGROUP.DEPBAR 0, written after the softmax) ahead of the softmax's
 // exponentials, so a softmax does not run beside its own product; keeping the wait after it (a
 // never-taken warp-uniform branch ending ptxas's basic block) measured slower in 17 and 18 (4.74
-// and 4.13 ms) and was withdrawn (bench/cuda-notes.md). A tile the warpgroup's mask row lacks is
-// masked inside the mask branch that partial blocks and the tile past n take (17's first run
-// selected every score against -inf on every step, 34 FSEL a step on dense).
+// and 4.13 ms) and was withdrawn (bench/cuda-notes.md). Since then (Traits::kProducerRecords;
+// compiled here, not yet run on a GPU) the producer walks the mask for both consumers: with each
+// stage it writes the stage's mask records to shared memory, and a consumer reads its own after
+// issuing the step's products, so the walk's loads and integer work leave the consumers' stream
+// (it ran beside the other consumer's softmax, in the issue slots that softmax needs). A tile the
+// warpgroup's mask row lacks is masked inside the mask branch that partial blocks and the tile
+// past n take (17's first run selected every score against -inf on every step, 34 FSEL a step on
+// dense).
 //
 // Stage s of the ring holds one step's K and V tiles (17: one of each, 18: two). full(s) completes when the producer's copies into
-// it have landed (each producer thread's cp.async.mbarrier.arrive), empty(s) when each of the 8
+// it have landed (each producer thread's cp.async.mbarrier.arrive) and, with the records, its thread
+// 0 has written them (a plain arrive: a release, which the consumers' wait acquires), empty(s) when each of the 8
 // consumer warps is done with it: a warp releases step j's stage once O += P_j V_j, issued during
 // step j + 1, is done. A consumer waiting for step j's stage thus holds only step j - 1's, so the
 // producer (which needs step j - 3's back to fill step j) never waits on a consumer that waits on
@@ -68,6 +74,11 @@ template <int D, int KeyTiles> struct WarpSpecializedTraits {
     // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
+    // The producer walks the mask for the consumers: it writes each step's mask records (a tile's
+    // first key and, per consumer, its partial-block index or "not kept") beside the stage, and a
+    // consumer reads them from shared memory after issuing the step's products instead of walking
+    // the mask itself. false: each consumer walks a step ahead (measured 2026-12-07).
+    static constexpr bool kProducerRecords = true;
 };
 
 // Named barriers (bar.sync / bar.arrive with a thread count): id 0 is __syncthreads'.
@@ -98,9 +109,15 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     constexpr int kTile = Traits::kTileBytes;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
+    // Traits::kProducerRecords: stage s's mask records, tile i, consumer g: {first key / 64, the
+    // partial-block index, -1 for a full block, kNotKept where g's mask row lacks the block}
+    __shared__ int2 records[kStages][KeyTiles][2];
+    constexpr int32_t kNotKept = -2;
     const StageRing<D, kStages, KeyTiles> ring(smem_raw, bars);
     const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full();
-    ring.init(128);   // the producer's threads copy, the consumers' 8 warps compute
+    // the producer's threads copy (and with records, its thread 0 arrives once more on full), the
+    // consumers' 8 warps compute
+    ring.init(128, Traits::kProducerRecords ? 1 : 0);
     __syncthreads();
 
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -119,6 +136,14 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         tile_load_swizzled<D, 128>(q_tiles, p.q + head_offset, q0, n, wg_thread);
         tile_load_swizzled<D, 128>(q_tiles + kTile, p.q + head_offset, q0 + 64, n, wg_thread);
         mbarrier_arrive_on_copies(q_full);
+        // which of the tile's two mask rows (a, b) each consumer's 64 rows belong to, if any
+        bool has_rows[2], in_b[2];
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            has_rows[g] = (q0 + 64 * g) / MaskBlock < m.q_blocks;
+            in_b[g] = two_rows && (q0 + 64 * g) / MaskBlock == qb_2;
+        }
+        const bool writes_records = Traits::kProducerRecords && wg_thread == 0;
         KeyCursor ahead = cur;
         int64_t k0 = 0;
         for (int64_t j = 0; j < steps; ++j) {
@@ -126,14 +151,28 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
             if (j >= kStages) mbarrier_wait(ring.empty(s), static_cast<uint32_t>((j / kStages - 1) & 1));
 #pragma unroll
             for (int i = 0; i < KeyTiles; ++i) {
+                int32_t part[2] = {kNotKept, kNotKept};
                 if (j * KeyTiles + i < tiles_k) {   // else the padding tile: the keys before it again (finite values; masked)
-                    k0 = int64_t{min(ahead.col_a(m.col_idx), ahead.col_b(m.col_idx))} * MaskBlock + ahead.sub * kTileK;
+                    const int32_t ca = ahead.col_a(m.col_idx), cb = ahead.col_b(m.col_idx), col = min(ca, cb);
+                    k0 = int64_t{col} * MaskBlock + ahead.sub * kTileK;
+                    if (writes_records) {
+#pragma unroll
+                        for (int g = 0; g < 2; ++g) {
+                            const int64_t e = !has_rows[g] ? -1 : in_b[g] ? (cb == col ? ahead.eb : -1) : (ca == col ? ahead.ea : -1);
+                            part[g] = e >= 0 ? m.partial_idx[e] : kNotKept;
+                        }
+                    }
                     ahead.template advance<kSubTiles>(m.col_idx);
+                }
+                if (writes_records) {
+#pragma unroll
+                    for (int g = 0; g < 2; ++g) records[s][i][g] = make_int2(static_cast<int32_t>(k0 / kTileK), part[g]);
                 }
                 tile_load_swizzled<D, 128>(ring.k_tile(s, i), p.k + head_offset, k0, n, wg_thread);
                 tile_load_swizzled<D, 128>(ring.v_tile(s, i), p.v + head_offset, k0, n, wg_thread);
             }
             mbarrier_arrive_on_copies(ring.full(s));
+            if (writes_records) mbarrier_arrive(ring.full(s));   // release: the records are visible with the stage
         }
         cp_async_wait<0>();   // no copy left in flight when the producer leaves
         return;
@@ -188,6 +227,24 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 #pragma unroll
         for (int i = 0; i < KeyTiles; ++i) st[i] = st_next[i];
     };
+    const auto read_records = [&](int64_t s) {   // Traits::kProducerRecords: stage s's records of this warpgroup
+#pragma unroll
+        for (int i = 0; i < KeyTiles; ++i) {
+            const int2 r = records[s][i][wg];
+            st[i] = KeyTileMask{int64_t{r.x} * kTileK, r.y == kNotKept ? -1 : r.y, r.y != kNotKept};
+        }
+    };
+    // Step j's records: walked a step ahead by the consumer, or read after the issue from the producer's.
+    const auto records_before_issue = [&](int64_t j) {
+        if constexpr (!Traits::kProducerRecords) {
+            if (j == 0) step_of(cur, 0, st);
+            else take_next();
+        }
+    };
+    const auto records_after_issue = [&](int64_t j) {   // while S_j runs
+        if constexpr (Traits::kProducerRecords) read_records(j % kStages);
+        else walk_ahead(j + 1);
+    };
     const auto scores_to_p = [&]() {   // mask (all of it for a block the row lacks), online softmax over the step's tiles
         softmax_scores_tiles<MaskBlock, KeyTiles>(s_acc, row_max, row_sum, scale_old, m, st, n, i_warp, p.scale_log2);
     };
@@ -230,13 +287,13 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     mbarrier_wait(q_full, 0);
     if (Traits::kPingPong && wg == 1 && steps > 0) named_barrier_arrive(1, 256);
     if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
-        step_of(cur, 0, st);
+        records_before_issue(0);
         stage_ready(0);
         turn_wait();
         wgmma_fence();
         issue_scores(0);
         turn_pass(false);
-        walk_ahead(1);
+        records_after_issue(0);
         wgmma_wait<0>();
         fence_scores();
         scores_to_p();
@@ -244,14 +301,14 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     }
     for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
         const int64_t s = j % kStages, prev = (j - 1) % kStages;
-        take_next();                                                             // step j's records
+        records_before_issue(j);
         stage_ready(j);
         turn_wait();
         wgmma_fence();
         issue_scores(s);                                                         // S_j = Q K_j
         issue_pv(prev);                                                          // O += P_{j-1} V_{j-1}
         turn_pass(false);
-        walk_ahead(j + 1);                                                       // while S_j runs
+        records_after_issue(j);                                                  // while S_j runs
         wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
         fence_scores();
         scores_to_p();
