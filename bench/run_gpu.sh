@@ -14,7 +14,8 @@
 #                                       #   compare_d64 (d = 64 on dense 16,384 and window 65,536:
 #                                       #   bench/results/cuda-<gpu>-d64.md), crossover (kernels 15
 #                                       #   and 18 from short rows to long, for kernel 0's choice:
-#                                       #   bench/results/cuda-<gpu>-crossover.md)
+#                                       #   bench/results/cuda-<gpu>-crossover.md), ab (builds timed
+#                                       #   in turn: AB_BUILDS="build-a build-b"; $LOGS/ab.md)
 #   PROFILE="10:bigbird64-65536 10:dense-16384" bench/run_gpu.sh carried profile
 #                                       # Nsight Compute (--set full, clocks as found) on one timed
 #                                       #   launch of each kernel:mask; reports, the details page and
@@ -194,6 +195,39 @@ step_compare_d64() {
     PYTHONUNBUFFERED=1 python3 bench/gpu_compare.py $(d64_files) --heads 16 --d 64 --sparsa-csv "$LOGS/sparsa-d64.csv" \
         --command "bench/run_gpu.sh ${STEPS[*]}" --out-dir bench/results --suffix=-d64 --copy-to "$LOGS" 2>&1 \
         | tee "$LOGS/compare-d64.log"
+}
+
+# Two or more builds of the engine timed in turn on the same masks (AB_BUILDS: build folders, each
+# with bench/bench_cuda; AB_ROUNDS rounds of all of them, 2 by default; AB_KERNELS 15,17,18; AB_MASKS:
+# names in $MASKS/bench, dense-16384 causal-16384 window256-65536 bigbird64-65536), so that a change
+# to a kernel is judged against the code before it on one machine in one call, interleaved to spread
+# the machine's drift over both. Writes $LOGS/ab-<build>-<round>.csv and $LOGS/ab.md: per mask and
+# kernel, each build's medians of every round.
+step_ab() {
+    local builds=(${AB_BUILDS:?AB_BUILDS=\"build-a build-b\" names the builds to compare}) masks=() r b
+    for m in ${AB_MASKS:-dense-16384 causal-16384 window256-65536 bigbird64-65536}; do masks+=("$MASKS/bench/$m.npz"); done
+    for b in "${builds[@]}"; do [[ -x $b/bench/bench_cuda ]] || { echo "ab: $b/bench/bench_cuda is missing"; exit 1; }; done
+    for ((r = 1; r <= ${AB_ROUNDS:-2}; ++r)); do
+        for b in "${builds[@]}"; do
+            "$b/bench/bench_cuda" "${masks[@]}" --heads 16 --d 128 --dtype bf16 --kernels "${AB_KERNELS:-15,17,18}" --runs 10 \
+                --csv "$LOGS/ab-$(basename "$b")-$r.csv" >"$LOGS/ab-$(basename "$b")-$r.log" 2>&1 \
+                || { tail -20 "$LOGS/ab-$(basename "$b")-$r.log"; exit 1; }
+            echo "ab: $(basename "$b") round $r done"
+        done
+    done
+    python3 - "$LOGS" "${builds[@]}" <<'PY' | tee "$LOGS/ab.md"
+import csv, glob, os, sys
+logs, builds = sys.argv[1], [os.path.basename(b) for b in sys.argv[2:]]
+rows = {}
+for b in builds:
+    for path in sorted(glob.glob(os.path.join(logs, f"ab-{b}-*.csv"))):
+        for row in csv.DictReader(open(path)):
+            rows.setdefault((row["mask"], row["kernel"]), {}).setdefault(b, []).append(float(row["median_ms"]))
+print("| mask | kernel | " + " | ".join(builds) + " |")
+print("|---|---|" + "---|" * len(builds))
+for (mask, kernel), by in rows.items():
+    print(f"| {mask} | {kernel} | " + " | ".join(", ".join(f"{t:.3f}" for t in by.get(b, [])) for b in builds) + " |")
+PY
 }
 
 # Where kernel 18 (128-row tiles, 128 keys a step, warp-specialized) overtakes 15 (64-row tiles,
