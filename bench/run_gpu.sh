@@ -12,8 +12,8 @@
 #                                       #   backward; BWD_KERNELS: the backward kernels bench times,
 #                                       #   default 3,5,0), carried, cli, bench_d64 and
 #                                       #   compare_d64 (d = 64 on dense 16,384 and window 65,536:
-#                                       #   bench/results/cuda-<gpu>-d64.md), crossover (kernels 15
-#                                       #   and 18 from short rows to long, for kernel 0's choice:
+#                                       #   bench/results/cuda-<gpu>-d64.md), crossover (kernels 15,
+#                                       #   18 and 19 from short rows to long, for kernel 0's choice:
 #                                       #   bench/results/cuda-<gpu>-crossover.md), ab (builds timed
 #                                       #   in turn: AB_BUILDS="build-a build-b"; $LOGS/ab.md)
 #   PROFILE="10:bigbird64-65536 10:dense-16384" bench/run_gpu.sh carried profile
@@ -198,7 +198,7 @@ step_compare_d64() {
 }
 
 # Two or more builds of the engine timed in turn on the same masks (AB_BUILDS: build folders, each
-# with bench/bench_cuda; AB_ROUNDS rounds of all of them, 2 by default; AB_KERNELS 15,17,18; AB_MASKS:
+# with bench/bench_cuda; AB_ROUNDS rounds of all of them, 2 by default; AB_KERNELS 15,18,19; AB_MASKS:
 # names in $MASKS/bench, dense-16384 causal-16384 window256-65536 bigbird64-65536), so that a change
 # to a kernel is judged against the code before it on one machine in one call, interleaved to spread
 # the machine's drift over both. Writes $LOGS/ab-<build>-<round>.csv and $LOGS/ab.md: per mask and
@@ -209,7 +209,7 @@ step_ab() {
     for b in "${builds[@]}"; do [[ -x $b/bench/bench_cuda ]] || { echo "ab: $b/bench/bench_cuda is missing"; exit 1; }; done
     for ((r = 1; r <= ${AB_ROUNDS:-2}; ++r)); do
         for b in "${builds[@]}"; do
-            "$b/bench/bench_cuda" "${masks[@]}" --heads 16 --d 128 --dtype bf16 --kernels "${AB_KERNELS:-15,17,18}" --runs 10 \
+            "$b/bench/bench_cuda" "${masks[@]}" --heads 16 --d 128 --dtype bf16 --kernels "${AB_KERNELS:-15,18,19}" --runs 10 \
                 --csv "$LOGS/ab-$(basename "$b")-$r.csv" >"$LOGS/ab-$(basename "$b")-$r.log" 2>&1 \
                 || { tail -20 "$LOGS/ab-$(basename "$b")-$r.log"; exit 1; }
             echo "ab: $(basename "$b") round $r done"
@@ -230,8 +230,8 @@ for (mask, kernel), by in rows.items():
 PY
 }
 
-# Where kernel 18 (128-row tiles, 128 keys a step, warp-specialized) overtakes 15 (64-row tiles,
-# three blocks an SM), for kernel 0's choice: both on windows of 256 to 4,096 at 65,536 (rows of 9
+# Where kernel 18 (128-row tiles, 128 keys a step, warp-specialized) or 19 (18 persistent) overtakes
+# 15 (64-row tiles, three blocks an SM), for kernel 0's choice: all three on windows of 256 to 4,096 at 65,536 (rows of 9
 # to 129 kept blocks), dense from 4,096 (few thread blocks) to 32,768, and the bench step's dense
 # and causal 16,384. Writes bench/results/cuda-<gpu>-crossover.md (the command, the date, the
 # table) and $LOGS/crossover.csv.
@@ -241,9 +241,9 @@ step_crossover() {
     out=bench/results/cuda-$(echo "$gpu" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')-crossover.md
     files=$(ls "$MASKS"/crossover/*.npz "$MASKS"/bench/dense-16384.npz "$MASKS"/bench/causal-16384.npz | sort -t- -k2 -n)
     # shellcheck disable=SC2086
-    "$BUILD/bench/bench_cuda" $files --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS_CROSSOVER:-15,18,0} --runs 10 \
+    "$BUILD/bench/bench_cuda" $files --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS_CROSSOVER:-15,18,19,0} --runs 10 \
         --csv "$LOGS/crossover.csv" >"$LOGS/crossover.log" 2>&1 || { tail -20 "$LOGS/crossover.log"; exit 1; }
-    { echo "# Kernels 15 and 18 from short rows to long on $gpu"
+    { echo "# Kernels 15, 18 and 19 from short rows to long on $gpu"
       echo
       echo "Command: \`bench/run_gpu.sh crossover\` ($(date -u '+%Y-%m-%d %H:%M UTC'), driver" \
            "$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1), binary $BUILD/bench/bench_cuda):" \

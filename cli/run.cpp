@@ -55,11 +55,11 @@ for every batch and head, over the time.
                   times with CUDA events, without the copies, and prints TFLOP/s)
   --dtype T       cuda only: the GPU's element type for Q, K, V and O: bf16 (default), fp16
                   or f32 (inputs are rounded to it; softmax and accumulation are float32)
-  --kernel K      cuda only: attn_fwd_kernel<K>, 1 to 18 (engine/cuda/attn_fwd_kernels.cuh;
-                  10 to 15, wgmma, in attn_fwd_wgmma.cuh, need an sm_90 GPU); default 0: the
-                  engine's choice: in bf16 or fp16 with d = 64 or 128 and blocks of 64 or more,
-                  15 on an sm_90 GPU, else 7 or 9, whichever its count of key-tile steps
-                  predicts faster for these masks; else kernel 1
+  --kernel K      cuda only: attn_fwd_kernel<K>, 1 to 19 (engine/cuda/attn_fwd_kernels.cuh;
+                  10 to 19, wgmma, in attn_fwd_wgmma.cuh and attn_fwd_ws.cuh, need an sm_90
+                  GPU); default 0: the engine's choice: in bf16 or fp16 with d = 64 or 128 and
+                  blocks of 64 or more, 15 on an sm_90 GPU, else 7 or 9, whichever its count of
+                  key-tile steps predicts faster for these masks; else kernel 1
   --q/--k/--v     tensors as .npy, float32 or float16, [heads, n, d] or [batch, heads, n, d];
                   heads must be the script's. Without them: standard normal values from --seed
   --out O.npy     write O as float32 .npy, with the inputs' rank (written whole or not at all)

@@ -302,7 +302,7 @@ void attention_check_score_range(const std::string& what, const TensorD& q_norms
             if (engine == ScoreEngine::cuda_tensor_cores && bound > kMaxTensorCoreScore) {
                 throw Error(what + ": " + rows() + ": with scale " + number_text(scale) + ", scores up to " +
                             number_text(bound) + " are beyond the " + number_text(kMaxTensorCoreScore) +
-                            " that the tensor-core kernels (2 to 18) take (scale Q or K down, lower `scale`, or use "
+                            " that the tensor-core kernels (2 to 19) take (scale Q or K down, lower `scale`, or use "
                             "kernel 1, which takes scores up to " + number_text(kMaxScore) + ")");
             }
             if (engine == ScoreEngine::cpu && abs_scale * q > kMaxScore) {

@@ -44,7 +44,7 @@ TensorD tensor_row_norms(const Tensor& x, int threads = 0);
 // of 4 to spare is taken, and only those beyond are refused.
 constexpr double kMaxScore = 3.4028234663852886e38 / 4;
 
-// The largest |score| the CUDA engine's tensor-core kernels (2 to 18) take: 2^29, about 5.4e8.
+// The largest |score| the CUDA engine's tensor-core kernels (2 to 19) take: 2^29, about 5.4e8.
 // They form P = 2^(s scale log2(e) - m) with one FMA, exact but for the rounding of the row max
 // m: a factor 2^e, |e| up to half an ulp of m, common to the whole row, which O and lse do not
 // see while it fits float32. From |m| = 2^31 (ulp 256) it overflows: on an H100 every kernel 2 to

@@ -863,7 +863,7 @@ Slow on purpose: the oracle the engines are tested against.)");
           }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("masks"), py::arg("layer") = 0, py::arg("dtype") = "bf16",
           py::arg("kernel") = 0, py::arg("scale") = 0.0F,
           "Forward attention with the CUDA engine: returns (o, lse) as float32. q, k, v as for attention(), rounded to dtype "
-          "('bf16', 'fp16' or 'float32') on the GPU. kernel: attn_fwd_kernel<N> (1 to 18); 0: the engine's choice "
+          "('bf16', 'fp16' or 'float32') on the GPU. kernel: attn_fwd_kernel<N> (1 to 19); 0: the engine's choice "
           "(1 for float32; for bf16 / fp16 15 on compute capability 9.0, else 7 or 9 by the masks' step counts). A layer "
           "with content-based heads runs on the CUDA content engine (content_attention_cuda; kernel is then ignored).");
     m.def("round_to", [](const py::handle& x_obj, const std::string& dtype) {

@@ -59,7 +59,7 @@ std::string cuda_device_name() {
     return prop.name;
 }
 
-int cuda_kernel_count() { return 18; }
+int cuda_kernel_count() { return 19; }
 
 bool cuda_device_has_wgmma() {   // cached: the device does not change while the program runs
     static const bool has = [] {
@@ -76,7 +76,7 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
     const bool tensor_core_shape =
         dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 9) return tensor_core_shape;
-    if (kernel >= 10 && kernel <= 18) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 10 && kernel <= 19) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -209,7 +209,7 @@ struct CudaAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // Kernels 7 to 18: the work items, then attn_combine over the split tiles.
+    // Kernels 7 to 19: the work items, then attn_combine over the split tiles.
     template <typename T, int D, int B> void launch_split() const {
         const cuda::AttnParams<T> p = params<T>();
         const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(shape.batch));
@@ -225,11 +225,12 @@ struct CudaAttention::Impl {
             else if (kernel == 15) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 15>(p, work_items, shape.batch)));
             else SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 16>(p, work_items, shape.batch)));
             if (split_tiles > 0) cuda::attn_combine<T, D, 64><<<combine_grid(64), 128, 0, p.stream>>>(p);
-        } else if (kernel == 11 || kernel == 12 || kernel == 17 || kernel == 18) {
+        } else if (kernel == 11 || kernel == 12 || kernel >= 17) {
             if (kernel == 11) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 11>(p, work_items, shape.batch)));
             else if (kernel == 12) SPARSA_CUDA_CHECK((cuda::attn_fwd_wgmma_launch<T, D, B, 12>(p, work_items, shape.batch)));
-            else if (kernel == 17) SPARSA_CUDA_CHECK((cuda::attn_fwd_ws_launch<T, D, B, 1>(p, work_items, shape.batch)));
-            else SPARSA_CUDA_CHECK((cuda::attn_fwd_ws_launch<T, D, B, 2>(p, work_items, shape.batch)));
+            else if (kernel == 17) SPARSA_CUDA_CHECK((cuda::attn_fwd_ws_launch<T, D, B, 17>(p, work_items, shape.batch)));
+            else if (kernel == 18) SPARSA_CUDA_CHECK((cuda::attn_fwd_ws_launch<T, D, B, 18>(p, work_items, shape.batch)));
+            else SPARSA_CUDA_CHECK((cuda::attn_fwd_ws_launch<T, D, B, 19>(p, work_items, shape.batch, persistent_blocks)));
             if (split_tiles > 0) cuda::attn_combine<T, D, 128><<<combine_grid(128), 128, 0, p.stream>>>(p);
         } else if (kernel == 7) {
             constexpr int smem = cuda::AttnTraits32<D, B, 4>::kSmemBytes;
@@ -249,9 +250,9 @@ struct CudaAttention::Impl {
         SPARSA_CUDA_CHECK(cudaGetLastError());
     }
 
-    // Query rows of a thread block of the chosen kernel (1: unused; 6, 7, 11, 12, 17, 18: 128; else 64).
+    // Query rows of a thread block of the chosen kernel (1: unused; 6, 7, 11, 12, 17 to 19: 128; else 64).
     int64_t tile_rows() const {
-        return kernel == 6 || kernel == 7 || kernel == 11 || kernel == 12 || kernel == 17 || kernel == 18 ? 128 : 64;
+        return kernel == 6 || kernel == 7 || kernel == 11 || kernel == 12 || kernel >= 17 ? 128 : 64;
     }
 
     // Kernel 0 with bf16 / fp16 without wgmma (with it, prepare takes 15): a 128-query kernel or
@@ -463,7 +464,7 @@ void CudaAttention::Impl::configure(const MaskSet& masks, int64_t layer, const T
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
                     cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +
                     std::to_string(masks.block) +
-                    " (kernels 2 to 18: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 18 a GPU"
+                    " (kernels 2 to 19: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 10 to 19 a GPU"
                     " of compute capability 9.0 (" + (cuda_device_has_wgmma() ? "this one is" : "this one is not") +
                     "); kernel 1 runs any; kernel 0 picks one)");
     }
@@ -473,7 +474,7 @@ void CudaAttention::Impl::configure(const MaskSet& masks, int64_t layer, const T
     }
     if (options.persistent_blocks < 0) {
         throw Error("cuda attention_forward: persistent_blocks is " + std::to_string(options.persistent_blocks) +
-                    " (give 0 for as many thread blocks as fit on the GPU, or the most kernel 13 may run)");
+                    " (give 0 for as many thread blocks as fit on the GPU, or the most kernels 13 and 19 may run)");
     }
     this->split_steps = options.split_steps;
     this->persistent_blocks = options.persistent_blocks;

@@ -24,10 +24,10 @@ struct CudaAttentionOptions {
                                           // fp16 on compute capability 9.0 10 (wgmma), elsewhere a 128-query kernel
                                           // (7) or a 64-query one (9), whichever its step count predicts faster
     bool poison_outputs = true;           // fill O and lse with NaN before the run (tests catch unwritten elements)
-    int64_t split_steps = 0;              // kernels 7 to 16: rows of more key tiles than this are cut into chunks of
+    int64_t split_steps = 0;              // kernels 7 to 19: rows of more key tiles than this are cut into chunks of
                                           // at most this many; 0: max(64, all steps / (8 * multiprocessors))
-    int64_t persistent_blocks = 0;        // kernel 13: the most thread blocks it runs (each takes work items until
-                                          // none is left); 0: as many as fit on the GPU at once
+    int64_t persistent_blocks = 0;        // kernels 13 and 19: the most thread blocks they run (each takes work
+                                          // items until none is left); 0: as many as fit on the GPU at once
 };
 
 // Whether a CUDA GPU can run the engine here; when not, `why` says why (no driver, no device).
@@ -35,13 +35,13 @@ bool cuda_device_available(std::string* why = nullptr);
 // "NVIDIA H100 80GB HBM3" (device 0). Throws sparsa::Error when there is no GPU.
 std::string cuda_device_name();
 
-// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 18 (tensor
-// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; 10 to 18 use Hopper's wgmma
+// The kernel versions: 1 (simple: any d <= 256, any block, every dtype), 2 to 19 (tensor
+// cores: bf16 / fp16, d = 64 or 128, mask blocks 64, 128 or 256; 10 to 19 use Hopper's wgmma
 // and run only on a GPU of compute capability 9.0). attn_fwd_kernels.cuh says what each adds.
 int cuda_kernel_count();
 bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block);
 // Whether device 0 runs sm_90a machine code (compute capability 9.0: H100, H200), which kernels
-// 10 to 18 need; false without a GPU.
+// 10 to 19 need; false without a GPU.
 bool cuda_device_has_wgmma();
 
 // The checks CudaAttention::prepare makes before anything reaches the GPU, callable without
@@ -49,7 +49,7 @@ bool cuda_device_has_wgmma();
 // Q, K, V), every element within the dtype's range (fp16: |x| up to 65504; bf16: up to 3.39e38,
 // just under float32's 3.40e38; an element that would round to inf is named with its index,
 // value and the fix), and scores in the kernel's range (attention_check_score_range: kernel 1
-// up to FLT_MAX / 4, the tensor-core kernels 2 to 18, which kernel 0 picks for bf16 and fp16
+// up to FLT_MAX / 4, the tensor-core kernels 2 to 19, which kernel 0 picks for bf16 and fp16
 // at d = 64 or 128, up to 2^29; reference.hpp says why). O(size) on the host. Throws sparsa::Error.
 void cuda_attention_check(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                           const CudaAttentionOptions& options = {});

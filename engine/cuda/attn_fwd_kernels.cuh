@@ -48,11 +48,13 @@
 //      (setmaxnreg), each with 16's O += P V in flight during its softmax, taking turns to issue
 //      their products (ping-pong).
 //  18: 17 with 128 keys a step (two 64-key tiles, one softmax, rescale and turn for both).
-//  10 to 16 are in attn_fwd_wgmma.cuh, 17 and 18 in attn_fwd_ws.cuh, built in translation units of
+//  19: 18 made persistent (a block an SM, each taking work items blockIdx.x + k * gridDim.x; the
+//      producer loads the next item's Q and first K / V while the consumers finish the item before).
+//  10 to 16 are in attn_fwd_wgmma.cuh, 17 to 19 in attn_fwd_ws.cuh, built in translation units of
 //  their own (attn_fwd_wgmma.cu, attn_fwd_ws.cu) for sm_90a; declared at the end of this file.
 //
 // Index: [SECTION] masks on the device, [SECTION] kernel 1, [SECTION] tensor-core helpers,
-// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 18.
+// [SECTION] kernels 2 to 4, [SECTION] kernels 5 to 9, [SECTION] kernels 10 to 19.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -878,7 +880,7 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
     }
 }
 
-// [SECTION] kernels 10 to 18
+// [SECTION] kernels 10 to 19
 
 // Kernel 10, 13, 14, 15 or 16 (64-query tiles, kernel 8's work items), 11 or 12 (128-query tiles, kernel
 // 7's), in attn_fwd_wgmma.cuh, compiled for sm_90a alone in attn_fwd_wgmma.cu; the split tiles'
@@ -887,9 +889,9 @@ __global__ void __launch_bounds__(128) attn_combine(AttnParams<T> p) {
 // Declared here so the host code calls them without compiling wgmma.
 template <typename T, int D, int MaskBlock, int Kernel>
 cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks = 0);
-// Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2: 128 keys a step) (attn_fwd_ws.cuh: a producer warpgroup
-// and two consumers on kernel 12's tiles), the same way.
-template <typename T, int D, int MaskBlock, int KeyTiles>
-cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch);
+// Kernel 17, 18 (128 keys a step) or 19 (18 persistent) (attn_fwd_ws.cuh: a producer warpgroup and
+// two consumers on kernel 12's tiles), the same way; max_blocks: kernel 19's most thread blocks.
+template <typename T, int D, int MaskBlock, int Kernel>
+cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks = 0);
 
 } // namespace sparsa::cuda

@@ -1,7 +1,7 @@
 // Kernels 10 to 16 (attn_fwd_wgmma.cuh) compiled for sm_90a alone, in their own translation unit:
 // wgmma exists only on that target (engine/cuda/CMakeLists.txt builds this file with
 // -gencode=arch=compute_90a,code=sm_90a), and attention_cuda.cu calls them through the launch
-// functions instantiated here for every dtype, head dim and mask block they run. Kernels 17 and 18
+// functions instantiated here for every dtype, head dim and mask block they run. Kernels 17 to 19
 // are attn_fwd_ws.cu's (a translation unit of their own, so the two compile side by side).
 #include "engine/cuda/attn_fwd_wgmma.cuh"
 

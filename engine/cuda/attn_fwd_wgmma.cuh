@@ -129,10 +129,11 @@ template <typename T, int MaskBlock> struct Tile128 {
     int64_t h, b, q0, head_offset, qb_2;
     bool two_rows;
     KeyCursor cur;
-    template <int D> __device__ static Tile128 of(const AttnParams<T>& p) {
+    template <int D> __device__ static Tile128 of(const AttnParams<T>& p) { return of<D>(p, blockIdx.x); }
+    template <int D> __device__ static Tile128 of(const AttnParams<T>& p, int64_t work) {   // work item `work`
         Tile128 t;
         const int64_t tiles = (p.n + 127) / 128;
-        t.item = p.masks.work[blockIdx.x];
+        t.item = p.masks.work[work];
         t.h = t.item.pair / tiles;
         t.b = blockIdx.z;
         t.q0 = (t.item.pair % tiles) * 128;
@@ -265,7 +266,7 @@ __device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
                  "@!done bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
 
-// The shared memory of kernels 12, 17 and 18: two Q tiles ([128, D]: the rows of warpgroup g at
+// The shared memory of kernels 12 and 17 to 19: two Q tiles ([128, D]: the rows of warpgroup g at
 // q_tiles + g kTile), then a ring of Stages stages of KeyTiles K tiles and KeyTiles V tiles each (12
 // and 17: one of each; 18: two), and mbarriers over it: full(s) completes when the copies into stage
 // s have landed, empty(s) when the 8 computing warps are done with it, q_full when the Q tiles have
@@ -286,7 +287,7 @@ template <int D, int Stages, int KeyTiles = 1> struct StageRing {
     }
     __device__ uint32_t v_tile(int64_t s, int i = 0) const { return k_tile(s, i) + KeyTiles * kTile; }
     // full(s) completes on `copiers` arrivals of cp.async copies plus `full_extra` plain arrivals
-    // (kernels 17 and 18: the producer thread that writes the stage's mask records).
+    // (kernels 17 to 19: the producer thread that writes the stage's mask records).
     __device__ void init(uint32_t copiers, uint32_t full_extra = 0) const {
         if (threadIdx.x != 0) return;
         for (int s = 0; s < Stages; ++s) {

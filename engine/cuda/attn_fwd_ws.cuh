@@ -1,4 +1,4 @@
-// Kernels 17 and 18 of the attention forward: FlashAttention-3's division of labour on kernel 12's
+// Kernels 17 to 19 of the attention forward: FlashAttention-3's division of labour on kernel 12's
 // tiles. sm_90a only: included by attn_fwd_ws.cu alone (after attn_fwd_wgmma.cuh, whose mbarrier
 // helpers, steps and Wgmma12 tiling it uses).
 //
@@ -23,6 +23,15 @@
 //       11% faster than 17, level with 15 (4.336 against 4.384 ms dense 16,384); its profile put the
 //       consumers' latency, not their issue, as the limit (bench/cuda-notes.md, "The profile of
 //       forward kernel 18").
+//   19: 18 made persistent (written 2026-12-07, compiled here, not yet run): a block an SM, each
+//       running work items blockIdx.x, blockIdx.x + gridDim.x, ... with one ring of stages across
+//       them. 18 holds the SM alone (225 KB), so a block's start (launch, barriers, Q's copy, the
+//       ring's first fill) and end (the last product, O's write) overlap nothing, which short rows
+//       pay on every few steps (window(256) at 65,536: five steps an item; 18 is 27% slower than 15
+//       there). In 19 the producer copies the next item's Q as soon as both consumers' last
+//       S = Q K^T of the item is done (q_empty) and its first K / V tiles as stages free up, while
+//       the consumers finish the item. Kernel 13 did this for 10 and gained nothing: 10 runs three
+//       blocks an SM, whose starts and ends already overlap one another's steps.
 //
 // Both: the consumers walk the mask a step ahead, right after issuing a step's products, so the
 // cursor's dependent loads wait beside S instead of before the next issue (18's profile). Measured
@@ -60,7 +69,7 @@
 
 namespace sparsa::cuda {
 
-// Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2).
+// Kernel 17 (KeyTiles 1), 18 and 19 (KeyTiles 2).
 template <int D, int KeyTiles> struct WarpSpecializedTraits {
     static constexpr int kKeyTiles = KeyTiles;                                 // 64-key tiles a step
     // Three stages for both: a consumer holds two (step j's K for S, step j - 1's V for the product in
@@ -98,9 +107,12 @@ template <int Registers> __device__ inline void setmaxnreg_inc() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Registers));
 }
 
-// The body of kernels 17 (KeyTiles 1) and 18 (KeyTiles 2), each a __global__ of its own name below
-// (profiles and sanitizer reports name the kernel). grid: (work items, 1, batch), block: 384 threads,
-// dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes.
+// The body of kernels 17 (KeyTiles 1), 18 and 19 (KeyTiles 2), each a __global__ of its own name
+// below (profiles and sanitizer reports name the kernel). grid: (blocks, 1, batch), block: 384
+// threads, dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. A block runs work
+// items blockIdx.x, blockIdx.x + gridDim.x, ...: one for 17 and 18 (a block per item), several for 19
+// (as many blocks as SMs), whose producer then loads the next item's Q and first K / V tiles while
+// the consumers finish the item before (its last products and its output).
 template <typename T, int D, int MaskBlock, int KeyTiles>
 __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -108,227 +120,257 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     constexpr int kTileQ = 128, kTileK = 64, kSubTiles = MaskBlock / kTileK, kStages = Traits::kStages;
     constexpr int kTile = Traits::kTileBytes;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    __shared__ __align__(8) uint64_t bars[2 * kStages + 1];   // full[kStages], empty[kStages], q_full
+    // full[kStages], empty[kStages], q_full, q_empty (the consumers' 8 warps are done with Q: the last
+    // S = Q K^T of their item is complete)
+    __shared__ __align__(8) uint64_t bars[2 * kStages + 2];
     // Traits::kProducerRecords: stage s's mask records, tile i, consumer g: {first key / 64, the
     // partial-block index, -1 for a full block, kNotKept where g's mask row lacks the block}
     __shared__ int2 records[kStages][KeyTiles][2];
     constexpr int32_t kNotKept = -2;
     const StageRing<D, kStages, KeyTiles> ring(smem_raw, bars);
-    const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full();
+    const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full(), q_empty = q_full + 8;
     // the producer's threads copy (and with records, its thread 0 arrives once more on full), the
     // consumers' 8 warps compute
     ring.init(128, Traits::kProducerRecords ? 1 : 0);
+    if (threadIdx.x == 0) mbarrier_init(q_empty, 8);
     __syncthreads();
 
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int wg_thread = threadIdx.x % 128;
-    const auto t = Tile128<T, MaskBlock>::template of<D>(p);   // the tile and its mask rows, as kernel 12's
-    const WorkItem item = t.item;
-    const int64_t h = t.h, b = t.b, q0 = t.q0, head_offset = t.head_offset, qb_2 = t.qb_2, n = p.n;
-    const bool two_rows = t.two_rows;
     const DeviceMasks& m = p.masks;
-    KeyCursor cur = t.cur;
-    const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
-    const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;           // steps of KeyTiles tiles
+    const int64_t n = p.n;
+    // Each item's steps run on from the block's earlier items' in the ring: step j of an item is the
+    // block's step `before + j`, in stage (before + j) % kStages.
+    const auto stage_of = [&](int64_t g) { return g % kStages; };
+    const auto parity_of = [&](int64_t g) { return static_cast<uint32_t>((g / kStages) & 1); };
 
-    if (wg == 2) {   // the producer: Q, then every step's K and V into the ring
+    if (wg == 2) {   // the producer: each item's Q, then every step's K and V into the ring
         setmaxnreg_dec<Traits::kProducerRegisters>();
-        tile_load_swizzled<D, 128>(q_tiles, p.q + head_offset, q0, n, wg_thread);
-        tile_load_swizzled<D, 128>(q_tiles + kTile, p.q + head_offset, q0 + 64, n, wg_thread);
-        mbarrier_arrive_on_copies(q_full);
-        // which of the tile's two mask rows (a, b) each consumer's 64 rows belong to, if any
-        bool has_rows[2], in_b[2];
-#pragma unroll
-        for (int g = 0; g < 2; ++g) {
-            has_rows[g] = (q0 + 64 * g) / MaskBlock < m.q_blocks;
-            in_b[g] = two_rows && (q0 + 64 * g) / MaskBlock == qb_2;
-        }
         const bool writes_records = Traits::kProducerRecords && wg_thread == 0;
-        KeyCursor ahead = cur;
-        int64_t k0 = 0;
-        for (int64_t j = 0; j < steps; ++j) {
-            const int64_t s = j % kStages;
-            if (j >= kStages) mbarrier_wait(ring.empty(s), static_cast<uint32_t>((j / kStages - 1) & 1));
+        int64_t before = 0, items = 0;
+        for (int64_t w = blockIdx.x; w < p.work_items; w += gridDim.x, ++items) {
+            const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
+            const int64_t q0 = t.q0, head_offset = t.head_offset, tiles_k = t.item.steps;
+            const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;
+            if (items > 0) mbarrier_wait(q_empty, static_cast<uint32_t>((items - 1) & 1));   // the item before is done with Q
+            tile_load_swizzled<D, 128>(q_tiles, p.q + head_offset, q0, n, wg_thread);
+            tile_load_swizzled<D, 128>(q_tiles + kTile, p.q + head_offset, q0 + 64, n, wg_thread);
+            mbarrier_arrive_on_copies(q_full);
+            // which of the tile's two mask rows (a, b) each consumer's 64 rows belong to, if any
+            bool has_rows[2], in_b[2];
 #pragma unroll
-            for (int i = 0; i < KeyTiles; ++i) {
-                int32_t part[2] = {kNotKept, kNotKept};
-                if (j * KeyTiles + i < tiles_k) {   // else the padding tile: the keys before it again (finite values; masked)
-                    const int32_t ca = ahead.col_a(m.col_idx), cb = ahead.col_b(m.col_idx), col = min(ca, cb);
-                    k0 = int64_t{col} * MaskBlock + ahead.sub * kTileK;
+            for (int g = 0; g < 2; ++g) {
+                has_rows[g] = (q0 + 64 * g) / MaskBlock < m.q_blocks;
+                in_b[g] = t.two_rows && (q0 + 64 * g) / MaskBlock == t.qb_2;
+            }
+            KeyCursor ahead = t.cur;
+            int64_t k0 = 0;
+            for (int64_t j = 0; j < steps; ++j) {
+                const int64_t g = before + j, s = stage_of(g);
+                if (g >= kStages) mbarrier_wait(ring.empty(s), parity_of(g - kStages));
+#pragma unroll
+                for (int i = 0; i < KeyTiles; ++i) {
+                    int32_t part[2] = {kNotKept, kNotKept};
+                    if (j * KeyTiles + i < tiles_k) {   // else the padding tile: the keys before it again (finite values; masked)
+                        const int32_t ca = ahead.col_a(m.col_idx), cb = ahead.col_b(m.col_idx), col = min(ca, cb);
+                        k0 = int64_t{col} * MaskBlock + ahead.sub * kTileK;
+                        if (writes_records) {
+#pragma unroll
+                            for (int c = 0; c < 2; ++c) {
+                                const int64_t e = !has_rows[c] ? -1 : in_b[c] ? (cb == col ? ahead.eb : -1) : (ca == col ? ahead.ea : -1);
+                                part[c] = e >= 0 ? m.partial_idx[e] : kNotKept;
+                            }
+                        }
+                        ahead.template advance<kSubTiles>(m.col_idx);
+                    }
                     if (writes_records) {
 #pragma unroll
-                        for (int g = 0; g < 2; ++g) {
-                            const int64_t e = !has_rows[g] ? -1 : in_b[g] ? (cb == col ? ahead.eb : -1) : (ca == col ? ahead.ea : -1);
-                            part[g] = e >= 0 ? m.partial_idx[e] : kNotKept;
-                        }
+                        for (int c = 0; c < 2; ++c) records[s][i][c] = make_int2(static_cast<int32_t>(k0 / kTileK), part[c]);
                     }
-                    ahead.template advance<kSubTiles>(m.col_idx);
+                    tile_load_swizzled<D, 128>(ring.k_tile(s, i), p.k + head_offset, k0, n, wg_thread);
+                    tile_load_swizzled<D, 128>(ring.v_tile(s, i), p.v + head_offset, k0, n, wg_thread);
                 }
-                if (writes_records) {
-#pragma unroll
-                    for (int g = 0; g < 2; ++g) records[s][i][g] = make_int2(static_cast<int32_t>(k0 / kTileK), part[g]);
-                }
-                tile_load_swizzled<D, 128>(ring.k_tile(s, i), p.k + head_offset, k0, n, wg_thread);
-                tile_load_swizzled<D, 128>(ring.v_tile(s, i), p.v + head_offset, k0, n, wg_thread);
+                mbarrier_arrive_on_copies(ring.full(s));
+                if (writes_records) mbarrier_arrive(ring.full(s));   // release: the records are visible with the stage
             }
-            mbarrier_arrive_on_copies(ring.full(s));
-            if (writes_records) mbarrier_arrive(ring.full(s));   // release: the records are visible with the stage
+            before += steps;
         }
         cp_async_wait<0>();   // no copy left in flight when the producer leaves
         return;
     }
 
-    // A consumer: 64 query rows, this warp 16 of them.
+    // A consumer: 64 query rows of each item, this warp 16 of them.
     setmaxnreg_inc<Traits::kConsumerRegisters>();
-    const int64_t wg_row0 = q0 + 64 * wg;
-    const bool wg_in_b = two_rows && wg_row0 / MaskBlock == qb_2;
-    const bool wg_has_rows = wg_row0 / MaskBlock < m.q_blocks;
-    const int i_warp = static_cast<int>(wg_row0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
     const uint32_t q_tile = q_tiles + wg * kTile;
     const auto release = [&](int64_t s) {   // this warp is done with stage s
         __syncwarp();
         if (lane == 0) mbarrier_arrive(ring.empty(s));
     };
-
-    float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
-    float row_max[2], row_sum[2], scale_old[2];   // rows group and group + 8, base 2; this lane's partial sums
-    online_softmax_start<D>(o_acc, row_max, row_sum);
-    float s_acc[KeyTiles][32];      // S of the step's tiles, then their P
-    uint32_t pf[KeyTiles][4][4];    // P of the step before, rounded to T: the A operands of its O += P V
-
-    // Step j's key tiles and this warpgroup's mask entries of them (KeyTileMask: the tile's first key,
-    // its partial-block index, -1 for a full block, and whether this warpgroup's mask row keeps the
-    // block at all). A tile the row does not keep is still computed, every score masked (its P is
-    // 0): the products of every step then issue the same way, which ptxas needs to keep them in
-    // flight (a wgmma issued on one side of a branch is serialized: its C7520 warning). So is the
-    // padding tile of an odd tile count (the keys before it again, kept by no row).
-    // The walk runs a step ahead: step j + 1's records are computed right after step j's products
-    // are issued, where the warp waits for S_j anyway, so the cursor's dependent loads (the two
-    // rows' column indices, then the partial-block index) are off the path to the next issue
-    // (kernel 18's profile: they stalled every step's start; bench/cuda-notes.md).
-    KeyTileMask st[KeyTiles], st_next[KeyTiles];
-    const auto step_of = [&](KeyCursor& c, int64_t j, KeyTileMask (&out)[KeyTiles]) {
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) {
-            if (j * KeyTiles + i >= tiles_k) {
-                out[i] = KeyTileMask{out[i > 0 ? i - 1 : 0].k0, -1, false};
-                continue;
-            }
-            const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
-            const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
-            out[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
-            c.template advance<kSubTiles>(m.col_idx);
-        }
-    };
-    const auto walk_ahead = [&](int64_t j) {   // step j's records into st_next, if there is a step j
-        if (j < steps) step_of(cur, j, st_next);
-    };
-    const auto take_next = [&]() {
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) st[i] = st_next[i];
-    };
-    const auto read_records = [&](int64_t s) {   // Traits::kProducerRecords: stage s's records of this warpgroup
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) {
-            const int2 r = records[s][i][wg];
-            st[i] = KeyTileMask{int64_t{r.x} * kTileK, r.y == kNotKept ? -1 : r.y, r.y != kNotKept};
-        }
-    };
-    // Step j's records: walked a step ahead by the consumer, or read after the issue from the producer's.
-    const auto records_before_issue = [&](int64_t j) {
-        if constexpr (!Traits::kProducerRecords) {
-            if (j == 0) step_of(cur, 0, st);
-            else take_next();
-        }
-    };
-    const auto records_after_issue = [&](int64_t j) {   // while S_j runs
-        if constexpr (Traits::kProducerRecords) read_records(j % kStages);
-        else walk_ahead(j + 1);
-    };
-    const auto scores_to_p = [&]() {   // mask (all of it for a block the row lacks), online softmax over the step's tiles
-        softmax_scores_tiles<MaskBlock, KeyTiles>(s_acc, row_max, row_sum, scale_old, m, st, n, i_warp, p.scale_log2);
-    };
-    const auto issue_scores = [&](int64_t s) {   // S = Q K^T of each tile of stage s: KeyTiles groups
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) wgmma_scores_async<T, D>(s_acc[i], q_tile, ring.k_tile(s, i));
-    };
-    const auto issue_pv = [&](int64_t s) {       // O += P V of each tile of stage s: KeyTiles groups
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) wgmma_pv_async<T, D>(o_acc, pf[i], ring.v_tile(s, i));
-    };
-    const auto fence_scores = [&]() {
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) wgmma_fence_operands(s_acc[i]);
-    };
-    const auto pack = [&]() {
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) pack_p<T>(s_acc[i], pf[i]);
-    };
-    const auto stage_ready = [&](int64_t j) {   // step j's K and V landed and are visible to the tensor cores
-        mbarrier_wait(ring.full(j % kStages), static_cast<uint32_t>((j / kStages) & 1));
-        fence_proxy_async();
+    const auto done_with_q = [&]() {        // this warp's last S = Q K^T of the item is complete
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(q_empty);
     };
 
     // Ping-pong (FlashAttention-3): the two consumers take turns issuing their products, so that one's
     // softmax runs while the other's products hold the tensor cores. Named barrier 1 + g is consumer
     // g's turn: it syncs there (its 128 threads) before issuing, and the other consumer's arrive (128)
-    // completes it; having issued, it arrives at the other's. Each consumer issues steps + 1 times
-    // (S_0; S_j with O += P_{j-1} V_{j-1}; the last O += P V): consumer 1 opens with an arrive at
-    // consumer 0's barrier and leaves out its arrive after its last issue, so every arrive is met.
+    // completes it; having issued, it arrives at the other's. Both consumers issue the same number of
+    // times (per item with steps: S_0; S_j with O += P_{j-1} V_{j-1}; the last O += P V), consumer 1
+    // first arrives at consumer 0's barrier before its own first turn (consumer 0 goes first), and
+    // consumer 0 takes consumer 1's arrive after its last issue once all items are done, so every
+    // arrive is met.
     const auto turn_wait = [&]() {
         if constexpr (Traits::kPingPong) named_barrier_sync(1 + wg, 256);
     };
-    const auto turn_pass = [&](bool last) {
-        if constexpr (Traits::kPingPong) {
-            if (!(last && wg == 1)) named_barrier_arrive(2 - wg, 256);
-        }
+    const auto turn_pass = [&]() {
+        if constexpr (Traits::kPingPong) named_barrier_arrive(2 - wg, 256);
     };
+    bool issued = false;   // this block's consumers have issued products (the turns have begun)
 
-    mbarrier_wait(q_full, 0);
-    if (Traits::kPingPong && wg == 1 && steps > 0) named_barrier_arrive(1, 256);
-    if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
-        records_before_issue(0);
-        stage_ready(0);
-        turn_wait();
-        wgmma_fence();
-        issue_scores(0);
-        turn_pass(false);
-        records_after_issue(0);
-        wgmma_wait<0>();
-        fence_scores();
-        scores_to_p();
-        pack();
+    int64_t before = 0, items = 0;
+    for (int64_t w = blockIdx.x; w < p.work_items; w += gridDim.x, ++items) {
+        const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
+        const WorkItem item = t.item;
+        const int64_t h = t.h, b = t.b, q0 = t.q0, qb_2 = t.qb_2;
+        const bool two_rows = t.two_rows;
+        KeyCursor cur = t.cur;
+        const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
+        const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;           // steps of KeyTiles tiles
+        const int64_t wg_row0 = q0 + 64 * wg;
+        const bool wg_in_b = two_rows && wg_row0 / MaskBlock == qb_2;
+        const bool wg_has_rows = wg_row0 / MaskBlock < m.q_blocks;
+        const int i_warp = static_cast<int>(wg_row0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
+
+        float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
+        float row_max[2], row_sum[2], scale_old[2];   // rows group and group + 8, base 2; this lane's partial sums
+        online_softmax_start<D>(o_acc, row_max, row_sum);
+        float s_acc[KeyTiles][32];      // S of the step's tiles, then their P
+        uint32_t pf[KeyTiles][4][4];    // P of the step before, rounded to T: the A operands of its O += P V
+
+        // Step j's key tiles and this warpgroup's mask entries of them (KeyTileMask: the tile's first key,
+        // its partial-block index, -1 for a full block, and whether this warpgroup's mask row keeps the
+        // block at all). A tile the row does not keep is still computed, every score masked (its P is
+        // 0): the products of every step then issue the same way, which ptxas needs to keep them in
+        // flight (a wgmma issued on one side of a branch is serialized: its C7520 warning). So is the
+        // padding tile of an odd tile count (the keys before it again, kept by no row).
+        // Without the producer's records the walk runs a step ahead: step j + 1's records are computed
+        // right after step j's products are issued, where the warp waits for S_j anyway, so the
+        // cursor's dependent loads (the two rows' column indices, then the partial-block index) are off
+        // the path to the next issue (kernel 18's profile: they stalled every step's start;
+        // bench/cuda-notes.md).
+        KeyTileMask st[KeyTiles], st_next[KeyTiles];
+        const auto step_of = [&](KeyCursor& c, int64_t j, KeyTileMask (&out)[KeyTiles]) {
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) {
+                if (j * KeyTiles + i >= tiles_k) {
+                    out[i] = KeyTileMask{out[i > 0 ? i - 1 : 0].k0, -1, false};
+                    continue;
+                }
+                const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
+                const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
+                out[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
+                c.template advance<kSubTiles>(m.col_idx);
+            }
+        };
+        const auto read_records = [&](int64_t s) {   // Traits::kProducerRecords: stage s's records of this warpgroup
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) {
+                const int2 r = records[s][i][wg];
+                st[i] = KeyTileMask{int64_t{r.x} * kTileK, r.y == kNotKept ? -1 : r.y, r.y != kNotKept};
+            }
+        };
+        // Step j's records: walked a step ahead by the consumer, or read after the issue from the producer's.
+        const auto records_before_issue = [&](int64_t j) {
+            if constexpr (!Traits::kProducerRecords) {
+                if (j == 0) {
+                    step_of(cur, 0, st);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < KeyTiles; ++i) st[i] = st_next[i];
+                }
+            }
+        };
+        const auto records_after_issue = [&](int64_t j) {   // while S_j runs
+            if constexpr (Traits::kProducerRecords) read_records(stage_of(before + j));
+            else if (j + 1 < steps) step_of(cur, j + 1, st_next);
+        };
+        const auto scores_to_p = [&]() {   // mask (all of it for a block the row lacks), online softmax over the step's tiles
+            softmax_scores_tiles<MaskBlock, KeyTiles>(s_acc, row_max, row_sum, scale_old, m, st, n, i_warp, p.scale_log2);
+        };
+        const auto issue_scores = [&](int64_t s) {   // S = Q K^T of each tile of stage s: KeyTiles groups
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) wgmma_scores_async<T, D>(s_acc[i], q_tile, ring.k_tile(s, i));
+        };
+        const auto issue_pv = [&](int64_t s) {       // O += P V of each tile of stage s: KeyTiles groups
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) wgmma_pv_async<T, D>(o_acc, pf[i], ring.v_tile(s, i));
+        };
+        const auto fence_scores = [&]() {
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) wgmma_fence_operands(s_acc[i]);
+        };
+        const auto pack = [&]() {
+#pragma unroll
+            for (int i = 0; i < KeyTiles; ++i) pack_p<T>(s_acc[i], pf[i]);
+        };
+        const auto stage_ready = [&](int64_t j) {   // step j's K and V landed and are visible to the tensor cores
+            mbarrier_wait(ring.full(stage_of(before + j)), parity_of(before + j));
+            fence_proxy_async();
+        };
+
+        mbarrier_wait(q_full, static_cast<uint32_t>(items & 1));
+        if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
+            if (Traits::kPingPong && wg == 1 && !issued) named_barrier_arrive(1, 256);   // consumer 0 goes first
+            issued = true;
+            records_before_issue(0);
+            stage_ready(0);
+            turn_wait();
+            wgmma_fence();
+            issue_scores(stage_of(before));
+            turn_pass();
+            records_after_issue(0);
+            wgmma_wait<0>();
+            if (steps == 1) done_with_q();
+            fence_scores();
+            scores_to_p();
+            pack();
+        } else {
+            done_with_q();
+        }
+        for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
+            const int64_t s = stage_of(before + j), prev = stage_of(before + j - 1);
+            records_before_issue(j);
+            stage_ready(j);
+            turn_wait();
+            wgmma_fence();
+            issue_scores(s);                                                         // S_j = Q K_j
+            issue_pv(prev);                                                          // O += P_{j-1} V_{j-1}
+            turn_pass();
+            records_after_issue(j);                                                  // while S_j runs
+            wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
+            if (j == steps - 1) done_with_q();
+            fence_scores();
+            scores_to_p();
+            wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
+            wgmma_fence_operands(o_acc);
+            release(prev);                                                           // step j - 1's K and V are done with
+            rescale_rows<D>(o_acc, scale_old);                                       // O to step j's row maxima
+            pack();
+        }
+        if (steps > 0) {   // the last step's O += P V
+            const int64_t last = stage_of(before + steps - 1);
+            turn_wait();
+            wgmma_fence();
+            issue_pv(last);
+            turn_pass();
+            wgmma_wait<0>();
+            wgmma_fence_operands(o_acc);
+            release(last);
+        }
+        output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, wg_row0 + 16 * warp, item.slot);
+        before += steps;
     }
-    for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
-        const int64_t s = j % kStages, prev = (j - 1) % kStages;
-        records_before_issue(j);
-        stage_ready(j);
-        turn_wait();
-        wgmma_fence();
-        issue_scores(s);                                                         // S_j = Q K_j
-        issue_pv(prev);                                                          // O += P_{j-1} V_{j-1}
-        turn_pass(false);
-        records_after_issue(j);                                                  // while S_j runs
-        wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
-        fence_scores();
-        scores_to_p();
-        wgmma_wait<0>();                                                         // O += P_{j-1} V_{j-1}
-        wgmma_fence_operands(o_acc);
-        release(prev);                                                           // step j - 1's K and V are done with
-        rescale_rows<D>(o_acc, scale_old);                                       // O to step j's row maxima
-        pack();
-    }
-    if (steps > 0) {   // the last step's O += P V
-        const int64_t last = (steps - 1) % kStages;
-        turn_wait();
-        wgmma_fence();
-        issue_pv(last);
-        turn_pass(true);
-        wgmma_wait<0>();
-        wgmma_fence_operands(o_acc);
-        release(last);
-    }
-    output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, wg_row0 + 16 * warp, item.slot);
+    if (Traits::kPingPong && wg == 0 && issued) named_barrier_sync(1, 256);   // consumer 1's arrive after its last issue
 #endif
 }
 
@@ -340,18 +382,39 @@ template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(384, 1) attn_fwd_kernel18(AttnParams<T> p) {
     attn_fwd_ws_body<T, D, MaskBlock, 2>(p);
 }
+template <typename T, int D, int MaskBlock>
+__global__ void __launch_bounds__(384, 1) attn_fwd_kernel19(AttnParams<T> p) {
+    attn_fwd_ws_body<T, D, MaskBlock, 2>(p);
+}
 
-// Kernel 17 (KeyTiles 1) or 18 (KeyTiles 2) over `work_items` work items (kernel 7's plan,
-// 128-query tiles, batch `batch`); returns the first failed call's error. attention_cuda.cu launches
-// attn_combine after it for the split tiles, as for 11 and 12.
-template <typename T, int D, int MaskBlock, int KeyTiles>
-cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch) {
-    using Traits = WarpSpecializedTraits<D, KeyTiles>;
+// Kernel 17, 18 or 19 over `work_items` work items (kernel 7's plan, 128-query tiles, batch `batch`):
+// 17 and 18 a block per item, 19 as many blocks as the GPU runs at once (one an SM; max_blocks > 0:
+// at most that many), each taking items blockIdx.x, blockIdx.x + gridDim.x, ... Returns the first
+// failed call's error.
+// attention_cuda.cu launches attn_combine after it for the split tiles, as for 11 and 12.
+template <typename T, int D, int MaskBlock, int Kernel>
+cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks) {
+    static_assert(Kernel >= 17 && Kernel <= 19, "the warp-specialized kernels are 17 to 19");
+    using Traits = WarpSpecializedTraits<D, Kernel == 17 ? 1 : 2>;
     constexpr int threads = Traits::kThreads, smem = Traits::kSmemBytes;
-    auto* kernel = KeyTiles == 1 ? attn_fwd_kernel17<T, D, MaskBlock> : attn_fwd_kernel18<T, D, MaskBlock>;
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    auto* kernel = Kernel == 17   ? attn_fwd_kernel17<T, D, MaskBlock>
+                   : Kernel == 18 ? attn_fwd_kernel18<T, D, MaskBlock>
+                                  : attn_fwd_kernel19<T, D, MaskBlock>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
-    const dim3 grid(static_cast<unsigned>(work_items), 1, static_cast<unsigned>(batch));
+    int64_t blocks = work_items;
+    if constexpr (Kernel == 19) {
+        int per_sm = 0, device = 0, sms = 0;
+        if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem)) != cudaSuccess) return err;
+        if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+        if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+        // every batch's items in grid.z, so the blocks an SM share out over the batch
+        const int64_t resident = int64_t{std::max(per_sm, 1)} * sms;
+        blocks = std::min(work_items, std::max<int64_t>(1, resident / std::max<int64_t>(batch, 1)));
+        if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
+    }
+    if (blocks == 0) return cudaSuccess;
+    const dim3 grid(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(batch));
     kernel<<<grid, threads, smem, p.stream>>>(p);
     return cudaGetLastError();
 }

@@ -192,7 +192,7 @@ template <typename T, int D> __device__ inline void wgmma_scores(float (&s)[32],
     wgmma_fence_operands(s);
 }
 
-// A 64-key tile's mask for one warpgroup (kernels 17 and 18): its first key, its partial-block
+// A 64-key tile's mask for one warpgroup (kernels 17 to 19): its first key, its partial-block
 // index (-1: a full block), and whether the warpgroup's mask row keeps the block at all.
 struct KeyTileMask {
     int64_t k0;
@@ -278,7 +278,7 @@ __device__ inline void softmax_scores_part(float (&s)[32], float (&row_max)[2], 
     online_softmax_tiles<1>(&s, row_max, row_sum, scale_old, scale_log2);
 }
 
-// Kernels 17 and 18: the masks and the online softmax of a step of Tiles key tiles (tiles[i]: s[i]'s).
+// Kernels 17 to 19: the masks and the online softmax of a step of Tiles key tiles (tiles[i]: s[i]'s).
 template <int MaskBlock, int Tiles>
 __device__ inline void softmax_scores_tiles(float (&s)[Tiles][32], float (&row_max)[2], float (&row_sum)[2], float (&scale_old)[2],
                                             const DeviceMasks& m, const KeyTileMask (&tiles)[Tiles], int64_t n, int i_warp,

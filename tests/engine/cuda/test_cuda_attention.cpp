@@ -96,7 +96,7 @@ void check_output(const AttentionOutput& got, const AttentionOutput& want, doubl
 void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
                    std::vector<int> kernels = {},   // {}: every kernel
                    int64_t split_steps = 0,         // kernels 7 to 16: CudaAttentionOptions::split_steps
-                   int64_t persistent_blocks = 0) { // kernel 13: CudaAttentionOptions::persistent_blocks
+                   int64_t persistent_blocks = 0) { // kernels 13 and 19: CudaAttentionOptions::persistent_blocks
     if (kernels.empty()) {
         for (int kernel = 1; kernel <= cuda_kernel_count(); ++kernel) kernels.push_back(kernel);
     }
@@ -124,7 +124,7 @@ void check_kernels(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d
 
 TEST_CASE("cuda: small sizes, every kernel (the sanitizer runs this)", "[cuda][small]") {
     if (!gpu_ready("small sizes")) return;
-    std::printf("test_cuda_attention: kernels 10 to 18 (wgmma) %s\n",
+    std::printf("test_cuda_attention: kernels 10 to 19 (wgmma) %s\n",
                 cuda_device_has_wgmma() ? "run here and are checked" : "skipped: this GPU is not compute capability 9.0");
     // n = 200 (B = 64, short last block), n = 300 with B = 128: the last 64-key tile lies past n.
     check_kernels(set_of({testing::mask_random(200, 64, 1), testing::mask_random(200, 64, 2)}), 0, 1, 64, 11);
@@ -148,7 +148,7 @@ TEST_CASE("cuda: random masks, n not divisible by the block, a mask per head, ba
     check_kernels(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
 }
 
-TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 16)", "[cuda][small]") {
+TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 19)", "[cuda][small]") {
     if (!gpu_ready("split rows")) return;
     // Chunks of 1, 3 and 5 key tiles: every row with more is split, with chunks that end inside
     // a 128- or 256-token block, rows of the union of two mask rows (kernel 7, B = 64), an
@@ -160,15 +160,15 @@ TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 16)", "[cu
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
                                       testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
         for (int64_t split : {1, 3, 5}) {
-            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, split);
+            check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19}, split);
         }
     }
 }
 
-TEST_CASE("cuda: kernel 13 with few thread blocks, each running many work items", "[cuda][small]") {
+TEST_CASE("cuda: kernels 13 and 19 with few thread blocks, each running many work items", "[cuda][small]") {
     if (!gpu_ready("persistent blocks")) return;
     if (!cuda_device_has_wgmma()) {
-        std::printf("test_cuda_attention: persistent blocks: skipped: kernel 13 needs compute capability 9.0\n");
+        std::printf("test_cuda_attention: persistent blocks: skipped: kernels 13 and 19 need compute capability 9.0\n");
         return;
     }
     // 1, 2 and 5 blocks over every (batch, head, tile): a block's next tile after a tile with
@@ -181,7 +181,7 @@ TEST_CASE("cuda: kernel 13 with few thread blocks, each running many work items"
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data())});
         for (int64_t blocks : {1, 2, 5}) {
             for (int64_t split : {0, 3}) {
-                check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 190 + static_cast<uint64_t>(blocks), {13}, split, blocks);
+                check_kernels(masks, 0, 2, block == 128 ? 128 : 64, 190 + static_cast<uint64_t>(blocks), {13, 19}, split, blocks);
             }
         }
     }
@@ -295,8 +295,8 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
         CHECK(engine().kernel() == (wgmma ? 15 : 9));
     }
-    if (!wgmma) {   // kernels 10 to 18 (sm_90a) refuse other GPUs, saying so
-        for (int wgmma_kernel : {10, 11, 12, 13, 14, 15, 16, 17, 18}) {
+    if (!wgmma) {   // kernels 10 to 19 (sm_90a) refuse other GPUs, saying so
+        for (int wgmma_kernel : {10, 11, 12, 13, 14, 15, 16, 17, 18, 19}) {
             options.kernel = wgmma_kernel;
             CHECK_THROWS_WITH(engine().forward(y, y, y, masks, 0, options), Contains("compute capability 9.0"));
         }
@@ -358,7 +358,7 @@ TEST_CASE("cuda_attention_check (no GPU needed): values beyond fp16 or bf16, sco
     // kernel 0 in bf16 at d = 64, block 64 picks a tensor-core kernel: scores up to 2^29 (5.4e8)
     std::fill(big.data.begin(), big.data.end(), 1e4f);   // scores 64 * 1e8 / 8 = 8e8
     CHECK_THROWS_WITH(cuda_attention_check(big, big, x, masks, 0, bf16),
-                      Contains("scores up to 8e+08 are beyond the 5.36871e+08 that the tensor-core kernels (2 to 18) take") &&
+                      Contains("scores up to 8e+08 are beyond the 5.36871e+08 that the tensor-core kernels (2 to 19) take") &&
                           Contains("or use kernel 1"));
     CudaAttentionOptions kernel1 = bf16;
     kernel1.kernel = 1;
@@ -432,7 +432,7 @@ TEST_CASE("cuda: the checks run before the upload; a negative scale and scores n
                 check_output(engine().forward(over_tc, over_tc, v, masks, 0, run), want_over, tolerance_of(dtype));
             } else if (kernel >= 2 && k1_fits) {
                 CHECK_THROWS_WITH(engine().forward(over_tc, over_tc, v, masks, 0, run),
-                                  Contains("that the tensor-core kernels (2 to 18) take") && Contains("use kernel 1"));
+                                  Contains("that the tensor-core kernels (2 to 19) take") && Contains("use kernel 1"));
             }
         }
     }
