@@ -107,6 +107,13 @@ template <int Registers> __device__ inline void setmaxnreg_inc() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Registers));
 }
 
+// The mask entry of key block `col` (the smaller of the two rows' next columns ca and cb) in the row
+// of a consumer's 64 rows, -1 where that row lacks the block or the consumer has no rows (past the
+// last mask row); in_b: its rows are the tile's second mask row.
+__device__ inline int64_t row_entry(const KeyCursor& c, int32_t ca, int32_t cb, int32_t col, bool has_rows, bool in_b) {
+    return !has_rows ? -1 : in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
+}
+
 // The body of kernels 17 (KeyTiles 1), 18 and 19 (KeyTiles 2), each a __global__ of its own name
 // below (profiles and sanitizer reports name the kernel). grid: (blocks, 1, batch), block: 384
 // threads, dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. A block runs work
@@ -177,7 +184,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
                         if (writes_records) {
 #pragma unroll
                             for (int c = 0; c < 2; ++c) {
-                                const int64_t e = !has_rows[c] ? -1 : in_b[c] ? (cb == col ? ahead.eb : -1) : (ca == col ? ahead.ea : -1);
+                                const int64_t e = row_entry(ahead, ca, cb, col, has_rows[c], in_b[c]);
                                 part[c] = e >= 0 ? m.partial_idx[e] : kNotKept;
                             }
                         }
@@ -267,7 +274,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
                     continue;
                 }
                 const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
-                const int64_t e = !wg_has_rows ? -1 : wg_in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
+                const int64_t e = row_entry(c, ca, cb, col, wg_has_rows, wg_in_b);
                 out[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
                 c.template advance<kSubTiles>(m.col_idx);
             }
