@@ -238,7 +238,8 @@ PY
 step_crossover() {
     local gpu out files
     gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-    out=bench/results/cuda-$(echo "$gpu" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')-crossover.md
+    # the GPU's name as gpu_compare.py writes it in file names (lower case, other runs of characters as -)
+    out=bench/results/cuda-$(echo "$gpu" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-+|-+$//g')-crossover.md
     files=$(ls "$MASKS"/crossover/*.npz "$MASKS"/bench/dense-16384.npz "$MASKS"/bench/causal-16384.npz | sort -t- -k2 -n)
     # shellcheck disable=SC2086
     "$BUILD/bench/bench_cuda" $files --heads 16 --d 128 --dtype bf16 --kernels ${KERNELS_CROSSOVER:-15,18,19,0} --runs 10 \

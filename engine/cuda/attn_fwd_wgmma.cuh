@@ -720,6 +720,19 @@ __global__ void __launch_bounds__(128, 2) attn_fwd_kernel16(AttnParams<T> p) {
 
 // [SECTION] launch
 
+// How many blocks of `kernel` (threads, dynamic shared memory smem) the GPU runs at once, at least one
+// an SM: the block count of the persistent kernels 13 and 19.
+template <typename Kernel>
+cudaError_t resident_blocks(Kernel* kernel, int threads, int smem, int64_t* blocks) {
+    int per_sm = 0, device = 0, sms = 0;
+    cudaError_t err;
+    if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem)) != cudaSuccess) return err;
+    if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+    if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+    *blocks = int64_t{std::max(per_sm, 1)} * sms;
+    return cudaSuccess;
+}
+
 // Kernel 10 to 16 over `work_items` work items (the plan of kernel 8, for 10, 13, 14, 15 and 16, or
 // 7: 64- or 128-query tiles, batch `batch`); returns the first failed call's error (cudaSuccess
 // when none). Kernel 13 runs min(work items * batch, max_blocks) thread blocks, max_blocks 0:
@@ -747,11 +760,9 @@ cudaError_t attn_fwd_wgmma_launch(const AttnParams<T>& p, int64_t work_items, in
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     if constexpr (Kernel == 13) {
-        int per_sm = 0, device = 0, sms = 0;
-        if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem)) != cudaSuccess) return err;
-        if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-        if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
-        int64_t blocks = std::min<int64_t>(work_items * batch, int64_t{std::max(per_sm, 1)} * sms);
+        int64_t resident = 0;
+        if ((err = resident_blocks(kernel, threads, smem, &resident)) != cudaSuccess) return err;
+        int64_t blocks = std::min<int64_t>(work_items * batch, resident);
         if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
         if (blocks == 0) return cudaSuccess;
         if ((err = cudaMemsetAsync(p.work_counter, 0, sizeof(int), p.stream)) != cudaSuccess) return err;

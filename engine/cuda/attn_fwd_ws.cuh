@@ -411,12 +411,9 @@ cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64
     if (err != cudaSuccess) return err;
     int64_t blocks = work_items;
     if constexpr (Kernel == 19) {
-        int per_sm = 0, device = 0, sms = 0;
-        if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem)) != cudaSuccess) return err;
-        if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-        if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
-        // every batch's items in grid.z, so the blocks an SM share out over the batch
-        const int64_t resident = int64_t{std::max(per_sm, 1)} * sms;
+        int64_t resident = 0;
+        if ((err = resident_blocks(kernel, threads, smem, &resident)) != cudaSuccess) return err;
+        // every batch's items in grid.z, so the resident blocks share out over the batch
         blocks = std::min(work_items, std::max<int64_t>(1, resident / std::max<int64_t>(batch, 1)));
         if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
     }
