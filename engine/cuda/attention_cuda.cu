@@ -80,6 +80,82 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
     return false;
 }
 
+namespace {
+
+// The 64-key tiles each 128-query tile visits (the union of its two 64-token mask rows), over
+// every head of the layer: the steps of kernels 7, 12 and 17 (twice those of 18 and 19).
+std::vector<int64_t> steps_of_128_tiles(const MaskSet& masks, int64_t layer) {
+    std::vector<int64_t> steps;
+    for (int64_t h = 0; h < masks.heads; ++h) {
+        const BlockMask& m = masks.at(layer, h);
+        const int64_t q_count = m.q_blocks();
+        for (int64_t t = 0; t * 128 < m.n; ++t) {
+            const int64_t qa = t * 128 / m.block, qb = (t * 128 + 64) / m.block;
+            int64_t ea = m.row_ptr[static_cast<size_t>(qa)], count = 0;
+            const int64_t a_end = m.row_ptr[static_cast<size_t>(qa + 1)];
+            if (qb == qa || qb >= q_count) {
+                steps.push_back(a_end - ea);
+                continue;
+            }
+            int64_t eb = m.row_ptr[static_cast<size_t>(qb)];
+            const int64_t b_end = m.row_ptr[static_cast<size_t>(qb + 1)];
+            for (; ea < a_end || eb < b_end; ++count) {
+                const int32_t a = ea < a_end ? m.col_idx[static_cast<size_t>(ea)] : INT32_MAX;
+                const int32_t b = eb < b_end ? m.col_idx[static_cast<size_t>(eb)] : INT32_MAX;
+                if (a <= b) ++ea;
+                if (b <= a) ++eb;
+            }
+            steps.push_back(count);
+        }
+    }
+    return steps;
+}
+
+// Kernel 0 with bf16 / fp16 without wgmma: a 128-query kernel or
+// a 64-query one, whichever the count of key-tile steps predicts faster. A 128-row tile
+// visits the union of its two 64-token mask rows; a step of it costs about 2 * r64 / r128 of
+// a 64-row step, r the dense rates at n = 16,384, d = 128 on the H200: 7 (307) against 9
+// (kernel 5: 264).
+int kernel_by_steps(const MaskSet& masks, int64_t layer) {
+    int64_t steps64 = 0;
+    for (int64_t h = 0; h < masks.heads; ++h) {
+        const BlockMask& m = masks.at(layer, h);
+        auto kept = [&](int64_t q) { return m.row_ptr[static_cast<size_t>(q + 1)] - m.row_ptr[static_cast<size_t>(q)]; };
+        for (int64_t t = 0; t * 64 < m.n; ++t) steps64 += kept(t * 64 / m.block);
+    }
+    int64_t steps128 = 0;
+    for (int64_t s : steps_of_128_tiles(masks, layer)) steps128 += s;
+    const double s128 = static_cast<double>(steps128), s64 = static_cast<double>(steps64);
+    return s128 * (2 * 264.0 / 307.0) < s64 ? 7 : 9;   // a 128-row step in 64-row steps
+}
+
+// Kernel 0 with wgmma (compute capability 9.0), from the crossover of 15, 18 and 19 on the H100
+// (bf16, d = 128, blocks of 64; bench/results/cuda-nvidia-h100-80gb-hbm3-crossover.md, 2026-12-07):
+// 15 (64-row tiles, three blocks an SM) where the median 128-row tile visits under 16 key tiles
+// (window(256): 10, 15 level with 19 and 27% ahead of 18; BigBird 64: 15 21% ahead of 19);
+// 18 where the tiles' lengths spread (the 90th percentile over twice the 10th: causal, 14% ahead
+// of 15 and 16% of 19, whose blocks take fixed shares of the items and wait on the longest);
+// else 19 (dense 4,096 to 32,768, windows of 512 to 4,096: 2 to 21% ahead of 15, level with
+// 18 or up to 7% ahead, 2% behind it at window(4096)). Other head widths and blocks, not
+// measured for 18 and 19: 15, the fastest of 7 to 15 on every benchmark mask at d = 128 on the
+// H200 (bench/cuda-notes.md).
+int kernel_with_wgmma(const MaskSet& masks, int64_t layer, int64_t d) {
+    if (d != 128 || masks.block != 64) return 15;
+    std::vector<int64_t> steps = steps_of_128_tiles(masks, layer);
+    if (steps.empty()) return 15;
+    std::sort(steps.begin(), steps.end());
+    const auto at = [&](double share) { return steps[static_cast<size_t>(share * static_cast<double>(steps.size() - 1))]; };
+    if (at(0.5) < 16) return 15;
+    return at(0.9) > 2 * at(0.1) ? 18 : 19;
+}
+
+} // namespace
+
+int cuda_auto_kernel(const MaskSet& masks, int64_t layer, CudaDtype dtype, int64_t d, bool wgmma) {
+    if (!cuda_kernel_supports(2, dtype, d, masks.block)) return 1;   // 2 to 9 share their shapes; 10 to 19 add wgmma
+    return wgmma ? kernel_with_wgmma(masks, layer, d) : kernel_by_steps(masks, layer);
+}
+
 void cuda_attention_check(const Tensor& q, const Tensor& k, const Tensor& v, const MaskSet& masks, int64_t layer,
                           const CudaAttentionOptions& options) {
     const std::string what = "cuda attention_forward";
@@ -255,38 +331,6 @@ struct CudaAttention::Impl {
         return kernel == 6 || kernel == 7 || kernel == 11 || kernel == 12 || kernel >= 17 ? 128 : 64;
     }
 
-    // Kernel 0 with bf16 / fp16 without wgmma (with it, prepare takes 15): a 128-query kernel or
-    // a 64-query one, whichever the count of key-tile steps predicts faster. A 128-row tile
-    // visits the union of its two 64-token mask rows; a step of it costs about 2 * r64 / r128 of
-    // a 64-row step, r the dense rates at n = 16,384, d = 128 on the H200: 7 (307) against 9
-    // (kernel 5: 264).
-    static int kernel_by_steps(const MaskSet& masks, int64_t layer) {
-        int64_t steps64 = 0, steps128 = 0;
-        for (int64_t h = 0; h < masks.heads; ++h) {
-            const BlockMask& m = masks.at(layer, h);
-            const int64_t q_count = m.q_blocks();
-            auto kept = [&](int64_t q) { return m.row_ptr[static_cast<size_t>(q + 1)] - m.row_ptr[static_cast<size_t>(q)]; };
-            for (int64_t t = 0; t * 64 < m.n; ++t) steps64 += kept(t * 64 / m.block);
-            for (int64_t t = 0; t * 128 < m.n; ++t) {
-                const int64_t qa = t * 128 / m.block, qb = (t * 128 + 64) / m.block;
-                if (qb == qa || qb >= q_count) {
-                    steps128 += kept(qa);
-                    continue;
-                }
-                int64_t ea = m.row_ptr[static_cast<size_t>(qa)], eb = m.row_ptr[static_cast<size_t>(qb)];
-                const int64_t a_end = m.row_ptr[static_cast<size_t>(qa + 1)], b_end = m.row_ptr[static_cast<size_t>(qb + 1)];
-                for (; ea < a_end || eb < b_end; ++steps128) {
-                    const int32_t a = ea < a_end ? m.col_idx[static_cast<size_t>(ea)] : INT32_MAX;
-                    const int32_t b = eb < b_end ? m.col_idx[static_cast<size_t>(eb)] : INT32_MAX;
-                    if (a <= b) ++ea;
-                    if (b <= a) ++eb;
-                }
-            }
-        }
-        const double s128 = static_cast<double>(steps128), s64 = static_cast<double>(steps64);
-        return s128 * (2 * 264.0 / 307.0) < s64 ? 7 : 9;   // a 128-row step in 64-row steps
-    }
-
     // The one switch: runtime dtype, head dim and mask block become template parameters.
     void launch_kernel() const {
         auto with_type = [&](auto type_tag) {
@@ -450,16 +494,7 @@ void CudaAttention::Impl::configure(const MaskSet& masks, int64_t layer, const T
                                     const CudaAttentionOptions& options) {
     const int64_t d = shape_in.d;
     int kernel = options.kernel;
-    if (kernel == 0) {
-        // with wgmma (compute capability 9.0) 15, the fastest on every benchmark mask at d = 128
-        // (bench/results/cuda-nvidia-h200.md and bench/cuda-notes.md: 1.7% to 8.6% ahead of 10,
-        // which was ahead of 7, 11, 12, 13 and 14);
-        // else the newest of 2 to 9 that runs the call, and among 7 and 9 by the step counts
-        for (kernel = 9; kernel > 1; --kernel) {
-            if (cuda_kernel_supports(kernel, options.dtype, d, masks.block)) break;
-        }
-        if (kernel == 9) kernel = cuda_kernel_supports(15, options.dtype, d, masks.block) ? 15 : kernel_by_steps(masks, layer);
-    }
+    if (kernel == 0) kernel = cuda_auto_kernel(masks, layer, options.dtype, d, cuda_device_has_wgmma());
     if (!cuda_kernel_supports(kernel, options.dtype, d, masks.block)) {
         throw Error("cuda attention_forward: kernel " + std::to_string(kernel) + " does not run dtype " +
                     cuda_dtype_name(options.dtype) + " with d = " + std::to_string(d) + " and mask block " +

@@ -20,9 +20,7 @@ const char* cuda_dtype_name(CudaDtype dtype);   // "float32", "bf16", "fp16"
 struct CudaAttentionOptions {
     float scale = 0;                      // softmax scale, any finite value; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;
-    int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: for float32 1, for bf16 /
-                                          // fp16 on compute capability 9.0 10 (wgmma), elsewhere a 128-query kernel
-                                          // (7) or a 64-query one (9), whichever its step count predicts faster
+    int kernel = 0;                       // attn_fwd_kernel<N> (1..cuda_kernel_count()); 0: cuda_auto_kernel's choice
     bool poison_outputs = true;           // fill O and lse with NaN before the run (tests catch unwritten elements)
     int64_t split_steps = 0;              // kernels 7 to 19: rows of more key tiles than this are cut into chunks of
                                           // at most this many; 0: max(64, all steps / (8 * multiprocessors))
@@ -43,6 +41,12 @@ bool cuda_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32_t block)
 // Whether device 0 runs sm_90a machine code (compute capability 9.0: H100, H200), which kernels
 // 10 to 19 need; false without a GPU.
 bool cuda_device_has_wgmma();
+// Kernel 0's choice for a call (no GPU needed; `wgmma`: whether the GPU runs kernels 10 to 19,
+// cuda_device_has_wgmma() for this one): 1 where no tensor-core kernel runs the dtype, d and block;
+// with wgmma 15, 18 or 19 from the lengths of the mask's 128-row tiles (at d = 128 with blocks of
+// 64, where the three were timed against one another; else 15); without, 7 or 9, whichever the
+// step counts predict faster. attention_cuda.cu says from which measurements.
+int cuda_auto_kernel(const MaskSet& masks, int64_t layer, CudaDtype dtype, int64_t d, bool wgmma);
 
 // The checks CudaAttention::prepare makes before anything reaches the GPU, callable without
 // one: what attention_forward checks of the call (shapes, layer, masks, a finite scale, finite

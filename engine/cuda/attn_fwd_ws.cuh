@@ -23,37 +23,35 @@
 //       11% faster than 17, level with 15 (4.336 against 4.384 ms dense 16,384); its profile put the
 //       consumers' latency, not their issue, as the limit (bench/cuda-notes.md, "The profile of
 //       forward kernel 18").
-//   19: 18 made persistent (written 2026-12-07, compiled here, not yet run): a block an SM, each
-//       running work items blockIdx.x, blockIdx.x + gridDim.x, ... with one ring of stages across
-//       them. 18 holds the SM alone (225 KB), so a block's start (launch, barriers, Q's copy, the
-//       ring's first fill) and end (the last product, O's write) overlap nothing, which short rows
-//       pay on every few steps (window(256) at 65,536: five steps an item; 18 is 27% slower than 15
-//       there). In 19 the producer copies the next item's Q as soon as both consumers' last
-//       S = Q K^T of the item is done (q_empty) and its first K / V tiles as stages free up, while
-//       the consumers finish the item. Kernel 13 did this for 10 and gained nothing: 10 runs three
-//       blocks an SM, whose starts and ends already overlap one another's steps.
+//   19: 18 made persistent: a block an SM, each running work items blockIdx.x, blockIdx.x +
+//       gridDim.x, ... with one ring of stages across them. 18 holds the SM alone (225 KB), so a
+//       block's start (launch, barriers, Q's copy, the ring's first fill) and end (the last product,
+//       O's write) overlap nothing, which short rows pay on every few steps. In 19 the producer
+//       copies the next item's Q as soon as both consumers' last S = Q K^T of the item is done
+//       (q_empty) and its first K / V tiles as stages free up, while the consumers finish the item.
+//       First run (H100, 2026-12-07): window(256) at 65,536 0.955 -> 0.82-0.83 ms with the records
+//       below, level with 15 (18: 1.04); dense 16,384 3.659 ms, 0.96 of cuDNN in the same run;
+//       causal 16% slower than 18 (its blocks take fixed shares of items of different lengths).
 //
-// Both: the consumers walk the mask a step ahead, right after issuing a step's products, so the
-// cursor's dependent loads wait beside S instead of before the next issue (18's profile). Measured
-// on the H100 2026-12-07: 18 dense 16,384 4.30 -> 3.98 ms, 17 4.78 -> 4.47 (two rounds each); 18
-// 3.915 ms, 0.89 of cuDNN in the same run
-// (bench/results/cuda-nvidia-h100-80gb-hbm3-fwd18-walkahead.md). ptxas puts the wait for
-// O += P_{j-1} V_{j-1} (WARPGROUP.DEPBAR 0, written after the softmax) ahead of the softmax's
+// The producer walks the mask for the consumers: with each stage its thread 0 writes the stage's
+// mask records to shared memory (a tile's first key and, per consumer, its partial-block index or
+// "not kept"), and a consumer reads its own after issuing the step's products. Measured on the H100
+// 2026-12-07 against each consumer walking the mask a step ahead (which had taken 18's dense 16,384
+// from 4.30 to 3.98 ms): 18 3.92-3.96 -> 3.67-3.72 ms, causal 6% faster
+// (bench/results/cuda-nvidia-h100-80gb-hbm3-fwd19-records.md): the walk's loads and integer work ran
+// beside the other consumer's softmax, in the issue slots that softmax needs. ptxas puts the wait
+// for O += P_{j-1} V_{j-1} (WARPGROUP.DEPBAR 0, written after the softmax) ahead of the softmax's
 // exponentials, so a softmax does not run beside its own product; keeping the wait after it (a
 // never-taken warp-uniform branch ending ptxas's basic block) measured slower in 17 and 18 (4.74
-// and 4.13 ms) and was withdrawn (bench/cuda-notes.md). Since then (Traits::kProducerRecords;
-// compiled here, not yet run on a GPU) the producer walks the mask for both consumers: with each
-// stage it writes the stage's mask records to shared memory, and a consumer reads its own after
-// issuing the step's products, so the walk's loads and integer work leave the consumers' stream
-// (it ran beside the other consumer's softmax, in the issue slots that softmax needs). A tile the
-// warpgroup's mask row lacks is masked inside the mask branch that partial blocks and the tile
-// past n take (17's first run selected every score against -inf on every step, 34 FSEL a step on
-// dense).
+// and 4.13 ms) and was withdrawn (bench/cuda-notes.md). A tile the warpgroup's mask row lacks is
+// masked inside the mask branch that partial blocks and the tile past n take (17's first run
+// selected every score against -inf on every step, 34 FSEL a step on dense).
 //
-// Stage s of the ring holds one step's K and V tiles (17: one of each, 18: two). full(s) completes when the producer's copies into
-// it have landed (each producer thread's cp.async.mbarrier.arrive) and, with the records, its thread
-// 0 has written them (a plain arrive: a release, which the consumers' wait acquires), empty(s) when each of the 8
-// consumer warps is done with it: a warp releases step j's stage once O += P_j V_j, issued during
+// Stage s of the ring holds one step's K and V tiles (17: one of each, 18 and 19: two). full(s)
+// completes when the producer's copies into it have landed (each producer thread's
+// cp.async.mbarrier.arrive) and its thread 0 has written the stage's records (a plain arrive: a
+// release, which the consumers' wait acquires), empty(s) when each of the 8 consumer warps is done
+// with it: a warp releases step j's stage once O += P_j V_j, issued during
 // step j + 1, is done. A consumer waiting for step j's stage thus holds only step j - 1's, so the
 // producer (which needs step j - 3's back to fill step j) never waits on a consumer that waits on
 // it. Every consumer computes every step of the tile, also those its own mask row (one of the
@@ -83,11 +81,6 @@ template <int D, int KeyTiles> struct WarpSpecializedTraits {
     // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
-    // The producer walks the mask for the consumers: it writes each step's mask records (a tile's
-    // first key and, per consumer, its partial-block index or "not kept") beside the stage, and a
-    // consumer reads them from shared memory after issuing the step's products instead of walking
-    // the mask itself. false: each consumer walks a step ahead (measured 2026-12-07).
-    static constexpr bool kProducerRecords = true;
 };
 
 // Named barriers (bar.sync / bar.arrive with a thread count): id 0 is __syncthreads'.
@@ -130,15 +123,15 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     // full[kStages], empty[kStages], q_full, q_empty (the consumers' 8 warps are done with Q: the last
     // S = Q K^T of their item is complete)
     __shared__ __align__(8) uint64_t bars[2 * kStages + 2];
-    // Traits::kProducerRecords: stage s's mask records, tile i, consumer g: {first key / 64, the
-    // partial-block index, -1 for a full block, kNotKept where g's mask row lacks the block}
+    // stage s's mask records, tile i, consumer g: {first key / 64, the partial-block index, -1 for a
+    // full block, kNotKept where g's mask row lacks the block}, written by the producer's thread 0
     __shared__ int2 records[kStages][KeyTiles][2];
     constexpr int32_t kNotKept = -2;
     const StageRing<D, kStages, KeyTiles> ring(smem_raw, bars);
     const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full(), q_empty = q_full + 8;
-    // the producer's threads copy (and with records, its thread 0 arrives once more on full), the
+    // the producer's threads copy (and its thread 0 arrives once more on full, for the records), the
     // consumers' 8 warps compute
-    ring.init(128, Traits::kProducerRecords ? 1 : 0);
+    ring.init(128, 1);
     if (threadIdx.x == 0) mbarrier_init(q_empty, 8);
     __syncthreads();
 
@@ -153,7 +146,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 
     if (wg == 2) {   // the producer: each item's Q, then every step's K and V into the ring
         setmaxnreg_dec<Traits::kProducerRegisters>();
-        const bool writes_records = Traits::kProducerRecords && wg_thread == 0;
+        const bool writes_records = wg_thread == 0;
         int64_t before = 0, items = 0;
         for (int64_t w = blockIdx.x; w < p.work_items; w += gridDim.x, ++items) {
             const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
@@ -238,14 +231,10 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     for (int64_t w = blockIdx.x; w < p.work_items; w += gridDim.x, ++items) {
         const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
         const WorkItem item = t.item;
-        const int64_t h = t.h, b = t.b, q0 = t.q0, qb_2 = t.qb_2;
-        const bool two_rows = t.two_rows;
-        KeyCursor cur = t.cur;
+        const int64_t h = t.h, b = t.b, q0 = t.q0;
         const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
         const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;           // steps of KeyTiles tiles
         const int64_t wg_row0 = q0 + 64 * wg;
-        const bool wg_in_b = two_rows && wg_row0 / MaskBlock == qb_2;
-        const bool wg_has_rows = wg_row0 / MaskBlock < m.q_blocks;
         const int i_warp = static_cast<int>(wg_row0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
 
         float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
@@ -256,50 +245,29 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 
         // Step j's key tiles and this warpgroup's mask entries of them (KeyTileMask: the tile's first key,
         // its partial-block index, -1 for a full block, and whether this warpgroup's mask row keeps the
-        // block at all). A tile the row does not keep is still computed, every score masked (its P is
-        // 0): the products of every step then issue the same way, which ptxas needs to keep them in
-        // flight (a wgmma issued on one side of a branch is serialized: its C7520 warning). So is the
-        // padding tile of an odd tile count (the keys before it again, kept by no row).
-        // Without the producer's records the walk runs a step ahead: step j + 1's records are computed
-        // right after step j's products are issued, where the warp waits for S_j anyway, so the
-        // cursor's dependent loads (the two rows' column indices, then the partial-block index) are off
-        // the path to the next issue (kernel 18's profile: they stalled every step's start;
-        // bench/cuda-notes.md).
-        KeyTileMask st[KeyTiles], st_next[KeyTiles];
-        const auto step_of = [&](KeyCursor& c, int64_t j, KeyTileMask (&out)[KeyTiles]) {
+        // block at all), from the records the producer wrote beside the stage. A tile the row does not
+        // keep is still computed, every score masked (its P is 0): the products of every step then
+        // issue the same way, which ptxas needs to keep them in flight (a wgmma issued on one side of a
+        // branch is serialized: its C7520 warning). So is the padding tile of an odd tile count (the
+        // keys before it again, kept by no row). A consumer reads them right after issuing the step's
+        // products, while S_j runs: walking the mask itself, even a step ahead, put the walk's loads and
+        // integer work on the consumers' schedulers beside the other consumer's softmax (6% slower on
+        // dense 16,384: bench/results/cuda-nvidia-h100-80gb-hbm3-fwd19-records.md).
+        KeyTileMask st[KeyTiles];
+        // Lane 0 reads the records and hands them to the warp: the lane that releases the stage
+        // (release, after __syncwarp) is then the one that read it, so the producer's next write of
+        // the records is ordered after the read by the mbarrier alone. Read by every lane,
+        // compute-sanitizer racecheck reported the other lanes' reads against that write wherever the
+        // ring wrapped (17 and 19 on the H100, 2026-12-07).
+        const auto read_records = [&](int64_t s) {
 #pragma unroll
             for (int i = 0; i < KeyTiles; ++i) {
-                if (j * KeyTiles + i >= tiles_k) {
-                    out[i] = KeyTileMask{out[i > 0 ? i - 1 : 0].k0, -1, false};
-                    continue;
-                }
-                const int32_t ca = c.col_a(m.col_idx), cb = c.col_b(m.col_idx), col = min(ca, cb);
-                const int64_t e = row_entry(c, ca, cb, col, wg_has_rows, wg_in_b);
-                out[i] = KeyTileMask{int64_t{col} * MaskBlock + c.sub * kTileK, e >= 0 ? m.partial_idx[e] : -1, e >= 0};
-                c.template advance<kSubTiles>(m.col_idx);
-            }
-        };
-        const auto read_records = [&](int64_t s) {   // Traits::kProducerRecords: stage s's records of this warpgroup
-#pragma unroll
-            for (int i = 0; i < KeyTiles; ++i) {
-                const int2 r = records[s][i][wg];
+                int2 r = make_int2(0, 0);
+                if (lane == 0) r = records[s][i][wg];
+                r.x = __shfl_sync(0xffffffffu, r.x, 0);
+                r.y = __shfl_sync(0xffffffffu, r.y, 0);
                 st[i] = KeyTileMask{int64_t{r.x} * kTileK, r.y == kNotKept ? -1 : r.y, r.y != kNotKept};
             }
-        };
-        // Step j's records: walked a step ahead by the consumer, or read after the issue from the producer's.
-        const auto records_before_issue = [&](int64_t j) {
-            if constexpr (!Traits::kProducerRecords) {
-                if (j == 0) {
-                    step_of(cur, 0, st);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < KeyTiles; ++i) st[i] = st_next[i];
-                }
-            }
-        };
-        const auto records_after_issue = [&](int64_t j) {   // while S_j runs
-            if constexpr (Traits::kProducerRecords) read_records(stage_of(before + j));
-            else if (j + 1 < steps) step_of(cur, j + 1, st_next);
         };
         const auto scores_to_p = [&]() {   // mask (all of it for a block the row lacks), online softmax over the step's tiles
             softmax_scores_tiles<MaskBlock, KeyTiles>(s_acc, row_max, row_sum, scale_old, m, st, n, i_warp, p.scale_log2);
@@ -329,13 +297,12 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
             if (Traits::kPingPong && wg == 1 && !issued) named_barrier_arrive(1, 256);   // consumer 0 goes first
             issued = true;
-            records_before_issue(0);
             stage_ready(0);
             turn_wait();
             wgmma_fence();
             issue_scores(stage_of(before));
             turn_pass();
-            records_after_issue(0);
+            read_records(stage_of(before));                                          // while S_0 runs
             wgmma_wait<0>();
             if (steps == 1) done_with_q();
             fence_scores();
@@ -346,14 +313,13 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         }
         for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
             const int64_t s = stage_of(before + j), prev = stage_of(before + j - 1);
-            records_before_issue(j);
             stage_ready(j);
             turn_wait();
             wgmma_fence();
             issue_scores(s);                                                         // S_j = Q K_j
             issue_pv(prev);                                                          // O += P_{j-1} V_{j-1}
             turn_pass();
-            records_after_issue(j);                                                  // while S_j runs
+            read_records(s);                                                         // while S_j runs
             wgmma_wait<KeyTiles>();                                                  // S_j (O += P V still in flight)
             if (j == steps - 1) done_with_q();
             fence_scores();

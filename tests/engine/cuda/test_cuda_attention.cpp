@@ -187,6 +187,27 @@ TEST_CASE("cuda: kernels 13 and 19 with few thread blocks, each running many wor
     }
 }
 
+TEST_CASE("cuda: kernels 17 to 19 on rows longer than their ring of stages", "[cuda][small][ring]") {
+    if (!gpu_ready("ring of stages")) return;
+    if (!cuda_device_has_wgmma()) {
+        std::printf("test_cuda_attention: ring of stages: skipped: kernels 17 to 19 need compute capability 9.0\n");
+        return;
+    }
+    // n = 1,000: a dense row is 16 key tiles, 16 steps of 17 and 8 of 18 and 19 against 3 stages, so
+    // every stage is refilled (its K, V and the producer's mask records written again) while
+    // consumers read the others; 19 with one block runs every item through one ring. The sanitizer's
+    // racecheck runs this case ("[ring]"): the split and small cases have rows of 3 steps at most
+    // for 18, which never reuse a stage.
+    const int64_t n = 1000;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1);
+    for (int32_t block : {64, 128}) {
+        const MaskSet masks = set_of({block_mask_from_dense(n, block, dense.data()), testing::mask_random(n, block, 281 + static_cast<uint64_t>(block))});
+        const int64_t d = block == 128 ? 128 : 64;
+        check_kernels(masks, 0, 1, d, 290 + static_cast<uint64_t>(block), {17, 18, 19});
+        check_kernels(masks, 0, 1, d, 291 + static_cast<uint64_t>(block), {19}, 0, 1);
+    }
+}
+
 TEST_CASE("cuda: empty rows give zeros and lse = -inf; dense and causal blocks", "[cuda]") {
     if (!gpu_ready("empty rows")) return;
     const int64_t n = 700;
@@ -281,8 +302,9 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     CHECK(engine().kernel() == 1);
     options.dtype = CudaDtype::bfloat16;
     engine().prepare(y, y, y, masks, 0, options);
-    // kernel 0 in bf16: with wgmma 15 on every mask; else 128-query tiles (7) where a tile's two
-    // halves keep the same blocks, 64-query tiles (9) where they keep different ones
+    // kernel 0 in bf16 (cuda_auto_kernel): with wgmma 15 at d = 64 and on short rows, 19 on long
+    // uniform ones at d = 128; else 128-query tiles (7) where a tile's two halves keep the same
+    // blocks, 64-query tiles (9) where they keep different ones
     const bool wgmma = cuda_device_has_wgmma();
     CHECK((wgmma ? engine().kernel() == 15 : engine().kernel() == 7 || engine().kernel() == 9));
     const int64_t n = 1024;
@@ -290,8 +312,8 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
     for (int64_t q = 0; q < n; ++q) diagonal[static_cast<size_t>(q * n + q)] = 1;
     for (int64_t d : {64, 128}) {
         const Tensor z = tensor_random({1, 1, n, d}, 4);
-        engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);
-        CHECK(engine().kernel() == (wgmma ? 15 : 7));
+        engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, dense.data())}), 0, options);   // 16 key tiles a row
+        CHECK(engine().kernel() == (wgmma ? (d == 128 ? 19 : 15) : 7));
         engine().prepare(z, z, z, set_of({block_mask_from_dense(n, 64, diagonal.data())}), 0, options);
         CHECK(engine().kernel() == (wgmma ? 15 : 9));
     }
@@ -313,6 +335,35 @@ TEST_CASE("cuda: calls a kernel cannot run are refused with what to use", "[cuda
 }
 
 // [SECTION] inputs the GPU's dtypes or float32 cannot hold, and scales that are not numbers
+
+TEST_CASE("cuda_auto_kernel (no GPU needed): kernel 0's choice from the mask's 128-row tiles", "[cuda][checks]") {
+    // n = 2,048, blocks of 64: 32 key blocks a row. Dense (every tile 32 steps) and a band of 9
+    // blocks a row (window(256): a tile's two rows visit 10) give uniform tiles; causal spreads
+    // them from 1 to 32.
+    const int64_t n = 2048;
+    std::vector<uint8_t> dense(static_cast<size_t>(n * n), 1), causal(dense.size(), 0), band(dense.size(), 0);
+    for (int64_t q = 0; q < n; ++q) {
+        for (int64_t k = 0; k < n; ++k) {
+            causal[static_cast<size_t>(q * n + k)] = k / 64 <= q / 64;
+            band[static_cast<size_t>(q * n + k)] = std::abs(q / 64 - k / 64) <= 4;
+        }
+    }
+    const MaskSet dense_set = set_of({block_mask_from_dense(n, 64, dense.data())});
+    const MaskSet causal_set = set_of({block_mask_from_dense(n, 64, causal.data())});
+    const MaskSet band_set = set_of({block_mask_from_dense(n, 64, band.data())});
+    const auto bf16 = CudaDtype::bfloat16;
+    // with wgmma, d = 128: 19 for uniform long tiles, 18 for spread ones, 15 for short ones
+    CHECK(cuda_auto_kernel(dense_set, 0, bf16, 128, true) == 19);
+    CHECK(cuda_auto_kernel(causal_set, 0, CudaDtype::float16, 128, true) == 18);
+    CHECK(cuda_auto_kernel(band_set, 0, bf16, 128, true) == 15);
+    // d = 64 and blocks of 128: 15 (18 and 19 not timed there)
+    CHECK(cuda_auto_kernel(dense_set, 0, bf16, 64, true) == 15);
+    CHECK(cuda_auto_kernel(set_of({block_mask_from_dense(n, 128, dense.data())}), 0, bf16, 128, true) == 15);
+    // without wgmma: 7 or 9 by the step counts (dense: 128-row tiles, 7); float32 or d = 96: 1
+    CHECK(cuda_auto_kernel(dense_set, 0, bf16, 128, false) == 7);
+    CHECK(cuda_auto_kernel(dense_set, 0, CudaDtype::float32, 128, true) == 1);
+    CHECK(cuda_auto_kernel(dense_set, 0, bf16, 96, true) == 1);
+}
 
 TEST_CASE("cuda_attention_check (no GPU needed): values beyond fp16 or bf16, scores beyond float32, a NaN scale", "[cuda][checks]") {
     const MaskSet masks = set_of({testing::mask_random(100, 64, 1)});
