@@ -46,7 +46,8 @@
 //      buffers, one barrier a step, two blocks an SM).
 //  17: 12's tiles with a producer warpgroup issuing every copy and two consumer warpgroups
 //      (setmaxnreg), each with 16's O += P V in flight during its softmax, taking turns to issue
-//      their products (ping-pong).
+//      their products (ping-pong); the producer also walks the mask, writing each step's mask
+//      records beside its stage for the consumers.
 //  18: 17 with 128 keys a step (two 64-key tiles, one softmax, rescale and turn for both).
 //  19: 18 made persistent (a block an SM, each taking work items blockIdx.x + k * gridDim.x; the
 //      producer loads the next item's Q and first K / V while the consumers finish the item before).
