@@ -185,7 +185,7 @@ Tensor tensor_round_to(const Tensor& x, CudaDtype dtype) {
 struct CudaAttention::Impl {
     DeviceBuffer q, k, v, o, lse, row_ptr, col_idx, partial_idx, bits, head_mask, tile_order;
     DeviceBuffer work, splits, partial_o, partial_ml;   // kernels 7 to 16
-    DeviceBuffer work_counter;                           // kernel 13: one int
+    DeviceBuffer work_counter;                           // kernel 13: one int; 19: one a batch index
     int64_t work_items = 0, split_tiles = 0;
     int32_t slots = 0;
     int sm_count = 0;
@@ -514,6 +514,7 @@ void CudaAttention::Impl::configure(const MaskSet& masks, int64_t layer, const T
     this->split_steps = options.split_steps;
     this->persistent_blocks = options.persistent_blocks;
     if (kernel == 13) this->work_counter.reserve(sizeof(int));
+    if (kernel == 19) this->work_counter.reserve(sizeof(int) * static_cast<size_t>(std::max<int64_t>(1, shape_in.batch)));
     this->kernel = kernel;   // before upload_masks: the launch order depends on the kernel's tile
     this->shape = shape_in;
     this->dtype = options.dtype;

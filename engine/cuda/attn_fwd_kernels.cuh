@@ -128,7 +128,8 @@ template <typename T> struct AttnParams {
     float* partial_ml;   // kernels 7 to 16: [batch, slots, query tile, 2] each row's max (base 2) and sum
     int32_t slots;       // kernels 7 to 15: chunks of split tiles, per batch
     int64_t work_items;  // kernels 7 to 15: entries of masks.work (per batch)
-    int* work_counter;   // kernel 13: work items claimed so far past the first of each block (zeroed at launch)
+    int* work_counter;   // kernels 13 and 19: work items claimed so far past the first of each block (zeroed at
+                         // launch; 19: one counter a batch index)
     cudaStream_t stream; // the stream every launch of the call goes to (host side only; nullptr: the default stream)
 };
 

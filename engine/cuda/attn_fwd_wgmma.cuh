@@ -286,15 +286,16 @@ template <int D, int Stages, int KeyTiles = 1> struct StageRing {
         return kv + (2 * KeyTiles * static_cast<uint32_t>(s) + static_cast<uint32_t>(i)) * kTile;
     }
     __device__ uint32_t v_tile(int64_t s, int i = 0) const { return k_tile(s, i) + KeyTiles * kTile; }
-    // full(s) completes on `copiers` arrivals of cp.async copies plus `full_extra` plain arrivals
-    // (kernels 17 to 19: the producer thread that writes the stage's mask records).
-    __device__ void init(uint32_t copiers, uint32_t full_extra = 0) const {
+    // full(s) and q_full complete on `copiers` arrivals of cp.async copies plus `extra` plain arrivals
+    // (kernels 17 to 19: the producer thread that writes the stage's mask records and the item's
+    // description).
+    __device__ void init(uint32_t copiers, uint32_t extra = 0) const {
         if (threadIdx.x != 0) return;
         for (int s = 0; s < Stages; ++s) {
-            mbarrier_init(full(s), copiers + full_extra);
+            mbarrier_init(full(s), copiers + extra);
             mbarrier_init(empty(s), 8);
         }
-        mbarrier_init(q_full(), copiers);
+        mbarrier_init(q_full(), copiers + extra);
     }
 };
 

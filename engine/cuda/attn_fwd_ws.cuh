@@ -81,6 +81,10 @@ template <int D, int KeyTiles> struct WarpSpecializedTraits {
     // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
+    // Kernel 19: a block's items after its first are claimed from a counter (p.work_counter, one per
+    // batch index, zeroed at launch), so a block that drew long items takes fewer; false: items
+    // blockIdx.x + k gridDim.x (fixed shares: on causal 16,384, 16% slower than 18 on the H100).
+    static constexpr bool kClaimItems = true;
 };
 
 // Named barriers (bar.sync / bar.arrive with a thread count): id 0 is __syncthreads'.
@@ -107,13 +111,22 @@ __device__ inline int64_t row_entry(const KeyCursor& c, int32_t ca, int32_t cb, 
     return !has_rows ? -1 : in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
 }
 
-// The body of kernels 17 (KeyTiles 1), 18 and 19 (KeyTiles 2), each a __global__ of its own name
-// below (profiles and sanitizer reports name the kernel). grid: (blocks, 1, batch), block: 384
-// threads, dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. A block runs work
-// items blockIdx.x, blockIdx.x + gridDim.x, ...: one for 17 and 18 (a block per item), several for 19
-// (as many blocks as SMs), whose producer then loads the next item's Q and first K / V tiles while
-// the consumers finish the item before (its last products and its output).
-template <typename T, int D, int MaskBlock, int KeyTiles>
+// What the producer tells the consumers of an item with its Q (item_info below): its tile's first
+// row, head, 64-key tiles (steps < 0: no item left, the block is done) and workspace slot.
+struct WsItem {
+    int64_t q0;
+    int32_t h, steps, slot;
+};
+
+// The body of kernels 17 (KeyTiles 1), 18 and 19 (KeyTiles 2, Persistent), each a __global__ of its
+// own name below (profiles and sanitizer reports name the kernel). grid: (blocks, 1, batch), block:
+// 384 threads, dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. 17 and 18 run
+// work item blockIdx.x (a block per item); 19 runs as many blocks as SMs, each item blockIdx.x, then
+// those it claims (Traits::kClaimItems) or blockIdx.x + gridDim.x, ..., and its producer loads the
+// next item's Q and first K / V tiles while the consumers finish the item before (its last products
+// and its output). The producer alone reads the work list: it describes each item to the consumers
+// beside its Q (item_info, ready with q_full), and after the last one says that none is left.
+template <typename T, int D, int MaskBlock, int KeyTiles, bool Persistent>
 __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Traits = WarpSpecializedTraits<D, KeyTiles>;
@@ -127,10 +140,18 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     // full block, kNotKept where g's mask row lacks the block}, written by the producer's thread 0
     __shared__ int2 records[kStages][KeyTiles][2];
     constexpr int32_t kNotKept = -2;
+    // item c of the block (slot c & 1), written by the producer's thread 0 before its arrive on q_full:
+    // item c + 2 is written only once the consumers are done with item c + 1's Q, long after they read
+    // item c's
+    __shared__ WsItem item_info[2];
+    // Traits::kClaimItems: the block's item after item c (slot c & 1), claimed by the producer's
+    // thread 0 while item c is copied, read by every producer thread after a barrier (named barrier
+    // 3, the producer's 128 threads)
+    __shared__ int64_t claimed[2];
     const StageRing<D, kStages, KeyTiles> ring(smem_raw, bars);
     const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full(), q_empty = q_full + 8;
-    // the producer's threads copy (and its thread 0 arrives once more on full, for the records), the
-    // consumers' 8 warps compute
+    // the producer's threads copy (and its thread 0 arrives once more on full and q_full, for the
+    // records and the item's description), the consumers' 8 warps compute
     ring.init(128, 1);
     if (threadIdx.x == 0) mbarrier_init(q_empty, 8);
     __syncthreads();
@@ -147,15 +168,20 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     if (wg == 2) {   // the producer: each item's Q, then every step's K and V into the ring
         setmaxnreg_dec<Traits::kProducerRegisters>();
         const bool writes_records = wg_thread == 0;
+        constexpr bool kClaims = Persistent && Traits::kClaimItems;
         int64_t before = 0, items = 0;
-        for (int64_t w = blockIdx.x; w < p.work_items; w += gridDim.x, ++items) {
+        for (int64_t w = blockIdx.x; w < p.work_items; ++items) {
+            int claim = 0;   // kClaims: the counter's value for the block's next item (its latency hidden by the item)
+            if (kClaims && wg_thread == 0) claim = atomicAdd(p.work_counter + blockIdx.z, 1);
             const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
             const int64_t q0 = t.q0, head_offset = t.head_offset, tiles_k = t.item.steps;
             const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;
             if (items > 0) mbarrier_wait(q_empty, static_cast<uint32_t>((items - 1) & 1));   // the item before is done with Q
+            if (wg_thread == 0) item_info[items & 1] = WsItem{q0, static_cast<int32_t>(t.h), t.item.steps, t.item.slot};
             tile_load_swizzled<D, 128>(q_tiles, p.q + head_offset, q0, n, wg_thread);
             tile_load_swizzled<D, 128>(q_tiles + kTile, p.q + head_offset, q0 + 64, n, wg_thread);
             mbarrier_arrive_on_copies(q_full);
+            if (wg_thread == 0) mbarrier_arrive(q_full);   // release: item_info is visible with Q
             // which of the tile's two mask rows (a, b) each consumer's 64 rows belong to, if any
             bool has_rows[2], in_b[2];
 #pragma unroll
@@ -194,6 +220,21 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
                 if (writes_records) mbarrier_arrive(ring.full(s));   // release: the records are visible with the stage
             }
             before += steps;
+            if constexpr (!Persistent) {
+                break;   // 17, 18: one item a block
+            } else if constexpr (kClaims) {
+                if (wg_thread == 0) claimed[items & 1] = int64_t{gridDim.x} + claim;
+                named_barrier_sync(3, 128);
+                w = claimed[items & 1];
+            } else {
+                w += gridDim.x;
+            }
+        }
+        if constexpr (Persistent) {   // none left: say so in the slot of the item that would come next
+            if (items > 0) mbarrier_wait(q_empty, static_cast<uint32_t>((items - 1) & 1));
+            if (wg_thread == 0) item_info[items & 1] = WsItem{0, 0, -1, -1};
+            mbarrier_arrive_on_copies(q_full);
+            if (wg_thread == 0) mbarrier_arrive(q_full);
         }
         cp_async_wait<0>();   // no copy left in flight when the producer leaves
         return;
@@ -227,11 +268,19 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     };
     bool issued = false;   // this block's consumers have issued products (the turns have begun)
 
-    int64_t before = 0, items = 0;
-    for (int64_t w = blockIdx.x; w < p.work_items; w += gridDim.x, ++items) {
-        const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
-        const WorkItem item = t.item;
-        const int64_t h = t.h, b = t.b, q0 = t.q0;
+    const int64_t b = blockIdx.z;
+    int64_t before = 0;
+    for (int64_t items = 0; Persistent || items == 0; ++items) {
+        // the item, from the producer with its Q (lane 0 reads it, as the records below, and hands it on)
+        mbarrier_wait(q_full, static_cast<uint32_t>(items & 1));
+        WsItem item{0, 0, 0, 0};
+        if (lane == 0) item = item_info[items & 1];
+        item.q0 = __shfl_sync(0xffffffffu, item.q0, 0);
+        item.h = __shfl_sync(0xffffffffu, item.h, 0);
+        item.steps = __shfl_sync(0xffffffffu, item.steps, 0);
+        item.slot = __shfl_sync(0xffffffffu, item.slot, 0);
+        if (item.steps < 0) break;   // 19: none left
+        const int64_t h = item.h, q0 = item.q0;
         const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
         const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;           // steps of KeyTiles tiles
         const int64_t wg_row0 = q0 + 64 * wg;
@@ -293,7 +342,6 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
             fence_proxy_async();
         };
 
-        mbarrier_wait(q_full, static_cast<uint32_t>(items & 1));
         if (steps > 0) {   // step 0: S_0 and its softmax (O is still 0: no product to overlap, no rescale)
             if (Traits::kPingPong && wg == 1 && !issued) named_barrier_arrive(1, 256);   // consumer 0 goes first
             issued = true;
@@ -349,20 +397,21 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(384, 1) attn_fwd_kernel17(AttnParams<T> p) {
-    attn_fwd_ws_body<T, D, MaskBlock, 1>(p);
+    attn_fwd_ws_body<T, D, MaskBlock, 1, false>(p);
 }
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(384, 1) attn_fwd_kernel18(AttnParams<T> p) {
-    attn_fwd_ws_body<T, D, MaskBlock, 2>(p);
+    attn_fwd_ws_body<T, D, MaskBlock, 2, false>(p);
 }
 template <typename T, int D, int MaskBlock>
 __global__ void __launch_bounds__(384, 1) attn_fwd_kernel19(AttnParams<T> p) {
-    attn_fwd_ws_body<T, D, MaskBlock, 2>(p);
+    attn_fwd_ws_body<T, D, MaskBlock, 2, true>(p);
 }
 
 // Kernel 17, 18 or 19 over `work_items` work items (kernel 7's plan, 128-query tiles, batch `batch`):
 // 17 and 18 a block per item, 19 as many blocks as the GPU runs at once (one an SM; max_blocks > 0:
-// at most that many), each taking items blockIdx.x, blockIdx.x + gridDim.x, ... Returns the first
+// at most that many), each taking item blockIdx.x and then those it claims (p.work_counter: `batch`
+// ints, zeroed here first) or blockIdx.x + gridDim.x, ... (Traits::kClaimItems). Returns the first
 // failed call's error.
 // attention_cuda.cu launches attn_combine after it for the split tiles, as for 11 and 12.
 template <typename T, int D, int MaskBlock, int Kernel>
@@ -382,6 +431,10 @@ cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64
         // every batch's items in grid.z, so the resident blocks share out over the batch
         blocks = std::min(work_items, std::max<int64_t>(1, resident / std::max<int64_t>(batch, 1)));
         if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
+        if (blocks > 0 && Traits::kClaimItems) {
+            err = cudaMemsetAsync(p.work_counter, 0, sizeof(int) * static_cast<size_t>(batch), p.stream);
+            if (err != cudaSuccess) return err;
+        }
     }
     if (blocks == 0) return cudaSuccess;
     const dim3 grid(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(batch));
