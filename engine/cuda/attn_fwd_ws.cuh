@@ -31,7 +31,8 @@
 //       (q_empty) and its first K / V tiles as stages free up, while the consumers finish the item.
 //       First run (H100, 2026-12-07): window(256) at 65,536 0.955 -> 0.82-0.83 ms with the records
 //       below, level with 15 (18: 1.04); dense 16,384 3.659 ms, 0.96 of cuDNN in the same run;
-//       causal 16% slower than 18 (its blocks take fixed shares of items of different lengths).
+//       causal 16% slower than 18 (its blocks took fixed shares of items of different lengths).
+//       Since (not yet run): items after a block's first claimed from a counter (kClaimItems).
 //
 // The producer walks the mask for the consumers: with each stage its thread 0 writes the stage's
 // mask records to shared memory (a tile's first key and, per consumer, its partial-block index or
