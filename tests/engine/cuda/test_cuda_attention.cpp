@@ -41,6 +41,13 @@ using Catch::Matchers::Contains;
 namespace {
 
 bool gpu_ready(const char* test) { return testing::gpu_ready("test_cuda_attention", test); }
+// gpu_ready, and a GPU that runs kernels 10 to 19 (sm_90a); else says which kernels are skipped.
+bool wgmma_ready(const char* test, const char* kernels) {
+    if (!gpu_ready(test)) return false;
+    if (cuda_device_has_wgmma()) return true;
+    std::printf("test_cuda_attention: %s: skipped: kernels %s need compute capability 9.0\n", test, kernels);
+    return false;
+}
 using testing::set_of;
 using testing::patterns_folder;
 
@@ -166,11 +173,7 @@ TEST_CASE("cuda: long rows split into chunks and merged (kernels 7 to 19)", "[cu
 }
 
 TEST_CASE("cuda: kernels 13 and 19 with few thread blocks, each running many work items", "[cuda][small]") {
-    if (!gpu_ready("persistent blocks")) return;
-    if (!cuda_device_has_wgmma()) {
-        std::printf("test_cuda_attention: persistent blocks: skipped: kernels 13 and 19 need compute capability 9.0\n");
-        return;
-    }
+    if (!wgmma_ready("persistent blocks", "13 and 19")) return;
     // 1, 2 and 5 blocks over every (batch, head, tile): a block's next tile after a tile with
     // steps, after an empty row (no step), after a split chunk, and across the batch; with and
     // without split rows.
@@ -188,11 +191,7 @@ TEST_CASE("cuda: kernels 13 and 19 with few thread blocks, each running many wor
 }
 
 TEST_CASE("cuda: kernels 17 to 19 on rows longer than their ring of stages", "[cuda][small][ring]") {
-    if (!gpu_ready("ring of stages")) return;
-    if (!cuda_device_has_wgmma()) {
-        std::printf("test_cuda_attention: ring of stages: skipped: kernels 17 to 19 need compute capability 9.0\n");
-        return;
-    }
+    if (!wgmma_ready("ring of stages", "17 to 19")) return;
     // n = 1,000: a dense row is 16 key tiles, 16 steps of 17 and 8 of 18 and 19 against 3 stages, so
     // every stage is refilled (its K, V and the producer's mask records written again) while
     // consumers read the others; 19 with one block runs every item through one ring. The sanitizer's
