@@ -58,8 +58,10 @@ for every batch and head, over the time.
   --kernel K      cuda only: attn_fwd_kernel<K>, 1 to 19 (engine/cuda/attn_fwd_kernels.cuh;
                   10 to 19, wgmma, in attn_fwd_wgmma.cuh and attn_fwd_ws.cuh, need an sm_90
                   GPU); default 0: the engine's choice: in bf16 or fp16 with d = 64 or 128 and
-                  blocks of 64 or more, 15 on an sm_90 GPU, else 7 or 9, whichever its count of
-                  key-tile steps predicts faster for these masks; else kernel 1
+                  blocks of 64 or more, on an sm_90 GPU 15, 18 or 19 by the mask's tile lengths
+                  (cuda_auto_kernel: 19 on long rows, 18 where they spread, as causal, 15 on
+                  short ones and away from d = 128 with blocks of 64), else 7 or 9, whichever
+                  its count of key-tile steps predicts faster for these masks; else kernel 1
   --q/--k/--v     tensors as .npy, float32 or float16, [heads, n, d] or [batch, heads, n, d];
                   heads must be the script's. Without them: standard normal values from --seed
   --out O.npy     write O as float32 .npy, with the inputs' rank (written whole or not at all)
