@@ -864,7 +864,8 @@ Slow on purpose: the oracle the engines are tested against.)");
           py::arg("kernel") = 0, py::arg("scale") = 0.0F,
           "Forward attention with the CUDA engine: returns (o, lse) as float32. q, k, v as for attention(), rounded to dtype "
           "('bf16', 'fp16' or 'float32') on the GPU. kernel: attn_fwd_kernel<N> (1 to 19); 0: the engine's choice "
-          "(1 for float32; for bf16 / fp16 15 on compute capability 9.0, else 7 or 9 by the masks' step counts). A layer "
+          "(cuda_auto_kernel: 1 for float32; for bf16 / fp16 on compute capability 9.0 15, 18 or 19 by the masks' tile "
+          "lengths, else 7 or 9 by their step counts). A layer "
           "with content-based heads runs on the CUDA content engine (content_attention_cuda; kernel is then ignored).");
     m.def("round_to", [](const py::handle& x_obj, const std::string& dtype) {
               py::array a = array_checked(x_obj, "x", 4, "[batch, heads, n, d]");

@@ -49,8 +49,9 @@
 //      their products (ping-pong); the producer also walks the mask, writing each step's mask
 //      records beside its stage for the consumers.
 //  18: 17 with 128 keys a step (two 64-key tiles, one softmax, rescale and turn for both).
-//  19: 18 made persistent (a block an SM, each taking work items blockIdx.x + k * gridDim.x; the
-//      producer loads the next item's Q and first K / V while the consumers finish the item before).
+//  19: 18 made persistent (a block an SM, each taking work item blockIdx.x, then the ones it claims
+//      from a counter; the producer loads the next item's Q and first K / V while the consumers
+//      finish the item before).
 //  10 to 16 are in attn_fwd_wgmma.cuh, 17 to 19 in attn_fwd_ws.cuh, built in translation units of
 //  their own (attn_fwd_wgmma.cu, attn_fwd_ws.cu) for sm_90a; declared at the end of this file.
 //

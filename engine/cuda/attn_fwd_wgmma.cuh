@@ -268,7 +268,7 @@ __device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
 
 // The shared memory of kernels 12 and 17 to 19: two Q tiles ([128, D]: the rows of warpgroup g at
 // q_tiles + g kTile), then a ring of Stages stages of KeyTiles K tiles and KeyTiles V tiles each (12
-// and 17: one of each; 18: two), and mbarriers over it: full(s) completes when the copies into stage
+// and 17: one of each; 18 and 19: two), and mbarriers over it: full(s) completes when the copies into stage
 // s have landed, empty(s) when the 8 computing warps are done with it, q_full when the Q tiles have
 // landed. init (thread 0; the caller's barrier follows): `copiers` threads arrive on full and
 // q_full, lane 0 of each computing warp on empty.

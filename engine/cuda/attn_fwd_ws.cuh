@@ -65,6 +65,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace sparsa::cuda {
 
@@ -110,6 +111,22 @@ template <int Registers> __device__ inline void setmaxnreg_inc() {
 // last mask row); in_b: its rows are the tile's second mask row.
 __device__ inline int64_t row_entry(const KeyCursor& c, int32_t ca, int32_t cb, int32_t col, bool has_rows, bool in_b) {
     return !has_rows ? -1 : in_b ? (cb == col ? c.eb : -1) : (ca == col ? c.ea : -1);
+}
+
+// *src in every lane of the warp, as lane 0 alone reads it from shared memory (the warp converged).
+// A consumer warp releases a stage or its Q with lane 0's arrive after __syncwarp: reading there in
+// lane 0 alone, the producer's next write of the words is ordered after the read by the mbarrier
+// itself. Read by every lane, compute-sanitizer racecheck reported the other lanes' reads against
+// that write wherever the ring of stages wrapped (17 and 19 on the H100, 2026-12-07).
+template <typename X> __device__ inline X read_in_lane0(const X& src) {
+    static_assert(sizeof(X) % 4 == 0, "whole 32-bit words");
+    uint32_t words[sizeof(X) / 4] = {};
+    if (threadIdx.x % 32 == 0) memcpy(words, &src, sizeof(X));
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(sizeof(X) / 4); ++i) words[i] = __shfl_sync(0xffffffffu, words[i], 0);
+    X x;
+    memcpy(&x, words, sizeof(X));
+    return x;
 }
 
 // What the producer tells the consumers of an item with its Q (item_info below): its tile's first
@@ -168,21 +185,26 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 
     if (wg == 2) {   // the producer: each item's Q, then every step's K and V into the ring
         setmaxnreg_dec<Traits::kProducerRegisters>();
-        const bool writes_records = wg_thread == 0;
+        // thread 0 writes what the consumers read beside the copies (item descriptions, mask records)
+        // and arrives once more for them: a plain arrive is a release, which the consumers' wait acquires
+        const bool writer = wg_thread == 0;
+        const auto announce = [&](uint32_t bar) {   // the copies into it (each thread), and the writer's words
+            mbarrier_arrive_on_copies(bar);
+            if (writer) mbarrier_arrive(bar);
+        };
         constexpr bool kClaims = Persistent && Traits::kClaimItems;
         int64_t before = 0, items = 0;
         for (int64_t w = blockIdx.x; w < p.work_items; ++items) {
             int claim = 0;   // kClaims: the counter's value for the block's next item (its latency hidden by the item)
-            if (kClaims && wg_thread == 0) claim = atomicAdd(p.work_counter + blockIdx.z, 1);
+            if (kClaims && writer) claim = atomicAdd(p.work_counter + blockIdx.z, 1);
             const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
             const int64_t q0 = t.q0, head_offset = t.head_offset, tiles_k = t.item.steps;
             const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;
             if (items > 0) mbarrier_wait(q_empty, static_cast<uint32_t>((items - 1) & 1));   // the item before is done with Q
-            if (wg_thread == 0) item_info[items & 1] = WsItem{q0, static_cast<int32_t>(t.h), t.item.steps, t.item.slot};
+            if (writer) item_info[items & 1] = WsItem{q0, static_cast<int32_t>(t.h), t.item.steps, t.item.slot};
             tile_load_swizzled<D, 128>(q_tiles, p.q + head_offset, q0, n, wg_thread);
             tile_load_swizzled<D, 128>(q_tiles + kTile, p.q + head_offset, q0 + 64, n, wg_thread);
-            mbarrier_arrive_on_copies(q_full);
-            if (wg_thread == 0) mbarrier_arrive(q_full);   // release: item_info is visible with Q
+            announce(q_full);   // item_info is visible with Q
             // which of the tile's two mask rows (a, b) each consumer's 64 rows belong to, if any
             bool has_rows[2], in_b[2];
 #pragma unroll
@@ -201,7 +223,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
                     if (j * KeyTiles + i < tiles_k) {   // else the padding tile: the keys before it again (finite values; masked)
                         const int32_t ca = ahead.col_a(m.col_idx), cb = ahead.col_b(m.col_idx), col = min(ca, cb);
                         k0 = int64_t{col} * MaskBlock + ahead.sub * kTileK;
-                        if (writes_records) {
+                        if (writer) {
 #pragma unroll
                             for (int c = 0; c < 2; ++c) {
                                 const int64_t e = row_entry(ahead, ca, cb, col, has_rows[c], in_b[c]);
@@ -210,21 +232,20 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
                         }
                         ahead.template advance<kSubTiles>(m.col_idx);
                     }
-                    if (writes_records) {
+                    if (writer) {
 #pragma unroll
                         for (int c = 0; c < 2; ++c) records[s][i][c] = make_int2(static_cast<int32_t>(k0 / kTileK), part[c]);
                     }
                     tile_load_swizzled<D, 128>(ring.k_tile(s, i), p.k + head_offset, k0, n, wg_thread);
                     tile_load_swizzled<D, 128>(ring.v_tile(s, i), p.v + head_offset, k0, n, wg_thread);
                 }
-                mbarrier_arrive_on_copies(ring.full(s));
-                if (writes_records) mbarrier_arrive(ring.full(s));   // release: the records are visible with the stage
+                announce(ring.full(s));   // the records are visible with the stage
             }
             before += steps;
             if constexpr (!Persistent) {
                 break;   // 17, 18: one item a block
             } else if constexpr (kClaims) {
-                if (wg_thread == 0) claimed[items & 1] = int64_t{gridDim.x} + claim;
+                if (writer) claimed[items & 1] = int64_t{gridDim.x} + claim;
                 named_barrier_sync(3, 128);
                 w = claimed[items & 1];
             } else {
@@ -233,9 +254,8 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         }
         if constexpr (Persistent) {   // none left: say so in the slot of the item that would come next
             if (items > 0) mbarrier_wait(q_empty, static_cast<uint32_t>((items - 1) & 1));
-            if (wg_thread == 0) item_info[items & 1] = WsItem{0, 0, -1, -1};
-            mbarrier_arrive_on_copies(q_full);
-            if (wg_thread == 0) mbarrier_arrive(q_full);
+            if (writer) item_info[items & 1] = WsItem{0, 0, -1, -1};
+            announce(q_full);
         }
         cp_async_wait<0>();   // no copy left in flight when the producer leaves
         return;
@@ -272,14 +292,8 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     const int64_t b = blockIdx.z;
     int64_t before = 0;
     for (int64_t items = 0; Persistent || items == 0; ++items) {
-        // the item, from the producer with its Q (lane 0 reads it, as the records below, and hands it on)
-        mbarrier_wait(q_full, static_cast<uint32_t>(items & 1));
-        WsItem item{0, 0, 0, 0};
-        if (lane == 0) item = item_info[items & 1];
-        item.q0 = __shfl_sync(0xffffffffu, item.q0, 0);
-        item.h = __shfl_sync(0xffffffffu, item.h, 0);
-        item.steps = __shfl_sync(0xffffffffu, item.steps, 0);
-        item.slot = __shfl_sync(0xffffffffu, item.slot, 0);
+        mbarrier_wait(q_full, static_cast<uint32_t>(items & 1));   // the item, from the producer with its Q
+        const WsItem item = read_in_lane0(item_info[items & 1]);
         if (item.steps < 0) break;   // 19: none left
         const int64_t h = item.h, q0 = item.q0;
         const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
@@ -304,18 +318,10 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
         // integer work on the consumers' schedulers beside the other consumer's softmax (6% slower on
         // dense 16,384: bench/results/cuda-nvidia-h100-80gb-hbm3-fwd19-records.md).
         KeyTileMask st[KeyTiles];
-        // Lane 0 reads the records and hands them to the warp: the lane that releases the stage
-        // (release, after __syncwarp) is then the one that read it, so the producer's next write of
-        // the records is ordered after the read by the mbarrier alone. Read by every lane,
-        // compute-sanitizer racecheck reported the other lanes' reads against that write wherever the
-        // ring wrapped (17 and 19 on the H100, 2026-12-07).
-        const auto read_records = [&](int64_t s) {
+        const auto read_records = [&](int64_t s) {   // stage s's records of this warpgroup
 #pragma unroll
             for (int i = 0; i < KeyTiles; ++i) {
-                int2 r = make_int2(0, 0);
-                if (lane == 0) r = records[s][i][wg];
-                r.x = __shfl_sync(0xffffffffu, r.x, 0);
-                r.y = __shfl_sync(0xffffffffu, r.y, 0);
+                const int2 r = read_in_lane0(records[s][i][wg]);
                 st[i] = KeyTileMask{int64_t{r.x} * kTileK, r.y == kNotKept ? -1 : r.y, r.y != kNotKept};
             }
         };
