@@ -32,7 +32,10 @@
 //       First run (H100, 2026-12-07): window(256) at 65,536 0.955 -> 0.82-0.83 ms with the records
 //       below, level with 15 (18: 1.04); dense 16,384 3.659 ms, 0.96 of cuDNN in the same run;
 //       causal 16% slower than 18 (its blocks took fixed shares of items of different lengths).
-//       Since (not yet run): items after a block's first claimed from a counter (kClaimItems).
+//       Since: a block's items after its first claimed from a counter (p.work_counter, one per
+//       batch index, zeroed at launch), so a block that drew long items takes fewer: causal 2.26 ->
+//       1.89 ms, BigBird 65,536 1.18 -> 1.08 ms against the fixed shares, dense and window(256)
+//       unchanged (H100, the same call; bench/results/cuda-nvidia-h100-80gb-hbm3-fwd19-claims.md).
 //
 // The producer walks the mask for the consumers: with each stage its thread 0 writes the stage's
 // mask records to shared memory (a tile's first key and, per consumer, its partial-block index or
@@ -83,10 +86,6 @@ template <int D, int KeyTiles> struct WarpSpecializedTraits {
     // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
-    // Kernel 19: a block's items after its first are claimed from a counter (p.work_counter, one per
-    // batch index, zeroed at launch), so a block that drew long items takes fewer; false: items
-    // blockIdx.x + k gridDim.x (fixed shares: on causal 16,384, 16% slower than 18 on the H100).
-    static constexpr bool kClaimItems = true;
 };
 
 // Named barriers (bar.sync / bar.arrive with a thread count): id 0 is __syncthreads'.
@@ -140,9 +139,8 @@ struct WsItem {
 // own name below (profiles and sanitizer reports name the kernel). grid: (blocks, 1, batch), block:
 // 384 threads, dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. 17 and 18 run
 // work item blockIdx.x (a block per item); 19 runs as many blocks as SMs, each item blockIdx.x, then
-// those it claims (Traits::kClaimItems) or blockIdx.x + gridDim.x, ..., and its producer loads the
-// next item's Q and first K / V tiles while the consumers finish the item before (its last products
-// and its output). The producer alone reads the work list: it describes each item to the consumers
+// those it claims from a counter, and its producer loads the next item's Q and first K / V tiles
+// while the consumers finish the item before (its last products and its output). The producer alone reads the work list: it describes each item to the consumers
 // beside its Q (item_info, ready with q_full), and after the last one says that none is left.
 template <typename T, int D, int MaskBlock, int KeyTiles, bool Persistent>
 __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
@@ -162,7 +160,7 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     // item c + 2 is written only once the consumers are done with item c + 1's Q, long after they read
     // item c's
     __shared__ WsItem item_info[2];
-    // Traits::kClaimItems: the block's item after item c (slot c & 1), claimed by the producer's
+    // 19: the block's item after item c (slot c & 1), claimed by the producer's
     // thread 0 while item c is copied, read by every producer thread after a barrier (named barrier
     // 3, the producer's 128 threads)
     __shared__ int64_t claimed[2];
@@ -192,11 +190,10 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
             mbarrier_arrive_on_copies(bar);
             if (writer) mbarrier_arrive(bar);
         };
-        constexpr bool kClaims = Persistent && Traits::kClaimItems;
         int64_t before = 0, items = 0;
         for (int64_t w = blockIdx.x; w < p.work_items; ++items) {
-            int claim = 0;   // kClaims: the counter's value for the block's next item (its latency hidden by the item)
-            if (kClaims && writer) claim = atomicAdd(p.work_counter + blockIdx.z, 1);
+            int claim = 0;   // 19: the counter's value for the block's next item (its latency hidden by the item)
+            if (Persistent && writer) claim = atomicAdd(p.work_counter + blockIdx.z, 1);
             const auto t = Tile128<T, MaskBlock>::template of<D>(p, w);   // the tile and its mask rows, as kernel 12's
             const int64_t q0 = t.q0, head_offset = t.head_offset, tiles_k = t.item.steps;
             const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;
@@ -244,12 +241,10 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
             before += steps;
             if constexpr (!Persistent) {
                 break;   // 17, 18: one item a block
-            } else if constexpr (kClaims) {
+            } else {
                 if (writer) claimed[items & 1] = int64_t{gridDim.x} + claim;
                 named_barrier_sync(3, 128);
                 w = claimed[items & 1];
-            } else {
-                w += gridDim.x;
             }
         }
         if constexpr (Persistent) {   // none left: say so in the slot of the item that would come next
@@ -418,8 +413,7 @@ __global__ void __launch_bounds__(384, 1) attn_fwd_kernel19(AttnParams<T> p) {
 // Kernel 17, 18 or 19 over `work_items` work items (kernel 7's plan, 128-query tiles, batch `batch`):
 // 17 and 18 a block per item, 19 as many blocks as the GPU runs at once (one an SM; max_blocks > 0:
 // at most that many), each taking item blockIdx.x and then those it claims (p.work_counter: `batch`
-// ints, zeroed here first) or blockIdx.x + gridDim.x, ... (Traits::kClaimItems). Returns the first
-// failed call's error.
+// ints, zeroed here first). Returns the first failed call's error.
 // attention_cuda.cu launches attn_combine after it for the split tiles, as for 11 and 12.
 template <typename T, int D, int MaskBlock, int Kernel>
 cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64_t batch, int64_t max_blocks) {
@@ -438,7 +432,7 @@ cudaError_t attn_fwd_ws_launch(const AttnParams<T>& p, int64_t work_items, int64
         // every batch's items in grid.z, so the resident blocks share out over the batch
         blocks = std::min(work_items, std::max<int64_t>(1, resident / std::max<int64_t>(batch, 1)));
         if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
-        if (blocks > 0 && Traits::kClaimItems) {
+        if (blocks > 0) {
             err = cudaMemsetAsync(p.work_counter, 0, sizeof(int) * static_cast<size_t>(batch), p.stream);
             if (err != cudaSuccess) return err;
         }
