@@ -144,8 +144,9 @@ struct WsItem {
 // 384 threads, dynamic shared memory WarpSpecializedTraits<D, KeyTiles>::kSmemBytes. 17 and 18 run
 // work item blockIdx.x (a block per item); 19 runs as many blocks as SMs, each item blockIdx.x, then
 // those it claims from a counter, and its producer loads the next item's Q and first K / V tiles
-// while the consumers finish the item before (its last products and its output). The producer alone reads the work list: it describes each item to the consumers
-// beside its Q (item_info, ready with q_full), and after the last one says that none is left.
+// while the consumers finish the item before (its last products and its output). The producer
+// alone reads the work list: it describes each item to the consumers beside its Q (item_info, ready
+// with q_full), and after the last one says that none is left.
 template <typename T, int D, int MaskBlock, int KeyTiles, bool Persistent>
 __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -164,9 +165,9 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
     // item c + 2 is written only once the consumers are done with item c + 1's Q, long after they read
     // item c's
     __shared__ WsItem item_info[2];
-    // 19: the block's item after item c (slot c & 1), claimed by the producer's
-    // thread 0 while item c is copied, read by every producer thread after a barrier (named barrier
-    // 3, the producer's 128 threads)
+    // 19: the block's item after item c (slot c & 1), claimed by the producer's thread 0 while item
+    // c is copied, read by every producer thread after a barrier (named barrier 3, the producer's
+    // 128 threads)
     __shared__ int64_t claimed[2];
     const StageRing<D, kStages, KeyTiles> ring(smem_raw, bars);
     const uint32_t q_tiles = ring.q_tiles, q_full = ring.q_full(), q_empty = q_full + 8;
