@@ -134,7 +134,8 @@ int kernel_by_steps(const MaskSet& masks, int64_t layer) {
 // 15 (64-row tiles, three blocks an SM) where the median 128-row tile visits under 16 key tiles
 // (window(256): 10, 15 level with 19 and 27% ahead of 18; BigBird 64: 15 21% ahead of 19);
 // 18 where the tiles' lengths spread (the 90th percentile over twice the 10th: causal, 14% ahead
-// of 15 and 16% of 19, whose blocks take fixed shares of the items and wait on the longest);
+// of 15 and 16% of 19 when 19's blocks took fixed shares of the items; 2.5% ahead of 19 since 19
+// claims them from a counter: bench/results/cuda-nvidia-h100-80gb-hbm3-fwd19-claims.md);
 // else 19 (dense 4,096 to 32,768, windows of 512 to 4,096: 2 to 21% ahead of 15, level with
 // 18 or up to 7% ahead, 2% behind it at window(4096)). Other head widths and blocks, not
 // measured for 18 and 19: 15, the fastest of 7 to 15 on every benchmark mask at d = 128 on the
