@@ -86,10 +86,6 @@ template <int D, int KeyTiles> struct WarpSpecializedTraits {
     // 40: its cp.async copies compute addresses (TMA's would not); 17's consumers need 168 (ptxas).
     static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
     static constexpr bool kPingPong = true;   // the consumers take turns issuing their products
-    // Kernel 19 (written 2026-12-07, not yet run; the A/B flag of its first run): an item's last
-    // O += P V issued with the next item's S_0, one turn an item fewer (bench/cuda-notes.md, "Short
-    // rows in 19"); false: issued alone at the item's end, then O written.
-    static constexpr bool kChainItems = false;
 };
 
 // Named barriers (bar.sync / bar.arrive with a thread count): id 0 is __syncthreads'.
@@ -291,60 +287,21 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
 
     const int64_t b = blockIdx.z;
     int64_t before = 0;
-    float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
-    float row_max[2], row_sum[2], scale_old[2];   // rows group and group + 8, base 2; this lane's partial sums
-    float s_acc[KeyTiles][32];      // S of the step's tiles, then their P
-    uint32_t pf[KeyTiles][4][4];    // P of the step before, rounded to T: the A operands of its O += P V
-    const auto last_product = [&](int64_t s) {   // an item's last O += P V alone (V in stage s), then s released
-        turn_wait();
-        wgmma_fence();
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i) wgmma_pv_async<T, D>(o_acc, pf[i], ring.v_tile(s, i));
-        turn_pass();
-        wgmma_wait<0>();
-        wgmma_fence_operands(o_acc);
-        release(s);
-    };
-    // kChainItems (19): the item before is held: its last O += P V (P in pf, V in the stage of the
-    // block's step before this item's first) is issued with this item's S_0, its O, row maxima and
-    // sums kept in o_acc, row_max and row_sum until then, its description in its item_info slot
-    // (rewritten only once this item is done with Q: read before). Without an item held the same
-    // product runs on P = 0 (pf zeroed), so that every S_0 issues alike (a wgmma issued on one side
-    // of a branch is serialized by ptxas: C7520). Registers are at ptxas's limit (168 a thread of
-    // 384) in the step loop, so nothing else is kept across items.
-    constexpr bool kChain = Persistent && Traits::kChainItems;
-    bool held = false;
-    const auto zero_pf = [&]() {
-#pragma unroll
-        for (int i = 0; i < KeyTiles; ++i)
-#pragma unroll
-            for (int k = 0; k < 4; ++k)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) pf[i][k][r] = 0u;
-    };
-    const auto write_held = [&](int64_t items) {   // the held item's last product alone, then its O
-        if (!held) return;
-        const WsItem it = read_in_lane0(item_info[(items - 1) & 1]);
-        last_product(stage_of(before - 1));
-        output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, it.h, it.q0, it.q0 + 64 * wg + 16 * warp, it.slot);
-        held = false;
-        zero_pf();
-    };
-    if constexpr (kChain) zero_pf();
     for (int64_t items = 0; Persistent || items == 0; ++items) {
         mbarrier_wait(q_full, static_cast<uint32_t>(items & 1));   // the item, from the producer with its Q
         const WsItem item = read_in_lane0(item_info[items & 1]);
-        if (item.steps < 0) {   // 19: none left
-            if constexpr (kChain) write_held(items);
-            break;
-        }
+        if (item.steps < 0) break;   // 19: none left
         const int64_t h = item.h, q0 = item.q0;
         const int64_t tiles_k = item.steps;                                  // 64-key tiles the walk gives
         const int64_t steps = (tiles_k + KeyTiles - 1) / KeyTiles;           // steps of KeyTiles tiles
         const int64_t wg_row0 = q0 + 64 * wg;
         const int i_warp = static_cast<int>(wg_row0 % MaskBlock) + 16 * warp;   // first row of this warp within its mask block
 
-        if constexpr (!kChain) online_softmax_start<D>(o_acc, row_max, row_sum);   // kChain: once the held item's O is written
+        float o_acc[D / 2];   // O [16, D] of this warp (wgmma's layout)
+        float row_max[2], row_sum[2], scale_old[2];   // rows group and group + 8, base 2; this lane's partial sums
+        online_softmax_start<D>(o_acc, row_max, row_sum);
+        float s_acc[KeyTiles][32];      // S of the step's tiles, then their P
+        uint32_t pf[KeyTiles][4][4];    // P of the step before, rounded to T: the A operands of its O += P V
 
         // Step j's key tiles and this warpgroup's mask entries of them (KeyTileMask: the tile's first key,
         // its partial-block index, -1 for a full block, and whether this warpgroup's mask row keeps the
@@ -394,32 +351,15 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
             stage_ready(0);
             turn_wait();
             wgmma_fence();
-            // kChain: the held item's last product first (P = 0 if none), so that its O is written
-            // while S_0 runs, S_0's registers the only ones in flight beside O
-            if constexpr (kChain) issue_pv(held ? stage_of(before - 1) : stage_of(before));
             issue_scores(stage_of(before));
             turn_pass();
             read_records(stage_of(before));                                          // while S_0 runs
-            if constexpr (kChain) {
-                const WsItem it = held ? read_in_lane0(item_info[(items - 1) & 1]) : WsItem{};   // before done_with_q
-                wgmma_wait<KeyTiles>();                                              // the held item's product
-                wgmma_fence_operands(o_acc);
-                if (held) {
-                    release(stage_of(before - 1));
-                    output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, it.h, it.q0, it.q0 + 64 * wg + 16 * warp, it.slot);
-                }
-                online_softmax_start<D>(o_acc, row_max, row_sum);
-            }
             wgmma_wait<0>();
             if (steps == 1) done_with_q();
             fence_scores();
             scores_to_p();
             pack();
         } else {
-            if constexpr (kChain) {
-                write_held(items);
-                online_softmax_start<D>(o_acc, row_max, row_sum);   // this item's O: zeros
-            }
             done_with_q();
         }
         for (int64_t j = 1; j < steps; ++j) {   // pf holds P of step j - 1
@@ -441,12 +381,17 @@ __device__ __forceinline__ void attn_fwd_ws_body(const AttnParams<T>& p) {
             rescale_rows<D>(o_acc, scale_old);                                       // O to step j's row maxima
             pack();
         }
-        if (kChain && steps > 0) {   // its last product waits for the next item's S_0
-            held = true;
-        } else {
-            if (steps > 0) last_product(stage_of(before + steps - 1));   // the last step's O += P V
-            output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, wg_row0 + 16 * warp, item.slot);
+        if (steps > 0) {   // the last step's O += P V
+            const int64_t last = stage_of(before + steps - 1);
+            turn_wait();
+            wgmma_fence();
+            issue_pv(last);
+            turn_pass();
+            wgmma_wait<0>();
+            wgmma_fence_operands(o_acc);
+            release(last);
         }
+        output_write<T, D, kTileQ>(p, o_acc, row_max, row_sum, b, h, q0, wg_row0 + 16 * warp, item.slot);
         before += steps;
     }
     if (Traits::kPingPong && wg == 0 && issued) named_barrier_sync(1, 256);   // consumer 1's arrive after its last issue
