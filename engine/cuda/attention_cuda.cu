@@ -130,16 +130,16 @@ int kernel_by_steps(const MaskSet& masks, int64_t layer) {
 }
 
 // Kernel 0 with wgmma (compute capability 9.0), from the crossover of 15, 18 and 19 on the H100
-// (bf16, d = 128, blocks of 64; bench/results/cuda-nvidia-h100-80gb-hbm3-crossover.md, 2026-12-07):
+// (bf16, d = 128, blocks of 64; bench/results/cuda-nvidia-h100-80gb-hbm3-crossover.md, 2026-12-08,
+// 19 claiming its items from a counter):
 // 15 (64-row tiles, three blocks an SM) where the median 128-row tile visits under 16 key tiles
-// (window(256): 10, 15 level with 19 and 27% ahead of 18; BigBird 64: 15 21% ahead of 19);
-// 18 where the tiles' lengths spread (the 90th percentile over twice the 10th: causal, 14% ahead
-// of 15 and 16% of 19 when 19's blocks took fixed shares of the items; 2.5% ahead of 19 since 19
-// claims them from a counter: bench/results/cuda-nvidia-h100-80gb-hbm3-fwd19-claims.md);
-// else 19 (dense 4,096 to 32,768, windows of 512 to 4,096: 2 to 21% ahead of 15, level with
-// 18 or up to 7% ahead, 2% behind it at window(4096)). Other head widths and blocks, not
-// measured for 18 and 19: 15, the fastest of 7 to 15 on every benchmark mask at d = 128 on the
-// H200 (bench/cuda-notes.md).
+// (window(256): 10, 15 level with 19 and 25% ahead of 18; BigBird 64 at 65,536: 15 8% ahead of 19,
+// bench/results/cuda-nvidia-h100-80gb-hbm3-training.md);
+// 18 where the tiles' lengths spread (the 90th percentile over twice the 10th: causal, 17% ahead
+// of 15 and 2.5% of 19); else 19 (dense 4,096 to 32,768, windows of 512 to 4,096: 2 to 24% ahead
+// of 15, level with 18 or up to 14% ahead, 2.5% behind it on dense 4,096). Other head widths and
+// blocks, not measured for 18 and 19: 15, the fastest of 7 to 15 on every benchmark mask at
+// d = 128 on the H200 (bench/cuda-notes.md).
 int kernel_with_wgmma(const MaskSet& masks, int64_t layer, int64_t d) {
     if (d != 128 || masks.block != 64) return 15;
     std::vector<int64_t> steps = steps_of_128_tiles(masks, layer);
