@@ -220,6 +220,18 @@ struct CudaAttentionBackward::Impl {
         return p;
     }
 
+    // The merge of a pass's split tiles (kernels 3 to 8), kCombineBlocks thread blocks a tile.
+    // With one block a tile (before 2026-12-08), each waiting on its chunks' loads element after
+    // element, BigBird's merges took 0.10 ms (dK / dV) and 0.09 ms (dQ) of backward kernel 6's
+    // 3.8 ms at n = 65,536 (bench/cuda-notes.md, "The profile of backward kernel 6").
+    static constexpr unsigned kCombineBlocks = 16;
+    template <typename T, int D> void combine(const cuda::BwdParams<T>& p, int64_t splits, bool dq_pass) const {
+        if (splits == 0) return;
+        cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits), kCombineBlocks, static_cast<unsigned>(shape.batch)),
+                                       128, 0, stream>>>(p, dq_pass);
+        SPARSA_CUDA_CHECK(cudaGetLastError());
+    }
+
     // Kernels 2 and 3: the dK / dV pass, then the dQ pass (each with its merge, kernel 3).
     template <typename T, int D, int B> void launch_kernel2() const {
         const cuda::BwdParams<T> p = params<T>();
@@ -229,16 +241,10 @@ struct CudaAttentionBackward::Impl {
             return;
         }
         if (kernel >= 5) {
-            const auto combine = [&](int64_t splits, bool dq_pass) {
-                if (splits == 0) return;
-                cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits), 1, static_cast<unsigned>(shape.batch)),
-                                               128, 0, stream>>>(p, dq_pass);
-                SPARSA_CUDA_CHECK(cudaGetLastError());
-            };
             SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, false, kernel, stream)));
-            combine(splits_k, false);
+            combine<T, D>(p, splits_k, false);
             SPARSA_CUDA_CHECK((cuda::attn_bwd_wgmma_launch<T, D, B>(p, true, kernel, stream)));
-            combine(splits_q, true);
+            combine<T, D>(p, splits_q, true);
             return;
         }
         const auto run = [&](auto split_tag) {
@@ -252,18 +258,12 @@ struct CudaAttentionBackward::Impl {
                              : dim3(static_cast<unsigned>((shape.n + 63) / 64), static_cast<unsigned>(shape.heads),
                                     static_cast<unsigned>(shape.batch));
             };
-            const auto combine = [&](int64_t splits, bool dq_pass) {
-                if (!Split || splits == 0) return;
-                cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits), 1, static_cast<unsigned>(shape.batch)),
-                                               128, 0, stream>>>(p, dq_pass);
-                SPARSA_CUDA_CHECK(cudaGetLastError());
-            };
             if (!Split || items_k > 0) cuda::attn_bwd_kernel2_dkdv<T, D, B, Split, false><<<grid(items_k), 128, smem, stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            combine(splits_k, false);
+            if (Split) combine<T, D>(p, splits_k, false);
             if (!Split || items_q > 0) cuda::attn_bwd_kernel2_dq<T, D, B, Split><<<grid(items_q), 128, smem, stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
-            combine(splits_q, true);
+            if (Split) combine<T, D>(p, splits_q, true);
         };
         if (kernel == 3) run(std::true_type{});
         else run(std::false_type{});
@@ -284,11 +284,7 @@ struct CudaAttentionBackward::Impl {
                 <<<dim3(static_cast<unsigned>(items_k), 1, static_cast<unsigned>(shape.batch)), 128, smem, stream>>>(p);
             SPARSA_CUDA_CHECK(cudaGetLastError());
         }
-        if (splits_k > 0) {
-            cuda::attn_bwd_combine<T, D><<<dim3(static_cast<unsigned>(splits_k), 1, static_cast<unsigned>(shape.batch)),
-                                           128, 0, stream>>>(p, false);
-            SPARSA_CUDA_CHECK(cudaGetLastError());
-        }
+        combine<T, D>(p, splits_k, false);
         const int64_t count = static_cast<int64_t>(rows_all) * shape.d;
         cuda::attn_bwd_dq_convert<T><<<static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096)), 256, 0, stream>>>(p);
         SPARSA_CUDA_CHECK(cudaGetLastError());

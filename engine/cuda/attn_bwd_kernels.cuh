@@ -620,10 +620,14 @@ template <typename T> __global__ void __launch_bounds__(256) attn_bwd_dq_convert
     }
 }
 
-// Kernel 3's merge: one thread block per (split tile, batch) of one pass; adds the tile's chunks
-// (slots [slot_begin, slot_begin + slots)) in order and writes the gradients, times `factor`
-// (dK, dQ: the scale), rows past n left out. dq_pass: part_a is dQ and part_b the sums of P (to
-// p.p_sum when wanted); else part_a is dK and part_b dV. grid: (split tiles, 1, batch), block 128.
+// Kernels 3 and up: the merge of one pass's split tiles. Adds each tile's chunks (slots
+// [slot_begin, slot_begin + slots)) in order and writes the gradients, times `factor` (dK, dQ: the
+// scale), rows past n left out. dq_pass: part_a is dQ and part_b the sums of P (to p.p_sum when
+// wanted); else part_a is dK and part_b dV. grid: (split tiles, blocks a tile, batch), block 128:
+// block y of a tile takes its elements y * 128 + thread, every gridDim.y * 128 (each element's sum
+// in the same order for any gridDim.y, so the same bits). Each element waits on its chunks' loads
+// one after another, so a tile's elements go to several blocks, as the forward's attn_combine
+// does for its rows.
 template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_combine(BwdParams<T> p, bool dq_pass) {
     constexpr int kTile = 64;
     const SplitTile split = (dq_pass ? p.rows : p.cols).splits[blockIdx.x];
@@ -631,7 +635,7 @@ template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_com
     const int64_t h = split.pair / tiles, row0 = split.pair % tiles * kTile, head = (b * p.heads + h) * n;
     const int32_t slots = dq_pass ? p.slots_q : p.slots_k;
     const int64_t first = b * slots + split.slot_begin;
-    for (int x = threadIdx.x; x < kTile * D; x += blockDim.x) {
+    for (int x = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x); x < kTile * D; x += static_cast<int>(gridDim.y * blockDim.x)) {
         const int64_t r = x / D;
         if (row0 + r >= n) break;
         float a = 0.f, c = 0.f;
@@ -646,7 +650,7 @@ template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_com
             p.dv[(head + row0) * D + x] = from_float<T>(c);
         }
     }
-    if (dq_pass && p.p_sum != nullptr && threadIdx.x < kTile && row0 + threadIdx.x < n) {
+    if (dq_pass && p.p_sum != nullptr && blockIdx.y == 0 && threadIdx.x < kTile && row0 + threadIdx.x < n) {
         float sum = 0.f;
         for (int32_t s = 0; s < split.slots; ++s) sum += p.part_b[(first + s) * kTile + threadIdx.x];
         p.p_sum[head + row0 + threadIdx.x] = sum;
