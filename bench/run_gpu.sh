@@ -198,7 +198,8 @@ step_compare_d64() {
 }
 
 # Two or more builds of the engine timed in turn on the same masks (AB_BUILDS: build folders, each
-# with bench/bench_cuda; AB_ROUNDS rounds of all of them, 2 by default; AB_KERNELS 15,18,19; AB_MASKS:
+# with bench/bench_cuda; AB_ROUNDS rounds of all of them, 2 by default; AB_KERNELS 15,18,19 (may be
+# empty), AB_BWD_KERNELS none by default (backward kernels, rows "bwdN"); AB_MASKS:
 # names in $MASKS/bench, dense-16384 causal-16384 window256-65536 bigbird64-65536), so that a change
 # to a kernel is judged against the code before it on one machine in one call, interleaved to spread
 # the machine's drift over both. Writes $LOGS/ab-<build>-<round>.csv and $LOGS/ab.md: per mask and
@@ -209,7 +210,8 @@ step_ab() {
     for b in "${builds[@]}"; do [[ -x $b/bench/bench_cuda ]] || { echo "ab: $b/bench/bench_cuda is missing"; exit 1; }; done
     for ((r = 1; r <= ${AB_ROUNDS:-2}; ++r)); do
         for b in "${builds[@]}"; do
-            "$b/bench/bench_cuda" "${masks[@]}" --heads 16 --d 128 --dtype bf16 --kernels "${AB_KERNELS:-15,18,19}" --runs 10 \
+            "$b/bench/bench_cuda" "${masks[@]}" --heads 16 --d 128 --dtype bf16 --kernels "${AB_KERNELS-15,18,19}" \
+                --bwd-kernels "${AB_BWD_KERNELS:-}" --runs 10 \
                 --csv "$LOGS/ab-$(basename "$b")-$r.csv" >"$LOGS/ab-$(basename "$b")-$r.log" 2>&1 \
                 || { tail -20 "$LOGS/ab-$(basename "$b")-$r.log"; exit 1; }
             echo "ab: $(basename "$b") round $r done"

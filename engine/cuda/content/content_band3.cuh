@@ -181,12 +181,6 @@ template <int D> constexpr int band3_smem(int rounds) {
     return (1 + 2 * kBand3KvSlots) * 64 * (D + 8) * 2 + 2 * kBand3MetaSlots * 64 * (1 + rounds) * 4;
 }
 
-// 4 bytes global -> shared, asynchronously.
-__device__ inline void cp_async_4(void* smem, const void* global) {
-    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(global));
-}
-
 // The sorted run [c * 64, c * 64 + 64) of chunk c as this block's round and head see it: tokens
 // (q_order, k_order) and chunk ids per round. Entries past n get token -1 (a plain store: the
 // barrier before their first use orders it with the copies).
@@ -207,7 +201,7 @@ struct Band3Run {
                 continue;
             }
             const int32_t* src = r < 0 ? (side == 0 ? q_tok : k_tok) + s0 + j : (side == 0 ? q_cid : k_cid) + r * cid_round_stride + s0 + j;
-            cp_async_4(dst, src);
+            cp_async_4(dst, src, true);
         }
     }
 };

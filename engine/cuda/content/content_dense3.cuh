@@ -31,12 +31,6 @@ constexpr int kDense3Slots = 2;
 // float: 87.5 KB at D = 128 and 4 warps, 105 KB with 8.
 template <int D, int Warps> constexpr int dense3_smem() { return (16 * Warps + 2 * kDense3Slots * 64) * (D + 8) * 2 + kDense3Slots * 64 * 4; }
 
-// 4 bytes global -> shared, asynchronously; zero when !valid.
-__device__ inline void cp_async_4(void* smem, const void* global, bool valid) {
-    const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(global), "r"(valid ? 4 : 0));
-}
-
 // rows [row0, row0 + Rows) of a [rows, D] matrix into `tile` (stride D + 8), rows >= end
 // zero-filled, by the block's Threads threads.
 template <int D, int Rows, int Threads, typename T> __device__ inline void dense3_rows(T* tile, const T* head, int64_t row0, int64_t end) {
