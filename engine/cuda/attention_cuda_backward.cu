@@ -139,14 +139,14 @@ struct DeviceMaskBuffers {
 
 } // namespace
 
-int cuda_backward_kernel_count() { return 8; }
+int cuda_backward_kernel_count() { return 9; }
 
 int cuda_backward_kernel_choice(int kernel, CudaDtype dtype, int64_t d, int32_t block) {
     if (kernel != 0) return kernel;
     // 8 on compute capability 9.0 (on the H100 14-17% faster than kernel 6 on window, Longformer
     // and BigBird, 0.9-1.2% slower on dense and causal; 6 1.2-4.1% faster than 5, 5 1.6-1.8x
     // kernel 3's rate: bench/cuda-notes.md), else 3 (kernel 2 with long rows split), else the
-    // simple kernel 1
+    // simple kernel 1. Kernel 9 (written 2026-12-08) is not chosen until it is measured against 8.
     if (cuda_backward_kernel_supports(8, dtype, d, block)) return 8;
     return cuda_backward_kernel_supports(3, dtype, d, block) ? 3 : 1;
 }
@@ -155,7 +155,7 @@ bool cuda_backward_kernel_supports(int kernel, CudaDtype dtype, int64_t d, int32
     if (kernel == 1) return d >= 1 && d <= 32 * cuda::kKernel1MaxChunks && block_size_valid(block);
     const bool tensor_core_shape = dtype != CudaDtype::float32 && (d == 64 || d == 128) && (block == 64 || block == 128 || block == 256);
     if (kernel >= 2 && kernel <= 4) return tensor_core_shape;
-    if (kernel >= 5 && kernel <= 8) return tensor_core_shape && cuda_device_has_wgmma();
+    if (kernel >= 5 && kernel <= 9) return tensor_core_shape && cuda_device_has_wgmma();
     return false;
 }
 
@@ -220,7 +220,7 @@ struct CudaAttentionBackward::Impl {
         return p;
     }
 
-    // The merge of a pass's split tiles (kernels 3 to 8), kCombineBlocks thread blocks a tile.
+    // The merge of a pass's split tiles (kernels 3 to 9), kCombineBlocks thread blocks a tile.
     // With one block a tile (before 2026-12-08), each waiting on its chunks' loads element after
     // element, BigBird's merges took 0.10 ms (dK / dV) and 0.09 ms (dQ) of backward kernel 6's
     // 3.8 ms at n = 65,536 (bench/cuda-notes.md, "The profile of backward kernel 6").
@@ -410,7 +410,7 @@ void CudaAttentionBackward::prepare(const Tensor& q, const Tensor& k, const Tens
     if (!cuda_backward_kernel_supports(kernel, options.dtype, shape.d, masks.block)) {
         throw Error(what + ": kernel " + std::to_string(kernel) + " does not run dtype " + cuda_dtype_name(options.dtype) +
                     " with d = " + std::to_string(shape.d) + " and mask block " + std::to_string(masks.block) +
-                    " (kernels 2 to 8: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 5 to 8 a GPU of compute"
+                    " (kernels 2 to 9: bf16 or fp16, d = 64 or 128, blocks 64, 128 or 256, and kernels 5 to 9 a GPU of compute"
                     " capability 9.0; kernel 1 runs any d up to 256;"
                     " kernel 0 picks one)");
     }

@@ -17,7 +17,7 @@ namespace sparsa {
 struct CudaBackwardOptions {
     float scale = 0;                  // softmax scale, any finite value; 0: 1 / sqrt(d)
     CudaDtype dtype = CudaDtype::bfloat16;   // of Q, K, V, O, dO and the gradients on the GPU
-    int kernel = 0;                   // attn_bwd kernel 1 to 8 (attn_bwd_kernels.cuh); 0: 8 where it runs, else 3, else 1
+    int kernel = 0;                   // attn_bwd kernel 1 to 9 (attn_bwd_kernels.cuh); 0: 8 where it runs, else 3, else 1
     bool poison_outputs = true;       // fill dQ, dK, dV with NaN before the run (tests catch unwritten elements)
     bool check_lse = true;            // check that P = exp(S - lse) sums to 1 in every row (the CPU engine's check)
     int64_t split_steps = 0;          // kernels 3 and up: rows and columns of more 64-row steps than this are cut into

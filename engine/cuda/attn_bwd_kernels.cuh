@@ -39,6 +39,9 @@
 //   8: as 6 with its results stored through shared memory: dK, dV (dQ) written as T to the
 //      block's free tiles, then to global memory 16 bytes a thread, whole rows a warp (6 stores
 //      4 bytes a thread, half of each 32-byte sector); split chunks' float32 sums in pairs.
+//   9: as 8 with the dK / dV pass on two stages (7's copies of the next step's Q and dO during
+//      this step), the step's rows of lse and D copied with cp.async beside its tiles (6 to 8 load
+//      them with plain loads that the step's first product waits for); the dQ pass is 8's.
 //
 // Index: [SECTION] parameters, [SECTION] D = rowsum(dO * O), [SECTION] kernel 1,
 // [SECTION] kernels 2 and 3
@@ -657,7 +660,7 @@ template <typename T, int D> __global__ void __launch_bounds__(128) attn_bwd_com
     }
 }
 
-// Kernels 5 to 7 (`kernel`), in attn_bwd_wgmma.cuh, compiled for sm_90a alone in attn_bwd_wgmma.cu: the dK / dV
+// Kernels 5 to 9 (`kernel`), in attn_bwd_wgmma.cuh, compiled for sm_90a alone in attn_bwd_wgmma.cu: the dK / dV
 // pass over p.cols.work (p.items_k), or with dq_pass the dQ pass over p.rows.work (p.items_q);
 // the caller launches attn_bwd_delta before and attn_bwd_combine for the split tiles after each
 // pass (the two passes share the workspace).

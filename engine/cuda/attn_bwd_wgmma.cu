@@ -1,4 +1,4 @@
-// Backward kernel 5 (attn_bwd_wgmma.cuh) compiled for sm_90a alone, in its own translation unit
+// Backward kernels 5 to 9 (attn_bwd_wgmma.cuh) compiled for sm_90a alone, in its own translation unit
 // as the forward's wgmma kernels are (attn_fwd_wgmma.cu); attention_cuda_backward.cu calls it
 // through the launch function instantiated here for every dtype, head dim and mask block.
 #include "engine/cuda/attn_bwd_wgmma.cuh"

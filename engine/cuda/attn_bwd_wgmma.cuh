@@ -83,7 +83,7 @@ __device__ inline void wg_store_rows_staged(T* out, int64_t row0, int64_t limit,
     }
 }
 
-// The dQ pass's end (kernels 5 to 8): dQ (times the scale) and the rows' sums of P of the tile at
+// The dQ pass's end (kernels 5 to 9): dQ (times the scale) and the rows' sums of P of the tile at
 // q0, or for a chunk of a split tile (slot >= 0) its float32 sums to the workspace. Kernel 8
 // (Staged) stores through `staging` (wg_store_rows_staged) and in float pairs (wg_store_rows' Pairs).
 template <typename T, int D, bool Staged = false>
@@ -254,9 +254,10 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
     wg_dq_write<T, D>(p, item.slot, b, head, q0, dq, p_sum);
 }
 
-// [SECTION] kernels 6, 7 and 8: kernel 5 with its products issued in pairs (kernel 6), with two
-// stages of the walked tiles (kernel 7), and kernel 6 with its results stored through shared
-// memory, 16 bytes a thread (kernel 8)
+// [SECTION] kernels 6 to 9: kernel 5 with its products issued in pairs (kernel 6), with two
+// stages of the walked tiles (kernel 7), kernel 6 with its results stored through shared
+// memory, 16 bytes a thread (kernel 8), and 8 with its dK / dV pass on two stages, its lse and D
+// rows copied like the tiles (kernel 9)
 //
 // Kernel 5 waits for each of its four wgmma batches a step before going on (S^T, dP^T, then
 // dV, then dK), so the warpgroup's exponentials, its dS and the next issue each wait for the
@@ -264,8 +265,13 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel5_dq(BwdParams<T> p) {
 // step before is done. Kernel 6 issues S^T and dP^T together, computes P^T while dP^T is still
 // in flight, and issues dV += P^T dO and dK += dS^T Q together (one wait for both). Kernel 7
 // adds a second stage: the next step's tiles (and its lse and D rows) are copied during this
-// step. Kernel 8 is kernel 6 with its epilogue through shared memory (wg_store_rows_staged). The
-// shared memory per block: kernels 6 and 8 as kernel 5 (four tiles), kernel 7 six tiles.
+// step. Kernel 8 is kernel 6 with its epilogue through shared memory (wg_store_rows_staged).
+// Kernel 7's rows of lse and D were plain loads by the first 64 threads, which wait for them
+// before storing them to shared memory, so the warpgroup's first product of the step waited for
+// a global load even with two stages; kernel 9 copies them with cp.async in the step's group
+// (AsyncRows), runs its dK / dV pass on two stages and keeps 8's one-stage dQ pass (7's second
+// stage cost that pass a block an SM). The shared memory per block: kernels 6 and 8 as kernel 5
+// (four tiles), kernel 7 and 9's dK / dV pass six tiles.
 
 template <int D, int Stages> struct BwdPairTraits {
     static constexpr int kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
@@ -286,13 +292,14 @@ __device__ inline PairStep pair_step_at(const DeviceMasks& m, int64_t e_begin, i
 }
 
 // The walked tiles of `step` (Q and dO, or K and V; load_step(first, stage) copies them) in
-// kernels 6 and 7, returning the stage that holds them. One stage: cur becomes the step, its tiles
+// kernels 6 to 9, returning the stage that holds them. One stage: cur becomes the step, its tiles
 // are copied now and waited for. Two: next becomes step + 1, copied into the other stage (which
 // every warp left in the step before), and this step's tiles, copied a step earlier, are waited
-// for (the caller moves next to cur after the step). Then the block's barrier.
-template <int Stages, int MaskBlock, typename Load>
+// for (the caller moves next to cur after the step). Then settle(stage) (a thread may finish what
+// its own copies brought: they are complete for it now; kernel 9) and the block's barrier.
+template <int Stages, int MaskBlock, typename Load, typename Settle>
 __device__ inline int pair_step_copies(const DeviceMasks& m, int64_t e_begin, int64_t sub0, int64_t step, int64_t steps,
-                                       PairStep& cur, PairStep& next, const Load& load_step) {
+                                       PairStep& cur, PairStep& next, const Load& load_step, const Settle& settle) {
     const int stage = Stages == 2 ? static_cast<int>(step & 1) : 0;
     if constexpr (Stages == 1) {
         cur = pair_step_at<MaskBlock>(m, e_begin, sub0, step);
@@ -307,13 +314,16 @@ __device__ inline int pair_step_copies(const DeviceMasks& m, int64_t e_begin, in
     } else {
         cp_async_wait<0>();
     }
+    settle(stage);
     fence_proxy_async();
     __syncthreads();
     return stage;
 }
 
-// 6 and 7, dK and dV: grid (work items of the transposed mask, 1, batch), block 128.
-template <typename T, int D, int MaskBlock, int Stages, bool Staged>
+// 6 to 9, dK and dV: grid (work items of the transposed mask, 1, batch), block 128. AsyncRows
+// (kernel 9): a step's lse and D rows copied with cp.async like its tiles, instead of loaded by
+// the first 64 threads, whose wait for the load held the warpgroup's first product of the step.
+template <typename T, int D, int MaskBlock, int Stages, bool Staged, bool AsyncRows>
 __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     static_assert(Stages == 1 || Stages == 2);
     constexpr int kTile = 64, kTileBytes = BwdWgmmaTraits<D>::kTileBytes;
@@ -334,15 +344,36 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     const int j0 = static_cast<int>(k0 % MaskBlock);
     const float scale_log2 = p.scale * kLog2e;
 
-    // a step's copies into stage `stage`: Q, dO, and the rows' lse and D
+    // a step's copies into stage `stage`: Q, dO, and the rows' lse (base 2, an empty row's -inf
+    // as +inf: P = 0) and D; rows past n get +inf and 0. With AsyncRows, lse and D are copied as
+    // they are and settle_rows turns lse to base 2 once the copying thread's wait is over.
     const auto load_step = [&](int64_t q0, int stage) {
         tile_load_swizzled<D, 128>(base + (2 + 2 * stage) * kTileBytes, q_head, q0, n);
         tile_load_swizzled<D, 128>(base + (3 + 2 * stage) * kTileBytes, do_head, q0, n);
         if (threadIdx.x < kTile) {
             const int64_t r = q0 + threadIdx.x;
-            const float l = r < n ? p.lse[head + r] : -INFINITY;
-            rows_f[stage * 2 * kTile + threadIdx.x] = l == -INFINITY ? INFINITY : l * kLog2e;
-            rows_f[stage * 2 * kTile + kTile + threadIdx.x] = r < n ? p.delta[head + r] : 0.f;
+            if constexpr (AsyncRows) {
+                float* row = rows_f + stage * 2 * kTile + threadIdx.x;
+                if (r < n) {
+                    cp_async_4(row, p.lse + head + r, true);
+                    cp_async_4(row + kTile, p.delta + head + r, true);
+                } else {
+                    row[0] = INFINITY;
+                    row[kTile] = 0.f;
+                }
+            } else {
+                const float l = r < n ? p.lse[head + r] : -INFINITY;
+                rows_f[stage * 2 * kTile + threadIdx.x] = l == -INFINITY ? INFINITY : l * kLog2e;
+                rows_f[stage * 2 * kTile + kTile + threadIdx.x] = r < n ? p.delta[head + r] : 0.f;
+            }
+        }
+    };
+    const auto settle_rows = [&](int stage) {
+        if constexpr (AsyncRows) {
+            if (threadIdx.x < kTile) {
+                float& l = rows_f[stage * 2 * kTile + threadIdx.x];
+                l = l == -INFINITY ? INFINITY : l * kLog2e;
+            }
         }
     };
 
@@ -361,7 +392,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
 
     for (int64_t step = 0; step < steps; ++step) {
         PairStep next;
-        const int stage = pair_step_copies<Stages, MaskBlock>(p.cols, e_begin, sub0, step, steps, cur, next, load_step);
+        const int stage = pair_step_copies<Stages, MaskBlock>(p.cols, e_begin, sub0, step, steps, cur, next, load_step, settle_rows);
         const int64_t q0 = cur.first;
         const int32_t part = cur.part;
 
@@ -437,7 +468,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dkdv(BwdParams<T> p) {
     wg_store_rows<T, D>(p.dv + head * D, k0, n, dv, 1.f);
 }
 
-// 6 and 7, dQ: grid (work items of the mask, 1, batch), block 128.
+// 6 to 9, dQ: grid (work items of the mask, 1, batch), block 128.
 template <typename T, int D, int MaskBlock, int Stages, bool Staged>
 __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
     static_assert(Stages == 1 || Stages == 2);
@@ -479,7 +510,7 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
 
     for (int64_t step = 0; step < steps; ++step) {
         PairStep next;
-        const int stage = pair_step_copies<Stages, MaskBlock>(p.rows, e_begin, sub0, step, steps, cur, next, load_step);
+        const int stage = pair_step_copies<Stages, MaskBlock>(p.rows, e_begin, sub0, step, steps, cur, next, load_step, [](int) {});
         const int64_t k0 = cur.first;
         const int32_t part = cur.part;
 
@@ -535,14 +566,16 @@ __global__ void __launch_bounds__(128) attn_bwd_kernel6_dq(BwdParams<T> p) {
 
 template <typename T, int D, int MaskBlock>
 cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, int kernel, cudaStream_t stream) {
-    static_assert(2 * StagedRows<T, D>::kBytes <= 4 * BwdWgmmaTraits<D>::kTileBytes, "kernel 8 stages dK and dV in its four tiles");
+    static_assert(2 * StagedRows<T, D>::kBytes <= 4 * BwdWgmmaTraits<D>::kTileBytes, "kernels 8 and 9 stage dK and dV in their four first tiles");
+    const bool two_stages = kernel == 7 || (kernel == 9 && !dq_pass);   // 9: its dK / dV pass only
     const int smem = kernel == 5 ? BwdWgmmaTraits<D>::kSmemBytes
-                     : kernel == 7 ? BwdPairTraits<D, 2>::kSmemBytes
-                                   : BwdPairTraits<D, 1>::kSmemBytes;
+                     : two_stages ? BwdPairTraits<D, 2>::kSmemBytes
+                                  : BwdPairTraits<D, 1>::kSmemBytes;
     auto* kernel_fn = kernel == 5   ? (dq_pass ? attn_bwd_kernel5_dq<T, D, MaskBlock> : attn_bwd_kernel5_dkdv<T, D, MaskBlock>)
-                      : kernel == 6 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, false>)
-                      : kernel == 7 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 2, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, false>)
-                                    : (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, true>);
+                      : kernel == 6 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, false, false>)
+                      : kernel == 7 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 2, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, false, false>)
+                      : kernel == 8 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, true, false>)
+                                    : (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, true, true>);
     const int64_t items = dq_pass ? p.items_q : p.items_k;
     cudaError_t err = cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess || items == 0) return err;

@@ -1,7 +1,7 @@
 // The CUDA backward against the CPU engine's backward (itself checked against the double
 // reference by test_cpu_attention): every backward kernel and dtype on random masks (n not
 // divisible by the block, a different mask per head, batch 2), every example pattern, empty
-// rows, long rows split into chunks (kernels 3 to 8), dQ by atomics (kernel 4), wgmma (kernels 5 to 8,
+// rows, long rows split into chunks (kernels 3 to 9), dQ by atomics (kernel 4), wgmma (kernels 5 to 9,
 // on compute capability 9.0), a negative scale, the GPU forward's lse fed to the
 // GPU backward, and bad calls.
 //
@@ -77,10 +77,17 @@ void check_grads(const AttentionGrads& got, const AttentionGrads& want, double t
     }
 }
 
-// Runs `kernels` (and each dtype they take) on layer `layer` of `masks` with fresh random inputs
-// and compares each with the CPU engine's backward on the same rounded inputs.
+// Every backward kernel from `first` on.
+std::vector<int> kernels_from(int first) {
+    std::vector<int> kernels;
+    for (int k = first; k <= cuda_backward_kernel_count(); ++k) kernels.push_back(k);
+    return kernels;
+}
+
+// Runs `kernels` (and each dtype they take; by default every kernel) on layer `layer` of `masks`
+// with fresh random inputs and compares each with the CPU engine's backward on the same rounded inputs.
 void check_backward(const MaskSet& masks, int64_t layer, int64_t batch, int64_t d, uint64_t seed,
-                    std::vector<int> kernels = {1, 2, 3, 4, 5, 6, 7, 8}, float scale = 0, int64_t split_steps = 0) {
+                    std::vector<int> kernels = kernels_from(1), float scale = 0, int64_t split_steps = 0) {
     const TensorShape shape{batch, masks.heads, masks.n, d};
     const Tensor q = tensor_random(shape, seed), k = tensor_random(shape, seed + 1), v = tensor_random(shape, seed + 2);
     const Tensor d_o = tensor_random(shape, seed + 3);
@@ -133,7 +140,7 @@ TEST_CASE("cuda backward: random masks, n not divisible by the block, a mask per
     check_backward(set_of({testing::mask_random(500, 32, 9)}), 0, 2, 256, 22, {1});
 }
 
-TEST_CASE("cuda backward: long rows and columns split into chunks and merged (kernels 3 to 8)", "[cuda][backward][small]") {
+TEST_CASE("cuda backward: long rows and columns split into chunks and merged (kernels 3 to 9)", "[cuda][backward][small]") {
     if (!gpu_ready("split rows")) return;
     // Chunks of 1, 3 and 5 steps: every row and column with more is split, with chunks that end
     // inside a 128- or 256-token block, an empty mask (no step at all) and a dense one (every
@@ -145,7 +152,7 @@ TEST_CASE("cuda backward: long rows and columns split into chunks and merged (ke
                                       block_mask_empty(n, block), block_mask_from_dense(n, block, dense.data()),
                                       testing::mask_random(n, block, 72 + static_cast<uint64_t>(block))});
         for (int64_t split : {1, 3, 5}) {
-            check_backward(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), {3, 4, 5, 6, 7, 8}, 0, split);
+            check_backward(masks, 0, 2, block == 128 ? 128 : 64, 90 + static_cast<uint64_t>(split), kernels_from(3), 0, split);
         }
     }
 }
@@ -160,7 +167,7 @@ TEST_CASE("cuda backward: empty rows and an empty mask give zero gradients; dens
     const MaskSet masks = set_of({block_mask_empty(n, 64), block_mask_from_dense(n, 64, dense.data()),
                                   block_mask_from_dense(n, 64, some.data())});
     check_backward(masks, 0, 1, 64, 31);
-    check_backward(masks, 0, 1, 128, 32, {1, 2, 3, 4, 5, 6, 7, 8}, -0.07f);
+    check_backward(masks, 0, 1, 128, 32, kernels_from(1), -0.07f);
     // the empty head's gradients are exactly zero
     const TensorShape shape{1, 3, n, 64};
     const Tensor q = tensor_random(shape, 1), k = tensor_random(shape, 2), v = tensor_random(shape, 3), d_o = tensor_random(shape, 4);
