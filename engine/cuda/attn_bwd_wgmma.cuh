@@ -574,8 +574,9 @@ cudaError_t attn_bwd_wgmma_launch(const BwdParams<T>& p, bool dq_pass, int kerne
     auto* kernel_fn = kernel == 5   ? (dq_pass ? attn_bwd_kernel5_dq<T, D, MaskBlock> : attn_bwd_kernel5_dkdv<T, D, MaskBlock>)
                       : kernel == 6 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, false, false>)
                       : kernel == 7 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 2, false> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, false, false>)
-                      : kernel == 8 ? (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, true, false>)
-                                    : (dq_pass ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true> : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, true, true>);
+                      : dq_pass     ? attn_bwd_kernel6_dq<T, D, MaskBlock, 1, true>   // 8 and 9 share 8's dQ pass
+                      : kernel == 8 ? attn_bwd_kernel6_dkdv<T, D, MaskBlock, 1, true, false>
+                                    : attn_bwd_kernel6_dkdv<T, D, MaskBlock, 2, true, true>;
     const int64_t items = dq_pass ? p.items_q : p.items_k;
     cudaError_t err = cudaFuncSetAttribute(kernel_fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess || items == 0) return err;
